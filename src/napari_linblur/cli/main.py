@@ -1,0 +1,62 @@
+"""The ``linblur`` command: one entry point, one sub-command module per concern.
+
+Each module listed in :data:`SUBCOMMANDS` defines ``register(subparsers)`` which adds its parser and sets
+``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code). Modules are imported
+only to build the parser, so heavy imports (torch, napari) must stay inside the ``func`` bodies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command modules, in the order they appear in ``linblur --help``
+SUBCOMMANDS = [
+    "napari_linblur.cli.demo",  # linblur demo
+    "napari_linblur.cli.synth",  # linblur synth
+    "napari_linblur.cli.train",  # linblur train {ae,deblur,defocus}
+    "napari_linblur.cli.evaluate",  # linblur evaluate {ae,deblur,defocus}
+    "napari_linblur.cli.apply",  # linblur synthesize | deblur | defocus-map | focus
+    "napari_linblur.cli.bench",  # linblur bench
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linblur",
+        description="Blur synthesis, deblurring and defocus maps for microscopy z-stacks.",
+    )
+    from napari_linblur import __version__
+
+    parser.add_argument("--version", action="version", version=f"napari-linblur {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:  # a concern not built yet
+            if err.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        print(f"linblur {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"linblur {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

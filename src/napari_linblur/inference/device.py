@@ -1,0 +1,72 @@
+"""Device selection shared by every model: ``"auto"`` -> CUDA -> MPS -> CPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ACCEPTED = "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device"
+
+
+def resolve_device(device: Any = "auto"):
+    """Return the :class:`torch.device` to run on.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"`` picks CUDA when available, else Apple MPS, else the CPU. An explicit
+        ``"cuda"`` on a machine without CUDA raises instead of silently falling back.
+
+    Returns
+    -------
+    torch.device
+
+    Examples
+    --------
+    >>> resolve_device("cpu").type
+    'cpu'
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        dev = device
+    elif device is None or (isinstance(device, str) and device.lower() == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device.lower())
+        except RuntimeError as err:
+            raise ValueError(f"device={device!r} is not understood; use {_ACCEPTED}") from err
+    else:
+        raise TypeError(f"device must be {_ACCEPTED}, got {type(device).__name__}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asked for CUDA but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device={device!r} asked for MPS but it is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def autocast_context(device, amp: str = "off"):
+    """Autocast context for ``amp`` in ``{"off", "bf16", "fp16"}`` on ``device``.
+
+    ``fp16`` is only offered on CUDA; ``bf16`` works on CPU (AMX) and recent GPUs.
+    """
+    import contextlib
+
+    import torch
+
+    amp = (amp or "off").lower()
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp={amp!r}; use 'off', 'bf16' or 'fp16'")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp='fp16' needs CUDA; use 'bf16' on the CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

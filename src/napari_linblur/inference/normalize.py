@@ -1,0 +1,88 @@
+"""One normalization for every model, computed jointly over the images of a call and inverted on output.
+
+Per-image min-max normalization destroys intensity relations between planes (the blurrier plane of a
+pair has a lower peak). Here robust percentiles are taken over *all* images of one call together, so a
+pair shares one affine map, and outputs are mapped back to the input's intensity units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LOW_PERCENTILE = 0.1
+HIGH_PERCENTILE = 99.9
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Affine map ``x -> (x - offset) / scale`` and its inverse.
+
+    Examples
+    --------
+    >>> n = Normalization(offset=100.0, scale=1000.0)
+    >>> float(n.invert(n.apply(np.array([600.0])))[0])
+    600.0
+    """
+
+    offset: float
+    scale: float
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Normalize to model units (float32)."""
+        return ((np.asarray(x, dtype=np.float32) - np.float32(self.offset)) / np.float32(self.scale)).astype(
+            np.float32, copy=False
+        )
+
+    def invert(self, y: np.ndarray) -> np.ndarray:
+        """Map model units back to the input's intensity units (float32)."""
+        return (np.asarray(y, dtype=np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(
+            np.float32, copy=False
+        )
+
+    def to_dict(self) -> dict:
+        return {"offset": float(self.offset), "scale": float(self.scale)}
+
+
+def fit_normalization(
+    *images: np.ndarray, low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE
+) -> Normalization:
+    """Fit one normalization to several images jointly.
+
+    Parameters
+    ----------
+    *images : numpy.ndarray
+        Images of one call (e.g. the two planes of a pair). They share the result.
+    low, high : float
+        Percentiles mapped to 0 and 1.
+
+    Returns
+    -------
+    Normalization
+        A constant image gets ``scale = max(|value|, 1)`` so nothing divides by zero.
+
+    Examples
+    --------
+    >>> a = np.linspace(0, 1000, 101)
+    >>> n = fit_normalization(a, a / 2, low=0, high=100)
+    >>> (n.offset, n.scale)
+    (0.0, 1000.0)
+    """
+    if not images:
+        raise ValueError("fit_normalization needs at least one image")
+    # subsample large images: percentiles of a strided view are accurate and far cheaper
+    samples = []
+    for img in images:
+        flat = np.asarray(img, dtype=np.float32).ravel()
+        step = max(1, flat.size // 262_144)
+        samples.append(flat[::step])
+    values = np.concatenate(samples)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise ValueError("cannot normalize: the images contain no finite values")
+    lo, hi = np.percentile(values, [low, high])
+    scale = float(hi - lo)
+    if not scale > 1e-12 * max(1.0, abs(float(hi))):
+        scale = max(abs(float(hi)), 1.0)
+    return Normalization(offset=float(lo), scale=scale)

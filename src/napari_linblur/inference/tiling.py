@@ -1,0 +1,200 @@
+"""The one tiling/batching path shared by every model.
+
+* :func:`tiled_apply` runs a torch callable over overlapping tiles of one plane (any size), blends them with
+  smooth raised-cosine windows (ramps only where a neighbouring tile exists, so there are no seams and image
+  borders keep full weight), pads tiny images by reflection to the network's size multiple and crops back.
+* :func:`map_planes` applies a per-plane function over ``(..., Y, X)`` stacks: a numpy loop, or for dask one
+  lazy task per plane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .validate import is_dask
+
+DEFAULT_TILE = 256
+DEFAULT_OVERLAP = 32
+
+
+class Cancelled(RuntimeError):
+    """Raised inside a run when ``should_stop()`` returned True (the GUI's Cancel button)."""
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap`` overlap.
+
+    Examples
+    --------
+    >>> tile_starts(600, 256, 32)
+    [0, 224, 344]
+    """
+    if tile >= length:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return sorted(set(starts))
+
+
+def _ramp(n: int) -> np.ndarray:
+    i = np.arange(n, dtype=np.float64)
+    return (0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / n)).astype(np.float32)
+
+
+def blend_window(shape: tuple[int, int], overlap: int, sides: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """Separable blending weights for one tile.
+
+    ``sides`` = (top, bottom, left, right): ramp that side only when a neighbour overlaps it.
+    """
+    h, w = shape
+    wy = np.ones(h, np.float32)
+    wx = np.ones(w, np.float32)
+    ov_y = min(overlap, h // 2)
+    ov_x = min(overlap, w // 2)
+    if ov_y > 0:
+        if sides[0]:
+            wy[:ov_y] = _ramp(ov_y)
+        if sides[1]:
+            wy[h - ov_y :] = _ramp(ov_y)[::-1]
+    if ov_x > 0:
+        if sides[2]:
+            wx[:ov_x] = _ramp(ov_x)
+        if sides[3]:
+            wx[w - ov_x :] = _ramp(ov_x)[::-1]
+    return np.outer(wy, wx)
+
+
+def _round_up(n: int, m: int) -> int:
+    return int(-(-n // m) * m)
+
+
+def tiled_apply(
+    fn: Callable,
+    inputs: np.ndarray,
+    *,
+    out_channels: int = 1,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    multiple: int = 16,
+    batch_size: int = 4,
+    device=None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Run ``fn`` over overlapping tiles of ``inputs`` and blend the results.
+
+    Parameters
+    ----------
+    fn : callable
+        Takes a float32 torch tensor ``(B, C, h, w)`` on ``device`` and returns ``(B, out_channels, h, w)``.
+        Called under :func:`torch.inference_mode`.
+    inputs : numpy.ndarray
+        ``(C, Y, X)`` float32 (already normalized), or ``(Y, X)`` for ``C = 1``.
+    out_channels : int
+        Channels ``fn`` returns.
+    tile, overlap : int
+        Tile side and minimum overlap in pixels (tile is rounded up to ``multiple``).
+    multiple : int
+        The network's size multiple; tiles and tiny images are padded by reflection to it.
+    batch_size : int
+        Tiles per forward pass.
+    device : torch.device, optional
+        Where tensors go; default CPU.
+    progress : callable, optional
+        ``progress(done_tiles, total_tiles)`` after each batch.
+    should_stop : callable, optional
+        Polled between batches; when it returns True, :class:`Cancelled` is raised.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(out_channels, Y, X)`` float32, exactly the input's plane size.
+    """
+    import torch
+
+    x = np.asarray(inputs, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"tiled_apply expects (C, Y, X) or (Y, X), got shape {x.shape}")
+    if overlap < 0 or tile <= 0:
+        raise ValueError(f"tile must be > 0 and overlap >= 0, got tile={tile}, overlap={overlap}")
+    c, ny, nx = x.shape
+    tile = _round_up(max(tile, multiple), multiple)
+    th = min(tile, _round_up(ny, multiple))
+    tw = min(tile, _round_up(nx, multiple))
+    # pad so that every tile is full size (reflection handles pads larger than the image)
+    py, px = max(th, ny) - ny, max(tw, nx) - nx
+    if py or px:
+        x = np.pad(x, ((0, 0), (0, py), (0, px)), mode="reflect" if min(ny, nx) > 1 else "edge")
+    _, hy, hx = x.shape
+    ys, xs = tile_starts(hy, th, overlap), tile_starts(hx, tw, overlap)
+    boxes = [(y0, x0) for y0 in ys for x0 in xs]
+    acc = np.zeros((out_channels, hy, hx), np.float32)
+    wsum = np.zeros((hy, hx), np.float32)
+    dev = device if device is not None else torch.device("cpu")
+    total = len(boxes)
+    done = 0
+    with torch.inference_mode():
+        for b0 in range(0, total, batch_size):
+            if should_stop is not None and should_stop():
+                raise Cancelled("cancelled")
+            chunk = boxes[b0 : b0 + batch_size]
+            batch = np.stack([x[:, y0 : y0 + th, x0 : x0 + tw] for y0, x0 in chunk])
+            out = fn(torch.from_numpy(batch).to(dev))
+            out = out.float().cpu().numpy()
+            if out.shape != (len(chunk), out_channels, th, tw):
+                raise RuntimeError(
+                    f"model returned shape {out.shape}, expected {(len(chunk), out_channels, th, tw)}"
+                )
+            for (y0, x0), o in zip(chunk, out):
+                sides = (y0 > 0, y0 + th < hy, x0 > 0, x0 + tw < hx)
+                wgt = blend_window((th, tw), overlap, sides)
+                acc[:, y0 : y0 + th, x0 : x0 + tw] += o * wgt
+                wsum[y0 : y0 + th, x0 : x0 + tw] += wgt
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    result = acc / wsum
+    return np.ascontiguousarray(result[:, :ny, :nx])
+
+
+def map_planes(func: Callable[..., np.ndarray], *arrays, dtype=np.float32):
+    """Apply ``func(*planes) -> (Y, X)`` to every plane of ``(..., Y, X)`` arrays of one shape.
+
+    numpy in -> numpy out (a loop); any dask input -> lazy dask out with one task per plane.
+
+    Examples
+    --------
+    >>> stack = np.ones((3, 8, 8))
+    >>> map_planes(lambda p: p * 2, stack).sum()
+    384.0
+    """
+    if not arrays:
+        raise ValueError("map_planes needs at least one array")
+    shape = tuple(arrays[0].shape)
+    if any(is_dask(a) for a in arrays):
+        import dask.array as da
+
+        lead = len(shape) - 2
+        chunks = {i: 1 for i in range(lead)}
+        chunks.update({lead: -1, lead + 1: -1})
+        darrs = [da.asarray(a).rechunk(chunks) for a in arrays]
+
+        def _block(*blocks):
+            planes = [b.reshape(b.shape[-2:]) for b in blocks]
+            return np.asarray(func(*planes), dtype=dtype).reshape(blocks[0].shape)
+
+        return da.map_blocks(_block, *darrs, dtype=dtype, meta=np.empty((0,) * len(shape), dtype))
+    out = np.empty(shape, dtype)
+    for idx in np.ndindex(*shape[:-2]):
+        out[idx] = func(*[np.asarray(a[idx]) for a in arrays])
+    return out
+
+
+def iter_planes(shape: Sequence[int]):
+    """Indices of the planes of a ``(..., Y, X)`` shape."""
+    return np.ndindex(*tuple(shape)[:-2])

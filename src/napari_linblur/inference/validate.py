@@ -1,0 +1,110 @@
+"""Input validation shared by the public operations.
+
+Every check raises ``ValueError``/``TypeError`` naming the argument and the accepted form, before any
+torch code runs, so users never see a bare torch traceback.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+ACCEPTED_IMAGE = "a real-valued 2-D image (Y, X) or a stack (..., Y, X) as a numpy or dask array"
+MIN_SIDE = 4
+
+
+def is_dask(x: Any) -> bool:
+    """True for a dask array (without importing dask when it is not loaded)."""
+    mod = type(x).__module__
+    return mod.startswith("dask.") and hasattr(x, "dask")
+
+
+def check_image(x: Any, name: str = "img", *, allow_stack: bool = True, check_finite: bool = True):
+    """Validate an image argument and return it as a numpy or dask array.
+
+    Parameters
+    ----------
+    x : array-like
+        The image. Lists and other array-likes are converted with :func:`numpy.asarray`.
+    name : str
+        Argument name used in error messages.
+    allow_stack : bool
+        Accept ``(..., Y, X)`` stacks; otherwise only 2-D.
+    check_finite : bool
+        Reject NaN/Inf. For dask arrays the check is deferred to compute time, per plane.
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+
+    Examples
+    --------
+    >>> check_image(np.zeros((8, 8), np.uint16)).shape
+    (8, 8)
+    """
+    if x is None:
+        raise TypeError(f"{name} is None; expected {ACCEPTED_IMAGE}")
+    if not is_dask(x):
+        if hasattr(x, "data") and hasattr(x, "name") and type(x).__module__.startswith("napari"):
+            raise TypeError(f"{name} is a napari layer; pass its .data ({ACCEPTED_IMAGE})")
+        try:
+            x = np.asarray(x)
+        except Exception as err:  # noqa: BLE001
+            raise TypeError(f"{name} could not be read as an array ({err}); expected {ACCEPTED_IMAGE}") from err
+    dtype = np.dtype(x.dtype)
+    if dtype.kind not in "uif" and dtype != np.bool_:
+        raise TypeError(f"{name} has dtype {dtype}; expected a real dtype (uint8, uint16, int, float)")
+    if x.ndim < 2:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected {ACCEPTED_IMAGE}")
+    if not allow_stack and x.ndim != 2:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected a single 2-D plane (Y, X)")
+    if x.size == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected {ACCEPTED_IMAGE}")
+    if x.shape[-1] < MIN_SIDE or x.shape[-2] < MIN_SIDE:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}: planes must be at least {MIN_SIDE}x{MIN_SIDE} pixels"
+        )
+    if x.ndim == 3 and x.shape[-1] in (3, 4) and x.shape[0] >= 16 and x.shape[1] >= 16:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}, which looks like an RGB(A) image; napari-linblur expects a "
+            "single channel (Y, X) — pass one channel, e.g. img[..., 0]"
+        )
+    if check_finite and not is_dask(x) and dtype.kind == "f" and not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")
+    return x
+
+
+def check_finite_plane(plane: np.ndarray, name: str) -> None:
+    """Deferred finiteness check used inside dask tasks."""
+    if plane.dtype.kind == "f" and not np.isfinite(plane).all():
+        raise ValueError(f"{name} contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")
+
+
+def check_same_shape(a: Any, b: Any, names: tuple[str, str]) -> None:
+    """Raise if two images of a pair differ in shape."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape (planes of one field); "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def check_alpha(alpha: Any, *, name: str = "alpha", low_open: bool = False, allow_zero: bool = True) -> float:
+    """Validate an interpolation/extrapolation weight.
+
+    ``allow_zero=True`` accepts ``[0, 1]`` (interpolation); ``allow_zero=False`` accepts ``(0, 1]``
+    (extrapolation, where ``1/alpha`` appears).
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(alpha).__name__}")
+    alpha = float(alpha)
+    if not np.isfinite(alpha):
+        raise ValueError(f"{name} must be finite, got {alpha}")
+    if allow_zero and not low_open:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"{name}={alpha} is outside [0, 1] (1 gives the sharper image, 0 the blurrier)")
+    elif not 0.0 < alpha <= 1.0:
+        raise ValueError(f"{name}={alpha} is outside (0, 1] (extrapolation divides by alpha)")
+    return alpha
