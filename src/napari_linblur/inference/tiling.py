@@ -40,8 +40,12 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def _ramp(n: int) -> np.ndarray:
-    i = np.arange(n, dtype=np.float64)
-    return (0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / n)).astype(np.float32)
+    """Weights rising from 0 to 1 over ``n`` pixels: a zero halo (``n // 4`` px, where a tile's
+    prediction lacks context) followed by a raised cosine."""
+    halo = n // 4
+    i = np.arange(n - halo, dtype=np.float64)
+    rise = 0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / (n - halo))
+    return np.concatenate([np.zeros(halo), rise]).astype(np.float32)
 
 
 def blend_window(shape: tuple[int, int], overlap: int, sides: tuple[bool, bool, bool, bool]) -> np.ndarray:

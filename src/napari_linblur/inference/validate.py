@@ -62,14 +62,14 @@ def check_image(x: Any, name: str = "img", *, allow_stack: bool = True, check_fi
         raise ValueError(f"{name} has shape {tuple(x.shape)}; expected a single 2-D plane (Y, X)")
     if x.size == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected {ACCEPTED_IMAGE}")
-    if x.shape[-1] < MIN_SIDE or x.shape[-2] < MIN_SIDE:
-        raise ValueError(
-            f"{name} has shape {tuple(x.shape)}: planes must be at least {MIN_SIDE}x{MIN_SIDE} pixels"
-        )
     if x.ndim == 3 and x.shape[-1] in (3, 4) and x.shape[0] >= 16 and x.shape[1] >= 16:
         raise ValueError(
             f"{name} has shape {tuple(x.shape)}, which looks like an RGB(A) image; napari-linblur expects a "
             "single channel (Y, X) — pass one channel, e.g. img[..., 0]"
+        )
+    if x.shape[-1] < MIN_SIDE or x.shape[-2] < MIN_SIDE:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}: planes must be at least {MIN_SIDE}x{MIN_SIDE} pixels"
         )
     if check_finite and not is_dask(x) and dtype.kind == "f" and not np.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")

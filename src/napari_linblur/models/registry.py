@@ -1,0 +1,233 @@
+"""Model registry: save and load weights as safetensors with a model card, verify hashes, list shipped models.
+
+A model is a ``torch.nn.Module`` built as ``Architecture(**config)``. On disk it is
+
+* ``NAME.safetensors`` — the weights, with the model card (JSON) in the safetensors metadata, so a single file
+  trained by a user is self-describing;
+* ``NAME.json`` — the model card again, plus the file's ``sha256``. Shipped models live in
+  ``napari_linblur/models/weights/`` and their hash is verified on every load.
+
+Nothing is ever unpickled and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+#: architecture name in a card -> "module:Class"
+ARCHITECTURES: dict[str, str] = {
+    "LinearLatentAE": "napari_linblur.models.autoencoder:LinearLatentAE",
+    "HDMENet": "napari_linblur.models.hrnet:HDMENet",
+    "DRBNet": "napari_linblur.models.drbnet:DRBNet",
+}
+
+#: operation -> name of the shipped default model
+DEFAULTS: dict[str, str] = {"ae": "ae-default", "defocus": "defocus-default", "deblur": "deblur-default"}
+
+TRAIN_HINT = {
+    "ae": "linblur train ae --data DATA.zarr --out RUN/",
+    "defocus": "linblur train defocus --out RUN/",
+    "deblur": "linblur train deblur --out RUN/",
+}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_models() -> list[str]:
+    """Names of the models shipped inside the package.
+
+    Examples
+    --------
+    >>> isinstance(list_models(), list)
+    True
+    """
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.json") if (WEIGHTS_DIR / f"{p.stem}.safetensors").exists())
+
+
+def read_card(name_or_path: str | os.PathLike) -> dict:
+    """Return the model card of a shipped name or a ``.safetensors`` path (no weights are loaded)."""
+    path, card, _ = _locate(name_or_path)
+    return card
+
+
+def _read_metadata_card(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
+    if "card" not in meta:
+        raise ValueError(f"{path} has no napari-linblur model card in its metadata; save models with save_model")
+    return json.loads(meta["card"])
+
+
+def _locate(name_or_path: str | os.PathLike) -> tuple[Path, dict, str | None]:
+    """Resolve to (weights path, card, expected sha256 or None)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"model must be a shipped name or a .safetensors path, got {type(name_or_path).__name__}")
+    text = os.fspath(name_or_path)
+    as_path = Path(text)
+    if as_path.suffix == ".safetensors" or os.sep in text or as_path.exists():
+        if as_path.is_dir():
+            raise ValueError(f"{as_path} is a folder; pass the .safetensors file inside it")
+        if not as_path.exists():
+            raise FileNotFoundError(f"model file {as_path} does not exist")
+        if as_path.suffix != ".safetensors":
+            raise ValueError(f"{as_path}: models load only from .safetensors files (no pickles)")
+        sidecar = as_path.with_suffix(".json")
+        expected = None
+        if sidecar.exists():
+            try:
+                expected = json.loads(sidecar.read_text()).get("sha256")
+            except json.JSONDecodeError as err:
+                raise ValueError(f"model card {sidecar} is not valid JSON ({err})") from err
+        return as_path, _read_metadata_card(as_path), expected
+    weights = WEIGHTS_DIR / f"{text}.safetensors"
+    card_path = WEIGHTS_DIR / f"{text}.json"
+    if not weights.exists() or not card_path.exists():
+        available = ", ".join(list_models()) or "none shipped yet"
+        raise ValueError(f"unknown model {text!r}; shipped models: {available}; or pass a .safetensors path")
+    card = json.loads(card_path.read_text())
+    return weights, card, card.get("sha256")
+
+
+def build_model(card: dict):
+    """Instantiate the architecture named in ``card`` with its config (random weights)."""
+    arch = card.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"model card names unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+    module_name, cls_name = ARCHITECTURES[arch].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(**card.get("config", {}))
+
+
+def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto"):
+    """Load a shipped model by name, or any ``.safetensors`` model file saved by napari-linblur.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        A name from :func:`list_models` (e.g. ``"ae-default"``) or a path to a ``.safetensors`` file.
+    device : str or torch.device
+        ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``...
+
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode on ``device``, with the model card as ``model.card`` and its task as ``model.task``.
+
+    Raises
+    ------
+    ValueError
+        Unknown name, corrupt file, hash mismatch, or weights that do not fit the architecture.
+    FileNotFoundError
+        A path that does not exist.
+    """
+    from safetensors.torch import load_file
+
+    from napari_linblur.inference.device import resolve_device
+
+    dev = resolve_device(device)
+    path, card, expected = _locate(name_or_path)
+    if expected is not None:
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ValueError(
+                f"{path} does not match its model card's sha256 (expected {expected[:12]}…, got {actual[:12]}…): "
+                "the file is corrupt or was replaced"
+            )
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
+    model = build_model(card)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit architecture {card.get('architecture')} ({err})") from err
+    model.eval().to(dev)
+    model.card = card
+    model.task = card.get("task")
+    return model
+
+
+def resolve_model(model: Any, task: str, *, device: Any = "auto"):
+    """``None`` -> the shipped default for ``task``; a name/path -> loaded; a module -> moved to device."""
+    import torch
+
+    from napari_linblur.inference.device import resolve_device
+
+    if model is None:
+        name = DEFAULTS[task]
+        if name not in list_models():
+            raise ValueError(
+                f"no shipped default model for {task!r} ({name}); train one with `{TRAIN_HINT[task]}` and pass "
+                "model='RUN/model.safetensors'"
+            )
+        model = name
+    if isinstance(model, torch.nn.Module):
+        got = getattr(model, "task", task)
+        if got != task:
+            raise ValueError(f"model is a {got!r} model; this operation needs a {task!r} model")
+        return model.to(resolve_device(device)).eval()
+    loaded = load_model(model, device=device)
+    if loaded.task != task:
+        raise ValueError(f"model {model!r} is a {loaded.task!r} model; this operation needs a {task!r} model")
+    return loaded
+
+
+def save_model(model, path: str | os.PathLike, card: dict) -> Path:
+    """Write ``model``'s weights to ``path`` (.safetensors, atomically) with ``card``; returns the path.
+
+    The card must name ``architecture``, ``task`` and ``config``. A sidecar ``.json`` with the sha256 is
+    written next to it.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: model files must end in .safetensors")
+    for key in ("architecture", "task", "config"):
+        if key not in card:
+            raise ValueError(f"model card is missing {key!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    card = {k: v for k, v in card.items() if k != "sha256"}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"card": json.dumps(card, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    full = dict(card, sha256=sha256_file(path), weights=path.name)
+    write_json_atomic(path.with_suffix(".json"), full)
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to a temp file and rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,374 @@
+"""The one training loop shared by every model (autoencoder, defocus-map network, deblurring network).
+
+What it gives every task: deterministic seeds; batches that are a pure function of ``(seed, step)`` so that
+``resume`` continues exactly where a killed run stopped; checkpoints in safetensors (model, optimizer, RNG —
+no pickles) written atomically every ``ckpt_every`` steps and at the end; validation; a progress bar; a JSON-lines
+and CSV log; ``device`` selection; bf16/fp16 autocast; a wall-clock budget; a cancel hook for the GUI; and
+multi-GPU data parallelism when launched with ``torchrun`` (DDP: each rank draws its own shard of every batch).
+
+A *task* supplies the model and the data::
+
+    class Task(Protocol):
+        name: str                                   # "ae", "defocus", "deblur"
+        def build_model(self) -> torch.nn.Module
+        def batch(self, step: int, *, rank: int = 0, world: int = 1): ...   # deterministic in (seed, step)
+        def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]
+        def validate(self, model) -> dict[str, float]                      # must contain "val_loss"
+        def card(self) -> dict                      # architecture, task, config, data recipe, ...
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+CHECKPOINT = "checkpoint.safetensors"
+MODEL = "model.safetensors"
+
+
+class Task(Protocol):  # pragma: no cover - structural type
+    name: str
+
+    def build_model(self): ...
+
+    def batch(self, step: int, *, rank: int = 0, world: int = 1): ...
+
+    def loss(self, model, batch): ...
+
+    def validate(self, model) -> dict[str, float]: ...
+
+    def card(self) -> dict: ...
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`train` (the same for every model and every CLI ``linblur train`` sub-command)."""
+
+    out: str
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # "cosine" (with warm-up) or "constant"
+    warmup: int = 50
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "off"  # "off", "bf16", "fp16"
+    ckpt_every: int = 200
+    val_every: int = 200
+    log_every: int = 10
+    resume: bool = False
+    max_minutes: float | None = None
+    threads: int | None = None
+    progress: bool = True
+    command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
+
+    def validate(self) -> None:
+        if self.steps <= 0:
+            raise ValueError(f"steps must be positive, got {self.steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        for name in ("ckpt_every", "val_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    steps_done: int
+    finished: bool  # False when stopped early (budget or cancel); the checkpoint allows --resume
+    metrics: dict[str, float]
+    seconds: float
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up then cosine decay to 5 %, or constant."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - seeds third-party code using the legacy global RNG
+    torch.manual_seed(seed)
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cfg: TrainConfig) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Any] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"model.{k}"] = v.detach().cpu().contiguous()
+    opt = optimizer.state_dict()
+    scalars: dict[str, Any] = {}
+    for pid, st in opt["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{pid}.{key}"] = val.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = val
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {
+        "step": str(step),
+        "elapsed": repr(elapsed),
+        "param_groups": json.dumps(opt["param_groups"]),
+        "optim_scalars": json.dumps(scalars),
+        "config": json.dumps(asdict(cfg)),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_checkpoint(path: Path, model, optimizer) -> tuple[int, float]:
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, key = k.split(".", 2)
+            state.setdefault(int(pid), {})[key] = v
+    for k, v in json.loads(meta["optim_scalars"]).items():
+        pid, key = k.split(".", 1)
+        state.setdefault(int(pid), {})[key] = v
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["step"]), float(meta["elapsed"])
+
+
+def _truncate_logs(out: Path, step: int) -> None:
+    """After a resume, drop log lines written after the checkpoint so the log has no duplicates."""
+    jl = out / "log.jsonl"
+    if jl.exists():
+        keep = [ln for ln in jl.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        jl.write_text("".join(ln + "\n" for ln in keep))
+        _write_csv(out)
+
+
+def _write_csv(out: Path) -> None:
+    jl = out / "log.jsonl"
+    rows = [json.loads(ln) for ln in jl.read_text().splitlines() if ln.strip()] if jl.exists() else []
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(out / "log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def train(
+    task: Task,
+    cfg: TrainConfig,
+    *,
+    on_log: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train ``task``'s model with ``cfg``; write checkpoints, logs and ``OUT/model.safetensors``.
+
+    Parameters
+    ----------
+    task : Task
+        Supplies the model, deterministic batches, the loss, validation and the model card.
+    cfg : TrainConfig
+        Steps, learning rate, seed, device, AMP, checkpoint/validation cadence, resume, budget.
+    on_log : callable, optional
+        Called with every log record (dict with ``step``, ``loss``, ... and ``val_loss`` when validated).
+    should_stop : callable, optional
+        Polled every step; when True the run checkpoints and returns (``finished=False``).
+
+    Returns
+    -------
+    TrainResult
+    """
+    import torch
+
+    from napari_linblur.inference.device import autocast_context, resolve_device
+    from napari_linblur.models.registry import save_model, write_json_atomic
+
+    cfg.validate()
+    out = Path(cfg.out)
+    rank, world = _dist_info()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ddp = world > 1
+    if ddp:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend)
+        if backend == "nccl":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = torch.device("cuda", local)
+        else:
+            device = torch.device("cpu")
+    else:
+        device = resolve_device(cfg.device)
+
+    ckpt = out / CHECKPOINT
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume and (out / "log.jsonl").exists():
+            raise FileExistsError(f"{out} already holds a training run; use --resume or a new --out folder")
+    if cfg.resume and not ckpt.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+
+    seed_everything(cfg.seed)
+    model = task.build_model().to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, elapsed0 = 0, 0.0
+    if cfg.resume:
+        start, elapsed0 = _load_checkpoint(ckpt, model, optimizer)
+        if rank == 0:
+            _truncate_logs(out, start)
+    net = model
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if rank == 0:
+        write_json_atomic(out / "train_config.json", {"task": task.name, **asdict(cfg), "card": task.card()})
+
+    bar = None
+    if cfg.progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {task.name}", unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter() - elapsed0
+    last_val: dict[str, float] = {}
+    running: dict[str, float] = {}
+    n_running = 0
+    step = start
+    finished = True
+    model.train()
+    while step < cfg.steps:
+        if should_stop is not None and should_stop():
+            finished = False
+            break
+        if cfg.max_minutes is not None and (time.perf_counter() - t0) > 60 * cfg.max_minutes:
+            finished = False
+            break
+        for g in optimizer.param_groups:
+            g["lr"] = learning_rate(cfg, step)
+        batch = task.batch(step, rank=rank, world=world)
+        with autocast_context(device, cfg.amp):
+            loss, parts = task.loss(net, _to_device(batch, device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or disable --amp")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        parts = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+        for k, v in parts.items():
+            running[k] = running.get(k, 0.0) + v
+        n_running += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", **({"val": f"{last_val['val_loss']:.4f}"} if last_val else {}))
+        do_val = step % cfg.val_every == 0 or step == cfg.steps
+        if rank == 0 and (step % cfg.log_every == 0 or do_val):
+            record = {"step": step, "lr": learning_rate(cfg, step - 1), "time_s": round(time.perf_counter() - t0, 2)}
+            record.update({k: v / max(1, n_running) for k, v in running.items()})
+            running, n_running = {}, 0
+            if do_val:
+                model.eval()
+                with torch.no_grad(), autocast_context(device, cfg.amp):
+                    last_val = {k: float(v) for k, v in task.validate(model).items()}
+                model.train()
+                record.update(last_val)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if on_log is not None:
+                on_log(record)
+        if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+            _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg)
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    model_path = out / MODEL
+    if rank == 0:
+        _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg)
+        _write_csv(out)
+        model.eval()
+        if not last_val:
+            with torch.no_grad():
+                last_val = {k: float(v) for k, v in task.validate(model).items()}
+        card = dict(task.card())
+        card.setdefault("task", task.name)
+        card["training"] = {
+            "command": cfg.command,
+            "seed": cfg.seed,
+            "steps": step,
+            "steps_planned": cfg.steps,
+            "finished": finished,
+            "seconds": round(seconds, 1),
+            "device": str(device),
+            "amp": cfg.amp,
+            "lr": cfg.lr,
+            "torch": torch.__version__,
+        }
+        card["validation"] = last_val
+        save_model(model, model_path, card)
+    if ddp:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return TrainResult(model_path, step, finished, last_val, seconds)
+
+
+def _to_device(batch: Any, device):
+    import torch
+
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch

@@ -1,0 +1,105 @@
+"""Validation, normalization, device selection and the model registry."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import napari_linblur as nl
+from napari_linblur.inference.device import resolve_device
+from napari_linblur.inference.normalize import fit_normalization
+from napari_linblur.inference.validate import check_alpha, check_image, check_same_shape
+from napari_linblur.models import registry
+
+
+def test_public_api_is_lazy_and_complete():
+    import subprocess
+    import sys
+
+    code = "import sys, napari_linblur; print('torch' in sys.modules, 'napari' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+    for name in ["open_zstack", "load_model", "list_models", "synthesize_blur", "deblur_pair", "deblur",
+                 "estimate_defocus", "focus_curve", "best_focus", "alpha_from_positions"]:
+        assert name in dir(nl)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (np.zeros((0, 5)), "empty"),
+        (np.zeros(5), "shape"),
+        (np.zeros((2, 2)), "at least"),
+        (np.array([[np.nan] * 5] * 5), "NaN"),
+        (np.zeros((32, 32, 3)), "RGB"),
+        (np.zeros((8, 8), complex), "dtype"),
+        (None, "None"),
+    ],
+)
+def test_check_image_rejects_bad_input(value, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        check_image(value, "img")
+
+
+def test_pair_and_alpha_checks():
+    with pytest.raises(ValueError, match="same shape"):
+        check_same_shape(np.zeros((4, 4)), np.zeros((4, 5)), ("img_a", "img_c"))
+    assert check_alpha(0.0) == 0.0
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        check_alpha(0.0, allow_zero=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        check_alpha(1.5)
+    with pytest.raises(TypeError):
+        check_alpha("0.5")
+
+
+def test_normalization_is_shared_and_invertible():
+    a = np.linspace(100, 4100, 1000).reshape(10, 100)
+    c = (a - 100) / 2 + 100
+    n = fit_normalization(a, c, low=0, high=100)
+    assert n.offset == pytest.approx(100) and n.scale == pytest.approx(4000)
+    np.testing.assert_allclose(n.invert(n.apply(c)), c, rtol=1e-6)
+    const = fit_normalization(np.full((4, 4), 7.0))
+    assert np.isfinite(const.apply(np.full((4, 4), 7.0))).all()
+
+
+def test_device_selection():
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("tpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self, width=2):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, width, 3, padding=1)
+
+
+def test_registry_roundtrip_hash_and_errors(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.ARCHITECTURES, "Tiny", f"{__name__}:_Tiny")
+    m = _Tiny(width=3)
+    path = registry.save_model(m, tmp_path / "tiny.safetensors", {"architecture": "Tiny", "task": "toy",
+                                                                   "config": {"width": 3}})
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["sha256"] == registry.sha256_file(path)
+    loaded = registry.load_model(path, device="cpu")
+    assert loaded.task == "toy"
+    torch.testing.assert_close(loaded.conv.weight, m.conv.weight)
+    # a flipped byte is caught by the hash
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="sha256"):
+        registry.load_model(path, device="cpu")
+    with pytest.raises(FileNotFoundError):
+        registry.load_model(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="unknown model"):
+        registry.load_model("no-such-model")
+    (tmp_path / "w.pt").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ValueError, match="safetensors"):
+        registry.load_model(tmp_path / "w.pt")
