@@ -1,0 +1,60 @@
+"""``make bench``: run every ``benchmarks/bench_*.py`` and write one report.
+
+Each module defines ``run(report)`` where ``report(section, rows)`` records a list of dicts. Speed and memory are
+reported as ratios against baselines measured in the same run on the same machine, never as absolute bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="bench_out")
+    parser.add_argument("--only", default=None, help="substring of the benchmark files to run")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict]] = {}
+
+    def report(section: str, rows: list[dict]) -> None:
+        results.setdefault(section, []).extend(rows)
+        print(f"\n## {section}")
+        if rows:
+            keys = list(rows[0])
+            print("| " + " | ".join(keys) + " |")
+            print("|" + "---|" * len(keys))
+            for r in rows:
+                print("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
+
+    here = Path(__file__).parent
+    for path in sorted(here.glob("bench_*.py")):
+        if args.only and args.only not in path.name:
+            continue
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        t0 = time.perf_counter()
+        module.run(report)
+        print(f"({path.name}: {time.perf_counter() - t0:.1f} s)")
+    meta = {"python": sys.version.split()[0], "machine": platform.machine(), "processor": platform.processor()}
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"\nwrote {out / 'bench.json'}")
+    return 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Helpers to build a command group (``linblur train ae``, ``linblur evaluate defocus`` ...) from per-model modules.
+
+Each member module defines ``register(subparsers)``; a member that is not built yet is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+
+def register_group(subparsers, name: str, help_text: str, members: list[str]) -> None:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    sub = parser.add_subparsers(dest=f"{name}_what", metavar="MODEL")
+    for module_name in members:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:
+                continue
+            raise
+        module.register(sub)
+    parser.set_defaults(func=lambda args: _need_member(parser, args))
+
+
+def _need_member(parser: argparse.ArgumentParser, args) -> int:
+    parser.print_help()
+    return 2
+
+
+def add_train_options(p: argparse.ArgumentParser, *, steps: int, lr: float, ckpt_every: int = 200) -> None:
+    """Options every ``linblur train`` sub-command shares (they map onto ``TrainConfig``)."""
+    p.add_argument("--out", required=True, help="run folder: checkpoints, logs, model.safetensors")
+    p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--ckpt-every", type=int, default=ckpt_every, help="checkpoint every N steps")
+    p.add_argument("--val-every", type=int, default=ckpt_every, help="validate every N steps")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.safetensors")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; checkpoint and stop")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def train_config_from_args(args):
+    """Build a :class:`~napari_linblur.training.loop.TrainConfig` from the shared options."""
+    from napari_linblur.training.loop import TrainConfig
+
+    return TrainConfig(
+        out=args.out,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        ckpt_every=args.ckpt_every,
+        val_every=args.val_every,
+        resume=args.resume,
+        max_minutes=args.max_minutes,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
