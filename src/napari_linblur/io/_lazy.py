@@ -1,0 +1,182 @@
+"""Lazy, error-naming building blocks shared by the readers.
+
+Every chunk the readers hand to dask goes through one of the array-likes defined here, so that a decoding
+error (a corrupt zarr chunk, a truncated TIFF strip) surfaces as a :class:`ValueError` that names the file
+or store and the chunk, instead of a codec's bare ``RuntimeError`` deep inside a dask traceback.
+The objects only hold paths and small metadata, so they pickle (``dask.distributed`` works).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+__all__ = ["SafeZarrArray", "TiffPlanes", "natural_key", "as_dask", "tiff_error"]
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders embedded integers numerically (``z2`` < ``z10``).
+
+    Examples
+    --------
+    >>> sorted(["p10.tif", "p2.tif", "p1.tif"], key=natural_key)
+    ['p1.tif', 'p2.tif', 'p10.tif']
+    """
+    import re
+
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", name) if t]
+
+
+def _chunk_index(key: Any, chunks: Sequence[int]) -> tuple[int, ...]:
+    """Chunk grid index of the block selected by ``key`` (a tuple of slices)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    idx = []
+    for k, c in zip(key, chunks):
+        start = k.start if isinstance(k, slice) else int(k)
+        idx.append(int(start or 0) // max(int(c), 1))
+    return tuple(idx)
+
+
+class SafeZarrArray:
+    """Array-like over a zarr array that re-raises read errors as ``ValueError`` naming store and chunk.
+
+    Parameters
+    ----------
+    store : str
+        Path of the zarr store (root), for messages and for re-opening after unpickling.
+    component : str
+        Path of the array inside the store ('' for a root array).
+    """
+
+    def __init__(self, store: str, component: str = "") -> None:
+        self.store = str(store)
+        self.component = component
+        arr = self._open()
+        self.shape = tuple(arr.shape)
+        self.dtype = np.dtype(arr.dtype)
+        self.ndim = len(self.shape)
+        self.chunks = tuple(arr.chunks)
+        self._arr = arr
+
+    def _open(self) -> Any:
+        import zarr
+
+        node = zarr.open(self.store, mode="r", path=self.component or None)
+        if not hasattr(node, "shape"):
+            raise ValueError(f"{self.store}: {self.component!r} is a zarr group, not an array")
+        return node
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arr"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if self._arr is None:
+            self._arr = self._open()
+        try:
+            return np.asarray(self._arr[key])
+        except Exception as exc:  # decoding errors come as many types
+            where = f"{self.store}/{self.component}".rstrip("/")
+            chunk = ".".join(str(i) for i in _chunk_index(key, self.chunks))
+            raise ValueError(
+                f"corrupt or unreadable zarr chunk {chunk} of {where}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def tiff_error(path: str | Path, exc: BaseException) -> ValueError:
+    """A ``ValueError`` naming a TIFF file that could not be read."""
+    return ValueError(
+        f"{path}: not a readable TIFF (corrupt or truncated file?): {type(exc).__name__}: {exc}"
+    )
+
+
+class TiffPlanes:
+    """Lazy ``(*lead, Y, X[, S])`` view of one series of a TIFF file, one page per chunk.
+
+    Pages are read on demand with :mod:`tifffile`; the file is re-opened for each read (cheap: only the
+    header and the needed IFDs are parsed), which keeps the object picklable and thread safe.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        series: int,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        page_ndim: int,
+    ) -> None:
+        self.path = str(path)
+        self.series = series
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.page_ndim = page_ndim
+        self.chunks = (1,) * (self.ndim - page_ndim) + self.shape[self.ndim - page_ndim :]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        import tifffile
+
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        lead_shape = self.shape[: self.ndim - self.page_ndim]
+        lead_key = key[: len(lead_shape)]
+        ranges = [range(*k.indices(n)) for k, n in zip(lead_key, lead_shape)]
+        sub_shape = tuple(len(r) for r in ranges)
+        flat = [0]
+        if lead_shape:
+            flat = [int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, ix)), lead_shape))
+                    for ix in np.ndindex(*sub_shape)]
+        try:
+            with tifffile.TiffFile(self.path) as tf:
+                data = tf.asarray(key=flat, series=self.series)
+        except Exception as exc:
+            raise tiff_error(self.path, exc) from exc
+        data = np.asarray(data).reshape(sub_shape + self.shape[self.ndim - self.page_ndim :])
+        return data[(slice(None),) * len(lead_shape) + tuple(key[len(lead_shape) :])]
+
+
+class TiffFilePlane:
+    """Lazy array-like for the first series of one TIFF file (used per plane of a folder)."""
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = str(path)
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        import tifffile
+
+        try:
+            data = tifffile.imread(self.path, series=0)
+        except Exception as exc:
+            raise tiff_error(self.path, exc) from exc
+        data = np.asarray(data)
+        if data.shape != self.shape:
+            raise ValueError(f"{self.path}: shape changed on disk, {data.shape} != {self.shape}")
+        return data[key]
+
+
+def as_dask(obj: Any, chunks: Sequence[int] | None = None, name: str | None = None) -> da.Array:
+    """Wrap one of the array-likes above as a dask array, one task per chunk."""
+    chunks = tuple(chunks if chunks is not None else obj.chunks)
+    return da.from_array(
+        obj,
+        chunks=chunks,
+        asarray=False,
+        lock=False,
+        fancy=False,
+        meta=np.empty((0,) * obj.ndim, dtype=obj.dtype),
+        name=name,
+        inline_array=True,
+    )

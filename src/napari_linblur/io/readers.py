@@ -1,0 +1,601 @@
+"""Lazy z-stack readers: OME-Zarr (NGFF 0.4 / 0.5), plain zarr, TIFF (multi-page, ImageJ, OME), folders of
+per-plane TIFFs and BBBC006 folders in both layouts.
+
+Everything returns a dask array with axes ``(..., Z, Y, X)`` (canonical order: other axes, ``t``, ``p``,
+``c``, ``z``, ``y``, ``x``; a missing Z axis is added with length 1). Nothing is read until computed; each chunk
+read that fails to decode raises ``ValueError`` naming the file or store and the chunk.
+
+Examples
+--------
+>>> import numpy as np, tempfile, pathlib
+>>> from napari_linblur.io.omezarr import write_ome_zarr
+>>> from napari_linblur.io.readers import open_zstack_with_metadata
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = write_ome_zarr(d / "s.zarr", np.zeros((3, 64, 64), "uint16"), axes="zyx", scale=(2.0, 0.65, 0.65))
+>>> arr, meta = open_zstack_with_metadata(d / "s.zarr")
+>>> arr.shape, meta.axes, meta.scale
+((3, 64, 64), 'zyx', (2.0, 0.65, 0.65))
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from . import bbbc006 as _bb
+from ._lazy import SafeZarrArray, TiffFilePlane, TiffPlanes, as_dask, natural_key, tiff_error
+
+__all__ = ["ZStackMeta", "open_zstack", "open_zstack_with_metadata", "ACCEPTED_FORMATS"]
+
+ACCEPTED_FORMATS = (
+    "OME-Zarr 0.4 (zarr v2) or 0.5 (zarr v3) image group (highest resolution level is read)",
+    "plain zarr array, or a zarr group holding exactly one array",
+    "TIFF file (.tif/.tiff; multi-page, 3-D, ImageJ hyperstack or OME-TIFF)",
+    "folder of per-plane TIFF files (sorted naturally by name = by z index)",
+    "BBBC006 folder (BBBC006_v1_images_z_NN/ sub-folders or NN_-prefixed files) or one BBBC006 file",
+)
+
+_CANON = "tpczyx"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_UNIT_ALIASES = {"micron": "micrometer", "\\u00B5m": "micrometer", "µm": "micrometer", "um": "micrometer",
+                 "nm": "nanometer", "mm": "millimeter", "s": "second", "sec": "second", "ms": "millisecond"}
+
+
+@dataclass
+class ZStackMeta:
+    """What :func:`open_zstack_with_metadata` knows about the array it returns.
+
+    Attributes
+    ----------
+    axes : str
+        one lower-case letter per array axis, e.g. ``'czyx'``: ``t`` time, ``p`` position (BBBC006 well/site),
+        ``c`` channel, ``z``, ``y``, ``x``; ``?`` an axis of unknown meaning.
+    scale : tuple of float
+        physical size of one step along each axis (µm for z, y, x when known; 1.0 when unknown).
+    units : tuple of str or None
+        unit per axis in NGFF spelling (``'micrometer'``), None when unknown or not physical.
+    channel_names : list of str or None
+        names along the ``c`` axis (or of the single selected channel), None when unknown.
+    source : Path
+        the path that was opened.
+    extra : dict
+        format-specific details: ``format``; for BBBC006 ``fields`` (``'k06_s2'`` per P index), ``wells``,
+        ``sites``, ``planes`` (plane indices along Z), ``plate``; for OME-Zarr ``ngff_version``,
+        ``ngff`` (the full NGFF attributes) and ``level`` (the dataset path read).
+    """
+
+    axes: str
+    scale: tuple[float, ...]
+    units: tuple[str | None, ...]
+    channel_names: list[str] | None
+    source: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def open_zstack(path: str | os.PathLike, *, channel: int | str | None = None) -> da.Array:
+    """Open a z-stack lazily as a dask array with axes ``(..., Z, Y, X)``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        OME-Zarr / zarr store, TIFF file, folder of per-plane TIFFs, BBBC006 folder or file
+        (see :data:`ACCEPTED_FORMATS`).
+    channel : int or str, optional
+        keep only this channel (index along the channel axis, or its name such as ``'w1'``); the channel
+        axis is dropped. None keeps all channels.
+
+    Returns
+    -------
+    dask.array.Array
+        lazy array in the file's dtype; see :func:`open_zstack_with_metadata` for axes and scale.
+
+    Raises
+    ------
+    FileNotFoundError
+        if ``path`` does not exist.
+    ValueError
+        unknown format (the message lists the accepted ones), corrupt or truncated file, inconsistent plane
+        shapes, incomplete BBBC006 folder, unknown channel.
+
+    Examples
+    --------
+    >>> from napari_linblur.io.readers import open_zstack
+    >>> open_zstack("/no/such/stack.tif")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: /no/such/stack.tif: no such file or folder
+    """
+    return open_zstack_with_metadata(path, channel=channel)[0]
+
+
+def open_zstack_with_metadata(
+    path: str | os.PathLike, channel: int | str | None = None
+) -> tuple[da.Array, ZStackMeta]:
+    """Like :func:`open_zstack`, and also return a :class:`ZStackMeta` (axes, scale, units, channels).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib, tifffile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "stack.tif"
+    >>> tifffile.imwrite(p, np.zeros((4, 32, 48), "uint16"), imagej=True, metadata={"axes": "ZYX"})
+    >>> arr, meta = open_zstack_with_metadata(p)
+    >>> arr.shape, meta.axes, arr.dtype
+    ((4, 32, 48), 'zyx', dtype('uint16'))
+    """
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    if p.is_file() and p.name in ("zarr.json", ".zattrs", ".zgroup", ".zarray"):
+        p = p.parent
+    if p.is_dir():
+        if _is_zarr_dir(p):
+            arr, meta = _open_zarr(p)
+        else:
+            records = _bb.scan_bbbc006(p)
+            if records:
+                return _open_bbbc006_folder(p, records, channel)
+            tiffs = [q for q in p.iterdir() if q.is_file() and q.suffix.lower() in (".tif", ".tiff")]
+            if tiffs:
+                arr, meta = _open_tiff_folder(p, tiffs)
+            else:
+                raise ValueError(_unknown(p, "a folder with neither zarr metadata nor TIFF files"))
+    else:
+        with open(p, "rb") as fh:
+            magic = fh.read(4)
+        if p.suffix.lower() in (".tif", ".tiff") or magic in _TIFF_MAGIC:
+            if magic not in _TIFF_MAGIC:
+                raise tiff_error(p, ValueError(f"bad TIFF header {magic!r}"))
+            if _bb.is_bbbc006_name(p.name):
+                arr, meta = _open_bbbc006_file(p)
+            else:
+                arr, meta = _open_tiff(p)
+        else:
+            raise ValueError(_unknown(p, f"unrecognised file type {p.suffix or '(no suffix)'!r}"))
+    return _select_channel(arr, meta, channel)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _unknown(p: Path, why: str) -> str:
+    return f"{p}: unknown format ({why}); accepted formats: " + "; ".join(ACCEPTED_FORMATS)
+
+
+def _is_zarr_dir(p: Path) -> bool:
+    return any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
+
+
+def _norm_unit(u: Any) -> str | None:
+    if u is None or u == "":
+        return None
+    u = str(u)
+    return _UNIT_ALIASES.get(u, u)
+
+
+def _canonicalize(arr: da.Array, meta: ZStackMeta) -> tuple[da.Array, ZStackMeta]:
+    """Reorder axes to (unknown..., t, p, c, z, y, x) and insert a length-1 Z axis if missing."""
+    axes = meta.axes
+    if len(axes) != arr.ndim:
+        raise ValueError(f"{meta.source}: axes {axes!r} do not match the array's {arr.ndim} dimensions")
+    if "y" not in axes or "x" not in axes:
+        raise ValueError(f"{meta.source}: the image has no Y and X axes (axes {axes!r})")
+    order = [i for i, a in enumerate(axes) if a not in _CANON]
+    order += [axes.index(a) for a in _CANON if a in axes]
+    if order != list(range(arr.ndim)):
+        arr = arr.transpose(order)
+    scale = tuple(meta.scale[i] for i in order)
+    units = tuple(meta.units[i] for i in order)
+    axes = "".join(axes[i] for i in order)
+    if "z" not in axes:
+        arr = arr[..., None, :, :]
+        axes = axes[:-2] + "z" + axes[-2:]
+        scale = scale[:-2] + (1.0,) + scale[-2:]
+        units = units[:-2] + (None,) + units[-2:]
+    return arr, replace(meta, axes=axes, scale=scale, units=units)
+
+
+def _select_channel(
+    arr: da.Array, meta: ZStackMeta, channel: int | str | None
+) -> tuple[da.Array, ZStackMeta]:
+    if channel is None:
+        return arr, meta
+    names = meta.channel_names
+    if "c" not in meta.axes:
+        single = names[0] if names and len(names) == 1 else None
+        if channel in (0, single) or (isinstance(channel, str) and single and channel.lower() == single.lower()):
+            return arr, meta
+        raise ValueError(
+            f"channel={channel!r}: {meta.source} has no channel axis"
+            + (f" (its only channel is {single!r})" if single else "")
+        )
+    ax = meta.axes.index("c")
+    n = arr.shape[ax]
+    if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+        idx = int(channel)
+        if not -n <= idx < n:
+            raise ValueError(f"channel={channel!r}: {meta.source} has {n} channels (indices 0..{n - 1})")
+        idx %= n
+    elif isinstance(channel, str):
+        lowered = [str(c).lower() for c in (names or [])]
+        if channel.lower() in lowered:
+            idx = lowered.index(channel.lower())
+        elif channel.isdigit() and f"w{channel}" in lowered:
+            idx = lowered.index(f"w{channel}")
+        else:
+            raise ValueError(
+                f"channel={channel!r}: no such channel in {meta.source}; channels are "
+                f"{names if names else list(range(n))} (a name or an index)"
+            )
+    else:
+        raise TypeError(f"channel must be an int index, a channel name or None, got {type(channel).__name__}")
+    arr = arr[(slice(None),) * ax + (idx,)]
+    keep = [i for i in range(len(meta.axes)) if i != ax]
+    meta = replace(
+        meta,
+        axes="".join(meta.axes[i] for i in keep),
+        scale=tuple(meta.scale[i] for i in keep),
+        units=tuple(meta.units[i] for i in keep),
+        channel_names=[names[idx]] if names else None,
+    )
+    return arr, meta
+
+
+def _guess_axes(ndim: int) -> str:
+    base = {2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}
+    if ndim < 2:
+        raise ValueError(f"need at least 2 dimensions (Y, X), got {ndim}")
+    return base.get(ndim, "?" * (ndim - 5) + "tczyx")
+
+
+# ------------------------------------------------------------------------------------------------- zarr
+
+
+def _open_zarr(p: Path) -> tuple[da.Array, ZStackMeta]:
+    import zarr
+
+    try:
+        node = zarr.open(str(p), mode="r")
+    except Exception as exc:
+        raise ValueError(f"{p}: cannot open as zarr ({type(exc).__name__}: {exc})") from exc
+    if hasattr(node, "shape"):
+        return _plain_zarr(p, "", {"format": "zarr"})
+    attrs = node.attrs.asdict()
+    ome = attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs
+    if "multiscales" in ome:
+        return _open_ngff(p, attrs, ome)
+    if "bioformats2raw.layout" in ome and (p / "0").is_dir():
+        return _open_zarr(p / "0")
+    if "plate" in ome or "well" in ome:
+        raise ValueError(
+            f"{p}: an OME-Zarr HCS {'plate' if 'plate' in ome else 'well'}; open one image inside it "
+            "(e.g. '<plate>.zarr/A/1/0')"
+        )
+    arrays = sorted(name for name, _ in node.arrays())
+    if len(arrays) == 1:
+        return _plain_zarr(p, arrays[0], {"format": "zarr", "attrs": attrs})
+    raise ValueError(
+        _unknown(p, f"a zarr group without NGFF 'multiscales' holding {len(arrays)} arrays, expected 1")
+    )
+
+
+def _plain_zarr(p: Path, component: str, extra: dict) -> tuple[da.Array, ZStackMeta]:
+    safe = SafeZarrArray(str(p), component)
+    arr = as_dask(safe, name=f"zarr-{tokenize(str(p.resolve()), component, _mtime(p))}")
+    axes = _guess_axes(arr.ndim)
+    meta = ZStackMeta(axes, (1.0,) * arr.ndim, (None,) * arr.ndim, None, p, extra)
+    return _canonicalize(arr, meta)
+
+
+def _open_ngff(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStackMeta]:
+    ms = ome["multiscales"][0]
+    version = str(ome.get("version", ms.get("version", "")))
+    datasets = ms.get("datasets") or []
+    if not datasets:
+        raise ValueError(f"{p}: NGFF multiscales without datasets")
+    level = datasets[0]
+    safe = SafeZarrArray(str(p), level["path"])
+    arr = as_dask(safe, name=f"ngff-{tokenize(str(p.resolve()), level['path'], _mtime(p))}")
+    axes_md = ms.get("axes")
+    if axes_md is None:
+        axes = _guess_axes(arr.ndim)
+        units: tuple[str | None, ...] = (None,) * arr.ndim
+    else:
+        names = [a["name"] if isinstance(a, dict) else str(a) for a in axes_md]
+        types = [a.get("type") if isinstance(a, dict) else None for a in axes_md]
+        letters = []
+        for n, t in zip(names, types):
+            n = n.lower()
+            if n in _CANON and len(n) == 1:
+                letters.append(n)
+            elif t == "channel":
+                letters.append("c")
+            elif t == "time":
+                letters.append("t")
+            else:
+                letters.append("?")
+        axes = "".join(letters)
+        units = tuple(_norm_unit(a.get("unit")) if isinstance(a, dict) else None for a in axes_md)
+    scale = np.ones(arr.ndim)
+    for tr_list in (level.get("coordinateTransformations", []), ms.get("coordinateTransformations", [])):
+        for tr in tr_list or []:
+            if tr.get("type") == "scale" and "scale" in tr:
+                scale = scale * np.asarray(tr["scale"], dtype=float)
+    channels = (ome.get("omero") or attrs.get("omero") or {}).get("channels")
+    names_c = [str(c.get("label", i)) for i, c in enumerate(channels)] if channels else None
+    if names_c is not None and ("c" not in axes or len(names_c) != arr.shape[axes.index("c")]):
+        names_c = names_c if "c" in axes and len(names_c) == arr.shape[axes.index("c")] else None
+    extra = {
+        "format": "ome-zarr",
+        "ngff_version": version,
+        "ngff": attrs,
+        "level": level["path"],
+        "levels": [d["path"] for d in datasets],
+    }
+    meta = ZStackMeta(axes, tuple(float(s) for s in scale), units, names_c, p, extra)
+    return _canonicalize(arr, meta)
+
+
+def _mtime(p: Path) -> int:
+    try:
+        return p.stat().st_mtime_ns
+    except OSError:  # pragma: no cover
+        return 0
+
+
+# ------------------------------------------------------------------------------------------------- TIFF
+
+
+def _check_tiff_complete(tf: Any, path: Path) -> None:
+    """Raise if any strip/tile of the first series lies beyond the end of the file (truncation)."""
+    size = path.stat().st_size
+    series = tf.series[0]
+    off = getattr(series, "dataoffset", None)
+    if off is not None:
+        if off + series.nbytes > size:
+            raise ValueError(f"{path}: truncated TIFF, image data end beyond file size {size} bytes")
+        return
+    for i, page in enumerate(series.pages):
+        if page is None:
+            continue
+        offsets = getattr(page, "dataoffsets", ())
+        counts = getattr(page, "databytecounts", ())
+        if any(o + c > size for o, c in zip(offsets, counts)):
+            raise ValueError(
+                f"{path}: truncated TIFF, page {i} data end beyond the file size ({size} bytes)"
+            )
+
+
+def _tiff_axes(raw: str) -> str:
+    out = []
+    for a in raw.upper():
+        if a in "TCZYX":
+            letter = a.lower()
+        elif a == "S":
+            letter = "c"
+        elif a in "IQ":
+            letter = "z"
+        else:
+            letter = "?"
+        out.append("?" if letter in out and letter != "?" else letter)
+    return "".join(out)
+
+
+def _tiff_scale(tf: Any, axes: str) -> tuple[tuple[float, ...], tuple[str | None, ...], list[str] | None]:
+    scale = [1.0] * len(axes)
+    units: list[str | None] = [None] * len(axes)
+    names: list[str] | None = None
+    page = tf.pages[0]
+
+    def setax(letter: str, value: float, unit: str | None) -> None:
+        if letter in axes and value and np.isfinite(value) and value > 0:
+            scale[axes.index(letter)] = float(value)
+            units[axes.index(letter)] = unit
+
+    try:
+        if tf.is_ome and tf.ome_metadata:
+            xml = tf.ome_metadata
+            for ax in "XYZ":
+                m = re.search(rf'PhysicalSize{ax}="([0-9.eE+-]+)"', xml)
+                u = re.search(rf'PhysicalSize{ax}Unit="([^"]+)"', xml)
+                if m:
+                    setax(ax.lower(), float(m.group(1)), _norm_unit(u.group(1) if u else "µm"))
+            found = re.findall(r'<Channel [^>]*Name="([^"]*)"', xml)
+            if found:
+                names = found
+        elif tf.is_imagej:
+            ij = tf.imagej_metadata or {}
+            unit = _norm_unit(ij.get("unit")) if ij.get("unit") not in (None, "pixel") else None
+            for letter, tag in (("x", "XResolution"), ("y", "YResolution")):
+                t = page.tags.get(tag)
+                if t is not None and unit is not None:
+                    num, den = t.value
+                    if num:
+                        setax(letter, den / num, unit)
+            if "spacing" in ij and unit is not None:
+                setax("z", float(ij["spacing"]), unit)
+            if ij.get("Labels") and "c" in axes and len(ij["Labels"]) == tf.series[0].shape[axes.index("c")]:
+                names = [str(n) for n in ij["Labels"]]
+        else:
+            resunit = page.tags.get("ResolutionUnit")
+            factor = {2: 25400.0, 3: 10000.0}.get(int(resunit.value) if resunit is not None else 2)
+            for letter, tag in (("x", "XResolution"), ("y", "YResolution")):
+                t = page.tags.get(tag)
+                if t is not None and factor is not None:
+                    num, den = t.value
+                    # the TIFF default of 72 dpi / 1 px per unit means "no calibration"
+                    if num and den and num / den not in (1.0, 72.0):
+                        setax(letter, factor * den / num, "micrometer")
+    except Exception:  # metadata is best effort, the pixels are what matter
+        pass
+    return tuple(scale), tuple(units), names
+
+
+def _open_tiff(p: Path) -> tuple[da.Array, ZStackMeta]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tf:
+            series = tf.series[0]
+            shape = tuple(series.shape)
+            dtype = series.dtype
+            raw_axes = series.axes
+            _check_tiff_complete(tf, p)
+            key_shape = tuple(series.keyframe.shape)
+            n_pages = len(series.pages)
+            scale, units, names = _tiff_scale(tf, _tiff_axes(raw_axes))
+            extra = {"format": "tiff", "tiff_axes": raw_axes, "imagej": tf.is_imagej, "ome": tf.is_ome}
+    except ValueError as exc:
+        if str(p) in str(exc):
+            raise
+        raise tiff_error(p, exc) from exc
+    except Exception as exc:
+        raise tiff_error(p, exc) from exc
+    page_ndim = len(key_shape)
+    lead = shape[: len(shape) - page_ndim]
+    if shape[len(shape) - page_ndim :] != key_shape or int(np.prod(lead)) != n_pages:
+        page_ndim = len(shape)  # unusual layout: read the series as one chunk
+    planes = TiffPlanes(p, 0, shape, dtype, page_ndim)
+    arr = as_dask(planes, name=f"tiff-{tokenize(str(p.resolve()), _mtime(p))}")
+    meta = ZStackMeta(_tiff_axes(raw_axes), scale, units, names, p, extra)
+    return _canonicalize(arr, meta)
+
+
+def _tiff_header(p: Path) -> tuple[tuple[int, ...], np.dtype, str, Any]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tf:
+            s = tf.series[0]
+            _check_tiff_complete(tf, p)
+            return tuple(s.shape), np.dtype(s.dtype), s.axes, _tiff_scale(tf, _tiff_axes(s.axes))
+    except ValueError as exc:
+        if str(p) in str(exc):
+            raise
+        raise tiff_error(p, exc) from exc
+    except Exception as exc:
+        raise tiff_error(p, exc) from exc
+
+
+def _open_tiff_folder(folder: Path, files: list[Path]) -> tuple[da.Array, ZStackMeta]:
+    files = sorted(files, key=lambda q: natural_key(q.name))
+    shape0, dtype0, axes0, (scale0, units0, names0) = _tiff_header(files[0])
+    planes = []
+    for q in files:
+        shape, dtype, _, _ = _tiff_header(q) if q is not files[0] else (shape0, dtype0, axes0, None)
+        if shape != shape0 or dtype != dtype0:
+            raise ValueError(
+                f"{folder}: inconsistent planes, {q.name} is {shape} {dtype} but {files[0].name} is "
+                f"{shape0} {dtype0}"
+            )
+        planes.append(
+            as_dask(TiffFilePlane(q, shape, dtype), chunks=shape, name=f"tiffplane-{tokenize(str(q.resolve()), _mtime(q))}")
+        )
+    plane_axes = _tiff_axes(axes0)
+    if "z" in plane_axes:
+        if len(files) == 1:
+            return _open_tiff(files[0])
+        raise ValueError(
+            f"{folder}: the TIFF files are stacks (axes {axes0}), expected one 2-D plane per file"
+        )
+    arr = da.stack(planes, axis=0)
+    axes = "z" + plane_axes
+    meta = ZStackMeta(
+        axes, (1.0,) + scale0, (None,) + units0, names0, folder,
+        {"format": "tiff-folder", "files": [q.name for q in files]},
+    )
+    return _canonicalize(arr, meta)
+
+
+# ---------------------------------------------------------------------------------------------- BBBC006
+
+
+def _bbbc_meta_axes(n_planes_step: float) -> tuple[float, float, float]:
+    return (n_planes_step, _bb.BBBC006_XY_PIXEL_UM, _bb.BBBC006_XY_PIXEL_UM)
+
+
+def _open_bbbc006_file(p: Path) -> tuple[da.Array, ZStackMeta]:
+    rec = _bb.parse_bbbc006_name(p)
+    arr, _ = _open_tiff(p)
+    if arr.ndim != 3:
+        raise ValueError(f"{p}: expected one 2-D BBBC006 image, got shape {arr.shape}")
+    meta = ZStackMeta(
+        "zyx",
+        _bbbc_meta_axes(_bb.BBBC006_Z_SPACING_UM),
+        ("micrometer", "micrometer", "micrometer"),
+        [rec.channel],
+        p,
+        {
+            "format": "bbbc006",
+            "plate": rec.plate,
+            "well": rec.well,
+            "site": rec.site,
+            "channel": rec.channel,
+            "z": rec.z,
+            "fields": [rec.field],
+            "wells": [rec.well],
+            "sites": [rec.site],
+            "planes": [rec.z],
+        },
+    )
+    return arr, meta
+
+
+def _open_bbbc006_folder(
+    folder: Path, records: list[_bb.BBBCRecord], channel: int | str | None
+) -> tuple[da.Array, ZStackMeta]:
+    fields, channels, planes, index = _bb.organize(records, folder)
+    first = index[(fields[0], channels[0], planes[0])].path
+    shape, dtype, _, _ = _tiff_header(first)
+    if len(shape) != 2:
+        raise ValueError(f"{first}: expected 2-D BBBC006 planes, got shape {shape}")
+    sel = channels
+    if channel is not None:
+        if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+            if not -len(channels) <= int(channel) < len(channels):
+                raise ValueError(f"channel={channel!r}: {folder} has channels {channels} (indices 0..{len(channels) - 1})")
+            sel = [channels[int(channel)]]
+        elif isinstance(channel, str):
+            name = channel.lower() if channel.lower().startswith("w") else f"w{channel}"
+            if name not in channels:
+                raise ValueError(f"channel={channel!r}: no such channel in {folder}; channels are {channels}")
+            sel = [name]
+        else:
+            raise TypeError(f"channel must be an int index, a channel name or None, got {type(channel).__name__}")
+
+    def plane(f: str, c: str, z: int) -> da.Array:
+        q = index[(f, c, z)].path
+        return as_dask(TiffFilePlane(q, shape, dtype), chunks=shape, name=f"bbbc-{tokenize(str(q.resolve()), _mtime(q))}")
+
+    steps = np.diff(planes)
+    z_step = float(steps[0]) if len(steps) and np.all(steps == steps[0]) else 1.0
+    stack = da.stack(
+        [da.stack([da.stack([plane(f, c, z) for z in planes]) for c in sel]) for f in fields]
+    )
+    axes, scale, units = "pczyx", (1.0, 1.0), (None, None)
+    if channel is not None:
+        stack = stack[:, 0]
+        axes, scale, units = "pzyx", (1.0,), (None,)
+    meta = ZStackMeta(
+        axes,
+        scale + _bbbc_meta_axes(_bb.BBBC006_Z_SPACING_UM * z_step),
+        units + ("micrometer", "micrometer", "micrometer"),
+        list(sel),
+        folder,
+        {
+            "format": "bbbc006",
+            "plate": records[0].plate,
+            "fields": fields,
+            "wells": [f.split("_s")[0] for f in fields],
+            "sites": [int(f.split("_s")[1]) for f in fields],
+            "planes": planes,
+            "z_uniform": bool(len(steps) == 0 or np.all(steps == steps[0])),
+        },
+    )
+    return stack, meta

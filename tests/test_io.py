@@ -1,0 +1,318 @@
+"""Tests for napari_linblur.io: readers (zarr, OME-Zarr 0.4/0.5, TIFF, folders, BBBC006) and the writer."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_linblur.io.bbbc006 import parse_bbbc006_name
+from napari_linblur.io.omezarr import auto_pyramid_levels, write_ome_zarr
+from napari_linblur.io.readers import open_zstack, open_zstack_with_metadata
+
+REAL = Path(
+    "/work/shared/data/00_mcf-z-stacks-03212011_k06_s2_w12667264a-6432-4f7e-bf58-625a1319a1c9.tif"
+)
+UUID = "2667264a-6432-4f7e-bf58-625a1319a1c9"
+needs_real = pytest.mark.skipif(not REAL.exists(), reason="real BBBC006 sample not available")
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------------------------------- BBBC006
+
+
+@needs_real
+def test_real_bbbc006_file():
+    arr, meta = open_zstack_with_metadata(REAL)
+    assert isinstance(arr, da.Array)
+    assert arr.shape == (1, 520, 696) and arr.dtype == np.uint16
+    assert meta.axes == "zyx"
+    assert meta.extra["well"] == "k06" and meta.extra["site"] == 2
+    assert meta.extra["channel"] == "w1" and meta.extra["z"] == 0
+    assert meta.scale == (2.0, 0.65, 0.65)
+    img = arr.compute()
+    ref = tifffile.imread(REAL)
+    np.testing.assert_array_equal(img[0], ref)
+    assert img.max() > img.min()
+    assert open_zstack(REAL, channel="w1").shape == (1, 520, 696)
+    with pytest.raises(ValueError, match="w2|channel"):
+        open_zstack(REAL, channel="w2")
+
+
+def test_parse_bbbc006_names():
+    r = parse_bbbc006_name(f"12_mcf-z-stacks-03212011_p24_s1_w2{UUID}.tif")
+    assert (r.well, r.site, r.channel, r.z, r.uuid) == ("p24", 1, "w2", 12, UUID)
+    r = parse_bbbc006_name(f"BBBC006_v1_images_z_33/mcf-z-stacks-03212011_a01_s2_w1{UUID}.tif")
+    assert (r.field, r.z) == ("a01_s2", 33)
+    with pytest.raises(ValueError, match="not a BBBC006"):
+        parse_bbbc006_name("hello.tif")
+
+
+def _prefix_layout(root: Path, planes=(0, 1, 2), channels=(1, 2), fields=(("a01", 1), ("k06", 2))):
+    for z in planes:
+        for w in channels:
+            for well, s in fields:
+                shutil.copy(REAL, root / f"{z:02d}_mcf-z-stacks-03212011_{well}_s{s}_w{w}{UUID}.tif")
+
+
+@needs_real
+def test_bbbc006_prefix_layout(tmp_path):
+    _prefix_layout(tmp_path)
+    arr, meta = open_zstack_with_metadata(tmp_path)
+    assert arr.shape == (2, 2, 3, 520, 696)
+    assert meta.axes == "pczyx" and meta.channel_names == ["w1", "w2"]
+    assert meta.extra["fields"] == ["a01_s1", "k06_s2"]
+    assert meta.extra["planes"] == [0, 1, 2]
+    assert meta.scale[-3:] == (2.0, 0.65, 0.65)
+    one, m1 = open_zstack_with_metadata(tmp_path, channel="w2")
+    assert one.shape == (2, 3, 520, 696) and m1.axes == "pzyx" and m1.channel_names == ["w2"]
+    assert open_zstack(tmp_path, channel=0).shape == (2, 3, 520, 696)
+    np.testing.assert_array_equal(one[1, 2].compute(), tifffile.imread(REAL))
+    with pytest.raises(ValueError, match="w3"):
+        open_zstack(tmp_path, channel="w3")
+
+
+@needs_real
+def test_bbbc006_per_plane_folders(tmp_path):
+    for z in range(3):
+        sub = tmp_path / f"BBBC006_v1_images_z_{z:02d}"
+        sub.mkdir()
+        for w in (1, 2):
+            shutil.copy(REAL, sub / f"mcf-z-stacks-03212011_k06_s2_w{w}{UUID}.tif")
+    arr, meta = open_zstack_with_metadata(tmp_path)
+    assert arr.shape == (1, 2, 3, 520, 696) and meta.axes == "pczyx"
+    assert meta.extra["planes"] == [0, 1, 2] and meta.extra["wells"] == ["k06"]
+    assert open_zstack(tmp_path, channel="w1").shape == (1, 3, 520, 696)
+
+
+@needs_real
+def test_bbbc006_missing_plane_and_channel(tmp_path):
+    _prefix_layout(tmp_path)
+    (tmp_path / f"01_mcf-z-stacks-03212011_k06_s2_w2{UUID}.tif").unlink()
+    with pytest.raises(ValueError, match=r"well k06 site 2 channel w2 plane 01"):
+        open_zstack(tmp_path)
+    d2 = tmp_path / "onlyw1"
+    d2.mkdir()
+    _prefix_layout(d2, channels=(1,))
+    shutil.copy(REAL, d2 / f"00_mcf-z-stacks-03212011_a01_s1_w2{UUID}.tif")
+    with pytest.raises(ValueError, match="missing: well a01 site 1 channel w2 plane 01"):
+        open_zstack(d2)
+
+
+# ------------------------------------------------------------------------------------------------- TIFF
+
+
+def test_multipage_tiff_lazy_roundtrip(tmp_path):
+    x = np.arange(5 * 16 * 20, dtype=np.uint16).reshape(5, 16, 20)
+    p = tmp_path / "stack.tif"
+    tifffile.imwrite(p, x)
+    arr, meta = open_zstack_with_metadata(p)
+    assert meta.axes == "zyx" and arr.chunks[0] == (1,) * 5  # one page per chunk, nothing read yet
+    np.testing.assert_array_equal(arr.compute(), x)
+    np.testing.assert_array_equal(arr[3].compute(), x[3])
+
+
+def test_imagej_hyperstack_axes_and_scale(tmp_path):
+    x = np.arange(3 * 2 * 8 * 9, dtype=np.uint16).reshape(3, 2, 8, 9)  # ZCYX
+    p = tmp_path / "ij.tif"
+    tifffile.imwrite(p, x, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "um"})
+    arr, meta = open_zstack_with_metadata(p)
+    assert meta.axes == "czyx" and arr.shape == (2, 3, 8, 9)
+    assert meta.scale == pytest.approx((1.0, 1.5, 0.5, 0.5))
+    assert meta.units[-1] == "micrometer"
+    np.testing.assert_array_equal(arr.compute(), x.transpose(1, 0, 2, 3))
+    np.testing.assert_array_equal(open_zstack(p, channel=1).compute(), x[:, 1])
+
+
+def test_ome_tiff_channel_names(tmp_path):
+    x = np.zeros((2, 3, 8, 8), np.uint8)
+    p = tmp_path / "o.ome.tif"
+    tifffile.imwrite(p, x, ome=True, metadata={"axes": "CZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3,
+                                               "PhysicalSizeZ": 1.0, "Channel": {"Name": ["dapi", "gfp"]}})
+    arr, meta = open_zstack_with_metadata(p, channel="gfp")
+    assert arr.shape == (3, 8, 8) and meta.axes == "zyx" and meta.channel_names == ["gfp"]
+    assert meta.scale == pytest.approx((1.0, 0.3, 0.3))
+
+
+def test_tiff_folder_natural_order_and_shape_error(tmp_path):
+    for z in (0, 1, 2, 10):
+        tifffile.imwrite(tmp_path / f"plane_z{z}.tif", np.full((6, 7), z, np.uint16))
+    arr = open_zstack(tmp_path)
+    assert arr.shape == (4, 6, 7)
+    assert arr[:, 0, 0].compute().tolist() == [0, 1, 2, 10]
+    tifffile.imwrite(tmp_path / "plane_z11.tif", np.zeros((6, 8), np.uint16))
+    with pytest.raises(ValueError, match="inconsistent planes.*plane_z11"):
+        open_zstack(tmp_path)
+
+
+@needs_real
+def test_truncated_tiff_names_file(tmp_path):
+    bad = tmp_path / "cut.tif"
+    raw = REAL.read_bytes()
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="cut.tif"):
+        open_zstack(bad).compute()
+    tiny = tmp_path / "tiny.tif"
+    tiny.write_bytes(raw[:10])
+    with pytest.raises(ValueError, match="tiny.tif"):
+        open_zstack(tiny)
+
+
+def test_missing_and_unknown(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        open_zstack(tmp_path / "nope.zarr")
+    (tmp_path / "a.png").write_bytes(b"\x89PNG....")
+    with pytest.raises(ValueError, match="unknown format.*accepted formats.*OME-Zarr"):
+        open_zstack(tmp_path / "a.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="accepted formats"):
+        open_zstack(tmp_path / "empty")
+
+
+# ------------------------------------------------------------------------------------------------- zarr
+
+
+def test_plain_zarr_array_and_single_array_group(tmp_path):
+    x = np.random.default_rng(0).random((4, 10, 12)).astype(np.float32)
+    z = zarr.create_array(str(tmp_path / "plain.zarr"), shape=x.shape, dtype=x.dtype, chunks=(1, 10, 12))
+    z[:] = x
+    arr, meta = open_zstack_with_metadata(tmp_path / "plain.zarr")
+    assert meta.axes == "zyx"
+    np.testing.assert_array_equal(arr.compute(), x)
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    g.create_array("data", shape=(10, 12), dtype="uint8")[:] = 7
+    arr = open_zstack(tmp_path / "g.zarr")
+    assert arr.shape == (1, 10, 12) and int(arr.max().compute()) == 7
+
+
+def test_ome_zarr_05_roundtrip(tmp_path):
+    x = np.random.default_rng(1).integers(0, 4000, (2, 3, 130, 140)).astype(np.uint16)
+    p = write_ome_zarr(tmp_path / "img.ome.zarr", x, axes="czyx", scale=(1.0, 2.0, 0.65, 0.65),
+                       channel_names=["w1", "w2"], attrs={"recipe": {"seed": 3}})
+    arr, meta = open_zstack_with_metadata(p)
+    assert meta.axes == "czyx" and meta.scale == (1.0, 2.0, 0.65, 0.65)
+    assert meta.units == (None, "micrometer", "micrometer", "micrometer")
+    assert meta.channel_names == ["w1", "w2"] and meta.extra["ngff_version"] == "0.5"
+    assert meta.extra["ngff"]["recipe"] == {"seed": 3}
+    np.testing.assert_array_equal(arr.compute(), x)
+    np.testing.assert_array_equal(open_zstack(p, channel="w2").compute(), x[1])
+    g = zarr.open_group(str(p), mode="r")
+    assert g.metadata.zarr_format == 3
+    ms = g.attrs["ome"]["multiscales"][0]
+    assert [d["path"] for d in ms["datasets"]] == ["0", "1"]  # 130 -> 65 (>= 64) -> stop
+    assert g["1"].shape == (2, 3, 65, 70)
+    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 1.3, 1.3]
+    assert list(g["0"].metadata.dimension_names) == ["c", "z", "y", "x"]
+    # level 1 is the 2x2 mean, rounded
+    exp = np.rint(x[..., :130, :140].reshape(2, 3, 65, 2, 70, 2).mean(axis=(3, 5)))
+    np.testing.assert_array_equal(g["1"][:], exp.astype(np.uint16))
+
+
+def test_ome_zarr_04_v2_reads(tmp_path):
+    x = np.arange(3 * 20 * 30, dtype=np.uint16).reshape(3, 20, 30)
+    g = zarr.open_group(str(tmp_path / "v04.zarr"), mode="w", zarr_format=2)
+    g.create_array("s0", shape=x.shape, dtype=x.dtype, chunks=(1, 20, 30))[:] = x
+    g.create_array("s1", shape=(3, 10, 15), dtype=x.dtype, chunks=(1, 10, 15))[:] = 0
+    g.attrs.update({
+        "multiscales": [{
+            "version": "0.4",
+            "axes": [{"name": "z", "type": "space", "unit": "micrometer"},
+                     {"name": "y", "type": "space", "unit": "micrometer"},
+                     {"name": "x", "type": "space", "unit": "micrometer"}],
+            "datasets": [
+                {"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]},
+                {"path": "s1", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 1.0, 1.0]}]},
+            ],
+        }],
+        "omero": {"channels": [{"label": "dapi"}]},
+    })
+    assert (tmp_path / "v04.zarr" / ".zattrs").exists()
+    arr, meta = open_zstack_with_metadata(tmp_path / "v04.zarr")
+    assert meta.axes == "zyx" and meta.scale == (2.0, 0.5, 0.5)
+    assert meta.extra["ngff_version"] == "0.4" and meta.extra["level"] == "s0"
+    np.testing.assert_array_equal(arr.compute(), x)
+
+
+def test_corrupt_zarr_chunk_names_store_and_chunk(tmp_path):
+    x = np.random.default_rng(2).integers(0, 255, (3, 64, 64)).astype(np.uint8)
+    p = write_ome_zarr(tmp_path / "c.zarr", x, pyramid_levels=1)
+    chunk = p / "0" / "c" / "1" / "0" / "0"
+    assert chunk.is_file()
+    chunk.write_bytes(b"this is not zstd data at all")
+    arr = open_zstack(p)
+    np.testing.assert_array_equal(arr[0].compute(), x[0])  # other chunks still fine
+    with pytest.raises(ValueError, match=r"corrupt or unreadable zarr chunk 1\.0\.0 of .*c\.zarr/0"):
+        arr[1].compute()
+
+
+# ----------------------------------------------------------------------------------------------- writer
+
+
+def test_writer_dask_input_and_byte_identical(tmp_path):
+    x = np.random.default_rng(3).random((4, 96, 100)).astype(np.float32)
+    calls = []
+    a = write_ome_zarr(tmp_path / "a.zarr", da.from_array(x, chunks=(2, 48, 50)), scale=(2, 0.65, 0.65),
+                       progress=lambda d, t: calls.append((d, t)))
+    b = write_ome_zarr(tmp_path / "b.zarr", x, scale=(2, 0.65, 0.65))
+    assert calls[-1][0] == calls[-1][1] and len(calls) == calls[-1][1]
+    assert _files(a) == _files(b)
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in _files(a))
+    np.testing.assert_array_equal(open_zstack(a).compute(), x)
+
+
+def test_writer_atomic_on_failure(tmp_path):
+    def boom(block):
+        if block[0, 0, 0] > 0:
+            raise RuntimeError("chunk exploded")
+        return block
+
+    x = da.from_array(np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 32, 32), np.float32),
+                      chunks=(1, 32, 32)).map_blocks(boom)
+    target = tmp_path / "out.zarr"
+    with pytest.raises(RuntimeError, match="chunk exploded"):
+        write_ome_zarr(target, x)
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # no temp leftovers
+
+    # overwrite=True: a failure leaves the previous output intact
+    good = write_ome_zarr(target, np.ones((2, 32, 32), np.float32))
+    before = {f: (good / f).read_bytes() for f in _files(good)}
+    with pytest.raises(RuntimeError):
+        write_ome_zarr(target, x, overwrite=True)
+    assert {f: (good / f).read_bytes() for f in _files(good)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
+def test_writer_refuses_existing_and_own_input(tmp_path):
+    p = write_ome_zarr(tmp_path / "s.zarr", np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match="already exists"):
+        write_ome_zarr(p, np.zeros((2, 32, 32), np.uint8))
+    src = open_zstack(p)
+    with pytest.raises(ValueError, match="refusing to overwrite its own input"):
+        write_ome_zarr(p, src + 1, overwrite=True, source_paths=[p])
+    with pytest.raises(ValueError, match="refusing to overwrite its own input"):
+        write_ome_zarr(p / "inner.zarr", src, source_paths=[p])
+    # overwrite replaces atomically
+    write_ome_zarr(p, np.full((2, 32, 32), 5, np.uint8), overwrite=True)
+    assert int(open_zstack(p).max().compute()) == 5
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_writer_validation():
+    with pytest.raises(ValueError, match="axes"):
+        write_ome_zarr("/tmp/never.zarr", np.zeros((2, 8, 8)), axes="yx")
+    with pytest.raises(ValueError, match="scale"):
+        write_ome_zarr("/tmp/never.zarr", np.zeros((2, 8, 8)), scale=(1, 1))
+    with pytest.raises(ValueError, match="channel_names"):
+        write_ome_zarr("/tmp/never.zarr", np.zeros((2, 8, 8)), channel_names=["a", "b"])
+    assert auto_pyramid_levels((520, 696)) == 4
+    assert not Path("/tmp/never.zarr").exists()
