@@ -115,10 +115,14 @@ def poisson_gaussian(
     if not np.isfinite(offset):
         raise ValueError("offset must be finite")
     gen = as_generator(rng)
-    electrons = gen.poisson(a).astype(np.float64)
+    out = gen.poisson(a).astype(np.float64)
     if read_noise > 0:
-        electrons += gen.normal(0.0, read_noise, a.shape)
-    return gain * electrons + offset
+        noise = gen.standard_normal(a.shape)
+        noise *= read_noise
+        out += noise
+    out *= gain
+    out += offset
+    return out
 
 
 def salt_and_pepper(
