@@ -316,3 +316,14 @@ def test_writer_validation():
         write_ome_zarr("/tmp/never.zarr", np.zeros((2, 8, 8)), channel_names=["a", "b"])
     assert auto_pyramid_levels((520, 696)) == 4
     assert not Path("/tmp/never.zarr").exists()
+
+
+def test_written_ome_zarr_validates_and_pickles(tmp_path):
+    import pickle
+
+    models = pytest.importorskip("ome_zarr_models.v05.image")
+    p = write_ome_zarr(tmp_path / "v.ome.zarr", np.ones((2, 3, 130, 140), np.uint16), axes="czyx",
+                       scale=(1, 2, 0.65, 0.65), channel_names=["a", "b"])
+    models.Image.from_zarr(zarr.open_group(str(p), mode="r"))  # raises if not valid NGFF 0.5
+    arr = pickle.loads(pickle.dumps(open_zstack(p)))  # dask.distributed needs picklable graphs
+    assert int(arr.sum().compute()) == 2 * 3 * 130 * 140
