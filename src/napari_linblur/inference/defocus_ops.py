@@ -1,0 +1,484 @@
+"""Per-pixel defocus maps and focus QC: ``estimate_defocus``, ``focus_curve``, ``best_focus``.
+
+* :func:`estimate_defocus` runs HDME-Net (paper 001) tiled with overlap over every plane and returns σ of the
+  equivalent Gaussian PSF in pixels, float32, same shape as the input (numpy or lazy dask, one task per plane);
+  ``mode="patch"`` gives the mean σ per ``patch_size`` tile, :func:`defocus_patches` the patch grid itself.
+* :func:`sigma_to_defocus_um` converts σ maps to µm of defocus with the optics calibration
+  (:func:`napari_linblur.optics.psf.defocus_from_sigma`).
+* :func:`focus_curve` scores every plane (higher = sharper): ``"defocus"`` = minus the median estimated σ over
+  the plane's signal pixels (:func:`signal_mask`), or a classical measure; :func:`best_focus` is its arg-max
+  along Z.
+
+torch is imported only inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from .tiling import DEFAULT_OVERLAP, map_planes
+from .validate import check_finite_plane, check_image, is_dask
+
+__all__ = [
+    "FOCUS_METHODS",
+    "best_focus",
+    "defocus_patches",
+    "estimate_defocus",
+    "focus_curve",
+    "patch_means",
+    "plane_focus_score",
+    "sigma_to_defocus_um",
+    "signal_mask",
+]
+
+DEFAULT_TILE = 256
+#: ``method`` names of :func:`focus_curve`; the classical ones map to :mod:`napari_linblur.metrics.focus`
+FOCUS_METHODS = ("defocus", "variance_of_laplacian", "brenner", "tenengrad", "normalized_variance", "vollath")
+_ALIASES = {"laplacian": "variance_of_laplacian", "normvar": "normalized_variance", "vollath_f4": "vollath"}
+
+_MODEL_CACHE: dict[tuple, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------------------------------- model
+def _model_key(model, device) -> tuple | None:
+    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        return ("spec", str(model), str(device))
+    return None
+
+
+def _get_model(model, device):
+    """Load (once per process) the defocus model: ``None``/name/path are cached, modules passed through."""
+    from napari_linblur.models.registry import resolve_model
+
+    key = _model_key(model, device)
+    if key is None:
+        return resolve_model(model, "defocus", device=device)
+    with _CACHE_LOCK:
+        net = _MODEL_CACHE.get(key)
+        if net is None:
+            net = resolve_model(model, "defocus", device=device)
+            _MODEL_CACHE[key] = net
+    return net
+
+
+class _PlaneDefocus:
+    """Picklable per-plane σ estimator: holds the model *spec* and loads it once per worker process."""
+
+    def __init__(self, model, device, tile, overlap, batch_size, mode, patch_size, progress=None, should_stop=None):
+        self.model = model
+        self.device = device
+        self.tile = tile
+        self.overlap = overlap
+        self.batch_size = batch_size
+        self.mode = mode
+        self.patch_size = patch_size
+        self.progress = progress
+        self.should_stop = should_stop
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["progress"] = state["should_stop"] = None
+        return state
+
+    def net(self):
+        return _get_model(self.model, self.device)
+
+    def __call__(self, plane: np.ndarray) -> np.ndarray:
+        from napari_linblur.inference.device import resolve_device
+        from napari_linblur.inference.normalize import fit_normalization
+        from napari_linblur.inference.tiling import tiled_apply
+
+        plane = np.asarray(plane)
+        check_finite_plane(plane, "img")
+        net = self.net()
+        x = fit_normalization(plane).apply(plane)
+        dev = next(net.parameters()).device if any(True for _ in net.parameters()) else resolve_device(self.device)
+        sigma = tiled_apply(
+            lambda t: net(t), x, out_channels=1, tile=self.tile, overlap=self.overlap,
+            multiple=int(getattr(net, "multiple", 16)), batch_size=self.batch_size, device=dev,
+            progress=self.progress, should_stop=self.should_stop,
+        )[0]
+        sigma = np.maximum(sigma, 0.0).astype(np.float32)
+        if self.mode == "patch":
+            grid = patch_means(sigma, self.patch_size)
+            sigma = _broadcast_patches(grid, sigma.shape, self.patch_size)
+        return sigma
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------------- estimation
+def estimate_defocus(
+    img,
+    *,
+    model=None,
+    device="auto",
+    tile: int = DEFAULT_TILE,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    mode: str = "pixel",
+    patch_size: int = 64,
+    progress=None,
+    should_stop=None,
+):
+    """Per-pixel defocus map: σ (pixels) of the equivalent Gaussian PSF at every pixel.
+
+    Parameters
+    ----------
+    img : numpy or dask array, (Y, X) or (..., Y, X)
+        Any real dtype, any size; stacks are processed plane by plane (each plane normalized on its own with
+        :func:`~napari_linblur.inference.normalize.fit_normalization`, as in training).
+    model : None, str, path or torch.nn.Module
+        ``None`` = the shipped ``defocus-default``; a shipped name or a ``.safetensors`` path from
+        ``linblur train defocus``.
+    device : str
+        ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``...
+    tile, overlap : int
+        Tile side and overlap (pixels) of the tiled inference; tiles are blended smoothly, images smaller than
+        a tile are padded by reflection to the network's multiple and cropped back. ``overlap=None`` uses
+        ``min(32, tile // 4)``.
+    batch_size : int
+        Tiles per forward pass.
+    mode : {"pixel", "patch"}
+        ``"pixel"``: the per-pixel map. ``"patch"``: the mean σ of every ``patch_size`` x ``patch_size`` tile,
+        broadcast back to the image shape (quick QC; :func:`defocus_patches` returns the grid itself).
+    patch_size : int
+        Patch side for ``mode="patch"``.
+    progress, should_stop : callable, optional
+        Per-tile progress callback and cancel hook (numpy input only).
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        float32 σ map, same shape as ``img`` (dask in -> lazy dask out, one task per plane).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad image, mode, tile or patch size; no defocus model available.
+
+    Examples
+    --------
+    >>> import numpy as np, napari_linblur as nl
+    >>> img = np.random.default_rng(0).poisson(100, (64, 80)).astype("uint16")
+    >>> sigma = nl.estimate_defocus(img, device="cpu")
+    >>> sigma.shape, sigma.dtype.name
+    ((64, 80), 'float32')
+    """
+    img = check_image(img, "img")
+    if mode not in ("pixel", "patch"):
+        raise ValueError(f"mode={mode!r}; use 'pixel' (per-pixel map) or 'patch' (mean σ per tile)")
+    tile = _check_int(tile, "tile", 16)
+    overlap = min(DEFAULT_OVERLAP, tile // 4) if overlap is None else _check_int(overlap, "overlap", 0)
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    patch_size = _check_int(patch_size, "patch_size", 4)
+    if overlap >= tile:
+        raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
+    _get_model(model, device)  # fail early (no model / wrong task) and warm the cache
+    fn = _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size,
+                       None if is_dask(img) else progress, None if is_dask(img) else should_stop)
+    return map_planes(fn, img)
+
+
+def patch_means(sigma_map, patch_size: int = 64) -> np.ndarray:
+    """Mean of a 2-D map over ``patch_size`` tiles (the last row/column of tiles may be smaller).
+
+    Examples
+    --------
+    >>> patch_means(np.arange(16.0).reshape(4, 4), 2)
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
+    """
+    s = np.asarray(sigma_map, dtype=np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"sigma_map must be 2-D (Y, X), got shape {s.shape}")
+    p = _check_int(patch_size, "patch_size", 1)
+    ny, nx = -(-s.shape[0] // p), -(-s.shape[1] // p)
+    sums = np.add.reduceat(np.add.reduceat(s, np.arange(0, s.shape[0], p), axis=0), np.arange(0, s.shape[1], p), axis=1)
+    hy = np.minimum(p, s.shape[0] - np.arange(ny) * p)
+    hx = np.minimum(p, s.shape[1] - np.arange(nx) * p)
+    return (sums / np.outer(hy, hx)).astype(np.float32)
+
+
+def _broadcast_patches(grid: np.ndarray, shape: tuple[int, int], patch_size: int) -> np.ndarray:
+    full = np.repeat(np.repeat(grid, patch_size, axis=0), patch_size, axis=1)
+    return np.ascontiguousarray(full[: shape[0], : shape[1]], dtype=np.float32)
+
+
+def defocus_patches(img, *, patch_size: int = 64, model=None, device="auto", **kwargs) -> np.ndarray:
+    """Patch grid of mean σ: ``(..., ceil(Y / patch_size), ceil(X / patch_size))`` float32 (computed).
+
+    Keyword arguments go to :func:`estimate_defocus`. Dask inputs are computed plane by plane.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.random.default_rng(0).poisson(100, (64, 96)).astype("uint16")
+    >>> defocus_patches(img, patch_size=32, device="cpu").shape
+    (2, 3)
+    """
+    img = check_image(img, "img")
+    patch_size = _check_int(patch_size, "patch_size", 4)
+    sigma = estimate_defocus(img, model=model, device=device, patch_size=patch_size, **kwargs)
+    lead = tuple(img.shape[:-2])
+    ny, nx = -(-img.shape[-2] // patch_size), -(-img.shape[-1] // patch_size)
+    out = np.empty(lead + (ny, nx), np.float32)
+    for idx in np.ndindex(*lead):
+        out[idx] = patch_means(np.asarray(sigma[idx]), patch_size)
+    return out
+
+
+def sigma_to_defocus_um(
+    sigma_map,
+    *,
+    na: float | None = None,
+    wavelength_um: float | None = None,
+    pixel_um: float | None = None,
+    ni: float = 1.0,
+    psf_model: str = "born_wolf",
+    setup=None,
+):
+    """Convert σ (pixels) to |defocus| (µm) with the optics calibration of a microscope.
+
+    Uses :func:`napari_linblur.optics.psf.defocus_from_sigma` for the
+    :class:`~napari_linblur.optics.psf.OpticalSetup` ``(na, wavelength_um, pixel_um, ni, psf_model)``
+    (or ``setup`` when given). σ below the setup's in-focus σ maps to 0 µm. The sign of the defocus (above or
+    below focus) cannot be told from one image.
+
+    Parameters
+    ----------
+    sigma_map : array_like or dask array
+        σ in pixels (``>= 0``; small negative values are clipped to 0).
+    na, wavelength_um, pixel_um, ni : float
+        Numerical aperture, emission wavelength (µm), pixel size in the sample (µm), immersion index.
+    psf_model : {"born_wolf", "gibson_lanni", "gaussian", "disc"}
+        PSF model whose equivalent σ is tabulated.
+    setup : OpticalSetup, optional
+        Overrides the individual arguments.
+
+    Returns
+    -------
+    float32 array of the same shape (dask in -> dask out).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> um = sigma_to_defocus_um(np.array([0.0, 3.88]), na=0.45, wavelength_um=0.5, pixel_um=0.65,
+    ...                          psf_model="gaussian")
+    >>> [round(float(v), 1) for v in um]
+    [0.0, 10.0]
+    """
+    from napari_linblur.optics.psf import OpticalSetup, defocus_from_sigma
+
+    if setup is None:
+        if na is None or wavelength_um is None or pixel_um is None:
+            raise ValueError("sigma_to_defocus_um needs na, wavelength_um and pixel_um (or setup=OpticalSetup(...))")
+        setup = OpticalSetup(na=na, wavelength_um=wavelength_um, pixel_um=pixel_um, ni=ni, model=psf_model)
+    elif not isinstance(setup, OpticalSetup):
+        raise TypeError(f"setup must be an OpticalSetup, got {type(setup).__name__}")
+
+    def conv(block):
+        b = np.asarray(block, dtype=np.float64)
+        if not np.all(np.isfinite(b)):
+            raise ValueError("sigma_map contains NaN or Inf values")
+        return np.asarray(defocus_from_sigma(np.clip(b, 0.0, None), setup), dtype=np.float32).reshape(b.shape)
+
+    if is_dask(sigma_map):
+        return sigma_map.map_blocks(conv, dtype=np.float32)
+    return conv(sigma_map)
+
+
+# ------------------------------------------------------------------------------------------- focus QC
+def signal_mask(plane, *, smooth: float = 2.0, fraction: float = 0.2, min_snr: float = 5.0) -> np.ndarray:
+    """Pixels that carry signal (foreground) in a fluorescence plane; empty when there is none.
+
+    The plane is smoothed (Gaussian, ``smooth`` px); the background is its median ``b`` and the noise ``n`` the
+    robust (MAD) standard deviation of the plane minus its smoothed version. Pixels brighter than
+    ``b + fraction * (p99.5 - b)`` are signal, provided the contrast ``p99.5 - b`` exceeds ``min_snr * n``
+    (otherwise the plane is empty or constant and the mask is all False).
+
+    Examples
+    --------
+    >>> p = np.zeros((32, 32)); p[8:16, 8:16] = 100
+    >>> int(signal_mask(p).sum()) > 40, bool(signal_mask(np.ones((32, 32))).any())
+    (True, False)
+    """
+    from scipy import ndimage as ndi
+
+    a = np.asarray(plane, dtype=np.float32)
+    sm = ndi.gaussian_filter(a, smooth) if smooth > 0 else a
+    bg = float(np.median(sm))
+    hi = float(np.percentile(sm, 99.5))
+    resid = a - sm
+    noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    contrast = hi - bg
+    if not contrast > max(min_snr * noise, 1e-6 * max(abs(hi), 1.0)):
+        return np.zeros(a.shape, bool)
+    return sm > bg + fraction * contrast
+
+
+def _vollath(a: np.ndarray) -> float:
+    """Vollath F4 autocorrelation: ``mean(I(x) I(x+1)) - mean(I(x) I(x+2))`` along rows and columns."""
+    f = float(np.mean(a[:, :-1] * a[:, 1:]) - np.mean(a[:, :-2] * a[:, 2:]))
+    f += float(np.mean(a[:-1] * a[1:]) - np.mean(a[:-2] * a[2:]))
+    return f
+
+
+def _classical(method: str, plane: np.ndarray) -> float:
+    from napari_linblur.metrics import focus as fm
+
+    a = np.asarray(plane, dtype=np.float64)
+    if method == "vollath":
+        return _vollath(a)
+    if method == "normalized_variance" and float(np.mean(a)) == 0.0:
+        return 0.0
+    return float(getattr(fm, method)(a))
+
+
+def _check_method(method: str) -> str:
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, one of {FOCUS_METHODS}")
+    m = _ALIASES.get(method.lower(), method.lower())
+    if m not in FOCUS_METHODS:
+        raise ValueError(f"method={method!r}; use one of {FOCUS_METHODS}")
+    return m
+
+
+class _PlaneScore:
+    """Picklable per-plane focus score."""
+
+    def __init__(self, method, sigma_fn=None):
+        self.method = method
+        self.sigma_fn = sigma_fn
+
+    def __call__(self, plane) -> float:
+        plane = np.asarray(plane)
+        check_finite_plane(plane, "stack")
+        if self.method != "defocus":
+            score = _classical(self.method, plane)
+        else:
+            sigma = self.sigma_fn(plane)
+            mask = signal_mask(plane)
+            score = -float(np.median(sigma[mask] if mask.any() else sigma))
+        return score if np.isfinite(score) else 0.0
+
+
+def plane_focus_score(plane, *, method: str = "defocus", model=None, device="auto", **kwargs) -> float:
+    """Focus score of one 2-D plane (higher = sharper); see :func:`focus_curve`.
+
+    Examples
+    --------
+    >>> p = np.zeros((32, 32)); p[::4, ::4] = 1
+    >>> plane_focus_score(p, method="brenner") > 0
+    True
+    """
+    plane = check_image(plane, "plane", allow_stack=False)
+    method = _check_method(method)
+    return _score_fn(method, model, device, kwargs)(np.asarray(plane))
+
+
+def _score_fn(method, model, device, kwargs):
+    sigma_fn = None
+    if method == "defocus":
+        _get_model(model, device)
+        sigma_fn = _PlaneDefocus(model, device, kwargs.get("tile", DEFAULT_TILE),
+                                 kwargs.get("overlap") or min(DEFAULT_OVERLAP, kwargs.get("tile", DEFAULT_TILE) // 4), kwargs.get("batch_size", 4),
+                                 "pixel", 64)
+    return _PlaneScore(method, sigma_fn)
+
+
+def focus_curve(stack, *, method: str = "defocus", model=None, device="auto", compute: bool = True, **kwargs):
+    """Focus score of every plane of a stack (higher = sharper).
+
+    Parameters
+    ----------
+    stack : numpy or dask array, (..., Z, Y, X) (a single plane (Y, X) gives a 0-d result)
+        Planes are read and scored one at a time; a lazy stack is never materialised.
+    method : str
+        ``"defocus"`` (default): minus the median estimated σ (pixels) over the plane's signal pixels
+        (:func:`signal_mask`; all pixels when the plane has no signal), so a score of ``-2.5`` means a median
+        blur of 2.5 px. Classical measures on the raw intensities: ``"variance_of_laplacian"``, ``"brenner"``,
+        ``"tenengrad"``, ``"normalized_variance"`` (:mod:`napari_linblur.metrics.focus`) and ``"vollath"`` (F4).
+    model, device
+        As in :func:`estimate_defocus` (``method="defocus"`` only).
+    compute : bool
+        For dask input: ``True`` computes (plane by plane, with the active dask scheduler) and returns numpy;
+        ``False`` returns the lazy dask array of scores.
+    **kwargs
+        ``tile``, ``overlap``, ``batch_size`` for the defocus model.
+
+    Returns
+    -------
+    numpy.ndarray (float64) of shape ``stack.shape[:-2]``; never NaN (constant planes score 0 with the
+    classical measures, and a defined σ with ``"defocus"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy.ndimage import gaussian_filter
+    >>> sharp = np.random.default_rng(0).random((48, 48))
+    >>> stack = np.stack([gaussian_filter(sharp, s) for s in (3, 1, 0.1, 2)])
+    >>> int(np.argmax(focus_curve(stack, method="brenner")))
+    2
+    """
+    stack = check_image(stack, "stack")
+    method = _check_method(method)
+    fn = _score_fn(method, model, device, kwargs)
+    lead = tuple(stack.shape[:-2])
+    if is_dask(stack):
+        import dask.array as da
+
+        nlead = len(lead)
+        chunks = {i: 1 for i in range(nlead)}
+        chunks.update({nlead: -1, nlead + 1: -1})
+        arr = da.asarray(stack).rechunk(chunks)
+
+        def _block(b):
+            return np.asarray(fn(b.reshape(b.shape[-2:])), dtype=np.float64).reshape(b.shape[:-2])
+
+        lazy = arr.map_blocks(_block, drop_axis=[nlead, nlead + 1], dtype=np.float64,
+                              meta=np.empty((0,) * nlead, np.float64))
+        return np.asarray(lazy.compute()) if compute else lazy
+    out = np.empty(lead, np.float64)
+    for idx in np.ndindex(*lead):
+        out[idx] = fn(np.asarray(stack[idx]))
+    return out
+
+
+def best_focus(stack, *, method: str = "defocus", model=None, device="auto", **kwargs):
+    """Index of the sharpest plane along Z (the arg-max of :func:`focus_curve`).
+
+    Parameters
+    ----------
+    stack : numpy or dask array, (Z, Y, X) or (..., Z, Y, X)
+    method, model, device, **kwargs
+        As in :func:`focus_curve`.
+
+    Returns
+    -------
+    int for a ``(Z, Y, X)`` stack; an int64 array of shape ``stack.shape[:-3]`` for more leading axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy.ndimage import gaussian_filter
+    >>> sharp = np.random.default_rng(0).random((48, 48))
+    >>> best_focus(np.stack([gaussian_filter(sharp, s) for s in (3, 1, 0.1, 2)]), method="tenengrad")
+    2
+    """
+    stack = check_image(stack, "stack")
+    if stack.ndim < 3:
+        raise ValueError(f"stack has shape {tuple(stack.shape)}; best_focus needs a z-stack (..., Z, Y, X)")
+    curve = focus_curve(stack, method=method, model=model, device=device, compute=True, **kwargs)
+    idx = np.argmax(curve, axis=-1)
+    return int(idx) if np.ndim(idx) == 0 else idx.astype(np.int64)

@@ -1,0 +1,149 @@
+"""estimate_defocus / focus_curve / best_focus / patch mode / σ -> µm, with a tiny random HDME-Net."""
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from napari_linblur.inference import defocus_ops as D
+from napari_linblur.models.hrnet import HDMENet, preset_config
+from napari_linblur.optics.psf import OpticalSetup, sigma_from_defocus
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    m = HDMENet(width=4, n_branches=3, modules=[1, 1], blocks=1, stem_channels=4, head_channels=8).eval()
+    m.task = "defocus"
+    return m
+
+
+def _img(shape=(50, 70), seed=0, dtype="uint16"):
+    rng = np.random.default_rng(seed)
+    base = gaussian_filter(rng.random(shape), 2) * 2000 + 100
+    return rng.poisson(base).astype(dtype)
+
+
+def test_network_any_multiple_and_presets():
+    net = HDMENet(**preset_config("default"))
+    assert net.multiple == 8
+    out = net(torch.rand(2, 1, 24, 40))
+    assert out.shape == (2, 1, 24, 40) and float(out.min()) >= 0
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net(torch.rand(1, 1, 20, 20))
+    with pytest.raises(ValueError, match="config"):
+        preset_config("huge")
+    n = sum(p.numel() for p in net.parameters())
+    assert n * 4 < 15e6  # float32 weight file under 15 MB
+
+
+def test_paper_config_constructs_and_runs():
+    cfg = preset_config("paper")
+    assert cfg["width"] == 48 and cfg["n_branches"] == 4 and cfg["stem_stride"] == 4
+    net = HDMENet(**cfg).eval()
+    assert net.channels == [48, 96, 192, 384] and net.multiple == 32
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 64, 64))
+    assert out.shape == (1, 1, 64, 64) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("shape", [(50, 70), (6, 9), (130, 33)])
+def test_estimate_defocus_any_size_numpy(net, shape):
+    img = _img(shape)
+    s = D.estimate_defocus(img, model=net, device="cpu", tile=32, overlap=8)
+    assert s.shape == shape and s.dtype == np.float32
+    assert np.isfinite(s).all() and (s >= 0).all()
+
+
+def test_dtypes_and_constant_images(net):
+    for dtype in ("uint8", "uint16", "float32", "float64", "int32"):
+        s = D.estimate_defocus(_img((40, 40), dtype=dtype), model=net, device="cpu")
+        assert s.dtype == np.float32 and np.isfinite(s).all()
+    for const in (np.zeros((32, 32)), np.full((32, 32), 7, np.uint16)):
+        s = D.estimate_defocus(const, model=net, device="cpu")
+        assert np.isfinite(s).all()
+        curve = D.focus_curve(np.stack([const, const]), model=net, device="cpu")
+        assert np.isfinite(curve).all()
+        for m in D.FOCUS_METHODS[1:]:
+            assert np.isfinite(D.focus_curve(np.stack([const, const]), method=m)).all()
+
+
+def test_dask_is_lazy_one_task_per_plane_and_matches_numpy(net):
+    stack = np.stack([_img((40, 48), seed=i) for i in range(3)])
+    lazy = D.estimate_defocus(da.from_array(stack, chunks=(3, 20, 48)), model=net, device="cpu", tile=32)
+    assert isinstance(lazy, da.Array) and lazy.shape == stack.shape and lazy.numblocks == (3, 1, 1)
+    np.testing.assert_allclose(lazy.compute(), D.estimate_defocus(stack, model=net, device="cpu", tile=32),
+                               rtol=1e-5, atol=1e-5)
+    curve = D.focus_curve(da.from_array(stack, chunks=(1, 40, 48)), model=net, device="cpu", compute=False)
+    assert isinstance(curve, da.Array) and curve.shape == (3,) and curve.numblocks == (3,)
+
+
+def test_patch_mode_and_grid(net):
+    img = _img((70, 100))
+    s = D.estimate_defocus(img, model=net, device="cpu", mode="patch", patch_size=32)
+    assert s.shape == img.shape
+    assert np.allclose(s[:32, :32], s[0, 0]) and np.allclose(s[64:, 96:], s[-1, -1])
+    grid = D.defocus_patches(img, model=net, device="cpu", patch_size=32)
+    assert grid.shape == (3, 4)
+    pix = D.estimate_defocus(img, model=net, device="cpu")
+    np.testing.assert_allclose(grid, D.patch_means(pix, 32), rtol=1e-5)
+    np.testing.assert_allclose(grid[0, 0], pix[:32, :32].mean(), rtol=1e-5)
+    assert D.defocus_patches(np.stack([img, img]), model=net, device="cpu", patch_size=32).shape == (2, 3, 4)
+
+
+def test_bad_input_errors(net):
+    with pytest.raises(ValueError, match="mode"):
+        D.estimate_defocus(_img(), model=net, device="cpu", mode="tiles")
+    with pytest.raises(ValueError, match="img"):
+        D.estimate_defocus(np.zeros(10), model=net, device="cpu")
+    with pytest.raises(ValueError, match="NaN"):
+        D.estimate_defocus(np.full((16, 16), np.nan), model=net, device="cpu")
+    with pytest.raises(TypeError, match="tile"):
+        D.estimate_defocus(_img(), model=net, device="cpu", tile=True)
+    with pytest.raises(ValueError, match="overlap"):
+        D.estimate_defocus(_img(), model=net, device="cpu", tile=32, overlap=32)
+    with pytest.raises(ValueError, match="method"):
+        D.focus_curve(np.zeros((2, 16, 16)), method="sharpness")
+    with pytest.raises(ValueError, match="z-stack"):
+        D.best_focus(np.zeros((16, 16)), method="brenner")
+    other = HDMENet(width=4, n_branches=2, modules=[1], blocks=1)
+    other.task = "deblur"
+    with pytest.raises(ValueError, match="defocus"):
+        D.estimate_defocus(_img(), model=other, device="cpu")
+
+
+def test_classical_focus_curve_and_best_focus_shapes():
+    sharp = gaussian_filter(np.random.default_rng(1).random((48, 48)), 1.0) * 1000
+    sig = [4, 2, 0, 1.5, 3]
+    stack = np.stack([gaussian_filter(sharp, s) for s in sig])
+    for m in ("variance_of_laplacian", "brenner", "tenengrad", "vollath", "laplacian"):
+        curve = D.focus_curve(stack, method=m)
+        assert curve.shape == (5,) and int(np.argmax(curve)) == 2, m
+    assert D.best_focus(stack, method="brenner") == 2
+    four = np.stack([stack, stack[::-1]])
+    got = D.best_focus(da.from_array(four, chunks=(1, 1, 48, 48)), method="tenengrad")
+    assert got.tolist() == [2, 2] and got.dtype == np.int64
+
+
+def test_signal_mask():
+    p = np.zeros((64, 64))
+    p[20:40, 20:40] = 500
+    p = np.random.default_rng(0).poisson(p + 100).astype(float)
+    m = D.signal_mask(p)
+    assert m[25:35, 25:35].all() and not m[:10, :10].any()
+    assert not D.signal_mask(np.random.default_rng(0).poisson(100, (64, 64)).astype(float)).any()
+
+
+def test_sigma_to_defocus_um_roundtrip():
+    setup = OpticalSetup(na=0.45, wavelength_um=0.52, pixel_um=0.65, model="gaussian")
+    dz = np.array([[2.0, 10.0], [20.0, 30.0]])
+    sig = sigma_from_defocus(dz, setup)
+    got = D.sigma_to_defocus_um(sig, na=0.45, wavelength_um=0.52, pixel_um=0.65, psf_model="gaussian")
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, dz, rtol=1e-3)
+    lazy = D.sigma_to_defocus_um(da.from_array(sig.astype(np.float32), chunks=1), setup=setup)
+    np.testing.assert_allclose(lazy.compute(), dz, rtol=1e-3)
+    assert D.sigma_to_defocus_um(np.array([0.0]), setup=setup)[0] == 0.0
+    with pytest.raises(TypeError, match="setup"):
+        D.sigma_to_defocus_um(sig, na=0.45, wavelength_um=0.52, pixel_um=0.65, setup="x")
