@@ -1,0 +1,306 @@
+"""Single-image deblurring: ``nl.deblur(img, method=...)``.
+
+Methods
+-------
+``"network"``
+    The DRBNet-style network (:class:`~napari_linblur.models.drbnet.DRBNet`, shipped as ``deblur-default``),
+    blind (never told the PSF), run tiled through :func:`~napari_linblur.inference.tiling.tiled_apply`.
+``"reblur-extrapolate"``
+    Paper 000 §4 future work: blur the input once more with a known Gaussian of σ_r, giving the pair
+    (b = input, c = re-blurred), then extrapolate in the autoencoder's latent space with
+    :func:`napari_linblur.deblur_pair` towards the in-focus image a. α comes from the defocus map
+    (:func:`napari_linblur.estimate_defocus`), see :func:`reblur_alpha`.
+``"guided"``
+    Defocus-guided deblurring: the σ map is summarised per tile (median), each tile gets the deblurring strength
+    matching its blur — none below ``sigma_focus`` px, full above ``sigma_full`` px, linear in between — and the
+    tiles are blended with smooth windows. In-focus regions come back exactly as they were.
+``"auto"``
+    The method measured best in ``docs/results/deblur.md`` (``linblur evaluate deblur``): :data:`AUTO_METHOD`.
+
+Derivation of α for re-blur + extrapolation
+-------------------------------------------
+The paper's weight for planes a (sharp) < b < c (blurry) at defocus distances d is
+``α = (d_c − d_b) / (d_c − d_a)`` (``z_b = α z_a + (1 − α) z_c``). With σ of the equivalent Gaussian PSF as the
+distance proxy (σ grows linearly with |d| away from focus, geometric optics): the input has σ_b (the defocus map);
+re-blurring a Gaussian-blurred image by G(σ_r) gives σ_c = sqrt(σ_b² + σ_r²) (Gaussians compose in quadrature);
+the target is in focus, σ_a = 0. Hence ``α = (σ_c − σ_b) / σ_c = 1 − σ_b / sqrt(σ_b² + σ_r²)``.
+An in-focus input (σ_b → 0) gives α → 1: the output is the input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .normalize import fit_normalization
+from .tiling import Cancelled, map_planes, tile_starts
+from .validate import check_finite_plane, check_image, is_dask
+
+__all__ = ["AUTO_METHOD", "METHODS", "deblur", "reblur_alpha", "guided_weights", "auto_tile"]
+
+METHODS = ("auto", "network", "reblur-extrapolate", "guided")
+
+#: what ``method="auto"`` runs; chosen by measurement (docs/results/deblur.md, ``linblur evaluate deblur``)
+AUTO_METHOD = "network"
+
+#: σ_r of the re-blur (pixels)
+DEFAULT_SIGMA_R = 2.0
+
+
+def reblur_alpha(sigma_b: float, sigma_r: float = DEFAULT_SIGMA_R, sigma_a: float = 0.0) -> float:
+    """α for extrapolating from (b, c = b re-blurred by σ_r) to the in-focus a, σ as the defocus proxy.
+
+    ``α = (σ_c − σ_b) / (σ_c − σ_a)`` with ``σ_c = sqrt(σ_b² + σ_r²)``; clipped to ``[0.05, 1]``.
+
+    Parameters
+    ----------
+    sigma_b : float
+        Current blur of the image (px, from the defocus map).
+    sigma_r : float
+        σ of the extra Gaussian blur (px, > 0).
+    sigma_a : float
+        Blur of the target (0 = in focus).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> round(reblur_alpha(2.0, 2.0), 4)  # 1 - 1/sqrt(2)
+    0.2929
+    >>> reblur_alpha(0.0, 2.0)
+    1.0
+    """
+    if not sigma_r > 0:
+        raise ValueError(f"sigma_r must be > 0 (pixels), got {sigma_r}")
+    sigma_b = max(float(sigma_b), float(sigma_a), 0.0)
+    sigma_c = math.sqrt(sigma_b**2 + sigma_r**2)
+    alpha = (sigma_c - sigma_b) / max(sigma_c - sigma_a, 1e-9)
+    return float(min(1.0, max(0.05, alpha)))
+
+
+def auto_tile(ny: int, nx: int, *, cap: int = 544, overlap: int = 32, multiple: int = 8) -> int:
+    """Square tile side (multiple of ``multiple``, ≤ ``cap``) minimising the pixels processed.
+
+    Examples
+    --------
+    >>> auto_tile(1024, 1024)
+    528
+    """
+    best, best_cost = multiple, None
+    for t in range(max(multiple, 2 * overlap), cap + 1, multiple):
+        th, tw = min(t, -(-ny // multiple) * multiple), min(t, -(-nx // multiple) * multiple)
+        cost = len(tile_starts(max(ny, th), th, overlap)) * len(tile_starts(max(nx, tw), tw, overlap)) * th * tw
+        if best_cost is None or cost < best_cost or (cost == best_cost and t > best):
+            best, best_cost = t, cost
+    return best
+
+
+def guided_weights(sigma_map: np.ndarray, *, sigma_focus: float = 0.8, sigma_full: float = 1.5,
+                   tile: int = 64, overlap: int = 32) -> np.ndarray:
+    """Per-pixel deblurring strength in [0, 1] from a σ map, tile by tile with smooth blending.
+
+    Each tile's strength is ``clip((median σ − sigma_focus) / (sigma_full − sigma_focus), 0, 1)``; the tiles are
+    blended with the raised-cosine windows of :func:`~napari_linblur.inference.tiling.blend_window`. A region
+    whose tiles all have median σ ≤ ``sigma_focus`` gets exactly 0 (left untouched).
+
+    Examples
+    --------
+    >>> s = np.zeros((128, 128), np.float32); s[:, 64:] = 3.0
+    >>> w = guided_weights(s)
+    >>> float(w[:, :16].max()), float(w[:, -16:].min())
+    (0.0, 1.0)
+    """
+    from .tiling import blend_window
+
+    s = np.asarray(sigma_map, np.float32)
+    if s.ndim != 2:
+        raise ValueError(f"sigma_map must be a 2-D (Y, X) map, got shape {s.shape}")
+    if not sigma_full > sigma_focus >= 0:
+        raise ValueError(f"need sigma_full > sigma_focus >= 0, got {sigma_full}, {sigma_focus}")
+    ny, nx = s.shape
+    th, tw = min(tile, ny), min(tile, nx)
+    acc = np.zeros((ny, nx), np.float32)
+    wsum = np.zeros((ny, nx), np.float32)
+    for y0 in tile_starts(ny, th, overlap):
+        for x0 in tile_starts(nx, tw, overlap):
+            med = float(np.median(s[y0 : y0 + th, x0 : x0 + tw]))
+            strength = float(np.clip((med - sigma_focus) / (sigma_full - sigma_focus), 0.0, 1.0))
+            win = blend_window((th, tw), overlap, (y0 > 0, y0 + th < ny, x0 > 0, x0 + tw < nx))
+            acc[y0 : y0 + th, x0 : x0 + tw] += strength * win
+            wsum[y0 : y0 + th, x0 : x0 + tw] += win
+    return np.clip(acc / np.maximum(wsum, 1e-12), 0.0, 1.0).astype(np.float32)
+
+
+def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, progress, should_stop) -> np.ndarray:
+    from .tiling import tiled_apply
+
+    norm = fit_normalization(plane)
+    x = norm.apply(plane)
+    t = tile or auto_tile(*x.shape, overlap=overlap, multiple=net.multiple)
+    out = tiled_apply(lambda b: net(b), x, out_channels=1, tile=t, overlap=overlap, multiple=net.multiple,
+                      batch_size=batch_size, device=dev, progress=progress, should_stop=should_stop)[0]
+    return norm.invert(out)
+
+
+def _reblur_plane(plane: np.ndarray, sigma_b: float, *, sigma_r: float, ae, device) -> np.ndarray:
+    from napari_linblur.inference.latent_ops import deblur_pair
+    from napari_linblur.optics.convolve import fft_convolve
+    from napari_linblur.optics.psf import gaussian_psf
+
+    reblurred = fft_convolve(plane.astype(np.float64), gaussian_psf(sigma_r)).astype(np.float32)
+    alpha = reblur_alpha(sigma_b, sigma_r)
+    if alpha >= 1.0:
+        return plane.astype(np.float32)
+    return np.asarray(deblur_pair(plane, reblurred, alpha, model=ae, device=device), np.float32)
+
+
+def deblur(
+    img: Any,
+    *,
+    method: str = "auto",
+    model: Any = None,
+    device: Any = "auto",
+    sigma_map: Any = None,
+    defocus_model: Any = None,
+    sigma_r: float = DEFAULT_SIGMA_R,
+    guide: str = "network",
+    sigma_focus: float = 0.8,
+    sigma_full: float = 1.5,
+    tile: int | None = None,
+    overlap: int = 32,
+    batch_size: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
+    """Deblur a single defocused image (or every plane of a stack), blind.
+
+    Parameters
+    ----------
+    img : array_like or dask array
+        ``(Y, X)`` or ``(..., Y, X)``, any real dtype, any size.
+    method : {"auto", "network", "reblur-extrapolate", "guided"}
+        See the module docstring. ``"auto"`` runs :data:`AUTO_METHOD` (the best as measured).
+    model : None, str, path or torch.nn.Module
+        ``network``/``guided``: the deblurring network (None = shipped ``deblur-default``);
+        ``reblur-extrapolate``: the autoencoder (None = shipped ``ae-default``).
+    device : str or torch.device
+        ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``...
+    sigma_map : array_like, optional
+        Defocus map (σ px, same shape as ``img``) for ``reblur-extrapolate`` and ``guided``; default
+        :func:`napari_linblur.estimate_defocus` with ``defocus_model``.
+    defocus_model : optional
+        Model for :func:`napari_linblur.estimate_defocus` (None = shipped ``defocus-default``).
+    sigma_r : float
+        σ (px) of the extra Gaussian blur of ``reblur-extrapolate``.
+    guide : {"network", "reblur-extrapolate"}
+        The deblurring that ``guided`` applies with per-tile strength.
+    sigma_focus, sigma_full : float
+        ``guided``: tiles with median σ ≤ ``sigma_focus`` are untouched, ≥ ``sigma_full`` fully deblurred.
+    tile, overlap, batch_size : int
+        Tiling of the network (default tile: chosen to minimise work, ≤ 544 px).
+    progress, should_stop : callable, optional
+        Progress callback ``(done, total)`` over tiles; cancel hook (raises ``Cancelled``).
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        float32, same shape as ``img``, in the input's intensity units.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad ``img``, ``method``, ``sigma_map`` or a model of the wrong kind.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> import napari_linblur as nl
+    >>> from napari_linblur.models.drbnet import DRBNet
+    >>> net = DRBNet(widths=(4, 8, 8, 8), kernel_size=3)  # untrained: starts as the identity
+    >>> img = np.random.default_rng(0).integers(0, 4000, (40, 52)).astype(np.uint16)
+    >>> out = nl.deblur(img, method="network", model=net, device="cpu")
+    >>> out.shape, out.dtype.name, bool(np.allclose(out, img, atol=1.0))
+    ((40, 52), 'float32', True)
+    """
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method={method!r}; use one of {', '.join(repr(m) for m in METHODS)}")
+    if guide not in ("network", "reblur-extrapolate"):
+        raise ValueError(f"guide={guide!r}; use 'network' or 'reblur-extrapolate'")
+    if not (isinstance(sigma_r, (int, float)) and sigma_r > 0):
+        raise ValueError(f"sigma_r must be a positive number of pixels, got {sigma_r!r}")
+    if overlap < 0 or (tile is not None and tile <= 0) or batch_size < 1:
+        raise ValueError(f"tile must be > 0, overlap >= 0 and batch_size >= 1; got {tile}, {overlap}, {batch_size}")
+    img = check_image(img, "img")
+    if method == "auto":
+        method = AUTO_METHOD
+    if sigma_map is not None:
+        sigma_map = check_image(sigma_map, "sigma_map")
+        if tuple(sigma_map.shape) != tuple(img.shape):
+            raise ValueError(f"sigma_map must have img's shape {tuple(img.shape)}, got {tuple(sigma_map.shape)}")
+
+    from napari_linblur.models.registry import resolve_model
+
+    from .device import resolve_device
+
+    dev = resolve_device(device)
+    uses_net = method == "network" or (method == "guided" and guide == "network")
+    uses_ae = method == "reblur-extrapolate" or (method == "guided" and guide == "reblur-extrapolate")
+    net = resolve_model(model, "deblur", device=dev) if uses_net else None
+    ae = resolve_model(model, "ae", device=dev) if uses_ae else None
+    needs_map = method in ("reblur-extrapolate", "guided")
+    if needs_map and sigma_map is None:
+        from napari_linblur.inference.defocus_ops import estimate_defocus
+
+        sigma_map = estimate_defocus(img, model=defocus_model, device=dev)
+    kw = dict(tile=tile, overlap=overlap, batch_size=batch_size, progress=progress, should_stop=should_stop)
+
+    def _one(plane, smap=None):
+        check_finite_plane(plane, "img")
+        plane = np.asarray(plane, np.float32)
+        if method == "network":
+            return _network_plane(plane, net, dev, **kw)
+        smap = np.asarray(smap, np.float32)
+        if method == "reblur-extrapolate":
+            return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae, device=dev)
+        # guided
+        w = guided_weights(smap, sigma_focus=sigma_focus, sigma_full=sigma_full)
+        if not np.any(w > 0):
+            return plane
+        if guide == "network":
+            full = _network_plane(plane, net, dev, **kw)
+        else:
+            full = _guided_reblur(plane, smap, w, sigma_r=sigma_r, ae=ae, device=dev, should_stop=should_stop)
+        return (plane + w * (full - plane)).astype(np.float32)
+
+    args = (img,) if sigma_map is None else (img, sigma_map)
+    if not is_dask(img) and img.ndim == 2:
+        return np.asarray(_one(*args), np.float32)
+    return map_planes(_one, *args)
+
+
+def _guided_reblur(plane, smap, w, *, sigma_r, ae, device, should_stop, tile: int = 128, overlap: int = 32):
+    """Re-blur + extrapolation tile by tile, each tile with the α of its median σ, blended smoothly."""
+    from .tiling import blend_window
+
+    ny, nx = plane.shape
+    th, tw = min(tile, ny), min(tile, nx)
+    acc = np.zeros((ny, nx), np.float32)
+    wsum = np.zeros((ny, nx), np.float32)
+    for y0 in tile_starts(ny, th, overlap):
+        for x0 in tile_starts(nx, tw, overlap):
+            if should_stop is not None and should_stop():
+                raise Cancelled("cancelled")
+            sl = (slice(y0, y0 + th), slice(x0, x0 + tw))
+            win = blend_window((th, tw), overlap, (y0 > 0, y0 + th < ny, x0 > 0, x0 + tw < nx))
+            if float(w[sl].max()) > 0:
+                out = _reblur_plane(plane[sl], float(np.median(smap[sl])), sigma_r=sigma_r, ae=ae, device=device)
+            else:
+                out = plane[sl]
+            acc[sl] += out * win
+            wsum[sl] += win
+    return acc / np.maximum(wsum, 1e-12)

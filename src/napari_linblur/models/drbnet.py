@@ -1,0 +1,173 @@
+"""DRBNet-style single-image defocus deblurring network (Ruan et al., CVPR 2022, adapted to microscopy).
+
+A multi-scale encoder–decoder. The encoder works at full, 1/2, 1/4 and 1/8 resolution; the decoder climbs back
+and, at **each** of the four scales, a :class:`DynamicResidualBlock` refines the current image estimate:
+
+1. it takes the current estimate and the decoder features of that scale;
+2. it predicts a per-pixel ``k x k`` kernel ``K`` (normalised to **zero sum**) and a residual image ``r``;
+3. it updates ``estimate <- estimate + K ⊛ estimate + r`` (``⊛``: per-pixel filtering, each pixel with its own
+   kernel).
+
+Because ``K`` sums to zero, ``δ + K`` (the effective filter applied to the estimate) has unit DC gain: the update
+is DRBNet's ``estimate' = filtered(estimate) + residual`` with a unit-gain kernel that, unlike a softmax kernel,
+may have negative lobes and can therefore *sharpen* (a softmax kernel can only blur). The estimate is then
+upsampled (bilinear) to the next finer scale, where the input's own band-pass detail of that scale (a Laplacian
+pyramid level) is added back, so the coarse estimates never lose what the input already has. With the heads
+initialised to zero the network starts as the identity (output == input), which makes the short CPU training
+budget go into learning the deblurring itself.
+
+The input is one channel, in the shared normalization (``inference.normalize``); spatial sides must be a
+multiple of :attr:`DRBNet.multiple` (8) — the public operation pads and crops via ``inference.tiling``.
+
+Examples
+--------
+>>> import torch
+>>> net = DRBNet(widths=(4, 8, 8, 8), kernel_size=3)
+>>> x = torch.rand(1, 1, 32, 24)
+>>> net(x).shape
+torch.Size([1, 1, 32, 24])
+>>> bool(torch.allclose(net(x), x, atol=1e-5))  # identity at initialisation
+True
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DRBNet", "DynamicResidualBlock", "CONFIGS", "per_pixel_filter"]
+
+#: named configurations; ``default`` is sized for CPU speed (see docs/results/deblur.md)
+CONFIGS: dict[str, dict] = {
+    "tiny": {"widths": (4, 8, 8, 8), "kernel_size": 3, "blocks": 1},
+    "default": {"widths": (6, 12, 24, 48), "kernel_size": (3, 5, 5, 5), "blocks": 1},
+    "large": {"widths": (16, 32, 64, 96), "kernel_size": 5, "blocks": 2},
+}
+
+
+def per_pixel_filter(x: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
+    """Filter ``x`` (B, 1, H, W) with a different ``k x k`` kernel at every pixel.
+
+    ``kernels`` is (B, k*k, H, W); the image is reflect-padded so borders are handled like the optics.
+    """
+    b, _, h, w = x.shape
+    pad = k // 2
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect" if min(h, w) > pad else "replicate")
+    patches = F.unfold(xp, k).view(b, k * k, h, w)
+    return (patches * kernels).sum(1, keepdim=True)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions with a skip connection."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.c2 = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.c2(F.leaky_relu(self.c1(x), 0.1))
+
+
+class DynamicResidualBlock(nn.Module):
+    """Predict a per-pixel zero-sum kernel and a residual from (estimate, features); update the estimate.
+
+    ``estimate' = estimate + K ⊛ estimate + r``; ``K = s · (softmax(logits) − 1/k²)`` with a learned per-pixel
+    gain ``s`` (so it can blur or sharpen); heads start at zero, i.e. the block starts as the identity.
+    """
+
+    def __init__(self, ch: int, kernel_size: int = 5):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        self.k = kernel_size
+        self.body = nn.Conv2d(ch + 1, ch, 3, padding=1)
+        self.head = nn.Conv2d(ch, kernel_size * kernel_size + 2, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, estimate: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.body(torch.cat([estimate, feats], 1)), 0.1)
+        out = self.head(h)
+        kk = self.k * self.k
+        logits, gain, residual = out[:, :kk], out[:, kk : kk + 1], out[:, kk + 1 :]
+        kernel = gain * (torch.softmax(logits, 1) - 1.0 / kk)
+        return estimate + per_pixel_filter(estimate, kernel, self.k) + residual
+
+
+class DRBNet(nn.Module):
+    """Multi-scale encoder–decoder with dynamic residual blocks at 1/8, 1/4, 1/2 and full scale.
+
+    Parameters
+    ----------
+    widths : sequence of 4 int
+        Feature channels at full, 1/2, 1/4 and 1/8 resolution.
+    kernel_size : int or sequence of 4 int
+        Side of the per-pixel kernels predicted by the dynamic residual blocks (odd); one for all scales or one
+        per scale in the order of ``widths`` (full, 1/2, 1/4, 1/8).
+    blocks : int
+        Residual blocks per encoder/decoder level.
+
+    Notes
+    -----
+    ``forward(x)`` returns the full-resolution estimate; ``forward(x, return_all=True)`` returns the list of
+    estimates at 1/8, 1/4, 1/2 and full scale (used by the multi-scale training loss).
+    """
+
+    multiple = 8
+
+    def __init__(self, widths=(6, 12, 24, 48), kernel_size=(3, 5, 5, 5), blocks: int = 1):
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if len(widths) != 4 or min(widths) < 1:
+            raise ValueError(f"widths must be 4 positive integers (full, 1/2, 1/4, 1/8), got {widths}")
+        ks = (int(kernel_size),) * 4 if isinstance(kernel_size, (int, float)) else tuple(int(k) for k in kernel_size)
+        if len(ks) != 4:
+            raise ValueError(f"kernel_size must be an odd int or 4 odd ints (one per scale), got {kernel_size}")
+        if blocks < 1:
+            raise ValueError(f"blocks must be >= 1, got {blocks}")
+        self.widths, self.kernel_size, self.blocks = widths, ks, int(blocks)
+        w0, w1, w2, w3 = widths
+        self.inc = nn.Conv2d(1, w0, 3, padding=1)
+        self.enc = nn.ModuleList([nn.Sequential(*[ResBlock(w) for _ in range(blocks)]) for w in widths])
+        self.down = nn.ModuleList([nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(widths[:-1], widths[1:])])
+        self.up = nn.ModuleList([nn.Conv2d(b, a, 3, padding=1) for a, b in zip(widths[:-1], widths[1:])])
+        self.dec = nn.ModuleList([nn.Sequential(*[ResBlock(w) for _ in range(blocks)]) for w in widths])
+        self.drb = nn.ModuleList([DynamicResidualBlock(w, k) for w, k in zip(widths, ks)])
+
+    def forward(self, x: torch.Tensor, return_all: bool = False):
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"DRBNet expects (B, 1, H, W), got {tuple(x.shape)}")
+        if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
+            raise ValueError(f"DRBNet needs H and W to be multiples of {self.multiple}, got {tuple(x.shape[-2:])}")
+        # input pyramid (average pooling) and encoder
+        pyr = [x]
+        for _ in range(3):
+            pyr.append(F.avg_pool2d(pyr[-1], 2))
+        feats = []
+        h = F.leaky_relu(self.inc(x), 0.1)
+        for lvl in range(4):
+            h = self.enc[lvl](h)
+            feats.append(h)
+            if lvl < 3:
+                h = F.leaky_relu(self.down[lvl](h), 0.1)
+        # decoder with a dynamic residual block per scale, coarse to fine
+        estimates = []
+        est = pyr[3]
+        d = feats[3]
+        for lvl in (3, 2, 1, 0):
+            if lvl < 3:
+                d = F.interpolate(d, scale_factor=2, mode="bilinear", align_corners=False)
+                d = F.leaky_relu(self.up[lvl](d), 0.1) + feats[lvl]
+                up_est = F.interpolate(est, scale_factor=2, mode="bilinear", align_corners=False)
+                up_in = F.interpolate(pyr[lvl + 1], scale_factor=2, mode="bilinear", align_corners=False)
+                est = up_est + (pyr[lvl] - up_in)  # add the input's band-pass detail of this scale
+            d = self.dec[lvl](d)
+            est = self.drb[lvl](est, d)
+            estimates.append(est)
+        return estimates if return_all else estimates[-1]
+
+    def config(self) -> dict:
+        """Constructor arguments (for the model card)."""
+        return {"widths": list(self.widths), "kernel_size": list(self.kernel_size), "blocks": self.blocks}

@@ -1,0 +1,584 @@
+"""Training data and task for the single-image deblurring network (DRBNet, issue 5), both stages.
+
+Stage 1 — exact-correspondence pairs rendered by the optics (the role light-field rendering plays in DRBNet):
+sharp fields (cell phantoms, and pixel-shuffled all-in-focus content) are blurred either by the through-focus PSF
+of an :class:`~napari_linblur.optics.psf.OpticalSetup` at a random defocus ``d`` (Born–Wolf by default) or by a
+*true* spatially varying Gaussian PSF (:func:`~napari_linblur.optics.varying.render_spatially_varying`) over a
+Gaussian-random-field or region defocus map, then Poisson–Gaussian camera noise is added. The target is the sharp
+field itself, pixel for pixel. The network is blind: it only ever sees the blurry image.
+
+Stage 2 — captured-style pairs: plane ``z_k`` (``d = k · dz``) → plane ``z_0`` of a through-focus stack, where the
+two acquisitions are, as in a real microscope, slightly misaligned (sub-pixel shift), differently exposed and
+noisier; or pairs from real stacks read with :func:`napari_linblur.io.readers.open_zstack` (``--data``). The loss
+adds a *feature loss* in the encoder feature space of our own autoencoder (``ae-default``), which tolerates the
+misalignment that a pixel loss punishes.
+
+Every batch is a pure function of ``(seed, step, rank)`` so the shared loop resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_linblur.inference.normalize import fit_normalization
+
+__all__ = [
+    "DeblurData",
+    "DeblurTask",
+    "RealStackPairs",
+    "cell_field",
+    "feature_encoder",
+    "make_test_set",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sharp content
+def _fallback_phantom(rng: np.random.Generator, side: int) -> np.ndarray:
+    """Fluorescent cell-like field (used only when ``napari_linblur.synth`` is not available)."""
+    from scipy import ndimage as ndi
+
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64)
+    img = np.zeros((side, side))
+    n_cells = int(rng.integers(max(3, side * side // 4000), max(6, side * side // 1200)))
+    for _ in range(n_cells):
+        cy, cx = rng.uniform(0, side, 2)
+        ry, rx = rng.uniform(4, 14, 2)
+        th = rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (dy * np.cos(th) + dx * np.sin(th)) / ry
+        v = (-dy * np.sin(th) + dx * np.cos(th)) / rx
+        r = np.sqrt(u * u + v * v)
+        edge = rng.uniform(0.05, 0.25)
+        mask = 1.0 / (1.0 + np.exp((r - 1.0) / edge))
+        img += mask * rng.uniform(0.3, 1.0)
+    texture = ndi.gaussian_filter(rng.standard_normal((side, side)), rng.uniform(0.7, 2.0))
+    texture /= texture.std() + 1e-9
+    img *= np.clip(1.0 + 0.35 * texture, 0.2, None)
+    # bright puncta (sub-resolution spots)
+    spots = np.zeros((side, side))
+    n_spots = int(rng.integers(side, 4 * side))
+    spots[rng.integers(0, side, n_spots), rng.integers(0, side, n_spots)] = rng.uniform(0.3, 1.5, n_spots)
+    img += ndi.gaussian_filter(spots, 0.6) * (img > 0.05)
+    img += 0.03
+    return (img / img.max()).astype(np.float32)
+
+
+def cell_field(rng: np.random.Generator, side: int) -> np.ndarray:
+    """One sharp single-channel fluorescent field ``(side, side)`` in [0, 1].
+
+    Uses :func:`napari_linblur.synth.phantoms.cell_phantom` (a random one of its two channels) when available,
+    otherwise a built-in phantom of ellipsoidal cells with texture and puncta.
+    """
+    try:
+        from napari_linblur.synth.phantoms import cell_phantom
+    except ImportError:
+        return _fallback_phantom(rng, side)
+    two = np.asarray(cell_phantom((side, side), rng=rng), dtype=np.float32)
+    img = two[int(rng.integers(0, two.shape[0]))] if two.ndim == 3 else two
+    img = img - img.min()
+    return (img / max(float(img.max()), 1e-6)).astype(np.float32)
+
+
+def _random_crop(rng: np.random.Generator, img: np.ndarray, side: int) -> np.ndarray:
+    y = int(rng.integers(0, img.shape[-2] - side + 1))
+    x = int(rng.integers(0, img.shape[-1] - side + 1))
+    return img[..., y : y + side, x : x + side]
+
+
+def _subpixel_shift(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.shift(img, (dy, dx), order=3, mode="reflect").astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class DeblurData:
+    """Recipe of the synthetic deblurring pairs (serialised into the model card).
+
+    Attributes
+    ----------
+    patch : int
+        Training patch side (multiple of 8).
+    batch : int
+        Pairs per step (split across DDP ranks).
+    d_max_um : float
+        Through-focus defocus drawn uniformly in ``[0, d_max_um]`` µm.
+    sigma_max_px : float
+        Spatially varying σ maps span ``[0, U(1, sigma_max_px)]`` px.
+    p_varying : float
+        Fraction of stage-1 pairs with spatially varying blur (the rest: through-focus planes).
+    p_shuffle : float
+        Fraction of pixel-shuffled all-in-focus content.
+    photons : tuple
+        Peak photo-electrons, drawn log-uniformly.
+    read_noise : float
+        Camera read noise, electrons.
+    dz_um : float
+        Stage 2: plane spacing of the simulated stacks (BBBC006: 2 µm).
+    max_plane : int
+        Stage 2: planes ``z_1 .. z_max_plane`` are paired with ``z_0``.
+    shift_px : float
+        Stage 2: maximal sub-pixel misalignment of the two acquisitions.
+    exposure : tuple
+        Stage 2: range of the exposure ratio between the two acquisitions.
+    noise_boost : tuple
+        Stage 2: the blurry acquisition gets ``1 / U(noise_boost)`` of the photons (noisier).
+    pool : int
+        Sharp fields rendered once per task; patches are cropped from them.
+    pool_side : int
+        Side of those fields.
+    setup : dict
+        The :class:`~napari_linblur.optics.psf.OpticalSetup` of the through-focus PSFs.
+    """
+
+    patch: int = 64
+    batch: int = 8
+    d_max_um: float = 10.0
+    sigma_max_px: float = 4.5
+    p_varying: float = 0.45
+    p_shuffle: float = 0.1
+    photons: tuple = (60.0, 3000.0)
+    read_noise: float = 2.0
+    dz_um: float = 2.0
+    max_plane: int = 4
+    shift_px: float = 0.6
+    exposure: tuple = (0.7, 1.4)
+    noise_boost: tuple = (1.0, 3.0)
+    pool: int = 24
+    pool_side: int = 192
+    setup: dict = field(
+        default_factory=lambda: {"na": 0.45, "wavelength_um": 0.52, "pixel_um": 0.65, "model": "born_wolf"}
+    )
+
+    def validate(self) -> None:
+        if self.patch % 8 or self.patch < 16:
+            raise ValueError(f"patch must be a multiple of 8 and >= 16, got {self.patch}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.pool_side < self.patch + 2 * 24:
+            raise ValueError(f"pool_side must be >= patch + 48, got {self.pool_side}")
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+class _Renderer:
+    """Shared rendering machinery: the sharp pool, the PSF table and the noise model."""
+
+    def __init__(self, data: DeblurData, seed: int):
+        from napari_linblur.optics.psf import OpticalSetup
+
+        data.validate()
+        self.data = data
+        rng = np.random.default_rng([seed, 7331])
+        self.pool = [cell_field(rng, data.pool_side) for _ in range(data.pool)]
+        self.setup = OpticalSetup(**data.setup)
+        self.grid = np.round(np.arange(0.0, data.d_max_um + 1e-9, 0.25), 4)
+        self.psfs = [np.asarray(p, np.float64) for p in self.setup.psf_stack(list(self.grid))]
+        self.margin = max(p.shape[0] for p in self.psfs) // 2 + 2
+
+    def psf(self, d_um: float) -> np.ndarray:
+        return self.psfs[int(np.argmin(np.abs(self.grid - abs(d_um))))]
+
+    def content(self, rng: np.random.Generator, side: int) -> np.ndarray:
+        img = self.pool[int(rng.integers(0, len(self.pool)))]
+        if rng.random() < 0.5:
+            img = img.T
+        img = np.rot90(img, int(rng.integers(0, 4)))
+        crop = _random_crop(rng, img, side)
+        if rng.random() < self.data.p_shuffle:
+            from scipy import ndimage as ndi
+
+            from napari_linblur.optics.shuffle import pixel_shuffle
+
+            # pixel shuffle (paper 001's all-in-focus sampling), lightly band-limited so it stays a plausible image
+            crop = ndi.gaussian_filter(pixel_shuffle(crop, rng), rng.uniform(0.5, 1.2))
+        return np.ascontiguousarray(crop, dtype=np.float64)
+
+    def noisy(self, rng: np.random.Generator, img: np.ndarray, photons: float) -> np.ndarray:
+        from napari_linblur.optics.noise import poisson_gaussian
+
+        return np.asarray(
+            poisson_gaussian(np.clip(img, 0, None) * photons, read_noise=self.data.read_noise, rng=rng),
+            np.float32,
+        )
+
+    def stage1_pair(self, rng: np.random.Generator, kind: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(blurry, sharp, info) in photo-electrons; ``kind`` in {'focus', 'varying'} or random."""
+        from napari_linblur.optics.convolve import fft_convolve
+        from napari_linblur.optics.defocus_maps import gaussian_random_field_map, region_map
+        from napari_linblur.optics.varying import render_spatially_varying
+
+        p, m = self.data.patch, self.margin
+        big = self.content(rng, p + 2 * m)
+        if kind is None:
+            kind = "varying" if rng.random() < self.data.p_varying else "focus"
+        if kind == "focus":
+            d = float(rng.uniform(0.0, self.data.d_max_um))
+            blurred = fft_convolve(big, self.psf(d))
+            info = {"kind": "focus", "d_um": d}
+        else:
+            hi = float(rng.uniform(1.0, self.data.sigma_max_px))
+            shape = big.shape
+            if rng.random() < 0.6:
+                smap = gaussian_random_field_map(shape, sigma_range=(0.0, hi), correlation_px=float(rng.uniform(8, 40)),
+                                                 rng=rng)
+            else:
+                smap = region_map(shape, margins=(max(4, shape[0] // 5), 4), sigma_range=(0.0, hi), rng=rng)
+            blurred = render_spatially_varying(big, smap)
+            info = {"kind": "varying", "sigma_max": hi}
+        photons = float(math.exp(rng.uniform(*np.log(self.data.photons))))
+        blurry = self.noisy(rng, blurred[m : m + p, m : m + p], photons)
+        sharp = (big[m : m + p, m : m + p] * photons).astype(np.float32)
+        info["photons"] = photons
+        return blurry, sharp, info
+
+    def stage2_pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Captured-style (z_k, z_0): misaligned, differently exposed, the blurry one noisier."""
+        from napari_linblur.optics.convolve import fft_convolve
+
+        p, m = self.data.patch, self.margin
+        big = self.content(rng, p + 2 * m)
+        k = int(rng.integers(1, self.data.max_plane + 1))
+        d = k * self.data.dz_um + float(rng.uniform(-0.3, 0.3))
+        zk = fft_convolve(big, self.psf(d))
+        z0 = fft_convolve(big, self.psf(0.0))
+        s = self.data.shift_px
+        z0 = _subpixel_shift(z0, float(rng.uniform(-s, s)), float(rng.uniform(-s, s)))
+        photons = float(math.exp(rng.uniform(*np.log(self.data.photons))))
+        exposure = float(rng.uniform(*self.data.exposure))
+        boost = float(rng.uniform(*self.data.noise_boost))
+        blurry = self.noisy(rng, zk[m : m + p, m : m + p], photons / boost) * boost
+        target = self.noisy(rng, z0[m : m + p, m : m + p], photons * exposure) / exposure
+        return blurry, target, {"kind": "captured", "d_um": d, "photons": photons}
+
+
+class RealStackPairs:
+    """Pairs (plane z_k -> in-focus plane) cropped from real stacks opened with ``open_zstack``.
+
+    Parameters
+    ----------
+    path : str
+        zarr / OME-Zarr / TIFF stack / BBBC006 folder.
+    focus_index : int, optional
+        The in-focus plane; default: per field the plane of maximal variance of the Laplacian.
+    max_offset : int
+        Planes ``focus ± 1 .. max_offset`` are used as blurry inputs.
+    channel : int, optional
+        Channel to read.
+    """
+
+    def __init__(self, path: str, *, focus_index: int | None = None, max_offset: int = 4, channel=None):
+        from napari_linblur.io.readers import open_zstack
+
+        arr = np.asarray(open_zstack(path, channel=channel), dtype=np.float32)
+        if arr.ndim < 3:
+            raise ValueError(f"--data {path}: expected a z-stack (..., Z, Y, X), got shape {arr.shape}")
+        self.stacks = arr.reshape((-1,) + arr.shape[-3:])
+        self.focus = []
+        for st in self.stacks:
+            if focus_index is not None:
+                if not 0 <= focus_index < st.shape[0]:
+                    raise ValueError(f"focus_index={focus_index} is outside the stack's {st.shape[0]} planes")
+                self.focus.append(int(focus_index))
+            else:
+                self.focus.append(int(np.argmax([_var_laplacian(pl) for pl in st])))
+        self.max_offset = max_offset
+
+    def pair(self, rng: np.random.Generator, patch: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        i = int(rng.integers(0, len(self.stacks)))
+        st, f = self.stacks[i], self.focus[i]
+        offsets = [o for o in range(-self.max_offset, self.max_offset + 1) if o and 0 <= f + o < st.shape[0]]
+        if not offsets:
+            raise ValueError("the stacks have a single plane; stage 2 needs planes around the focus")
+        k = f + offsets[int(rng.integers(0, len(offsets)))]
+        y = int(rng.integers(0, st.shape[-2] - patch + 1))
+        x = int(rng.integers(0, st.shape[-1] - patch + 1))
+        return st[k, y : y + patch, x : x + patch], st[f, y : y + patch, x : x + patch], {"kind": "real", "plane": k}
+
+
+def _var_laplacian(img: np.ndarray) -> float:
+    from scipy import ndimage as ndi
+
+    return float(ndi.laplace(np.asarray(img, np.float64)).var())
+
+
+def _normalized_pair(blurry: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalization fitted on the blurry input alone (as at inference) and applied to both."""
+    n = fit_normalization(blurry)
+    return n.apply(blurry), n.apply(target)
+
+
+def make_test_set(kind: str, n: int, *, seed: int = 2_000_000, side: int = 128, data: DeblurData | None = None,
+                  d_um: float | None = None) -> list[dict]:
+    """Held-out pairs for evaluation (a seed range never used in training).
+
+    Parameters
+    ----------
+    kind : {'focus', 'varying', 'captured'}
+    n : int
+        Pairs.
+    seed : int
+        Test seed (training uses the run seed for fields and ``[seed, step]`` for batches).
+    side : int
+        Image side.
+    data : DeblurData, optional
+        Recipe (default recipe with ``patch=side``).
+    d_um : float, optional
+        Fixed defocus for ``'focus'`` pairs.
+
+    Returns
+    -------
+    list of dict
+        ``blurry``, ``sharp`` (photo-electrons, float32), ``psf`` (the true PSF of ``'focus'`` pairs) and
+        ``sigma_map`` (``'varying'``) plus the draw's info.
+    """
+    from napari_linblur.optics.convolve import fft_convolve
+    from napari_linblur.optics.defocus_maps import gaussian_random_field_map, region_map
+    from napari_linblur.optics.varying import render_spatially_varying
+
+    base = data or DeblurData()
+    rec = dataclasses.replace(base, patch=side, pool=max(4, n // 2), pool_side=side + 2 * 48)
+    r = _Renderer(rec, seed)
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 99])
+        p, m = side, r.margin
+        big = r.content(rng, p + 2 * m)
+        photons = float(math.exp(rng.uniform(*np.log(rec.photons))))
+        item: dict[str, Any] = {"photons": photons, "kind": kind}
+        if kind == "focus":
+            d = float(d_um if d_um is not None else rng.uniform(0, 8.0))
+            psf = r.psf(d)
+            blurred = fft_convolve(big, psf)
+            item.update(d_um=d, psf=psf)
+            sharp = big
+        elif kind == "varying":
+            hi = float(rng.uniform(1.5, 4.0))
+            if i % 2 == 0:
+                smap = gaussian_random_field_map(big.shape, sigma_range=(0.0, hi), correlation_px=24.0, rng=rng)
+            else:
+                smap = region_map(big.shape, margins=(max(4, big.shape[0] // 5), 4), sigma_range=(0.0, hi), rng=rng)
+            blurred = render_spatially_varying(big, smap)
+            item.update(sigma_map=smap[m : m + p, m : m + p].astype(np.float32), sigma_max=hi)
+            sharp = big
+        elif kind == "captured":
+            blurry, target, info = r.stage2_pair(rng)
+            item.update(info)
+            item.update(blurry=blurry, sharp=target)
+            out.append(item)
+            continue
+        else:
+            raise ValueError(f"kind must be 'focus', 'varying' or 'captured', got {kind!r}")
+        item["blurry"] = r.noisy(rng, blurred[m : m + p, m : m + p], photons)
+        item["sharp"] = (sharp[m : m + p, m : m + p] * photons).astype(np.float32)
+        out.append(item)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+def feature_encoder(ae: Any):
+    """Return ``f(x) -> features`` from an autoencoder (its encoder; frozen by the caller).
+
+    Accepts a module with ``encoder`` (a module), or ``encode`` (a method).
+    """
+    if hasattr(ae, "encoder") and callable(ae.encoder):
+        return ae.encoder
+    if hasattr(ae, "encode"):
+        return ae.encode
+    raise ValueError("feature_ae must be an autoencoder with an `encoder` module or an `encode` method")
+
+
+class DeblurTask:
+    """The deblurring task for :func:`napari_linblur.training.loop.train`.
+
+    Parameters
+    ----------
+    stage : {1, 2}
+        1: exact-correspondence optics pairs, L1; 2: captured-style pairs (and/or ``real_data``), L1 +
+        ``feature_weight`` x feature loss.
+    config : dict
+        :class:`~napari_linblur.models.drbnet.DRBNet` arguments (or a name from ``drbnet.CONFIGS``).
+    data : DeblurData
+        Recipe.
+    seed : int
+        Data seed (pool of sharp fields and every batch).
+    init : str, optional
+        ``.safetensors`` of a previous stage to start from.
+    feature_weight : float
+        Weight of the feature loss (stage 2); 0 disables it.
+    feature_ae : str or module, optional
+        Autoencoder whose encoder defines the feature space: a name/path for ``registry.load_model``
+        (default ``"ae-default"``) or a module (tests pass a randomly initialised ``LinearLatentAE``).
+    real_data : str, optional
+        Stacks for ``open_zstack``; stage-2 pairs are drawn from them (half of each batch when synthetic pairs
+        are kept, see ``real_fraction``).
+    real_fraction : float
+        Fraction of stage-2 pairs from ``real_data``.
+    """
+
+    name = "deblur"
+
+    def __init__(self, *, stage: int = 1, config: dict | str = "default", data: DeblurData | None = None,
+                 seed: int = 0, init: str | None = None, feature_weight: float = 0.0, feature_ae: Any = None,
+                 real_data: str | None = None, real_fraction: float = 0.5, val_size: int = 16):
+        from napari_linblur.models.drbnet import CONFIGS
+
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        if isinstance(config, str):
+            if config not in CONFIGS:
+                raise ValueError(f"config must be one of {sorted(CONFIGS)} or a dict, got {config!r}")
+            config = dict(CONFIGS[config])
+        if feature_weight < 0:
+            raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
+        self.stage, self.config, self.seed = stage, dict(config), int(seed)
+        self.data = data or DeblurData()
+        self.init, self.feature_weight = init, float(feature_weight)
+        self.renderer = _Renderer(self.data, self.seed)
+        self.real = RealStackPairs(real_data) if real_data else None
+        self.real_data, self.real_fraction = real_data, float(real_fraction)
+        self._encoder = None
+        self._ae_name = None
+        if self.feature_weight > 0:
+            self._setup_feature_ae(feature_ae)
+        # fixed validation set from a separate seed
+        vrng = np.random.default_rng([self.seed, 10**6])
+        pairs = [self._draw(vrng) for _ in range(val_size)]
+        self._val = (np.stack([b for b, _ in pairs])[:, None], np.stack([t for _, t in pairs])[:, None])
+
+    def _setup_feature_ae(self, feature_ae: Any) -> None:
+        import torch
+
+        from napari_linblur.models import registry
+
+        if feature_ae is None or isinstance(feature_ae, (str, Path)):
+            name = str(feature_ae) if feature_ae is not None else registry.DEFAULTS["ae"]
+            ae = registry.load_model(name, device="cpu")
+            self._ae_name = name
+            self._ae_sha = getattr(ae, "card", {}).get("sha256")
+        elif isinstance(feature_ae, torch.nn.Module):
+            ae = feature_ae
+            self._ae_name = type(ae).__name__ + " (module)"
+            self._ae_sha = None
+        else:
+            raise TypeError(f"feature_ae must be a model name, a .safetensors path or a module, got {type(feature_ae)}")
+        ae.eval()
+        for prm in ae.parameters():
+            prm.requires_grad_(False)
+        self._ae = ae
+        self._encoder = feature_encoder(ae)
+
+    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if self.stage == 1:
+            blurry, target, _ = self.renderer.stage1_pair(rng)
+        elif self.real is not None and rng.random() < self.real_fraction:
+            blurry, target, _ = self.real.pair(rng, self.data.patch)
+        else:
+            blurry, target, _ = self.renderer.stage2_pair(rng)
+        return _normalized_pair(blurry, target)
+
+    # -- Task protocol ------------------------------------------------------------------------------------------
+    def build_model(self):
+        from napari_linblur.models.drbnet import DRBNet
+
+        model = DRBNet(**self.config)
+        if self.init:
+            from napari_linblur.models.registry import load_model
+
+            src = load_model(self.init, device="cpu")
+            if src.card.get("architecture") != "DRBNet":
+                raise ValueError(f"init={self.init!r} is not a DRBNet model")
+            model.load_state_dict(src.state_dict(), strict=True)
+        return model
+
+    def batch(self, step: int, *, rank: int = 0, world: int = 1):
+        import torch
+
+        n = max(1, self.data.batch // max(1, world))
+        rng = np.random.default_rng([self.seed, int(step), int(rank)])
+        pairs = [self._draw(rng) for _ in range(n)]
+        x = torch.from_numpy(np.stack([b for b, _ in pairs])[:, None])
+        y = torch.from_numpy(np.stack([t for _, t in pairs])[:, None])
+        return {"x": x, "y": y}
+
+    def _features(self, img):
+        import torch
+
+        if self._ae is not None:
+            self._ae.to(img.device)
+        feats = self._encoder(img)
+        if isinstance(feats, (list, tuple)):
+            feats = feats[-1]
+        return feats if torch.is_tensor(feats) else torch.as_tensor(feats)
+
+    _ae = None
+
+    def loss(self, model, batch):
+        import torch.nn.functional as F
+
+        x, y = batch["x"], batch["y"]
+        outs = model(x, return_all=True)  # 1/8, 1/4, 1/2, full
+        parts = {}
+        total = 0.0
+        for i, out in enumerate(outs):
+            f = 2 ** (len(outs) - 1 - i)
+            tgt = F.avg_pool2d(y, f) if f > 1 else y
+            l1 = F.l1_loss(out, tgt)
+            total = total + (1.0 if f == 1 else 0.5 / f) * l1
+            if f == 1:
+                parts["l1"] = float(l1.detach())
+        if self.feature_weight > 0:
+            fl = F.l1_loss(self._features(outs[-1]), self._features(y))
+            total = total + self.feature_weight * fl
+            parts["feat"] = float(fl.detach())
+        return total, parts
+
+    def validate(self, model) -> dict[str, float]:
+        import torch
+        import torch.nn.functional as F
+
+        dev = next(model.parameters()).device
+        x = torch.from_numpy(self._val[0]).to(dev)
+        y = torch.from_numpy(self._val[1]).to(dev)
+        with torch.no_grad():
+            out = model(x)
+        mse = ((out.float() - y) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-12)
+        mse_in = ((x - y) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-12)
+        return {
+            "val_loss": float(F.l1_loss(out.float(), y)),
+            "val_psnr": float((10 * torch.log10(1.0 / mse)).mean()),
+            "val_psnr_input": float((10 * torch.log10(1.0 / mse_in)).mean()),
+        }
+
+    def card(self) -> dict:
+        return {
+            "architecture": "DRBNet",
+            "task": "deblur",
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.items()},
+            "stage": self.stage,
+            "init": str(self.init) if self.init else None,
+            "loss": {
+                "multiscale_l1": "L1 at full scale + 0.5/f x L1 at 1/f (f = 2, 4, 8) vs the average-pooled target",
+                "feature_weight": self.feature_weight,
+                "feature_ae": self._ae_name,
+            },
+            "data": {
+                "recipe": self.data.to_dict(),
+                "seed": self.seed,
+                "stage1": "optics pairs: through-focus PSF (OpticalSetup) or render_spatially_varying over cell "
+                "fields and pixel-shuffled content, Poisson-Gaussian noise; target = the sharp field",
+                "stage2": "captured-style z_k -> z_0 pairs (sub-pixel misalignment, exposure change, noisier input)"
+                + (f" + real stacks from {self.real_data}" if self.real_data else ""),
+            },
+            "normalization": "inference.normalize.fit_normalization on the blurry input (0.1/99.9 percentiles)",
+            "blind": True,
+        }

@@ -1,0 +1,185 @@
+"""Single-image deblurring (issue 5): DRBNet, deblur(method=...), guided deblurring, training task."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import napari_linblur as nl
+from napari_linblur.inference.deblur_ops import auto_tile, guided_weights, reblur_alpha
+from napari_linblur.models import registry
+from napari_linblur.models.drbnet import DRBNet, DynamicResidualBlock, per_pixel_filter
+from napari_linblur.training.deblur import DeblurData, DeblurTask, make_test_set
+from napari_linblur.training.loop import TrainConfig, train
+
+TINY = {"widths": (4, 8, 8, 8), "kernel_size": 3, "blocks": 1}
+SMALL_DATA = dict(patch=32, batch=2, pool=2, pool_side=96)
+
+
+def _perturbed_net(seed=0):
+    """A tiny DRBNet whose heads are not zero, so it really changes images."""
+    torch.manual_seed(seed)
+    net = DRBNet(**TINY)
+    with torch.no_grad():
+        for drb in net.drb:
+            drb.head.weight.normal_(0, 0.05)
+            drb.head.bias.normal_(0, 0.05)
+    return net.eval()
+
+
+def test_per_pixel_filter_delta_is_identity_and_zero_sum_kills_constants():
+    x = torch.rand(2, 1, 9, 11)
+    k = torch.zeros(2, 9, 9, 11)
+    k[:, 4] = 1.0  # centre tap
+    assert torch.allclose(per_pixel_filter(x, k, 3), x)
+    zero_sum = torch.softmax(torch.randn(2, 9, 9, 11), 1) - 1.0 / 9
+    const = torch.full((2, 1, 9, 11), 3.0)
+    assert per_pixel_filter(const, zero_sum, 3).abs().max() < 1e-5
+
+
+def test_dynamic_block_update_rule():
+    blk = DynamicResidualBlock(4, 3)
+    est, feats = torch.rand(1, 1, 8, 8), torch.rand(1, 4, 8, 8)
+    assert torch.equal(blk(est, feats), est)  # zero heads: identity
+    with torch.no_grad():
+        blk.head.bias[-1] = 0.25  # residual channel only
+    assert torch.allclose(blk(est, feats), est + 0.25)
+
+
+def test_drbnet_scales_identity_init_and_errors():
+    net = DRBNet(**TINY)
+    x = torch.rand(2, 1, 48, 40)
+    outs = net(x, return_all=True)
+    assert [tuple(o.shape[-2:]) for o in outs] == [(6, 5), (12, 10), (24, 20), (48, 40)]
+    assert torch.allclose(outs[-1], x, atol=1e-5)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        net(torch.rand(1, 1, 30, 32))
+    with pytest.raises(ValueError, match="widths"):
+        DRBNet(widths=(4, 8))
+    with pytest.raises(ValueError, match="kernel_size"):
+        DRBNet(widths=(4, 4, 4, 4), kernel_size=4)
+    big = DRBNet()
+    assert sum(p.numel() for p in big.parameters()) * 4 < 15e6
+
+
+def test_deblur_network_any_size_dtype_units_and_dask():
+    net = _perturbed_net()
+    rng = np.random.default_rng(1)
+    img = rng.integers(100, 4000, (37, 53)).astype(np.uint16)
+    out = nl.deblur(img, method="network", model=net, device="cpu")
+    assert out.shape == img.shape and out.dtype == np.float32
+    # input units: same order of magnitude as the input, not the normalized [0, 1] range
+    assert abs(float(np.median(out)) - float(np.median(img))) < 0.3 * float(np.median(img))
+    identity = nl.deblur(img, method="network", model=DRBNet(**TINY), device="cpu")
+    np.testing.assert_allclose(identity, img.astype(np.float32), atol=0.5)
+    # stacks plane by plane, dask stays lazy and equals numpy
+    import dask.array as da
+
+    stack = np.stack([img, img[::-1]]).astype(np.float32)
+    lazy = nl.deblur(da.from_array(stack, chunks=(1, 37, 53)), method="network", model=net, device="cpu")
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), nl.deblur(stack, method="network", model=net, device="cpu"),
+                               rtol=1e-5, atol=1e-3)
+    # tiled path equals one big tile up to blending at seams
+    large = rng.random((80, 96)).astype(np.float32)
+    tiled = nl.deblur(large, method="network", model=net, device="cpu", tile=48, overlap=16)
+    whole = nl.deblur(large, method="network", model=net, device="cpu", tile=96)
+    assert np.abs(tiled - whole).mean() < 0.02
+
+
+def test_deblur_errors_name_the_argument():
+    net = DRBNet(**TINY)
+    img = np.zeros((16, 16), np.float32)
+    with pytest.raises(ValueError, match="method"):
+        nl.deblur(img, method="magic", model=net)
+    with pytest.raises(ValueError, match="img"):
+        nl.deblur(np.zeros(16), method="network", model=net)
+    with pytest.raises(TypeError, match="img"):
+        nl.deblur(None, method="network", model=net)
+    with pytest.raises(ValueError, match="sigma_map"):
+        nl.deblur(img, method="guided", model=net, sigma_map=np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="sigma_r"):
+        nl.deblur(img, method="reblur-extrapolate", sigma_r=-1)
+    ae_like = DRBNet(**TINY)
+    ae_like.task = "ae"
+    with pytest.raises(ValueError, match="deblur"):
+        nl.deblur(img, method="network", model=ae_like)
+
+
+def test_reblur_alpha_formula():
+    assert reblur_alpha(0.0, 2.0) == 1.0
+    for sb, sr in [(1.0, 2.0), (3.0, 1.5), (2.0, 2.0)]:
+        sc = np.hypot(sb, sr)
+        assert reblur_alpha(sb, sr) == pytest.approx((sc - sb) / sc)
+    # the blurrier the input, the further we extrapolate (smaller alpha)
+    assert reblur_alpha(4.0) < reblur_alpha(2.0) < reblur_alpha(0.5)
+
+
+def test_auto_tile_minimises_work():
+    assert auto_tile(1024, 1024) == 528
+    assert auto_tile(40, 40) >= 40
+
+
+def test_guided_leaves_in_focus_region_unchanged():
+    """Left half in focus (σ = 0.3 px), right half defocused: the left comes back unchanged within noise."""
+    from napari_linblur.optics.varying import render_spatially_varying
+
+    rng = np.random.default_rng(3)
+    sharp = (rng.random((96, 128)) > 0.97).astype(np.float64) * 800 + 100
+    smap = np.full(sharp.shape, 0.3, np.float32)
+    smap[:, 64:] = 3.0
+    blurry = render_spatially_varying(sharp, smap) + rng.normal(0, 5, sharp.shape)
+    net = _perturbed_net(1)
+    out = nl.deblur(blurry, method="guided", model=net, sigma_map=smap, device="cpu")
+    full = nl.deblur(blurry, method="network", model=net, device="cpu")
+    w = guided_weights(smap)
+    left = np.s_[:, :24]
+    np.testing.assert_array_equal(out[left], blurry[left].astype(np.float32))
+    assert float(w[left].max()) == 0.0 and float(w[:, -24:].min()) == 1.0
+    np.testing.assert_allclose(out[:, -24:], full[:, -24:], rtol=1e-6, atol=1e-3)
+    assert np.abs(full[left] - blurry[left]).mean() > 1.0  # the network alone would have changed it
+    # a uniformly in-focus image comes back exactly
+    flat = nl.deblur(blurry, method="guided", model=net, sigma_map=np.zeros_like(smap), device="cpu")
+    np.testing.assert_array_equal(flat, blurry.astype(np.float32))
+
+
+def test_task_batches_are_deterministic_and_pairs_are_exact():
+    task = DeblurTask(stage=1, config=TINY, data=DeblurData(**SMALL_DATA), seed=5, val_size=2)
+    a, b = task.batch(3), task.batch(3)
+    assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+    assert not torch.equal(task.batch(4)["x"], a["x"])
+    assert a["x"].shape == (2, 1, 32, 32)
+    # exact correspondence: re-blurring the target with the true PSF gives the noise-free input
+    items = make_test_set("focus", 1, side=48, d_um=6.0, data=DeblurData(**SMALL_DATA))
+    from napari_linblur.optics.convolve import fft_convolve
+
+    it = items[0]
+    reblurred = fft_convolve(it["sharp"], it["psf"])
+    inner = np.s_[12:-12, 12:-12]
+    noise = it["blurry"][inner] - reblurred[inner]
+    assert abs(float(noise.mean())) < 3 * np.sqrt(it["photons"]) and noise.std() < 3 * np.sqrt(it["photons"] + 4)
+
+
+def test_two_stage_training_with_feature_loss(tmp_path):
+    from napari_linblur.models.autoencoder import LinearLatentAE
+
+    cfg = dict(steps=6, lr=3e-3, seed=1, device="cpu", ckpt_every=3, val_every=3, log_every=3, progress=False,
+               warmup=1)
+    t1 = DeblurTask(stage=1, config=TINY, data=DeblurData(**SMALL_DATA), seed=1, val_size=2)
+    r1 = train(t1, TrainConfig(out=str(tmp_path / "s1"), **cfg))
+    m1 = registry.load_model(r1.model_path, device="cpu")
+    assert m1.task == "deblur" and m1.card["stage"] == 1 and m1.card["blind"] is True
+    ae = LinearLatentAE(channels=[8, 8], latent_channels=4, blocks=1)
+    t2 = DeblurTask(stage=2, config=TINY, data=DeblurData(**SMALL_DATA), seed=2, init=str(r1.model_path),
+                    feature_weight=0.5, feature_ae=ae, val_size=2)
+    start = t2.build_model()
+    assert all(torch.equal(start.state_dict()[k], m1.state_dict()[k]) for k in m1.state_dict())
+    loss, parts = t2.loss(start, t2.batch(0))
+    assert "feat" in parts and parts["feat"] > 0 and loss.requires_grad
+    assert not any(p.requires_grad for p in ae.parameters())  # the autoencoder is frozen
+    r2 = train(t2, TrainConfig(out=str(tmp_path / "s2"), **cfg))
+    card = json.loads(r2.model_path.with_suffix(".json").read_text())
+    assert card["stage"] == 2 and card["loss"]["feature_weight"] == 0.5 and card["init"].endswith("model.safetensors")
+    out = nl.deblur(np.random.default_rng(0).random((20, 30)), method="network", model=r2.model_path, device="cpu")
+    assert out.shape == (20, 30)
