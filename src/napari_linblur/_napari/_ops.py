@@ -1,0 +1,266 @@
+"""Qt-free glue between napari layers and the public operations (napari-animation style: no Qt here).
+
+* :func:`call_op` calls a public operation with the optional keywords it supports (``progress``,
+  ``should_stop``, ``tile``, ``device``), so widgets keep working as operations gain options.
+* :func:`current_indices` / :func:`current_plane` find the plane the viewer shows for a layer.
+* :func:`pair_stacks` lines up the two inputs of a pair operation (two planes of one stack, or two layers).
+* :func:`compute_planes` runs a per-plane function over a stack with per-plane progress and cancellation.
+* :class:`UserModels` keeps the models trained in this session so every widget can offer them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class Cancelled(RuntimeError):
+    """The user pressed Cancel (or a newer preview superseded this one)."""
+
+
+def _tiling_cancelled() -> tuple[type[BaseException], ...]:
+    try:
+        from napari_linblur.inference.tiling import Cancelled as TileCancelled
+    except Exception:  # noqa: BLE001
+        return (Cancelled,)
+    return (Cancelled, TileCancelled)
+
+
+def is_cancelled(err: BaseException) -> bool:
+    """True for the cancellation exceptions of this module and of :mod:`napari_linblur.inference.tiling`."""
+    return isinstance(err, _tiling_cancelled())
+
+
+def call_op(func: Callable, *args, **kwargs):
+    """Call ``func`` passing only the keyword arguments its signature accepts.
+
+    Keywords whose value is None are dropped as well, so the operation's own default applies.
+
+    Examples
+    --------
+    >>> def op(x, *, device="auto"):
+    ...     return device
+    >>> call_op(op, 1, device="cpu", progress=print)
+    'cpu'
+    """
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        params = {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    use = {k: v for k, v in kwargs.items() if v is not None and (var_kw or k in params)}
+    return func(*args, **use)
+
+
+def accepts(func: Callable, name: str) -> bool:
+    """Whether ``func`` takes a keyword ``name``."""
+    try:
+        return name in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------------------------------- planes
+
+
+def current_indices(viewer, layer) -> tuple[int, ...]:
+    """Data indices of ``layer``'s non-YX axes at the viewer's current position (clipped to the layer)."""
+    nlead = layer.ndim - 2
+    if nlead <= 0:
+        return ()
+    try:
+        pos = np.asarray(layer.world_to_data(viewer.dims.point), dtype=float)
+    except Exception:  # noqa: BLE001 - fall back to the raw step of the trailing viewer axes
+        pos = np.asarray(viewer.dims.current_step[-layer.ndim :], dtype=float)
+    pos = pos[-layer.ndim :]
+    shape = layer.data.shape if not layer.multiscale else layer.data[0].shape
+    return tuple(int(np.clip(np.round(pos[i]), 0, shape[i] - 1)) for i in range(nlead))
+
+
+def layer_shape(layer) -> tuple[int, ...]:
+    return tuple(layer.data[0].shape if layer.multiscale else layer.data.shape)
+
+
+def layer_array(layer):
+    """The full-resolution data of an image layer."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def n_planes(layer) -> int:
+    """Number of Z planes (axis -3) of a layer, 1 for 2-D images."""
+    shape = layer_shape(layer)
+    return int(shape[-3]) if len(shape) >= 3 else 1
+
+
+def plane_of(layer, lead: Sequence[int], z: int | None = None) -> np.ndarray:
+    """The 2-D plane of ``layer`` at leading indices ``lead`` with Z replaced by ``z`` (when given)."""
+    data = layer_array(layer)
+    idx = list(lead)
+    if z is not None and data.ndim >= 3:
+        idx[-1] = int(z)
+    arr = data[tuple(idx)]
+    if hasattr(arr, "compute"):
+        arr = arr.compute()
+    return np.asarray(arr)
+
+
+def current_plane(viewer, layer, z: int | None = None) -> np.ndarray:
+    """The plane of ``layer`` the viewer shows (with Z = ``z`` when given)."""
+    return plane_of(layer, current_indices(viewer, layer), z)
+
+
+@dataclass
+class PairInputs:
+    """Two arrays of one shape to be processed plane by plane, and how the output maps onto the inputs."""
+
+    first: Any
+    second: Any
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    dropped_z: bool
+
+
+def take_z(data, z: int):
+    """``data[..., z, :, :]`` (lazy for dask)."""
+    return data[(Ellipsis, int(z), slice(None), slice(None))]
+
+
+def pair_stacks(layer_1, z_1: int, layer_2, z_2: int) -> PairInputs:
+    """Line up the two inputs of a pair operation for a whole-stack run.
+
+    * one layer (or two layers of one shape with different planes chosen): plane ``z_1`` against plane
+      ``z_2`` at every other index (time, positions) -> the output drops the Z axis;
+    * two layers of the same shape with the same plane chosen: every plane against the same plane of the
+      other layer -> the output has the input's shape.
+    """
+    d1, d2 = layer_array(layer_1), layer_array(layer_2)
+    s1, s2 = tuple(d1.shape), tuple(d2.shape)
+    scale = tuple(float(s) for s in layer_1.scale)
+    translate = tuple(float(t) for t in layer_1.translate)
+    if layer_1 is not layer_2 and s1 == s2 and (z_1 == z_2 or len(s1) < 3):
+        return PairInputs(d1, d2, scale, translate, False)
+    if len(s1) >= 3 and len(s2) >= 3 and s1[:-3] + s1[-2:] == s2[:-3] + s2[-2:]:
+        drop = lambda t: t[:-3] + t[-2:]  # noqa: E731
+        return PairInputs(take_z(d1, z_1), take_z(d2, z_2), drop(scale), drop(translate), True)
+    raise ValueError(
+        f"images {layer_1.name!r} {s1} and {layer_2.name!r} {s2} do not line up: pick two planes of one "
+        "stack, or two layers of the same shape (planes of one field)"
+    )
+
+
+def lazy_planes(data):
+    """A dask view of ``data`` with one chunk per plane (numpy is wrapped, dask is rechunked)."""
+    import dask.array as da
+
+    arr = da.asarray(data)
+    chunks = (1,) * (arr.ndim - 2) + (-1, -1)
+    return arr.rechunk(chunks)
+
+
+def compute_planes(
+    func: Callable[..., np.ndarray],
+    arrays: Sequence[Any],
+    *,
+    report: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Apply ``func(*planes) -> (Y, X)`` to every plane of ``(..., Y, X)`` arrays; float32 numpy result.
+
+    Reads one plane per input at a time (dask inputs are never materialised whole), reports
+    ``report(done, total)`` after each plane and raises :class:`Cancelled` when ``should_stop()`` is True.
+
+    Examples
+    --------
+    >>> compute_planes(lambda p: p + 1, [np.zeros((2, 4, 4))]).sum()
+    32.0
+    """
+    shape = tuple(arrays[0].shape)
+    lead = shape[:-2]
+    total = int(np.prod(lead)) if lead else 1
+    out = np.empty(shape, np.float32)
+    for k, idx in enumerate(np.ndindex(*lead) if lead else [()]):
+        if should_stop is not None and should_stop():
+            raise Cancelled("cancelled")
+        planes = []
+        for a in arrays:
+            p = a[idx] if idx else a
+            if hasattr(p, "compute"):
+                p = p.compute()
+            planes.append(np.asarray(p))
+        out[idx] = func(*planes)
+        if report is not None:
+            report(k + 1, total)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- naming
+
+
+def fmt_alpha(alpha: float | None) -> str:
+    return "auto" if alpha is None else f"{alpha:.2f}"
+
+
+def output_name(kind: str, sources: Sequence[str], alpha: float | None = None, *, use_alpha: bool = True) -> str:
+    """Name an output layer for what produced it, e.g. ``deblurred[img, α=0.62]``.
+
+    Examples
+    --------
+    >>> output_name("deblurred", ["img"], 0.62)
+    'deblurred[img, α=0.62]'
+    """
+    inner = ", ".join(sources)
+    if use_alpha:
+        inner += f", α={fmt_alpha(alpha)}"
+    return f"{kind}[{inner}]"
+
+
+def robust_limits(arr: np.ndarray) -> tuple[float, float]:
+    """0.5 / 99.5 percentile contrast limits of a finite array (never equal)."""
+    a = np.asarray(arr, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------------- session models
+
+
+class UserModels:
+    """Models trained (or browsed to) in this napari session, per task; widgets subscribe to changes."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, list[str]] = {"ae": [], "deblur": [], "defocus": []}
+        self._listeners: list[Callable[[], None]] = []
+
+    def add(self, task: str, path: str) -> None:
+        paths = self._models.setdefault(task, [])
+        if path not in paths:
+            paths.append(path)
+        for cb in list(self._listeners):
+            try:
+                cb()
+            except RuntimeError:  # a deleted widget
+                self._listeners.remove(cb)
+
+    def get(self, task: str) -> list[str]:
+        return list(self._models.get(task, []))
+
+    def subscribe(self, cb: Callable[[], None]) -> None:
+        self._listeners.append(cb)
+
+    def unsubscribe(self, cb: Callable[[], None]) -> None:
+        if cb in self._listeners:
+            self._listeners.remove(cb)
+
+
+USER_MODELS = UserModels()

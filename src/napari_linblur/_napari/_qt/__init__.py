@@ -1,0 +1,1 @@
+"""Qt widgets of the plugin (one module per widget, shared pieces in ``_common``)."""

@@ -1,0 +1,588 @@
+"""Building blocks shared by the widgets: layer/plane/model pickers, α slider, a worker runner with a
+napari progress bar and a Cancel button, and a debounced live preview that supersedes stale requests."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import _ops
+from .._settings import get_settings
+
+# ----------------------------------------------------------------------------------------- pickers
+
+
+class LayerPicker(QComboBox):
+    """A combo box listing the viewer's image layers (kept in sync with the layer list)."""
+
+    def __init__(self, viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        ev = viewer.layers.events
+        for e in (ev.inserted, ev.removed, ev.reordered):
+            e.connect(self.refresh)
+        ev.inserted.connect(self._watch_name)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _watch_name(self, event) -> None:
+        try:
+            event.value.events.name.connect(self.refresh)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _images(self) -> list:
+        from napari.layers import Image
+
+        return [ly for ly in self._viewer.layers if isinstance(ly, Image) and not ly.rgb]
+
+    def refresh(self, *_: Any) -> None:
+        current = self.layer()
+        self.blockSignals(True)
+        self.clear()
+        images = self._images()
+        for ly in images:
+            self.addItem(ly.name, ly)
+        if current in images:
+            self.setCurrentIndex(images.index(current))
+        self.blockSignals(False)
+        if self.layer() is not current:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self):
+        idx = self.currentIndex()
+        return self.itemData(idx) if idx >= 0 else None
+
+    def set_layer(self, layer) -> None:
+        for i in range(self.count()):
+            if self.itemData(i) is layer:
+                self.setCurrentIndex(i)
+                return
+        raise ValueError(f"{getattr(layer, 'name', layer)!r} is not an image layer of this viewer")
+
+
+class PlanePicker(QWidget):
+    """Z-plane of a layer: a spin box that can follow the viewer's current plane."""
+
+    changed = Signal(int)
+
+    def __init__(self, viewer, layer_picker: LayerPicker, *, follow: bool = True, parent=None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._picker = layer_picker
+        self.spin = QSpinBox()
+        self.follow = QCheckBox("follow viewer")
+        self.follow.setChecked(follow)
+        self.follow.setToolTip("keep this plane equal to the plane shown in the viewer")
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.spin, 1)
+        lay.addWidget(self.follow)
+        self.spin.valueChanged.connect(self.changed.emit)
+        self.follow.toggled.connect(lambda on: on and self.sync())
+        layer_picker.currentIndexChanged.connect(self.rebind)
+        viewer.dims.events.current_step.connect(self._on_step)
+        self.rebind()
+
+    def rebind(self, *_: Any) -> None:
+        layer = self._picker.layer()
+        n = _ops.n_planes(layer) if layer is not None else 1
+        self.spin.blockSignals(True)
+        self.spin.setRange(0, max(0, n - 1))
+        self.spin.blockSignals(False)
+        self.setEnabled(n > 1)
+        self.sync()
+
+    def _on_step(self, *_: Any) -> None:
+        if self.follow.isChecked():
+            self.sync()
+
+    def sync(self) -> None:
+        layer = self._picker.layer()
+        if layer is None or layer.ndim < 3 or not self.follow.isChecked():
+            return
+        idx = _ops.current_indices(self._viewer, layer)
+        if idx:
+            self.spin.setValue(idx[-1])
+
+    def value(self) -> int:
+        return int(self.spin.value())
+
+    def setValue(self, z: int) -> None:  # noqa: N802 - Qt naming
+        self.follow.setChecked(False)
+        self.spin.setValue(int(z))
+
+
+class AlphaSlider(QWidget):
+    """α in [low, 1] as a slider with a read-out; emits ``changed(float)`` while dragging."""
+
+    changed = Signal(float)
+
+    def __init__(self, value: float = 0.5, *, low: float = 0.0, steps: int = 100, parent=None) -> None:
+        super().__init__(parent)
+        self._low, self._steps = low, steps
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, steps)
+        self.label = QLabel()
+        self.label.setMinimumWidth(60)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.slider, 1)
+        lay.addWidget(self.label)
+        self.slider.valueChanged.connect(self._emit)
+        self.setValue(value)
+        self._emit()
+
+    def value(self) -> float:
+        return round(self._low + (1.0 - self._low) * self.slider.value() / self._steps, 4)
+
+    def setValue(self, v: float) -> None:  # noqa: N802
+        t = (float(v) - self._low) / (1.0 - self._low)
+        self.slider.setValue(int(round(np.clip(t, 0, 1) * self._steps)))
+
+    def _emit(self, *_: Any) -> None:
+        self.label.setText(f"α = {self.value():.2f}")
+        self.changed.emit(self.value())
+
+
+class ModelPicker(QWidget):
+    """Pick the shipped default, a model trained in this session, or a ``.safetensors`` file."""
+
+    DEFAULT = "default"
+
+    def __init__(self, task: str, parent=None) -> None:
+        super().__init__(parent)
+        self.task = task
+        self.combo = QComboBox()
+        self.combo.setToolTip("model used by this widget; models trained in the Train widget appear here")
+        browse = QPushButton("…")
+        browse.setToolTip("load a .safetensors model file")
+        browse.setMaximumWidth(28)
+        browse.clicked.connect(self._browse)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.combo, 1)
+        lay.addWidget(browse)
+        _ops.USER_MODELS.subscribe(self.refresh)
+        self.destroyed.connect(lambda *_: _ops.USER_MODELS.unsubscribe(self.refresh))
+        self.refresh()
+
+    def refresh(self) -> None:
+        current = self.combo.currentData()
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        configured = get_settings().model_for(self.task)
+        self.combo.addItem(f"default ({configured or self._shipped()})", None)
+        for p in _ops.USER_MODELS.get(self.task):
+            self.combo.addItem(Path(p).parent.name + "/" + Path(p).name, p)
+        idx = self.combo.findData(current) if current is not None else 0
+        self.combo.setCurrentIndex(max(0, idx))
+        self.combo.blockSignals(False)
+
+    def _shipped(self) -> str:
+        from napari_linblur.models.registry import DEFAULTS
+
+        return DEFAULTS.get(self.task, "shipped")
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model file", "", "napari-linblur model (*.safetensors)")
+        if path:
+            self.set_model(path)
+
+    def set_model(self, path: str) -> None:
+        _ops.USER_MODELS.add(self.task, str(path))
+        self.combo.setCurrentIndex(self.combo.findData(str(path)))
+
+    def model(self) -> str | None:
+        """The model argument for the public operation (None = the configured or shipped default)."""
+        return self.combo.currentData() or get_settings().model_for(self.task)
+
+
+# ----------------------------------------------------------------------------------------- workers
+
+
+class _Bridge(QObject):
+    """Lives in the GUI thread; signals emitted from a worker thread are queued to it."""
+
+    progressed = Signal(int, int)
+
+
+def notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def describe(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text if isinstance(err, (ValueError, TypeError, FileNotFoundError)) else f"{type(err).__name__}: {text}"
+
+
+class RunPanel(QWidget):
+    """Runs one long job at a time in a ``thread_worker``, with a progress bar, a napari progress
+    bar (activity dock) and a Cancel button. Errors become napari notifications naming the problem."""
+
+    def __init__(self, title: str = "", parent=None) -> None:
+        super().__init__(parent)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(True)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.cancel_btn)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(row)
+        lay.addWidget(self.status)
+        self._bridge = _Bridge()
+        self._bridge.progressed.connect(self._on_progress)
+        self._stop = threading.Event()
+        self.worker = None
+        self._pbar = None
+        self._desc = title
+        self.last_error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self._stop.set()
+            self.status.setText(f"cancelling {self._desc}…")
+
+    def start(
+        self,
+        fn: Callable[[Callable[[int, int], None], Callable[[], bool]], Any],
+        *,
+        desc: str,
+        on_result: Callable[[Any], None],
+        on_cancel: Callable[[], None] | None = None,
+    ) -> bool:
+        """Run ``fn(report, should_stop)`` in a worker thread; ``on_result`` runs in the GUI thread."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            notify_error(f"{desc}: another run is in progress; cancel it first")
+            return False
+        self._stop = threading.Event()
+        stop = self._stop
+        bridge = self._bridge
+        self._desc = desc
+        self.last_error = None
+
+        def report(done: int, total: int) -> None:
+            bridge.progressed.emit(int(done), int(total))
+            if stop.is_set():
+                raise _ops.Cancelled("cancelled")
+
+        def job():
+            return fn(report, stop.is_set)
+
+        worker = create_worker(job, _start_thread=False)
+        self.worker = worker
+        self.bar.setRange(0, 0)  # busy until the first report
+        self.cancel_btn.setEnabled(True)
+        self.status.setText(f"{desc}…")
+
+        def returned(result):
+            if stop.is_set():
+                self.status.setText(f"{desc}: cancelled")
+                if on_cancel:
+                    on_cancel()
+                return
+            try:
+                on_result(result)
+                self.status.setText(f"{desc}: done")
+            except Exception as err:  # noqa: BLE001
+                self._fail(desc, err)
+
+        def errored(err):
+            if _ops.is_cancelled(err) or stop.is_set():
+                self.status.setText(f"{desc}: cancelled — nothing was added or written")
+                if on_cancel:
+                    on_cancel()
+            else:
+                self._fail(desc, err)
+
+        def finished():
+            self.worker = None
+            self.cancel_btn.setEnabled(False)
+            self.bar.setRange(0, 1)
+            self.bar.setValue(1 if not stop.is_set() and self.last_error is None else 0)
+            if self._pbar is not None:
+                self._pbar.close()
+                self._pbar = None
+
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.finished.connect(finished)
+        worker.start()
+        return True
+
+    def _fail(self, desc: str, err: BaseException) -> None:
+        msg = f"{desc} failed: {describe(err)}"
+        self.last_error = msg
+        self.status.setText(msg)
+        if not isinstance(err, (ValueError, TypeError, FileNotFoundError)):
+            traceback.print_exception(type(err), err, err.__traceback__)
+        notify_error(msg)
+
+    def _on_progress(self, done: int, total: int) -> None:
+        if self.worker is None:
+            return
+        total = max(1, total)
+        self.bar.setRange(0, total)
+        self.bar.setValue(min(done, total))
+        if self._pbar is None:
+            from napari.utils import progress
+
+            self._pbar = progress(total=total, desc=self._desc)
+        if self._pbar.total != total:
+            self._pbar.total = total
+        self._pbar.update(max(0, done - self._pbar.n))
+
+
+class LivePreview(QObject):
+    """Debounced preview: ``request()`` restarts a single-shot timer; when it fires the previous preview
+    is told to stop and a new worker computes the current request. Results of superseded requests are
+    dropped, so the newest request always wins."""
+
+    def __init__(self, compute: Callable[[Callable[[], bool]], Any], apply: Callable[[Any], None],
+                 status: QLabel | None = None, parent=None) -> None:
+        super().__init__(parent)
+        self._compute = compute
+        self._apply = apply
+        self._status = status
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.timeout.connect(self._fire)
+        self.generation = 0
+        self.applied_generation = 0
+        self.completed = 0
+        self._stop: threading.Event | None = None
+        self.workers: list = []
+        self.enabled = True
+        self.last_error: str | None = None
+
+    def request(self, *_: Any) -> None:
+        if not self.enabled:
+            return
+        self.timer.start(max(0, get_settings().preview_delay_ms))
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.workers) or self.timer.isActive()
+
+    def _fire(self) -> None:
+        from napari.qt.threading import create_worker
+
+        if self._stop is not None:
+            self._stop.set()  # supersede the running preview
+        self.generation += 1
+        gen = self.generation
+        stop = threading.Event()
+        self._stop = stop
+        try:
+            job = self._compute(stop.is_set)
+        except Exception as err:  # noqa: BLE001 - e.g. no layer selected
+            self._error(err, gen)
+            return
+        if job is None:
+            return
+        worker = create_worker(job, _start_thread=False)
+        self.workers.append(worker)
+        if self._status is not None:
+            self._status.setText("updating preview…")
+
+        def returned(result):
+            if gen == self.generation and not stop.is_set():
+                try:
+                    self._apply(result)
+                    self.applied_generation = gen
+                    self.last_error = None
+                    if self._status is not None:
+                        self._status.setText("preview up to date")
+                except Exception as err:  # noqa: BLE001
+                    self._error(err, gen)
+
+        def errored(err):
+            if not _ops.is_cancelled(err) and gen == self.generation:
+                self._error(err, gen)
+
+        def finished():
+            self.completed += 1
+            if worker in self.workers:
+                self.workers.remove(worker)
+
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.finished.connect(finished)
+        worker.start()
+
+    def _error(self, err: BaseException, gen: int) -> None:
+        msg = f"preview failed: {describe(err)}"
+        self.last_error = msg
+        self.applied_generation = gen
+        if self._status is not None:
+            self._status.setText(msg)
+        notify_error(msg)
+
+    def stop(self) -> None:
+        self.timer.stop()
+        if self._stop is not None:
+            self._stop.set()
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+
+class OutputChooser(QWidget):
+    """Where a whole-stack run goes: a computed layer, a lazy dask layer, or an OME-Zarr file."""
+
+    LAYER, LAZY, ZARR = "layer", "lazy", "zarr"
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.combo = QComboBox()
+        self.combo.addItem("new layer (compute now)", self.LAYER)
+        self.combo.addItem("lazy layer (planes computed when shown)", self.LAZY)
+        self.combo.addItem("OME-Zarr file", self.ZARR)
+        self.path = QLineEdit()
+        self.path.setPlaceholderText("output.ome.zarr")
+        browse = QPushButton("…")
+        browse.setMaximumWidth(28)
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.path, 1)
+        row.addWidget(browse)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.combo)
+        self._row = QWidget()
+        self._row.setLayout(row)
+        row.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self._row)
+        self.combo.currentIndexChanged.connect(self._update)
+        self._update()
+
+    def _update(self, *_: Any) -> None:
+        self._row.setVisible(self.mode() == self.ZARR)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Write OME-Zarr", "", "OME-Zarr (*.ome.zarr *.zarr)")
+        if path:
+            self.path.setText(path)
+
+    def mode(self) -> str:
+        return self.combo.currentData()
+
+    def set_mode(self, mode: str, path: str | None = None) -> None:
+        self.combo.setCurrentIndex(self.combo.findData(mode))
+        if path is not None:
+            self.path.setText(str(path))
+
+
+def group(title: str, rows: list[tuple[str, QWidget]] | None = None) -> tuple[QGroupBox, QFormLayout]:
+    box = QGroupBox(title)
+    form = QFormLayout(box)
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    for label, w in rows or []:
+        form.addRow(label, w)
+    return box, form
+
+
+class LinblurWidget(QWidget):
+    """Base of the dock widgets: a viewer, a scrollable vertical layout, preview-layer bookkeeping."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.setLayout(QVBoxLayout())
+        self.layout().setContentsMargins(6, 6, 6, 6)
+        self._preview_layer = None
+
+    # --- output layers -------------------------------------------------------------------------
+    def show_preview(self, data: np.ndarray, *, name: str, like, **kwargs):
+        """Add or update this widget's 2-D preview layer, placed like ``like``'s YX plane."""
+        scale = tuple(like.scale[-2:])
+        translate = tuple(like.translate[-2:])
+        layer = self._preview_layer
+        if layer is None or layer not in self.viewer.layers:
+            layer = self.viewer.add_image(data, name=name, scale=scale, translate=translate, **kwargs)
+            layer.metadata["linblur_preview"] = True
+            self._preview_layer = layer
+        else:
+            layer.data = data
+            layer.name = name
+            layer.scale = scale
+            layer.translate = translate
+            for k, v in kwargs.items():
+                if k in ("contrast_limits", "colormap"):
+                    setattr(layer, k, v)
+        return layer
+
+    def add_result(self, data, *, name: str, scale, translate, metadata=None, **kwargs):
+        kwargs.setdefault("blending", "translucent")
+        layer = self.viewer.add_image(data, name=name, scale=tuple(scale), translate=tuple(translate), **kwargs)
+        layer.metadata.update(metadata or {})
+        return layer
+
+    def closeEvent(self, event):  # noqa: N802
+        for child in self.findChildren(LivePreview):
+            child.stop()
+        super().closeEvent(event)
+
+
+def input_limits(layer, fallback: np.ndarray | None = None) -> tuple[float, float]:
+    """Contrast limits for an output in the input's intensity units: the input layer's own limits."""
+    try:
+        lo, hi = (float(v) for v in layer.contrast_limits)
+        if hi > lo:
+            return lo, hi
+    except Exception:  # noqa: BLE001
+        pass
+    return _ops.robust_limits(fallback) if fallback is not None else (0.0, 1.0)
+
+
+def source_paths(*layers) -> list[str]:
+    out = []
+    for ly in layers:
+        src = (ly.metadata or {}).get("linblur_source") if ly is not None else None
+        if src:
+            out.append(str(src))
+        path = getattr(getattr(ly, "source", None), "path", None)
+        if path:
+            out.append(str(path))
+    return out

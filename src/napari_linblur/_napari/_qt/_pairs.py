@@ -1,0 +1,111 @@
+"""Shared machinery of the two pair widgets (Blur synthesis and Deblur): two (layer, plane) inputs, α, a
+live preview of the current plane and whole-stack runs (computed layer, lazy layer or OME-Zarr)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import _ops
+from .._settings import get_settings
+from . import _common as c
+
+
+def output_axes(layer, ndim: int, dropped_z: bool) -> str:
+    """Axis letters for writing a result of ``ndim`` dimensions computed from ``layer``."""
+    axes = (layer.metadata or {}).get("linblur_axes")
+    if isinstance(axes, str) and len(axes) == layer.ndim:
+        if dropped_z:
+            axes = axes.replace("z", "")
+        if len(axes) == ndim:
+            return axes
+    base = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tpzyx"}
+    if dropped_z:
+        return base[ndim + 1].replace("z", "") if ndim + 1 in base else base[ndim]
+    return base[ndim]
+
+
+def run_whole_stack(
+    widget: c.LinblurWidget,
+    panel: c.RunPanel,
+    output: c.OutputChooser,
+    *,
+    op: Callable[..., Any],
+    arrays: list[Any],
+    like,
+    scale: tuple[float, ...],
+    translate: tuple[float, ...],
+    dropped_z: bool,
+    name: str,
+    sources: list[str],
+    layer_kwargs: dict | None = None,
+    metadata: dict | None = None,
+) -> bool:
+    """Start a whole-stack run of ``op(*planes_or_arrays, should_stop=...)`` into the chosen output.
+
+    ``op`` is called with 2-D planes (computed layer: per-plane progress and cancel between planes) or with
+    lazy dask stacks (lazy layer / OME-Zarr: the public operation builds the lazy graph).
+    """
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    mode = output.mode()
+    layer_kwargs = dict(layer_kwargs or {})
+    meta = {"linblur_inputs": sources, **(metadata or {})}
+    ndim = arrays[0].ndim
+
+    if mode == output.ZARR:
+        path = output.path.text().strip()
+        if not path:
+            c.notify_error(f"{name}: choose an output path for the OME-Zarr file")
+            return False
+        axes = output_axes(like, ndim, dropped_z)
+
+        def job(report, should_stop):
+            lazy = op(*[_ops.lazy_planes(a) for a in arrays])
+            write_ome_zarr(path, lazy, axes=axes, scale=[abs(s) for s in scale], source_paths=sources,
+                           progress=report, name=name)
+            return path
+
+        def done(path):
+            from .._reader import read_zstack
+
+            for data, kw, _ in read_zstack(path):
+                kw["name"] = name
+                kw["translate"] = translate
+                kw.update({k: v for k, v in layer_kwargs.items() if k in ("colormap", "contrast_limits")})
+                widget.viewer.add_image(data, **kw)
+
+        return panel.start(job, desc=f"writing {name}", on_result=done)
+
+    if mode == output.LAZY:
+
+        def job(report, should_stop):
+            return op(*[_ops.lazy_planes(a) for a in arrays])
+
+        def done(lazy):
+            widget.add_result(lazy, name=name, scale=scale, translate=translate, metadata=meta, **layer_kwargs)
+
+        return panel.start(job, desc=f"building {name}", on_result=done)
+
+    def job(report, should_stop):
+        return _ops.compute_planes(lambda *p: op(*p, should_stop=should_stop), arrays, report=report,
+                                   should_stop=should_stop)
+
+    def done(result):
+        kw = dict(layer_kwargs)
+        if "contrast_limits" not in kw:
+            kw["contrast_limits"] = _ops.robust_limits(result)
+        widget.add_result(result, name=name, scale=scale, translate=translate, metadata=meta, **kw)
+
+    return panel.start(job, desc=name, on_result=done)
+
+
+def op_kwargs(model: str | None) -> dict:
+    s = get_settings()
+    return {"model": model, "device": s.device, "tile": s.tile_size}
+
+
+def as_plane(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)

@@ -1,0 +1,226 @@
+"""**Deblur** — three ways to get a sharper image back.
+
+* **Pair** (paper 000, Mazilu et al.): two planes b (less blurred) and c (more blurred) of one field; the
+  sharper a is extrapolated in the autoencoder's linear latent space, ``z_a = (1/α)·E(b) − ((1−α)/α)·E(c)``.
+  α can be set (slider) or estimated automatically.
+* **Single image** (paper 002, DRBNet-style network with dynamic residual blocks, or re-blur + extrapolation).
+* **Guided**: spatially varying deblurring steered by the estimated defocus map (paper 001 + 000).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtWidgets import QCheckBox, QComboBox, QPushButton, QWidget
+
+from .. import _ops
+from . import _common as c
+from ._pairs import as_plane, op_kwargs, run_whole_stack
+
+PAIR, SINGLE, GUIDED = "pair", "single", "guided"
+#: single-image methods offered when the operation does not list its own
+FALLBACK_METHODS = ["auto", "network", "reblur-extrapolate"]
+#: single-image methods that run the autoencoder rather than the deblurring network
+AE_METHODS = ("reblur-extrapolate",)
+
+
+def single_methods() -> list[str]:
+    """Methods of :func:`napari_linblur.deblur` other than the guided one (read from the module)."""
+    try:
+        from napari_linblur.inference import deblur_ops
+    except Exception:  # noqa: BLE001 - not built yet
+        return list(FALLBACK_METHODS)
+    methods = getattr(deblur_ops, "METHODS", None)
+    if not methods:
+        return list(FALLBACK_METHODS)
+    return [m for m in methods if m != GUIDED]
+
+
+class DeblurWidget(c.LinblurWidget):
+    """Dock widget: pair, single-image or defocus-map-guided deblurring with a live preview."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(napari_viewer)
+        v = napari_viewer
+        self.mode = QComboBox()
+        self.mode.addItem("Pair: two planes (latent extrapolation)", PAIR)
+        self.mode.addItem("Single image (network)", SINGLE)
+        self.mode.addItem("Guided by the defocus map", GUIDED)
+        box, _ = c.group("Method", [("mode", self.mode)])
+        self.layout().addWidget(box)
+
+        self.b_layer = c.LayerPicker(v)
+        self.b_plane = c.PlanePicker(v, self.b_layer, follow=True)
+        self.c_layer = c.LayerPicker(v)
+        self.c_plane = c.PlanePicker(v, self.c_layer, follow=False)
+        box, self._in_form = c.group(
+            "Inputs",
+            [("image b", self.b_layer), ("plane of b", self.b_plane), ("blurrier c", self.c_layer),
+             ("plane of c", self.c_plane)],
+        )
+        self.layout().addWidget(box)
+
+        self.alpha = c.AlphaSlider(0.5, low=0.05)
+        self.auto_alpha = QCheckBox("estimate α automatically")
+        self.method = QComboBox()
+        for m in single_methods():
+            self.method.addItem(m, m)
+        self.ae_model = c.ModelPicker("ae")
+        self.net_model = c.ModelPicker("deblur")
+        self.preview_on = QCheckBox("live preview on the current plane")
+        self.preview_on.setChecked(True)
+        box, self._opt_form = c.group(
+            "Options",
+            [("α", self.alpha), ("", self.auto_alpha), ("method", self.method), ("autoencoder", self.ae_model),
+             ("network", self.net_model), ("", self.preview_on)],
+        )
+        self.layout().addWidget(box)
+
+        self.output = c.OutputChooser()
+        self.run_btn = QPushButton("Run on whole stack")
+        self.run_btn.clicked.connect(self.run_whole_stack)
+        self.panel = c.RunPanel("deblur")
+        box, form = c.group("Whole stack", [("output", self.output)])
+        form.addRow(self.run_btn)
+        form.addRow(self.panel)
+        self.layout().addWidget(box)
+        self.layout().addStretch(1)
+
+        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self)
+        self.alpha.changed.connect(self.preview.request)
+        self.auto_alpha.toggled.connect(self._update_visibility)
+        self.auto_alpha.toggled.connect(self.preview.request)
+        self.mode.currentIndexChanged.connect(self._update_visibility)
+        self.mode.currentIndexChanged.connect(self.preview.request)
+        self.method.currentIndexChanged.connect(self.preview.request)
+        self.method.currentIndexChanged.connect(self._update_visibility)
+        for w in (self.b_plane, self.c_plane):
+            w.changed.connect(self.preview.request)
+        for w in (self.b_layer, self.c_layer):
+            w.currentIndexChanged.connect(self.preview.request)
+        for w in (self.ae_model, self.net_model):
+            w.combo.currentIndexChanged.connect(self.preview.request)
+        self.preview_on.toggled.connect(self._toggle_preview)
+        self._update_visibility()
+
+    # --- UI state ------------------------------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        self.mode.setCurrentIndex(self.mode.findData(mode))
+
+    def _set_row_visible(self, form, widget: QWidget, visible: bool) -> None:
+        widget.setVisible(visible)
+        label = form.labelForField(widget)
+        if label is not None:
+            label.setVisible(visible)
+
+    def _update_visibility(self, *_: Any) -> None:
+        mode = self.mode.currentData()
+        pair = mode == PAIR
+        for w in (self.c_layer, self.c_plane):
+            self._set_row_visible(self._in_form, w, pair)
+        self._set_row_visible(self._opt_form, self.alpha, pair)
+        self.alpha.setEnabled(not self.auto_alpha.isChecked())
+        self._set_row_visible(self._opt_form, self.auto_alpha, pair)
+        uses_ae = pair or (mode == SINGLE and self.method.currentData() in AE_METHODS)
+        self._set_row_visible(self._opt_form, self.ae_model, uses_ae)
+        self._set_row_visible(self._opt_form, self.method, mode == SINGLE)
+        self._set_row_visible(self._opt_form, self.net_model, not uses_ae)
+        self._in_form.labelForField(self.b_layer).setText("image b (less blurred)" if pair else "image")
+
+    def _toggle_preview(self, on: bool) -> None:
+        self.preview.enabled = on
+        if on:
+            self.preview.request()
+        else:
+            self.preview.stop()
+
+    # --- operations ----------------------------------------------------------------------------
+    def _settings(self):
+        mode = self.mode.currentData()
+        lb = self.b_layer.layer()
+        if lb is None:
+            raise ValueError("pick an image layer to deblur")
+        lc = self.c_layer.layer() if mode == PAIR else None
+        if mode == PAIR and lc is None:
+            raise ValueError("pair mode needs the blurrier image c (an image layer)")
+        alpha = None if self.auto_alpha.isChecked() else self.alpha.value()
+        method = self.method.currentData() if mode == SINGLE else GUIDED
+        return mode, lb, lc, alpha, method
+
+    def _op(self, mode: str, alpha, method: str):
+        import napari_linblur as nl
+
+        if mode == PAIR:
+            kw = op_kwargs(self.ae_model.model())
+
+            def op(b, cc, should_stop=None) -> Any:
+                return _ops.call_op(nl.deblur_pair, b, cc, alpha, should_stop=should_stop, **kw)
+        else:
+            picker = self.ae_model if method in AE_METHODS else self.net_model
+            kw = op_kwargs(picker.model())
+
+            def op(b, should_stop=None) -> Any:
+                return _ops.call_op(nl.deblur, b, method=method, should_stop=should_stop, **kw)
+
+        return op
+
+    def _name(self, mode, lb, lc, alpha, method, zb, zc, whole: bool, same_shape: bool) -> str:
+        if mode == PAIR:
+            if lb is lc:
+                src = [f"{lb.name} z{zb}←z{zc}"]
+            elif whole and same_shape:
+                src = [lb.name, lc.name]
+            else:
+                src = [f"{lb.name} z{zb}", f"{lc.name} z{zc}"]
+            return _ops.output_name("deblurred", src, alpha)
+        src = [lb.name] if whole else [f"{lb.name} z{zb}"] if lb.ndim > 2 else [lb.name]
+        return _ops.output_name("deblurred", src + [method], use_alpha=False)
+
+    def _preview_job(self, should_stop):
+        mode, lb, lc, alpha, method = self._settings()
+        zb = self.b_plane.value()
+        zc = self.c_plane.value()
+        ib = _ops.current_indices(self.viewer, lb)
+        ic = _ops.current_indices(self.viewer, lc) if lc is not None else None
+        op = self._op(mode, alpha, method)
+        name = self._name(mode, lb, lc, alpha, method, zb, zc, False, False) + " (preview)"
+
+        def job():
+            b = _ops.plane_of(lb, ib, zb)
+            if mode == PAIR:
+                out = op(b, _ops.plane_of(lc, ic, zc), should_stop=should_stop)
+            else:
+                out = op(b, should_stop=should_stop)
+            return as_plane(out), name, lb
+
+        return job
+
+    def _show_preview(self, result) -> None:
+        data, name, like = result
+        self.show_preview(data, name=name, like=like, contrast_limits=c.input_limits(like, data),
+                          colormap="gray")
+
+    def run_whole_stack(self) -> bool:
+        try:
+            mode, lb, lc, alpha, method = self._settings()
+            zb, zc = self.b_plane.value(), self.c_plane.value()
+            if mode == PAIR:
+                pair = _ops.pair_stacks(lb, zb, lc, zc)
+                arrays = [pair.first, pair.second]
+                scale, translate, dropped = pair.scale, pair.translate, pair.dropped_z
+            else:
+                arrays = [_ops.layer_array(lb)]
+                scale, translate, dropped = tuple(lb.scale), tuple(lb.translate), False
+        except ValueError as err:
+            c.notify_error(f"deblur: {err}")
+            self.panel.status.setText(str(err))
+            return False
+        name = self._name(mode, lb, lc, alpha, method, zb, zc, True, not dropped)
+        return run_whole_stack(
+            self, self.panel, self.output, op=self._op(mode, alpha, method), arrays=arrays, like=lb,
+            scale=scale, translate=translate, dropped_z=dropped, name=name,
+            sources=c.source_paths(lb, lc),
+            layer_kwargs={"contrast_limits": c.input_limits(lb), "colormap": "gray"},
+            metadata={"linblur_op": "deblur_pair" if mode == PAIR else "deblur", "linblur_alpha": alpha,
+                      "linblur_method": method if mode != PAIR else None},
+        )

@@ -1,0 +1,272 @@
+"""**Defocus map & focus QC** — where and how much an image is out of focus.
+
+* Defocus map (paper 001): a per-pixel σ map (px, σ of the equivalent Gaussian PSF) predicted by the
+  HRNet-style network, shown with a perceptual colormap and a colorbar; live on the current plane, or for
+  the whole stack.
+* Focus QC: a focus score per Z plane of the current position (variance of Laplacian and friends) plotted in
+  the dock with the best plane marked; one click moves the viewer to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, QWidget
+
+from .. import _ops
+from . import _common as c
+from ._pairs import op_kwargs, run_whole_stack
+
+COLORMAP = "magma"
+FALLBACK_MEASURES = ["defocus", "variance_of_laplacian"]
+
+
+def focus_measures() -> list[str]:
+    """Focus measures accepted by :func:`napari_linblur.focus_curve` (read from the module)."""
+    try:
+        from napari_linblur.inference import defocus_ops
+    except Exception:  # noqa: BLE001
+        return list(FALLBACK_MEASURES)
+    measures = getattr(defocus_ops, "FOCUS_METHODS", None)
+    return list(measures) if measures else list(FALLBACK_MEASURES)
+
+
+class FocusPlot(QWidget):
+    """Matplotlib focus curve (score per plane) with the best plane and the current plane marked."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.0), dpi=90, tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(170)
+        self.ax = self.figure.add_subplot(111)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+        self.scores: np.ndarray | None = None
+        self.best: int | None = None
+        self._current_line = None
+        self.draw(None, None)
+
+    def draw(self, scores: np.ndarray | None, best: int | None, label: str = "focus score") -> None:
+        self.scores, self.best = scores, best
+        ax = self.ax
+        ax.clear()
+        ax.set_xlabel("Z plane")
+        ax.set_ylabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+        self._current_line = None
+        if scores is not None:
+            z = np.arange(len(scores))
+            ax.plot(z, scores, "-o", ms=3, color="#3a7bd5")
+            if best is not None:
+                ax.axvline(best, color="#e4572e", lw=1.5)
+                ax.plot([best], [scores[best]], "o", color="#e4572e", ms=7, label=f"best z={best}")
+                ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "press 'Focus curve'", ha="center", va="center", transform=ax.transAxes,
+                    fontsize=8, color="gray")
+        self.canvas.draw_idle()
+
+    def mark_current(self, z: int | None) -> None:
+        if self.scores is None or z is None:
+            return
+        if self._current_line is not None:
+            self._current_line.remove()
+        self._current_line = self.ax.axvline(z, color="gray", lw=1, ls="--")
+        self.canvas.draw_idle()
+
+
+class DefocusWidget(c.LinblurWidget):
+    """Dock widget: per-pixel defocus map (live on the current plane or the whole stack) and focus curve."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(napari_viewer)
+        v = napari_viewer
+        self.image = c.LayerPicker(v)
+        self.model = c.ModelPicker("defocus")
+        self.preview_on = QCheckBox("live map of the current plane")
+        self.preview_on.setChecked(True)
+        box, _ = c.group("Defocus map (σ in px)", [("image", self.image), ("model", self.model),
+                                                  ("", self.preview_on)])
+        self.layout().addWidget(box)
+        self.legend = QLabel(f"colormap {COLORMAP}: dark = in focus, bright = strongly defocused")
+        self.legend.setWordWrap(True)
+        box.layout().addRow(self.legend)
+
+        self.output = c.OutputChooser()
+        self.run_btn = QPushButton("Run on whole stack")
+        self.run_btn.clicked.connect(self.run_whole_stack)
+        box.layout().addRow("output", self.output)
+        box.layout().addRow(self.run_btn)
+
+        self.measure = QComboBox()
+        for m in focus_measures():
+            self.measure.addItem(m, m)
+        self.curve_btn = QPushButton("Focus curve")
+        self.curve_btn.setToolTip("score every Z plane of the current position")
+        self.curve_btn.clicked.connect(self.run_focus_curve)
+        self.goto_btn = QPushButton("Go to best plane")
+        self.goto_btn.setEnabled(False)
+        self.goto_btn.clicked.connect(self.go_to_best)
+        self.plot = FocusPlot()
+        self.best_label = QLabel("")
+        row = QWidget()
+        rl = QHBoxLayout(row)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.curve_btn)
+        rl.addWidget(self.goto_btn)
+        box2, form2 = c.group("Focus QC", [("measure", self.measure)])
+        form2.addRow(row)
+        form2.addRow(self.plot)
+        form2.addRow(self.best_label)
+        self.layout().addWidget(box2)
+
+        self.panel = c.RunPanel("defocus")
+        self.layout().addWidget(self.panel)
+        self.layout().addStretch(1)
+
+        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self)
+        self.image.currentIndexChanged.connect(self.preview.request)
+        self.model.combo.currentIndexChanged.connect(self.preview.request)
+        v.dims.events.current_step.connect(self._on_step)
+        self.preview_on.toggled.connect(self._toggle_preview)
+        self._curve_layer = None
+        self.preview.request()
+
+    def _on_step(self, *_: Any) -> None:
+        self.preview.request()
+        layer = self.image.layer()
+        if layer is not None and layer is self._curve_layer and layer.ndim >= 3:
+            self.plot.mark_current(_ops.current_indices(self.viewer, layer)[-1])
+
+    def _toggle_preview(self, on: bool) -> None:
+        self.preview.enabled = on
+        if on:
+            self.preview.request()
+        else:
+            self.preview.stop()
+
+    def _layer(self):
+        layer = self.image.layer()
+        if layer is None:
+            raise ValueError("pick an image layer")
+        return layer
+
+    @staticmethod
+    def _limits(sigma: np.ndarray) -> tuple[float, float]:
+        hi = float(np.nanpercentile(sigma, 99.5)) if sigma.size else 1.0
+        return 0.0, max(hi, 1e-3)
+
+    def _style(self, layer) -> None:
+        try:
+            layer.colorbar.visible = True
+        except Exception:  # noqa: BLE001 - napari without colorbar overlays: the legend label explains
+            pass
+
+    # --- defocus map ---------------------------------------------------------------------------
+    def _preview_job(self, should_stop):
+        import napari_linblur as nl
+
+        layer = self._layer()
+        idx = _ops.current_indices(self.viewer, layer)
+        kw = op_kwargs(self.model.model())
+        z = f" z{idx[-1]}" if idx else ""
+        name = f"defocus σ[{layer.name}{z}] (preview)"
+
+        def job():
+            plane = _ops.plane_of(layer, idx)
+            out = _ops.call_op(nl.estimate_defocus, plane, should_stop=should_stop, **kw)
+            return np.asarray(out, np.float32), name, layer
+
+        return job
+
+    def _show_preview(self, result) -> None:
+        data, name, like = result
+        layer = self.show_preview(data, name=name, like=like, colormap=COLORMAP,
+                                  contrast_limits=self._limits(data))
+        layer.blending = "translucent"
+        self._style(layer)
+
+    def run_whole_stack(self) -> bool:
+        import napari_linblur as nl
+
+        try:
+            layer = self._layer()
+        except ValueError as err:
+            c.notify_error(f"defocus map: {err}")
+            return False
+        kw = op_kwargs(self.model.model())
+
+        def op(img, should_stop=None):
+            return _ops.call_op(nl.estimate_defocus, img, should_stop=should_stop, **kw)
+
+        started = run_whole_stack(
+            self, self.panel, self.output, op=op, arrays=[_ops.layer_array(layer)], like=layer,
+            scale=tuple(layer.scale), translate=tuple(layer.translate), dropped_z=False,
+            name=f"defocus σ[{layer.name}]", sources=c.source_paths(layer),
+            layer_kwargs={"colormap": COLORMAP, "contrast_limits": (0.0, 10.0)},
+            metadata={"linblur_op": "estimate_defocus", "linblur_units": "px (σ)"},
+        )
+        if started:
+            self.panel.worker.returned.connect(lambda *_: self._style_last())
+        return started
+
+    def _style_last(self) -> None:
+        if len(self.viewer.layers):
+            last = self.viewer.layers[-1]
+            if last.name.startswith("defocus σ["):
+                if isinstance(last.data, np.ndarray):
+                    last.contrast_limits = self._limits(last.data)
+                self._style(last)
+
+    # --- focus curve ---------------------------------------------------------------------------
+    def run_focus_curve(self) -> bool:
+        import napari_linblur as nl
+
+        try:
+            layer = self._layer()
+            if layer.ndim < 3 or _ops.n_planes(layer) < 2:
+                raise ValueError(f"{layer.name!r} is a single plane; a focus curve needs a z-stack (Z, Y, X)")
+        except ValueError as err:
+            c.notify_error(f"focus curve: {err}")
+            self.panel.status.setText(str(err))
+            return False
+        idx = _ops.current_indices(self.viewer, layer)
+        stack = _ops.layer_array(layer)[tuple(idx[:-1])]
+        method = self.measure.currentData()
+        kw = op_kwargs(self.model.model()) if method == "defocus" else {}
+
+        def job(report, should_stop):
+            # one plane at a time: per-plane progress and cancel; best plane = arg-max, as in best_focus
+            nz = stack.shape[0]
+            scores = np.empty(nz, np.float64)
+            for z in range(nz):
+                if should_stop():
+                    raise _ops.Cancelled("cancelled")
+                plane = np.asarray(stack[z])
+                scores[z] = float(np.asarray(_ops.call_op(nl.focus_curve, plane, method=method, **kw)))
+                report(z + 1, nz)
+            return scores, int(np.argmax(scores))
+
+        def done(result):
+            scores, best = result
+            self._curve_layer = layer
+            self.plot.draw(scores, best, label=f"focus ({method})")
+            self.plot.mark_current(idx[-1])
+            self.best_label.setText(f"best plane of {layer.name}: z = {best}")
+            self.goto_btn.setEnabled(True)
+
+        return self.panel.start(job, desc=f"focus curve of {layer.name}", on_result=done)
+
+    def go_to_best(self) -> None:
+        layer = self._curve_layer
+        if layer is None or self.plot.best is None or layer not in self.viewer.layers:
+            return
+        world_axis = self.viewer.dims.ndim - layer.ndim + layer.ndim - 3
+        z_world = self.plot.best * layer.scale[-3] + layer.translate[-3]
+        self.viewer.dims.set_point(world_axis, z_world)

@@ -1,0 +1,280 @@
+"""**Train** — train a model on synthetic data, an image layer or a dataset with the shared training loop
+(:func:`napari_linblur.training.loop.train`: deterministic seeds, checkpoints, logs), watch the loss curve
+live, and use the saved model in the other widgets straight away."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from .. import _ops, _train
+from .._settings import get_settings
+from . import _common as c
+
+
+class _LogBridge(QObject):
+    record = Signal(object)
+
+
+class LossPlot(QWidget):
+    """Live training curve (loss per logged step, validation loss as markers)."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.0), dpi=90, tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(170)
+        self.ax = self.figure.add_subplot(111)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.val_steps: list[int] = []
+        self.val_losses: list[float] = []
+        self._redraw()
+
+    def add(self, rec: dict) -> None:
+        if "loss" in rec:
+            self.steps.append(int(rec["step"]))
+            self.losses.append(float(rec["loss"]))
+        if "val_loss" in rec:
+            self.val_steps.append(int(rec["step"]))
+            self.val_losses.append(float(rec["val_loss"]))
+        self._redraw()
+
+    def _redraw(self) -> None:
+        ax = self.ax
+        ax.clear()
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if self.steps:
+            ax.plot(self.steps, self.losses, "-", color="#3a7bd5", label="train")
+        if self.val_steps:
+            ax.plot(self.val_steps, self.val_losses, "o", color="#e4572e", ms=4, label="validation")
+        if self.steps or self.val_steps:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "loss appears here while training", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8, color="gray")
+        self.canvas.draw_idle()
+
+
+class TrainWidget(c.LinblurWidget):
+    """Dock widget: choose a model, data and a few options; Start trains in a worker thread."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(napari_viewer)
+        v = napari_viewer
+        self.kind = QComboBox()
+        for k, label in _train.KINDS.items():
+            self.kind.addItem(label, k)
+        self.preset = QComboBox()
+        self.source = QComboBox()
+        self.layer = c.LayerPicker(v)
+        self.path = QLineEdit()
+        self.path.setPlaceholderText("dataset.zarr or BBBC006 folder")
+        browse = QPushButton("…")
+        browse.setMaximumWidth(28)
+        browse.clicked.connect(self._browse_data)
+        path_row = QWidget()
+        pl = QHBoxLayout(path_row)
+        pl.setContentsMargins(0, 0, 0, 0)
+        pl.addWidget(self.path, 1)
+        pl.addWidget(browse)
+        self.path_row = path_row
+        box, self._data_form = c.group(
+            "Model and data",
+            [("model", self.kind), ("size", self.preset), ("data", self.source), ("layer", self.layer),
+             ("dataset", path_row)],
+        )
+        self.layout().addWidget(box)
+
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1_000_000)
+        self.steps.setValue(200)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(5)
+        self.lr.setRange(1e-5, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(1e-3)
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 256)
+        self.batch.setValue(4)
+        self.patch = QSpinBox()
+        self.patch.setRange(16, 1024)
+        self.patch.setSingleStep(16)
+        self.patch.setValue(64)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.out = QLineEdit(str(Path(tempfile.gettempdir()) / "linblur-runs" / "run"))
+        box, _ = c.group("Training", [("steps", self.steps), ("learning rate", self.lr), ("batch", self.batch),
+                                      ("patch (px)", self.patch), ("seed", self.seed), ("run folder", self.out)])
+        self.layout().addWidget(box)
+
+        self.start_btn = QPushButton("Start training")
+        self.start_btn.clicked.connect(self.start)
+        self.plot = LossPlot()
+        self.panel = c.RunPanel("training")
+        self.result_label = QLabel("")
+        self.result_label.setWordWrap(True)
+        box, form = c.group("Run")
+        form.addRow(self.start_btn)
+        form.addRow(self.panel)
+        form.addRow(self.plot)
+        form.addRow(self.result_label)
+        self.layout().addWidget(box)
+        self.layout().addStretch(1)
+
+        self._bridge = _LogBridge()
+        self._bridge.record.connect(self.plot.add)
+        self.kind.currentIndexChanged.connect(self._kind_changed)
+        self.source.currentIndexChanged.connect(self._source_changed)
+        self.model_path: str | None = None
+        self._kind_changed()
+
+    # --- UI state ------------------------------------------------------------------------------
+    def _row(self, widget, visible: bool) -> None:
+        widget.setVisible(visible)
+        label = self._data_form.labelForField(widget)
+        if label is not None:
+            label.setVisible(visible)
+
+    def _kind_changed(self, *_: Any) -> None:
+        kind = self.kind.currentData()
+        self.preset.clear()
+        try:
+            for p in _train.presets(kind):
+                self.preset.addItem(p, p)
+        except Exception as err:  # noqa: BLE001 - a model module not available
+            self.panel.status.setText(f"{kind}: {c.describe(err)}")
+        self.source.clear()
+        for s in _train.sources(kind):
+            self.source.addItem(_train.SOURCES[s], s)
+        self._source_changed()
+
+    def _source_changed(self, *_: Any) -> None:
+        src = self.source.currentData()
+        self._row(self.layer, src == "layer")
+        self._row(self.path_row, src == "path")
+
+    def _browse_data(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Training data")
+        if path:
+            self.path.setText(path)
+
+    def set_choice(self, combo: QComboBox, data: str) -> None:
+        idx = combo.findData(data)
+        if idx < 0:
+            raise ValueError(f"{data!r} is not offered; choices: {[combo.itemData(i) for i in range(combo.count())]}")
+        combo.setCurrentIndex(idx)
+
+    # --- run -----------------------------------------------------------------------------------
+    def _unique_out(self) -> Path:
+        out = Path(self.out.text().strip() or Path(tempfile.gettempdir()) / "linblur-runs" / "run")
+        if (out / "log.jsonl").exists():
+            k = 2
+            while (out.parent / f"{out.name}-{k}" / "log.jsonl").exists():
+                k += 1
+            out = out.parent / f"{out.name}-{k}"
+        return out
+
+    def _layer_dataset(self, out: Path) -> str:
+        """Write the chosen layer to an OME-Zarr in the run folder (the task loaders read datasets)."""
+        from napari_linblur.io.omezarr import write_ome_zarr
+
+        layer = self.layer.layer()
+        if layer is None:
+            raise ValueError("choose an image layer as training data")
+        data = _ops.layer_array(layer)
+        if data.ndim < 3:
+            raise ValueError(f"{layer.name!r} is a single plane; training needs a z-stack (Z, Y, X)")
+        axes = {3: "zyx", 4: "tzyx"}.get(data.ndim)
+        if axes is None:
+            raise ValueError(f"{layer.name!r} has {data.ndim} dimensions; use (Z, Y, X) or (fields, Z, Y, X)")
+        path = out / "data.ome.zarr"
+        write_ome_zarr(path, data, axes=axes, scale=[abs(float(s)) for s in layer.scale], overwrite=True,
+                       pyramid_levels=1)
+        return str(path)
+
+    def start(self) -> bool:
+        from napari_linblur.training.loop import TrainConfig, train
+
+        if self.panel.running:
+            c.notify_error("training is already running; cancel it first")
+            return False
+        kind = self.kind.currentData()
+        source = self.source.currentData()
+        out = self._unique_out()
+        steps = int(self.steps.value())
+        cfg = TrainConfig(
+            out=str(out), steps=steps, lr=float(self.lr.value()), seed=int(self.seed.value()),
+            device=get_settings().device, progress=False, warmup=min(50, max(1, steps // 10)),
+            log_every=max(1, min(10, steps // 20 or 1)), val_every=max(1, steps // 4),
+            ckpt_every=max(1, steps // 4), command=f"napari Train widget ({kind})",
+        )
+        req = _train.TrainRequest(
+            kind=kind, preset=self.preset.currentData(), source=source,
+            data_path=self.path.text().strip() or None, patch=int(self.patch.value()), batch=int(self.batch.value()),
+            seed=int(self.seed.value()),
+        )
+        if source == "layer" and self.layer.layer() is None:
+            c.notify_error("training: choose an image layer as training data")
+            return False
+        layer_name = self.layer.layer().name if source == "layer" else None
+        bridge = self._bridge
+        self.plot.reset()
+        self.result_label.setText("")
+
+        def job(report, should_stop):
+            out.mkdir(parents=True, exist_ok=True)
+            if source == "layer":
+                req.data_path = self._layer_dataset(out)
+            task = _train.build_task(req)
+
+            def on_log(rec: dict) -> None:
+                bridge.record.emit(dict(rec))
+                report(int(rec["step"]), steps)
+
+            return train(task, cfg, on_log=on_log, should_stop=should_stop)
+
+        def done(res) -> None:
+            path = str(res.model_path)
+            self.model_path = path
+            _ops.USER_MODELS.add(kind, path)
+            val = res.metrics.get("val_loss")
+            src = f" on {layer_name}" if layer_name else ""
+            self.result_label.setText(
+                f"saved {path}{src} ({res.steps_done} steps, {res.seconds:.0f} s"
+                + (f", validation loss {val:.4g}" if val is not None else "")
+                + "); it is now selectable in the other widgets"
+            )
+
+        def cancelled() -> None:
+            self.result_label.setText(
+                f"stopped before the end; the checkpoint in {out} can be resumed with `linblur train {kind} "
+                f"--out {out} --resume`; no model was added to the widgets"
+            )
+
+        return self.panel.start(job, desc=f"training {kind}", on_result=done, on_cancel=cancelled)

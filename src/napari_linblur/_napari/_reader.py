@@ -1,0 +1,150 @@
+"""napari reader: OME-Zarr / zarr stores, TIFF stacks, folders of TIFF planes and BBBC006 folders or files.
+
+Every layer is a lazy dask array from :func:`napari_linblur.io.readers.open_zstack_with_metadata`: only the
+planes napari displays are read, so a whole plate opens instantly and memory stays bounded. Channels become
+separate layers (named ``stem [channel]``), physical scale comes from the file, and each layer remembers where
+it came from (``metadata['linblur_source']``) so that the writer never overwrites an input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LayerData = tuple[Any, dict, str]
+
+_TIFF = (".tif", ".tiff")
+_CHANNEL_COLORS = ["green", "magenta", "cyan", "yellow", "red", "blue"]
+#: largest Y/X window read to estimate contrast limits (one chunk or so; never a whole plane of a huge image)
+_CONTRAST_WINDOW = 1024
+
+
+def _looks_readable(p: Path) -> bool:
+    if p.is_file():
+        return p.suffix.lower() in _TIFF or p.name in ("zarr.json", ".zattrs", ".zgroup", ".zarray")
+    if p.is_dir():
+        if p.suffix.lower() == ".zarr" or any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs", ".zarray")):
+            return True
+        from napari_linblur.io import bbbc006
+
+        try:
+            if bbbc006.scan_bbbc006(p):
+                return True
+        except Exception:  # noqa: BLE001 - not a BBBC006 folder
+            pass
+        return any(q.suffix.lower() in _TIFF for q in p.iterdir() if q.is_file())
+    return False
+
+
+def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """Return :func:`read_zstack` when ``path`` is something napari-linblur can open, else None.
+
+    Parameters
+    ----------
+    path : str or list of str
+        One path (a list must hold exactly one).
+
+    Examples
+    --------
+    >>> napari_get_reader("/no/such/file.png") is None
+    True
+    """
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(os.fspath(path))
+    if not p.exists() or not _looks_readable(p):
+        return None
+    return read_zstack
+
+
+def _contrast_limits(arr, axes: str) -> list[float]:
+    """Robust limits from a small central window of one plane (reads about one chunk)."""
+    idx: list[Any] = []
+    for i, a in enumerate(axes):
+        n = arr.shape[i]
+        if a in "yx":
+            w = min(n, _CONTRAST_WINDOW)
+            s = (n - w) // 2
+            idx.append(slice(s, s + w))
+        else:
+            idx.append(n // 2 if a == "z" else 0)
+    sample = np.asarray(arr[tuple(idx)])
+    if hasattr(sample, "compute"):
+        sample = sample.compute()
+    sample = np.asarray(sample, dtype=np.float64)
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        return [0.0, 1.0]
+    lo, hi = np.percentile(finite, [0.1, 99.9])
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return [float(lo), float(hi)]
+
+
+def read_zstack(path: str | list[str]) -> list[LayerData]:
+    """Read ``path`` into lazy image layers, one per channel.
+
+    Returns
+    -------
+    list of (data, kwargs, 'image')
+        ``data`` is a dask array with axes ``(..., Z, Y, X)``; ``kwargs`` carry ``name``, ``scale``,
+        ``axis_labels``, ``units``, ``contrast_limits``, ``colormap`` and ``metadata``.
+    """
+    from napari_linblur.io.readers import open_zstack_with_metadata
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    p = Path(os.fspath(path))
+    arr, meta = open_zstack_with_metadata(p)
+    stem = p.name
+    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    axes = meta.axes
+    units = [u or "pixel" for u in meta.units]
+    if "c" in axes:
+        ax = axes.index("c")
+        n = arr.shape[ax]
+        names = meta.channel_names or [str(i) for i in range(n)]
+        planes = [(arr[(slice(None),) * ax + (i,)], names[i], i) for i in range(n)]
+        keep = [i for i in range(len(axes)) if i != ax]
+    else:
+        names = meta.channel_names or []
+        planes = [(arr, names[0] if len(names) == 1 else None, 0)]
+        keep = list(range(len(axes)))
+    sub_axes = "".join(axes[i] for i in keep)
+    scale = [float(meta.scale[i]) for i in keep]
+    sub_units = [units[i] for i in keep]
+    layers: list[LayerData] = []
+    for data, cname, i in planes:
+        name = f"{stem} [{cname}]" if cname is not None and len(planes) > 1 else stem
+        if cname is not None and len(planes) == 1 and meta.extra.get("format") == "bbbc006":
+            name = f"{stem} [{cname}]"
+        kwargs = {
+            "name": name,
+            "scale": scale,
+            "axis_labels": list(sub_axes),
+            "units": sub_units,
+            "contrast_limits": _contrast_limits(data, sub_axes),
+            "colormap": _CHANNEL_COLORS[i % len(_CHANNEL_COLORS)] if len(planes) > 1 else "gray",
+            "blending": "additive" if len(planes) > 1 else "translucent",
+            "metadata": {
+                "linblur_source": str(p.resolve()),
+                "linblur_axes": sub_axes,
+                "linblur_channel": cname,
+                "linblur_format": meta.extra.get("format"),
+            },
+        }
+        if "fields" in meta.extra:
+            kwargs["metadata"]["linblur_fields"] = list(meta.extra["fields"])
+        layers.append((data, kwargs, "image"))
+    return layers

@@ -1,0 +1,105 @@
+"""Qt-free backend of the Train widget: build a per-model training task for the shared loop
+(:func:`napari_linblur.training.loop.train`) from the widget's choices.
+
+Data sources:
+
+* ``synthetic`` — the task's own on-the-fly data (defocus maps: pixel-shuffled content blurred by random
+  defocus maps; deblurring: exact-correspondence synthetic pairs). Not available for the autoencoder, which
+  learns from real or synthesized through-focus stacks.
+* ``layer`` — an image layer (a z-stack, or fields x planes ``(P, Z, Y, X)``) written to a temporary
+  OME-Zarr and read by the task's own loader (autoencoder: fields of planes; deblurring: real plane pairs,
+  stage 2).
+* ``path`` — a dataset on disk (``linblur synth`` OME-Zarr, BBBC006 folder, any z-stack ``open_zstack`` reads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = {
+    "defocus": "Defocus map — HDME-Net (paper 001)",
+    "deblur": "Single-image deblurring — DRBNet (paper 002)",
+    "ae": "Latent autoencoder — blur synthesis / pair deblurring (paper 000)",
+}
+SOURCES = {"synthetic": "synthetic (built in)", "layer": "image layer", "path": "dataset on disk"}
+
+
+def presets(kind: str) -> list[str]:
+    """Names of the architecture configurations of ``kind`` (smallest first where known)."""
+    if kind == "defocus":
+        from napari_linblur.models.hrnet import PRESETS
+
+        names = list(PRESETS)
+    elif kind == "deblur":
+        from napari_linblur.models.drbnet import CONFIGS
+
+        names = list(CONFIGS)
+    elif kind == "ae":
+        from napari_linblur.models.autoencoder import CONFIGS
+
+        names = list(CONFIGS)
+    else:
+        raise ValueError(f"kind={kind!r}; use one of {list(KINDS)}")
+    order = {"tiny": 0, "default": 1}
+    return sorted(names, key=lambda n: order.get(n, 2))
+
+
+def sources(kind: str) -> list[str]:
+    """Data sources a task of ``kind`` can learn from."""
+    return ["layer", "path"] if kind == "ae" else ["synthetic", "layer", "path"] if kind == "deblur" else ["synthetic"]
+
+
+@dataclass
+class TrainRequest:
+    """What the user chose in the widget."""
+
+    kind: str
+    preset: str
+    source: str = "synthetic"
+    data_path: str | None = None
+    channel: str | int | None = None
+    patch: int = 64
+    batch: int = 4
+    seed: int = 0
+
+
+def build_task(req: TrainRequest) -> Any:
+    """The training task for :func:`napari_linblur.training.loop.train`.
+
+    Raises
+    ------
+    ValueError
+        an unknown kind/preset, a source the task cannot learn from, or a missing dataset path.
+    """
+    if req.kind not in KINDS:
+        raise ValueError(f"kind={req.kind!r}; use one of {list(KINDS)}")
+    if req.source not in sources(req.kind):
+        raise ValueError(
+            f"{KINDS[req.kind]} cannot learn from {SOURCES.get(req.source, req.source)}; "
+            f"use {' or '.join(SOURCES[s] for s in sources(req.kind))}"
+        )
+    if req.source in ("layer", "path") and not req.data_path:
+        raise ValueError("choose the training data (an image layer or a dataset path)")
+    if req.preset not in presets(req.kind):
+        raise ValueError(f"model size {req.preset!r}; use one of {presets(req.kind)}")
+    if req.kind == "defocus":
+        from napari_linblur.models.hrnet import preset_config
+        from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
+
+        render = max(req.patch + 8, int(req.patch * 1.5))
+        data = DefocusDataConfig(crop=req.patch, render_size=render, batch_size=req.batch,
+                                 pool_size=max(4, 4 * req.batch), val_samples=max(2, req.batch))
+        return DefocusTask(preset_config(req.preset), data, seed=req.seed, config_name=req.preset)
+    if req.kind == "deblur":
+        from napari_linblur.training.deblur import DeblurData, DeblurTask
+
+        data = DeblurData(patch=req.patch, batch=req.batch)
+        if req.source == "synthetic":
+            return DeblurTask(stage=1, config=req.preset, data=data, seed=req.seed, val_size=max(2, req.batch))
+        return DeblurTask(stage=2, config=req.preset, data=data, seed=req.seed, real_data=req.data_path,
+                          real_fraction=1.0, val_size=max(2, req.batch))
+    from napari_linblur.training.ae import AETask, load_fields
+
+    fields = load_fields(req.data_path, channel=req.channel)
+    return AETask(fields, config=req.preset, batch_size=req.batch, crop=req.patch, seed=req.seed)

@@ -1,0 +1,142 @@
+"""napari writer: image layers -> OME-Zarr (NGFF 0.5) with :func:`napari_linblur.io.omezarr.write_ome_zarr`.
+
+The write is atomic (a hidden temporary folder renamed into place when complete) and refuses to write onto,
+inside or around any file a layer was read from (``metadata['linblur_source']``, set by our reader, or the
+layer's ``source.path``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tpzyx"}
+
+
+def _axes_for(meta: dict, ndim: int) -> str:
+    md = meta.get("metadata") or {}
+    axes = md.get("linblur_axes")
+    if not isinstance(axes, str) or len(axes) != ndim:
+        labels = meta.get("axis_labels")
+        ok = labels is not None and len(labels) == ndim and all(
+            isinstance(a, str) and len(a) == 1 and a.isalpha() for a in labels
+        )
+        axes = "".join(labels).lower() if ok else None
+    if not axes or len(set(axes)) != ndim or not axes.endswith("yx"):
+        if ndim not in _DEFAULT_AXES:
+            raise ValueError(f"data: can write 2-D to 5-D images as OME-Zarr, got {ndim} dimensions")
+        axes = _DEFAULT_AXES[ndim]
+    # NGFF knows t, c, z, y, x; other letters (e.g. 'p' for BBBC006 positions) are written as-is
+    return axes
+
+
+def _sources(meta: dict) -> list[str]:
+    md = meta.get("metadata") or {}
+    out = []
+    src = md.get("linblur_source")
+    if src:
+        out.append(str(src))
+    for extra in md.get("linblur_inputs", []) or []:
+        out.append(str(extra))
+    return out
+
+
+def _target(path: str) -> Path:
+    p = Path(os.fspath(path))
+    if not p.name.lower().endswith(".zarr"):
+        p = p.with_name(p.name + ".ome.zarr")
+    return p
+
+
+def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
+    """Write one image layer to ``path`` as OME-Zarr; returns ``[path]``.
+
+    Parameters
+    ----------
+    path : str
+        Destination (``.ome.zarr`` is appended when the name does not end in ``.zarr``).
+    data : array-like
+        The layer data (numpy or lazy dask; dask is written chunk by chunk).
+    meta : dict
+        The layer's attributes (napari passes ``scale``, ``name``, ``metadata``, ...).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> out = write_single_image(tempfile.mkdtemp() + "/img.ome.zarr", np.zeros((3, 64, 64), "uint16"),
+    ...                          {"scale": [2.0, 0.5, 0.5], "name": "img"})
+    >>> out[0].endswith("img.ome.zarr")
+    True
+    """
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    if isinstance(data, (list, tuple)) and data and hasattr(data[0], "shape"):
+        data = data[0]  # a multiscale layer: write its full-resolution level
+    if not hasattr(data, "dtype"):
+        data = np.asarray(data)
+    target = _target(path)
+    axes = _axes_for(meta, data.ndim)
+    scale = meta.get("scale")
+    scale = [abs(float(s)) for s in scale] if scale is not None and len(scale) == data.ndim else None
+    write_ome_zarr(
+        target,
+        data,
+        axes=axes,
+        scale=scale,
+        name=str(meta.get("name") or "image"),
+        overwrite=True,
+        source_paths=_sources(meta),
+        attrs={"napari_linblur": {"layer": str(meta.get("name", "")), "axes": axes}},
+    )
+    return [str(target)]
+
+
+def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
+    """Write several image layers of one shape as the channels of one OME-Zarr image (``c`` axis).
+
+    Layers of different shapes cannot share one image: the error says so and names the shapes.
+    """
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    images = [(d[0] if isinstance(d, (list, tuple)) else d, m) for d, m, t in layer_data if t == "image"]
+    if not images:
+        raise ValueError("no image layers selected; the napari-linblur writer saves image layers only")
+    if len(images) == 1:
+        return write_single_image(path, images[0][0], images[0][1])
+    shapes = {tuple(d.shape) for d, _ in images}
+    if len(shapes) != 1:
+        raise ValueError(
+            "the selected image layers have different shapes "
+            f"{sorted(shapes)}; OME-Zarr channels must share one shape - save them one by one"
+        )
+    import dask.array as da
+
+    dtype = np.result_type(*[d.dtype for d, _ in images])
+    arrays = [da.asarray(d).astype(dtype) for d, _ in images]
+    meta0 = images[0][1]
+    base = _axes_for(meta0, arrays[0].ndim)
+    if "c" in base:
+        raise ValueError("layers already have a channel axis; save them one by one")
+    stacked = da.stack(arrays, axis=base.index("z") if "z" in base else len(base) - 2)
+    axes = base.replace("z", "cz") if "z" in base else base[:-2] + "c" + base[-2:]
+    scale0 = meta0.get("scale")
+    scale = None
+    if scale0 is not None and len(scale0) == len(base):
+        scale = [abs(float(s)) for s in scale0]
+        scale.insert(axes.index("c"), 1.0)
+    target = _target(path)
+    sources = [s for _, m in images for s in _sources(m)]
+    write_ome_zarr(
+        target,
+        stacked,
+        axes=axes,
+        scale=scale,
+        channel_names=[str(m.get("name", i)) for i, (_, m) in enumerate(images)],
+        overwrite=True,
+        source_paths=sources,
+        name=target.name,
+    )
+    return [str(target)]
