@@ -1,0 +1,116 @@
+"""``linblur train ae`` — train the linear latent autoencoder (paper 000) on the shared training loop.
+
+Examples
+--------
+>>> import argparse
+>>> p = argparse.ArgumentParser(); sub = p.add_subparsers()
+>>> register(sub)
+>>> a = p.parse_args(["ae", "--data", "d.zarr", "--out", "run", "--reg", "indirect"])
+>>> a.config, a.reg, a.channel, a.detach
+('default', 'indirect', 'w1', True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ._groups import add_train_options, train_config_from_args
+
+
+def synth_command(recipe: dict | None, seed, n_fields) -> str | None:
+    """The ``linblur synth`` command that reproduces a synthetic dataset (from its stored recipe + seed)."""
+    if not recipe:
+        return None
+    parts = ["linblur synth DATA.zarr", f"--recipe {recipe.get('name', 'bbbc006-like')}", f"--fields {n_fields}",
+             f"--seed {seed}"]
+    if recipe.get("keep_even"):
+        parts.append("--planes even")
+    shape = recipe.get("shape")
+    if shape and tuple(shape) != (520, 696):
+        parts.append(f"--shape {shape[0]} {shape[1]}")
+    return " ".join(parts)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from napari_linblur.training.ae import AETask, load_fields
+    from napari_linblur.training.loop import train
+
+    channel = args.channel
+    if channel is not None and channel.isdigit():
+        channel = int(channel)
+    data = load_fields(args.data, channel, planes=args.planes)
+    extra = {}
+    cmd = synth_command(data.recipe, data.seed, data.meta.get("n_fields"))
+    if cmd:
+        extra["data_command"] = cmd
+    config = args.config
+    if args.model_config:
+        import json
+
+        from napari_linblur.models.autoencoder import CONFIGS
+
+        try:
+            overrides = json.loads(args.model_config)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--model-config must be a JSON object, e.g. '{{\"channels\": [16, 32]}}' ({err})") from err
+        if not isinstance(overrides, dict):
+            raise ValueError("--model-config must be a JSON object")
+        config = {**CONFIGS[args.config], **overrides}
+    task = AETask(
+        data,
+        config,
+        reg=args.reg,
+        detach=args.detach,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        triplets=args.triplets,
+        split_seed=args.split_seed,
+        seed=args.seed,
+        extra_card=extra,
+    )
+    cfg = train_config_from_args(args)
+    if args.epochs is not None:
+        per_epoch = sum(len(task._trip[f.name]) for f in task.train_fields) * 10
+        cfg.steps = max(1, math.ceil(args.epochs * per_epoch / args.batch_size))
+    cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
+    cfg.log_every = min(cfg.log_every, cfg.ckpt_every)
+    res = train(task, cfg)
+    state = "finished" if res.finished else "stopped early (resume with --resume)"
+    print(
+        f"train ae: {state} after {res.steps_done} steps in {res.seconds:.0f} s; "
+        f"val_loss {res.metrics.get('val_loss', float('nan')):.4f}, "
+        f"val PSNR interp {res.metrics.get('val_psnr_interp', float('nan')):.2f} dB -> {res.model_path}"
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``ae`` to the ``linblur train`` group."""
+    p = subparsers.add_parser(
+        "ae",
+        help="linear latent autoencoder (blur synthesis / pair deblurring, paper 000)",
+        description="Train LinearLatentAE on triplets a<b<c of one field (general alpha from plane positions), "
+        "with the baseline, indirect or direct regularization of paper 000. Data: a `linblur synth` OME-Zarr "
+        "dataset or a BBBC006 folder; fields are split 7:1:2 (train/val/test) by --split-seed.",
+    )
+    p.add_argument("--data", required=True, help="linblur synth OME-Zarr dataset or BBBC006 folder")
+    p.add_argument("--channel", default="w1", help="channel name or index (default w1, nuclei)")
+    p.add_argument("--config", default="default", choices=["default", "paper"], help="network configuration")
+    p.add_argument("--reg", default="direct", choices=["baseline", "indirect", "direct"], help="regularization")
+    p.add_argument("--detach", dest="detach", action="store_true", default=True,
+                   help="stop the gradient through z_b in the direct term (default; prevents latent collapse)")
+    p.add_argument("--no-detach", dest="detach", action="store_false", help="let gradients flow through z_b")
+    p.add_argument("--model-config", default=None,
+                   help='JSON overriding entries of --config, e.g. \'{"channels": [16, 32], "latent_channels": 8}\'')
+    p.add_argument("--batch-size", type=int, default=8, help="triplets per step (default 8)")
+    p.add_argument("--crop", type=int, default=128, help="crop side (default 128, the paper's)")
+    p.add_argument("--triplets", default="general", choices=["general", "midpoint"],
+                   help="general alpha from plane positions, or only the paper's midpoints")
+    p.add_argument("--planes", default="paper", choices=["paper", "all"],
+                   help="paper: every second plane from focus (BBBC006's even planes); all: every plane")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the 7:1:2 field split (default 0)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="train this many epochs (triplets x 10 crops of the train fields) instead of --steps")
+    add_train_options(p, steps=2000, lr=1e-3, ckpt_every=200)
+    p.set_defaults(func=_run)

@@ -1,0 +1,506 @@
+"""Training task and triplet data for the linear latent autoencoder (paper 000).
+
+Data
+    :func:`load_fields` reads a through-focus dataset -- a synthetic OME-Zarr written by ``linblur synth``
+    (one NGFF image per field, ``(C, Z, Y, X)``) or anything :func:`~napari_linblur.io.readers.open_zstack`
+    opens as ``(P, Z, Y, X)`` such as a BBBC006 folder with ``channel="w1"`` -- and keeps, per field, the
+    planes at or above focus (``planes="paper"``: every second plane, the paper's 9 even planes of BBBC006)
+    ordered from sharpest to blurriest with their defocus distances ``d`` (µm from focus).
+    :func:`split_fields` splits *fields* 7:1:2 into train/val/test, deterministically from a seed.
+
+Triplets
+    A triplet is three planes ``a < b < c`` (in defocus distance) of one field with the general
+    ``alpha = (d_c - d_b) / (d_c - d_a)`` (``triplets="general"``; ``"midpoint"`` keeps only ``2b = a + c`` as
+    the paper). The three planes share one :func:`~napari_linblur.inference.normalize.fit_normalization`
+    fitted over the three full planes (never per-image min-max). Crops: with probability ½ one of the paper's
+    10 crops (4 corners + centre, and their horizontal flips), otherwise a random crop with a random flip;
+    the same window for the three planes.
+
+Losses (L1, paper eq. 3 and 4)
+    ``baseline``  mean of the three reconstruction losses (a plain autoencoder);
+    ``indirect``  ½[L(a, D(z_a)) + L(c, D(z_c))] + L(b, D(z'_b)),  z'_b = α z_a + (1 − α) z_c;
+    ``direct``    indirect + ‖z_b − z'_b‖₁ (mean over latent elements). With ``detach=True`` z_b is a
+    stop-gradient target; without it both sides can shrink together and the latent collapses in scale
+    (measured in ``docs/results/latent-ae.md``).
+
+Examples
+--------
+>>> split_fields(10, seed=0)["test"].size
+2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_linblur.inference.normalize import Normalization, fit_normalization
+
+REGS = ("baseline", "indirect", "direct")
+
+
+@dataclass
+class FieldStack:
+    """The planes of one field used for triplets, sharpest first.
+
+    Attributes
+    ----------
+    name : str
+        Field name (``field_003``, ``k06_s2`` ...).
+    planes : numpy.ndarray
+        ``(N, Y, X)`` in the file's dtype, ordered by increasing defocus distance.
+    defocus_um : numpy.ndarray
+        ``(N,)`` distance from focus of each plane, increasing (µm, or plane steps when unknown).
+    plane_index : list of int
+        Index of each plane in the acquired stack.
+    """
+
+    name: str
+    planes: np.ndarray
+    defocus_um: np.ndarray
+    plane_index: list[int]
+    truth: np.ndarray | None = None
+
+
+@dataclass
+class AEDataset:
+    """Fields of one channel of a through-focus dataset (see :func:`load_fields`)."""
+
+    path: str
+    channel: str | int | None
+    fields: list[FieldStack]
+    kind: str
+    recipe: dict | None = None
+    seed: int | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def split_fields(n: int, seed: int = 0, ratios: tuple[int, int, int] = (7, 1, 2)) -> dict[str, np.ndarray]:
+    """Split ``n`` fields into train/val/test (7:1:2 by default), deterministic in ``seed``.
+
+    Every split gets at least one field when ``n >= 3``.
+
+    Examples
+    --------
+    >>> s = split_fields(20, seed=1)
+    >>> [len(s[k]) for k in ("train", "val", "test")]
+    [14, 2, 4]
+    """
+    if n < 3:
+        raise ValueError(f"need at least 3 fields to split train/val/test, got {n}")
+    perm = np.random.default_rng([int(seed), 7102]).permutation(n)
+    tot = sum(ratios)
+    n_test = max(1, int(round(n * ratios[2] / tot)))
+    n_val = max(1, int(round(n * ratios[1] / tot)))
+    n_train = n - n_test - n_val
+    if n_train < 1:
+        raise ValueError(f"{n} fields are too few for a {ratios} split")
+    return {
+        "train": np.sort(perm[:n_train]),
+        "val": np.sort(perm[n_train : n_train + n_val]),
+        "test": np.sort(perm[n_train + n_val :]),
+    }
+
+
+def _select_planes(defocus: np.ndarray, index: list[int], planes: str) -> list[int]:
+    """Positions (into ``index``) of the planes kept, ordered sharpest first."""
+    defocus = np.asarray(defocus, dtype=np.float64)
+    signed = defocus
+    # keep one side of focus: the side with more planes (BBBC006: planes 0..16 lie above focus)
+    if (signed < 0).sum() > (signed > 0).sum():
+        keep = np.where(signed <= 0)[0]
+    else:
+        keep = np.where(signed >= 0)[0]
+    order = keep[np.argsort(np.abs(signed[keep]), kind="stable")]
+    if planes == "paper":
+        focus_idx = index[order[0]]
+        order = np.array([k for k in order if (index[k] - focus_idx) % 2 == 0])
+    elif planes != "all":
+        raise ValueError(f"planes={planes!r}; use 'paper' (every second plane from focus) or 'all'")
+    return [int(k) for k in order]
+
+
+def load_fields(
+    path: str | os.PathLike,
+    channel: str | int | None = "w1",
+    *,
+    planes: str = "paper",
+    fields: list[int] | np.ndarray | None = None,
+    with_truth: bool = False,
+) -> AEDataset:
+    """Read the fields of a through-focus dataset into memory (only the planes used).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A ``linblur synth`` OME-Zarr dataset, or a BBBC006 folder / any z-stack
+        :func:`~napari_linblur.io.readers.open_zstack` reads (``(P, Z, Y, X)`` = fields x planes).
+    channel : str or int, optional
+        Channel name (``"w1"`` nuclei, ``"w2"``) or index.
+    planes : {"paper", "all"}
+        ``"paper"``: every second plane counted from focus (the paper's even planes); ``"all"``: every plane
+        on the populated side of focus.
+    fields : sequence of int, optional
+        Load only these field indices (others are left out of ``fields``, but indices stay global).
+    with_truth : bool
+        Also load the noise-free in-focus truth of synthetic datasets.
+
+    Returns
+    -------
+    AEDataset
+    """
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise FileNotFoundError(f"--data {p}: no such file or folder")
+    root = p / "zarr.json"
+    attrs = {}
+    if root.exists():
+        try:
+            attrs = json.loads(root.read_text()).get("attributes", {}).get("linblur", {})
+        except json.JSONDecodeError:
+            attrs = {}
+    if attrs.get("kind") == "synthetic-through-focus":
+        return _load_synthetic(p, attrs, channel, planes, fields, with_truth)
+    return _load_zstack(p, channel, planes, fields)
+
+
+def _channel_index(channel, names: list[str]) -> int:
+    if channel is None:
+        return 0
+    if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+        if not 0 <= int(channel) < len(names):
+            raise ValueError(f"channel={channel!r}: the dataset has channels {names}")
+        return int(channel)
+    name = str(channel).lower()
+    low = [n.lower() for n in names]
+    if name not in low:
+        raise ValueError(f"channel={channel!r}: the dataset has channels {names}")
+    return low.index(name)
+
+
+def _load_synthetic(p: Path, attrs: dict, channel, planes: str, fields, with_truth: bool) -> AEDataset:
+    import zarr
+
+    names = attrs.get("field_names") or [f"field_{i:03d}" for i in range(int(attrs["fields"]))]
+    cidx = _channel_index(channel, list(attrs.get("channels", ["c0"])))
+    wanted = range(len(names)) if fields is None else [int(i) for i in fields]
+    out: list[FieldStack] = []
+    for i in wanted:
+        g = zarr.open_group(str(p / names[i]), mode="r")
+        meta = dict(g.attrs).get("linblur", {})
+        index = list(meta.get("planes", range(g["0"].shape[1])))
+        defocus = np.asarray(meta.get("plane_defocus_um", index), dtype=np.float64)
+        keep = _select_planes(defocus, index, planes)
+        arr = g["0"]
+        stack = np.asarray(arr[cidx])[keep]
+        truth = np.asarray(zarr.open_group(str(p / names[i] / "truth"), mode="r")["0"][cidx]) if with_truth else None
+        out.append(FieldStack(names[i], stack, np.abs(defocus[keep]), [index[k] for k in keep], truth))
+    return AEDataset(str(p), channel, out, "synthetic", recipe=attrs.get("recipe"), seed=attrs.get("seed"),
+                     meta={"n_fields": len(names), "field_names": names})
+
+
+def _load_zstack(p: Path, channel, planes: str, fields) -> AEDataset:
+    from napari_linblur.io.readers import open_zstack_with_metadata
+
+    arr, meta = open_zstack_with_metadata(p, channel=channel)
+    axes = meta.axes
+    if "c" in axes:
+        raise ValueError(f"--data {p} has a channel axis; pass --channel (e.g. w1)")
+    if arr.ndim == 3:
+        arr = arr[None]
+    arr = arr.reshape((-1,) + tuple(arr.shape[-3:]))
+    n_fields = arr.shape[0]
+    extra = meta.extra or {}
+    index = list(extra.get("planes", range(arr.shape[1])))
+    z_step = float(meta.scale[-3]) if len(meta.scale) >= 3 else 1.0
+    if extra.get("format") == "bbbc006":
+        focus_plane = 16  # BBBC006: plane 16 is in focus, planes 0-15 lie above it 2 µm apart
+        from napari_linblur.io import bbbc006 as _bb
+
+        spacing = getattr(_bb, "BBBC006_Z_SPACING_UM", 2.0)
+        defocus = (np.asarray(index, dtype=np.float64) - focus_plane) * spacing
+    else:
+        # unknown focus: take the sharpest plane by a focus measure of the first field
+        from napari_linblur.metrics.focus import variance_of_laplacian
+
+        first = np.asarray(arr[0])
+        focus_pos = int(np.argmax([variance_of_laplacian(pl.astype(np.float32)) for pl in first]))
+        defocus = (np.arange(arr.shape[1]) - focus_pos) * z_step
+    keep = _select_planes(defocus, index, planes)
+    names = list(extra.get("fields", [f"field_{i:03d}" for i in range(n_fields)]))
+    wanted = range(n_fields) if fields is None else [int(i) for i in fields]
+    out = []
+    for i in wanted:
+        stack = np.asarray(arr[i][keep].compute() if hasattr(arr, "dask") else arr[i][keep])
+        out.append(FieldStack(names[i], stack, np.abs(defocus[keep]), [index[k] for k in keep]))
+    return AEDataset(str(p), channel, out, extra.get("format", "zstack"), meta={"n_fields": n_fields, "field_names": names})
+
+
+def count_fields(path: str | os.PathLike) -> int:
+    """Number of fields of a dataset without loading planes."""
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise FileNotFoundError(f"--data {p}: no such file or folder")
+    root = p / "zarr.json"
+    if root.exists():
+        try:
+            attrs = json.loads(root.read_text()).get("attributes", {}).get("linblur", {})
+        except json.JSONDecodeError:
+            attrs = {}
+        if attrs.get("kind") == "synthetic-through-focus":
+            return int(attrs["fields"])
+    from napari_linblur.io.readers import open_zstack
+
+    arr = open_zstack(p, channel=None)
+    return int(np.prod(arr.shape[:-3])) if arr.ndim > 3 else 1
+
+
+def make_triplets(defocus: np.ndarray, kind: str = "general") -> list[tuple[int, int, int, float]]:
+    """All ``(a, b, c, alpha)`` with ``a < b < c`` (positions in a sharpest-first plane list).
+
+    ``alpha = (d_c - d_b) / (d_c - d_a)``; ``kind="midpoint"`` keeps only ``b - a == c - b``.
+
+    Examples
+    --------
+    >>> make_triplets(np.array([0.0, 4.0, 8.0]))
+    [(0, 1, 2, 0.5)]
+    """
+    from napari_linblur.inference.latent_ops import alpha_from_positions
+
+    if kind not in ("general", "midpoint"):
+        raise ValueError(f"triplets={kind!r}; use 'general' or 'midpoint'")
+    out = []
+    for a, b, c in combinations(range(len(defocus)), 3):
+        if kind == "midpoint" and (b - a) != (c - b):
+            continue
+        out.append((a, b, c, alpha_from_positions(defocus[a], defocus[b], defocus[c])))
+    return out
+
+
+def ten_crop_boxes(shape: tuple[int, int], crop: int) -> list[tuple[int, int, bool]]:
+    """The paper's 10 crops: (y0, x0, flip) for 4 corners + centre, each also flipped horizontally."""
+    h, w = shape
+    boxes = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), ((h - crop) // 2, (w - crop) // 2)]
+    return [(y, x, f) for f in (False, True) for (y, x) in boxes]
+
+
+class AETask:
+    """Training task for :func:`~napari_linblur.training.loop.train` (see the module docstring).
+
+    Parameters
+    ----------
+    data : AEDataset
+        Fields loaded with :func:`load_fields` (all fields; the split picks train/val).
+    config : str or dict
+        ``"paper"``, ``"default"`` or a full ``LinearLatentAE`` keyword dict.
+    reg : {"baseline", "indirect", "direct"}
+    detach : bool
+        Stop the gradient through ``z_b`` in the direct term.
+    batch_size, crop : int
+        Triplets per step and crop side (the paper: 128).
+    triplets : {"general", "midpoint"}
+    split_seed : int
+        Seed of the 7:1:2 field split (kept apart from the training seed so every model sees one test set).
+    seed : int
+        Data seed (the loop's ``--seed``): batches are a pure function of ``(seed, step)``.
+    """
+
+    name = "ae"
+
+    def __init__(
+        self,
+        data: AEDataset,
+        config: str | dict = "default",
+        *,
+        reg: str = "direct",
+        detach: bool = True,
+        batch_size: int = 8,
+        crop: int = 128,
+        triplets: str = "general",
+        split_seed: int = 0,
+        seed: int = 0,
+        val_triplets: int = 24,
+        extra_card: dict | None = None,
+    ):
+        from napari_linblur.models.autoencoder import CONFIGS
+
+        if reg not in REGS:
+            raise ValueError(f"reg={reg!r}; use one of {REGS}")
+        if isinstance(config, str):
+            if config not in CONFIGS:
+                raise ValueError(f"config={config!r}; use one of {sorted(CONFIGS)}")
+            self.config_name = config
+            self.model_config = dict(CONFIGS[config])
+        else:
+            self.config_name = "custom"
+            self.model_config = dict(config)
+        self.data = data
+        self.reg = reg
+        self.detach = bool(detach)
+        self.batch_size = int(batch_size)
+        self.crop = int(crop)
+        self.triplet_kind = triplets
+        self.split_seed = int(split_seed)
+        self.seed = int(seed)
+        self.extra_card = dict(extra_card or {})
+        n_total = int(data.meta.get("n_fields", len(data.fields)))
+        self.split = split_fields(n_total, self.split_seed)
+        by_index = {i: f for i, f in enumerate(data.fields)} if len(data.fields) == n_total else None
+        if by_index is None:
+            raise ValueError("AETask needs every field of the dataset loaded (the split picks train/val)")
+        self.train_fields = [by_index[i] for i in self.split["train"]]
+        self.val_fields = [by_index[i] for i in self.split["val"]]
+        shape = self.train_fields[0].planes.shape[-2:]
+        if min(shape) < self.crop:
+            raise ValueError(f"crop={self.crop} is larger than the planes {tuple(shape)}")
+        self._trip = {f.name: make_triplets(f.defocus_um, self.triplet_kind) for f in data.fields}
+        if not any(self._trip[f.name] for f in self.train_fields):
+            raise ValueError("no triplets: each field needs at least 3 planes on one side of focus")
+        self._norm_cache: dict[tuple, Normalization] = {}
+        self._val = self._make_val(int(val_triplets))
+
+    # ------------------------------------------------------------------ data
+    def _norm(self, f: FieldStack, a: int, b: int, c: int) -> Normalization:
+        key = (f.name, a, b, c)
+        if key not in self._norm_cache:
+            self._norm_cache[key] = fit_normalization(f.planes[a], f.planes[b], f.planes[c])
+        return self._norm_cache[key]
+
+    def _sample(self, f: FieldStack, trip, y0: int, x0: int, flip: bool) -> np.ndarray:
+        a, b, c, _ = trip
+        n = self._norm(f, a, b, c)
+        s = self.crop
+        x = np.stack([n.apply(f.planes[k, y0 : y0 + s, x0 : x0 + s]) for k in (a, b, c)])
+        return x[..., ::-1] if flip else x
+
+    def batch(self, step: int, *, rank: int = 0, world: int = 1):
+        """``{"x": (B, 3, 1, S, S), "alpha": (B,)}``, a pure function of ``(seed, step, rank)``."""
+        import torch
+
+        rng = np.random.default_rng([self.seed, int(step), int(rank), 31])
+        xs, alphas = [], []
+        for _ in range(self.batch_size):
+            f = self.train_fields[int(rng.integers(len(self.train_fields)))]
+            trips = self._trip[f.name]
+            trip = trips[int(rng.integers(len(trips)))]
+            h, w = f.planes.shape[-2:]
+            if rng.random() < 0.5:
+                boxes = ten_crop_boxes((h, w), self.crop)
+                y0, x0, flip = boxes[int(rng.integers(len(boxes)))]
+            else:
+                y0 = int(rng.integers(h - self.crop + 1))
+                x0 = int(rng.integers(w - self.crop + 1))
+                flip = bool(rng.random() < 0.5)
+            xs.append(self._sample(f, trip, y0, x0, flip))
+            alphas.append(trip[3])
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, :, None]))
+        return {"x": x, "alpha": torch.tensor(alphas, dtype=torch.float32)}
+
+    def _make_val(self, n: int):
+        import torch
+
+        rng = np.random.default_rng([self.split_seed, 5150])
+        xs, alphas = [], []
+        for i in range(n):
+            f = self.val_fields[i % len(self.val_fields)]
+            trips = self._trip[f.name]
+            trip = trips[int(rng.integers(len(trips)))]
+            h, w = f.planes.shape[-2:]
+            y0, x0, flip = ten_crop_boxes((h, w), self.crop)[i % 10]
+            xs.append(self._sample(f, trip, y0, x0, flip))
+            alphas.append(trip[3])
+        return {"x": torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, :, None])),
+                "alpha": torch.tensor(alphas, dtype=torch.float32)}
+
+    # ------------------------------------------------------------------ model / loss
+    def build_model(self):
+        from napari_linblur.models.autoencoder import LinearLatentAE
+
+        return LinearLatentAE(**self.model_config)
+
+    def loss(self, model, batch):
+        """L1 losses of eq. 3/4 (or the plain autoencoder) and their parts for the log."""
+        out = model(batch["x"], batch["alpha"], need_zb=self.reg != "indirect")
+        x = batch["x"].float()
+        a, b, c = x[:, 0], x[:, 1], x[:, 2]
+        l1 = lambda p, q: (p.float() - q).abs().mean()  # noqa: E731
+        rec_a, rec_c = l1(out["rec_a"], a), l1(out["rec_c"], c)
+        parts = {"rec_a": rec_a.detach(), "rec_c": rec_c.detach()}
+        za = out["z_a"].float()
+        parts["latent_abs"] = za.detach().abs().mean()
+        if self.reg == "baseline":
+            rec_b = l1(out["rec_b"], b)
+            parts["rec_b"] = rec_b.detach()
+            loss = (rec_a + rec_b + rec_c) / 3
+            with_interp = l1(out["interp_b"], b).detach()
+            parts["interp_b"] = with_interp
+            return loss, parts
+        interp = l1(out["interp_b"], b)
+        parts["interp_b"] = interp.detach()
+        loss = 0.5 * (rec_a + rec_c) + interp
+        if self.reg == "direct":
+            zb = out["z_b"].float()
+            if self.detach:
+                zb = zb.detach()
+            lin = (zb - out["z_interp"].float()).abs().mean()
+            parts["lin"] = lin.detach()
+            loss = loss + lin
+        return loss, parts
+
+    def validate(self, model) -> dict[str, float]:
+        """Loss on fixed validation triplets, plus PSNR of the interpolation and latent scale/linearity."""
+        import torch
+
+        batch = self._val
+        with torch.no_grad():
+            loss, parts = self.loss(model, batch)
+            out = model(batch["x"], batch["alpha"], need_zb=True)
+        b = batch["x"][:, 1].float()
+        mse = ((out["interp_b"].float() - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-12)
+        zb, zi = out["z_b"].float(), out["z_interp"].float()
+        rel = ((zb - zi).abs().mean() / zb.abs().mean().clamp_min(1e-12)).item()
+        res = {"val_loss": float(loss), "val_psnr_interp": float((10 * torch.log10(1.0 / mse)).mean()),
+               "val_latent_abs": float(zb.abs().mean()), "val_lin_rel": rel}
+        res.update({f"val_{k}": float(v) for k, v in parts.items() if k != "latent_abs"})
+        return res
+
+    def card(self) -> dict:
+        d = self.data
+        return {
+            "architecture": "LinearLatentAE",
+            "task": "ae",
+            "config": self.model_config,
+            "config_name": self.config_name,
+            "regularization": {"reg": self.reg, "detach_zb": self.detach, "loss": "L1"},
+            "data": {
+                "path": d.path,
+                "kind": d.kind,
+                "channel": d.channel,
+                "recipe": d.recipe,
+                "dataset_seed": d.seed,
+                "split_seed": self.split_seed,
+                "split": {k: [int(i) for i in v] for k, v in self.split.items()},
+                "triplets": self.triplet_kind,
+                "crop": self.crop,
+                "batch_size": self.batch_size,
+                "augmentation": "paper 10-crop (p=0.5) or random crop + random horizontal flip",
+                "normalization": "fit_normalization over the three planes of a triplet (0.1/99.9 percentiles)",
+                "planes": [int(i) for i in d.fields[0].plane_index],
+                "defocus_um": [float(v) for v in d.fields[0].defocus_um],
+            },
+            **self.extra_card,
+        }
+
+
+def latent_stats(model, x) -> dict[str, Any]:
+    """Mean |z| of ``model.encode(x)`` (used to watch for latent collapse)."""
+    import torch
+
+    with torch.no_grad():
+        return {"latent_abs": float(model.encode(x).abs().mean())}

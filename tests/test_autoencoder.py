@@ -1,0 +1,189 @@
+"""LinearLatentAE configs, the paper-000 losses, triplet data and `linblur train ae` (incl. resume after SIGKILL)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_linblur.models import registry
+from napari_linblur.models.autoencoder import CONFIGS, LinearLatentAE
+from napari_linblur.training.ae import (
+    AETask,
+    load_fields,
+    make_triplets,
+    split_fields,
+    ten_crop_boxes,
+)
+
+TINY = {"arch": "resnet", "channels": [8, 16], "latent_channels": 4, "norm": "none", "output": "linear"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from napari_linblur.synth.dataset import write_synthetic_dataset
+    from napari_linblur.synth.recipes import get_recipe
+
+    path = tmp_path_factory.mktemp("ae") / "d.zarr"
+    recipe = get_recipe("bbbc006-like", shape=(48, 64), keep_even=True)
+    write_synthetic_dataset(path, recipe, fields=5, seed=3, progress=False)
+    return path
+
+
+def test_paper_config_is_the_papers_network():
+    m = LinearLatentAE(config="paper").eval()
+    convs = [mod for mod in m.encoder if isinstance(mod, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 512, 1024]
+    assert all(c.kernel_size == (3, 3) and c.stride == (2, 2) for c in convs)
+    assert sum(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.encoder) == 5
+    assert sum(isinstance(mod, torch.nn.LeakyReLU) for mod in m.encoder) == 5
+    tconvs = [mod for mod in m.decoder if isinstance(mod, torch.nn.ConvTranspose2d)]
+    assert len(tconvs) == 6 and isinstance(m.decoder[-1], torch.nn.Conv2d) and m.sigmoid
+    with torch.no_grad():
+        z = m.encode(torch.rand(2, 1, 128, 128))
+        y = m.decode(z)
+    assert tuple(z.shape) == (2, 1024, 4, 4)
+    assert tuple(y.shape) == (2, 1, 128, 128) and float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+def test_default_config_is_fully_convolutional_and_linear_output():
+    m = LinearLatentAE(config="default").eval()
+    assert not any(isinstance(mod, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)) for mod in m.modules())
+    with torch.no_grad():
+        for side in (32, 96):
+            z = m.encode(torch.rand(1, 1, side, side + 16))
+            assert z.shape[-2:] == (side // m.multiple, (side + 16) // m.multiple)
+        # linear output: a large input maps outside [0, 1] (a sigmoid could not)
+        y = m(10 * torch.ones(1, 1, 32, 32))
+    assert not m.sigmoid and (float(y.max()) > 1 or float(y.min()) < 0)
+    again = LinearLatentAE(**m.config)
+    assert again.config == m.config
+    assert sum(p.numel() for p in m.parameters()) < sum(p.numel() for p in LinearLatentAE(config="paper").parameters())
+
+
+def test_bad_configs_name_the_argument():
+    with pytest.raises(ValueError, match="config"):
+        LinearLatentAE(config="huge")
+    with pytest.raises(ValueError, match="norm"):
+        LinearLatentAE(config="default", norm="layer")
+    with pytest.raises(ValueError, match="output"):
+        LinearLatentAE(config="default", output="tanh")
+    assert set(CONFIGS) == {"paper", "default"}
+
+
+def test_triplets_general_alpha_and_splits():
+    d = np.array([0.0, 4.0, 8.0, 12.0])
+    trips = make_triplets(d)
+    assert len(trips) == 4
+    assert (0, 1, 3, (12 - 4) / 12) in trips  # general alpha, not only midpoints
+    assert all(len(t) == 4 for t in make_triplets(d, "midpoint")) and len(make_triplets(d, "midpoint")) == 2
+    s = split_fields(30, seed=4)
+    assert [len(s[k]) for k in ("train", "val", "test")] == [21, 3, 6]
+    allf = np.concatenate(list(s.values()))
+    assert sorted(allf.tolist()) == list(range(30))
+    assert all(np.array_equal(s[k], split_fields(30, seed=4)[k]) for k in s)
+    assert not np.array_equal(s["test"], split_fields(30, seed=5)["test"])
+    boxes = ten_crop_boxes((50, 70), 32)
+    assert len(boxes) == 10 and len(set(boxes)) == 10 and sum(f for _, _, f in boxes) == 5
+
+
+def test_task_batches_are_deterministic_and_share_one_normalization(tiny_data):
+    from napari_linblur.inference.normalize import fit_normalization
+
+    data = load_fields(tiny_data, "w1")
+    f = data.fields[0]
+    assert f.planes.shape[0] == 9 and np.all(np.diff(f.defocus_um) > 0) and f.plane_index[0] == 16
+    task = AETask(data, TINY, reg="direct", batch_size=3, crop=32, seed=5)
+    b1, b2, b3 = task.batch(7), task.batch(7), task.batch(8)
+    assert torch.equal(b1["x"], b2["x"]) and not torch.equal(b1["x"], b3["x"])
+    assert b1["x"].shape == (3, 3, 1, 32, 32)
+    assert torch.all((b1["alpha"] > 0) & (b1["alpha"] < 1))
+    # the three planes of a sample share one normalization: recompute it from the raw planes
+    a, b, c, alpha = task._trip[f.name][5]
+    n = fit_normalization(f.planes[a], f.planes[b], f.planes[c])
+    x = task._sample(f, (a, b, c, alpha), 0, 0, False)
+    np.testing.assert_allclose(x[0], n.apply(f.planes[a, :32, :32]), rtol=1e-6)
+    np.testing.assert_allclose(x[2], n.apply(f.planes[c, :32, :32]), rtol=1e-6)
+    # a sharper plane has the higher peak under the shared map (per-image min-max would equalize them)
+    assert x[0].max() > x[2].max()
+
+
+def test_losses_follow_eq_3_and_4_and_detach(tiny_data):
+    data = load_fields(tiny_data, "w1")
+    torch.manual_seed(0)
+    batch = AETask(data, TINY, batch_size=2, crop=32).batch(0)
+    parts = {}
+    for reg in ("baseline", "indirect", "direct"):
+        task = AETask(data, TINY, reg=reg, batch_size=2, crop=32)
+        torch.manual_seed(0)
+        model = task.build_model()
+        loss, p = task.loss(model, batch)
+        parts[reg] = (float(loss), p)
+    li, pi = parts["indirect"]
+    assert li == pytest.approx(0.5 * (float(pi["rec_a"]) + float(pi["rec_c"])) + float(pi["interp_b"]), rel=1e-5)
+    ld, pd = parts["direct"]
+    assert ld == pytest.approx(li + float(pd["lin"]), rel=1e-5)
+    lb, pb = parts["baseline"]
+    assert lb == pytest.approx((float(pb["rec_a"]) + float(pb["rec_b"]) + float(pb["rec_c"])) / 3, rel=1e-5)
+    # detach: the direct term's gradient does not reach z_b through its own branch
+    for detach, expect_zero in ((True, True), (False, False)):
+        task = AETask(data, TINY, reg="direct", detach=detach, batch_size=2, crop=32)
+        torch.manual_seed(0)
+        model = task.build_model()
+        out = model(batch["x"], batch["alpha"])
+        zb = out["z_b"]
+        zb.retain_grad()
+        target = zb.detach() if detach else zb
+        (target - out["z_interp"]).abs().mean().backward()
+        grad = zb.grad
+        assert (grad is None or float(grad.abs().sum()) == 0.0) == expect_zero
+
+
+def _cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "napari_linblur.cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_train_cli_resume_after_sigkill_is_exact(tiny_data, tmp_path):
+    common = ["train", "ae", "--data", str(tiny_data), "--model-config", json.dumps(TINY), "--steps", "120",
+              "--ckpt-every", "5", "--batch-size", "2", "--crop", "32", "--seed", "2", "--no-progress",
+              "--device", "cpu", "--threads", "1", "--reg", "direct"]
+    full = _cli([*common, "--out", str(tmp_path / "full")])
+    killed = _cli([*common, "--out", str(tmp_path / "part")])
+    ckpt = tmp_path / "part" / "checkpoint.safetensors"
+    t0 = time.time()
+    while not ckpt.exists() and time.time() - t0 < 60:
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "part" / "model.safetensors").exists()  # really interrupted
+    out, _ = full.communicate(timeout=120)
+    assert full.returncode == 0, out
+    resumed = _cli([*common, "--out", str(tmp_path / "part"), "--resume"])
+    rout, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, rout
+    a = registry.load_model(tmp_path / "full" / "model.safetensors", device="cpu")
+    b = registry.load_model(tmp_path / "part" / "model.safetensors", device="cpu")
+    assert b.card["training"]["steps"] == 120 and b.card["data"]["split"] == a.card["data"]["split"]
+    assert "linblur synth" in a.card["data_command"] and a.card["regularization"]["reg"] == "direct"
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
+    log = [json.loads(x) for x in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == sorted({r["step"] for r in log}) and "val_loss" in log[-1]
+
+
+def test_train_cli_errors(tmp_path, tiny_data):
+    from napari_linblur.cli.main import main
+
+    assert main(["train", "ae", "--data", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", "ae", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--channel", "w9"]) == 2
+    assert main(["train", "ae", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--model-config", "[1]"]) == 2
+    assert not Path(tmp_path / "r" / "model.safetensors").exists()
