@@ -13,7 +13,7 @@ from napari_linblur.models.drbnet import DRBNet, DynamicResidualBlock, per_pixel
 from napari_linblur.training.deblur import DeblurData, DeblurTask, make_test_set
 from napari_linblur.training.loop import TrainConfig, train
 
-TINY = {"widths": (4, 8, 8, 8), "kernel_size": 3, "blocks": 1}
+TINY = {"widths": (8, 8, 8), "kernel_size": 3, "blocks": 1}
 SMALL_DATA = dict(patch=32, batch=2, pool=2, pool_side=96)
 
 
@@ -22,9 +22,9 @@ def _perturbed_net(seed=0):
     torch.manual_seed(seed)
     net = DRBNet(**TINY)
     with torch.no_grad():
-        for drb in net.drb:
-            drb.head.weight.normal_(0, 0.05)
-            drb.head.bias.normal_(0, 0.05)
+        for head in [drb.head for drb in net.drb] + [net.full_head]:
+            head.weight.normal_(0, 0.02)
+            head.bias.normal_(0, 0.02)
     return net.eval()
 
 
@@ -56,9 +56,9 @@ def test_drbnet_scales_identity_init_and_errors():
     with pytest.raises(ValueError, match="multiples of 8"):
         net(torch.rand(1, 1, 30, 32))
     with pytest.raises(ValueError, match="widths"):
-        DRBNet(widths=(4, 8))
+        DRBNet(widths=(4, 8, 8, 8))
     with pytest.raises(ValueError, match="kernel_size"):
-        DRBNet(widths=(4, 4, 4, 4), kernel_size=4)
+        DRBNet(widths=(4, 4, 4), kernel_size=4)
     big = DRBNet()
     assert sum(p.numel() for p in big.parameters()) * 4 < 15e6
 

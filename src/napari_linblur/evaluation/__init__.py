@@ -1,0 +1,1 @@
+"""Evaluation of the models against baselines on held-out data (paper-style tables)."""
