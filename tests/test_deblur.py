@@ -183,3 +183,29 @@ def test_two_stage_training_with_feature_loss(tmp_path):
     assert card["stage"] == 2 and card["loss"]["feature_weight"] == 0.5 and card["init"].endswith("model.safetensors")
     out = nl.deblur(np.random.default_rng(0).random((20, 30)), method="network", model=r2.model_path, device="cpu")
     assert out.shape == (20, 30)
+
+
+def test_reblur_extrapolate_uses_latent_extrapolation_with_map_alpha(monkeypatch):
+    from napari_linblur.inference import latent_ops
+    from napari_linblur.models.autoencoder import LinearLatentAE
+
+    torch.manual_seed(0)
+    ae = LinearLatentAE(channels=[8, 8], latent_channels=4, blocks=1).eval()
+    img = np.random.default_rng(0).random((32, 40)).astype(np.float32) * 500
+    calls = []
+    real = latent_ops.deblur_pair
+
+    def spy(b, c, alpha, **kw):
+        calls.append((alpha, float(np.abs(c - b).mean())))
+        return real(b, c, alpha, **kw)
+
+    monkeypatch.setattr(latent_ops, "deblur_pair", spy)
+    out = nl.deblur(img, method="reblur-extrapolate", model=ae, sigma_map=np.full(img.shape, 2.0), sigma_r=2.0,
+                    device="cpu")
+    assert out.shape == img.shape and out.dtype == np.float32
+    (alpha, diff), = calls
+    assert alpha == pytest.approx(1 - 2.0 / np.hypot(2.0, 2.0)) and diff > 0  # c is really re-blurred
+    # an in-focus image (σ = 0) gives α = 1: returned as is, no extrapolation
+    same = nl.deblur(img, method="reblur-extrapolate", model=ae, sigma_map=np.zeros(img.shape), device="cpu")
+    np.testing.assert_array_equal(same, img)
+    assert len(calls) == 1

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
                    help="weight of the autoencoder feature loss (default 0 in stage 1, 0.5 in stage 2)")
     p.add_argument("--feature-ae", default=None, help="autoencoder for the feature loss (default ae-default)")
     p.add_argument("--data", default=None, help="real stacks for stage 2 (zarr / OME-Zarr / TIFF / BBBC006 folder)")
+    p.add_argument("--replay", type=float, default=0.3,
+                   help="stage 2: fraction of pairs still drawn from the stage-1 optics (default 0.3; 0 = pure fine-tuning)")
     p.add_argument("--real-fraction", type=float, default=0.5, help="fraction of stage-2 pairs from --data")
     p.set_defaults(func=_run)
 
@@ -47,6 +49,7 @@ def _run(args) -> int:
         feature_ae=args.feature_ae,
         real_data=args.data,
         real_fraction=args.real_fraction if args.data else 0.0,
+        replay=args.replay if args.stage == 2 else 0.0,
     )
     cfg = train_config_from_args(args)
     cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))

@@ -423,13 +423,17 @@ class DeblurTask:
         are kept, see ``real_fraction``).
     real_fraction : float
         Fraction of stage-2 pairs from ``real_data``.
+    replay : float
+        Stage 2: fraction of pairs still drawn from the stage-1 optics (exact correspondence), so fine-tuning on
+        captured-style pairs does not forget the exact pairs (0 = the paper's pure fine-tuning).
     """
 
     name = "deblur"
 
     def __init__(self, *, stage: int = 1, config: dict | str = "default", data: DeblurData | None = None,
                  seed: int = 0, init: str | None = None, feature_weight: float = 0.0, feature_ae: Any = None,
-                 real_data: str | None = None, real_fraction: float = 0.5, val_size: int = 16):
+                 real_data: str | None = None, real_fraction: float = 0.5, replay: float = 0.0,
+                 val_size: int = 16):
         from napari_linblur.models.drbnet import CONFIGS
 
         if stage not in (1, 2):
@@ -440,6 +444,9 @@ class DeblurTask:
             config = dict(CONFIGS[config])
         if feature_weight < 0:
             raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
+        if not 0.0 <= replay <= 1.0:
+            raise ValueError(f"replay must be in [0, 1], got {replay}")
+        self.replay = float(replay)
         self.stage, self.config, self.seed = stage, dict(config), int(seed)
         self.data = data or DeblurData()
         self.init, self.feature_weight = init, float(feature_weight)
@@ -478,7 +485,7 @@ class DeblurTask:
         self._encoder = feature_encoder(ae)
 
     def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        if self.stage == 1:
+        if self.stage == 1 or (self.replay > 0 and rng.random() < self.replay):
             blurry, target, _ = self.renderer.stage1_pair(rng)
         elif self.real is not None and rng.random() < self.real_fraction:
             blurry, target, _ = self.real.pair(rng, self.data.patch)
@@ -565,6 +572,7 @@ class DeblurTask:
             "task": "deblur",
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.items()},
             "stage": self.stage,
+            "replay": self.replay,
             "init": str(self.init) if self.init else None,
             "loss": {
                 "multiscale_l1": "L1 at full scale + 0.5/f x L1 at 1/f (f = 2, 4, 8) vs the average-pooled target",
