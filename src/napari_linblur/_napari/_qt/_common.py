@@ -243,6 +243,16 @@ def describe(err: BaseException) -> str:
     return text if isinstance(err, (ValueError, TypeError, FileNotFoundError)) else f"{type(err).__name__}: {text}"
 
 
+def _alive(obj) -> bool:
+    """False once the Qt object behind ``obj`` was deleted (e.g. the viewer closed during a run)."""
+    try:
+        from qtpy import sip  # type: ignore[attr-defined]
+
+        return not sip.isdeleted(obj)
+    except Exception:  # noqa: BLE001 - bindings without sip: assume alive
+        return True
+
+
 class RunPanel(QWidget):
     """Runs one long job at a time in a ``thread_worker``, with a progress bar, a napari progress
     bar (activity dock) and a Cancel button. Errors become napari notifications naming the problem."""
@@ -272,6 +282,8 @@ class RunPanel(QWidget):
         self._pbar = None
         self._desc = title
         self.last_error: str | None = None
+        #: (done, total) of the newest progress report of the current/last run
+        self.last_progress: tuple[int, int] | None = None
 
     @property
     def running(self) -> bool:
@@ -301,6 +313,7 @@ class RunPanel(QWidget):
         bridge = self._bridge
         self._desc = desc
         self.last_error = None
+        self.last_progress = None
 
         def report(done: int, total: int) -> None:
             bridge.progressed.emit(int(done), int(total))
@@ -310,13 +323,15 @@ class RunPanel(QWidget):
         def job():
             return fn(report, stop.is_set)
 
-        worker = create_worker(job, _start_thread=False)
+        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
         self.worker = worker
         self.bar.setRange(0, 0)  # busy until the first report
         self.cancel_btn.setEnabled(True)
         self.status.setText(f"{desc}…")
 
         def returned(result):
+            if not _alive(self):
+                return
             if stop.is_set():
                 self.status.setText(f"{desc}: cancelled")
                 if on_cancel:
@@ -329,6 +344,8 @@ class RunPanel(QWidget):
                 self._fail(desc, err)
 
         def errored(err):
+            if not _alive(self):
+                return
             if _ops.is_cancelled(err) or stop.is_set():
                 self.status.setText(f"{desc}: cancelled — nothing was added or written")
                 if on_cancel:
@@ -338,9 +355,17 @@ class RunPanel(QWidget):
 
         def finished():
             self.worker = None
+            if not _alive(self):
+                return
             self.cancel_btn.setEnabled(False)
-            self.bar.setRange(0, 1)
-            self.bar.setValue(1 if not stop.is_set() and self.last_error is None else 0)
+            ok = not stop.is_set() and self.last_error is None
+            if self.last_progress is not None:
+                done, total = self.last_progress
+                self.bar.setRange(0, max(1, total))
+                self.bar.setValue(min(done, total))
+            else:
+                self.bar.setRange(0, 1)
+                self.bar.setValue(1 if ok else 0)
             if self._pbar is not None:
                 self._pbar.close()
                 self._pbar = None
@@ -363,6 +388,7 @@ class RunPanel(QWidget):
         if self.worker is None:
             return
         total = max(1, total)
+        self.last_progress = (done, total)
         self.bar.setRange(0, total)
         self.bar.setValue(min(done, total))
         if self._pbar is None:
@@ -421,12 +447,14 @@ class LivePreview(QObject):
             return
         if job is None:
             return
-        worker = create_worker(job, _start_thread=False)
+        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
         self.workers.append(worker)
         if self._status is not None:
             self._status.setText("updating preview…")
 
         def returned(result):
+            if not _alive(self):
+                return
             if gen == self.generation and not stop.is_set():
                 try:
                     self._apply(result)
@@ -438,10 +466,14 @@ class LivePreview(QObject):
                     self._error(err, gen)
 
         def errored(err):
+            if not _alive(self):
+                return
             if not _ops.is_cancelled(err) and gen == self.generation:
                 self._error(err, gen)
 
         def finished():
+            if not _alive(self):
+                return
             self.completed += 1
             if worker in self.workers:
                 self.workers.remove(worker)

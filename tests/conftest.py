@@ -1,0 +1,49 @@
+"""Shared fixtures for the napari plugin tests (kept minimal and napari-focused).
+
+GUI tests need a display: run them under Xvfb (``xvfb-run -a pytest tests/test_napari*.py``); offscreen Qt has no
+OpenGL for napari's canvas. ``make_napari_viewer`` and ``qtbot`` come from napari's and pytest-qt's plugins.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def isolated_plugin_settings(tmp_path, monkeypatch):
+    """Plugin settings (device, tile, models) read from and written to this test's tmp folder only."""
+    from napari import settings as napari_settings
+
+    monkeypatch.setattr(napari_settings, "_CFG_PATH", str(tmp_path / "settings.yaml"), raising=False)
+    napari_settings._clear_plugin_settings_cache()
+    yield
+    napari_settings._clear_plugin_settings_cache()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Small models of the three shipped architectures, saved with the registry (safetensors + card).
+
+    GUI tests check the wiring (the widget's output equals the public operation called with the same model),
+    not model quality, so random weights of tiny configurations keep them fast on a 2-core CPU.
+    """
+    import torch
+
+    from napari_linblur.models.drbnet import CONFIGS as DRBNET_CONFIGS
+    from napari_linblur.models.registry import build_model, save_model
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny-models")
+    configs = {
+        "defocus": ("HDMENet", {"width": 4, "n_branches": 2, "modules": [1], "blocks": 1, "stem_stride": 1,
+                                "stem_channels": 4, "stem_bottlenecks": 0, "head_channels": 8, "max_sigma": None}),
+        "deblur": ("DRBNet", dict(DRBNET_CONFIGS["tiny"])),
+        "ae": ("LinearLatentAE", {"arch": "resnet", "channels": [8, 16], "latent_channels": 4, "blocks": 1,
+                                  "norm": "group"}),
+    }
+    out = {}
+    for task, (arch, config) in configs.items():
+        card = {"architecture": arch, "task": task, "config": config}
+        model = build_model(card)
+        out[task] = str(save_model(model, root / f"{task}-tiny.safetensors", card))
+    return out

@@ -1,0 +1,125 @@
+"""napari plugin: manifest, reader, writer, sample data and settings (the reader of a huge stack is checked in
+a real viewer under Xvfb)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_linblur._napari import _reader, _sample_data, _writer
+from napari_linblur.io.omezarr import write_ome_zarr
+from napari_linblur.io.readers import open_zstack_with_metadata
+
+WIDGETS = ["Blur synthesis", "Deblur", "Defocus map & focus QC", "Train"]
+
+
+def test_manifest_contributions():
+    from npe2 import PluginManager
+
+    pm = PluginManager()
+    pm.discover()
+    mf = pm.get_manifest("napari-linblur")
+    c = mf.contributions
+    assert sorted(w.display_name for w in c.widgets) == sorted(WIDGETS)
+    cmd = {w.display_name: w.command for w in c.widgets}
+    filt = [m.command for m in c.menus["napari/layers/filter"]]
+    meas = [m.command for m in c.menus["napari/layers/measure"]]
+    assert cmd["Blur synthesis"] in filt and cmd["Deblur"] in filt
+    assert cmd["Defocus map & focus QC"] in meas
+    assert {s.key for s in c.sample_data} == {"synthetic_stack", "bbbc006"}
+    assert c.readers and c.writers
+    assert set(c.configurations) == {"inference", "models"}
+
+
+def test_reader_ome_zarr_channels_are_lazy_layers(tmp_path):
+    data = np.random.default_rng(0).integers(0, 4000, (2, 5, 48, 64), dtype=np.uint16)
+    p = write_ome_zarr(tmp_path / "s.ome.zarr", data, axes="czyx", scale=(1.0, 2.0, 0.65, 0.65),
+                       channel_names=["w1", "w2"])
+    reader = _reader.napari_get_reader(str(p))
+    assert reader is not None
+    layers = reader(str(p))
+    assert [kw["name"] for _, kw, _ in layers] == ["s [w1]", "s [w2]"]
+    for i, (arr, kw, kind) in enumerate(layers):
+        assert kind == "image"
+        assert type(arr).__module__.startswith("dask")  # lazy
+        assert arr.shape == (5, 48, 64)
+        np.testing.assert_array_equal(np.asarray(arr), data[i])
+        assert kw["scale"] == [2.0, 0.65, 0.65]
+        lo, hi = kw["contrast_limits"]
+        assert 0 <= lo < hi <= 4000
+        assert kw["metadata"]["linblur_source"] == str(p.resolve())
+
+
+def test_reader_tiff_stack_and_bbbc006_file(tmp_path):
+    stack = np.arange(3 * 16 * 24, dtype=np.uint16).reshape(3, 16, 24)
+    t = tmp_path / "stack.tif"
+    tifffile.imwrite(t, stack, imagej=True, metadata={"axes": "ZYX"})
+    (arr, kw, _), = _reader.read_zstack(str(t))
+    np.testing.assert_array_equal(np.asarray(arr), stack)
+    assert kw["name"] == "stack"
+    assert _reader.napari_get_reader(str(tmp_path / "nope.png")) is None
+    assert _reader.napari_get_reader([str(t), str(t)]) is None
+    try:
+        bb = _sample_data.find_bbbc006_image()
+    except FileNotFoundError:
+        pytest.skip("BBBC006 sample image not present")
+    (arr, kw, _), = _reader.read_zstack(str(bb))
+    assert arr.shape == (1, 520, 696) and arr.dtype == np.uint16
+    assert kw["scale"] == [2.0, 0.65, 0.65]
+
+
+def test_writer_round_trip_and_refuses_its_input(tmp_path):
+    data = np.random.default_rng(1).random((4, 32, 40)).astype(np.float32)
+    out = _writer.write_single_image(str(tmp_path / "out"), data, {"scale": [2.0, 0.5, 0.5], "name": "img"})
+    assert out == [str(tmp_path / "out.ome.zarr")]
+    arr, meta = open_zstack_with_metadata(out[0])
+    np.testing.assert_array_equal(np.asarray(arr), data)
+    assert meta.scale == (2.0, 0.5, 0.5) and meta.axes == "zyx"
+    # a layer read from out.ome.zarr cannot be saved over it; the input is left intact
+    (lazy, kw, _), = _reader.read_zstack(out[0])
+    with pytest.raises(ValueError, match="refusing to overwrite its own input"):
+        _writer.write_single_image(out[0], np.asarray(lazy) * 2, kw)
+    np.testing.assert_array_equal(np.asarray(open_zstack_with_metadata(out[0])[0]), data)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_writer_multiple_layers_as_channels(tmp_path):
+    a = np.zeros((3, 16, 16), np.uint16)
+    b = np.full((3, 16, 16), 7, np.uint16)
+    out = _writer.write_multiple(str(tmp_path / "two.zarr"), [(a, {"name": "w1", "scale": [2, 1, 1]}, "image"),
+                                                             (b, {"name": "w2", "scale": [2, 1, 1]}, "image")])
+    arr, meta = open_zstack_with_metadata(out[0])
+    assert meta.axes == "czyx" and meta.channel_names == ["w1", "w2"]
+    assert int(np.asarray(arr[1]).max()) == 7
+    with pytest.raises(ValueError, match="different shapes"):
+        _writer.write_multiple(str(tmp_path / "bad.zarr"), [(a, {"name": "a"}, "image"),
+                                                            (b[:, :8], {"name": "b"}, "image")])
+
+
+def test_synthetic_sample_is_seeded_two_channels():
+    s1, recipe = _sample_data.synthetic_stack_data((48, 48), seed=3)
+    s2, _ = _sample_data.synthetic_stack_data((48, 48), seed=3)
+    assert s1.shape == (2, 9, 48, 48) and s1.dtype == np.uint16
+    np.testing.assert_array_equal(s1, s2)
+    # plane 0 is 32 um out of focus, the last plane in focus: the in-focus plane has more detail
+    lap = [np.abs(np.diff(s1[0, z].astype(float), axis=0)).mean() for z in (0, 8)]
+    assert lap[1] > lap[0]
+    assert recipe.defocus_um[0] == 32.0 and recipe.defocus_um[-1] == 0.0
+
+
+def test_bbbc006_sample_missing_gives_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(_sample_data, "_data_dirs", lambda: [tmp_path])
+    with pytest.raises(FileNotFoundError, match="BBBC006 sample image not found; looked in"):
+        _sample_data.bbbc006_image()
+
+
+def test_settings_defaults(isolated_plugin_settings):
+    from napari_linblur._napari._settings import get_settings, set_setting
+
+    s = get_settings()
+    assert (s.device, s.tile_size) == ("auto", 256) and s.model_for("defocus") is None
+    assert set_setting("inference", "tile_size", 128)
+    assert get_settings().tile_size == 128

@@ -1,0 +1,349 @@
+"""The four widgets in real napari viewers (run under Xvfb), added through the manifest and driven as a user
+would: pick layers, move sliders and the viewer's Z, press buttons; wait with ``qtbot.waitUntil``."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+import napari_linblur as nl
+from napari_linblur._napari import _ops
+from napari_linblur._napari._sample_data import synthetic_stack_data
+
+PLUGIN = "napari-linblur"
+TILE = 256  # the default plugin setting the widgets pass on
+
+
+@pytest.fixture(scope="module")
+def synth():
+    """A seeded 2-channel, 9-plane synthetic through-focus stack (uint16), small."""
+    return synthetic_stack_data((48, 64), seed=5)[0]
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, isolated_plugin_settings):
+    return make_napari_viewer()
+
+
+def add(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def settle(qtbot, w, timeout=15000):
+    """Wait until the widget's newest preview request was computed and shown (or failed)."""
+    qtbot.waitUntil(lambda: w.preview.generation > 0 and not w.preview.busy
+                    and w.preview.applied_generation == w.preview.generation, timeout=timeout)
+
+
+def wait_run(qtbot, w, timeout=30000):
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=timeout)
+
+
+def last_error() -> str:
+    from napari.utils.notifications import notification_manager
+
+    return notification_manager.records[-1].message if notification_manager.records else ""
+
+
+def test_every_widget_opens_through_the_manifest(viewer):
+    from napari_linblur._napari._qt.blur_widget import BlurSynthesisWidget
+    from napari_linblur._napari._qt.deblur_widget import DeblurWidget
+    from napari_linblur._napari._qt.defocus_widget import DefocusWidget
+    from napari_linblur._napari._qt.train_widget import TrainWidget
+
+    viewer.add_image(np.zeros((3, 32, 32), np.uint16), name="img")
+    kinds = {"Blur synthesis": BlurSynthesisWidget, "Deblur": DeblurWidget,
+             "Defocus map & focus QC": DefocusWidget, "Train": TrainWidget}
+    for name, cls in kinds.items():
+        w = add(viewer, name)
+        assert isinstance(w, cls)
+    # layer pickers list image layers only and follow the layer list
+    viewer.add_points(np.zeros((1, 3)), name="pts")
+    viewer.add_image(np.ones((3, 32, 32), np.float32), name="second")
+    blur = viewer.window._dock_widgets["Blur synthesis (napari-linblur)"].widget()
+    assert [blur.a_layer.itemText(i) for i in range(blur.a_layer.count())] == ["img", "second"]
+    viewer.layers.remove("img")
+    assert [blur.a_layer.itemText(i) for i in range(blur.a_layer.count())] == ["second"]
+
+
+def test_defocus_widget_live_map_stack_run_and_focus_curve(viewer, qtbot, tiny_models, synth, tmp_path):
+    stack = synth[0]  # (9, 48, 64) uint16
+    layer = viewer.add_image(stack, name="img", scale=(4.0, 0.65, 0.65), translate=(0.0, 10.0, 20.0))
+    w = add(viewer, "Defocus map & focus QC")
+    w.model.set_model(tiny_models["defocus"])
+    settle(qtbot, w)
+    z = _ops.current_indices(viewer, layer)[0]
+    prev = viewer.layers[f"defocus σ[img z{z}] (preview)"]
+    expect = nl.estimate_defocus(stack[z], model=tiny_models["defocus"], tile=TILE)
+    np.testing.assert_allclose(prev.data, expect, rtol=1e-5, atol=1e-5)
+    assert tuple(prev.scale) == (0.65, 0.65) and tuple(prev.translate) == (10.0, 20.0)
+    assert prev.colormap.name == "magma" and prev.colorbar.visible
+    assert prev.contrast_limits[0] == 0.0
+
+    # the live map follows the viewer's plane
+    viewer.dims.set_current_step(0, 2)
+    settle(qtbot, w)
+    assert viewer.layers[-1].name == "defocus σ[img z2] (preview)"
+    np.testing.assert_allclose(viewer.layers[-1].data,
+                               nl.estimate_defocus(stack[2], model=tiny_models["defocus"], tile=TILE),
+                               rtol=1e-5, atol=1e-5)
+
+    # whole stack, computed now
+    w.preview_on.setChecked(False)
+    w.run_btn.click()
+    wait_run(qtbot, w)
+    out = viewer.layers["defocus σ[img]"]
+    assert out.data.shape == stack.shape and out.data.dtype == np.float32
+    assert tuple(out.scale) == (4.0, 0.65, 0.65) and tuple(out.translate) == (0.0, 10.0, 20.0)
+    np.testing.assert_allclose(out.data[5], nl.estimate_defocus(stack[5], model=tiny_models["defocus"],
+                                                                tile=TILE), rtol=1e-5, atol=1e-5)
+    assert w.panel.last_progress == (9, 9) and w.panel.bar.value() == w.panel.bar.maximum() == 9
+
+    # whole stack, lazy (dask): nothing computed until a plane is shown
+    n_before = len(viewer.layers)
+    w.output.set_mode(w.output.LAZY)
+    w.run_btn.click()
+    wait_run(qtbot, w)
+    assert len(viewer.layers) == n_before + 1
+    lazy = viewer.layers[-1]
+    assert type(lazy.data).__module__.startswith("dask") and lazy.data.shape == stack.shape
+    np.testing.assert_allclose(np.asarray(lazy.data[5]), out.data[5], rtol=1e-5, atol=1e-5)
+
+    # focus QC: curve over Z with the best plane, and "go to best plane"
+    w.measure.setCurrentIndex(w.measure.findData("brenner"))
+    w.curve_btn.click()
+    wait_run(qtbot, w)
+    assert w.plot.scores is not None and len(w.plot.scores) == 9
+    assert w.plot.best == nl.best_focus(stack, method="brenner")
+    np.testing.assert_allclose(w.plot.scores, nl.focus_curve(stack, method="brenner"))
+    w.goto_btn.click()
+    assert _ops.current_indices(viewer, layer)[0] == w.plot.best
+
+
+def test_defocus_widget_writes_ome_zarr_and_reports_errors(viewer, qtbot, tiny_models, tmp_path):
+    import dask.array as da
+
+    data = da.from_array(np.random.default_rng(0).random((3, 40, 40)).astype(np.float32), chunks=(1, 40, 40))
+    viewer.add_image(data, name="lazyimg", scale=(2.0, 1.0, 1.0))
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    w.model.set_model(tiny_models["defocus"])
+    target = tmp_path / "sigma.ome.zarr"
+    w.output.set_mode(w.output.ZARR, str(target))
+    w.run_btn.click()
+    wait_run(qtbot, w)
+    assert target.exists()
+    written = viewer.layers[-1]
+    assert written.name == "defocus σ[lazyimg]" and written.data.shape == (3, 40, 40)
+    assert tuple(written.scale) == (2.0, 1.0, 1.0)
+    np.testing.assert_allclose(np.asarray(written.data[1]),
+                               nl.estimate_defocus(np.asarray(data[1]), model=tiny_models["defocus"], tile=TILE),
+                               rtol=1e-5, atol=1e-5)
+    # a focus curve needs a stack: a 2-D image gives a notification naming the problem
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="flat")
+    w.image.set_layer(viewer.layers["flat"])
+    assert not w.run_focus_curve()
+    assert "needs a z-stack" in last_error()
+    # a missing model file becomes a notification, not a silent failure
+    w.model.set_model(str(tmp_path / "missing.safetensors"))
+    w.preview_on.setChecked(True)
+    settle(qtbot, w)
+    assert w.preview.last_error and "does not exist" in w.preview.last_error
+    assert "does not exist" in last_error()
+
+
+def test_deblur_widget_single_and_pair(viewer, qtbot, tiny_models, synth):
+    stack = synth[1]
+    img8 = (stack[4] // 64).astype(np.uint8)  # 2-D uint8
+    viewer.add_image(img8, name="img8")
+    w = add(viewer, "Deblur")
+    w.set_mode("single")
+    w.method.setCurrentIndex(w.method.findData("network"))
+    w.net_model.set_model(tiny_models["deblur"])
+    settle(qtbot, w)
+    prev = viewer.layers["deblurred[img8, network] (preview)"]
+    np.testing.assert_allclose(prev.data, nl.deblur(img8, method="network", model=tiny_models["deblur"],
+                                                    tile=TILE), rtol=1e-4, atol=1e-3)
+    assert prev.contrast_limits == viewer.layers["img8"].contrast_limits  # input intensity units
+
+    # pair mode on two planes of one stack: α slider, output named for what produced it
+    layer = viewer.add_image(stack, name="st", scale=(2.0, 0.5, 0.5))
+    w.b_layer.set_layer(layer)
+    w.c_layer.set_layer(layer)
+    w.set_mode("pair")
+    w.ae_model.set_model(tiny_models["ae"])
+    w.b_plane.setValue(6)
+    w.c_plane.setValue(2)
+    w.alpha.slider.setValue(40)
+    settle(qtbot, w)
+    name = "deblurred[st z6←z2, α=0.43] (preview)"
+    assert w.alpha.value() == pytest.approx(0.43)
+    prev = viewer.layers[name]
+    np.testing.assert_allclose(prev.data, nl.deblur_pair(stack[6], stack[2], 0.43, model=tiny_models["ae"],
+                                                         tile=TILE), rtol=1e-4, atol=1e-3)
+    assert tuple(prev.scale) == (0.5, 0.5)
+
+    # whole stack over two layers of one shape (planes paired index by index)
+    other = viewer.add_image(stack.astype(np.float32) * 0.5, name="half", scale=(2.0, 0.5, 0.5))
+    w.c_layer.set_layer(other)
+    w.b_plane.setValue(3)
+    w.c_plane.setValue(3)
+    w.preview_on.setChecked(False)
+    w.run_btn.click()
+    wait_run(qtbot, w)
+    out = viewer.layers[-1]
+    assert out.name == "deblurred[st, half, α=0.43]"
+    assert out.data.shape == stack.shape and tuple(out.scale) == (2.0, 0.5, 0.5)
+    np.testing.assert_allclose(out.data[7], nl.deblur_pair(stack[7], stack[7] * np.float32(0.5), 0.43,
+                                                           model=tiny_models["ae"], tile=TILE),
+                               rtol=1e-4, atol=1e-3)
+    # mismatched pair: a notification naming the problem, no layer added
+    viewer.add_image(np.zeros((5, 20, 20), np.uint16), name="small")
+    w.c_layer.set_layer(viewer.layers["small"])
+    n = len(viewer.layers)
+    assert not w.run_whole_stack()
+    assert "do not line up" in last_error() and len(viewer.layers) == n
+
+
+def test_blur_preview_is_debounced_and_newest_wins(viewer, qtbot, tiny_models, synth, monkeypatch):
+    from napari_linblur.inference.latent_ops import synthesize_blur as real
+
+    calls = []
+
+    def counted(a, c, alpha, **kw):
+        calls.append(alpha)
+        time.sleep(0.05)
+        return _ops.call_op(real, a, c, alpha, **kw)  # drops should_stop, which the op does not take
+
+    monkeypatch.setitem(nl.__dict__, "synthesize_blur", counted)
+    stack = synth[0]
+    layer = viewer.add_image(stack, name="st", scale=(4.0, 0.65, 0.65))
+    w = add(viewer, "Blur synthesis")
+    w.model.set_model(tiny_models["ae"])
+    w.a_plane.setValue(8)
+    w.c_plane.setValue(0)
+    settle(qtbot, w)
+    calls.clear()
+    # a fast drag: 16 slider positions within the debounce delay -> one or two computations
+    for v in range(10, 90, 5):
+        w.alpha.slider.setValue(v)
+        qtbot.wait(5)
+    settle(qtbot, w)
+    assert 1 <= len(calls) <= 3 and calls[-1] == pytest.approx(0.85)
+    prev = viewer.layers[-1]
+    assert prev.name == "synthesized[st z8→z0, α=0.85] (preview)"
+    np.testing.assert_allclose(prev.data, real(stack[8], stack[0], 0.85, model=tiny_models["ae"], tile=TILE),
+                               rtol=1e-4, atol=1e-3)
+    # a slow drag updates the preview at every stop
+    calls.clear()
+    for v in (20, 50, 70):
+        w.alpha.slider.setValue(v)
+        settle(qtbot, w)
+        assert viewer.layers[-1].name.endswith(f"α={v / 100:.2f}] (preview)")
+    assert len(calls) == 3
+    # a request arriving while a preview computes supersedes it: the stale result is never shown
+    monkeypatch.setitem(nl.__dict__, "synthesize_blur", lambda *a, **k: (time.sleep(0.4), _ops.call_op(real, *a, **k))[1])
+    w.alpha.slider.setValue(30)
+    qtbot.waitUntil(lambda: bool(w.preview.workers), timeout=5000)
+    w.alpha.slider.setValue(90)
+    settle(qtbot, w)
+    assert viewer.layers[-1].name.endswith("α=0.90] (preview)")
+    assert layer.name == "st"
+
+
+def test_whole_stack_run_keeps_gui_alive_and_cancel_leaves_nothing(viewer, qtbot, tiny_models, synth,
+                                                                   monkeypatch, tmp_path):
+    from qtpy.QtCore import QTimer
+
+    from napari_linblur.inference.latent_ops import synthesize_blur as real
+    from napari_linblur.inference.tiling import map_planes
+
+    def slow(a, c, alpha, **kw):  # the public contract (dask in -> lazy dask out), 0.15 s per plane
+        def plane(p, q):
+            time.sleep(0.15)
+            return _ops.call_op(real, p, q, alpha, **kw)
+
+        return map_planes(plane, a, c)
+
+    monkeypatch.setitem(nl.__dict__, "synthesize_blur", slow)
+    big = np.concatenate([synth[0]] * 3)  # 27 planes
+    la = viewer.add_image(big, name="a")
+    lc = viewer.add_image(big[::-1].copy(), name="c")
+    w = add(viewer, "Blur synthesis")
+    w.preview_on.setChecked(False)
+    w.model.set_model(tiny_models["ae"])
+    w.a_layer.set_layer(la)
+    w.c_layer.set_layer(lc)
+    w.a_plane.setValue(0)
+    w.c_plane.setValue(0)
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+    for mode, path in ((w.output.LAYER, None), (w.output.ZARR, tmp_path / "out.ome.zarr")):
+        w.output.set_mode(mode, str(path) if path else None)
+        n_layers = len(viewer.layers)
+        ticks.clear()
+        assert w.run_whole_stack()
+        qtbot.waitUntil(lambda: w.panel.bar.value() >= 2, timeout=15000)  # progress is reported
+        n_ticks = len(ticks)
+        qtbot.wait(300)
+        assert len(ticks) >= n_ticks + 5  # the event loop keeps turning while the worker runs
+        w.panel.cancel_btn.click()
+        wait_run(qtbot, w)
+        assert "cancelled" in w.panel.status.text()
+        assert len(viewer.layers) == n_layers  # nothing half-computed is presented
+        if path is not None:
+            assert not path.exists()
+            assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    timer.stop()
+
+
+def test_train_widget_trains_and_shares_the_model(viewer, qtbot, tmp_path):
+    w = add(viewer, "Train")
+    deb = add(viewer, "Deblur")
+    w.set_choice(w.kind, "deblur")
+    w.set_choice(w.preset, "tiny")
+    w.set_choice(w.source, "synthetic")
+    w.steps.setValue(6)
+    w.batch.setValue(2)
+    w.patch.setValue(32)
+    w.out.setText(str(tmp_path / "run"))
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
+    assert w.model_path and os.path.exists(w.model_path), w.panel.status.text()
+    assert len(w.plot.steps) >= 2 and w.plot.val_steps  # live loss curve and validation
+    assert all(np.isfinite(w.plot.losses))
+    items = [deb.net_model.combo.itemData(i) for i in range(deb.net_model.combo.count())]
+    assert w.model_path in items
+    from napari_linblur.models.registry import load_model
+
+    m = load_model(w.model_path, device="cpu")
+    assert m.task == "deblur" and m.card["training"]["steps"] == 6
+
+
+def test_reader_opens_a_2gb_stack_lazily(viewer, tmp_path):
+    import zarr
+
+    path = tmp_path / "huge.zarr"
+    z = zarr.create_array(store=str(path), shape=(64, 4096, 4096), chunks=(1, 1024, 1024), dtype="uint16",
+                          fill_value=0)
+    z[32, :1024, :1024] = np.arange(1024, dtype=np.uint16)[None, :]
+    assert z.nbytes == 2 * 1024**3
+
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS"))
+
+    before = rss()
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    after = rss()
+    assert len(layers) == 1 and type(layers[0].data).__module__.startswith("dask")
+    assert layers[0].data.shape == (64, 4096, 4096)
+    print(f"RSS growth opening a 2 GiB stack: {(after - before) / 2**20:.0f} MiB")
+    assert after - before < 400 * 1024**2, f"RSS grew by {(after - before) / 2**20:.0f} MiB"
