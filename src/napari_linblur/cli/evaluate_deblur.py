@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=2_000_000, help="test-set seed (default 2000000, never trained on)")
     p.add_argument("--no-reblur", action="store_true", help="skip reblur-extrapolate / guided")
     p.add_argument("--no-speed", action="store_true", help="skip the 1024x1024 timing")
+    p.add_argument("--speed-side", type=int, default=1024, help="image side of the speed comparison (default 1024)")
+    p.add_argument("--depths", type=float, nargs="+", default=[1.0, 2.0, 4.0, 6.0, 8.0],
+                   help="defocus distances (µm) of the through-focus test planes")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default="eval_deblur", help="folder for deblur_eval.json and deblur_eval.md")
     p.set_defaults(func=_run)
@@ -43,9 +46,10 @@ def _run(args) -> int:
         name, path = item.split("=", 1)
         models[name] = path
     res = evaluate_deblur(models, main="network", n=args.n, side=args.side, seed=args.seed,
-                          reblur=not args.no_reblur, speed=not args.no_speed, progress=print)
+                          reblur=not args.no_reblur, speed=not args.no_speed, speed_side=args.speed_side,
+                          depths=tuple(args.depths), progress=print)
     res["command"] = "linblur evaluate deblur " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("model", "n", "side", "seed")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("model", "n", "side", "seed", "speed_side")
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
