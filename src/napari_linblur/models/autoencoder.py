@@ -43,8 +43,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     "default": {
         "arch": "resnet",
-        "channels": [32, 64],
-        "latent_channels": 16,
+        "channels": [16, 32],
+        "latent_channels": 8,
         "blocks": 1,
         "norm": "none",
         "output": "linear",
@@ -106,7 +106,7 @@ class LinearLatentAE(nn.Module):
     --------
     >>> m = LinearLatentAE(config="default")
     >>> m.multiple, m.config["latent_channels"]
-    (4, 16)
+    (4, 8)
     >>> m2 = LinearLatentAE(**m.config)  # constructible from the config stored in a model card
     >>> m2.config == m.config
     True

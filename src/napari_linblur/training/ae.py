@@ -19,9 +19,12 @@ Triplets
 Losses (L1, paper eq. 3 and 4)
     ``baseline``  mean of the three reconstruction losses (a plain autoencoder);
     ``indirect``  ½[L(a, D(z_a)) + L(c, D(z_c))] + L(b, D(z'_b)),  z'_b = α z_a + (1 − α) z_c;
-    ``direct``    indirect + ‖z_b − z'_b‖₁ (mean over latent elements). With ``detach=True`` z_b is a
-    stop-gradient target; without it both sides can shrink together and the latent collapses in scale
-    (measured in ``docs/results/latent-ae.md``).
+    ``direct``    indirect + ‖z_b − z'_b‖₁ (mean over latent elements). The paper's absolute term lets the
+    latent drift in scale (measured in ``docs/results/latent-ae.md``): with gradients through both sides
+    (``detach=False``) both shrink together and the latent collapses; with z_b a stop-gradient target
+    (``detach=True``) the encoder chases a target that moves with it and the latent scale runs away. The
+    default ``direct_scale="relative"`` divides the term by the mean |z| of z_b and z'_b (not detached), which
+    makes it invariant to the latent's scale, so neither happens.
 
 Examples
 --------
@@ -302,6 +305,8 @@ class AETask:
     reg : {"baseline", "indirect", "direct"}
     detach : bool
         Stop the gradient through ``z_b`` in the direct term.
+    direct_scale : {"relative", "absolute"}
+        ``"absolute"``: the paper's ‖z_b − z'_b‖₁; ``"relative"``: divided by the mean |z| of both sides.
     batch_size, crop : int
         Triplets per step and crop side (the paper: 128).
     triplets : {"general", "midpoint"}
@@ -319,7 +324,8 @@ class AETask:
         config: str | dict = "default",
         *,
         reg: str = "direct",
-        detach: bool = True,
+        detach: bool = False,
+        direct_scale: str = "relative",
         batch_size: int = 8,
         crop: int = 128,
         triplets: str = "general",
@@ -343,6 +349,9 @@ class AETask:
         self.data = data
         self.reg = reg
         self.detach = bool(detach)
+        if direct_scale not in ("relative", "absolute"):
+            raise ValueError(f"direct_scale={direct_scale!r}; use 'relative' or 'absolute'")
+        self.direct_scale = direct_scale
         self.batch_size = int(batch_size)
         self.crop = int(crop)
         self.triplet_kind = triplets
@@ -448,7 +457,10 @@ class AETask:
             zb = out["z_b"].float()
             if self.detach:
                 zb = zb.detach()
-            lin = (zb - out["z_interp"].float()).abs().mean()
+            zi = out["z_interp"].float()
+            lin = (zb - zi).abs().mean()
+            if self.direct_scale == "relative":
+                lin = lin / (0.5 * (zb.abs().mean() + zi.abs().mean())).clamp_min(1e-8)
             parts["lin"] = lin.detach()
             loss = loss + lin
         return loss, parts
@@ -477,7 +489,8 @@ class AETask:
             "task": "ae",
             "config": self.model_config,
             "config_name": self.config_name,
-            "regularization": {"reg": self.reg, "detach_zb": self.detach, "loss": "L1"},
+            "regularization": {"reg": self.reg, "detach_zb": self.detach, "direct_scale": self.direct_scale,
+                               "loss": "L1"},
             "data": {
                 "path": d.path,
                 "kind": d.kind,

@@ -1,0 +1,317 @@
+"""Paper-000 evaluation of linear latent autoencoders on held-out fields, against baselines on the same planes.
+
+For every test field, the kept planes (sharpest first, e.g. BBBC006's 9 even planes ``z16, z14, ..., z0``)
+share one normalization (robust percentiles over the whole field stack, :mod:`~napari_linblur.inference
+.normalize`); PSNRs are computed in those units with ``data_range = 1`` (the 0.1-99.9 % intensity span).
+
+Table 1 (latent geometry, paper eq. 5 and 6)
+    LDS and APD (:mod:`napari_linblur.metrics.latent`) of the latents of the N planes of a field (whole
+    planes), averaged over fields.
+Table 2 (image quality)
+    *Synthesis*: for every midpoint triplet ``(n-s, n, n+s)`` (the paper's ``2b = a + c``; spans ``s`` from one
+    to half the stack) with ``alpha`` from the plane positions,
+    ``interp = D(alpha z_a + (1 - alpha) z_c)`` vs the real plane ``b`` (``interp_vs_real``) and vs its
+    reconstruction ``D(z_b)`` (``interp_vs_recon``). Baseline: pixel blending ``alpha a + (1 - alpha) c``.
+    *Deblurring*: from ``(d, 2d)`` pairs ``(k, 2k)`` with the in-focus plane ``0`` as target (alpha = 0.5 for
+    evenly spaced planes), ``extrap = D(2 z_k - z_2k)`` vs the real in-focus plane (``extrap_vs_real``) and vs
+    its reconstruction (``extrap_vs_recon``). Baselines: the blurry input ``b`` itself, pixel extrapolation
+    ``2 b - c``, and Wiener deconvolution of ``b`` with its true PSF (recomputed from the recipe stored in a
+    synthetic dataset) at the balance that maximizes PSNR (``baselines.wiener.best_wiener``) -- an oracle.
+    Automatic alpha (:func:`~napari_linblur.inference.latent_ops.auto_alpha_normalized`) is scored too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_linblur.inference.latent_ops import (
+    alpha_from_positions,
+    auto_alpha_normalized,
+    combine_normalized,
+    encode_normalized,
+)
+from napari_linblur.inference.normalize import fit_normalization
+from napari_linblur.metrics.image import psnr
+from napari_linblur.metrics.latent import apd, lds
+
+
+def _true_psf(recipe: dict | None, channel_index: int, defocus_um: float) -> np.ndarray | None:
+    if not recipe:
+        return None
+    from napari_linblur.synth.recipes import Recipe
+    from napari_linblur.synth.zstack import psfs_for
+
+    r = Recipe.from_dict(recipe)
+    if r.randomize is not None:
+        return None
+    return np.asarray(psfs_for(r.setup(channel_index), [float(defocus_um)])[0])
+
+
+def _field_recipe(data_path: str, field_name: str) -> dict | None:
+    p = Path(data_path) / field_name / "zarr.json"
+    if not p.exists():
+        return None
+    attrs = json.loads(p.read_text()).get("attributes", {}).get("linblur", {})
+    return attrs.get("recipe")
+
+
+def _crop(x: np.ndarray, crop: int | None) -> np.ndarray:
+    if not crop:
+        return x
+    h, w = x.shape[-2:]
+    ch, cw = min(crop, h), min(crop, w)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return x[..., y0 : y0 + ch, x0 : x0 + cw]
+
+
+def midpoint_triplets(n: int) -> list[tuple[int, int]]:
+    """``(span, b)`` of every midpoint triplet ``(b - span, b, b + span)`` of ``n`` planes (the paper's 2b = a + c).
+
+    Examples
+    --------
+    >>> midpoint_triplets(4)
+    [(1, 1), (1, 2)]
+    """
+    return [(s, i) for s in range(1, (n - 1) // 2 + 1) for i in range(s, n - s)]
+
+
+def evaluate_field_baselines(planes: np.ndarray, defocus: np.ndarray, psf_of=None) -> dict[str, list[float]]:
+    """Baselines on one normalized field stack (sharpest first)."""
+    from napari_linblur.baselines.wiener import best_wiener
+
+    res: dict[str, list[float]] = {"blend_vs_real": [], "blurry_vs_real": [], "pixel_extrap_vs_real": [],
+                                   "wiener_vs_real": []}
+    n = len(planes)
+    res["blend_by_span"] = {}
+    for s, i in midpoint_triplets(n):
+        al = alpha_from_positions(defocus[i - s], defocus[i], defocus[i + s])
+        v = psnr(planes[i], al * planes[i - s] + (1 - al) * planes[i + s], data_range=1.0)
+        res["blend_vs_real"].append(v)
+        res["blend_by_span"].setdefault(s, []).append(v)
+    for k in range(1, (n - 1) // 2 + 1):
+        al = alpha_from_positions(defocus[0], defocus[k], defocus[2 * k])
+        res["blurry_vs_real"].append(psnr(planes[0], planes[k], data_range=1.0))
+        res["pixel_extrap_vs_real"].append(
+            psnr(planes[0], planes[k] / al - (1 - al) / al * planes[2 * k], data_range=1.0))
+        psf = psf_of(defocus[k]) if psf_of is not None else None
+        if psf is not None:
+            _, _, score = best_wiener(planes[k], psf, planes[0], data_range=1.0)
+            res["wiener_vs_real"].append(score)
+    return res
+
+
+def evaluate_field_model(model, planes: np.ndarray, defocus: np.ndarray, *, auto: bool = True) -> dict[str, Any]:
+    """Table 1 and Table 2 entries of one model on one normalized field stack (sharpest first)."""
+    n = len(planes)
+    z = np.stack([encode_normalized(model, p).ravel() for p in planes])
+    res: dict[str, Any] = {"lds": lds(z), "apd": apd(z)}
+    t0 = time.perf_counter()
+    recon = [combine_normalized(model, p, p, 1.0, 0.0) for p in planes]
+    t_rec = (time.perf_counter() - t0) / n
+    res["recon_vs_real"] = [psnr(planes[i], recon[i], data_range=1.0) for i in range(n)]
+    res["interp_vs_real"], res["interp_vs_recon"], res["interp_by_span"] = [], [], {}
+    t0 = time.perf_counter()
+    trips = midpoint_triplets(n)
+    for s, i in trips:
+        al = alpha_from_positions(defocus[i - s], defocus[i], defocus[i + s])
+        out = combine_normalized(model, planes[i - s], planes[i + s], al, 1 - al)
+        res["interp_vs_real"].append(psnr(planes[i], out, data_range=1.0))
+        res["interp_vs_recon"].append(psnr(recon[i], out, data_range=1.0))
+        res["interp_by_span"].setdefault(s, []).append(res["interp_vs_real"][-1])
+    res["seconds_per_synthesis"] = (time.perf_counter() - t0) / max(1, len(trips))
+    res["seconds_per_reconstruction"] = t_rec
+    res["extrap_vs_real"], res["extrap_vs_recon"], res["auto_alpha"], res["auto_vs_real"] = [], [], [], []
+    res["extrap_by_k"] = {}
+    for k in range(1, (n - 1) // 2 + 1):
+        al = alpha_from_positions(defocus[0], defocus[k], defocus[2 * k])
+        out = combine_normalized(model, planes[k], planes[2 * k], 1 / al, -(1 - al) / al)
+        res["extrap_vs_real"].append(psnr(planes[0], out, data_range=1.0))
+        res["extrap_vs_recon"].append(psnr(recon[0], out, data_range=1.0))
+        res["extrap_by_k"][k] = res["extrap_vs_real"][-1]
+        if auto:
+            a_hat = auto_alpha_normalized(model, planes[k], planes[2 * k])[0]
+            res["auto_alpha"].append((al, a_hat))
+            out = combine_normalized(model, planes[k], planes[2 * k], 1 / a_hat, -(1 - a_hat) / a_hat)
+            res["auto_vs_real"].append(psnr(planes[0], out, data_range=1.0))
+    return res
+
+
+def _mean(values) -> float:
+    v = [float(x) for x in values if np.isfinite(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def evaluate_ae(
+    data: str,
+    models: list[str],
+    *,
+    channel: str | int | None = "w1",
+    split: str = "test",
+    split_seed: int = 0,
+    max_fields: int | None = None,
+    crop: int | None = None,
+    device: str = "auto",
+    auto: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``models`` (shipped names or ``.safetensors`` paths) on the held-out fields of ``data``.
+
+    Parameters
+    ----------
+    data : str
+        A ``linblur synth`` dataset or a BBBC006 folder (see :func:`~napari_linblur.training.ae.load_fields`).
+    models : list of str
+        Model names or paths; labels in the tables are the run folder names (or the shipped names).
+    split : {"test", "val", "train", "all"}
+        Which fields of the 7:1:2 split (``split_seed``) to use; ``"all"`` for a separate test dataset.
+    max_fields : int, optional
+        Evaluate at most this many fields (the first of the split).
+    crop : int, optional
+        Central crop side (None = whole planes).
+
+    Returns
+    -------
+    dict
+        ``{"data": ..., "baselines": {...}, "models": {label: {...}}}`` with per-metric means.
+    """
+    from napari_linblur.models.registry import load_model
+    from napari_linblur.training.ae import count_fields, load_fields, split_fields
+
+    n_total = count_fields(data)
+    if split == "all":
+        idx = list(range(n_total))
+    elif split in ("train", "val", "test"):
+        idx = [int(i) for i in split_fields(n_total, split_seed)[split]]
+    else:
+        raise ValueError(f"split={split!r}; use 'test', 'val', 'train' or 'all'")
+    if max_fields:
+        idx = idx[: int(max_fields)]
+    ds = load_fields(data, channel, fields=idx)
+    from napari_linblur.training.ae import _channel_index
+
+    c_index = 0
+    if ds.recipe:
+        c_index = _channel_index(channel, [c["name"] for c in ds.recipe.get("channels", [])] or ["w1"])
+    loaded = []
+    for m in models:
+        net = load_model(m, device=device)
+        if net.task != "ae":
+            raise ValueError(f"--model {m}: a {net.task!r} model; evaluate ae needs an 'ae' model")
+        p = Path(m)
+        label = p.parent.name if p.suffix == ".safetensors" else str(m)
+        loaded.append((label, net))
+    per_model: dict[str, list[dict]] = {label: [] for label, _ in loaded}
+    base: list[dict] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ds.fields), desc="evaluate ae", unit="field")
+    for f in ds.fields:
+        stack = _crop(f.planes, crop)
+        norm = fit_normalization(*list(stack))
+        planes = np.stack([norm.apply(p) for p in stack])
+        recipe = _field_recipe(data, f.name) or ds.recipe
+        psf_of = (lambda d, r=recipe: _true_psf(r, c_index, d)) if recipe else None
+        base.append(evaluate_field_baselines(planes, f.defocus_um, psf_of))
+        for label, net in loaded:
+            per_model[label].append(evaluate_field_model(net, planes, f.defocus_um, auto=auto))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    baselines = {k: _mean(v for r in base for v in r[k]) for k in base[0] if k != "blend_by_span"} if base else {}
+    if base:
+        baselines["blend_by_span"] = {int(s): _mean(v for r in base for v in r["blend_by_span"].get(s, []))
+                                      for s in base[0]["blend_by_span"]}
+    out_models = {}
+    for label, net in loaded:
+        rows = per_model[label]
+        summary: dict[str, Any] = {
+            "lds": _mean(r["lds"] for r in rows),
+            "apd": _mean(r["apd"] for r in rows),
+        }
+        for key in ("recon_vs_real", "interp_vs_real", "interp_vs_recon", "extrap_vs_real", "extrap_vs_recon",
+                    "auto_vs_real"):
+            summary[key] = _mean(v for r in rows for v in r[key])
+        summary["interp_by_span"] = {int(s): _mean(v for r in rows for v in r["interp_by_span"].get(s, []))
+                                     for s in rows[0]["interp_by_span"]}
+        summary["extrap_by_k"] = {int(k): _mean(r["extrap_by_k"][k] for r in rows) for k in rows[0]["extrap_by_k"]}
+        pairs = [p for r in rows for p in r["auto_alpha"]]
+        if pairs:
+            summary["auto_alpha_mean"] = _mean(a for _, a in pairs)
+            summary["auto_alpha_mae"] = _mean(abs(a - t) for t, a in pairs)
+        summary["seconds_per_synthesis"] = _mean(r["seconds_per_synthesis"] for r in rows)
+        summary["card"] = {
+            "config_name": net.card.get("config_name"),
+            "regularization": net.card.get("regularization"),
+            "params": int(sum(p.numel() for p in net.parameters())),
+            "steps": net.card.get("training", {}).get("steps"),
+            "train_seconds": net.card.get("training", {}).get("seconds"),
+        }
+        out_models[label] = summary
+    return {
+        "data": {"path": str(data), "channel": channel, "split": split, "split_seed": split_seed,
+                 "fields": [f.name for f in ds.fields], "planes": [int(i) for i in ds.fields[0].plane_index],
+                 "crop": crop, "psnr_units": "field-stack normalization (0.1-99.9 percentiles), data_range=1"},
+        "baselines": baselines,
+        "models": out_models,
+    }
+
+
+def _f(v: Any, nd: int = 2) -> str:
+    if isinstance(v, float):
+        return "n/a" if not np.isfinite(v) else f"{v:.{nd}f}"
+    return str(v)
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    """Markdown tables (paper Table 1 and Table 2 plus baselines) of :func:`evaluate_ae`'s result."""
+    labels = list(res["models"])
+    m = res["models"]
+    b = res["baselines"]
+    lines = [f"Data: `{res['data']['path']}` channel {res['data']['channel']}, split {res['data']['split']} "
+             f"({len(res['data']['fields'])} fields), planes {res['data']['planes']}; PSNR in dB "
+             f"({res['data']['psnr_units']}).", ""]
+    lines += ["**Table 1 — latent linearity**", "", "| metric | " + " | ".join(labels) + " |",
+              "|---|" + "---|" * len(labels)]
+    lines.append("| LDS ↑ | " + " | ".join(_f(m[k]["lds"], 3) for k in labels) + " |")
+    lines.append("| APD ↓ | " + " | ".join(_f(m[k]["apd"], 4) for k in labels) + " |")
+    lines += ["", "**Table 2 — image quality (PSNR, dB)**", "",
+              "| experiment | metric | " + " | ".join(labels) + " | baseline |", "|---|---|" + "---|" * (len(labels) + 1)]
+    rows = [
+        ("reconstruction", "recon vs real", "recon_vs_real", ""),
+        ("blur synthesis", "interp vs real ↑", "interp_vs_real", f"pixel blend {_f(b.get('blend_vs_real'))}"),
+        ("blur synthesis", "interp vs recon ↑", "interp_vs_recon", ""),
+        ("deblurring (d, 2d)", "extrap vs real ↑", "extrap_vs_real",
+         f"blurry input {_f(b.get('blurry_vs_real'))}; Wiener true PSF {_f(b.get('wiener_vs_real'))}; "
+         f"pixel extrap {_f(b.get('pixel_extrap_vs_real'))}"),
+        ("deblurring (d, 2d)", "extrap vs recon ↑", "extrap_vs_recon", ""),
+        ("deblurring (d, 2d)", "auto-α vs real ↑", "auto_vs_real", ""),
+    ]
+    for exp, name, key, bl in rows:
+        lines.append(f"| {exp} | {name} | " + " | ".join(_f(m[k][key]) for k in labels) + f" | {bl} |")
+    lines.append("| auto α | mean (true 0.5) | " + " | ".join(_f(m[k].get("auto_alpha_mean", float("nan")), 3)
+                                                         for k in labels) + " | |")
+    lines.append("| speed | s per synthesized plane | " + " | ".join(_f(m[k]["seconds_per_synthesis"], 3)
+                                                                for k in labels) + " | |")
+    spans = sorted({int(k) for lab in labels for k in m[lab]["interp_by_span"]})
+    if spans:
+        lines += ["", "**Blur synthesis per triplet span (b − s, b, b + s), interp vs real (dB)**", "",
+                  "| span s | " + " | ".join(labels) + " | pixel blend |", "|---|" + "---|" * (len(labels) + 1)]
+        for sp in spans:
+            lines.append(f"| {sp} | " + " | ".join(_f(m[lab]["interp_by_span"].get(sp, float('nan'))) for lab in labels)
+                         + f" | {_f(b.get('blend_by_span', {}).get(sp, float('nan')))} |")
+    ks = sorted({int(k) for lab in labels for k in m[lab]["extrap_by_k"]})
+    if ks:
+        lines += ["", "**Deblurring per pair (z_k, z_2k) → z_0, extrap vs real (dB)**", "",
+                  "| k | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for k in ks:
+            lines.append(f"| {k} | " + " | ".join(_f(m[lab]["extrap_by_k"].get(k, float('nan'))) for lab in labels)
+                         + " |")
+    return "\n".join(lines) + "\n"
