@@ -17,8 +17,12 @@ Two configurations (:data:`PRESETS`):
     back to full resolution). About 65 M parameters — a GPU model.
 ``default``
     Ours, chosen by measurement for a 2-core CPU and a weight file ≤ 15 MB: no stem downsampling (the first
-    branch works at full resolution, where defocus lives), 4 branches of widths 16/32/64/128, HR modules
-    (1, 1, 1), two basic blocks per branch.
+    branch works at full resolution, where defocus lives), 4 branches of widths 12/24/48/96, HR modules
+    (1, 1, 1), two basic blocks per branch, **no normalization layers** (0.78 M parameters, 3.1 MB).
+    Measured on this CPU (1 thread, batch 8 of 96x96): width 16 took 2.2 s per training step, width 12
+    1.0 s. With BatchNorm, a 150-step prototype had a validation MAE of 3.6 px in eval mode vs 2.1 px in
+    train mode (running statistics do not match per-crop normalized inputs); without normalization the same
+    prototype reached 2.1 px after 25 steps, so the default drops it.
 
 Any input whose sides are multiples of :attr:`HDMENet.multiple` runs; the public operations pad and crop
 through :func:`napari_linblur.inference.tiling.tiled_apply`, so users never need to care.
@@ -53,17 +57,19 @@ PRESETS: dict[str, dict] = {
         "stem_bottlenecks": 4,
         "head_channels": 64,
         "max_sigma": None,
+        "norm": "batch",
     },
     "default": {
-        "width": 16,
+        "width": 12,
         "n_branches": 4,
         "modules": [1, 1, 1],
         "blocks": 2,
         "stem_stride": 1,
-        "stem_channels": 16,
+        "stem_channels": 12,
         "stem_bottlenecks": 0,
-        "head_channels": 32,
+        "head_channels": 24,
         "max_sigma": None,
+        "norm": "none",
     },
 }
 
@@ -74,26 +80,39 @@ def preset_config(name: str) -> dict:
     Examples
     --------
     >>> preset_config("default")["width"]
-    16
+    12
     """
     if name not in PRESETS:
         raise ValueError(f"config={name!r} is not a known HDMENet configuration; use one of {sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
 
 
-def _bn(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c)
+NORMS = ("batch", "group", "none")
+
+
+def _bn(c: int, norm: str = "batch") -> nn.Module:
+    """Normalization layer after a convolution: BatchNorm (HRNet), GroupNorm, or none."""
+    if norm == "batch":
+        return nn.BatchNorm2d(c)
+    if norm == "group":
+        return nn.GroupNorm(min(8, c), c)
+    return nn.Identity()
 
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (ResNet basic block)."""
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, norm: str = "batch"):
         super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = _bn(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = _bn(c)
+        bias = norm == "none"
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=bias)
+        self.bn1 = _bn(c, norm)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=bias)
+        self.bn2 = _bn(c, norm)
+        if norm == "none":  # start close to identity: residual branches small
+            nn.init.zeros_(self.conv2.bias)
+            with torch.no_grad():
+                self.conv2.weight.mul_(0.1)
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -103,16 +122,18 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 -> 1x1 residual bottleneck (HRNet stage 1), ``c_in`` -> ``4 * c_mid`` channels."""
 
-    def __init__(self, c_in: int, c_mid: int):
+    def __init__(self, c_in: int, c_mid: int, norm: str = "batch"):
         super().__init__()
         c_out = 4 * c_mid
-        self.conv1 = nn.Conv2d(c_in, c_mid, 1, bias=False)
-        self.bn1 = _bn(c_mid)
-        self.conv2 = nn.Conv2d(c_mid, c_mid, 3, padding=1, bias=False)
-        self.bn2 = _bn(c_mid)
-        self.conv3 = nn.Conv2d(c_mid, c_out, 1, bias=False)
-        self.bn3 = _bn(c_out)
-        self.skip = None if c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), _bn(c_out))
+        bias = norm == "none"
+        self.conv1 = nn.Conv2d(c_in, c_mid, 1, bias=bias)
+        self.bn1 = _bn(c_mid, norm)
+        self.conv2 = nn.Conv2d(c_mid, c_mid, 3, padding=1, bias=bias)
+        self.bn2 = _bn(c_mid, norm)
+        self.conv3 = nn.Conv2d(c_mid, c_out, 1, bias=bias)
+        self.bn3 = _bn(c_out, norm)
+        self.skip = (None if c_in == c_out
+                     else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=bias), _bn(c_out, norm)))
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -121,13 +142,13 @@ class Bottleneck(nn.Module):
         return F.relu(y + (x if self.skip is None else self.skip(x)))
 
 
-def _down(c_in: int, c_out: int, times: int) -> nn.Sequential:
+def _down(c_in: int, c_out: int, times: int, norm: str = "batch") -> nn.Sequential:
     """``times`` stride-2 3x3 convolutions (ReLU between, not after the last)."""
     layers: list[nn.Module] = []
     for k in range(times):
         last = k == times - 1
         c = c_out if last else c_in
-        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), _bn(c)]
+        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=norm == "none"), _bn(c, norm)]
         if not last:
             layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -136,10 +157,10 @@ def _down(c_in: int, c_out: int, times: int) -> nn.Sequential:
 class HRModule(nn.Module):
     """Parallel residual branches followed by an all-to-all multi-resolution fusion."""
 
-    def __init__(self, channels: list[int], blocks: int):
+    def __init__(self, channels: list[int], blocks: int, norm: str = "batch"):
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.Sequential(*[BasicBlock(c) for _ in range(blocks)]) for c in channels
+            nn.Sequential(*[BasicBlock(c, norm) for _ in range(blocks)]) for c in channels
         )
         n = len(channels)
         self.fuse = nn.ModuleList()
@@ -149,9 +170,10 @@ class HRModule(nn.Module):
                 if i == j:
                     row.append(nn.Identity())
                 elif i > j:  # lower resolution -> up
-                    row.append(nn.Sequential(nn.Conv2d(channels[i], channels[j], 1, bias=False), _bn(channels[j])))
+                    row.append(nn.Sequential(nn.Conv2d(channels[i], channels[j], 1, bias=norm == "none"),
+                                             _bn(channels[j], norm)))
                 else:  # higher resolution -> down
-                    row.append(_down(channels[i], channels[j], j - i))
+                    row.append(_down(channels[i], channels[j], j - i, norm))
             self.fuse.append(row)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -221,8 +243,11 @@ class HDMENet(nn.Module):
         stem_bottlenecks: int = 0,
         head_channels: int = 32,
         max_sigma: float | None = None,
+        norm: str = "batch",
     ):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         modules = [int(m) for m in modules]
         if n_branches < 1:
             raise ValueError(f"n_branches must be >= 1, got {n_branches}")
@@ -234,8 +259,9 @@ class HDMENet(nn.Module):
             "width": int(width), "n_branches": int(n_branches), "modules": modules, "blocks": int(blocks),
             "stem_stride": int(stem_stride), "stem_channels": int(stem_channels),
             "stem_bottlenecks": int(stem_bottlenecks), "head_channels": int(head_channels),
-            "max_sigma": None if max_sigma is None else float(max_sigma),
+            "max_sigma": None if max_sigma is None else float(max_sigma), "norm": norm,
         }
+        bias = norm == "none"
         self.multiple = int(stem_stride) * 2 ** (n_branches - 1)
         self.max_sigma = max_sigma
 
@@ -244,39 +270,41 @@ class HDMENet(nn.Module):
         c = 1
         n_down = {1: 0, 2: 1, 4: 2}[stem_stride]
         if n_down == 0:
-            stem += [nn.Conv2d(1, stem_channels, 3, padding=1, bias=False), _bn(stem_channels), nn.ReLU(inplace=True)]
+            stem += [nn.Conv2d(1, stem_channels, 3, padding=1, bias=bias), _bn(stem_channels, norm),
+                     nn.ReLU(inplace=True)]
         for _ in range(n_down):
-            stem += [nn.Conv2d(c, stem_channels, 3, stride=2, padding=1, bias=False), _bn(stem_channels),
+            stem += [nn.Conv2d(c, stem_channels, 3, stride=2, padding=1, bias=bias), _bn(stem_channels, norm),
                      nn.ReLU(inplace=True)]
             c = stem_channels
         c = stem_channels
         for _ in range(stem_bottlenecks):
-            stem.append(Bottleneck(c, stem_channels))
+            stem.append(Bottleneck(c, stem_channels, norm))
             c = 4 * stem_channels
         self.stem = nn.Sequential(*stem)
 
         # stage 1 input: the full-resolution branch
-        self.to_branch0 = nn.Sequential(nn.Conv2d(c, width, 3, padding=1, bias=False), _bn(width), nn.ReLU(inplace=True))
+        self.to_branch0 = nn.Sequential(nn.Conv2d(c, width, 3, padding=1, bias=bias), _bn(width, norm),
+                                        nn.ReLU(inplace=True))
         channels = [width]
         self.transitions = nn.ModuleList()
         self.stages = nn.ModuleList()
         for s in range(1, n_branches):
             c_new = width * 2**s
             self.transitions.append(
-                nn.Sequential(nn.Conv2d(channels[-1], c_new, 3, stride=2, padding=1, bias=False), _bn(c_new),
+                nn.Sequential(nn.Conv2d(channels[-1], c_new, 3, stride=2, padding=1, bias=bias), _bn(c_new, norm),
                               nn.ReLU(inplace=True))
             )
             channels = channels + [c_new]
-            self.stages.append(nn.Sequential(*[HRModule(channels, blocks) for _ in range(modules[s - 1])]))
+            self.stages.append(nn.Sequential(*[HRModule(channels, blocks, norm) for _ in range(modules[s - 1])]))
         self.channels = channels
 
         # head: concat all branches at the highest resolution, then upsample to the input resolution
         total = sum(channels)
-        head: list[nn.Module] = [nn.Conv2d(total, head_channels, 1, bias=False), _bn(head_channels),
+        head: list[nn.Module] = [nn.Conv2d(total, head_channels, 1, bias=bias), _bn(head_channels, norm),
                                  nn.ReLU(inplace=True)]
         for _ in range(n_down):  # HigherHRNet-like transposed-convolution decoder
-            head += [nn.ConvTranspose2d(head_channels, head_channels, 4, stride=2, padding=1, bias=False),
-                     _bn(head_channels), nn.ReLU(inplace=True), BasicBlock(head_channels)]
+            head += [nn.ConvTranspose2d(head_channels, head_channels, 4, stride=2, padding=1, bias=bias),
+                     _bn(head_channels, norm), nn.ReLU(inplace=True), BasicBlock(head_channels, norm)]
         head += [nn.Conv2d(head_channels, head_channels, 3, padding=1), nn.ReLU(inplace=True),
                  nn.Conv2d(head_channels, 1, 1)]
         self.head = nn.Sequential(*head)

@@ -1,0 +1,136 @@
+"""Training task + CLI: linblur train defocus / defocus-map / focus / evaluate defocus (tiny configs)."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_linblur.cli.main import main
+from napari_linblur.models import registry
+from napari_linblur.models.hrnet import HDMENet
+from napari_linblur.training.defocus import (
+    DefocusDataConfig,
+    DefocusTask,
+    make_sample,
+    render_sample,
+)
+
+TINY = dict(width=4, n_branches=3, modules=[1, 1], blocks=1, stem_channels=4, head_channels=8, norm="none")
+
+
+def _data(**kw):
+    base = dict(content="mixed", pool_size=3, crop=16, render_size=32, batch_size=2, val_samples=2)
+    base.update(kw)
+    return DefocusDataConfig(**base)
+
+
+def test_batches_deterministic_in_seed_and_step():
+    a = DefocusTask(TINY, _data(), seed=5)
+    b = DefocusTask(TINY, _data(), seed=5)
+    xa, sa = a.batch(3)
+    xb, sb = b.batch(3)
+    assert torch.equal(xa, xb) and torch.equal(sa, sb)
+    xc, _ = a.batch(4)
+    assert not torch.equal(xa, xc)
+    assert float(sa.min()) >= 0 and float(sa.max()) <= 10
+    # on-the-fly rendering (no pool) is deterministic too
+    c1, c2 = DefocusTask(TINY, _data(pool_size=0), seed=1), DefocusTask(TINY, _data(pool_size=0), seed=1)
+    assert torch.equal(c1.batch(0)[0], c2.batch(0)[0])
+
+
+@pytest.mark.parametrize("content", ["shuffle", "phantom"])
+def test_samples_are_rendered_with_the_true_varying_psf(content):
+    cfg = _data(content=content)
+    blurred, sig, kind = render_sample([0, 1], cfg)
+    assert kind == content and blurred.shape == sig.shape == (32, 32)
+    assert 0 <= sig.min() and sig.max() <= 10
+    x, s = make_sample(blurred, sig, np.random.default_rng(0), cfg)
+    assert x.shape == s.shape == (16, 16) and x.dtype == np.float32
+    # normalized like inference: robust percentiles map to ~[0, 1]
+    assert -0.5 < np.percentile(x, 50) < 1.5
+
+
+def test_task_loss_validate_card():
+    t = DefocusTask(TINY, _data(), seed=0, config_name="tiny")
+    net = t.build_model()
+    loss, parts = t.loss(net, t.batch(0))
+    assert loss.ndim == 0 and "mae_px" in parts
+    v = t.validate(net.eval())
+    assert {"val_loss", "val_mae_px", "val_rmse_px"} <= set(v)
+    card = t.card()
+    assert card["architecture"] == "HDMENet" and card["task"] == "defocus"
+    assert card["data"]["recipe"]["content"] == "mixed" and card["data"]["seed"] == 0
+    HDMENet(**card["config"])
+
+
+def test_train_cli_and_resume(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "defocus", "--content", "shuffle", "--out", str(out), "--steps", "3", "--width", "4",
+            "--crop", "16", "--render-size", "32", "--batch-size", "2", "--pool-size", "2", "--device", "cpu",
+            "--no-progress", "--val-every", "3", "--ckpt-every", "3", "--threads", "1"]
+    assert main(args) == 0
+    m = registry.load_model(out / "model.safetensors", device="cpu")
+    assert m.task == "defocus" and m.card["data"]["recipe"]["content"] == "shuffle"
+    assert m.card["training"]["steps"] == 3
+    args[args.index("--steps") + 1] = "5"
+    assert main(args + ["--resume"]) == 0
+    assert registry.load_model(out / "model.safetensors", device="cpu").card["training"]["steps"] == 5
+    assert main(["train", "defocus", "--out", str(tmp_path / "bad"), "--crop", "20", "--steps", "1"]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = HDMENet(**TINY)
+    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
+    registry.save_model(net, path, {"architecture": "HDMENet", "task": "defocus", "config": net.config})
+    return path
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_defocus_map_and_focus_cli(tmp_path, tiny_model, scheduler, capsys):
+    from napari_linblur.io.readers import open_zstack
+
+    rng = np.random.default_rng(0)
+    stack = rng.poisson(200, (3, 40, 48)).astype(np.uint16)
+    tif = tmp_path / "stack.tif"
+    tifffile.imwrite(tif, stack)
+    out = tmp_path / "sigma.zarr"
+    assert main(["defocus-map", str(tif), str(out), "--model", str(tiny_model), "--device", "cpu",
+                 "--workers", "1", "--tile", "32"]) == 0
+    res = open_zstack(out)
+    assert res.shape == open_zstack(tif).shape and res.size == stack.size and res.dtype == np.float32
+    assert np.isfinite(res.compute()).all()
+    js, cs = tmp_path / "f.json", tmp_path / "f.csv"
+    stack2 = np.stack([rng.poisson(200, (40, 48)), rng.poisson(2000, (40, 48)), rng.poisson(200, (40, 48))])
+    tifffile.imwrite(tif, stack2.astype(np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    assert main(["focus", str(tif), "--method", "brenner", "--scheduler", scheduler, "--json", str(js),
+                 "--csv", str(cs)]) == 0
+    data = json.loads(js.read_text())
+    (only,) = data["stacks"].values()
+    assert only["best_plane"] == 1 and len(only["scores"]) == 3
+    assert cs.read_text().count("\n") == 4
+    assert main(["focus", str(tif), "--model", str(tiny_model), "--device", "cpu", "--scheduler", scheduler]) == 0
+    assert "best plane" in capsys.readouterr().out
+
+
+def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
+    out = tmp_path / "ev"
+    assert main(["evaluate", "defocus", "--model", f"tiny={tiny_model}", "--n-images", "1", "--size", "48",
+                 "--no-through-focus", "--no-bbbc006", "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads((out / "defocus_eval.json").read_text())
+    table = res["spatially_varying"]["microscopy"]
+    assert set(table) == {"tiny", "focus-measure (calibrated LoG var.)", "Zhuo & Sim 2011"}
+    for r in table.values():
+        assert 0 <= r["all"]["mae_px"] < 10 and 0 <= r["all"]["delta3"] <= 1
+    text = capsys.readouterr().out
+    assert "AbsRel" in text and "δ<1.25" in text and (out / "defocus_eval.md").exists()
