@@ -347,3 +347,77 @@ def test_reader_opens_a_2gb_stack_lazily(viewer, tmp_path):
     assert layers[0].data.shape == (64, 4096, 4096)
     print(f"RSS growth opening a 2 GiB stack: {(after - before) / 2**20:.0f} MiB")
     assert after - before < 400 * 1024**2, f"RSS grew by {(after - before) / 2**20:.0f} MiB"
+
+
+def test_deblur_guided_and_auto_alpha(viewer, qtbot, tiny_models, synth):
+    import dask.array as da
+
+    stack = da.from_array(synth[0], chunks=(1, 48, 64))  # a lazy uint16 layer
+    layer = viewer.add_image(stack, name="dk", scale=(4.0, 0.65, 0.65))
+    w = add(viewer, "Deblur")
+    w.set_mode("guided")
+    w.net_model.set_model(tiny_models["deblur"])
+    w.defocus_model.set_model(tiny_models["defocus"])
+    viewer.dims.set_current_step(0, 3)
+    settle(qtbot, w)
+    prev = viewer.layers["deblurred[dk z3, guided] (preview)"]
+    expect = nl.deblur(np.asarray(stack[3]), method="guided", model=tiny_models["deblur"],
+                       defocus_model=tiny_models["defocus"], tile=TILE)
+    np.testing.assert_allclose(prev.data, expect, rtol=1e-4, atol=1e-3)
+    # pair with automatic alpha
+    w.set_mode("pair")
+    w.ae_model.set_model(tiny_models["ae"])
+    w.b_layer.set_layer(layer)
+    w.c_layer.set_layer(layer)
+    w.b_plane.setValue(6)
+    w.c_plane.setValue(2)
+    w.auto_alpha.setChecked(True)
+    settle(qtbot, w)
+    assert not w.alpha.isEnabled()
+    prev = viewer.layers["deblurred[dk z6←z2, α=auto] (preview)"]
+    expect = nl.deblur_pair(np.asarray(stack[6]), np.asarray(stack[2]), None, model=tiny_models["ae"], tile=TILE)
+    np.testing.assert_allclose(prev.data, expect, rtol=1e-4, atol=1e-3)
+
+
+def test_samples_open_and_layers_save_through_the_plugin(viewer, tmp_path):
+    from napari_linblur.io.readers import open_zstack_with_metadata
+
+    layers = viewer.open_sample(PLUGIN, "synthetic_stack")
+    assert [ly.name for ly in layers] == ["synthetic [w1]", "synthetic [w2]"]
+    assert layers[0].data.shape == (9, 256, 256) and tuple(layers[0].scale) == (4.0, 0.65, 0.65)
+    viewer.layers.selection = {layers[0]}
+    out = viewer.layers.save(str(tmp_path / "w1.ome.zarr"), selected=True, plugin=PLUGIN)
+    assert out == [str(tmp_path / "w1.ome.zarr")]
+    arr, meta = open_zstack_with_metadata(out[0])
+    np.testing.assert_array_equal(np.asarray(arr), layers[0].data)
+    assert meta.scale == (4.0, 0.65, 0.65)
+    try:
+        real = viewer.open_sample(PLUGIN, "bbbc006")
+    except Exception as err:  # the image is optional; its absence must be a clear error
+        assert "BBBC006 sample image not found" in str(err)
+    else:
+        assert real[0].data.shape == (1, 520, 696) and real[0].name.startswith("BBBC006 k06 s2 w1")
+
+
+def test_train_widget_from_an_image_layer(viewer, qtbot, tmp_path, synth):
+    viewer.add_image(synth[0], name="stack")
+    w = add(viewer, "Train")
+    w.set_choice(w.kind, "deblur")
+    w.set_choice(w.preset, "tiny")
+    w.set_choice(w.source, "layer")
+    w.layer.set_layer(viewer.layers["stack"])
+    w.steps.setValue(4)
+    w.batch.setValue(2)
+    w.patch.setValue(32)
+    w.out.setText(str(tmp_path / "run"))
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
+    assert w.model_path, w.panel.status.text()
+    from napari_linblur.models.registry import read_card
+
+    card = read_card(w.model_path)
+    assert card["task"] == "deblur" and card["training"]["steps"] == 4
+    assert (tmp_path / "run" / "data.ome.zarr").exists()
+    # the autoencoder cannot learn from built-in synthetic data: the choice is not offered
+    w.set_choice(w.kind, "ae")
+    assert w.source.findData("synthetic") < 0

@@ -67,12 +67,14 @@ class DeblurWidget(c.LinblurWidget):
             self.method.addItem(m, m)
         self.ae_model = c.ModelPicker("ae")
         self.net_model = c.ModelPicker("deblur")
+        self.defocus_model = c.ModelPicker("defocus")
+        self.defocus_model.setToolTip("defocus-map model used by the guided and re-blur methods")
         self.preview_on = QCheckBox("live preview on the current plane")
         self.preview_on.setChecked(True)
         box, self._opt_form = c.group(
             "Options",
             [("α", self.alpha), ("", self.auto_alpha), ("method", self.method), ("autoencoder", self.ae_model),
-             ("network", self.net_model), ("", self.preview_on)],
+             ("network", self.net_model), ("defocus model", self.defocus_model), ("", self.preview_on)],
         )
         self.layout().addWidget(box)
 
@@ -98,7 +100,7 @@ class DeblurWidget(c.LinblurWidget):
             w.changed.connect(self.preview.request)
         for w in (self.b_layer, self.c_layer):
             w.currentIndexChanged.connect(self.preview.request)
-        for w in (self.ae_model, self.net_model):
+        for w in (self.ae_model, self.net_model, self.defocus_model):
             w.combo.currentIndexChanged.connect(self.preview.request)
         self.preview_on.toggled.connect(self._toggle_preview)
         self._update_visibility()
@@ -125,6 +127,7 @@ class DeblurWidget(c.LinblurWidget):
         self._set_row_visible(self._opt_form, self.ae_model, uses_ae)
         self._set_row_visible(self._opt_form, self.method, mode == SINGLE)
         self._set_row_visible(self._opt_form, self.net_model, not uses_ae)
+        self._set_row_visible(self._opt_form, self.defocus_model, mode == GUIDED or (mode == SINGLE and uses_ae))
         self._in_form.labelForField(self.b_layer).setText("image b (less blurred)" if pair else "image")
 
     def _toggle_preview(self, on: bool) -> None:
@@ -158,6 +161,7 @@ class DeblurWidget(c.LinblurWidget):
         else:
             picker = self.ae_model if method in AE_METHODS else self.net_model
             kw = op_kwargs(picker.model())
+            kw["defocus_model"] = self.defocus_model.model()
 
             def op(b, should_stop=None) -> Any:
                 return _ops.call_op(nl.deblur, b, method=method, should_stop=should_stop, **kw)
