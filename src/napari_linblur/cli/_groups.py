@@ -9,9 +9,8 @@ import argparse
 import importlib
 
 
-def register_group(subparsers, name: str, help_text: str, members: list[str]) -> None:
-    parser = subparsers.add_parser(name, help=help_text, description=help_text)
-    sub = parser.add_subparsers(dest=f"{name}_what", metavar="MODEL")
+def register_members(subparsers, members: list[str]) -> None:
+    """Import each member module and call its ``register(subparsers)``; skip members not built."""
     for module_name in members:
         try:
             module = importlib.import_module(module_name)
@@ -19,7 +18,12 @@ def register_group(subparsers, name: str, help_text: str, members: list[str]) ->
             if err.name == module_name:
                 continue
             raise
-        module.register(sub)
+        module.register(subparsers)
+
+
+def register_group(subparsers, name: str, help_text: str, members: list[str]) -> None:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    register_members(parser.add_subparsers(dest=f"{name}_what", metavar="MODEL"), members)
     parser.set_defaults(func=lambda args: _need_member(parser, args))
 
 

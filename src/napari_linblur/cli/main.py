@@ -8,7 +8,6 @@ only to build the parser, so heavy imports (torch, napari) must stay inside the 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 # sub-command modules, in the order they appear in ``linblur --help``
@@ -30,15 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     from napari_linblur import __version__
 
     parser.add_argument("--version", action="version", version=f"napari-linblur {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:  # a concern not built yet
-            if err.name == name:
-                continue
-            raise
-        module.register(sub)
+    from ._groups import register_members
+
+    register_members(parser.add_subparsers(dest="command", metavar="COMMAND"), SUBCOMMANDS)
     return parser
 
 
