@@ -1,0 +1,41 @@
+"""``linblur bench`` — run the benchmark suite (``benchmarks/``) of a source checkout, as ``make bench`` does."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+
+def _find_runner() -> Path | None:
+    candidates = [Path.cwd() / "benchmarks" / "run.py", Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"]
+    return next((p for p in candidates if p.exists()), None)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="run the benchmarks (speed/memory as ratios against baselines measured in the same run)",
+        description=__doc__,
+    )
+    p.add_argument("--out", default="bench_out", help="report folder (default bench_out)")
+    p.add_argument("--only", default=None, help="run only benchmark files whose name contains this")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    runner = _find_runner()
+    if runner is None:
+        raise FileNotFoundError(
+            "benchmarks/run.py not found: run `linblur bench` from a source checkout of napari-linblur"
+        )
+    argv = ["run.py", "--out", args.out] + (["--only", args.only] if args.only else [])
+    old = sys.argv
+    sys.argv = argv
+    try:
+        runpy.run_path(str(runner), run_name="__main__")
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        sys.argv = old
+    return 0
