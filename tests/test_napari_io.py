@@ -123,3 +123,26 @@ def test_settings_defaults(isolated_plugin_settings):
     assert (s.device, s.tile_size) == ("auto", 256) and s.model_for("defocus") is None
     assert set_setting("inference", "tile_size", 128)
     assert get_settings().tile_size == 128
+
+
+def test_reader_bbbc006_folder_channels_become_layers(tmp_path):
+    import shutil
+
+    try:
+        src = _sample_data.find_bbbc006_image()
+    except FileNotFoundError:
+        pytest.skip("BBBC006 sample image not present")
+    uuid = "2667264a-6432-4f7e-bf58-625a1319a1c9"
+    for z in (0, 1):
+        for ch in (1, 2):
+            shutil.copy(src, tmp_path / f"{z:02d}_mcf-z-stacks-03212011_k06_s2_w{ch}{uuid}.tif")
+    reader = _reader.napari_get_reader(str(tmp_path))
+    assert reader is not None
+    layers = reader(str(tmp_path))
+    names = [kw["name"] for _, kw, _ in layers]
+    assert len(layers) == 2 and names[0].endswith("[w1]") and names[1].endswith("[w2]")
+    arr, kw, _ = layers[0]
+    assert arr.shape == (1, 2, 520, 696)  # positions, Z, Y, X; lazy
+    assert type(arr).__module__.startswith("dask")
+    assert kw["scale"] == [1.0, 2.0, 0.65, 0.65]
+    assert kw["metadata"]["linblur_axes"] == "pzyx"

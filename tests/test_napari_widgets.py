@@ -421,3 +421,19 @@ def test_train_widget_from_an_image_layer(viewer, qtbot, tmp_path, synth):
     # the autoencoder cannot learn from built-in synthetic data: the choice is not offered
     w.set_choice(w.kind, "ae")
     assert w.source.findData("synthetic") < 0
+
+
+def test_single_plane_run_reports_per_tile_progress(viewer, qtbot, tiny_models):
+    img = np.random.default_rng(2).random((300, 300)).astype(np.float32)
+    viewer.add_image(img, name="flat", scale=(0.5, 0.5))
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    w.model.set_model(tiny_models["defocus"])
+    seen = []
+    expect = nl.estimate_defocus(img, model=tiny_models["defocus"], tile=TILE, progress=lambda d, t: seen.append((d, t)))
+    w.run_btn.click()
+    wait_run(qtbot, w)
+    out = viewer.layers["defocus σ[flat]"]
+    np.testing.assert_allclose(out.data, expect, rtol=1e-5, atol=1e-5)
+    assert tuple(out.scale) == (0.5, 0.5)
+    assert seen and w.panel.last_progress == seen[-1]  # the tiles of the one plane

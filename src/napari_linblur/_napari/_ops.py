@@ -108,6 +108,13 @@ def plane_of(layer, lead: Sequence[int], z: int | None = None) -> np.ndarray:
     return np.asarray(arr)
 
 
+def plane_of_array(arr) -> np.ndarray:
+    """A numpy copy of a 2-D numpy or dask array."""
+    if hasattr(arr, "compute"):
+        arr = arr.compute()
+    return np.asarray(arr)
+
+
 def current_plane(viewer, layer, z: int | None = None) -> np.ndarray:
     """The plane of ``layer`` the viewer shows (with Z = ``z`` when given)."""
     return plane_of(layer, current_indices(viewer, layer), z)

@@ -90,6 +90,9 @@ def run_whole_stack(
         return panel.start(job, desc=f"building {name}", on_result=done)
 
     def job(report, should_stop):
+        if ndim == 2:  # one plane: the operation's own per-tile progress (when it reports any)
+            planes = [_ops.plane_of_array(a) for a in arrays]
+            return as_plane(op(*planes, should_stop=should_stop, progress=report))
         return _ops.compute_planes(lambda *p: op(*p, should_stop=should_stop), arrays, report=report,
                                    should_stop=should_stop)
 

@@ -127,8 +127,8 @@ class BlurSynthesisWidget(c.LinblurWidget):
         alpha, kw = self.alpha.value(), op_kwargs(self.model.model())
         name = self._name(la, lc, za, zc, alpha, not pair.dropped_z)
 
-        def op(a, b, should_stop=None) -> Any:
-            return _ops.call_op(nl.synthesize_blur, a, b, alpha, should_stop=should_stop, **kw)
+        def op(a, b, should_stop=None, progress=None) -> Any:
+            return _ops.call_op(nl.synthesize_blur, a, b, alpha, should_stop=should_stop, progress=progress, **kw)
 
         return run_whole_stack(
             self, self.panel, self.output, op=op, arrays=[pair.first, pair.second], like=la,

@@ -156,15 +156,15 @@ class DeblurWidget(c.LinblurWidget):
         if mode == PAIR:
             kw = op_kwargs(self.ae_model.model())
 
-            def op(b, cc, should_stop=None) -> Any:
-                return _ops.call_op(nl.deblur_pair, b, cc, alpha, should_stop=should_stop, **kw)
+            def op(b, cc, should_stop=None, progress=None) -> Any:
+                return _ops.call_op(nl.deblur_pair, b, cc, alpha, should_stop=should_stop, progress=progress, **kw)
         else:
             picker = self.ae_model if method in AE_METHODS else self.net_model
             kw = op_kwargs(picker.model())
             kw["defocus_model"] = self.defocus_model.model()
 
-            def op(b, should_stop=None) -> Any:
-                return _ops.call_op(nl.deblur, b, method=method, should_stop=should_stop, **kw)
+            def op(b, should_stop=None, progress=None) -> Any:
+                return _ops.call_op(nl.deblur, b, method=method, should_stop=should_stop, progress=progress, **kw)
 
         return op
 

@@ -202,8 +202,8 @@ class DefocusWidget(c.LinblurWidget):
             return False
         kw = op_kwargs(self.model.model())
 
-        def op(img, should_stop=None):
-            return _ops.call_op(nl.estimate_defocus, img, should_stop=should_stop, **kw)
+        def op(img, should_stop=None, progress=None):
+            return _ops.call_op(nl.estimate_defocus, img, should_stop=should_stop, progress=progress, **kw)
 
         started = run_whole_stack(
             self, self.panel, self.output, op=op, arrays=[_ops.layer_array(layer)], like=layer,
