@@ -418,9 +418,20 @@ def test_train_widget_from_an_image_layer(viewer, qtbot, tmp_path, synth):
     card = read_card(w.model_path)
     assert card["task"] == "deblur" and card["training"]["steps"] == 4
     assert (tmp_path / "run" / "data.ome.zarr").exists()
-    # the autoencoder cannot learn from built-in synthetic data: the choice is not offered
+    # the autoencoder learns from fields x planes (here 3 seeded fields) and cannot use built-in data
+    fields = np.stack([synthetic_stack_data((48, 64), seed=s)[0][0] for s in (11, 12, 13)])
+    viewer.add_image(fields, name="fields")
     w.set_choice(w.kind, "ae")
     assert w.source.findData("synthetic") < 0
+    w.set_choice(w.preset, "default")
+    w.set_choice(w.source, "layer")
+    w.layer.set_layer(viewer.layers["fields"])
+    w.steps.setValue(2)
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
+    card = read_card(w.model_path)
+    assert card["task"] == "ae" and card["training"]["steps"] == 2, w.panel.status.text()
+    assert w.model_path.startswith(str(tmp_path / "run-2"))  # a new run folder, the first run is kept
 
 
 def test_single_plane_run_reports_per_tile_progress(viewer, qtbot, tiny_models):
