@@ -49,7 +49,7 @@ def last_error() -> str:
     return notification_manager.records[-1].message if notification_manager.records else ""
 
 
-def test_every_widget_opens_through_the_manifest(viewer):
+def test_every_widget_opens_through_the_manifest(viewer, qtbot):
     from napari_linblur._napari._qt.blur_widget import BlurSynthesisWidget
     from napari_linblur._napari._qt.deblur_widget import DeblurWidget
     from napari_linblur._napari._qt.defocus_widget import DefocusWidget
@@ -68,6 +68,16 @@ def test_every_widget_opens_through_the_manifest(viewer):
     assert [blur.a_layer.itemText(i) for i in range(blur.a_layer.count())] == ["img", "second"]
     viewer.layers.remove("img")
     assert [blur.a_layer.itemText(i) for i in range(blur.a_layer.count())] == ["second"]
+    # removed dock widgets no longer compute previews for the viewer (and raise no errors)
+    defocus = viewer.window._dock_widgets["Defocus map & focus QC (napari-linblur)"].widget()
+    for name in kinds:
+        viewer.window.remove_dock_widget(viewer.window._dock_widgets[f"{name} (napari-linblur)"])
+    qtbot.wait(300)
+    generation = defocus.preview.generation
+    viewer.add_image(np.zeros((4, 16, 16)), name="later")
+    viewer.dims.set_current_step(0, 1)
+    qtbot.wait(300)
+    assert defocus.preview.generation == generation
 
 
 def test_defocus_widget_live_map_stack_run_and_focus_curve(viewer, qtbot, tiny_models, synth, tmp_path):

@@ -31,6 +31,17 @@ from qtpy.QtWidgets import (
 from .. import _ops
 from .._settings import get_settings
 
+
+def _alive(obj) -> bool:
+    """False once the Qt object behind ``obj`` was deleted (a closed dock widget, a closed viewer)."""
+    try:
+        from qtpy import sip  # type: ignore[attr-defined]
+
+        return not sip.isdeleted(obj)
+    except Exception:  # noqa: BLE001 - bindings without sip: assume alive
+        return True
+
+
 # ----------------------------------------------------------------------------------------- pickers
 
 
@@ -51,6 +62,8 @@ class LayerPicker(QComboBox):
         self.refresh()
 
     def _watch_name(self, event) -> None:
+        if not _alive(self):
+            return
         try:
             event.value.events.name.connect(self.refresh)
         except Exception:  # noqa: BLE001
@@ -62,6 +75,8 @@ class LayerPicker(QComboBox):
         return [ly for ly in self._viewer.layers if isinstance(ly, Image) and not ly.rgb]
 
     def refresh(self, *_: Any) -> None:
+        if not _alive(self):
+            return
         current = self.layer()
         self.blockSignals(True)
         self.clear()
@@ -119,7 +134,7 @@ class PlanePicker(QWidget):
         self.sync()
 
     def _on_step(self, *_: Any) -> None:
-        if self.follow.isChecked():
+        if _alive(self) and self.follow.isChecked():
             self.sync()
 
     def sync(self) -> None:
@@ -193,6 +208,8 @@ class ModelPicker(QWidget):
         self.refresh()
 
     def refresh(self) -> None:
+        if not _alive(self):
+            raise RuntimeError("deleted")  # UserModels drops this listener
         current = self.combo.currentData()
         self.combo.blockSignals(True)
         self.combo.clear()
@@ -241,16 +258,6 @@ def notify_error(message: str) -> None:
 def describe(err: BaseException) -> str:
     text = str(err) or type(err).__name__
     return text if isinstance(err, (ValueError, TypeError, FileNotFoundError)) else f"{type(err).__name__}: {text}"
-
-
-def _alive(obj) -> bool:
-    """False once the Qt object behind ``obj`` was deleted (e.g. the viewer closed during a run)."""
-    try:
-        from qtpy import sip  # type: ignore[attr-defined]
-
-        return not sip.isdeleted(obj)
-    except Exception:  # noqa: BLE001 - bindings without sip: assume alive
-        return True
 
 
 class RunPanel(QWidget):
@@ -422,8 +429,17 @@ class LivePreview(QObject):
         self.enabled = True
         self.last_error: str | None = None
 
+    def _host_shown(self) -> bool:
+        """False when the widget was removed from the viewer or its dock was hidden (closed)."""
+        host = self.parent()
+        if host is None or not _alive(host):
+            return False
+        if host.parent() is None:
+            return False
+        return host.isVisibleTo(host.window())
+
     def request(self, *_: Any) -> None:
-        if not self.enabled:
+        if not self.enabled or not _alive(self) or not self._host_shown():
             return
         self.timer.start(max(0, get_settings().preview_delay_ms))
 

@@ -139,6 +139,8 @@ class DefocusWidget(c.LinblurWidget):
         self.preview.request()
 
     def _on_step(self, *_: Any) -> None:
+        if not c._alive(self):
+            return
         self.preview.request()
         layer = self.image.layer()
         if layer is not None and layer is self._curve_layer and layer.ndim >= 3:
