@@ -450,8 +450,12 @@ def test_single_plane_run_reports_per_tile_progress(viewer, qtbot, tiny_models):
     w = add(viewer, "Defocus map & focus QC")
     w.preview_on.setChecked(False)
     w.model.set_model(tiny_models["defocus"])
+    from napari_linblur._napari._settings import set_setting
+
+    assert set_setting("inference", "tile_size", 128)  # Preferences > Plugins > napari-linblur
     seen = []
-    expect = nl.estimate_defocus(img, model=tiny_models["defocus"], tile=TILE, progress=lambda d, t: seen.append((d, t)))
+    expect = nl.estimate_defocus(img, model=tiny_models["defocus"], tile=128,
+                                 progress=lambda d, t: seen.append((d, t)))
     w.run_btn.click()
     wait_run(qtbot, w)
     out = viewer.layers["defocus σ[flat]"]
