@@ -50,10 +50,18 @@ def last_error() -> str:
 
 
 def test_every_widget_opens_through_the_manifest(viewer, qtbot):
+    from napari._app_model import get_app_model
+
     from napari_linblur._napari._qt.blur_widget import BlurSynthesisWidget
     from napari_linblur._napari._qt.deblur_widget import DeblurWidget
     from napari_linblur._napari._qt.defocus_widget import DefocusWidget
     from napari_linblur._napari._qt.train_widget import TrainWidget
+
+    app = get_app_model()
+    ids = {m: [getattr(getattr(i, "command", None), "id", None) for i in app.menus.get_menu(m)]
+           for m in ("napari/layers/filter", "napari/layers/measure")}
+    assert {"napari-linblur.blur_widget", "napari-linblur.deblur_widget"} <= set(ids["napari/layers/filter"])
+    assert "napari-linblur.defocus_widget" in ids["napari/layers/measure"]
 
     viewer.add_image(np.zeros((3, 32, 32), np.uint16), name="img")
     kinds = {"Blur synthesis": BlurSynthesisWidget, "Deblur": DeblurWidget,
