@@ -65,6 +65,17 @@ def test_task_loss_validate_card():
     HDMENet(**card["config"])
 
 
+def test_batchnorm_recalibration_matches_final_weights():
+    from napari_linblur.training.defocus import recalibrate_batchnorm
+
+    t = DefocusTask(dict(TINY, norm="batch"), _data(), seed=0)
+    net = t.build_model()
+    assert recalibrate_batchnorm(net, t, 3) > 0
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 3
+    assert recalibrate_batchnorm(HDMENet(**TINY), t, 2) == 0  # no BatchNorm: nothing to do
+
+
 def test_train_cli_and_resume(tmp_path):
     out = tmp_path / "run"
     args = ["train", "defocus", "--content", "shuffle", "--out", str(out), "--steps", "3", "--width", "4",

@@ -63,7 +63,7 @@ class DefocusDataConfig:
     batch_size: int = 8
     pool_size: int = 1024
     sigma_range: tuple[float, float] = (0.0, 10.0)
-    photons: tuple[float, float] = (30.0, 3000.0)  # peak photo-electrons, log-uniform
+    photons: tuple[float, float] = (100.0, 4000.0)  # peak photo-electrons, log-uniform
     read_noise: tuple[float, float] = (0.5, 3.0)  # electrons
     gain: tuple[float, float] = (0.5, 2.0)  # ADU per electron
     offset: tuple[float, float] = (90.0, 110.0)  # camera pedestal, ADU
@@ -206,6 +206,36 @@ def make_sample(blurred: np.ndarray, sigma: np.ndarray, rng: np.random.Generator
     noisy = camera(np.ascontiguousarray(b), rng, cfg)
     xin = fit_normalization(noisy).apply(noisy)
     return xin, np.ascontiguousarray(s, dtype=np.float32)
+
+
+def recalibrate_batchnorm(model, task, n_batches: int = 64, *, start_step: int = 10**7) -> int:
+    """Re-estimate BatchNorm running statistics as plain averages over ``n_batches`` training batches.
+
+    The running averages kept during training lag behind the weights (momentum 0.1); a final pass in train mode
+    with ``momentum=None`` (cumulative average) and no gradient gives statistics that match the final weights.
+    Returns the number of BatchNorm layers updated (0 = nothing to do). Deterministic: batches come from
+    ``task.batch(start_step + i)``.
+    """
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [(m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        for i in range(n_batches):
+            x, _ = task.batch(start_step + i)
+            model(x.to(dev))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.train(was_training)
+    return len(bns)
 
 
 class DefocusTask:

@@ -1,0 +1,81 @@
+"""Defocus maps (issue 4): speed on one 1024x1024 image and accuracy on held-out spatially varying images.
+
+Speed: ``estimate_defocus`` with the shipped ``defocus-default`` (fp32; bf16 autocast is not used: this CPU has
+no AMX/bf16 units) against the two classical estimators of :mod:`napari_linblur.baselines.defocus_classical`
+(calibrated local focus measure, Zhuo & Sim 2011), all on one CPU thread. Times are the best of 3 runs; ratios
+are to the calibrated focus-measure map measured in the same run.
+
+Accuracy: the same three estimators on 4 held-out 192x192 microscopy-like images (cell phantoms, σ maps in
+[0, 10] px, true spatially varying renderer, camera noise) — :func:`napari_linblur.evaluation.defocus` with
+fewer images than ``linblur evaluate defocus``.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def _best_time(f, repeats=3):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = f()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def run(report) -> None:
+    import numpy as np
+    import torch
+
+    from napari_linblur.baselines.defocus_classical import (
+        focus_measure_sigma_map,
+        zhuo_sim_defocus_map,
+    )
+    from napari_linblur.evaluation.defocus import EvalConfig, evaluate_spatially_varying
+    from napari_linblur.inference.defocus_ops import estimate_defocus
+    from napari_linblur.models.hrnet import HDMENet, preset_config
+    from napari_linblur.models.registry import list_models, load_model
+    from napari_linblur.optics.defocus_maps import gaussian_random_field_map
+    from napari_linblur.optics.noise import poisson_gaussian
+    from napari_linblur.optics.varying import render_spatially_varying
+    from napari_linblur.synth.phantoms import cell_phantom
+
+    torch.set_num_threads(1)
+    if "defocus-default" in list_models():
+        net, which = load_model("defocus-default", device="cpu"), "defocus-default"
+    else:  # same architecture and cost, untrained
+        net = HDMENet(**preset_config("default")).eval()
+        net.task, which = "defocus", "HDMENet default config (untrained: no shipped weights)"
+    rng = np.random.default_rng(0)
+    content = cell_phantom((1024, 1024), rng=rng)[0]
+    sig = gaussian_random_field_map((1024, 1024), sigma_range=(0, 10), correlation_px=64, rng=rng)
+    img = poisson_gaussian(render_spatially_varying(content, sig) * 800 + 16, read_noise=2, offset=100, rng=rng)
+    img = img.astype(np.float32)
+
+    t_fm, _ = _best_time(lambda: focus_measure_sigma_map(img))
+    t_zs, _ = _best_time(lambda: zhuo_sim_defocus_map(img))
+    t_net, _ = _best_time(lambda: estimate_defocus(img, model=net, device="cpu"))
+    t_patch, _ = _best_time(lambda: estimate_defocus(img, model=net, device="cpu", mode="patch"))
+    rows = [
+        {"method": "focus-measure map (calibrated)", "seconds": t_fm, "time / focus-measure": 1.0},
+        {"method": "Zhuo & Sim 2011", "seconds": t_zs, "time / focus-measure": t_zs / t_fm},
+        {"method": f"HDME-Net pixel ({which})", "seconds": t_net, "time / focus-measure": t_net / t_fm},
+        {"method": f"HDME-Net patch 64 ({which})", "seconds": t_patch, "time / focus-measure": t_patch / t_fm},
+    ]
+    report("defocus map speed, 1024x1024, 1 CPU thread", rows)
+
+    cfg = EvalConfig(n_images=4, size=192)
+    est = {
+        f"HDME-Net ({which})": lambda im: estimate_defocus(im, model=net, device="cpu"),
+        "focus-measure (calibrated)": lambda im: focus_measure_sigma_map(im.astype(np.float64)),
+        "Zhuo & Sim 2011": lambda im: zhuo_sim_defocus_map(im.astype(np.float64)),
+    }
+    res = evaluate_spatially_varying(est, cfg)
+    rows = []
+    for kind, table in res.items():
+        for label, r in table.items():
+            m = r["all"]
+            rows.append({"content": kind, "method": label, "mae_px": m["mae_px"], "rmse_px": m["rmse"],
+                         "abs_rel": m["abs_rel"], "delta1": m["delta1"]})
+    report("defocus map accuracy, 4 held-out 192x192 images per content, sigma in [0, 10] px", rows)
