@@ -412,6 +412,11 @@ def test_samples_open_and_layers_save_through_the_plugin(viewer, tmp_path):
     arr, meta = open_zstack_with_metadata(out[0])
     np.testing.assert_array_equal(np.asarray(arr), layers[0].data)
     assert meta.scale == (4.0, 0.65, 0.65)
+    # the written pyramid reopens as a lazy multiscale layer that the widgets read at full resolution
+    reopened = viewer.open(out[0], plugin=PLUGIN)[0]
+    assert reopened.multiscale and [d.shape[-1] for d in reopened.data] == [256, 128, 64]
+    assert tuple(reopened.scale) == (4.0, 0.65, 0.65)
+    np.testing.assert_array_equal(_ops.current_plane(viewer, reopened, 3), layers[0].data[3])
     try:
         real = viewer.open_sample(PLUGIN, "bbbc006")
     except Exception as err:  # the image is optional; its absence must be a clear error

@@ -89,13 +89,42 @@ def _contrast_limits(arr, axes: str) -> list[float]:
     return [float(lo), float(hi)]
 
 
+def _pyramid(arr, meta) -> list | None:
+    """All resolution levels of an OME-Zarr image as dask arrays (level 0 = ``arr``), or None.
+
+    Only used when the stored axis order is already canonical (no transpose, no inserted Z axis), so the
+    levels line up with ``arr`` axis by axis and differ only in Y and X.
+    """
+    levels = meta.extra.get("levels") or []
+    if meta.extra.get("format") != "ome-zarr" or len(levels) < 2:
+        return None
+    try:
+        ngff = meta.extra.get("ngff") or {}
+        ome = ngff["ome"] if isinstance(ngff.get("ome"), dict) else ngff
+        raw = "".join(str(a["name"] if isinstance(a, dict) else a).lower() for a in ome["multiscales"][0]["axes"])
+    except Exception:  # noqa: BLE001 - unusual metadata: read the full resolution only
+        return None
+    if raw != meta.axes:
+        return None
+    from napari_linblur.io._lazy import SafeZarrArray, as_dask
+
+    out = [arr]
+    for level in levels[1:]:
+        lv = as_dask(SafeZarrArray(str(meta.source), level))
+        if lv.ndim != arr.ndim or lv.shape[:-2] != arr.shape[:-2] or lv.shape[-1] >= out[-1].shape[-1]:
+            break
+        out.append(lv)
+    return out if len(out) > 1 else None
+
+
 def read_zstack(path: str | list[str]) -> list[LayerData]:
     """Read ``path`` into lazy image layers, one per channel.
 
     Returns
     -------
     list of (data, kwargs, 'image')
-        ``data`` is a dask array with axes ``(..., Z, Y, X)``; ``kwargs`` carry ``name``, ``scale``,
+        ``data`` is a dask array with axes ``(..., Z, Y, X)`` (for an OME-Zarr pyramid, the list of its
+        levels: a napari multiscale layer); ``kwargs`` carry ``name``, ``scale``,
         ``axis_labels``, ``units``, ``contrast_limits``, ``colormap`` and ``metadata``.
     """
     from napari_linblur.io.readers import open_zstack_with_metadata
@@ -111,15 +140,18 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
             break
     axes = meta.axes
     units = [u or "pixel" for u in meta.units]
+    pyramid = _pyramid(arr, meta)
     if "c" in axes:
         ax = axes.index("c")
         n = arr.shape[ax]
         names = meta.channel_names or [str(i) for i in range(n)]
-        planes = [(arr[(slice(None),) * ax + (i,)], names[i], i) for i in range(n)]
+        pick = (slice(None),) * ax
+        planes = [([lv[pick + (i,)] for lv in pyramid] if pyramid else arr[pick + (i,)], names[i], i)
+                  for i in range(n)]
         keep = [i for i in range(len(axes)) if i != ax]
     else:
         names = meta.channel_names or []
-        planes = [(arr, names[0] if len(names) == 1 else None, 0)]
+        planes = [(pyramid or arr, names[0] if len(names) == 1 else None, 0)]
         keep = list(range(len(axes)))
     sub_axes = "".join(axes[i] for i in keep)
     scale = [float(meta.scale[i]) for i in keep]
@@ -134,7 +166,8 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
             "scale": scale,
             "axis_labels": list(sub_axes),
             "units": sub_units,
-            "contrast_limits": _contrast_limits(data, sub_axes),
+            "contrast_limits": _contrast_limits(data[0] if isinstance(data, list) else data, sub_axes),
+            "multiscale": isinstance(data, list),
             "colormap": _CHANNEL_COLORS[i % len(_CHANNEL_COLORS)] if len(planes) > 1 else "gray",
             "blending": "additive" if len(planes) > 1 else "translucent",
             "metadata": {
