@@ -63,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         reg=args.reg,
         detach=args.detach,
         direct_scale=args.direct_scale,
+        extrap_weight=args.extrap_weight,
         batch_size=args.batch_size,
         crop=args.crop,
         triplets=args.triplets,
@@ -103,8 +104,10 @@ def register(subparsers) -> None:
                    help="stop the gradient through z_b in the direct term (default: no)")
     p.add_argument("--no-detach", dest="detach", action="store_false", help="let gradients flow through z_b")
     p.add_argument("--direct-scale", default="relative", choices=["relative", "absolute"],
-                   help="direct term: relative = ||z_b - z'_b||_1 / mean|z| (default, scale-invariant); "
+                   help="direct term: relative = ||z_b - z'_b||_1 / mean|z_a - z_c| (default, scale-invariant); "
                    "absolute = the paper's ||z_b - z'_b||_1")
+    p.add_argument("--extrap-weight", type=float, default=0.0,
+                   help="ours (not in the paper): weight of an L1 term on the extrapolated sharp plane (default 0)")
     p.add_argument("--model-config", default=None,
                    help='JSON overriding entries of --config, e.g. \'{"channels": [16, 32], "latent_channels": 8}\'')
     p.add_argument("--batch-size", type=int, default=8, help="triplets per step (default 8)")

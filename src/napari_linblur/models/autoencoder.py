@@ -197,7 +197,9 @@ class LinearLatentAE(nn.Module):
         y = self.decoder(z)
         return torch.sigmoid(y) if self.sigmoid else y
 
-    def forward(self, x: torch.Tensor, alpha: torch.Tensor | None = None, *, need_zb: bool = True):
+    def forward(
+        self, x: torch.Tensor, alpha: torch.Tensor | None = None, *, need_zb: bool = True, extrapolate: bool = False
+    ):
         """Reconstruction ``decode(encode(x))``; or, with ``alpha``, the triplet pass used in training.
 
         Parameters
@@ -208,6 +210,8 @@ class LinearLatentAE(nn.Module):
             ``(B,)`` interpolation weights, ``z'_b = alpha * z_a + (1 - alpha) * z_c``.
         need_zb : bool
             Also encode ``b`` and decode ``z_b`` (baseline and direct losses need them).
+        extrapolate : bool
+            Also decode the extrapolation ``z_b / alpha - (1 - alpha) / alpha * z_c`` (key ``extrap_a``).
 
         Returns
         -------
@@ -226,9 +230,15 @@ class LinearLatentAE(nn.Module):
         al = alpha.to(z.dtype).reshape((bsz,) + (1,) * (z.dim() - 2))
         z_interp = al * z_a + (1 - al) * z_c
         lat = [z_a, z_c, z_interp] + ([z[:, 1]] if need_zb else [])
+        if extrapolate:
+            if not need_zb:
+                raise ValueError("extrapolate=True needs need_zb=True")
+            lat.append(z[:, 1] / al - (1 - al) / al * z_c)
         rec = self.decode(torch.cat(lat)).reshape((len(lat), bsz) + tuple(x.shape[2:]))
         out = {"z_a": z_a, "z_c": z_c, "z_interp": z_interp, "rec_a": rec[0], "rec_c": rec[1], "interp_b": rec[2]}
         if need_zb:
             out["z_b"] = z[:, 1]
             out["rec_b"] = rec[3]
+        if extrapolate:
+            out["extrap_a"] = rec[4]
         return out

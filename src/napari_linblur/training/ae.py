@@ -23,8 +23,10 @@ Losses (L1, paper eq. 3 and 4)
     latent drift in scale (measured in ``docs/results/latent-ae.md``): with gradients through both sides
     (``detach=False``) both shrink together and the latent collapses; with z_b a stop-gradient target
     (``detach=True``) the encoder chases a target that moves with it and the latent scale runs away. The
-    default ``direct_scale="relative"`` divides the term by the mean |z| of z_b and z'_b (not detached), which
-    makes it invariant to the latent's scale, so neither happens.
+    default ``direct_scale="relative"`` divides the term by the mean |z_a − z_c| (not detached), which makes it
+    invariant to the latent's scale and offset, so neither drift nor collapse pays off. (Dividing by the mean
+    |z| instead was measured to collapse to a constant latent: an offset keeps |z| large while all codes
+    coincide.)
 
 Examples
 --------
@@ -306,7 +308,10 @@ class AETask:
     detach : bool
         Stop the gradient through ``z_b`` in the direct term.
     direct_scale : {"relative", "absolute"}
-        ``"absolute"``: the paper's ‖z_b − z'_b‖₁; ``"relative"``: divided by the mean |z| of both sides.
+        ``"absolute"``: the paper's ‖z_b − z'_b‖₁; ``"relative"``: divided by the mean |z_a − z_c|.
+    extrap_weight : float
+        Ours, not in the paper (default 0): weight of an extra L1 term training the deblurring use directly,
+        ``L(a, D(z_b / α − (1 − α)/α · z_c))``, on triplets with ``α >= 0.25``.
     batch_size, crop : int
         Triplets per step and crop side (the paper: 128).
     triplets : {"general", "midpoint"}
@@ -326,6 +331,7 @@ class AETask:
         reg: str = "direct",
         detach: bool = False,
         direct_scale: str = "relative",
+        extrap_weight: float = 0.0,
         batch_size: int = 8,
         crop: int = 128,
         triplets: str = "general",
@@ -352,6 +358,9 @@ class AETask:
         if direct_scale not in ("relative", "absolute"):
             raise ValueError(f"direct_scale={direct_scale!r}; use 'relative' or 'absolute'")
         self.direct_scale = direct_scale
+        self.extrap_weight = float(extrap_weight)
+        if self.extrap_weight < 0:
+            raise ValueError(f"extrap_weight must be >= 0, got {extrap_weight}")
         self.batch_size = int(batch_size)
         self.crop = int(crop)
         self.triplet_kind = triplets
@@ -435,7 +444,8 @@ class AETask:
 
     def loss(self, model, batch):
         """L1 losses of eq. 3/4 (or the plain autoencoder) and their parts for the log."""
-        out = model(batch["x"], batch["alpha"], need_zb=self.reg != "indirect")
+        extrap = self.extrap_weight > 0
+        out = model(batch["x"], batch["alpha"], need_zb=self.reg != "indirect" or extrap, extrapolate=extrap)
         x = batch["x"].float()
         a, b, c = x[:, 0], x[:, 1], x[:, 2]
         l1 = lambda p, q: (p.float() - q).abs().mean()  # noqa: E731
@@ -460,9 +470,15 @@ class AETask:
             zi = out["z_interp"].float()
             lin = (zb - zi).abs().mean()
             if self.direct_scale == "relative":
-                lin = lin / (0.5 * (zb.abs().mean() + zi.abs().mean())).clamp_min(1e-8)
+                spread = (out["z_a"].float() - out["z_c"].float()).abs().mean()
+                lin = lin / spread.clamp_min(1e-6)
             parts["lin"] = lin.detach()
             loss = loss + lin
+        if extrap:
+            ok = (batch["alpha"] >= 0.25).to(a.dtype).reshape(-1, 1, 1, 1)
+            err = ((out["extrap_a"].float() - a).abs() * ok).sum() / (ok.sum() * a[0].numel()).clamp_min(1)
+            parts["extrap_a"] = err.detach()
+            loss = loss + self.extrap_weight * err
         return loss, parts
 
     def validate(self, model) -> dict[str, float]:
@@ -490,7 +506,7 @@ class AETask:
             "config": self.model_config,
             "config_name": self.config_name,
             "regularization": {"reg": self.reg, "detach_zb": self.detach, "direct_scale": self.direct_scale,
-                               "loss": "L1"},
+                               "extrap_weight": self.extrap_weight, "loss": "L1"},
             "data": {
                 "path": d.path,
                 "kind": d.kind,

@@ -1,0 +1,54 @@
+"""Blur synthesis speed: the shipped ``ae-default`` vs pixel-space blending and the paper's architecture.
+
+Speed is reported as ratios measured in the same run on the same machine (``benchmarks/run.py``). The paper
+configuration runs with random weights (its speed does not depend on them) through the same tiled path.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def _time(fn, repeat: int = 3) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(report) -> None:
+    import torch
+
+    import napari_linblur as nl
+    from napari_linblur.models.autoencoder import LinearLatentAE
+
+    rng = np.random.default_rng(0)
+    shape = (520, 696)  # one BBBC006 plane
+    a = (100 + rng.poisson(200, shape)).astype(np.uint16)
+    c = (100 + rng.poisson(150, shape)).astype(np.uint16)
+    shipped = nl.load_model("ae-default", device="cpu") if "ae-default" in nl.list_models() else None
+    torch.manual_seed(0)
+    paper = LinearLatentAE(config="paper").eval()
+    paper.task = "ae"
+    t_blend = _time(lambda: 0.5 * a.astype(np.float32) + 0.5 * c.astype(np.float32))
+    rows = [{"method": "pixel blending", "seconds_per_plane": t_blend, "ratio_vs_blending": 1.0,
+             "params": 0}]
+    models = [("paper config (random weights)", paper)]
+    if shipped is not None:
+        models.insert(0, ("ae-default (shipped)", shipped))
+    times = {}
+    for name, m in models:
+        t = _time(lambda m=m: nl.synthesize_blur(a, c, 0.5, model=m, device="cpu"), repeat=2)
+        times[name] = t
+        rows.append({"method": name, "seconds_per_plane": t, "ratio_vs_blending": t / t_blend,
+                     "params": int(sum(p.numel() for p in m.parameters()))})
+    if shipped is not None:
+        rows.append({"method": "paper / ae-default time ratio", "seconds_per_plane": float("nan"),
+                     "ratio_vs_blending": times["paper config (random weights)"] / times["ae-default (shipped)"],
+                     "params": 0})
+    report(f"latent blur synthesis, one {shape[0]}x{shape[1]} plane, torch threads {torch.get_num_threads()}", rows)
