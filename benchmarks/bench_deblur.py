@@ -43,7 +43,7 @@ def run(report) -> None:
     rng = np.random.default_rng(0)
     sharp = cell_field(rng, 1024).astype(np.float64) * 1000.0
     psf = OpticalSetup().psf(8.0)
-    blurry = poisson_gaussian(fft_convolve(sharp, psf), read_noise=2.0, rng=rng).astype(np.float32)
+    blurry = poisson_gaussian(np.clip(fft_convolve(sharp, psf), 0, None), read_noise=2.0, rng=rng).astype(np.float32)
 
     t_rl, rl = _best_time(lambda: richardson_lucy(blurry, psf, iterations=10))
     t_w, _ = _best_time(lambda: wiener_deconvolve(blurry, psf, 0.01))

@@ -209,3 +209,17 @@ def test_reblur_extrapolate_uses_latent_extrapolation_with_map_alpha(monkeypatch
     same = nl.deblur(img, method="reblur-extrapolate", model=ae, sigma_map=np.zeros(img.shape), device="cpu")
     np.testing.assert_array_equal(same, img)
     assert len(calls) == 1
+
+
+def test_dynamic_update_equals_explicit_zero_sum_kernel():
+    from napari_linblur.models.drbnet import dynamic_update
+
+    torch.manual_seed(0)
+    k = 3
+    est, head = torch.rand(2, 1, 12, 10), torch.randn(2, k * k + 2, 12, 10)
+    logits, gain, res = head[:, : k * k], head[:, k * k : k * k + 1], head[:, k * k + 1 :]
+    kernel = gain * (torch.softmax(logits, 1) - 1.0 / (k * k))
+    assert torch.allclose(kernel.sum(1), torch.zeros(2, 12, 10), atol=1e-5)  # zero-sum
+    patches = torch.nn.functional.unfold(torch.nn.functional.pad(est, (1, 1, 1, 1), mode="reflect"), k)
+    explicit = est + (patches.view(2, k * k, 12, 10) * kernel).sum(1, keepdim=True) + res
+    assert torch.allclose(dynamic_update(est, head, k), explicit, atol=1e-5)

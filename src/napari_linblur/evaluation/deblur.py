@@ -55,7 +55,7 @@ def speed_comparison(model: Any = None, *, side: int = 1024, threads: int | None
 
     from napari_linblur.baselines.richardson_lucy import richardson_lucy
     from napari_linblur.baselines.wiener import wiener_deconvolve
-    from napari_linblur.inference.deblur_ops import deblur
+    from napari_linblur.inference.deblur_ops import deblur, resolve_amp
     from napari_linblur.optics.convolve import fft_convolve
     from napari_linblur.optics.psf import OpticalSetup
     from napari_linblur.training.deblur import cell_field
@@ -79,7 +79,9 @@ def speed_comparison(model: Any = None, *, side: int = 1024, threads: int | None
             return best
 
         # scipy.fft (RL, Wiener) runs on one thread by default (workers=1); torch gets ``threads``
-        t_net = timed(lambda: deblur(img, method="network", model=net, device="cpu"))
+        amp = resolve_amp("auto", torch.device("cpu"))
+        t_net = timed(lambda: deblur(img, method="network", model=net, device="cpu", amp=amp))
+        t_net32 = timed(lambda: deblur(img, method="network", model=net, device="cpu", amp="off"))
         t_rl = timed(lambda: richardson_lucy(img, psf, iterations=rl_iterations))
         t_w = timed(lambda: wiener_deconvolve(img, psf, 0.01))
     finally:
@@ -88,10 +90,13 @@ def speed_comparison(model: Any = None, *, side: int = 1024, threads: int | None
         "side": side,
         "threads": threads,
         "psf_side": int(psf.shape[0]),
+        "amp": amp,
         "network_s": round(t_net, 3),
+        "network_fp32_s": round(t_net32, 3),
         f"rl{rl_iterations}_s": round(t_rl, 3),
         "wiener_s": round(t_w, 3),
         "network_over_rl": round(t_net / t_rl, 3),
+        "network_fp32_over_rl": round(t_net32 / t_rl, 3),
     }
 
 
@@ -161,6 +166,7 @@ def evaluate_deblur(
         nonlocal reblur_ok, guided_map_note
         for name, net in nets.items():
             row[name] = psnr(sharp, deblur(blurry, method="network", model=net, device="cpu"))
+        row[f"{main} fp32"] = psnr(sharp, deblur(blurry, method="network", model=nets[main], device="cpu", amp="off"))
         if not reblur_ok:
             return
         out, err = _maybe(deblur, blurry, method="reblur-extrapolate", model=ae_model, defocus_model=defocus_model,
@@ -286,9 +292,10 @@ def to_markdown(result: dict) -> str:
     if "speed" in result:
         s = result["speed"]
         lines.append("")
-        lines.append(f"Speed on a {s['side']}² image, {s['threads']} thread(s): network {s['network_s']} s, "
-                     f"10 RL iterations {s['rl10_s']} s, Wiener {s['wiener_s']} s -> network/RL = "
-                     f"{s['network_over_rl']} (bar: <= 1).")
+        lines.append(f"Speed on a {s['side']}² image, {s['threads']} thread(s): network {s['network_s']} s "
+                     f"(amp={s['amp']}; fp32 {s['network_fp32_s']} s), 10 RL iterations {s['rl10_s']} s, Wiener "
+                     f"{s['wiener_s']} s -> network/RL = {s['network_over_rl']} (fp32: {s['network_fp32_over_rl']}; "
+                     "bar: <= 1).")
     for n in result.get("notes", []):
         lines.append(f"\nNote: {n}")
     return "\n".join(lines) + "\n"

@@ -159,11 +159,17 @@ def resolve_amp(amp: str, device) -> str:
     return "off"
 
 
+def _amp_forward(net, batch, amp: str, memory_format):
+    from .device import autocast_context
+
+    with autocast_context(batch.device, amp):
+        return net(batch.contiguous(memory_format=memory_format)).float()
+
+
 def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, progress, should_stop,
                    amp="off") -> np.ndarray:
     import torch
 
-    from .device import autocast_context
     from .tiling import tiled_apply
 
     norm = fit_normalization(plane)
@@ -171,8 +177,7 @@ def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, pr
     t = tile or auto_tile(*x.shape, overlap=overlap, multiple=net.multiple)
 
     def fn(b):
-        with autocast_context(dev, amp):
-            return net(b.contiguous(memory_format=torch.channels_last)).float()
+        return _amp_forward(net, b, amp, torch.channels_last)
 
     out = tiled_apply(fn, x, out_channels=1, tile=t, overlap=overlap, multiple=net.multiple,
                       batch_size=batch_size, device=dev, progress=progress, should_stop=should_stop)[0]

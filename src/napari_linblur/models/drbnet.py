@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DRBNet", "DynamicResidualBlock", "CONFIGS", "per_pixel_filter"]
+__all__ = ["CONFIGS", "DRBNet", "DynamicResidualBlock", "dynamic_update", "per_pixel_filter"]
 
 #: named configurations; ``default`` is sized for CPU speed (see docs/results/deblur.md)
 CONFIGS: dict[str, dict] = {
@@ -49,13 +49,38 @@ CONFIGS: dict[str, dict] = {
 def per_pixel_filter(x: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
     """Filter ``x`` (B, 1, H, W) with a different ``k x k`` kernel at every pixel.
 
-    ``kernels`` is (B, k*k, H, W); the image is reflect-padded so borders are handled like the optics.
+    ``kernels`` is (B, k*k, H, W), tap ``j = dy * k + dx`` (the order of :func:`torch.nn.functional.unfold`); the
+    image is reflect-padded so borders are handled like the optics. Computed as a sum of ``k*k`` shifted products
+    (no ``k*k``-fold im2col copy of the image: faster and lighter on the CPU).
     """
-    b, _, h, w = x.shape
+    _, _, h, w = x.shape
+    xp = _pad(x, k)
+    out = None
+    for j in range(k * k):
+        dy, dx = divmod(j, k)
+        term = kernels[:, j : j + 1] * xp[:, :, dy : dy + h, dx : dx + w]
+        out = term if out is None else out + term
+    return out
+
+
+def _pad(x: torch.Tensor, k: int) -> torch.Tensor:
     pad = k // 2
-    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect" if min(h, w) > pad else "replicate")
-    patches = F.unfold(xp, k).view(b, k * k, h, w)
-    return (patches * kernels).sum(1, keepdim=True)
+    return F.pad(x, (pad, pad, pad, pad), mode="reflect" if min(x.shape[-2:]) > pad else "replicate")
+
+
+def dynamic_update(estimate: torch.Tensor, head_out: torch.Tensor, k: int) -> torch.Tensor:
+    """``estimate + K ⊛ estimate + residual`` from a head output ``(B, k*k + 2, H, W)`` (logits, gain, residual).
+
+    ``K = gain · (softmax(logits) − 1/k²)`` is zero-sum, so ``K ⊛ e = gain · (Σ_j p_j e_j − mean_k(e))``, which is
+    how it is computed (one product per tap, no ``k*k``-fold copy of the image).
+    """
+    kk = k * k
+    out = head_out.float()
+    logits, gain, residual = out[:, :kk], out[:, kk : kk + 1], out[:, kk + 1 :]
+    est = estimate.float()
+    weighted = per_pixel_filter(est, torch.softmax(logits, 1), k)
+    local_mean = F.avg_pool2d(_pad(est, k), k, stride=1)
+    return est + gain * (weighted - local_mean) + residual
 
 
 class ResBlock(nn.Module):
@@ -88,12 +113,8 @@ class DynamicResidualBlock(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, estimate: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(self.body(torch.cat([estimate, feats], 1)), 0.1)
-        out = self.head(h)
-        kk = self.k * self.k
-        logits, gain, residual = out[:, :kk], out[:, kk : kk + 1], out[:, kk + 1 :]
-        kernel = gain * (torch.softmax(logits, 1) - 1.0 / kk)
-        return estimate + per_pixel_filter(estimate, kernel, self.k) + residual
+        h = F.leaky_relu(self.body(torch.cat([estimate.to(feats.dtype), feats], 1)), 0.1)
+        return dynamic_update(estimate, self.head(h), self.k)
 
 
 class DRBNet(nn.Module):
@@ -147,13 +168,8 @@ class DRBNet(nn.Module):
 
     def _full_scale_block(self, est: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Dynamic residual block at full scale: kernels and residual predicted at 1/2, placed by pixel shuffle."""
-        k = self.kernel_size[0]
-        kk = k * k
-        h = F.leaky_relu(self.full_body(torch.cat([feats, F.pixel_unshuffle(est, 2)], 1)), 0.1)
-        out = F.pixel_shuffle(self.full_head(h), 2)  # (B, kk + 2, H, W)
-        logits, gain, residual = out[:, :kk], out[:, kk : kk + 1], out[:, kk + 1 :]
-        kernel = gain * (torch.softmax(logits, 1) - 1.0 / kk)
-        return est + per_pixel_filter(est, kernel, k) + residual
+        h = F.leaky_relu(self.full_body(torch.cat([feats, F.pixel_unshuffle(est, 2).to(feats.dtype)], 1)), 0.1)
+        return dynamic_update(est, F.pixel_shuffle(self.full_head(h), 2), self.kernel_size[0])
 
     def forward(self, x: torch.Tensor, return_all: bool = False):
         if x.ndim != 4 or x.shape[1] != 1:
