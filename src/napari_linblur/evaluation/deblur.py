@@ -151,7 +151,7 @@ def evaluate_deblur(
     from napari_linblur.baselines.wiener import best_wiener
     from napari_linblur.inference.deblur_ops import deblur
     from napari_linblur.metrics.image import psnr
-    from napari_linblur.optics.psf import gaussian_psf
+    from napari_linblur.optics.psf import equivalent_sigma, gaussian_psf
     from napari_linblur.training.deblur import make_test_set
 
     say = progress or (lambda s: None)
@@ -160,29 +160,37 @@ def evaluate_deblur(
     nets = {k: _load(v) for k, v in models.items()}
     notes: list[str] = []
     reblur_ok = reblur
-    guided_map_note = None
 
     def run_nets(blurry, sharp, row, smap=None, kind="focus"):
-        nonlocal reblur_ok, guided_map_note
+        nonlocal reblur_ok
         for name, net in nets.items():
             row[name] = psnr(sharp, deblur(blurry, method="network", model=net, device="cpu"))
         row[f"{main} fp32"] = psnr(sharp, deblur(blurry, method="network", model=nets[main], device="cpu", amp="off"))
-        if not reblur_ok:
-            return
-        out, err = _maybe(deblur, blurry, method="reblur-extrapolate", model=ae_model, defocus_model=defocus_model,
-                          device="cpu")
-        if out is None:
-            notes.append(f"reblur-extrapolate not evaluated: {err}")
-            reblur_ok = False
-            return
-        row["reblur-extrapolate"] = psnr(sharp, out)
         if kind == "varying":
+            out = deblur(blurry, method="guided", model=nets[main], sigma_map=smap, device="cpu")
+            row["guided (true map)"] = psnr(sharp, out)
             out, err = _maybe(deblur, blurry, method="guided", model=nets[main], defocus_model=defocus_model,
                               device="cpu")
             if out is not None:
                 row["guided (estimated map)"] = psnr(sharp, out)
-            out = deblur(blurry, method="guided", model=nets[main], sigma_map=smap, device="cpu")
-            row["guided (true map)"] = psnr(sharp, out)
+            else:
+                notes.append(f"guided with an estimated map not evaluated: {err}")
+        if not reblur_ok:
+            return
+        # re-blur + extrapolation with the TRUE σ map (an oracle: favours it over the blind network) ...
+        out, err = _maybe(deblur, blurry, method="reblur-extrapolate", model=ae_model, sigma_map=smap, device="cpu")
+        if out is None:
+            notes.append(f"reblur-extrapolate not evaluated: {err}")
+            reblur_ok = False
+            return
+        row["reblur-extrapolate (true σ)"] = psnr(sharp, out)
+        # ... and blind, with the defocus-map network
+        out, err = _maybe(deblur, blurry, method="reblur-extrapolate", model=ae_model, defocus_model=defocus_model,
+                          device="cpu")
+        if out is not None:
+            row["reblur-extrapolate (estimated σ)"] = psnr(sharp, out)
+        else:
+            notes.append(f"reblur-extrapolate with an estimated map not evaluated: {err}")
 
     result: dict[str, Any] = {"focus": {}, "n": n, "side": side, "seed": seed, "models": list(models), "main": main}
     # through-focus planes
@@ -195,7 +203,7 @@ def evaluate_deblur(
             rl = best_richardson_lucy(b, psf, s, max_iter=rl_max_iter)
             row["richardson-lucy (true PSF)"] = rl[2]
             row["rl_best_iter"] = rl[1]
-            run_nets(b, s, row)
+            run_nets(b, s, row, smap=np.full(b.shape, equivalent_sigma(psf), np.float32))
             rows.append(row)
         result["focus"][f"{d:g}"] = _mean(rows)
         say(f"focus d={d:g} µm: {_short(result['focus'][f'{d:g}'])}")

@@ -590,3 +590,39 @@ class DeblurTask:
             "normalization": "inference.normalize.fit_normalization on the blurry input (0.1/99.9 percentiles)",
             "blind": True,
         }
+
+
+def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | None = None,
+                   metrics: dict | None = None) -> Path:
+    """Write a trained run as a shipped model (``models/weights/NAME.safetensors`` + ``.json``, sha256).
+
+    The card is the run's card plus ``stages`` (every run's training command, steps, seed, time, validation) and
+    ``metrics`` (e.g. the summary of ``linblur evaluate deblur``).
+
+    Parameters
+    ----------
+    model_path : str
+        The run's ``model.safetensors``.
+    out_path : str
+        Destination ``.safetensors``.
+    runs : dict name -> model.safetensors, optional
+        The runs that led to it (stage 1, stage 2), recorded in the card.
+    metrics : dict, optional
+        Measured results to record.
+    """
+    from napari_linblur.models.registry import load_model, read_card, save_model
+
+    model = load_model(model_path, device="cpu")
+    card = dict(model.card)
+    stages = {}
+    for name, path in (runs or {}).items():
+        c = read_card(path)
+        stages[name] = {"training": c.get("training"), "validation": c.get("validation"), "stage": c.get("stage"),
+                        "init": c.get("init"), "loss": c.get("loss"), "replay": c.get("replay")}
+    card["stages"] = stages
+    if metrics is not None:
+        card["metrics"] = metrics
+    size = Path(model_path).stat().st_size
+    if size > 15e6:
+        raise ValueError(f"{model_path} is {size / 1e6:.1f} MB; shipped weights must be <= 15 MB")
+    return save_model(model, out_path, card)
