@@ -478,3 +478,23 @@ def test_single_plane_run_reports_per_tile_progress(viewer, qtbot, tiny_models):
     np.testing.assert_allclose(out.data, expect, rtol=1e-5, atol=1e-5)
     assert tuple(out.scale) == (0.5, 0.5)
     assert seen and w.panel.last_progress == seen[-1]  # the tiles of the one plane
+
+
+def test_defocus_widget_with_the_shipped_model(viewer, qtbot):
+    from napari_linblur.models.registry import list_models
+
+    if "defocus-default" not in list_models():
+        pytest.skip("defocus-default is not shipped in this checkout")
+    stack = synthetic_stack_data((64, 64), seed=5)[0][0]  # plane 0: 32 um above focus, plane 8: in focus
+    viewer.add_image(stack, name="syn", scale=(4.0, 0.65, 0.65))
+    w = add(viewer, "Defocus map & focus QC")
+    assert w.model.combo.currentText() == "default (defocus-default)" and w.model.model() is None
+    medians = {}
+    for z in (8, 0):
+        viewer.dims.set_current_step(0, z)
+        settle(qtbot, w, timeout=60000)
+        prev = viewer.layers[f"defocus σ[syn z{z}] (preview)"]
+        assert prev.data.shape == (64, 64)
+        medians[z] = float(np.median(prev.data))
+    # the shipped network sees the defocused plane as much blurrier than the in-focus one
+    assert medians[0] > medians[8] + 2.0, medians
