@@ -7,8 +7,8 @@ Run from the repository root under a display (Xvfb is enough)::
 It opens the plugin's synthetic sample (seeded), drives each widget as a user would (pick planes, set α, press
 the buttons), waits for the workers and saves one window screenshot per widget in ``docs/images/``:
 ``plugin_blur.png``, ``plugin_deblur.png``, ``plugin_defocus.png``, ``plugin_train.png``. The shipped models
-are used; ``--models DIR`` takes ``ae.safetensors``/``deblur.safetensors``/``defocus.safetensors`` from DIR
-instead (e.g. before the shipped weights exist).
+are used; ``--models DIR`` supplies ``ae.safetensors``/``deblur.safetensors``/``defocus.safetensors`` from DIR for
+any shipped model that is missing.
 """
 
 from __future__ import annotations
@@ -73,13 +73,13 @@ def main(argv=None) -> int:
 
     models = {}
     for task in ("ae", "deblur", "defocus"):
-        if args.models:
+        if f"{task}-default" in list_models():
+            models[task] = None  # the shipped default
+        elif args.models:
             models[task] = str(Path(args.models) / f"{task}.safetensors")
-        elif f"{task}-default" not in list_models():
+        else:
             print(f"shipped model {task}-default is missing; pass --models DIR", file=sys.stderr)
             return 2
-        else:
-            models[task] = None
     OUT.mkdir(parents=True, exist_ok=True)
 
     viewer = napari.Viewer(show=True, title="napari-linblur")
