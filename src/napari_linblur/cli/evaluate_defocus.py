@@ -30,6 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-through-focus", action="store_true", help="skip the vectorial through-focus stack")
     p.add_argument("--no-bbbc006", action="store_true", help="skip the real BBBC006 plane")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 on a busy machine)")
     p.set_defaults(func=run)
 
 
@@ -54,6 +55,10 @@ def run(args) -> int:
 
     if args.n_images < 1 or args.size < 32:
         raise ValueError("--n-images must be >= 1 and --size >= 32")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = EvalConfig(n_images=args.n_images, size=args.size, seed=args.seed)
     res = evaluate_defocus(parse_models(args.model), cfg=cfg, baselines=not args.no_baselines, device=args.device,
                            through_focus=not args.no_through_focus, bbbc006=not args.no_bbbc006)
