@@ -6,6 +6,8 @@ Usage::
         --model indirect=RUN_I/model.safetensors --model baseline=RUN_B/model.safetensors --out docs/images
 
 The first ``--model`` is used for the synthesis and deblurring figures; all of them appear in the PCA figure.
+``python docs/figures/latent_figures.py --log-table LABEL=RUN_DIR ...`` prints the validation log of training
+runs (latent scale, linearity) as a Markdown table.
 The field shown is the first held-out test field of the 7:1:2 split (``--split-seed``).
 """
 
@@ -27,7 +29,29 @@ def _crop(x, side=192):
     return x[..., y0 : y0 + side, x0 : x0 + side]
 
 
+def log_table(runs: list[str], keys=("val_latent_abs", "val_lin_rel", "val_psnr_interp", "val_rec_a")) -> str:
+    """Markdown table of the validation records of training runs (``LABEL=RUN_DIR``), from their log.jsonl."""
+    import json
+
+    lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for spec in runs:
+        label, _, run = spec.partition("=")
+        for ln in Path(run, "log.jsonl").read_text().splitlines():
+            rec = json.loads(ln)
+            if "val_loss" in rec:
+                vals = " | ".join(f"{rec[k]:.4g}" if k in rec else "" for k in keys)
+                lines.append(f"| {label} | {rec['step']} | {vals} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--log-table":
+        print(log_table(argv[1:]))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)
     p.add_argument("--model", action="append", required=True, help="LABEL=PATH (or a shipped name)")

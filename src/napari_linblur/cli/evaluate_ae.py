@@ -41,6 +41,11 @@ def _run(args: argparse.Namespace) -> int:
         auto=not args.no_auto_alpha,
         progress=not args.no_progress,
     )
+    import shlex
+    import sys
+
+    res["command"] = "linblur evaluate ae " + " ".join(shlex.quote(a) for a in sys.argv[3:]) \
+        if sys.argv[1:3] == ["evaluate", "ae"] else " ".join(shlex.quote(a) for a in sys.argv)
     md = to_markdown(res)
     print(md)
     out = Path(args.out)
