@@ -126,3 +126,14 @@ def test_model_must_be_an_autoencoder(tiny):
     other.task = "defocus"
     with pytest.raises(ValueError, match="'ae' model"):
         nl.synthesize_blur(a, a, 0.5, model=other)
+
+
+def test_progress_and_cancel(tiny):
+    from napari_linblur.inference.tiling import Cancelled
+
+    a = _img((100, 120))
+    seen = []
+    nl.synthesize_blur(a, a, 0.5, model=tiny, tile=48, overlap=16, progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    with pytest.raises(Cancelled):
+        nl.deblur_pair(a, a, 0.5, model=tiny, tile=48, overlap=16, should_stop=lambda: True)

@@ -199,6 +199,8 @@ def synthesize_blur(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ):
     """Synthesize the defocus between two planes by latent interpolation: ``D(α·E(a) + (1−α)·E(c))``.
 
@@ -216,6 +218,11 @@ def synthesize_blur(
         ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``...
     tile, overlap, batch_size : int
         Tiling of large planes (overlapping tiles blended without seams).
+    progress : callable, optional
+        ``progress(done_tiles, total_tiles)`` after each batch of tiles of a plane.
+    should_stop : callable, optional
+        Polled between batches of tiles; when it returns True,
+        :class:`~napari_linblur.inference.tiling.Cancelled` is raised (the GUI's Cancel button).
 
     Returns
     -------
@@ -240,7 +247,8 @@ def synthesize_blur(
     from napari_linblur.models.registry import resolve_model
 
     net = resolve_model(model, "ae", device=device)
-    kw = {"tile": tile, "overlap": overlap, "batch_size": batch_size}
+    kw = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "progress": progress,
+          "should_stop": should_stop}
     return _run_pairs(lambda a, c: combine_normalized(net, a, c, alpha, 1.0 - alpha, **kw), img_a, img_c,
                       ("img_a", "img_c"))
 
@@ -255,6 +263,8 @@ def deblur_pair(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ):
     """Deblur by latent extrapolation from two planes: ``D(E(b)/α − (1−α)/α·E(c))``.
 
@@ -268,7 +278,7 @@ def deblur_pair(
         ``alpha = (d_c - d_b) / (d_c - d_a)`` (:func:`alpha_from_positions`); for planes at ``d`` and ``2d``
         from focus and ``a`` in focus, ``alpha = 0.5``. ``alpha = 1`` reconstructs ``b``. None chooses
         ``alpha`` per plane with :func:`auto_alpha`.
-    model, device, tile, overlap, batch_size
+    model, device, tile, overlap, batch_size, progress, should_stop
         As in :func:`synthesize_blur`.
 
     Returns
@@ -294,7 +304,8 @@ def deblur_pair(
     from napari_linblur.models.registry import resolve_model
 
     net = resolve_model(model, "ae", device=device)
-    kw = {"tile": tile, "overlap": overlap, "batch_size": batch_size}
+    kw = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "progress": progress,
+          "should_stop": should_stop}
 
     def plane_fn(b: np.ndarray, c: np.ndarray) -> np.ndarray:
         al = alpha if alpha is not None else auto_alpha_normalized(net, b, c)[0]
