@@ -498,3 +498,29 @@ def test_defocus_widget_with_the_shipped_model(viewer, qtbot):
         medians[z] = float(np.median(prev.data))
     # the shipped network sees the defocused plane as much blurrier than the in-focus one
     assert medians[0] > medians[8] + 2.0, medians
+
+
+def test_blur_synthesis_with_the_shipped_autoencoder(viewer, qtbot):
+    from napari_linblur.metrics.focus import variance_of_laplacian
+    from napari_linblur.models.registry import list_models
+
+    if "ae-default" not in list_models():
+        pytest.skip("ae-default is not shipped in this checkout")
+    stack = synthetic_stack_data((64, 64), seed=5)[0][0]
+    viewer.add_image(stack, name="syn")
+    w = add(viewer, "Blur synthesis")
+    assert w.model.combo.currentText() == "default (ae-default)"
+    w.a_plane.setValue(8)  # in focus
+    w.c_plane.setValue(4)  # 16 um out
+    a, c = stack[8].astype(np.float32), stack[4].astype(np.float32)
+    out = {}
+    for v in (100, 50, 0):
+        w.alpha.slider.setValue(v)
+        settle(qtbot, w, timeout=60000)
+        prev = viewer.layers[-1]
+        assert prev.name == f"synthesized[syn z8→z4, α={v / 100:.2f}] (preview)"
+        out[v] = prev.data
+    mse = lambda x, y: float(np.mean((x - y) ** 2))  # noqa: E731
+    assert mse(out[100], a) < mse(out[100], c) and mse(out[0], c) < mse(out[0], a)
+    sharp = [variance_of_laplacian(out[v]) for v in (100, 50, 0)]
+    assert sharp[0] > sharp[1] > sharp[2]  # blur grows as alpha falls from a to c
