@@ -223,3 +223,18 @@ def test_dynamic_update_equals_explicit_zero_sum_kernel():
     patches = torch.nn.functional.unfold(torch.nn.functional.pad(est, (1, 1, 1, 1), mode="reflect"), k)
     explicit = est + (patches.view(2, k * k, 12, 10) * kernel).sum(1, keepdim=True) + res
     assert torch.allclose(dynamic_update(est, head, k), explicit, atol=1e-5)
+
+
+@pytest.mark.skipif("deblur-default" not in registry.list_models(), reason="deblur-default not shipped")
+def test_shipped_deblur_default_card_size_and_gain():
+    from napari_linblur.metrics.image import psnr
+
+    card = registry.read_card("deblur-default")
+    assert card["architecture"] == "DRBNet" and card["task"] == "deblur" and card["blind"] is True
+    assert set(card["stages"]) == {"stage1", "stage2"} and "train deblur --stage 2" in card["stages"]["stage2"][
+        "training"]["command"]
+    assert (registry.WEIGHTS_DIR / "deblur-default.safetensors").stat().st_size <= 15e6
+    # a held-out through-focus plane (seed never used in training) gets sharper, blind
+    (item,) = make_test_set("focus", 1, seed=4_242_424, side=96, d_um=6.0)
+    out = nl.deblur(item["blurry"], device="cpu")  # method="auto" -> the network
+    assert psnr(item["sharp"], out) > psnr(item["sharp"], item["blurry"]) + 1.0

@@ -57,7 +57,7 @@ def test_train_deblur_two_stages_cli(tmp_path, capsys):
     assert main(["train", "deblur", "--stage", "2", "--init", str(s1), "--feature-ae", str(ae_path),
                  "--out", str(tmp_path / "s2"), *common]) == 0
     card = json.loads((tmp_path / "s2" / "model.json").read_text())
-    assert card["stage"] == 2 and card["loss"]["feature_weight"] == 0.5
+    assert card["stage"] == 2 and card["loss"]["feature_weight"] == 5.0
     assert card["loss"]["feature_ae"] == str(ae_path) and card["training"]["steps"] == 3
     # stage 1 refuses real data (it needs exact correspondence)
     assert main(["train", "deblur", "--stage", "1", "--data", "x.zarr", "--out", str(tmp_path / "bad")]) == 2

@@ -593,7 +593,7 @@ class DeblurTask:
 
 
 def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | None = None,
-                   metrics: dict | None = None) -> Path:
+                   metrics: dict | None = None, extra: dict | None = None) -> Path:
     """Write a trained run as a shipped model (``models/weights/NAME.safetensors`` + ``.json``, sha256).
 
     The card is the run's card plus ``stages`` (every run's training command, steps, seed, time, validation) and
@@ -609,6 +609,8 @@ def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | Non
         The runs that led to it (stage 1, stage 2), recorded in the card.
     metrics : dict, optional
         Measured results to record.
+    extra : dict, optional
+        More card entries (e.g. the sha256 of the autoencoder used by the feature loss).
     """
     from napari_linblur.models.registry import load_model, read_card, save_model
 
@@ -622,6 +624,7 @@ def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | Non
     card["stages"] = stages
     if metrics is not None:
         card["metrics"] = metrics
+    card.update(extra or {})
     size = Path(model_path).stat().st_size
     if size > 15e6:
         raise ValueError(f"{model_path} is {size / 1e6:.1f} MB; shipped weights must be <= 15 MB")
