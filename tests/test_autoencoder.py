@@ -185,3 +185,29 @@ def test_train_cli_errors(tmp_path, tiny_data):
     assert main(["train", "ae", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--channel", "w9"]) == 2
     assert main(["train", "ae", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--model-config", "[1]"]) == 2
     assert not Path(tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_bbbc006_layout_loads_and_trains(tmp_path):
+    import tifffile
+
+    from napari_linblur.cli.main import main
+
+    root = tmp_path / "BBBC006"
+    root.mkdir()
+    uuid = "2667264a-6432-4f7e-bf58-625a1319a1c9"
+    rng = np.random.default_rng(0)
+    wells = [("a01", 1), ("a01", 2), ("b02", 1)]
+    for z in range(8, 17):  # planes 8..16 (16 in focus)
+        for well, s in wells:
+            img = (100 + rng.poisson(20 + z, (40, 48))).astype(np.uint16)
+            tifffile.imwrite(root / f"{z:02d}_mcf-z-stacks-03212011_{well}_s{s}_w1{uuid}.tif", img)
+    data = load_fields(root, "w1")
+    assert len(data.fields) == 3 and data.kind == "bbbc006"
+    f = data.fields[0]
+    assert f.plane_index == [16, 14, 12, 10, 8]  # the paper's even planes, in focus first
+    np.testing.assert_allclose(f.defocus_um, np.arange(5) * 4.0)
+    assert main(["train", "ae", "--data", str(root), "--channel", "w1", "--model-config", json.dumps(TINY),
+                 "--steps", "3", "--batch-size", "2", "--crop", "32", "--no-progress", "--device", "cpu",
+                 "--out", str(tmp_path / "run")]) == 0
+    card = registry.read_card(tmp_path / "run" / "model.safetensors")
+    assert card["data"]["kind"] == "bbbc006" and card["data"]["planes"][0] == 16
