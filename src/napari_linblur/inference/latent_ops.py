@@ -239,8 +239,10 @@ def synthesize_blur(
     --------
     >>> import numpy as np, napari_linblur as nl
     >>> a = np.random.default_rng(0).poisson(100, (64, 64)).astype(np.uint16)
-    >>> nl.synthesize_blur(a, a, 0.5, model=_tiny_model()).dtype  # doctest: +SKIP
-    dtype('float32')
+    >>> c = np.random.default_rng(1).poisson(100, (64, 64)).astype(np.uint16)
+    >>> out = nl.synthesize_blur(a, c, nl.alpha_from_positions(0.0, 4.0, 8.0), device="cpu")
+    >>> out.dtype, out.shape
+    (dtype('float32'), (64, 64))
     """
     img_a, img_c = _prepare(img_a, img_c, ("img_a", "img_c"))
     alpha = check_alpha(alpha, name="alpha")
@@ -294,9 +296,9 @@ def deblur_pair(
     Examples
     --------
     >>> import numpy as np, napari_linblur as nl
-    >>> b = np.random.default_rng(0).poisson(100, (64, 64)).astype(np.uint16)
-    >>> nl.deblur_pair(b, b, 0.5).shape  # doctest: +SKIP
-    (64, 64)
+    >>> b = np.random.default_rng(0).poisson(100, (2, 64, 64)).astype(np.uint16)   # a stack of 2 planes
+    >>> nl.deblur_pair(b, b[::-1], 0.5, device="cpu").shape
+    (2, 64, 64)
     """
     img_b, img_c = _prepare(img_b, img_c, ("img_b", "img_c"))
     if alpha is not None:
