@@ -59,4 +59,9 @@ def run(report) -> None:
         t_n, out = _best_time(lambda a=a: deblur(blurry, method="network", model=net, device="cpu", amp=a))
         rows.append({"method": f"network ({which}, amp={a})", "seconds": t_n, "time / RL10": t_n / t_rl,
                      "psnr_db": psnr(sharp, out)})
+    # timing only: the same architecture at half the widths (untrained), what the speed bar would need
+    half = DRBNet(widths=(8, 16, 32), kernel_size=(3, 5, 5, 5)).eval()
+    t_h, _ = _best_time(lambda: deblur(blurry, method="network", model=half, device="cpu", amp=amp))
+    rows.append({"method": f"DRBNet widths (8, 16, 32), untrained, timing only (amp={amp})", "seconds": t_h,
+                 "time / RL10": t_h / t_rl, "psnr_db": float("nan")})
     report("deblur: 1024x1024, 1 CPU thread, 8 µm defocus (Born-Wolf), Poisson-Gaussian noise", rows)

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     add_train_options(p, steps=3000, lr=2e-3, ckpt_every=250)
     p.add_argument("--stage", type=int, choices=[1, 2], default=1, help="training stage (default 1)")
     p.add_argument("--init", default=None, help="start from this .safetensors (stage 2: the stage-1 model)")
-    p.add_argument("--config", default="default", help="architecture size: tiny | default | large")
+    p.add_argument("--config", default="default", help="architecture size: tiny | fast | default | large")
     p.add_argument("--patch", type=int, default=64, help="training patch side, multiple of 8 (default 64)")
     p.add_argument("--batch", type=int, default=8, help="pairs per step (default 8)")
     p.add_argument("--feature-weight", type=float, default=None,

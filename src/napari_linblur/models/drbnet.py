@@ -41,6 +41,7 @@ __all__ = ["CONFIGS", "DRBNet", "DynamicResidualBlock", "dynamic_update", "per_p
 #: named configurations; ``default`` is sized for CPU speed (see docs/results/deblur.md)
 CONFIGS: dict[str, dict] = {
     "tiny": {"widths": (8, 8, 8), "kernel_size": 3, "blocks": 1},
+    "fast": {"widths": (8, 16, 32), "kernel_size": (3, 5, 5, 5), "blocks": 1},
     "default": {"widths": (16, 32, 48), "kernel_size": (3, 5, 5, 5), "blocks": 1},
     "large": {"widths": (32, 64, 96), "kernel_size": 5, "blocks": 2},
 }
