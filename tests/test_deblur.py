@@ -238,3 +238,24 @@ def test_shipped_deblur_default_card_size_and_gain():
     (item,) = make_test_set("focus", 1, seed=4_242_424, side=96, d_um=6.0)
     out = nl.deblur(item["blurry"], device="cpu")  # method="auto" -> the network
     assert psnr(item["sharp"], out) > psnr(item["sharp"], item["blurry"]) + 1.0
+
+
+def test_stage2_pairs_from_real_stacks(tmp_path):
+    """--data: pairs (plane z_k -> the sharpest plane) cropped from stacks read with open_zstack."""
+    import tifffile
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    sharp = ndi.gaussian_filter(rng.random((48, 56)), 0.7) * 1000
+    stack = np.stack([ndi.gaussian_filter(sharp, s) for s in (3.0, 1.5, 0.0, 1.5, 3.0)]).astype(np.float32)
+    tif = tmp_path / "stack.tif"
+    tifffile.imwrite(tif, stack)
+    task = DeblurTask(stage=2, config=TINY, data=DeblurData(**SMALL_DATA), real_data=str(tif), real_fraction=1.0,
+                      val_size=1)
+    assert task.real.focus == [2]
+    b = task.batch(0)
+    assert b["x"].shape == (2, 1, 32, 32)
+    # targets are crops of the in-focus plane, inputs crops of the others (both normalized by the input's map)
+    blurry, target, info = task.real.pair(np.random.default_rng(1), 32)
+    assert info["plane"] != 2
+    assert any(np.array_equal(target, stack[2, y:y + 32, x:x + 32]) for y in range(17) for x in range(25))
