@@ -18,13 +18,11 @@ Two configurations (:data:`PRESETS`):
 ``default``
     Ours, chosen by measurement for a 2-core CPU and a weight file ≤ 15 MB: no stem downsampling (the first
     branch works at full resolution, where defocus lives), 4 branches of widths 12/24/48/96, HR modules
-    (1, 1, 1), two basic blocks per branch, BatchNorm (0.78 M parameters, 3.1 MB). Measured on this CPU
-    (1 thread, batch 8 of 96x96): width 16 took 2.2 s per training step, width 12 1.0 s. In 80-step
-    prototypes (48x48 crops, lr 1e-3) the correlation of predicted and true σ reached 0.63 with BatchNorm
-    against 0.15 with GroupNorm and 0.22 without normalization (which collapsed to a constant output at
-    lr 2e-3), so the default keeps BatchNorm; after training, its running statistics are re-estimated over
-    many batches (:func:`napari_linblur.training.defocus.recalibrate_batchnorm`), which removes most of the
-    train/eval gap of the lagging running averages.
+    (1, 1, 1), two basic blocks per branch, BatchNorm (0.78 M parameters, 3.1 MB). Chosen by measurement
+    (``python benchmarks/bench_defocus.py --design``, see ``docs/results/defocus.md``): width 12 trains about
+    1.75x faster per step than width 16 on one CPU thread; a first run without normalization collapsed to a
+    constant output, so BatchNorm is kept and its running statistics are re-estimated after training
+    (:func:`napari_linblur.training.defocus.recalibrate_batchnorm`).
 
 Any input whose sides are multiples of :attr:`HDMENet.multiple` runs; the public operations pad and crop
 through :func:`napari_linblur.inference.tiling.tiled_apply`, so users never need to care.
