@@ -428,15 +428,15 @@ class LivePreview(QObject):
         self.workers: list = []
         self.enabled = True
         self.last_error: str | None = None
+        # a first preview once the widget sits in the viewer (requests made while it is built are dropped)
+        QTimer.singleShot(0, self.request)
 
     def _host_shown(self) -> bool:
-        """False when the widget was removed from the viewer or its dock was hidden (closed)."""
+        """False once the widget was removed from the viewer (napari's close button removes the dock)."""
         host = self.parent()
         if host is None or not _alive(host):
             return False
-        if host.parent() is None:
-            return False
-        return host.isVisibleTo(host.window())
+        return host.parent() is not None
 
     def request(self, *_: Any) -> None:
         if not self.enabled or not _alive(self) or not self._host_shown():
@@ -611,6 +611,14 @@ class LinblurWidget(QWidget):
         for child in self.findChildren(LivePreview):
             child.stop()
         super().closeEvent(event)
+
+
+def input_colormap(layer) -> str:
+    """The input layer's colormap name (outputs in the input's units look like the input)."""
+    try:
+        return str(layer.colormap.name)
+    except Exception:  # noqa: BLE001
+        return "gray"
 
 
 def input_limits(layer, fallback: np.ndarray | None = None) -> tuple[float, float]:

@@ -110,7 +110,7 @@ class BlurSynthesisWidget(c.LinblurWidget):
     def _show_preview(self, result) -> None:
         data, name, like = result
         self.show_preview(data, name=name, like=like, contrast_limits=c.input_limits(like, data),
-                          colormap="gray")
+                          colormap=c.input_colormap(like))
 
     # --- whole stack ---------------------------------------------------------------------------
     def run_whole_stack(self) -> bool:
@@ -134,6 +134,6 @@ class BlurSynthesisWidget(c.LinblurWidget):
             self, self.panel, self.output, op=op, arrays=[pair.first, pair.second], like=la,
             scale=pair.scale, translate=pair.translate, dropped_z=pair.dropped_z, name=name,
             sources=c.source_paths(la, lc),
-            layer_kwargs={"contrast_limits": c.input_limits(la), "colormap": "gray"},
+            layer_kwargs={"contrast_limits": c.input_limits(la), "colormap": c.input_colormap(la)},
             metadata={"linblur_op": "synthesize_blur", "linblur_alpha": alpha},
         )

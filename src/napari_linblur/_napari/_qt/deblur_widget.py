@@ -202,7 +202,7 @@ class DeblurWidget(c.LinblurWidget):
     def _show_preview(self, result) -> None:
         data, name, like = result
         self.show_preview(data, name=name, like=like, contrast_limits=c.input_limits(like, data),
-                          colormap="gray")
+                          colormap=c.input_colormap(like))
 
     def run_whole_stack(self) -> bool:
         try:
@@ -224,7 +224,7 @@ class DeblurWidget(c.LinblurWidget):
             self, self.panel, self.output, op=self._op(mode, alpha, method), arrays=arrays, like=lb,
             scale=scale, translate=translate, dropped_z=dropped, name=name,
             sources=c.source_paths(lb, lc),
-            layer_kwargs={"contrast_limits": c.input_limits(lb), "colormap": "gray"},
+            layer_kwargs={"contrast_limits": c.input_limits(lb), "colormap": c.input_colormap(lb)},
             metadata={"linblur_op": "deblur_pair" if mode == PAIR else "deblur", "linblur_alpha": alpha,
                       "linblur_method": method if mode != PAIR else None},
         )

@@ -136,7 +136,6 @@ class DefocusWidget(c.LinblurWidget):
         v.dims.events.current_step.connect(self._on_step)
         self.preview_on.toggled.connect(self._toggle_preview)
         self._curve_layer = None
-        self.preview.request()
 
     def _on_step(self, *_: Any) -> None:
         if not c._alive(self):
