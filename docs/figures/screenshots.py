@@ -23,13 +23,18 @@ OUT = Path(__file__).resolve().parents[1] / "images"
 PLUGIN = "napari-linblur"
 
 
-def _wait(app, cond, timeout: float = 300.0) -> None:
+def _wait(app, cond, timeout: float = 300.0, what=None) -> None:
     t0 = time.perf_counter()
     while not cond():
         app.processEvents()
         time.sleep(0.02)
         if time.perf_counter() - t0 > timeout:
-            raise TimeoutError("widget did not finish in time")
+            state = ""
+            if what is not None:
+                p = what.preview
+                state = (f" (preview generation {p.generation}, shown {p.applied_generation}, workers "
+                         f"{len(p.workers)}, timer {p.timer.isActive()}, error {p.last_error})")
+            raise TimeoutError("widget did not finish in time" + state)
     for _ in range(20):
         app.processEvents()
         time.sleep(0.01)
@@ -48,10 +53,14 @@ def _grid(viewer):
 def _save(viewer, app, name: str) -> Path:
     from skimage.io import imsave
 
-    viewer.reset_view()
     for _ in range(10):
         app.processEvents()
         time.sleep(0.02)
+    for _ in range(2):  # the canvas may be resized by the dock: reset once it has its final size
+        viewer.reset_view()
+        for _ in range(10):
+            app.processEvents()
+            time.sleep(0.02)
     img = viewer.screenshot(canvas_only=False, flash=False)
     path = OUT / name
     imsave(path, img, check_contrast=False)
@@ -69,7 +78,6 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_linblur import list_models
-    from napari_linblur._napari import _ops
 
     models = {}
     for task in ("ae", "deblur", "defocus"):
@@ -82,8 +90,9 @@ def main(argv=None) -> int:
             return 2
     OUT.mkdir(parents=True, exist_ok=True)
 
-    viewer = napari.Viewer(show=True, title="napari-linblur")
-    viewer.window._qt_window.resize(1500, 950)
+    viewer = napari.Viewer(show=False, title="napari-linblur")
+    viewer.window._qt_window.resize(1500, 950)  # sized before it is shown: the canvas gets its final size
+    viewer.window.show()
     app = QApplication.instance()
     viewer.open_sample(PLUGIN, "synthetic_stack")
     w1 = viewer.layers["synthetic [w1]"]
@@ -100,7 +109,21 @@ def main(argv=None) -> int:
     def close(dw):
         viewer.window.remove_dock_widget(dw)
 
-    # --- Blur synthesis: a = in-focus plane 8, c = plane 0 (32 um out), alpha = 0.5 -----------------------
+    # --- Train: a short deblurring run on synthetic pairs, loss curve live -----------------------------------
+    dw, w = dock("Train")
+    w.set_choice(w.kind, "deblur")
+    w.set_choice(w.preset, "tiny")
+    w.set_choice(w.source, "synthetic")
+    w.steps.setValue(args.train_steps)
+    w.batch.setValue(4)
+    w.patch.setValue(48)
+    w.out.setText(str(Path(tempfile.mkdtemp()) / "run"))
+    w.start()
+    _wait(app, lambda: not w.panel.running, timeout=900)
+    _save(viewer, app, "plugin_train.png")
+    close(dw)
+
+    # --- Blur synthesis: a = in-focus plane 8, c = plane 4 (16 um out), alpha = 0.5 -----------------------
     dw, w = dock("Blur synthesis")
     use(w.model, "ae")
     w.a_layer.set_layer(w1)
@@ -109,7 +132,7 @@ def main(argv=None) -> int:
     w.c_plane.setValue(4)
     w.alpha.setValue(0.5)
     viewer.dims.set_current_step(0, 8)
-    _wait(app, lambda: _settled(w))
+    _wait(app, lambda: _settled(w), what=w)
     for ly in viewer.layers:
         ly.visible = ly is w1 or ly.name.startswith("synthesized")
     grid = _grid(viewer)
@@ -129,7 +152,7 @@ def main(argv=None) -> int:
     w.b_plane.setValue(6)
     w.c_plane.setValue(4)
     w.alpha.setValue(0.5)
-    _wait(app, lambda: _settled(w))
+    _wait(app, lambda: _settled(w), what=w)
     for ly in viewer.layers:
         ly.visible = ly is w1 or ly.name.startswith("deblurred")
     _save(viewer, app, "plugin_deblur.png")
@@ -141,7 +164,7 @@ def main(argv=None) -> int:
     use(w.model, "defocus")
     w.image.set_layer(w1)
     viewer.dims.set_current_step(0, 3)
-    _wait(app, lambda: _settled(w))
+    _wait(app, lambda: _settled(w), what=w)
     w.measure.setCurrentIndex(w.measure.findData("defocus"))
     w.curve_btn.click()
     _wait(app, lambda: not w.panel.running)
@@ -150,23 +173,7 @@ def main(argv=None) -> int:
     _save(viewer, app, "plugin_defocus.png")
     viewer.layers.remove(viewer.layers[-1])
     close(dw)
-    grid.enabled = False
 
-    # --- Train: a short deblurring run on synthetic pairs, loss curve live -----------------------------------
-    dw, w = dock("Train")
-    w.set_choice(w.kind, "deblur")
-    w.set_choice(w.preset, "tiny")
-    w.set_choice(w.source, "synthetic")
-    w.steps.setValue(args.train_steps)
-    w.batch.setValue(4)
-    w.patch.setValue(48)
-    w.out.setText(str(Path(tempfile.mkdtemp()) / "run"))
-    w.start()
-    _wait(app, lambda: not w.panel.running, timeout=900)
-    for ly in viewer.layers:
-        ly.visible = ly is w1
-    _save(viewer, app, "plugin_train.png")
-    _ops.USER_MODELS.get("deblur")
     viewer.close()
     return 0
 
