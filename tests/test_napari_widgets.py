@@ -524,3 +524,23 @@ def test_blur_synthesis_with_the_shipped_autoencoder(viewer, qtbot):
     assert mse(out[100], a) < mse(out[100], c) and mse(out[0], c) < mse(out[0], a)
     sharp = [variance_of_laplacian(out[v]) for v in (100, 50, 0)]
     assert sharp[0] > sharp[1] > sharp[2]  # blur grows as alpha falls from a to c
+
+
+def test_single_image_deblur_with_the_shipped_network(viewer, qtbot):
+    from napari_linblur.models.registry import list_models
+
+    if "deblur-default" not in list_models():
+        pytest.skip("deblur-default is not shipped in this checkout")
+    stack = synthetic_stack_data((64, 64), seed=5)[0][0]
+    layer = viewer.add_image(stack, name="syn")
+    w = add(viewer, "Deblur")
+    w.set_mode("single")
+    w.method.setCurrentIndex(w.method.findData("network"))
+    assert w.net_model.combo.currentText() == "default (deblur-default)"
+    viewer.dims.set_current_step(0, 7)  # 4 um above the in-focus plane 8
+    settle(qtbot, w, timeout=60000)
+    prev = viewer.layers["deblurred[syn z7, network] (preview)"]
+    sharp, blurred = stack[8].astype(np.float32), stack[7].astype(np.float32)
+    mse = lambda x, y: float(np.mean((x - y) ** 2))  # noqa: E731
+    assert mse(prev.data, sharp) < mse(blurred, sharp)  # closer to the in-focus plane than its input
+    assert layer.name == "syn"
