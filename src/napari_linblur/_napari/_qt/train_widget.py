@@ -255,7 +255,10 @@ class TrainWidget(c.LinblurWidget):
 
             def on_log(rec: dict) -> None:
                 bridge.record.emit(dict(rec))
-                report(int(rec["step"]), steps)
+                try:
+                    report(int(rec["step"]), steps)
+                except _ops.Cancelled:
+                    pass  # the loop polls should_stop itself, then checkpoints and returns
 
             return train(task, cfg, on_log=on_log, should_stop=should_stop)
 
