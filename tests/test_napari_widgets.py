@@ -544,3 +544,21 @@ def test_single_image_deblur_with_the_shipped_network(viewer, qtbot):
     mse = lambda x, y: float(np.mean((x - y) ** 2))  # noqa: E731
     assert mse(prev.data, sharp) < mse(blurred, sharp)  # closer to the in-focus plane than its input
     assert layer.name == "syn"
+
+
+def test_train_widget_cancel_keeps_checkpoint_and_adds_no_model(viewer, qtbot, tmp_path):
+    w = add(viewer, "Train")
+    w.set_choice(w.kind, "deblur")
+    w.set_choice(w.preset, "tiny")
+    w.steps.setValue(500)
+    w.batch.setValue(2)
+    w.patch.setValue(32)
+    w.out.setText(str(tmp_path / "run"))
+    before = _ops.USER_MODELS.get("deblur")
+    assert w.start()
+    qtbot.waitUntil(lambda: len(w.plot.steps) >= 1, timeout=60000)
+    w.panel.cancel_btn.click()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
+    assert "stopped before the end" in w.result_label.text()
+    assert _ops.USER_MODELS.get("deblur") == before and w.model_path is None
+    assert (tmp_path / "run" / "checkpoint.safetensors").exists()
