@@ -54,10 +54,13 @@ def test_train_deblur_two_stages_cli(tmp_path, capsys):
               "--val-every", "3", "--ckpt-every", "3", "--no-progress"]
     assert main(["train", "deblur", "--stage", "1", "--out", str(tmp_path / "s1"), *common]) == 0
     s1 = tmp_path / "s1" / "model.safetensors"
+    # no --config in stage 2: the architecture comes from the --init model (tiny here, not "default")
+    no_config = [a for a in common if a not in ("--config", "tiny")]
     assert main(["train", "deblur", "--stage", "2", "--init", str(s1), "--feature-ae", str(ae_path),
-                 "--out", str(tmp_path / "s2"), *common]) == 0
+                 "--out", str(tmp_path / "s2"), *no_config]) == 0
     card = json.loads((tmp_path / "s2" / "model.json").read_text())
     assert card["stage"] == 2 and card["loss"]["feature_weight"] == 5.0
+    assert card["config"]["widths"] == [8, 8, 8]
     assert card["loss"]["feature_ae"] == str(ae_path) and card["training"]["steps"] == 3
     # stage 1 refuses real data (it needs exact correspondence)
     assert main(["train", "deblur", "--stage", "1", "--data", "x.zarr", "--out", str(tmp_path / "bad")]) == 2

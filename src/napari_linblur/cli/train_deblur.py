@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     add_train_options(p, steps=3000, lr=2e-3, ckpt_every=250)
     p.add_argument("--stage", type=int, choices=[1, 2], default=1, help="training stage (default 1)")
     p.add_argument("--init", default=None, help="start from this .safetensors (stage 2: the stage-1 model)")
-    p.add_argument("--config", default="default", help="architecture size: tiny | fast | default | large")
+    p.add_argument("--config", default=None,
+                   help="architecture size: tiny | fast | default | large (default: the --init model's, else default)")
     p.add_argument("--patch", type=int, default=64, help="training patch side, multiple of 8 (default 64)")
     p.add_argument("--batch", type=int, default=8, help="pairs per step (default 8)")
     p.add_argument("--feature-weight", type=float, default=None,
@@ -38,10 +39,17 @@ def _run(args) -> int:
 
     if args.stage == 1 and args.data:
         raise ValueError("--data (real stacks) is used in stage 2; pass --stage 2 --init STAGE1/model.safetensors")
+    config = args.config
+    if config is None:  # fine-tuning keeps the architecture of the model it starts from
+        config = "default"
+        if args.init:
+            from napari_linblur.models.registry import read_card
+
+            config = read_card(args.init).get("config") or "default"
     fw = args.feature_weight if args.feature_weight is not None else (5.0 if args.stage == 2 else 0.0)
     task = DeblurTask(
         stage=args.stage,
-        config=args.config,
+        config=config,
         data=DeblurData(patch=args.patch, batch=args.batch),
         seed=args.seed,
         init=args.init,
