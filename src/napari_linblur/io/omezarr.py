@@ -275,17 +275,22 @@ def write_ome_zarr(
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         _write_tree(tmp, data, axes, scale_t, units, channel_names, attrs, levels, chunks_t, progress, name)
-        _move_into_place(tmp, target, overwrite)
+        move_into_place(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Path(os.fspath(path))
 
 
-def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
+def move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Rename a fully written temporary folder ``tmp`` to ``target`` (the atomic step of every writer).
+
+    An existing ``target`` is replaced only with ``overwrite``: it is moved aside, ``tmp`` renamed in, and the old
+    one deleted (restored if the rename fails).
+    """
     if target.exists() or target.is_symlink():
         if not overwrite:
-            raise ValueError(f"{target}: appeared while writing; pass overwrite=True to replace it")
+            raise FileExistsError(f"{target}: appeared while writing; pass overwrite=True to replace it")
         old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
         os.replace(target, old)
         try:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.omezarr import move_into_place
 from .phantoms import cell_phantom
 from .recipes import Recipe, get_recipe
 from .zstack import through_focus_stack
@@ -202,7 +203,7 @@ def write_synthetic_dataset(
             del f
             if bar is not None:
                 bar.update(1)
-        _move_into_place(tmp, target, overwrite)
+        move_into_place(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -210,20 +211,3 @@ def write_synthetic_dataset(
         if bar is not None:
             bar.close()
     return Path(os.fspath(out_path))
-
-
-def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
-    if target.exists() or target.is_symlink():
-        if not overwrite:
-            raise FileExistsError(
-                f"{target}: appeared while writing; pass overwrite=True to replace it"
-            )
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, target)
