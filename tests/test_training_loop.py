@@ -99,3 +99,39 @@ def test_bad_config_and_missing_checkpoint(tmp_path):
         train(ToyTask(), _cfg(tmp_path / "a", steps=0))
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         train(ToyTask(), _cfg(tmp_path / "b", resume=True))
+
+
+_DDP_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from napari_linblur.models import registry
+from napari_linblur.training.loop import TrainConfig, train
+from test_training_loop import ToyTask
+registry.ARCHITECTURES["ToyNet"] = "test_training_loop:ToyNet"
+res = train(ToyTask(), TrainConfig(out=sys.argv[1], steps=20, lr=3e-3, seed=3, device="cpu", ckpt_every=10,
+                                   val_every=10, log_every=5, progress=False, warmup=5))
+import torch.distributed as dist
+print("RANK", dist.get_rank(), "STEPS", res.steps_done, "FINISHED", res.finished)
+"""
+
+
+def test_ddp_with_torchrun_on_cpu(tmp_path):
+    """Two CPU processes under torchrun (gloo): both ranks finish, rank 0 writes the model."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "ddp_toy.py"
+    script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", str(script), str(tmp_path / "run")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("RANK"))
+    assert lines == ["RANK 0 STEPS 20 FINISHED True", "RANK 1 STEPS 20 FINISHED True"]
+    m = registry.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
+    assert m.card["training"]["steps"] == 20
