@@ -1,0 +1,78 @@
+"""Export a trained deblurring run as the shipped ``deblur-default`` (weights + model card with sha256).
+
+Uses ``training.deblur.export_default`` (``models.registry.save_model``). The card records the exact training
+commands of every stage (``stages``, read from each run's card), the evaluation summary (``metrics``) and the
+sha256 of the ``ae-default`` used by the stage-2 feature loss.
+
+    python docs/results/deblur_export.py --model runs/deblur-s2b-feat/model.safetensors \
+        --runs stage1=runs/deblur-s1b stage2=runs/deblur-s2b-feat --stage1-init runs/deblur-s1 \
+        --eval runs/eval_s1b/deblur_eval.json
+
+``--stage1-init`` records the run that the stage-1 run was itself initialised from (card key ``stage1_init``:
+its exact command, steps, seed, time and validation), so that the card holds the commands of every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS = ROOT / "src/napari_linblur/models/weights"
+
+
+def _metrics(ev: dict, main: str) -> dict:
+    """The card's ``metrics``: the evaluated model's rows (no ablations), the bars and the speed."""
+
+    def keep(row: dict) -> dict:
+        drop = set(ev.get("models", [])) - {main} | {"network fp32", "reblur-extrapolate (true σ)", "guided (true map)"}
+        return {k: v for k, v in row.items() if k not in drop}
+
+    return {
+        "bars": ev["bars"],
+        "command": ev["command"],
+        "n_per_condition": ev["n"],
+        "psnr_db": {
+            "captured": keep(ev["captured"]),
+            "focus": {d: keep(r) for d, r in ev["focus"].items()},
+            "varying": keep(ev["varying"]),
+        },
+        "side": ev["side"],
+        "speed": ev["speed"],
+        "test_seed": ev["seed"],
+    }
+
+
+def main() -> None:
+    from napari_linblur.training.deblur import export_default
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True, help="the final run's model.safetensors")
+    p.add_argument("--runs", nargs="+", default=[], metavar="NAME=RUN_DIR", help="the runs that led to it, in order")
+    p.add_argument("--stage1-init", default=None, help="run dir the stage-1 run was initialised from (--init)")
+    p.add_argument("--eval", required=True, help="deblur_eval.json of `linblur evaluate deblur`")
+    p.add_argument("--out", default=str(WEIGHTS / "deblur-default.safetensors"))
+    a = p.parse_args()
+    runs = {}
+    for item in a.runs:
+        name, run = item.split("=", 1)
+        runs[name] = str(Path(run) / "model.safetensors")
+    ev = json.loads(Path(a.eval).read_text())
+    ae = WEIGHTS / "ae-default.safetensors"
+    extra = {"feature_ae_sha256": hashlib.sha256(ae.read_bytes()).hexdigest()}
+    if a.stage1_init:
+        from napari_linblur.models.registry import read_card
+
+        c = read_card(str(Path(a.stage1_init) / "model.safetensors"))
+        extra["stage1_init"] = {"training": c.get("training"), "validation": c.get("validation"),
+                                "stage": c.get("stage"), "init": c.get("init"), "loss": c.get("loss"),
+                                "data_seed": c.get("data", {}).get("seed")}
+    path = export_default(a.model, a.out, runs=runs, metrics=_metrics(ev, ev.get("main", "network")), extra=extra)
+    card = json.loads(Path(path).with_suffix(".json").read_text())
+    print(f"wrote {path} (sha256 {card.get('sha256')})")
+
+
+if __name__ == "__main__":
+    main()
