@@ -70,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         split_seed=args.split_seed,
         seed=args.seed,
         extra_card=extra,
+        init=args.init,
     )
     cfg = train_config_from_args(args)
     if args.epochs is not None:
@@ -120,5 +121,7 @@ def register(subparsers) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the 7:1:2 field split (default 0)")
     p.add_argument("--epochs", type=float, default=None,
                    help="train this many epochs (triplets x 10 crops of the train fields) instead of --steps")
+    p.add_argument("--init", default=None,
+                   help="start from these weights (a .safetensors path or a shipped name such as ae-default)")
     add_train_options(p, steps=2000, lr=1e-3, ckpt_every=200)
     p.set_defaults(func=_run)

@@ -341,6 +341,7 @@ class AETask:
         seed: int = 0,
         val_triplets: int = 24,
         extra_card: dict | None = None,
+        init: str | None = None,
     ):
         from napari_linblur.models.autoencoder import CONFIGS
 
@@ -369,6 +370,9 @@ class AETask:
         self.split_seed = int(split_seed)
         self.seed = int(seed)
         self.extra_card = dict(extra_card or {})
+        self.init = str(init) if init else None
+        if self.init:
+            self.extra_card.setdefault("init", self.init)
         n_total = int(data.meta.get("n_fields", len(data.fields)))
         self.split = split_fields(n_total, self.split_seed)
         by_index = {i: f for i, f in enumerate(data.fields)} if len(data.fields) == n_total else None
@@ -442,7 +446,15 @@ class AETask:
     def build_model(self):
         from napari_linblur.models.autoencoder import LinearLatentAE
 
-        return LinearLatentAE(**self.model_config)
+        model = LinearLatentAE(**self.model_config)
+        if self.init:  # continue from a saved model (same architecture and config)
+            from napari_linblur.models.registry import load_model
+
+            src = load_model(self.init, device="cpu")
+            if src.card.get("architecture") != "LinearLatentAE":
+                raise ValueError(f"init={self.init!r} is not a LinearLatentAE model")
+            model.load_state_dict(src.state_dict(), strict=True)
+        return model
 
     def loss(self, model, batch):
         """L1 losses of eq. 3/4 (or the plain autoencoder) and their parts for the log."""
