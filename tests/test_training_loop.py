@@ -110,8 +110,9 @@ from test_training_loop import ToyTask
 registry.ARCHITECTURES["ToyNet"] = "test_training_loop:ToyNet"
 res = train(ToyTask(), TrainConfig(out=sys.argv[1], steps=20, lr=3e-3, seed=3, device="cpu", ckpt_every=10,
                                    val_every=10, log_every=5, progress=False, warmup=5))
-import torch.distributed as dist
-print("RANK", dist.get_rank(), "STEPS", res.steps_done, "FINISHED", res.finished)
+import json, pathlib, torch.distributed as dist
+rank = dist.get_rank()
+pathlib.Path(sys.argv[1], f"rank{{rank}}.json").write_text(json.dumps([rank, res.steps_done, res.finished]))
 """
 
 
@@ -131,7 +132,7 @@ def test_ddp_with_torchrun_on_cpu(tmp_path):
            f"--master_port={port}", str(script), str(tmp_path / "run")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("RANK"))
-    assert lines == ["RANK 0 STEPS 20 FINISHED True", "RANK 1 STEPS 20 FINISHED True"]
+    ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks == [[0, 20, True], [1, 20, True]]
     m = registry.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
     assert m.card["training"]["steps"] == 20
