@@ -8,16 +8,7 @@ measured in the same run. PSNR is against the sharp field (data_range = its max)
 
 from __future__ import annotations
 
-import time
-
-
-def _best_time(f, repeats=3):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = f()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+from _timing import best_time
 
 
 def run(report) -> None:
@@ -45,8 +36,8 @@ def run(report) -> None:
     psf = OpticalSetup().psf(8.0)
     blurry = poisson_gaussian(np.clip(fft_convolve(sharp, psf), 0, None), read_noise=2.0, rng=rng).astype(np.float32)
 
-    t_rl, rl = _best_time(lambda: richardson_lucy(blurry, psf, iterations=10))
-    t_w, _ = _best_time(lambda: wiener_deconvolve(blurry, psf, 0.01))
+    t_rl, rl = best_time(lambda: richardson_lucy(blurry, psf, iterations=10))
+    t_w, _ = best_time(lambda: wiener_deconvolve(blurry, psf, 0.01))
     _, wbal, wpsnr = best_wiener(blurry, psf, sharp)
     amp = resolve_amp("auto", torch.device("cpu"))
     rows = [
@@ -56,12 +47,12 @@ def run(report) -> None:
          "psnr_db": wpsnr},
     ]
     for a in dict.fromkeys([amp, "off"]):
-        t_n, out = _best_time(lambda a=a: deblur(blurry, method="network", model=net, device="cpu", amp=a))
+        t_n, out = best_time(lambda a=a: deblur(blurry, method="network", model=net, device="cpu", amp=a))
         rows.append({"method": f"network ({which}, amp={a})", "seconds": t_n, "time / RL10": t_n / t_rl,
                      "psnr_db": psnr(sharp, out)})
     # timing only: the same architecture at half the widths (untrained), what the speed bar would need
     half = DRBNet(widths=(8, 16, 32), kernel_size=(3, 5, 5, 5)).eval()
-    t_h, _ = _best_time(lambda: deblur(blurry, method="network", model=half, device="cpu", amp=amp))
+    t_h, _ = best_time(lambda: deblur(blurry, method="network", model=half, device="cpu", amp=amp))
     rows.append({"method": f"DRBNet widths (8, 16, 32), untrained, timing only (amp={amp})", "seconds": t_h,
                  "time / RL10": t_h / t_rl, "psnr_db": float("nan")})
     report("deblur: 1024x1024, 1 CPU thread, 8 µm defocus (Born-Wolf), Poisson-Gaussian noise", rows)

@@ -14,14 +14,7 @@ from __future__ import annotations
 
 import time
 
-
-def _best_time(f, repeats=3):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = f()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+from _timing import best_time
 
 
 def run(report) -> None:
@@ -53,16 +46,16 @@ def run(report) -> None:
     img = poisson_gaussian(render_spatially_varying(content, sig) * 800 + 16, read_noise=2, offset=100, rng=rng)
     img = img.astype(np.float32)
 
-    t_fm, _ = _best_time(lambda: focus_measure_sigma_map(img))
-    t_zs, _ = _best_time(lambda: zhuo_sim_defocus_map(img))
-    t_net, _ = _best_time(lambda: estimate_defocus(img, model=net, device="cpu"))
-    t_patch, _ = _best_time(lambda: estimate_defocus(img, model=net, device="cpu", mode="patch"))
+    t_fm, _ = best_time(lambda: focus_measure_sigma_map(img))
+    t_zs, _ = best_time(lambda: zhuo_sim_defocus_map(img))
+    t_net, _ = best_time(lambda: estimate_defocus(img, model=net, device="cpu"))
+    t_patch, _ = best_time(lambda: estimate_defocus(img, model=net, device="cpu", mode="patch"))
 
     def bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return estimate_defocus(img, model=net, device="cpu")
 
-    t_bf16, s_bf16 = _best_time(bf16)
+    t_bf16, s_bf16 = best_time(bf16)
     s_fp32 = estimate_defocus(img, model=net, device="cpu")
     rows = [
         {"method": "focus-measure map (calibrated)", "seconds": t_fm, "time / focus-measure": 1.0},

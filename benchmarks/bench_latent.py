@@ -6,19 +6,13 @@ configuration runs with random weights (its speed does not depend on them) throu
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+
+from _timing import best_time
 
 
 def _time(fn, repeat: int = 3) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_time(fn, repeat, warmup=True)[0]
 
 
 def run(report) -> None:

@@ -35,6 +35,7 @@ def main(argv=None) -> int:
                 print("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
 
     here = Path(__file__).parent
+    sys.path.insert(0, str(here))  # shared helpers (benchmarks/_timing.py)
     for path in sorted(here.glob("bench_*.py")):
         if args.only and args.only not in path.name:
             continue

@@ -571,6 +571,23 @@ def group(title: str, rows: list[tuple[str, QWidget]] | None = None) -> tuple[QG
     return box, form
 
 
+class MplPlot(QWidget):
+    """A small matplotlib canvas for the docks (focus curve, loss curve): ``self.figure``, ``self.ax``."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.0), dpi=90, tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(170)
+        self.ax = self.figure.add_subplot(111)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+
+
 class LinblurWidget(QWidget):
     """Base of the dock widgets: a viewer, a scrollable vertical layout, preview-layer bookkeeping."""
 
@@ -600,6 +617,20 @@ class LinblurWidget(QWidget):
                 if k in ("contrast_limits", "colormap"):
                     setattr(layer, k, v)
         return layer
+
+    def _show_preview(self, result) -> None:
+        """Show a preview job's ``(data, name, input_layer)`` in the input's units, colormap and contrast."""
+        data, name, like = result
+        self.show_preview(data, name=name, like=like, contrast_limits=input_limits(like, data),
+                          colormap=input_colormap(like))
+
+    def _toggle_preview(self, on: bool) -> None:
+        """The 'live preview' checkbox: start (and request one now) or stop the widget's LivePreview."""
+        self.preview.enabled = on
+        if on:
+            self.preview.request()
+        else:
+            self.preview.stop()
 
     def add_result(self, data, *, name: str, scale, translate, metadata=None, **kwargs):
         kwargs.setdefault("blending", "translucent")

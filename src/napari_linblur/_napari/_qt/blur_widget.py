@@ -67,13 +67,6 @@ class BlurSynthesisWidget(c.LinblurWidget):
             n = _ops.n_planes(layer)
             self.c_plane.spin.setValue(n - 1 if self.a_plane.value() < n // 2 else 0)
 
-    def _toggle_preview(self, on: bool) -> None:
-        self.preview.enabled = on
-        if on:
-            self.preview.request()
-        else:
-            self.preview.stop()
-
     def _inputs(self):
         la, lc = self.a_layer.layer(), self.c_layer.layer()
         if la is None or lc is None:
@@ -106,11 +99,6 @@ class BlurSynthesisWidget(c.LinblurWidget):
             return as_plane(out), name, la
 
         return job
-
-    def _show_preview(self, result) -> None:
-        data, name, like = result
-        self.show_preview(data, name=name, like=like, contrast_limits=c.input_limits(like, data),
-                          colormap=c.input_colormap(like))
 
     # --- whole stack ---------------------------------------------------------------------------
     def run_whole_stack(self) -> bool:

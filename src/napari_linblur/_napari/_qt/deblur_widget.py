@@ -130,13 +130,6 @@ class DeblurWidget(c.LinblurWidget):
         self._set_row_visible(self._opt_form, self.defocus_model, mode == GUIDED or (mode == SINGLE and uses_ae))
         self._in_form.labelForField(self.b_layer).setText("image b (less blurred)" if pair else "image")
 
-    def _toggle_preview(self, on: bool) -> None:
-        self.preview.enabled = on
-        if on:
-            self.preview.request()
-        else:
-            self.preview.stop()
-
     # --- operations ----------------------------------------------------------------------------
     def _settings(self):
         mode = self.mode.currentData()
@@ -198,11 +191,6 @@ class DeblurWidget(c.LinblurWidget):
             return as_plane(out), name, lb
 
         return job
-
-    def _show_preview(self, result) -> None:
-        data, name, like = result
-        self.show_preview(data, name=name, like=like, contrast_limits=c.input_limits(like, data),
-                          colormap=c.input_colormap(like))
 
     def run_whole_stack(self) -> bool:
         try:

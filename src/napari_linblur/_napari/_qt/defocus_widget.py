@@ -32,21 +32,11 @@ def focus_measures() -> list[str]:
     return list(measures) if measures else list(FALLBACK_MEASURES)
 
 
-class FocusPlot(QWidget):
+class FocusPlot(c.MplPlot):
     """Matplotlib focus curve (score per plane) with the best plane and the current plane marked."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(3.2, 2.0), dpi=90, tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(170)
-        self.ax = self.figure.add_subplot(111)
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas)
         self.scores: np.ndarray | None = None
         self.best: int | None = None
         self._current_line = None
@@ -144,13 +134,6 @@ class DefocusWidget(c.LinblurWidget):
         layer = self.image.layer()
         if layer is not None and layer is self._curve_layer and layer.ndim >= 3:
             self.plot.mark_current(_ops.current_indices(self.viewer, layer)[-1])
-
-    def _toggle_preview(self, on: bool) -> None:
-        self.preview.enabled = on
-        if on:
-            self.preview.request()
-        else:
-            self.preview.stop()
 
     def _layer(self):
         layer = self.image.layer()

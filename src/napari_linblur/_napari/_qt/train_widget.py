@@ -30,21 +30,11 @@ class _LogBridge(QObject):
     record = Signal(object)
 
 
-class LossPlot(QWidget):
+class LossPlot(c.MplPlot):
     """Live training curve (loss per logged step, validation loss as markers)."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(3.2, 2.0), dpi=90, tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(170)
-        self.ax = self.figure.add_subplot(111)
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas)
         self.reset()
 
     def reset(self) -> None:
