@@ -9,7 +9,7 @@ import torch
 import napari_linblur as nl
 from napari_linblur.inference.deblur_ops import auto_tile, guided_weights, reblur_alpha
 from napari_linblur.models import registry
-from napari_linblur.models.drbnet import DRBNet, DynamicResidualBlock, per_pixel_filter
+from napari_linblur.models.drbnet import DRBNet, DynamicResidualBlock, _pad, dynamic_update, per_pixel_filter
 from napari_linblur.training.deblur import DeblurData, DeblurTask, make_test_set
 from napari_linblur.training.loop import TrainConfig, train
 
@@ -36,6 +36,25 @@ def test_per_pixel_filter_delta_is_identity_and_zero_sum_kills_constants():
     zero_sum = torch.softmax(torch.randn(2, 9, 9, 11), 1) - 1.0 / 9
     const = torch.full((2, 1, 9, 11), 3.0)
     assert per_pixel_filter(const, zero_sum, 3).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_dynamic_update_online_softmax_equals_explicit_form(k):
+    """The fused update equals estimate + gain·(softmax-kernel ⊛ e − box mean) + residual, written out."""
+    torch.manual_seed(k)
+    est = torch.rand(2, 1, 13, 10)
+    head = torch.randn(2, k * k + 2, 13, 10) * 3  # large logits: the max subtraction must keep it finite
+    kk = k * k
+    probs = torch.softmax(head[:, :kk], 1)
+    box = torch.nn.functional.avg_pool2d(_pad(est, k), k, stride=1)
+    expected = est + head[:, kk : kk + 1] * (per_pixel_filter(est, probs, k) - box) + head[:, kk + 1 :]
+    got = dynamic_update(est, head, k)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, expected, atol=1e-5)
+    # bf16 head outputs in channels-last layout (the CPU inference path) give the same update
+    got_cl = dynamic_update(est, head.to(torch.bfloat16).float().contiguous(memory_format=torch.channels_last), k)
+    ref_cl = dynamic_update(est, head.to(torch.bfloat16).float(), k)
+    assert torch.allclose(got_cl, ref_cl, atol=1e-6)
 
 
 def test_dynamic_block_update_rule():
