@@ -9,7 +9,13 @@ import torch
 import napari_linblur as nl
 from napari_linblur.inference.deblur_ops import auto_tile, guided_weights, reblur_alpha
 from napari_linblur.models import registry
-from napari_linblur.models.drbnet import DRBNet, DynamicResidualBlock, _pad, dynamic_update, per_pixel_filter
+from napari_linblur.models.drbnet import (
+    DRBNet,
+    DynamicResidualBlock,
+    _pad,
+    dynamic_update,
+    per_pixel_filter,
+)
 from napari_linblur.training.deblur import DeblurData, DeblurTask, make_test_set
 from napari_linblur.training.loop import TrainConfig, train
 

@@ -91,6 +91,29 @@ def test_train_cli_and_resume(tmp_path):
     assert main(["train", "defocus", "--out", str(tmp_path / "bad"), "--crop", "20", "--steps", "1"]) == 2
 
 
+def test_train_cli_init_continues_from_saved_weights(tmp_path, tiny_model):
+    """--init starts from a saved model's weights (architecture from its card) and records where they came from."""
+    from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
+
+    src = registry.load_model(tiny_model, device="cpu")
+    task = DefocusTask(dict(src.card["config"]), DefocusDataConfig(), init=str(tiny_model))
+    started = task.build_model().state_dict()
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(started[k], v, rtol=0, atol=0)
+    out = tmp_path / "cont"
+    args = ["train", "defocus", "--content", "shuffle", "--out", str(out), "--steps", "2", "--init", str(tiny_model),
+            "--crop", "16", "--render-size", "32", "--batch-size", "2", "--pool-size", "2", "--device", "cpu",
+            "--no-progress", "--threads", "1", "--bn-batches", "0"]
+    assert main(args) == 0
+    card = registry.load_model(out / "model.safetensors", device="cpu").card
+    assert card["config"] == src.card["config"]
+    assert card["init"]["from"] == str(tiny_model) and card["init"]["sha256"] == registry.sha256_file(tiny_model)
+    # an init model of another architecture, or --width with --init, is refused with a clear error
+    assert main([*args[:4], "--out", str(tmp_path / "bad"), "--steps", "1", "--init", "deblur-default"]) == 2
+    assert main([*args, "--width", "8"]) == 2
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     torch.manual_seed(0)

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
                    help="all-in-focus content: pixel-shuffled images, sharp cell phantoms, or half and half")
     p.add_argument("--config", default="default", choices=["default", "paper"], help="network configuration")
     p.add_argument("--width", type=int, default=None, help="override the configuration's base width")
+    p.add_argument("--init", default=None,
+                   help="continue from these weights (a .safetensors path or a shipped name such as "
+                   "defocus-default); the architecture comes from that model's card")
     p.add_argument("--crop", type=int, default=80, help="training crop side (multiple of the network's multiple)")
     p.add_argument("--batch-size", type=int, default=8, help="crops per step")
     p.add_argument("--pool-size", type=int, default=1024,
@@ -41,6 +44,15 @@ def run(args) -> int:
     from napari_linblur.training.loop import train
 
     model_cfg = preset_config(args.config)
+    if args.init:
+        from napari_linblur.models.registry import read_card
+
+        if args.width is not None:
+            raise ValueError("--width cannot be combined with --init (the architecture comes from the init model)")
+        init_card = read_card(args.init)
+        if init_card.get("architecture") != "HDMENet":
+            raise ValueError(f"--init {args.init!r} is a {init_card.get('architecture')} model, not HDMENet")
+        model_cfg = dict(init_card.get("config") or model_cfg)
     if args.width is not None:
         if args.width <= 0:
             raise ValueError(f"--width must be positive, got {args.width}")
@@ -55,7 +67,7 @@ def run(args) -> int:
         raise ValueError(f"--crop must be a multiple of {multiple} for config {args.config!r}, got {args.crop}")
     cfg = train_config_from_args(args)
     task = DefocusTask(model_cfg, data, seed=args.seed, config_name=args.config,
-                       log=None if args.no_progress else print)
+                       log=None if args.no_progress else print, init=args.init)
     res = train(task, cfg)
     if args.bn_batches > 0:
         res = _recalibrate(task, res, args.bn_batches)

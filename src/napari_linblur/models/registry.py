@@ -118,6 +118,28 @@ def build_model(card: dict):
     return cls(**card.get("config", {}))
 
 
+def init_weights(model, init: str | os.PathLike, architecture: str):
+    """Copy the weights of a saved model (name or path) into ``model``, to continue training from it.
+
+    The saved model must be of ``architecture`` and have exactly ``model``'s parameters (strict load); used by
+    every training task's ``--init``.
+
+    Returns
+    -------
+    dict
+        The card of the model the weights came from (for provenance in the new card).
+    """
+    src = load_model(init, device="cpu")
+    if src.card.get("architecture") != architecture:
+        raise ValueError(f"init={str(init)!r} is a {src.card.get('architecture')} model, not {architecture}")
+    try:
+        model.load_state_dict(src.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"init={str(init)!r} does not match this configuration (its config: "
+                         f"{src.card.get('config')}): {str(exc).splitlines()[0]}") from None
+    return src.card
+
+
 def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto"):
     """Load a shipped model by name, or any ``.safetensors`` model file saved by napari-linblur.
 

@@ -448,12 +448,9 @@ class AETask:
 
         model = LinearLatentAE(**self.model_config)
         if self.init:  # continue from a saved model (same architecture and config)
-            from napari_linblur.models.registry import load_model
+            from napari_linblur.models.registry import init_weights
 
-            src = load_model(self.init, device="cpu")
-            if src.card.get("architecture") != "LinearLatentAE":
-                raise ValueError(f"init={self.init!r} is not a LinearLatentAE model")
-            model.load_state_dict(src.state_dict(), strict=True)
+            init_weights(model, self.init, "LinearLatentAE")
         return model
 
     def loss(self, model, batch):

@@ -498,13 +498,10 @@ class DeblurTask:
         from napari_linblur.models.drbnet import DRBNet
 
         model = DRBNet(**self.config)
-        if self.init:
-            from napari_linblur.models.registry import load_model
+        if self.init:  # continue from a saved model (same architecture and config)
+            from napari_linblur.models.registry import init_weights
 
-            src = load_model(self.init, device="cpu")
-            if src.card.get("architecture") != "DRBNet":
-                raise ValueError(f"init={self.init!r} is not a DRBNet model")
-            model.load_state_dict(src.state_dict(), strict=True)
+            init_weights(model, self.init, "DRBNet")
         return model
 
     def batch(self, step: int, *, rank: int = 0, world: int = 1):

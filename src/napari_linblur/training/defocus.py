@@ -265,8 +265,9 @@ class DefocusTask:
     name = "defocus"
 
     def __init__(self, model_config: dict, data: DefocusDataConfig | None = None, *, seed: int = 0,
-                 config_name: str = "custom", log=None):
+                 config_name: str = "custom", log=None, init: str | None = None):
         self.model_config = dict(model_config)
+        self.init = str(init) if init else None
         self.data = data or DefocusDataConfig()
         self.data.validate()
         self.seed = int(seed)
@@ -280,7 +281,12 @@ class DefocusTask:
     def build_model(self):
         from napari_linblur.models.hrnet import HDMENet
 
-        return HDMENet(**self.model_config)
+        model = HDMENet(**self.model_config)
+        if self.init:  # continue from a saved model (same architecture and config)
+            from napari_linblur.models.registry import init_weights
+
+            init_weights(model, self.init, "HDMENet")
+        return model
 
     # -- data
     def pool(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -343,6 +349,16 @@ class DefocusTask:
         return {"val_loss": float(err.mean()), "val_mae_px": float(err.mean()),
                 "val_rmse_px": float(((pred - s) ** 2).mean().sqrt())}
 
+    def _init_provenance(self) -> dict | None:
+        """Where the starting weights came from (name/path, sha256, that model's training command)."""
+        if not self.init:
+            return None
+        from napari_linblur.models.registry import _locate, sha256_file
+
+        path, src, _ = _locate(self.init)
+        return {"from": self.init, "sha256": sha256_file(path),
+                "command": (src.get("training") or {}).get("command"), "init": src.get("init")}
+
     def card(self) -> dict:
         from napari_linblur.inference.normalize import HIGH_PERCENTILE, LOW_PERCENTILE
 
@@ -351,6 +367,7 @@ class DefocusTask:
             "task": "defocus",
             "config": dict(self.model_config),
             "config_name": self.config_name,
+            "init": self._init_provenance(),
             "output": "sigma (px) of the equivalent Gaussian PSF per pixel, trained on [0, 10]",
             "normalization": {"kind": "fit_normalization per plane", "low_percentile": LOW_PERCENTILE,
                               "high_percentile": HIGH_PERCENTILE},
