@@ -44,7 +44,8 @@ def speed_comparison(model: Any = None, *, side: int = 1024, threads: int | None
                      repeats: int = 2, seed: int = 0) -> dict:
     """Wall time of the network vs ``rl_iterations`` Richardson–Lucy iterations and Wiener on one image.
 
-    Both run on the CPU with the same number of torch/FFT threads (``threads``); the minimum of ``repeats`` runs.
+    Both run on the CPU with the same number of torch/FFT threads (``threads``); the minimum of ``repeats`` runs,
+    interleaved (network, network fp32, RL, Wiener, then again), after one warm-up call of the network.
 
     Returns
     -------
@@ -70,20 +71,22 @@ def speed_comparison(model: Any = None, *, side: int = 1024, threads: int | None
         psf = OpticalSetup().psf(8.0)
         img = (fft_convolve(sharp, psf) + rng.normal(0, 5, sharp.shape)).astype(np.float32)
         img = np.clip(img, 0, None)
-        def timed(f):
-            best = np.inf
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                f()
-                best = min(best, time.perf_counter() - t0)
-            return best
-
         # scipy.fft (RL, Wiener) runs on one thread by default (workers=1); torch gets ``threads``
         amp = resolve_amp("auto", torch.device("cpu"))
-        t_net = timed(lambda: deblur(img, method="network", model=net, device="cpu", amp=amp))
-        t_net32 = timed(lambda: deblur(img, method="network", model=net, device="cpu", amp="off"))
-        t_rl = timed(lambda: richardson_lucy(img, psf, iterations=rl_iterations))
-        t_w = timed(lambda: wiener_deconvolve(img, psf, 0.01))
+        runs = {
+            "net": lambda: deblur(img, method="network", model=net, device="cpu", amp=amp),
+            "net32": lambda: deblur(img, method="network", model=net, device="cpu", amp="off"),
+            "rl": lambda: richardson_lucy(img, psf, iterations=rl_iterations),
+            "wiener": lambda: wiener_deconvolve(img, psf, 0.01),
+        }
+        runs["net"]()  # warm-up (first-call allocations, oneDNN primitive creation)
+        best = dict.fromkeys(runs, np.inf)
+        for _ in range(repeats):  # interleaved, so load changes on a shared machine hit every method alike
+            for key, f in runs.items():
+                t0 = time.perf_counter()
+                f()
+                best[key] = min(best[key], time.perf_counter() - t0)
+        t_net, t_net32, t_rl, t_w = best["net"], best["net32"], best["rl"], best["wiener"]
     finally:
         torch.set_num_threads(old)
     return {
