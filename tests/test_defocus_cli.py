@@ -40,6 +40,30 @@ def test_batches_deterministic_in_seed_and_step():
     assert torch.equal(c1.batch(0)[0], c2.batch(0)[0])
 
 
+def test_plane_normalization_matches_inference_and_crop_mode_stretches():
+    """normalize="plane": a dim crop of a bright plane stays dim (as when estimate_defocus normalizes the plane);
+    normalize="crop": the same crop is stretched to the full range on its own."""
+    from napari_linblur.training.defocus import make_sample
+
+    blurred = np.zeros((64, 64), np.float32)
+    blurred[:, :32] = 1.0  # bright half; the crop below sees only the dark half
+    sigma = np.full((64, 64), 2.0, np.float32)
+    cfg_plane = _data(crop=24, render_size=64, normalize="plane")
+    cfg_crop = _data(crop=24, render_size=64, normalize="crop")
+    # pick seeds whose crop lies entirely in the dark half (x0 >= 32 of 0..40)
+    seeds = [sd for sd in range(200) if int(np.random.default_rng(sd).integers(0, 41, 2)[1]) >= 32][:3]
+    assert seeds
+    for sd in seeds:
+        xp, sp = make_sample(blurred, sigma, np.random.default_rng(sd), cfg_plane)
+        xc, _ = make_sample(blurred, sigma, np.random.default_rng(sd), cfg_crop)
+        assert xp.shape == xc.shape == (24, 24) and xp.dtype == np.float32
+        assert np.all(sp == 2.0)
+        assert float(np.median(xp)) < 0.2  # dim, as in the normalized plane
+        assert float(xc.max() - xc.min()) > 0.8  # stretched noise
+    with pytest.raises(ValueError, match="normalize"):
+        _data(normalize="tile").validate()
+
+
 @pytest.mark.parametrize("content", ["shuffle", "phantom"])
 def test_samples_are_rendered_with_the_true_varying_psf(content):
     cfg = _data(content=content)

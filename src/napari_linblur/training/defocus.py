@@ -72,11 +72,17 @@ class DefocusDataConfig:
     salt_pepper_amount: float = 5e-4
     sources: tuple[str, ...] = TRAIN_SOURCES
     val_samples: int = 16
+    #: "plane": noise over the whole rendered sample and the normalization fitted on it, then the crop — as
+    #: inference normalizes a whole plane; "crop": noise and normalization of the crop alone (the recipe of the
+    #: first defocus-default, whose card has no ``normalize`` entry)
+    normalize: str = "plane"
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.content not in CONTENTS:
             raise ValueError(f"content={self.content!r}; use one of {CONTENTS}")
+        if self.normalize not in ("plane", "crop"):
+            raise ValueError(f"normalize={self.normalize!r}; use 'plane' or 'crop'")
         if self.crop <= 0 or self.crop > self.render_size:
             raise ValueError(f"crop must be in (0, render_size={self.render_size}], got {self.crop}")
         if self.batch_size <= 0:
@@ -191,7 +197,13 @@ def camera(blurred: np.ndarray, rng: np.random.Generator, cfg: DefocusDataConfig
 
 
 def make_sample(blurred: np.ndarray, sigma: np.ndarray, rng: np.random.Generator, cfg: DefocusDataConfig):
-    """Crop, flip/rotate, add camera noise and normalize one pool item -> ``(x, sigma)`` float32 ``(crop, crop)``."""
+    """Crop, flip/rotate, add camera noise and normalize one pool item -> ``(x, sigma)`` float32 ``(crop, crop)``.
+
+    With ``cfg.normalize == "plane"`` the camera noise and the intensity normalization are those of the whole
+    rendered sample (the crop is a window of a normalized plane, as at inference, where ``estimate_defocus``
+    normalizes each plane once); with ``"crop"`` the crop is noised and normalized on its own, which stretches
+    mostly-background crops far more than inference ever does.
+    """
     from napari_linblur.inference.normalize import fit_normalization
 
     c = cfg.crop
@@ -201,11 +213,18 @@ def make_sample(blurred: np.ndarray, sigma: np.ndarray, rng: np.random.Generator
     s = sigma[y : y + c, x : x + c]
     k = int(rng.integers(0, 4))
     b, s = np.rot90(b, k), np.rot90(s, k)
-    if rng.random() < 0.5:
+    flip = rng.random() < 0.5
+    if flip:
         b, s = b[:, ::-1], s[:, ::-1]
-    noisy = camera(np.ascontiguousarray(b), rng, cfg)
-    xin = fit_normalization(noisy).apply(noisy)
-    return xin, np.ascontiguousarray(s, dtype=np.float32)
+    if cfg.normalize == "plane":
+        plane = camera(np.ascontiguousarray(blurred), rng, cfg)
+        window = np.rot90(plane[y : y + c, x : x + c], k)
+        window = window[:, ::-1] if flip else window
+        xin = fit_normalization(plane).apply(np.ascontiguousarray(window))
+    else:
+        noisy = camera(np.ascontiguousarray(b), rng, cfg)
+        xin = fit_normalization(noisy).apply(noisy)
+    return np.ascontiguousarray(xin, dtype=np.float32), np.ascontiguousarray(s, dtype=np.float32)
 
 
 def recalibrate_batchnorm(model, task, n_batches: int = 64, *, start_step: int = 10**7) -> int:
