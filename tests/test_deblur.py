@@ -256,8 +256,11 @@ def test_shipped_deblur_default_card_size_and_gain():
 
     card = registry.read_card("deblur-default")
     assert card["architecture"] == "DRBNet" and card["task"] == "deblur" and card["blind"] is True
-    assert set(card["stages"]) == {"stage1", "stage2"} and "train deblur --stage 2" in card["stages"]["stage2"][
-        "training"]["command"]
+    # the card records every training leg: stage-1 runs (continued with --init) and the stage-2 fine-tuning
+    assert "stage2" in card["stages"] and "train deblur --stage 2" in card["stages"]["stage2"]["training"]["command"]
+    assert all("train deblur --stage 1" in st["training"]["command"]
+               for name, st in card["stages"].items() if name.startswith("stage1"))
+    assert "train deblur --stage 1" in card["stage1_init"]["training"]["command"]
     assert (registry.WEIGHTS_DIR / "deblur-default.safetensors").stat().st_size <= 15e6
     # a held-out through-focus plane (seed never used in training) gets sharper, blind
     (item,) = make_test_set("focus", 1, seed=4_242_424, side=96, d_um=6.0)

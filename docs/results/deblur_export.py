@@ -4,9 +4,10 @@ Uses ``training.deblur.export_default`` (``models.registry.save_model``). The ca
 commands of every stage (``stages``, read from each run's card), the evaluation summary (``metrics``) and the
 sha256 of the ``ae-default`` used by the stage-2 feature loss.
 
-    python docs/results/deblur_export.py --model runs/deblur-s2b-feat/model.safetensors \
-        --runs stage1=runs/deblur-s1b stage2=runs/deblur-s2b-feat --stage1-init runs/deblur-s1 \
-        --eval runs/eval_s1b/deblur_eval.json
+    python docs/results/deblur_export.py --model runs/deblur-s2c-feat/model.safetensors \
+        --runs stage1b=runs/deblur-s1b stage1c=runs/deblur-s1c stage2=runs/deblur-s2c-feat \
+        --stage1-init runs/deblur-s1 --eval runs/eval_s1c/deblur_eval.json \
+        --feature-ae-sha256 121cbe07b8443c012e42b7c74d2dafbcca6a8e76b815ea1224018444dd247a96
 
 ``--stage1-init`` records the run that the stage-1 run was itself initialised from (card key ``stage1_init``:
 its exact command, steps, seed, time and validation), so that the card holds the commands of every stage.
@@ -54,6 +55,9 @@ def main() -> None:
     p.add_argument("--stage1-init", default=None, help="run dir the stage-1 run was initialised from (--init)")
     p.add_argument("--eval", required=True, help="deblur_eval.json of `linblur evaluate deblur`")
     p.add_argument("--out", default=str(WEIGHTS / "deblur-default.safetensors"))
+    p.add_argument("--feature-ae-sha256", default=None,
+                   help="sha256 of the autoencoder stage 2 was trained with, when ae-default has since been "
+                   "replaced (default: the shipped ae-default's)")
     a = p.parse_args()
     runs = {}
     for item in a.runs:
@@ -61,7 +65,7 @@ def main() -> None:
         runs[name] = str(Path(run) / "model.safetensors")
     ev = json.loads(Path(a.eval).read_text())
     ae = WEIGHTS / "ae-default.safetensors"
-    extra = {"feature_ae_sha256": hashlib.sha256(ae.read_bytes()).hexdigest()}
+    extra = {"feature_ae_sha256": a.feature_ae_sha256 or hashlib.sha256(ae.read_bytes()).hexdigest()}
     if a.stage1_init:
         from napari_linblur.models.registry import read_card
 
