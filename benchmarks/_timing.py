@@ -17,3 +17,19 @@ def best_time(fn, repeats: int = 3, *, warmup: bool = False):
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
+
+
+def best_times(calls: dict, repeats: int = 3):
+    """Best wall-clock time of each callable in ``calls`` over ``repeats`` *interleaved* rounds (a, b, c, a, b, c,
+    …), after one untimed warm-up call of each, so that load changes on a shared machine hit all of them alike.
+
+    Returns ``(seconds by key, output of the last call by key)``.
+    """
+    outs = {k: f() for k, f in calls.items()}
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for k, f in calls.items():
+            t0 = time.perf_counter()
+            outs[k] = f()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best, outs
