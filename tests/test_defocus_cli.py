@@ -192,3 +192,12 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
         assert 0 <= r["all"]["mae_px"] < 10 and 0 <= r["all"]["delta3"] <= 1
     text = capsys.readouterr().out
     assert "AbsRel" in text and "δ<1.25" in text and (out / "defocus_eval.md").exists()
+    # the model card's metrics are read from this JSON (training.defocus.ship_model)
+    from napari_linblur.training.defocus import card_metrics
+
+    m = card_metrics(res, "tiny", "linblur evaluate defocus ...")
+    best_classical = min(table[c]["all"]["mae_px"] for c in table if c != "tiny")
+    assert m["microscopy_all"]["mae_px"] == pytest.approx(table["tiny"]["all"]["mae_px"], abs=1e-4)
+    assert m["microscopy_all"]["mae_ratio_best_classical"] == pytest.approx(
+        best_classical / table["tiny"]["all"]["mae_px"], abs=0.01)
+    assert "through_focus_vectorial" not in m and "bbbc006_plane0" not in m  # not run here

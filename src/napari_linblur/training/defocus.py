@@ -31,8 +31,11 @@ every sample on the fly). Batches are a pure function of ``(seed, step, rank)``;
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -40,9 +43,11 @@ __all__ = [
     "CONTENTS",
     "DefocusDataConfig",
     "DefocusTask",
+    "card_metrics",
     "make_sample",
     "natural_sources",
     "render_sample",
+    "ship_model",
 ]
 
 CONTENTS = ("mixed", "shuffle", "phantom")
@@ -394,3 +399,62 @@ class DefocusTask:
                      "renderer": "napari_linblur.optics.varying.render_spatially_varying (scatter)",
                      "pool_seconds": None if self.pool_seconds is None else round(self.pool_seconds, 1)},
         }
+
+
+CLASSICAL_LABELS = ("focus-measure (calibrated LoG var.)", "Zhuo & Sim 2011")
+
+
+def card_metrics(evaluation: dict, label: str, command: str) -> dict:
+    """The model card's ``metrics`` from a ``linblur evaluate defocus`` result (``defocus_eval.json``).
+
+    Held-out spatially varying sets (all / signal pixels, with the ratio to the better classical baseline when the
+    baselines were run), the vectorial through-focus check and the real BBBC006 plane, for the model ``label``.
+    """
+    out: dict = {"evaluation_command": command,
+                 "heldout": {k: evaluation["config"][k] for k in ("n_images", "seed", "size")}}
+    for kind, rows in evaluation["spatially_varying"].items():
+        for part in ("all", "signal"):
+            m = rows[label][part]
+            entry = {k: round(float(m[k]), 4) for k in ("mae_px", "rmse", "abs_rel", "delta1")}
+            classical = [rows[c][part]["mae_px"] for c in CLASSICAL_LABELS if c in rows]
+            if classical:
+                entry["mae_ratio_best_classical"] = round(min(classical) / float(m["mae_px"]), 2)
+            out[f"{kind}_{part}"] = entry
+    tf = evaluation.get("through_focus")
+    if tf:
+        est = tf["estimators"][label]
+        out["through_focus_vectorial"] = {"spearman_rho": round(float(est["spearman_rho_vs_abs_defocus"]), 4),
+                                          "best_focus": est["best_focus"], "in_focus_index": tf["in_focus_index"]}
+    bb = evaluation.get("bbbc006")
+    if bb:
+        out["bbbc006_plane0"] = {k: round(float(v), 3) for k, v in bb["estimators"][label].items()}
+    return out
+
+
+def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike, label: str, *, command: str,
+               name: str = "defocus-default", extra: dict | None = None) -> Path:
+    """Copy a training run's model into the package as ``name`` (safetensors + card with sha256 and metrics).
+
+    The card keeps what training wrote (config, exact command, data recipe + seed, ``init`` provenance, validation,
+    BatchNorm re-estimation) and gains ``metrics`` (:func:`card_metrics` of the evaluation JSON, model ``label``),
+    ``source_run`` and ``extra``.
+
+    Examples
+    --------
+    >>> ship_model("/no/run", "/no/eval.json", "x", command="linblur evaluate defocus")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: /no/run/model.safetensors: train a model first (linblur train defocus ... --out RUN/)
+    """
+    from napari_linblur.models.registry import WEIGHTS_DIR, load_model, save_model
+
+    src = Path(run_dir) / "model.safetensors"
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: train a model first (linblur train defocus ... --out RUN/)")
+    model = load_model(src, device="cpu")
+    card = {k: v for k, v in model.card.items() if k not in ("sha256", "weights")}
+    card["metrics"] = card_metrics(json.loads(Path(evaluation).read_text()), label, command)
+    card["source_run"] = str(run_dir)
+    card["name"] = name
+    card.update(extra or {})
+    return save_model(model, WEIGHTS_DIR / f"{name}.safetensors", card)
