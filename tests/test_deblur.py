@@ -287,3 +287,32 @@ def test_stage2_pairs_from_real_stacks(tmp_path):
     blurry, target, info = task.real.pair(np.random.default_rng(1), 32)
     assert info["plane"] != 2
     assert any(np.array_equal(target, stack[2, y:y + 32, x:x + 32]) for y in range(17) for x in range(25))
+
+
+def test_shrink_keeps_function_where_it_can_and_trains_from_a_larger_init(tmp_path):
+    """models.drbnet.shrink: same config -> same outputs; smaller kernels keep the inner taps; a task with a
+    smaller config and --init of a larger model starts from the shrunk weights."""
+    from napari_linblur.models.drbnet import shrink
+
+    big = _perturbed_net(3)
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        same = shrink(big, big.widths, big.kernel_size)
+        assert torch.allclose(same(x), big(x), atol=1e-6)
+        # an identity network stays the identity whatever is removed
+        ident = shrink(DRBNet(widths=(8, 8, 8), kernel_size=(3, 5, 5, 5)).eval(), (6, 8, 8), (3, 3, 3, 5))
+        assert ident.widths == (6, 8, 8) and ident.kernel_size == (3, 3, 3, 5)
+        assert torch.allclose(ident(x), x, atol=1e-5)
+    with pytest.raises(ValueError, match="1/2-resolution width"):
+        shrink(big, (8, 4, 8), big.kernel_size)
+    with pytest.raises(ValueError, match="kernel sizes"):
+        shrink(big, big.widths, 5)
+    path = tmp_path / "big.safetensors"
+    registry.save_model(big, path, {"architecture": "DRBNet", "task": "deblur", "config": big.config()})
+    task = DeblurTask(stage=1, config={"widths": (6, 8, 8), "kernel_size": 3, "blocks": 1},
+                      data=DeblurData(**SMALL_DATA), init=str(path), val_size=1)
+    small = task.build_model()
+    assert small.widths == (6, 8, 8) and small.training
+    # the kept channels are copied, not re-initialised
+    kept = small.state_dict()["enc.1.0.c1.weight"]
+    assert torch.equal(kept, big.state_dict()["enc.1.0.c1.weight"])
