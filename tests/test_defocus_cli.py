@@ -192,6 +192,11 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
         assert 0 <= r["all"]["mae_px"] < 10 and 0 <= r["all"]["delta3"] <= 1
     text = capsys.readouterr().out
     assert "AbsRel" in text and "δ<1.25" in text and (out / "defocus_eval.md").exists()
+    # error by true σ: bins cover [0, 10], fractions sum to 1, MAE >= |bias|
+    bins = table["tiny"]["by_sigma"]
+    assert [b["lo"] for b in bins] == [0, 2, 4, 6, 8] and sum(b["fraction"] for b in bins) == pytest.approx(1.0)
+    assert all(b["mae_px"] >= abs(b["bias_px"]) - 1e-9 for b in bins if b["fraction"] > 0)
+    assert "error by true σ" in (out / "defocus_eval.md").read_text()
     # the model card's metrics are read from this JSON (training.defocus.ship_model)
     from napari_linblur.training.defocus import card_metrics
 

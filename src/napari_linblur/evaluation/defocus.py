@@ -33,6 +33,7 @@ import numpy as np
 __all__ = [
     "EvalConfig",
     "bbbc006_check",
+    "error_by_sigma",
     "evaluate_defocus",
     "heldout_images",
     "markdown_report",
@@ -134,6 +135,33 @@ def _estimators(models: dict[str, Any], baselines: bool, device: str) -> dict[st
     return est
 
 
+def error_by_sigma(pred: np.ndarray, true: np.ndarray, mask: np.ndarray | None = None,
+                   edges=(0.0, 2.0, 4.0, 6.0, 8.0, 10.0)) -> list[dict[str, float]]:
+    """MAE and bias (mean of estimate − truth) in bins of the true σ, over all pixels and over ``mask``.
+
+    Examples
+    --------
+    >>> rows = error_by_sigma(np.array([1.0, 3.0, 9.0]), np.array([0.5, 3.0, 10.0]))
+    >>> [(r["lo"], r["mae_px"], r["bias_px"]) for r in rows if r["fraction"] > 0]
+    [(0.0, 0.5, 0.5), (2.0, 0.0, 0.0), (8.0, 1.0, -1.0)]
+    """
+    pred, true = np.ravel(pred).astype(np.float64), np.ravel(true).astype(np.float64)
+    mask = np.ones(true.shape, bool) if mask is None else np.ravel(mask).astype(bool)
+    rows = []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        last = i == len(edges) - 2
+        sel = (true >= lo) & ((true <= hi) if last else (true < hi))
+        err = pred[sel] - true[sel]
+        serr = pred[sel & mask] - true[sel & mask]
+        nan = float("nan")
+        rows.append({"lo": float(lo), "hi": float(hi), "fraction": float(sel.mean()) if true.size else 0.0,
+                     "mae_px": float(np.abs(err).mean()) if err.size else nan,
+                     "bias_px": float(err.mean()) if err.size else nan,
+                     "mae_px_signal": float(np.abs(serr).mean()) if serr.size else nan,
+                     "bias_px_signal": float(serr.mean()) if serr.size else nan})
+    return rows
+
+
 def _pool(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}
 
@@ -148,6 +176,7 @@ def evaluate_spatially_varying(estimators: dict[str, Any], cfg: EvalConfig) -> d
         table: dict[str, Any] = {}
         for label, fn in estimators.items():
             rows_all, rows_sig, secs = [], [], 0.0
+            preds, trues, masks = [], [], []
             for d in data:
                 t0 = time.perf_counter()
                 pred = np.asarray(fn(d["image"]), dtype=np.float64)
@@ -155,8 +184,13 @@ def evaluate_spatially_varying(estimators: dict[str, Any], cfg: EvalConfig) -> d
                 rows_all.append(_metrics(pred, d["sigma"]))
                 mask = signal_mask(d["image"])
                 rows_sig.append(_metrics(pred, d["sigma"], mask) if mask.any() else rows_all[-1])
+                preds.append(pred.ravel())
+                trues.append(np.asarray(d["sigma"], np.float64).ravel())
+                masks.append(mask.ravel() if mask.any() else np.ones(mask.size, bool))
             table[label] = {"all": _pool(rows_all), "signal": _pool(rows_sig),
-                            "seconds_per_image": secs / max(1, len(data))}
+                            "seconds_per_image": secs / max(1, len(data)),
+                            "by_sigma": error_by_sigma(np.concatenate(preds), np.concatenate(trues),
+                                                       np.concatenate(masks))}
         res[kind] = table
     return res
 
@@ -291,6 +325,18 @@ def markdown_report(res: dict[str, Any]) -> str:
                 m = r[region]
                 lines.append(f"| {label} | " + " | ".join(_fmt(m[k]) for k in METRIC_KEYS)
                              + f" | {r['seconds_per_image']:.2f} |")
+            lines.append("")
+        first = next(iter(table.values()), {})
+        if "by_sigma" in first:
+            lines.append(f"#### {kind} test images: error by true σ (MAE px / bias px, all pixels; signal pixels)")
+            lines.append("")
+            bins = [f"{b['lo']:g}–{b['hi']:g}" for b in first["by_sigma"]]
+            lines.append("| method | " + " | ".join(bins) + " |")
+            lines.append("|---|" + "---|" * len(bins))
+            for label, r in table.items():
+                cells = [f"{_fmt(b['mae_px'])} / {b['bias_px']:+.2f}; {_fmt(b['mae_px_signal'])} / "
+                         f"{b['bias_px_signal']:+.2f}" for b in r.get("by_sigma", [])]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
             lines.append("")
     tf = res.get("through_focus")
     if tf:
