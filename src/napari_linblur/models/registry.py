@@ -118,6 +118,18 @@ def build_model(card: dict):
     return cls(**card.get("config", {}))
 
 
+def load_run(run_dir: str | os.PathLike, task: str):
+    """The model a training run wrote (``RUN/model.safetensors``) and a copy of its card without the hash entries.
+
+    Used when shipping a run into the package; a missing run is a ``FileNotFoundError`` naming the command to run.
+    """
+    src = Path(run_dir) / "model.safetensors"
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: train a model first (linblur train {task} ... --out RUN/)")
+    model = load_model(src, device="cpu")
+    return model, {k: v for k, v in model.card.items() if k not in ("sha256", "weights")}
+
+
 def init_weights(model, init: str | os.PathLike, architecture: str):
     """Copy the weights of a saved model (name or path) into ``model``, to continue training from it.
 

@@ -562,13 +562,9 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike | None 
     ...
     FileNotFoundError: /no/run/model.safetensors: train a model first (linblur train ae ... --out RUN/)
     """
-    from napari_linblur.models.registry import WEIGHTS_DIR, load_model, save_model
+    from napari_linblur.models.registry import WEIGHTS_DIR, load_run, save_model
 
-    src = Path(run_dir) / "model.safetensors"
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: train a model first (linblur train ae ... --out RUN/)")
-    model = load_model(src, device="cpu")
-    card = dict(model.card)
+    model, card = load_run(run_dir, "ae")
     if evaluation is not None:
         res = json.loads(Path(evaluation).read_text())
         label = next(iter(res["models"]))

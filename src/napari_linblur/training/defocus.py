@@ -446,13 +446,9 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike, label:
     ...
     FileNotFoundError: /no/run/model.safetensors: train a model first (linblur train defocus ... --out RUN/)
     """
-    from napari_linblur.models.registry import WEIGHTS_DIR, load_model, save_model
+    from napari_linblur.models.registry import WEIGHTS_DIR, load_run, save_model
 
-    src = Path(run_dir) / "model.safetensors"
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: train a model first (linblur train defocus ... --out RUN/)")
-    model = load_model(src, device="cpu")
-    card = {k: v for k, v in model.card.items() if k not in ("sha256", "weights")}
+    model, card = load_run(run_dir, "defocus")
     card["metrics"] = card_metrics(json.loads(Path(evaluation).read_text()), label, command)
     card["source_run"] = str(run_dir)
     card["name"] = name
