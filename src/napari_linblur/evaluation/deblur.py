@@ -44,7 +44,8 @@ def speed_comparison(model: Any = None, *, side: int = 1024, threads: int | None
                      repeats: int = 2, seed: int = 0) -> dict:
     """Wall time of the network vs ``rl_iterations`` Richardson–Lucy iterations and Wiener on one image.
 
-    Both run on the CPU with the same number of torch/FFT threads (``threads``); the minimum of ``repeats`` runs,
+    All run on the CPU with the same number of threads (torch threads and ``scipy.fft`` workers = ``threads``,
+    default: torch's current count when ``threads`` is None); the minimum of ``repeats`` runs,
     interleaved (network, network fp32, RL, Wiener, then again), after one warm-up call of the network.
 
     Returns
@@ -52,6 +53,7 @@ def speed_comparison(model: Any = None, *, side: int = 1024, threads: int | None
     dict
         ``network_s``, ``rl_s``, ``wiener_s``, ``network_over_rl`` (< 1 means faster than RL).
     """
+    import scipy.fft as sfft
     import torch
 
     from napari_linblur.baselines.richardson_lucy import richardson_lucy
@@ -71,13 +73,21 @@ def speed_comparison(model: Any = None, *, side: int = 1024, threads: int | None
         psf = OpticalSetup().psf(8.0)
         img = (fft_convolve(sharp, psf) + rng.normal(0, 5, sharp.shape)).astype(np.float32)
         img = np.clip(img, 0, None)
-        # scipy.fft (RL, Wiener) runs on one thread by default (workers=1); torch gets ``threads``
+        # the same thread count for everyone: torch gets ``threads``, scipy.fft (RL, Wiener) as many workers
         amp = resolve_amp("auto", torch.device("cpu"))
+        workers = int(threads) if threads else torch.get_num_threads()
+
+        def fft_threads(f):
+            def run():
+                with sfft.set_workers(workers):
+                    return f()
+            return run
+
         runs = {
             "net": lambda: deblur(img, method="network", model=net, device="cpu", amp=amp),
             "net32": lambda: deblur(img, method="network", model=net, device="cpu", amp="off"),
-            "rl": lambda: richardson_lucy(img, psf, iterations=rl_iterations),
-            "wiener": lambda: wiener_deconvolve(img, psf, 0.01),
+            "rl": fft_threads(lambda: richardson_lucy(img, psf, iterations=rl_iterations)),
+            "wiener": fft_threads(lambda: wiener_deconvolve(img, psf, 0.01)),
         }
         runs["net"]()  # warm-up (first-call allocations, oneDNN primitive creation)
         best = dict.fromkeys(runs, np.inf)
