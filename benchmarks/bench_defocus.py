@@ -1,9 +1,10 @@
 """Defocus maps (issue 4): speed on one 1024x1024 image and accuracy on held-out spatially varying images.
 
-Speed: ``estimate_defocus`` with the shipped ``defocus-default`` (fp32, and under bf16 autocast to check whether
-it pays on this CPU) against the two classical estimators of :mod:`napari_linblur.baselines.defocus_classical`
-(calibrated local focus measure, Zhuo & Sim 2011), all on one CPU thread. Times are the best of 3 runs; ratios
-are to the calibrated focus-measure map measured in the same run.
+Speed: ``estimate_defocus`` with the shipped ``defocus-default`` (fp32, bf16 autocast, and the default
+``amp="auto"``; automatic tiles, and the 256-px tiles that were the default before) against the two classical
+estimators of :mod:`napari_linblur.baselines.defocus_classical` (calibrated local focus measure, Zhuo & Sim 2011),
+all on one CPU thread. Times are the best of 3 interleaved rounds; ratios are to the calibrated focus-measure map
+measured in the same run.
 
 Accuracy: the same three estimators on 4 held-out 192x192 microscopy-like images (cell phantoms, σ maps in
 [0, 10] px, true spatially varying renderer, camera noise) — :func:`napari_linblur.evaluation.defocus` with
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from _timing import best_time
+from _timing import best_times
 
 
 def run(report) -> None:
@@ -46,30 +47,35 @@ def run(report) -> None:
     img = poisson_gaussian(render_spatially_varying(content, sig) * 800 + 16, read_noise=2, offset=100, rng=rng)
     img = img.astype(np.float32)
 
-    t_fm, _ = best_time(lambda: focus_measure_sigma_map(img))
-    t_zs, _ = best_time(lambda: zhuo_sim_defocus_map(img))
-    t_net, _ = best_time(lambda: estimate_defocus(img, model=net, device="cpu"))
-    t_patch, _ = best_time(lambda: estimate_defocus(img, model=net, device="cpu", mode="patch"))
-
-    def bf16():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return estimate_defocus(img, model=net, device="cpu")
-
-    t_bf16, s_bf16 = best_time(bf16)
-    s_fp32 = estimate_defocus(img, model=net, device="cpu")
+    calls = {
+        "fm": lambda: focus_measure_sigma_map(img),
+        "zs": lambda: zhuo_sim_defocus_map(img),
+        "fp32": lambda: estimate_defocus(img, model=net, device="cpu", amp="off"),
+        "bf16": lambda: estimate_defocus(img, model=net, device="cpu", amp="bf16"),
+        "auto": lambda: estimate_defocus(img, model=net, device="cpu"),
+        "patch": lambda: estimate_defocus(img, model=net, device="cpu", mode="patch"),
+        "fp32 tile 256": lambda: estimate_defocus(img, model=net, device="cpu", amp="off", tile=256, batch_size=4),
+    }
+    t, out = best_times(calls, repeats=3)
+    t_fm = t["fm"]
+    dmax = float(abs(out["bf16"] - out["fp32"]).max())
     rows = [
         {"method": "focus-measure map (calibrated)", "seconds": t_fm, "time / focus-measure": 1.0},
-        {"method": "Zhuo & Sim 2011", "seconds": t_zs, "time / focus-measure": t_zs / t_fm},
-        {"method": f"HDME-Net pixel ({which})", "seconds": t_net, "time / focus-measure": t_net / t_fm},
-        {"method": f"HDME-Net patch 64 ({which})", "seconds": t_patch, "time / focus-measure": t_patch / t_fm},
-        {"method": f"HDME-Net pixel, bf16 autocast (max |Δσ| vs fp32 {float(abs(s_bf16 - s_fp32).max()):.3f} px)",
-         "seconds": t_bf16, "time / focus-measure": t_bf16 / t_fm},
+        {"method": "Zhuo & Sim 2011", "seconds": t["zs"], "time / focus-measure": t["zs"] / t_fm},
+        {"method": f"HDME-Net pixel ({which}), fp32", "seconds": t["fp32"], "time / focus-measure": t["fp32"] / t_fm},
+        {"method": f"HDME-Net pixel, bf16 autocast (max |Δσ| vs fp32 {dmax:.3f} px)", "seconds": t["bf16"],
+         "time / focus-measure": t["bf16"] / t_fm},
+        {"method": "HDME-Net pixel, amp='auto' (the default)", "seconds": t["auto"],
+         "time / focus-measure": t["auto"] / t_fm},
+        {"method": "HDME-Net patch 64, amp='auto'", "seconds": t["patch"], "time / focus-measure": t["patch"] / t_fm},
+        {"method": "HDME-Net pixel, fp32, 256-px tiles (the former default)", "seconds": t["fp32 tile 256"],
+         "time / focus-measure": t["fp32 tile 256"] / t_fm},
     ]
     report("defocus map speed, 1024x1024, 1 CPU thread", rows)
 
     cfg = EvalConfig(n_images=4, size=192)
     est = {
-        f"HDME-Net ({which})": lambda im: estimate_defocus(im, model=net, device="cpu"),
+        f"HDME-Net ({which})": lambda im: estimate_defocus(im, model=net, device="cpu", amp="off"),
         "focus-measure (calibrated)": lambda im: focus_measure_sigma_map(im.astype(np.float64)),
         "Zhuo & Sim 2011": lambda im: zhuo_sim_defocus_map(im.astype(np.float64)),
     }

@@ -147,3 +147,26 @@ def test_sigma_to_defocus_um_roundtrip():
     assert D.sigma_to_defocus_um(np.array([0.0]), setup=setup)[0] == 0.0
     with pytest.raises(TypeError, match="setup"):
         D.sigma_to_defocus_um(sig, na=0.45, wavelength_um=0.52, pixel_um=0.65, setup="x")
+
+
+def test_automatic_tile_is_the_work_minimising_tile_and_channels_last_changes_nothing(net):
+    """tile=None picks tiling.auto_tile per plane (overlap 32); running the network channels-last (as
+    estimate_defocus does) gives the plain network's numbers."""
+    from napari_linblur.inference.normalize import fit_normalization
+    from napari_linblur.inference.tiling import auto_tile, tiled_apply
+
+    img = _img((600, 260), seed=3)
+    auto = D.estimate_defocus(img, model=net, device="cpu", amp="off")
+    t = auto_tile(600, 260, overlap=32, multiple=net.multiple)
+    assert 260 <= t <= 544 and t % net.multiple == 0
+    x = fit_normalization(img).apply(img)
+    with torch.no_grad():
+        plain = tiled_apply(lambda b: net(b), x, out_channels=1, tile=t, overlap=32, multiple=net.multiple)[0]
+    np.testing.assert_allclose(auto, np.maximum(plain, 0), rtol=1e-4, atol=1e-4)
+    # an explicit tile is still honoured
+    small = D.estimate_defocus(img, model=net, device="cpu", tile=128)
+    assert small.shape == auto.shape and np.isfinite(small).all()
+    # amp="bf16" (what "auto" picks on CPUs with native bf16) moves the map by far less than a pixel
+    assert np.abs(D.estimate_defocus(img, model=net, device="cpu", amp="bf16") - auto).max() < 0.1
+    with pytest.raises(ValueError, match="amp"):
+        D.estimate_defocus(img, model=net, device="cpu", amp="fp8")

@@ -120,7 +120,7 @@ def test_settings_defaults(isolated_plugin_settings):
     from napari_linblur._napari._settings import get_settings, set_setting
 
     s = get_settings()
-    assert (s.device, s.tile_size) == ("auto", 256) and s.model_for("defocus") is None
+    assert (s.device, s.tile_size) == ("auto", 0) and s.model_for("defocus") is None
     assert set_setting("inference", "tile_size", 128)
     assert get_settings().tile_size == 128
 

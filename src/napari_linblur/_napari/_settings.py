@@ -8,7 +8,7 @@ Examples
 --------
 >>> from napari_linblur._napari._settings import get_settings
 >>> s = get_settings()
->>> s.device in ("auto", "cpu", "cuda", "mps") and s.tile_size >= 64
+>>> s.device in ("auto", "cpu", "cuda", "mps") and s.tile_size >= 0
 True
 """
 
@@ -24,7 +24,7 @@ class LinblurSettings:
     """A plain snapshot of the plugin settings (read when a run starts)."""
 
     device: str = "auto"
-    tile_size: int = 256
+    tile_size: int = 0  # 0 = each operation's automatic tile
     preview_delay_ms: int = 150
     ae_model: str = ""
     deblur_model: str = ""

@@ -128,7 +128,8 @@ def _estimators(models: dict[str, Any], baselines: bool, device: str) -> dict[st
 
     est: dict[str, Any] = {}
     for label, m in models.items():
-        est[label] = (lambda img, m=m: estimate_defocus(img, model=m, device=device))
+        # float32: the tables measure the model itself (bf16's effect is in benchmarks/bench_defocus.py)
+        est[label] = (lambda img, m=m: estimate_defocus(img, model=m, device=device, amp="off"))
     if baselines:
         est["focus-measure (calibrated LoG var.)"] = lambda img: focus_measure_sigma_map(img.astype(np.float64))
         est["Zhuo & Sim 2011"] = lambda img: zhuo_sim_defocus_map(img.astype(np.float64))
@@ -222,7 +223,7 @@ def through_focus_check(estimators: dict[str, Any], cfg: EvalConfig, *, model_la
         rho = float(spearmanr(np.abs(dz), means).statistic)
         entry = {"mean_sigma_px": means, "spearman_rho_vs_abs_defocus": rho}
         if label in model_labels:
-            entry["best_focus"] = int(best_focus(stack, model=_MODEL_OBJS.get(label)))
+            entry["best_focus"] = int(best_focus(stack, model=_MODEL_OBJS.get(label), amp="off"))
         out["estimators"][label] = entry
     for m in ("variance_of_laplacian", "brenner", "tenengrad"):
         curve = focus_curve(stack, method=m)

@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from .device import resolve_amp
 from .normalize import fit_normalization
-from .tiling import Cancelled, map_planes, tile_starts
+from .tiling import Cancelled, auto_tile, map_planes, tile_starts
 from .validate import check_finite_plane, check_image, is_dask
 
 __all__ = ["AUTO_METHOD", "METHODS", "auto_tile", "deblur", "guided_weights", "reblur_alpha", "resolve_amp"]
@@ -83,23 +84,6 @@ def reblur_alpha(sigma_b: float, sigma_r: float = DEFAULT_SIGMA_R, sigma_a: floa
     return float(min(1.0, max(0.05, alpha)))
 
 
-def auto_tile(ny: int, nx: int, *, cap: int = 544, overlap: int = 32, multiple: int = 8) -> int:
-    """Square tile side (multiple of ``multiple``, ≤ ``cap``) minimising the pixels processed.
-
-    Examples
-    --------
-    >>> auto_tile(1024, 1024)
-    528
-    """
-    best, best_cost = multiple, None
-    for t in range(max(multiple, 2 * overlap), cap + 1, multiple):
-        th, tw = min(t, -(-ny // multiple) * multiple), min(t, -(-nx // multiple) * multiple)
-        cost = len(tile_starts(max(ny, th), th, overlap)) * len(tile_starts(max(nx, tw), tw, overlap)) * th * tw
-        if best_cost is None or cost < best_cost or (cost == best_cost and t > best):
-            best, best_cost = t, cost
-    return best
-
-
 def guided_weights(sigma_map: np.ndarray, *, sigma_focus: float = 0.8, sigma_full: float = 1.5,
                    tile: int = 64, overlap: int = 32) -> np.ndarray:
     """Per-pixel deblurring strength in [0, 1] from a σ map, tile by tile with smooth blending.
@@ -134,29 +118,6 @@ def guided_weights(sigma_map: np.ndarray, *, sigma_focus: float = 0.8, sigma_ful
             acc[y0 : y0 + th, x0 : x0 + tw] += strength * win
             wsum[y0 : y0 + th, x0 : x0 + tw] += win
     return np.clip(acc / np.maximum(wsum, 1e-12), 0.0, 1.0).astype(np.float32)
-
-
-def resolve_amp(amp: str, device) -> str:
-    """``"auto"`` -> ``"bf16"`` on a CPU with native bf16 (AVX512-BF16 / AMX) or a bf16-capable GPU, else ``"off"``.
-
-    bf16 changes the network's output by far less than the noise (measured in docs/results/deblur.md) and runs
-    about twice as fast on such CPUs.
-    """
-    import torch
-
-    if amp not in ("auto", "off", "bf16"):
-        raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
-    if amp != "auto":
-        return amp
-    if device.type == "cpu":
-        try:
-            ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # pragma: no cover - very old torch
-            ok = False
-        return "bf16" if ok else "off"
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "off"
 
 
 def _amp_forward(net, batch, amp: str, memory_format):

@@ -34,7 +34,6 @@ __all__ = [
     "signal_mask",
 ]
 
-DEFAULT_TILE = 256
 #: ``method`` names of :func:`focus_curve`; the classical ones map to :mod:`napari_linblur.metrics.focus`
 FOCUS_METHODS = ("defocus", "variance_of_laplacian", "brenner", "tenengrad", "normalized_variance", "vollath")
 _ALIASES = {"laplacian": "variance_of_laplacian", "normvar": "normalized_variance", "vollath_f4": "vollath"}
@@ -60,7 +59,9 @@ def _get_model(model, device):
     with _CACHE_LOCK:
         net = _MODEL_CACHE.get(key)
         if net is None:
-            net = resolve_model(model, "defocus", device=device)
+            import torch
+
+            net = resolve_model(model, "defocus", device=device).to(memory_format=torch.channels_last)
             _MODEL_CACHE[key] = net
     return net
 
@@ -68,8 +69,10 @@ def _get_model(model, device):
 class _PlaneDefocus:
     """Picklable per-plane σ estimator: holds the model *spec* and loads it once per worker process."""
 
-    def __init__(self, model, device, tile, overlap, batch_size, mode, patch_size, progress=None, should_stop=None):
+    def __init__(self, model, device, tile, overlap, batch_size, mode, patch_size, progress=None, should_stop=None,
+                 amp="off"):
         self.model = model
+        self.amp = amp
         self.device = device
         self.tile = tile
         self.overlap = overlap
@@ -88,18 +91,29 @@ class _PlaneDefocus:
         return _get_model(self.model, self.device)
 
     def __call__(self, plane: np.ndarray) -> np.ndarray:
-        from napari_linblur.inference.device import resolve_device
+        import torch
+
+        from napari_linblur.inference.device import autocast_context, resolve_amp, resolve_device
         from napari_linblur.inference.normalize import fit_normalization
-        from napari_linblur.inference.tiling import tiled_apply
+        from napari_linblur.inference.tiling import auto_tile, tiled_apply
 
         plane = np.asarray(plane)
         check_finite_plane(plane, "img")
         net = self.net()
         x = fit_normalization(plane).apply(plane)
         dev = next(net.parameters()).device if any(True for _ in net.parameters()) else resolve_device(self.device)
+        multiple = int(getattr(net, "multiple", 16))
+        tile = self.tile or auto_tile(*plane.shape[-2:], overlap=self.overlap, multiple=multiple)
+        cl = torch.channels_last  # ~1.3x faster convolutions on the CPU; the same numbers
+        amp = resolve_amp(self.amp, dev)
+
+        def forward(t):
+            with autocast_context(dev, amp):
+                return net(t.contiguous(memory_format=cl)).float()
+
         sigma = tiled_apply(
-            lambda t: net(t), x, out_channels=1, tile=self.tile, overlap=self.overlap,
-            multiple=int(getattr(net, "multiple", 16)), batch_size=self.batch_size, device=dev,
+            forward, x, out_channels=1, tile=tile, overlap=self.overlap,
+            multiple=multiple, batch_size=self.batch_size, device=dev,
             progress=self.progress, should_stop=self.should_stop,
         )[0]
         sigma = np.maximum(sigma, 0.0).astype(np.float32)
@@ -107,6 +121,17 @@ class _PlaneDefocus:
             grid = patch_means(sigma, self.patch_size)
             sigma = _broadcast_patches(grid, sigma.shape, self.patch_size)
         return sigma
+
+
+def _check_tiling(tile, overlap) -> tuple[int | None, int]:
+    """Validated ``(tile, overlap)``; ``tile=None`` = automatic (chosen per plane), overlap then 32 px."""
+    if tile is None:
+        return None, DEFAULT_OVERLAP if overlap is None else _check_int(overlap, "overlap", 0)
+    tile = _check_int(tile, "tile", 16)
+    overlap = min(DEFAULT_OVERLAP, tile // 4) if overlap is None else _check_int(overlap, "overlap", 0)
+    if overlap >= tile:
+        raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
+    return tile, overlap
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -123,11 +148,12 @@ def estimate_defocus(
     *,
     model=None,
     device="auto",
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
     overlap: int | None = None,
-    batch_size: int = 4,
+    batch_size: int = 1,
     mode: str = "pixel",
     patch_size: int = 64,
+    amp: str = "auto",
     progress=None,
     should_stop=None,
 ):
@@ -145,8 +171,10 @@ def estimate_defocus(
         ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``...
     tile, overlap : int
         Tile side and overlap (pixels) of the tiled inference; tiles are blended smoothly, images smaller than
-        a tile are padded by reflection to the network's multiple and cropped back. ``overlap=None`` uses
-        ``min(32, tile // 4)``.
+        a tile are padded by reflection to the network's multiple and cropped back. ``tile=None`` chooses the
+        tile (≤ 544 px) that processes the fewest pixels (:func:`~napari_linblur.inference.tiling.auto_tile`:
+        more context and ~1.9x faster on a 1024² CPU plane than 256-px tiles, same accuracy);
+        ``overlap=None`` uses ``min(32, tile // 4)``.
     batch_size : int
         Tiles per forward pass.
     mode : {"pixel", "patch"}
@@ -154,6 +182,10 @@ def estimate_defocus(
         broadcast back to the image shape (quick QC; :func:`defocus_patches` returns the grid itself).
     patch_size : int
         Patch side for ``mode="patch"``.
+    amp : {"auto", "off", "bf16"}
+        ``"auto"``: bf16 autocast where the hardware runs it natively (a CPU with AVX512-BF16/AMX, a bf16 GPU),
+        about 1.5x faster on such a CPU; the map moves by < 0.1 px (measured in docs/results/defocus.md).
+        ``"off"``: float32.
     progress, should_stop : callable, optional
         Per-tile progress callback and cancel hook (numpy input only).
 
@@ -178,15 +210,14 @@ def estimate_defocus(
     img = check_image(img, "img")
     if mode not in ("pixel", "patch"):
         raise ValueError(f"mode={mode!r}; use 'pixel' (per-pixel map) or 'patch' (mean σ per tile)")
-    tile = _check_int(tile, "tile", 16)
-    overlap = min(DEFAULT_OVERLAP, tile // 4) if overlap is None else _check_int(overlap, "overlap", 0)
+    tile, overlap = _check_tiling(tile, overlap)
     batch_size = _check_int(batch_size, "batch_size", 1)
     patch_size = _check_int(patch_size, "patch_size", 4)
-    if overlap >= tile:
-        raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
     _get_model(model, device)  # fail early (no model / wrong task) and warm the cache
+    if amp not in ("auto", "off", "bf16"):
+        raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
     fn = _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size,
-                       None if is_dask(img) else progress, None if is_dask(img) else should_stop)
+                       None if is_dask(img) else progress, None if is_dask(img) else should_stop, amp=amp)
     return map_planes(fn, img)
 
 
@@ -391,9 +422,9 @@ def _score_fn(method, model, device, kwargs):
     sigma_fn = None
     if method == "defocus":
         _get_model(model, device)
-        sigma_fn = _PlaneDefocus(model, device, kwargs.get("tile", DEFAULT_TILE),
-                                 kwargs.get("overlap") or min(DEFAULT_OVERLAP, kwargs.get("tile", DEFAULT_TILE) // 4), kwargs.get("batch_size", 4),
-                                 "pixel", 64)
+        tile, overlap = _check_tiling(kwargs.get("tile"), kwargs.get("overlap"))
+        sigma_fn = _PlaneDefocus(model, device, tile, overlap, kwargs.get("batch_size", 1), "pixel", 64,
+                                 amp=kwargs.get("amp", "auto"))
     return _PlaneScore(method, sigma_fn)
 
 

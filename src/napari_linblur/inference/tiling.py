@@ -39,6 +39,27 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
+def auto_tile(ny: int, nx: int, *, cap: int = 544, overlap: int = 32, multiple: int = 8) -> int:
+    """Square tile side (multiple of ``multiple``, ≤ ``cap``) minimising the pixels processed.
+
+    The default tile of the deblurring and defocus models: large tiles give the network more context and, on a
+    CPU, ~528 px tiles ran faster per pixel than both smaller tiles and whole 1024² planes (cache); ``cap`` bounds
+    the memory of one tile.
+
+    Examples
+    --------
+    >>> auto_tile(1024, 1024)
+    528
+    """
+    best, best_cost = multiple, None
+    for t in range(max(multiple, 2 * overlap), cap + 1, multiple):
+        th, tw = min(t, -(-ny // multiple) * multiple), min(t, -(-nx // multiple) * multiple)
+        cost = len(tile_starts(max(ny, th), th, overlap)) * len(tile_starts(max(nx, tw), tw, overlap)) * th * tw
+        if best_cost is None or cost < best_cost or (cost == best_cost and t > best):
+            best, best_cost = t, cost
+    return best
+
+
 def _ramp(n: int) -> np.ndarray:
     """Weights rising from 0 to 1 over ``n`` pixels: a zero halo (``n // 4`` px, where a tile's
     prediction lacks context) followed by a raised cosine."""

@@ -107,7 +107,10 @@ def run_whole_stack(
 
 def op_kwargs(model: str | None) -> dict:
     s = get_settings()
-    return {"model": model, "device": s.device, "tile": s.tile_size}
+    kw = {"model": model, "device": s.device}
+    if s.tile_size:  # 0 = the operation's automatic tile
+        kw["tile"] = s.tile_size
+    return kw
 
 
 def as_plane(x) -> np.ndarray:
