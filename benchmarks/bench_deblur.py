@@ -14,8 +14,11 @@ from _timing import best_times
 #: cheaper layouts of the shipped architecture, timed untrained (weights do not change the cost)
 CANDIDATES = {
     "kernels 3/3/5/5": {"widths": (16, 32, 48), "kernel_size": (3, 3, 5, 5)},
-    "widths 12/32/48, kernels 3/3/5/5": {"widths": (12, 32, 48), "kernel_size": (3, 3, 5, 5)},
+    "widths 12/32/48, kernels 3/3/5/5 (config speed)": {"widths": (12, 32, 48), "kernel_size": (3, 3, 5, 5)},
+    "widths 10/32/48, kernels 3/3/5/5": {"widths": (10, 32, 48), "kernel_size": (3, 3, 5, 5)},
+    "widths 8/32/48, kernels 3/3/5/5": {"widths": (8, 32, 48), "kernel_size": (3, 3, 5, 5)},
     "widths 12/24/48, kernels 3/3/5/5": {"widths": (12, 24, 48), "kernel_size": (3, 3, 5, 5)},
+    "widths 8/24/48, kernels 3/3/5/5": {"widths": (8, 24, 48), "kernel_size": (3, 3, 5, 5)},
     "widths 8/16/32 (config fast)": {"widths": (8, 16, 32), "kernel_size": (3, 5, 5, 5)},
 }
 

@@ -43,7 +43,8 @@ CONFIGS: dict[str, dict] = {
     "tiny": {"widths": (8, 8, 8), "kernel_size": 3, "blocks": 1},
     "fast": {"widths": (8, 16, 32), "kernel_size": (3, 5, 5, 5), "blocks": 1},
     "default": {"widths": (16, 32, 48), "kernel_size": (3, 5, 5, 5), "blocks": 1},
-    # the default with 12 channels at 1/2 resolution and 3x3 kernels there: ~0.9x the time of 10 RL iterations;
+    # the default with 12 channels at 1/2 resolution and 3x3 kernels there: ~15 % faster (1.03-1.09x the time of
+    # 10 RL iterations on one quiet CPU thread, docs/results/deblur.md);
     # made from a trained default by ``shrink`` (``linblur train deblur --init deblur-default --config speed``)
     "speed": {"widths": (12, 32, 48), "kernel_size": (3, 3, 5, 5), "blocks": 1},
     "large": {"widths": (32, 64, 96), "kernel_size": 5, "blocks": 2},
