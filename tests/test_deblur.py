@@ -14,7 +14,6 @@ from napari_linblur.models.drbnet import (
     DynamicResidualBlock,
     _pad,
     dynamic_update,
-    per_pixel_filter,
 )
 from napari_linblur.training.deblur import DeblurData, DeblurTask, make_test_set
 from napari_linblur.training.loop import TrainConfig, train
@@ -34,14 +33,25 @@ def _perturbed_net(seed=0):
     return net.eval()
 
 
-def test_per_pixel_filter_delta_is_identity_and_zero_sum_kills_constants():
+def _per_pixel_filter(x, kernels, k):
+    """Reference: filter x (B, 1, H, W) with a different k x k kernel (B, k*k, H, W) at every pixel (im2col)."""
+    b, _, h, w = x.shape
+    cols = torch.nn.functional.unfold(_pad(x, k), k).reshape(b, k * k, h, w)
+    return (cols * kernels).sum(1, keepdim=True)
+
+
+def test_dynamic_update_delta_kernel_and_constant_images():
+    """A kernel concentrated on the centre tap with gain g: e + g·(e − box mean) + r; constants stay constant."""
     x = torch.rand(2, 1, 9, 11)
-    k = torch.zeros(2, 9, 9, 11)
-    k[:, 4] = 1.0  # centre tap
-    assert torch.allclose(per_pixel_filter(x, k, 3), x)
-    zero_sum = torch.softmax(torch.randn(2, 9, 9, 11), 1) - 1.0 / 9
+    head = torch.zeros(2, 11, 9, 11)
+    head[:, 4] = 60.0  # centre logit dominates -> softmax is (almost) the delta
+    head[:, 9] = 0.5  # gain
+    box = torch.nn.functional.avg_pool2d(_pad(x, 3), 3, stride=1)
+    assert torch.allclose(dynamic_update(x, head, 3), x + 0.5 * (x - box), atol=1e-5)
     const = torch.full((2, 1, 9, 11), 3.0)
-    assert per_pixel_filter(const, zero_sum, 3).abs().max() < 1e-5
+    head = torch.randn(2, 11, 9, 11)
+    head[:, 10] = 0.0  # no residual
+    assert (dynamic_update(const, head, 3) - 3.0).abs().max() < 1e-5  # zero-sum kernel kills constants
 
 
 @pytest.mark.parametrize("k", [3, 5])
@@ -53,7 +63,7 @@ def test_dynamic_update_online_softmax_equals_explicit_form(k):
     kk = k * k
     probs = torch.softmax(head[:, :kk], 1)
     box = torch.nn.functional.avg_pool2d(_pad(est, k), k, stride=1)
-    expected = est + head[:, kk : kk + 1] * (per_pixel_filter(est, probs, k) - box) + head[:, kk + 1 :]
+    expected = est + head[:, kk : kk + 1] * (_per_pixel_filter(est, probs, k) - box) + head[:, kk + 1 :]
     got = dynamic_update(est, head, k)
     assert torch.isfinite(got).all()
     assert torch.allclose(got, expected, atol=1e-5)

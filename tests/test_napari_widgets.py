@@ -325,16 +325,22 @@ def test_whole_stack_run_keeps_gui_alive_and_cancel_leaves_nothing(viewer, qtbot
     timer.stop()
 
 
-def test_train_widget_trains_and_shares_the_model(viewer, qtbot, tmp_path):
+def _tiny_deblur_training(viewer, tmp_path, *, steps):
+    """The Train widget set up for a tiny deblurring run of ``steps`` steps into tmp_path/run."""
     w = add(viewer, "Train")
-    deb = add(viewer, "Deblur")
     w.set_choice(w.kind, "deblur")
     w.set_choice(w.preset, "tiny")
-    w.set_choice(w.source, "synthetic")
-    w.steps.setValue(6)
+    w.steps.setValue(steps)
     w.batch.setValue(2)
     w.patch.setValue(32)
     w.out.setText(str(tmp_path / "run"))
+    return w
+
+
+def test_train_widget_trains_and_shares_the_model(viewer, qtbot, tmp_path):
+    w = _tiny_deblur_training(viewer, tmp_path, steps=6)
+    deb = add(viewer, "Deblur")
+    w.set_choice(w.source, "synthetic")
     assert w.start()
     qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
     assert w.model_path and os.path.exists(w.model_path), w.panel.status.text()
@@ -547,13 +553,7 @@ def test_single_image_deblur_with_the_shipped_network(viewer, qtbot):
 
 
 def test_train_widget_cancel_keeps_checkpoint_and_adds_no_model(viewer, qtbot, tmp_path):
-    w = add(viewer, "Train")
-    w.set_choice(w.kind, "deblur")
-    w.set_choice(w.preset, "tiny")
-    w.steps.setValue(500)
-    w.batch.setValue(2)
-    w.patch.setValue(32)
-    w.out.setText(str(tmp_path / "run"))
+    w = _tiny_deblur_training(viewer, tmp_path, steps=500)
     before = _ops.USER_MODELS.get("deblur")
     assert w.start()
     qtbot.waitUntil(lambda: len(w.plot.steps) >= 1, timeout=60000)

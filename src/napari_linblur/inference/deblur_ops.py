@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .device import resolve_amp
+from .device import amp_forward, resolve_amp
 from .normalize import fit_normalization
 from .tiling import Cancelled, auto_tile, map_planes, tile_starts
 from .validate import check_finite_plane, check_image, is_dask
@@ -120,27 +120,14 @@ def guided_weights(sigma_map: np.ndarray, *, sigma_focus: float = 0.8, sigma_ful
     return np.clip(acc / np.maximum(wsum, 1e-12), 0.0, 1.0).astype(np.float32)
 
 
-def _amp_forward(net, batch, amp: str, memory_format):
-    from .device import autocast_context
-
-    with autocast_context(batch.device, amp):
-        return net(batch.contiguous(memory_format=memory_format)).float()
-
-
 def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, progress, should_stop,
                    amp="off") -> np.ndarray:
-    import torch
-
     from .tiling import tiled_apply
 
     norm = fit_normalization(plane)
     x = norm.apply(plane)
     t = tile or auto_tile(*x.shape, overlap=overlap, multiple=net.multiple)
-
-    def fn(b):
-        return _amp_forward(net, b, amp, torch.channels_last)
-
-    out = tiled_apply(fn, x, out_channels=1, tile=t, overlap=overlap, multiple=net.multiple,
+    out = tiled_apply(lambda b: amp_forward(net, b, amp), x, out_channels=1, tile=t, overlap=overlap, multiple=net.multiple,
                       batch_size=batch_size, device=dev, progress=progress, should_stop=should_stop)[0]
     return norm.invert(out)
 

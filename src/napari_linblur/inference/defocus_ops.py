@@ -91,9 +91,7 @@ class _PlaneDefocus:
         return _get_model(self.model, self.device)
 
     def __call__(self, plane: np.ndarray) -> np.ndarray:
-        import torch
-
-        from napari_linblur.inference.device import autocast_context, resolve_amp, resolve_device
+        from napari_linblur.inference.device import amp_forward, resolve_amp, resolve_device
         from napari_linblur.inference.normalize import fit_normalization
         from napari_linblur.inference.tiling import auto_tile, tiled_apply
 
@@ -104,15 +102,9 @@ class _PlaneDefocus:
         dev = next(net.parameters()).device if any(True for _ in net.parameters()) else resolve_device(self.device)
         multiple = int(getattr(net, "multiple", 16))
         tile = self.tile or auto_tile(*plane.shape[-2:], overlap=self.overlap, multiple=multiple)
-        cl = torch.channels_last  # ~1.3x faster convolutions on the CPU; the same numbers
         amp = resolve_amp(self.amp, dev)
-
-        def forward(t):
-            with autocast_context(dev, amp):
-                return net(t.contiguous(memory_format=cl)).float()
-
         sigma = tiled_apply(
-            forward, x, out_channels=1, tile=tile, overlap=self.overlap,
+            lambda t: amp_forward(net, t, amp), x, out_channels=1, tile=tile, overlap=self.overlap,
             multiple=multiple, batch_size=self.batch_size, device=dev,
             progress=self.progress, should_stop=self.should_stop,
         )[0]
@@ -173,7 +165,7 @@ def estimate_defocus(
         Tile side and overlap (pixels) of the tiled inference; tiles are blended smoothly, images smaller than
         a tile are padded by reflection to the network's multiple and cropped back. ``tile=None`` chooses the
         tile (≤ 544 px) that processes the fewest pixels (:func:`~napari_linblur.inference.tiling.auto_tile`:
-        more context and ~1.9x faster on a 1024² CPU plane than 256-px tiles, same accuracy);
+        more context, and 1.5x faster on a 1024² CPU plane than 256-px tiles in benchmarks/bench_defocus.py);
         ``overlap=None`` uses ``min(32, tile // 4)``.
     batch_size : int
         Tiles per forward pass.
@@ -184,7 +176,7 @@ def estimate_defocus(
         Patch side for ``mode="patch"``.
     amp : {"auto", "off", "bf16"}
         ``"auto"``: bf16 autocast where the hardware runs it natively (a CPU with AVX512-BF16/AMX, a bf16 GPU),
-        about 1.5x faster on such a CPU; the map moves by < 0.1 px (measured in docs/results/defocus.md).
+        about 1.4x faster on such a CPU; the map moves by < 0.1 px (benchmarks/bench_defocus.py).
         ``"off"``: float32.
     progress, should_stop : callable, optional
         Per-tile progress callback and cancel hook (numpy input only).

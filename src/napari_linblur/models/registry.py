@@ -130,26 +130,29 @@ def load_run(run_dir: str | os.PathLike, task: str):
     return model, {k: v for k, v in model.card.items() if k not in ("sha256", "weights")}
 
 
-def init_weights(model, init: str | os.PathLike, architecture: str):
-    """Copy the weights of a saved model (name or path) into ``model``, to continue training from it.
+def init_weights(model, init, architecture: str):
+    """Copy the weights of a saved model into ``model``, to continue training from it.
 
-    The saved model must be of ``architecture`` and have exactly ``model``'s parameters (strict load); used by
-    every training task's ``--init``.
+    ``init`` is a shipped name, a ``.safetensors`` path, or a model already loaded with :func:`load_model`. It must
+    be of ``architecture`` and have exactly ``model``'s parameters (strict load); used by every training task's
+    ``--init``.
 
     Returns
     -------
     dict
         The card of the model the weights came from (for provenance in the new card).
     """
-    src = load_model(init, device="cpu")
-    if src.card.get("architecture") != architecture:
-        raise ValueError(f"init={str(init)!r} is a {src.card.get('architecture')} model, not {architecture}")
+    src = init if hasattr(init, "state_dict") else load_model(init, device="cpu")
+    card = getattr(src, "card", {}) or {}
+    label = str(card.get("name") or card.get("sha256", "")[:12]) if hasattr(init, "state_dict") else str(init)
+    if card.get("architecture") != architecture:
+        raise ValueError(f"init={label!r} is a {card.get('architecture')} model, not {architecture}")
     try:
         model.load_state_dict(src.state_dict(), strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"init={str(init)!r} does not match this configuration (its config: "
-                         f"{src.card.get('config')}): {str(exc).splitlines()[0]}") from None
-    return src.card
+        raise ValueError(f"init={label!r} does not match this configuration (its config: "
+                         f"{card.get('config')}): {str(exc).splitlines()[0]}") from None
+    return card
 
 
 def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto"):

@@ -503,18 +503,10 @@ class DeblurTask:
             from napari_linblur.models.registry import init_weights, load_model
 
             src = load_model(self.init, device="cpu")
-            if src.card.get("architecture") == "DRBNet" and self._differs(src.config()):
-                return shrink(src, self.config["widths"], self.config["kernel_size"]).train()
-            init_weights(model, self.init, "DRBNet")
+            if src.card.get("architecture") == "DRBNet" and src.config() != model.config():
+                return shrink(src, model.widths, model.kernel_size).train()
+            init_weights(model, src, "DRBNet")
         return model
-
-    def _differs(self, init_config: dict) -> bool:
-        """Whether the --init model's architecture differs from the configured one (then it is shrunk)."""
-        mine = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in self.config.items()}
-        ks = mine.get("kernel_size")
-        if isinstance(ks, int):
-            mine["kernel_size"] = [ks] * 4
-        return any(mine.get(k) != init_config.get(k) for k in ("widths", "kernel_size", "blocks"))
 
     def batch(self, step: int, *, rank: int = 0, world: int = 1):
         import torch
