@@ -73,3 +73,27 @@ def test_synthesize_cli_writes_ome_zarr(setup, tmp_path):
     np.testing.assert_allclose(np.asarray(arr).reshape(2, 48, 64)[1], ref, rtol=1e-5, atol=1e-3)
     assert main(["synthesize", str(src), str(tmp_path / "t.zarr"), "--channel", "w1", "--sharp", "0",
                  "--blurry", "99", "--model", str(model)]) == 2
+
+
+def test_ship_model_takes_the_chosen_models_evaluation(setup, tmp_path, monkeypatch):
+    """ship_model copies a run into the weights folder with the evaluation column of that run (``label``)."""
+    from napari_linblur.training.ae import ship_model
+
+    data, model = setup
+    other = tmp_path / "other" / "model.safetensors"
+    registry.save_model(LinearLatentAE(**TINY), other, {"architecture": "LinearLatentAE", "task": "ae",
+                                                        "config": TINY})
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "ae", "--data", str(data), "--model", str(other), "--model", str(model), "--out",
+                 str(ev), "--split", "all", "--max-fields", "1", "--no-progress", "--threads", "1"]) == 0
+    res = json.loads((ev / "evaluate_ae.json").read_text())
+    assert list(res["models"]) == ["other", "run"]
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ValueError, match="nope"):
+        ship_model(model.parent, ev / "evaluate_ae.json", name="ae-x", label="nope")
+    path = ship_model(model.parent, ev / "evaluate_ae.json", name="ae-x", label="run")
+    card = registry.read_card(path)
+    assert card["evaluation"]["model"] == res["models"]["run"]
+    sidecar = json.loads(path.with_suffix(".json").read_text())  # the card again, with the file's hash
+    assert sidecar["sha256"] == registry.sha256_file(path)

@@ -548,12 +548,13 @@ def latent_stats(model, x) -> dict[str, Any]:
 
 def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike | None = None,
                name: str = "ae-default", *, data_command: str | None = None,
-               evaluation_command: str | None = None) -> Path:
+               evaluation_command: str | None = None, label: str | None = None) -> Path:
     """Copy a training run's model into the package as ``name`` (safetensors + card with sha256).
 
     The card keeps everything training wrote (config, exact training command, data recipe + seed, split) and
-    gains the ``evaluation`` summary (a ``linblur evaluate ae`` JSON) and, when given, the ``linblur synth``
-    command that made the data.
+    gains the ``evaluation`` summary (a ``linblur evaluate ae`` JSON; ``label`` picks the run's column when the
+    evaluation compared several models, default: the first) and, when given, the ``linblur synth`` command that
+    made the data.
 
     Examples
     --------
@@ -567,7 +568,9 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike | None 
     model, card = load_run(run_dir, "ae")
     if evaluation is not None:
         res = json.loads(Path(evaluation).read_text())
-        label = next(iter(res["models"]))
+        label = label or next(iter(res["models"]))
+        if label not in res["models"]:
+            raise ValueError(f"label={label!r} is not in {evaluation}; it has {sorted(res['models'])}")
         card["evaluation"] = {"command": evaluation_command or res.get("command"), "data": res["data"], "baselines": res["baselines"],
                               "model": res["models"][label]}
     if data_command:
