@@ -3,12 +3,10 @@
 One optimizer step = the task's own loss (``training.ae``, ``training.deblur``, ``training.defocus``) on one batch
 of its real training shape, backward, AdamW step — what ``training.loop.train`` does per step, without the data
 generation (timed separately: it does not depend on the precision). Reported as the bf16 / fp32 time ratio
-measured in the same run, interleaved, best of ``repeat``.
+measured in the same run, interleaved, best of ``repeat``, on one CPU thread (as the shipped models were trained).
 """
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 from _timing import best_times
 
@@ -17,14 +15,17 @@ def _ae_case():
     import torch
 
     from napari_linblur.models.autoencoder import LinearLatentAE
-    from napari_linblur.training.ae import AETask
+    from napari_linblur.training.ae import triplet_loss
 
     torch.manual_seed(0)
     model = LinearLatentAE(config="default")
     # the shipped recipe: batch 8 triplets of 96² crops, direct term (absolute, no detach), extrapolation term 4
-    cfg = SimpleNamespace(reg="direct", detach=False, direct_scale="absolute", extrap_weight=4.0)
     batch = {"x": torch.rand(8, 3, 1, 96, 96), "alpha": torch.full((8,), 0.5)}
-    return "ae-default (8 triplets, 96²)", model, lambda m, b: AETask.loss(cfg, m, b), batch
+
+    def loss(m, b):
+        return triplet_loss(m, b, reg="direct", detach=False, direct_scale="absolute", extrap_weight=4.0)
+
+    return "ae-default (8 triplets, 96²)", model, loss, batch
 
 
 def _deblur_case():
@@ -72,6 +73,5 @@ def step_times(cases=None, repeat: int = 4) -> list[dict]:
 def run(report) -> None:
     import torch
 
-    rows = step_times()
-    report(f"training step (loss + backward + AdamW), fp32 vs bf16 autocast, torch threads {torch.get_num_threads()}",
-           rows)
+    torch.set_num_threads(1)
+    report("training step (loss + backward + AdamW), fp32 vs bf16 autocast, 1 CPU thread", step_times())

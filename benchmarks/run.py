@@ -34,6 +34,9 @@ def main(argv=None) -> int:
             for r in rows:
                 print("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
 
+    import torch
+
+    threads = torch.get_num_threads()
     here = Path(__file__).parent
     sys.path.insert(0, str(here))  # shared helpers (benchmarks/_timing.py)
     for path in sorted(here.glob("bench_*.py")):
@@ -43,7 +46,10 @@ def main(argv=None) -> int:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         t0 = time.perf_counter()
-        module.run(report)
+        try:
+            module.run(report)
+        finally:  # a benchmark that pins torch's thread count does not change the next one's
+            torch.set_num_threads(threads)
         print(f"({path.name}: {time.perf_counter() - t0:.1f} s)")
     meta = {"python": sys.version.split()[0], "machine": platform.machine(), "processor": platform.processor()}
     (out / "bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))

@@ -297,6 +297,51 @@ def ten_crop_boxes(shape: tuple[int, int], crop: int) -> list[tuple[int, int, bo
     return [(y, x, f) for f in (False, True) for (y, x) in boxes]
 
 
+def triplet_loss(model, batch, *, reg: str = "direct", detach: bool = False, direct_scale: str = "absolute",
+                 extrap_weight: float = 0.0):
+    """L1 losses of eq. 3/4 (or the plain autoencoder) on a triplet batch, and their parts for the log.
+
+    ``batch`` is ``{"x": (B, 3, 1, S, S) planes a, b, c, "alpha": (B,)}`` (:meth:`AETask.batch`); the arguments
+    are those of :class:`AETask`. Returns ``(loss, parts)``.
+    """
+    extrap = extrap_weight > 0
+    out = model(batch["x"], batch["alpha"], need_zb=reg != "indirect" or extrap, extrapolate=extrap)
+    x = batch["x"].float()
+    a, b, c = x[:, 0], x[:, 1], x[:, 2]
+    l1 = lambda p, q: (p.float() - q).abs().mean()  # noqa: E731
+    rec_a, rec_c = l1(out["rec_a"], a), l1(out["rec_c"], c)
+    parts = {"rec_a": rec_a.detach(), "rec_c": rec_c.detach()}
+    za = out["z_a"].float()
+    parts["latent_abs"] = za.detach().abs().mean()
+    if reg == "baseline":
+        rec_b = l1(out["rec_b"], b)
+        parts["rec_b"] = rec_b.detach()
+        loss = (rec_a + rec_b + rec_c) / 3
+        with_interp = l1(out["interp_b"], b).detach()
+        parts["interp_b"] = with_interp
+        return loss, parts
+    interp = l1(out["interp_b"], b)
+    parts["interp_b"] = interp.detach()
+    loss = 0.5 * (rec_a + rec_c) + interp
+    if reg == "direct":
+        zb = out["z_b"].float()
+        if detach:
+            zb = zb.detach()
+        zi = out["z_interp"].float()
+        lin = (zb - zi).abs().mean()
+        if direct_scale == "relative":
+            spread = (out["z_a"].float() - out["z_c"].float()).abs().mean()
+            lin = lin / spread.clamp_min(1e-6)
+        parts["lin"] = lin.detach()
+        loss = loss + lin
+    if extrap:
+        ok = (batch["alpha"] >= 0.25).to(a.dtype).reshape(-1, 1, 1, 1)
+        err = ((out["extrap_a"].float() - a).abs() * ok).sum() / (ok.sum() * a[0].numel()).clamp_min(1)
+        parts["extrap_a"] = err.detach()
+        loss = loss + extrap_weight * err
+    return loss, parts
+
+
 class AETask:
     """Training task for :func:`~napari_linblur.training.loop.train` (see the module docstring).
 
@@ -454,43 +499,9 @@ class AETask:
         return model
 
     def loss(self, model, batch):
-        """L1 losses of eq. 3/4 (or the plain autoencoder) and their parts for the log."""
-        extrap = self.extrap_weight > 0
-        out = model(batch["x"], batch["alpha"], need_zb=self.reg != "indirect" or extrap, extrapolate=extrap)
-        x = batch["x"].float()
-        a, b, c = x[:, 0], x[:, 1], x[:, 2]
-        l1 = lambda p, q: (p.float() - q).abs().mean()  # noqa: E731
-        rec_a, rec_c = l1(out["rec_a"], a), l1(out["rec_c"], c)
-        parts = {"rec_a": rec_a.detach(), "rec_c": rec_c.detach()}
-        za = out["z_a"].float()
-        parts["latent_abs"] = za.detach().abs().mean()
-        if self.reg == "baseline":
-            rec_b = l1(out["rec_b"], b)
-            parts["rec_b"] = rec_b.detach()
-            loss = (rec_a + rec_b + rec_c) / 3
-            with_interp = l1(out["interp_b"], b).detach()
-            parts["interp_b"] = with_interp
-            return loss, parts
-        interp = l1(out["interp_b"], b)
-        parts["interp_b"] = interp.detach()
-        loss = 0.5 * (rec_a + rec_c) + interp
-        if self.reg == "direct":
-            zb = out["z_b"].float()
-            if self.detach:
-                zb = zb.detach()
-            zi = out["z_interp"].float()
-            lin = (zb - zi).abs().mean()
-            if self.direct_scale == "relative":
-                spread = (out["z_a"].float() - out["z_c"].float()).abs().mean()
-                lin = lin / spread.clamp_min(1e-6)
-            parts["lin"] = lin.detach()
-            loss = loss + lin
-        if extrap:
-            ok = (batch["alpha"] >= 0.25).to(a.dtype).reshape(-1, 1, 1, 1)
-            err = ((out["extrap_a"].float() - a).abs() * ok).sum() / (ok.sum() * a[0].numel()).clamp_min(1)
-            parts["extrap_a"] = err.detach()
-            loss = loss + self.extrap_weight * err
-        return loss, parts
+        """L1 losses of eq. 3/4 (or the plain autoencoder) and their parts for the log (:func:`triplet_loss`)."""
+        return triplet_loss(model, batch, reg=self.reg, detach=self.detach, direct_scale=self.direct_scale,
+                            extrap_weight=self.extrap_weight)
 
     def validate(self, model) -> dict[str, float]:
         """Loss on fixed validation triplets, plus PSNR of the interpolation and latent scale/linearity."""
