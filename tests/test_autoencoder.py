@@ -113,6 +113,18 @@ def test_task_batches_are_deterministic_and_share_one_normalization(tiny_data):
     np.testing.assert_allclose(x[2], n.apply(f.planes[c, :32, :32]), rtol=1e-6)
     # a sharper plane has the higher peak under the shared map (per-image min-max would equalize them)
     assert x[0].max() > x[2].max()
+    # focus_fraction: that share of the triplets has the in-focus plane as a (28 of the 84 triplets of 9 planes)
+    rng = np.random.default_rng(0)
+    for frac, lo, hi in ((1.0, 1.0, 1.0), (0.5, 0.55, 0.78), (0.0, 0.25, 0.42)):
+        t = AETask(data, TINY, reg="direct", batch_size=3, crop=32, seed=5, focus_fraction=frac)
+        share = np.mean([t._pick_triplet(rng, f)[0] == 0 for _ in range(400)])
+        assert lo <= share <= hi, (frac, share)
+    assert t.card()["data"]["focus_fraction"] == 0.0
+    # the default (0) draws no extra random numbers: its batches are those of the recipe before the option
+    assert torch.equal(AETask(data, TINY, reg="direct", batch_size=3, crop=32, seed=5, focus_fraction=0.0).batch(7)["x"],
+                       b1["x"])
+    with pytest.raises(ValueError, match="focus_fraction"):
+        AETask(data, TINY, batch_size=3, crop=32, focus_fraction=1.5)
 
 
 def test_losses_follow_eq_3_and_4_and_detach(tiny_data):

@@ -32,13 +32,17 @@ def setup(tmp_path_factory):
 def test_evaluate_writes_tables_with_baselines(setup, tmp_path, capsys):
     data, model = setup
     assert main(["evaluate", "ae", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "ev"),
-                 "--split", "all", "--max-fields", "2", "--no-progress", "--threads", "1"]) == 0
+                 "--split", "all", "--max-fields", "2", "--no-progress", "--threads", "1", "--tta", "2"]) == 0
     printed = capsys.readouterr().out
+    assert "self-ensemble ×2" in printed
     assert "LDS" in printed and "APD" in printed and "pixel blend" in printed and "Wiener" in printed
     res = json.loads((tmp_path / "ev" / "evaluate_ae.json").read_text())
     m = res["models"]["run"]
-    for key in ("lds", "apd", "interp_vs_real", "interp_vs_recon", "extrap_vs_real", "extrap_vs_recon"):
+    for key in ("lds", "apd", "interp_vs_real", "interp_vs_recon", "extrap_vs_real", "extrap_vs_recon",
+                "extrap_tta_vs_real"):
         assert np.isfinite(m[key]), key
+    assert m["tta"] == 2 and set(m["extrap_tta_by_k"]) == set(m["extrap_by_k"])
+    assert set(res["baselines"]["wiener_by_k"]) == set(m["extrap_by_k"])
     assert -1 <= m["lds"] <= 1 and m["apd"] >= 0
     b = res["baselines"]
     # baselines measured on the same planes: Wiener with the true PSF beats the blurry input it deconvolves

@@ -260,6 +260,50 @@ def test_dynamic_update_equals_explicit_zero_sum_kernel():
     assert torch.allclose(dynamic_update(est, head, k), explicit, atol=1e-5)
 
 
+def test_shared_subpixel_update_equals_the_per_pixel_form():
+    """The 'shared' full-scale block = dynamic_update with each 2x2 cell's kernel repeated on its 4 pixels."""
+    from napari_linblur.models.drbnet import dynamic_update, shared_subpixel_update
+
+    torch.manual_seed(1)
+    for k in (3, 5):
+        kk = k * k
+        est, head = torch.rand(2, 1, 16, 12), torch.randn(2, kk + 1 + 4, 8, 6)
+        per_cell = head[:, : kk + 1].repeat_interleave(2, -2).repeat_interleave(2, -1)
+        explicit = torch.cat([per_cell, torch.nn.functional.pixel_shuffle(head[:, kk + 1 :], 2)], 1)
+        assert torch.allclose(shared_subpixel_update(est, head, k), dynamic_update(est, explicit, k), atol=1e-5)
+
+
+def test_one_tap_blocks_predict_only_a_residual_and_lean_layout():
+    from napari_linblur.models.drbnet import CONFIGS, dynamic_update, head_channels, shrink
+
+    est, res = torch.rand(1, 1, 8, 8), torch.randn(1, 1, 8, 8)
+    assert head_channels(1) == 1 and head_channels(3) == 11
+    assert torch.equal(dynamic_update(est, res, 1), est + res)
+    x = torch.rand(1, 1, 32, 24)
+    for cfg in ({"widths": (8, 8, 8), "kernel_size": (1, 3, 1, 3)}, CONFIGS["lean"]):
+        net = DRBNet(**cfg).eval()
+        with torch.no_grad():
+            assert torch.allclose(net(x), x, atol=1e-5)  # identity at initialisation in every layout
+    with pytest.raises(ValueError, match="full_kernel"):
+        DRBNet(widths=(8, 8, 8), full_kernel="nope")
+    with pytest.raises(ValueError, match="up"):
+        DRBNet(widths=(8, 8, 8), up="nope")
+    # the lean layout is a different network from the default: its card records the two layout keys
+    lean = DRBNet(**CONFIGS["lean"])
+    assert lean.config()["full_kernel"] == "shared" and lean.config()["up"] == "conv_upsample"
+    assert "full_kernel" not in DRBNet().config()  # older cards (and the shipped default) have neither key
+    # shrinking keeps the layout; the shared full-scale block can drop its kernel to a residual
+    torch.manual_seed(0)
+    for p in lean.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    small = shrink(lean.eval(), (12, 32, 48), (1, 3, 5, 5))
+    assert (small.full_kernel, small.up_order) == ("shared", "conv_upsample")
+    assert small.full_head.out_channels == 4
+    with torch.no_grad():
+        y = small(torch.rand(1, 1, 32, 32))
+    assert torch.isfinite(y).all()
+
+
 @pytest.mark.skipif("deblur-default" not in registry.list_models(), reason="deblur-default not shipped")
 def test_shipped_deblur_default_card_size_and_gain():
     from napari_linblur.metrics.image import psnr

@@ -96,6 +96,28 @@ def test_no_seams_tiled_vs_untiled(tiny):
     assert err.max() < 1e-3 * np.abs(whole).max()
 
 
+def test_self_ensemble_averages_the_flips_and_rotations(tiny):
+    """tta=N is the mean of the model's results on the first N flips/rotations, each undone (no tiling seams)."""
+    from napari_linblur.inference.latent_ops import DIHEDRAL
+
+    b, c = _img((48, 64), 7).astype(np.float32), _img((48, 64), 8).astype(np.float32)
+    plain = nl.deblur_pair(b, c, 0.5, model=tiny, tile=512)
+    assert np.array_equal(plain, nl.deblur_pair(b, c, 0.5, model=tiny, tile=512, tta=1))
+    manual = []
+    for turns, mirror in DIHEDRAL:
+        f = lambda x, t=turns, m=mirror: np.rot90(x[:, ::-1] if m else x, t).copy()  # noqa: E731
+        o = np.rot90(nl.deblur_pair(f(b), f(c), 0.5, model=tiny, tile=512), -turns)
+        manual.append(o[:, ::-1] if mirror else o)
+    for n in (2, 4, 8):
+        np.testing.assert_allclose(nl.deblur_pair(b, c, 0.5, model=tiny, tile=512, tta=n),
+                                   np.mean(manual[:n], 0), rtol=1e-4, atol=1e-3)
+    ens = nl.synthesize_blur(b, c, 0.3, model=tiny, tile=512, tta=8)
+    assert ens.shape == b.shape and not np.allclose(ens, nl.synthesize_blur(b, c, 0.3, model=tiny, tile=512))
+    for bad in (3, 0, True, 2.0):
+        with pytest.raises(ValueError, match="tta"):
+            nl.deblur_pair(b, c, 0.5, model=tiny, tta=bad)
+
+
 def test_bad_input_names_the_argument(tiny):
     a = _img((32, 32))
     cases = [

@@ -40,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         auto=not args.no_auto_alpha,
         progress=not args.no_progress,
+        tta=args.tta,
     )
     import shlex
     import sys
@@ -78,5 +79,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-auto-alpha", action="store_true", help="skip scoring the automatic alpha")
+    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
+                   help="also score pair deblurring with this self-ensemble (flips/rotations averaged; default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         detach=args.detach,
         direct_scale=args.direct_scale,
         extrap_weight=args.extrap_weight,
+        focus_fraction=args.focus_fraction,
         batch_size=args.batch_size,
         crop=args.crop,
         triplets=args.triplets,
@@ -109,6 +110,8 @@ def register(subparsers) -> None:
                    "mean|z_a - z_c| (scale-invariant, trained slower in our measurements)")
     p.add_argument("--extrap-weight", type=float, default=0.0,
                    help="ours (not in the paper): weight of an L1 term on the extrapolated sharp plane (default 0)")
+    p.add_argument("--focus-fraction", type=float, default=0.0,
+                   help="ours: fraction of triplets whose a is the in-focus plane (the deblurring use; default 0)")
     p.add_argument("--model-config", default=None,
                    help='JSON overriding entries of --config, e.g. \'{"channels": [16, 32], "latent_channels": 8}\'')
     p.add_argument("--batch-size", type=int, default=8, help="triplets per step (default 8)")

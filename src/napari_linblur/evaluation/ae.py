@@ -102,11 +102,16 @@ def evaluate_field_baselines(planes: np.ndarray, defocus: np.ndarray, psf_of=Non
         if psf is not None:
             _, _, score = best_wiener(planes[k], psf, planes[0], data_range=1.0)
             res["wiener_vs_real"].append(score)
+            res.setdefault("wiener_by_k", {})[k] = score
     return res
 
 
-def evaluate_field_model(model, planes: np.ndarray, defocus: np.ndarray, *, auto: bool = True) -> dict[str, Any]:
-    """Table 1 and Table 2 entries of one model on one normalized field stack (sharpest first)."""
+def evaluate_field_model(model, planes: np.ndarray, defocus: np.ndarray, *, auto: bool = True,
+                         tta: int = 1) -> dict[str, Any]:
+    """Table 1 and Table 2 entries of one model on one normalized field stack (sharpest first).
+
+    With ``tta > 1`` the pair deblurring is also scored with that self-ensemble (``extrap_tta_*``).
+    """
     n = len(planes)
     z = np.stack([encode_normalized(model, p).ravel() for p in planes])
     res: dict[str, Any] = {"lds": lds(z), "apd": apd(z)}
@@ -133,6 +138,10 @@ def evaluate_field_model(model, planes: np.ndarray, defocus: np.ndarray, *, auto
         res["extrap_vs_real"].append(psnr(planes[0], out, data_range=1.0))
         res["extrap_vs_recon"].append(psnr(recon[0], out, data_range=1.0))
         res["extrap_by_k"][k] = res["extrap_vs_real"][-1]
+        if tta > 1:
+            out = combine_normalized(model, planes[k], planes[2 * k], 1 / al, -(1 - al) / al, tta=tta)
+            res.setdefault("extrap_tta_vs_real", []).append(psnr(planes[0], out, data_range=1.0))
+            res.setdefault("extrap_tta_by_k", {})[k] = res["extrap_tta_vs_real"][-1]
         if auto:
             a_hat = auto_alpha_normalized(model, planes[k], planes[2 * k])[0]
             res["auto_alpha"].append((al, a_hat))
@@ -158,6 +167,7 @@ def evaluate_ae(
     device: str = "auto",
     auto: bool = True,
     progress: bool = True,
+    tta: int = 1,
 ) -> dict[str, Any]:
     """Evaluate ``models`` (shipped names or ``.safetensors`` paths) on the held-out fields of ``data``.
 
@@ -173,6 +183,8 @@ def evaluate_ae(
         Evaluate at most this many fields (the first of the split).
     crop : int, optional
         Central crop side (None = whole planes).
+    tta : {1, 2, 4, 8}
+        Also score pair deblurring with this self-ensemble (``deblur_pair(..., tta=)``); 1 = plain only.
 
     Returns
     -------
@@ -220,15 +232,19 @@ def evaluate_ae(
         psf_of = (lambda d, r=recipe: _true_psf(r, c_index, d)) if recipe else None
         base.append(evaluate_field_baselines(planes, f.defocus_um, psf_of))
         for label, net in loaded:
-            per_model[label].append(evaluate_field_model(net, planes, f.defocus_um, auto=auto))
+            per_model[label].append(evaluate_field_model(net, planes, f.defocus_um, auto=auto, tta=tta))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    baselines = {k: _mean(v for r in base for v in r[k]) for k in base[0] if k != "blend_by_span"} if base else {}
+    by_key = ("blend_by_span", "wiener_by_k")
+    baselines = {k: _mean(v for r in base for v in r[k]) for k in base[0] if k not in by_key} if base else {}
     if base:
         baselines["blend_by_span"] = {int(s): _mean(v for r in base for v in r["blend_by_span"].get(s, []))
                                       for s in base[0]["blend_by_span"]}
+    if base and "wiener_by_k" in base[0]:
+        baselines["wiener_by_k"] = {int(k): _mean(r["wiener_by_k"][k] for r in base if k in r.get("wiener_by_k", {}))
+                                    for k in base[0]["wiener_by_k"]}
     out_models = {}
     for label, net in loaded:
         rows = per_model[label]
@@ -242,6 +258,11 @@ def evaluate_ae(
         summary["interp_by_span"] = {int(s): _mean(v for r in rows for v in r["interp_by_span"].get(s, []))
                                      for s in rows[0]["interp_by_span"]}
         summary["extrap_by_k"] = {int(k): _mean(r["extrap_by_k"][k] for r in rows) for k in rows[0]["extrap_by_k"]}
+        if tta > 1:
+            summary["tta"] = int(tta)
+            summary["extrap_tta_vs_real"] = _mean(v for r in rows for v in r["extrap_tta_vs_real"])
+            summary["extrap_tta_by_k"] = {int(k): _mean(r["extrap_tta_by_k"][k] for r in rows)
+                                          for k in rows[0]["extrap_tta_by_k"]}
         pairs = [p for r in rows for p in r["auto_alpha"]]
         if pairs:
             summary["auto_alpha_mean"] = _mean(a for _, a in pairs)
@@ -292,10 +313,16 @@ def to_markdown(res: dict[str, Any]) -> str:
          f"blurry input {_f(b.get('blurry_vs_real'))}; Wiener true PSF {_f(b.get('wiener_vs_real'))}; "
          f"pixel extrap {_f(b.get('pixel_extrap_vs_real'))}"),
         ("deblurring (d, 2d)", "extrap vs recon ↑", "extrap_vs_recon", ""),
+        ("deblurring (d, 2d)", "extrap vs real, self-ensemble ↑", "extrap_tta_vs_real", ""),
         ("deblurring (d, 2d)", "auto-α vs real ↑", "auto_vs_real", ""),
     ]
     for exp, name, key, bl in rows:
-        lines.append(f"| {exp} | {name} | " + " | ".join(_f(m[k][key]) for k in labels) + f" | {bl} |")
+        if not any(key in m[k] for k in labels):
+            continue
+        if key == "extrap_tta_vs_real":
+            name = f"extrap vs real, self-ensemble ×{max(m[k].get('tta', 1) for k in labels)} ↑"
+        lines.append(f"| {exp} | {name} | " + " | ".join(_f(m[k].get(key, float("nan"))) for k in labels)
+                     + f" | {bl} |")
     lines.append("| auto α | mean (true 0.5) | " + " | ".join(_f(m[k].get("auto_alpha_mean", float("nan")), 3)
                                                          for k in labels) + " | |")
     lines.append("| speed | s per synthesized plane | " + " | ".join(_f(m[k]["seconds_per_synthesis"], 3)
@@ -309,9 +336,12 @@ def to_markdown(res: dict[str, Any]) -> str:
                          + f" | {_f(b.get('blend_by_span', {}).get(sp, float('nan')))} |")
     ks = sorted({int(k) for lab in labels for k in m[lab]["extrap_by_k"]})
     if ks:
+        cols = [(lab, "extrap_by_k", lab) for lab in labels]
+        cols += [(lab, "extrap_tta_by_k", f"{lab} ×{m[lab]['tta']}") for lab in labels if "extrap_tta_by_k" in m[lab]]
+        wk = b.get("wiener_by_k", {})
         lines += ["", "**Deblurring per pair (z_k, z_2k) → z_0, extrap vs real (dB)**", "",
-                  "| k | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+                  "| k | " + " | ".join(c[2] for c in cols) + " | Wiener true PSF |", "|---|" + "---|" * (len(cols) + 1)]
         for k in ks:
-            lines.append(f"| {k} | " + " | ".join(_f(m[lab]["extrap_by_k"].get(k, float('nan'))) for lab in labels)
-                         + " |")
+            lines.append(f"| {k} | " + " | ".join(_f(m[lab][key].get(k, float('nan'))) for lab, key, _ in cols)
+                         + f" | {_f(wk.get(k, wk.get(str(k), float('nan'))))} |")
     return "\n".join(lines) + "\n"

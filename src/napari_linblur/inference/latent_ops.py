@@ -33,6 +33,10 @@ DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 64
 #: alpha grid searched by :func:`auto_alpha`
 ALPHA_GRID = tuple(float(a) for a in np.round(np.linspace(0.1, 1.0, 19), 3))
+#: the 8 flips/rotations of a tile, ``(quarter turns, mirror)``, in the order ``tta`` takes them: 2 = identity and
+#: mirror; 4 = all flips (adds the 180° rotation and its mirror); 8 = the whole dihedral group (adds transposes)
+DIHEDRAL = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
+TTA_CHOICES = (1, 2, 4, 8)
 
 
 def alpha_from_positions(d_a: float, d_b: float, d_c: float) -> float:
@@ -86,13 +90,37 @@ def alpha_from_positions(d_a: float, d_b: float, d_c: float) -> float:
 # ---------------------------------------------------------------------------------------------------- core
 
 
-def _pair_fn(model, w_first: float, w_second: float) -> Callable:
-    """Tile function: 2-channel tile (first, second) -> D(w_first * E(first) + w_second * E(second))."""
+def check_tta(tta: Any) -> int:
+    """Validate the self-ensemble size ``tta`` (1, 2, 4 or 8 flips/rotations averaged)."""
+    if isinstance(tta, bool) or not isinstance(tta, (numbers.Integral, np.integer)) or int(tta) not in TTA_CHOICES:
+        raise ValueError(f"tta must be one of {TTA_CHOICES} (flips/rotations averaged; 1 = off), got {tta!r}")
+    return int(tta)
 
-    def fn(t):
+
+def _pair_fn(model, w_first: float, w_second: float, tta: int = 1) -> Callable:
+    """Tile function: 2-channel tile (first, second) -> D(w_first * E(first) + w_second * E(second)).
+
+    With ``tta > 1`` the result is the mean over the first ``tta`` flips/rotations of the tile (:data:`DIHEDRAL`),
+    each undone on the output (a self-ensemble: the network is not exactly equivariant, so its errors partly
+    average out).
+    """
+    import torch
+
+    def core(t):
         z = model.encode(t.reshape(-1, 1, *t.shape[-2:]))
         z = z.reshape(t.shape[0], 2, *z.shape[1:])
         return model.decode(w_first * z[:, 0] + w_second * z[:, 1])
+
+    def fn(t):
+        if tta == 1:
+            return core(t)
+        acc = None
+        for turns, mirror in DIHEDRAL[:tta]:
+            u = torch.rot90(t.flip(-1) if mirror else t, turns, (-2, -1))
+            o = torch.rot90(core(u).float(), -turns, (-2, -1))
+            o = o.flip(-1) if mirror else o
+            acc = o if acc is None else acc + o
+        return acc / tta
 
     return fn
 
@@ -118,8 +146,11 @@ def combine_normalized(
     batch_size: int = 4,
     progress=None,
     should_stop=None,
+    tta: int = 1,
 ) -> np.ndarray:
     """``D(w_first * E(first) + w_second * E(second))`` for two normalized planes, tiled; returns ``(Y, X)``.
+
+    ``tta``: average over this many flips/rotations of every tile (1, 2, 4, 8; :func:`_pair_fn`).
 
     Examples
     --------
@@ -131,7 +162,7 @@ def combine_normalized(
     """
     x = np.stack([np.asarray(first, np.float32), np.asarray(second, np.float32)])
     out = tiled_apply(
-        _pair_fn(model, float(w_first), float(w_second)),
+        _pair_fn(model, float(w_first), float(w_second), check_tta(tta)),
         x,
         out_channels=1,
         tile=tile,
@@ -201,6 +232,7 @@ def synthesize_blur(
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    tta: int = 1,
 ):
     """Synthesize the defocus between two planes by latent interpolation: ``D(α·E(a) + (1−α)·E(c))``.
 
@@ -223,6 +255,9 @@ def synthesize_blur(
     should_stop : callable, optional
         Polled between batches of tiles; when it returns True,
         :class:`~napari_linblur.inference.tiling.Cancelled` is raised (the GUI's Cancel button).
+    tta : {1, 2, 4, 8}
+        Self-ensemble: average the result over this many flips/rotations of every tile (1 = off; 8 costs 8x
+        the time; measured gains in docs/results/latent-ae.md).
 
     Returns
     -------
@@ -233,7 +268,7 @@ def synthesize_blur(
     Raises
     ------
     ValueError
-        Different shapes, ``alpha`` outside [0, 1], NaN/Inf, empty, 1-pixel or RGB images.
+        Different shapes, ``alpha`` outside [0, 1], NaN/Inf, empty, 1-pixel or RGB images; ``tta`` not 1, 2, 4, 8.
 
     Examples
     --------
@@ -250,7 +285,7 @@ def synthesize_blur(
 
     net = resolve_model(model, "ae", device=device)
     kw = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "progress": progress,
-          "should_stop": should_stop}
+          "should_stop": should_stop, "tta": check_tta(tta)}
     return _run_pairs(lambda a, c: combine_normalized(net, a, c, alpha, 1.0 - alpha, **kw), img_a, img_c,
                       ("img_a", "img_c"))
 
@@ -267,6 +302,7 @@ def deblur_pair(
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    tta: int = 1,
 ):
     """Deblur by latent extrapolation from two planes: ``D(E(b)/α − (1−α)/α·E(c))``.
 
@@ -280,7 +316,7 @@ def deblur_pair(
         ``alpha = (d_c - d_b) / (d_c - d_a)`` (:func:`alpha_from_positions`); for planes at ``d`` and ``2d``
         from focus and ``a`` in focus, ``alpha = 0.5``. ``alpha = 1`` reconstructs ``b``. None chooses
         ``alpha`` per plane with :func:`auto_alpha`.
-    model, device, tile, overlap, batch_size, progress, should_stop
+    model, device, tile, overlap, batch_size, progress, should_stop, tta
         As in :func:`synthesize_blur`.
 
     Returns
@@ -291,7 +327,7 @@ def deblur_pair(
     Raises
     ------
     ValueError
-        Different shapes, ``alpha`` outside (0, 1], NaN/Inf, empty, 1-pixel or RGB images.
+        Different shapes, ``alpha`` outside (0, 1], NaN/Inf, empty, 1-pixel or RGB images; ``tta`` not 1, 2, 4, 8.
 
     Examples
     --------
@@ -307,7 +343,7 @@ def deblur_pair(
 
     net = resolve_model(model, "ae", device=device)
     kw = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "progress": progress,
-          "should_stop": should_stop}
+          "should_stop": should_stop, "tta": check_tta(tta)}
 
     def plane_fn(b: np.ndarray, c: np.ndarray) -> np.ndarray:
         al = alpha if alpha is not None else auto_alpha_normalized(net, b, c)[0]

@@ -36,7 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CONFIGS", "DRBNet", "DynamicResidualBlock", "dynamic_update", "shrink"]
+__all__ = ["CONFIGS", "DRBNet", "DynamicResidualBlock", "dynamic_update", "head_channels", "shrink"]
+
+#: full-scale dynamic block: per-pixel kernels placed by depth-to-space, or one kernel per 2x2 cell
+FULL_KERNELS = ("subpixel", "shared")
+#: decoder upsampling: bilinear then 3x3 conv (the first models), or conv at the coarse scale then bilinear
+UPS = ("upsample_conv", "conv_upsample")
 
 #: named configurations; ``default`` is sized for CPU speed (see docs/results/deblur.md)
 CONFIGS: dict[str, dict] = {
@@ -48,16 +53,33 @@ CONFIGS: dict[str, dict] = {
     # made from a trained default by ``shrink`` (``linblur train deblur --init deblur-default --config speed``)
     "speed": {"widths": (12, 32, 48), "kernel_size": (3, 3, 5, 5), "blocks": 1},
     "large": {"widths": (32, 64, 96), "kernel_size": 5, "blocks": 2},
+    # the default's widths with 3x3 kernels at 1/2 resolution, one full-scale kernel per 2x2 cell
+    # (:func:`shared_subpixel_update`) and the decoder's convolutions at the coarse scale: ~0.6x the default's time
+    "lean": {"widths": (16, 32, 48), "kernel_size": (3, 3, 5, 5), "blocks": 1, "full_kernel": "shared",
+             "up": "conv_upsample"},
 }
 
 
 def _pad(x: torch.Tensor, k: int) -> torch.Tensor:
-    pad = k // 2
+    return _reflect_pad(x, k // 2)
+
+
+def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     return F.pad(x, (pad, pad, pad, pad), mode="reflect" if min(x.shape[-2:]) > pad else "replicate")
+
+
+def head_channels(k: int) -> int:
+    """Channels of a dynamic block's head for ``k x k`` kernels: ``k*k`` logits, gain, residual; 1 when ``k == 1``.
+
+    A one-tap zero-sum kernel is identically zero, so with ``k == 1`` the block predicts only the residual.
+    """
+    return k * k + 2 if k > 1 else 1
 
 
 def dynamic_update(estimate: torch.Tensor, head_out: torch.Tensor, k: int) -> torch.Tensor:
     """``estimate + K ⊛ estimate + residual`` from a head output ``(B, k*k + 2, H, W)`` (logits, gain, residual).
+
+    With ``k == 1`` the head output is the residual alone (``(B, 1, H, W)``, :func:`head_channels`).
 
     ``K = gain · (softmax(logits) − 1/k²)`` is zero-sum, so ``K ⊛ e = gain · (Σ_j p_j e_j − mean_k(e))``. The
     softmax is folded into the sum over taps ("online" form: ``Σ_j w_j e_j / Σ_j w_j`` with
@@ -66,6 +88,8 @@ def dynamic_update(estimate: torch.Tensor, head_out: torch.Tensor, k: int) -> to
     within 1e-5 (``tests/test_deblur.py``) and took the network from 1.6-1.8x to 1.1-1.3x the time of 10
     Richardson-Lucy iterations on a CPU (docs/results/deblur.md).
     """
+    if k == 1:  # a one-tap zero-sum kernel is zero: the block predicts only the residual
+        return estimate.float() + head_out.float()
     kk = k * k
     out = head_out.to(torch.float32, memory_format=torch.contiguous_format)
     logits, gain, residual = out[:, :kk], out[:, kk : kk + 1], out[:, kk + 1 :]
@@ -84,6 +108,43 @@ def dynamic_update(estimate: torch.Tensor, head_out: torch.Tensor, k: int) -> to
         num.addcmul_(wj, shifted)
         box += shifted
     return est + gain * (num / den - box / kk) + residual
+
+
+def shared_subpixel_update(estimate: torch.Tensor, head_out: torch.Tensor, k: int) -> torch.Tensor:
+    """Full-resolution dynamic update with per-pixel ``k x k`` kernels predicted at half resolution.
+
+    ``head_out`` is ``(B, k*k + 1 + 4, H/2, W/2)``: the logits and gain of one kernel per 2x2 cell (shared by its
+    four pixels) and the residual of each of the four pixels (depth-to-space order). The estimate ``(B, 1, H, W)``
+    is filtered at full resolution, ``e' = e + K ⊛ e + r`` with ``K`` zero-sum as in :func:`dynamic_update`, but the
+    work runs on the four sub-pixel phases of the image at half resolution, so no full-resolution kernel maps are
+    ever made (the CPU speed bar, docs/results/deblur.md).
+    """
+    kk, r = k * k, k // 2
+    out = head_out.to(torch.float32, memory_format=torch.contiguous_format)
+    logits, gain, residual = out[:, :kk], out[:, kk : kk + 1], out[:, kk + 1 :]
+    est = estimate.to(torch.float32, memory_format=torch.contiguous_format)
+    b, _, h, w = est.shape
+    h2, w2 = h // 2, w // 2
+    rp = r + r % 2  # even padding, so that the padded image's phases line up with the output's
+    xp = _reflect_pad(est, rp)
+    phases = F.pixel_unshuffle(xp, 2)  # phase (a, b) of the padded image is channel 2a + b
+    box = F.pixel_unshuffle(F.avg_pool2d(xp[:, :, rp - r : rp + h + r, rp - r : rp + w + r], k, stride=1), 2)
+    peak = logits.amax(1, keepdim=True)
+    den = torch.zeros_like(peak)
+    num = torch.zeros((b, 4, h2, w2), dtype=est.dtype, device=est.device)
+    for j in range(kk):
+        dy, dx = divmod(j, k)
+        wj = torch.sub(logits[:, j : j + 1], peak).exp_()
+        den += wj
+        for py in range(2):
+            yy = py + dy - r + rp
+            for px in range(2):
+                xx = px + dx - r + rp
+                c = 2 * (yy % 2) + xx % 2
+                num[:, 2 * py + px : 2 * py + px + 1].addcmul_(
+                    wj, phases[:, c : c + 1, yy // 2 : yy // 2 + h2, xx // 2 : xx // 2 + w2])
+    upd = F.pixel_unshuffle(est, 2) + gain * (num / den - box) + residual
+    return F.pixel_shuffle(upd, 2)
 
 
 class ResBlock(nn.Module):
@@ -111,7 +172,7 @@ class DynamicResidualBlock(nn.Module):
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
         self.k = kernel_size
         self.body = nn.Conv2d(ch + 1, ch, 3, padding=1)
-        self.head = nn.Conv2d(ch, kernel_size * kernel_size + 2, 3, padding=1)
+        self.head = nn.Conv2d(ch, head_channels(kernel_size), 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -144,8 +205,14 @@ class DRBNet(nn.Module):
 
     multiple = 8
 
-    def __init__(self, widths=(16, 32, 48), kernel_size=(3, 5, 5, 5), blocks: int = 1):
+    def __init__(self, widths=(16, 32, 48), kernel_size=(3, 5, 5, 5), blocks: int = 1, full_kernel: str = "subpixel",
+                 up: str = "upsample_conv"):
         super().__init__()
+        if full_kernel not in FULL_KERNELS:
+            raise ValueError(f"full_kernel must be one of {FULL_KERNELS}, got {full_kernel!r}")
+        if up not in UPS:
+            raise ValueError(f"up must be one of {UPS}, got {up!r}")
+        self.full_kernel, self.up_order = full_kernel, up
         widths = tuple(int(w) for w in widths)
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"widths must be 3 positive integers (1/2, 1/4, 1/8 resolution), got {widths}")
@@ -165,14 +232,19 @@ class DRBNet(nn.Module):
         self.drb = nn.ModuleList([DynamicResidualBlock(w, k) for w, k in zip(widths, ks[1:])])
         k0 = ks[0]
         self.full_body = nn.Conv2d(w1 + 4, w1, 3, padding=1)
-        self.full_head = nn.Conv2d(w1, 4 * (k0 * k0 + 2), 3, padding=1)
+        n_head = 4 * head_channels(k0) if full_kernel == "subpixel" else head_channels(k0) + 3
+        self.full_head = nn.Conv2d(w1, n_head, 3, padding=1)
         nn.init.zeros_(self.full_head.weight)
         nn.init.zeros_(self.full_head.bias)
 
     def _full_scale_block(self, est: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Dynamic residual block at full scale: kernels and residual predicted at 1/2, placed by pixel shuffle."""
         h = F.leaky_relu(self.full_body(torch.cat([feats, F.pixel_unshuffle(est, 2).to(feats.dtype)], 1)), 0.1)
-        return dynamic_update(est, F.pixel_shuffle(self.full_head(h), 2), self.kernel_size[0])
+        k0 = self.kernel_size[0]
+        if self.full_kernel == "shared" and k0 > 1:
+            return shared_subpixel_update(est, self.full_head(h), k0)
+        head = self.full_head(h).to(torch.float32, memory_format=torch.contiguous_format)
+        return dynamic_update(est, F.pixel_shuffle(head, 2), k0)
 
     def forward(self, x: torch.Tensor, return_all: bool = False):
         if x.ndim != 4 or x.shape[1] != 1:
@@ -195,8 +267,13 @@ class DRBNet(nn.Module):
         d = feats[2]
         for lvl in (2, 1, 0):  # decoder at 1/8, 1/4, 1/2
             if lvl < 2:
-                d = F.interpolate(d, scale_factor=2, mode="bilinear", align_corners=False)
-                d = F.leaky_relu(self.up[lvl](d), 0.1) + feats[lvl]
+                if self.up_order == "upsample_conv":
+                    d = F.leaky_relu(self.up[lvl](F.interpolate(d, scale_factor=2, mode="bilinear",
+                                                                align_corners=False)), 0.1)
+                else:  # convolve at the coarse scale, then upsample the fewer channels (about 4x cheaper)
+                    d = F.interpolate(F.leaky_relu(self.up[lvl](d), 0.1), scale_factor=2, mode="bilinear",
+                                      align_corners=False)
+                d = d + feats[lvl]
                 est = self._upsample_estimate(est, pyr, lvl + 1)
             d = self.dec[lvl](d)
             est = self.drb[lvl](est, d)
@@ -208,13 +285,15 @@ class DRBNet(nn.Module):
     @staticmethod
     def _upsample_estimate(est: torch.Tensor, pyr: list, lvl: int) -> torch.Tensor:
         """Upsample the estimate to pyramid level ``lvl`` and add the input's band-pass detail of that level."""
-        up_est = F.interpolate(est, scale_factor=2, mode="bilinear", align_corners=False)
-        up_in = F.interpolate(pyr[lvl + 1], scale_factor=2, mode="bilinear", align_corners=False)
-        return up_est + (pyr[lvl] - up_in)
+        # up(est) + (pyr[lvl] - up(pyr[lvl + 1])) with one upsampling (bilinear upsampling is linear)
+        return pyr[lvl] + F.interpolate(est - pyr[lvl + 1], scale_factor=2, mode="bilinear", align_corners=False)
 
     def config(self) -> dict:
         """Constructor arguments (for the model card)."""
-        return {"widths": list(self.widths), "kernel_size": list(self.kernel_size), "blocks": self.blocks}
+        cfg = {"widths": list(self.widths), "kernel_size": list(self.kernel_size), "blocks": self.blocks}
+        if (self.full_kernel, self.up_order) != ("subpixel", "upsample_conv"):  # older cards have neither key
+            cfg.update(full_kernel=self.full_kernel, up=self.up_order)
+        return cfg
 
 
 def shrink(model: DRBNet, widths=None, kernel_size=None) -> DRBNet:
@@ -238,7 +317,7 @@ def shrink(model: DRBNet, widths=None, kernel_size=None) -> DRBNet:
         raise ValueError(f"shrink can only reduce the 1/2-resolution width; {model.widths} -> {widths}")
     if any(n > o for n, o in zip(ks, model.kernel_size)):
         raise ValueError(f"shrink can only reduce kernel sizes; {model.kernel_size} -> {ks}")
-    out = DRBNet(widths=widths, kernel_size=ks, blocks=model.blocks)
+    out = DRBNet(widths=widths, kernel_size=ks, blocks=model.blocks, full_kernel=model.full_kernel, up=model.up_order)
     src = {k: v.detach().clone() for k, v in model.state_dict().items()}
     w0 = model.widths[0]
     # importance of each 1/2-resolution stream channel: norm of everything that writes into the stream
@@ -265,19 +344,30 @@ def shrink(model: DRBNet, widths=None, kernel_size=None) -> DRBNet:
     # smaller kernels: keep the logits of the inner taps, then gain and residual
     for lvl, (k_old, k_new) in enumerate(zip(model.kernel_size[1:], ks[1:])):
         if k_new < k_old:
-            off = (k_old - k_new) // 2
-            taps = [(dy + off) * k_old + dx + off for dy in range(k_new) for dx in range(k_new)]
-            rows = torch.tensor(taps + [k_old * k_old, k_old * k_old + 1])
+            rows = _kept_head_rows(k_old, k_new)
             for p in ("weight", "bias"):
                 new[f"drb.{lvl}.head.{p}"] = new[f"drb.{lvl}.head.{p}"][rows]
     if ks[0] < model.kernel_size[0]:
         k_old, k_new = model.kernel_size[0], ks[0]
-        off = (k_old - k_new) // 2
-        taps = [(dy + off) * k_old + dx + off for dy in range(k_new) for dx in range(k_new)]
-        per = torch.tensor(taps + [k_old * k_old, k_old * k_old + 1])
-        # full_head channels are (k*k + 2) groups of 4 sub-pixels (pixel_shuffle order: channel c*4 + sub)
-        rows = (per[:, None] * 4 + torch.arange(4)[None]).flatten()
+        per = _kept_head_rows(k_old, k_new)
+        if model.full_kernel == "subpixel":
+            # full_head channels are (k*k + 2) groups of 4 sub-pixels (pixel_shuffle order: channel c*4 + sub)
+            rows = (per[:, None] * 4 + torch.arange(4)[None]).flatten()
+        else:  # shared: k*k logits and a gain per 2x2 cell, then the 4 sub-pixel residuals
+            kept = per[:-1] if k_new > 1 else per[:0]
+            rows = torch.cat([kept, k_old * k_old + 1 + torch.arange(4)])
         for p in ("weight", "bias"):
             new[f"full_head.{p}"] = new[f"full_head.{p}"][rows]
     out.load_state_dict(new, strict=True)
     return out.eval()
+
+
+def _kept_head_rows(k_old: int, k_new: int) -> torch.Tensor:
+    """Head rows kept when a ``k_old`` kernel shrinks to ``k_new``: the inner taps' logits, gain, residual."""
+    if k_old == 1:
+        return torch.tensor([0])
+    if k_new == 1:  # residual only (:func:`head_channels`)
+        return torch.tensor([k_old * k_old + 1])
+    off = (k_old - k_new) // 2
+    taps = [(dy + off) * k_old + dx + off for dy in range(k_new) for dx in range(k_new)]
+    return torch.tensor(taps + [k_old * k_old, k_old * k_old + 1])

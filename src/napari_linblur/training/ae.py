@@ -359,6 +359,10 @@ class AETask:
     extrap_weight : float
         Ours, not in the paper (default 0): weight of an extra L1 term training the deblurring use directly,
         ``L(a, D(z_b / α − (1 − α)/α · z_c))``, on triplets with ``α >= 0.25``.
+    focus_fraction : float
+        Ours (default 0): fraction of the triplets drawn among those whose ``a`` is the in-focus (sharpest)
+        plane -- the deblurring use, where the plane to recover is the focal one; the rest are drawn among all
+        triplets as the paper does.
     batch_size, crop : int
         Triplets per step and crop side (the paper: 128).
     triplets : {"general", "midpoint"}
@@ -379,6 +383,7 @@ class AETask:
         detach: bool = False,
         direct_scale: str = "absolute",
         extrap_weight: float = 0.0,
+        focus_fraction: float = 0.0,
         batch_size: int = 8,
         crop: int = 128,
         triplets: str = "general",
@@ -409,6 +414,9 @@ class AETask:
         self.extrap_weight = float(extrap_weight)
         if self.extrap_weight < 0:
             raise ValueError(f"extrap_weight must be >= 0, got {extrap_weight}")
+        self.focus_fraction = float(focus_fraction)
+        if not 0.0 <= self.focus_fraction <= 1.0:
+            raise ValueError(f"focus_fraction must be in [0, 1], got {focus_fraction}")
         self.batch_size = int(batch_size)
         self.crop = int(crop)
         self.triplet_kind = triplets
@@ -448,6 +456,13 @@ class AETask:
         x = np.stack([n.apply(f.planes[k, y0 : y0 + s, x0 : x0 + s]) for k in (a, b, c)])
         return x[..., ::-1] if flip else x
 
+    def _pick_triplet(self, rng: np.random.Generator, f: FieldStack) -> tuple:
+        """One triplet of field ``f``: with probability ``focus_fraction`` one whose ``a`` is the in-focus plane."""
+        trips = self._trip[f.name]
+        if self.focus_fraction > 0 and rng.random() < self.focus_fraction:  # no extra draw when 0
+            trips = [t for t in trips if t[0] == 0] or trips
+        return trips[int(rng.integers(len(trips)))]
+
     def batch(self, step: int, *, rank: int = 0, world: int = 1):
         """``{"x": (B, 3, 1, S, S), "alpha": (B,)}``, a pure function of ``(seed, step, rank)``."""
         import torch
@@ -456,8 +471,7 @@ class AETask:
         xs, alphas = [], []
         for _ in range(self.batch_size):
             f = self.train_fields[int(rng.integers(len(self.train_fields)))]
-            trips = self._trip[f.name]
-            trip = trips[int(rng.integers(len(trips)))]
+            trip = self._pick_triplet(rng, f)
             h, w = f.planes.shape[-2:]
             if rng.random() < 0.5:
                 boxes = ten_crop_boxes((h, w), self.crop)
@@ -538,6 +552,7 @@ class AETask:
                 "split_seed": self.split_seed,
                 "split": {k: [int(i) for i in v] for k, v in self.split.items()},
                 "triplets": self.triplet_kind,
+                "focus_fraction": self.focus_fraction,
                 "crop": self.crop,
                 "batch_size": self.batch_size,
                 "augmentation": "paper 10-crop (p=0.5) or random crop + random horizontal flip",
