@@ -204,6 +204,13 @@ def test_deblur_widget_single_and_pair(viewer, qtbot, tiny_models, synth):
     np.testing.assert_allclose(prev.data, nl.deblur_pair(stack[6], stack[2], 0.43, model=tiny_models["ae"],
                                                          tile=TILE), rtol=1e-4, atol=1e-3)
     assert tuple(prev.scale) == (0.5, 0.5)
+    # the self-ensemble option reaches the operation
+    w.tta.setCurrentIndex(w.tta.findData(4))
+    settle(qtbot, w)
+    np.testing.assert_allclose(viewer.layers[name].data,
+                               nl.deblur_pair(stack[6], stack[2], 0.43, model=tiny_models["ae"], tile=TILE, tta=4),
+                               rtol=1e-4, atol=1e-3)
+    w.tta.setCurrentIndex(0)
 
     # whole stack over two layers of one shape (planes paired index by index)
     other = viewer.add_image(stack.astype(np.float32) * 0.5, name="half", scale=(2.0, 0.5, 0.5))

@@ -62,6 +62,12 @@ class DeblurWidget(c.LinblurWidget):
 
         self.alpha = c.AlphaSlider(0.5, low=0.05)
         self.auto_alpha = QCheckBox("estimate α automatically")
+        self.tta = QComboBox()
+        for n, label in ((1, "off"), (2, "2 flips (2× time)"), (4, "4 flips (4× time)"),
+                         (8, "8 flips/rotations (8× time)")):
+            self.tta.addItem(label, n)
+        self.tta.setToolTip("average the extrapolation over flipped/rotated copies of the pair (sharper, slower; "
+                            "see docs/results/latent-ae.md)")
         self.method = QComboBox()
         for m in single_methods():
             self.method.addItem(m, m)
@@ -73,7 +79,8 @@ class DeblurWidget(c.LinblurWidget):
         self.preview_on.setChecked(True)
         box, self._opt_form = c.group(
             "Options",
-            [("α", self.alpha), ("", self.auto_alpha), ("method", self.method), ("autoencoder", self.ae_model),
+            [("α", self.alpha), ("", self.auto_alpha), ("self-ensemble", self.tta), ("method", self.method),
+             ("autoencoder", self.ae_model),
              ("network", self.net_model), ("defocus model", self.defocus_model), ("", self.preview_on)],
         )
         self.layout().addWidget(box)
@@ -96,6 +103,7 @@ class DeblurWidget(c.LinblurWidget):
         self.mode.currentIndexChanged.connect(self.preview.request)
         self.method.currentIndexChanged.connect(self.preview.request)
         self.method.currentIndexChanged.connect(self._update_visibility)
+        self.tta.currentIndexChanged.connect(self.preview.request)
         for w in (self.b_plane, self.c_plane):
             w.changed.connect(self.preview.request)
         for w in (self.b_layer, self.c_layer):
@@ -123,6 +131,7 @@ class DeblurWidget(c.LinblurWidget):
         self._set_row_visible(self._opt_form, self.alpha, pair)
         self.alpha.setEnabled(not self.auto_alpha.isChecked())
         self._set_row_visible(self._opt_form, self.auto_alpha, pair)
+        self._set_row_visible(self._opt_form, self.tta, pair)
         uses_ae = pair or (mode == SINGLE and self.method.currentData() in AE_METHODS)
         self._set_row_visible(self._opt_form, self.ae_model, uses_ae)
         self._set_row_visible(self._opt_form, self.method, mode == SINGLE)
@@ -148,6 +157,7 @@ class DeblurWidget(c.LinblurWidget):
 
         if mode == PAIR:
             kw = op_kwargs(self.ae_model.model())
+            kw["tta"] = int(self.tta.currentData())
 
             def op(b, cc, should_stop=None, progress=None) -> Any:
                 return _ops.call_op(nl.deblur_pair, b, cc, alpha, should_stop=should_stop, progress=progress, **kw)
