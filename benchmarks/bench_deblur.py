@@ -1,7 +1,7 @@
 """Single-image deblurring speed and quality on one 1024x1024 image (issue 5).
 
-The network (shipped ``deblur-default``; bf16 where the CPU runs it natively, and fp32) against Wiener and
-10 Richardson–Lucy iterations given the TRUE PSF (Born–Wolf, 8 µm defocus), all on one CPU thread (torch threads
+The network (shipped ``deblur-default``, the ``lean`` layout; bf16 where the CPU runs it natively, and fp32) against
+Wiener and 10 Richardson–Lucy iterations given the TRUE PSF (Born–Wolf, 8 µm defocus), all on one CPU thread (torch threads
 = 1; scipy.fft runs single-threaded by default), plus cheaper layouts of the architecture (untrained, timing
 only). Times are the best of 3 interleaved rounds after a warm-up call; ratios are to 10 RL iterations measured
 in the same run. PSNR is against the sharp field (data_range = its max).
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from _timing import best_times
 
-#: cheaper layouts of the shipped architecture, timed untrained (weights do not change the cost)
+#: other layouts of the architecture, timed untrained (weights do not change the cost)
+_LEAN = {"full_kernel": "shared", "up": "conv_upsample"}
 CANDIDATES = {
-    "kernels 3/3/5/5": {"widths": (16, 32, 48), "kernel_size": (3, 3, 5, 5)},
-    "widths 12/32/48, kernels 3/3/5/5 (config speed)": {"widths": (12, 32, 48), "kernel_size": (3, 3, 5, 5)},
-    "widths 10/32/48, kernels 3/3/5/5": {"widths": (10, 32, 48), "kernel_size": (3, 3, 5, 5)},
-    "widths 8/32/48, kernels 3/3/5/5": {"widths": (8, 32, 48), "kernel_size": (3, 3, 5, 5)},
-    "widths 12/24/48, kernels 3/3/5/5": {"widths": (12, 24, 48), "kernel_size": (3, 3, 5, 5)},
-    "widths 8/24/48, kernels 3/3/5/5": {"widths": (8, 24, 48), "kernel_size": (3, 3, 5, 5)},
+    "classic (deblur-default before the lean model: kernels 3/5/5/5, per-pixel full-scale kernels)":
+        {"widths": (16, 32, 48), "kernel_size": (3, 5, 5, 5)},
+    "lean, widths 12/32/48": {"widths": (12, 32, 48), "kernel_size": (3, 3, 5, 5), **_LEAN},
+    "lean, widths 12/24/48": {"widths": (12, 24, 48), "kernel_size": (3, 3, 5, 5), **_LEAN},
+    "lean, one-tap full-scale block (residual only)": {"widths": (16, 32, 48), "kernel_size": (1, 3, 5, 5), **_LEAN},
     "widths 8/16/32 (config fast)": {"widths": (8, 16, 32), "kernel_size": (3, 5, 5, 5)},
 }
 

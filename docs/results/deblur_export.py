@@ -4,10 +4,10 @@ Uses ``training.deblur.export_default`` (``models.registry.save_model``). The ca
 commands of every stage (``stages``, read from each run's card), the evaluation summary (``metrics``) and the
 sha256 of the ``ae-default`` used by the stage-2 feature loss.
 
-    python docs/results/deblur_export.py --model runs/deblur-s2c-feat/model.safetensors \
-        --runs stage1b=runs/deblur-s1b stage1c=runs/deblur-s1c stage2=runs/deblur-s2c-feat \
-        --stage1-init runs/deblur-s1 --eval runs/eval_s1c/deblur_eval.json \
-        --feature-ae-sha256 121cbe07b8443c012e42b7c74d2dafbcca6a8e76b815ea1224018444dd247a96
+    python docs/results/deblur_export.py --model runs/deblur-lean-s2b/model.safetensors \
+        --runs stage1=runs/deblur-lean-s1 stage1b=runs/deblur-lean-s1b stage2=runs/deblur-lean-s2b \
+        --eval runs/eval_lean2/deblur_eval.json --speed runs/speed_lean.json \
+        --feature-ae-sha256 2acd1d7146792b504bb3d0eb6b4e6a23909ae26634bbad6afb9b954bdeb85d83
 
 ``--stage1-init`` records the run that the stage-1 run was itself initialised from (card key ``stage1_init``:
 its exact command, steps, seed, time and validation), so that the card holds the commands of every stage.
@@ -41,7 +41,7 @@ def _metrics(ev: dict, main: str) -> dict:
             "varying": keep(ev["varying"]),
         },
         "side": ev["side"],
-        "speed": ev["speed"],
+        "speed": ev.get("speed"),
         "test_seed": ev["seed"],
     }
 
@@ -58,6 +58,9 @@ def main() -> None:
     p.add_argument("--feature-ae-sha256", default=None,
                    help="sha256 of the autoencoder stage 2 was trained with, when ae-default has since been "
                    "replaced (default: the shipped ae-default's)")
+    p.add_argument("--speed", default=None,
+                   help="JSON of evaluation.deblur.speed_comparison runs to record as metrics.speed (when the "
+                   "evaluation ran with --no-speed): {'command': ..., 'runs': [...]}")
     a = p.parse_args()
     runs = {}
     for item in a.runs:
@@ -73,7 +76,10 @@ def main() -> None:
         extra["stage1_init"] = {"training": c.get("training"), "validation": c.get("validation"),
                                 "stage": c.get("stage"), "init": c.get("init"), "loss": c.get("loss"),
                                 "data_seed": c.get("data", {}).get("seed")}
-    path = export_default(a.model, a.out, runs=runs, metrics=_metrics(ev, ev.get("main", "network")), extra=extra)
+    metrics = _metrics(ev, ev.get("main", "network"))
+    if a.speed:
+        metrics["speed"] = json.loads(Path(a.speed).read_text())
+    path = export_default(a.model, a.out, runs=runs, metrics=metrics, extra=extra)
     card = json.loads(Path(path).with_suffix(".json").read_text())
     print(f"wrote {path} (sha256 {card.get('sha256')})")
 

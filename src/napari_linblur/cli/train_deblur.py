@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--stage", type=int, choices=[1, 2], default=1, help="training stage (default 1)")
     p.add_argument("--init", default=None, help="start from this .safetensors (stage 2: the stage-1 model)")
     p.add_argument("--config", default=None,
-                   help="architecture: tiny | fast | default | speed | lean | large (default: the --init model's, else "
+                   help="architecture: tiny | fast | default (= lean) | classic | speed | large (default: the --init model's, else "
                    "default); with --init of a larger trained model, that model is shrunk to this size "
                    "(models.drbnet.shrink: fewer 1/2-resolution channels, smaller kernels) and fine-tuned")
     p.add_argument("--patch", type=int, default=64, help="training patch side, multiple of 8 (default 64)")

@@ -44,19 +44,22 @@ FULL_KERNELS = ("subpixel", "shared")
 UPS = ("upsample_conv", "conv_upsample")
 
 #: named configurations; ``default`` is sized for CPU speed (see docs/results/deblur.md)
+_LEAN = {"widths": (16, 32, 48), "kernel_size": (3, 3, 5, 5), "blocks": 1, "full_kernel": "shared",
+         "up": "conv_upsample"}
 CONFIGS: dict[str, dict] = {
     "tiny": {"widths": (8, 8, 8), "kernel_size": 3, "blocks": 1},
     "fast": {"widths": (8, 16, 32), "kernel_size": (3, 5, 5, 5), "blocks": 1},
-    "default": {"widths": (16, 32, 48), "kernel_size": (3, 5, 5, 5), "blocks": 1},
-    # the default with 12 channels at 1/2 resolution and 3x3 kernels there: ~15 % faster (1.03-1.09x the time of
-    # 10 RL iterations on one quiet CPU thread, docs/results/deblur.md);
-    # made from a trained default by ``shrink`` (``linblur train deblur --init deblur-default --config speed``)
+    # 3x3 kernels at 1/2 resolution, one full-scale kernel per 2x2 cell (:func:`shared_subpixel_update`) and the
+    # decoder's convolutions at the coarse scale: ~0.6x the time of ``classic`` for the same quality once trained
+    # (docs/results/deblur.md); "lean" is the name the shipped model's training command used
+    "default": dict(_LEAN),
+    "lean": dict(_LEAN),
+    # the first models' layout (deblur-default until the lean model): per-pixel full-scale kernels, 5x5 at 1/2
+    "classic": {"widths": (16, 32, 48), "kernel_size": (3, 5, 5, 5), "blocks": 1},
+    # the classic layout with 12 channels at 1/2 resolution and 3x3 kernels there: ~15 % faster than classic;
+    # made from a trained model by ``shrink`` (``linblur train deblur --init MODEL --config speed``)
     "speed": {"widths": (12, 32, 48), "kernel_size": (3, 3, 5, 5), "blocks": 1},
     "large": {"widths": (32, 64, 96), "kernel_size": 5, "blocks": 2},
-    # the default's widths with 3x3 kernels at 1/2 resolution, one full-scale kernel per 2x2 cell
-    # (:func:`shared_subpixel_update`) and the decoder's convolutions at the coarse scale: ~0.6x the default's time
-    "lean": {"widths": (16, 32, 48), "kernel_size": (3, 3, 5, 5), "blocks": 1, "full_kernel": "shared",
-             "up": "conv_upsample"},
 }
 
 
@@ -196,6 +199,14 @@ class DRBNet(nn.Module):
         Side of the per-pixel kernels (odd); one for all scales or one per scale (full, 1/2, 1/4, 1/8).
     blocks : int
         Residual blocks per encoder/decoder level.
+    full_kernel : {"subpixel", "shared"}
+        Full-scale dynamic block: ``"subpixel"`` predicts each pixel's kernel (4 per 1/2-resolution cell, placed by
+        depth-to-space); ``"shared"`` predicts one kernel per 2x2 cell and a residual per pixel and filters the
+        four sub-pixel phases at 1/2 resolution (:func:`shared_subpixel_update`) -- no full-resolution kernel
+        maps, the cheaper of the two on a CPU.
+    up : {"upsample_conv", "conv_upsample"}
+        Decoder step to the finer level: bilinear upsampling then a 3x3 convolution (the first models), or the
+        convolution at the coarse level then upsampling its (fewer) output channels -- about 4x less work.
 
     Notes
     -----
