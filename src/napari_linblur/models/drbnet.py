@@ -56,9 +56,10 @@ CONFIGS: dict[str, dict] = {
     "lean": dict(_LEAN),
     # the first models' layout (deblur-default until the lean model): per-pixel full-scale kernels, 5x5 at 1/2
     "classic": {"widths": (16, 32, 48), "kernel_size": (3, 5, 5, 5), "blocks": 1},
-    # the classic layout with 12 channels at 1/2 resolution and 3x3 kernels there: ~15 % faster than classic;
-    # made from a trained model by ``shrink`` (``linblur train deblur --init MODEL --config speed``)
-    "speed": {"widths": (12, 32, 48), "kernel_size": (3, 3, 5, 5), "blocks": 1},
+    # the lean default with 12 channels at 1/2 resolution, made from a trained lean model by ``shrink``
+    # (``linblur train deblur --init deblur-default --config speed``); the classic layout shrunk this way was ~15 %
+    # faster than classic at the same quality (docs/results/deblur.md)
+    "speed": {"widths": (12, 32, 48), **{k: v for k, v in _LEAN.items() if k != "widths"}},
     "large": {"widths": (32, 64, 96), "kernel_size": 5, "blocks": 2},
 }
 

@@ -504,6 +504,12 @@ class DeblurTask:
 
             src = load_model(self.init, device="cpu")
             if src.card.get("architecture") == "DRBNet" and src.config() != model.config():
+                layout = (model.full_kernel, model.up_order)
+                if (src.full_kernel, src.up_order) != layout:
+                    raise ValueError(f"--init {self.init} has the layout full_kernel={src.full_kernel!r}, "
+                                     f"up={src.up_order!r}; --config asks for full_kernel={layout[0]!r}, "
+                                     f"up={layout[1]!r}: shrinking keeps the layout (pick a config of the same "
+                                     "layout, e.g. speed for the lean default)")
                 return shrink(src, model.widths, model.kernel_size).train()
             init_weights(model, src, "DRBNet")
         return model
