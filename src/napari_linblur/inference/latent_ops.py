@@ -281,11 +281,12 @@ def synthesize_blur(
     """
     img_a, img_c = _prepare(img_a, img_c, ("img_a", "img_c"))
     alpha = check_alpha(alpha, name="alpha")
+    tta = check_tta(tta)
     from napari_linblur.models.registry import resolve_model
 
     net = resolve_model(model, "ae", device=device)
     kw = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "progress": progress,
-          "should_stop": should_stop, "tta": check_tta(tta)}
+          "should_stop": should_stop, "tta": tta}
     return _run_pairs(lambda a, c: combine_normalized(net, a, c, alpha, 1.0 - alpha, **kw), img_a, img_c,
                       ("img_a", "img_c"))
 
@@ -339,11 +340,12 @@ def deblur_pair(
     img_b, img_c = _prepare(img_b, img_c, ("img_b", "img_c"))
     if alpha is not None:
         alpha = check_alpha(alpha, name="alpha", allow_zero=False)
+    tta = check_tta(tta)
     from napari_linblur.models.registry import resolve_model
 
     net = resolve_model(model, "ae", device=device)
     kw = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "progress": progress,
-          "should_stop": should_stop, "tta": check_tta(tta)}
+          "should_stop": should_stop, "tta": tta}
 
     def plane_fn(b: np.ndarray, c: np.ndarray) -> np.ndarray:
         al = alpha if alpha is not None else auto_alpha_normalized(net, b, c)[0]
