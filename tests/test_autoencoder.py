@@ -206,6 +206,27 @@ def test_train_cli_init_starts_from_saved_weights(tiny_data, tmp_path):
     assert registry.load_model(tmp_path / "b" / "model.safetensors", device="cpu").card["init"] == str(src)
 
 
+def test_joint_channels_share_the_split_and_train_from_the_cli(tiny_data, tmp_path):
+    """--channel w1+w2: one model on both channels; a field's channels stay in one split."""
+    from napari_linblur.cli.main import main
+
+    w1, w2 = load_fields(tiny_data, "w1"), load_fields(tiny_data, "w2")
+    solo = AETask(w1, TINY, batch_size=2, crop=32, seed=1)
+    joint = AETask(w1, TINY, batch_size=2, crop=32, seed=1, more_channels=[w2])
+    assert len(joint.train_fields) == 2 * len(solo.train_fields) and len(joint.val_fields) == 2 * len(solo.val_fields)
+    names = [f.name for f in joint.train_fields]
+    assert len(set(names)) == len(names) and {n.split("/")[0] for n in names} == {f.name for f in solo.train_fields}
+    assert np.array_equal(joint.train_fields[-1].planes, w2.fields[int(joint.split["train"][-1])].planes)
+    assert joint.card()["data"]["channel"] == "w1+w2" and solo.card()["data"]["channel"] == "w1"
+    assert torch.equal(joint.batch(4)["x"], joint.batch(4)["x"])
+    with pytest.raises(ValueError, match="every field"):
+        AETask(w1, TINY, batch_size=2, crop=32, more_channels=[load_fields(tiny_data, "w2", fields=[0, 1])])
+    assert main(["train", "ae", "--data", str(tiny_data), "--channel", "w1+w2", "--model-config", json.dumps(TINY),
+                 "--batch-size", "2", "--crop", "32", "--steps", "2", "--no-progress", "--device", "cpu",
+                 "--threads", "1", "--out", str(tmp_path / "joint")]) == 0
+    assert registry.read_card(tmp_path / "joint" / "model.safetensors")["data"]["channel"] == "w1+w2"
+
+
 def test_train_cli_errors(tmp_path, tiny_data):
     from napari_linblur.cli.main import main
 

@@ -36,10 +36,9 @@ def _run(args: argparse.Namespace) -> int:
     from napari_linblur.training.ae import AETask, load_fields
     from napari_linblur.training.loop import train
 
-    channel = args.channel
-    if channel is not None and channel.isdigit():
-        channel = int(channel)
-    data = load_fields(args.data, channel, planes=args.planes)
+    channels = [int(c) if c.isdigit() else c for c in str(args.channel).split("+")]
+    data = load_fields(args.data, channels[0], planes=args.planes)
+    more = [load_fields(args.data, c, planes=args.planes) for c in channels[1:]]
     extra = {}
     cmd = synth_command(data.recipe, data.seed, data.meta.get("n_fields"))
     if cmd:
@@ -72,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         extra_card=extra,
         init=args.init,
+        more_channels=more,
     )
     cfg = train_config_from_args(args)
     if args.epochs is not None:
@@ -99,7 +99,8 @@ def register(subparsers) -> None:
         "dataset or a BBBC006 folder; fields are split 7:1:2 (train/val/test) by --split-seed.",
     )
     p.add_argument("--data", required=True, help="linblur synth OME-Zarr dataset or BBBC006 folder")
-    p.add_argument("--channel", default="w1", help="channel name or index (default w1, nuclei)")
+    p.add_argument("--channel", default="w1",
+                   help="channel name or index (default w1, nuclei); 'w1+w2' trains one model on both jointly")
     p.add_argument("--config", default="default", choices=["default", "paper"], help="network configuration")
     p.add_argument("--reg", default="direct", choices=["baseline", "indirect", "direct"], help="regularization")
     p.add_argument("--detach", dest="detach", action="store_true", default=False,

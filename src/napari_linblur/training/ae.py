@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -370,6 +371,9 @@ class AETask:
         Seed of the 7:1:2 field split (kept apart from the training seed so every model sees one test set).
     seed : int
         Data seed (the loop's ``--seed``): batches are a pure function of ``(seed, step)``.
+    more_channels : sequence of AEDataset
+        Other channels of the same fields (:func:`load_fields` of the same dataset) to train one model on
+        jointly; a field's channels always fall in the same split, and triplets are drawn from every channel.
     """
 
     name = "ae"
@@ -392,6 +396,7 @@ class AETask:
         val_triplets: int = 24,
         extra_card: dict | None = None,
         init: str | None = None,
+        more_channels: Sequence[AEDataset] = (),
     ):
         from napari_linblur.models.autoencoder import CONFIGS
 
@@ -428,15 +433,23 @@ class AETask:
             self.extra_card.setdefault("init", self.init)
         n_total = int(data.meta.get("n_fields", len(data.fields)))
         self.split = split_fields(n_total, self.split_seed)
-        by_index = {i: f for i, f in enumerate(data.fields)} if len(data.fields) == n_total else None
-        if by_index is None:
+        self.channels = [data.channel] + [d.channel for d in more_channels]
+        per_channel = [list(data.fields)]
+        for d in more_channels:  # the same fields in another channel: names made unique, same split
+            if int(d.meta.get("n_fields", len(d.fields))) != n_total or d.path != data.path:
+                raise ValueError(f"more_channels must be other channels of {data.path} ({n_total} fields); got "
+                                 f"{d.path} channel {d.channel!r}")
+            per_channel.append([FieldStack(f"{f.name}/{d.channel}", f.planes, f.defocus_um, f.plane_index, f.truth)
+                                for f in d.fields])
+        if any(len(fs) != n_total for fs in per_channel):
             raise ValueError("AETask needs every field of the dataset loaded (the split picks train/val)")
-        self.train_fields = [by_index[i] for i in self.split["train"]]
-        self.val_fields = [by_index[i] for i in self.split["val"]]
+        self.train_fields = [fs[i] for fs in per_channel for i in self.split["train"]]
+        self.val_fields = [fs[i] for fs in per_channel for i in self.split["val"]]
+        self._all_fields = [f for fs in per_channel for f in fs]
         shape = self.train_fields[0].planes.shape[-2:]
         if min(shape) < self.crop:
             raise ValueError(f"crop={self.crop} is larger than the planes {tuple(shape)}")
-        self._trip = {f.name: make_triplets(f.defocus_um, self.triplet_kind) for f in data.fields}
+        self._trip = {f.name: make_triplets(f.defocus_um, self.triplet_kind) for f in self._all_fields}
         if not any(self._trip[f.name] for f in self.train_fields):
             raise ValueError("no triplets: each field needs at least 3 planes on one side of focus")
         self._norm_cache: dict[tuple, Normalization] = {}
@@ -546,7 +559,7 @@ class AETask:
             "data": {
                 "path": d.path,
                 "kind": d.kind,
-                "channel": d.channel,
+                "channel": d.channel if len(self.channels) == 1 else "+".join(str(c) for c in self.channels),
                 "recipe": d.recipe,
                 "dataset_seed": d.seed,
                 "split_seed": self.split_seed,
