@@ -450,6 +450,8 @@ class AETask:
         if min(shape) < self.crop:
             raise ValueError(f"crop={self.crop} is larger than the planes {tuple(shape)}")
         self._trip = {f.name: make_triplets(f.defocus_um, self.triplet_kind) for f in self._all_fields}
+        # triplets ending at the in-focus plane (position 0), drawn with probability focus_fraction
+        self._focus_trip = {k: [t for t in v if t[0] == 0] or v for k, v in self._trip.items()}
         if not any(self._trip[f.name] for f in self.train_fields):
             raise ValueError("no triplets: each field needs at least 3 planes on one side of focus")
         self._norm_cache: dict[tuple, Normalization] = {}
@@ -473,7 +475,7 @@ class AETask:
         """One triplet of field ``f``: with probability ``focus_fraction`` one whose ``a`` is the in-focus plane."""
         trips = self._trip[f.name]
         if self.focus_fraction > 0 and rng.random() < self.focus_fraction:  # no extra draw when 0
-            trips = [t for t in trips if t[0] == 0] or trips
+            trips = self._focus_trip[f.name]
         return trips[int(rng.integers(len(trips)))]
 
     def batch(self, step: int, *, rank: int = 0, world: int = 1):
