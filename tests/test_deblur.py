@@ -196,6 +196,32 @@ def test_task_batches_are_deterministic_and_pairs_are_exact():
     assert abs(float(noise.mean())) < 3 * np.sqrt(it["photons"]) and noise.std() < 3 * np.sqrt(it["photons"] + 4)
 
 
+def test_psnr_pixel_loss_is_mean_log_mse_and_weighs_clean_pairs_up():
+    task = DeblurTask(stage=1, config=TINY, data=DeblurData(**SMALL_DATA), seed=5, val_size=2, pixel_loss="psnr")
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = task.batch(0)
+    loss, parts = task.loss(model, batch)
+    with torch.no_grad():
+        outs = model(batch["x"], return_all=True)
+    expected = 0.0
+    for i, out in enumerate(outs):
+        f = 2 ** (len(outs) - 1 - i)
+        tgt = torch.nn.functional.avg_pool2d(batch["y"], f) if f > 1 else batch["y"]
+        term = torch.log10(((out - tgt) ** 2).mean(dim=(1, 2, 3)) + 1e-6).mean()
+        expected += (1.0 if f == 1 else 0.5 / f) * float(term)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert "l1" in parts and loss.requires_grad
+    # the gradient of a pair's log-MSE is its MSE gradient divided by its MSE: an error 10x smaller pulls 10x harder
+    # (per unit of squared error) than with a plain MSE
+    err = torch.tensor([[0.1], [1.0]], requires_grad=True)
+    torch.log10((err ** 2).mean(dim=1) + 1e-6).mean().backward()
+    g = err.grad.abs().squeeze()
+    assert float(g[0] / g[1]) == pytest.approx(10.0, rel=1e-3)
+    with pytest.raises(ValueError, match="pixel_loss"):
+        DeblurTask(stage=1, config=TINY, data=DeblurData(**SMALL_DATA), pixel_loss="l2")
+
+
 def test_two_stage_training_with_feature_loss(tmp_path):
     from napari_linblur.models.autoencoder import LinearLatentAE
 

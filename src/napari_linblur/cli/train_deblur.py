@@ -25,8 +25,14 @@ def register(subparsers) -> None:
                    "(models.drbnet.shrink: fewer 1/2-resolution channels, smaller kernels) and fine-tuned")
     p.add_argument("--patch", type=int, default=64, help="training patch side, multiple of 8 (default 64)")
     p.add_argument("--batch", type=int, default=8, help="pairs per step (default 8)")
+    p.add_argument("--pool", type=int, default=24,
+                   help="sharp 192x192 cell fields rendered once per run (seeded); patches are cropped from them "
+                   "(default 24; more fields = more varied content, ~0.05 s each to render)")
     p.add_argument("--feature-weight", type=float, default=None,
                    help="weight of the autoencoder feature loss (default 0 in stage 1, 5 in stage 2: the ae-default latent is ~10x smaller than the pixel L1)")
+    p.add_argument("--loss", choices=["l1", "psnr"], default="l1",
+                   help="pixel term: l1 (default), or psnr = mean over pairs of log10(MSE), which weighs clean "
+                   "high-SNR pairs as much as noisy ones (the evaluation's mean PSNR per image)")
     p.add_argument("--feature-ae", default=None, help="autoencoder for the feature loss (default ae-default)")
     p.add_argument("--data", default=None, help="real stacks for stage 2 (zarr / OME-Zarr / TIFF / BBBC006 folder)")
     p.add_argument("--replay", type=float, default=0.3,
@@ -52,7 +58,7 @@ def _run(args) -> int:
     task = DeblurTask(
         stage=args.stage,
         config=config,
-        data=DeblurData(patch=args.patch, batch=args.batch),
+        data=DeblurData(patch=args.patch, batch=args.batch, pool=args.pool),
         seed=args.seed,
         init=args.init,
         feature_weight=fw,
@@ -60,6 +66,7 @@ def _run(args) -> int:
         real_data=args.data,
         real_fraction=args.real_fraction if args.data else 0.0,
         replay=args.replay if args.stage == 2 else 0.0,
+        pixel_loss=args.loss,
     )
     cfg = train_config_from_args(args)
     cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
