@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip the classical estimators")
     p.add_argument("--no-through-focus", action="store_true", help="skip the vectorial through-focus stack")
     p.add_argument("--no-bbbc006", action="store_true", help="skip the real BBBC006 plane")
+    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
+                   help="also score each model with its self-ensemble over this many flips/rotations")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 on a busy machine)")
     p.set_defaults(func=run)
@@ -61,7 +63,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = EvalConfig(n_images=args.n_images, size=args.size, seed=args.seed)
     res = evaluate_defocus(parse_models(args.model), cfg=cfg, baselines=not args.no_baselines, device=args.device,
-                           through_focus=not args.no_through_focus, bbbc006=not args.no_bbbc006)
+                           through_focus=not args.no_through_focus, bbbc006=not args.no_bbbc006, tta=args.tta)
     print(markdown_report(res))
     js, md = write_report(res, args.out)
     print(f"wrote {js} and {md}")

@@ -119,7 +119,7 @@ def _metrics(pred: np.ndarray, true: np.ndarray, mask: np.ndarray | None = None)
     return m
 
 
-def _estimators(models: dict[str, Any], baselines: bool, device: str) -> dict[str, Any]:
+def _estimators(models: dict[str, Any], baselines: bool, device: str, tta: int = 1) -> dict[str, Any]:
     from napari_linblur.baselines.defocus_classical import (
         focus_measure_sigma_map,
         zhuo_sim_defocus_map,
@@ -130,6 +130,9 @@ def _estimators(models: dict[str, Any], baselines: bool, device: str) -> dict[st
     for label, m in models.items():
         # float32: the tables measure the model itself (bf16's effect is in benchmarks/bench_defocus.py)
         est[label] = (lambda img, m=m: estimate_defocus(img, model=m, device=device, amp="off"))
+        if tta > 1:  # the same model with its self-ensemble, as an extra row
+            est[f"{label}, self-ensemble x{tta}"] = (
+                lambda img, m=m: estimate_defocus(img, model=m, device=device, amp="off", tta=tta))
     if baselines:
         est["focus-measure (calibrated LoG var.)"] = lambda img: focus_measure_sigma_map(img.astype(np.float64))
         est["Zhuo & Sim 2011"] = lambda img: zhuo_sim_defocus_map(img.astype(np.float64))
@@ -265,6 +268,7 @@ def evaluate_defocus(
     device: str = "cpu",
     through_focus: bool = True,
     bbbc006: bool = True,
+    tta: int = 1,
 ) -> dict[str, Any]:
     """Run all checks; returns a JSON-serialisable dict (see :func:`markdown_report`).
 
@@ -278,7 +282,12 @@ def evaluate_defocus(
     device : str
     through_focus, bbbc006 : bool
         Run those checks.
+    tta : {1, 2, 4, 8}
+        Also score every model with ``estimate_defocus(..., tta=tta)`` (rows labelled ``"..., self-ensemble xN"``).
     """
+    from napari_linblur.inference.tta import check_tta
+
+    tta = check_tta(tta)
     from napari_linblur.inference.defocus_ops import _get_model
 
     cfg = cfg or EvalConfig()
@@ -292,7 +301,7 @@ def evaluate_defocus(
         cards[label] = {"model": str(m) if m is not None else "defocus-default",
                         "config_name": card.get("config_name"), "content": card.get("data", {}).get("recipe", {}).get(
                             "content"), "steps": card.get("training", {}).get("steps")}
-    est = _estimators(dict(_MODEL_OBJS), baselines, device)
+    est = _estimators(dict(_MODEL_OBJS), baselines, device, tta)
     t0 = time.perf_counter()
     result: dict[str, Any] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                               "models": cards}

@@ -121,13 +121,14 @@ def guided_weights(sigma_map: np.ndarray, *, sigma_focus: float = 0.8, sigma_ful
 
 
 def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, progress, should_stop,
-                   amp="off") -> np.ndarray:
+                   amp="off", tta: int = 1) -> np.ndarray:
     from .tiling import tiled_apply
+    from .tta import self_ensemble
 
     norm = fit_normalization(plane)
     x = norm.apply(plane)
     t = tile or auto_tile(*x.shape, overlap=overlap, multiple=net.multiple)
-    out = tiled_apply(lambda b: amp_forward(net, b, amp), x, out_channels=1, tile=t, overlap=overlap, multiple=net.multiple,
+    out = tiled_apply(self_ensemble(lambda b: amp_forward(net, b, amp), tta), x, out_channels=1, tile=t, overlap=overlap, multiple=net.multiple,
                       batch_size=batch_size, device=dev, progress=progress, should_stop=should_stop)[0]
     return norm.invert(out)
 
@@ -160,6 +161,7 @@ def deblur(
     overlap: int = 32,
     batch_size: int = 2,
     amp: str = "auto",
+    tta: int = 1,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ):
@@ -191,6 +193,10 @@ def deblur(
         Tiling of the network (default tile: chosen to minimise work, ≤ 544 px).
     amp : {"auto", "off", "bf16"}
         Network precision; ``"auto"`` uses bf16 where the hardware runs it natively (:func:`resolve_amp`).
+    tta : {1, 2, 4, 8}
+        Self-ensemble of the network (``network`` and ``guided``): the mean over this many flips/rotations of
+        every tile (:func:`~napari_linblur.inference.tta.self_ensemble`); ``tta`` times slower. 1 = off (the
+        speed the benchmarks report).
     progress, should_stop : callable, optional
         Progress callback ``(done, total)`` over tiles; cancel hook (raises ``Cancelled``).
 
@@ -202,7 +208,7 @@ def deblur(
     Raises
     ------
     ValueError, TypeError
-        Bad ``img``, ``method``, ``sigma_map`` or a model of the wrong kind.
+        Bad ``img``, ``method``, ``sigma_map``, ``tta`` or a model of the wrong kind.
 
     Examples
     --------
@@ -223,6 +229,9 @@ def deblur(
         raise ValueError(f"sigma_r must be a positive number of pixels, got {sigma_r!r}")
     if overlap < 0 or (tile is not None and tile <= 0) or batch_size < 1:
         raise ValueError(f"tile must be > 0, overlap >= 0 and batch_size >= 1; got {tile}, {overlap}, {batch_size}")
+    from .tta import check_tta
+
+    tta = check_tta(tta)
     img = check_image(img, "img")
     if method == "auto":
         method = AUTO_METHOD
@@ -251,12 +260,13 @@ def deblur(
 
         sigma_map = estimate_defocus(img, model=defocus_model, device=dev)
     kw = dict(tile=tile, overlap=overlap, batch_size=batch_size, progress=progress, should_stop=should_stop, amp=amp)
+    net_kw = dict(kw, tta=tta)
 
     def _one(plane, smap=None):
         check_finite_plane(plane, "img")
         plane = np.asarray(plane, np.float32)
         if method == "network":
-            return _network_plane(plane, net, dev, **kw)
+            return _network_plane(plane, net, dev, **net_kw)
         smap = np.asarray(smap, np.float32)
         if method == "reblur-extrapolate":
             return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae, device=dev)
@@ -265,7 +275,7 @@ def deblur(
         if not np.any(w > 0):
             return plane
         if guide == "network":
-            full = _network_plane(plane, net, dev, **kw)
+            full = _network_plane(plane, net, dev, **net_kw)
         else:
             full = _guided_reblur(plane, smap, w, sigma_r=sigma_r, ae=ae, device=dev, should_stop=should_stop)
         return (plane + w * (full - plane)).astype(np.float32)

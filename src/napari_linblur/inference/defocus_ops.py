@@ -70,9 +70,10 @@ class _PlaneDefocus:
     """Picklable per-plane σ estimator: holds the model *spec* and loads it once per worker process."""
 
     def __init__(self, model, device, tile, overlap, batch_size, mode, patch_size, progress=None, should_stop=None,
-                 amp="off"):
+                 amp="off", tta=1):
         self.model = model
         self.amp = amp
+        self.tta = tta
         self.device = device
         self.tile = tile
         self.overlap = overlap
@@ -94,6 +95,7 @@ class _PlaneDefocus:
         from napari_linblur.inference.device import amp_forward, resolve_amp, resolve_device
         from napari_linblur.inference.normalize import fit_normalization
         from napari_linblur.inference.tiling import auto_tile, tiled_apply
+        from napari_linblur.inference.tta import self_ensemble
 
         plane = np.asarray(plane)
         check_finite_plane(plane, "img")
@@ -104,7 +106,8 @@ class _PlaneDefocus:
         tile = self.tile or auto_tile(*plane.shape[-2:], overlap=self.overlap, multiple=multiple)
         amp = resolve_amp(self.amp, dev)
         sigma = tiled_apply(
-            lambda t: amp_forward(net, t, amp), x, out_channels=1, tile=tile, overlap=self.overlap,
+            self_ensemble(lambda t: amp_forward(net, t, amp), self.tta), x, out_channels=1, tile=tile,
+            overlap=self.overlap,
             multiple=multiple, batch_size=self.batch_size, device=dev,
             progress=self.progress, should_stop=self.should_stop,
         )[0]
@@ -146,6 +149,7 @@ def estimate_defocus(
     mode: str = "pixel",
     patch_size: int = 64,
     amp: str = "auto",
+    tta: int = 1,
     progress=None,
     should_stop=None,
 ):
@@ -178,6 +182,9 @@ def estimate_defocus(
         ``"auto"``: bf16 autocast where the hardware runs it natively (a CPU with AVX512-BF16/AMX, a bf16 GPU),
         about 1.4x faster on such a CPU; the map moves by < 0.1 px (benchmarks/bench_defocus.py).
         ``"off"``: float32.
+    tta : {1, 2, 4, 8}
+        Self-ensemble: the mean σ map over this many flips/rotations of every tile
+        (:func:`~napari_linblur.inference.tta.self_ensemble`); ``tta`` times slower. 1 = off.
     progress, should_stop : callable, optional
         Per-tile progress callback and cancel hook (numpy input only).
 
@@ -189,7 +196,7 @@ def estimate_defocus(
     Raises
     ------
     ValueError, TypeError
-        Bad image, mode, tile or patch size; no defocus model available.
+        Bad image, mode, tile, patch size or ``tta``; no defocus model available.
 
     Examples
     --------
@@ -199,6 +206,9 @@ def estimate_defocus(
     >>> sigma.shape, sigma.dtype.name
     ((64, 80), 'float32')
     """
+    from .tta import check_tta
+
+    tta = check_tta(tta)
     img = check_image(img, "img")
     if mode not in ("pixel", "patch"):
         raise ValueError(f"mode={mode!r}; use 'pixel' (per-pixel map) or 'patch' (mean σ per tile)")
@@ -209,7 +219,7 @@ def estimate_defocus(
     if amp not in ("auto", "off", "bf16"):
         raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
     fn = _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size,
-                       None if is_dask(img) else progress, None if is_dask(img) else should_stop, amp=amp)
+                       None if is_dask(img) else progress, None if is_dask(img) else should_stop, amp=amp, tta=tta)
     return map_planes(fn, img)
 
 

@@ -27,16 +27,13 @@ import numpy as np
 
 from .normalize import fit_normalization
 from .tiling import map_planes, tiled_apply
+from .tta import DIHEDRAL, TTA_CHOICES, check_tta, self_ensemble  # noqa: F401  (re-exported)
 from .validate import check_alpha, check_finite_plane, check_image, check_same_shape, is_dask
 
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 64
 #: alpha grid searched by :func:`auto_alpha`
 ALPHA_GRID = tuple(float(a) for a in np.round(np.linspace(0.1, 1.0, 19), 3))
-#: the 8 flips/rotations of a tile, ``(quarter turns, mirror)``, in the order ``tta`` takes them: 2 = identity and
-#: mirror; 4 = all flips (adds the 180° rotation and its mirror); 8 = the whole dihedral group (adds transposes)
-DIHEDRAL = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
-TTA_CHOICES = (1, 2, 4, 8)
 
 
 def alpha_from_positions(d_a: float, d_b: float, d_c: float) -> float:
@@ -90,13 +87,6 @@ def alpha_from_positions(d_a: float, d_b: float, d_c: float) -> float:
 # ---------------------------------------------------------------------------------------------------- core
 
 
-def check_tta(tta: Any) -> int:
-    """Validate the self-ensemble size ``tta`` (1, 2, 4 or 8 flips/rotations averaged)."""
-    if isinstance(tta, bool) or not isinstance(tta, (numbers.Integral, np.integer)) or int(tta) not in TTA_CHOICES:
-        raise ValueError(f"tta must be one of {TTA_CHOICES} (flips/rotations averaged; 1 = off), got {tta!r}")
-    return int(tta)
-
-
 def _pair_fn(model, w_first: float, w_second: float, tta: int = 1) -> Callable:
     """Tile function: 2-channel tile (first, second) -> D(w_first * E(first) + w_second * E(second)).
 
@@ -104,25 +94,13 @@ def _pair_fn(model, w_first: float, w_second: float, tta: int = 1) -> Callable:
     each undone on the output (a self-ensemble: the network is not exactly equivariant, so its errors partly
     average out).
     """
-    import torch
 
     def core(t):
         z = model.encode(t.reshape(-1, 1, *t.shape[-2:]))
         z = z.reshape(t.shape[0], 2, *z.shape[1:])
         return model.decode(w_first * z[:, 0] + w_second * z[:, 1])
 
-    def fn(t):
-        if tta == 1:
-            return core(t)
-        acc = None
-        for turns, mirror in DIHEDRAL[:tta]:
-            u = torch.rot90(t.flip(-1) if mirror else t, turns, (-2, -1))
-            o = torch.rot90(core(u).float(), -turns, (-2, -1))
-            o = o.flip(-1) if mirror else o
-            acc = o if acc is None else acc + o
-        return acc / tta
-
-    return fn
+    return self_ensemble(core, tta)
 
 
 def _model_device(model):
