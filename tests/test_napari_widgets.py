@@ -101,6 +101,14 @@ def test_defocus_widget_live_map_stack_run_and_focus_curve(viewer, qtbot, tiny_m
     assert tuple(prev.scale) == (0.65, 0.65) and tuple(prev.translate) == (10.0, 20.0)
     assert prev.colormap.name == "magma" and prev.colorbar.visible
     assert prev.contrast_limits[0] == 0.0
+    # self-ensemble: the live map becomes the mean over flips
+    w.tta.setCurrentIndex(w.tta.findData(2))
+    settle(qtbot, w)
+    np.testing.assert_allclose(viewer.layers[f"defocus σ[img z{z}] (preview)"].data,
+                               nl.estimate_defocus(stack[z], model=tiny_models["defocus"], tile=TILE, tta=2),
+                               rtol=1e-5, atol=1e-5)
+    w.tta.setCurrentIndex(0)
+    settle(qtbot, w)
 
     # the live map follows the viewer's plane
     viewer.dims.set_current_step(0, 2)
@@ -187,6 +195,14 @@ def test_deblur_widget_single_and_pair(viewer, qtbot, tiny_models, synth):
     np.testing.assert_allclose(prev.data, nl.deblur(img8, method="network", model=tiny_models["deblur"],
                                                     tile=TILE), rtol=1e-4, atol=1e-3)
     assert prev.contrast_limits == viewer.layers["img8"].contrast_limits  # input intensity units
+    # the network's self-ensemble is offered in single-image mode too and reaches the operation
+    assert not w.tta.isHidden()
+    w.tta.setCurrentIndex(w.tta.findData(2))
+    settle(qtbot, w)
+    np.testing.assert_allclose(viewer.layers["deblurred[img8, network] (preview)"].data,
+                               nl.deblur(img8, method="network", model=tiny_models["deblur"], tile=TILE, tta=2),
+                               rtol=1e-4, atol=1e-3)
+    w.tta.setCurrentIndex(0)
 
     # pair mode on two planes of one stack: α slider, output named for what produced it
     layer = viewer.add_image(stack, name="st", scale=(2.0, 0.5, 0.5))

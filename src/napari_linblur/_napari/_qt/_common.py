@@ -562,6 +562,16 @@ class OutputChooser(QWidget):
             self.path.setText(str(path))
 
 
+def tta_combo(tooltip: str) -> QComboBox:
+    """Self-ensemble choice (``tta`` of the operations): off, 2, 4 or 8 flips/rotations; item data = the int."""
+    box = QComboBox()
+    for n, label in ((1, "off"), (2, "2 flips (2× time)"), (4, "4 flips (4× time)"),
+                     (8, "8 flips/rotations (8× time)")):
+        box.addItem(label, n)
+    box.setToolTip(tooltip)
+    return box
+
+
 def group(title: str, rows: list[tuple[str, QWidget]] | None = None) -> tuple[QGroupBox, QFormLayout]:
     box = QGroupBox(title)
     form = QFormLayout(box)

@@ -62,12 +62,9 @@ class DeblurWidget(c.LinblurWidget):
 
         self.alpha = c.AlphaSlider(0.5, low=0.05)
         self.auto_alpha = QCheckBox("estimate α automatically")
-        self.tta = QComboBox()
-        for n, label in ((1, "off"), (2, "2 flips (2× time)"), (4, "4 flips (4× time)"),
-                         (8, "8 flips/rotations (8× time)")):
-            self.tta.addItem(label, n)
-        self.tta.setToolTip("average the extrapolation over flipped/rotated copies of the pair (sharper, slower; "
-                            "see docs/results/latent-ae.md)")
+        self.tta = c.tta_combo("average the result over flipped/rotated copies of the input (pair extrapolation "
+                               "or the deblurring network; sharper, slower; see docs/results/latent-ae.md and "
+                               "deblur.md)")
         self.method = QComboBox()
         for m in single_methods():
             self.method.addItem(m, m)
@@ -131,8 +128,8 @@ class DeblurWidget(c.LinblurWidget):
         self._set_row_visible(self._opt_form, self.alpha, pair)
         self.alpha.setEnabled(not self.auto_alpha.isChecked())
         self._set_row_visible(self._opt_form, self.auto_alpha, pair)
-        self._set_row_visible(self._opt_form, self.tta, pair)
         uses_ae = pair or (mode == SINGLE and self.method.currentData() in AE_METHODS)
+        self._set_row_visible(self._opt_form, self.tta, pair or not uses_ae)
         self._set_row_visible(self._opt_form, self.ae_model, uses_ae)
         self._set_row_visible(self._opt_form, self.method, mode == SINGLE)
         self._set_row_visible(self._opt_form, self.net_model, not uses_ae)
@@ -165,6 +162,8 @@ class DeblurWidget(c.LinblurWidget):
             picker = self.ae_model if method in AE_METHODS else self.net_model
             kw = op_kwargs(picker.model())
             kw["defocus_model"] = self.defocus_model.model()
+            if method not in AE_METHODS:  # the network's self-ensemble
+                kw["tta"] = int(self.tta.currentData())
 
             def op(b, should_stop=None, progress=None) -> Any:
                 return _ops.call_op(nl.deblur, b, method=method, should_stop=should_stop, progress=progress, **kw)

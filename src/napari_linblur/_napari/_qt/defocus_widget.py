@@ -79,10 +79,12 @@ class DefocusWidget(c.LinblurWidget):
         v = napari_viewer
         self.image = c.LayerPicker(v)
         self.model = c.ModelPicker("defocus")
+        self.tta = c.tta_combo("average the map over flipped/rotated copies of the image (slightly lower error, "
+                               "slower; see docs/results/defocus.md)")
         self.preview_on = QCheckBox("live map of the current plane")
         self.preview_on.setChecked(True)
         box, _ = c.group("Defocus map (σ in px)", [("image", self.image), ("model", self.model),
-                                                  ("", self.preview_on)])
+                                                  ("self-ensemble", self.tta), ("", self.preview_on)])
         self.layout().addWidget(box)
         self.legend = QLabel(f"colormap {COLORMAP}: dark = in focus, bright = strongly defocused")
         self.legend.setWordWrap(True)
@@ -123,6 +125,7 @@ class DefocusWidget(c.LinblurWidget):
         self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self)
         self.image.currentIndexChanged.connect(self.preview.request)
         self.model.combo.currentIndexChanged.connect(self.preview.request)
+        self.tta.currentIndexChanged.connect(self.preview.request)
         v.dims.events.current_step.connect(self._on_step)
         self.preview_on.toggled.connect(self._toggle_preview)
         self._curve_layer = None
@@ -159,6 +162,7 @@ class DefocusWidget(c.LinblurWidget):
         layer = self._layer()
         idx = _ops.current_indices(self.viewer, layer)
         kw = op_kwargs(self.model.model())
+        kw["tta"] = int(self.tta.currentData())
         z = f" z{idx[-1]}" if idx else ""
         name = f"defocus σ[{layer.name}{z}] (preview)"
 
@@ -185,6 +189,7 @@ class DefocusWidget(c.LinblurWidget):
             c.notify_error(f"defocus map: {err}")
             return False
         kw = op_kwargs(self.model.model())
+        kw["tta"] = int(self.tta.currentData())
 
         def op(img, should_stop=None, progress=None):
             return _ops.call_op(nl.estimate_defocus, img, should_stop=should_stop, progress=progress, **kw)
