@@ -73,9 +73,11 @@ def test_train_deblur_two_stages_cli(tmp_path, capsys):
 def test_evaluate_deblur_cli(tmp_path, tiny_model):
     out = tmp_path / "ev"
     assert main(["evaluate", "deblur", "--model", str(tiny_model), "--ablation", f"copy={tiny_model}", "--n", "1",
-                 "--side", "64", "--depths", "2", "8", "--no-reblur", "--speed-side", "64", "--out", str(out)]) == 0
+                 "--side", "64", "--depths", "2", "8", "--no-reblur", "--speed-side", "64", "--tta", "2",
+                 "--out", str(out)]) == 0
     res = json.loads((out / "deblur_eval.json").read_text())
     assert set(res["focus"]) == {"2", "8"}
+    assert "network x2" in res["focus"]["2"] and "network x2" in res["varying"]
     row = res["focus"]["8"]
     assert row["network"] == row["copy"]  # the same model twice scores the same
     # the true-PSF baselines beat the blurry input at 8 µm

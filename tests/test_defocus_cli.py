@@ -184,10 +184,10 @@ def test_defocus_map_and_focus_cli(tmp_path, tiny_model, scheduler, capsys):
 def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     out = tmp_path / "ev"
     assert main(["evaluate", "defocus", "--model", f"tiny={tiny_model}", "--n-images", "1", "--size", "48",
-                 "--no-through-focus", "--no-bbbc006", "--device", "cpu", "--out", str(out)]) == 0
+                 "--no-through-focus", "--no-bbbc006", "--device", "cpu", "--tta", "2", "--out", str(out)]) == 0
     res = json.loads((out / "defocus_eval.json").read_text())
     table = res["spatially_varying"]["microscopy"]
-    assert set(table) == {"tiny", "focus-measure (calibrated LoG var.)", "Zhuo & Sim 2011"}
+    assert set(table) == {"tiny", "tiny, self-ensemble x2", "focus-measure (calibrated LoG var.)", "Zhuo & Sim 2011"}
     for r in table.values():
         assert 0 <= r["all"]["mae_px"] < 10 and 0 <= r["all"]["delta3"] <= 1
     text = capsys.readouterr().out
@@ -201,7 +201,7 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     from napari_linblur.training.defocus import card_metrics
 
     m = card_metrics(res, "tiny", "linblur evaluate defocus ...")
-    best_classical = min(table[c]["all"]["mae_px"] for c in table if c != "tiny")
+    best_classical = min(table[c]["all"]["mae_px"] for c in table if not c.startswith("tiny"))
     assert m["microscopy_all"]["mae_px"] == pytest.approx(table["tiny"]["all"]["mae_px"], abs=1e-4)
     assert m["microscopy_all"]["mae_ratio_best_classical"] == pytest.approx(
         best_classical / table["tiny"]["all"]["mae_px"], abs=0.01)

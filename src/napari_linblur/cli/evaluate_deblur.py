@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--speed-side", type=int, default=1024, help="image side of the speed comparison (default 1024)")
     p.add_argument("--depths", type=float, nargs="+", default=[1.0, 2.0, 4.0, 6.0, 8.0],
                    help="defocus distances (µm) of the through-focus test planes")
+    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
+                   help="also score the network with its self-ensemble over this many flips/rotations")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default="eval_deblur", help="folder for deblur_eval.json and deblur_eval.md")
     p.set_defaults(func=_run)
@@ -47,9 +49,9 @@ def _run(args) -> int:
         models[name] = path
     res = evaluate_deblur(models, main="network", n=args.n, side=args.side, seed=args.seed,
                           reblur=not args.no_reblur, speed=not args.no_speed, speed_side=args.speed_side,
-                          depths=tuple(args.depths), progress=print)
+                          depths=tuple(args.depths), tta=args.tta, progress=print)
     res["command"] = "linblur evaluate deblur " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("model", "n", "side", "seed", "speed_side")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("model", "n", "side", "seed", "speed_side", "tta")
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -127,6 +127,7 @@ def evaluate_deblur(
     ae_model: Any = None,
     speed: bool = True,
     speed_side: int = 1024,
+    tta: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the whole deblurring evaluation in one go.
@@ -154,6 +155,9 @@ def evaluate_deblur(
         Models for the defocus map and the autoencoder (None = shipped defaults).
     speed : bool
         Time the main network against 10 RL iterations on a ``speed_side``² image (1 thread).
+    tta : {1, 2, 4, 8}
+        Also score the main network with its self-ensemble (``deblur(..., tta=)``; row ``"<main> xN"``). The bars
+        are checked on the plain network (``tta`` multiplies its time).
 
     Returns
     -------
@@ -163,10 +167,12 @@ def evaluate_deblur(
     from napari_linblur.baselines.richardson_lucy import best_richardson_lucy
     from napari_linblur.baselines.wiener import best_wiener
     from napari_linblur.inference.deblur_ops import deblur
+    from napari_linblur.inference.tta import check_tta
     from napari_linblur.metrics.image import psnr
     from napari_linblur.optics.psf import equivalent_sigma, gaussian_psf
     from napari_linblur.training.deblur import make_test_set
 
+    tta = check_tta(tta)
     say = progress or (lambda s: None)
     models = dict(models or {"deblur-default": None})
     main = main or next(iter(models))
@@ -179,6 +185,9 @@ def evaluate_deblur(
         for name, net in nets.items():
             row[name] = psnr(sharp, deblur(blurry, method="network", model=net, device="cpu"))
         row[f"{main} fp32"] = psnr(sharp, deblur(blurry, method="network", model=nets[main], device="cpu", amp="off"))
+        if tta > 1:
+            row[f"{main} x{tta}"] = psnr(sharp, deblur(blurry, method="network", model=nets[main], device="cpu",
+                                                       tta=tta))
         if kind == "varying":
             out = deblur(blurry, method="guided", model=nets[main], sigma_map=smap, device="cpu")
             row["guided (true map)"] = psnr(sharp, out)
