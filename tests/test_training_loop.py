@@ -94,6 +94,44 @@ def test_resume_after_stop_is_exact(tmp_path):
     assert steps == sorted(set(steps))
 
 
+def test_ema_weights_are_the_average_saved_and_resumed_exactly(tmp_path):
+    from safetensors import safe_open
+
+    from napari_linblur.training.loop import ema_decay
+
+    plain = train(ToyTask(), _cfg(tmp_path / "plain"))
+    full = train(ToyTask(), _cfg(tmp_path / "ema", ema=0.9))
+    card = registry.load_model(full.model_path, device="cpu").card
+    assert card["training"]["ema"] == 0.9
+    saved = registry.load_model(full.model_path, device="cpu").state_dict()
+    with safe_open(str(tmp_path / "ema" / "checkpoint.safetensors"), framework="pt") as f:
+        raw = {k[6:]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
+        avg = {k[4:]: f.get_tensor(k) for k in f.keys() if k.startswith("ema.")}
+    # the saved model is the average, not the last weights; the last weights are those of the plain run
+    raw_plain = registry.load_model(plain.model_path, device="cpu").state_dict()
+    for k in saved:
+        torch.testing.assert_close(saved[k], avg[k], rtol=0, atol=0)
+        torch.testing.assert_close(raw[k], raw_plain[k], rtol=0, atol=1e-6)
+    assert any(not torch.allclose(saved[k], raw[k]) for k in saved)
+    # the decay law: a short warm-up, then the configured decay
+    assert ema_decay(0.9, 0) == pytest.approx(0.1) and ema_decay(0.9, 100) == 0.9
+    # stop at 15 and resume: the same averaged model
+    calls = {"n": 0}
+
+    def stop_after_15():
+        calls["n"] += 1
+        return calls["n"] > 15
+
+    part = train(ToyTask(), _cfg(tmp_path / "part", ema=0.9, ckpt_every=5), should_stop=stop_after_15)
+    assert not part.finished
+    resumed = train(ToyTask(), _cfg(tmp_path / "part", ema=0.9, ckpt_every=5, resume=True))
+    b = registry.load_model(resumed.model_path, device="cpu").state_dict()
+    for k in saved:
+        torch.testing.assert_close(saved[k], b[k], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="ema"):
+        train(ToyTask(), _cfg(tmp_path / "bad", ema=1.0))
+
+
 def test_bad_config_and_missing_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="steps"):
         train(ToyTask(), _cfg(tmp_path / "a", steps=0))

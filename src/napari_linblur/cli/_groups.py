@@ -46,6 +46,9 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int, lr: float, ckpt
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; checkpoint and stop")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and save "
+                   "it as the model (default 0 = off)")
 
 
 def train_config_from_args(args):
@@ -65,4 +68,5 @@ def train_config_from_args(args):
         max_minutes=args.max_minutes,
         threads=args.threads,
         progress=not args.no_progress,
+        ema=args.ema,
     )

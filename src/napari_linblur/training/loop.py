@@ -73,6 +73,9 @@ class TrainConfig:
     max_minutes: float | None = None
     threads: int | None = None
     progress: bool = True
+    #: exponential moving average of the weights (0 = off): validation, checkpoints' ``ema.*`` and the saved
+    #: ``model.safetensors`` use the averaged weights; decay ``min(ema, (1 + t) / (10 + t))`` at step ``t``
+    ema: float = 0.0
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def validate(self) -> None:
@@ -85,6 +88,8 @@ class TrainConfig:
         for name in ("ckpt_every", "val_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema}")
 
 
 @dataclass
@@ -122,13 +127,17 @@ def _dist_info() -> tuple[int, int]:
     return rank, world
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cfg: TrainConfig) -> None:
+def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cfg: TrainConfig,
+                     ema_model=None) -> None:
     import torch
     from safetensors.torch import save_file
 
     tensors: dict[str, Any] = {}
     for k, v in model.state_dict().items():
         tensors[f"model.{k}"] = v.detach().cpu().contiguous()
+    if ema_model is not None:
+        for k, v in ema_model.state_dict().items():
+            tensors[f"ema.{k}"] = v.detach().cpu().contiguous()
     opt = optimizer.state_dict()
     scalars: dict[str, Any] = {}
     for pid, st in opt["state"].items():
@@ -155,7 +164,7 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cf
             os.remove(tmp)
 
 
-def _load_checkpoint(path: Path, model, optimizer) -> tuple[int, float]:
+def _load_checkpoint(path: Path, model, optimizer, ema_model=None) -> tuple[int, float]:
     import torch
     from safetensors import safe_open
 
@@ -163,6 +172,9 @@ def _load_checkpoint(path: Path, model, optimizer) -> tuple[int, float]:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema_model is not None:
+        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        ema_model.load_state_dict(ema if ema else model.state_dict())
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -174,6 +186,29 @@ def _load_checkpoint(path: Path, model, optimizer) -> tuple[int, float]:
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
     return int(meta["step"]), float(meta["elapsed"])
+
+
+def ema_decay(ema: float, t: int) -> float:
+    """Decay of the weight average after ``t`` updates of this run: ``min(ema, (1 + t) / (10 + t))``.
+
+    The warm-up keeps the average from being dominated by the starting weights in short runs.
+
+    Examples
+    --------
+    >>> round(ema_decay(0.999, 0), 3), round(ema_decay(0.999, 10**6), 3)
+    (0.1, 0.999)
+    """
+    return min(float(ema), (1.0 + t) / (10.0 + t))
+
+
+def _update_ema(ema_model, model, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for pe, pm in zip(ema_model.parameters(), model.parameters(), strict=True):
+            pe.mul_(decay).add_(pm.detach(), alpha=1.0 - decay)
+        for be, bm in zip(ema_model.buffers(), model.buffers(), strict=True):
+            be.copy_(bm)
 
 
 def _truncate_logs(out: Path, step: int) -> None:
@@ -259,9 +294,16 @@ def train(
     model = task.build_model().to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema_model = None
+    if cfg.ema:
+        import copy
+
+        ema_model = copy.deepcopy(model).eval()
+        for p in ema_model.parameters():
+            p.requires_grad_(False)
     start, elapsed0 = 0, 0.0
     if cfg.resume:
-        start, elapsed0 = _load_checkpoint(ckpt, model, optimizer)
+        start, elapsed0 = _load_checkpoint(ckpt, model, optimizer, ema_model)
         if rank == 0:
             _truncate_logs(out, start)
     net = model
@@ -303,6 +345,8 @@ def train(
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
+        if ema_model is not None:
+            _update_ema(ema_model, model, ema_decay(cfg.ema, step))
         step += 1
         parts = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
         for k, v in parts.items():
@@ -319,7 +363,7 @@ def train(
             if do_val:
                 model.eval()
                 with torch.no_grad(), autocast_context(device, cfg.amp):
-                    last_val = {k: float(v) for k, v in task.validate(model).items()}
+                    last_val = {k: float(v) for k, v in task.validate(ema_model or model).items()}
                 model.train()
                 record.update(last_val)
             with open(out / "log.jsonl", "a") as f:
@@ -327,18 +371,19 @@ def train(
             if on_log is not None:
                 on_log(record)
         if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg)
+            _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg, ema_model)
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     model_path = out / MODEL
     if rank == 0:
-        _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg)
+        _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model)
         _write_csv(out)
         model.eval()
+        final = ema_model if ema_model is not None else model
         if not last_val:
             with torch.no_grad():
-                last_val = {k: float(v) for k, v in task.validate(model).items()}
+                last_val = {k: float(v) for k, v in task.validate(final).items()}
         card = dict(task.card())
         card.setdefault("task", task.name)
         card["training"] = {
@@ -351,10 +396,11 @@ def train(
             "device": str(device),
             "amp": cfg.amp,
             "lr": cfg.lr,
+            "ema": cfg.ema,
             "torch": torch.__version__,
         }
         card["validation"] = last_val
-        save_model(model, model_path, card)
+        save_model(final, model_path, card)
     if ddp:
         import torch.distributed as dist
 
