@@ -9,6 +9,8 @@ sha256 of the ``ae-default`` used by the stage-2 feature loss.
         --eval runs/eval_lean2/deblur_eval.json --speed runs/speed_lean.json \
         --feature-ae-sha256 2acd1d7146792b504bb3d0eb6b4e6a23909ae26634bbad6afb9b954bdeb85d83
 
+(the command of the shipped model is in docs/results/deblur.md, section "psnr loss, more content, larger patches").
+
 ``--stage1-init`` records the run that the stage-1 run was itself initialised from (card key ``stage1_init``:
 its exact command, steps, seed, time and validation), so that the card holds the commands of every stage.
 """
@@ -58,6 +60,8 @@ def main() -> None:
     p.add_argument("--feature-ae-sha256", default=None,
                    help="sha256 of the autoencoder stage 2 was trained with, when ae-default has since been "
                    "replaced (default: the shipped ae-default's)")
+    p.add_argument("--eval-more", nargs="*", default=[], metavar="NAME=JSON",
+                   help="more deblur_eval.json files (e.g. a larger test set) recorded as metrics['more'][NAME]")
     p.add_argument("--speed", default=None,
                    help="JSON of evaluation.deblur.speed_comparison runs to record as metrics.speed (when the "
                    "evaluation ran with --no-speed): {'command': ..., 'runs': [...]}")
@@ -79,6 +83,10 @@ def main() -> None:
     metrics = _metrics(ev, ev.get("main", "network"))
     if a.speed:
         metrics["speed"] = json.loads(Path(a.speed).read_text())
+    for item in a.eval_more:
+        name, path = item.split("=", 1)
+        more = json.loads(Path(path).read_text())
+        metrics.setdefault("more", {})[name] = _metrics(more, more.get("main", "network"))
     path = export_default(a.model, a.out, runs=runs, metrics=metrics, extra=extra)
     card = json.loads(Path(path).with_suffix(".json").read_text())
     print(f"wrote {path} (sha256 {card.get('sha256')})")
