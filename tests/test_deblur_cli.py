@@ -39,6 +39,13 @@ def test_deblur_cli_writes_ome_zarr_same_as_api(tmp_path, tiny_model):
     assert res.shape == stack.shape and res.dtype == np.float32
     ref = nl.deblur(stack, method="network", model=str(tiny_model), device="cpu")
     np.testing.assert_allclose(res, ref, rtol=1e-5, atol=1e-2)
+    # the self-ensemble option reaches the operation
+    out2 = tmp_path / "deblurred_tta.zarr"
+    assert main(["deblur", str(tif), str(out2), "--method", "network", "--model", str(tiny_model),
+                 "--device", "cpu", "--workers", "1", "--tta", "2"]) == 0
+    np.testing.assert_allclose(open_zstack(out2).compute(),
+                               nl.deblur(stack, method="network", model=str(tiny_model), device="cpu", tta=2),
+                               rtol=1e-5, atol=1e-2)
     # a bad method is an argparse error naming the choices
     with pytest.raises(SystemExit):
         main(["deblur", str(tif), str(tmp_path / "x.zarr"), "--method", "magic"])

@@ -168,6 +168,17 @@ def test_defocus_map_and_focus_cli(tmp_path, tiny_model, scheduler, capsys):
     res = open_zstack(out)
     assert res.shape == open_zstack(tif).shape and res.size == stack.size and res.dtype == np.float32
     assert np.isfinite(res.compute()).all()
+    # the self-ensemble option reaches the operation
+    out2 = tmp_path / "sigma_tta.zarr"
+    assert main(["defocus-map", str(tif), str(out2), "--model", str(tiny_model), "--device", "cpu",
+                 "--workers", "1", "--tile", "32", "--tta", "2"]) == 0
+    from napari_linblur.inference.defocus_ops import estimate_defocus
+
+    np.testing.assert_allclose(open_zstack(out2).compute().reshape(stack.shape), estimate_defocus(
+        stack, model=str(tiny_model), device="cpu", tile=32, tta=2), rtol=1e-5, atol=1e-5)
+    import zarr
+
+    assert zarr.open_group(str(out2), mode="r").attrs["linblur"]["tta"] == 2
     js, cs = tmp_path / "f.json", tmp_path / "f.csv"
     stack2 = np.stack([rng.poisson(200, (40, 48)), rng.poisson(2000, (40, 48)), rng.poisson(200, (40, 48))])
     tifffile.imwrite(tif, stack2.astype(np.uint16), imagej=True, metadata={"axes": "ZYX"})

@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--defocus-model", default=None, help="defocus-map model for reblur-extrapolate / guided")
     p.add_argument("--sigma-r", type=float, default=2.0, help="re-blur σ (px) for reblur-extrapolate")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"], help="network precision")
+    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
+                   help="network self-ensemble: average over this many flips/rotations (N times slower)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run_deblur)
 
@@ -45,10 +47,10 @@ def run_deblur(args) -> int:
         raise ValueError(f"--sigma-r must be > 0 pixels, got {args.sigma_r}")
     out = run_batch(
         lambda a: deblur(a, method=args.method, model=args.model, device=args.device,
-                         defocus_model=args.defocus_model, sigma_r=args.sigma_r, amp=args.amp),
+                         defocus_model=args.defocus_model, sigma_r=args.sigma_r, amp=args.amp, tta=args.tta),
         args.input, args.output, channel=args.channel, scheduler=args.scheduler, workers=args.workers,
         attrs={"operation": "deblur", "method": args.method, "model": args.model or "shipped default",
-               "sigma_r": args.sigma_r},
+               "sigma_r": args.sigma_r, "tta": args.tta},
         overwrite=args.overwrite,
     )
     print(f"wrote {out}")

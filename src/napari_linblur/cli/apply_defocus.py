@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--mode", default="pixel", choices=["pixel", "patch"], help="per-pixel map or mean σ per tile")
     p.add_argument("--patch-size", type=int, default=64, help="tile side for --mode patch")
     p.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 544 px)")
+    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
+                   help="self-ensemble: average the maps of this many flips/rotations (N times slower)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run_defocus_map)
 
@@ -62,10 +64,11 @@ def run_defocus_map(args) -> int:
 
     out = run_batch(
         lambda a: estimate_defocus(a, model=args.model, device=args.device, tile=args.tile, mode=args.mode,
-                                   patch_size=args.patch_size),
+                                   patch_size=args.patch_size, tta=args.tta),
         args.input, args.output, channel=args.channel, scheduler=args.scheduler, workers=args.workers,
         attrs={"operation": "defocus-map", "unit": "pixel (sigma of the equivalent Gaussian PSF)",
-               "model": args.model or "defocus-default", "mode": args.mode, "patch_size": args.patch_size},
+               "model": args.model or "defocus-default", "mode": args.mode, "patch_size": args.patch_size,
+               "tta": args.tta},
         overwrite=args.overwrite,
     )
     print(f"wrote {out}")
