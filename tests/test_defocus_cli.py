@@ -108,11 +108,18 @@ def test_train_cli_and_resume(tmp_path):
     assert main(args) == 0
     m = registry.load_model(out / "model.safetensors", device="cpu")
     assert m.task == "defocus" and m.card["data"]["recipe"]["content"] == "shuffle"
-    assert m.card["training"]["steps"] == 3
+    assert m.card["training"]["steps"] == 3 and list(m.card["data"]["recipe"]["sigma_range"]) == [0.0, 10.0]
     args[args.index("--steps") + 1] = "5"
     assert main(args + ["--resume"]) == 0
     assert registry.load_model(out / "model.safetensors", device="cpu").card["training"]["steps"] == 5
     assert main(["train", "defocus", "--out", str(tmp_path / "bad"), "--crop", "20", "--steps", "1"]) == 2
+    # --sigma-max widens the training maps' range and is recorded; a non-positive one is a clear error
+    out12 = tmp_path / "s12"
+    args12 = [a if a != str(out) else str(out12) for a in args] + ["--sigma-max", "12"]
+    assert main(args12) == 0
+    card = registry.load_model(out12 / "model.safetensors", device="cpu").card
+    assert list(card["data"]["recipe"]["sigma_range"]) == [0.0, 12.0]
+    assert main([*args12[:-2], "--out", str(tmp_path / "bad2"), "--sigma-max", "0"]) == 2
 
 
 def test_train_cli_init_continues_from_saved_weights(tmp_path, tiny_model):
