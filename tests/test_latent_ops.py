@@ -98,7 +98,7 @@ def test_no_seams_tiled_vs_untiled(tiny):
 
 def test_self_ensemble_averages_the_flips_and_rotations(tiny):
     """tta=N is the mean of the model's results on the first N flips/rotations, each undone (no tiling seams)."""
-    from napari_linblur.inference.latent_ops import DIHEDRAL
+    from napari_linblur.inference.tta import DIHEDRAL
 
     b, c = _img((48, 64), 7).astype(np.float32), _img((48, 64), 8).astype(np.float32)
     plain = nl.deblur_pair(b, c, 0.5, model=tiny, tile=512)

@@ -30,9 +30,9 @@ def register(subparsers) -> None:
                    "(default 24; more fields = more varied content, ~0.05 s each to render)")
     p.add_argument("--feature-weight", type=float, default=None,
                    help="weight of the autoencoder feature loss (default 0 in stage 1, 5 in stage 2: the ae-default latent is ~10x smaller than the pixel L1)")
-    p.add_argument("--loss", choices=["l1", "psnr"], default="l1",
-                   help="pixel term: l1 (default), or psnr = mean over pairs of log10(MSE), which weighs clean "
-                   "high-SNR pairs as much as noisy ones (the evaluation's mean PSNR per image)")
+    p.add_argument("--loss", choices=["psnr", "l1"], default="psnr",
+                   help="pixel term: psnr (default) = mean over pairs of log10(MSE), which weighs clean high-SNR "
+                   "pairs as much as noisy ones (the evaluation's mean PSNR per image); l1 = the earlier models' loss")
     p.add_argument("--feature-ae", default=None, help="autoencoder for the feature loss (default ae-default)")
     p.add_argument("--data", default=None, help="real stacks for stage 2 (zarr / OME-Zarr / TIFF / BBBC006 folder)")
     p.add_argument("--replay", type=float, default=0.3,

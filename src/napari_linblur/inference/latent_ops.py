@@ -27,7 +27,7 @@ import numpy as np
 
 from .normalize import fit_normalization
 from .tiling import map_planes, tiled_apply
-from .tta import DIHEDRAL, TTA_CHOICES, check_tta, self_ensemble  # noqa: F401  (re-exported)
+from .tta import check_tta, self_ensemble
 from .validate import check_alpha, check_finite_plane, check_image, check_same_shape, is_dask
 
 DEFAULT_TILE = 256
@@ -90,9 +90,9 @@ def alpha_from_positions(d_a: float, d_b: float, d_c: float) -> float:
 def _pair_fn(model, w_first: float, w_second: float, tta: int = 1) -> Callable:
     """Tile function: 2-channel tile (first, second) -> D(w_first * E(first) + w_second * E(second)).
 
-    With ``tta > 1`` the result is the mean over the first ``tta`` flips/rotations of the tile (:data:`DIHEDRAL`),
-    each undone on the output (a self-ensemble: the network is not exactly equivariant, so its errors partly
-    average out).
+    With ``tta > 1`` the result is the mean over the first ``tta`` flips/rotations of the tile, each undone on
+    the output (:func:`~napari_linblur.inference.tta.self_ensemble`: the network is not exactly equivariant, so
+    its errors partly average out).
     """
 
     def core(t):
