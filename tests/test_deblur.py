@@ -196,6 +196,27 @@ def test_task_batches_are_deterministic_and_pairs_are_exact():
     assert abs(float(noise.mean())) < 3 * np.sqrt(it["photons"]) and noise.std() < 3 * np.sqrt(it["photons"] + 4)
 
 
+def test_depth_band_draws_that_fraction_in_the_band_and_leaves_uniform_runs_unchanged():
+    from napari_linblur.training.deblur import _Renderer
+
+    uniform = _Renderer(DeblurData(**SMALL_DATA), seed=3)
+    banded = _Renderer(DeblurData(**SMALL_DATA, depth_band=(2.5, 6.0, 0.5)), seed=3)
+    rng = np.random.default_rng(0)
+    d_uni = np.array([uniform.draw_depth(rng) for _ in range(4000)])
+    assert d_uni.min() >= 0 and d_uni.max() <= 10 and abs(np.mean((d_uni >= 2.5) & (d_uni <= 6.0)) - 0.35) < 0.03
+    # the default consumes exactly one draw per depth (older seeds replay the same batches)
+    assert np.allclose(d_uni, np.random.default_rng(0).uniform(0.0, 10.0, 4000))
+    rng = np.random.default_rng(0)
+    d_band = np.array([banded.draw_depth(rng) for _ in range(4000)])
+    # half from the band, half uniform (35 % of those in the band): 0.5 + 0.5 * 0.35
+    assert abs(np.mean((d_band >= 2.5) & (d_band <= 6.0)) - 0.675) < 0.03
+    assert d_band.min() >= 0 and d_band.max() <= 10
+    assert DeblurData(depth_band=[2.5, 6.0, 0.5]).to_dict()["depth_band"] == [2.5, 6.0, 0.5]
+    for bad in [(2.0, 1.0, 0.5), (1.0, 12.0, 0.5), (1.0, 2.0, 0.0), (1.0, 2.0)]:
+        with pytest.raises(ValueError, match="depth_band"):
+            DeblurData(**SMALL_DATA, depth_band=bad).validate()
+
+
 def test_psnr_pixel_loss_is_mean_log_mse_and_weighs_clean_pairs_up():
     task = DeblurTask(stage=1, config=TINY, data=DeblurData(**SMALL_DATA), seed=5, val_size=2, pixel_loss="psnr")
     torch.manual_seed(0)

@@ -60,17 +60,18 @@ def test_train_deblur_two_stages_cli(tmp_path, capsys):
     common = ["--steps", "3", "--device", "cpu", "--config", "tiny", "--patch", "32", "--batch", "2",
               "--val-every", "3", "--ckpt-every", "3", "--no-progress"]
     assert main(["train", "deblur", "--stage", "1", "--out", str(tmp_path / "s1"), "--loss", "l1", "--pool", "5",
-                 *common]) == 0
+                 "--depth-band", "2.5", "6", "0.5", *common]) == 0
     s1 = tmp_path / "s1" / "model.safetensors"
     card1 = json.loads((tmp_path / "s1" / "model.json").read_text())
     assert card1["loss"]["pixel"] == "l1" and card1["data"]["recipe"]["pool"] == 5
+    assert card1["data"]["recipe"]["depth_band"] == [2.5, 6.0, 0.5]
     # no --config in stage 2: the architecture comes from the --init model (tiny here, not "default")
     no_config = [a for a in common if a not in ("--config", "tiny")]
     assert main(["train", "deblur", "--stage", "2", "--init", str(s1), "--feature-ae", str(ae_path),
                  "--out", str(tmp_path / "s2"), *no_config]) == 0
     card = json.loads((tmp_path / "s2" / "model.json").read_text())
     assert card["stage"] == 2 and card["loss"]["feature_weight"] == 5.0 and card["loss"]["pixel"] == "psnr"
-    assert card["config"]["widths"] == [8, 8, 8]
+    assert card["config"]["widths"] == [8, 8, 8] and card["data"]["recipe"]["depth_band"] == []
     assert card["loss"]["feature_ae"] == str(ae_path) and card["training"]["steps"] == 3
     # stage 1 refuses real data (it needs exact correspondence)
     assert main(["train", "deblur", "--stage", "1", "--data", "x.zarr", "--out", str(tmp_path / "bad")]) == 2

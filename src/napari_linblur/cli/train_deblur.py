@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--pool", type=int, default=24,
                    help="sharp 192x192 cell fields rendered once per run (seeded); patches are cropped from them "
                    "(default 24; more fields = more varied content, ~0.05 s each to render)")
+    p.add_argument("--depth-band", type=float, nargs=3, default=None, metavar=("LO_UM", "HI_UM", "FRACTION"),
+                   help="draw that fraction of the through-focus pairs' defocus from [LO, HI] um instead of "
+                   "[0, 10] um (default: uniform)")
     p.add_argument("--feature-weight", type=float, default=None,
                    help="weight of the autoencoder feature loss (default 0 in stage 1, 5 in stage 2: the ae-default latent is ~10x smaller than the pixel L1)")
     p.add_argument("--loss", choices=["psnr", "l1"], default="psnr",
@@ -58,7 +61,8 @@ def _run(args) -> int:
     task = DeblurTask(
         stage=args.stage,
         config=config,
-        data=DeblurData(patch=args.patch, batch=args.batch, pool=args.pool),
+        data=DeblurData(patch=args.patch, batch=args.batch, pool=args.pool,
+                        depth_band=tuple(args.depth_band) if args.depth_band else ()),
         seed=args.seed,
         init=args.init,
         feature_weight=fw,

@@ -137,6 +137,10 @@ class DeblurData:
         Side of those fields.
     setup : dict
         The :class:`~napari_linblur.optics.psf.OpticalSetup` of the through-focus PSFs.
+    depth_band : tuple
+        ``(lo, hi, fraction)``: that fraction of the through-focus pairs draws ``d`` from ``[lo, hi]`` µm instead
+        of ``[0, d_max_um]`` -- more practice where the network is weakest against deconvolution with the true
+        PSF. Empty (default): uniform over ``[0, d_max_um]``.
     """
 
     patch: int = 64
@@ -157,6 +161,7 @@ class DeblurData:
     setup: dict = field(
         default_factory=lambda: {"na": 0.45, "wavelength_um": 0.52, "pixel_um": 0.65, "model": "born_wolf"}
     )
+    depth_band: tuple = ()
 
     def validate(self) -> None:
         if self.patch % 8 or self.patch < 16:
@@ -165,6 +170,15 @@ class DeblurData:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         if self.pool_side < self.patch + 2 * 24:
             raise ValueError(f"pool_side must be >= patch + 48, got {self.pool_side}")
+        if self.depth_band:
+            if len(self.depth_band) != 3:
+                raise ValueError(f"depth_band must be (lo_um, hi_um, fraction), got {self.depth_band!r}")
+            lo, hi, frac = (float(v) for v in self.depth_band)
+            if not (0.0 <= lo < hi <= self.d_max_um) or not 0.0 < frac <= 1.0:
+                raise ValueError(
+                    f"depth_band must satisfy 0 <= lo < hi <= d_max_um ({self.d_max_um}) and 0 < fraction <= 1, "
+                    f"got {self.depth_band!r}"
+                )
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -203,6 +217,13 @@ class _Renderer:
             crop = ndi.gaussian_filter(pixel_shuffle(crop, rng), rng.uniform(0.5, 1.2))
         return np.ascontiguousarray(crop, dtype=np.float64)
 
+    def draw_depth(self, rng: np.random.Generator) -> float:
+        """Defocus of a through-focus pair, µm: uniform over ``[0, d_max_um]``, or in ``depth_band`` (its fraction)."""
+        band = self.data.depth_band
+        if band and rng.random() < float(band[2]):  # no extra draw without a band: older runs replay exactly
+            return float(rng.uniform(float(band[0]), float(band[1])))
+        return float(rng.uniform(0.0, self.data.d_max_um))
+
     def noisy(self, rng: np.random.Generator, img: np.ndarray, photons: float) -> np.ndarray:
         from napari_linblur.optics.noise import poisson_gaussian
 
@@ -222,7 +243,7 @@ class _Renderer:
         if kind is None:
             kind = "varying" if rng.random() < self.data.p_varying else "focus"
         if kind == "focus":
-            d = float(rng.uniform(0.0, self.data.d_max_um))
+            d = self.draw_depth(rng)
             blurred = fft_convolve(big, self.psf(d))
             info = {"kind": "focus", "d_um": d}
         else:
