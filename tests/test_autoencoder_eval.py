@@ -44,6 +44,8 @@ def test_evaluate_writes_tables_with_baselines(setup, tmp_path, capsys):
     assert m["tta"] == 2 and set(m["extrap_tta_by_k"]) == set(m["extrap_by_k"])
     assert set(res["baselines"]["wiener_by_k"]) == set(m["extrap_by_k"])
     assert -1 <= m["lds"] <= 1 and m["apd"] >= 0
+    assert res["command"].startswith("linblur evaluate ae ") and "--tta 2" in res["command"]
+    assert "--split all" in res["command"] and "--no-progress" in res["command"]
     b = res["baselines"]
     # baselines measured on the same planes: Wiener with the true PSF beats the blurry input it deconvolves
     assert b["wiener_vs_real"] > b["blurry_vs_real"]

@@ -23,8 +23,47 @@ def register_members(subparsers, members: list[str]) -> None:
 
 def register_group(subparsers, name: str, help_text: str, members: list[str]) -> None:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
-    register_members(parser.add_subparsers(dest=f"{name}_what", metavar="MODEL"), members)
+    sub = parser.add_subparsers(dest=f"{name}_what", metavar="MODEL")
+    register_members(sub, members)
+    for member, member_parser in sub.choices.items():  # for command_line(): the parser and the words
+        member_parser.set_defaults(_parser=member_parser, _words=("linblur", name, member))
     parser.set_defaults(func=lambda args: _need_member(parser, args))
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The exact command line of a parsed grouped command (``linblur evaluate deblur ...``), every option spelled
+    out with its value (defaults included), so that a results file records how to reproduce it.
+
+    Examples
+    --------
+    >>> from napari_linblur.cli.main import build_parser
+    >>> args = build_parser().parse_args(["evaluate", "deblur", "--n", "4", "--no-speed"])
+    >>> command_line(args).split()[:3], "--no-speed" in command_line(args), "--n 4" in command_line(args)
+    (['linblur', 'evaluate', 'deblur'], True, True)
+    """
+    import shlex
+
+    parser = args._parser
+    parts = list(args._words)
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, None)
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if value != action.default:
+                parts.append(flag)
+        elif value is None:
+            continue
+        elif isinstance(action, argparse._AppendAction):
+            for v in value:
+                parts += [flag, str(v)]
+        elif isinstance(value, (list, tuple)):
+            if value:
+                parts += [flag, *(str(v) for v in value)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _need_member(parser: argparse.ArgumentParser, args) -> int:

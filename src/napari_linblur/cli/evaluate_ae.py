@@ -42,11 +42,9 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         tta=args.tta,
     )
-    import shlex
-    import sys
+    from ._groups import command_line
 
-    res["command"] = "linblur evaluate ae " + " ".join(shlex.quote(a) for a in sys.argv[3:]) \
-        if sys.argv[1:3] == ["evaluate", "ae"] else " ".join(shlex.quote(a) for a in sys.argv)
+    res["command"] = command_line(args)
     md = to_markdown(res)
     print(md)
     out = Path(args.out)

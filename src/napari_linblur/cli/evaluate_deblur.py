@@ -33,26 +33,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
-def command_line(args) -> str:
-    """The exact ``linblur evaluate deblur`` command of ``args`` (every option that changes the result)."""
-    import shlex
-
-    parts = ["linblur", "evaluate", "deblur", "--model", args.model]
-    if args.ablation:
-        parts += ["--ablation", *args.ablation]
-    parts += ["--n", str(args.n), "--side", str(args.side), "--seed", str(args.seed)]
-    if args.no_reblur:
-        parts.append("--no-reblur")
-    if args.no_speed:
-        parts.append("--no-speed")
-    else:
-        parts += ["--speed-side", str(args.speed_side)]
-    if [float(d) for d in args.depths] != [1.0, 2.0, 4.0, 6.0, 8.0]:
-        parts += ["--depths", *(f"{d:g}" for d in args.depths)]
-    parts += ["--tta", str(args.tta), "--threads", str(args.threads)]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
 def _run(args) -> int:
     import torch
 
@@ -70,6 +50,8 @@ def _run(args) -> int:
     res = evaluate_deblur(models, main="network", n=args.n, side=args.side, seed=args.seed,
                           reblur=not args.no_reblur, speed=not args.no_speed, speed_side=args.speed_side,
                           depths=tuple(args.depths), tta=args.tta, progress=print)
+    from ._groups import command_line
+
     res["command"] = command_line(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

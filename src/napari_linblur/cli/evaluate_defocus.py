@@ -47,21 +47,6 @@ def parse_models(specs: list[str] | None) -> dict:
     return out
 
 
-def command_line(args) -> str:
-    """The exact ``linblur evaluate defocus`` command of ``args`` (every option that changes the result)."""
-    import shlex
-
-    parts = ["linblur", "evaluate", "defocus"]
-    for spec in args.model or []:
-        parts += ["--model", spec]
-    parts += ["--n-images", str(args.n_images), "--size", str(args.size), "--seed", str(args.seed)]
-    parts += [f"--{k}" for k in ("no-baselines", "no-through-focus", "no-bbbc006") if getattr(args, k.replace("-", "_"))]
-    parts += ["--tta", str(args.tta), "--device", args.device]
-    if args.threads:
-        parts += ["--threads", str(args.threads)]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
 def run(args) -> int:
     from napari_linblur.evaluation.defocus import (
         EvalConfig,
@@ -79,6 +64,8 @@ def run(args) -> int:
     cfg = EvalConfig(n_images=args.n_images, size=args.size, seed=args.seed)
     res = evaluate_defocus(parse_models(args.model), cfg=cfg, baselines=not args.no_baselines, device=args.device,
                            through_focus=not args.no_through_focus, bbbc006=not args.no_bbbc006, tta=args.tta)
+    from ._groups import command_line
+
     res["command"] = command_line(args)
     print(markdown_report(res))
     js, md = write_report(res, args.out)
