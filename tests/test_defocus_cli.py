@@ -76,6 +76,30 @@ def test_samples_are_rendered_with_the_true_varying_psf(content):
     assert -0.5 < np.percentile(x, 50) < 1.5
 
 
+def test_low_contrast_shuffled_content_and_unchanged_default():
+    from napari_linblur.training.defocus import sharp_content
+
+    def contrast(img):
+        return float(img.std() / img.mean())
+
+    plain = [sharp_content(48, "shuffle", np.random.default_rng(i))[0] for i in range(12)]
+    low = [sharp_content(48, "shuffle", np.random.default_rng(i), low_contrast=1.0)[0] for i in range(12)]
+    # scaled down 2-33x around the mean (then normalized to max 1)
+    assert all(contrast(b) < 0.55 * contrast(a) for a, b in zip(plain, low))
+    assert all(0 <= b.min() and b.max() == pytest.approx(1.0) for b in low)
+    # default 0: no extra draw, so the recipes before the option replay exactly
+    again = [sharp_content(48, "shuffle", np.random.default_rng(i), low_contrast=0.0)[0] for i in range(12)]
+    assert all(np.array_equal(a, b) for a, b in zip(plain, again))
+    b0, s0, _ = render_sample([0, 1], _data(content="shuffle"))
+    b1, s1, _ = render_sample([0, 1], _data(content="shuffle", low_contrast=0.0))
+    assert np.array_equal(b0, b1) and np.array_equal(s0, s1)
+    # phantoms are never touched
+    ph = sharp_content(48, "phantom", np.random.default_rng(3), low_contrast=1.0)[0]
+    assert np.array_equal(ph, sharp_content(48, "phantom", np.random.default_rng(3))[0])
+    with pytest.raises(ValueError, match="low_contrast"):
+        _data(low_contrast=1.5).validate()
+
+
 def test_task_loss_validate_card():
     t = DefocusTask(TINY, _data(), seed=0, config_name="tiny")
     net = t.build_model()
@@ -120,6 +144,10 @@ def test_train_cli_and_resume(tmp_path):
     card = registry.load_model(out12 / "model.safetensors", device="cpu").card
     assert list(card["data"]["recipe"]["sigma_range"]) == [0.0, 12.0]
     assert main([*args12[:-2], "--out", str(tmp_path / "bad2"), "--sigma-max", "0"]) == 2
+    # --low-contrast P is recorded in the recipe
+    outlc = tmp_path / "lc"
+    assert main([*args12[:-2], "--out", str(outlc), "--low-contrast", "0.3"]) == 0
+    assert registry.load_model(outlc / "model.safetensors", device="cpu").card["data"]["recipe"]["low_contrast"] == 0.3
 
 
 def test_train_cli_init_continues_from_saved_weights(tmp_path, tiny_model):

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--render-size", type=int, default=128, help="side of each rendered sample")
     p.add_argument("--sigma-max", type=float, default=10.0,
                    help="largest σ (px) of the training defocus maps (maps cover random sub-ranges of [0, max])")
+    p.add_argument("--low-contrast", type=float, default=0.0, metavar="P",
+                   help="probability that pixel-shuffled content gets its contrast scaled down 2-30x (low-contrast "
+                   "texture is hard to tell from blur plus shot noise; default 0)")
     p.add_argument("--normalize", default="plane", choices=["plane", "crop"],
                    help="fit the intensity normalization on the whole rendered sample (as inference does per "
                    "plane) or on each training crop (the first defocus-default's recipe)")
@@ -67,7 +70,8 @@ def run(args) -> int:
         model_cfg["head_channels"] = max(4, round(model_cfg["head_channels"] * scale))
     data = DefocusDataConfig(content=args.content, crop=args.crop, batch_size=args.batch_size,
                              pool_size=args.pool_size, render_size=max(args.render_size, args.crop),
-                             normalize=args.normalize, sigma_range=(0.0, float(args.sigma_max)))
+                             normalize=args.normalize, sigma_range=(0.0, float(args.sigma_max)),
+                             low_contrast=args.low_contrast)
     multiple = int(model_cfg["stem_stride"]) * 2 ** (int(model_cfg["n_branches"]) - 1)
     if args.crop % multiple:
         raise ValueError(f"--crop must be a multiple of {multiple} for config {args.config!r}, got {args.crop}")

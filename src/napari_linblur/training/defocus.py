@@ -81,6 +81,8 @@ class DefocusDataConfig:
     #: inference normalizes a whole plane; "crop": noise and normalization of the crop alone (the recipe of the
     #: first defocus-default, whose card has no ``normalize`` entry)
     normalize: str = "plane"
+    #: probability of low-contrast pixel-shuffled content (``sharp_content``); 0 = the recipes before it
+    low_contrast: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -94,6 +96,8 @@ class DefocusDataConfig:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.pool_size < 0:
             raise ValueError(f"pool_size must be >= 0, got {self.pool_size}")
+        if not 0.0 <= self.low_contrast <= 1.0:
+            raise ValueError(f"low_contrast must be a probability in [0, 1], got {self.low_contrast}")
         lo, hi = self.sigma_range
         if not 0 <= lo < hi:
             raise ValueError(f"sigma_range must satisfy 0 <= low < high, got {self.sigma_range}")
@@ -144,8 +148,15 @@ def _phantom(size: int, rng: np.random.Generator) -> np.ndarray:
     return ph / max(float(ph.max()), 1e-6)
 
 
-def sharp_content(size: int, content: str, rng: np.random.Generator, sources=TRAIN_SOURCES) -> tuple[np.ndarray, str]:
-    """All-in-focus content of ``size x size`` in [0, 1] and the kind drawn (``'shuffle'`` or ``'phantom'``)."""
+def sharp_content(size: int, content: str, rng: np.random.Generator, sources=TRAIN_SOURCES,
+                  low_contrast: float = 0.0) -> tuple[np.ndarray, str]:
+    """All-in-focus content of ``size x size`` in [0, 1] and the kind drawn (``'shuffle'`` or ``'phantom'``).
+
+    ``low_contrast``: probability that pixel-shuffled content has its contrast (std / mean) scaled down by a
+    factor drawn log-uniformly from [0.03, 0.5] -- low-contrast texture, which at an unknown camera gain is hard
+    to tell from a blurred image plus shot noise (docs/results/defocus.md). 0 (default) draws nothing extra, so
+    older recipes replay exactly.
+    """
     from napari_linblur.optics.shuffle import pixel_shuffle
 
     kind = content
@@ -160,6 +171,9 @@ def sharp_content(size: int, content: str, rng: np.random.Generator, sources=TRA
     else:
         src = _phantom(size, rng)
     out = pixel_shuffle(src, rng).astype(np.float32)
+    if low_contrast > 0 and rng.random() < low_contrast:
+        mean = float(out.mean())
+        out = mean + float(np.exp(rng.uniform(np.log(0.03), np.log(0.5)))) * (out - mean)
     return out / max(float(out.max()), 1e-6), kind
 
 
@@ -181,7 +195,8 @@ def render_sample(seed, cfg: DefocusDataConfig, *, size: int | None = None, sour
 
     rng = np.random.default_rng(seed)
     size = size or cfg.render_size
-    sharp, kind = sharp_content(size, cfg.content, rng, cfg.sources if sources is None else sources)
+    sharp, kind = sharp_content(size, cfg.content, rng, cfg.sources if sources is None else sources,
+                                low_contrast=cfg.low_contrast)
     sig = random_defocus_map(size, rng, cfg.sigma_range)
     blurred = render_spatially_varying(sharp, sig)
     return np.clip(blurred, 0, None).astype(np.float32), sig.astype(np.float32), kind
