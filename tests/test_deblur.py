@@ -265,6 +265,15 @@ def test_two_stage_training_with_feature_loss(tmp_path):
     assert card["stage"] == 2 and card["loss"]["feature_weight"] == 0.5 and card["init"].endswith("model.safetensors")
     out = nl.deblur(np.random.default_rng(0).random((20, 30)), method="network", model=r2.model_path, device="cpu")
     assert out.shape == (20, 30)
+    # export as a shipped model: the card keeps every leg in the order given, not sorted by name
+    from napari_linblur.training.deblur import export_default
+
+    path = export_default(str(r2.model_path), str(tmp_path / "shipped.safetensors"),
+                          runs={"b-stage1": str(r1.model_path), "a-stage2": str(r2.model_path)})
+    exported = registry.read_card(str(path))
+    assert [leg["name"] for leg in exported["legs_in_order"]] == ["b-stage1", "a-stage2"]
+    assert exported["legs_in_order"][0]["command"] == m1.card["training"]["command"]
+    assert set(exported["stages"]) == {"b-stage1", "a-stage2"} and exported["training_minutes_total"] >= 0
 
 
 def test_reblur_extrapolate_uses_latent_extrapolation_with_map_alpha(monkeypatch):
@@ -365,6 +374,10 @@ def test_shipped_deblur_default_card_size_and_gain():
     first = card["stage1_init"]["training"] if "stage1_init" in card else card["stages"]["stage1"]["training"]
     assert "train deblur --stage 1" in first["command"] and ("--init" not in first["command"] or "stage1_init" in card)
     assert (registry.WEIGHTS_DIR / "deblur-default.safetensors").stat().st_size <= 15e6
+    # the legs in the order they ran, every one a recorded stage, within the hour's training budget
+    legs = card["legs_in_order"]
+    assert [leg["name"] for leg in legs][-1] == "stage2" and {leg["name"] for leg in legs} == set(card["stages"])
+    assert card["training_minutes_total"] == round(sum(leg["seconds"] for leg in legs) / 60, 1) <= 62
     # a held-out through-focus plane (seed never used in training) gets sharper, blind
     (item,) = make_test_set("focus", 1, seed=4_242_424, side=96, d_um=6.0)
     out = nl.deblur(item["blurry"], device="cpu")  # method="auto" -> the network

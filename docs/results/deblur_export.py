@@ -80,15 +80,6 @@ def main() -> None:
         extra["stage1_init"] = {"training": c.get("training"), "validation": c.get("validation"),
                                 "stage": c.get("stage"), "init": c.get("init"), "loss": c.get("loss"),
                                 "data_seed": c.get("data", {}).get("seed")}
-    from napari_linblur.models.registry import read_card as _read_card
-
-    legs = []  # the training legs in order (the card's ``stages`` is a mapping, written with sorted keys)
-    for name, path in runs.items():
-        t = _read_card(path).get("training") or {}
-        legs.append({"name": name, "command": t.get("command"), "seconds": t.get("seconds")})
-    if legs:
-        extra["legs_in_order"] = legs
-        extra["training_minutes_total"] = round(sum(float(x["seconds"] or 0.0) for x in legs) / 60.0, 1)
     metrics = _metrics(ev, ev.get("main", "network"))
     if a.speed:
         metrics["speed"] = json.loads(Path(a.speed).read_text())

@@ -285,10 +285,10 @@ def evaluate_defocus(
     tta : {1, 2, 4, 8}
         Also score every model with ``estimate_defocus(..., tta=tta)`` (rows labelled ``"..., self-ensemble xN"``).
     """
+    from napari_linblur.inference.defocus_ops import _get_model
     from napari_linblur.inference.tta import check_tta
 
     tta = check_tta(tta)
-    from napari_linblur.inference.defocus_ops import _get_model
 
     cfg = cfg or EvalConfig()
     models = models or {"HDME-Net (defocus-default)": None}

@@ -128,7 +128,8 @@ def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, pr
     norm = fit_normalization(plane)
     x = norm.apply(plane)
     t = tile or auto_tile(*x.shape, overlap=overlap, multiple=net.multiple)
-    out = tiled_apply(self_ensemble(lambda b: amp_forward(net, b, amp), tta), x, out_channels=1, tile=t, overlap=overlap, multiple=net.multiple,
+    fn = self_ensemble(lambda b: amp_forward(net, b, amp), tta)
+    out = tiled_apply(fn, x, out_channels=1, tile=t, overlap=overlap, multiple=net.multiple,
                       batch_size=batch_size, device=dev, progress=progress, should_stop=should_stop)[0]
     return norm.invert(out)
 

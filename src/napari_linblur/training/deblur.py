@@ -579,15 +579,14 @@ class DeblurTask:
         for i, out in enumerate(outs):
             f = 2 ** (len(outs) - 1 - i)
             tgt = F.avg_pool2d(y, f) if f > 1 else y
-            l1 = F.l1_loss(out, tgt)
             if self.pixel_loss == "psnr":
-                mse = ((out.float() - tgt) ** 2).mean(dim=(1, 2, 3))
-                term = torch.log10(mse + 1e-6).mean()
+                term = torch.log10(((out.float() - tgt) ** 2).mean(dim=(1, 2, 3)) + 1e-6).mean()
             else:
-                term = l1
+                term = F.l1_loss(out, tgt)
             total = total + (1.0 if f == 1 else 0.5 / f) * term
-            if f == 1:
-                parts["l1"] = float(l1.detach())
+            if f == 1:  # logged either way: the full-scale mean absolute error
+                parts["l1"] = float(term.detach()) if self.pixel_loss == "l1" else float(
+                    F.l1_loss(out.detach(), tgt))
         if self.feature_weight > 0:
             fl = F.l1_loss(self._features(outs[-1]), self._features(y))
             total = total + self.feature_weight * fl
@@ -653,7 +652,8 @@ def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | Non
     out_path : str
         Destination ``.safetensors``.
     runs : dict name -> model.safetensors, optional
-        The runs that led to it (stage 1, stage 2), recorded in the card.
+        The runs that led to it, in the order they ran (stage 1 legs, stage 2), recorded in the card:
+        ``stages`` (each run's training, validation, loss) and ``legs_in_order`` / ``training_minutes_total``.
     metrics : dict, optional
         Measured results to record.
     extra : dict, optional
@@ -663,12 +663,17 @@ def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | Non
 
     model = load_model(model_path, device="cpu")
     card = dict(model.card)
-    stages = {}
+    stages, legs = {}, []
     for name, path in (runs or {}).items():
         c = read_card(path)
         stages[name] = {"training": c.get("training"), "validation": c.get("validation"), "stage": c.get("stage"),
                         "init": c.get("init"), "loss": c.get("loss"), "replay": c.get("replay")}
+        t = c.get("training") or {}
+        legs.append({"name": name, "command": t.get("command"), "seconds": t.get("seconds")})
     card["stages"] = stages
+    if legs:  # ``stages`` is a mapping (written with sorted keys); this keeps the order the legs ran in
+        card["legs_in_order"] = legs
+        card["training_minutes_total"] = round(sum(float(x["seconds"] or 0.0) for x in legs) / 60.0, 1)
     if metrics is not None:
         card["metrics"] = metrics
     card.update(extra or {})
