@@ -37,13 +37,15 @@ def tiny_models(tmp_path_factory):
     configs = {
         "defocus": ("HDMENet", {"width": 4, "n_branches": 2, "modules": [1], "blocks": 1, "stem_stride": 1,
                                 "stem_channels": 4, "stem_bottlenecks": 0, "head_channels": 8, "max_sigma": None}),
+        "defocus_noise": ("HDMENet", {"width": 4, "n_branches": 2, "modules": [1], "blocks": 1, "stem_channels": 4,
+                                      "head_channels": 8, "in_channels": 2}),
         "deblur": ("DRBNet", dict(DRBNET_CONFIGS["tiny"])),
         "ae": ("LinearLatentAE", {"arch": "resnet", "channels": [8, 16], "latent_channels": 4, "blocks": 1,
                                   "norm": "group"}),
     }
     out = {}
     for task, (arch, config) in configs.items():
-        card = {"architecture": arch, "task": task, "config": config}
+        card = {"architecture": arch, "task": task.split("_")[0], "config": config}
         model = build_model(card)
         out[task] = str(save_model(model, root / f"{task}-tiny.safetensors", card))
     return out

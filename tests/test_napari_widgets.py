@@ -150,6 +150,30 @@ def test_defocus_widget_live_map_stack_run_and_focus_curve(viewer, qtbot, tiny_m
     assert _ops.current_indices(viewer, layer)[0] == w.plot.best
 
 
+def test_defocus_widget_camera_calibration_reaches_noise_aware_models(viewer, qtbot, tiny_models, synth):
+    """The 'camera noise' row: estimated from the plane by default, or the calibration typed in."""
+    stack = synth[0]
+    viewer.add_image(stack, name="img")
+    w = add(viewer, "Defocus map & focus QC")
+    w.model.set_model(tiny_models["defocus_noise"])
+    settle(qtbot, w)
+    z = _ops.current_indices(viewer, viewer.layers["img"])[0]
+    name = f"defocus σ[img z{z}] (preview)"
+    auto = nl.estimate_defocus(stack[z], model=tiny_models["defocus_noise"], tile=TILE)
+    np.testing.assert_allclose(viewer.layers[name].data, auto, rtol=1e-5, atol=1e-5)
+    assert w.camera.value() == "auto" and not w.camera.gain.isEnabled()
+    w.camera.calibrated.setChecked(True)
+    w.camera.gain.setValue(4.0)
+    w.camera.offset.setValue(90.0)
+    w.camera.read_noise.setValue(1.5)
+    settle(qtbot, w)
+    cam = {"gain": 4.0, "offset": 90.0, "read_noise": 1.5}
+    assert w.camera.value() == cam and w.camera.gain.isEnabled()
+    cal = nl.estimate_defocus(stack[z], model=tiny_models["defocus_noise"], tile=TILE, camera=cam)
+    np.testing.assert_allclose(viewer.layers[name].data, cal, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(cal, auto)
+
+
 def test_defocus_widget_writes_ome_zarr_and_reports_errors(viewer, qtbot, tiny_models, tmp_path):
     import dask.array as da
 

@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 544 px)")
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="self-ensemble: average the maps of this many flips/rotations (N times slower)")
+    add_camera_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run_defocus_map)
 
@@ -53,22 +54,48 @@ def register(subparsers) -> None:
                             "vollath"], help="focus score: -median σ of the defocus map, or a classical measure")
     q.add_argument("--model", default=None, help="defocus model (method 'defocus')")
     q.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 544 px)")
+    add_camera_options(q)
     q.add_argument("--json", default=None, help="write the curves and best planes as JSON")
     q.add_argument("--csv", default=None, help="write one row per plane as CSV")
     q.set_defaults(func=run_focus)
+
+
+def add_camera_options(p) -> None:
+    """``--camera-gain``/``--camera-offset``/``--read-noise``: the camera's calibration for noise-aware models."""
+    g = p.add_argument_group("camera calibration (noise-aware defocus models; default: estimated from each plane)")
+    g.add_argument("--camera-gain", type=float, default=None, metavar="ADU_PER_E",
+                   help="ADU per photo-electron (a camera specified in e-/ADU: its inverse)")
+    g.add_argument("--camera-offset", type=float, default=None, metavar="ADU", help="dark level (pedestal), ADU")
+    g.add_argument("--read-noise", type=float, default=None, metavar="E", help="read noise, electrons r.m.s.")
+
+
+def camera_from_args(args):
+    """``"auto"``, or the calibration dict when all three camera options are given (a ValueError if only some)."""
+    vals = {"gain": args.camera_gain, "offset": args.camera_offset, "read_noise": args.read_noise}
+    given = [k for k, v in vals.items() if v is not None]
+    if not given:
+        return "auto"
+    if len(given) != 3:
+        raise ValueError("give all three of --camera-gain, --camera-offset and --read-noise (a calibrated camera), "
+                         "or none of them (the noise is then estimated from each plane)")
+    from napari_linblur.inference.noise_input import resolve_camera
+
+    resolve_camera(vals)  # validate now, before any work
+    return vals
 
 
 def run_defocus_map(args) -> int:
     from napari_linblur.batch import run_batch
     from napari_linblur.inference.defocus_ops import estimate_defocus
 
+    camera = camera_from_args(args)
     out = run_batch(
         lambda a: estimate_defocus(a, model=args.model, device=args.device, tile=args.tile, mode=args.mode,
-                                   patch_size=args.patch_size, tta=args.tta),
+                                   patch_size=args.patch_size, tta=args.tta, camera=camera),
         args.input, args.output, channel=args.channel, scheduler=args.scheduler, workers=args.workers,
         attrs={"operation": "defocus-map", "unit": "pixel (sigma of the equivalent Gaussian PSF)",
                "model": args.model or "defocus-default", "mode": args.mode, "patch_size": args.patch_size,
-               "tta": args.tta},
+               "tta": args.tta, "camera": camera},
         overwrite=args.overwrite,
     )
     print(f"wrote {out}")
@@ -106,9 +133,10 @@ def run_focus(args) -> int:
     from napari_linblur.inference.defocus_ops import focus_curve
     from napari_linblur.io.readers import open_zstack_with_metadata
 
+    camera = camera_from_args(args)
     arr, meta = open_zstack_with_metadata(args.input, channel=args.channel)
     lazy = focus_curve(arr, method=args.method, model=args.model, device=args.device, compute=False,
-                       tile=args.tile)
+                       tile=args.tile, camera=camera)
     curves = np.asarray(compute_with_client(lazy, scheduler=args.scheduler, workers=args.workers))
     rows = focus_table(curves, meta)
     stacks: dict[str, dict] = {}

@@ -38,6 +38,13 @@ def register(subparsers) -> None:
     p.add_argument("--low-contrast", type=float, default=0.0, metavar="P",
                    help="probability that pixel-shuffled content gets its contrast scaled down 2-30x (low-contrast "
                    "texture is hard to tell from blur plus shot noise; default 0)")
+    p.add_argument("--noise-input", default="none", choices=["none", "map"],
+                   help="'map': the network also takes the camera's noise level at every pixel (a second input "
+                   "channel, from a calibration or estimated from the image); with --init of an image-only model "
+                   "the new channel's weights start at zero (default 'none': the image alone)")
+    p.add_argument("--noise-estimated", type=float, default=0.5, metavar="P",
+                   help="with --noise-input map: probability that a sample's noise channel is estimated from the "
+                   "noisy image (as camera='auto' at inference) instead of its exact camera (default 0.5)")
     p.add_argument("--normalize", default="plane", choices=["plane", "crop"],
                    help="fit the intensity normalization on the whole rendered sample (as inference does per "
                    "plane) or on each training crop (the first defocus-default's recipe)")
@@ -71,7 +78,8 @@ def run(args) -> int:
     data = DefocusDataConfig(content=args.content, crop=args.crop, batch_size=args.batch_size,
                              pool_size=args.pool_size, render_size=max(args.render_size, args.crop),
                              normalize=args.normalize, sigma_range=(0.0, float(args.sigma_max)),
-                             low_contrast=args.low_contrast)
+                             low_contrast=args.low_contrast, noise_input=args.noise_input,
+                             noise_estimated=args.noise_estimated)
     multiple = int(model_cfg["stem_stride"]) * 2 ** (int(model_cfg["n_branches"]) - 1)
     if args.crop % multiple:
         raise ValueError(f"--crop must be a multiple of {multiple} for config {args.config!r}, got {args.crop}")

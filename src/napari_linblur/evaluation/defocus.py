@@ -170,6 +170,20 @@ def _pool(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}
 
 
+def _calibrated(nets: dict[str, Any], cfg: EvalConfig, device: str) -> dict[str, Any]:
+    """Extra rows for noise-aware models given the held-out images' exact camera (their default row estimates it).
+
+    Only the held-out images have a known camera (gain 1 ADU/e⁻, ``cfg.offset``, ``cfg.read_noise``); the stack
+    and BBBC006 checks use the default ``camera="auto"``.
+    """
+    from napari_linblur.inference.defocus_ops import estimate_defocus
+
+    cam = {"gain": 1.0, "offset": cfg.offset, "read_noise": cfg.read_noise}
+    return {f"{label}, calibrated camera": (lambda img, m=m: estimate_defocus(img, model=m, device=device, amp="off",
+                                                                               camera=cam))
+            for label, m in nets.items() if getattr(m, "in_channels", 1) == 2}
+
+
 def evaluate_spatially_varying(estimators: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
     """Table of metrics per content set and estimator (mean over images, all pixels and signal pixels)."""
     from napari_linblur.inference.defocus_ops import signal_mask
@@ -305,7 +319,7 @@ def evaluate_defocus(
     t0 = time.perf_counter()
     result: dict[str, Any] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                               "models": cards}
-    result["spatially_varying"] = evaluate_spatially_varying(est, cfg)
+    result["spatially_varying"] = evaluate_spatially_varying({**est, **_calibrated(_MODEL_OBJS, cfg, device)}, cfg)
     if through_focus:
         result["through_focus"] = through_focus_check(est, cfg, model_labels=tuple(models))
     if bbbc006:

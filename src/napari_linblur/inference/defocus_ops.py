@@ -70,8 +70,9 @@ class _PlaneDefocus:
     """Picklable per-plane σ estimator: holds the model *spec* and loads it once per worker process."""
 
     def __init__(self, model, device, tile, overlap, batch_size, mode, patch_size, progress=None, should_stop=None,
-                 amp="off", tta=1):
+                 amp="off", tta=1, camera=None):
         self.model = model
+        self.camera = camera  # the noise variance line (a, b), or None = estimate from each plane
         self.amp = amp
         self.tta = tta
         self.device = device
@@ -100,7 +101,12 @@ class _PlaneDefocus:
         plane = np.asarray(plane)
         check_finite_plane(plane, "img")
         net = self.net()
-        x = fit_normalization(plane).apply(plane)
+        norm = fit_normalization(plane)
+        x = norm.apply(plane)
+        if getattr(net, "in_channels", 1) == 2:  # a noise-aware model: add the camera-noise channel
+            from .noise_input import noise_channel
+
+            x = np.stack([x, noise_channel(plane, norm.scale, self.camera)])
         dev = next(net.parameters()).device if any(True for _ in net.parameters()) else resolve_device(self.device)
         multiple = int(getattr(net, "multiple", 16))
         tile = self.tile or auto_tile(*plane.shape[-2:], overlap=self.overlap, multiple=multiple)
@@ -150,6 +156,7 @@ def estimate_defocus(
     patch_size: int = 64,
     amp: str = "auto",
     tta: int = 1,
+    camera="auto",
     progress=None,
     should_stop=None,
 ):
@@ -185,6 +192,11 @@ def estimate_defocus(
     tta : {1, 2, 4, 8}
         Self-ensemble: the mean σ map over this many flips/rotations of every tile
         (:func:`~napari_linblur.inference.tta.self_ensemble`); ``tta`` times slower. 1 = off.
+    camera : "auto", dict or (gain, offset, read_noise)
+        The camera's noise, for noise-aware models (those whose card has ``noise_input``; image-only models
+        ignore it): ``"auto"`` estimates it from each plane
+        (:func:`~napari_linblur.optics.noise.estimate_variance_model`); a calibration is
+        ``{"gain": ADU per photo-electron, "offset": dark level in ADU, "read_noise": electrons}``.
     progress, should_stop : callable, optional
         Per-tile progress callback and cancel hook (numpy input only).
 
@@ -206,9 +218,11 @@ def estimate_defocus(
     >>> sigma.shape, sigma.dtype.name
     ((64, 80), 'float32')
     """
+    from .noise_input import resolve_camera
     from .tta import check_tta
 
     tta = check_tta(tta)
+    line = resolve_camera(camera)
     img = check_image(img, "img")
     if mode not in ("pixel", "patch"):
         raise ValueError(f"mode={mode!r}; use 'pixel' (per-pixel map) or 'patch' (mean σ per tile)")
@@ -219,7 +233,8 @@ def estimate_defocus(
     if amp not in ("auto", "off", "bf16"):
         raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
     fn = _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size,
-                       None if is_dask(img) else progress, None if is_dask(img) else should_stop, amp=amp, tta=tta)
+                       None if is_dask(img) else progress, None if is_dask(img) else should_stop, amp=amp, tta=tta,
+                       camera=line)
     return map_planes(fn, img)
 
 
@@ -425,8 +440,10 @@ def _score_fn(method, model, device, kwargs):
     if method == "defocus":
         _get_model(model, device)
         tile, overlap = _check_tiling(kwargs.get("tile"), kwargs.get("overlap"))
+        from .noise_input import resolve_camera
+
         sigma_fn = _PlaneDefocus(model, device, tile, overlap, kwargs.get("batch_size", 1), "pixel", 64,
-                                 amp=kwargs.get("amp", "auto"))
+                                 amp=kwargs.get("amp", "auto"), camera=resolve_camera(kwargs.get("camera", "auto")))
     return _PlaneScore(method, sigma_fn)
 
 
@@ -448,7 +465,8 @@ def focus_curve(stack, *, method: str = "defocus", model=None, device="auto", co
         For dask input: ``True`` computes (plane by plane, with the active dask scheduler) and returns numpy;
         ``False`` returns the lazy dask array of scores.
     **kwargs
-        ``tile``, ``overlap``, ``batch_size`` for the defocus model.
+        ``tile``, ``overlap``, ``batch_size``, ``amp`` and ``camera`` for the defocus model (as in
+        :func:`estimate_defocus`).
 
     Returns
     -------

@@ -216,10 +216,13 @@ class HDMENet(nn.Module):
         Channels of the regression head.
     max_sigma : float or None
         Optional upper clamp of the output (None = unbounded softplus).
+    in_channels : {1, 2}
+        1: the normalized image. 2: the image and its camera-noise channel
+        (:func:`napari_linblur.inference.noise_input.noise_channel`).
 
     Notes
     -----
-    Input ``(B, 1, H, W)`` normalized intensities; output ``(B, 1, H, W)`` σ in pixels, ``>= 0``. H and W must
+    Input ``(B, in_channels, H, W)``: normalized intensities (and the noise channel); output ``(B, 1, H, W)`` σ in pixels, ``>= 0``. H and W must
     be multiples of :attr:`multiple`.
 
     Examples
@@ -244,6 +247,7 @@ class HDMENet(nn.Module):
         head_channels: int = 32,
         max_sigma: float | None = None,
         norm: str = "batch",
+        in_channels: int = 1,
     ):
         super().__init__()
         if norm not in NORMS:
@@ -255,22 +259,27 @@ class HDMENet(nn.Module):
             raise ValueError(f"modules must list one count per added branch ({n_branches - 1}), got {modules}")
         if stem_stride not in (1, 2, 4):
             raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride}")
+        if int(in_channels) not in (1, 2):
+            raise ValueError(f"in_channels must be 1 (image) or 2 (image and camera-noise map), got {in_channels}")
+        self.in_channels = int(in_channels)
         self.config = {
             "width": int(width), "n_branches": int(n_branches), "modules": modules, "blocks": int(blocks),
             "stem_stride": int(stem_stride), "stem_channels": int(stem_channels),
             "stem_bottlenecks": int(stem_bottlenecks), "head_channels": int(head_channels),
             "max_sigma": None if max_sigma is None else float(max_sigma), "norm": norm,
         }
+        if self.in_channels != 1:  # cards of image-only models stay as they were
+            self.config["in_channels"] = self.in_channels
         bias = norm == "none"
         self.multiple = int(stem_stride) * 2 ** (n_branches - 1)
         self.max_sigma = max_sigma
 
         # stem
         stem: list[nn.Module] = []
-        c = 1
+        c = self.in_channels
         n_down = {1: 0, 2: 1, 4: 2}[stem_stride]
         if n_down == 0:
-            stem += [nn.Conv2d(1, stem_channels, 3, padding=1, bias=bias), _bn(stem_channels, norm),
+            stem += [nn.Conv2d(c, stem_channels, 3, padding=1, bias=bias), _bn(stem_channels, norm),
                      nn.ReLU(inplace=True)]
         for _ in range(n_down):
             stem += [nn.Conv2d(c, stem_channels, 3, stride=2, padding=1, bias=bias), _bn(stem_channels, norm),
@@ -311,9 +320,9 @@ class HDMENet(nn.Module):
         nn.init.constant_(self.head[-1].bias, 5.0)  # start near the middle of the σ range (softplus(5) ≈ 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """σ map (pixels, ``>= 0``) of a ``(B, 1, H, W)`` batch of normalized images."""
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(f"HDMENet expects a (B, 1, H, W) tensor, got shape {tuple(x.shape)}")
+        """σ map (pixels, ``>= 0``) of a ``(B, C, H, W)`` batch: normalized images (and their noise maps)."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"HDMENet expects a (B, {self.in_channels}, H, W) tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if h % self.multiple or w % self.multiple:
             raise ValueError(f"HDMENet needs H and W divisible by {self.multiple}, got {h}x{w}; pad the input")

@@ -83,6 +83,12 @@ class DefocusDataConfig:
     normalize: str = "plane"
     #: probability of low-contrast pixel-shuffled content (``sharp_content``); 0 = the recipes before it
     low_contrast: float = 0.0
+    #: "none": the image alone (1 input channel); "map": the image and its camera-noise channel (2 channels,
+    #: :func:`napari_linblur.inference.noise_input.noise_channel`)
+    noise_input: str = "none"
+    #: with ``noise_input="map"``: probability that the channel comes from the noise *estimated* from the noisy
+    #: plane (as ``camera="auto"`` at inference) rather than from the sample's exact camera (a calibrated camera)
+    noise_estimated: float = 0.5
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -96,6 +102,10 @@ class DefocusDataConfig:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.pool_size < 0:
             raise ValueError(f"pool_size must be >= 0, got {self.pool_size}")
+        if self.noise_input not in ("none", "map"):
+            raise ValueError(f"noise_input={self.noise_input!r}; use 'none' (image only) or 'map' (image and noise)")
+        if not 0.0 <= self.noise_estimated <= 1.0:
+            raise ValueError(f"noise_estimated must be a probability in [0, 1], got {self.noise_estimated}")
         if not 0.0 <= self.low_contrast <= 1.0:
             raise ValueError(f"low_contrast must be a probability in [0, 1], got {self.low_contrast}")
         lo, hi = self.sigma_range
@@ -202,22 +212,33 @@ def render_sample(seed, cfg: DefocusDataConfig, *, size: int | None = None, sour
     return np.clip(blurred, 0, None).astype(np.float32), sig.astype(np.float32), kind
 
 
-def camera(blurred: np.ndarray, rng: np.random.Generator, cfg: DefocusDataConfig) -> np.ndarray:
-    """Background, Poisson–Gaussian camera noise with offset, optional salt-and-pepper -> ADU (float32)."""
-    from napari_linblur.optics.noise import poisson_gaussian, salt_and_pepper
+def camera(blurred: np.ndarray, rng: np.random.Generator, cfg: DefocusDataConfig, *, return_line: bool = False):
+    """Background, Poisson–Gaussian camera noise with offset, optional salt-and-pepper -> ADU (float32).
+
+    With ``return_line`` also the camera's noise variance line ``(a, b)``
+    (:func:`napari_linblur.optics.noise.camera_variance_model`); the random draws are the same either way.
+    """
+    from napari_linblur.optics.noise import camera_variance_model, poisson_gaussian, salt_and_pepper
 
     peak = float(np.exp(rng.uniform(np.log(cfg.photons[0]), np.log(cfg.photons[1]))))
     bg = float(rng.uniform(*cfg.background))
     photons = (blurred + bg) * peak
-    adu = poisson_gaussian(photons, gain=float(rng.uniform(*cfg.gain)), read_noise=float(rng.uniform(*cfg.read_noise)),
-                           offset=float(rng.uniform(*cfg.offset)), rng=rng)
+    gain = float(rng.uniform(*cfg.gain))
+    read = float(rng.uniform(*cfg.read_noise))
+    offset = float(rng.uniform(*cfg.offset))
+    adu = poisson_gaussian(photons, gain=gain, read_noise=read, offset=offset, rng=rng)
     if rng.random() < cfg.salt_pepper_prob:
         adu = salt_and_pepper(adu, float(rng.uniform(0, cfg.salt_pepper_amount)), rng=rng)
-    return adu.astype(np.float32)
+    adu = adu.astype(np.float32)
+    return (adu, camera_variance_model(gain, offset, read)) if return_line else adu
 
 
 def make_sample(blurred: np.ndarray, sigma: np.ndarray, rng: np.random.Generator, cfg: DefocusDataConfig):
     """Crop, flip/rotate, add camera noise and normalize one pool item -> ``(x, sigma)`` float32 ``(crop, crop)``.
+
+    With ``cfg.noise_input == "map"``, ``x`` is ``(2, crop, crop)``: the image and its noise channel
+    (:func:`napari_linblur.inference.noise_input.noise_channel`), from the exact camera or, with probability
+    ``cfg.noise_estimated``, from the noise estimated on the noisy plane -- as inference does.
 
     With ``cfg.normalize == "plane"`` the camera noise and the intensity normalization are those of the whole
     rendered sample (the crop is a window of a normalized plane, as at inference, where ``estimate_defocus``
@@ -236,15 +257,47 @@ def make_sample(blurred: np.ndarray, sigma: np.ndarray, rng: np.random.Generator
     flip = rng.random() < 0.5
     if flip:
         b, s = b[:, ::-1], s[:, ::-1]
+    noise_map = cfg.noise_input == "map"
+
+    def with_noise(raw: np.ndarray, norm, line) -> np.ndarray:
+        xin = norm.apply(raw)
+        if not noise_map:
+            return xin
+        from napari_linblur.inference.noise_input import noise_channel
+
+        estimated = rng.random() < cfg.noise_estimated
+        return np.stack([xin, noise_channel(raw, norm.scale, None if estimated else line)])
+
     if cfg.normalize == "plane":
-        plane = camera(np.ascontiguousarray(blurred), rng, cfg)
-        window = np.rot90(plane[y : y + c, x : x + c], k)
-        window = window[:, ::-1] if flip else window
-        xin = fit_normalization(plane).apply(np.ascontiguousarray(window))
+        plane, line = camera(np.ascontiguousarray(blurred), rng, cfg, return_line=True)
+        xin = with_noise(plane, fit_normalization(plane), line)
+        window = np.rot90(xin[..., y : y + c, x : x + c], k, axes=(-2, -1))
+        xin = window[..., ::-1] if flip else window
     else:
-        noisy = camera(np.ascontiguousarray(b), rng, cfg)
-        xin = fit_normalization(noisy).apply(noisy)
+        noisy, line = camera(np.ascontiguousarray(b), rng, cfg, return_line=True)
+        xin = with_noise(noisy, fit_normalization(noisy), line)
     return np.ascontiguousarray(xin, dtype=np.float32), np.ascontiguousarray(s, dtype=np.float32)
+
+
+def _add_noise_input(src):
+    """A 2-channel copy of an image-only HDMENet whose noise-channel weights are zero (same outputs at first)."""
+    import torch
+
+    from napari_linblur.models.hrnet import HDMENet
+
+    net = HDMENet(**{**src.config, "in_channels": 2})
+    state = src.state_dict()
+    w = state["stem.0.weight"]
+    state["stem.0.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
+    net.load_state_dict(state, strict=True)
+    net.card = getattr(src, "card", {})
+    return net.eval()
+
+
+def _channels_first(xs: list[np.ndarray]) -> np.ndarray:
+    """Stack samples ``(Y, X)`` or ``(C, Y, X)`` into a ``(B, C, Y, X)`` batch."""
+    arr = np.stack(xs)
+    return arr[:, None] if arr.ndim == 3 else arr
 
 
 def recalibrate_batchnorm(model, task, n_batches: int = 64, *, start_step: int = 10**7) -> int:
@@ -309,6 +362,13 @@ class DefocusTask:
         self.init = str(init) if init else None
         self.data = data or DefocusDataConfig()
         self.data.validate()
+        channels = 2 if self.data.noise_input == "map" else 1
+        if int(self.model_config.get("in_channels", channels)) != channels:
+            raise ValueError(f"noise_input={self.data.noise_input!r} needs in_channels={channels}, the model "
+                             f"configuration has {self.model_config['in_channels']}")
+        if channels != 1:
+            self.model_config["in_channels"] = channels
+        self._expanded_input = False
         self.seed = int(seed)
         self.config_name = config_name
         self._pool: list[tuple[np.ndarray, np.ndarray]] | None = None
@@ -322,9 +382,13 @@ class DefocusTask:
 
         model = HDMENet(**self.model_config)
         if self.init:  # continue from a saved model (same architecture and config)
-            from napari_linblur.models.registry import init_weights
+            from napari_linblur.models.registry import init_weights, load_model
 
-            init_weights(model, self.init, "HDMENet")
+            src = load_model(self.init, device="cpu")
+            if model.in_channels == 2 and getattr(src, "in_channels", None) == 1:
+                src = _add_noise_input(src)  # an image-only model learns to use the noise channel from here
+                self._expanded_input = True
+            init_weights(model, src, "HDMENet")
         return model
 
     # -- data
@@ -352,7 +416,7 @@ class DefocusTask:
             x, s = make_sample(blurred, sig, rng, self.data)
             xs.append(x)
             ss.append(s)
-        return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ss)[:, None])
+        return torch.from_numpy(_channels_first(xs)), torch.from_numpy(np.stack(ss)[:, None])
 
     def loss(self, model, batch):
         import torch
@@ -374,7 +438,7 @@ class DefocusTask:
                 x, s = make_sample(blurred, sig, np.random.default_rng([self.seed, 10**6, i, 2]), held)
                 xs.append(x)
                 ss.append(s)
-            self._val = (torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ss)[:, None]))
+            self._val = (torch.from_numpy(_channels_first(xs)), torch.from_numpy(np.stack(ss)[:, None]))
         return self._val
 
     def validate(self, model) -> dict[str, float]:
@@ -395,10 +459,14 @@ class DefocusTask:
         from napari_linblur.models.registry import _locate, sha256_file
 
         path, src, _ = _locate(self.init)
-        return {"from": self.init, "sha256": sha256_file(path),
-                "command": (src.get("training") or {}).get("command"), "init": src.get("init")}
+        out = {"from": self.init, "sha256": sha256_file(path),
+               "command": (src.get("training") or {}).get("command"), "init": src.get("init")}
+        if self._expanded_input:
+            out["input_added"] = "noise channel (its first-layer weights started at zero)"
+        return out
 
     def card(self) -> dict:
+        from napari_linblur.inference.noise_input import CHANNEL_DOC
         from napari_linblur.inference.normalize import HIGH_PERCENTILE, LOW_PERCENTILE
 
         return {
@@ -410,6 +478,9 @@ class DefocusTask:
             "output": "sigma (px) of the equivalent Gaussian PSF per pixel, trained on [0, 10]",
             "normalization": {"kind": "fit_normalization per plane", "low_percentile": LOW_PERCENTILE,
                               "high_percentile": HIGH_PERCENTILE},
+            **({"noise_input": {"channel": CHANNEL_DOC, "camera": "calibration given by the user, else "
+                                "estimated from each plane (napari_linblur.optics.noise.estimate_variance_model)"}}
+               if self.data.noise_input == "map" else {}),
             "data": {"recipe": self.data.to_dict(), "seed": self.seed,
                      "renderer": "napari_linblur.optics.varying.render_spatially_varying (scatter)",
                      "pool_seconds": None if self.pool_seconds is None else round(self.pool_seconds, 1)},

@@ -12,7 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QWidget,
+)
 
 from .. import _ops
 from . import _common as c
@@ -71,6 +79,49 @@ class FocusPlot(c.MplPlot):
         self.canvas.draw_idle()
 
 
+class CameraInput(QWidget):
+    """The camera's noise for noise-aware defocus models: estimated from the image, or a calibration.
+
+    :meth:`value` is what :func:`napari_linblur.estimate_defocus` takes as ``camera``: ``"auto"`` or
+    ``{"gain": ADU per photo-electron, "offset": ADU, "read_noise": electrons}``.
+    """
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.calibrated = QCheckBox("calibrated")
+        self.calibrated.setToolTip("noise-aware models read the camera's noise level: estimated from each plane, "
+                                   "or (checked) from the camera's gain, dark offset and read noise")
+        self.gain = self._spin(0.01, 100.0, 1.0, 3, "gain, ADU per photo-electron (a camera specified in e⁻/ADU: "
+                               "its inverse)", " ADU/e⁻")
+        self.offset = self._spin(0.0, 65535.0, 100.0, 1, "dark level (pedestal), ADU", " ADU")
+        self.read_noise = self._spin(0.0, 100.0, 2.0, 2, "read noise, electrons r.m.s.", " e⁻")
+        for w in (self.calibrated, self.gain, self.offset, self.read_noise):
+            lay.addWidget(w)
+        self.calibrated.toggled.connect(self._sync)
+        self._sync()
+
+    @staticmethod
+    def _spin(lo: float, hi: float, value: float, decimals: int, tip: str, suffix: str) -> QDoubleSpinBox:
+        sb = QDoubleSpinBox()
+        sb.setRange(lo, hi)
+        sb.setDecimals(decimals)
+        sb.setValue(value)
+        sb.setSuffix(suffix)
+        sb.setToolTip(tip)
+        return sb
+
+    def _sync(self, *_: Any) -> None:
+        for w in (self.gain, self.offset, self.read_noise):
+            w.setEnabled(self.calibrated.isChecked())
+
+    def value(self):
+        if not self.calibrated.isChecked():
+            return "auto"
+        return {"gain": self.gain.value(), "offset": self.offset.value(), "read_noise": self.read_noise.value()}
+
+
 class DefocusWidget(c.LinblurWidget):
     """Dock widget: per-pixel defocus map (live on the current plane or the whole stack) and focus curve."""
 
@@ -81,10 +132,12 @@ class DefocusWidget(c.LinblurWidget):
         self.model = c.ModelPicker("defocus")
         self.tta = c.tta_combo("average the map over flipped/rotated copies of the image (slightly lower error, "
                                "slower; see docs/results/defocus.md)")
+        self.camera = CameraInput()
         self.preview_on = QCheckBox("live map of the current plane")
         self.preview_on.setChecked(True)
         box, _ = c.group("Defocus map (σ in px)", [("image", self.image), ("model", self.model),
-                                                  ("self-ensemble", self.tta), ("", self.preview_on)])
+                                                  ("self-ensemble", self.tta), ("camera noise", self.camera),
+                                                  ("", self.preview_on)])
         self.layout().addWidget(box)
         self.legend = QLabel(f"colormap {COLORMAP}: dark = in focus, bright = strongly defocused")
         self.legend.setWordWrap(True)
@@ -126,6 +179,9 @@ class DefocusWidget(c.LinblurWidget):
         self.image.currentIndexChanged.connect(self.preview.request)
         self.model.combo.currentIndexChanged.connect(self.preview.request)
         self.tta.currentIndexChanged.connect(self.preview.request)
+        self.camera.calibrated.toggled.connect(self.preview.request)
+        for sb in (self.camera.gain, self.camera.offset, self.camera.read_noise):
+            sb.valueChanged.connect(self.preview.request)
         v.dims.events.current_step.connect(self._on_step)
         self.preview_on.toggled.connect(self._toggle_preview)
         self._curve_layer = None
@@ -156,13 +212,15 @@ class DefocusWidget(c.LinblurWidget):
             pass
 
     # --- defocus map ---------------------------------------------------------------------------
+    def _map_kwargs(self) -> dict:
+        return {**op_kwargs(self.model.model()), "tta": int(self.tta.currentData()), "camera": self.camera.value()}
+
     def _preview_job(self, should_stop):
         import napari_linblur as nl
 
         layer = self._layer()
         idx = _ops.current_indices(self.viewer, layer)
-        kw = op_kwargs(self.model.model())
-        kw["tta"] = int(self.tta.currentData())
+        kw = self._map_kwargs()
         z = f" z{idx[-1]}" if idx else ""
         name = f"defocus σ[{layer.name}{z}] (preview)"
 
@@ -188,8 +246,7 @@ class DefocusWidget(c.LinblurWidget):
         except ValueError as err:
             c.notify_error(f"defocus map: {err}")
             return False
-        kw = op_kwargs(self.model.model())
-        kw["tta"] = int(self.tta.currentData())
+        kw = self._map_kwargs()
 
         def op(img, should_stop=None, progress=None):
             return _ops.call_op(nl.estimate_defocus, img, should_stop=should_stop, progress=progress, **kw)
@@ -228,7 +285,7 @@ class DefocusWidget(c.LinblurWidget):
         idx = _ops.current_indices(self.viewer, layer)
         stack = _ops.layer_array(layer)[tuple(idx[:-1])]
         method = self.measure.currentData()
-        kw = op_kwargs(self.model.model()) if method == "defocus" else {}
+        kw = {**op_kwargs(self.model.model()), "camera": self.camera.value()} if method == "defocus" else {}
 
         def job(report, should_stop):
             # one plane at a time: per-plane progress and cancel; best plane = arg-max, as in best_focus

@@ -1,0 +1,98 @@
+"""The camera-noise input channel of noise-aware defocus models (``in_channels == 2``).
+
+Sharp, faint, i.i.d. texture and a blurred image plus shot noise look alike to a network that does not know how
+much noise the camera makes (docs/results/defocus.md). A noise-aware model therefore takes a second channel:
+the expected noise standard deviation at every pixel, in the same normalized units as the image, from
+
+* the camera's calibration, when the user gives it (``camera={"gain": …, "offset": …, "read_noise": …}``), or
+* an estimate from the plane itself (``camera="auto"``, the default;
+  :func:`napari_linblur.optics.noise.estimate_variance_model`).
+
+Training builds the channel with the same function (:func:`noise_channel`), from the exact camera of each sample
+or from the estimate, so both forms are in the training distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CHANNEL_DOC", "noise_channel", "resolve_camera"]
+
+#: the channel's definition (stored in model cards)
+CHANNEL_DOC = ("clip(log10(noise std / normalization scale) + 1.5, -3, 3); noise std from the variance line "
+               "a * v + b evaluated on the plane smoothed with a 1-px Gaussian")
+_SHIFT = 1.5
+_CLIP = 3.0
+
+
+def resolve_camera(camera: Any) -> tuple[float, float] | None:
+    """Validate ``camera`` -> the variance line ``(a, b)``, or ``None`` for "estimate it from each plane".
+
+    Parameters
+    ----------
+    camera : None, "auto", mapping or sequence
+        ``None`` or ``"auto"``: estimate from each plane. A mapping with ``gain`` (ADU per photo-electron),
+        ``offset`` (dark level, ADU) and ``read_noise`` (electrons), or a ``(gain, offset, read_noise)`` triple.
+
+    Examples
+    --------
+    >>> resolve_camera({"gain": 0.5, "offset": 100, "read_noise": 2})
+    (0.5, -49.0)
+    >>> resolve_camera("auto") is None
+    True
+    """
+    from napari_linblur.optics.noise import camera_variance_model
+
+    if camera is None or (isinstance(camera, str) and camera == "auto"):
+        return None
+    accepted = ("camera must be 'auto' (estimate the noise from the image), a dict with gain (ADU per "
+                "photo-electron), offset (ADU) and read_noise (electrons), or a (gain, offset, read_noise) triple")
+    if isinstance(camera, Mapping):
+        missing = [k for k in ("gain", "offset", "read_noise") if k not in camera]
+        extra = sorted(set(camera) - {"gain", "offset", "read_noise"})
+        if missing or extra:
+            raise ValueError(f"{accepted}; got keys {sorted(camera)}")
+        vals = (camera["gain"], camera["offset"], camera["read_noise"])
+    elif isinstance(camera, Sequence) and not isinstance(camera, (str, bytes)) and len(camera) == 3:
+        vals = tuple(camera)
+    else:
+        raise ValueError(f"{accepted}; got {camera!r}")
+    try:
+        gain, offset, read = (float(v) for v in vals)
+    except (TypeError, ValueError):
+        raise ValueError(f"{accepted}; got {camera!r}") from None
+    return camera_variance_model(gain, offset, read)
+
+
+def noise_channel(plane: np.ndarray, scale: float, line: tuple[float, float] | None = None) -> np.ndarray:
+    """The noise channel of ``plane`` (raw values) for a model whose image input was divided by ``scale``.
+
+    Parameters
+    ----------
+    plane : numpy.ndarray, (Y, X)
+        Raw pixel values (ADU), before normalization.
+    scale : float
+        The normalization's scale (:class:`~napari_linblur.inference.normalize.Normalization`).
+    line : (a, b), optional
+        Noise variance ``a * v + b`` (ADU²) from the camera; ``None`` estimates it from ``plane``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape, see :data:`CHANNEL_DOC`.
+    """
+    from napari_linblur.optics.noise import estimate_variance_model, noise_std_map
+
+    plane = np.asarray(plane, dtype=np.float32)
+    if line is None:
+        try:
+            line = estimate_variance_model(plane)
+        except ValueError:  # too small to estimate: use the whole plane's residual noise
+            r = plane[1:-1, 1:-1] - 0.25 * (plane[:-2, 1:-1] + plane[2:, 1:-1] + plane[1:-1, :-2] + plane[1:-1, 2:])
+            line = (0.0, float(np.var(r)) / 1.25 if r.size else 1.0)
+    std = noise_std_map(plane, *line)
+    out = np.log10(np.maximum(std, 1e-12) / np.float32(max(float(scale), 1e-12))) + _SHIFT
+    return np.clip(out, -_CLIP, _CLIP).astype(np.float32)

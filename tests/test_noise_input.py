@@ -1,0 +1,224 @@
+"""Noise-aware defocus models: camera noise line, its estimate from one plane, the noise channel, training with
+``--noise-input map`` (from an image-only model) and inference with ``camera='auto'`` or a calibration."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_linblur.cli.main import main
+from napari_linblur.inference.noise_input import noise_channel, resolve_camera
+from napari_linblur.models import registry
+from napari_linblur.models.hrnet import HDMENet
+from napari_linblur.optics.noise import (
+    camera_variance_model,
+    estimate_variance_model,
+    noise_std_map,
+    poisson_gaussian,
+)
+from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
+
+TINY = dict(width=4, n_branches=3, modules=[1, 1], blocks=1, stem_channels=4, head_channels=8, norm="none")
+
+
+def _data(**kw):
+    base = dict(content="mixed", pool_size=3, crop=16, render_size=32, batch_size=2, val_samples=2)
+    base.update(kw)
+    return DefocusDataConfig(**base)
+
+
+def test_camera_variance_model_is_the_poisson_gaussian_variance():
+    a, b = camera_variance_model(gain=2.0, offset=100.0, read_noise=3.0)
+    photons = 500.0
+    adu = poisson_gaussian(np.full((256, 256), photons), gain=2.0, read_noise=3.0, offset=100.0, rng=0)
+    assert float(adu.var()) == pytest.approx(a * float(adu.mean()) + b, rel=0.03)
+    for bad in (dict(gain=0.0, offset=0, read_noise=1), dict(gain=1, offset=np.nan, read_noise=1),
+                dict(gain=1, offset=0, read_noise=-1)):
+        with pytest.raises(ValueError):
+            camera_variance_model(**bad)
+
+
+@pytest.mark.parametrize("gain,read,offset", [(0.5, 1.0, 100.0), (2.0, 3.0, 90.0)])
+def test_estimated_noise_line_matches_the_camera_on_smooth_content(gain, read, offset):
+    """On smooth (blurred) content the estimate from one plane is close to the camera's true noise std."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(1)
+    content = gaussian_filter(rng.random((192, 192)), 12)
+    content = (content - content.min()) / np.ptp(content)
+    photons = 50 + 1500 * content
+    adu = poisson_gaussian(photons, gain=gain, read_noise=read, offset=offset, rng=rng)
+    true = camera_variance_model(gain, offset, read)
+    est = estimate_variance_model(adu)
+    for v in np.percentile(adu, [10, 50, 90]):
+        ratio = np.sqrt((est[0] * v + est[1]) / (true[0] * v + true[1]))
+        assert 0.8 < ratio < 1.25, (v, ratio)
+    std = noise_std_map(adu, *est)
+    assert std.shape == adu.shape and std.dtype == np.float32 and float(std.min()) > 0
+
+
+def test_estimate_noise_bad_input():
+    with pytest.raises(ValueError, match="2-D"):
+        estimate_variance_model(np.zeros((2, 40, 40)))
+    with pytest.raises(ValueError, match="NaN"):
+        estimate_variance_model(np.full((40, 40), np.nan))
+    with pytest.raises(ValueError, match="too small"):
+        estimate_variance_model(np.zeros((12, 40)))
+    # a constant plane: a defined, positive variance (no NaN, no division by zero)
+    a, b = estimate_variance_model(np.full((64, 64), 7.0))
+    assert np.isfinite([a, b]).all() and a * 7.0 + b > 0
+
+
+def test_resolve_camera_forms_and_errors():
+    assert resolve_camera("auto") is None and resolve_camera(None) is None
+    assert resolve_camera((2.0, 100.0, 1.0)) == camera_variance_model(2.0, 100.0, 1.0)
+    assert resolve_camera({"gain": 2, "offset": 100, "read_noise": 1}) == camera_variance_model(2.0, 100.0, 1.0)
+    for bad in ("calibrated", {"gain": 1, "offset": 0}, {"gain": 1, "offset": 0, "read_noise": 1, "qe": 1},
+                (1.0, 2.0), ("a", 1, 1), {"gain": -1, "offset": 0, "read_noise": 1}, 3.0):
+        with pytest.raises(ValueError, match="gain|camera"):
+            resolve_camera(bad)
+
+
+def test_noise_channel_reads_the_photon_level():
+    """More photons per unit of the normalized image -> lower relative noise -> a lower channel value."""
+    rng = np.random.default_rng(0)
+    flat = np.ones((64, 64))
+    chans = []
+    for photons in (100.0, 3000.0):
+        adu = poisson_gaussian(flat * photons, gain=1.0, read_noise=1.0, offset=100.0, rng=rng)
+        for line in (None, camera_variance_model(1.0, 100.0, 1.0)):
+            ch = noise_channel(adu, scale=photons, line=line)
+            assert ch.shape == adu.shape and ch.dtype == np.float32 and np.isfinite(ch).all()
+            assert float(ch.min()) >= -3 and float(ch.max()) <= 3
+            chans.append(float(np.median(ch)))
+    # 30x the photons: sqrt(30) less relative noise, log10 -> about 0.74 lower, with either source of the line
+    assert chans[0] - chans[2] == pytest.approx(0.74, abs=0.1)
+    assert chans[1] - chans[3] == pytest.approx(0.74, abs=0.1)
+    # tiny planes (too small for the block estimate) still give a finite channel
+    assert np.isfinite(noise_channel(np.full((5, 7), 3.0), 1.0)).all()
+
+
+def test_model_input_channels():
+    net = HDMENet(**TINY, in_channels=2)
+    assert net.config["in_channels"] == 2 and "in_channels" not in HDMENet(**TINY).config
+    assert net(torch.rand(1, 2, 16, 16)).shape == (1, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
+        net(torch.rand(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="in_channels"):
+        HDMENet(**TINY, in_channels=3)
+
+
+def test_noise_map_batches():
+    task = DefocusTask(TINY, _data(noise_input="map", noise_estimated=0.0), seed=2)
+    x, s = task.batch(0)
+    assert x.shape == (2, 2, 16, 16) and s.shape == (2, 1, 16, 16) and torch.isfinite(x).all()
+    assert task.model_config["in_channels"] == 2 and task.build_model().in_channels == 2
+    # estimated vs exact channel: the same draws, so the image channel is identical and only the noise differs
+    x_est, _ = DefocusTask(TINY, _data(noise_input="map", noise_estimated=1.0), seed=2).batch(0)
+    torch.testing.assert_close(x_est[:, 0], x[:, 0], rtol=0, atol=0)
+    assert not torch.equal(x_est[:, 1], x[:, 1])
+    # the image-only recipe is unchanged by the option's existence (same images, no extra draws)
+    x1, _ = DefocusTask(TINY, _data(), seed=2).batch(0)
+    assert x1.shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="noise_input"):
+        _data(noise_input="gain").validate()
+    with pytest.raises(ValueError, match="noise_estimated"):
+        _data(noise_input="map", noise_estimated=1.5).validate()
+    with pytest.raises(ValueError, match="in_channels=1"):
+        DefocusTask({**TINY, "in_channels": 2}, _data())
+
+
+@pytest.fixture(scope="module")
+def image_only_model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = HDMENet(**TINY)
+    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
+    registry.save_model(net, path, {"architecture": "HDMENet", "task": "defocus", "config": net.config})
+    return path
+
+
+@pytest.fixture(scope="module")
+def noise_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("noise") / "run"
+    assert main(["train", "defocus", "--content", "shuffle", "--out", str(out), "--steps", "2", "--width", "4",
+                 "--noise-input", "map", "--crop", "16", "--render-size", "32", "--batch-size", "2",
+                 "--pool-size", "2", "--device", "cpu", "--no-progress", "--threads", "1", "--bn-batches", "0"]) == 0
+    return out / "model.safetensors"
+
+
+def test_noise_input_from_an_image_only_model(image_only_model, tmp_path):
+    """--init of an image-only model: the noise channel's weights start at zero, so the outputs start unchanged."""
+    task = DefocusTask(dict(TINY), _data(noise_input="map"), init=str(image_only_model))
+    net = task.build_model().eval()
+    src = registry.load_model(image_only_model, device="cpu")
+    x, _ = task.batch(0)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), src(x[:, :1]))
+    assert task.card()["init"]["input_added"].startswith("noise channel")
+    out = tmp_path / "cont"
+    assert main(["train", "defocus", "--content", "shuffle", "--out", str(out), "--steps", "1", "--init",
+                 str(image_only_model), "--noise-input", "map", "--crop", "16", "--render-size", "32",
+                 "--batch-size", "2", "--pool-size", "2", "--device", "cpu", "--no-progress", "--threads", "1",
+                 "--bn-batches", "0"]) == 0
+    card = registry.load_model(out / "model.safetensors", device="cpu").card
+    assert card["config"] == {**src.card["config"], "in_channels": 2} and "input_added" in card["init"]
+
+
+def test_trained_noise_model_card_and_inference(noise_model, image_only_model, tmp_path):
+    import napari_linblur as nl
+
+    net = registry.load_model(noise_model, device="cpu")
+    card = net.card
+    assert net.in_channels == 2 and card["config"]["in_channels"] == 2
+    assert card["data"]["recipe"]["noise_input"] == "map" and "noise_input" in card
+    rng = np.random.default_rng(3)
+    img = poisson_gaussian(np.full((40, 48), 300.0) + 200 * rng.random((40, 48)), gain=1.0, read_noise=2.0,
+                           offset=100.0, rng=rng).astype(np.float32)
+    auto = nl.estimate_defocus(img, model=str(noise_model), device="cpu")
+    cal = nl.estimate_defocus(img, model=str(noise_model), device="cpu",
+                              camera={"gain": 1.0, "offset": 100.0, "read_noise": 2.0})
+    far = nl.estimate_defocus(img, model=str(noise_model), device="cpu", camera=(8.0, 100.0, 2.0))
+    for m in (auto, cal, far):
+        assert m.shape == img.shape and m.dtype == np.float32 and np.isfinite(m).all()
+    assert not np.allclose(cal, far)  # the calibration reaches the network
+    # lazy stacks and the focus curve take the camera too
+    import dask.array as da
+
+    stack = np.stack([img, img])
+    lazy = nl.estimate_defocus(da.from_array(stack, chunks=(1, 40, 48)), model=str(noise_model), device="cpu",
+                               camera=(1.0, 100.0, 2.0))
+    np.testing.assert_allclose(lazy.compute()[0], cal, rtol=1e-5, atol=1e-5)
+    curve = nl.focus_curve(stack, model=str(noise_model), device="cpu", camera=(1.0, 100.0, 2.0))
+    assert curve.shape == (2,) and np.isfinite(curve).all()
+    # a bad calibration is a clear error before any work; an image-only model ignores the camera
+    with pytest.raises(ValueError, match="camera"):
+        nl.estimate_defocus(img, model=str(noise_model), device="cpu", camera={"gain": 1.0})
+    np.testing.assert_array_equal(
+        nl.estimate_defocus(img, model=str(image_only_model), device="cpu", camera=(8.0, 100.0, 2.0)),
+        nl.estimate_defocus(img, model=str(image_only_model), device="cpu"))
+
+
+def test_defocus_map_cli_camera_options(noise_model, tmp_path, capsys):
+    import tifffile
+    import zarr
+
+    rng = np.random.default_rng(0)
+    tif = tmp_path / "s.tif"
+    tifffile.imwrite(tif, rng.poisson(200, (2, 40, 48)).astype(np.uint16) + 100)
+    out = tmp_path / "m.zarr"
+    base = ["defocus-map", str(tif), str(out), "--model", str(noise_model), "--device", "cpu", "--workers", "1"]
+    assert main([*base, "--camera-gain", "1"]) == 2  # partial calibration: a clear error, nothing written
+    assert "--read-noise" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--camera-gain", "1", "--camera-offset", "100", "--read-noise", "2"]) == 0
+    assert zarr.open_group(str(out), mode="r").attrs["linblur"]["camera"] == {"gain": 1.0, "offset": 100.0,
+                                                                              "read_noise": 2.0}
+
+
+def test_evaluate_adds_calibrated_rows_for_noise_models(noise_model, tmp_path):
+    out = tmp_path / "ev"
+    assert main(["evaluate", "defocus", "--model", f"noise={noise_model}", "--n-images", "1", "--size", "48",
+                 "--no-through-focus", "--no-bbbc006", "--no-baselines", "--device", "cpu", "--out", str(out)]) == 0
+    table = json.loads((out / "defocus_eval.json").read_text())["spatially_varying"]["shuffle"]
+    assert set(table) == {"noise", "noise, calibrated camera"}
+    assert all(0 <= r["all"]["mae_px"] < 10 for r in table.values())
