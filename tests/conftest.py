@@ -38,7 +38,7 @@ def tiny_models(tmp_path_factory):
         "defocus": ("HDMENet", {"width": 4, "n_branches": 2, "modules": [1], "blocks": 1, "stem_stride": 1,
                                 "stem_channels": 4, "stem_bottlenecks": 0, "head_channels": 8, "max_sigma": None}),
         "defocus_noise": ("HDMENet", {"width": 4, "n_branches": 2, "modules": [1], "blocks": 1, "stem_channels": 4,
-                                      "head_channels": 8, "in_channels": 2}),
+                                      "head_channels": 8, "in_channels": 2, "norm": "none"}),
         "deblur": ("DRBNet", dict(DRBNET_CONFIGS["tiny"])),
         "ae": ("LinearLatentAE", {"arch": "resnet", "channels": [8, 16], "latent_channels": 4, "blocks": 1,
                                   "norm": "group"}),

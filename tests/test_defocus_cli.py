@@ -148,6 +148,33 @@ def test_train_cli_and_resume(tmp_path):
     outlc = tmp_path / "lc"
     assert main([*args12[:-2], "--out", str(outlc), "--low-contrast", "0.3"]) == 0
     assert registry.load_model(outlc / "model.safetensors", device="cpu").card["data"]["recipe"]["low_contrast"] == 0.3
+    # --full-range P is recorded in the recipe
+    outfr = tmp_path / "fr"
+    assert main([*args12[:-2], "--out", str(outfr), "--full-range", "0.75"]) == 0
+    assert registry.load_model(outfr / "model.safetensors", device="cpu").card["data"]["recipe"]["full_range"] == 0.75
+
+
+def test_full_range_maps_and_unchanged_default():
+    """full_range=1: every map spans the whole σ range; 0 (default): no extra draw, the old maps replay exactly."""
+    from napari_linblur.training.defocus import random_defocus_map
+
+    for i in range(6):
+        full = random_defocus_map(64, np.random.default_rng(i), (0.0, 10.0), full_range=1.0)
+        assert 0 <= full.min() and full.max() <= 10 and np.ptp(full) > 3  # region maps need not reach both ends
+        np.testing.assert_array_equal(random_defocus_map(64, np.random.default_rng(i), (0.0, 10.0)),
+                                      random_defocus_map(64, np.random.default_rng(i), (0.0, 10.0), full_range=0.0))
+    # sub-ranges put less weight on the ends of the range than full-range maps
+    ends = []
+    for p in (0.0, 1.0):
+        maps = np.stack([random_defocus_map(64, np.random.default_rng(i), (0.0, 10.0), full_range=p)
+                         for i in range(60)])
+        ends.append(float(np.mean((maps < 1) | (maps > 9))))
+    assert ends[1] > 1.5 * ends[0]
+    b0, s0, _ = render_sample([0, 1], _data())
+    b1, s1, _ = render_sample([0, 1], _data(full_range=0.0))
+    assert np.array_equal(b0, b1) and np.array_equal(s0, s1)
+    with pytest.raises(ValueError, match="full_range"):
+        _data(full_range=-0.1).validate()
 
 
 def test_train_cli_init_continues_from_saved_weights(tmp_path, tiny_model):

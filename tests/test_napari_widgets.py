@@ -150,16 +150,30 @@ def test_defocus_widget_live_map_stack_run_and_focus_curve(viewer, qtbot, tiny_m
     assert _ops.current_indices(viewer, layer)[0] == w.plot.best
 
 
-def test_defocus_widget_camera_calibration_reaches_noise_aware_models(viewer, qtbot, tiny_models, synth):
+def test_defocus_widget_camera_calibration_reaches_noise_aware_models(viewer, qtbot, tiny_models, synth, tmp_path):
     """The 'camera noise' row: estimated from the plane by default, or the calibration typed in."""
+    import torch
+
+    from napari_linblur.models.registry import load_model, save_model
+
+    # the tiny noise-aware model, with its noise-channel and output weights scaled up so that a change of camera
+    # moves the map by more than bf16 rounding
+    net = load_model(tiny_models["defocus_noise"], device="cpu")
+    with torch.no_grad():
+        net.stem[0].weight[:, 1] *= 20.0
+        net.head[-1].weight *= 50.0
+    noisy_model = str(save_model(net, tmp_path / "noise-aware.safetensors", dict(net.card)))
     stack = synth[0]
     viewer.add_image(stack, name="img")
     w = add(viewer, "Defocus map & focus QC")
-    w.model.set_model(tiny_models["defocus_noise"])
+    w.model.set_model(tiny_models["defocus"])
+    assert w.camera.isHidden()  # an image-only model does not read the camera: the row is not shown
+    w.model.set_model(noisy_model)
+    assert not w.camera.isHidden()
     settle(qtbot, w)
     z = _ops.current_indices(viewer, viewer.layers["img"])[0]
     name = f"defocus σ[img z{z}] (preview)"
-    auto = nl.estimate_defocus(stack[z], model=tiny_models["defocus_noise"], tile=TILE)
+    auto = nl.estimate_defocus(stack[z], model=noisy_model, tile=TILE)
     np.testing.assert_allclose(viewer.layers[name].data, auto, rtol=1e-5, atol=1e-5)
     assert w.camera.value() == "auto" and not w.camera.gain.isEnabled()
     w.camera.calibrated.setChecked(True)
@@ -169,7 +183,7 @@ def test_defocus_widget_camera_calibration_reaches_noise_aware_models(viewer, qt
     settle(qtbot, w)
     cam = {"gain": 4.0, "offset": 90.0, "read_noise": 1.5}
     assert w.camera.value() == cam and w.camera.gain.isEnabled()
-    cal = nl.estimate_defocus(stack[z], model=tiny_models["defocus_noise"], tile=TILE, camera=cam)
+    cal = nl.estimate_defocus(stack[z], model=noisy_model, tile=TILE, camera=cam)
     np.testing.assert_allclose(viewer.layers[name].data, cal, rtol=1e-5, atol=1e-5)
     assert not np.allclose(cal, auto)
 

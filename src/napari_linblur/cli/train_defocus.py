@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--low-contrast", type=float, default=0.0, metavar="P",
                    help="probability that pixel-shuffled content gets its contrast scaled down 2-30x (low-contrast "
                    "texture is hard to tell from blur plus shot noise; default 0)")
+    p.add_argument("--full-range", type=float, default=0.0, metavar="P",
+                   help="probability that a training σ map spans the whole [0, --sigma-max] range instead of a "
+                   "random sub-range (sub-ranges under-weight the ends of the range; default 0)")
     p.add_argument("--noise-input", default="none", choices=["none", "map"],
                    help="'map': the network also takes the camera's noise level at every pixel (a second input "
                    "channel, from a calibration or estimated from the image); with --init of an image-only model "
@@ -78,7 +81,8 @@ def run(args) -> int:
     data = DefocusDataConfig(content=args.content, crop=args.crop, batch_size=args.batch_size,
                              pool_size=args.pool_size, render_size=max(args.render_size, args.crop),
                              normalize=args.normalize, sigma_range=(0.0, float(args.sigma_max)),
-                             low_contrast=args.low_contrast, noise_input=args.noise_input,
+                             low_contrast=args.low_contrast, full_range=args.full_range,
+                             noise_input=args.noise_input,
                              noise_estimated=args.noise_estimated)
     multiple = int(model_cfg["stem_stride"]) * 2 ** (int(model_cfg["n_branches"]) - 1)
     if args.crop % multiple:

@@ -85,6 +85,10 @@ class DefocusDataConfig:
     low_contrast: float = 0.0
     #: "none": the image alone (1 input channel); "map": the image and its camera-noise channel (2 channels,
     #: :func:`napari_linblur.inference.noise_input.noise_channel`)
+    #: probability that a σ map spans the whole ``sigma_range`` (as the paper's maps and the held-out test maps)
+    #: instead of a random sub-range of it; 0 = the recipes before it (sub-ranges only, which put 2-3x less
+    #: weight on the ends of the range than a uniform σ, see docs/results/defocus.md)
+    full_range: float = 0.0
     noise_input: str = "none"
     #: with ``noise_input="map"``: probability that the channel comes from the noise *estimated* from the noisy
     #: plane (as ``camera="auto"`` at inference) rather than from the sample's exact camera (a calibrated camera)
@@ -106,6 +110,8 @@ class DefocusDataConfig:
             raise ValueError(f"noise_input={self.noise_input!r}; use 'none' (image only) or 'map' (image and noise)")
         if not 0.0 <= self.noise_estimated <= 1.0:
             raise ValueError(f"noise_estimated must be a probability in [0, 1], got {self.noise_estimated}")
+        if not 0.0 <= self.full_range <= 1.0:
+            raise ValueError(f"full_range must be a probability in [0, 1], got {self.full_range}")
         if not 0.0 <= self.low_contrast <= 1.0:
             raise ValueError(f"low_contrast must be a probability in [0, 1], got {self.low_contrast}")
         lo, hi = self.sigma_range
@@ -187,11 +193,19 @@ def sharp_content(size: int, content: str, rng: np.random.Generator, sources=TRA
     return out / max(float(out.max()), 1e-6), kind
 
 
-def random_defocus_map(size: int, rng: np.random.Generator, sigma_range=(0.0, 10.0)) -> np.ndarray:
-    """Half Gaussian random field, half region map, over a random sub-range of ``sigma_range``."""
+def random_defocus_map(size: int, rng: np.random.Generator, sigma_range=(0.0, 10.0),
+                       full_range: float = 0.0) -> np.ndarray:
+    """Half Gaussian random field, half region map, over a random sub-range of ``sigma_range``.
+
+    With probability ``full_range`` the map spans the whole ``sigma_range`` instead (0 draws nothing extra, so
+    older recipes replay exactly).
+    """
     from napari_linblur.optics.defocus_maps import gaussian_random_field_map, region_map
 
-    lo, hi = np.sort(rng.uniform(sigma_range[0], sigma_range[1], 2))
+    if full_range > 0 and rng.random() < full_range:
+        lo, hi = float(sigma_range[0]), float(sigma_range[1])
+    else:
+        lo, hi = np.sort(rng.uniform(sigma_range[0], sigma_range[1], 2))
     if rng.random() < 0.5:
         return gaussian_random_field_map((size, size), sigma_range=(lo, hi),
                                          correlation_px=float(rng.uniform(6.0, 40.0)), rng=rng)
@@ -207,7 +221,7 @@ def render_sample(seed, cfg: DefocusDataConfig, *, size: int | None = None, sour
     size = size or cfg.render_size
     sharp, kind = sharp_content(size, cfg.content, rng, cfg.sources if sources is None else sources,
                                 low_contrast=cfg.low_contrast)
-    sig = random_defocus_map(size, rng, cfg.sigma_range)
+    sig = random_defocus_map(size, rng, cfg.sigma_range, cfg.full_range)
     blurred = render_spatially_varying(sharp, sig)
     return np.clip(blurred, 0, None).astype(np.float32), sig.astype(np.float32), kind
 

@@ -79,6 +79,17 @@ class FocusPlot(c.MplPlot):
         self.canvas.draw_idle()
 
 
+def noise_aware(model) -> bool:
+    """Whether a defocus model (None = the default, a name or a path) takes the camera-noise channel."""
+    from napari_linblur.models.registry import DEFAULTS, read_card
+
+    try:
+        card = read_card(model or DEFAULTS["defocus"])
+    except Exception:  # noqa: BLE001 - a missing or unreadable model shows its error when it is run
+        return False
+    return int((card.get("config") or {}).get("in_channels", 1)) == 2
+
+
 class CameraInput(QWidget):
     """The camera's noise for noise-aware defocus models: estimated from the image, or a calibration.
 
@@ -135,9 +146,9 @@ class DefocusWidget(c.LinblurWidget):
         self.camera = CameraInput()
         self.preview_on = QCheckBox("live map of the current plane")
         self.preview_on.setChecked(True)
-        box, _ = c.group("Defocus map (σ in px)", [("image", self.image), ("model", self.model),
-                                                  ("self-ensemble", self.tta), ("camera noise", self.camera),
-                                                  ("", self.preview_on)])
+        box, self._map_form = c.group("Defocus map (σ in px)", [("image", self.image), ("model", self.model),
+                                                                ("self-ensemble", self.tta),
+                                                                ("camera noise", self.camera), ("", self.preview_on)])
         self.layout().addWidget(box)
         self.legend = QLabel(f"colormap {COLORMAP}: dark = in focus, bright = strongly defocused")
         self.legend.setWordWrap(True)
@@ -179,6 +190,8 @@ class DefocusWidget(c.LinblurWidget):
         self.image.currentIndexChanged.connect(self.preview.request)
         self.model.combo.currentIndexChanged.connect(self.preview.request)
         self.tta.currentIndexChanged.connect(self.preview.request)
+        self.model.combo.currentIndexChanged.connect(self._sync_camera_row)
+        self._sync_camera_row()
         self.camera.calibrated.toggled.connect(self.preview.request)
         for sb in (self.camera.gain, self.camera.offset, self.camera.read_noise):
             sb.valueChanged.connect(self.preview.request)
@@ -210,6 +223,14 @@ class DefocusWidget(c.LinblurWidget):
             layer.colorbar.visible = True
         except Exception:  # noqa: BLE001 - napari without colorbar overlays: the legend label explains
             pass
+
+    def _sync_camera_row(self, *_: Any) -> None:
+        """The camera row is shown only for noise-aware models (image-only models do not read it)."""
+        visible = noise_aware(self.model.model())
+        self.camera.setVisible(visible)
+        label = self._map_form.labelForField(self.camera)
+        if label is not None:
+            label.setVisible(visible)
 
     # --- defocus map ---------------------------------------------------------------------------
     def _map_kwargs(self) -> dict:
