@@ -42,12 +42,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="crops per source and σ in the uniform sweep")
     p.add_argument("--out", default=None, help="JSON of the numbers")
+    p.add_argument("--calibrated", action="store_true",
+                   help="give noise-aware models the evaluation's exact camera (default: estimated from the image)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     cfg = EvalConfig()
 
     def estimate(img: np.ndarray) -> np.ndarray:
-        return np.asarray(nl.estimate_defocus(img, model=a.model, device="cpu"), np.float64)
+        camera = {"gain": 1.0, "offset": cfg.offset, "read_noise": cfg.read_noise} if a.calibrated else "auto"
+        return np.asarray(nl.estimate_defocus(img, model=a.model, device="cpu", camera=camera), np.float64)
 
     rows = []
     for i, it in enumerate(heldout_images("shuffle", cfg)):
@@ -101,7 +104,7 @@ def main() -> None:
                "uniform_crop_contrast": crop_contrast,
                "command": "python docs/results/defocus_shuffle_contrast.py"
                + (f" --model {a.model}" if a.model != "defocus-default" else "")
-               + (f" --repeats {a.repeats}" if a.repeats != 3 else "")}
+               + (f" --repeats {a.repeats}" if a.repeats != 3 else "") + (" --calibrated" if a.calibrated else "")}
         Path(a.out).write_text(json.dumps(out, indent=2))
         print(f"\nwrote {a.out}")
 
