@@ -7,6 +7,8 @@ import pytest
 import tifffile
 import torch
 
+from defocus_helpers import TINY, save_tiny_model
+from defocus_helpers import tiny_data as _data
 from napari_linblur.cli.main import main
 from napari_linblur.models import registry
 from napari_linblur.models.hrnet import HDMENet
@@ -16,14 +18,6 @@ from napari_linblur.training.defocus import (
     make_sample,
     render_sample,
 )
-
-TINY = dict(width=4, n_branches=3, modules=[1, 1], blocks=1, stem_channels=4, head_channels=8, norm="none")
-
-
-def _data(**kw):
-    base = dict(content="mixed", pool_size=3, crop=16, render_size=32, batch_size=2, val_samples=2)
-    base.update(kw)
-    return DefocusDataConfig(**base)
 
 
 def test_batches_deterministic_in_seed_and_step():
@@ -179,7 +173,7 @@ def test_full_range_maps_and_unchanged_default():
 
 def test_train_cli_init_continues_from_saved_weights(tmp_path, tiny_model):
     """--init starts from a saved model's weights (architecture from its card) and records where they came from."""
-    from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
+    from napari_linblur.training.defocus import DefocusTask
 
     src = registry.load_model(tiny_model, device="cpu")
     task = DefocusTask(dict(src.card["config"]), DefocusDataConfig(), init=str(tiny_model))
@@ -202,11 +196,7 @@ def test_train_cli_init_continues_from_saved_weights(tmp_path, tiny_model):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = HDMENet(**TINY)
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    registry.save_model(net, path, {"architecture": "HDMENet", "task": "defocus", "config": net.config})
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("m"))
 
 
 @pytest.fixture(scope="module")

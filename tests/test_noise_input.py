@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from defocus_helpers import TINY, save_tiny_model
+from defocus_helpers import tiny_data as _data
 from napari_linblur.cli.main import main
 from napari_linblur.inference.noise_input import noise_channel, resolve_camera
 from napari_linblur.models import registry
@@ -17,15 +19,7 @@ from napari_linblur.optics.noise import (
     noise_std_map,
     poisson_gaussian,
 )
-from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
-
-TINY = dict(width=4, n_branches=3, modules=[1, 1], blocks=1, stem_channels=4, head_channels=8, norm="none")
-
-
-def _data(**kw):
-    base = dict(content="mixed", pool_size=3, crop=16, render_size=32, batch_size=2, val_samples=2)
-    base.update(kw)
-    return DefocusDataConfig(**base)
+from napari_linblur.training.defocus import DefocusTask
 
 
 def test_camera_variance_model_is_the_poisson_gaussian_variance():
@@ -131,11 +125,7 @@ def test_noise_map_batches():
 
 @pytest.fixture(scope="module")
 def image_only_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = HDMENet(**TINY)
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    registry.save_model(net, path, {"architecture": "HDMENet", "task": "defocus", "config": net.config})
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("m"))
 
 
 @pytest.fixture(scope="module")
