@@ -83,12 +83,12 @@ class DefocusDataConfig:
     normalize: str = "plane"
     #: probability of low-contrast pixel-shuffled content (``sharp_content``); 0 = the recipes before it
     low_contrast: float = 0.0
-    #: "none": the image alone (1 input channel); "map": the image and its camera-noise channel (2 channels,
-    #: :func:`napari_linblur.inference.noise_input.noise_channel`)
     #: probability that a σ map spans the whole ``sigma_range`` (as the paper's maps and the held-out test maps)
     #: instead of a random sub-range of it; 0 = the recipes before it (sub-ranges only, which put 2-3x less
     #: weight on the ends of the range than a uniform σ, see docs/results/defocus.md)
     full_range: float = 0.0
+    #: "none": the image alone (1 input channel); "map": the image and its camera-noise channel (2 channels,
+    #: :func:`napari_linblur.inference.noise_input.noise_channel`)
     noise_input: str = "none"
     #: with ``noise_input="map"``: probability that the channel comes from the noise *estimated* from the noisy
     #: plane (as ``camera="auto"`` at inference) rather than from the sample's exact camera (a calibrated camera)
