@@ -187,7 +187,7 @@ def estimate_defocus(
         Patch side for ``mode="patch"``.
     amp : {"auto", "off", "bf16"}
         ``"auto"``: bf16 autocast where the hardware runs it natively (a CPU with AVX512-BF16/AMX, a bf16 GPU),
-        about 1.4x faster on such a CPU; the map moves by < 0.1 px (benchmarks/bench_defocus.py).
+        about 1.4-1.7x faster on such a CPU; the map moves by at most 0.13 px (benchmarks/bench_defocus.py).
         ``"off"``: float32.
     tta : {1, 2, 4, 8}
         Self-ensemble: the mean σ map over this many flips/rotations of every tile
