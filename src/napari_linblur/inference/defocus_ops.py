@@ -94,6 +94,7 @@ class _PlaneDefocus:
 
     def __call__(self, plane: np.ndarray) -> np.ndarray:
         from napari_linblur.inference.device import amp_forward, resolve_amp, resolve_device
+        from napari_linblur.inference.noise_input import model_input
         from napari_linblur.inference.normalize import fit_normalization
         from napari_linblur.inference.tiling import auto_tile, tiled_apply
         from napari_linblur.inference.tta import self_ensemble
@@ -101,12 +102,8 @@ class _PlaneDefocus:
         plane = np.asarray(plane)
         check_finite_plane(plane, "img")
         net = self.net()
-        norm = fit_normalization(plane)
-        x = norm.apply(plane)
-        if getattr(net, "in_channels", 1) == 2:  # a noise-aware model: add the camera-noise channel
-            from .noise_input import noise_channel
-
-            x = np.stack([x, noise_channel(plane, norm.scale, self.camera)])
+        # a noise-aware model also takes the camera-noise channel (same input as in training)
+        x = model_input(plane, fit_normalization(plane), noise=getattr(net, "in_channels", 1) == 2, line=self.camera)
         dev = next(net.parameters()).device if any(True for _ in net.parameters()) else resolve_device(self.device)
         multiple = int(getattr(net, "multiple", 16))
         tile = self.tile or auto_tile(*plane.shape[-2:], overlap=self.overlap, multiple=multiple)

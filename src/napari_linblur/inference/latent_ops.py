@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_linblur.metrics.focus import laplacian
+
 from .normalize import fit_normalization
 from .tiling import map_planes, tiled_apply
 from .tta import check_tta, self_ensemble
@@ -335,10 +337,6 @@ def deblur_pair(
 # ---------------------------------------------------------------------------------------------- auto alpha
 
 
-def _laplacian(x: np.ndarray) -> np.ndarray:
-    return (-4 * x[1:-1, 1:-1] + x[:-2, 1:-1] + x[2:, 1:-1] + x[1:-1, :-2] + x[1:-1, 2:]).astype(np.float64)
-
-
 def _center_crop(x: np.ndarray, side: int, multiple: int) -> tuple[slice, slice]:
     h, w = x.shape
     sh = min(h, side) // multiple * multiple or h
@@ -388,7 +386,7 @@ def auto_alpha_normalized(
     bg = cc[1:-1, 1:-1] <= np.median(cc)
     focus, noise = [], []
     for o in outs:
-        lap = _laplacian(o)
+        lap = laplacian(o)
         focus.append(float(lap.var()))
         v = lap[bg] if bg.sum() > 16 else lap.ravel()
         noise.append(float(1.4826 * np.median(np.abs(v - np.median(v)))))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CHANNEL_DOC", "noise_channel", "resolve_camera"]
+__all__ = ["CHANNEL_DOC", "model_input", "noise_channel", "resolve_camera"]
 
 #: the channel's definition (stored in model cards)
 CHANNEL_DOC = ("clip(log10(noise std / normalization scale) + 1.5, -3, 3); noise std from the variance line "
@@ -84,15 +84,28 @@ def noise_channel(plane: np.ndarray, scale: float, line: tuple[float, float] | N
     numpy.ndarray
         float32, same shape, see :data:`CHANNEL_DOC`.
     """
-    from napari_linblur.optics.noise import estimate_variance_model, noise_std_map
+    from napari_linblur.optics.noise import (
+        estimate_variance_model,
+        noise_std_map,
+        residual_variance,
+    )
 
     plane = np.asarray(plane, dtype=np.float32)
     if line is None:
         try:
             line = estimate_variance_model(plane)
-        except ValueError:  # too small to estimate: use the whole plane's residual noise
-            r = plane[1:-1, 1:-1] - 0.25 * (plane[:-2, 1:-1] + plane[2:, 1:-1] + plane[1:-1, :-2] + plane[1:-1, 2:])
-            line = (0.0, float(np.var(r)) / 1.25 if r.size else 1.0)
+        except ValueError:  # too small to estimate: the whole plane's residual noise, constant
+            line = (0.0, residual_variance(plane))
     std = noise_std_map(plane, *line)
     out = np.log10(np.maximum(std, 1e-12) / np.float32(max(float(scale), 1e-12))) + _SHIFT
     return np.clip(out, -_CLIP, _CLIP).astype(np.float32)
+
+
+def model_input(plane: np.ndarray, norm, *, noise: bool, line: tuple[float, float] | None = None) -> np.ndarray:
+    """The defocus network's input for a raw plane, the same in training and at inference.
+
+    ``norm.apply(plane)`` (Y, X) for an image-only model; with ``noise=True`` that image and its
+    :func:`noise_channel` stacked, (2, Y, X). ``line`` is the camera's variance line, ``None`` = estimate it.
+    """
+    x = norm.apply(plane)
+    return np.stack([x, noise_channel(plane, norm.scale, line)]) if noise else x

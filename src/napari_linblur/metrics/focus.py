@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    "laplacian",
     "variance_of_laplacian",
     "brenner",
     "tenengrad",
@@ -54,14 +55,28 @@ def _img(image: Any, min_size: int = 3) -> np.ndarray:
 
 
 def _valid_corr(a: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Correlation with a 3x3 kernel on the interior only (no padding)."""
-    h, w = a.shape
-    out = np.zeros((h - 2, w - 2))
+    """Correlation of the last two axes with a 3x3 kernel on the interior only (no padding)."""
+    h, w = a.shape[-2:]
+    out = np.zeros(a.shape[:-2] + (h - 2, w - 2))
     for i in range(3):
         for j in range(3):
             if k[i, j]:
-                out += k[i, j] * a[i : h - 2 + i, j : w - 2 + j]
+                out += k[i, j] * a[..., i : h - 2 + i, j : w - 2 + j]
     return out
+
+
+def laplacian(image: Any) -> np.ndarray:
+    """4-neighbour Laplacian of the interior ``(H-2) x (W-2)`` pixels (float64; leading axes are batch axes).
+
+    The one Laplacian of the project: :func:`variance_of_laplacian`, the automatic α of pair deblurring and the
+    camera-noise estimate (:func:`napari_linblur.optics.noise.estimate_variance_model`) use it.
+
+    Examples
+    --------
+    >>> laplacian(np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]])).tolist()
+    [[-4.0]]
+    """
+    return _valid_corr(np.asarray(image, dtype=np.float64), _LAPLACE)
 
 
 def variance_of_laplacian(image: Any) -> float:
@@ -73,7 +88,7 @@ def variance_of_laplacian(image: Any) -> float:
     >>> round(variance_of_laplacian(np.array([[0, 0, 0, 0], [0, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])), 3)
     68.0
     """
-    return float(np.var(_valid_corr(_img(image), _LAPLACE)))
+    return float(np.var(laplacian(_img(image))))
 
 
 def brenner(image: Any) -> float:

@@ -20,6 +20,7 @@ __all__ = [
     "noise_std_map",
     "poisson_gaussian",
     "poisson_noise",
+    "residual_variance",
     "salt_and_pepper",
 ]
 
@@ -189,6 +190,25 @@ def salt_and_pepper(
 _RESIDUAL_VAR = 1.25
 
 
+def _residual(x: np.ndarray) -> np.ndarray:
+    """``x - mean(4 neighbours)`` on the interior (= -Laplacian / 4): nearly pure noise where ``x`` is smooth."""
+    from napari_linblur.metrics.focus import laplacian
+
+    return -0.25 * laplacian(x)
+
+
+def residual_variance(plane) -> float:
+    """Noise variance of a plane from its whole residual ``x - mean(4 neighbours)`` (no smoothness selection).
+
+    The fallback of :func:`napari_linblur.inference.noise_input.noise_channel` for planes too small for
+    :func:`estimate_variance_model`; texture counts as noise. 1.0 for planes without an interior.
+    """
+    x = np.asarray(plane, dtype=np.float64)
+    if x.ndim != 2 or min(x.shape) < 3:
+        return 1.0
+    return float(np.var(_residual(x))) / _RESIDUAL_VAR
+
+
 def camera_variance_model(gain: float, offset: float, read_noise: float) -> tuple[float, float]:
     """Noise variance of a Poisson–Gaussian camera as a line in the pixel value: ``var(v) = a * v + b`` (ADU²).
 
@@ -261,7 +281,7 @@ def estimate_variance_model(plane, *, block: int = 8, n_groups: int = 8, quantil
     if not np.all(np.isfinite(x)):
         raise ValueError("plane contains NaN or inf; the noise model needs finite values")
     x = x.astype(np.float64, copy=False)
-    res = x[1:-1, 1:-1] - 0.25 * (x[:-2, 1:-1] + x[2:, 1:-1] + x[1:-1, :-2] + x[1:-1, 2:])
+    res = _residual(x)
     core = x[1:-1, 1:-1]
     ny, nx = res.shape[0] // block, res.shape[1] // block
     if ny < 3 or nx < 3:
@@ -272,24 +292,19 @@ def estimate_variance_model(plane, *, block: int = 8, n_groups: int = 8, quantil
         a = a[: ny * block, : nx * block].reshape(ny, block, nx, block).swapaxes(1, 2)
         return a.reshape(ny * nx, block * block)
 
-    rb, mb = blocks(res), blocks(core)
-    med = np.median(rb, axis=1, keepdims=True)
-    var = (1.4826 * np.median(np.abs(rb - med), axis=1)) ** 2 / _RESIDUAL_VAR
-    mean = mb.mean(axis=1)
+    var = _robust_noise_var(blocks(res))
+    mean = blocks(core).mean(axis=1)
     order = np.argsort(mean)
     groups = np.array_split(order, min(n_groups, max(1, order.size // 4)))
     gm = np.array([np.median(mean[g]) for g in groups])
     gv = np.array([np.quantile(var[g], quantile) for g in groups]) / _quantile_bias(block * block, quantile)
     lo, hi = float(x.min()), float(x.max())
+    a, b = 0.0, float(np.median(gv))  # a constant variance, unless a line with a slope >= 0 fits
     # a line needs a range of levels: over less than a few noise stds (a nearly flat plane) the slope is noise
-    if gm.size >= 2 and np.ptp(gm) > 4.0 * np.sqrt(max(float(np.median(gv)), 0.0)):
-        a, b = np.polyfit(gm, gv, 1)
-        a = float(a)
-        b = float(b)
-    else:
-        a, b = 0.0, float(np.median(gv))
-    if a < 0:
-        a, b = 0.0, float(np.median(gv))
+    if gm.size >= 2 and np.ptp(gm) > 4.0 * np.sqrt(max(b, 0.0)):
+        slope, intercept = np.polyfit(gm, gv, 1)
+        if slope >= 0:
+            a, b = float(slope), float(intercept)
     # keep the line positive over the plane's range (a small floor, not the smallest group's variance)
     floor = max(0.05 * float(np.min(gv[gv > 0])) if np.any(gv > 0) else 0.0, 1e-12 * max(1.0, hi * hi))
     b = max(b, floor - a * lo)
@@ -303,12 +318,14 @@ def _quantile_bias(n: int, quantile: float) -> float:
     # residuals of i.i.d. noise are correlated between neighbours; simulate the same filter on a noise field
     side = int(np.ceil(np.sqrt(n)))
     k = 4000
-    z = rng.standard_normal((k, side + 2, side + 2))
-    r = z[:, 1:-1, 1:-1] - 0.25 * (z[:, :-2, 1:-1] + z[:, 2:, 1:-1] + z[:, 1:-1, :-2] + z[:, 1:-1, 2:])
-    r = r.reshape(k, -1)[:, :n]
-    med = np.median(r, axis=1, keepdims=True)
-    v = (1.4826 * np.median(np.abs(r - med), axis=1)) ** 2 / _RESIDUAL_VAR
-    return float(np.quantile(v, quantile))
+    r = _residual(rng.standard_normal((k, side + 2, side + 2))).reshape(k, -1)[:, :n]
+    return float(np.quantile(_robust_noise_var(r), quantile))
+
+
+def _robust_noise_var(rows: np.ndarray) -> np.ndarray:
+    """Noise variance from the residuals of each row: the squared consistency-scaled MAD, per unit residual variance."""
+    med = np.median(rows, axis=1, keepdims=True)
+    return (1.4826 * np.median(np.abs(rows - med), axis=1)) ** 2 / _RESIDUAL_VAR
 
 
 def noise_std_map(plane, a: float, b: float, *, smooth: float = 1.0) -> np.ndarray:

@@ -226,11 +226,11 @@ def render_sample(seed, cfg: DefocusDataConfig, *, size: int | None = None, sour
     return np.clip(blurred, 0, None).astype(np.float32), sig.astype(np.float32), kind
 
 
-def camera(blurred: np.ndarray, rng: np.random.Generator, cfg: DefocusDataConfig, *, return_line: bool = False):
-    """Background, Poisson–Gaussian camera noise with offset, optional salt-and-pepper -> ADU (float32).
+def camera(blurred: np.ndarray, rng: np.random.Generator, cfg: DefocusDataConfig) -> tuple[np.ndarray, tuple]:
+    """Background, Poisson–Gaussian camera noise with offset, optional salt-and-pepper.
 
-    With ``return_line`` also the camera's noise variance line ``(a, b)``
-    (:func:`napari_linblur.optics.noise.camera_variance_model`); the random draws are the same either way.
+    Returns the noisy ADU (float32) and the camera's noise variance line ``(a, b)``
+    (:func:`napari_linblur.optics.noise.camera_variance_model`).
     """
     from napari_linblur.optics.noise import camera_variance_model, poisson_gaussian, salt_and_pepper
 
@@ -243,8 +243,7 @@ def camera(blurred: np.ndarray, rng: np.random.Generator, cfg: DefocusDataConfig
     adu = poisson_gaussian(photons, gain=gain, read_noise=read, offset=offset, rng=rng)
     if rng.random() < cfg.salt_pepper_prob:
         adu = salt_and_pepper(adu, float(rng.uniform(0, cfg.salt_pepper_amount)), rng=rng)
-    adu = adu.astype(np.float32)
-    return (adu, camera_variance_model(gain, offset, read)) if return_line else adu
+    return adu.astype(np.float32), camera_variance_model(gain, offset, read)
 
 
 def make_sample(blurred: np.ndarray, sigma: np.ndarray, rng: np.random.Generator, cfg: DefocusDataConfig):
@@ -274,21 +273,19 @@ def make_sample(blurred: np.ndarray, sigma: np.ndarray, rng: np.random.Generator
     noise_map = cfg.noise_input == "map"
 
     def with_noise(raw: np.ndarray, norm, line) -> np.ndarray:
-        xin = norm.apply(raw)
-        if not noise_map:
-            return xin
-        from napari_linblur.inference.noise_input import noise_channel
+        from napari_linblur.inference.noise_input import model_input
 
-        estimated = rng.random() < cfg.noise_estimated
-        return np.stack([xin, noise_channel(raw, norm.scale, None if estimated else line)])
+        if noise_map and rng.random() < cfg.noise_estimated:  # drawn only for noise-aware recipes
+            line = None  # the channel from the noise estimated on the noisy plane, as camera="auto"
+        return model_input(raw, norm, noise=noise_map, line=line)
 
     if cfg.normalize == "plane":
-        plane, line = camera(np.ascontiguousarray(blurred), rng, cfg, return_line=True)
+        plane, line = camera(np.ascontiguousarray(blurred), rng, cfg)
         xin = with_noise(plane, fit_normalization(plane), line)
         window = np.rot90(xin[..., y : y + c, x : x + c], k, axes=(-2, -1))
         xin = window[..., ::-1] if flip else window
     else:
-        noisy, line = camera(np.ascontiguousarray(b), rng, cfg, return_line=True)
+        noisy, line = camera(np.ascontiguousarray(b), rng, cfg)
         xin = with_noise(noisy, fit_normalization(noisy), line)
     return np.ascontiguousarray(xin, dtype=np.float32), np.ascontiguousarray(s, dtype=np.float32)
 
