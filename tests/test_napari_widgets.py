@@ -623,3 +623,46 @@ def test_train_widget_cancel_keeps_checkpoint_and_adds_no_model(viewer, qtbot, t
     assert "stopped before the end" in w.result_label.text()
     assert _ops.USER_MODELS.get("deblur") == before and w.model_path is None
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_train_widget_defocus_uses_the_shipped_recipe_and_fine_tunes(viewer, qtbot, tmp_path):
+    from napari_linblur._napari import _train
+    from napari_linblur.models.registry import read_card
+    from napari_linblur.training.defocus import card_recipe
+
+    w = add(viewer, "Train")
+    w.set_choice(w.kind, "defocus")
+    assert w.init.currentData() == "" and not w.preset.isHidden()  # new weights by default, size offered
+    w.set_choice(w.preset, "default")
+    w.steps.setValue(2)
+    w.batch.setValue(2)
+    w.patch.setValue(32)
+    w.out.setText(str(tmp_path / "run"))
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=120000)
+    assert w.model_path, w.panel.status.text()
+    card = read_card(w.model_path)
+    recipe = card["data"]["recipe"]
+    shipped = card_recipe("defocus-default")
+    # the shipped model's data recipe (noise-aware input, full-range maps, low contrast), at the widget's sizes
+    assert recipe["noise_input"] == shipped["noise_input"] == "map" and card["config"]["in_channels"] == 2
+    assert recipe["full_range"] == shipped["full_range"] and recipe["low_contrast"] == shipped["low_contrast"]
+    assert recipe["crop"] == 32 and recipe["batch_size"] == 2
+    assert card["bn_recalibration"]["batches"] == 64  # BatchNorm statistics re-estimated, as the CLI does
+
+    # the run is offered as a starting point; fine-tuning keeps its architecture and hides the size row
+    first = w.model_path
+    w.set_choice(w.init, first)
+    assert w.preset.isHidden()
+    w.set_choice(w.init, "defocus-default")  # the shipped model
+    w.steps.setValue(1)
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=120000)
+    assert w.model_path and w.model_path != first, w.panel.status.text()
+    card = read_card(w.model_path)
+    assert card["config"] == read_card("defocus-default")["config"] and card["init"]["from"] == "defocus-default"
+    assert card["training"]["steps"] == 1
+
+    # a model of another kind is refused with the accepted form, before any work
+    with pytest.raises(ValueError, match="needs a HDMENet model"):
+        _train.build_task(_train.TrainRequest(kind="defocus", preset="default", init="deblur-default"))

@@ -10,6 +10,11 @@ Data sources:
   OME-Zarr and read by the task's own loader (autoencoder: fields of planes; deblurring: real plane pairs,
   stage 2).
 * ``path`` — a dataset on disk (``linblur synth`` OME-Zarr, BBBC006 folder, any z-stack ``open_zstack`` reads).
+
+Starting point: new weights of the chosen size, or *fine-tuning* a trained model (the shipped ``<kind>-default``
+or one trained earlier), whose architecture the run keeps. Defocus runs train on the data recipe of the shipped
+model (or of the model they fine-tune: noise input, σ-map range, contrast, camera ranges), not on the bare
+defaults, and re-estimate BatchNorm statistics at the end, as ``linblur train defocus`` does.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ KINDS = {
     "ae": "Latent autoencoder — blur synthesis / pair deblurring (paper 000)",
 }
 SOURCES = {"synthetic": "synthetic (built in)", "layer": "image layer", "path": "dataset on disk"}
+ARCHITECTURES = {"defocus": "HDMENet", "deblur": "DRBNet", "ae": "LinearLatentAE"}
 
 
 def presets(kind: str) -> list[str]:
@@ -62,6 +68,27 @@ class TrainRequest:
     patch: int = 64
     batch: int = 4
     seed: int = 0
+    #: fine-tune this model (a shipped name or a ``.safetensors`` path; its architecture is kept) instead of
+    #: starting from new weights of ``preset``
+    init: str | None = None
+
+
+def init_card(kind: str, init: str) -> dict:
+    """The card of the model a run fine-tunes, checked to be a ``kind`` model.
+
+    Raises
+    ------
+    ValueError
+        a missing or corrupt file, or a model of another kind.
+    """
+    from napari_linblur.models.registry import read_card
+
+    card = read_card(init)
+    arch = card.get("architecture")
+    if arch != ARCHITECTURES[kind]:
+        raise ValueError(f"{init} is a {arch or 'unknown'} model; fine-tuning {KINDS[kind]} needs a "
+                         f"{ARCHITECTURES[kind]} model (e.g. the shipped {kind}-default)")
+    return card
 
 
 def build_task(req: TrainRequest) -> Any:
@@ -81,25 +108,40 @@ def build_task(req: TrainRequest) -> Any:
         )
     if req.source in ("layer", "path") and not req.data_path:
         raise ValueError("choose the training data (an image layer or a dataset path)")
-    if req.preset not in presets(req.kind):
+    card = init_card(req.kind, req.init) if req.init else None
+    if card is None and req.preset not in presets(req.kind):
         raise ValueError(f"model size {req.preset!r}; use one of {presets(req.kind)}")
+    config = dict(card["config"]) if card and card.get("config") else req.preset
     if req.kind == "defocus":
         from napari_linblur.models.hrnet import preset_config
-        from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
+        from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask, card_recipe
 
         render = max(req.patch + 8, int(req.patch * 1.5))
-        data = DefocusDataConfig(crop=req.patch, render_size=render, batch_size=req.batch,
-                                 pool_size=max(4, 4 * req.batch), val_samples=max(2, req.batch))
-        return DefocusTask(preset_config(req.preset), data, seed=req.seed, config_name=req.preset)
+        recipe = card_recipe(req.init or "defocus-default")
+        data = DefocusDataConfig(**{**recipe, "crop": req.patch, "render_size": render, "batch_size": req.batch,
+                                    "pool_size": max(4, 4 * req.batch), "val_samples": max(2, req.batch)})
+        model_cfg = config if isinstance(config, dict) else preset_config(config)
+        name = (card or {}).get("config_name") or req.preset
+        return DefocusTask(model_cfg, data, seed=req.seed, config_name=name, init=req.init)
     if req.kind == "deblur":
         from napari_linblur.training.deblur import DeblurData, DeblurTask
 
         data = DeblurData(patch=req.patch, batch=req.batch)
         if req.source == "synthetic":
-            return DeblurTask(stage=1, config=req.preset, data=data, seed=req.seed, val_size=max(2, req.batch))
-        return DeblurTask(stage=2, config=req.preset, data=data, seed=req.seed, real_data=req.data_path,
-                          real_fraction=1.0, val_size=max(2, req.batch))
+            return DeblurTask(stage=1, config=config, data=data, seed=req.seed, val_size=max(2, req.batch),
+                              init=req.init)
+        return DeblurTask(stage=2, config=config, data=data, seed=req.seed, real_data=req.data_path,
+                          real_fraction=1.0, val_size=max(2, req.batch), init=req.init)
     from napari_linblur.training.ae import AETask, load_fields
 
     fields = load_fields(req.data_path, channel=req.channel)
-    return AETask(fields, config=req.preset, batch_size=req.batch, crop=req.patch, seed=req.seed)
+    return AETask(fields, config=config, batch_size=req.batch, crop=req.patch, seed=req.seed, init=req.init)
+
+
+def finish(task: Any, res: Any) -> Any:
+    """After the loop: re-estimate a defocus model's BatchNorm statistics (as the CLI does); others unchanged."""
+    from napari_linblur.training.defocus import DefocusTask, recalibrate_saved
+
+    if isinstance(task, DefocusTask):
+        return recalibrate_saved(task, res, 64, log=None)
+    return res

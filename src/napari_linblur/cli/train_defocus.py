@@ -58,7 +58,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from napari_linblur.models.hrnet import preset_config
-    from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
+    from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask, recalibrate_saved
     from napari_linblur.training.loop import train
 
     model_cfg = preset_config(args.config)
@@ -91,35 +91,9 @@ def run(args) -> int:
     task = DefocusTask(model_cfg, data, seed=args.seed, config_name=args.config,
                        log=None if args.no_progress else print, init=args.init)
     res = train(task, cfg)
-    if args.bn_batches > 0:
-        res = _recalibrate(task, res, args.bn_batches)
+    res = recalibrate_saved(task, res, args.bn_batches)
     state = "finished" if res.finished else "stopped early (resume with --resume)"
     print(f"{state} after {res.steps_done} steps in {res.seconds:.0f} s; validation: "
           + ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items()))
     print(f"model: {res.model_path}")
     return 0
-
-
-def _recalibrate(task, res, n_batches: int):
-    """Re-estimate BatchNorm statistics of OUT/model.safetensors, re-validate and re-save it (same card + note)."""
-    import torch
-
-    from napari_linblur.models.registry import load_model, save_model
-    from napari_linblur.training.defocus import recalibrate_batchnorm
-
-    model = load_model(res.model_path, device="cpu")
-    card = {k: v for k, v in model.card.items() if k not in ("sha256", "weights")}
-    if not recalibrate_batchnorm(model, task, n_batches):
-        return res
-    model.eval()
-    with torch.no_grad():
-        val = {k: float(v) for k, v in task.validate(model).items()}
-    card["validation_before_bn_recalibration"] = card.get("validation")
-    card["validation"] = val
-    card["bn_recalibration"] = {"batches": n_batches, "batch_size": task.data.batch_size}
-    save_model(model, res.model_path, card)
-    print(f"BatchNorm statistics re-estimated over {n_batches} batches: val_mae_px "
-          f"{(card['validation_before_bn_recalibration'] or {}).get('val_mae_px', float('nan')):.3f} -> "
-          f"{val['val_mae_px']:.3f}")
-    res.metrics = val
-    return res

@@ -44,8 +44,10 @@ __all__ = [
     "DefocusDataConfig",
     "DefocusTask",
     "card_metrics",
+    "card_recipe",
     "make_sample",
     "natural_sources",
+    "recalibrate_saved",
     "render_sample",
     "ship_model",
 ]
@@ -339,6 +341,67 @@ def recalibrate_batchnorm(model, task, n_batches: int = 64, *, start_step: int =
         m.momentum = mom
     model.train(was_training)
     return len(bns)
+
+
+#: per-run sizes of a recipe; everything else in ``DefocusDataConfig`` (content, σ range and maps, camera, noise
+#: input, normalization) is the recipe a new run can inherit from a trained model's card
+_RUN_SIZES = ("crop", "render_size", "batch_size", "pool_size", "val_samples", "extra")
+
+
+def card_recipe(model: str = "defocus-default") -> dict:
+    """The data recipe of a trained defocus model, from its card, as ``DefocusDataConfig`` keywords.
+
+    Per-run sizes (crop, render size, batch, pool, validation samples) are left out, so a new run of any size
+    trains on the same kind of data as ``model`` (the Train widget starts every defocus run from the shipped
+    model's recipe this way). A card without a recipe (e.g. a model saved by hand) gives ``{}``: the defaults.
+
+    Parameters
+    ----------
+    model : str
+        a shipped name or a ``.safetensors`` path.
+
+    Examples
+    --------
+    >>> card_recipe()["noise_input"], card_recipe()["full_range"]
+    ('map', 0.75)
+    """
+    from napari_linblur.models.registry import read_card
+
+    recipe = ((read_card(model).get("data") or {}).get("recipe")) or {}
+    known = {f for f in DefocusDataConfig.__dataclass_fields__} - set(_RUN_SIZES)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in known}
+
+
+def recalibrate_saved(task, res, n_batches: int = 64, log=print):
+    """Re-estimate the BatchNorm statistics of a finished run's ``model.safetensors``, re-validate and re-save it.
+
+    The card keeps the validation before (``validation_before_bn_recalibration``) and notes the batches used
+    (``bn_recalibration``). Returns ``res`` with the new validation metrics (unchanged for a model without
+    BatchNorm). Used by ``linblur train defocus`` and the Train widget.
+    """
+    import torch
+
+    from napari_linblur.models.registry import load_model, save_model
+
+    if n_batches <= 0:
+        return res
+    model = load_model(res.model_path, device="cpu")
+    card = {k: v for k, v in model.card.items() if k not in ("sha256", "weights")}
+    if not recalibrate_batchnorm(model, task, n_batches):
+        return res
+    model.eval()
+    with torch.no_grad():
+        val = {k: float(v) for k, v in task.validate(model).items()}
+    card["validation_before_bn_recalibration"] = card.get("validation")
+    card["validation"] = val
+    card["bn_recalibration"] = {"batches": n_batches, "batch_size": task.data.batch_size}
+    save_model(model, res.model_path, card)
+    if log is not None:
+        log(f"BatchNorm statistics re-estimated over {n_batches} batches: val_mae_px "
+            f"{(card['validation_before_bn_recalibration'] or {}).get('val_mae_px', float('nan')):.3f} -> "
+            f"{val['val_mae_px']:.3f}")
+    res.metrics = val
+    return res
 
 
 class DefocusTask:

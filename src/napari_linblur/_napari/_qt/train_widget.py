@@ -81,6 +81,8 @@ class TrainWidget(c.LinblurWidget):
         for k, label in _train.KINDS.items():
             self.kind.addItem(label, k)
         self.preset = QComboBox()
+        self.init = QComboBox()
+        self.init.setToolTip("new weights of the chosen size, or fine-tune a trained model (its size is kept)")
         self.source = QComboBox()
         self.layer = c.LayerPicker(v)
         self.path = QLineEdit()
@@ -96,7 +98,8 @@ class TrainWidget(c.LinblurWidget):
         self.path_row = path_row
         box, self._data_form = c.group(
             "Model and data",
-            [("model", self.kind), ("size", self.preset), ("data", self.source), ("layer", self.layer),
+            [("model", self.kind), ("start from", self.init), ("size", self.preset), ("data", self.source),
+             ("layer", self.layer),
              ("dataset", path_row)],
         )
         self.layout().addWidget(box)
@@ -141,7 +144,10 @@ class TrainWidget(c.LinblurWidget):
         self._bridge.record.connect(self.plot.add)
         self.kind.currentIndexChanged.connect(self._kind_changed)
         self.source.currentIndexChanged.connect(self._source_changed)
+        self.init.currentIndexChanged.connect(self._init_changed)
         self.model_path: str | None = None
+        _ops.USER_MODELS.subscribe(self._fill_init)
+        self.destroyed.connect(lambda *_: _ops.USER_MODELS.unsubscribe(self._fill_init))
         self._kind_changed()
 
     # --- UI state ------------------------------------------------------------------------------
@@ -163,6 +169,25 @@ class TrainWidget(c.LinblurWidget):
         for s in _train.sources(kind):
             self.source.addItem(_train.SOURCES[s], s)
         self._source_changed()
+        self._fill_init()
+
+    def _fill_init(self) -> None:
+        """Start from: new weights, the shipped model, or a model trained in this session (fine-tuning)."""
+        kind = self.kind.currentData()
+        keep = self.init.currentData()
+        self.init.blockSignals(True)
+        self.init.clear()
+        self.init.addItem("new weights", "")
+        self.init.addItem(f"fine-tune the shipped {kind}-default", f"{kind}-default")
+        for path in _ops.USER_MODELS.get(kind):
+            self.init.addItem(f"fine-tune {Path(path).parent.name}/{Path(path).name}", path)
+        idx = self.init.findData(keep) if keep is not None else -1
+        self.init.setCurrentIndex(max(0, idx))
+        self.init.blockSignals(False)
+        self._init_changed()
+
+    def _init_changed(self, *_: Any) -> None:
+        self._row(self.preset, not self.init.currentData())  # fine-tuning keeps the model's own size
 
     def _source_changed(self, *_: Any) -> None:
         src = self.source.currentData()
@@ -227,7 +252,7 @@ class TrainWidget(c.LinblurWidget):
         req = _train.TrainRequest(
             kind=kind, preset=self.preset.currentData(), source=source,
             data_path=self.path.text().strip() or None, patch=int(self.patch.value()), batch=int(self.batch.value()),
-            seed=int(self.seed.value()),
+            seed=int(self.seed.value()), init=self.init.currentData() or None,
         )
         if source == "layer" and self.layer.layer() is None:
             c.notify_error("training: choose an image layer as training data")
@@ -250,7 +275,8 @@ class TrainWidget(c.LinblurWidget):
                 except _ops.Cancelled:
                     pass  # the loop polls should_stop itself, then checkpoints and returns
 
-            return train(task, cfg, on_log=on_log, should_stop=should_stop)
+            res = train(task, cfg, on_log=on_log, should_stop=should_stop)
+            return _train.finish(task, res) if res.finished else res
 
         def done(res) -> None:
             path = str(res.model_path)
