@@ -277,3 +277,21 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     assert m["microscopy_all"]["mae_ratio_best_classical"] == pytest.approx(
         best_classical / table["tiny"]["all"]["mae_px"], abs=0.01)
     assert "through_focus_vectorial" not in m and "bbbc006_plane0" not in m  # not run here
+
+
+def test_batchnorm_re_estimated_by_the_loop_unless_cancelled(tmp_path):
+    from napari_linblur.training.defocus import DefocusTask
+    from napari_linblur.training.loop import TrainConfig, train
+
+    cfg = dict(TINY, norm="batch")
+    done = train(DefocusTask(cfg, _data(), seed=0, bn_batches=3),
+                 TrainConfig(out=str(tmp_path / "a"), steps=2, device="cpu", progress=False))
+    card = registry.read_card(done.model_path)
+    assert card["bn_recalibration"] == {"batches": 3, "batch_size": 2}
+    assert card["validation"] == done.metrics and "validation_before_bn_recalibration" in card
+    stopped = train(DefocusTask(cfg, _data(), seed=0, bn_batches=3),
+                    TrainConfig(out=str(tmp_path / "b"), steps=2, device="cpu", progress=False),
+                    should_stop=lambda: True)  # a cancel: the loop saves at once, without the last pass
+    assert not stopped.finished and "bn_recalibration" not in registry.read_card(stopped.model_path)
+    with pytest.raises(ValueError, match="bn_batches must be >= 0"):
+        DefocusTask(cfg, _data(), bn_batches=-1)

@@ -386,11 +386,11 @@ def test_whole_stack_run_keeps_gui_alive_and_cancel_leaves_nothing(viewer, qtbot
     timer.stop()
 
 
-def _tiny_deblur_training(viewer, tmp_path, *, steps):
-    """The Train widget set up for a tiny deblurring run of ``steps`` steps into tmp_path/run."""
+def _small_training(viewer, tmp_path, *, steps, kind="deblur", preset="tiny"):
+    """The Train widget set up for a small run (batch 2, 32-px patches) of ``steps`` steps into tmp_path/run."""
     w = add(viewer, "Train")
-    w.set_choice(w.kind, "deblur")
-    w.set_choice(w.preset, "tiny")
+    w.set_choice(w.kind, kind)
+    w.set_choice(w.preset, preset)
     w.steps.setValue(steps)
     w.batch.setValue(2)
     w.patch.setValue(32)
@@ -399,7 +399,7 @@ def _tiny_deblur_training(viewer, tmp_path, *, steps):
 
 
 def test_train_widget_trains_and_shares_the_model(viewer, qtbot, tmp_path):
-    w = _tiny_deblur_training(viewer, tmp_path, steps=6)
+    w = _small_training(viewer, tmp_path, steps=6)
     deb = add(viewer, "Deblur")
     w.set_choice(w.source, "synthetic")
     assert w.start()
@@ -494,15 +494,9 @@ def test_samples_open_and_layers_save_through_the_plugin(viewer, tmp_path):
 
 def test_train_widget_from_an_image_layer(viewer, qtbot, tmp_path, synth):
     viewer.add_image(synth[0], name="stack")
-    w = add(viewer, "Train")
-    w.set_choice(w.kind, "deblur")
-    w.set_choice(w.preset, "tiny")
+    w = _small_training(viewer, tmp_path, steps=4)
     w.set_choice(w.source, "layer")
     w.layer.set_layer(viewer.layers["stack"])
-    w.steps.setValue(4)
-    w.batch.setValue(2)
-    w.patch.setValue(32)
-    w.out.setText(str(tmp_path / "run"))
     assert w.start()
     qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
     assert w.model_path, w.panel.status.text()
@@ -616,7 +610,7 @@ def test_single_image_deblur_with_the_shipped_network(viewer, qtbot):
 
 
 def test_train_widget_cancel_keeps_checkpoint_and_adds_no_model(viewer, qtbot, tmp_path):
-    w = _tiny_deblur_training(viewer, tmp_path, steps=500)
+    w = _small_training(viewer, tmp_path, steps=500)
     before = _ops.USER_MODELS.get("deblur")
     assert w.start()
     qtbot.waitUntil(lambda: len(w.plot.steps) >= 1, timeout=60000)
@@ -632,14 +626,8 @@ def test_train_widget_defocus_uses_the_shipped_recipe_and_fine_tunes(viewer, qtb
     from napari_linblur.models.registry import read_card
     from napari_linblur.training.defocus import card_recipe
 
-    w = add(viewer, "Train")
-    w.set_choice(w.kind, "defocus")
+    w = _small_training(viewer, tmp_path, steps=2, kind="defocus", preset="default")
     assert w.init.currentData() == "" and not w.preset.isHidden()  # new weights by default, size offered
-    w.set_choice(w.preset, "default")
-    w.steps.setValue(2)
-    w.batch.setValue(2)
-    w.patch.setValue(32)
-    w.out.setText(str(tmp_path / "run"))
     assert w.start()
     qtbot.waitUntil(lambda: not w.panel.running, timeout=120000)
     assert w.model_path, w.panel.status.text()

@@ -137,11 +137,3 @@ def build_task(req: TrainRequest) -> Any:
     fields = load_fields(req.data_path, channel=req.channel)
     return AETask(fields, config=config, batch_size=req.batch, crop=req.patch, seed=req.seed, init=req.init)
 
-
-def finish(task: Any, res: Any) -> Any:
-    """After the loop: re-estimate a defocus model's BatchNorm statistics (as the CLI does); others unchanged."""
-    from napari_linblur.training.defocus import DefocusTask, recalibrate_saved
-
-    if isinstance(task, DefocusTask):
-        return recalibrate_saved(task, res, 64, log=None)
-    return res

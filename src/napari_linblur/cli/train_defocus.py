@@ -58,7 +58,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from napari_linblur.models.hrnet import preset_config
-    from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask, recalibrate_saved
+    from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
     from napari_linblur.training.loop import train
 
     model_cfg = preset_config(args.config)
@@ -89,9 +89,8 @@ def run(args) -> int:
         raise ValueError(f"--crop must be a multiple of {multiple} for config {args.config!r}, got {args.crop}")
     cfg = train_config_from_args(args)
     task = DefocusTask(model_cfg, data, seed=args.seed, config_name=args.config,
-                       log=None if args.no_progress else print, init=args.init)
+                       log=None if args.no_progress else print, init=args.init, bn_batches=args.bn_batches)
     res = train(task, cfg)
-    res = recalibrate_saved(task, res, args.bn_batches)
     state = "finished" if res.finished else "stopped early (resume with --resume)"
     print(f"{state} after {res.steps_done} steps in {res.seconds:.0f} s; validation: "
           + ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items()))

@@ -47,7 +47,6 @@ __all__ = [
     "card_recipe",
     "make_sample",
     "natural_sources",
-    "recalibrate_saved",
     "render_sample",
     "ship_model",
 ]
@@ -372,38 +371,6 @@ def card_recipe(model: str = "defocus-default") -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in known}
 
 
-def recalibrate_saved(task, res, n_batches: int = 64, log=print):
-    """Re-estimate the BatchNorm statistics of a finished run's ``model.safetensors``, re-validate and re-save it.
-
-    The card keeps the validation before (``validation_before_bn_recalibration``) and notes the batches used
-    (``bn_recalibration``). Returns ``res`` with the new validation metrics (unchanged for a model without
-    BatchNorm). Used by ``linblur train defocus`` and the Train widget.
-    """
-    import torch
-
-    from napari_linblur.models.registry import load_model, save_model
-
-    if n_batches <= 0:
-        return res
-    model = load_model(res.model_path, device="cpu")
-    card = {k: v for k, v in model.card.items() if k not in ("sha256", "weights")}
-    if not recalibrate_batchnorm(model, task, n_batches):
-        return res
-    model.eval()
-    with torch.no_grad():
-        val = {k: float(v) for k, v in task.validate(model).items()}
-    card["validation_before_bn_recalibration"] = card.get("validation")
-    card["validation"] = val
-    card["bn_recalibration"] = {"batches": n_batches, "batch_size": task.data.batch_size}
-    save_model(model, res.model_path, card)
-    if log is not None:
-        log(f"BatchNorm statistics re-estimated over {n_batches} batches: val_mae_px "
-            f"{(card['validation_before_bn_recalibration'] or {}).get('val_mae_px', float('nan')):.3f} -> "
-            f"{val['val_mae_px']:.3f}")
-    res.metrics = val
-    return res
-
-
 class DefocusTask:
     """Task for :func:`napari_linblur.training.loop.train`: HDME-Net on on-the-fly defocus data.
 
@@ -417,6 +384,11 @@ class DefocusTask:
         Data seed (the pool and every batch derive from it).
     config_name : str
         Name of the model configuration, for the card.
+    init : str, optional
+        Start from this trained model (a shipped name or a ``.safetensors`` path).
+    bn_batches : int
+        Training batches over which :meth:`finalize` re-estimates the BatchNorm statistics after training
+        (0 = keep the running averages).
 
     Examples
     --------
@@ -431,7 +403,10 @@ class DefocusTask:
     name = "defocus"
 
     def __init__(self, model_config: dict, data: DefocusDataConfig | None = None, *, seed: int = 0,
-                 config_name: str = "custom", log=None, init: str | None = None):
+                 config_name: str = "custom", log=None, init: str | None = None, bn_batches: int = 64):
+        if bn_batches < 0:
+            raise ValueError(f"bn_batches must be >= 0 (0 = no re-estimation), got {bn_batches}")
+        self.bn_batches = int(bn_batches)
         self.model_config = dict(model_config)
         self.init = str(init) if init else None
         self.data = data or DefocusDataConfig()
@@ -525,6 +500,26 @@ class DefocusTask:
         err = (pred - s).abs()
         return {"val_loss": float(err.mean()), "val_mae_px": float(err.mean()),
                 "val_rmse_px": float(((pred - s) ** 2).mean().sqrt())}
+
+    def finalize(self, model, validation: dict) -> tuple[dict, dict]:
+        """After training (called by the shared loop before it saves): re-estimate the BatchNorm statistics over
+        ``bn_batches`` batches (:func:`recalibrate_batchnorm`) and re-validate.
+
+        Returns the validation to record and card entries: ``validation_before_bn_recalibration`` and
+        ``bn_recalibration`` (nothing for 0 batches or a model without BatchNorm).
+        """
+        import torch
+
+        if self.bn_batches <= 0 or not recalibrate_batchnorm(model, self, self.bn_batches):
+            return validation, {}
+        model.eval()
+        with torch.no_grad():
+            val = {k: float(v) for k, v in self.validate(model).items()}
+        if self._log is not None:
+            self._log(f"BatchNorm statistics re-estimated over {self.bn_batches} batches: val_mae_px "
+                      f"{validation.get('val_mae_px', float('nan')):.3f} -> {val['val_mae_px']:.3f}")
+        return val, {"validation_before_bn_recalibration": validation,
+                     "bn_recalibration": {"batches": self.bn_batches, "batch_size": self.data.batch_size}}
 
     def _init_provenance(self) -> dict | None:
         """Where the starting weights came from (name/path, sha256, that model's training command)."""

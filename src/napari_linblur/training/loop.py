@@ -15,6 +15,10 @@ A *task* supplies the model and the data::
         def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]
         def validate(self, model) -> dict[str, float]                      # must contain "val_loss"
         def card(self) -> dict                      # architecture, task, config, data recipe, ...
+
+and optionally ``finalize(model, validation) -> (validation, card_entries)``: a last pass over the trained model
+before it is saved (the defocus task re-estimates its BatchNorm statistics there). It is skipped when the run was
+cancelled through ``should_stop``.
 """
 
 from __future__ import annotations
@@ -325,10 +329,11 @@ def train(
     n_running = 0
     step = start
     finished = True
+    cancelled = False
     model.train()
     while step < cfg.steps:
         if should_stop is not None and should_stop():
-            finished = False
+            finished, cancelled = False, True
             break
         if cfg.max_minutes is not None and (time.perf_counter() - t0) > 60 * cfg.max_minutes:
             finished = False
@@ -386,6 +391,10 @@ def train(
                 last_val = {k: float(v) for k, v in task.validate(final).items()}
         card = dict(task.card())
         card.setdefault("task", task.name)
+        finalize = getattr(task, "finalize", None)
+        if finalize is not None and not cancelled:
+            last_val, entries = finalize(final, last_val)
+            card.update(entries)
         card["training"] = {
             "command": cfg.command,
             "seed": cfg.seed,

@@ -275,8 +275,7 @@ class TrainWidget(c.LinblurWidget):
                 except _ops.Cancelled:
                     pass  # the loop polls should_stop itself, then checkpoints and returns
 
-            res = train(task, cfg, on_log=on_log, should_stop=should_stop)
-            return _train.finish(task, res) if res.finished else res
+            return train(task, cfg, on_log=on_log, should_stop=should_stop)
 
         def done(res) -> None:
             path = str(res.model_path)
