@@ -11,9 +11,9 @@ from napari_linblur.training.loop import TrainConfig, train
 
 
 class ToyNet(torch.nn.Module):
-    def __init__(self, width: int = 4):
+    def __init__(self, width: int = 4, in_channels: int = 1):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, width, 3, padding=1), torch.nn.ReLU(),
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(in_channels, width, 3, padding=1), torch.nn.ReLU(),
                                        torch.nn.Conv2d(width, 1, 3, padding=1))
 
     def forward(self, x):
@@ -130,6 +130,60 @@ def test_ema_weights_are_the_average_saved_and_resumed_exactly(tmp_path):
         torch.testing.assert_close(saved[k], b[k], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="ema"):
         train(ToyTask(), _cfg(tmp_path / "bad", ema=1.0))
+
+
+class LayoutTask(ToyTask):
+    """ToyTask with a second (constant) input channel that records whether each training batch reached the model
+    in channels-last layout (with one channel the two layouts are the same strides)."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed)
+        self.layouts = []
+
+    def build_model(self):
+        return ToyNet(in_channels=2)
+
+    def batch(self, step, *, rank=0, world=1):
+        x, y = super().batch(step, rank=rank, world=world)
+        return torch.cat([x, torch.ones_like(x)], dim=1), y
+
+    def validate(self, model):
+        x, y = self.batch(10**6)
+        return {"val_loss": float(torch.nn.functional.l1_loss(model(x), y))}
+
+    def loss(self, model, batch):
+        x, _ = batch
+        self.layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return super().loss(model, batch)
+
+    def card(self):
+        return {"architecture": "ToyNet", "task": "toy", "config": {"width": 4, "in_channels": 2}}
+
+
+def test_channels_last_is_a_layout_not_a_different_model(tmp_path):
+    plain_task, cl_task = LayoutTask(), LayoutTask()
+    plain = train(plain_task, _cfg(tmp_path / "plain"))
+    cl = train(cl_task, _cfg(tmp_path / "cl", channels_last=True))
+    assert not any(plain_task.layouts) and all(cl_task.layouts) and len(cl_task.layouts) == 30
+    m = registry.load_model(cl.model_path, device="cpu")
+    assert m.card["training"]["channels_last"] is True
+    assert registry.load_model(plain.model_path, device="cpu").card["training"]["channels_last"] is False
+    # the same training up to float rounding of the convolution kernels
+    a, b = registry.load_model(plain.model_path, device="cpu").state_dict(), m.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+    # stopped and resumed in channels-last: the same as uninterrupted
+    calls = {"n": 0}
+
+    def stop_after_15():
+        calls["n"] += 1
+        return calls["n"] > 15
+
+    train(LayoutTask(), _cfg(tmp_path / "part", channels_last=True, ckpt_every=5), should_stop=stop_after_15)
+    resumed = train(LayoutTask(), _cfg(tmp_path / "part", channels_last=True, ckpt_every=5, resume=True))
+    c = registry.load_model(resumed.model_path, device="cpu").state_dict()
+    for k in b:
+        torch.testing.assert_close(b[k], c[k], rtol=0, atol=1e-6)
 
 
 def test_bad_config_and_missing_checkpoint(tmp_path):

@@ -88,6 +88,9 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int, lr: float, ckpt
     p.add_argument("--ema", type=float, default=0.0,
                    help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and save "
                    "it as the model (default 0 = off)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="train in channels-last memory layout (NHWC): same results up to rounding, faster "
+                   "convolutions on CPU (1.2-1.3x per step for the defocus network in bf16)")
 
 
 def train_config_from_args(args):
@@ -108,4 +111,5 @@ def train_config_from_args(args):
         threads=args.threads,
         progress=not args.no_progress,
         ema=args.ema,
+        channels_last=args.channels_last,
     )
