@@ -639,6 +639,7 @@ def test_train_widget_defocus_uses_the_shipped_recipe_and_fine_tunes(viewer, qtb
     assert recipe["full_range"] == shipped["full_range"] and recipe["low_contrast"] == shipped["low_contrast"]
     assert recipe["crop"] == 32 and recipe["batch_size"] == 2
     assert card["bn_recalibration"]["batches"] == 64  # BatchNorm statistics re-estimated, as the CLI does
+    assert card["training"]["channels_last"] is True  # the faster layout the results page measured
 
     # the run is offered as a starting point; fine-tuning keeps its architecture and hides the size row
     first = w.model_path
