@@ -2,7 +2,7 @@
 # The shipped recipe's four legs (docs/results/defocus_noise_chain.sh) trained in bf16 autocast, with the steps of
 # every leg scaled by 4/3 so the chain fills the same hour that the fp32 chain nearly fills (bf16 steps take ~0.79x
 # as long here, data included). docs/results/defocus.md, "More steps in bf16".
-# Usage: bash docs/results/defocus_bf16_chain.sh OUT_PREFIX [extra training options, e.g. --ema 0.999]
+# Usage: bash docs/results/defocus_bf16_chain.sh OUT_PREFIX [extra training options, e.g. --ema 0.999 or --channels-last]
 # Environment: THREADS (default 1), STEPS (the four legs' steps, default "2000 1330 800 930"), as in
 #   THREADS=2 STEPS="3200 2130 1280 1490" bash docs/results/defocus_bf16_chain.sh runs/dn2t   # both cores, one job
 # and MINUTES (the legs' --max-minutes safety caps, default "18 22 13 15"). In the shipped two-thread run legs 3 and

@@ -90,7 +90,7 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int, lr: float, ckpt
                    "it as the model (default 0 = off)")
     p.add_argument("--channels-last", action="store_true",
                    help="train in channels-last memory layout (NHWC): same results up to rounding, faster "
-                   "convolutions on CPU (1.2-1.3x per step for the defocus network in bf16)")
+                   "convolutions on CPU (1.2-1.4x per step for the defocus network in bf16)")
 
 
 def train_config_from_args(args):

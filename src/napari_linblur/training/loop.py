@@ -81,7 +81,7 @@ class TrainConfig:
     #: ``model.safetensors`` use the averaged weights; decay ``min(ema, (1 + t) / (10 + t))`` at step ``t``
     ema: float = 0.0
     #: keep the model's weights and every 4-D batch tensor in channels-last memory layout (NHWC): the same
-    #: network and data, a different layout for the convolution kernels; measured 1.2-1.3x faster training steps
+    #: network and data, a different layout for the convolution kernels; measured 1.2-1.4x faster training steps
     #: for the defocus network in bf16 on CPU (docs/results/defocus.md)
     channels_last: bool = False
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
