@@ -146,6 +146,14 @@ def test_train_cli_and_resume(tmp_path):
     outfr = tmp_path / "fr"
     assert main([*args12[:-2], "--out", str(outfr), "--full-range", "0.75"]) == 0
     assert registry.load_model(outfr / "model.safetensors", device="cpu").card["data"]["recipe"]["full_range"] == 0.75
+    # --photons LOW HIGH widens the training images' brightness range and is recorded; a bad range is a clear error
+    outph = tmp_path / "ph"
+    assert main([*args12[:-2], "--out", str(outph), "--photons", "200", "50000"]) == 0
+    card = registry.load_model(outph / "model.safetensors", device="cpu").card
+    assert list(card["data"]["recipe"]["photons"]) == [200.0, 50000.0]
+    for bad in (["0", "100"], ["5000", "100"], ["-1", "-1"]):
+        assert main([*args12[:-2], "--out", str(tmp_path / "badph"), "--photons", *bad]) == 2
+    assert not (tmp_path / "badph").exists()
 
 
 def test_full_range_maps_and_unchanged_default():
@@ -277,6 +285,25 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     assert m["microscopy_all"]["mae_ratio_best_classical"] == pytest.approx(
         best_classical / table["tiny"]["all"]["mae_px"], abs=0.01)
     assert "through_focus_vectorial" not in m and "bbbc006_plane0" not in m  # not run here
+
+
+def test_evaluate_cli_photons(tmp_path, tiny_model, capsys):
+    """--photons sets the held-out images' brightness: recorded, shown, changes the data, validated."""
+    base = ["evaluate", "defocus", "--model", f"tiny={tiny_model}", "--n-images", "1", "--size", "48",
+            "--no-through-focus", "--no-bbbc006", "--no-baselines", "--device", "cpu"]
+    res = {}
+    for ph in ("800", "50000"):
+        out = tmp_path / f"ev{ph}"
+        assert main([*base, "--photons", ph, "--out", str(out)]) == 0
+        res[ph] = json.loads((out / "defocus_eval.json").read_text())
+        assert res[ph]["config"]["photons"] == float(ph)
+        assert f"{float(ph):g} e⁻ peak" in (out / "defocus_eval.md").read_text()
+    a = res["800"]["spatially_varying"]["microscopy"]["tiny"]["all"]["mae_px"]
+    b = res["50000"]["spatially_varying"]["microscopy"]["tiny"]["all"]["mae_px"]
+    assert a != b  # same seed and maps, different noise level -> different estimates
+    capsys.readouterr()
+    assert main([*base, "--photons", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--photons" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_batchnorm_re_estimated_by_the_loop_unless_cancelled(tmp_path):

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--n-images", type=int, default=8, help="held-out images per content set")
     p.add_argument("--size", type=int, default=192, help="side of the held-out images")
     p.add_argument("--seed", type=int, default=20240, help="seed of the held-out data (never used in training)")
+    p.add_argument("--photons", type=float, default=800.0,
+                   help="peak photo-electrons of the held-out images (their camera: gain 1, read noise 2 e-)")
     p.add_argument("--no-baselines", action="store_true", help="skip the classical estimators")
     p.add_argument("--no-through-focus", action="store_true", help="skip the vectorial through-focus stack")
     p.add_argument("--no-bbbc006", action="store_true", help="skip the real BBBC006 plane")
@@ -57,11 +59,13 @@ def run(args) -> int:
 
     if args.n_images < 1 or args.size < 32:
         raise ValueError("--n-images must be >= 1 and --size >= 32")
+    if not args.photons > 0:
+        raise ValueError(f"--photons must be positive (peak photo-electrons), got {args.photons}")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = EvalConfig(n_images=args.n_images, size=args.size, seed=args.seed)
+    cfg = EvalConfig(n_images=args.n_images, size=args.size, seed=args.seed, photons=args.photons)
     res = evaluate_defocus(parse_models(args.model), cfg=cfg, baselines=not args.no_baselines, device=args.device,
                            through_focus=not args.no_through_focus, bbbc006=not args.no_bbbc006, tta=args.tta)
     from ._groups import command_line

@@ -48,12 +48,23 @@ def register(subparsers) -> None:
     p.add_argument("--noise-estimated", type=float, default=0.5, metavar="P",
                    help="with --noise-input map: probability that a sample's noise channel is estimated from the "
                    "noisy image (as camera='auto' at inference) instead of its exact camera (default 0.5)")
+    p.add_argument("--photons", type=float, nargs=2, default=(100.0, 4000.0), metavar=("LOW", "HIGH"),
+                   help="range of the peak photo-electrons per pixel of the training images, drawn log-uniformly "
+                   "(bright samples and long exposures reach tens of thousands; default 100 4000, the recipes "
+                   "before the option)")
     p.add_argument("--normalize", default="plane", choices=["plane", "crop"],
                    help="fit the intensity normalization on the whole rendered sample (as inference does per "
                    "plane) or on each training crop (the first defocus-default's recipe)")
     p.add_argument("--bn-batches", type=int, default=64,
                    help="batches used to re-estimate BatchNorm statistics after training (0 = skip)")
     p.set_defaults(func=run)
+
+
+def _photons(pair) -> tuple[float, float]:
+    lo, hi = (float(v) for v in pair)
+    if not 0 < lo <= hi:
+        raise ValueError(f"--photons LOW HIGH must satisfy 0 < LOW <= HIGH (peak photo-electrons), got {lo} {hi}")
+    return lo, hi
 
 
 def run(args) -> int:
@@ -83,7 +94,7 @@ def run(args) -> int:
                              normalize=args.normalize, sigma_range=(0.0, float(args.sigma_max)),
                              low_contrast=args.low_contrast, full_range=args.full_range,
                              noise_input=args.noise_input,
-                             noise_estimated=args.noise_estimated)
+                             noise_estimated=args.noise_estimated, photons=_photons(args.photons))
     multiple = int(model_cfg["stem_stride"]) * 2 ** (int(model_cfg["n_branches"]) - 1)
     if args.crop % multiple:
         raise ValueError(f"--crop must be a multiple of {multiple} for config {args.config!r}, got {args.crop}")

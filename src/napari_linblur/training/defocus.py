@@ -69,7 +69,8 @@ class DefocusDataConfig:
     batch_size: int = 8
     pool_size: int = 1024
     sigma_range: tuple[float, float] = (0.0, 10.0)
-    photons: tuple[float, float] = (100.0, 4000.0)  # peak photo-electrons, log-uniform
+    #: peak photo-electrons per pixel, drawn log-uniformly (``linblur train defocus --photons``)
+    photons: tuple[float, float] = (100.0, 4000.0)
     read_noise: tuple[float, float] = (0.5, 3.0)  # electrons
     gain: tuple[float, float] = (0.5, 2.0)  # ADU per electron
     offset: tuple[float, float] = (90.0, 110.0)  # camera pedestal, ADU
@@ -115,6 +116,8 @@ class DefocusDataConfig:
             raise ValueError(f"full_range must be a probability in [0, 1], got {self.full_range}")
         if not 0.0 <= self.low_contrast <= 1.0:
             raise ValueError(f"low_contrast must be a probability in [0, 1], got {self.low_contrast}")
+        if not 0 < self.photons[0] <= self.photons[1]:
+            raise ValueError(f"photons must satisfy 0 < low <= high (peak photo-electrons), got {self.photons}")
         lo, hi = self.sigma_range
         if not 0 <= lo < hi:
             raise ValueError(f"sigma_range must satisfy 0 <= low < high, got {self.sigma_range}")
