@@ -50,8 +50,8 @@ def register(subparsers) -> None:
                    "noisy image (as camera='auto' at inference) instead of its exact camera (default 0.5)")
     p.add_argument("--photons", type=float, nargs=2, default=(100.0, 4000.0), metavar=("LOW", "HIGH"),
                    help="range of the peak photo-electrons per pixel of the training images, drawn log-uniformly "
-                   "(bright samples and long exposures reach tens of thousands; default 100 4000, the recipes "
-                   "before the option)")
+                   "(bright samples and long exposures reach tens of thousands; default 100 4000; the shipped "
+                   "model was continued for one leg at 100 50000)")
     p.add_argument("--normalize", default="plane", choices=["plane", "crop"],
                    help="fit the intensity normalization on the whole rendered sample (as inference does per "
                    "plane) or on each training crop (the first defocus-default's recipe)")
