@@ -20,6 +20,7 @@ import json
 def main() -> None:
     import torch
 
+    from napari_linblur.cli.evaluate_defocus import parse_models
     from napari_linblur.evaluation.defocus import EvalConfig, evaluate_defocus
 
     p = argparse.ArgumentParser()
@@ -32,7 +33,7 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the table's numbers here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    models = dict(item.partition("=")[::2] for item in a.model)
+    models = parse_models(a.model)  # the labels and paths of `linblur evaluate defocus --model`
     rows: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
     for ph in a.photons:
         cfg = EvalConfig(n_images=a.n_images, size=a.size, seed=a.seed, photons=float(ph), bbbc006=None)

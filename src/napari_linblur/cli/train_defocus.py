@@ -60,13 +60,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _photons(pair) -> tuple[float, float]:
-    lo, hi = (float(v) for v in pair)
-    if not 0 < lo <= hi:
-        raise ValueError(f"--photons LOW HIGH must satisfy 0 < LOW <= HIGH (peak photo-electrons), got {lo} {hi}")
-    return lo, hi
-
-
 def run(args) -> int:
     from napari_linblur.models.hrnet import preset_config
     from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
@@ -94,7 +87,7 @@ def run(args) -> int:
                              normalize=args.normalize, sigma_range=(0.0, float(args.sigma_max)),
                              low_contrast=args.low_contrast, full_range=args.full_range,
                              noise_input=args.noise_input,
-                             noise_estimated=args.noise_estimated, photons=_photons(args.photons))
+                             noise_estimated=args.noise_estimated, photons=tuple(args.photons))
     multiple = int(model_cfg["stem_stride"]) * 2 ** (int(model_cfg["n_branches"]) - 1)
     if args.crop % multiple:
         raise ValueError(f"--crop must be a multiple of {multiple} for config {args.config!r}, got {args.crop}")

@@ -341,7 +341,7 @@ def markdown_report(res: dict[str, Any]) -> str:
     for kind, table in res["spatially_varying"].items():
         for region in ("all", "signal"):
             lines.append(f"#### {kind} test images ({cfg['n_images']} x {cfg['size']}², σ ∈ [0, 10] px, "
-                         f"{cfg.get('photons', 800.0):g} e⁻ peak, "
+                         f"{cfg.get('photons', EvalConfig.photons):g} e⁻ peak, "
                          f"{'all pixels' if region == 'all' else 'signal pixels'})")
             lines.append("")
             lines.append("| method | " + " | ".join(cols) + " | s/image |")

@@ -117,7 +117,8 @@ class DefocusDataConfig:
         if not 0.0 <= self.low_contrast <= 1.0:
             raise ValueError(f"low_contrast must be a probability in [0, 1], got {self.low_contrast}")
         if not 0 < self.photons[0] <= self.photons[1]:
-            raise ValueError(f"photons must satisfy 0 < low <= high (peak photo-electrons), got {self.photons}")
+            raise ValueError(f"photons (--photons LOW HIGH) must satisfy 0 < low <= high, in peak photo-electrons, "
+                             f"got {self.photons}")
         lo, hi = self.sigma_range
         if not 0 <= lo < hi:
             raise ValueError(f"sigma_range must satisfy 0 <= low < high, got {self.sigma_range}")
