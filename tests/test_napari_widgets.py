@@ -541,6 +541,42 @@ def test_single_plane_run_reports_per_tile_progress(viewer, qtbot, tiny_models):
     assert seen and w.panel.last_progress == seen[-1]  # the tiles of the one plane
 
 
+def test_defocus_widget_outlines_the_signal(viewer, qtbot, tiny_models, synth):
+    import napari
+
+    from napari_linblur.inference.defocus_ops import signal_mask
+
+    stack = synth[0]  # (9, 48, 64) uint16
+    layer = viewer.add_image(stack, name="img", scale=(4.0, 0.65, 0.65), translate=(0.0, 10.0, 20.0))
+    w = add(viewer, "Defocus map & focus QC")
+    w.model.set_model(tiny_models["defocus"])
+    settle(qtbot, w)
+    assert not w.outline.isChecked() and not any(ly.name.startswith("signal outline") for ly in viewer.layers)
+    w.outline.setChecked(True)
+    settle(qtbot, w)
+    z = _ops.current_indices(viewer, layer)[0]
+    out = viewer.layers[f"signal outline[img z{z}] (preview)"]
+    assert isinstance(out, napari.layers.Labels) and out.contour == 1
+    np.testing.assert_array_equal(out.data, signal_mask(stack[z]).astype(np.uint8))
+    assert out.data.any() and not out.data.all()
+    assert tuple(out.scale) == (0.65, 0.65) and tuple(out.translate) == (10.0, 20.0)
+    assert viewer.layers.index(out) > viewer.layers.index(viewer.layers[f"defocus σ[img z{z}] (preview)"])
+    # the outline follows the viewer's plane, in the same layer
+    viewer.dims.set_current_step(0, 2)
+    settle(qtbot, w)
+    assert out.name == "signal outline[img z2] (preview)" and out in viewer.layers
+    np.testing.assert_array_equal(out.data, signal_mask(stack[2]).astype(np.uint8))
+    # a plane without structure: the layer says the whole map is interpolated
+    viewer.add_image(np.full((48, 64), 100, np.uint16), name="flat")
+    w.image.set_layer(viewer.layers["flat"])
+    settle(qtbot, w)
+    assert out.name == "signal outline[flat] (no signal: the whole map is interpolated)" and not out.data.any()
+    # unticked: the outline layer goes, the map stays
+    w.outline.setChecked(False)
+    assert not any(ly.name.startswith("signal outline") for ly in viewer.layers)
+    assert "defocus σ[flat] (preview)" in viewer.layers
+
+
 def test_defocus_widget_with_the_shipped_model(viewer, qtbot):
     from napari_linblur.models.registry import list_models
 

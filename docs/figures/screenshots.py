@@ -163,15 +163,17 @@ def main(argv=None) -> int:
     dw, w = dock("Defocus map & focus QC")
     use(w.model, "defocus")
     w.image.set_layer(w1)
+    w.outline.setChecked(True)  # the signal outline: where σ is read from the image
     viewer.dims.set_current_step(0, 3)
     _wait(app, lambda: _settled(w), what=w)
     w.measure.setCurrentIndex(w.measure.findData("defocus"))
     w.curve_btn.click()
     _wait(app, lambda: not w.panel.running)
     for ly in viewer.layers:
-        ly.visible = ly is w1 or ly.name.startswith("defocus")
+        ly.visible = ly is w1 or ly.name.startswith(("defocus", "signal outline"))
     _save(viewer, app, "plugin_defocus.png")
-    viewer.layers.remove(viewer.layers[-1])
+    for ly in [ly for ly in viewer.layers if ly.metadata.get("linblur_preview")]:
+        viewer.layers.remove(ly)
     close(dw)
 
     viewer.close()

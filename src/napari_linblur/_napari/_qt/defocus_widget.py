@@ -146,9 +146,15 @@ class DefocusWidget(c.LinblurWidget):
         self.camera = CameraInput()
         self.preview_on = QCheckBox("live map of the current plane")
         self.preview_on.setChecked(True)
+        self.outline = QCheckBox("outline the signal (where σ is read from the image)")
+        self.outline.setToolTip(
+            "σ is measured where the plane has structure; elsewhere the map is interpolated from nearby structure. "
+            "Adds the outline of the plane's signal pixels (inference.defocus_ops.signal_mask, the pixels the "
+            "'defocus' focus score uses) as a Labels layer above the live map.")
         box, self._map_form = c.group("Defocus map (σ in px)", [("image", self.image), ("model", self.model),
                                                                 ("self-ensemble", self.tta),
-                                                                ("camera noise", self.camera), ("", self.preview_on)])
+                                                                ("camera noise", self.camera), ("", self.preview_on),
+                                                                ("", self.outline)])
         self.layout().addWidget(box)
         self.legend = QLabel(f"colormap {COLORMAP}: dark = in focus, bright = strongly defocused")
         self.legend.setWordWrap(True)
@@ -197,7 +203,9 @@ class DefocusWidget(c.LinblurWidget):
             sb.valueChanged.connect(self.preview.request)
         v.dims.events.current_step.connect(self._on_step)
         self.preview_on.toggled.connect(self._toggle_preview)
+        self.outline.toggled.connect(self._toggle_outline)
         self._curve_layer = None
+        self._outline_layer = None
 
     def _on_step(self, *_: Any) -> None:
         if not c._alive(self):
@@ -244,20 +252,60 @@ class DefocusWidget(c.LinblurWidget):
         kw = self._map_kwargs()
         z = f" z{idx[-1]}" if idx else ""
         name = f"defocus σ[{layer.name}{z}] (preview)"
+        outline = self.outline.isChecked()
 
         def job():
+            from napari_linblur.inference.defocus_ops import signal_mask
+
             plane = _ops.plane_of(layer, idx)
             out = _ops.call_op(nl.estimate_defocus, plane, should_stop=should_stop, **kw)
-            return np.asarray(out, np.float32), name, layer
+            mask = signal_mask(plane) if outline else None
+            return np.asarray(out, np.float32), name, layer, mask
 
         return job
 
     def _show_preview(self, result) -> None:
-        data, name, like = result
+        data, name, like, mask = result
         layer = self.show_preview(data, name=name, like=like, colormap=COLORMAP,
                                   contrast_limits=self._limits(data))
         layer.blending = "translucent"
         self._style(layer)
+        if mask is not None and self.outline.isChecked():
+            self._show_outline(mask, like, name.replace("defocus σ[", "signal outline[", 1))
+
+    def _show_outline(self, mask: np.ndarray, like, name: str) -> None:
+        """Add or update the Labels layer outlining the plane's signal pixels (label 1), placed like ``like``."""
+        data = np.asarray(mask, np.uint8)
+        if not data.any():
+            name = name.replace("(preview)", "(no signal: the whole map is interpolated)")
+        scale, translate = tuple(like.scale[-2:]), tuple(like.translate[-2:])
+        layer = self._outline_layer
+        if layer is None or layer not in self.viewer.layers:
+            layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate, opacity=1.0)
+            layer.contour = 1
+            layer.metadata["linblur_preview"] = True
+            try:
+                from napari.utils.colormaps import DirectLabelColormap
+
+                layer.colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent",
+                                                                 1: "cyan"})
+            except Exception:  # noqa: BLE001 - a napari without direct label colormaps keeps its default colour
+                pass
+            self._outline_layer = layer
+        else:
+            layer.data = data
+            layer.name = name
+            layer.scale = scale
+            layer.translate = translate
+
+    def _toggle_outline(self, on: bool) -> None:
+        """The 'outline the signal' checkbox: request a live map with the outline, or remove the outline layer."""
+        if on:
+            self.preview.request()
+        elif self._outline_layer is not None:
+            if self._outline_layer in self.viewer.layers:
+                self.viewer.layers.remove(self._outline_layer)
+            self._outline_layer = None
 
     def run_whole_stack(self) -> bool:
         import napari_linblur as nl
