@@ -598,6 +598,14 @@ class MplPlot(QWidget):
         lay.addWidget(self.canvas)
 
 
+def place_layer(layer, data, *, name: str, like) -> None:
+    """Give an existing 2-D layer new ``data`` and ``name``, placed like ``like``'s YX plane (scale, translate)."""
+    layer.data = data
+    layer.name = name
+    layer.scale = tuple(like.scale[-2:])
+    layer.translate = tuple(like.translate[-2:])
+
+
 class LinblurWidget(QWidget):
     """Base of the dock widgets: a viewer, a scrollable vertical layout, preview-layer bookkeeping."""
 
@@ -619,10 +627,7 @@ class LinblurWidget(QWidget):
             layer.metadata["linblur_preview"] = True
             self._preview_layer = layer
         else:
-            layer.data = data
-            layer.name = name
-            layer.scale = scale
-            layer.translate = translate
+            place_layer(layer, data, name=name, like=like)
             for k, v in kwargs.items():
                 if k in ("contrast_limits", "colormap"):
                     setattr(layer, k, v)

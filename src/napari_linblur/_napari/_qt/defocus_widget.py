@@ -293,10 +293,7 @@ class DefocusWidget(c.LinblurWidget):
                 pass
             self._outline_layer = layer
         else:
-            layer.data = data
-            layer.name = name
-            layer.scale = scale
-            layer.translate = translate
+            c.place_layer(layer, data, name=name, like=like)
 
     def _toggle_outline(self, on: bool) -> None:
         """The 'outline the signal' checkbox: request a live map with the outline, or remove the outline layer."""
