@@ -575,6 +575,11 @@ def test_defocus_widget_outlines_the_signal(viewer, qtbot, tiny_models, synth):
     w.outline.setChecked(False)
     assert not any(ly.name.startswith("signal outline") for ly in viewer.layers)
     assert "defocus σ[flat] (preview)" in viewer.layers
+    # the outline belongs to the live map: greyed out without it
+    w.preview_on.setChecked(False)
+    assert not w.outline.isEnabled()
+    w.preview_on.setChecked(True)
+    assert w.outline.isEnabled()
 
 
 def test_defocus_widget_with_the_shipped_model(viewer, qtbot):

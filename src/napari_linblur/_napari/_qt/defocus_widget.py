@@ -150,7 +150,7 @@ class DefocusWidget(c.LinblurWidget):
         self.outline.setToolTip(
             "σ is measured where the plane has structure; elsewhere the map is interpolated from nearby structure. "
             "Adds the outline of the plane's signal pixels (inference.defocus_ops.signal_mask, the pixels the "
-            "'defocus' focus score uses) as a Labels layer above the live map.")
+            "'defocus' focus score uses) as a Labels layer above the live map (with the live map only).")
         box, self._map_form = c.group("Defocus map (σ in px)", [("image", self.image), ("model", self.model),
                                                                 ("self-ensemble", self.tta),
                                                                 ("camera noise", self.camera), ("", self.preview_on),
@@ -204,6 +204,7 @@ class DefocusWidget(c.LinblurWidget):
         v.dims.events.current_step.connect(self._on_step)
         self.preview_on.toggled.connect(self._toggle_preview)
         self.outline.toggled.connect(self._toggle_outline)
+        self.preview_on.toggled.connect(self.outline.setEnabled)  # the outline belongs to the live map
         self._curve_layer = None
         self._outline_layer = None
 
