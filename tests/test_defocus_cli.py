@@ -1,6 +1,7 @@
 """Training task + CLI: linblur train defocus / defocus-map / focus / evaluate defocus (tiny configs)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,6 +251,55 @@ def test_defocus_map_and_focus_cli(tmp_path, tiny_model, scheduler, capsys):
     assert cs.read_text().count("\n") == 4
     assert main(["focus", str(tif), "--model", str(tiny_model), "--device", "cpu", "--scheduler", scheduler]) == 0
     assert "best plane" in capsys.readouterr().out
+
+
+def test_defocus_map_cli_in_micrometres(tmp_path, tiny_model, scheduler, capsys):
+    import zarr
+
+    from napari_linblur.inference.defocus_ops import estimate_defocus, sigma_to_defocus_um
+    from napari_linblur.io.omezarr import write_ome_zarr
+    from napari_linblur.io.readers import open_zstack
+    from napari_linblur.optics.psf import OpticalSetup
+
+    stack = np.random.default_rng(1).poisson(300, (2, 40, 48)).astype(np.uint16)
+    src = write_ome_zarr(tmp_path / "in.zarr", stack, axes="zyx", scale=(2.0, 0.65, 0.65))
+    out = tmp_path / "um.zarr"
+    base = ["defocus-map", str(src), str(out), "--model", str(tiny_model), "--device", "cpu", "--tile", "32",
+            "--scheduler", scheduler]
+    # the pixel size comes from the input's metadata (0.65 µm)
+    assert main([*base, "--um", "--na", "0.45", "--wavelength", "0.52"]) == 0
+    setup = OpticalSetup(na=0.45, wavelength_um=0.52, pixel_um=0.65)
+    expect = sigma_to_defocus_um(estimate_defocus(stack, model=str(tiny_model), device="cpu", tile=32), setup=setup)
+    got = open_zstack(out).compute().reshape(stack.shape)
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-4)
+    attrs = zarr.open_group(str(out), mode="r").attrs["linblur"]
+    assert attrs["unit"].startswith("micrometer") and attrs["optics"]["pixel_um"] == 0.65
+    assert attrs["optics"]["na"] == 0.45 and attrs["optics"]["model"] == "born_wolf"
+    # --pixel-um overrides it: the same σ in px is more µm of defocus with larger pixels
+    out2 = tmp_path / "um2.zarr"
+    assert main([*base[:2], str(out2), *base[3:], "--um", "--na", "0.45", "--wavelength", "0.52",
+                 "--pixel-um", "1.3"]) == 0
+    got2 = open_zstack(out2).compute().reshape(stack.shape)
+    np.testing.assert_allclose(got2, sigma_to_defocus_um(estimate_defocus(
+        stack, model=str(tiny_model), device="cpu", tile=32), setup=setup.replace(pixel_um=1.3)), rtol=1e-5, atol=1e-4)
+    assert (got > 0).all() and (got2 > got).all()
+    capsys.readouterr()
+
+    # bad or incomplete optics: exit 2 with the reason, nothing written
+    tif = tmp_path / "plain.tif"
+    tifffile.imwrite(tif, stack)
+    bad = {"no pixel size": ["defocus-map", str(tif), str(tmp_path / "b1.zarr"), "--um", "--na", "0.45",
+                             "--wavelength", "0.52"],
+           "no --um": [*base[:2], str(tmp_path / "b2.zarr"), *base[3:], "--na", "0.45"],
+           "no wavelength": [*base[:2], str(tmp_path / "b3.zarr"), *base[3:], "--um", "--na", "0.45"],
+           "na >= ni": [*base[:2], str(tmp_path / "b4.zarr"), *base[3:], "--um", "--na", "1.2", "--wavelength",
+                        "0.52"]}
+    says = {"no pixel size": "--pixel-um", "no --um": "add --um", "no wavelength": "--wavelength",
+            "na >= ni": "na must be smaller than ni"}
+    for key, argv in bad.items():
+        assert main(argv) == 2, key
+        assert says[key] in capsys.readouterr().err, key
+        assert not Path(argv[2]).exists(), key
 
 
 def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):

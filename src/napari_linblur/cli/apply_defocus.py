@@ -8,6 +8,7 @@ Examples::
 
     linblur defocus-map plate.zarr sigma.zarr --workers 2
     linblur defocus-map stack.tif sigma_patches.zarr --mode patch --patch-size 64
+    linblur defocus-map plate.zarr defocus_um.zarr --um --na 0.45 --wavelength 0.52
     linblur focus BBBC006_folder/ --channel w1 --json focus.json --csv focus.csv
 """
 
@@ -38,6 +39,18 @@ def register(subparsers) -> None:
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="self-ensemble: average the maps of this many flips/rotations (N times slower)")
     add_camera_options(p)
+    u = p.add_argument_group("µm of defocus (default: σ in pixels)")
+    u.add_argument("--um", action="store_true",
+                   help="write |defocus| in µm instead of σ in px, with the optics calibration of --na and "
+                   "--wavelength (one image cannot tell above from below focus)")
+    u.add_argument("--na", type=float, default=None, help="numerical aperture of the objective (with --um)")
+    u.add_argument("--wavelength", type=float, default=None, metavar="UM", help="emission wavelength, µm (with --um)")
+    u.add_argument("--pixel-um", type=float, default=None, metavar="UM",
+                   help="pixel size in the sample, µm (with --um; default: the input's pixel size, when the file "
+                   "records it in µm)")
+    u.add_argument("--ni", type=float, default=1.0, help="immersion index: 1.0 air, 1.33 water, 1.515 oil (with --um)")
+    u.add_argument("--psf-model", default="born_wolf", choices=["born_wolf", "gibson_lanni", "gaussian", "disc"],
+                   help="PSF model of the σ <-> defocus calibration (with --um)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run_defocus_map)
 
@@ -84,18 +97,54 @@ def camera_from_args(args):
     return vals
 
 
+def optics_from_args(args):
+    """The :class:`~napari_linblur.optics.psf.OpticalSetup` of ``--um`` (None without it), checked before any work.
+
+    The pixel size is ``--pixel-um``, else the input's x pixel size when its metadata records it in µm.
+    """
+    optics = {"--na": args.na, "--wavelength": args.wavelength, "--pixel-um": args.pixel_um}
+    if not args.um:
+        given = [k for k, v in optics.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only convert the map to µm: add --um (or leave them out)")
+        return None
+    missing = [k for k in ("--na", "--wavelength") if optics[k] is None]
+    if missing:
+        raise ValueError(f"--um needs {' and '.join(missing)} (e.g. --na 0.45 --wavelength 0.52)")
+    pixel = args.pixel_um
+    if pixel is None:
+        from napari_linblur.io.readers import open_zstack_with_metadata
+
+        _, meta = open_zstack_with_metadata(args.input, channel=args.channel)
+        x = meta.axes.index("x") if "x" in meta.axes else None
+        if x is None or meta.units[x] != "micrometer":
+            raise ValueError(f"{args.input} does not record its pixel size in µm: pass --pixel-um (the pixel size "
+                             "in the sample, camera pixel / magnification)")
+        pixel = float(meta.scale[x])
+    from napari_linblur.optics.psf import OpticalSetup
+
+    return OpticalSetup(na=args.na, wavelength_um=args.wavelength, pixel_um=pixel, ni=args.ni, model=args.psf_model)
+
+
 def run_defocus_map(args) -> int:
     from napari_linblur.batch import run_batch
-    from napari_linblur.inference.defocus_ops import estimate_defocus
+    from napari_linblur.inference.defocus_ops import estimate_defocus, sigma_to_defocus_um
 
     camera = camera_from_args(args)
+    setup = optics_from_args(args)
+
+    def op(a):
+        sigma = estimate_defocus(a, model=args.model, device=args.device, tile=args.tile, mode=args.mode,
+                                 patch_size=args.patch_size, tta=args.tta, camera=camera)
+        return sigma if setup is None else sigma_to_defocus_um(sigma, setup=setup)
+
+    unit = ("pixel (sigma of the equivalent Gaussian PSF)" if setup is None
+            else "micrometer (|defocus|, from sigma with the optics calibration)")
     out = run_batch(
-        lambda a: estimate_defocus(a, model=args.model, device=args.device, tile=args.tile, mode=args.mode,
-                                   patch_size=args.patch_size, tta=args.tta, camera=camera),
-        args.input, args.output, channel=args.channel, scheduler=args.scheduler, workers=args.workers,
-        attrs={"operation": "defocus-map", "unit": "pixel (sigma of the equivalent Gaussian PSF)",
-               "model": args.model or "defocus-default", "mode": args.mode, "patch_size": args.patch_size,
-               "tta": args.tta, "camera": camera},
+        op, args.input, args.output, channel=args.channel, scheduler=args.scheduler, workers=args.workers,
+        attrs={"operation": "defocus-map", "unit": unit, "model": args.model or "defocus-default",
+               "mode": args.mode, "patch_size": args.patch_size, "tta": args.tta, "camera": camera,
+               **({"optics": setup.to_dict()} if setup is not None else {})},
         overwrite=args.overwrite,
     )
     print(f"wrote {out}")
