@@ -582,6 +582,56 @@ def test_defocus_widget_outlines_the_signal(viewer, qtbot, tiny_models, synth):
     assert w.outline.isEnabled()
 
 
+def test_defocus_widget_shows_micrometres_of_defocus(viewer, qtbot, tiny_models, synth):
+    from napari_linblur.inference.defocus_ops import sigma_to_defocus_um
+    from napari_linblur.optics.psf import OpticalSetup
+
+    stack = synth[0]  # (9, 48, 64) uint16
+    layer = viewer.add_image(stack, name="img", scale=(4.0, 0.5, 0.5), units=("micrometer",) * 3)
+    w = add(viewer, "Defocus map & focus QC")
+    w.model.set_model(tiny_models["defocus"])
+    settle(qtbot, w)
+    assert w.units.currentData() == "px" and w.optics.isHidden()
+    w.units.setCurrentIndex(w.units.findData("um"))
+    settle(qtbot, w)
+    assert not w.optics.isHidden() and w.optics.pixel.value() == 0.5  # from the layer's scale in µm
+    z = _ops.current_indices(viewer, layer)[0]
+    prev = viewer.layers[f"defocus µm[img z{z}] (preview)"]
+    sigma = nl.estimate_defocus(stack[z], model=tiny_models["defocus"], tile=TILE)
+    setup = OpticalSetup(na=0.45, wavelength_um=0.52, pixel_um=0.5)
+    np.testing.assert_allclose(prev.data, sigma_to_defocus_um(sigma, setup=setup), rtol=1e-5, atol=1e-4)
+    assert prev.data.min() > 0
+    # the optics reach the map
+    w.optics.na.setValue(0.8)
+    settle(qtbot, w)
+    np.testing.assert_allclose(prev.data, sigma_to_defocus_um(sigma, setup=setup.replace(na=0.8)),
+                               rtol=1e-5, atol=1e-4)
+    # impossible optics: a clear error, the last map kept
+    before = prev.data.copy()
+    w.optics.na.setValue(1.2)
+    settle(qtbot, w)
+    assert "na must be smaller than ni" in w.preview.last_error
+    np.testing.assert_array_equal(prev.data, before)
+    w.optics.na.setValue(0.45)
+    settle(qtbot, w)
+
+    # whole stack in µm, with its units and optics on the layer
+    w.preview_on.setChecked(False)
+    w.run_btn.click()
+    wait_run(qtbot, w)
+    out = viewer.layers["defocus µm[img]"]
+    np.testing.assert_allclose(out.data[3], sigma_to_defocus_um(
+        nl.estimate_defocus(stack[3], model=tiny_models["defocus"], tile=TILE), setup=setup), rtol=1e-5, atol=1e-4)
+    assert out.metadata["linblur_units"] == "µm (|defocus|)" and out.metadata["linblur_optics"]["pixel_um"] == 0.5
+
+    # back to σ in px
+    w.preview_on.setChecked(True)
+    w.units.setCurrentIndex(w.units.findData("px"))
+    settle(qtbot, w)
+    assert w.optics.isHidden()
+    np.testing.assert_allclose(viewer.layers[f"defocus σ[img z{z}] (preview)"].data, sigma, rtol=1e-5, atol=1e-5)
+
+
 def test_defocus_widget_with_the_shipped_model(viewer, qtbot):
     from napari_linblur.models.registry import list_models
 

@@ -133,6 +133,46 @@ class CameraInput(QWidget):
         return {"gain": self.gain.value(), "offset": self.offset.value(), "read_noise": self.read_noise.value()}
 
 
+class OpticsInput(QWidget):
+    """The microscope's optics, to show the map as |defocus| in µm
+    (:func:`napari_linblur.inference.defocus_ops.sigma_to_defocus_um`, Born–Wolf calibration).
+
+    The pixel size follows the image layer's scale when the layer is in µm (:meth:`take_pixel_size`).
+    """
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        spin = CameraInput._spin
+        self.na = spin(0.05, 1.7, 0.45, 2, "numerical aperture of the objective", "")
+        self.wavelength = spin(0.3, 1.2, 0.52, 3, "emission wavelength, µm", " µm")
+        self.pixel = spin(0.001, 100.0, 0.65, 4, "pixel size in the sample (camera pixel / magnification), µm; "
+                          "taken from the image layer's scale when the layer is in µm", " µm")
+        self.ni = spin(1.0, 1.6, 1.0, 3, "immersion index: 1.0 air, 1.33 water, 1.515 oil", "")
+        for w, prefix in ((self.na, "NA "), (self.wavelength, "λ "), (self.pixel, "pixel "), (self.ni, "nᵢ ")):
+            w.setPrefix(prefix)
+            lay.addWidget(w)
+
+    def setup(self):
+        """The :class:`~napari_linblur.optics.psf.OpticalSetup` (a ValueError that names the problem if invalid)."""
+        from napari_linblur.optics.psf import OpticalSetup
+
+        return OpticalSetup(na=self.na.value(), wavelength_um=self.wavelength.value(), pixel_um=self.pixel.value(),
+                            ni=self.ni.value())
+
+    def take_pixel_size(self, layer) -> bool:
+        """Use ``layer``'s x pixel size if the layer is in µm; True if it was taken."""
+        try:
+            unit = str(layer.units[-1])
+        except Exception:  # noqa: BLE001 - a layer without units: keep the value the user set
+            return False
+        if unit not in ("micrometer", "µm", "um", "micron"):
+            return False
+        self.pixel.setValue(float(layer.scale[-1]))
+        return True
+
+
 class DefocusWidget(c.LinblurWidget):
     """Dock widget: per-pixel defocus map (live on the current plane or the whole stack) and focus curve."""
 
@@ -144,6 +184,12 @@ class DefocusWidget(c.LinblurWidget):
         self.tta = c.tta_combo("average the map over flipped/rotated copies of the image (slightly lower error, "
                                "slower; see docs/results/defocus.md)")
         self.camera = CameraInput()
+        self.units = QComboBox()
+        self.units.addItem("σ (px)", "px")
+        self.units.addItem("|defocus| (µm)", "um")
+        self.units.setToolTip("the map as σ of the equivalent Gaussian PSF in pixels, or as the distance from focus "
+                              "in µm through the optics calibration (one image cannot tell above from below focus)")
+        self.optics = OpticsInput()
         self.preview_on = QCheckBox("live map of the current plane")
         self.preview_on.setChecked(True)
         self.outline = QCheckBox("outline the signal (where σ is read from the image)")
@@ -153,7 +199,8 @@ class DefocusWidget(c.LinblurWidget):
             "'defocus' focus score uses) as a Labels layer above the live map (with the live map only).")
         box, self._map_form = c.group("Defocus map (σ in px)", [("image", self.image), ("model", self.model),
                                                                 ("self-ensemble", self.tta),
-                                                                ("camera noise", self.camera), ("", self.preview_on),
+                                                                ("camera noise", self.camera), ("units", self.units),
+                                                                ("optics", self.optics), ("", self.preview_on),
                                                                 ("", self.outline)])
         self.layout().addWidget(box)
         self.legend = QLabel(f"colormap {COLORMAP}: dark = in focus, bright = strongly defocused")
@@ -204,6 +251,12 @@ class DefocusWidget(c.LinblurWidget):
         v.dims.events.current_step.connect(self._on_step)
         self.preview_on.toggled.connect(self._toggle_preview)
         self.outline.toggled.connect(self._toggle_outline)
+        self.units.currentIndexChanged.connect(self._sync_units)
+        self.units.currentIndexChanged.connect(self.preview.request)
+        for sb in (self.optics.na, self.optics.wavelength, self.optics.pixel, self.optics.ni):
+            sb.valueChanged.connect(self._optics_changed)
+        self.image.currentIndexChanged.connect(self._take_pixel_size)
+        self._sync_units()
         self.preview_on.toggled.connect(self.outline.setEnabled)  # the outline belongs to the live map
         self._curve_layer = None
         self._outline_layer = None
@@ -241,6 +294,29 @@ class DefocusWidget(c.LinblurWidget):
         if label is not None:
             label.setVisible(visible)
 
+    def _sync_units(self, *_: Any) -> None:
+        """The optics row is shown only for maps in µm."""
+        visible = self.units.currentData() == "um"
+        self.optics.setVisible(visible)
+        label = self._map_form.labelForField(self.optics)
+        if label is not None:
+            label.setVisible(visible)
+        if visible:
+            self._take_pixel_size()
+
+    def _take_pixel_size(self, *_: Any) -> None:
+        layer = self.image.layer()
+        if layer is not None:
+            self.optics.take_pixel_size(layer)
+
+    def _optics_changed(self, *_: Any) -> None:
+        if self.units.currentData() == "um":
+            self.preview.request()
+
+    def _optics_setup(self):
+        """None for σ maps; the optics (checked: a ValueError naming the problem) for maps in µm."""
+        return self.optics.setup() if self.units.currentData() == "um" else None
+
     # --- defocus map ---------------------------------------------------------------------------
     def _map_kwargs(self) -> dict:
         return {**op_kwargs(self.model.model()), "tta": int(self.tta.currentData()), "camera": self.camera.value()}
@@ -251,28 +327,32 @@ class DefocusWidget(c.LinblurWidget):
         layer = self._layer()
         idx = _ops.current_indices(self.viewer, layer)
         kw = self._map_kwargs()
+        setup = self._optics_setup()
         z = f" z{idx[-1]}" if idx else ""
-        name = f"defocus σ[{layer.name}{z}] (preview)"
+        name = f"defocus {'µm' if setup else 'σ'}[{layer.name}{z}] (preview)"
+        outline_name = f"signal outline[{layer.name}{z}] (preview)"
         outline = self.outline.isChecked()
 
         def job():
-            from napari_linblur.inference.defocus_ops import signal_mask
+            from napari_linblur.inference.defocus_ops import sigma_to_defocus_um, signal_mask
 
             plane = _ops.plane_of(layer, idx)
             out = _ops.call_op(nl.estimate_defocus, plane, should_stop=should_stop, **kw)
+            if setup is not None:
+                out = sigma_to_defocus_um(out, setup=setup)
             mask = signal_mask(plane) if outline else None
-            return np.asarray(out, np.float32), name, layer, mask
+            return np.asarray(out, np.float32), name, layer, mask, outline_name
 
         return job
 
     def _show_preview(self, result) -> None:
-        data, name, like, mask = result
+        data, name, like, mask, outline_name = result
         layer = self.show_preview(data, name=name, like=like, colormap=COLORMAP,
                                   contrast_limits=self._limits(data))
         layer.blending = "translucent"
         self._style(layer)
         if mask is not None and self.outline.isChecked():
-            self._show_outline(mask, like, name.replace("defocus σ[", "signal outline[", 1))
+            self._show_outline(mask, like, outline_name)
 
     def _show_outline(self, mask: np.ndarray, like, name: str) -> None:
         """Add or update the Labels layer outlining the plane's signal pixels (label 1), placed like ``like``."""
@@ -307,23 +387,32 @@ class DefocusWidget(c.LinblurWidget):
 
     def run_whole_stack(self) -> bool:
         import napari_linblur as nl
+        from napari_linblur.inference.defocus_ops import sigma_to_defocus_um
 
         try:
             layer = self._layer()
+            setup = self._optics_setup()
         except ValueError as err:
             c.notify_error(f"defocus map: {err}")
             return False
         kw = self._map_kwargs()
 
         def op(img, should_stop=None, progress=None):
-            return _ops.call_op(nl.estimate_defocus, img, should_stop=should_stop, progress=progress, **kw)
+            out = _ops.call_op(nl.estimate_defocus, img, should_stop=should_stop, progress=progress, **kw)
+            return out if setup is None else sigma_to_defocus_um(out, setup=setup)
 
+        if setup is None:
+            unit, top, meta = "σ", 10.0, {"linblur_units": "px (σ)"}
+        else:
+            top = float(sigma_to_defocus_um(np.array([10.0]), setup=setup)[0])  # the trained range's top
+            meta = {"linblur_units": "µm (|defocus|)", "linblur_optics": setup.to_dict()}
+            unit = "µm"
         started = run_whole_stack(
             self, self.panel, self.output, op=op, arrays=[_ops.layer_array(layer)], like=layer,
             scale=tuple(layer.scale), translate=tuple(layer.translate), dropped_z=False,
-            name=f"defocus σ[{layer.name}]", sources=c.source_paths(layer),
-            layer_kwargs={"colormap": COLORMAP, "contrast_limits": (0.0, 10.0)},
-            metadata={"linblur_op": "estimate_defocus", "linblur_units": "px (σ)"},
+            name=f"defocus {unit}[{layer.name}]", sources=c.source_paths(layer),
+            layer_kwargs={"colormap": COLORMAP, "contrast_limits": (0.0, max(top, 1e-3))},
+            metadata={"linblur_op": "estimate_defocus", **meta},
         )
         if started:
             self.panel.worker.returned.connect(lambda *_: self._style_last())
@@ -332,7 +421,7 @@ class DefocusWidget(c.LinblurWidget):
     def _style_last(self) -> None:
         if len(self.viewer.layers):
             last = self.viewer.layers[-1]
-            if last.name.startswith("defocus σ["):
+            if last.name.startswith(("defocus σ[", "defocus µm[")):
                 if isinstance(last.data, np.ndarray):
                     last.contrast_limits = self._limits(last.data)
                 self._style(last)
