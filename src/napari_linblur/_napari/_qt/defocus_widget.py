@@ -197,11 +197,10 @@ class DefocusWidget(c.LinblurWidget):
             "σ is measured where the plane has structure; elsewhere the map is interpolated from nearby structure. "
             "Adds the outline of the plane's signal pixels (inference.defocus_ops.signal_mask, the pixels the "
             "'defocus' focus score uses) as a Labels layer above the live map (with the live map only).")
-        box, self._map_form = c.group("Defocus map (σ in px)", [("image", self.image), ("model", self.model),
-                                                                ("self-ensemble", self.tta),
-                                                                ("camera noise", self.camera), ("units", self.units),
-                                                                ("optics", self.optics), ("", self.preview_on),
-                                                                ("", self.outline)])
+        box, self._map_form = c.group("Defocus map", [("image", self.image), ("model", self.model),
+                                                      ("self-ensemble", self.tta), ("camera noise", self.camera),
+                                                      ("units", self.units), ("optics", self.optics),
+                                                      ("", self.preview_on), ("", self.outline)])
         self.layout().addWidget(box)
         self.legend = QLabel(f"colormap {COLORMAP}: dark = in focus, bright = strongly defocused")
         self.legend.setWordWrap(True)
