@@ -27,7 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, default=192, help="side of the held-out images")
     p.add_argument("--seed", type=int, default=20240, help="seed of the held-out data (never used in training)")
     p.add_argument("--photons", type=float, default=800.0,
-                   help="peak photo-electrons of the held-out images (their camera: gain 1, read noise 2 e-)")
+                   help="photo-electrons at the peak of the held-out images' source scale (phantoms: their brightest "
+                   "pixel; pixel-shuffled crops: the whole source image's, so a dim crop gets less). Camera: gain 1, "
+                   "read noise 2 e-")
     p.add_argument("--no-baselines", action="store_true", help="skip the classical estimators")
     p.add_argument("--no-through-focus", action="store_true", help="skip the vectorial through-focus stack")
     p.add_argument("--no-bbbc006", action="store_true", help="skip the real BBBC006 plane")
