@@ -70,6 +70,8 @@ def test_train_learns_and_writes_artifacts(tmp_path):
     assert (tmp_path / "run" / "log.csv").exists()
     m = registry.load_model(res.model_path, device="cpu")
     assert m.card["training"]["seed"] == 3 and m.card["training"]["steps"] == 30
+    hw = m.card["training"]["hardware"]  # bf16 kernels differ between CPU families: the card says which one
+    assert hw["cpu"] and hw["cpu_capability"] and hw["threads"] >= 1 and "gpu" not in hw
 
 
 def test_resume_after_stop_is_exact(tmp_path):

@@ -3,7 +3,12 @@
 # images of 100-4000 peak photo-electrons), then one leg of the last leg's recipe on 100-50000 photo-electrons with
 # more faint textures (--low-contrast 0.5) at half its learning rate. docs/results/defocus.md, "Brightness (photons
 # per pixel)".
-# Usage: bash docs/results/defocus_photons_chain.sh OUT_PREFIX     (about 44 min of training here, two threads)
+# Usage: bash docs/results/defocus_photons_chain.sh OUT_PREFIX
+# Training time, two threads: 44 min on session 12's machine (2026-11-23), 79 min (979 + 1231 + 795 + 885 + 878 s)
+# on session 13's AMD EPYC (Zen 4, AVX512). Run twice on one machine the result is bit-identical; the shipped
+# weights (leg 5 trained on session 12's 1.7x faster machine) differ from a re-run on session 13's, most likely
+# because bf16 kernels round differently on another processor, and measure the same to 0.001 px
+# (docs/results/defocus.md, "Reproducing the shipped model from nothing").
 set -e
 cd "$(dirname "$0")/../.."
 P=${1:?usage: defocus_photons_chain.sh OUT_PREFIX}

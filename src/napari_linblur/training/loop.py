@@ -414,6 +414,7 @@ def train(
             "ema": cfg.ema,
             "channels_last": cfg.channels_last,
             "torch": torch.__version__,
+            "hardware": hardware_description(device),
         }
         card["validation"] = last_val
         save_model(final, model_path, card)
@@ -422,6 +423,45 @@ def train(
 
         dist.barrier()
     return TrainResult(model_path, step, finished, last_val, seconds)
+
+
+def hardware_description(device) -> dict[str, Any]:
+    """What the weights were computed on, for the model card.
+
+    Reduced-precision kernels (bf16 autocast) differ between CPU families, so the same command and seed give
+    bit-identical weights on the same kind of processor but slightly different ones elsewhere; the card records
+    the processor, the instruction set PyTorch dispatched to, the thread count and, on CUDA, the GPU.
+
+    Parameters
+    ----------
+    device : torch.device or str
+        The training device.
+
+    Returns
+    -------
+    dict
+        ``cpu`` (model name from ``/proc/cpuinfo`` or :func:`platform.processor`), ``cpu_capability``,
+        ``threads`` and, for a CUDA device, ``gpu``.
+    """
+    import platform
+
+    import torch
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    out: dict[str, Any] = {"cpu": cpu or platform.processor() or platform.machine(),
+                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "threads": torch.get_num_threads()}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return out
 
 
 def _to_device(batch: Any, device, channels_last: bool = False):
