@@ -253,6 +253,47 @@ def test_defocus_map_and_focus_cli(tmp_path, tiny_model, scheduler, capsys):
     assert "best plane" in capsys.readouterr().out
 
 
+def test_focus_cli_channel_index_and_report_safety(tmp_path, scheduler, capsys):
+    """--channel takes an index or a name in every batch command; --json/--csv never overwrite the input, are
+    checked before any work, and are written atomically as strict JSON / CSV."""
+    import hashlib
+
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    rng = np.random.default_rng(3)
+    sharp = rng.poisson(2000, (40, 48)).astype(np.uint16)
+    flat = rng.poisson(200, (40, 48)).astype(np.uint16)
+    # channel DAPI: plane 1 sharp; channel GFP: plane 0 sharp
+    data = np.stack([np.stack([flat, sharp, flat]), np.stack([sharp, flat, flat])])
+    src = write_ome_zarr(tmp_path / "czyx.zarr", data, axes="czyx", channel_names=["DAPI", "GFP"])
+    best = {}
+    for ch in ("0", "1", "DAPI", "gfp", "-1"):
+        js = tmp_path / f"focus_{ch}.json"
+        assert main(["focus", str(src), "--channel", ch, "--method", "brenner", "--scheduler", scheduler,
+                     "--json", str(js)]) == 0, ch
+        (only,) = json.loads(js.read_text())["stacks"].values()
+        best[ch] = only["best_plane"]
+    assert best == {"0": 1, "1": 0, "DAPI": 1, "gfp": 0, "-1": 0}
+    assert main(["focus", str(src), "--channel", "2", "--method", "brenner", "--scheduler", scheduler]) == 2
+    assert "indices 0..1" in capsys.readouterr().err
+
+    tif = tmp_path / "victim.tif"
+    tifffile.imwrite(tif, data[0])
+    before = hashlib.sha256(tif.read_bytes()).hexdigest()
+    (tmp_path / "adir").mkdir()
+    for argv, says in (
+        (["--csv", str(tif)], "would overwrite the input"),
+        (["--json", str(tmp_path / "adir")], "is a folder"),
+        (["--json", str(tmp_path / "missing" / "f.json")], "folder does not exist"),
+        (["--json", str(tmp_path / "same"), "--csv", str(tmp_path / "same")], "name the same file"),
+    ):
+        assert main(["focus", str(tif), "--method", "brenner", "--scheduler", scheduler, *argv]) == 2, says
+        assert says in capsys.readouterr().err
+    assert hashlib.sha256(tif.read_bytes()).hexdigest() == before
+    assert not (tmp_path / "same").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary file left behind
+
+
 def test_defocus_map_cli_in_micrometres(tmp_path, tiny_model, scheduler, capsys):
     import zarr
 
@@ -306,7 +347,8 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     out = tmp_path / "ev"
     assert main(["evaluate", "defocus", "--model", f"tiny={tiny_model}", "--n-images", "1", "--size", "48",
                  "--no-through-focus", "--no-bbbc006", "--device", "cpu", "--tta", "2", "--out", str(out)]) == 0
-    res = json.loads((out / "defocus_eval.json").read_text())
+    text_js = (out / "defocus_eval.json").read_text()
+    res = json.loads(text_js, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
     table = res["spatially_varying"]["microscopy"]
     assert set(table) == {"tiny", "tiny, self-ensemble x2", "focus-measure (calibrated LoG var.)", "Zhuo & Sim 2011"}
     for r in table.values():
@@ -335,6 +377,17 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     assert m["microscopy_all"]["mae_ratio_best_classical"] == pytest.approx(
         best_classical / table["tiny"]["all"]["mae_px"], abs=0.01)
     assert "through_focus_vectorial" not in m and "bbbc006_plane0" not in m  # not run here
+
+
+def test_evaluate_json_is_strict_when_a_metric_has_no_pixels(tmp_path, tiny_model):
+    """A tiny image can leave a σ bin without signal pixels: its metric is null in the JSON, not a NaN token."""
+    out = tmp_path / "ev"
+    assert main(["evaluate", "defocus", "--model", f"tiny={tiny_model}", "--n-images", "1", "--size", "33",
+                 "--no-through-focus", "--no-bbbc006", "--no-baselines", "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads((out / "defocus_eval.json").read_text(),
+                     parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+    bins = [b for table in res["spatially_varying"].values() for b in table["tiny"]["by_sigma"]]
+    assert any(b["mae_px_signal"] is None for b in bins) and all(b["mae_px"] is not None for b in bins)
 
 
 def test_evaluate_cli_photons(tmp_path, tiny_model, capsys):

@@ -170,3 +170,92 @@ def test_automatic_tile_is_the_work_minimising_tile_and_channels_last_changes_no
     assert np.abs(D.estimate_defocus(img, model=net, device="cpu", amp="bf16") - auto).max() < 0.1
     with pytest.raises(ValueError, match="amp"):
         D.estimate_defocus(img, model=net, device="cpu", amp="fp8")
+
+
+def test_model_retrained_into_the_same_file_is_reloaded(tmp_path):
+    """The per-process model cache keys a path on its size and modification time: weights written again into
+    the same file (a --resume, a new run with the same --out) are used, never a stale copy."""
+    import os
+
+    from defocus_helpers import TINY
+    from napari_linblur.models import registry
+    from napari_linblur.models.hrnet import HDMENet
+
+    path = tmp_path / "m.safetensors"
+    img = _img((40, 48), seed=5)
+    maps = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = HDMENet(**TINY)
+        registry.save_model(net, path, {"architecture": "HDMENet", "task": "defocus", "config": net.config})
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seed * 10**9))  # a coarse-mtime filesystem
+        maps.append(D.estimate_defocus(img, model=path, device="cpu", amp="off"))
+        fresh = registry.load_model(path, device="cpu")
+        np.testing.assert_allclose(maps[-1], D.estimate_defocus(img, model=fresh, device="cpu", amp="off"),
+                                   atol=1e-5)
+    assert np.abs(maps[0] - maps[1]).max() > 1e-3
+    assert sum(k[1] == str(path) for k in D._MODEL_CACHE) == 1  # the old weights were dropped
+
+
+def test_focus_options_are_checked(net):
+    stack = np.stack([_img((32, 32), seed=s) for s in range(3)])
+    base = D.focus_curve(stack, model=net, device="cpu", amp="off")
+    flips = D.focus_curve(stack, model=net, device="cpu", amp="off", tta=8)  # passed on, not ignored
+    expect = [-np.median(D.estimate_defocus(p, model=net, device="cpu", amp="off", tta=8)[D.signal_mask(p)]
+                        if D.signal_mask(p).any() else D.estimate_defocus(p, model=net, device="cpu", amp="off",
+                                                                          tta=8))
+              for p in stack]
+    np.testing.assert_allclose(flips, expect, atol=1e-5)
+    assert np.abs(flips - base).max() > 0
+    with pytest.raises(TypeError, match="unexpected keyword argument.*foo"):
+        D.focus_curve(stack, model=net, device="cpu", foo=3)
+    with pytest.raises(TypeError, match="mode"):
+        D.best_focus(stack, model=net, device="cpu", mode="patch")
+    with pytest.raises(ValueError, match="batch_size"):
+        D.focus_curve(stack, model=net, device="cpu", batch_size=0)
+    with pytest.raises(TypeError, match="batch_size"):
+        D.focus_curve(stack, model=net, device="cpu", batch_size="2")
+    with pytest.raises(ValueError, match="tta"):
+        D.focus_curve(stack, model=net, device="cpu", tta=3)
+    with pytest.raises(ValueError, match="only apply to method='defocus'"):
+        D.focus_curve(stack, method="brenner", tta=8)
+    with pytest.raises(ValueError, match="model only apply"):
+        D.best_focus(stack, method="tenengrad", model=net)
+    assert D.focus_curve(stack, method="brenner", camera="auto", tile=None).shape == (3,)  # the defaults are fine
+
+
+def test_normalized_variance_needs_positive_intensities():
+    sharp = gaussian_filter(np.random.default_rng(1).random((48, 48)), 1.0) * 1000 + 200
+    stack = np.stack([gaussian_filter(sharp, s) for s in (3, 1, 0, 2)])
+    assert D.best_focus(stack, method="normalized_variance") == 2
+    assert D.focus_curve(np.full((2, 16, 16), -5.0), method="normalized_variance").tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="positive intensities"):  # background-subtracted: would rank backwards
+        D.best_focus(stack - np.median(stack) - 50, method="normalized_variance")
+
+
+def test_more_bad_input_is_named():
+    with pytest.raises(ValueError, match="stack of RGB"):
+        D.focus_curve(np.zeros((2, 32, 32, 4)), method="brenner")
+    with pytest.raises(ValueError, match="RGB"):
+        D.focus_curve(np.zeros((2, 32, 32, 3)), method="brenner")
+    with pytest.raises(ValueError, match="plane is empty"):
+        D.signal_mask(np.ones((0, 0)))
+    nan = np.ones((16, 16))
+    nan[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        D.signal_mask(nan)
+    with pytest.raises(TypeError, match="complex"):
+        D.signal_mask(np.ones((16, 16), complex))
+    with pytest.raises(ValueError, match="single 2-D plane"):
+        D.signal_mask(np.ones((2, 16, 16)))
+    opt = dict(na=0.45, wavelength_um=0.52, pixel_um=0.65)
+    with pytest.raises(TypeError, match="sigma_map must be an array"):
+        D.sigma_to_defocus_um(None, **opt)
+    with pytest.raises(TypeError, match="sigma_map must be an array"):
+        D.sigma_to_defocus_um("abc", **opt)
+    with pytest.raises(TypeError, match="dtype complex"):
+        D.sigma_to_defocus_um(np.ones(3, complex), **opt)
+    with pytest.raises(TypeError, match="na must be a real number, got '0.45'"):
+        D.sigma_to_defocus_um(np.ones(3), na="0.45", wavelength_um=0.52, pixel_um=0.65)
+    assert isinstance(OpticalSetup(na=np.float32(0.5), pixel_um=1).pixel_um, float)

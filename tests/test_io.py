@@ -327,3 +327,23 @@ def test_written_ome_zarr_validates_and_pickles(tmp_path):
     models.Image.from_zarr(zarr.open_group(str(p), mode="r"))  # raises if not valid NGFF 0.5
     arr = pickle.loads(pickle.dumps(open_zstack(p)))  # dask.distributed needs picklable graphs
     assert int(arr.sum().compute()) == 2 * 3 * 130 * 140
+
+
+def test_atomic_reports_are_strict_json_and_leave_nothing_behind(tmp_path):
+    import json
+
+    from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
+
+    p = write_json_atomic(tmp_path / "r.json", {"mae": float("nan"), "rows": [1.5, float("inf")], "n": 2})
+    strict = json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+    assert strict == {"mae": None, "rows": [1.5, None], "n": 2}
+    # a folder or a missing folder is a clear error, and an existing file is replaced only when complete
+    with pytest.raises(ValueError, match="is a folder"):
+        write_text_atomic(tmp_path, "x")
+    with pytest.raises(ValueError, match="does not exist"):
+        write_text_atomic(tmp_path / "no" / "f.txt", "x")
+    keep = write_text_atomic(tmp_path / "keep.txt", "old")
+    with pytest.raises(UnicodeEncodeError):  # fails half-way through the write
+        write_text_atomic(keep, "new" * 1000 + "\ud800")
+    assert keep.read_text() == "old"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["keep.txt", "r.json"]

@@ -176,8 +176,10 @@ def test_tenengrad_by_hand():
 def test_normalized_variance_by_hand():
     img = np.array([[1.0, 2.0], [3.0, 6.0]])  # mean 3, var = (4 + 1 + 0 + 9) / 4 = 3.5
     assert normalized_variance(img) == pytest.approx(3.5 / 3)
-    with pytest.raises(ValueError, match="mean is 0"):
+    with pytest.raises(ValueError, match="mean intensity is 0; normalized variance needs positive"):
         normalized_variance(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="mean intensity is -2"):  # background-subtracted data would rank backwards
+        normalized_variance(img - 5.0)
 
 
 def test_focus_measure_map_local():

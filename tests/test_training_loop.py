@@ -230,3 +230,11 @@ def test_ddp_with_torchrun_on_cpu(tmp_path):
     assert ranks == [[0, 20, True], [1, 20, True]]
     m = registry.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
     assert m.card["training"]["steps"] == 20
+
+
+@pytest.mark.parametrize("bad", [{"max_minutes": 0}, {"max_minutes": -1.0}, {"threads": 0}])
+def test_a_budget_that_allows_no_step_is_refused(tmp_path, bad):
+    """--max-minutes 0 would save an untrained model as if trained: refused before anything is written."""
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        train(ToyTask(), _cfg(tmp_path / "run", **bad))
+    assert not (tmp_path / "run").exists()

@@ -18,10 +18,17 @@ from pathlib import Path
 from typing import Any
 
 
+def channel_arg(text: str) -> int | str:
+    """``--channel`` value: digits are an index (``0`` = the first channel), anything else a channel name."""
+    text = str(text).strip()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by the batch sub-commands: input, channel, cluster."""
     parser.add_argument("input", help="OME-Zarr/zarr, TIFF stack, folder of TIFFs, or BBBC006 folder/file")
-    parser.add_argument("--channel", default=None, help="channel to process (index or name, e.g. w1)")
+    parser.add_argument("--channel", default=None, type=channel_arg,
+                        help="channel to process: an index (0 = the first) or a name, e.g. w1")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--scheduler", default=None, help="address of a running dask scheduler (tcp://host:8786)")
     group.add_argument(

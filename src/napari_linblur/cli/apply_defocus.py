@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 
@@ -175,13 +174,41 @@ def focus_table(curves, meta=None) -> list[dict]:
     return rows
 
 
+def check_report_paths(source, **reports) -> None:
+    """Refuse report files that would overwrite the input, collide with each other or are folders — before any work.
+
+    ``reports`` maps an option name (``json``, ``csv``) to its path or None.
+    """
+    src = Path(source).resolve()
+    seen: dict[Path, str] = {}
+    for option, path in reports.items():
+        if path is None:
+            continue
+        flag = f"--{option}"
+        p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"{flag} {path} is a folder: give a file name, e.g. focus.{option}")
+        if not p.resolve().parent.is_dir():
+            raise ValueError(f"{flag} {path}: its folder does not exist")
+        rp = p.resolve()
+        if rp == src or src in rp.parents:
+            raise ValueError(f"{flag} {path} would overwrite the input {source}: choose another file")
+        if rp in seen:
+            raise ValueError(f"{flag} and {seen[rp]} name the same file {path}")
+        seen[rp] = flag
+
+
 def run_focus(args) -> int:
+    import io
+
     import numpy as np
 
     from napari_linblur.batch import compute_with_client
     from napari_linblur.inference.defocus_ops import focus_curve
+    from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
     from napari_linblur.io.readers import open_zstack_with_metadata
 
+    check_report_paths(args.input, json=args.json, csv=args.csv)
     camera = camera_from_args(args)
     arr, meta = open_zstack_with_metadata(args.input, channel=args.channel)
     lazy = focus_curve(arr, method=args.method, model=args.model, device=args.device, compute=False,
@@ -198,13 +225,14 @@ def run_focus(args) -> int:
         curve = " ".join(f"{v:.3g}" for v in s["scores"])
         print(f"{name}: best plane {s['best_plane']}  curve: {curve}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"input": str(args.input), "method": args.method,
-                                               "axes": meta.axes, "stacks": stacks}, indent=2) + "\n")
+        write_json_atomic(args.json, {"input": str(args.input), "method": args.method, "axes": meta.axes,
+                                      "stacks": stacks})
         print(f"wrote {args.json}")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["stack", "plane", "score", "best"])
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=["stack", "plane", "score", "best"])
+        w.writeheader()
+        w.writerows(rows)
+        write_text_atomic(args.csv, buf.getvalue(), newline="")
         print(f"wrote {args.csv}")
     return 0

@@ -25,8 +25,6 @@ def run_synthesize(args: argparse.Namespace) -> int:
     from napari_linblur.io.readers import open_zstack_with_metadata
 
     channel = args.channel
-    if channel is not None and str(channel).isdigit():
-        channel = int(channel)
     stack, meta = open_zstack_with_metadata(args.input, channel=channel)
     nz = stack.shape[-3]
     for name in ("sharp", "blurry"):
@@ -62,6 +60,8 @@ def run_synthesize(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``synthesize`` to ``linblur``."""
+    from napari_linblur.batch import channel_arg
+
     p = subparsers.add_parser(
         "synthesize",
         help="synthesize defocus between two planes by latent interpolation -> OME-Zarr",
@@ -70,7 +70,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("input", help="OME-Zarr/zarr, TIFF stack, folder of TIFFs, or BBBC006 folder/file")
     p.add_argument("output", help="output .zarr folder (OME-Zarr)")
-    p.add_argument("--channel", default=None, help="channel to use (index or name, e.g. w1)")
+    p.add_argument("--channel", default=None, type=channel_arg,
+                   help="channel to use: an index (0 = the first) or a name, e.g. w1")
     p.add_argument("--sharp", type=int, required=True, help="index of the sharper plane a along Z")
     p.add_argument("--blurry", type=int, required=True, help="index of the blurrier plane c along Z")
     p.add_argument("--alpha", type=float, nargs="+", default=None,

@@ -12,7 +12,6 @@ What it does, in order (each step prints what it measured and writes a figure to
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -192,6 +191,8 @@ def run(args) -> int:
     _save(fig, out / "04_single_image_deblur.png")
     _done(t0)
 
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from napari_linblur.io.atomic import write_json_atomic
+
+    write_json_atomic(out / "summary.json", summary)
     print(f"\nsummary: {out / 'summary.json'}\nOpen the stack in napari:  .venv/bin/napari {path}")
     return 0

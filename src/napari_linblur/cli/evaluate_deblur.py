@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -55,9 +54,11 @@ def _run(args) -> int:
     res["command"] = command_line(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "deblur_eval.json").write_text(json.dumps(res, indent=2))
+    from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
+
+    write_json_atomic(out / "deblur_eval.json", res)
     md = to_markdown(res)
-    (out / "deblur_eval.md").write_text(md)
+    write_text_atomic(out / "deblur_eval.md", md)
     print(md)
     print(f"wrote {out / 'deblur_eval.json'} and {out / 'deblur_eval.md'}")
     return 0

@@ -22,7 +22,6 @@ re-blur estimator (:func:`~napari_linblur.baselines.defocus_classical.zhuo_sim_d
 from __future__ import annotations
 
 import glob
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -402,6 +401,8 @@ def write_report(res: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     js = out / "defocus_eval.json"
     md = out / "defocus_eval.md"
-    js.write_text(json.dumps(res, indent=2) + "\n")
-    md.write_text(markdown_report(res) + "\n")
+    from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
+
+    write_json_atomic(js, res)  # strict JSON: a metric with no pixels to average is null, not NaN
+    write_text_atomic(md, markdown_report(res) + "\n")
     return js, md

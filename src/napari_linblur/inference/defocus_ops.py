@@ -14,6 +14,7 @@ torch is imported only inside the functions, so importing this module stays chea
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -44,8 +45,18 @@ _CACHE_LOCK = threading.Lock()
 
 # --------------------------------------------------------------------------------------------------- model
 def _model_key(model, device) -> tuple | None:
+    """Cache key of a model given by name or path; a path's size and modification time are part of it, so weights
+    retrained into the same file are loaded again rather than served stale from the cache."""
     if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        return ("spec", str(model), str(device))
+        spec = os.fsdecode(model) if isinstance(model, bytes) or hasattr(model, "__fspath__") else str(model)
+        stamp: tuple = ()  # None or a shipped model's name: its file does not change
+        if model is not None:
+            try:
+                st = os.stat(spec)
+                stamp = (st.st_mtime_ns, st.st_size)
+            except (OSError, ValueError):
+                pass
+        return ("spec", spec, stamp, str(device))
     return None
 
 
@@ -62,6 +73,8 @@ def _get_model(model, device):
             import torch
 
             net = resolve_model(model, "defocus", device=device).to(memory_format=torch.channels_last)
+            for old in [k for k in _MODEL_CACHE if k[1] == key[1] and k[3] == key[3]]:
+                del _MODEL_CACHE[old]  # earlier weights of the same file
             _MODEL_CACHE[key] = net
     return net
 
@@ -325,6 +338,12 @@ def sigma_to_defocus_um(
     """
     from napari_linblur.optics.psf import OpticalSetup, defocus_from_sigma
 
+    if sigma_map is None or isinstance(sigma_map, (str, bytes)):
+        raise TypeError(f"sigma_map must be an array of σ in px (numpy or dask), got {sigma_map!r}")
+    if not is_dask(sigma_map):
+        sigma_map = np.asarray(sigma_map)
+    if np.dtype(sigma_map.dtype).kind not in "uif":
+        raise TypeError(f"sigma_map has dtype {sigma_map.dtype}; expected real σ values in px (e.g. float32)")
     if setup is None:
         if na is None or wavelength_um is None or pixel_um is None:
             raise ValueError("sigma_to_defocus_um needs na, wavelength_um and pixel_um (or setup=OpticalSetup(...))")
@@ -360,7 +379,7 @@ def signal_mask(plane, *, smooth: float = 2.0, fraction: float = 0.2, min_snr: f
     """
     from scipy import ndimage as ndi
 
-    a = np.asarray(plane, dtype=np.float32)
+    a = np.asarray(check_image(plane, "plane", allow_stack=False), dtype=np.float32)
     sm = ndi.gaussian_filter(a, smooth) if smooth > 0 else a
     bg = float(np.median(sm))
     hi = float(np.percentile(sm, 99.5))
@@ -385,8 +404,8 @@ def _classical(method: str, plane: np.ndarray) -> float:
     a = np.asarray(plane, dtype=np.float64)
     if method == "vollath":
         return _vollath(a)
-    if method == "normalized_variance" and float(np.mean(a)) == 0.0:
-        return 0.0
+    if method == "normalized_variance" and float(np.ptp(a)) == 0.0:
+        return 0.0  # a constant plane (including an empty one): no contrast
     return float(getattr(fm, method)(a))
 
 
@@ -432,15 +451,33 @@ def plane_focus_score(plane, *, method: str = "defocus", model=None, device="aut
     return _score_fn(method, model, device, kwargs)(np.asarray(plane))
 
 
-def _score_fn(method, model, device, kwargs):
-    sigma_fn = None
-    if method == "defocus":
-        _get_model(model, device)
-        tile, overlap = _check_tiling(kwargs.get("tile"), kwargs.get("overlap"))
-        from .noise_input import resolve_camera
+#: keyword options of :func:`focus_curve` / :func:`best_focus` passed to the defocus model
+_MODEL_OPTIONS = ("tile", "overlap", "batch_size", "amp", "camera", "tta")
 
-        sigma_fn = _PlaneDefocus(model, device, tile, overlap, kwargs.get("batch_size", 1), "pixel", 64,
-                                 amp=kwargs.get("amp", "auto"), camera=resolve_camera(kwargs.get("camera", "auto")))
+
+def _score_fn(method, model, device, kwargs):
+    unknown = sorted(set(kwargs) - set(_MODEL_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; the defocus model's options are "
+                        f"{', '.join(_MODEL_OPTIONS)}")
+    if method != "defocus":
+        given = sorted(k for k, v in kwargs.items() if v is not None and not (k == "camera" and v == "auto"))
+        if given or model is not None:
+            opts = ", ".join((["model"] if model is not None else []) + given)
+            raise ValueError(f"{opts} only apply to method='defocus'; method={method!r} scores the raw intensities")
+        return _PlaneScore(method, None)
+    from .noise_input import resolve_camera
+    from .tta import check_tta
+
+    tta = check_tta(1 if kwargs.get("tta") is None else kwargs["tta"])
+    tile, overlap = _check_tiling(kwargs.get("tile"), kwargs.get("overlap"))
+    batch_size = _check_int(1 if kwargs.get("batch_size") is None else kwargs["batch_size"], "batch_size", 1)
+    amp = "auto" if kwargs.get("amp") is None else kwargs["amp"]
+    if amp not in ("auto", "off", "bf16"):
+        raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
+    camera = resolve_camera("auto" if kwargs.get("camera") is None else kwargs["camera"])
+    _get_model(model, device)
+    sigma_fn = _PlaneDefocus(model, device, tile, overlap, batch_size, "pixel", 64, amp=amp, tta=tta, camera=camera)
     return _PlaneScore(method, sigma_fn)
 
 
@@ -462,8 +499,9 @@ def focus_curve(stack, *, method: str = "defocus", model=None, device="auto", co
         For dask input: ``True`` computes (plane by plane, with the active dask scheduler) and returns numpy;
         ``False`` returns the lazy dask array of scores.
     **kwargs
-        ``tile``, ``overlap``, ``batch_size``, ``amp`` and ``camera`` for the defocus model (as in
-        :func:`estimate_defocus`).
+        ``tile``, ``overlap``, ``batch_size``, ``amp``, ``camera`` and ``tta`` for the defocus model (as in
+        :func:`estimate_defocus`; ``method="defocus"`` only: with a classical method they are an error, as is any
+        other keyword).
 
     Returns
     -------

@@ -62,10 +62,11 @@ def check_image(x: Any, name: str = "img", *, allow_stack: bool = True, check_fi
         raise ValueError(f"{name} has shape {tuple(x.shape)}; expected a single 2-D plane (Y, X)")
     if x.size == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected {ACCEPTED_IMAGE}")
-    if x.ndim == 3 and x.shape[-1] in (3, 4) and x.shape[0] >= 16 and x.shape[1] >= 16:
+    if x.ndim >= 3 and x.shape[-1] in (3, 4) and x.shape[-3] >= 16 and x.shape[-2] >= 16:
+        what = "an RGB(A) image" if x.ndim == 3 else "a stack of RGB(A) images"
         raise ValueError(
-            f"{name} has shape {tuple(x.shape)}, which looks like an RGB(A) image; napari-linblur expects a "
-            "single channel (Y, X) — pass one channel, e.g. img[..., 0]"
+            f"{name} has shape {tuple(x.shape)}, which looks like {what} (colour last); napari-linblur expects "
+            "single-channel planes (..., Y, X) — pass one channel, e.g. img[..., 0]"
         )
     if x.shape[-1] < MIN_SIDE or x.shape[-2] < MIN_SIDE:
         raise ValueError(

@@ -122,6 +122,9 @@ def tenengrad(image: Any) -> float:
 def normalized_variance(image: Any) -> float:
     """Normalized variance ``var(I) / mean(I)``.
 
+    Defined for positive intensities (raw camera counts): a mean <= 0 (e.g. background-subtracted data) would flip
+    or break the ranking, so it is an error; use :func:`variance_of_laplacian` or :func:`brenner` there.
+
     Examples
     --------
     >>> normalized_variance([[1, 3], [1, 3]])
@@ -129,8 +132,10 @@ def normalized_variance(image: Any) -> float:
     """
     a = _img(image, min_size=1)
     mu = float(np.mean(a))
-    if mu == 0:
-        raise ValueError("image: mean is 0, normalized variance is undefined")
+    if not mu > 0:
+        raise ValueError(f"image: mean intensity is {mu:.6g}; normalized variance needs positive intensities "
+                         "(mean > 0, e.g. raw camera counts); use variance_of_laplacian or brenner for "
+                         "background-subtracted data")
     return float(np.var(a) / mu)
 
 

@@ -52,6 +52,8 @@ _MODELS = ("gaussian", "disc", "born_wolf", "gibson_lanni")
 # ----------------------------------------------------------------------------------------------------------
 # validation helpers
 def _check_scalar(name: str, value: float, *, minimum: float = 0.0, strict: bool = False) -> float:
+    if isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError) as err:
@@ -462,12 +464,10 @@ class OpticalSetup:
     depth_um: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_scalar("na", self.na, strict=True)
-        _check_scalar("wavelength_um", self.wavelength_um, strict=True)
-        _check_scalar("pixel_um", self.pixel_um, strict=True)
-        _check_scalar("ni", self.ni, minimum=1.0)
-        _check_scalar("ns", self.ns, minimum=1.0)
-        _check_scalar("depth_um", self.depth_um)
+        for name, minimum, strict in (("na", 0.0, True), ("wavelength_um", 0.0, True), ("pixel_um", 0.0, True),
+                                      ("ni", 1.0, False), ("ns", 1.0, False), ("depth_um", 0.0, False)):
+            # plain floats from here on (numpy scalars, ints)
+            object.__setattr__(self, name, _check_scalar(name, getattr(self, name), minimum=minimum, strict=strict))
         if self.na >= self.ni:
             raise ValueError(f"na must be smaller than ni={self.ni}, got {self.na}")
         if self.model not in _MODELS:

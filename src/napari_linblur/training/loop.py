@@ -98,6 +98,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes (--max-minutes) must be a positive budget in minutes, or None for no "
+                             f"budget; got {self.max_minutes}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads (--threads) must be >= 1, got {self.threads}")
 
 
 @dataclass

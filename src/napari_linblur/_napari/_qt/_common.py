@@ -72,7 +72,9 @@ class LayerPicker(QComboBox):
     def _images(self) -> list:
         from napari.layers import Image
 
-        return [ly for ly in self._viewer.layers if isinstance(ly, Image) and not ly.rgb]
+        # a widget's live preview is an output that changes under the user: never offered as an input
+        return [ly for ly in self._viewer.layers
+                if isinstance(ly, Image) and not ly.rgb and not ly.metadata.get("linblur_preview")]
 
     def refresh(self, *_: Any) -> None:
         if not _alive(self):
@@ -623,8 +625,9 @@ class LinblurWidget(QWidget):
         translate = tuple(like.translate[-2:])
         layer = self._preview_layer
         if layer is None or layer not in self.viewer.layers:
-            layer = self.viewer.add_image(data, name=name, scale=scale, translate=translate, **kwargs)
-            layer.metadata["linblur_preview"] = True
+            # marked as a preview when inserted, so the layer pickers (which refresh on insertion) leave it out
+            layer = self.viewer.add_image(data, name=name, scale=scale, translate=translate,
+                                          metadata={"linblur_preview": True}, **kwargs)
             self._preview_layer = layer
         else:
             place_layer(layer, data, name=name, like=like)

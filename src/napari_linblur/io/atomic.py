@@ -1,0 +1,88 @@
+"""Atomic writes of small text outputs (reports, tables): a temporary file in the same folder, renamed over the
+target only once complete, so a failure never leaves a half-written file or a damaged earlier version."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, newline: str | None = None) -> Path:
+    """Write ``text`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to (over)write. Its folder must exist; a folder of that name is an error.
+    text : str
+        The whole content (UTF-8).
+    newline : str, optional
+        Passed to :func:`open` (``""`` for CSV written with :mod:`csv`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is an existing folder or its parent folder does not exist.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give a file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"the folder of {path} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _strict(obj):
+    """``obj`` with NaN/Inf floats replaced by None (JSON has no NaN: strict parsers reject the token)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:
+    """Write ``obj`` as strict JSON (NaN/Inf become ``null``) to ``path`` atomically (:func:`write_text_atomic`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to (over)write.
+    obj : dict, list or scalar
+        JSON-serialisable data (Python floats; NaN and Inf are written as ``null``).
+    indent : int
+        Indentation of the JSON text.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+    >>> json.loads(write_json_atomic(p, {"mae": float("nan"), "n": 3}).read_text())
+    {'mae': None, 'n': 3}
+    """
+    import json
+
+    return write_text_atomic(path, json.dumps(_strict(obj), indent=indent, allow_nan=False) + "\n")
