@@ -32,6 +32,8 @@ def test_run_batch_on_local_cluster(stack_path, tmp_path):
     np.testing.assert_allclose(result.compute(), expected, rtol=1e-6)
     assert meta.scale[-3:] == pytest.approx((2.0, 0.65, 0.65))
     assert sorted(p.read_bytes() for p in path.rglob("*") if p.is_file()) == before
+    # the output remembers the channel it was made from: it can be opened by that name again
+    assert meta.channel_names == ["w2"] and open_zstack(out, channel="w2").shape == (3, 64, 80)
 
 
 def test_run_batch_refuses_to_overwrite_input(stack_path):

@@ -292,6 +292,56 @@ def test_writer_atomic_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
 
 
+def test_writer_failure_with_writes_still_running_leaves_nothing(tmp_path):
+    """A block that fails while other blocks are still being computed and written (threaded scheduler): the
+    temporary folder is removed once, for good; no worker writes into it afterwards (it used to happen)."""
+    import time
+
+    def slow_or_boom(block):
+        if block[0, 0, 0] == 1:
+            raise RuntimeError("plane 1 exploded")
+        time.sleep(0.05)
+        return block
+
+    x = da.from_array(np.arange(8, dtype=np.float32)[:, None, None] * np.ones((8, 64, 64), np.float32),
+                      chunks=(1, 64, 64)).map_blocks(slow_or_boom)
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="plane 1 exploded"):
+            write_ome_zarr(tmp_path / "o.zarr", x)
+        time.sleep(0.3)  # give any straggling write the time to show up
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_malformed_ome_zarr_metadata_is_a_clear_error(tmp_path):
+    import json
+
+    good = write_ome_zarr(tmp_path / "g.zarr", np.ones((2, 16, 16), np.uint16), pyramid_levels=1)
+    meta = json.loads((good / "zarr.json").read_text())
+
+    def variant(name, change):
+        p = tmp_path / name
+        shutil.copytree(good, p)
+        m = json.loads(json.dumps(meta))
+        change(m["attributes"]["ome"])
+        (p / "zarr.json").write_text(json.dumps(m))
+        return p
+
+    cases = {
+        "no multiscales": (variant("a.zarr", lambda o: o.update(multiscales=[])), "without a multiscales"),
+        "no path": (variant("b.zarr", lambda o: o["multiscales"][0]["datasets"][0].pop("path")), "malformed"),
+        "bad scale": (variant("c.zarr", lambda o: o["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+                              [0].update(scale=[1.0, 2.0])), "one value per axis"),
+    }
+    broken = tmp_path / "d.zarr"
+    shutil.copytree(good, broken)
+    (broken / "0" / "zarr.json").write_text("{ not json")
+    cases["corrupt array metadata"] = (broken, "not valid JSON")
+    for key, (path, says) in cases.items():
+        with pytest.raises(ValueError, match=says) as err:
+            open_zstack(path)
+        assert path.name in str(err.value), key
+
+
 def test_writer_refuses_existing_and_own_input(tmp_path):
     p = write_ome_zarr(tmp_path / "s.zarr", np.zeros((2, 32, 32), np.uint8))
     with pytest.raises(ValueError, match="already exists"):

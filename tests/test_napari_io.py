@@ -80,7 +80,7 @@ def test_writer_round_trip_and_refuses_its_input(tmp_path):
     assert meta.scale == (2.0, 0.5, 0.5) and meta.axes == "zyx"
     # a layer read from out.ome.zarr cannot be saved over it; the input is left intact
     (lazy, kw, _), = _reader.read_zstack(out[0])
-    with pytest.raises(ValueError, match="refusing to overwrite its own input"):
+    with pytest.raises(_writer.LayerWriteError, match="refusing to overwrite its own input"):
         _writer.write_single_image(out[0], np.asarray(lazy) * 2, kw)
     np.testing.assert_array_equal(np.asarray(open_zstack_with_metadata(out[0])[0]), data)
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
@@ -94,7 +94,7 @@ def test_writer_multiple_layers_as_channels(tmp_path):
     arr, meta = open_zstack_with_metadata(out[0])
     assert meta.axes == "czyx" and meta.channel_names == ["w1", "w2"]
     assert int(np.asarray(arr[1]).max()) == 7
-    with pytest.raises(ValueError, match="different shapes"):
+    with pytest.raises(_writer.LayerWriteError, match="different shapes"):
         _writer.write_multiple(str(tmp_path / "bad.zarr"), [(a, {"name": "a"}, "image"),
                                                             (b[:, :8], {"name": "b"}, "image")])
 

@@ -480,12 +480,37 @@ def test_samples_open_and_layers_save_through_the_plugin(viewer, tmp_path):
     assert out == [str(tmp_path / "w1.ome.zarr")]
     arr, meta = open_zstack_with_metadata(out[0])
     np.testing.assert_array_equal(np.asarray(arr), layers[0].data)
-    assert meta.scale == (4.0, 0.65, 0.65)
+    assert meta.scale == (4.0, 0.65, 0.65) and meta.units == ("micrometer",) * 3
+    assert meta.channel_names == ["w1"] and open_zstack_with_metadata(out[0], channel="w1")[0].shape == (9, 256, 256)
+    # both channels in one file keep their channel names, and the units of the layers
+    viewer.layers.selection = set(layers)
+    both = viewer.layers.save(str(tmp_path / "both.ome.zarr"), selected=True, plugin=PLUGIN)
+    arr2, meta2 = open_zstack_with_metadata(both[0])
+    assert meta2.axes == "czyx" and meta2.channel_names == ["w1", "w2"]
+    assert meta2.units == (None, "micrometer", "micrometer", "micrometer")
+    # a layer in nanometres is written in nanometres; an uncalibrated one without a unit
+    nm = viewer.add_image(np.ones((2, 16, 16), np.float32), name="nm", scale=(200.0, 65.0, 65.0),
+                          units=("nanometer",) * 3)
+    plain = viewer.add_image(np.ones((2, 16, 16), np.float32), name="plain")
+    for layer, units in ((nm, ("nanometer",) * 3), (plain, (None,) * 3)):
+        viewer.layers.selection = {layer}
+        saved = viewer.layers.save(str(tmp_path / f"{layer.name}.ome.zarr"), selected=True, plugin=PLUGIN)
+        assert open_zstack_with_metadata(saved[0])[1].units == units
+    # refusals reach the user (napari drops a writer's ValueError silently): RGB, and saving over the input
+    rgb = viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="rgb", rgb=True)
+    viewer.layers.selection = {rgb}
+    with pytest.raises(OSError, match="is RGB"):
+        viewer.layers.save(str(tmp_path / "rgb.ome.zarr"), selected=True, plugin=PLUGIN)
+    assert not (tmp_path / "rgb.ome.zarr").exists()
     # the written pyramid reopens as a lazy multiscale layer that the widgets read at full resolution
     reopened = viewer.open(out[0], plugin=PLUGIN)[0]
     assert reopened.multiscale and [d.shape[-1] for d in reopened.data] == [256, 128, 64]
     assert tuple(reopened.scale) == (4.0, 0.65, 0.65)
     np.testing.assert_array_equal(_ops.current_plane(viewer, reopened, 3), layers[0].data[3])
+    viewer.layers.selection = {reopened}
+    with pytest.raises(OSError, match="refusing to overwrite its own input"):
+        viewer.layers.save(out[0], selected=True, plugin=PLUGIN)
+    np.testing.assert_array_equal(np.asarray(open_zstack_with_metadata(out[0])[0]), layers[0].data)
     try:
         real = viewer.open_sample(PLUGIN, "bbbc006")
     except Exception as err:  # the image is optional; its absence must be a clear error

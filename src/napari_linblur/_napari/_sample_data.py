@@ -60,8 +60,10 @@ def synthetic_stack() -> list[tuple]:
                     "blending": "additive",
                     "contrast_limits": (float(lo), float(max(hi, lo + 1))),
                     "axis_labels": ("z", "y", "x"),
+                    "units": ("micrometer",) * 3,
                     "metadata": {
                         "linblur_axes": "zyx",
+                        "linblur_channel": names[i],
                         "linblur_recipe": recipe.to_dict(),
                         "linblur_seed": SYNTH_SEED,
                         "linblur_defocus_um": [float(d) for d in recipe.defocus_um],

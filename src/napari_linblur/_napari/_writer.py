@@ -16,6 +16,27 @@ import numpy as np
 _DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tpzyx"}
 
 
+class LayerWriteError(OSError):
+    """A layer cannot be written (it would overwrite its input, the layers do not fit one image, ...).
+
+    Not a ``ValueError`` on purpose: napari (through npe2) takes a writer's ``ValueError`` to mean "this plugin
+    cannot write that" and silently tries the next writer, so the user would never see the reason.
+    """
+
+
+def _refusals_reach_the_user(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as err:
+            raise LayerWriteError(str(err)) from err
+
+    return wrapper
+
+
 def _axes_for(meta: dict, ndim: int) -> str:
     md = meta.get("metadata") or {}
     axes = md.get("linblur_axes")
@@ -31,6 +52,24 @@ def _axes_for(meta: dict, ndim: int) -> str:
         axes = _DEFAULT_AXES[ndim]
     # NGFF knows t, c, z, y, x; other letters (e.g. 'p' for BBBC006 positions) are written as-is
     return axes
+
+
+def _units(meta: dict, ndim: int) -> list[str | None]:
+    """The layer's per-axis units in NGFF spelling (napari's ``pixel``, i.e. uncalibrated, is no unit)."""
+    units = meta.get("units")
+    if units is None or len(units) != ndim:
+        return [None] * ndim  # pragma: no cover - napari always passes one unit per axis
+    out = []
+    for u in units:
+        text = "" if u is None else str(u)
+        out.append(None if text in ("", "pixel", "dimensionless") else text)
+    return out
+
+
+def _check_layer(meta: dict) -> None:
+    if meta.get("rgb"):
+        raise ValueError(f"layer {meta.get('name', '')!r} is RGB: the napari-linblur writer saves single-channel "
+                         "microscopy images; save it with napari's built-in writer (e.g. as .png or .tif)")
 
 
 def _sources(meta: dict) -> list[str]:
@@ -51,6 +90,7 @@ def _target(path: str) -> Path:
     return p
 
 
+@_refusals_reach_the_user
 def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     """Write one image layer to ``path`` as OME-Zarr; returns ``[path]``.
 
@@ -62,6 +102,11 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
         The layer data (numpy or lazy dask; dask is written chunk by chunk).
     meta : dict
         The layer's attributes (napari passes ``scale``, ``name``, ``metadata``, ...).
+
+    Raises
+    ------
+    LayerWriteError
+        An ``OSError`` naming the problem: the target is one of the layer's input files, the layer is RGB, ...
 
     Examples
     --------
@@ -77,33 +122,41 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
         data = data[0]  # a multiscale layer: write its full-resolution level
     if not hasattr(data, "dtype"):
         data = np.asarray(data)
+    _check_layer(meta)
     target = _target(path)
     axes = _axes_for(meta, data.ndim)
     scale = meta.get("scale")
     scale = [abs(float(s)) for s in scale] if scale is not None and len(scale) == data.ndim else None
+    channel = (meta.get("metadata") or {}).get("linblur_channel")
     write_ome_zarr(
         target,
         data,
         axes=axes,
         scale=scale,
+        units=_units(meta, data.ndim),
         name=str(meta.get("name") or "image"),
         overwrite=True,
         source_paths=_sources(meta),
-        attrs={"napari_linblur": {"layer": str(meta.get("name", "")), "axes": axes}},
+        attrs={"napari_linblur": {"layer": str(meta.get("name", "")), "axes": axes,
+                                  **({"channel": str(channel)} if channel is not None else {})}},
     )
     return [str(target)]
 
 
+@_refusals_reach_the_user
 def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
     """Write several image layers of one shape as the channels of one OME-Zarr image (``c`` axis).
 
-    Layers of different shapes cannot share one image: the error says so and names the shapes.
+    Layers of different shapes cannot share one image: the error (:class:`LayerWriteError`) says so and names
+    the shapes.
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
     images = [(d[0] if isinstance(d, (list, tuple)) else d, m) for d, m, t in layer_data if t == "image"]
     if not images:
         raise ValueError("no image layers selected; the napari-linblur writer saves image layers only")
+    for _, m in images:
+        _check_layer(m)
     if len(images) == 1:
         return write_single_image(path, images[0][0], images[0][1])
     shapes = {tuple(d.shape) for d, _ in images}
@@ -129,12 +182,21 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
         scale.insert(axes.index("c"), 1.0)
     target = _target(path)
     sources = [s for _, m in images for s in _sources(m)]
+    units = _units(meta0, len(base))
+    units.insert(axes.index("c"), None)
+    # channel names: the channels the layers were read as (e.g. DAPI, GFP) when distinct, else the layer names
+    read_as = [(m.get("metadata") or {}).get("linblur_channel") for _, m in images]
+    if all(c is not None for c in read_as) and len(set(map(str, read_as))) == len(read_as):
+        channel_names = [str(c) for c in read_as]
+    else:
+        channel_names = [str(m.get("name", i)) for i, (_, m) in enumerate(images)]
     write_ome_zarr(
         target,
         stacked,
         axes=axes,
         scale=scale,
-        channel_names=[str(m.get("name", i)) for i, (_, m) in enumerate(images)],
+        units=units,
+        channel_names=channel_names,
         overwrite=True,
         source_paths=sources,
         name=target.name,

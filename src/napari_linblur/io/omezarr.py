@@ -143,11 +143,17 @@ def _store_batched(
             tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(lead_bounds, ix))
             + (slice(None), slice(None))
         )
+    # The blocks of a batch are computed in parallel (by the active scheduler, a distributed client included) and
+    # written here, in this thread: when one block fails no write is still running, so the caller's cleanup of the
+    # temporary folder is final (a worker thread writing after the cleanup would leave a partial folder behind).
+    import dask
+
     batch = 4
     for k in range(0, len(regions), batch):
         part = regions[k : k + batch]
-        da.store([src[r] for r in part], [target] * len(part), regions=part, lock=False)
-        for _ in part:
+        blocks = dask.compute(*[src[r] for r in part])
+        for r, block in zip(part, blocks):
+            target[r] = block
             report()
 
 

@@ -294,7 +294,24 @@ def _plain_zarr(p: Path, component: str, extra: dict) -> tuple[da.Array, ZStackM
 
 
 def _open_ngff(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStackMeta]:
-    ms = ome["multiscales"][0]
+    """An NGFF image; malformed metadata is a ValueError naming the store and what is wrong."""
+    import json
+
+    try:
+        return _open_ngff_checked(p, attrs, ome)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{p}: an array's metadata (zarr.json / .zarray) is not valid JSON ({err}); the store is "
+                         "damaged") from err
+    except (KeyError, IndexError, TypeError, AttributeError) as err:
+        raise ValueError(f"{p}: malformed OME-Zarr (NGFF) metadata ({type(err).__name__}: {err}); expected "
+                         "multiscales[0] with datasets[].path and one scale per axis") from err
+
+
+def _open_ngff_checked(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStackMeta]:
+    multiscales = ome.get("multiscales")
+    if not isinstance(multiscales, list) or not multiscales or not isinstance(multiscales[0], dict):
+        raise ValueError(f"{p}: OME-Zarr (NGFF) metadata without a multiscales entry")
+    ms = multiscales[0]
     version = str(ome.get("version", ms.get("version", "")))
     datasets = ms.get("datasets") or []
     if not datasets:
@@ -322,15 +339,25 @@ def _open_ngff(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStackMeta]:
                 letters.append("?")
         axes = "".join(letters)
         units = tuple(_norm_unit(a.get("unit")) if isinstance(a, dict) else None for a in axes_md)
+    if len(axes) != arr.ndim:
+        raise ValueError(f"{p}: OME-Zarr (NGFF) metadata names {len(axes)} axes for an array of {arr.ndim} "
+                         "dimensions")
     scale = np.ones(arr.ndim)
     for tr_list in (level.get("coordinateTransformations", []), ms.get("coordinateTransformations", [])):
         for tr in tr_list or []:
             if tr.get("type") == "scale" and "scale" in tr:
-                scale = scale * np.asarray(tr["scale"], dtype=float)
+                factor = np.asarray(tr["scale"], dtype=float)
+                if factor.shape != (arr.ndim,):
+                    raise ValueError(f"{p}: OME-Zarr (NGFF) scale {tr['scale']} does not have one value per axis "
+                                     f"({arr.ndim})")
+                scale = scale * factor
     channels = (ome.get("omero") or attrs.get("omero") or {}).get("channels")
     names_c = [str(c.get("label", i)) for i, c in enumerate(channels)] if channels else None
     if names_c is not None and ("c" not in axes or len(names_c) != arr.shape[axes.index("c")]):
         names_c = names_c if "c" in axes and len(names_c) == arr.shape[axes.index("c")] else None
+    own = attrs.get("linblur") or attrs.get("napari_linblur") or {}
+    if names_c is None and "c" not in axes and isinstance(own, dict) and isinstance(own.get("channel"), str):
+        names_c = [own["channel"]]  # the single channel this image was made from (our batch and napari writers)
     extra = {
         "format": "ome-zarr",
         "ngff_version": version,
