@@ -775,3 +775,85 @@ def test_train_widget_defocus_uses_the_shipped_recipe_and_fine_tunes(viewer, qtb
     # a model of another kind is refused with the accepted form, before any work
     with pytest.raises(ValueError, match="needs a HDMENet model"):
         _train.build_task(_train.TrainRequest(kind="defocus", preset="default", init="deblur-default"))
+
+
+def test_pair_outputs_are_placed_like_the_input_and_follow_time(viewer, qtbot, tiny_models, synth, tmp_path):
+    """The OME-Zarr output of a pair run reopens with the written axes (no Z = 1 axis at world z = 0), in the
+    input's place and units; the live preview follows the time slider; a 2-D image cannot be its own pair."""
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    stack = synth[0][:4].astype(np.float32)
+    t_stack = np.stack([stack, stack[:, ::-1]])  # (T=2, Z=4, Y, X): the second time point is mirrored
+    src = write_ome_zarr(tmp_path / "in.zarr", t_stack, axes="tzyx", scale=(1.0, 2.0, 0.5, 0.5))
+    (layer,) = viewer.open(str(src), plugin=PLUGIN)
+    layer.translate = (10.0, 4.0, 5.0, 7.0)
+    w = add(viewer, "Blur synthesis")
+    w.model.set_model(tiny_models["ae"])
+    w.a_layer.set_layer(layer)
+    w.c_layer.set_layer(layer)
+    w.a_plane.setValue(1)
+    w.c_plane.setValue(3)
+    settle(qtbot, w)
+    prev = next(ly for ly in viewer.layers if ly.name.endswith("(preview)"))
+    assert tuple(str(u) for u in prev.units) == ("micrometer", "micrometer")
+    first = np.array(prev.data)
+    viewer.dims.set_current_step(0, 1)  # the time slider
+    settle(qtbot, w)
+    np.testing.assert_allclose(prev.data, nl.synthesize_blur(t_stack[1, 1], t_stack[1, 3], w.alpha.value(),
+                                                             model=tiny_models["ae"], tile=TILE),
+                               rtol=1e-4, atol=1e-3)
+    assert not np.allclose(prev.data, first)
+
+    w.preview_on.setChecked(False)
+    w.output.set_mode(w.output.ZARR, str(tmp_path / "out.zarr"))
+    n = len(viewer.layers)
+    w.run_btn.click()
+    wait_run(qtbot, w)
+    assert len(viewer.layers) == n + 1, w.panel.status.text()
+    out = viewer.layers[-1]
+    data = out.data[0] if out.multiscale else out.data
+    assert data.shape == (2, 48, 64)  # (T, Y, X): Z was consumed by the pair
+    assert tuple(out.translate) == (10.0, 5.0, 7.0) and tuple(out.scale) == (1.0, 0.5, 0.5)
+    assert tuple(str(u) for u in out.units)[-2:] == ("micrometer", "micrometer")
+
+    # a 2-D image alone: the preview says what is wrong (not "img against itself"), so does a run
+    viewer.layers.clear()
+    flat = viewer.add_image(stack[0], name="flat")
+    w.a_layer.set_layer(flat)
+    w.c_layer.set_layer(flat)
+    w.preview_on.setChecked(True)
+    settle(qtbot, w)
+    assert w.preview.last_error and "single 2-D plane" in w.preview.last_error
+    assert not [ly for ly in viewer.layers if ly.name.endswith("(preview)")]
+    assert not w.run_whole_stack()
+    assert "single 2-D plane" in last_error() and "single 2-D plane" in w.panel.status.text()
+
+
+def test_no_input_is_waiting_not_an_error_and_removal_stops_runs(viewer, qtbot, tiny_models, synth, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    before = len(notification_manager.records)
+    widgets = {name: add(viewer, name) for name in ("Blur synthesis", "Deblur", "Defocus map & focus QC")}
+    for w in widgets.values():
+        settle(qtbot, w)
+        assert w.preview.last_error is None and w.panel.status.text().startswith("waiting: pick")
+    assert len(notification_manager.records) == before  # an empty viewer raises no error pop-ups
+    # the live map of a layer that is deleted goes with it
+    d = widgets["Defocus map & focus QC"]
+    d.model.set_model(tiny_models["defocus"])
+    d.outline.setChecked(True)
+    layer = viewer.add_image(synth[0], name="img")
+    settle(qtbot, d)
+    assert any(ly.name.endswith("(preview)") for ly in viewer.layers)
+    viewer.layers.remove(layer)
+    settle(qtbot, d)
+    assert len(viewer.layers) == 0 and len(notification_manager.records) == before
+
+    # removing a dock cancels its running job: nothing is added afterwards, the run stops early
+    w = _small_training(viewer, tmp_path, steps=100000)
+    w.set_choice(w.source, "synthetic")
+    assert w.start()
+    qtbot.waitUntil(lambda: len(w.plot.steps) >= 1, timeout=60000)
+    viewer.window.remove_dock_widget(viewer.window._dock_widgets["Train (napari-linblur)"])
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
+    assert w.model_path is None and "stopped before the end" in w.result_label.text()

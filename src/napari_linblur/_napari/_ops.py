@@ -136,6 +136,21 @@ def take_z(data, z: int):
     return data[(Ellipsis, int(z), slice(None), slice(None))]
 
 
+def check_two_planes(layer_1, z_1: int, layer_2, z_2: int, *, same_plane_ok: bool = False) -> None:
+    """A pair operation needs two different planes: one plane of one layer against itself is an error.
+
+    ``same_plane_ok`` (live previews, where the two plane sliders pass through each other) only refuses a layer
+    that has a single plane.
+    """
+    if same_plane_ok and n_planes(layer_1) >= 2:
+        return
+    if layer_1 is layer_2 and int(z_1) == int(z_2):
+        what = (f"{layer_1.name!r} is a single 2-D plane" if n_planes(layer_1) < 2
+                else f"both inputs are plane {int(z_1)} of {layer_1.name!r}")
+        raise ValueError(f"{what}: a pair operation needs two planes — pick two planes of a z-stack "
+                         "(Z, Y, X), or two image layers")
+
+
 def pair_stacks(layer_1, z_1: int, layer_2, z_2: int) -> PairInputs:
     """Line up the two inputs of a pair operation for a whole-stack run.
 
@@ -144,6 +159,7 @@ def pair_stacks(layer_1, z_1: int, layer_2, z_2: int) -> PairInputs:
     * two layers of the same shape with the same plane chosen: every plane against the same plane of the
       other layer -> the output has the input's shape.
     """
+    check_two_planes(layer_1, z_1, layer_2, z_2)
     d1, d2 = layer_array(layer_1), layer_array(layer_2)
     s1, s2 = tuple(d1.shape), tuple(d2.shape)
     scale = tuple(float(s) for s in layer_1.scale)

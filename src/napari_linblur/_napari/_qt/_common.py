@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -298,6 +298,11 @@ class RunPanel(QWidget):
     def running(self) -> bool:
         return self.worker is not None
 
+    def refuse(self, msg: str) -> None:
+        """A run that cannot start: the notification and the status line say why."""
+        self.status.setText(msg)
+        notify_error(msg)
+
     def cancel(self) -> None:
         if self.worker is not None:
             self._stop.set()
@@ -409,6 +414,11 @@ class RunPanel(QWidget):
         self._pbar.update(max(0, done - self._pbar.n))
 
 
+class NoInput(ValueError):
+    """No input layer is picked (an empty viewer, the input was deleted): for a preview this is "waiting", not an
+    error; a whole-stack run still reports it."""
+
+
 class LivePreview(QObject):
     """Debounced preview: ``request()`` restarts a single-shot timer; when it fires the previous preview
     is told to stop and a new worker computes the current request. Results of superseded requests are
@@ -460,7 +470,16 @@ class LivePreview(QObject):
         self._stop = stop
         try:
             job = self._compute(stop.is_set)
-        except Exception as err:  # noqa: BLE001 - e.g. no layer selected
+        except NoInput as err:  # nothing to preview yet: say so quietly, drop a preview of a deleted input
+            self.last_error = None
+            self.applied_generation = gen
+            if self._status is not None:
+                self._status.setText(f"waiting: {err}")
+            clear = getattr(self.parent(), "clear_preview", None)
+            if clear is not None:
+                clear()
+            return
+        except Exception as err:  # noqa: BLE001 - e.g. an impossible setting
             self._error(err, gen)
             return
         if job is None:
@@ -606,6 +625,7 @@ def place_layer(layer, data, *, name: str, like) -> None:
     layer.name = name
     layer.scale = tuple(like.scale[-2:])
     layer.translate = tuple(like.translate[-2:])
+    layer.units = tuple(like.units[-2:])
 
 
 class LinblurWidget(QWidget):
@@ -627,7 +647,8 @@ class LinblurWidget(QWidget):
         if layer is None or layer not in self.viewer.layers:
             # marked as a preview when inserted, so the layer pickers (which refresh on insertion) leave it out
             layer = self.viewer.add_image(data, name=name, scale=scale, translate=translate,
-                                          metadata={"linblur_preview": True}, **kwargs)
+                                          units=tuple(like.units[-2:]), metadata={"linblur_preview": True},
+                                          **kwargs)
             self._preview_layer = layer
         else:
             place_layer(layer, data, name=name, like=like)
@@ -635,6 +656,12 @@ class LinblurWidget(QWidget):
                 if k in ("contrast_limits", "colormap"):
                     setattr(layer, k, v)
         return layer
+
+    def clear_preview(self) -> None:
+        """Remove this widget's preview layer (its input is gone)."""
+        layer, self._preview_layer = self._preview_layer, None
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
 
     def _show_preview(self, result) -> None:
         """Show a preview job's ``(data, name, input_layer)`` in the input's units, colormap and contrast."""
@@ -653,6 +680,7 @@ class LinblurWidget(QWidget):
     def add_result(self, data, *, name: str, scale, translate, metadata=None, **kwargs):
         kwargs.setdefault("blending", "translucent")
         layer = self.viewer.add_image(data, name=name, scale=tuple(scale), translate=tuple(translate), **kwargs)
+        # (callers pass units=: the input's, so napari does not warn about inconsistent units across layers)
         layer.metadata.update(metadata or {})
         return layer
 
@@ -660,6 +688,20 @@ class LinblurWidget(QWidget):
         for child in self.findChildren(LivePreview):
             child.stop()
         super().closeEvent(event)
+
+    def event(self, ev):  # noqa: D102 - Qt override
+        # napari's remove_dock_widget (the dock's close button) un-parents the widget rather than closing it: stop
+        # its previews and cancel its runs, so nothing is computed or added to the viewer for a widget that is gone
+        if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.removed_from_viewer()
+        return super().event(ev)
+
+    def removed_from_viewer(self) -> None:
+        """Stop the live previews and cancel a running job (its result is dropped, an OME-Zarr is not written)."""
+        for preview in self.findChildren(LivePreview):
+            preview.stop()
+        for panel in self.findChildren(RunPanel):
+            panel.cancel()
 
 
 def input_colormap(layer) -> str:

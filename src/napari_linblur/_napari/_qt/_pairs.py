@@ -27,6 +27,32 @@ def output_axes(layer, ndim: int, dropped_z: bool) -> str:
     return base[ndim]
 
 
+def output_units(like, ndim: int, dropped_z: bool) -> tuple[str, ...]:
+    """The input layer's units for an output of ``ndim`` axes (its Z axis left out when the result has none)."""
+    units = [str(u) for u in getattr(like, "units", ())]
+    if dropped_z and len(units) == ndim + 1:
+        del units[-3]
+    return tuple(units[-ndim:]) if len(units) >= ndim else ("pixel",) * ndim
+
+
+def _as_written(data, kw: dict, axes: str):
+    """The reopened OME-Zarr layer with the written axes only: the reader gives every image a Z axis (a single
+    synthesized plane per time point comes back as Z = 1), which would place the result at world z = 0."""
+    read_axes = kw["metadata"].get("linblur_axes") or ""
+    drop = [i for i, a in enumerate(read_axes) if a not in axes]
+    if not drop:
+        return data, kw
+    index = tuple(0 if i in drop else slice(None) for i in range(len(read_axes)))
+    data = [level[index] for level in data] if isinstance(data, list) else data[index]
+    keep = [i for i in range(len(read_axes)) if i not in drop]
+    kw = dict(kw)
+    for key in ("axis_labels", "units"):
+        if kw.get(key) is not None and len(kw[key]) == len(read_axes):
+            kw[key] = [kw[key][i] for i in keep]
+    kw["metadata"] = {**kw["metadata"], "linblur_axes": "".join(read_axes[i] for i in keep)}
+    return data, kw
+
+
 def run_whole_stack(
     widget: c.LinblurWidget,
     panel: c.RunPanel,
@@ -54,27 +80,31 @@ def run_whole_stack(
     layer_kwargs = dict(layer_kwargs or {})
     meta = {"linblur_inputs": sources, **(metadata or {})}
     ndim = arrays[0].ndim
+    units = output_units(like, len(scale), dropped_z)
+    layer_kwargs.setdefault("units", units)
 
     if mode == output.ZARR:
         path = output.path.text().strip()
         if not path:
-            c.notify_error(f"{name}: choose an output path for the OME-Zarr file")
+            panel.refuse(f"{name}: choose an output path for the OME-Zarr file")
             return False
         axes = output_axes(like, ndim, dropped_z)
 
         def job(report, should_stop):
             lazy = op(*[_ops.lazy_planes(a) for a in arrays])
             write_ome_zarr(path, lazy, axes=axes, scale=[abs(s) for s in scale], source_paths=sources,
-                           progress=report, name=name)
+                           units=[None if u == "pixel" else u for u in units], progress=report, name=name)
             return path
 
         def done(path):
             from .._reader import read_zstack
 
             for data, kw, _ in read_zstack(path):
+                data, kw = _as_written(data, kw, axes)
                 kw["name"] = name
-                kw["translate"] = translate
-                kw.update({k: v for k, v in layer_kwargs.items() if k in ("colormap", "contrast_limits")})
+                kw["scale"] = tuple(scale)
+                kw["translate"] = tuple(translate)
+                kw.update({k: v for k, v in layer_kwargs.items() if k in ("colormap", "contrast_limits", "units")})
                 widget.viewer.add_image(data, **kw)
 
         return panel.start(job, desc=f"writing {name}", on_result=done)

@@ -57,7 +57,13 @@ class BlurSynthesisWidget(c.LinblurWidget):
             w.currentIndexChanged.connect(self.preview.request)
         self.model.combo.currentIndexChanged.connect(self.preview.request)
         self.preview_on.toggled.connect(self._toggle_preview)
+        # the other leading axes (time, position) always follow the viewer (Z follows it when asked to)
+        napari_viewer.dims.events.current_step.connect(self._on_step)
         self._auto_pick()
+
+    def _on_step(self, *_: Any) -> None:
+        if c._alive(self):
+            self.preview.request()
 
     # --- helpers -------------------------------------------------------------------------------
     def _auto_pick(self) -> None:
@@ -70,7 +76,7 @@ class BlurSynthesisWidget(c.LinblurWidget):
     def _inputs(self):
         la, lc = self.a_layer.layer(), self.c_layer.layer()
         if la is None or lc is None:
-            raise ValueError("pick the sharper image a and the blurrier image c (image layers)")
+            raise c.NoInput("pick the sharper image a and the blurrier image c (image layers)")
         return la, lc
 
     def _name(self, la, lc, za: int, zc: int, alpha: float, same_shape_layers: bool) -> str:
@@ -88,6 +94,7 @@ class BlurSynthesisWidget(c.LinblurWidget):
 
         la, lc = self._inputs()
         za, zc = self.a_plane.value(), self.c_plane.value()
+        _ops.check_two_planes(la, za, lc, zc, same_plane_ok=True)
         ia, ic = _ops.current_indices(self.viewer, la), _ops.current_indices(self.viewer, lc)
         alpha, kw = self.alpha.value(), op_kwargs(self.model.model())
         name = self._name(la, lc, za, zc, alpha, False) + " (preview)"

@@ -108,7 +108,13 @@ class DeblurWidget(c.LinblurWidget):
         for w in (self.ae_model, self.net_model, self.defocus_model):
             w.combo.currentIndexChanged.connect(self.preview.request)
         self.preview_on.toggled.connect(self._toggle_preview)
+        # the other leading axes (time, position) always follow the viewer (Z follows it when asked to)
+        napari_viewer.dims.events.current_step.connect(self._on_step)
         self._update_visibility()
+
+    def _on_step(self, *_: Any) -> None:
+        if c._alive(self):
+            self.preview.request()
 
     # --- UI state ------------------------------------------------------------------------------
     def set_mode(self, mode: str) -> None:
@@ -141,7 +147,7 @@ class DeblurWidget(c.LinblurWidget):
         mode = self.mode.currentData()
         lb = self.b_layer.layer()
         if lb is None:
-            raise ValueError("pick an image layer to deblur")
+            raise c.NoInput("pick an image layer to deblur")
         lc = self.c_layer.layer() if mode == PAIR else None
         if mode == PAIR and lc is None:
             raise ValueError("pair mode needs the blurrier image c (an image layer)")
@@ -186,6 +192,8 @@ class DeblurWidget(c.LinblurWidget):
         mode, lb, lc, alpha, method = self._settings()
         zb = self.b_plane.value()
         zc = self.c_plane.value()
+        if mode == PAIR:
+            _ops.check_two_planes(lb, zb, lc, zc, same_plane_ok=True)
         ib = _ops.current_indices(self.viewer, lb)
         ic = _ops.current_indices(self.viewer, lc) if lc is not None else None
         op = self._op(mode, alpha, method)

@@ -271,7 +271,7 @@ class DefocusWidget(c.LinblurWidget):
     def _layer(self):
         layer = self.image.layer()
         if layer is None:
-            raise ValueError("pick an image layer")
+            raise c.NoInput("pick an image layer")
         return layer
 
     @staticmethod
@@ -361,7 +361,8 @@ class DefocusWidget(c.LinblurWidget):
         scale, translate = tuple(like.scale[-2:]), tuple(like.translate[-2:])
         layer = self._outline_layer
         if layer is None or layer not in self.viewer.layers:
-            layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate, opacity=1.0)
+            layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate, opacity=1.0,
+                                           units=tuple(like.units[-2:]))
             layer.contour = 1
             layer.metadata["linblur_preview"] = True
             try:
@@ -374,6 +375,13 @@ class DefocusWidget(c.LinblurWidget):
             self._outline_layer = layer
         else:
             c.place_layer(layer, data, name=name, like=like)
+
+    def clear_preview(self) -> None:
+        """Remove the live map and its outline (their input is gone)."""
+        super().clear_preview()
+        layer, self._outline_layer = self._outline_layer, None
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
 
     def _toggle_outline(self, on: bool) -> None:
         """The 'outline the signal' checkbox: request a live map with the outline, or remove the outline layer."""
@@ -392,7 +400,7 @@ class DefocusWidget(c.LinblurWidget):
             layer = self._layer()
             setup = self._optics_setup()
         except ValueError as err:
-            c.notify_error(f"defocus map: {err}")
+            self.panel.refuse(f"defocus map: {err}")
             return False
         kw = self._map_kwargs()
 
