@@ -79,6 +79,23 @@ def test_synthesize_cli_writes_ome_zarr(setup, tmp_path):
     np.testing.assert_allclose(np.asarray(arr).reshape(2, 48, 64)[1], ref, rtol=1e-5, atol=1e-3)
     assert main(["synthesize", str(src), str(tmp_path / "t.zarr"), "--channel", "w1", "--sharp", "0",
                  "--blurry", "99", "--model", str(model)]) == 2
+    # the output keeps the input's pixel size and its channel; -1 is the last plane, also for --positions
+    from napari_linblur.io.readers import open_zstack_with_metadata
+
+    _, src_meta = open_zstack_with_metadata(src, channel="w1")
+    _, meta = open_zstack_with_metadata(out)
+    assert meta.scale[-2:] == src_meta.scale[-2:] and meta.units[-2:] == src_meta.units[-2:]
+    assert meta.channel_names == ["w1"]
+    nz = stack.shape[0]
+    neg = tmp_path / "neg.zarr"
+    assert main(["synthesize", str(src), str(neg), "--channel", "w1", "--sharp", "0", "--blurry", "-1",
+                 "--positions", str((nz - 1) / 2), "--model", str(model), "--device", "cpu"]) == 0
+    import zarr
+
+    attrs = zarr.open_group(str(neg), mode="r").attrs["linblur"]
+    assert attrs["blurry_plane"] == nz - 1 and attrs["alphas"] == [pytest.approx(0.5)]
+    assert main(["synthesize", str(src), str(tmp_path / "same.zarr"), "--channel", "w1", "--sharp", "2",
+                 "--blurry", str(2 - nz), "--model", str(model)]) == 2
 
 
 def test_ship_model_takes_the_chosen_models_evaluation(setup, tmp_path, monkeypatch):
@@ -103,3 +120,38 @@ def test_ship_model_takes_the_chosen_models_evaluation(setup, tmp_path, monkeypa
     assert card["evaluation"]["model"] == res["models"]["run"]
     sidecar = json.loads(path.with_suffix(".json").read_text())  # the card again, with the file's hash
     assert sidecar["sha256"] == registry.sha256_file(path)
+
+
+def test_fields_of_a_bbbc006_folder_are_counted_per_channel(tmp_path):
+    """evaluate ae draws its split from count_fields: a BBBC006 folder's channels are not extra fields (the
+    split must be the one training drew from load_fields' fields)."""
+    import tifffile
+
+    from napari_linblur.training.ae import count_fields, load_fields
+
+    uuid = "2667264a-6432-4f7e-bf58-625a1319a1c9"
+    rng = np.random.default_rng(0)
+    for z in range(3):
+        for w in (1, 2):
+            for well, s in (("a01", 1), ("k06", 2), ("b03", 1)):
+                tifffile.imwrite(tmp_path / f"{z:02d}_mcf-z-stacks-03212011_{well}_s{s}_w{w}{uuid}.tif",
+                                 rng.integers(100, 900, (24, 32)).astype(np.uint16))
+    assert count_fields(tmp_path) == 3 == load_fields(tmp_path, "w1", planes="all").meta["n_fields"]
+
+
+def test_models_in_one_folder_get_their_own_columns():
+    from napari_linblur.evaluation.ae import _model_labels
+
+    assert _model_labels(["runs/a/model.safetensors", "ae-default"]) == ["a", "ae-default"]
+    assert _model_labels(["mm/a.safetensors", "mm/b.safetensors"]) == ["a", "b"]
+    assert _model_labels(["x/run/model.safetensors", "y/run/model.safetensors"]) == [
+        "x/run/model.safetensors", "y/run/model.safetensors"]
+    assert _model_labels(["ae-default", "ae-default"]) == ["ae-default #1", "ae-default #2"]
+
+
+@pytest.mark.parametrize("bad, says", [(["--max-fields", "0"], "max_fields"), (["--crop", "2"], "crop")])
+def test_evaluate_ae_rejects_impossible_sizes(setup, tmp_path, bad, says, capsys):
+    data, model = setup
+    assert main(["evaluate", "ae", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "ev"),
+                 "--split", "all", "--no-progress", "--threads", "1", *bad]) == 2
+    assert says in capsys.readouterr().err and not (tmp_path / "ev").exists()

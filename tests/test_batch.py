@@ -51,3 +51,15 @@ def test_compute_small_result_on_cluster(stack_path):
 def test_bad_worker_count():
     with pytest.raises(ValueError, match="workers"), dask_client(workers=0):
         pass
+
+
+def test_unreachable_scheduler_and_bad_threads_are_clear_errors(stack_path, tmp_path, capsys):
+    from napari_linblur.cli.main import main
+
+    path, _ = stack_path
+    assert main(["focus", str(path), "--channel", "w1", "--method", "brenner", "--scheduler",
+                 "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to a dask scheduler" in err and "Traceback" not in err
+    assert main(["evaluate", "deblur", "--threads", "0", "--out", str(tmp_path / "ev")]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err and not (tmp_path / "ev").exists()

@@ -437,3 +437,45 @@ def test_shrink_keeps_function_where_it_can_and_trains_from_a_larger_init(tmp_pa
                                         "up": "conv_upsample"}, data=DeblurData(**SMALL_DATA), init=str(path), val_size=1)
     with pytest.raises(ValueError, match="layout"):
         other.build_model()
+
+
+def test_reblur_extrapolate_honours_cancel_progress_and_tiling_and_never_returns_the_input():
+    from napari_linblur.inference.tiling import Cancelled
+    from napari_linblur.models.autoencoder import LinearLatentAE
+
+    torch.manual_seed(0)
+    ae = LinearLatentAE(channels=[8, 8], latent_channels=4, blocks=1).eval()
+    img = np.random.default_rng(1).random((64, 80)).astype(np.float32) * 500
+    smap = np.full(img.shape, 2.0, np.float32)
+    with pytest.raises(Cancelled):
+        nl.deblur(img, method="reblur-extrapolate", model=ae, sigma_map=smap, device="cpu",
+                  should_stop=lambda: True)
+    seen = []
+    big = nl.deblur(img, method="reblur-extrapolate", model=ae, sigma_map=smap, device="cpu",
+                    progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    small = nl.deblur(img, method="reblur-extrapolate", model=ae, sigma_map=smap, device="cpu", tile=32,
+                      overlap=8)
+    assert np.abs(small - big).max() > 0  # the tiling reaches the autoencoder
+    # nothing to deblur: a copy of the input, never the caller's array itself
+    flat = nl.deblur(img, method="guided", model=DRBNet(**TINY), sigma_map=np.zeros_like(img), device="cpu")
+    assert flat is not img and np.shares_memory(flat, img) is False
+    flat[:] = 0
+    assert img.max() > 0
+
+
+def test_tiling_options_and_tiny_alpha_are_refused():
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    for kw, err, says in (({"batch_size": -1}, ValueError, "batch_size"), ({"batch_size": 0}, ValueError,
+                          "batch_size"), ({"batch_size": 1.5}, TypeError, "batch_size"),
+                          ({"tile": "x"}, TypeError, "tile"), ({"tile": 32, "overlap": 32}, ValueError, "overlap")):
+        with pytest.raises(err, match=says):
+            nl.synthesize_blur(img, img, 0.5, device="cpu", **kw)
+        with pytest.raises(err, match=says):
+            nl.deblur_pair(img, img, 0.5, device="cpu", **kw)
+    with pytest.raises(ValueError, match="overlap"):
+        nl.deblur(img, method="network", model=DRBNet(**TINY), tile=32, overlap=40)
+    with pytest.raises(ValueError, match="below 0.01"):
+        nl.deblur_pair(img, img, 1e-8, device="cpu")
+    assert nl.deblur(img, method="reblur-extrapolate", sigma_map=np.zeros_like(img), sigma_r=np.float32(2.0),
+                     device="cpu").shape == img.shape  # a numpy scalar is a number

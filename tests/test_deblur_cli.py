@@ -101,3 +101,14 @@ def test_evaluate_deblur_cli(tmp_path, tiny_model):
     again = build_parser().parse_args(shlex.split(res["command"])[1:])
     assert again.ablation == [f"copy={tiny_model}"] and again.depths == [2.0, 8.0] and again.no_reblur
     assert not again.no_speed and again.speed_side == 64 and again.tta == 2 and again.n == 1
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--init", "ae-default"], "is an 'ae' model"),
+    (["--stage", "2", "--init", "deblur-default", "--data", "x.zarr", "--real-fraction", "2"], "--real-fraction"),
+    (["--pool", "0"], "--pool must be >= 1"),
+])
+def test_train_deblur_refuses_impossible_options_before_any_work(tmp_path, capsys, bad, says):
+    out = tmp_path / "run"
+    assert main(["train", "deblur", "--steps", "1", "--out", str(out), "--device", "cpu", *bad]) == 2
+    assert says in capsys.readouterr().err and not out.exists()

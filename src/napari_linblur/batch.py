@@ -56,7 +56,12 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     from distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout="15s")
+        except (OSError, TimeoutError) as err:
+            raise OSError(f"--scheduler {scheduler}: cannot connect to a dask scheduler there ({err}); start one "
+                          "with `dask scheduler` (and workers), or use --workers N for a local cluster") from err
+        with client:
             yield client
         return
     if workers is not None and workers < 1:

@@ -31,6 +31,9 @@ def run_synthesize(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if not -nz <= v < nz:
             raise ValueError(f"--{name} {v}: the input has {nz} planes along Z (0..{nz - 1})")
+        setattr(args, name, v % nz)  # -1 = the last plane, also for --positions and the recorded metadata
+    if args.sharp == args.blurry:
+        raise ValueError(f"--sharp and --blurry are both plane {args.sharp}: synthesis needs two different planes")
     if args.alpha and args.positions:
         raise ValueError("give either --alpha or --positions, not both")
     if args.positions:
@@ -42,15 +45,23 @@ def run_synthesize(args: argparse.Namespace) -> int:
     planes = [synthesize_blur(a, c, al, model=args.model, device=args.device) for al in alphas]
     out = da.stack(planes, axis=-3)
     axes = meta.axes if meta.axes.endswith("zyx") and len(meta.axes) == out.ndim else None
+    # the input's calibration on every axis but Z, whose planes are the synthesized α values (in the attributes)
+    scale = units = None
+    if axes is not None:
+        scale = [1.0 if a == "z" else float(s) for a, s in zip(axes, meta.scale)]
+        units = [None if a == "z" else u for a, u in zip(axes, meta.units)]
     write_ome_zarr(
         args.output,
         out,
         axes=axes,
-        scale=None,
+        scale=scale,
+        units=units if units is not None else "micrometer",
         channel_names=None,
         attrs={"linblur": {"operation": "synthesize_blur", "alphas": alphas, "sharp_plane": args.sharp,
                            "blurry_plane": args.blurry, "model": args.model or "ae-default",
-                           "source": str(args.input)}},
+                           "source": str(args.input),
+                           "channel": meta.channel_names[0] if meta.channel_names and "c" not in meta.axes
+                           else None}},
         overwrite=args.overwrite,
         source_paths=[args.input],
     )

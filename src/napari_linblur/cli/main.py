@@ -41,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        print(f"linblur {args.command}: error: --threads must be >= 1, got {threads}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, TypeError, OSError) as err:  # OSError: missing files, an unreachable --scheduler, ...
         print(f"linblur {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -50,12 +50,21 @@ def _run(args) -> int:
 
     if args.stage == 1 and args.data:
         raise ValueError("--data (real stacks) is used in stage 2; pass --stage 2 --init STAGE1/model.safetensors")
+    if not 0.0 <= args.real_fraction <= 1.0:
+        raise ValueError(f"--real-fraction must be a fraction in [0, 1], got {args.real_fraction}")
+    if args.pool < 1:
+        raise ValueError(f"--pool must be >= 1 sharp fields, got {args.pool}")
+    if args.init:
+        from napari_linblur.models.registry import read_card
+
+        task = read_card(args.init).get("task")
+        if task != "deblur":
+            raise ValueError(f"--init {args.init} is {'an' if str(task)[:1] in 'aeiou' else 'a'} {task!r} model; "
+                             "train deblur continues a deblurring network (deblur-default or STAGE1/model.safetensors)")
     config = args.config
     if config is None:  # fine-tuning keeps the architecture of the model it starts from
         config = "default"
         if args.init:
-            from napari_linblur.models.registry import read_card
-
             config = read_card(args.init).get("config") or "default"
     fw = args.feature_weight if args.feature_weight is not None else (5.0 if args.stage == 2 else 0.0)
     task = DeblurTask(

@@ -155,6 +155,24 @@ def _mean(values) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
+def _model_labels(models: list[str]) -> list[str]:
+    """A distinct column label per model: a run folder's name for ``RUN/model.safetensors``, else the path or
+    name given; when two would share a label (two files in one folder, the same run twice) the full text is used,
+    then a counter, so no two models are ever averaged into one column."""
+    short = []
+    for m in models:
+        p = Path(m)
+        short.append(p.parent.name if p.suffix == ".safetensors" and p.name == "model.safetensors" else
+                     (p.stem if p.suffix == ".safetensors" else m))
+    labels = [s if short.count(s) == 1 else m for s, m in zip(short, models)]
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if labels.count(label) == 1 else f"{label} #{seen[label]}")
+    return out
+
+
 def evaluate_ae(
     data: str,
     models: list[str],
@@ -201,8 +219,12 @@ def evaluate_ae(
         idx = [int(i) for i in split_fields(n_total, split_seed)[split]]
     else:
         raise ValueError(f"split={split!r}; use 'test', 'val', 'train' or 'all'")
-    if max_fields:
+    if max_fields is not None:
+        if isinstance(max_fields, bool) or int(max_fields) != max_fields or max_fields < 1:
+            raise ValueError(f"max_fields (--max-fields) must be a positive number of fields, got {max_fields!r}")
         idx = idx[: int(max_fields)]
+    if crop is not None and (isinstance(crop, bool) or int(crop) != crop or crop < 16):
+        raise ValueError(f"crop (--crop) must be a side of at least 16 px, or None for whole planes; got {crop!r}")
     ds = load_fields(data, channel, fields=idx)
     from napari_linblur.training.ae import _channel_index
 
@@ -210,12 +232,11 @@ def evaluate_ae(
     if ds.recipe:
         c_index = _channel_index(channel, [c["name"] for c in ds.recipe.get("channels", [])] or ["w1"])
     loaded = []
-    for m in models:
+    labels = _model_labels([str(m) for m in models])
+    for m, label in zip(models, labels):
         net = load_model(m, device=device)
         if net.task != "ae":
             raise ValueError(f"--model {m}: a {net.task!r} model; evaluate ae needs an 'ae' model")
-        p = Path(m)
-        label = p.parent.name if p.suffix == ".safetensors" else str(m)
         loaded.append((label, net))
     per_model: dict[str, list[dict]] = {label: [] for label, _ in loaded}
     base: list[dict] = []

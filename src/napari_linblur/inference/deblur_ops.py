@@ -30,6 +30,7 @@ An in-focus input (σ_b → 0) gives α → 1: the output is the input.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,7 @@ import numpy as np
 
 from .device import amp_forward, resolve_amp
 from .normalize import fit_normalization
-from .tiling import Cancelled, auto_tile, map_planes, tile_starts
+from .tiling import Cancelled, auto_tile, check_tiling_options, map_planes, tile_starts
 from .validate import check_finite_plane, check_image, is_dask
 
 __all__ = ["AUTO_METHOD", "METHODS", "auto_tile", "deblur", "guided_weights", "reblur_alpha", "resolve_amp"]
@@ -134,16 +135,21 @@ def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, pr
     return norm.invert(out)
 
 
-def _reblur_plane(plane: np.ndarray, sigma_b: float, *, sigma_r: float, ae, device) -> np.ndarray:
+def _reblur_plane(plane: np.ndarray, sigma_b: float, *, sigma_r: float, ae, device, **pair_kw) -> np.ndarray:
+    """Re-blur the plane by ``sigma_r`` and extrapolate back past it (:func:`deblur_pair`); ``pair_kw`` are
+    deblur_pair's tiling, progress, cancel and self-ensemble options."""
     from napari_linblur.inference.latent_ops import deblur_pair
     from napari_linblur.optics.convolve import fft_convolve
     from napari_linblur.optics.psf import gaussian_psf
 
+    should_stop = pair_kw.get("should_stop")
+    if should_stop is not None and should_stop():
+        raise Cancelled("cancelled")
     reblurred = fft_convolve(plane.astype(np.float64), gaussian_psf(sigma_r)).astype(np.float32)
     alpha = reblur_alpha(sigma_b, sigma_r)
     if alpha >= 1.0:
         return plane.astype(np.float32)
-    return np.asarray(deblur_pair(plane, reblurred, alpha, model=ae, device=device), np.float32)
+    return np.asarray(deblur_pair(plane, reblurred, alpha, model=ae, device=device, **pair_kw), np.float32)
 
 
 def deblur(
@@ -195,11 +201,13 @@ def deblur(
     amp : {"auto", "off", "bf16"}
         Network precision; ``"auto"`` uses bf16 where the hardware runs it natively (:func:`resolve_amp`).
     tta : {1, 2, 4, 8}
-        Self-ensemble of the network (``network`` and ``guided``): the mean over this many flips/rotations of
-        every tile (:func:`~napari_linblur.inference.tta.self_ensemble`); ``tta`` times slower. 1 = off (the
-        speed the benchmarks report).
+        Self-ensemble of the network (``network``, ``guided``) or of the autoencoder's extrapolation
+        (``reblur-extrapolate``): the mean over this many flips/rotations of every tile
+        (:func:`~napari_linblur.inference.tta.self_ensemble`); ``tta`` times slower. 1 = off (the speed the
+        benchmarks report).
     progress, should_stop : callable, optional
-        Progress callback ``(done, total)`` over tiles; cancel hook (raises ``Cancelled``).
+        Progress callback ``(done, total)`` over tiles; cancel hook (raises ``Cancelled``), checked between tiles
+        by every method.
 
     Returns
     -------
@@ -226,10 +234,10 @@ def deblur(
         raise ValueError(f"method={method!r}; use one of {', '.join(repr(m) for m in METHODS)}")
     if guide not in ("network", "reblur-extrapolate"):
         raise ValueError(f"guide={guide!r}; use 'network' or 'reblur-extrapolate'")
-    if not (isinstance(sigma_r, (int, float)) and sigma_r > 0):
+    if isinstance(sigma_r, bool) or not isinstance(sigma_r, numbers.Real) or not float(sigma_r) > 0:
         raise ValueError(f"sigma_r must be a positive number of pixels, got {sigma_r!r}")
-    if overlap < 0 or (tile is not None and tile <= 0) or batch_size < 1:
-        raise ValueError(f"tile must be > 0, overlap >= 0 and batch_size >= 1; got {tile}, {overlap}, {batch_size}")
+    sigma_r = float(sigma_r)
+    tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size)
     from .tta import check_tta
 
     tta = check_tta(tta)
@@ -270,11 +278,13 @@ def deblur(
             return _network_plane(plane, net, dev, **net_kw)
         smap = np.asarray(smap, np.float32)
         if method == "reblur-extrapolate":
-            return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae, device=dev)
+            return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae, device=dev,
+                                 tile=tile or 256, overlap=min(overlap, (tile or 256) - 1), batch_size=batch_size,
+                                 progress=progress, should_stop=should_stop, tta=tta)
         # guided
         w = guided_weights(smap, sigma_focus=sigma_focus, sigma_full=sigma_full)
         if not np.any(w > 0):
-            return plane
+            return plane.copy()  # nothing to deblur: a copy, never the caller's array itself
         if guide == "network":
             full = _network_plane(plane, net, dev, **net_kw)
         else:

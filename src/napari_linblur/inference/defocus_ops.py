@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .tiling import DEFAULT_OVERLAP, map_planes
+from .tiling import DEFAULT_OVERLAP, check_int, map_planes
 from .validate import check_finite_plane, check_image, is_dask
 
 __all__ = [
@@ -145,12 +145,7 @@ def _check_tiling(tile, overlap) -> tuple[int | None, int]:
     return tile, overlap
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
+_check_int = check_int  # the shared tiling path's validation
 
 
 # ------------------------------------------------------------------------------------------- estimation

@@ -28,7 +28,7 @@ import numpy as np
 from napari_linblur.metrics.focus import laplacian
 
 from .normalize import fit_normalization
-from .tiling import map_planes, tiled_apply
+from .tiling import check_tiling_options, map_planes, tiled_apply
 from .tta import check_tta, self_ensemble
 from .validate import check_alpha, check_finite_plane, check_image, check_same_shape, is_dask
 
@@ -36,6 +36,10 @@ DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 64
 #: alpha grid searched by :func:`auto_alpha`
 ALPHA_GRID = tuple(float(a) for a in np.round(np.linspace(0.1, 1.0, 19), 3))
+
+
+#: smallest ``alpha`` :func:`deblur_pair` accepts (1/alpha is the extrapolation gain)
+MIN_EXTRAPOLATION_ALPHA = 0.01
 
 
 def alpha_from_positions(d_a: float, d_b: float, d_c: float) -> float:
@@ -262,6 +266,7 @@ def synthesize_blur(
     img_a, img_c = _prepare(img_a, img_c, ("img_a", "img_c"))
     alpha = check_alpha(alpha, name="alpha")
     tta = check_tta(tta)
+    tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size)
     from napari_linblur.models.registry import resolve_model
 
     net = resolve_model(model, "ae", device=device)
@@ -320,7 +325,12 @@ def deblur_pair(
     img_b, img_c = _prepare(img_b, img_c, ("img_b", "img_c"))
     if alpha is not None:
         alpha = check_alpha(alpha, name="alpha", allow_zero=False)
+        if alpha < MIN_EXTRAPOLATION_ALPHA:
+            raise ValueError(f"alpha={alpha:g} is below {MIN_EXTRAPOLATION_ALPHA}: extrapolation multiplies the "
+                             f"difference of the two planes by 1/alpha (> {1 / MIN_EXTRAPOLATION_ALPHA:g}x), "
+                             "which leaves nothing but amplified noise; pick planes further apart")
     tta = check_tta(tta)
+    tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size)
     from napari_linblur.models.registry import resolve_model
 
     net = resolve_model(model, "ae", device=device)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -145,8 +146,8 @@ def tiled_apply(
         x = x[None]
     if x.ndim != 3:
         raise ValueError(f"tiled_apply expects (C, Y, X) or (Y, X), got shape {x.shape}")
-    if overlap < 0 or tile <= 0:
-        raise ValueError(f"tile must be > 0 and overlap >= 0, got tile={tile}, overlap={overlap}")
+    if overlap < 0 or tile <= 0 or overlap >= tile:
+        raise ValueError(f"tile must be > 0 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
     c, ny, nx = x.shape
     tile = _round_up(max(tile, multiple), multiple)
     th = min(tile, _round_up(ny, multiple))
@@ -223,3 +224,36 @@ def map_planes(func: Callable[..., np.ndarray], *arrays, dtype=np.float32):
 def iter_planes(shape: Sequence[int]):
     """Indices of the planes of a ``(..., Y, X)`` shape."""
     return np.ndindex(*tuple(shape)[:-2])
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an ``int >= minimum``; a ``TypeError``/``ValueError`` naming ``name`` otherwise.
+
+    Examples
+    --------
+    >>> check_int(4, "batch_size", 1)
+    4
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1) -> tuple[int | None, int, int]:
+    """Validated ``(tile, overlap, batch_size)`` of the shared tiling path (every model uses it).
+
+    ``tile`` is None (automatic) or an int >= 16; ``overlap`` an int >= 0 and smaller than ``tile``;
+    ``batch_size`` an int >= 1.
+
+    Examples
+    --------
+    >>> check_tiling_options(256, 32, 4)
+    (256, 32, 4)
+    """
+    tile = None if tile is None else check_int(tile, "tile", 16)
+    overlap = check_int(overlap, "overlap", 0)
+    if tile is not None and overlap >= tile:
+        raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
+    return tile, overlap, check_int(batch_size, "batch_size", 1)

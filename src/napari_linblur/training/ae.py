@@ -263,10 +263,12 @@ def count_fields(path: str | os.PathLike) -> int:
             attrs = {}
         if attrs.get("kind") == "synthetic-through-focus":
             return int(attrs["fields"])
-    from napari_linblur.io.readers import open_zstack
+    from napari_linblur.io.readers import open_zstack_with_metadata
 
-    arr = open_zstack(p, channel=None)
-    return int(np.prod(arr.shape[:-3])) if arr.ndim > 3 else 1
+    arr, meta = open_zstack_with_metadata(p, channel=None)
+    # fields per channel, as load_fields counts them (a channel axis is not more fields)
+    lead = [n for n, a in zip(arr.shape[:-3], meta.axes[:-3]) if a != "c"]
+    return int(np.prod(lead)) if lead else 1
 
 
 def make_triplets(defocus: np.ndarray, kind: str = "general") -> list[tuple[int, int, int, float]]:
@@ -423,7 +425,14 @@ class AETask:
         if not 0.0 <= self.focus_fraction <= 1.0:
             raise ValueError(f"focus_fraction must be in [0, 1], got {focus_fraction}")
         self.batch_size = int(batch_size)
+        if isinstance(batch_size, bool) or self.batch_size != batch_size or self.batch_size < 1:
+            raise ValueError(f"batch_size (--batch-size) must be an int >= 1, got {batch_size!r}")
         self.crop = int(crop)
+        # the network halves the size once per channel stage: crops must be a multiple of 2 ** stages
+        multiple = 2 ** len(self.model_config.get("channels", ())) or 1
+        if isinstance(crop, bool) or self.crop != crop or self.crop < multiple or self.crop % multiple:
+            raise ValueError(f"crop (--crop) must be a positive multiple of {multiple} (the network's size "
+                             f"multiple for this configuration), got {crop!r}")
         self.triplet_kind = triplets
         self.split_seed = int(split_seed)
         self.seed = int(seed)
