@@ -43,8 +43,11 @@ def test_real_bbbc006_file():
     np.testing.assert_array_equal(img[0], ref)
     assert img.max() > img.min()
     assert open_zstack(REAL, channel="w1").shape == (1, 520, 696)
-    with pytest.raises(ValueError, match="w2|channel"):
-        open_zstack(REAL, channel="w2")
+    for same in ("1", "W1", 0, -1):  # as a BBBC006 folder accepts them
+        assert open_zstack(REAL, channel=same).shape == (1, 520, 696), same
+    for other in ("w2", "2", 1):
+        with pytest.raises(ValueError, match="only channel is 'w1'"):
+            open_zstack(REAL, channel=other)
 
 
 def test_parse_bbbc006_names():
@@ -340,6 +343,35 @@ def test_malformed_ome_zarr_metadata_is_a_clear_error(tmp_path):
         with pytest.raises(ValueError, match=says) as err:
             open_zstack(path)
         assert path.name in str(err.value), key
+
+
+def test_translation_round_trip_and_big_imagej_and_multi_position_tiffs(tmp_path):
+    # OME-Zarr: the first pixel's position survives writing (every pyramid level), reading and channel selection
+    data = np.random.default_rng(0).integers(0, 500, (2, 3, 64, 64)).astype(np.uint16)
+    p = write_ome_zarr(tmp_path / "t.zarr", data, axes="czyx", scale=(1.0, 2.0, 0.5, 0.5),
+                       translate=(0.0, 10.0, 100.0, 200.0), channel_names=["a", "b"], pyramid_levels=2)
+    arr, meta = open_zstack_with_metadata(p, channel="b")
+    assert meta.axes == "zyx" and meta.translate == (10.0, 100.0, 200.0) and meta.scale == (2.0, 0.5, 0.5)
+    import json
+
+    levels = json.loads((p / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]["datasets"]
+    assert levels[1]["coordinateTransformations"][1]["translation"][-2:] == [100.25, 200.25]  # + half a pixel
+    assert open_zstack_with_metadata(write_ome_zarr(tmp_path / "o.zarr", data[0]))[1].translate is None
+    # an ImageJ file over 4 GB keeps all planes in one contiguous block behind a single page: read per plane
+    st = np.arange(4 * 64 * 80, dtype=np.uint16).reshape(4, 64, 80)
+    big = tmp_path / "big.tif"
+    tifffile.imwrite(big, st, imagej=True, truncate=True, metadata={"axes": "ZYX"})
+    lazy = open_zstack(big)
+    assert lazy.chunks[0] == (1, 1, 1, 1)
+    np.testing.assert_array_equal(lazy[2].compute(), st[2])
+    # an OME-TIFF with one series per position: every position, along P (it used to read the first only)
+    multi = tmp_path / "multi.ome.tif"
+    with tifffile.TiffWriter(multi, ome=True) as tw:
+        for i in range(3):
+            tw.write(np.full((4, 32, 32), i, np.uint16), metadata={"axes": "ZYX"})
+    arr, meta = open_zstack_with_metadata(multi)
+    assert meta.axes == "pzyx" and arr.shape == (3, 4, 32, 32)
+    assert [int(arr[i, 0, 0, 0].compute()) for i in range(3)] == [0, 1, 2]
 
 
 def test_writer_refuses_existing_and_own_input(tmp_path):

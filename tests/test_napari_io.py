@@ -61,6 +61,8 @@ def test_reader_tiff_stack_and_bbbc006_file(tmp_path):
     np.testing.assert_array_equal(np.asarray(arr), stack)
     assert kw["name"] == "stack"
     assert _reader.napari_get_reader(str(tmp_path / "nope.png")) is None
+    (tmp_path / "empty.zarr").mkdir()
+    assert _reader.napari_get_reader(str(tmp_path / "empty.zarr")) is None  # not claimed, then failing
     assert _reader.napari_get_reader([str(t), str(t)]) is None
     try:
         bb = _sample_data.find_bbbc006_image()

@@ -490,12 +490,14 @@ def test_samples_open_and_layers_save_through_the_plugin(viewer, tmp_path):
     assert meta2.units == (None, "micrometer", "micrometer", "micrometer")
     # a layer in nanometres is written in nanometres; an uncalibrated one without a unit
     nm = viewer.add_image(np.ones((2, 16, 16), np.float32), name="nm", scale=(200.0, 65.0, 65.0),
-                          units=("nanometer",) * 3)
+                          units=("nanometer",) * 3, translate=(400.0, 1300.0, 650.0))
     plain = viewer.add_image(np.ones((2, 16, 16), np.float32), name="plain")
     for layer, units in ((nm, ("nanometer",) * 3), (plain, (None,) * 3)):
         viewer.layers.selection = {layer}
         saved = viewer.layers.save(str(tmp_path / f"{layer.name}.ome.zarr"), selected=True, plugin=PLUGIN)
         assert open_zstack_with_metadata(saved[0])[1].units == units
+        again = viewer.open(saved[0], plugin=PLUGIN)[0]  # back in the same place
+        assert tuple(again.translate) == tuple(layer.translate) and tuple(again.scale) == tuple(layer.scale)
     # refusals reach the user (napari drops a writer's ValueError silently): RGB, and saving over the input
     rgb = viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="rgb", rgb=True)
     viewer.layers.selection = {rgb}

@@ -121,6 +121,7 @@ def run_batch(
             result,
             axes=meta.axes,
             scale=meta.scale,
+            translate=meta.translate,
             units=meta.units,
             channel_names=meta.channel_names if "c" in meta.axes else None,
             attrs={

@@ -27,8 +27,10 @@ def _looks_readable(p: Path) -> bool:
     if p.is_file():
         return p.suffix.lower() in _TIFF or p.name in ("zarr.json", ".zattrs", ".zgroup", ".zarray")
     if p.is_dir():
-        if p.suffix.lower() == ".zarr" or any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs", ".zarray")):
+        if any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs", ".zarray")):
             return True
+        if p.suffix.lower() == ".zarr":
+            return False  # a .zarr folder without zarr metadata (empty, or still being written) is not readable
         from napari_linblur.io import bbbc006
 
         try:
@@ -164,6 +166,8 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
         kwargs = {
             "name": name,
             "scale": scale,
+            "translate": [float(meta.translate[i]) for i in keep] if meta.translate is not None else
+            [0.0] * len(keep),
             "axis_labels": list(sub_axes),
             "units": sub_units,
             "contrast_limits": _contrast_limits(data[0] if isinstance(data, list) else data, sub_axes),

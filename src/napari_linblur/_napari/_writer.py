@@ -127,12 +127,15 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     axes = _axes_for(meta, data.ndim)
     scale = meta.get("scale")
     scale = [abs(float(s)) for s in scale] if scale is not None and len(scale) == data.ndim else None
+    translate = meta.get("translate")
+    translate = [float(t) for t in translate] if translate is not None and len(translate) == data.ndim else None
     channel = (meta.get("metadata") or {}).get("linblur_channel")
     write_ome_zarr(
         target,
         data,
         axes=axes,
         scale=scale,
+        translate=translate,
         units=_units(meta, data.ndim),
         name=str(meta.get("name") or "image"),
         overwrite=True,
@@ -184,6 +187,11 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
     sources = [s for _, m in images for s in _sources(m)]
     units = _units(meta0, len(base))
     units.insert(axes.index("c"), None)
+    translate0 = meta0.get("translate")
+    translate = None
+    if translate0 is not None and len(translate0) == len(base):
+        translate = [float(t) for t in translate0]
+        translate.insert(axes.index("c"), 0.0)
     # channel names: the channels the layers were read as (e.g. DAPI, GFP) when distinct, else the layer names
     read_as = [(m.get("metadata") or {}).get("linblur_channel") for _, m in images]
     if all(c is not None for c in read_as) and len(set(map(str, read_as))) == len(read_as):
@@ -195,6 +203,7 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
         stacked,
         axes=axes,
         scale=scale,
+        translate=translate,
         units=units,
         channel_names=channel_names,
         overwrite=True,

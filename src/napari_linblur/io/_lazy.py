@@ -113,11 +113,15 @@ class TiffPlanes:
         shape: tuple[int, ...],
         dtype: np.dtype,
         page_ndim: int,
+        memmap: bool = False,
     ) -> None:
         self.path = str(path)
         self.series = series
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
+        #: read through a memory map of the contiguous series (ImageJ files over 4 GB hold every plane in the
+        #: first page's data block: there are no per-plane pages to read)
+        self.memmap = bool(memmap)
         self.ndim = len(self.shape)
         self.page_ndim = page_ndim
         self.chunks = (1,) * (self.ndim - page_ndim) + self.shape[self.ndim - page_ndim :]
@@ -128,6 +132,12 @@ class TiffPlanes:
         if not isinstance(key, tuple):
             key = (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
+        if self.memmap:
+            try:
+                mapped = tifffile.memmap(self.path, series=self.series, mode="r")
+                return np.array(mapped.reshape(self.shape)[key])
+            except Exception as exc:
+                raise tiff_error(self.path, exc) from exc
         lead_shape = self.shape[: self.ndim - self.page_ndim]
         lead_key = key[: len(lead_shape)]
         ranges = [range(*k.indices(n)) for k, n in zip(lead_key, lead_shape)]
@@ -163,7 +173,8 @@ class TiffFilePlane:
             raise tiff_error(self.path, exc) from exc
         data = np.asarray(data)
         if data.shape != self.shape:
-            raise ValueError(f"{self.path}: shape changed on disk, {data.shape} != {self.shape}")
+            raise ValueError(f"{self.path}: read as shape {data.shape}, not the {self.shape} plane its header and "
+                             "the other planes have: the file is truncated or was changed on disk")
         return data[key]
 
 

@@ -172,6 +172,7 @@ def write_ome_zarr(
     source_paths: Sequence[str | os.PathLike] = (),
     progress: Callable[[int, int], None] | None = None,
     name: str = "image",
+    translate: Sequence[float] | None = None,
 ) -> Path:
     """Write an image or stack ``(..., Z, Y, X)`` as OME-Zarr NGFF 0.5 (zarr v3), atomically.
 
@@ -204,6 +205,9 @@ def write_ome_zarr(
         called as ``progress(done, total)`` after each written block of planes, over all levels.
     name : str
         the multiscale's ``name``.
+    translate : sequence of float, optional
+        physical position of the first pixel per axis (NGFF ``translation`` after ``scale``; napari's layer
+        ``translate``); default none (the origin).
 
     Returns
     -------
@@ -249,6 +253,13 @@ def write_ome_zarr(
             raise ValueError(f"scale: need {data.ndim} values (axes {axes!r}), got {len(scale_t)}")
     if not all(np.isfinite(s) and s > 0 for s in scale_t):
         raise ValueError(f"scale: values must be positive and finite, got {scale_t}")
+    translate_t = None
+    if translate is not None:
+        translate_t = [float(t) for t in translate]
+        if len(translate_t) != data.ndim or not all(np.isfinite(translate_t)):
+            raise ValueError(f"translate: need {data.ndim} finite values (axes {axes!r}), got {translate}")
+        if not any(translate_t):
+            translate_t = None
     if channel_names is not None:
         channel_names = [str(c) for c in channel_names]
         if "c" not in axes or len(channel_names) != data.shape[axes.index("c")]:
@@ -280,7 +291,8 @@ def write_ome_zarr(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        _write_tree(tmp, data, axes, scale_t, units, channel_names, attrs, levels, chunks_t, progress, name)
+        _write_tree(tmp, data, axes, scale_t, units, channel_names, attrs, levels, chunks_t, progress, name,
+                    translate_t)
         move_into_place(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -324,6 +336,7 @@ def _write_tree(
     chunks: tuple[int, ...],
     progress: Callable[[int, int], None] | None,
     name: str,
+    translate: list[float] | None = None,
 ) -> None:
     import zarr
     from zarr.codecs import ZstdCodec
@@ -333,8 +346,10 @@ def _write_tree(
         f = 2.0**lvl
         s = [v * f if a in "yx" else v for a, v in zip(axes, scale)]
         transforms: list[dict[str, Any]] = [{"type": "scale", "scale": s}]
-        if lvl:
+        if lvl or translate:
             t = [(f - 1.0) / 2.0 * v if a in "yx" else 0.0 for a, v in zip(axes, scale)]
+            if translate:
+                t = [a + b for a, b in zip(t, translate)]
             transforms.append({"type": "translation", "translation": t})
         datasets.append({"path": str(lvl), "coordinateTransformations": transforms})
     ome: dict[str, Any] = {

@@ -69,6 +69,8 @@ class ZStackMeta:
         format-specific details: ``format``; for BBBC006 ``fields`` (``'k06_s2'`` per P index), ``wells``,
         ``sites``, ``planes`` (plane indices along Z), ``plate``; for OME-Zarr ``ngff_version``,
         ``ngff`` (the full NGFF attributes) and ``level`` (the dataset path read).
+    translate : tuple of float or None
+        physical position of the first pixel along each axis (OME-Zarr ``translation``), None at the origin.
     """
 
     axes: str
@@ -77,6 +79,8 @@ class ZStackMeta:
     channel_names: list[str] | None
     source: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    #: physical position of the first pixel per axis (OME-Zarr ``translation``); None = the origin
+    translate: tuple[float, ...] | None = None
 
 
 def open_zstack(path: str | os.PathLike, *, channel: int | str | None = None) -> da.Array:
@@ -192,13 +196,15 @@ def _canonicalize(arr: da.Array, meta: ZStackMeta) -> tuple[da.Array, ZStackMeta
         arr = arr.transpose(order)
     scale = tuple(meta.scale[i] for i in order)
     units = tuple(meta.units[i] for i in order)
+    translate = None if meta.translate is None else tuple(meta.translate[i] for i in order)
     axes = "".join(axes[i] for i in order)
     if "z" not in axes:
         arr = arr[..., None, :, :]
         axes = axes[:-2] + "z" + axes[-2:]
         scale = scale[:-2] + (1.0,) + scale[-2:]
         units = units[:-2] + (None,) + units[-2:]
-    return arr, replace(meta, axes=axes, scale=scale, units=units)
+        translate = None if translate is None else translate[:-2] + (0.0,) + translate[-2:]
+    return arr, replace(meta, axes=axes, scale=scale, units=units, translate=translate)
 
 
 def _select_channel(
@@ -209,7 +215,10 @@ def _select_channel(
     names = meta.channel_names
     if "c" not in meta.axes:
         single = names[0] if names and len(names) == 1 else None
-        if channel in (0, single) or (isinstance(channel, str) and single and channel.lower() == single.lower()):
+        # by name, or for BBBC006 by its digit ("1" is w1), as a folder accepts it
+        by_name = isinstance(channel, str) and single is not None and single.lower() in (
+            channel.lower(), f"w{channel}".lower())
+        if (not isinstance(channel, bool) and channel in (0, -1)) or channel == single or by_name:
             return arr, meta
         raise ValueError(
             f"channel={channel!r}: {meta.source} has no channel axis"
@@ -243,6 +252,7 @@ def _select_channel(
         scale=tuple(meta.scale[i] for i in keep),
         units=tuple(meta.units[i] for i in keep),
         channel_names=[names[idx]] if names else None,
+        translate=None if meta.translate is None else tuple(meta.translate[i] for i in keep),
     )
     return arr, meta
 
@@ -342,15 +352,20 @@ def _open_ngff_checked(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStac
     if len(axes) != arr.ndim:
         raise ValueError(f"{p}: OME-Zarr (NGFF) metadata names {len(axes)} axes for an array of {arr.ndim} "
                          "dimensions")
-    scale = np.ones(arr.ndim)
+    # NGFF: the dataset's transformations (scale, then translation), then the multiscale's, in order
+    scale, shift = np.ones(arr.ndim), np.zeros(arr.ndim)
     for tr_list in (level.get("coordinateTransformations", []), ms.get("coordinateTransformations", [])):
         for tr in tr_list or []:
-            if tr.get("type") == "scale" and "scale" in tr:
-                factor = np.asarray(tr["scale"], dtype=float)
-                if factor.shape != (arr.ndim,):
-                    raise ValueError(f"{p}: OME-Zarr (NGFF) scale {tr['scale']} does not have one value per axis "
+            kind = tr.get("type")
+            if kind in ("scale", "translation") and kind in tr:
+                values = np.asarray(tr[kind], dtype=float)
+                if values.shape != (arr.ndim,):
+                    raise ValueError(f"{p}: OME-Zarr (NGFF) {kind} {tr[kind]} does not have one value per axis "
                                      f"({arr.ndim})")
-                scale = scale * factor
+                if kind == "scale":
+                    scale, shift = scale * values, shift * values
+                else:
+                    shift = shift + values
     channels = (ome.get("omero") or attrs.get("omero") or {}).get("channels")
     names_c = [str(c.get("label", i)) for i, c in enumerate(channels)] if channels else None
     if names_c is not None and ("c" not in axes or len(names_c) != arr.shape[axes.index("c")]):
@@ -365,7 +380,8 @@ def _open_ngff_checked(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStac
         "level": level["path"],
         "levels": [d["path"] for d in datasets],
     }
-    meta = ZStackMeta(axes, tuple(float(s) for s in scale), units, names_c, p, extra)
+    meta = ZStackMeta(axes, tuple(float(s) for s in scale), units, names_c, p, extra,
+                      translate=tuple(float(t) for t in shift) if np.any(shift) else None)
     return _canonicalize(arr, meta)
 
 
@@ -476,6 +492,8 @@ def _open_tiff(p: Path) -> tuple[da.Array, ZStackMeta]:
             _check_tiff_complete(tf, p)
             key_shape = tuple(series.keyframe.shape)
             n_pages = len(series.pages)
+            contiguous = getattr(series, "dataoffset", None) is not None
+            others = [(tuple(x.shape), np.dtype(x.dtype), x.axes) for x in tf.series[1:]]
             scale, units, names = _tiff_scale(tf, _tiff_axes(raw_axes))
             extra = {"format": "tiff", "tiff_axes": raw_axes, "imagej": tf.is_imagej, "ome": tf.is_ome}
     except ValueError as exc:
@@ -486,11 +504,29 @@ def _open_tiff(p: Path) -> tuple[da.Array, ZStackMeta]:
         raise tiff_error(p, exc) from exc
     page_ndim = len(key_shape)
     lead = shape[: len(shape) - page_ndim]
+    memmap = False
     if shape[len(shape) - page_ndim :] != key_shape or int(np.prod(lead)) != n_pages:
-        page_ndim = len(shape)  # unusual layout: read the series as one chunk
-    planes = TiffPlanes(p, 0, shape, dtype, page_ndim)
+        if contiguous and shape[len(shape) - page_ndim :] == key_shape:
+            memmap = True  # e.g. an ImageJ file over 4 GB: one page, every plane in one contiguous block
+        else:
+            page_ndim = len(shape)  # unusual layout: read the series as one chunk
+    planes = TiffPlanes(p, 0, shape, dtype, page_ndim, memmap=memmap)
     arr = as_dask(planes, name=f"tiff-{tokenize(str(p.resolve()), _mtime(p))}")
-    meta = ZStackMeta(_tiff_axes(raw_axes), scale, units, names, p, extra)
+    axes = _tiff_axes(raw_axes)
+    if others and all(o == (shape, np.dtype(dtype), raw_axes) for o in others) and "p" not in axes:
+        # several series of one shape (an OME-TIFF with one series per position): positions along P
+        stacks = [arr] + [as_dask(TiffPlanes(p, i, shape, dtype, page_ndim),
+                                  name=f"tiff-{i}-{tokenize(str(p.resolve()), _mtime(p))}")
+                          for i in range(1, len(others) + 1)]
+        arr = da.stack(stacks)
+        axes, scale, units = "p" + axes, (1.0, *scale), (None, *units)
+        extra["series"] = len(stacks)
+    elif others:
+        import warnings
+
+        warnings.warn(f"{p}: reading its first series {shape} only; the file holds {len(others)} more of other "
+                      f"shapes {sorted({o[0] for o in others})} (e.g. thumbnails)", stacklevel=3)
+    meta = ZStackMeta(axes, scale, units, names, p, extra)
     return _canonicalize(arr, meta)
 
 

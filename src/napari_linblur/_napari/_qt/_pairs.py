@@ -92,8 +92,9 @@ def run_whole_stack(
 
         def job(report, should_stop):
             lazy = op(*[_ops.lazy_planes(a) for a in arrays])
-            write_ome_zarr(path, lazy, axes=axes, scale=[abs(s) for s in scale], source_paths=sources,
-                           units=[None if u == "pixel" else u for u in units], progress=report, name=name)
+            write_ome_zarr(path, lazy, axes=axes, scale=[abs(s) for s in scale], translate=list(translate),
+                           source_paths=sources, units=[None if u == "pixel" else u for u in units],
+                           progress=report, name=name)
             return path
 
         def done(path):
