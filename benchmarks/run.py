@@ -39,7 +39,12 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     here = Path(__file__).parent
     sys.path.insert(0, str(here))  # shared helpers (benchmarks/_timing.py)
-    for path in sorted(here.glob("bench_*.py")):
+    available = sorted(here.glob("bench_*.py"))
+    if args.only and not any(args.only in p.name for p in available):
+        names = ", ".join(p.stem[len("bench_"):] for p in available)
+        print(f"--only {args.only!r} matches no benchmark; available: {names}", file=sys.stderr)
+        return 2
+    for path in available:
         if args.only and args.only not in path.name:
             continue
         spec = importlib.util.spec_from_file_location(path.stem, path)

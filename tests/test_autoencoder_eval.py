@@ -155,3 +155,9 @@ def test_evaluate_ae_rejects_impossible_sizes(setup, tmp_path, bad, says, capsys
     assert main(["evaluate", "ae", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "ev"),
                  "--split", "all", "--no-progress", "--threads", "1", *bad]) == 2
     assert says in capsys.readouterr().err and not (tmp_path / "ev").exists()
+
+
+def test_train_ae_refuses_no_epochs(setup, tmp_path, capsys):
+    data, _ = setup
+    assert main(["train", "ae", "--data", str(data), "--epochs", "0", "--out", str(tmp_path / "run")]) == 2
+    assert "--epochs must be positive" in capsys.readouterr().err and not (tmp_path / "run").exists()

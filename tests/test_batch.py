@@ -63,3 +63,14 @@ def test_unreachable_scheduler_and_bad_threads_are_clear_errors(stack_path, tmp_
     assert "cannot connect to a dask scheduler" in err and "Traceback" not in err
     assert main(["evaluate", "deblur", "--threads", "0", "--out", str(tmp_path / "ev")]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err and not (tmp_path / "ev").exists()
+
+
+def test_bench_filter_that_matches_nothing_is_an_error():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+    res = subprocess.run([sys.executable, str(run), "--only", "zzz_nomatch", "--out", "/nonexistent/x"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "matches no benchmark" in res.stderr

@@ -103,3 +103,35 @@ def test_registry_roundtrip_hash_and_errors(tmp_path, monkeypatch):
     (tmp_path / "w.pt").write_bytes(b"\x80\x04pickle")
     with pytest.raises(ValueError, match="safetensors"):
         registry.load_model(tmp_path / "w.pt")
+
+
+def test_shipped_names_and_inconsistent_cards(tmp_path, monkeypatch):
+    """A file or folder named like a shipped model in the current folder does not hide it; cards that are not
+    objects, name another task than their architecture does, or carry a config of another network are
+    ValueErrors, not tracebacks."""
+    from napari_linblur.models.autoencoder import LinearLatentAE
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ae-default").mkdir()
+    (tmp_path / "deblur-default").write_text("not a model")
+    assert registry.load_model("ae-default", device="cpu").task == "ae"
+    assert registry.read_card("deblur-default")["task"] == "deblur"
+
+    torch.manual_seed(0)
+    ae = LinearLatentAE(arch="resnet", channels=[8, 16], latent_channels=4, norm="none", output="linear")
+    bad_task = registry.save_model(ae, tmp_path / "t.safetensors",
+                                   {"architecture": "LinearLatentAE", "task": "deblur", "config": ae.config})
+    with pytest.raises(ValueError, match="inconsistent"):
+        registry.load_model(bad_task, device="cpu")
+    bad_arch = registry.save_model(ae, tmp_path / "a.safetensors",
+                                   {"architecture": "HDMENet", "task": "defocus", "config": ae.config})
+    with pytest.raises(ValueError, match="does not fit a HDMENet"):
+        registry.load_model(bad_arch, device="cpu")
+    good = registry.save_model(ae, tmp_path / "g.safetensors",
+                               {"architecture": "LinearLatentAE", "task": "ae", "config": ae.config})
+    good.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        registry.load_model(good, device="cpu")
+    good.with_suffix(".json").write_text("{broken")
+    with pytest.raises(ValueError, match="g.json is not valid JSON"):
+        registry.load_model(good, device="cpu")

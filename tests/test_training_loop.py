@@ -1,6 +1,7 @@
 """The shared training loop: learns, logs, checkpoints, resumes exactly, stops on cancel."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -238,3 +239,34 @@ def test_a_budget_that_allows_no_step_is_refused(tmp_path, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         train(ToyTask(), _cfg(tmp_path / "run", **bad))
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_keeps_the_run_it_continues(tmp_path):
+    """--resume refuses changed options and damaged checkpoints (naming the file), a fresh run never replaces a
+    checkpoint, each session gets its own --max-minutes budget, and outputs are readable like any new file."""
+    stop = {"n": 0}
+
+    def after_5():
+        stop["n"] += 1
+        return stop["n"] > 5
+
+    part = train(ToyTask(), _cfg(tmp_path / "r", ckpt_every=5), should_stop=after_5)
+    assert part.steps_done == 5
+    (tmp_path / "r" / "log.jsonl").unlink()  # as after a kill before the first log line
+    with pytest.raises(FileExistsError, match="already holds a training run"):
+        train(ToyTask(), _cfg(tmp_path / "r"))
+    for change in ({"seed": 4}, {"lr": 0.5}, {"amp": "bf16"}):
+        with pytest.raises(ValueError, match=f"{next(iter(change))} .* -> "):
+            train(ToyTask(), _cfg(tmp_path / "r", resume=True, **change))
+    # a budget that allows a few milliseconds still advances the run on every resume
+    budget = dict(resume=True, max_minutes=1e-4, ckpt_every=1)
+    done = [train(ToyTask(), _cfg(tmp_path / "r", **budget)).steps_done for _ in range(2)]
+    assert 5 < done[0] < done[1]
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("checkpoint.safetensors", "model.safetensors", "model.json"):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+    ckpt = tmp_path / "r" / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(ValueError, match="checkpoint.safetensors cannot be restored"):
+        train(ToyTask(), _cfg(tmp_path / "r", resume=True))

@@ -82,7 +82,8 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int, lr: float, ckpt
     p.add_argument("--ckpt-every", type=int, default=ckpt_every, help="checkpoint every N steps")
     p.add_argument("--val-every", type=int, default=ckpt_every, help="validate every N steps")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.safetensors")
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; checkpoint and stop")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget of this session; checkpoint and stop (a --resume gets a new budget)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--ema", type=float, default=0.0,

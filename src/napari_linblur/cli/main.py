@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, OSError) as err:  # OSError: missing files, an unreachable --scheduler, ...
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:
+        # OSError: missing files, an unreachable --scheduler ...; FloatingPointError: a diverged training run
         print(f"linblur {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,6 +33,8 @@ def synth_command(recipe: dict | None, seed, n_fields) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.epochs is not None and not args.epochs > 0:
+        raise ValueError(f"--epochs must be positive, got {args.epochs}")
     from napari_linblur.training.ae import AETask, load_fields
     from napari_linblur.training.loop import train
 

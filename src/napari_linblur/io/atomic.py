@@ -8,6 +8,15 @@ import tempfile
 from pathlib import Path
 
 
+def as_new_file(path: str | os.PathLike) -> None:
+    """Give a temporary file the permissions of a newly created file (``0o666`` less the umask) before it is
+    renamed into place: :func:`tempfile.mkstemp` makes files private to their owner, and a model or report on a
+    shared machine must stay readable by the others, like every other output."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str, *, newline: str | None = None) -> Path:
     """Write ``text`` to ``path`` atomically.
 
@@ -39,6 +48,7 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, newline: str | None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
             f.write(text)
+        as_new_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from napari_linblur.io.atomic import as_new_file
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 #: architecture name in a card -> "module:Class"
@@ -28,6 +30,10 @@ ARCHITECTURES: dict[str, str] = {
     "HDMENet": "napari_linblur.models.hrnet:HDMENet",
     "DRBNet": "napari_linblur.models.drbnet:DRBNet",
 }
+
+#: architecture -> the tasks its cards may name (a card naming another task is inconsistent)
+ARCHITECTURE_TASKS: dict[str, tuple[str, ...]] = {"LinearLatentAE": ("ae",), "HDMENet": ("defocus",),
+                                                  "DRBNet": ("deblur",)}
 
 #: operation -> name of the shipped default model
 DEFAULTS: dict[str, str] = {"ae": "ae-default", "defocus": "defocus-default", "deblur": "deblur-default"}
@@ -75,7 +81,18 @@ def _read_metadata_card(path: Path) -> dict:
         raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
     if "card" not in meta:
         raise ValueError(f"{path} has no napari-linblur model card in its metadata; save models with save_model")
-    return json.loads(meta["card"])
+    return _card_object(meta["card"], f"the model card in {path}")
+
+
+def _card_object(text: str, where: str) -> dict:
+    """Parse a model card: a JSON object, else a ``ValueError`` naming where it came from."""
+    try:
+        card = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON ({err})") from err
+    if not isinstance(card, dict):
+        raise ValueError(f"{where} is not a JSON object (got {type(card).__name__}); a model card is a mapping")
+    return card
 
 
 def _locate(name_or_path: str | os.PathLike) -> tuple[Path, dict, str | None]:
@@ -84,7 +101,9 @@ def _locate(name_or_path: str | os.PathLike) -> tuple[Path, dict, str | None]:
         raise TypeError(f"model must be a shipped name or a .safetensors path, got {type(name_or_path).__name__}")
     text = os.fspath(name_or_path)
     as_path = Path(text)
-    if as_path.suffix == ".safetensors" or os.sep in text or as_path.exists():
+    shipped = (WEIGHTS_DIR / f"{text}.safetensors").exists() and (WEIGHTS_DIR / f"{text}.json").exists()
+    # a shipped name (e.g. ae-default) always means the shipped model, whatever the current folder holds
+    if not shipped and (as_path.suffix == ".safetensors" or os.sep in text or as_path.exists()):
         if as_path.is_dir():
             raise ValueError(f"{as_path} is a folder; pass the .safetensors file inside it")
         if not as_path.exists():
@@ -94,18 +113,18 @@ def _locate(name_or_path: str | os.PathLike) -> tuple[Path, dict, str | None]:
         sidecar = as_path.with_suffix(".json")
         expected = None
         if sidecar.exists():
-            try:
-                expected = json.loads(sidecar.read_text()).get("sha256")
-            except json.JSONDecodeError as err:
-                raise ValueError(f"model card {sidecar} is not valid JSON ({err})") from err
+            expected = _card_object(sidecar.read_text(), f"model card {sidecar}").get("sha256")
         return as_path, _read_metadata_card(as_path), expected
     weights = WEIGHTS_DIR / f"{text}.safetensors"
     card_path = WEIGHTS_DIR / f"{text}.json"
     if not weights.exists() or not card_path.exists():
         available = ", ".join(list_models()) or "none shipped yet"
         raise ValueError(f"unknown model {text!r}; shipped models: {available}; or pass a .safetensors path")
-    card = json.loads(card_path.read_text())
-    return weights, card, card.get("sha256")
+    card = _card_object(card_path.read_text(), f"shipped model card {card_path}")
+    if not card.get("sha256"):
+        raise ValueError(f"shipped model card {card_path} has no sha256: the shipped weights cannot be verified "
+                         "(reinstall napari-linblur)")
+    return weights, card, card["sha256"]
 
 
 def build_model(card: dict):
@@ -113,9 +132,20 @@ def build_model(card: dict):
     arch = card.get("architecture")
     if arch not in ARCHITECTURES:
         raise ValueError(f"model card names unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+    task = card.get("task")
+    if task is not None and ARCHITECTURE_TASKS.get(arch) and task not in ARCHITECTURE_TASKS[arch]:
+        raise ValueError(f"model card says task {task!r} for a {arch}, which is a "
+                         f"{' / '.join(ARCHITECTURE_TASKS[arch])} network: the card is inconsistent")
     module_name, cls_name = ARCHITECTURES[arch].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(**card.get("config", {}))
+    config = card.get("config", {})
+    if not isinstance(config, dict):
+        raise ValueError(f"model card's config must be a mapping, got {type(config).__name__}")
+    try:
+        return cls(**config)
+    except TypeError as err:
+        raise ValueError(f"model card's config does not fit a {arch} ({err}): the card names the wrong "
+                         "architecture or was edited") from err
 
 
 def load_run(run_dir: str | os.PathLike, task: str):
@@ -251,6 +281,7 @@ def save_model(model, path: str | os.PathLike, card: dict) -> Path:
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"card": json.dumps(card, sort_keys=True)})
+        as_new_file(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -264,7 +295,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to a temp file and rename it over ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        as_new_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

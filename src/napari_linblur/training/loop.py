@@ -38,6 +38,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from napari_linblur.io.atomic import as_new_file
+
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 
@@ -171,19 +173,46 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cf
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        as_new_file(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _load_checkpoint(path: Path, model, optimizer, ema_model=None) -> tuple[int, float]:
+#: options a ``--resume`` must keep: they define the run (its schedule, numerics and data); the others (budget,
+#: threads, device, cadence of logs and checkpoints, and ``steps``, to extend a run) may change between sessions
+RESUME_FIXED = ("lr", "weight_decay", "schedule", "warmup", "grad_clip", "seed", "amp", "ema")
+
+
+def _load_checkpoint(path: Path, model, optimizer, ema_model=None, cfg=None) -> tuple[int, float]:
+    """Restore a checkpoint; a damaged file, another configuration or changed options are ``ValueError``s that
+    name the checkpoint."""
+    try:
+        return _load_checkpoint_checked(path, model, optimizer, ema_model, cfg)
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors/JSON/torch errors of a damaged or foreign file
+        raise ValueError(f"--resume: {path} cannot be restored ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                         "it is damaged or belongs to another model configuration — start a new --out, or "
+                         "--init from a model.safetensors") from err
+
+
+def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg) -> tuple[int, float]:
     import torch
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if cfg is not None and meta.get("config"):
+        saved = json.loads(meta["config"])
+        changed = [f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in RESUME_FIXED
+                   if k in saved and saved[k] != getattr(cfg, k)]
+        if changed:
+            raise ValueError(f"--resume continues {path.parent} exactly, but these options differ from its "
+                             f"checkpoint: {'; '.join(changed)}. Resume with the original options, or start a "
+                             "new --out (--init RUN/model.safetensors continues from its weights)")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema_model is not None:
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
@@ -298,7 +327,7 @@ def train(
     ckpt = out / CHECKPOINT
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume and (out / "log.jsonl").exists():
+        if not cfg.resume and ((out / "log.jsonl").exists() or ckpt.exists()):
             raise FileExistsError(f"{out} already holds a training run; use --resume or a new --out folder")
     if cfg.resume and not ckpt.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
@@ -318,7 +347,7 @@ def train(
             p.requires_grad_(False)
     start, elapsed0 = 0, 0.0
     if cfg.resume:
-        start, elapsed0 = _load_checkpoint(ckpt, model, optimizer, ema_model)
+        start, elapsed0 = _load_checkpoint(ckpt, model, optimizer, ema_model, cfg)
         if rank == 0:
             _truncate_logs(out, start)
     net = model
@@ -335,6 +364,7 @@ def train(
 
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {task.name}", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter() - elapsed0
+    budget_t0 = time.perf_counter()  # --max-minutes is this session's budget: a --resume gets a new one
     last_val: dict[str, float] = {}
     running: dict[str, float] = {}
     n_running = 0
@@ -346,7 +376,7 @@ def train(
         if should_stop is not None and should_stop():
             finished, cancelled = False, True
             break
-        if cfg.max_minutes is not None and (time.perf_counter() - t0) > 60 * cfg.max_minutes:
+        if cfg.max_minutes is not None and (time.perf_counter() - budget_t0) > 60 * cfg.max_minutes:
             finished = False
             break
         for g in optimizer.param_groups:
