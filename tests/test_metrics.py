@@ -204,3 +204,20 @@ def test_focus_measure_map_local():
         focus_measure_map(x, "vollath")
     with pytest.raises(ValueError, match="2-D"):
         variance_of_laplacian(np.zeros((2, 4, 4)))
+
+
+def test_metrics_refuse_nan_and_empty_batches():
+    from napari_linblur.metrics.defocus import defocus_metrics
+    from napari_linblur.metrics.image import psnr, psnr_batch, ssim, ssim_batch
+
+    a = np.random.default_rng(0).random((16, 16))
+    for fn in (psnr, ssim):
+        with pytest.raises(ValueError, match="finite"):
+            fn(a, a * np.nan, data_range=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        defocus_metrics(np.array([np.nan, 1.0]), np.array([1.0, 1.0]))
+    with pytest.raises(ValueError, match="eps"):
+        defocus_metrics(np.array([1.0]), np.array([1.0]), eps=np.nan)
+    for fn in (psnr_batch, ssim_batch):
+        with pytest.raises(ValueError, match="N >= 1"):
+            fn(np.zeros((0, 8, 8)), np.zeros((0, 8, 8)))

@@ -302,3 +302,19 @@ def test_other_noises():
     assert poisson_noise(img, scale=100, rng=0).mean() == pytest.approx(0.5, rel=0.02)
     with pytest.raises(ValueError, match="amount"):
         salt_and_pepper(img, 2.0)
+
+
+def test_tiny_and_empty_images_never_hang():
+    """A one-pixel-high image in 'mirror'/'reflect' mode used to loop for ever; an empty one too."""
+    from scipy import ndimage as ndi
+
+    from napari_linblur.optics.convolve import fft_convolve
+    from napari_linblur.optics.psf import gaussian_psf
+
+    k = gaussian_psf(1.0)
+    for shape in ((1, 5), (5, 1), (1, 1)):
+        a = np.random.default_rng(0).random(shape)
+        for mode in ("mirror", "reflect", "nearest", "wrap", "constant"):
+            np.testing.assert_allclose(fft_convolve(a, k, mode=mode), ndi.convolve(a, k, mode=mode), atol=1e-9)
+    with pytest.raises(ValueError, match="empty"):
+        fft_convolve(np.zeros((0, 5)), k)

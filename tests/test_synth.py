@@ -216,3 +216,20 @@ def test_write_dataset_training_recipe_and_errors(tmp_path):
     with pytest.raises(ValueError, match="seed"):
         write_synthetic_dataset(tmp_path / "u.zarr", r, fields=1, seed=-1, progress=False)
     assert not (tmp_path / "u.zarr").exists()
+
+
+def test_overwrite_replaces_zarr_outputs_only(tmp_path):
+    """--overwrite (overwrite=True) replaces an earlier zarr output, never a file or a plain folder."""
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    tif = tmp_path / "raw.tif"
+    tif.write_bytes(b"precious")
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    (folder / "img.tif").write_bytes(b"precious")
+    for target in (tif, folder):
+        with pytest.raises(ValueError, match="refusing to replace"):
+            write_ome_zarr(target, np.zeros((2, 16, 16), np.uint16), overwrite=True)
+    assert tif.read_bytes() == b"precious" and (folder / "img.tif").read_bytes() == b"precious"
+    out = write_ome_zarr(tmp_path / "o.zarr", np.zeros((2, 16, 16), np.uint16))
+    write_ome_zarr(out, np.ones((2, 16, 16), np.uint16), overwrite=True)  # an earlier output: replaced

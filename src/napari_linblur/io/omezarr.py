@@ -287,6 +287,8 @@ def write_ome_zarr(
         raise ValueError(f"{target}: refusing to overwrite its own input ({bad})")
     if target.exists() and not overwrite:
         raise ValueError(f"{target}: already exists; pass overwrite=True to replace it")
+    if overwrite:
+        check_replaceable(target)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -300,6 +302,18 @@ def write_ome_zarr(
     return Path(os.fspath(path))
 
 
+def check_replaceable(target: Path) -> None:
+    """``overwrite`` replaces an earlier zarr output only: never a file, nor a folder without zarr metadata (a
+    folder of TIFFs, a dataset of another tool)."""
+    if not (target.exists() or target.is_symlink()):
+        return
+    is_store = target.is_dir() and any((target / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs", ".zarray"))
+    if not is_store:
+        raise ValueError(f"{target}: refusing to replace it — overwrite replaces an earlier zarr output only, and "
+                         "this is a file or a folder without zarr metadata; choose another output path or remove "
+                         "it yourself")
+
+
 def move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
     """Rename a fully written temporary folder ``tmp`` to ``target`` (the atomic step of every writer).
 
@@ -309,6 +323,7 @@ def move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
     if target.exists() or target.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{target}: appeared while writing; pass overwrite=True to replace it")
+        check_replaceable(target)
         old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
         os.replace(target, old)
         try:

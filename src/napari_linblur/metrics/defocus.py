@@ -76,10 +76,12 @@ def defocus_metrics(
     p, t = p.ravel(), t.ravel()
     if p.size == 0:
         raise ValueError("pred: no pixels to score")
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(t))):
+        raise ValueError("pred and true must be finite (no NaN or Inf): a NaN pixel would silently count as a miss")
     if np.any(t < 0):
         raise ValueError("true: σ maps must be non-negative")
-    if eps < 0 or sigma_max <= 0:
-        raise ValueError(f"eps must be >= 0 and sigma_max > 0, got eps={eps}, sigma_max={sigma_max}")
+    if not (np.isfinite(eps) and np.isfinite(sigma_max)) or eps < 0 or sigma_max <= 0:
+        raise ValueError(f"eps must be >= 0 and sigma_max > 0 (finite), got eps={eps}, sigma_max={sigma_max}")
     err = p - t
     pe = np.maximum(p, 0.0) + eps
     te = t + eps

@@ -30,6 +30,8 @@ def _pair(reference: Any, test: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"reference and test must have the same shape, got {ref.shape} and {tst.shape}")
     if ref.size == 0:
         raise ValueError("reference: empty array")
+    if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(tst))):
+        raise ValueError("reference and test must be finite (no NaN or Inf)")
     return ref, tst
 
 
@@ -118,8 +120,9 @@ def psnr_batch(
     """
     refs = np.asarray(references)
     tsts = np.asarray(tests)
-    if refs.shape != tsts.shape or refs.ndim < 2:
-        raise ValueError(f"references/tests: need equal shapes (N, ...), got {refs.shape} and {tsts.shape}")
+    if refs.shape != tsts.shape or refs.ndim < 2 or refs.shape[0] == 0:
+        raise ValueError(f"references/tests: need equal shapes (N, ...) with N >= 1, got {refs.shape} and "
+                         f"{tsts.shape}")
     vals = np.array([psnr(r, t, data_range=data_range) for r, t in zip(refs, tsts)])
     mean = float(np.mean(vals))
     return (mean, vals) if return_all else mean
@@ -169,6 +172,7 @@ def ssim_batch(references: Any, tests: Any, *, data_range: float | None = None) 
     """
     refs = np.asarray(references)
     tsts = np.asarray(tests)
-    if refs.shape != tsts.shape or refs.ndim < 3:
-        raise ValueError(f"references/tests: need equal shapes (N, Y, X), got {refs.shape} and {tsts.shape}")
+    if refs.shape != tsts.shape or refs.ndim < 3 or refs.shape[0] == 0:
+        raise ValueError(f"references/tests: need equal shapes (N, Y, X) with N >= 1, got {refs.shape} and "
+                         f"{tsts.shape}")
     return float(np.mean([ssim(r, t, data_range=data_range) for r, t in zip(refs, tsts)]))

@@ -29,6 +29,8 @@ def _check_image(image) -> np.ndarray:
         raise TypeError(f"image must be a real numeric array, got dtype {a.dtype}")
     if a.ndim < 2:
         raise ValueError(f"image must have ndim >= 2 (..., Y, X), got ndim={a.ndim}")
+    if a.size == 0:
+        raise ValueError(f"image is empty (shape {a.shape}); expected at least one pixel per axis")
     a = a.astype(np.float64, copy=False)
     if not np.all(np.isfinite(a)):
         raise ValueError("image must be finite (no NaN or inf)")
@@ -60,6 +62,13 @@ def _pad(a: np.ndarray, py: int, px: int, mode: str) -> np.ndarray:
     npmode = _PAD_MODES[mode]
     if npmode in ("symmetric", "reflect"):
         # numpy's reflect/symmetric need pad <= size; repeat in steps for tiny images
+        for axis in (-2, -1):
+            if npmode == "reflect" and a.shape[axis] == 1 and pad[axis][0] > 0:
+                # mirroring a single row/column about itself repeats it (and a 0-pixel step would never end)
+                width = [(0, 0)] * a.ndim
+                width[axis] = pad[axis]
+                a = np.pad(a, width, mode="edge")
+                pad[axis] = (0, 0)
         while pad[-2][0] > 0 or pad[-1][0] > 0:
             sy = min(pad[-2][0], a.shape[-2] - (npmode == "reflect"))
             sx = min(pad[-1][0], a.shape[-1] - (npmode == "reflect"))

@@ -137,6 +137,8 @@ def through_focus_stack(
     for name, v in (("photons", min(ph)), ("gain", g), ("read_noise", rn)):
         if not np.isfinite(v) or v < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if not np.isfinite(off):
+        raise ValueError(f"offset must be a finite number, got {off!r}")
 
     gen = None if clean else as_generator(rng)
     Z = len(np.asarray(dz, dtype=np.float64).ravel())
