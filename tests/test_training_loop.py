@@ -270,3 +270,9 @@ def test_resume_keeps_the_run_it_continues(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(ValueError, match="checkpoint.safetensors cannot be restored"):
         train(ToyTask(), _cfg(tmp_path / "r", resume=True))
+
+
+def test_impossible_precision_is_refused_before_any_file(tmp_path):
+    with pytest.raises(ValueError, match="fp16"):
+        train(ToyTask(), _cfg(tmp_path / "fp16", amp="fp16", device="cpu"))
+    assert not (tmp_path / "fp16").exists()

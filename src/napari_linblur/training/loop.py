@@ -323,6 +323,7 @@ def train(
             device = torch.device("cpu")
     else:
         device = resolve_device(cfg.device)
+    autocast_context(device, cfg.amp)  # an impossible precision (fp16 on a CPU) is refused before any file is made
 
     ckpt = out / CHECKPOINT
     if rank == 0:

@@ -257,7 +257,7 @@ class TrainWidget(c.LinblurWidget):
             seed=int(self.seed.value()), init=self.init.currentData() or None,
         )
         if source == "layer" and self.layer.layer() is None:
-            c.notify_error("training: choose an image layer as training data")
+            self.panel.refuse("training: choose an image layer as training data")
             return False
         layer_name = self.layer.layer().name if source == "layer" else None
         bridge = self._bridge
