@@ -69,7 +69,7 @@ def _strict(obj):
     return obj
 
 
-def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:
+def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2, sort_keys: bool = False) -> Path:
     """Write ``obj`` as strict JSON (NaN/Inf become ``null``) to ``path`` atomically (:func:`write_text_atomic`).
 
     Parameters
@@ -80,6 +80,8 @@ def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:
         JSON-serialisable data (Python floats; NaN and Inf are written as ``null``).
     indent : int
         Indentation of the JSON text.
+    sort_keys : bool
+        Write mapping keys in sorted order (model cards: byte-stable files).
 
     Returns
     -------
@@ -95,4 +97,5 @@ def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:
     """
     import json
 
-    return write_text_atomic(path, json.dumps(_strict(obj), indent=indent, allow_nan=False) + "\n")
+    text = json.dumps(_strict(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+    return write_text_atomic(path, text + "\n")

@@ -292,15 +292,7 @@ def save_model(model, path: str | os.PathLike, card: dict) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temp file and rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        as_new_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write JSON (keys sorted, strict: NaN as null) to a temp file and rename it over ``path``."""
+    from napari_linblur.io.atomic import write_json_atomic as _write
+
+    _write(path, obj, sort_keys=True)
