@@ -27,7 +27,9 @@ def _looks_readable(p: Path) -> bool:
     if p.is_file():
         return p.suffix.lower() in _TIFF or p.name in ("zarr.json", ".zattrs", ".zgroup", ".zarray")
     if p.is_dir():
-        if any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs", ".zarray")):
+        from napari_linblur.io.omezarr import is_zarr_store
+
+        if is_zarr_store(p):
             return True
         if p.suffix.lower() == ".zarr":
             return False  # a .zarr folder without zarr metadata (empty, or still being written) is not readable

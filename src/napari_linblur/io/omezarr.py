@@ -302,13 +302,18 @@ def write_ome_zarr(
     return Path(os.fspath(path))
 
 
+def is_zarr_store(path: str | os.PathLike) -> bool:
+    """A folder with zarr metadata (v3 ``zarr.json`` or v2 ``.zgroup``/``.zattrs``/``.zarray``)."""
+    p = Path(path)
+    return p.is_dir() and any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs", ".zarray"))
+
+
 def check_replaceable(target: Path) -> None:
     """``overwrite`` replaces an earlier zarr output only: never a file, nor a folder without zarr metadata (a
     folder of TIFFs, a dataset of another tool)."""
     if not (target.exists() or target.is_symlink()):
         return
-    is_store = target.is_dir() and any((target / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs", ".zarray"))
-    if not is_store:
+    if not is_zarr_store(target):
         raise ValueError(f"{target}: refusing to replace it — overwrite replaces an earlier zarr output only, and "
                          "this is a file or a folder without zarr metadata; choose another output path or remove "
                          "it yourself")
