@@ -276,3 +276,23 @@ def test_impossible_precision_is_refused_before_any_file(tmp_path):
     with pytest.raises(ValueError, match="fp16"):
         train(ToyTask(), _cfg(tmp_path / "fp16", amp="fp16", device="cpu"))
     assert not (tmp_path / "fp16").exists()
+
+
+def test_logs_of_a_resumed_run_equal_the_uninterrupted_ones(tmp_path):
+    """A checkpoint between two log lines keeps the partial sums: the resumed run logs the same averages."""
+    full = train(ToyTask(), _cfg(tmp_path / "full", ckpt_every=3))
+    stop = {"n": 0}
+
+    def after_7():
+        stop["n"] += 1
+        return stop["n"] > 7
+
+    train(ToyTask(), _cfg(tmp_path / "part", ckpt_every=3), should_stop=after_7)  # last checkpoint: step 6
+    train(ToyTask(), _cfg(tmp_path / "part", ckpt_every=3, resume=True))
+
+    def losses(run):
+        rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows}
+
+    a, b = losses(full.model_path.parent), losses(tmp_path / "part")
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)

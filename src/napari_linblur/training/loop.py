@@ -143,7 +143,7 @@ def _dist_info() -> tuple[int, int]:
 
 
 def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cfg: TrainConfig,
-                     ema_model=None) -> None:
+                     ema_model=None, running: tuple[dict[str, float], int] | None = None) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -168,6 +168,8 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cf
         "param_groups": json.dumps(opt["param_groups"]),
         "optim_scalars": json.dumps(scalars),
         "config": json.dumps(asdict(cfg)),
+        # the partial sums of the next log line, so a resumed run logs what an uninterrupted one would
+        "running": json.dumps({"sums": running[0], "n": running[1]} if running else {"sums": {}, "n": 0}),
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
@@ -185,7 +187,7 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cf
 RESUME_FIXED = ("lr", "weight_decay", "schedule", "warmup", "grad_clip", "seed", "amp", "ema")
 
 
-def _load_checkpoint(path: Path, model, optimizer, ema_model=None, cfg=None) -> tuple[int, float]:
+def _load_checkpoint(path: Path, model, optimizer, ema_model=None, cfg=None) -> tuple[int, float, dict, int]:
     """Restore a checkpoint; a damaged file, another configuration or changed options are ``ValueError``s that
     name the checkpoint."""
     try:
@@ -198,7 +200,7 @@ def _load_checkpoint(path: Path, model, optimizer, ema_model=None, cfg=None) -> 
                          "--init from a model.safetensors") from err
 
 
-def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg) -> tuple[int, float]:
+def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg) -> tuple[int, float, dict, int]:
     import torch
     from safetensors import safe_open
 
@@ -227,7 +229,8 @@ def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg) -> tu
         state.setdefault(int(pid), {})[key] = v
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["step"]), float(meta["elapsed"])
+    running = json.loads(meta.get("running") or '{"sums": {}, "n": 0}')
+    return int(meta["step"]), float(meta["elapsed"]), dict(running["sums"]), int(running["n"])
 
 
 def ema_decay(ema: float, t: int) -> float:
@@ -347,8 +350,10 @@ def train(
         for p in ema_model.parameters():
             p.requires_grad_(False)
     start, elapsed0 = 0, 0.0
+    running: dict[str, float] = {}
+    n_running = 0
     if cfg.resume:
-        start, elapsed0 = _load_checkpoint(ckpt, model, optimizer, ema_model, cfg)
+        start, elapsed0, running, n_running = _load_checkpoint(ckpt, model, optimizer, ema_model, cfg)
         if rank == 0:
             _truncate_logs(out, start)
     net = model
@@ -367,8 +372,6 @@ def train(
     t0 = time.perf_counter() - elapsed0
     budget_t0 = time.perf_counter()  # --max-minutes is this session's budget: a --resume gets a new one
     last_val: dict[str, float] = {}
-    running: dict[str, float] = {}
-    n_running = 0
     step = start
     finished = True
     cancelled = False
@@ -418,13 +421,14 @@ def train(
             if on_log is not None:
                 on_log(record)
         if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg, ema_model)
+            _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg, ema_model,
+                             (running, n_running))
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     model_path = out / MODEL
     if rank == 0:
-        _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model)
+        _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running))
         _write_csv(out)
         model.eval()
         final = ema_model if ema_model is not None else model
