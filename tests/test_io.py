@@ -374,6 +374,18 @@ def test_translation_round_trip_and_big_imagej_and_multi_position_tiffs(tmp_path
     assert [int(arr[i, 0, 0, 0].compute()) for i in range(3)] == [0, 1, 2]
 
 
+def test_cut_multi_page_imagej_tiff_is_an_error_not_one_plane(tmp_path):
+    st = np.random.default_rng(0).integers(0, 1000, (17, 64, 64)).astype(np.uint16)
+    p = tmp_path / "s.tif"
+    tifffile.imwrite(p, st, imagej=True, metadata={"axes": "ZYX"})
+    raw = p.read_bytes()
+    for frac in (0.3, 0.95):
+        cut = tmp_path / f"cut{int(frac * 100)}.tif"
+        cut.write_bytes(raw[: int(len(raw) * frac)])
+        with pytest.raises(ValueError, match="announces 17 images but only 1"):
+            open_zstack(cut)
+
+
 def test_writer_refuses_existing_and_own_input(tmp_path):
     p = write_ome_zarr(tmp_path / "s.zarr", np.zeros((2, 32, 32), np.uint8))
     with pytest.raises(ValueError, match="already exists"):

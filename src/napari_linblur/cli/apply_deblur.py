@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"], help="network precision")
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="network self-ensemble: average over this many flips/rotations (N times slower)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier zarr output (never a file or a plain folder)")
     p.set_defaults(func=run_deblur)
 
 

@@ -50,7 +50,8 @@ def register(subparsers) -> None:
     u.add_argument("--ni", type=float, default=1.0, help="immersion index: 1.0 air, 1.33 water, 1.515 oil (with --um)")
     u.add_argument("--psf-model", default="born_wolf", choices=["born_wolf", "gibson_lanni", "gaussian", "disc"],
                    help="PSF model of the σ <-> defocus calibration (with --um)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier zarr output (never a file or a plain folder)")
     p.set_defaults(func=run_defocus_map)
 
     q = subparsers.add_parser(

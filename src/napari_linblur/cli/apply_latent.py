@@ -91,5 +91,6 @@ def register(subparsers) -> None:
                    help="z positions (plane index units) of the planes to synthesize, between --sharp and --blurry")
     p.add_argument("--model", default=None, help="autoencoder name or .safetensors (default ae-default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier zarr output (never a file or a plain folder)")
     p.set_defaults(func=run_synthesize)

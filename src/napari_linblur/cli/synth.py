@@ -70,7 +70,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--shape", type=int, nargs=2, metavar=("Y", "X"), default=None, help="frame size override"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it is an earlier zarr output (never a file or a plain folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=_run)

@@ -399,6 +399,12 @@ def _check_tiff_complete(tf: Any, path: Path) -> None:
     """Raise if any strip/tile of the first series lies beyond the end of the file (truncation)."""
     size = path.stat().st_size
     series = tf.series[0]
+    ij = tf.imagej_metadata if tf.is_imagej else None
+    expected = int((ij or {}).get("images", 0) or 0)
+    found = int(np.prod(series.shape[: len(series.shape) - len(series.keyframe.shape)] or (1,)))
+    if expected > found:  # a cut file: tifffile stops at the last whole page and reports fewer planes
+        raise ValueError(f"{path}: truncated TIFF, its ImageJ header announces {expected} images but only "
+                         f"{found} can be read")
     off = getattr(series, "dataoffset", None)
     if off is not None:
         if off + series.nbytes > size:

@@ -293,8 +293,8 @@ class TrainWidget(c.LinblurWidget):
 
         def cancelled() -> None:
             self.result_label.setText(
-                f"stopped before the end; the checkpoint in {out} can be resumed with `linblur train {kind} "
-                f"--out {out} --resume`; no model was added to the widgets"
+                f"stopped before the end; no model was added to the widgets; the weights so far are in "
+                f"{out}/model.safetensors (load them with … in a model picker to use or fine-tune them)"
             )
 
         return self.panel.start(job, desc=f"training {kind}", on_result=done, on_cancel=cancelled)
