@@ -279,8 +279,8 @@ def deblur(
         smap = np.asarray(smap, np.float32)
         if method == "reblur-extrapolate":
             return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae, device=dev,
-                                 tile=tile or 256, overlap=min(overlap, (tile or 256) - 1), batch_size=batch_size,
-                                 progress=progress, should_stop=should_stop, tta=tta)
+                                 tile=tile, overlap=overlap, batch_size=batch_size, progress=progress,
+                                 should_stop=should_stop, tta=tta)
         # guided
         w = guided_weights(smap, sigma_focus=sigma_focus, sigma_full=sigma_full)
         if not np.any(w > 0):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .tiling import DEFAULT_OVERLAP, check_int, map_planes
+from .tiling import DEFAULT_OVERLAP, check_int, check_tiling_options, map_planes
 from .validate import check_finite_plane, check_image, is_dask
 
 __all__ = [
@@ -134,18 +134,29 @@ class _PlaneDefocus:
         return sigma
 
 
-def _check_tiling(tile, overlap) -> tuple[int | None, int]:
-    """Validated ``(tile, overlap)``; ``tile=None`` = automatic (chosen per plane), overlap then 32 px."""
-    if tile is None:
-        return None, DEFAULT_OVERLAP if overlap is None else _check_int(overlap, "overlap", 0)
-    tile = _check_int(tile, "tile", 16)
-    overlap = min(DEFAULT_OVERLAP, tile // 4) if overlap is None else _check_int(overlap, "overlap", 0)
-    if overlap >= tile:
-        raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
-    return tile, overlap
+def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", patch_size=64, amp="auto", tta=1,
+                   camera="auto", progress=None, should_stop=None) -> _PlaneDefocus:
+    """The validated per-plane σ estimator shared by :func:`estimate_defocus` and the ``defocus`` focus score.
 
+    ``tile=None`` = automatic (chosen per plane) with a 32 px overlap; a given tile defaults to an overlap of
+    ``min(32, tile // 4)``.
+    """
+    from .noise_input import resolve_camera
+    from .tta import check_tta
 
-_check_int = check_int  # the shared tiling path's validation
+    tta = check_tta(tta)
+    line = resolve_camera(camera)
+    if mode not in ("pixel", "patch"):
+        raise ValueError(f"mode={mode!r}; use 'pixel' (per-pixel map) or 'patch' (mean σ per tile)")
+    if overlap is None:
+        overlap = DEFAULT_OVERLAP if tile is None else min(DEFAULT_OVERLAP, check_int(tile, "tile", 16) // 4)
+    tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size)
+    patch_size = check_int(patch_size, "patch_size", 4)
+    if amp not in ("auto", "off", "bf16"):
+        raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
+    _get_model(model, device)  # fail early (no model / wrong task) and warm the cache
+    return _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size, progress, should_stop,
+                         amp=amp, tta=tta, camera=line)
 
 
 # ------------------------------------------------------------------------------------------- estimation
@@ -223,23 +234,11 @@ def estimate_defocus(
     >>> sigma.shape, sigma.dtype.name
     ((64, 80), 'float32')
     """
-    from .noise_input import resolve_camera
-    from .tta import check_tta
-
-    tta = check_tta(tta)
-    line = resolve_camera(camera)
     img = check_image(img, "img")
-    if mode not in ("pixel", "patch"):
-        raise ValueError(f"mode={mode!r}; use 'pixel' (per-pixel map) or 'patch' (mean σ per tile)")
-    tile, overlap = _check_tiling(tile, overlap)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    patch_size = _check_int(patch_size, "patch_size", 4)
-    _get_model(model, device)  # fail early (no model / wrong task) and warm the cache
-    if amp not in ("auto", "off", "bf16"):
-        raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
-    fn = _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size,
-                       None if is_dask(img) else progress, None if is_dask(img) else should_stop, amp=amp, tta=tta,
-                       camera=line)
+    fn = _plane_defocus(model, device, tile=tile, overlap=overlap, batch_size=batch_size, mode=mode,
+                        patch_size=patch_size, amp=amp, tta=tta, camera=camera,
+                        progress=None if is_dask(img) else progress,
+                        should_stop=None if is_dask(img) else should_stop)
     return map_planes(fn, img)
 
 
@@ -255,7 +254,7 @@ def patch_means(sigma_map, patch_size: int = 64) -> np.ndarray:
     s = np.asarray(sigma_map, dtype=np.float64)
     if s.ndim != 2:
         raise ValueError(f"sigma_map must be 2-D (Y, X), got shape {s.shape}")
-    p = _check_int(patch_size, "patch_size", 1)
+    p = check_int(patch_size, "patch_size", 1)
     ny, nx = -(-s.shape[0] // p), -(-s.shape[1] // p)
     sums = np.add.reduceat(np.add.reduceat(s, np.arange(0, s.shape[0], p), axis=0), np.arange(0, s.shape[1], p), axis=1)
     hy = np.minimum(p, s.shape[0] - np.arange(ny) * p)
@@ -281,7 +280,7 @@ def defocus_patches(img, *, patch_size: int = 64, model=None, device="auto", **k
     (2, 3)
     """
     img = check_image(img, "img")
-    patch_size = _check_int(patch_size, "patch_size", 4)
+    patch_size = check_int(patch_size, "patch_size", 4)
     sigma = estimate_defocus(img, model=model, device=device, patch_size=patch_size, **kwargs)
     lead = tuple(img.shape[:-2])
     ny, nx = -(-img.shape[-2] // patch_size), -(-img.shape[-1] // patch_size)
@@ -461,19 +460,9 @@ def _score_fn(method, model, device, kwargs):
             opts = ", ".join((["model"] if model is not None else []) + given)
             raise ValueError(f"{opts} only apply to method='defocus'; method={method!r} scores the raw intensities")
         return _PlaneScore(method, None)
-    from .noise_input import resolve_camera
-    from .tta import check_tta
-
-    tta = check_tta(1 if kwargs.get("tta") is None else kwargs["tta"])
-    tile, overlap = _check_tiling(kwargs.get("tile"), kwargs.get("overlap"))
-    batch_size = _check_int(1 if kwargs.get("batch_size") is None else kwargs["batch_size"], "batch_size", 1)
-    amp = "auto" if kwargs.get("amp") is None else kwargs["amp"]
-    if amp not in ("auto", "off", "bf16"):
-        raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
-    camera = resolve_camera("auto" if kwargs.get("camera") is None else kwargs["camera"])
-    _get_model(model, device)
-    sigma_fn = _PlaneDefocus(model, device, tile, overlap, batch_size, "pixel", 64, amp=amp, tta=tta, camera=camera)
-    return _PlaneScore(method, sigma_fn)
+    given = {k: v for k, v in kwargs.items() if v is not None}  # None = the option's default
+    options = {"tile": None, "overlap": None, "batch_size": 1, **given}
+    return _PlaneScore(method, _plane_defocus(model, device, **options))
 
 
 def focus_curve(stack, *, method: str = "defocus", model=None, device="auto", compute: bool = True, **kwargs):

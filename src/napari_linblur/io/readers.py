@@ -521,7 +521,7 @@ def _open_tiff(p: Path) -> tuple[da.Array, ZStackMeta]:
     axes = _tiff_axes(raw_axes)
     if others and all(o == (shape, np.dtype(dtype), raw_axes) for o in others) and "p" not in axes:
         # several series of one shape (an OME-TIFF with one series per position): positions along P
-        stacks = [arr] + [as_dask(TiffPlanes(p, i, shape, dtype, page_ndim),
+        stacks = [arr] + [as_dask(TiffPlanes(p, i, shape, dtype, page_ndim, memmap=memmap),
                                   name=f"tiff-{i}-{tokenize(str(p.resolve()), _mtime(p))}")
                           for i in range(1, len(others) + 1)]
         arr = da.stack(stacks)

@@ -16,11 +16,10 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from napari_linblur.io.atomic import as_new_file
+from napari_linblur.io.atomic import atomic_target
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -277,15 +276,8 @@ def save_model(model, path: str | os.PathLike, card: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     card = {k: v for k, v in card.items() if k != "sha256"}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"card": json.dumps(card, sort_keys=True)})
-        as_new_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_target(path) as tmp:
+        save_file(state, str(tmp), metadata={"card": json.dumps(card, sort_keys=True)})
     full = dict(card, sha256=sha256_file(path), weights=path.name)
     write_json_atomic(path.with_suffix(".json"), full)
     return path

@@ -29,7 +29,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from napari_linblur.io.atomic import as_new_file
+from napari_linblur.io.atomic import atomic_target
 
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
@@ -171,15 +170,8 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cf
         # the partial sums of the next log line, so a resumed run logs what an uninterrupted one would
         "running": json.dumps({"sums": running[0], "n": running[1]} if running else {"sums": {}, "n": 0}),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        as_new_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_target(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 #: options a ``--resume`` must keep: they define the run (its schedule, numerics and data); the others (budget,

@@ -680,7 +680,6 @@ class LinblurWidget(QWidget):
     def add_result(self, data, *, name: str, scale, translate, metadata=None, **kwargs):
         kwargs.setdefault("blending", "translucent")
         layer = self.viewer.add_image(data, name=name, scale=tuple(scale), translate=tuple(translate), **kwargs)
-        # (callers pass units=: the input's, so napari does not warn about inconsistent units across layers)
         layer.metadata.update(metadata or {})
         return layer
 
