@@ -76,6 +76,49 @@ def test_setup_psf_widens_with_defocus(model):
     assert sig[-1] == pytest.approx(geometric_sigma(24.0, setup), rel=0.1)
 
 
+def _sharpest_plane(setup, dz):
+    """The defocus of the PSF with the highest peak among ``dz``."""
+    return float(dz[int(np.argmax([p.max() for p in setup.psf_stack(list(dz), size=15)]))])
+
+
+@pytest.mark.parametrize(("na", "ni", "ns", "depth"), [(0.75, 1.0, 1.45, 10.0), (1.4, 1.515, 1.33, 10.0)])
+def test_gibson_lanni_defocus_zero_is_the_sharpest_plane(na, ni, ns, depth):
+    # an index mismatch moves the focus; 0 µm must still be the sharpest plane (psfmodels already focuses at
+    # the source depth, so the paraxial shift depth*ni/ns of version 0.1 applied it twice)
+    setup = OpticalSetup(na=na, wavelength_um=0.52, pixel_um=0.1, ni=ni, ns=ns, model="gibson_lanni",
+                         depth_um=depth)
+    dz = np.round(np.arange(-4.0, 4.01, 0.25), 2)
+    assert abs(_sharpest_plane(setup, dz)) <= 0.25
+    legacy = setup.replace(focus="legacy")
+    assert _sharpest_plane(legacy, dz) == pytest.approx(depth * (1 - ni / ns), abs=1.0)
+    # the sharpest plane is sharper than the legacy "0 µm" plane, and both signs blur it
+    p0, p_old = setup.psf(0.0, size=15).max(), legacy.psf(0.0, size=15).max()
+    assert p0 > 1.5 * p_old
+    assert setup.psf(2.0, size=15).max() < p0 and setup.psf(-2.0, size=15).max() < p0
+    psf = gibson_lanni_psf(0.0, na=na, wavelength_um=0.52, pixel_um=0.1, ni=ni, ns=ns, depth_um=depth, size=15)
+    assert np.allclose(psf, setup.psf(0.0, size=15))
+
+
+def test_gibson_lanni_without_mismatch_is_born_wolf_and_focus_round_trips():
+    kw = dict(na=0.45, wavelength_um=0.52, pixel_um=0.65)
+    bw = born_wolf_psf(6.0, size=21, **kw)
+    for focus in ("sharpest", "legacy"):
+        assert np.allclose(gibson_lanni_psf(6.0, ns=1.0, depth_um=3.0, size=21, focus=focus, **kw), bw,
+                           rtol=1e-6, atol=1e-12)
+        # a source at the coverslip: both conventions put 0 µm at the same (sharpest) plane
+        at0 = [gibson_lanni_psf(dz, ns=1.33, depth_um=0.0, size=21, focus=focus, **kw) for dz in (-1, 0, 1)]
+        assert at0[1].max() > max(at0[0].max(), at0[2].max())
+    s = OpticalSetup(model="gibson_lanni", depth_um=2.0)
+    assert s.focus == "sharpest" and OpticalSetup.from_dict(s.to_dict()) == s
+    # a setup recorded before the field existed renders as it did then
+    old = {k: v for k, v in s.to_dict().items() if k != "focus"}
+    assert OpticalSetup.from_dict(old).focus == "legacy"
+    with pytest.raises(ValueError, match="focus must be one of"):
+        OpticalSetup(focus="paraxial")
+    with pytest.raises(ValueError, match="focus must be one of"):
+        gibson_lanni_psf(1.0, focus=None, **kw)
+
+
 def test_calibration_monotone_and_invertible():
     setup = OpticalSetup(na=0.45, wavelength_um=0.46, pixel_um=0.65, model="born_wolf")
     dz = np.linspace(0, 60, 61)
@@ -106,6 +149,7 @@ def test_calibration_high_na_gaussian_model():
         (lambda: disc_psf(-2.0), "radius"),
         (lambda: born_wolf_psf(1.0, na=1.2, wavelength_um=0.5, pixel_um=0.1, ni=1.0), "na"),
         (lambda: OpticalSetup(model="airy"), "model"),
+        (lambda: OpticalSetup(model="gibson_lanni", focus="best"), "focus"),
         (lambda: equivalent_sigma(np.ones(5)), "psf"),
         (lambda: sigma_from_defocus(np.nan, OpticalSetup(model="gaussian")), "defocus_um"),
         (lambda: defocus_from_sigma(-1.0, OpticalSetup(model="gaussian")), "sigma_px"),

@@ -197,6 +197,34 @@ def test_synth_cli_byte_identical_and_readable(tmp_path):
     assert np.array_equal(root["field_001/truth/0"][...], f["truth"])
 
 
+def test_synth_psf_focus_legacy_reproduces_recorded_recipes(tmp_path):
+    import zarr
+
+    from napari_linblur.cli.main import main
+    from napari_linblur.cli.train_ae import synth_command
+
+    args = ["--fields", "1", "--seed", "2", "--shape", "40", "48", "--no-progress", "-q"]
+    assert main(["synth", str(tmp_path / "new.zarr"), *args]) == 0
+    assert main(["synth", str(tmp_path / "old.zarr"), *args, "--psf-focus", "legacy"]) == 0
+    new = zarr.open_group(str(tmp_path / "new.zarr"), mode="r")
+    old = zarr.open_group(str(tmp_path / "old.zarr"), mode="r")
+    assert new.attrs["linblur"]["recipe"]["optics"]["focus"] == "sharpest"
+    rec_old = old.attrs["linblur"]["recipe"]
+    assert rec_old["optics"]["focus"] == "legacy"
+    # the stored recipe renders the same data again (a recipe without the field, as recorded before 0.2, too)
+    legacy = get_recipe("bbbc006-like", shape=(40, 48))
+    legacy = legacy.replace(optics=legacy.optics.replace(focus="legacy"))
+    f = synthesize_field(legacy, 2, 0)
+    assert np.array_equal(old["field_000/0"][...], f["image"])
+    unversioned = {**rec_old, "optics": {k: v for k, v in rec_old["optics"].items() if k != "focus"}}
+    assert np.array_equal(synthesize_field(get_recipe(unversioned), 2, 0)["image"], f["image"])
+    assert not np.array_equal(new["field_000/0"][...], f["image"])  # the sharpest-plane focus moved 0 µm
+    # the reproduce-command recorded in a model card names the convention
+    assert synth_command(rec_old, 2, 1).endswith("--psf-focus legacy")
+    assert synth_command(unversioned, 2, 1).endswith("--psf-focus legacy")
+    assert "--psf-focus" not in synth_command(new.attrs["linblur"]["recipe"], 2, 1)
+
+
 def test_write_dataset_training_recipe_and_errors(tmp_path):
     r = get_recipe("training", shape=(32, 32))
     p = write_synthetic_dataset(

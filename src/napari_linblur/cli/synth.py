@@ -25,6 +25,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.shape is not None:
         changes["shape"] = tuple(args.shape)
     recipe = get_recipe(args.recipe, **changes)
+    if args.psf_focus is not None:
+        recipe = recipe.replace(optics=recipe.optics.replace(focus=args.psf_focus))
     keep_even = None if args.planes is None else args.planes == "even"
     t0 = time.perf_counter()
     path = write_synthetic_dataset(
@@ -69,6 +71,13 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--shape", type=int, nargs=2, metavar=("Y", "X"), default=None, help="frame size override"
+    )
+    p.add_argument(
+        "--psf-focus",
+        choices=("sharpest", "legacy"),
+        default=None,
+        help="where a Gibson-Lanni recipe puts 0 µm: the sharpest plane (default), or 'legacy', the convention "
+        "before napari-linblur 0.2 that the shipped ae-default's training data used (to reproduce it exactly)",
     )
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT if it is an earlier zarr output (never a file or a plain folder)")

@@ -29,6 +29,9 @@ def synth_command(recipe: dict | None, seed, n_fields) -> str | None:
     shape = recipe.get("shape")
     if shape and tuple(shape) != (520, 696):
         parts.append(f"--shape {shape[0]} {shape[1]}")
+    optics = recipe.get("optics") or {}
+    if optics.get("focus", "legacy") == "legacy":  # recorded before 0.2 (no field) or made with the old focus
+        parts.append("--psf-focus legacy")
     return " ".join(parts)
 
 

@@ -213,6 +213,7 @@ class Recipe:
             model=model,
             vectorial=bool(vectorial),
             depth_um=round(uni("depth_um"), 3),
+            focus=self.optics.focus,
         )
         wl = sorted(uni("wavelength_um") for _ in self.channels)
         channels = tuple(
