@@ -42,6 +42,11 @@ def _plugin_settings():
     return get_plugin_settings(PLUGIN)
 
 
+def _tile(t: int) -> int:
+    """0 (or less) = automatic; otherwise at least the smallest tile the operations accept (16 px)."""
+    return 0 if t <= 0 else max(16, t)
+
+
 def get_settings() -> LinblurSettings:
     """Read the current plugin settings (defaults when napari has none for this plugin).
 
@@ -53,7 +58,7 @@ def get_settings() -> LinblurSettings:
         s = _plugin_settings()
         return LinblurSettings(
             device=str(s.inference.device),
-            tile_size=int(s.inference.tile_size),
+            tile_size=_tile(int(s.inference.tile_size)),
             preview_delay_ms=int(s.inference.preview_delay_ms),
             ae_model=str(s.models.ae_model or ""),
             deblur_model=str(s.models.deblur_model or ""),

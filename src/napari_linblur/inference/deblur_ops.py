@@ -38,7 +38,14 @@ import numpy as np
 
 from .device import amp_forward, resolve_amp
 from .normalize import fit_normalization
-from .tiling import Cancelled, auto_tile, check_tiling_options, map_planes, tile_starts
+from .tiling import (
+    NETWORK_OVERLAP,
+    Cancelled,
+    auto_tile,
+    check_tiling_options,
+    map_planes,
+    tile_starts,
+)
 from .validate import check_finite_plane, check_image, is_dask
 
 __all__ = ["AUTO_METHOD", "METHODS", "auto_tile", "deblur", "guided_weights", "reblur_alpha", "resolve_amp"]
@@ -165,7 +172,7 @@ def deblur(
     sigma_focus: float = 0.8,
     sigma_full: float = 1.5,
     tile: int | None = None,
-    overlap: int = 32,
+    overlap: int | None = None,
     batch_size: int = 2,
     amp: str = "auto",
     tta: int = 1,
@@ -197,7 +204,9 @@ def deblur(
     sigma_focus, sigma_full : float
         ``guided``: tiles with median σ ≤ ``sigma_focus`` are untouched, ≥ ``sigma_full`` fully deblurred.
     tile, overlap, batch_size : int
-        Tiling of the network (default tile: chosen to minimise work, ≤ 544 px).
+        Tiling of the network (default tile: chosen to minimise work, ≤ 576 px; default overlap 128 px, the
+        network's context, or a quarter of a smaller given tile). ``reblur-extrapolate`` passes them to
+        :func:`~napari_linblur.inference.latent_ops.deblur_pair` (default tile 256 px, overlap 64 px).
     amp : {"auto", "off", "bf16"}
         Network precision; ``"auto"`` uses bf16 where the hardware runs it natively (:func:`resolve_amp`).
     tta : {1, 2, 4, 8}
@@ -237,7 +246,8 @@ def deblur(
     if isinstance(sigma_r, bool) or not isinstance(sigma_r, numbers.Real) or not float(sigma_r) > 0:
         raise ValueError(f"sigma_r must be a positive number of pixels, got {sigma_r!r}")
     sigma_r = float(sigma_r)
-    tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size)
+    ae_tiling = dict(tile=tile, overlap=overlap)  # the autoencoder's own defaults apply where these are None
+    tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size, default_overlap=NETWORK_OVERLAP)
     from .tta import check_tta
 
     tta = check_tta(tta)
@@ -268,8 +278,9 @@ def deblur(
         from napari_linblur.inference.defocus_ops import estimate_defocus
 
         sigma_map = estimate_defocus(img, model=defocus_model, device=dev)
-    kw = dict(tile=tile, overlap=overlap, batch_size=batch_size, progress=progress, should_stop=should_stop, amp=amp)
-    net_kw = dict(kw, tta=tta)
+    net_kw = dict(tile=tile, overlap=overlap, batch_size=batch_size, progress=progress, should_stop=should_stop,
+                  amp=amp, tta=tta)
+    ae_kw = dict(ae_tiling, batch_size=batch_size, should_stop=should_stop, tta=tta)
 
     def _one(plane, smap=None):
         check_finite_plane(plane, "img")
@@ -278,9 +289,8 @@ def deblur(
             return _network_plane(plane, net, dev, **net_kw)
         smap = np.asarray(smap, np.float32)
         if method == "reblur-extrapolate":
-            return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae, device=dev,
-                                 tile=tile, overlap=overlap, batch_size=batch_size, progress=progress,
-                                 should_stop=should_stop, tta=tta)
+            return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae, device=dev, **ae_kw,
+                                 progress=progress)
         # guided
         w = guided_weights(smap, sigma_focus=sigma_focus, sigma_full=sigma_full)
         if not np.any(w > 0):
@@ -288,7 +298,7 @@ def deblur(
         if guide == "network":
             full = _network_plane(plane, net, dev, **net_kw)
         else:
-            full = _guided_reblur(plane, smap, w, sigma_r=sigma_r, ae=ae, device=dev, should_stop=should_stop)
+            full = _guided_reblur(plane, smap, w, sigma_r=sigma_r, ae=ae, device=dev, progress=progress, **ae_kw)
         return (plane + w * (full - plane)).astype(np.float32)
 
     args = (img,) if sigma_map is None else (img, sigma_map)
@@ -297,24 +307,37 @@ def deblur(
     return map_planes(_one, *args)
 
 
-def _guided_reblur(plane, smap, w, *, sigma_r, ae, device, should_stop, tile: int = 128, overlap: int = 32):
-    """Re-blur + extrapolation tile by tile, each tile with the α of its median σ, blended smoothly."""
+_REGION, _REGION_OVERLAP = 128, 32  # guided re-blur: regions with one α each (not the network's tiles)
+
+
+def _guided_reblur(plane, smap, w, *, sigma_r, ae, device, should_stop, progress=None, **pair_kw):
+    """Re-blur + extrapolation region by region (128-px squares, 32 px blended), each with the α of its median σ.
+
+    ``pair_kw`` (tile, overlap, batch_size, tta) go to :func:`deblur_pair` inside each region; ``progress`` counts
+    regions.
+    """
     from .tiling import blend_window
 
     ny, nx = plane.shape
-    th, tw = min(tile, ny), min(tile, nx)
+    th, tw = min(_REGION, ny), min(_REGION, nx)
     acc = np.zeros((ny, nx), np.float32)
     wsum = np.zeros((ny, nx), np.float32)
-    for y0 in tile_starts(ny, th, overlap):
-        for x0 in tile_starts(nx, tw, overlap):
+    ys, xs = tile_starts(ny, th, _REGION_OVERLAP), tile_starts(nx, tw, _REGION_OVERLAP)
+    done, total = 0, len(ys) * len(xs)
+    for y0 in ys:
+        for x0 in xs:
             if should_stop is not None and should_stop():
                 raise Cancelled("cancelled")
             sl = (slice(y0, y0 + th), slice(x0, x0 + tw))
-            win = blend_window((th, tw), overlap, (y0 > 0, y0 + th < ny, x0 > 0, x0 + tw < nx))
+            win = blend_window((th, tw), _REGION_OVERLAP, (y0 > 0, y0 + th < ny, x0 > 0, x0 + tw < nx))
             if float(w[sl].max()) > 0:
-                out = _reblur_plane(plane[sl], float(np.median(smap[sl])), sigma_r=sigma_r, ae=ae, device=device)
+                out = _reblur_plane(plane[sl], float(np.median(smap[sl])), sigma_r=sigma_r, ae=ae, device=device,
+                                    should_stop=should_stop, **pair_kw)
             else:
                 out = plane[sl]
             acc[sl] += out * win
             wsum[sl] += win
+            done += 1
+            if progress is not None:
+                progress(done, total)
     return acc / np.maximum(wsum, 1e-12)

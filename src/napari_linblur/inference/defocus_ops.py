@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .tiling import DEFAULT_OVERLAP, check_int, check_tiling_options, map_planes
+from .tiling import NETWORK_OVERLAP, check_int, check_tiling_options, map_planes
 from .validate import check_finite_plane, check_image, is_dask
 
 __all__ = [
@@ -105,6 +105,12 @@ class _PlaneDefocus:
     def net(self):
         return _get_model(self.model, self.device)
 
+    def _check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            from napari_linblur.inference.tiling import Cancelled
+
+            raise Cancelled("cancelled")
+
     def __call__(self, plane: np.ndarray) -> np.ndarray:
         from napari_linblur.inference.device import amp_forward, resolve_amp, resolve_device
         from napari_linblur.inference.noise_input import model_input
@@ -113,10 +119,13 @@ class _PlaneDefocus:
         from napari_linblur.inference.tta import self_ensemble
 
         plane = np.asarray(plane)
+        self._check_stop()
         check_finite_plane(plane, "img")
         net = self.net()
-        # a noise-aware model also takes the camera-noise channel (same input as in training)
+        # a noise-aware model also takes the camera-noise channel (same input as in training); on a large plane
+        # the noise estimate takes seconds, so a superseded preview is stopped before and after it
         x = model_input(plane, fit_normalization(plane), noise=getattr(net, "in_channels", 1) == 2, line=self.camera)
+        self._check_stop()
         dev = next(net.parameters()).device if any(True for _ in net.parameters()) else resolve_device(self.device)
         multiple = int(getattr(net, "multiple", 16))
         tile = self.tile or auto_tile(*plane.shape[-2:], overlap=self.overlap, multiple=multiple)
@@ -138,8 +147,8 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
                    camera="auto", progress=None, should_stop=None) -> _PlaneDefocus:
     """The validated per-plane σ estimator shared by :func:`estimate_defocus` and the ``defocus`` focus score.
 
-    ``tile=None`` = automatic (chosen per plane) with a 32 px overlap; a given tile defaults to an overlap of
-    ``min(32, tile // 4)``.
+    ``tile=None`` = automatic (chosen per plane) with a 128 px overlap; a given tile defaults to an overlap of
+    ``min(128, tile // 4)``.
     """
     from .noise_input import resolve_camera
     from .tta import check_tta
@@ -148,9 +157,7 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
     line = resolve_camera(camera)
     if mode not in ("pixel", "patch"):
         raise ValueError(f"mode={mode!r}; use 'pixel' (per-pixel map) or 'patch' (mean σ per tile)")
-    if overlap is None:
-        overlap = DEFAULT_OVERLAP if tile is None else min(DEFAULT_OVERLAP, check_int(tile, "tile", 16) // 4)
-    tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size)
+    tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size, default_overlap=NETWORK_OVERLAP)
     patch_size = check_int(patch_size, "patch_size", 4)
     if amp not in ("auto", "off", "bf16"):
         raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
@@ -191,9 +198,10 @@ def estimate_defocus(
     tile, overlap : int
         Tile side and overlap (pixels) of the tiled inference; tiles are blended smoothly, images smaller than
         a tile are padded by reflection to the network's multiple and cropped back. ``tile=None`` chooses the
-        tile (≤ 544 px) that processes the fewest pixels (:func:`~napari_linblur.inference.tiling.auto_tile`:
-        more context, and 1.5x faster on a 1024² CPU plane than 256-px tiles in benchmarks/bench_defocus.py);
-        ``overlap=None`` uses ``min(32, tile // 4)``.
+        tile (≤ 576 px) that processes the fewest pixels (:func:`~napari_linblur.inference.tiling.auto_tile`:
+        more context, and faster on a 1024² CPU plane than 256-px tiles in benchmarks/bench_defocus.py);
+        ``overlap=None`` uses 128 px for the automatic tile (the network's context: tile borders then agree
+        with a whole-plane run to about 0.01 px) and ``min(128, tile // 4)`` for a given tile.
     batch_size : int
         Tiles per forward pass.
     mode : {"pixel", "patch"}

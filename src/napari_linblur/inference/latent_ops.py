@@ -212,7 +212,7 @@ def synthesize_blur(
     model: Any = None,
     device: Any = "auto",
     tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -233,7 +233,8 @@ def synthesize_blur(
     device : str or torch.device
         ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``...
     tile, overlap, batch_size : int
-        Tiling of large planes (overlapping tiles blended without seams).
+        Tiling of large planes (overlapping tiles blended without seams). ``overlap=None``: 64 px, or a quarter
+        of a smaller ``tile``.
     progress : callable, optional
         ``progress(done_tiles, total_tiles)`` after each batch of tiles of a plane.
     should_stop : callable, optional
@@ -266,7 +267,8 @@ def synthesize_blur(
     img_a, img_c = _prepare(img_a, img_c, ("img_a", "img_c"))
     alpha = check_alpha(alpha, name="alpha")
     tta = check_tta(tta)
-    tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size)
+    tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size,
+                                                     default_overlap=DEFAULT_OVERLAP)
     from napari_linblur.models.registry import resolve_model
 
     net = resolve_model(model, "ae", device=device)
@@ -284,7 +286,7 @@ def deblur_pair(
     model: Any = None,
     device: Any = "auto",
     tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -298,7 +300,8 @@ def deblur_pair(
         The sharper (``b``) and the blurrier (``c``) of two planes of one field, same shape: 2-D or stacks
         ``(..., Y, X)``, numpy or dask, any real dtype.
     alpha : float or None
-        In (0, 1]: where ``b`` lies between the wanted sharp plane ``a`` (at ``d_a``) and ``c``,
+        In [0.01, 1] (below 0.01 extrapolation multiplies the noise by more than 100): where ``b`` lies
+        between the wanted sharp plane ``a`` (at ``d_a``) and ``c``,
         ``alpha = (d_c - d_b) / (d_c - d_a)`` (:func:`alpha_from_positions`); for planes at ``d`` and ``2d``
         from focus and ``a`` in focus, ``alpha = 0.5``. ``alpha = 1`` reconstructs ``b``. None chooses
         ``alpha`` per plane with :func:`auto_alpha`.
@@ -330,7 +333,8 @@ def deblur_pair(
                              f"difference of the two planes by 1/alpha (> {1 / MIN_EXTRAPOLATION_ALPHA:g}x), "
                              "which leaves nothing but amplified noise; pick planes further apart")
     tta = check_tta(tta)
-    tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size)
+    tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size,
+                                                     default_overlap=DEFAULT_OVERLAP)
     from napari_linblur.models.registry import resolve_model
 
     net = resolve_model(model, "ae", device=device)
