@@ -74,3 +74,69 @@ def test_bench_filter_that_matches_nothing_is_an_error():
     res = subprocess.run([sys.executable, str(run), "--only", "zzz_nomatch", "--out", "/nonexistent/x"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "matches no benchmark" in res.stderr
+
+
+def _synthesize_reference(data, sharp, blurry, alphas, model):
+    """The local run: ``synthesize_blur`` in this process, no cluster, one stack ``(..., Z, Y, X)`` per leading index."""
+    import napari_linblur as nl
+
+    a, c = data[..., sharp, :, :], data[..., blurry, :, :]
+    return np.stack([nl.synthesize_blur(a, c, al, model=model, device="cpu") for al in alphas], axis=-3)
+
+
+def test_synthesize_on_local_cluster_keeps_channel_names(stack_path, tmp_path, tiny_models):
+    from napari_linblur.cli.main import main
+
+    path, data = stack_path
+    out = tmp_path / "syn.zarr"
+    assert main(["synthesize", str(path), str(out), "--sharp", "0", "--blurry", "2", "--alpha", "0.75", "0.25",
+                 "--model", tiny_models["ae"], "--device", "cpu", "--workers", "1"]) == 0
+    result, meta = open_zstack_with_metadata(out)
+    assert meta.axes == "czyx" and result.shape == (2, 2, 64, 80) and result.dtype == np.float32
+    # the same bytes as the local run, and the channel axis keeps its names (as `linblur deblur`)
+    np.testing.assert_array_equal(result.compute(), _synthesize_reference(data, 0, 2, [0.75, 0.25],
+                                                                          tiny_models["ae"]))
+    assert meta.channel_names == ["w1", "w2"]
+    assert open_zstack(out, channel="w2").shape == (2, 64, 80)
+    # one chosen channel: a zyx output that records the channel it was made from
+    one = tmp_path / "syn_w2.zarr"
+    assert main(["synthesize", str(path), str(one), "--channel", "w2", "--sharp", "0", "--blurry", "2",
+                 "--model", tiny_models["ae"], "--device", "cpu", "--workers", "1"]) == 0
+    result, meta = open_zstack_with_metadata(one)
+    assert meta.axes == "zyx" and meta.channel_names == ["w2"]
+    np.testing.assert_array_equal(result.compute(), _synthesize_reference(data[1], 0, 2, [0.5], tiny_models["ae"]))
+
+
+def test_synthesize_many_stacks_on_a_running_scheduler(tmp_path, tiny_models):
+    from distributed import LocalCluster
+
+    from napari_linblur.cli.main import main
+
+    data = np.random.default_rng(1).integers(100, 4000, size=(3, 2, 3, 32, 40), dtype=np.uint16)
+    path = write_ome_zarr(tmp_path / "tc.zarr", data, axes="tczyx", scale=(1, 1, 2.0, 0.65, 0.65),
+                          channel_names=["w1", "w2"])
+    out = tmp_path / "syn.zarr"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        assert main(["synthesize", str(path), str(out), "--sharp", "-1", "--blurry", "0", "--positions", "1",
+                     "--model", tiny_models["ae"], "--device", "cpu", "--scheduler", cluster.scheduler_address]) == 0
+        assert cluster.scheduler.transition_counter > 0  # the planes ran on that cluster
+    result, meta = open_zstack_with_metadata(out)
+    assert meta.axes == "tczyx" and meta.channel_names == ["w1", "w2"]
+    assert meta.scale[-2:] == pytest.approx((0.65, 0.65))
+    np.testing.assert_array_equal(result.compute(), _synthesize_reference(data, 2, 0, [0.5], tiny_models["ae"]))
+
+
+def test_batch_cli_names_the_overwrite_option(stack_path, tmp_path, tiny_models, capsys):
+    from napari_linblur.cli.main import main
+
+    path, _ = stack_path
+    out = tmp_path / "syn.zarr"
+    args = ["synthesize", str(path), str(out), "--channel", "w1", "--sharp", "0", "--blurry", "2",
+            "--model", tiny_models["ae"], "--device", "cpu", "--workers", "1"]
+    assert main(args) == 0
+    before = sorted(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
+    assert sorted(p.read_bytes() for p in out.rglob("*") if p.is_file()) == before
+    assert main([*args, "--overwrite"]) == 0

@@ -2,14 +2,17 @@
 
 For each stack ``(..., Z, Y, X)`` of the input, planes ``--sharp`` (a) and ``--blurry`` (c) are combined in the
 latent space of the autoencoder, ``D(α E(a) + (1 − α) E(c))``, for every ``--alpha``; the output holds one plane per
-α along Z: ``(..., len(alphas), Y, X)`` float32 in the input's intensity units. The input is read lazily
-(:func:`~napari_linblur.io.readers.open_zstack`), one task per output plane, and written atomically
+α along Z: ``(..., len(alphas), Y, X)`` float32 in the input's intensity units, with the input's other axes,
+calibration and channel names. The input is read lazily (:func:`~napari_linblur.io.readers.open_zstack`), one
+task per output plane runs on a ``dask.distributed`` cluster (``--workers N`` local, or ``--scheduler ADDRESS``;
+:func:`~napari_linblur.batch.dask_client`), and the result is written atomically
 (:func:`~napari_linblur.io.omezarr.write_ome_zarr`).
 
 Examples::
 
     linblur synthesize BBBC006_folder/ synth.zarr --channel w1 --sharp 16 --blurry 8 --alpha 0.75 0.5 0.25
     linblur synthesize stack.tif synth.zarr --sharp 4 --blurry 0 --positions 2 1   # alpha from positions
+    linblur synthesize plate.zarr synth.zarr --sharp 16 --blurry 8 --alpha 0.5 --workers 2
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 def run_synthesize(args: argparse.Namespace) -> int:
     import dask.array as da
 
+    from napari_linblur.batch import dask_client
     from napari_linblur.inference.latent_ops import alpha_from_positions, synthesize_blur
     from napari_linblur.io.omezarr import write_ome_zarr
     from napari_linblur.io.readers import open_zstack_with_metadata
@@ -50,28 +54,31 @@ def run_synthesize(args: argparse.Namespace) -> int:
     if axes is not None:
         scale = [1.0 if a == "z" else float(s) for a, s in zip(axes, meta.scale)]
         units = [None if a == "z" else u for a, u in zip(axes, meta.units)]
-    write_ome_zarr(
-        args.output,
-        out,
-        axes=axes,
-        scale=scale,
-        units=units if units is not None else "micrometer",
-        channel_names=None,
-        attrs={"linblur": {"operation": "synthesize_blur", "alphas": alphas, "sharp_plane": args.sharp,
-                           "blurry_plane": args.blurry, "model": args.model or "ae-default",
-                           "source": str(args.input),
-                           "channel": meta.channel_names[0] if meta.channel_names and "c" not in meta.axes
-                           else None}},
-        overwrite=args.overwrite,
-        source_paths=[args.input],
-    )
+    # a kept channel axis keeps its names (as ``linblur deblur``); one chosen channel is recorded in the attributes
+    channel_names = meta.channel_names if axes is not None and "c" in axes else None
+    with dask_client(args.scheduler, args.workers):
+        write_ome_zarr(
+            args.output,
+            out,
+            axes=axes,
+            scale=scale,
+            units=units if units is not None else "micrometer",
+            channel_names=channel_names,
+            attrs={"linblur": {"operation": "synthesize_blur", "alphas": alphas, "sharp_plane": args.sharp,
+                               "blurry_plane": args.blurry, "model": args.model or "ae-default",
+                               "source": str(args.input),
+                               "channel": meta.channel_names[0] if meta.channel_names and "c" not in meta.axes
+                               else None}},
+            overwrite=args.overwrite,
+            source_paths=[args.input],
+        )
     print(f"wrote {args.output}: {len(alphas)} synthesized plane(s) per stack, alpha = {alphas}")
     return 0
 
 
 def register(subparsers) -> None:
     """Add ``synthesize`` to ``linblur``."""
-    from napari_linblur.batch import channel_arg
+    from napari_linblur.batch import add_batch_options
 
     p = subparsers.add_parser(
         "synthesize",
@@ -79,10 +86,8 @@ def register(subparsers) -> None:
         description=__doc__.split("\n\n")[1],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("input", help="OME-Zarr/zarr, TIFF stack, folder of TIFFs, or BBBC006 folder/file")
+    add_batch_options(p)  # input, --channel, --scheduler | --workers, --device: as every batch command
     p.add_argument("output", help="output .zarr folder (OME-Zarr)")
-    p.add_argument("--channel", default=None, type=channel_arg,
-                   help="channel to use: an index (0 = the first) or a name, e.g. w1")
     p.add_argument("--sharp", type=int, required=True, help="index of the sharper plane a along Z")
     p.add_argument("--blurry", type=int, required=True, help="index of the blurrier plane c along Z")
     p.add_argument("--alpha", type=float, nargs="+", default=None,
@@ -90,7 +95,6 @@ def register(subparsers) -> None:
     p.add_argument("--positions", type=float, nargs="+", default=None,
                    help="z positions (plane index units) of the planes to synthesize, between --sharp and --blurry")
     p.add_argument("--model", default=None, help="autoencoder name or .safetensors (default ae-default)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier zarr output (never a file or a plain folder)")
     p.set_defaults(func=run_synthesize)

@@ -286,7 +286,8 @@ def write_ome_zarr(
     if bad is not None:
         raise ValueError(f"{target}: refusing to overwrite its own input ({bad})")
     if target.exists() and not overwrite:
-        raise ValueError(f"{target}: already exists; pass overwrite=True to replace it")
+        raise ValueError(f"{target}: already exists; pass overwrite=True (--overwrite on the command line) to "
+                         "replace it")
     if overwrite:
         check_replaceable(target)
 
@@ -327,7 +328,8 @@ def move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
     """
     if target.exists() or target.is_symlink():
         if not overwrite:
-            raise FileExistsError(f"{target}: appeared while writing; pass overwrite=True to replace it")
+            raise FileExistsError(f"{target}: appeared while writing; pass overwrite=True (--overwrite on the "
+                                  "command line) to replace it")
         check_replaceable(target)
         old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
         os.replace(target, old)
