@@ -458,6 +458,16 @@ def test_reblur_extrapolate_honours_cancel_progress_and_tiling_and_never_returns
     small = nl.deblur(img, method="reblur-extrapolate", model=ae, sigma_map=smap, device="cpu", tile=32,
                       overlap=8)
     assert np.abs(small - big).max() > 0  # the tiling reaches the autoencoder
+    # guided by re-blur + extrapolation: the same options reach the autoencoder inside every region, and progress
+    # counts the regions (64 x 80 px: one 128-px region)
+    seen.clear()
+    kw = dict(method="guided", guide="reblur-extrapolate", model=ae, sigma_map=smap, device="cpu")
+    g1 = nl.deblur(img, **kw, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 1)]
+    assert np.abs(nl.deblur(img, **kw, tta=2) - g1).max() > 0
+    assert np.abs(nl.deblur(img, **kw, tile=32, overlap=8) - g1).max() > 0
+    with pytest.raises(Cancelled):
+        nl.deblur(img, **kw, should_stop=lambda: True)
     # nothing to deblur: a copy of the input, never the caller's array itself
     flat = nl.deblur(img, method="guided", model=DRBNet(**TINY), sigma_map=np.zeros_like(img), device="cpu")
     assert flat is not img and np.shares_memory(flat, img) is False
