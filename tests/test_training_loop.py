@@ -296,3 +296,116 @@ def test_logs_of_a_resumed_run_equal_the_uninterrupted_ones(tmp_path):
 
     a, b = losses(full.model_path.parent), losses(tmp_path / "part")
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)
+
+
+class RecipeTask(ToyTask):
+    """ToyTask whose data and loss have options, recorded in its card like the real tasks' recipes."""
+
+    def __init__(self, seed=0, *, batch_size=4, crop=16, reg="l1", path="data.zarr"):
+        super().__init__(seed)
+        self.batch_size, self.crop, self.reg, self.path = batch_size, crop, reg, path
+
+    def batch(self, step, *, rank=0, world=1):
+        rng = np.random.default_rng([self.seed, step, rank])
+        x = torch.from_numpy(rng.random((self.batch_size, 1, self.crop, self.crop), dtype=np.float32))
+        return x, torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+
+    def loss(self, model, batch):
+        x, y = batch
+        fn = torch.nn.functional.l1_loss if self.reg == "l1" else torch.nn.functional.mse_loss
+        return fn(model(x), y), {}
+
+    def card(self):
+        return {**super().card(), "regularization": {"reg": self.reg},
+                "data": {"path": self.path, "crop": self.crop, "batch_size": self.batch_size,
+                         "split": {"train": [0, 1, 2], "val": [3]}, "gain": float("nan")}}
+
+
+def _stop_after(n):
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > n
+
+    return stop
+
+
+def _drop_recorded_card(ckpt):
+    """Rewrite a checkpoint as a version before the task's card was recorded in it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k not in ("card", "commands")}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(ckpt), metadata=meta)
+
+
+def test_resume_refuses_changed_task_options_and_names_them(tmp_path):
+    """The task's own options (its card: crop, batch size, regularization, data, ...) are part of the run: a
+    --resume with other ones is refused, naming each with its old and new value, and leaves the run as it was."""
+    run = tmp_path / "r"
+    part = train(RecipeTask(batch_size=2, crop=16), _cfg(run, ckpt_every=5), should_stop=_stop_after(5))
+    assert part.steps_done == 5
+    before = {p: (run / p).read_bytes() for p in ("checkpoint.safetensors", "train_config.json", "model.json")}
+    for task, named in [
+        (RecipeTask(batch_size=4, crop=16), ["data.batch_size 2 -> 4"]),
+        (RecipeTask(batch_size=2, crop=24, reg="l2"), ["data.crop 16 -> 24", "regularization.reg 'l1' -> 'l2'"]),
+        (RecipeTask(batch_size=2, crop=16, path="other.zarr"), ["data.path 'data.zarr' -> 'other.zarr'"]),
+    ]:
+        with pytest.raises(ValueError, match="start a\\s+new --out") as err:
+            train(task, _cfg(run, ckpt_every=5, resume=True, steps=40))
+        for text in named:
+            assert text in str(err.value)
+        assert "gain" not in str(err.value)  # NaN in both cards is no change
+    # run options and task options are named together
+    with pytest.raises(ValueError, match="seed 3 -> 4; data.crop 16 -> 24"):
+        train(RecipeTask(batch_size=2, crop=24), _cfg(run, resume=True, seed=4))
+    assert {p: (run / p).read_bytes() for p in before} == before  # nothing was touched
+    # the original task options resume, and may change what a session may change (steps, budget, threads, cadence)
+    res = train(RecipeTask(batch_size=2, crop=16), _cfg(run, ckpt_every=7, resume=True, steps=40, threads=1,
+                                                         command="second session"))
+    assert res.finished and res.steps_done == 40
+
+
+def test_resume_with_unchanged_task_options_is_exact_and_records_every_session(tmp_path):
+    full = train(RecipeTask(batch_size=2, crop=16, reg="l2"), _cfg(tmp_path / "full", command="linblur train x"))
+    train(RecipeTask(batch_size=2, crop=16, reg="l2"), _cfg(tmp_path / "part", ckpt_every=5, command="first"),
+          should_stop=_stop_after(12))
+    resumed = train(RecipeTask(batch_size=2, crop=16, reg="l2"),
+                    _cfg(tmp_path / "part", ckpt_every=5, resume=True, command="second"))
+    assert resumed.finished and resumed.steps_done == 30
+    a = registry.load_model(full.model_path, device="cpu")
+    b = registry.load_model(resumed.model_path, device="cpu")
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(v, b.state_dict()[k], rtol=0, atol=0)
+    assert b.card["data"]["batch_size"] == 2 and b.card["regularization"] == a.card["regularization"] == {"reg": "l2"}
+    # the card and train_config.json keep the command of every session, not only the last one
+    assert b.card["training"]["command"] == "second" and b.card["training"]["sessions"] == ["first", "second"]
+    assert "sessions" not in a.card["training"]
+    cfg = json.loads((tmp_path / "part" / "train_config.json").read_text())
+    assert cfg["sessions"] == ["first", "second"] and cfg["card"]["data"]["crop"] == 16
+
+
+def test_resume_of_a_checkpoint_without_a_recorded_card(tmp_path):
+    """Checkpoints of older versions lack the task's card: train_config.json stands in for it, and where neither
+    records the options (or an entry of the card) the resume is not refused for them."""
+    run = tmp_path / "r"
+    train(RecipeTask(batch_size=2), _cfg(run, ckpt_every=5, command="old"), should_stop=_stop_after(5))
+    _drop_recorded_card(run / "checkpoint.safetensors")
+    with pytest.raises(ValueError, match="data.batch_size 2 -> 4"):
+        train(RecipeTask(batch_size=4), _cfg(run, resume=True))
+    # an entry the recorded card lacks is not compared
+    config = json.loads((run / "train_config.json").read_text())
+    del config["card"]["regularization"]
+    (run / "train_config.json").write_text(json.dumps(config))
+    res = train(RecipeTask(batch_size=2, reg="l2"), _cfg(run, ckpt_every=5, resume=True, steps=10, command="new"))
+    assert res.steps_done == 10
+    assert registry.load_model(res.model_path, device="cpu").card["training"]["sessions"] == ["old", "new"]
+    # no card anywhere: nothing to compare, the run options are still checked
+    _drop_recorded_card(run / "checkpoint.safetensors")
+    (run / "train_config.json").unlink()
+    assert train(RecipeTask(batch_size=4), _cfg(run, resume=True, steps=15)).steps_done == 15
+    with pytest.raises(ValueError, match="lr 0.003 -> 0.1"):
+        train(RecipeTask(batch_size=4), _cfg(run, resume=True, steps=20, lr=0.1))

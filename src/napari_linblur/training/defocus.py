@@ -405,6 +405,8 @@ class DefocusTask:
     """
 
     name = "defocus"
+    #: card entries a --resume may see change: the pool's rendering time is measured, not an option
+    resume_ignore = ("data.pool_seconds",)
 
     def __init__(self, model_config: dict, data: DefocusDataConfig | None = None, *, seed: int = 0,
                  config_name: str = "custom", log=None, init: str | None = None, bn_batches: int = 64):

@@ -19,6 +19,11 @@ A *task* supplies the model and the data::
 and optionally ``finalize(model, validation) -> (validation, card_entries)``: a last pass over the trained model
 before it is saved (the defocus task re-estimates its BatchNorm statistics there). It is skipped when the run was
 cancelled through ``should_stop``.
+
+The card a task gives at the start of a run is its recipe (data, configuration, regularization, ...): every checkpoint
+records it, and a ``resume`` refuses a task whose card differs from the checkpoint's, like changed run options
+(:data:`RESUME_FIXED`), so the run and its model card keep one recipe. Card entries that are measurements rather
+than options may be listed, as dotted keys, in an optional ``resume_ignore`` attribute of the task.
 """
 
 from __future__ import annotations
@@ -142,7 +147,8 @@ def _dist_info() -> tuple[int, int]:
 
 
 def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cfg: TrainConfig,
-                     ema_model=None, running: tuple[dict[str, float], int] | None = None) -> None:
+                     ema_model=None, running: tuple[dict[str, float], int] | None = None,
+                     recipe: dict | None = None, sessions: list[str] | None = None) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -169,21 +175,89 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cf
         "config": json.dumps(asdict(cfg)),
         # the partial sums of the next log line, so a resumed run logs what an uninterrupted one would
         "running": json.dumps({"sums": running[0], "n": running[1]} if running else {"sums": {}, "n": 0}),
+        # the task's card (its recipe) and the command of every session so far, checked and kept by --resume
+        "card": json.dumps(_plain(recipe if recipe is not None else {})),
+        "commands": json.dumps(sessions if sessions is not None else [cfg.command]),
     }
     with atomic_target(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
 #: options a ``--resume`` must keep: they define the run (its schedule, numerics and data); the others (budget,
-#: threads, device, cadence of logs and checkpoints, and ``steps``, to extend a run) may change between sessions
+#: threads, device, cadence of logs and checkpoints, and ``steps``, to extend a run) may change between sessions.
+#: The task's own options (its card: data recipe, crop, batch size, regularization, ...) must not change either.
 RESUME_FIXED = ("lr", "weight_decay", "schedule", "warmup", "grad_clip", "seed", "amp", "ema")
 
 
-def _load_checkpoint(path: Path, model, optimizer, ema_model=None, cfg=None) -> tuple[int, float, dict, int]:
-    """Restore a checkpoint; a damaged file, another configuration or changed options are ``ValueError``s that
-    name the checkpoint."""
+def _plain(obj: Any) -> Any:
+    """``obj`` as its JSON record reads back (tuples as lists, NaN and Inf as None), so that a card recorded in a
+    checkpoint compares equal to the same card computed again."""
+    def finite(v: Any) -> Any:
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [finite(x) for x in v]
+        return v
+
+    return finite(json.loads(json.dumps(obj, default=str)))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def recipe_changes(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The entries of a task's card that differ between a run's checkpoint and this session, as ``"key old -> new"``.
+
+    Nested entries are named by dotted keys (``data.crop``). An entry one side lacks (a card written by an older
+    version) is not compared, nor are the dotted keys in ``ignore``.
+
+    Parameters
+    ----------
+    saved, current : dict
+        The card recorded with the checkpoint and the card of the task resuming it.
+    ignore : tuple of str
+        Dotted keys that may differ (measurements, not options).
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> recipe_changes({"data": {"crop": 32, "batch_size": 2}, "reg": "direct"},
+    ...                {"data": {"crop": 48, "batch_size": 2}, "reg": "direct", "new": 1})
+    ['data.crop 32 -> 48']
+    """
+    out: list[str] = []
+
+    def walk(old_card: dict, new_card: dict, prefix: str) -> None:
+        for k, old in old_card.items():
+            key = f"{prefix}{k}"
+            if k not in new_card or key in ignore:
+                continue
+            new = new_card[k]
+            if isinstance(old, dict) and isinstance(new, dict):
+                walk(old, new, key + ".")
+            elif old != new:
+                out.append(f"{key} {_short(old)} -> {_short(new)}")
+
+    walk(_plain(saved), _plain(current), "")
+    return out
+
+
+def _load_checkpoint(path: Path, model, optimizer, ema_model=None, cfg=None, recipe: dict | None = None,
+                     ignore: tuple[str, ...] = ()) -> tuple[int, float, dict, int, list[str]]:
+    """Restore a checkpoint; a damaged file, another configuration or changed options (run options or the task's
+    ``recipe``, its card) are ``ValueError``s that name the checkpoint.
+
+    Returns the step, elapsed seconds, partial log sums and their count, and the commands of the sessions so far.
+    """
     try:
-        return _load_checkpoint_checked(path, model, optimizer, ema_model, cfg)
+        return _load_checkpoint_checked(path, model, optimizer, ema_model, cfg, recipe, ignore)
     except ValueError:
         raise
     except Exception as err:  # noqa: BLE001 - safetensors/JSON/torch errors of a damaged or foreign file
@@ -192,21 +266,38 @@ def _load_checkpoint(path: Path, model, optimizer, ema_model=None, cfg=None) -> 
                          "--init from a model.safetensors") from err
 
 
-def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg) -> tuple[int, float, dict, int]:
+def _recorded_card(path: Path, meta: dict[str, str]) -> dict | None:
+    """The task card a checkpoint was written with; for a checkpoint of an older version (no ``card``), the one in
+    the run's ``train_config.json``; None when neither records it."""
+    if meta.get("card"):
+        return json.loads(meta["card"]) or None
+    config = path.parent / "train_config.json"
+    if config.exists():
+        card = json.loads(config.read_text()).get("card")
+        return card if isinstance(card, dict) and card else None
+    return None
+
+
+def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg, recipe: dict | None = None,
+                             ignore: tuple[str, ...] = ()) -> tuple[int, float, dict, int, list[str]]:
     import torch
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if cfg is not None and meta.get("config"):
-        saved = json.loads(meta["config"])
-        changed = [f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in RESUME_FIXED
-                   if k in saved and saved[k] != getattr(cfg, k)]
-        if changed:
-            raise ValueError(f"--resume continues {path.parent} exactly, but these options differ from its "
-                             f"checkpoint: {'; '.join(changed)}. Resume with the original options, or start a "
-                             "new --out (--init RUN/model.safetensors continues from its weights)")
+    saved = json.loads(meta["config"]) if meta.get("config") else {}
+    changed: list[str] = []
+    if cfg is not None:
+        changed += [f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in RESUME_FIXED
+                    if k in saved and saved[k] != getattr(cfg, k)]
+    card = _recorded_card(path, meta) if recipe is not None else None
+    if card is not None:
+        changed += recipe_changes(card, recipe, ignore)
+    if changed:
+        raise ValueError(f"--resume continues {path.parent} exactly, but these options differ from its "
+                         f"checkpoint: {'; '.join(changed)}. Resume with the original options, or start a "
+                         "new --out (--init RUN/model.safetensors continues from its weights)")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema_model is not None:
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
@@ -222,7 +313,9 @@ def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg) -> tu
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
     running = json.loads(meta.get("running") or '{"sums": {}, "n": 0}')
-    return int(meta["step"]), float(meta["elapsed"]), dict(running["sums"]), int(running["n"])
+    sessions = json.loads(meta["commands"]) if meta.get("commands") else (
+        [saved["command"]] if saved.get("command") else [])
+    return int(meta["step"]), float(meta["elapsed"]), dict(running["sums"]), int(running["n"]), list(sessions)
 
 
 def ema_decay(ema: float, t: int) -> float:
@@ -344,8 +437,12 @@ def train(
     start, elapsed0 = 0, 0.0
     running: dict[str, float] = {}
     n_running = 0
+    recipe = dict(task.card())  # the task's options as this session starts: checked on resume, kept in checkpoints
+    sessions = [cfg.command]
     if cfg.resume:
-        start, elapsed0, running, n_running = _load_checkpoint(ckpt, model, optimizer, ema_model, cfg)
+        start, elapsed0, running, n_running, earlier = _load_checkpoint(
+            ckpt, model, optimizer, ema_model, cfg, recipe, tuple(getattr(task, "resume_ignore", ())))
+        sessions = earlier + sessions
         if rank == 0:
             _truncate_logs(out, start)
     net = model
@@ -354,7 +451,8 @@ def train(
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if rank == 0:
-        write_json_atomic(out / "train_config.json", {"task": task.name, **asdict(cfg), "card": task.card()})
+        write_json_atomic(out / "train_config.json", {"task": task.name, **asdict(cfg), "card": recipe,
+                                                      **({"sessions": sessions} if len(sessions) > 1 else {})})
 
     bar = None
     if cfg.progress and rank == 0:
@@ -414,13 +512,14 @@ def train(
                 on_log(record)
         if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
             _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg, ema_model,
-                             (running, n_running))
+                             (running, n_running), recipe, sessions)
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     model_path = out / MODEL
     if rank == 0:
-        _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running))
+        _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running), recipe,
+                         sessions)
         _write_csv(out)
         model.eval()
         final = ema_model if ema_model is not None else model
@@ -448,6 +547,8 @@ def train(
             "torch": torch.__version__,
             "hardware": hardware_description(device),
         }
+        if len(sessions) > 1:  # a resumed run: the command of every session, the first one started it
+            card["training"]["sessions"] = sessions
         card["validation"] = last_val
         save_model(final, model_path, card)
     if ddp:
