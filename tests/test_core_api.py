@@ -42,6 +42,39 @@ def test_check_image_rejects_bad_input(value, match):
         check_image(value, "img")
 
 
+def _with_pixel(value, shape=(64, 64)):
+    img = np.random.default_rng(0).poisson(100, shape).astype(np.float64)
+    img[5, 7] = value
+    return img
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, 3.5e38])
+def test_check_image_rejects_values_beyond_float32(value):
+    """float64 values beyond float32's range would become Inf in the networks: refused up front, named."""
+    with pytest.raises(ValueError, match=r"^img has values up to \|x\| = .*e\+3[89].*\|x\| < 3\.4e38"):
+        check_image(_with_pixel(value), "img")
+    with pytest.raises(ValueError, match=r"plane has values up to \|x\| = 1e\+300"):
+        check_image(np.full((8, 8), 1e300), "plane")
+    # the float32 range itself, integers and narrower floats pass
+    check_image(_with_pixel(3.4e38), "img")
+    check_image(np.full((8, 8), 2**64 - 1, np.uint64), "img")
+    check_image(np.full((8, 8), 3e38, np.float32), "img")
+
+
+def test_operations_refuse_values_beyond_float32(tiny_models):
+    import dask.array as da
+
+    img, big = _with_pixel(1e39), np.random.default_rng(1).random((64, 64)) * 1e300
+    for fn, model in ((nl.estimate_defocus, tiny_models["defocus_noise"]), (nl.deblur, tiny_models["deblur"])):
+        kw = dict(model=model, device="cpu")
+        for bad in (img, big):
+            with pytest.raises(ValueError, match=r"^img has values up to .*accepted range \|x\| < 3\.4e38"):
+                fn(bad, **kw)
+        lazy = fn(da.from_array(np.stack([_with_pixel(1.0), img]), chunks=(1, 64, 64)), **kw)
+        with pytest.raises(ValueError, match=r"^img has values up to \|x\| = 1e\+39"):
+            lazy.compute()
+
+
 def test_pair_and_alpha_checks():
     with pytest.raises(ValueError, match="same shape"):
         check_same_shape(np.zeros((4, 4)), np.zeros((4, 5)), ("img_a", "img_c"))
@@ -69,9 +102,23 @@ def test_device_selection():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ValueError, match="device"):
         resolve_device("tpu-please")
+    assert resolve_device(None).type in ("cpu", "cuda", "mps")
+    assert resolve_device(torch.device("cpu")).type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("device", ["xla", "vulkan", "xpu", "meta", "hip", torch.device("meta"), "tpu-please"])
+def test_device_types_outside_cpu_cuda_mps_are_refused(device, tiny_models):
+    """torch parses many device types the models cannot run on: a ValueError naming the argument, up front."""
+    msg = r"^device must be 'auto', 'cpu', 'cuda\[:N\]' or 'mps', got "
+    with pytest.raises(ValueError, match=msg):
+        resolve_device(device)
+    with pytest.raises(ValueError, match=msg):
+        nl.estimate_defocus(np.zeros((32, 32), np.float32), model=tiny_models["defocus_noise"], device=device)
+    with pytest.raises(TypeError, match="device"):
+        resolve_device(3)
 
 
 class _Tiny(torch.nn.Module):

@@ -212,3 +212,83 @@ def test_evaluate_adds_calibrated_rows_for_noise_models(noise_model, tmp_path):
     table = json.loads((out / "defocus_eval.json").read_text())["spatially_varying"]["shuffle"]
     assert set(table) == {"noise", "noise, calibrated camera"}
     assert all(0 <= r["all"]["mae_px"] < 10 for r in table.values())
+
+
+def _scaled_pair(seed=4, shape=(96, 96)):
+    """A noisy uint16 plane of smooth content and the same plane as float64 in [0, 1]."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    content = gaussian_filter(rng.random(shape), 4)
+    content = (content - content.min()) / np.ptp(content)
+    u16 = poisson_gaussian(100 + 1500 * content, gain=1.0, read_noise=2.0, offset=100.0, rng=rng)
+    u16 = np.clip(np.round(u16), 0, 65535).astype(np.uint16)
+    return u16, u16.astype(np.float64) / float(u16.max())
+
+
+@pytest.mark.parametrize("k", [1e-4, 1e-6, 1e-9, 1e-20, 1e20])
+def test_noise_channel_is_scale_invariant(k):
+    """No absolute floor: the channel of an image scaled to [0, k] is that of the uint16 original."""
+    from napari_linblur.inference.normalize import fit_normalization
+
+    u16, unit = _scaled_pair()
+    ref = noise_channel(u16, fit_normalization(u16).scale)
+    img = unit * k
+    ch = noise_channel(img, fit_normalization(img).scale)
+    np.testing.assert_allclose(ch, ref, atol=2e-3)
+    # the estimated line scales with the square of the intensity
+    a0, b0 = estimate_variance_model(unit)
+    a, b = estimate_variance_model(img)
+    assert (a / k, b / k**2) == pytest.approx((a0, b0), rel=1e-3, abs=1e-9)
+
+
+@pytest.mark.parametrize("c", [2.0**-80, 1e-25, 1e25, 2.0**80])
+def test_noise_std_map_is_scale_equivariant(c):
+    """The map of a plane and line scaled by (c, c, c²) is c times the map: no float32 under/overflow of the
+    variance, no absolute floor (exact for powers of two)."""
+    u16, _ = _scaled_pair()
+    x = u16.astype(np.float64)
+    ref = noise_std_map(x, 1.0, 4.0)
+    out = noise_std_map(x * c, 1.0 * c, 4.0 * c * c)
+    assert out.dtype == np.float32 and np.isfinite(out).all() and float(out.min()) > 0
+    np.testing.assert_allclose(out / np.float32(c), ref, rtol=1e-5)
+    if np.log2(c).is_integer():
+        np.testing.assert_array_equal(out, ref * np.float32(c))
+    # a zero line on a constant plane: a positive std relative to the plane, not an absolute one
+    flat = noise_std_map(np.full((8, 8), 3.0 * c), 0.0, 0.0)
+    assert np.all(flat > 0) and float(flat.max()) < 1e-4 * 3.0 * c
+    with pytest.raises(ValueError, match="scale"):
+        noise_channel(x, 0.0)
+
+
+@pytest.mark.parametrize("k", [1e-6, 1e-9])
+def test_estimate_defocus_is_scale_invariant(tiny_models, k):
+    """A noise-aware model gives the same map for the same image at any intensity scale."""
+    import napari_linblur as nl
+
+    u16, unit = _scaled_pair()
+    model = tiny_models["defocus_noise"]
+    ref = nl.estimate_defocus(u16, model=model, device="cpu", amp="off")
+    out = nl.estimate_defocus(unit * k, model=model, device="cpu", amp="off")
+    np.testing.assert_allclose(out, ref, atol=1e-3 * max(1.0, float(np.abs(ref).max())))
+
+
+def test_faint_images_are_normalized_by_their_own_range(tiny_models):
+    """A purely relative constant-image test: an image of values ~1e-13 is not taken for a constant one."""
+    import napari_linblur as nl
+    from napari_linblur.inference.normalize import fit_normalization
+
+    _, unit = _scaled_pair()
+    ref_norm = fit_normalization(unit)
+    for k in (1e-13, 1e-30):
+        n = fit_normalization(unit * k)
+        assert n.scale == pytest.approx(ref_norm.scale * k, rel=1e-6)
+        np.testing.assert_allclose(n.apply(unit * k), ref_norm.apply(unit), atol=1e-5)
+    model = tiny_models["deblur"]
+    ref = nl.deblur(unit, method="network", model=model, device="cpu", amp="off")
+    out = nl.deblur(unit * 1e-13, method="network", model=model, device="cpu", amp="off")
+    np.testing.assert_allclose(out / 1e-13, ref, atol=1e-4)
+    # constant images (whatever their scale) still get a safe scale
+    for value in (0.0, 1e-13, 7.0):
+        n = fit_normalization(np.full((8, 8), value))
+        assert n.scale > 0 and np.all(n.apply(np.full((8, 8), value)) == 0)

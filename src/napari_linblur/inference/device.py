@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-_ACCEPTED = "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device"
+_ACCEPTED = "'auto', 'cpu', 'cuda[:N]' or 'mps'"
+#: the device types the models run on (torch parses many more: xla, xpu, meta, vulkan, ...)
+_TYPES = ("cpu", "cuda", "mps")
 
 
 def resolve_device(device: Any = "auto"):
@@ -12,13 +14,21 @@ def resolve_device(device: Any = "auto"):
 
     Parameters
     ----------
-    device : str or torch.device
-        ``"auto"`` picks CUDA when available, else Apple MPS, else the CPU. An explicit
+    device : str, torch.device or None
+        ``"auto"`` (or ``None``) picks CUDA when available, else Apple MPS, else the CPU. Otherwise ``"cpu"``,
+        ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a :class:`torch.device` of those types. An explicit
         ``"cuda"`` on a machine without CUDA raises instead of silently falling back.
 
     Returns
     -------
     torch.device
+
+    Raises
+    ------
+    ValueError
+        Any other device (``"xla"``, ``"meta"``, ...), or one that is not available here.
+    TypeError
+        ``device`` is neither a string nor a :class:`torch.device`.
 
     Examples
     --------
@@ -40,11 +50,16 @@ def resolve_device(device: Any = "auto"):
         try:
             dev = torch.device(device.lower())
         except RuntimeError as err:
-            raise ValueError(f"device={device!r} is not understood; use {_ACCEPTED}") from err
+            raise ValueError(f"device must be {_ACCEPTED}, got {device!r}") from err
     else:
-        raise TypeError(f"device must be {_ACCEPTED}, got {type(device).__name__}")
+        raise TypeError(f"device must be {_ACCEPTED} or a torch.device, got {type(device).__name__}")
+    if dev.type not in _TYPES:
+        raise ValueError(f"device must be {_ACCEPTED}, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} asked for CUDA but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} asked for CUDA GPU {dev.index}, but only "
+                         f"{torch.cuda.device_count()} are visible; use 'cuda' or 'cuda:0'")
     if dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():

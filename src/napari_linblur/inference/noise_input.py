@@ -82,7 +82,13 @@ def noise_channel(plane: np.ndarray, scale: float, line: tuple[float, float] | N
     Returns
     -------
     numpy.ndarray
-        float32, same shape, see :data:`CHANNEL_DOC`.
+        float32, same shape, see :data:`CHANNEL_DOC`. Scale-invariant: multiplying ``plane``, ``scale`` and the
+        line's std by the same factor gives the same channel (no absolute floor).
+
+    Raises
+    ------
+    ValueError
+        ``scale`` is not a positive number in the float32 range.
     """
     from napari_linblur.optics.noise import (
         estimate_variance_model,
@@ -90,6 +96,11 @@ def noise_channel(plane: np.ndarray, scale: float, line: tuple[float, float] | N
         residual_variance,
     )
 
+    s = float(scale)
+    if not (0.0 < s <= float(np.finfo(np.float32).max) and np.float32(s) > 0):
+        raise ValueError(f"scale must be a positive number in the float32 range (the normalization's scale), "
+                         f"got {scale!r}")
+    scale32 = np.float32(s)
     plane = np.asarray(plane, dtype=np.float32)
     if line is None:
         try:
@@ -97,7 +108,8 @@ def noise_channel(plane: np.ndarray, scale: float, line: tuple[float, float] | N
         except ValueError:  # too small to estimate: the whole plane's residual noise, constant
             line = (0.0, residual_variance(plane))
     std = noise_std_map(plane, *line)
-    out = np.log10(np.maximum(std, 1e-12) / np.float32(max(float(scale), 1e-12))) + _SHIFT
+    # the floor is relative (a noise 1e-12 of the scale, far below the clip), so the channel is scale-invariant
+    out = np.log10(np.maximum(std / scale32, np.float32(1e-12))) + _SHIFT
     return np.clip(out, -_CLIP, _CLIP).astype(np.float32)
 
 

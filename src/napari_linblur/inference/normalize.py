@@ -60,7 +60,8 @@ def fit_normalization(
     Returns
     -------
     Normalization
-        A constant image gets ``scale = max(|value|, 1)`` so nothing divides by zero.
+        A constant image (a percentile range of at most ``1e-12`` of the percentiles' magnitude, whatever the
+        intensity scale) gets ``scale = max(|value|, 1)`` so nothing divides by zero.
 
     Examples
     --------
@@ -83,6 +84,8 @@ def fit_normalization(
         raise ValueError("cannot normalize: the images contain no finite values")
     lo, hi = np.percentile(values, [low, high])
     scale = float(hi - lo)
-    if not scale > 1e-12 * max(1.0, abs(float(hi))):
+    # constant: a range negligible next to the values themselves (a purely relative test, so a faint image of
+    # values ~1e-13 is normalized like the same image at any other scale)
+    if not scale > 1e-12 * max(abs(float(lo)), abs(float(hi))):
         scale = max(abs(float(hi)), 1.0)
     return Normalization(offset=float(lo), scale=scale)

@@ -13,6 +13,8 @@ import numpy as np
 
 ACCEPTED_IMAGE = "a real-valued 2-D image (Y, X) or a stack (..., Y, X) as a numpy or dask array"
 MIN_SIDE = 4
+#: largest accepted ``|value|``: the float32 range the networks and the normalization compute in
+MAX_ABS = float(np.finfo(np.float32).max)
 
 
 def is_dask(x: Any) -> bool:
@@ -33,7 +35,9 @@ def check_image(x: Any, name: str = "img", *, allow_stack: bool = True, check_fi
     allow_stack : bool
         Accept ``(..., Y, X)`` stacks; otherwise only 2-D.
     check_finite : bool
-        Reject NaN/Inf. For dask arrays the check is deferred to compute time, per plane.
+        Reject NaN/Inf, and values beyond the float32 range (``|x| < 3.4e38``, what the networks compute in) in
+        float64 and wider images. For dask arrays the check is deferred to compute time, per plane
+        (:func:`check_finite_plane`).
 
     Returns
     -------
@@ -72,15 +76,36 @@ def check_image(x: Any, name: str = "img", *, allow_stack: bool = True, check_fi
         raise ValueError(
             f"{name} has shape {tuple(x.shape)}: planes must be at least {MIN_SIDE}x{MIN_SIDE} pixels"
         )
-    if check_finite and not is_dask(x) and dtype.kind == "f" and not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")
+    if check_finite and not is_dask(x):
+        check_finite_plane(x, name)
     return x
 
 
 def check_finite_plane(plane: np.ndarray, name: str) -> None:
-    """Deferred finiteness check used inside dask tasks."""
-    if plane.dtype.kind == "f" and not np.isfinite(plane).all():
+    """Finiteness and range check of a computed image, deferred to inside the tasks for dask arrays.
+
+    Raises ``ValueError`` naming ``name`` for NaN/Inf, or for values beyond the float32 range (``|x| >= 3.4e38``)
+    that a float64 (or wider) image can hold: the networks compute in float32, where they would become Inf.
+
+    Examples
+    --------
+    >>> check_finite_plane(np.full((4, 4), 1e38), "img")  # passes
+    >>> check_finite_plane(np.full((4, 4), 1e39), "img")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: img has values up to |x| = 1e+39, beyond the accepted range |x| < 3.4e38 ...
+    """
+    plane = np.asarray(plane)
+    if plane.dtype.kind != "f":
+        return  # (u)int64 at most ~1.8e19, far inside the range
+    if not np.isfinite(plane).all():
         raise ValueError(f"{name} contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")
+    if plane.dtype.itemsize > 4 and plane.size:
+        peak = max(float(plane.max()), -float(plane.min()))
+        if peak > MAX_ABS:
+            raise ValueError(
+                f"{name} has values up to |x| = {peak:.3g}, beyond the accepted range |x| < 3.4e38 (the float32 "
+                "range the networks compute in); rescale the image first"
+            )
 
 
 def check_same_shape(a: Any, b: Any, names: tuple[str, str]) -> None:

@@ -305,8 +305,11 @@ def estimate_variance_model(plane, *, block: int = 8, n_groups: int = 8, quantil
         slope, intercept = np.polyfit(gm, gv, 1)
         if slope >= 0:
             a, b = float(slope), float(intercept)
-    # keep the line positive over the plane's range (a small floor, not the smallest group's variance)
-    floor = max(0.05 * float(np.min(gv[gv > 0])) if np.any(gv > 0) else 0.0, 1e-12 * max(1.0, hi * hi))
+    # keep the line positive over the plane's range (a small floor, not the smallest group's variance); the last
+    # resort (std = 1e-6 of the plane's largest |value|) is relative, so the line scales with the image
+    peak = max(abs(lo), abs(hi))
+    last = 1e-12 * (peak * peak) if peak > 0 else 1e-12
+    floor = max(0.05 * float(np.min(gv[gv > 0])) if np.any(gv > 0) else 0.0, last)
     b = max(b, floor - a * lo)
     return a, b
 
@@ -332,12 +335,47 @@ def noise_std_map(plane, a: float, b: float, *, smooth: float = 1.0) -> np.ndarr
     """Expected noise standard deviation at every pixel (ADU, float32) from a variance line ``a * v + b``.
 
     The line is evaluated on the plane smoothed with a Gaussian of ``smooth`` px, so the map follows the local
-    mean level rather than each pixel's own noise.
+    mean level rather than each pixel's own noise. The map is scale-equivariant: scaling the plane by ``k`` and
+    the line by ``(k * a, k² * b)`` scales the map by ``k`` (the work is done in units of a power of two near the
+    plane's largest ``|value|``, exact in floating point, so a variance never leaves the float32 range), and the
+    floor that keeps it positive is relative to the line and the plane, never an absolute number.
+
+    Parameters
+    ----------
+    plane : array_like, (Y, X)
+        Raw pixel values (any real dtype).
+    a, b : float
+        Variance line ``var(v) = a * v + b`` in the plane's units (squared).
+    smooth : float
+        Gaussian smoothing of the plane, pixels (``0``: none).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape, ``> 0`` (a zero line gives 1e-6 of the plane's largest ``|value|``).
+
+    Examples
+    --------
+    >>> plane = np.full((8, 8), 400.0)
+    >>> float(noise_std_map(plane, 1.0, 0.0)[0, 0])
+    20.0
+    >>> float(noise_std_map(plane * 2.0**-40, 2.0**-40, 0.0)[0, 0]) == 20.0 * 2.0**-40
+    True
     """
+    import math
+
     from scipy.ndimage import gaussian_filter
 
     x = _check_array("plane", plane).astype(np.float32, copy=False)
+    peak = float(np.abs(x).max(initial=0.0))
+    e = math.frexp(peak)[1] if peak > 0 else 0  # peak / 2**e in [0.5, 1)
+    if e:
+        x = np.ldexp(x, -e)  # float32, exact
+        a, b = math.ldexp(float(a), -e), math.ldexp(float(b), -2 * e)
     m = gaussian_filter(x, float(smooth)) if smooth > 0 else x
     var = float(a) * m + float(b)
-    tiny = max(1e-12, 1e-6 * abs(float(b)) + 1e-6 * abs(float(a)) * float(np.abs(m).max(initial=0.0)))
-    return np.sqrt(np.maximum(var, tiny)).astype(np.float32)
+    tiny = 1e-6 * abs(float(b)) + 1e-6 * abs(float(a)) * float(np.abs(m).max(initial=0.0))
+    if not tiny > 0:  # a zero line: std 1e-6 in these units (of the plane's peak; 1 for an all-zero plane)
+        tiny = 1e-12
+    std = np.sqrt(np.maximum(var, np.float32(tiny))).astype(np.float32)
+    return np.ldexp(std, e).astype(np.float32, copy=False) if e else std
