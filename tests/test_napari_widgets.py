@@ -816,6 +816,9 @@ def test_pair_outputs_are_placed_like_the_input_and_follow_time(viewer, qtbot, t
     data = out.data[0] if out.multiscale else out.data
     assert data.shape == (2, 48, 64)  # (T, Y, X): Z was consumed by the pair
     assert tuple(out.translate) == (10.0, 5.0, 7.0) and tuple(out.scale) == (1.0, 0.5, 0.5)
+    # the file and the layer say what was computed
+    assert out.metadata["linblur_attrs"]["operation"] == "synthesize_blur"
+    assert out.metadata["linblur_attrs"]["alpha"] == w.alpha.value()
     assert tuple(str(u) for u in out.units)[-2:] == ("micrometer", "micrometer")
 
     # a 2-D image alone: the preview says what is wrong (not "img against itself"), so does a run
@@ -859,3 +862,221 @@ def test_no_input_is_waiting_not_an_error_and_removal_stops_runs(viewer, qtbot, 
     viewer.window.remove_dock_widget(viewer.window._dock_widgets["Train (napari-linblur)"])
     qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
     assert w.model_path is None and "stopped before the end" in w.result_label.text()
+
+
+def _um_top(**optics) -> float:
+    """|defocus| in µm of σ = 10 px (the top of the trained range) through the optics calibration."""
+    from napari_linblur.inference.defocus_ops import sigma_to_defocus_um
+    from napari_linblur.optics.psf import OpticalSetup
+
+    return float(np.asarray(sigma_to_defocus_um(np.array([10.0]), setup=OpticalSetup(**optics))).ravel()[0])
+
+
+def test_defocus_live_map_has_fixed_contrast_limits_and_keeps_the_users(viewer, qtbot, tiny_models, synth):
+    """The live map is shown on the trained range (σ 0–10 px, or its |defocus| in µm), so one colour is one σ on
+    every plane; limits the user sets are kept while the map follows the planes; a change of units sets the range
+    of the new units; whole-stack outputs use the same range."""
+    viewer.add_image(synth[0], name="img", scale=(4.0, 0.5, 0.5), units=("micrometer",) * 3)
+    w = add(viewer, "Defocus map & focus QC")
+    w.model.set_model(tiny_models["defocus"])
+    settle(qtbot, w)
+    prev = next(ly for ly in viewer.layers if ly.name.endswith("(preview)"))
+    np.testing.assert_allclose(prev.contrast_limits, (0.0, 10.0))
+    for z in (0, 8):
+        viewer.dims.set_current_step(0, z)
+        settle(qtbot, w)
+        assert prev.name == f"defocus σ[img z{z}] (preview)"
+        np.testing.assert_allclose(prev.contrast_limits, (0.0, 10.0))
+    # the user's limits stay while the map follows the Z slider
+    prev.contrast_limits = (0.5, 3.0)
+    viewer.dims.set_current_step(0, 4)
+    settle(qtbot, w)
+    assert prev.name == "defocus σ[img z4] (preview)"
+    np.testing.assert_allclose(prev.contrast_limits, (0.5, 3.0))
+    # new units: the µm of the same σ range
+    w.units.setCurrentIndex(w.units.findData("um"))
+    settle(qtbot, w)
+    assert prev.name == "defocus µm[img z4] (preview)"
+    np.testing.assert_allclose(prev.contrast_limits, (0.0, _um_top(na=0.45, wavelength_um=0.52, pixel_um=0.5)),
+                               rtol=1e-5)
+    w.units.setCurrentIndex(w.units.findData("px"))
+    settle(qtbot, w)
+    np.testing.assert_allclose(prev.contrast_limits, (0.0, 10.0))
+    # a computed whole-stack map: the same range, not limits of its own data
+    w.preview_on.setChecked(False)
+    assert w.run_whole_stack()
+    wait_run(qtbot, w)
+    np.testing.assert_allclose(viewer.layers["defocus σ[img]"].contrast_limits, (0.0, 10.0))
+
+
+def test_defocus_live_map_ignores_other_layers_sliders(viewer, qtbot, tiny_models, synth):
+    a = viewer.add_image(synth[0], name="A")  # (Z, Y, X)
+    viewer.add_image(np.zeros((3, *synth[0].shape), np.float32), name="B time-lapse")  # adds a T axis to the viewer
+    w = add(viewer, "Defocus map & focus QC")
+    w.model.set_model(tiny_models["defocus"])
+    w.image.set_layer(a)
+    settle(qtbot, w)
+    generation = w.preview.generation
+    for t in (1, 2):
+        viewer.dims.set_current_step(0, t)  # B's T slider: A's plane is unchanged
+    qtbot.wait(400)
+    assert w.preview.generation == generation and not w.preview.busy
+    viewer.dims.set_current_step(1, 2)  # A's Z slider
+    settle(qtbot, w)
+    assert w.preview.generation == generation + 1
+    assert viewer.layers[-1].name == "defocus σ[A z2] (preview)"
+
+
+def _two_positions(viewer, synth):
+    """A (T=2, Z, Y, X) layer read as 'tzyx' whose t=1 is t=0 upside down (its best plane at the other end)."""
+    stack = synth[0]
+    data = np.stack([stack, stack[::-1]])
+    return viewer.add_image(data, name="tz", scale=(1.0, 4.0, 0.65, 0.65), translate=(0.0, 100.0, 0.0, 0.0),
+                            metadata={"linblur_axes": "tzyx"})
+
+
+def test_focus_curve_belongs_to_the_position_it_was_computed_for(viewer, qtbot, synth):
+    """A curve computed at t=0 says so; after moving to t=1 the label says the curve is of t=0, and 'Go to best
+    plane' goes back to t=0 (the plane whose score is plotted)."""
+    layer = _two_positions(viewer, synth)
+    best = [nl.best_focus(layer.data[t], method="brenner") for t in (0, 1)]
+    assert best[0] != best[1]
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    w.measure.setCurrentIndex(w.measure.findData("brenner"))
+    viewer.dims.set_current_step(0, 0)
+    w.curve_btn.click()
+    wait_run(qtbot, w)
+    assert w.plot.best == best[0] and w.best_label.text() == f"best plane of tz at t=0: z = {best[0]}"
+    viewer.dims.set_current_step(0, 1)
+    viewer.dims.set_current_step(1, best[1])
+    text = w.best_label.text()
+    assert "this curve is of t=0" in text and "the viewer shows t=1" in text and w.goto_btn.isEnabled()
+    assert w.plot._current_line is None  # the viewer's plane is not a plane of this curve
+    w.goto_btn.click()
+    assert _ops.current_indices(viewer, layer) == (0, best[0])
+    assert w.best_label.text() == f"best plane of tz at t=0: z = {best[0]}"
+
+
+def test_focus_curve_of_a_layer_deleted_mid_run_is_dropped(viewer, qtbot, synth):
+    layer = viewer.add_image(synth[0], name="gone")
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    w.measure.setCurrentIndex(w.measure.findData("brenner"))
+    assert w.run_focus_curve()
+    viewer.layers.remove(layer)  # before the result reaches the GUI thread
+    wait_run(qtbot, w)
+    assert "'gone' was deleted" in w.panel.status.text() and "'gone' was deleted" in last_error()
+    assert w.plot.scores is None and not w.goto_btn.isEnabled()
+    # a curve whose layer is deleted afterwards goes with it
+    layer = viewer.add_image(synth[0], name="later")
+    w.image.set_layer(layer)
+    w.run_focus_curve()
+    wait_run(qtbot, w)
+    assert w.goto_btn.isEnabled()
+    viewer.layers.remove(layer)
+    assert w.plot.scores is None and not w.goto_btn.isEnabled() and "'later' was deleted" in w.best_label.text()
+    w.go_to_best()  # e.g. through a shortcut: says why nothing happens
+    assert "press 'Focus curve'" in last_error()
+
+
+def test_defocus_ome_zarr_records_what_it_holds(viewer, qtbot, tiny_models, synth, tmp_path):
+    import zarr
+
+    viewer.add_image(synth[0][:3], name="img", scale=(4.0, 0.5, 0.5), units=("micrometer",) * 3)
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    w.model.set_model(tiny_models["defocus"])
+    w.units.setCurrentIndex(w.units.findData("um"))
+    target = tmp_path / "defocus.ome.zarr"
+    w.output.set_mode(w.output.ZARR, str(target))
+    assert w.run_whole_stack()
+    wait_run(qtbot, w)
+    # the file says what its values are, with the keys of `linblur defocus-map`
+    attrs = zarr.open_group(str(target), mode="r").attrs.asdict().get("linblur", {})
+    assert attrs.get("operation") == "defocus-map", attrs
+    assert attrs["unit"].startswith("micrometer (|defocus|")
+    assert attrs["optics"]["pixel_um"] == 0.5 and attrs["optics"]["na"] == 0.45
+    assert attrs["model"] == tiny_models["defocus"] and attrs["camera"] == "auto"
+    # and so does the layer it reopens as, as a computed or lazy map does
+    out = viewer.layers[-1]
+    assert out.name == "defocus µm[img]" and out.metadata["linblur_units"] == "µm (|defocus|)"
+    assert out.metadata["linblur_optics"]["pixel_um"] == 0.5
+    assert out.metadata["linblur_attrs"]["unit"] == attrs["unit"]
+    np.testing.assert_allclose(out.contrast_limits, (0.0, _um_top(na=0.45, wavelength_um=0.52, pixel_um=0.5)),
+                               rtol=1e-5)
+
+
+def test_ome_zarr_output_onto_an_existing_path_is_refused_before_the_run(viewer, qtbot, tiny_models, synth,
+                                                                         tmp_path):
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    viewer.add_image(synth[0][:3], name="img")
+    target = write_ome_zarr(tmp_path / "earlier.ome.zarr", np.ones((2, 32, 32), np.float32))
+    stamp = (target / "zarr.json").stat().st_mtime_ns
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    w.model.set_model(tiny_models["defocus"])
+    w.output.set_mode(w.output.ZARR, str(target))
+    n_layers = len(viewer.layers)
+    assert not w.run_whole_stack()
+    assert not w.panel.running and len(viewer.layers) == n_layers
+    msg = last_error()
+    assert str(target) in msg and "already exists" in msg and "choose another file name, or delete it" in msg
+    assert "overwrite=True" not in msg and msg in w.panel.status.text()
+    assert (target / "zarr.json").stat().st_mtime_ns == stamp
+
+
+def test_no_input_explains_rgb_and_labels_layers(viewer, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    viewer.add_image(np.zeros((40, 40, 3), np.uint8), name="photo", rgb=True)
+    viewer.add_labels(np.zeros((40, 40), np.uint8), name="cells")
+    before = len(notification_manager.records)
+    w = add(viewer, "Defocus map & focus QC")
+    settle(qtbot, w)
+    status = w.panel.status.text()
+    assert status.startswith("waiting: pick an image layer") and "RGB images are not supported" in status
+    assert "Split RGB" in status and "'cells'" in status and "not images" in status
+    assert w.preview.last_error is None and len(notification_manager.records) == before
+
+
+def test_repeated_preview_errors_name_the_layer_and_pop_up_once(viewer, qtbot, tiny_models, synth):
+    from napari.utils.notifications import notification_manager
+
+    stack = synth[0].astype(np.float32)
+    stack[:, 0, 0] = np.nan  # one NaN pixel on every plane
+    viewer.add_image(stack, name="nan1px")
+    before = len(notification_manager.records)
+    w = add(viewer, "Defocus map & focus QC")
+    w.model.set_model(tiny_models["defocus"])
+    settle(qtbot, w)
+    for z in (1, 2, 3):
+        viewer.dims.set_current_step(0, z)
+        settle(qtbot, w)
+    new = [r.message for r in notification_manager.records[before:]]
+    assert len(new) == 1, new
+    assert new[0].startswith("preview failed: 'nan1px' contains NaN") and "img contains" not in new[0]
+    assert w.panel.status.text() == new[0]
+
+
+def test_train_widget_refuses_untrainable_layers_and_run_folders(viewer, qtbot, tmp_path, synth):
+    viewer.add_image(np.zeros((9, 48, 64), np.float32), name="zeros")
+    viewer.add_image(synth[0][:, :16, :16], name="tiny planes")
+    w = _small_training(viewer, tmp_path, steps=2)  # 32-px patches
+    w.set_choice(w.source, "layer")
+    w.layer.set_layer(viewer.layers["zeros"])
+    assert not w.start() and not w.panel.running
+    assert "'zeros' is constant" in last_error() and "nothing to learn" in last_error()
+    w.layer.set_layer(viewer.layers["tiny planes"])
+    assert not w.start() and not w.panel.running
+    assert "planes of 16 x 16 px, smaller than the 32 px training patch" in last_error()
+    assert "at most 16" in last_error()
+    # a run folder that is a file: refused, nothing printed as a traceback
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    w.set_choice(w.source, "synthetic")
+    w.out.setText(str(afile))
+    assert not w.start() and not w.panel.running
+    assert f"run folder {afile} is a file" in last_error()
+    assert afile.read_text() == "x" and not (tmp_path / "run").exists()

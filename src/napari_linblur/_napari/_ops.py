@@ -81,6 +81,28 @@ def current_indices(viewer, layer) -> tuple[int, ...]:
     return tuple(int(np.clip(np.round(pos[i]), 0, shape[i] - 1)) for i in range(nlead))
 
 
+def axis_names(viewer, layer) -> list[str]:
+    """Short names of ``layer``'s axes: the letters it was read with (``t``, ``p``, ``z``, …), else the viewer's
+    axis labels (``axis 0`` for napari's numeric defaults)."""
+    axes = (layer.metadata or {}).get("linblur_axes")
+    if isinstance(axes, str) and len(axes) == layer.ndim:
+        return list(axes)
+    labels = list(getattr(viewer.dims, "axis_labels", ()))
+    offset = len(labels) - layer.ndim
+    out = []
+    for i in range(layer.ndim):
+        label = str(labels[offset + i]) if 0 <= offset + i < len(labels) else str(i)
+        out.append(f"axis {label}" if label.lstrip("-").isdigit() else label)
+    return out
+
+
+def position_text(viewer, layer, lead: Sequence[int]) -> str:
+    """``lead`` (indices of the axes before Z) as text, e.g. ``"t=1"`` or ``"axis 0=1, axis 1=2"``; ``""`` for
+    none."""
+    names = axis_names(viewer, layer)
+    return ", ".join(f"{names[i]}{' = ' if ' ' in names[i] else '='}{int(v)}" for i, v in enumerate(lead))
+
+
 def layer_shape(layer) -> tuple[int, ...]:
     return tuple(layer.data[0].shape if layer.multiscale else layer.data.shape)
 
@@ -198,7 +220,7 @@ def compute_planes(
 
     Examples
     --------
-    >>> compute_planes(lambda p: p + 1, [np.zeros((2, 4, 4))]).sum()
+    >>> float(compute_planes(lambda p: p + 1, [np.zeros((2, 4, 4))]).sum())
     32.0
     """
     shape = tuple(arrays[0].shape)

@@ -121,6 +121,14 @@ def _pyramid(arr, meta) -> list | None:
     return out if len(out) > 1 else None
 
 
+def _described(meta) -> dict | None:
+    """What a napari-linblur output's values mean (operation, unit, model, optics, …): the ``"linblur"`` root
+    attributes written by the widgets and the command line, or None for other files."""
+    ngff = meta.extra.get("ngff") if isinstance(meta.extra, dict) else None
+    own = ngff.get("linblur") if isinstance(ngff, dict) else None
+    return dict(own) if isinstance(own, dict) and own else None
+
+
 def read_zstack(path: str | list[str]) -> list[LayerData]:
     """Read ``path`` into lazy image layers, one per channel.
 
@@ -185,5 +193,8 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
         }
         if "fields" in meta.extra:
             kwargs["metadata"]["linblur_fields"] = list(meta.extra["fields"])
+        described = _described(meta)
+        if described:
+            kwargs["metadata"]["linblur_attrs"] = described
         layers.append((data, kwargs, "image"))
     return layers

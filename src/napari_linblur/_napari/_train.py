@@ -20,6 +20,7 @@ defaults, and re-estimate BatchNorm statistics at the end, as ``linblur train de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 KINDS = {
@@ -73,6 +74,97 @@ class TrainRequest:
     init: str | None = None
 
 
+def check_patch_fits(shape: tuple[int, ...], patch: int, what: str) -> None:
+    """The training patch (crop) must fit in a plane of ``shape`` (``(..., Y, X)``).
+
+    Raises
+    ------
+    ValueError
+        naming the plane and patch sizes and what to change.
+
+    Examples
+    --------
+    >>> check_patch_fits((9, 48, 64), 32, "layer 'img'")
+    >>> check_patch_fits((9, 16, 16), 32, "layer 'img'")
+    Traceback (most recent call last):
+    ...
+    ValueError: layer 'img' has planes of 16 x 16 px, smaller than the 32 px training patch: set 'patch (px)' to at most 16, or train on larger images
+    """
+    h, w = int(shape[-2]), int(shape[-1])
+    if h < patch or w < patch:
+        raise ValueError(f"{what} has planes of {h} x {w} px, smaller than the {patch} px training patch: set "
+                         f"'patch (px)' to at most {min(h, w)}, or train on larger images")
+
+
+def check_varies(data: Any, what: str) -> None:
+    """Training data must have image content: a constant (e.g. all-zero) or all-NaN array teaches nothing.
+
+    Reads the whole array (numpy; dask is computed chunk by chunk).
+
+    Raises
+    ------
+    ValueError
+        naming the array and its single value.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_varies(np.zeros((3, 8, 8)), "layer 'zeros'")
+    Traceback (most recent call last):
+    ...
+    ValueError: layer 'zeros' is constant (every pixel is 0): there is nothing to learn from; pick a layer with image content
+    """
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+        if type(data).__module__.startswith("dask"):
+            import dask
+            import dask.array as da
+
+            lo, hi = dask.compute(da.nanmin(data), da.nanmax(data))
+        else:
+            data = np.asarray(data)
+            lo, hi = data.min(), data.max()
+            if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN pixels: the range of the others
+                lo, hi = np.nanmin(data), np.nanmax(data)
+    lo, hi = float(lo), float(hi)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{what} has no finite pixel values (all NaN or Inf): pick a layer with image content")
+    if hi <= lo:
+        raise ValueError(f"{what} is constant (every pixel is {lo:g}): there is nothing to learn from; pick a "
+                         "layer with image content")
+
+
+def check_run_folder(out: Path) -> None:
+    """The run folder must be a folder (new or existing), not a file, nor inside a file.
+
+    Raises
+    ------
+    ValueError
+        naming the file in the way.
+    """
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == out else f"is inside {p}, which is a file"
+                raise ValueError(f"run folder {out} {where}: choose a folder (new or existing) for the run")
+            return
+
+
+def _dataset_shape(path: str, channel) -> tuple[int, ...] | None:
+    """The shape of a dataset on disk (opened lazily), or None when it cannot be opened here (the task's own
+    loader then reports why)."""
+    try:
+        from napari_linblur.io.readers import open_zstack
+
+        return tuple(open_zstack(path, channel=channel).shape)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def init_card(kind: str, init: str) -> dict:
     """The card of the model a run fine-tunes, checked to be a ``kind`` model.
 
@@ -108,6 +200,10 @@ def build_task(req: TrainRequest) -> Any:
         )
     if req.source in ("layer", "path") and not req.data_path:
         raise ValueError("choose the training data (an image layer or a dataset path)")
+    if req.source == "path" and req.kind in ("deblur", "ae"):
+        shape = _dataset_shape(req.data_path, req.channel)
+        if shape is not None and len(shape) >= 2:
+            check_patch_fits(shape, req.patch, f"the dataset {req.data_path}")
     card = init_card(req.kind, req.init) if req.init else None
     if card is None and req.preset not in presets(req.kind):
         raise ValueError(f"model size {req.preset!r}; use one of {presets(req.kind)}")

@@ -45,6 +45,14 @@ def _alive(obj) -> bool:
 # ----------------------------------------------------------------------------------------- pickers
 
 
+def narrow_combo(box: QComboBox, chars: int = 16) -> QComboBox:
+    """Let a combo box with long item texts shrink to about ``chars`` characters (the open list shows them in full),
+    so the docks can be narrow."""
+    box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    box.setMinimumContentsLength(chars)
+    return box
+
+
 class LayerPicker(QComboBox):
     """A combo box listing the viewer's image layers (kept in sync with the layer list)."""
 
@@ -419,17 +427,68 @@ class NoInput(ValueError):
     error; a whole-stack run still reports it."""
 
 
+def preview_error_text(text: str, inputs: dict[str, str]) -> str:
+    """A preview's error message naming the input layer(s) rather than the operation's argument.
+
+    Examples
+    --------
+    >>> preview_error_text("img contains NaN or Inf values", {"img": "cells"})
+    "preview failed: 'cells' contains NaN or Inf values"
+    >>> preview_error_text("model file missing", {"img": "cells"})
+    "preview of 'cells' failed: model file missing"
+    """
+    for arg, layer in inputs.items():
+        for sep in (" ", ":"):
+            if text.startswith(arg + sep):
+                return f"preview failed: {layer!r}{text[len(arg):]}"
+    names = list(dict.fromkeys(inputs.values()))
+    if names and not any(repr(n) in text for n in names):
+        return f"preview of {' and '.join(repr(n) for n in names)} failed: {text}"
+    return f"preview failed: {text}"
+
+
+def no_image_hint(viewer) -> str:
+    """Why a viewer with layers offers no input: RGB images and labels are not single-channel images.
+
+    Returns ``""`` when there is nothing to explain (an empty viewer, or image layers only).
+    """
+    from napari.layers import Image, Labels
+
+    layers = [ly for ly in viewer.layers if not ly.metadata.get("linblur_preview")]
+    rgb = [ly.name for ly in layers if isinstance(ly, Image) and ly.rgb]
+    labels = [ly.name for ly in layers if isinstance(ly, Labels)]
+    parts = []
+    if rgb:
+        parts.append(f"RGB images are not supported ({', '.join(repr(n) for n in rgb)}): split the channels "
+                     "(right-click the layer → Split RGB) and pick one channel")
+    if labels:
+        parts.append(f"labels layers ({', '.join(repr(n) for n in labels)}) are not images")
+    return "; ".join(parts)
+
+
+def no_input(viewer, what: str) -> NoInput:
+    """The :class:`NoInput` of a widget with nothing picked: ``what`` to pick, and why nothing is offered."""
+    hint = no_image_hint(viewer)
+    return NoInput(f"{what} — {hint}" if hint else what)
+
+
 class LivePreview(QObject):
     """Debounced preview: ``request()`` restarts a single-shot timer; when it fires the previous preview
     is told to stop and a new worker computes the current request. Results of superseded requests are
     dropped, so the newest request always wins."""
 
     def __init__(self, compute: Callable[[Callable[[], bool]], Any], apply: Callable[[Any], None],
-                 status: QLabel | None = None, parent=None) -> None:
+                 status: QLabel | None = None, parent=None,
+                 inputs: Callable[[], dict[str, str]] | None = None) -> None:
         super().__init__(parent)
         self._compute = compute
         self._apply = apply
         self._status = status
+        #: ``inputs()`` maps the operation's argument names (``img``, ``img_b``, …) to the input layers' names, so
+        #: that an error says "'cells' contains NaN" rather than "img contains NaN"
+        self._inputs = inputs
+        #: (inputs, message) of the last error shown as a pop-up: the same error again only updates the status line
+        self._notified: tuple | None = None
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
         self.timer.timeout.connect(self._fire)
@@ -468,6 +527,7 @@ class LivePreview(QObject):
         gen = self.generation
         stop = threading.Event()
         self._stop = stop
+        inputs = self._input_names()
         try:
             job = self._compute(stop.is_set)
         except NoInput as err:  # nothing to preview yet: say so quietly, drop a preview of a deleted input
@@ -480,7 +540,7 @@ class LivePreview(QObject):
                 clear()
             return
         except Exception as err:  # noqa: BLE001 - e.g. an impossible setting
-            self._error(err, gen)
+            self._error(err, gen, inputs)
             return
         if job is None:
             return
@@ -497,16 +557,17 @@ class LivePreview(QObject):
                     self._apply(result)
                     self.applied_generation = gen
                     self.last_error = None
+                    self._notified = None
                     if self._status is not None:
                         self._status.setText("preview up to date")
                 except Exception as err:  # noqa: BLE001
-                    self._error(err, gen)
+                    self._error(err, gen, inputs)
 
         def errored(err):
             if not _alive(self):
                 return
             if not _ops.is_cancelled(err) and gen == self.generation:
-                self._error(err, gen)
+                self._error(err, gen, inputs)
 
         def finished():
             if not _alive(self):
@@ -520,12 +581,24 @@ class LivePreview(QObject):
         worker.finished.connect(finished)
         worker.start()
 
-    def _error(self, err: BaseException, gen: int) -> None:
-        msg = f"preview failed: {describe(err)}"
+    def _input_names(self) -> dict[str, str]:
+        if self._inputs is None:
+            return {}
+        try:
+            return dict(self._inputs())
+        except Exception:  # noqa: BLE001 - no input picked: the compute step says so
+            return {}
+
+    def _error(self, err: BaseException, gen: int, inputs: dict[str, str] | None = None) -> None:
+        msg = preview_error_text(describe(err), inputs or {})
         self.last_error = msg
         self.applied_generation = gen
         if self._status is not None:
             self._status.setText(msg)
+        key = (tuple(sorted((inputs or {}).items())), msg)
+        if key == self._notified:
+            return  # the same error of the same input again (e.g. every plane of a layer with a NaN): status only
+        self._notified = key
         notify_error(msg)
 
     def stop(self) -> None:
@@ -544,7 +617,7 @@ class OutputChooser(QWidget):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        self.combo = QComboBox()
+        self.combo = narrow_combo(QComboBox())
         self.combo.addItem("new layer (compute now)", self.LAYER)
         self.combo.addItem("lazy layer (planes computed when shown)", self.LAZY)
         self.combo.addItem("OME-Zarr file", self.ZARR)
@@ -585,7 +658,7 @@ class OutputChooser(QWidget):
 
 def tta_combo(tooltip: str) -> QComboBox:
     """Self-ensemble choice (``tta`` of the operations): off, 2, 4 or 8 flips/rotations; item data = the int."""
-    box = QComboBox()
+    box = narrow_combo(QComboBox(), 12)
     for n, label in ((1, "off"), (2, "2 flips (2× time)"), (4, "4 flips (4× time)"),
                      (8, "8 flips/rotations (8× time)")):
         box.addItem(label, n)
@@ -628,6 +701,22 @@ def place_layer(layer, data, *, name: str, like) -> None:
     layer.units = tuple(like.units[-2:])
 
 
+_STYLE = ("contrast_limits", "colormap")
+
+
+def _style_of(layer, key: str):
+    """A layer's ``contrast_limits`` (floats) or ``colormap`` (its name), comparable with :func:`_same_style`."""
+    if key == "contrast_limits":
+        return tuple(float(v) for v in layer.contrast_limits)
+    return str(getattr(layer.colormap, "name", layer.colormap))
+
+
+def _same_style(a, b) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and bool(np.allclose(a, b, rtol=1e-6, atol=1e-9))
+    return a == b
+
+
 class LinblurWidget(QWidget):
     """Base of the dock widgets: a viewer, a scrollable vertical layout, preview-layer bookkeeping."""
 
@@ -637,10 +726,18 @@ class LinblurWidget(QWidget):
         self.setLayout(QVBoxLayout())
         self.layout().setContentsMargins(6, 6, 6, 6)
         self._preview_layer = None
+        self._preview_like = None
+        #: the style (contrast limits, colormap) this widget last gave its preview layer
+        self._preview_style: dict[str, Any] = {}
 
     # --- output layers -------------------------------------------------------------------------
-    def show_preview(self, data: np.ndarray, *, name: str, like, **kwargs):
-        """Add or update this widget's 2-D preview layer, placed like ``like``'s YX plane."""
+    def show_preview(self, data: np.ndarray, *, name: str, like, restyle: bool = False, **kwargs):
+        """Add or update this widget's 2-D preview layer, placed like ``like``'s YX plane.
+
+        The style in ``kwargs`` (``contrast_limits``, ``colormap``) is given when the layer is created, when the
+        input layer changes, or with ``restyle``; otherwise it is given only while the layer still has the style
+        this widget gave it, so limits or a colormap the user set in the layer controls are kept.
+        """
         scale = tuple(like.scale[-2:])
         translate = tuple(like.translate[-2:])
         layer = self._preview_layer
@@ -650,15 +747,24 @@ class LinblurWidget(QWidget):
                                           units=tuple(like.units[-2:]), metadata={"linblur_preview": True},
                                           **kwargs)
             self._preview_layer = layer
+            self._preview_style = {k: _style_of(layer, k) for k in _STYLE if k in kwargs}
         else:
+            restyle = restyle or like is not self._preview_like
             place_layer(layer, data, name=name, like=like)
             for k, v in kwargs.items():
-                if k in ("contrast_limits", "colormap"):
+                if k not in _STYLE:
+                    continue
+                ours = self._preview_style.get(k)
+                if restyle or ours is None or _same_style(_style_of(layer, k), ours):
                     setattr(layer, k, v)
+                    self._preview_style[k] = _style_of(layer, k)
+        self._preview_like = like
         return layer
 
     def clear_preview(self) -> None:
         """Remove this widget's preview layer (its input is gone)."""
+        self._preview_style = {}
+        self._preview_like = None
         layer, self._preview_layer = self._preview_layer, None
         if layer is not None and layer in self.viewer.layers:
             self.viewer.layers.remove(layer)
@@ -731,4 +837,4 @@ def source_paths(*layers) -> list[str]:
         path = getattr(getattr(ly, "source", None), "path", None)
         if path:
             out.append(str(path))
-    return out
+    return list(dict.fromkeys(out))  # a layer read by our reader names its file twice

@@ -4,6 +4,7 @@ live preview of the current plane and whole-stack runs (computed layer, lazy lay
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,33 @@ def _as_written(data, kw: dict, axes: str):
     return data, kw
 
 
+def existing_output_problem(path: str, sources: list[str]) -> str | None:
+    """Why an OME-Zarr output cannot go to ``path`` (GUI wording), or None when the path is free.
+
+    The widgets never overwrite: an existing file or folder is refused before the run starts, naming the path and
+    what to do (another name, or delete it), and so is one of the run's own inputs.
+
+    Examples
+    --------
+    >>> existing_output_problem("/no/such/dir/out.ome.zarr", []) is None
+    True
+    """
+    target = Path(path).expanduser()
+    if not (target.exists() or target.is_symlink()):
+        return None
+    resolved = target.resolve()
+    for src in sources:
+        try:
+            if Path(src).expanduser().resolve() == resolved:
+                return (f"{target} is the input of this run; napari-linblur never writes over its input — "
+                        "choose another file name")
+        except OSError:  # pragma: no cover - an unreadable source path
+            continue
+    kind = "a folder" if target.is_dir() else "a file"
+    return (f"{target} already exists ({kind}); napari-linblur does not overwrite it — choose another file name, "
+            "or delete it first")
+
+
 def run_whole_stack(
     widget: c.LinblurWidget,
     panel: c.RunPanel,
@@ -68,17 +96,23 @@ def run_whole_stack(
     sources: list[str],
     layer_kwargs: dict | None = None,
     metadata: dict | None = None,
+    attrs: dict | None = None,
 ) -> bool:
     """Start a whole-stack run of ``op(*planes_or_arrays, should_stop=...)`` into the chosen output.
 
     ``op`` is called with 2-D planes (computed layer: per-plane progress and cancel between planes) or with
     lazy dask stacks (lazy layer / OME-Zarr: the public operation builds the lazy graph).
+
+    ``attrs`` says what the values are (operation, unit, model, …, as the command line writes them): an OME-Zarr
+    output stores them under ``"linblur"`` in its root attributes (with the input and layer names) and every output
+    layer carries them as ``metadata["linblur_attrs"]``. An OME-Zarr path that exists is refused before the run.
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
     mode = output.mode()
     layer_kwargs = dict(layer_kwargs or {})
-    meta = {"linblur_inputs": sources, **(metadata or {})}
+    described = {"layer": name, "inputs": list(sources), **(attrs or {})}
+    meta = {"linblur_inputs": sources, **(metadata or {}), "linblur_attrs": described}
     ndim = arrays[0].ndim
     units = output_units(like, len(scale), dropped_z)
     layer_kwargs.setdefault("units", units)
@@ -88,13 +122,21 @@ def run_whole_stack(
         if not path:
             panel.refuse(f"{name}: choose an output path for the OME-Zarr file")
             return False
+        problem = existing_output_problem(path, sources)
+        if problem is not None:
+            panel.refuse(f"{name}: {problem}")
+            return False
         axes = output_axes(like, ndim, dropped_z)
 
         def job(report, should_stop):
             lazy = op(*[_ops.lazy_planes(a) for a in arrays])
-            write_ome_zarr(path, lazy, axes=axes, scale=[abs(s) for s in scale], translate=list(translate),
-                           source_paths=sources, units=[None if u == "pixel" else u for u in units],
-                           progress=report, name=name)
+            try:
+                write_ome_zarr(path, lazy, axes=axes, scale=[abs(s) for s in scale], translate=list(translate),
+                               source_paths=sources, units=[None if u == "pixel" else u for u in units],
+                               progress=report, name=name, attrs={"linblur": described})
+            except FileExistsError as err:  # created by someone else while this run was writing
+                raise ValueError(f"{path} appeared while this run was writing it; nothing was overwritten — "
+                                 "choose another file name") from err
             return path
 
         def done(path):
@@ -106,6 +148,8 @@ def run_whole_stack(
                 kw["scale"] = tuple(scale)
                 kw["translate"] = tuple(translate)
                 kw.update({k: v for k, v in layer_kwargs.items() if k in ("colormap", "contrast_limits", "units")})
+                # what the values mean, as on a computed or lazy layer (the file keeps the source: its own path)
+                kw["metadata"] = {**meta, **kw.get("metadata", {})}
                 widget.viewer.add_image(data, **kw)
 
         return panel.start(job, desc=f"writing {name}", on_result=done)

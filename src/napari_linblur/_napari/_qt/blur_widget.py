@@ -49,7 +49,8 @@ class BlurSynthesisWidget(c.LinblurWidget):
         self.layout().addWidget(box)
         self.layout().addStretch(1)
 
-        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self)
+        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self,
+                                     inputs=self._input_names)
         self.alpha.changed.connect(self.preview.request)
         for w in (self.a_plane, self.c_plane):
             w.changed.connect(self.preview.request)
@@ -76,8 +77,14 @@ class BlurSynthesisWidget(c.LinblurWidget):
     def _inputs(self):
         la, lc = self.a_layer.layer(), self.c_layer.layer()
         if la is None or lc is None:
-            raise c.NoInput("pick the sharper image a and the blurrier image c (image layers)")
+            raise c.no_input(self.viewer, "pick the sharper image a and the blurrier image c (image layers)")
         return la, lc
+
+    def _input_names(self) -> dict[str, str]:
+        """The input layers' names for the operation's arguments (error messages name the layers)."""
+        la, lc = self.a_layer.layer(), self.c_layer.layer()
+        names = {"img_a": la.name} if la is not None else {}
+        return {**names, "img_c": lc.name} if lc is not None else names
 
     def _name(self, la, lc, za: int, zc: int, alpha: float, same_shape_layers: bool) -> str:
         if la is lc:
@@ -131,4 +138,6 @@ class BlurSynthesisWidget(c.LinblurWidget):
             sources=c.source_paths(la, lc),
             layer_kwargs={"contrast_limits": c.input_limits(la), "colormap": c.input_colormap(la)},
             metadata={"linblur_op": "synthesize_blur", "linblur_alpha": alpha},
+            attrs={"operation": "synthesize_blur", "unit": "the input's intensity", "alpha": alpha,
+                   "sharp_plane": za, "blurry_plane": zc, "model": kw.get("model") or "ae-default"},
         )

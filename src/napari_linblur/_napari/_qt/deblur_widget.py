@@ -92,7 +92,8 @@ class DeblurWidget(c.LinblurWidget):
         self.layout().addWidget(box)
         self.layout().addStretch(1)
 
-        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self)
+        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self,
+                                     inputs=self._input_names)
         self.alpha.changed.connect(self.preview.request)
         self.auto_alpha.toggled.connect(self._update_visibility)
         self.auto_alpha.toggled.connect(self.preview.request)
@@ -147,13 +148,29 @@ class DeblurWidget(c.LinblurWidget):
         mode = self.mode.currentData()
         lb = self.b_layer.layer()
         if lb is None:
-            raise c.NoInput("pick an image layer to deblur")
+            raise c.no_input(self.viewer, "pick an image layer to deblur")
         lc = self.c_layer.layer() if mode == PAIR else None
         if mode == PAIR and lc is None:
             raise ValueError("pair mode needs the blurrier image c (an image layer)")
         alpha = None if self.auto_alpha.isChecked() else self.alpha.value()
         method = self.method.currentData() if mode == SINGLE else GUIDED
         return mode, lb, lc, alpha, method
+
+    def _input_names(self) -> dict[str, str]:
+        """The input layers' names for the operations' arguments (error messages name the layers)."""
+        lb = self.b_layer.layer()
+        if lb is None:
+            return {}
+        if self.mode.currentData() != PAIR:
+            return {"img": lb.name}
+        lc = self.c_layer.layer()
+        return {"img_b": lb.name, **({"img_c": lc.name} if lc is not None else {})}
+
+    def _model_used(self, mode: str, method: str) -> str:
+        """The model a run uses, as recorded with its output (a path, or the default's name)."""
+        if mode == PAIR or method in AE_METHODS:
+            return self.ae_model.model() or "ae-default"
+        return self.net_model.model() or "deblur-default"
 
     def _op(self, mode: str, alpha, method: str):
         import napari_linblur as nl
@@ -232,4 +249,11 @@ class DeblurWidget(c.LinblurWidget):
             layer_kwargs={"contrast_limits": c.input_limits(lb), "colormap": c.input_colormap(lb)},
             metadata={"linblur_op": "deblur_pair" if mode == PAIR else "deblur", "linblur_alpha": alpha,
                       "linblur_method": method if mode != PAIR else None},
+            attrs={"operation": "deblur_pair" if mode == PAIR else "deblur", "unit": "the input's intensity",
+                   **({"alpha": "auto" if alpha is None else alpha, "planes": [zb, zc]} if mode == PAIR
+                      else {"method": method}),
+                   "model": self._model_used(mode, method),
+                   **({"tta": int(self.tta.currentData())} if mode == PAIR or method not in AE_METHODS else {}),
+                   **({"defocus_model": self.defocus_model.model() or "defocus-default"}
+                      if mode == GUIDED or (mode == SINGLE and method in AE_METHODS) else {})},
         )

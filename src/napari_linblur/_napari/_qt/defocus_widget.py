@@ -4,7 +4,8 @@
   HRNet-style network, shown with a perceptual colormap and a colorbar; live on the current plane, or for
   the whole stack.
 * Focus QC: a focus score per Z plane of the current position (variance of Laplacian and friends) plotted in
-  the dock with the best plane marked; one click moves the viewer to it.
+  the dock with the best plane marked; one click moves the viewer to it (back to the position/time point the
+  curve was computed for).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -28,6 +30,27 @@ from ._pairs import op_kwargs, run_whole_stack
 
 COLORMAP = "magma"
 FALLBACK_MEASURES = ["defocus", "variance_of_laplacian"]
+#: top of the σ range the defocus models are trained on (px); every map is shown on 0 .. this (or its µm)
+SIGMA_TOP = 10.0
+SIGMA_UNIT = "pixel (sigma of the equivalent Gaussian PSF)"
+UM_UNIT = "micrometer (|defocus|, from sigma with the optics calibration)"
+
+
+def map_limits(setup=None) -> tuple[float, float]:
+    """Contrast limits of a defocus map: the trained range 0 – 10 px of σ, or, with the optics ``setup``, 0 up to
+    the |defocus| in µm of σ = 10 px — the same colour means the same defocus on every plane and every output.
+
+    Examples
+    --------
+    >>> map_limits()
+    (0.0, 10.0)
+    """
+    if setup is None:
+        return 0.0, SIGMA_TOP
+    from napari_linblur.inference.defocus_ops import sigma_to_defocus_um
+
+    top = float(np.asarray(sigma_to_defocus_um(np.array([SIGMA_TOP]), setup=setup)).ravel()[0])
+    return 0.0, max(top, 1e-3)
 
 
 def focus_measures() -> list[str]:
@@ -71,11 +94,14 @@ class FocusPlot(c.MplPlot):
         self.canvas.draw_idle()
 
     def mark_current(self, z: int | None) -> None:
-        if self.scores is None or z is None:
+        """Mark the viewer's plane ``z`` (dashed); None removes the mark (the viewer is at another position)."""
+        if self.scores is None:
             return
         if self._current_line is not None:
             self._current_line.remove()
-        self._current_line = self.ax.axvline(z, color="gray", lw=1, ls="--")
+            self._current_line = None
+        if z is not None:
+            self._current_line = self.ax.axvline(z, color="gray", lw=1, ls="--")
         self.canvas.draw_idle()
 
 
@@ -99,7 +125,7 @@ class CameraInput(QWidget):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        lay = QHBoxLayout(self)
+        lay = QGridLayout(self)  # two rows of two, so the dock can be narrow without cutting the read-outs
         lay.setContentsMargins(0, 0, 0, 0)
         self.calibrated = QCheckBox("calibrated")
         self.calibrated.setToolTip("noise-aware models read the camera's noise level: estimated from each plane, "
@@ -108,8 +134,8 @@ class CameraInput(QWidget):
                                "its inverse)", " ADU/e⁻")
         self.offset = self._spin(0.0, 65535.0, 100.0, 1, "dark level (pedestal), ADU", " ADU")
         self.read_noise = self._spin(0.0, 100.0, 2.0, 2, "read noise, electrons r.m.s.", " e⁻")
-        for w in (self.calibrated, self.gain, self.offset, self.read_noise):
-            lay.addWidget(w)
+        for i, w in enumerate((self.calibrated, self.gain, self.offset, self.read_noise)):
+            lay.addWidget(w, i // 2, i % 2)
         self.calibrated.toggled.connect(self._sync)
         self._sync()
 
@@ -142,7 +168,7 @@ class OpticsInput(QWidget):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        lay = QHBoxLayout(self)
+        lay = QGridLayout(self)  # two rows of two, so the dock can be narrow without cutting the read-outs
         lay.setContentsMargins(0, 0, 0, 0)
         spin = CameraInput._spin
         self.na = spin(0.05, 1.7, 0.45, 2, "numerical aperture of the objective", "")
@@ -150,9 +176,10 @@ class OpticsInput(QWidget):
         self.pixel = spin(0.001, 100.0, 0.65, 4, "pixel size in the sample (camera pixel / magnification), µm; "
                           "taken from the image layer's scale when the layer is in µm", " µm")
         self.ni = spin(1.0, 1.6, 1.0, 3, "immersion index: 1.0 air, 1.33 water, 1.515 oil", "")
-        for w, prefix in ((self.na, "NA "), (self.wavelength, "λ "), (self.pixel, "pixel "), (self.ni, "nᵢ ")):
+        pairs = ((self.na, "NA "), (self.wavelength, "λ "), (self.pixel, "pixel "), (self.ni, "nᵢ "))
+        for i, (w, prefix) in enumerate(pairs):
             w.setPrefix(prefix)
-            lay.addWidget(w)
+            lay.addWidget(w, i // 2, i % 2)
 
     def setup(self):
         """The :class:`~napari_linblur.optics.psf.OpticalSetup` (a ValueError that names the problem if invalid)."""
@@ -192,7 +219,7 @@ class DefocusWidget(c.LinblurWidget):
         self.optics = OpticsInput()
         self.preview_on = QCheckBox("live map of the current plane")
         self.preview_on.setChecked(True)
-        self.outline = QCheckBox("outline the signal (where σ is read from the image)")
+        self.outline = QCheckBox("outline the signal (σ read there)")
         self.outline.setToolTip(
             "σ is measured where the plane has structure; elsewhere the map is interpolated from nearby structure. "
             "Adds the outline of the plane's signal pixels (inference.defocus_ops.signal_mask, the pixels the "
@@ -223,6 +250,7 @@ class DefocusWidget(c.LinblurWidget):
         self.goto_btn.clicked.connect(self.go_to_best)
         self.plot = FocusPlot()
         self.best_label = QLabel("")
+        self.best_label.setWordWrap(True)
         row = QWidget()
         rl = QHBoxLayout(row)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -238,7 +266,13 @@ class DefocusWidget(c.LinblurWidget):
         self.layout().addWidget(self.panel)
         self.layout().addStretch(1)
 
-        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self)
+        self._curve_layer = None
+        self._curve_lead: tuple[int, ...] = ()
+        self._outline_layer = None
+        self._preview_key = None  # (layer, indices) of the newest live map requested
+        self._map_unit: str | None = None  # units of the live map's contrast limits
+        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self,
+                                     inputs=self._input_names)
         self.image.currentIndexChanged.connect(self.preview.request)
         self.model.combo.currentIndexChanged.connect(self.preview.request)
         self.tta.currentIndexChanged.connect(self.preview.request)
@@ -257,27 +291,31 @@ class DefocusWidget(c.LinblurWidget):
         self.image.currentIndexChanged.connect(self._take_pixel_size)
         self._sync_units()
         self.preview_on.toggled.connect(self.outline.setEnabled)  # the outline belongs to the live map
-        self._curve_layer = None
-        self._outline_layer = None
+        v.layers.events.removed.connect(self._on_layer_removed)
 
     def _on_step(self, *_: Any) -> None:
         if not c._alive(self):
             return
-        self.preview.request()
         layer = self.image.layer()
-        if layer is not None and layer is self._curve_layer and layer.ndim >= 3:
-            self.plot.mark_current(_ops.current_indices(self.viewer, layer)[-1])
+        # another layer's slider (or an axis the input does not have) moved: the input's plane is unchanged
+        if layer is None or (layer, _ops.current_indices(self.viewer, layer)) != self._preview_key:
+            self.preview.request()
+        curve = self._curve_layer
+        if curve is not None and curve in self.viewer.layers and curve.ndim >= 3:
+            idx = _ops.current_indices(self.viewer, curve)
+            self.plot.mark_current(idx[-1] if idx[:-1] == self._curve_lead else None)
+            self._update_curve_label()
 
     def _layer(self):
         layer = self.image.layer()
         if layer is None:
-            raise c.NoInput("pick an image layer")
+            raise c.no_input(self.viewer, "pick an image layer")
         return layer
 
-    @staticmethod
-    def _limits(sigma: np.ndarray) -> tuple[float, float]:
-        hi = float(np.nanpercentile(sigma, 99.5)) if sigma.size else 1.0
-        return 0.0, max(hi, 1e-3)
+    def _input_names(self) -> dict[str, str]:
+        """The input layer's name for the operations' image arguments (error messages name the layer)."""
+        layer = self.image.layer()
+        return {} if layer is None else {arg: layer.name for arg in ("img", "plane", "stack")}
 
     def _style(self, layer) -> None:
         try:
@@ -325,8 +363,11 @@ class DefocusWidget(c.LinblurWidget):
 
         layer = self._layer()
         idx = _ops.current_indices(self.viewer, layer)
+        self._preview_key = (layer, idx)
         kw = self._map_kwargs()
         setup = self._optics_setup()
+        unit = "um" if setup is not None else "px"
+        limits = map_limits(setup)
         z = f" z{idx[-1]}" if idx else ""
         name = f"defocus {'µm' if setup else 'σ'}[{layer.name}{z}] (preview)"
         outline_name = f"signal outline[{layer.name}{z}] (preview)"
@@ -340,14 +381,17 @@ class DefocusWidget(c.LinblurWidget):
             if setup is not None:
                 out = sigma_to_defocus_um(out, setup=setup)
             mask = signal_mask(plane) if outline else None
-            return np.asarray(out, np.float32), name, layer, mask, outline_name
+            return np.asarray(out, np.float32), name, layer, mask, outline_name, unit, limits
 
         return job
 
     def _show_preview(self, result) -> None:
-        data, name, like, mask, outline_name = result
-        layer = self.show_preview(data, name=name, like=like, colormap=COLORMAP,
-                                  contrast_limits=self._limits(data))
+        data, name, like, mask, outline_name, unit, limits = result
+        # fixed limits (the trained range), set when the layer is made or the units change: the same colour is the
+        # same σ on every plane, and limits the user set in the layer controls are kept
+        layer = self.show_preview(data, name=name, like=like, restyle=unit != self._map_unit, colormap=COLORMAP,
+                                  contrast_limits=limits)
+        self._map_unit = unit
         layer.blending = "translucent"
         self._style(layer)
         if mask is not None and self.outline.isChecked():
@@ -409,28 +453,39 @@ class DefocusWidget(c.LinblurWidget):
             return out if setup is None else sigma_to_defocus_um(out, setup=setup)
 
         if setup is None:
-            unit, top, meta = "σ", 10.0, {"linblur_units": "px (σ)"}
+            unit, meta = "σ", {"linblur_units": "px (σ)"}
         else:
-            top = float(sigma_to_defocus_um(np.array([10.0]), setup=setup)[0])  # the trained range's top
             meta = {"linblur_units": "µm (|defocus|)", "linblur_optics": setup.to_dict()}
             unit = "µm"
+        # what the values mean, with the keys of `linblur defocus-map` (written into an OME-Zarr output)
+        attrs = {"operation": "defocus-map", "unit": SIGMA_UNIT if setup is None else UM_UNIT,
+                 "model": self._model_name(kw.get("model")), "tta": kw["tta"], "camera": kw["camera"],
+                 **({"optics": setup.to_dict()} if setup is not None else {})}
         started = run_whole_stack(
             self, self.panel, self.output, op=op, arrays=[_ops.layer_array(layer)], like=layer,
             scale=tuple(layer.scale), translate=tuple(layer.translate), dropped_z=False,
             name=f"defocus {unit}[{layer.name}]", sources=c.source_paths(layer),
-            layer_kwargs={"colormap": COLORMAP, "contrast_limits": (0.0, max(top, 1e-3))},
-            metadata={"linblur_op": "estimate_defocus", **meta},
+            layer_kwargs={"colormap": COLORMAP, "contrast_limits": map_limits(setup)},
+            metadata={"linblur_op": "estimate_defocus", **meta}, attrs=attrs,
         )
         if started:
             self.panel.worker.returned.connect(lambda *_: self._style_last())
         return started
 
+    @staticmethod
+    def _model_name(model: str | None) -> str:
+        """The model as recorded with an output: its path or name, or the shipped default's name."""
+        if model:
+            return str(model)
+        from napari_linblur.models.registry import DEFAULTS
+
+        return str(DEFAULTS.get("defocus", "defocus-default"))
+
     def _style_last(self) -> None:
+        # the output already has the fixed limits of its units (map_limits): only the colorbar is added here
         if len(self.viewer.layers):
             last = self.viewer.layers[-1]
             if last.name.startswith(("defocus σ[", "defocus µm[")):
-                if isinstance(last.data, np.ndarray):
-                    last.contrast_limits = self._limits(last.data)
                 self._style(last)
 
     # --- focus curve ---------------------------------------------------------------------------
@@ -464,18 +519,58 @@ class DefocusWidget(c.LinblurWidget):
 
         def done(result):
             scores, best = result
+            if layer not in self.viewer.layers:
+                raise ValueError(f"{layer.name!r} was deleted while its focus curve was computed; nothing to show")
             self._curve_layer = layer
+            self._curve_lead = tuple(idx[:-1])
             self.plot.draw(scores, best, label=f"focus ({method})")
-            self.plot.mark_current(idx[-1])
-            self.best_label.setText(f"best plane of {layer.name}: z = {best}")
+            now = _ops.current_indices(self.viewer, layer)
+            self.plot.mark_current(now[-1] if now[:-1] == self._curve_lead else None)
             self.goto_btn.setEnabled(True)
+            self._update_curve_label()
 
         return self.panel.start(job, desc=f"focus curve of {layer.name}", on_result=done)
 
-    def go_to_best(self) -> None:
-        layer = self._curve_layer
-        if layer is None or self.plot.best is None or layer not in self.viewer.layers:
+    def _update_curve_label(self) -> None:
+        """The best-plane label ("best plane of LAYER at t=0: z = 8"); once the viewer shows another position or
+        time point of the layer, it also says the curve is of the one it was computed for."""
+        layer, best = self._curve_layer, self.plot.best
+        if layer is None or best is None:
             return
-        world_axis = self.viewer.dims.ndim - layer.ndim + layer.ndim - 3
-        z_world = self.plot.best * layer.scale[-3] + layer.translate[-3]
-        self.viewer.dims.set_point(world_axis, z_world)
+        where = _ops.position_text(self.viewer, layer, self._curve_lead)
+        text = f"best plane of {layer.name}{f' at {where}' if where else ''}: z = {best}"
+        if self._curve_lead and layer in self.viewer.layers:
+            now = tuple(_ops.current_indices(self.viewer, layer)[:-1])
+            if now != self._curve_lead:
+                here = _ops.position_text(self.viewer, layer, now)
+                text += (f" — this curve is of {where}, the viewer shows {here}: 'Go to best plane' goes back to "
+                         f"{where}; 'Focus curve' scores {here}")
+        self.best_label.setText(text)
+
+    def _on_layer_removed(self, event) -> None:
+        """The focus curve's layer was deleted: its curve and best plane go with it."""
+        if not c._alive(self) or getattr(event, "value", None) is not self._curve_layer or self._curve_layer is None:
+            return
+        name = self._curve_layer.name
+        self._curve_layer, self._curve_lead = None, ()
+        self.plot.draw(None, None)
+        self.goto_btn.setEnabled(False)
+        self.best_label.setText(f"{name!r} was deleted; press 'Focus curve' to score another layer")
+
+    def go_to_best(self) -> None:
+        """Move the viewer to the best plane, at the position/time point the curve was computed for."""
+        layer = self._curve_layer
+        if layer is None or self.plot.best is None:
+            self.goto_btn.setEnabled(False)
+            self.panel.refuse("go to best plane: there is no focus curve; press 'Focus curve' first")
+            return
+        if layer not in self.viewer.layers:
+            self.goto_btn.setEnabled(False)
+            self.panel.refuse(f"go to best plane: {layer.name!r} was deleted; press 'Focus curve' to score "
+                              "another layer")
+            return
+        data = [*self._curve_lead, self.plot.best]  # the layer's axes before Y, X
+        offset = self.viewer.dims.ndim - layer.ndim
+        axes = [offset + i for i in range(len(data))]
+        world = [float(v * layer.scale[i] + layer.translate[i]) for i, v in enumerate(data)]
+        self.viewer.dims.set_point(axes, world)

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QComboBox,
@@ -77,11 +78,11 @@ class TrainWidget(c.LinblurWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)
         v = napari_viewer
-        self.kind = QComboBox()
+        self.kind = c.narrow_combo(QComboBox(), 20)
         for k, label in _train.KINDS.items():
             self.kind.addItem(label, k)
         self.preset = QComboBox()
-        self.init = QComboBox()
+        self.init = c.narrow_combo(QComboBox(), 20)
         self.init.setToolTip("new weights of the chosen size, or fine-tune a trained model (its size is kept)")
         self.source = QComboBox()
         self.layer = c.LayerPicker(v)
@@ -215,19 +216,35 @@ class TrainWidget(c.LinblurWidget):
             out = out.parent / f"{out.name}-{k}"
         return out
 
-    def _layer_dataset(self, out: Path) -> str:
+    def _check_layer(self, layer, patch: int, *, contents: bool):
+        """The layer's full-resolution data, checked to be trainable: a z-stack ``(Z, Y, X)`` or
+        ``(fields, Z, Y, X)`` whose planes hold the training patch, and (``contents``) not constant.
+
+        Raises
+        ------
+        ValueError
+            naming the layer, the problem and the accepted form.
+        """
+        data = _ops.layer_array(layer)
+        if data.ndim < 3:
+            raise ValueError(f"{layer.name!r} is a single plane; training needs a z-stack (Z, Y, X)")
+        if data.ndim > 4:
+            raise ValueError(f"{layer.name!r} has {data.ndim} dimensions; use (Z, Y, X) or (fields, Z, Y, X)")
+        _train.check_patch_fits(tuple(data.shape), patch, f"layer {layer.name!r}")
+        if contents:
+            _train.check_varies(data, f"layer {layer.name!r}")
+        return data
+
+    def _layer_dataset(self, out: Path, patch: int) -> str:
         """Write the chosen layer to an OME-Zarr in the run folder (the task loaders read datasets)."""
         from napari_linblur.io.omezarr import write_ome_zarr
 
         layer = self.layer.layer()
         if layer is None:
-            raise ValueError("choose an image layer as training data")
-        data = _ops.layer_array(layer)
-        if data.ndim < 3:
-            raise ValueError(f"{layer.name!r} is a single plane; training needs a z-stack (Z, Y, X)")
-        axes = {3: "zyx", 4: "tzyx"}.get(data.ndim)
-        if axes is None:
-            raise ValueError(f"{layer.name!r} has {data.ndim} dimensions; use (Z, Y, X) or (fields, Z, Y, X)")
+            raise c.no_input(self.viewer, "choose an image layer as training data")
+        # a lazy (dask) layer is read once here, in the worker, to check it is not constant
+        data = self._check_layer(layer, patch, contents=not isinstance(_ops.layer_array(layer), np.ndarray))
+        axes = {3: "zyx", 4: "tzyx"}[data.ndim]
         path = out / "data.ome.zarr"
         write_ome_zarr(path, data, axes=axes, scale=[abs(float(s)) for s in layer.scale], overwrite=True,
                        pyramid_levels=1)
@@ -256,8 +273,21 @@ class TrainWidget(c.LinblurWidget):
             data_path=self.path.text().strip() or None, patch=int(self.patch.value()), batch=int(self.batch.value()),
             seed=int(self.seed.value()), init=self.init.currentData() or None,
         )
-        if source == "layer" and self.layer.layer() is None:
-            self.panel.refuse("training: choose an image layer as training data")
+        try:
+            if source == "layer":
+                layer = self.layer.layer()
+                if layer is None:
+                    raise c.no_input(self.viewer, "choose an image layer as training data")
+                # shape always; contents of an in-memory layer now (a lazy one is read in the worker)
+                self._check_layer(layer, req.patch, contents=isinstance(_ops.layer_array(layer), np.ndarray))
+            _train.check_run_folder(out)
+            out.mkdir(parents=True, exist_ok=True)
+        except ValueError as err:
+            self.panel.refuse(f"training: {err}")
+            return False
+        except OSError as err:
+            self.panel.refuse(f"training: cannot create the run folder {out} ({err.strerror or err}); choose a "
+                              "folder you can write to")
             return False
         layer_name = self.layer.layer().name if source == "layer" else None
         bridge = self._bridge
@@ -267,7 +297,7 @@ class TrainWidget(c.LinblurWidget):
         def job(report, should_stop):
             out.mkdir(parents=True, exist_ok=True)
             if source == "layer":
-                req.data_path = self._layer_dataset(out)
+                req.data_path = self._layer_dataset(out, req.patch)
             task = _train.build_task(req)
 
             def on_log(rec: dict) -> None:
