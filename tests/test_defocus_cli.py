@@ -425,3 +425,62 @@ def test_batchnorm_re_estimated_by_the_loop_unless_cancelled(tmp_path):
     assert not stopped.finished and "bn_recalibration" not in registry.read_card(stopped.model_path)
     with pytest.raises(ValueError, match="bn_batches must be >= 0"):
         DefocusTask(cfg, _data(), bn_batches=-1)
+
+
+def test_train_on_own_stacks_uses_their_in_focus_planes(tmp_path, capsys):
+    """--content-from: the sharpest plane of each of the user's stacks, pixel-shuffled, replaces the bundled
+    pictures as content; the card records which planes; bad input is refused before a run folder exists."""
+    from napari_linblur.io.omezarr import write_ome_zarr
+    from napari_linblur.optics.convolve import fft_convolve
+    from napari_linblur.optics.psf import gaussian_psf
+    from napari_linblur.training.defocus import content_images, sharp_content
+
+    rng = np.random.default_rng(0)
+    sharp = [(rng.random((40, 48)) > 0.9) * rng.uniform(500, 3000) + 100 for _ in range(3)]
+    # three stacks of 5 planes; the sharp plane is 3, 1, 3 (the others blurred by 1.5-4 px)
+    stacks = []
+    for k, img in enumerate(sharp):
+        focus = 1 if k == 1 else 3
+        stacks.append([img if z == focus else fft_convolve(img, gaussian_psf(1.5 + abs(z - focus)))
+                       for z in range(5)])
+    data = np.asarray(stacks, np.float32)[:, None]  # (T, C, Z, Y, X)
+    path = write_ome_zarr(tmp_path / "mine.zarr", data, axes="tczyx", channel_names=["nuclei"])
+    cfg = DefocusDataConfig(content_from=str(path), content_channel="nuclei", crop=16, render_size=32)
+    images, planes = content_images(cfg)
+    assert [p["plane"] for p in planes] == [3, 1, 3] and len(images) == 3
+    lo, hi = np.percentile(sharp[1], [0.1, 99.9])
+    assert np.allclose(images[1], np.clip((sharp[1] - lo) / (hi - lo), 0, 1), atol=1e-6)
+    # the shuffle branch draws the user's images (same draws as with the bundled pictures' names)
+    a, kind_a = sharp_content(32, "shuffle", np.random.default_rng(4), images)
+    b, _ = sharp_content(32, "shuffle", np.random.default_rng(4), images)
+    assert kind_a == "shuffle" and np.array_equal(a, b)
+    out = tmp_path / "run"
+    args = ["train", "defocus", "--content-from", str(path), "--content-channel", "0", "--out", str(out),
+            "--steps", "2", "--width", "4", "--crop", "16", "--render-size", "32", "--batch-size", "2",
+            "--pool-size", "2", "--device", "cpu", "--no-progress", "--val-every", "2", "--ckpt-every", "2",
+            "--threads", "1", "--bn-batches", "1"]
+    assert main(args) == 0
+    card = registry.read_card(out / "model.safetensors")
+    assert card["data"]["recipe"]["content_from"] == str(path) and card["data"]["recipe"]["content_channel"] == 0
+    assert card["data"]["content_path"] == str(Path(path).resolve())
+    assert [p["plane"] for p in card["data"]["content_planes"]] == [3, 1, 3]
+    from napari_linblur.training.defocus import card_recipe
+
+    assert "content_from" not in card_recipe(str(out / "model.safetensors"))  # not inherited by other runs
+    capsys.readouterr()
+    for extra, says in ((["--content-plane", "7"], "out of range"), (["--content-channel", "9"], "channel"),
+                        ([], "no such file")):
+        bad = tmp_path / f"bad{len(extra)}{says[:3]}"
+        src = str(path) if says != "no such file" else str(tmp_path / "nothing.zarr")
+        cmd = [a if a != str(path) else src for a in args]
+        cmd[cmd.index("--out") + 1] = str(bad)
+        cmd = [c for c in cmd if c not in ("--content-channel", "0")] + extra
+        assert main(cmd) == 2
+        assert says in capsys.readouterr().err and not bad.exists()
+    assert main(["train", "defocus", "--content-plane", "2", "--out", str(tmp_path / "x"), "--steps", "1"]) == 2
+    assert "need --content-from" in capsys.readouterr().err
+    nan = data.copy()
+    nan[0, 0, 3, 0, 0] = np.nan
+    write_ome_zarr(tmp_path / "nan.zarr", nan, axes="tczyx")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        content_images(DefocusDataConfig(content_from=str(tmp_path / "nan.zarr")))

@@ -6,9 +6,10 @@ Data sources:
 * ``synthetic`` — the task's own on-the-fly data (defocus maps: pixel-shuffled content blurred by random
   defocus maps; deblurring: exact-correspondence synthetic pairs). Not available for the autoencoder, which
   learns from real or synthesized through-focus stacks.
-* ``layer`` — an image layer (a z-stack, or fields x planes ``(P, Z, Y, X)``) written to a temporary
-  OME-Zarr and read by the task's own loader (autoencoder: fields of planes; deblurring: real plane pairs,
-  stage 2).
+* ``layer`` — an image layer (a z-stack, or fields x planes ``(P, Z, Y, X)``; for defocus maps also a single
+  in-focus image) written to an OME-Zarr in the run folder and read by the task's own loader (autoencoder:
+  fields of planes; deblurring: real plane pairs, stage 2; defocus maps: the in-focus plane of every stack,
+  pixel-shuffled, as content — ``linblur train defocus --content-from``).
 * ``path`` — a dataset on disk (``linblur synth`` OME-Zarr, BBBC006 folder, any z-stack ``open_zstack`` reads).
 
 Starting point: new weights of the chosen size, or *fine-tuning* a trained model (the shipped ``<kind>-default``
@@ -54,7 +55,7 @@ def presets(kind: str) -> list[str]:
 
 def sources(kind: str) -> list[str]:
     """Data sources a task of ``kind`` can learn from."""
-    return ["layer", "path"] if kind == "ae" else ["synthetic", "layer", "path"] if kind == "deblur" else ["synthetic"]
+    return ["layer", "path"] if kind == "ae" else ["synthetic", "layer", "path"]
 
 
 @dataclass
@@ -124,12 +125,19 @@ def check_varies(data: Any, what: str) -> None:
             import dask
             import dask.array as da
 
-            lo, hi = dask.compute(da.nanmin(data), da.nanmax(data))
+            lo, hi, bad = dask.compute(da.nanmin(data), da.nanmax(data), da.count_nonzero(~da.isfinite(data)))
+            if bad and np.isfinite(lo) and np.isfinite(hi):
+                raise ValueError(f"{what} has {int(bad)} NaN or Inf pixel(s): training needs finite values "
+                                 "everywhere (their losses would be NaN); fill or crop them first")
         else:
             data = np.asarray(data)
             lo, hi = data.min(), data.max()
             if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN pixels: the range of the others
                 lo, hi = np.nanmin(data), np.nanmax(data)
+                bad = int(np.count_nonzero(~np.isfinite(data)))
+                if np.isfinite(lo) and np.isfinite(hi):
+                    raise ValueError(f"{what} has {bad} NaN or Inf pixel(s): training needs finite values "
+                                     "everywhere (their losses would be NaN); fill or crop them first")
     lo, hi = float(lo), float(hi)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"{what} has no finite pixel values (all NaN or Inf): pick a layer with image content")
@@ -214,8 +222,9 @@ def build_task(req: TrainRequest) -> Any:
 
         render = max(req.patch + 8, int(req.patch * 1.5))
         recipe = card_recipe(req.init or "defocus-default")
+        own = {"content_from": req.data_path, "content_channel": req.channel} if req.source != "synthetic" else {}
         data = DefocusDataConfig(**{**recipe, "crop": req.patch, "render_size": render, "batch_size": req.batch,
-                                    "pool_size": max(4, 4 * req.batch), "val_samples": max(2, req.batch)})
+                                    "pool_size": max(4, 4 * req.batch), "val_samples": max(2, req.batch), **own})
         model_cfg = config if isinstance(config, dict) else preset_config(config)
         name = (card or {}).get("config_name") or req.preset
         return DefocusTask(model_cfg, data, seed=req.seed, config_name=name, init=req.init)

@@ -1,13 +1,16 @@
 """``linblur train defocus`` — train HDME-Net (per-pixel defocus σ) on on-the-fly synthetic data.
 
-Example::
+Examples::
 
     linblur train defocus --content mixed --config default --steps 2000 --out runs/defocus --threads 1
+    linblur train defocus --init defocus-default --content-from my_stacks.zarr --content-channel 0 ...  # your data
 """
 
 from __future__ import annotations
 
 import argparse
+
+from napari_linblur.batch import channel_arg
 
 from ._groups import add_train_options, train_config_from_args
 
@@ -55,9 +58,31 @@ def register(subparsers) -> None:
     p.add_argument("--normalize", default="plane", choices=["plane", "crop"],
                    help="fit the intensity normalization on the whole rendered sample (as inference does per "
                    "plane) or on each training crop (the first defocus-default's recipe)")
+    p.add_argument("--content-from", default=None, metavar="PATH",
+                   help="your own z-stacks (OME-Zarr/zarr, TIFF, folder of TIFFs, BBBC006 folder): the in-focus "
+                   "plane of each stack, pixel-shuffled, replaces the bundled pictures as content (paper 001 §2.2; "
+                   "the held-out validation pictures stay the same)")
+    p.add_argument("--content-channel", default=None, type=channel_arg,
+                   help="with --content-from: the channel to use, an index (0 = the first) or a name (default: "
+                   "every channel)")
+    p.add_argument("--content-plane", default="auto", type=_plane_arg,
+                   help="with --content-from: the in-focus plane of every stack, 'auto' (the sharpest by the "
+                   "variance of the Laplacian) or an index along Z")
+    p.add_argument("--content-stacks", type=int, default=16,
+                   help="with --content-from: use at most this many stacks, evenly spaced")
     p.add_argument("--bn-batches", type=int, default=64,
                    help="batches used to re-estimate BatchNorm statistics after training (0 = skip)")
     p.set_defaults(func=run)
+
+
+def _plane_arg(text: str) -> int | str:
+    """``auto`` or an integer plane index."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"use 'auto' or a plane index, got {text!r}") from None
 
 
 def run(args) -> int:
@@ -87,7 +112,12 @@ def run(args) -> int:
                              normalize=args.normalize, sigma_range=(0.0, float(args.sigma_max)),
                              low_contrast=args.low_contrast, full_range=args.full_range,
                              noise_input=args.noise_input,
-                             noise_estimated=args.noise_estimated, photons=tuple(args.photons))
+                             noise_estimated=args.noise_estimated, photons=tuple(args.photons),
+                             content_from=args.content_from, content_channel=args.content_channel,
+                             content_plane=args.content_plane, content_stacks=args.content_stacks)
+    if args.content_from is None and (args.content_channel is not None or args.content_plane != "auto"
+                                      or args.content_stacks != 16):
+        raise ValueError("--content-channel, --content-plane and --content-stacks need --content-from PATH")
     multiple = int(model_cfg["stem_stride"]) * 2 ** (int(model_cfg["n_branches"]) - 1)
     if args.crop % multiple:
         raise ValueError(f"--crop must be a multiple of {multiple} for config {args.config!r}, got {args.crop}")

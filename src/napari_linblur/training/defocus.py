@@ -95,6 +95,17 @@ class DefocusDataConfig:
     #: with ``noise_input="map"``: probability that the channel comes from the noise *estimated* from the noisy
     #: plane (as ``camera="auto"`` at inference) rather than from the sample's exact camera (a calibrated camera)
     noise_estimated: float = 0.5
+    #: the user's own stacks as content (``linblur train defocus --content-from``): the in-focus plane of each of
+    #: up to ``content_stacks`` stacks replaces the bundled scikit-image pictures as a histogram source of the
+    #: pixel-shuffled content (paper 001 §2.2: shuffling an in-focus image gives an exactly sharp image with its
+    #: intensity distribution); None = the bundled pictures. Validation keeps the held-out bundled pictures.
+    content_from: str | None = None
+    #: channel of ``content_from`` (index or name); None = every channel's stacks
+    content_channel: int | str | None = None
+    #: ``"auto"``: each stack's sharpest plane by the variance of the Laplacian; or a plane index (negative counts
+    #: from the end)
+    content_plane: int | str = "auto"
+    content_stacks: int = 16
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -122,6 +133,13 @@ class DefocusDataConfig:
         lo, hi = self.sigma_range
         if not 0 <= lo < hi:
             raise ValueError(f"sigma_range must satisfy 0 <= low < high, got {self.sigma_range}")
+        if self.content_from is not None:
+            if not (self.content_plane == "auto" or isinstance(self.content_plane, int)
+                    and not isinstance(self.content_plane, bool)):
+                raise ValueError(f"content_plane must be 'auto' or a plane index, got {self.content_plane!r}")
+            if isinstance(self.content_stacks, bool) or not isinstance(self.content_stacks, int) \
+                    or self.content_stacks < 1:
+                raise ValueError(f"content_stacks must be an int >= 1, got {self.content_stacks!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -139,6 +157,70 @@ def _natural(name: str) -> np.ndarray:
         img = img[..., :3].mean(axis=-1)
     img = img - img.min()
     return img / max(float(img.max()), 1e-6)
+
+
+def content_images(cfg: DefocusDataConfig) -> tuple[tuple[np.ndarray, ...], tuple[dict, ...]]:
+    """The in-focus planes of ``cfg.content_from`` as [0, 1] float32 histogram sources, and which planes they are.
+
+    Up to ``cfg.content_stacks`` stacks, evenly spaced over all stacks (positions, time points, fields and, without
+    ``content_channel``, channels); in each, ``cfg.content_plane`` (``"auto"``: the sharpest by the variance of the
+    Laplacian, a classical measure that does not depend on the network being trained). Each plane is scaled by its
+    0.1/99.9 percentiles; constant planes are skipped. Cached per file (path, size and modification time).
+
+    Returns
+    -------
+    images : tuple of ndarray
+    planes : tuple of dict
+        ``{"stack": i, "plane": z}`` for each image (``stack`` indexes the flattened leading axes).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        a missing or unreadable path (from :func:`~napari_linblur.io.readers.open_zstack`), a plane index out of
+        range, non-finite pixels, or no plane with image content.
+    """
+    path = Path(os.fspath(cfg.content_from)).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"--content-from {cfg.content_from}: no such file or folder")
+    st = path.stat()
+    return _content_images(str(path), cfg.content_channel, cfg.content_plane, int(cfg.content_stacks),
+                           (st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _content_images(path: str, channel, plane, max_stacks: int, stamp) -> tuple[tuple[np.ndarray, ...],
+                                                                                 tuple[dict, ...]]:
+    from napari_linblur.inference.defocus_ops import best_focus
+    from napari_linblur.io.readers import open_zstack
+
+    meta = Path(path) / "zarr.json"
+    attrs = json.loads(meta.read_text()).get("attributes", {}).get("linblur", {}) if meta.is_file() else {}
+    if attrs.get("kind") == "synthetic-through-focus":  # a ``linblur synth`` dataset: one NGFF image per field
+        arrays = [open_zstack(f, channel=channel) for f in sorted(Path(path).glob("field_*")) if f.is_dir()]
+    else:
+        arrays = [open_zstack(path, channel=channel)]
+    stacks = [s for a in arrays for s in (a.reshape((-1, *a.shape[-3:])) if a.ndim >= 3 else a[None, None])]
+    n, nz = len(stacks), int(stacks[0].shape[0]) if stacks else 0
+    if plane != "auto" and not -nz <= int(plane) < nz:
+        raise ValueError(f"--content-plane {plane} is out of range for {path}: its stacks have {nz} planes")
+    images, used = [], []
+    for i in sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, max_stacks))}) if n else []:
+        stack = stacks[i]
+        z = (int(best_focus(stack, method="variance_of_laplacian")) if nz > 1 else 0) if plane == "auto" \
+            else int(plane) % nz
+        img = np.asarray(stack[z], dtype=np.float32)
+        if not np.isfinite(img).all():
+            raise ValueError(f"{path}: plane {z} of stack {i} has NaN or Inf pixels; training content must be "
+                             "finite")
+        lo, hi = np.percentile(img, [0.1, 99.9])
+        if not hi > lo:
+            continue  # constant: no histogram to shuffle
+        images.append(np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32))
+        used.append({"stack": i, "plane": z})
+    if not images:
+        raise ValueError(f"{path}: every chosen in-focus plane is constant; --content-from needs images with "
+                         "content")
+    return tuple(images), tuple(used)
 
 
 def natural_sources(names=TRAIN_SOURCES) -> list[str]:
@@ -187,7 +269,8 @@ def sharp_content(size: int, content: str, rng: np.random.Generator, sources=TRA
         return _phantom(size, rng), kind
     # shuffle: a natural image or a phantom as histogram source, positions permuted
     if rng.random() < 0.5 and len(sources):
-        src = _crop(_natural(sources[int(rng.integers(0, len(sources)))]), size, rng)
+        pick = sources[int(rng.integers(0, len(sources)))]  # a bundled picture's name, or an image (content_from)
+        src = _crop(_natural(pick) if isinstance(pick, str) else pick, size, rng)
         src = src ** float(rng.uniform(0.5, 2.0))  # vary the histogram shape
     else:
         src = _phantom(size, rng)
@@ -224,8 +307,9 @@ def render_sample(seed, cfg: DefocusDataConfig, *, size: int | None = None, sour
 
     rng = np.random.default_rng(seed)
     size = size or cfg.render_size
-    sharp, kind = sharp_content(size, cfg.content, rng, cfg.sources if sources is None else sources,
-                                low_contrast=cfg.low_contrast)
+    if sources is None:
+        sources = content_images(cfg)[0] if cfg.content_from is not None else cfg.sources
+    sharp, kind = sharp_content(size, cfg.content, rng, sources, low_contrast=cfg.low_contrast)
     sig = random_defocus_map(size, rng, cfg.sigma_range, cfg.full_range)
     blurred = render_spatially_varying(sharp, sig)
     return np.clip(blurred, 0, None).astype(np.float32), sig.astype(np.float32), kind
@@ -349,6 +433,8 @@ def recalibrate_batchnorm(model, task, n_batches: int = 64, *, start_step: int =
 #: per-run sizes of a recipe; everything else in ``DefocusDataConfig`` (content, σ range and maps, camera, noise
 #: input, normalization) is the recipe a new run can inherit from a trained model's card
 _RUN_SIZES = ("crop", "render_size", "batch_size", "pool_size", "val_samples", "extra")
+#: the user's content of one run (``--content-from``): not part of the recipe another run inherits
+_RUN_CONTENT = ("content_from", "content_channel", "content_plane", "content_stacks")
 
 
 def card_recipe(model: str = "defocus-default") -> dict:
@@ -371,7 +457,7 @@ def card_recipe(model: str = "defocus-default") -> dict:
     from napari_linblur.models.registry import read_card
 
     recipe = ((read_card(model).get("data") or {}).get("recipe")) or {}
-    known = {f for f in DefocusDataConfig.__dataclass_fields__} - set(_RUN_SIZES)
+    known = {f for f in DefocusDataConfig.__dataclass_fields__} - set(_RUN_SIZES) - set(_RUN_CONTENT)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in known}
 
 
@@ -417,6 +503,8 @@ class DefocusTask:
         self.init = str(init) if init else None
         self.data = data or DefocusDataConfig()
         self.data.validate()
+        if self.data.content_from is not None:
+            content_images(self.data)  # read (and check) the user's content now, before a run folder exists
         channels = 2 if self.data.noise_input == "map" else 1
         if int(self.model_config.get("in_channels", channels)) != channels:
             raise ValueError(f"noise_input={self.data.noise_input!r} needs in_channels={channels}, the model "
@@ -558,7 +646,10 @@ class DefocusTask:
                if self.data.noise_input == "map" else {}),
             "data": {"recipe": self.data.to_dict(), "seed": self.seed,
                      "renderer": "napari_linblur.optics.varying.render_spatially_varying (scatter)",
-                     "pool_seconds": None if self.pool_seconds is None else round(self.pool_seconds, 1)},
+                     "pool_seconds": None if self.pool_seconds is None else round(self.pool_seconds, 1),
+                     **({"content_path": str(Path(os.fspath(self.data.content_from)).resolve()),
+                         "content_planes": list(content_images(self.data)[1])}
+                        if self.data.content_from is not None else {})},
         }
 
 

@@ -218,7 +218,8 @@ class TrainWidget(c.LinblurWidget):
 
     def _check_layer(self, layer, patch: int, *, contents: bool):
         """The layer's full-resolution data, checked to be trainable: a z-stack ``(Z, Y, X)`` or
-        ``(fields, Z, Y, X)`` whose planes hold the training patch, and (``contents``) not constant.
+        ``(fields, Z, Y, X)`` whose planes hold the training patch (defocus maps: also one in-focus image, any
+        size), and (``contents``) finite and not constant.
 
         Raises
         ------
@@ -226,11 +227,13 @@ class TrainWidget(c.LinblurWidget):
             naming the layer, the problem and the accepted form.
         """
         data = _ops.layer_array(layer)
-        if data.ndim < 3:
+        content = self.kind.currentData() == "defocus"  # in-focus content: one image is enough, any size
+        if data.ndim < (2 if content else 3):
             raise ValueError(f"{layer.name!r} is a single plane; training needs a z-stack (Z, Y, X)")
         if data.ndim > 4:
             raise ValueError(f"{layer.name!r} has {data.ndim} dimensions; use (Z, Y, X) or (fields, Z, Y, X)")
-        _train.check_patch_fits(tuple(data.shape), patch, f"layer {layer.name!r}")
+        if not content:
+            _train.check_patch_fits(tuple(data.shape), patch, f"layer {layer.name!r}")
         if contents:
             _train.check_varies(data, f"layer {layer.name!r}")
         return data
@@ -244,7 +247,7 @@ class TrainWidget(c.LinblurWidget):
             raise c.no_input(self.viewer, "choose an image layer as training data")
         # a lazy (dask) layer is read once here, in the worker, to check it is not constant
         data = self._check_layer(layer, patch, contents=not isinstance(_ops.layer_array(layer), np.ndarray))
-        axes = {3: "zyx", 4: "tzyx"}[data.ndim]
+        axes = {2: "yx", 3: "zyx", 4: "tzyx"}[data.ndim]
         path = out / "data.ome.zarr"
         write_ome_zarr(path, data, axes=axes, scale=[abs(float(s)) for s in layer.scale], overwrite=True,
                        pyramid_levels=1)
