@@ -152,7 +152,8 @@ def test_reblur_alpha_formula():
 
 
 def test_auto_tile_minimises_work():
-    assert auto_tile(1024, 1024) == 576  # 2 x 2 tiles at the 128 px network overlap
+    assert auto_tile(1024, 1024) == 1024  # one tile: no borders, and the least work
+    assert auto_tile(2048, 2048) == 768  # 3 x 3 tiles at the 128 px network overlap
     assert auto_tile(1024, 1024, overlap=32, cap=544) == 528
     assert auto_tile(40, 40) >= 40
 

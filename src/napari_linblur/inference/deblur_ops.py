@@ -204,7 +204,7 @@ def deblur(
     sigma_focus, sigma_full : float
         ``guided``: tiles with median σ ≤ ``sigma_focus`` are untouched, ≥ ``sigma_full`` fully deblurred.
     tile, overlap, batch_size : int
-        Tiling of the network (default tile: chosen to minimise work, ≤ 576 px; default overlap 128 px, the
+        Tiling of the network (default tile: chosen to minimise work, ≤ 1024 px, so a plane up to 1024² is one tile; default overlap 128 px, the
         network's context, or a quarter of a smaller given tile). ``reblur-extrapolate`` passes them to
         :func:`~napari_linblur.inference.latent_ops.deblur_pair` (default tile 256 px, overlap 64 px).
     amp : {"auto", "off", "bf16"}

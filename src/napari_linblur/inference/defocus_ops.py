@@ -198,10 +198,11 @@ def estimate_defocus(
     tile, overlap : int
         Tile side and overlap (pixels) of the tiled inference; tiles are blended smoothly, images smaller than
         a tile are padded by reflection to the network's multiple and cropped back. ``tile=None`` chooses the
-        tile (≤ 576 px) that processes the fewest pixels (:func:`~napari_linblur.inference.tiling.auto_tile`:
-        more context, and faster on a 1024² CPU plane than 256-px tiles in benchmarks/bench_defocus.py);
-        ``overlap=None`` uses 128 px for the automatic tile (the network's context: tile borders then agree
-        with a whole-plane run to about 0.01 px) and ``min(128, tile // 4)`` for a given tile.
+        tile (≤ 1024 px, so a plane up to 1024² is one tile) that processes the fewest pixels
+        (:func:`~napari_linblur.inference.tiling.auto_tile`: more context, and faster on a 1024² CPU plane than
+        tiles in benchmarks/bench_defocus.py); ``overlap=None`` uses 128 px for the automatic tile (the network's
+        context: tile borders then agree with a whole-plane run to a few hundredths of a pixel) and
+        ``min(128, tile // 4)`` for a given tile.
     batch_size : int
         Tiles per forward pass.
     mode : {"pixel", "patch"}
