@@ -150,16 +150,16 @@ def test_sigma_to_defocus_um_roundtrip():
 
 
 def test_automatic_tile_is_the_work_minimising_tile_and_channels_last_changes_nothing(net):
-    """tile=None picks tiling.auto_tile per plane (overlap 128, tiles up to 1024 px); running the network
+    """tile=None picks tiling.auto_tile per plane (overlap 128, tiles up to 576 px); running the network
     channels-last (as estimate_defocus does) gives the plain network's numbers."""
+    from napari_linblur.inference.defocus_ops import DEFOCUS_TILE_CAP
     from napari_linblur.inference.normalize import fit_normalization
     from napari_linblur.inference.tiling import NETWORK_OVERLAP, auto_tile, tiled_apply
 
     img = _img((1200, 260), seed=3)
     auto = D.estimate_defocus(img, model=net, device="cpu", amp="off")
-    t = auto_tile(1200, 260, overlap=NETWORK_OVERLAP, multiple=net.multiple)
-    assert 260 <= t < 1024 and t % net.multiple == 0
-    assert auto_tile(600, 260, multiple=net.multiple) >= 600  # a plane that fits is one tile
+    t = auto_tile(1200, 260, overlap=NETWORK_OVERLAP, multiple=net.multiple, cap=DEFOCUS_TILE_CAP)
+    assert 260 <= t <= 576 and t % net.multiple == 0
     x = fit_normalization(img).apply(img)
     with torch.no_grad():
         plain = tiled_apply(lambda b: net(b), x, out_channels=1, tile=t, overlap=NETWORK_OVERLAP,

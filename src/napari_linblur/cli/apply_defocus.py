@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, help="model name or .safetensors path (default defocus-default)")
     p.add_argument("--mode", default="pixel", choices=["pixel", "patch"], help="per-pixel map or mean σ per tile")
     p.add_argument("--patch-size", type=int, default=64, help="tile side for --mode patch")
-    p.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 1024 px)")
+    p.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 576 px)")
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="self-ensemble: average the maps of this many flips/rotations (N times slower)")
     add_camera_options(p)
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
                    choices=["defocus", "variance_of_laplacian", "brenner", "tenengrad", "normalized_variance",
                             "vollath"], help="focus score: -median σ of the defocus map, or a classical measure")
     q.add_argument("--model", default=None, help="defocus model (method 'defocus')")
-    q.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 1024 px)")
+    q.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 576 px)")
     add_camera_options(q)
     q.add_argument("--json", default=None, help="write the curves and best planes as JSON")
     q.add_argument("--csv", default=None, help="write one row per plane as CSV")

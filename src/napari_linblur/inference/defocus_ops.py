@@ -23,6 +23,11 @@ import numpy as np
 from .tiling import NETWORK_OVERLAP, check_int, check_tiling_options, map_planes
 from .validate import check_finite_plane, check_image, is_dask
 
+#: Largest automatic tile of the defocus network: a 1024² plane is 2 x 2 tiles of 576 px. One whole 1024² tile
+#: ran 1.39x slower in float32 on this CPU (1.02x in bf16) than the 528-px tiles used before session 15; 576-px
+#: tiles with the 128 px overlap 1.2x (session 15, one thread, docs/results/defocus.md).
+DEFOCUS_TILE_CAP = 576
+
 __all__ = [
     "FOCUS_METHODS",
     "best_focus",
@@ -128,7 +133,8 @@ class _PlaneDefocus:
         self._check_stop()
         dev = next(net.parameters()).device if any(True for _ in net.parameters()) else resolve_device(self.device)
         multiple = int(getattr(net, "multiple", 16))
-        tile = self.tile or auto_tile(*plane.shape[-2:], overlap=self.overlap, multiple=multiple)
+        tile = self.tile or auto_tile(*plane.shape[-2:], overlap=self.overlap, multiple=multiple,
+                                      cap=DEFOCUS_TILE_CAP)
         amp = resolve_amp(self.amp, dev)
         sigma = tiled_apply(
             self_ensemble(lambda t: amp_forward(net, t, amp), self.tta), x, out_channels=1, tile=tile,
@@ -157,7 +163,8 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
     line = resolve_camera(camera)
     if mode not in ("pixel", "patch"):
         raise ValueError(f"mode={mode!r}; use 'pixel' (per-pixel map) or 'patch' (mean σ per tile)")
-    tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size, default_overlap=NETWORK_OVERLAP)
+    tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size, default_overlap=NETWORK_OVERLAP,
+                                                     cap=DEFOCUS_TILE_CAP)
     patch_size = check_int(patch_size, "patch_size", 4)
     if amp not in ("auto", "off", "bf16"):
         raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
@@ -198,11 +205,10 @@ def estimate_defocus(
     tile, overlap : int
         Tile side and overlap (pixels) of the tiled inference; tiles are blended smoothly, images smaller than
         a tile are padded by reflection to the network's multiple and cropped back. ``tile=None`` chooses the
-        tile (≤ 1024 px, so a plane up to 1024² is one tile) that processes the fewest pixels
-        (:func:`~napari_linblur.inference.tiling.auto_tile`: more context, and faster on a 1024² CPU plane than
-        tiles in benchmarks/bench_defocus.py); ``overlap=None`` uses 128 px for the automatic tile (the network's
-        context: tile borders then agree with a whole-plane run to a few hundredths of a pixel) and
-        ``min(128, tile // 4)`` for a given tile.
+        tile (≤ 576 px, :data:`DEFOCUS_TILE_CAP`) that processes the fewest pixels
+        (:func:`~napari_linblur.inference.tiling.auto_tile`; a 1024² plane is 2 x 2 tiles of 576 px);
+        ``overlap=None`` uses 128 px for the automatic tile (the network's context: tile borders then agree
+        with a whole-plane run to about 0.01 px) and ``min(128, tile // 4)`` for a given tile.
     batch_size : int
         Tiles per forward pass.
     mode : {"pixel", "patch"}

@@ -23,9 +23,10 @@ DEFAULT_OVERLAP = 32
 #: the σ map differed from a whole-plane run by up to 0.70 px along tile borders (deblurring: 6.6 % of the
 #: intensity span); with 128 px, 0.024 px and 0.06 % (``tests/test_tiling.py``).
 NETWORK_OVERLAP = 128
-#: Largest automatic tile side (the memory of one tile: about 1.2 GB for the defocus network in float32 on a CPU).
-#: Planes up to 1024 x 1024 run as one tile: no tile borders at all, and on a CPU with channels-last convolutions
-#: a whole 1024² plane ran 8-9 % faster than 2 x 2 tiles of 528 px (session 15, one thread).
+#: Largest automatic tile side (bounds the memory of one tile). Planes up to 1024 x 1024 run as one tile: no tile
+#: borders at all, and for the deblurring network a whole 1024² plane ran 0.90x (float32) / 0.98x (bf16) the time
+#: of 2 x 2 tiles of 528 px on this CPU (session 15, one thread). The defocus network caps its tiles lower
+#: (``defocus_ops.DEFOCUS_TILE_CAP``): a whole plane ran 1.39x slower in float32.
 AUTO_TILE_CAP = 1024
 
 
@@ -253,12 +254,12 @@ def check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *,
-                         default_overlap: int = DEFAULT_OVERLAP) -> tuple[int | None, int, int]:
+def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *, default_overlap: int = DEFAULT_OVERLAP,
+                         cap: int = AUTO_TILE_CAP) -> tuple[int | None, int, int]:
     """Validated ``(tile, overlap, batch_size)`` of the shared tiling path (every model uses it).
 
     ``tile`` is None (automatic) or an int >= 16; ``overlap`` an int >= 0 and smaller than ``tile`` (at most
-    ``AUTO_TILE_CAP // 2`` for an automatic tile), or None: the operation's ``default_overlap`` for an automatic
+    ``cap // 2`` for an automatic tile of at most ``cap`` px), or None: the operation's ``default_overlap`` for an automatic
     tile, ``min(default_overlap, tile // 4)`` for a given one (so any tile >= 16 works without an overlap);
     ``batch_size`` an int >= 1.
 
@@ -275,7 +276,7 @@ def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *,
     overlap = check_int(overlap, "overlap", 0)
     if tile is not None and overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
-    if tile is None and 2 * overlap > AUTO_TILE_CAP:
-        raise ValueError(f"overlap ({overlap}) is too large for the automatic tile (at most {AUTO_TILE_CAP} px): "
-                         f"use overlap <= {AUTO_TILE_CAP // 2} or give tile as well")
+    if tile is None and 2 * overlap > cap:
+        raise ValueError(f"overlap ({overlap}) is too large for the automatic tile (at most {cap} px): "
+                         f"use overlap <= {cap // 2} or give tile as well")
     return tile, overlap, check_int(batch_size, "batch_size", 1)
