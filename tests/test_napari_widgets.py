@@ -1080,3 +1080,121 @@ def test_train_widget_refuses_untrainable_layers_and_run_folders(viewer, qtbot, 
     assert not w.start() and not w.panel.running
     assert f"run folder {afile} is a file" in last_error()
     assert afile.read_text() == "x" and not (tmp_path / "run").exists()
+
+
+def test_whole_stack_errors_name_the_layer(viewer, qtbot, tiny_models, synth, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    stack = synth[0].astype(np.float32)
+    stack[:, 0, 0] = np.nan
+    viewer.add_image(stack, name="nan1px")
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    w.model.set_model(tiny_models["defocus"])
+    for mode, path in ((w.output.LAYER, None), (w.output.ZARR, tmp_path / "out.ome.zarr")):
+        w.output.set_mode(mode, str(path) if path else None)
+        before = len(notification_manager.records)
+        assert w.run_whole_stack()
+        wait_run(qtbot, w)
+        new = [r.message for r in notification_manager.records[before:]]
+        assert len(new) == 1 and "failed: 'nan1px' contains NaN" in new[0] and "img contains" not in new[0], new
+        assert w.panel.status.text() == new[0] == w.panel.last_error
+    # the focus curve with the defocus score reads the plane through the network, which refuses NaN
+    w.measure.setCurrentIndex(w.measure.findData("defocus"))
+    assert w.run_focus_curve()
+    wait_run(qtbot, w)
+    assert "failed: 'nan1px' contains NaN" in w.panel.last_error, w.panel.last_error
+
+
+def _slow_defocus(img, *, should_stop=None, progress=None, **kw):
+    """A stand-in for :func:`napari_linblur.estimate_defocus` that takes minutes unless told to stop (checked as
+    the operations check it between tiles)."""
+    end = time.time() + 300
+    while time.time() < end:
+        if should_stop is not None and should_stop():
+            raise _ops.Cancelled("cancelled")
+        time.sleep(0.01)
+    return np.zeros(np.shape(img)[-2:], np.float32)
+
+
+def test_closing_the_viewer_stops_running_previews_and_runs(viewer, qtbot, monkeypatch):
+    from napari_linblur._napari._qt import _common as c
+
+    monkeypatch.setitem(nl.__dict__, "estimate_defocus", _slow_defocus)
+    viewer.add_image(np.zeros((3, 64, 64), np.float32), name="img")
+    w = add(viewer, "Defocus map & focus QC")
+    qtbot.waitUntil(lambda: any(wk.is_running for wk in w.preview.workers), timeout=15000)
+    assert w.run_whole_stack()
+    qtbot.waitUntil(lambda: w.panel.worker is not None and w.panel.worker.is_running, timeout=15000)
+    workers = [*w.preview.workers, w.panel.worker]
+    viewer.close()  # the workers are asked to quit: they stop at their next check, not in 5 minutes
+    qtbot.waitUntil(lambda: not any(wk.is_running for wk in workers), timeout=10000)
+    assert all(wk.stop_event.is_set() for wk in workers)
+    assert not c.running_workers()
+
+
+CLOSE_WHILE_COMPUTING = r"""
+import sys
+import time
+
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+
+import napari_linblur as nl
+from napari_linblur._napari import _ops
+from napari_linblur._napari._qt.defocus_widget import DefocusWidget
+
+{slow_defocus}
+nl.estimate_defocus = _slow_defocus
+
+
+def pump_until(cond, secs=60.0):
+    end = time.time() + secs
+    while not cond():
+        assert time.time() < end, "timed out"
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+mode = sys.argv[1]
+viewer = napari.Viewer(show=False)
+viewer.add_image(np.zeros((3, 256, 256), np.float32), name="img")
+w = DefocusWidget(viewer)
+dock = viewer.window.add_dock_widget(w, name="Defocus map & focus QC")
+if mode == "close-during-run":
+    w.preview_on.setChecked(False)
+    assert w.run_whole_stack()
+    pump_until(lambda: w.panel.worker is not None and w.panel.worker.is_running)
+else:
+    pump_until(lambda: any(wk.is_running for wk in w.preview.workers))
+if mode.startswith("close"):
+    viewer.close()
+elif mode == "remove-dock":
+    viewer.window.remove_dock_widget(dock)
+print("script ends", time.time(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["close-during-preview", "close-during-run", "remove-dock", "exit-viewer-open"])
+def test_python_exits_cleanly_while_a_worker_computes(tmp_path, mode):
+    """A script (or an IPython session) that ends while a live preview or a run computes: the plugin stops its
+    workers and waits for them, so no worker emits through Qt objects torn down at exit (which aborted Python)."""
+    import inspect
+    import subprocess
+    import sys
+
+    script = tmp_path / "close_while_computing.py"
+    script.write_text(CLOSE_WHILE_COMPUTING.replace("{slow_defocus}", inspect.getsource(_slow_defocus)))
+    env = {**os.environ, "NAPARI_CONFIG": str(tmp_path / "settings.yaml")}
+    try:  # a worker left running at exit aborted Python, or (a job that never ends) kept it from exiting
+        proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=90,
+                              env=env, cwd=tmp_path)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"Python did not exit within 90 s: a worker was left running\n{err.stdout}\n{err.stderr}")
+    ended = time.time()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "has been deleted" not in out and "Traceback" not in out, out[-3000:]
+    script_end = float(proc.stdout.split("script ends", 1)[1].split()[0])
+    assert ended - script_end < 20, f"exit took {ended - script_end:.1f} s: the worker was not stopped"

@@ -1,11 +1,17 @@
 """Building blocks shared by the widgets: layer/plane/model pickers, α slider, a worker runner with a
-napari progress bar and a Cancel button, and a debounced live preview that supersedes stale requests."""
+napari progress bar and a Cancel button, and a debounced live preview that supersedes stale requests.
+
+Their workers stop when asked to ``quit()`` (closing the viewer, quitting napari), when their widget is removed or
+deleted, and when Python exits: the exit waits for them, since a worker that signals after Qt's objects are gone
+aborts the process."""
 
 from __future__ import annotations
 
+import atexit
 import threading
 import traceback
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +265,103 @@ class _Bridge(QObject):
     progressed = Signal(int, int)
 
 
+#: how long the interpreter's exit waits for running previews and runs to stop (they stop at their next tile)
+EXIT_WAIT_MS = 30_000
+_exit_hooked = False
+#: the plugin's workers from their start until their thread's ``run()`` returned (after their last signal)
+_RUNNING: set = set()
+
+
+def start_worker(job: Callable[[], Any], stop: threading.Event, *, returned: Callable[[Any], None],
+                 errored: Callable[[BaseException], None], finished: Callable[[], None]):
+    """Start ``job()`` in a napari ``thread_worker`` whose ``quit()`` sets ``stop``, the job's cancel flag.
+
+    ``quit()`` is how napari stops workers: closing the viewer window cancels its tasks, and quitting the
+    application waits for all workers after asking them to quit. The first worker also registers an exit hook that
+    stops the plugin's workers and waits for them before Python tears down the Qt objects they signal through (a
+    worker that emits after that aborts the process).
+    """
+    from napari.qt.threading import create_worker
+
+    global _exit_hooked
+    if not _exit_hooked:
+        atexit.register(stop_workers_at_exit)  # registered after PyQt's exit handler: runs before it (LIFO)
+        _exit_hooked = True
+    worker = create_worker(job, stop_event=stop, _worker_class=_worker_class(), _start_thread=False,
+                           _ignore_errors=True)
+    worker.returned.connect(returned)
+    worker.errored.connect(errored)
+    worker.finished.connect(finished)
+    _RUNNING.add(worker)
+    worker.start()
+    return worker
+
+
+_WORKER_CLASS = None
+
+
+def _worker_class():
+    """The plugin's worker class (napari's ``FunctionWorker`` with a cancel flag), made on first use."""
+    global _WORKER_CLASS
+    if _WORKER_CLASS is None:
+        from napari.qt.threading import FunctionWorker
+
+        class PluginWorker(FunctionWorker):
+            """A ``FunctionWorker`` whose ``quit()`` also sets the job's cancel flag ``stop_event``."""
+
+            def __init__(self, func, *, stop_event: threading.Event) -> None:
+                super().__init__(func)
+                self.stop_event = stop_event
+
+            def quit(self) -> None:  # noqa: D102 - see WorkerBase.quit
+                self.stop_event.set()
+                super().quit()
+
+            def run(self) -> None:  # noqa: D102 - see WorkerBase.run
+                try:
+                    super().run()
+                except RuntimeError:
+                    # its signals were deleted (Python is exiting and the exit wait timed out): an exception out of
+                    # a Qt thread would abort the process, so the worker ends quietly
+                    pass
+                finally:
+                    _RUNNING.discard(self)
+
+        _WORKER_CLASS = PluginWorker
+    return _WORKER_CLASS
+
+
+def running_workers() -> list:
+    """The plugin's workers (live previews, runs) that were started and whose thread has not ended yet."""
+    return list(_RUNNING)
+
+
+def stop_workers_at_exit(msecs: int | None = None) -> bool:
+    """Ask the plugin's workers to stop and wait up to ``msecs`` (:data:`EXIT_WAIT_MS`) for the thread pool.
+
+    Registered with :mod:`atexit`: a script (or an IPython session) that ends while a preview or a run computes
+    would otherwise tear down the Qt objects the worker reports through, and the worker's next signal aborts the
+    process. Returns whether every worker ended in time.
+    """
+    from qtpy.QtCore import QThreadPool
+
+    workers = running_workers()
+    if not workers:
+        return True
+    _quit_workers(workers)
+    # the pool, not just the job: a thread is done with the worker's Qt objects once its run() has returned
+    return bool(QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS if msecs is None else int(msecs)))
+
+
+def _quit_workers(workers: list, *_: Any) -> None:
+    """Ask ``workers`` to stop (also connected to ``destroyed``: must not touch the deleted object)."""
+    for worker in list(workers):
+        try:
+            worker.quit()
+        except Exception:  # noqa: BLE001 - a worker whose Qt object is gone cannot be asked
+            continue
+
+
 def notify_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
@@ -296,6 +399,9 @@ class RunPanel(QWidget):
         self._bridge.progressed.connect(self._on_progress)
         self._stop = threading.Event()
         self.worker = None
+        #: the running worker (a list, so that the ``destroyed`` hook can stop it without touching this panel)
+        self._workers: list = []
+        self.destroyed.connect(partial(_quit_workers, self._workers))
         self._pbar = None
         self._desc = title
         self.last_error: str | None = None
@@ -323,10 +429,13 @@ class RunPanel(QWidget):
         desc: str,
         on_result: Callable[[Any], None],
         on_cancel: Callable[[], None] | None = None,
+        inputs: dict[str, str] | None = None,
     ) -> bool:
-        """Run ``fn(report, should_stop)`` in a worker thread; ``on_result`` runs in the GUI thread."""
-        from napari.qt.threading import create_worker
+        """Run ``fn(report, should_stop)`` in a worker thread; ``on_result`` runs in the GUI thread.
 
+        ``inputs`` maps the operation's argument names (``img``, ``img_b``, …) to the input layers' names, so that
+        an error says "'cells' contains NaN" rather than "img contains NaN".
+        """
         if self.worker is not None:
             notify_error(f"{desc}: another run is in progress; cancel it first")
             return False
@@ -345,13 +454,14 @@ class RunPanel(QWidget):
         def job():
             return fn(report, stop.is_set)
 
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
-        self.worker = worker
         self.bar.setRange(0, 0)  # busy until the first report
         self.cancel_btn.setEnabled(True)
         self.status.setText(f"{desc}…")
 
+        answered: list[bool] = []  # returned or errored ran (a worker told to quit() before it returned emits neither)
+
         def returned(result):
+            answered.append(True)
             if not _alive(self):
                 return
             if stop.is_set():
@@ -363,9 +473,10 @@ class RunPanel(QWidget):
                 on_result(result)
                 self.status.setText(f"{desc}: done")
             except Exception as err:  # noqa: BLE001
-                self._fail(desc, err)
+                self._fail(desc, err, inputs)
 
         def errored(err):
+            answered.append(True)
             if not _alive(self):
                 return
             if _ops.is_cancelled(err) or stop.is_set():
@@ -373,13 +484,19 @@ class RunPanel(QWidget):
                 if on_cancel:
                     on_cancel()
             else:
-                self._fail(desc, err)
+                self._fail(desc, err, inputs)
 
         def finished():
-            self.worker = None
+            if worker in workers:
+                workers.remove(worker)
             if not _alive(self):
                 return
+            self.worker = None
             self.cancel_btn.setEnabled(False)
+            if not answered:
+                self.status.setText(f"{desc}: cancelled — nothing was added or written")
+                if on_cancel:
+                    on_cancel()
             ok = not stop.is_set() and self.last_error is None
             if self.last_progress is not None:
                 done, total = self.last_progress
@@ -392,14 +509,14 @@ class RunPanel(QWidget):
                 self._pbar.close()
                 self._pbar = None
 
-        worker.returned.connect(returned)
-        worker.errored.connect(errored)
-        worker.finished.connect(finished)
-        worker.start()
+        workers = self._workers
+        worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished)
+        self.worker = worker
+        workers.append(worker)
         return True
 
-    def _fail(self, desc: str, err: BaseException) -> None:
-        msg = f"{desc} failed: {describe(err)}"
+    def _fail(self, desc: str, err: BaseException, inputs: dict[str, str] | None = None) -> None:
+        msg = f"{desc} failed: {name_inputs(describe(err), inputs or {})}"
         self.last_error = msg
         self.status.setText(msg)
         if not isinstance(err, (ValueError, TypeError, FileNotFoundError)):
@@ -427,6 +544,24 @@ class NoInput(ValueError):
     error; a whole-stack run still reports it."""
 
 
+def name_inputs(text: str, inputs: dict[str, str]) -> str:
+    """An operation's error message with its leading argument name (``img``, ``img_b``, …) replaced by the input
+    layer's name, quoted; other messages unchanged.
+
+    Examples
+    --------
+    >>> name_inputs("img contains NaN or Inf values", {"img": "cells"})
+    "'cells' contains NaN or Inf values"
+    >>> name_inputs("model file missing", {"img": "cells"})
+    'model file missing'
+    """
+    for arg, layer in inputs.items():
+        for sep in (" ", ":"):
+            if text.startswith(arg + sep):
+                return f"{layer!r}{text[len(arg):]}"
+    return text
+
+
 def preview_error_text(text: str, inputs: dict[str, str]) -> str:
     """A preview's error message naming the input layer(s) rather than the operation's argument.
 
@@ -437,10 +572,9 @@ def preview_error_text(text: str, inputs: dict[str, str]) -> str:
     >>> preview_error_text("model file missing", {"img": "cells"})
     "preview of 'cells' failed: model file missing"
     """
-    for arg, layer in inputs.items():
-        for sep in (" ", ":"):
-            if text.startswith(arg + sep):
-                return f"preview failed: {layer!r}{text[len(arg):]}"
+    named = name_inputs(text, inputs)
+    if named != text:
+        return f"preview failed: {named}"
     names = list(dict.fromkeys(inputs.values()))
     if names and not any(repr(n) in text for n in names):
         return f"preview of {' and '.join(repr(n) for n in names)} failed: {text}"
@@ -497,6 +631,8 @@ class LivePreview(QObject):
         self.completed = 0
         self._stop: threading.Event | None = None
         self.workers: list = []
+        # a preview still computing when the widget is deleted is stopped (the list is shared, not this object)
+        self.destroyed.connect(partial(_quit_workers, self.workers))
         self.enabled = True
         self.last_error: str | None = None
         # a first preview once the widget sits in the viewer (requests made while it is built are dropped)
@@ -519,8 +655,6 @@ class LivePreview(QObject):
         return bool(self.workers) or self.timer.isActive()
 
     def _fire(self) -> None:
-        from napari.qt.threading import create_worker
-
         if self._stop is not None:
             self._stop.set()  # supersede the running preview
         self.generation += 1
@@ -544,8 +678,6 @@ class LivePreview(QObject):
             return
         if job is None:
             return
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
-        self.workers.append(worker)
         if self._status is not None:
             self._status.setText("updating preview…")
 
@@ -570,16 +702,14 @@ class LivePreview(QObject):
                 self._error(err, gen, inputs)
 
         def finished():
-            if not _alive(self):
-                return
-            self.completed += 1
-            if worker in self.workers:
-                self.workers.remove(worker)
+            if worker in workers:
+                workers.remove(worker)
+            if _alive(self):
+                self.completed += 1
 
-        worker.returned.connect(returned)
-        worker.errored.connect(errored)
-        worker.finished.connect(finished)
-        worker.start()
+        workers = self.workers
+        worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished)
+        workers.append(worker)
 
     def _input_names(self) -> dict[str, str]:
         if self._inputs is None:
@@ -602,9 +732,11 @@ class LivePreview(QObject):
         notify_error(msg)
 
     def stop(self) -> None:
+        """Drop a pending request and stop the previews still computing (their results are dropped)."""
         self.timer.stop()
         if self._stop is not None:
             self._stop.set()
+        _quit_workers(self.workers)
 
 
 # ------------------------------------------------------------------------------------------ layout

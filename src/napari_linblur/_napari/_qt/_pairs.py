@@ -97,6 +97,7 @@ def run_whole_stack(
     layer_kwargs: dict | None = None,
     metadata: dict | None = None,
     attrs: dict | None = None,
+    inputs: dict[str, str] | None = None,
 ) -> bool:
     """Start a whole-stack run of ``op(*planes_or_arrays, should_stop=...)`` into the chosen output.
 
@@ -106,6 +107,9 @@ def run_whole_stack(
     ``attrs`` says what the values are (operation, unit, model, …, as the command line writes them): an OME-Zarr
     output stores them under ``"linblur"`` in its root attributes (with the input and layer names) and every output
     layer carries them as ``metadata["linblur_attrs"]``. An OME-Zarr path that exists is refused before the run.
+
+    ``inputs`` maps the operation's argument names (``img``, ``img_b``, …) to the input layers' names: an error says
+    "'cells' contains NaN" rather than "img contains NaN", as the live previews do.
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
@@ -152,7 +156,7 @@ def run_whole_stack(
                 kw["metadata"] = {**meta, **kw.get("metadata", {})}
                 widget.viewer.add_image(data, **kw)
 
-        return panel.start(job, desc=f"writing {name}", on_result=done)
+        return panel.start(job, desc=f"writing {name}", on_result=done, inputs=inputs)
 
     if mode == output.LAZY:
 
@@ -162,7 +166,7 @@ def run_whole_stack(
         def done(lazy):
             widget.add_result(lazy, name=name, scale=scale, translate=translate, metadata=meta, **layer_kwargs)
 
-        return panel.start(job, desc=f"building {name}", on_result=done)
+        return panel.start(job, desc=f"building {name}", on_result=done, inputs=inputs)
 
     def job(report, should_stop):
         if ndim == 2:  # one plane: the operation's own per-tile progress (when it reports any)
@@ -177,7 +181,7 @@ def run_whole_stack(
             kw["contrast_limits"] = _ops.robust_limits(result)
         widget.add_result(result, name=name, scale=scale, translate=translate, metadata=meta, **kw)
 
-    return panel.start(job, desc=name, on_result=done)
+    return panel.start(job, desc=name, on_result=done, inputs=inputs)
 
 
 def op_kwargs(model: str | None) -> dict:

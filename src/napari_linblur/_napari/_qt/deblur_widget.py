@@ -256,4 +256,5 @@ class DeblurWidget(c.LinblurWidget):
                    **({"tta": int(self.tta.currentData())} if mode == PAIR or method not in AE_METHODS else {}),
                    **({"defocus_model": self.defocus_model.model() or "defocus-default"}
                       if mode == GUIDED or (mode == SINGLE and method in AE_METHODS) else {})},
+            inputs=self._input_names(),
         )

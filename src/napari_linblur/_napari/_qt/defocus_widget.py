@@ -466,7 +466,7 @@ class DefocusWidget(c.LinblurWidget):
             scale=tuple(layer.scale), translate=tuple(layer.translate), dropped_z=False,
             name=f"defocus {unit}[{layer.name}]", sources=c.source_paths(layer),
             layer_kwargs={"colormap": COLORMAP, "contrast_limits": map_limits(setup)},
-            metadata={"linblur_op": "estimate_defocus", **meta}, attrs=attrs,
+            metadata={"linblur_op": "estimate_defocus", **meta}, attrs=attrs, inputs=self._input_names(),
         )
         if started:
             self.panel.worker.returned.connect(lambda *_: self._style_last())
@@ -529,7 +529,8 @@ class DefocusWidget(c.LinblurWidget):
             self.goto_btn.setEnabled(True)
             self._update_curve_label()
 
-        return self.panel.start(job, desc=f"focus curve of {layer.name}", on_result=done)
+        return self.panel.start(job, desc=f"focus curve of {layer.name}", on_result=done,
+                                inputs=self._input_names())
 
     def _update_curve_label(self) -> None:
         """The best-plane label ("best plane of LAYER at t=0: z = 8"); once the viewer shows another position or
