@@ -779,6 +779,30 @@ def test_train_widget_defocus_uses_the_shipped_recipe_and_fine_tunes(viewer, qtb
         _train.build_task(_train.TrainRequest(kind="defocus", preset="default", init="deblur-default"))
 
 
+def test_train_widget_defocus_learns_from_an_image_layer(viewer, qtbot, tmp_path, synth):
+    """Defocus training on the user's own data: the sharpest plane of the layer (pixel-shuffled) is the content,
+    recorded in the card; a layer with NaN pixels is refused before the run."""
+    from napari_linblur.models.registry import read_card
+
+    stack = synth[0]  # (Z=9, Y, X), in focus at the last plane
+    viewer.add_image(stack, name="mine")
+    w = _small_training(viewer, tmp_path, steps=1, kind="defocus", preset="default")
+    w.set_choice(w.source, "layer")
+    w.layer.set_layer(viewer.layers["mine"])
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=120000)
+    assert w.model_path, w.panel.status.text()
+    card = read_card(w.model_path)
+    assert card["data"]["recipe"]["content_from"] == str(tmp_path / "run" / "data.ome.zarr")
+    assert card["data"]["content_planes"] == [{"stack": 0, "plane": 8}]
+    bad = stack.astype(np.float32)
+    bad[2, 3, 4] = np.nan
+    viewer.add_image(bad, name="holes")
+    w.layer.set_layer(viewer.layers["holes"])
+    assert not w.start()
+    assert "NaN" in w.panel.status.text() and "holes" in w.panel.status.text()
+
+
 def test_pair_outputs_are_placed_like_the_input_and_follow_time(viewer, qtbot, tiny_models, synth, tmp_path):
     """The OME-Zarr output of a pair run reopens with the written axes (no Z = 1 axis at world z = 0), in the
     input's place and units; the live preview follows the time slider; a 2-D image cannot be its own pair."""
