@@ -125,7 +125,7 @@ class CameraInput(QWidget):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        lay = QGridLayout(self)  # two rows of two, so the dock can be narrow without cutting the read-outs
+        lay = QHBoxLayout(self)  # one row: two rows were squeezed into one line when the dock ran out of height
         lay.setContentsMargins(0, 0, 0, 0)
         self.calibrated = QCheckBox("calibrated")
         self.calibrated.setToolTip("noise-aware models read the camera's noise level: estimated from each plane, "
@@ -134,8 +134,8 @@ class CameraInput(QWidget):
                                "its inverse)", " ADU/e⁻")
         self.offset = self._spin(0.0, 65535.0, 100.0, 1, "dark level (pedestal), ADU", " ADU")
         self.read_noise = self._spin(0.0, 100.0, 2.0, 2, "read noise, electrons r.m.s.", " e⁻")
-        for i, w in enumerate((self.calibrated, self.gain, self.offset, self.read_noise)):
-            lay.addWidget(w, i // 2, i % 2)
+        for w in (self.calibrated, self.gain, self.offset, self.read_noise):
+            lay.addWidget(w)
         self.calibrated.toggled.connect(self._sync)
         self._sync()
 
