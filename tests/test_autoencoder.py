@@ -189,6 +189,10 @@ def test_train_cli_resume_after_sigkill_is_exact(tiny_data, tmp_path):
         torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
     log = [json.loads(x) for x in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == sorted({r["step"] for r in log}) and "val_loss" in log[-1]
+    # --steps may grow on --resume: the warmup (a tenth of a short run's steps) stays the one the run started with
+    more = [a if a != "60" else "80" for a in common]
+    assert main([*more, "--out", str(tmp_path / "part"), "--resume"]) == 0
+    assert registry.load_model(tmp_path / "part" / "model.safetensors", device="cpu").card["training"]["steps"] == 80
 
 
 def test_train_cli_init_starts_from_saved_weights(tiny_data, tmp_path):

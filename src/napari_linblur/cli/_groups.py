@@ -114,3 +114,22 @@ def train_config_from_args(args):
         ema=args.ema,
         channels_last=args.channels_last,
     )
+
+
+def short_run_warmup(cfg):
+    """A short run warms its learning rate up over a tenth of its steps (at most ``cfg.warmup``); a resumed run keeps
+    the warmup its checkpointed session started with, so that ``--steps`` may grow on ``--resume``."""
+    import json
+    from pathlib import Path
+
+    saved = Path(cfg.out) / "train_config.json"
+    if cfg.resume and saved.is_file():
+        try:
+            warmup = json.loads(saved.read_text()).get("warmup")
+        except (OSError, ValueError):
+            warmup = None
+        if isinstance(warmup, int) and warmup > 0:
+            cfg.warmup = warmup
+            return cfg
+    cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
+    return cfg

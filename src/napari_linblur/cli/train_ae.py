@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ._groups import add_train_options, train_config_from_args
+from ._groups import add_train_options, short_run_warmup, train_config_from_args
 
 
 def synth_command(recipe: dict | None, seed, n_fields) -> str | None:
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         per_epoch = sum(len(task._trip[f.name]) for f in task.train_fields) * 10
         cfg.steps = max(1, math.ceil(args.epochs * per_epoch / args.batch_size))
-    cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
+    short_run_warmup(cfg)
     cfg.log_every = min(cfg.log_every, cfg.ckpt_every)
     res = train(task, cfg)
     state = "finished" if res.finished else "stopped early (resume with --resume)"

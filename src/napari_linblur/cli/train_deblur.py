@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._groups import add_train_options, train_config_from_args
+from ._groups import add_train_options, short_run_warmup, train_config_from_args
 
 
 def register(subparsers) -> None:
@@ -82,7 +82,7 @@ def _run(args) -> int:
         pixel_loss=args.loss,
     )
     cfg = train_config_from_args(args)
-    cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
+    short_run_warmup(cfg)
     res = train(task, cfg)
     state = "finished" if res.finished else "stopped early (resume with --resume)"
     print(f"deblur stage {args.stage}: {res.steps_done} steps, {state}; validation {res.metrics}")
