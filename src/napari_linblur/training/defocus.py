@@ -507,8 +507,12 @@ class DefocusTask:
             content_images(self.data)  # read (and check) the user's content now, before a run folder exists
         channels = 2 if self.data.noise_input == "map" else 1
         if int(self.model_config.get("in_channels", channels)) != channels:
+            hint = ""
+            if self.init and channels == 1:  # e.g. --init defocus-default without its recipe's noise channel
+                hint = (f" ({self.init} takes the camera-noise channel: continue it with --noise-input map, and its "
+                        "other recipe options, listed in its card's data.recipe)")
             raise ValueError(f"noise_input={self.data.noise_input!r} needs in_channels={channels}, the model "
-                             f"configuration has {self.model_config['in_channels']}")
+                             f"configuration has {self.model_config['in_channels']}{hint}")
         if channels != 1:
             self.model_config["in_channels"] = channels
         self._expanded_input = False
