@@ -427,7 +427,7 @@ def test_batchnorm_re_estimated_by_the_loop_unless_cancelled(tmp_path):
         DefocusTask(cfg, _data(), bn_batches=-1)
 
 
-def test_train_on_own_stacks_uses_their_in_focus_planes(tmp_path, capsys):
+def test_train_on_own_stacks_uses_their_in_focus_planes(tmp_path, capsys, monkeypatch):
     """--content-from: the sharpest plane of each of the user's stacks, pixel-shuffled, replaces the bundled
     pictures as content; the card records which planes; bad input is refused before a run folder exists."""
     from napari_linblur.io.omezarr import write_ome_zarr
@@ -461,12 +461,27 @@ def test_train_on_own_stacks_uses_their_in_focus_planes(tmp_path, capsys):
             "--threads", "1", "--bn-batches", "1"]
     assert main(args) == 0
     card = registry.read_card(out / "model.safetensors")
-    assert card["data"]["recipe"]["content_from"] == str(path) and card["data"]["recipe"]["content_channel"] == 0
+    assert card["data"]["recipe"]["content_from"] == str(Path(path).resolve())
+    assert card["data"]["recipe"]["content_channel"] == 0
     assert card["data"]["content_path"] == str(Path(path).resolve())
     assert [p["plane"] for p in card["data"]["content_planes"]] == [3, 1, 3]
     from napari_linblur.training.defocus import card_recipe
 
     assert "content_from" not in card_recipe(str(out / "model.safetensors"))  # not inherited by other runs
+    # --resume from another folder, naming the same content and weights another way, continues the run
+    monkeypatch.chdir(tmp_path)
+    again = [a if a != str(path) else "./mine.zarr" for a in args]
+    again[again.index("--steps") + 1] = "3"
+    assert main([*again, "--resume"]) == 0
+    assert registry.read_card(out / "model.safetensors")["training"]["steps"] == 3
+    # a rewritten file inside a folder is read again (the cache follows the files, not the folder)
+    folder = tmp_path / "tiffs"
+    folder.mkdir()
+    tifffile.imwrite(folder / "s0.tif", np.asarray(stacks[0], np.float32))
+    first = content_images(DefocusDataConfig(content_from=str(folder)))[0][0]
+    tifffile.imwrite(folder / "s0.tif", np.asarray(stacks[1], np.float32))
+    second = content_images(DefocusDataConfig(content_from=str(folder)))[0][0]
+    assert not np.array_equal(first, second)
     capsys.readouterr()
     for extra, says in ((["--content-plane", "7"], "out of range"), (["--content-channel", "9"], "channel"),
                         ([], "no such file")):

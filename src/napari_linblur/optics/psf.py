@@ -542,9 +542,11 @@ class OpticalSetup:
     def from_dict(cls, d: dict) -> OpticalSetup:
         """Inverse of :meth:`to_dict`.
 
-        A dict without ``focus`` was recorded before the field existed, so it means ``focus='legacy'``.
+        A ``'gibson_lanni'`` dict without ``focus`` was recorded before the field existed, so it means
+        ``focus='legacy'`` (the other models do not use ``focus``: they get the default and compare equal).
         """
-        return cls(**{"focus": "legacy", **d})
+        legacy = {"focus": "legacy"} if d.get("model") == "gibson_lanni" else {}
+        return cls(**{**legacy, **d})
 
     def psf(self, defocus_um: float, size: int | None = None) -> np.ndarray:
         """The PSF at ``defocus_um`` (odd ``size``, default :func:`default_psf_size`), summing to 1."""

@@ -182,9 +182,22 @@ def content_images(cfg: DefocusDataConfig) -> tuple[tuple[np.ndarray, ...], tupl
     path = Path(os.fspath(cfg.content_from)).resolve()
     if not path.exists():
         raise FileNotFoundError(f"--content-from {cfg.content_from}: no such file or folder")
-    st = path.stat()
     return _content_images(str(path), cfg.content_channel, cfg.content_plane, int(cfg.content_stacks),
-                           (st.st_size, st.st_mtime_ns))
+                           _stamp(path))
+
+
+def _stamp(path: Path) -> tuple:
+    """Size and modification time of a file, or of every file under a folder (a zarr store, a folder of TIFFs,
+    whose own time does not change when a file inside it is rewritten)."""
+    if path.is_file():
+        st = path.stat()
+        return (st.st_size, st.st_mtime_ns)
+    stamps = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            stamps.append((os.path.join(root, name), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(stamps))
 
 
 @functools.lru_cache(maxsize=4)
@@ -491,8 +504,9 @@ class DefocusTask:
     """
 
     name = "defocus"
-    #: card entries a --resume may see change: the pool's rendering time is measured, not an option
-    resume_ignore = ("data.pool_seconds",)
+    #: card entries a --resume may see change: the pool's rendering time is measured, not an option; the starting
+    #: weights are compared by their sha256, not by how their path was spelled
+    resume_ignore = ("data.pool_seconds", "init.from")
 
     def __init__(self, model_config: dict, data: DefocusDataConfig | None = None, *, seed: int = 0,
                  config_name: str = "custom", log=None, init: str | None = None, bn_batches: int = 64):
@@ -504,6 +518,8 @@ class DefocusTask:
         self.data = data or DefocusDataConfig()
         self.data.validate()
         if self.data.content_from is not None:
+            # one spelling of the path (a --resume from another folder or with ./x names the same content)
+            self.data.content_from = str(Path(os.fspath(self.data.content_from)).resolve())
             content_images(self.data)  # read (and check) the user's content now, before a run folder exists
         channels = 2 if self.data.noise_input == "map" else 1
         if int(self.model_config.get("in_channels", channels)) != channels:
