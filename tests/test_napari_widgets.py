@@ -521,14 +521,19 @@ def test_samples_open_and_layers_save_through_the_plugin(viewer, tmp_path):
         assert real[0].data.shape == (1, 520, 696) and real[0].name.startswith("BBBC006 k06 s2 w1")
 
 
+def _train_on_layer(w, viewer, qtbot, name, timeout=60000):
+    """Point the Train widget at the image layer ``name``, run it and wait for the model."""
+    w.set_choice(w.source, "layer")
+    w.layer.set_layer(viewer.layers[name])
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=timeout)
+    assert w.model_path, w.panel.status.text()
+
+
 def test_train_widget_from_an_image_layer(viewer, qtbot, tmp_path, synth):
     viewer.add_image(synth[0], name="stack")
     w = _small_training(viewer, tmp_path, steps=4)
-    w.set_choice(w.source, "layer")
-    w.layer.set_layer(viewer.layers["stack"])
-    assert w.start()
-    qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
-    assert w.model_path, w.panel.status.text()
+    _train_on_layer(w, viewer, qtbot, "stack")
     from napari_linblur.models.registry import read_card
 
     card = read_card(w.model_path)
@@ -787,11 +792,7 @@ def test_train_widget_defocus_learns_from_an_image_layer(viewer, qtbot, tmp_path
     stack = synth[0]  # (Z=9, Y, X), in focus at the last plane
     viewer.add_image(stack, name="mine")
     w = _small_training(viewer, tmp_path, steps=1, kind="defocus", preset="default")
-    w.set_choice(w.source, "layer")
-    w.layer.set_layer(viewer.layers["mine"])
-    assert w.start()
-    qtbot.waitUntil(lambda: not w.panel.running, timeout=120000)
-    assert w.model_path, w.panel.status.text()
+    _train_on_layer(w, viewer, qtbot, "mine", timeout=120000)
     card = read_card(w.model_path)
     assert card["data"]["recipe"]["content_from"] == str(tmp_path / "run" / "data.ome.zarr")
     assert card["data"]["content_planes"] == [{"stack": 0, "plane": 8}]

@@ -81,10 +81,10 @@ def tall_plane():
 
 
 def test_network_tiles_agree_with_a_whole_plane_run(tall_plane):
-    # the deblurring and defocus networks see far beyond 32 px: with the former 32 px overlap this plane's
-    # automatic tiles disagreed with a whole-plane run by up to 0.27 px of σ and 0.95 % of the intensity span
-    # along the tile border (0.70 px and 6.6 % on a 520 x 696 plane in the former 280-px tiles); with the 128 px
-    # network overlap, about 0.01 px and 0.04 %
+    # the deblurring and defocus networks see far beyond 32 px: with the former tiling (at most 544 px, 32 px
+    # overlap) this plane's tiles disagreed with a whole-plane run by up to 0.81 px of σ and 2.7 % of the intensity
+    # span along the tile borders; with the 128 px network overlap, 0.009 px and 0.04 %
+    # (docs/results/defocus_tiling.py)
     import napari_linblur as nl
     from napari_linblur.inference.tiling import auto_tile
 

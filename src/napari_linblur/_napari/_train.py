@@ -126,21 +126,18 @@ def check_varies(data: Any, what: str) -> None:
             import dask.array as da
 
             lo, hi, bad = dask.compute(da.nanmin(data), da.nanmax(data), da.count_nonzero(~da.isfinite(data)))
-            if bad and np.isfinite(lo) and np.isfinite(hi):
-                raise ValueError(f"{what} has {int(bad)} NaN or Inf pixel(s): training needs finite values "
-                                 "everywhere (their losses would be NaN); fill or crop them first")
         else:
             data = np.asarray(data)
-            lo, hi = data.min(), data.max()
-            if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN pixels: the range of the others
+            lo, hi, bad = data.min(), data.max(), 0
+            if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN or Inf pixels: the range of the others
                 lo, hi = np.nanmin(data), np.nanmax(data)
                 bad = int(np.count_nonzero(~np.isfinite(data)))
-                if np.isfinite(lo) and np.isfinite(hi):
-                    raise ValueError(f"{what} has {bad} NaN or Inf pixel(s): training needs finite values "
-                                     "everywhere (their losses would be NaN); fill or crop them first")
     lo, hi = float(lo), float(hi)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"{what} has no finite pixel values (all NaN or Inf): pick a layer with image content")
+    if bad:
+        raise ValueError(f"{what} has {int(bad)} NaN or Inf pixel(s): training needs finite values everywhere "
+                         "(their losses would be NaN); fill or crop them first")
     if hi <= lo:
         raise ValueError(f"{what} is constant (every pixel is {lo:g}): there is nothing to learn from; pick a "
                          "layer with image content")

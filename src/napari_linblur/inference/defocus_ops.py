@@ -24,8 +24,8 @@ from .tiling import NETWORK_OVERLAP, check_int, check_tiling_options, map_planes
 from .validate import check_finite_plane, check_image, is_dask
 
 #: Largest automatic tile of the defocus network: a 1024² plane is 2 x 2 tiles of 576 px. One whole 1024² tile
-#: ran 1.39x slower in float32 on this CPU (1.02x in bf16) than the 528-px tiles used before session 15; 576-px
-#: tiles with the 128 px overlap 1.2x (session 15, one thread, docs/results/defocus.md).
+#: ran 1.54x slower in float32 on this CPU (1.08x in bf16) than the 528-px tiles used before session 15; 576-px
+#: tiles with the 128 px overlap 1.21x (one thread, docs/results/defocus_tiling.py).
 DEFOCUS_TILE_CAP = 576
 
 __all__ = [

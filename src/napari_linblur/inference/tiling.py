@@ -24,9 +24,9 @@ DEFAULT_OVERLAP = 32
 #: intensity span); with 128 px, 0.024 px and 0.06 % (``tests/test_tiling.py``).
 NETWORK_OVERLAP = 128
 #: Largest automatic tile side (bounds the memory of one tile). Planes up to 1024 x 1024 run as one tile: no tile
-#: borders at all, and for the deblurring network a whole 1024² plane ran 0.90x (float32) / 0.98x (bf16) the time
-#: of 2 x 2 tiles of 528 px on this CPU (session 15, one thread). The defocus network caps its tiles lower
-#: (``defocus_ops.DEFOCUS_TILE_CAP``): a whole plane ran 1.39x slower in float32.
+#: borders at all, and for the deblurring network a whole 1024² plane ran 1.06x (float32) / 1.02x (bf16) the time
+#: of the former 2 x 2 tiles of 528 px on this CPU (one thread; docs/results/defocus_tiling.py). The defocus network
+#: caps its tiles lower (``defocus_ops.DEFOCUS_TILE_CAP``): a whole plane ran 1.54x slower in float32.
 AUTO_TILE_CAP = 1024
 
 
