@@ -119,6 +119,38 @@ def test_batchnorm_recalibration_matches_final_weights():
     assert recalibrate_batchnorm(HDMENet(**TINY), t, 2) == 0  # no BatchNorm: nothing to do
 
 
+def test_ctrl_c_during_cli_training_keeps_the_step_reached(tmp_path, capsys):
+    """Ctrl-C while `linblur train` runs: exit code 130, a message naming the step and --resume, and a checkpoint of
+    that step although the periodic one is far away; SIGTERM (a cluster's time limit) exits with 143."""
+    import os
+    import signal
+    import threading
+
+    from safetensors import safe_open
+
+    for signame, code in (("SIGINT", 130), ("SIGTERM", 143)):
+        out = tmp_path / signame
+        args = ["train", "defocus", "--content", "shuffle", "--out", str(out), "--steps", "100000", "--width", "4",
+                "--crop", "16", "--render-size", "32", "--batch-size", "2", "--pool-size", "2", "--device", "cpu",
+                "--no-progress", "--val-every", "100000", "--ckpt-every", "100000", "--threads", "1"]
+
+        def send(signum=getattr(signal, signame), log=out / "log.jsonl"):
+            for _ in range(600):  # once the run is stepping (its first log line), up to 60 s
+                if log.exists() and log.stat().st_size:
+                    break
+                threading.Event().wait(0.1)
+            os.kill(os.getpid(), signum)
+
+        threading.Thread(target=send, daemon=True).start()
+        assert main(args) == code
+        err = capsys.readouterr().err
+        assert f"interrupted by {signame} at step" in err and "--resume" in err
+        with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
+            step = int(f.metadata()["step"])
+        assert 10 <= step < 100000
+        assert registry.load_model(out / "model.safetensors", device="cpu").card["training"]["steps"] == step
+
+
 def test_train_cli_and_resume(tmp_path):
     out = tmp_path / "run"
     args = ["train", "defocus", "--content", "shuffle", "--out", str(out), "--steps", "3", "--width", "4",

@@ -97,6 +97,46 @@ def test_resume_after_stop_is_exact(tmp_path):
     assert steps == sorted(set(steps))
 
 
+class SignalledTask(ToyTask):
+    """Receives ``signum`` from outside (as from Ctrl-C or a cluster's SIGTERM) while computing step ``at``."""
+
+    def __init__(self, signum, at):
+        super().__init__()
+        self.signum, self.at = signum, at
+
+    def batch(self, step, *, rank=0, world=1):
+        if step == self.at:
+            os.kill(os.getpid(), self.signum)
+        return super().batch(step, rank=rank, world=world)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_saves_the_step_reached_and_resume_is_exact(tmp_path, signame):
+    """A signal stops the run at the next step boundary with a checkpoint of that step (not the last periodic one),
+    raises a KeyboardInterrupt that says how to continue, restores the handlers, and --resume ends where an
+    uninterrupted run ends."""
+    import signal
+
+    from napari_linblur.training.loop import TrainingInterrupted
+
+    signum = getattr(signal, signame)
+    before = signal.getsignal(signum)
+    full = train(ToyTask(), _cfg(tmp_path / "full"))
+    with pytest.raises(TrainingInterrupted, match=rf"{signame} at step 13 of 30.*--resume") as info:
+        train(SignalledTask(signum, at=12), _cfg(tmp_path / "part"))  # periodic checkpoints at 10, 20, 30
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.signal_name == signame
+    assert info.value.result.steps_done == 13 and not info.value.result.finished
+    assert signal.getsignal(signum) is before
+    card = registry.load_model(tmp_path / "part" / "model.safetensors", device="cpu").card
+    assert card["training"]["steps"] == 13 and card["training"]["finished"] is False
+    resumed = train(ToyTask(), _cfg(tmp_path / "part", resume=True))
+    assert resumed.finished and resumed.steps_done == 30
+    a = registry.load_model(full.model_path, device="cpu").state_dict()
+    b = registry.load_model(resumed.model_path, device="cpu").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
 def test_ema_weights_are_the_average_saved_and_resumed_exactly(tmp_path):
     from safetensors import safe_open
 

@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         # OSError: missing files, an unreachable --scheduler ...; FloatingPointError: a diverged training run
         print(f"linblur {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"linblur {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # a training run stops at a step boundary and says where its checkpoint is (TrainingInterrupted)
+        print(f"linblur {args.command}: interrupted" + (f" by {err}" if str(err) else ""), file=sys.stderr)
+        return 143 if getattr(err, "signal_name", "") == "SIGTERM" else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

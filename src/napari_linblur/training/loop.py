@@ -120,6 +120,55 @@ class TrainResult:
     seconds: float
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped a run between two steps, after its checkpoint and model were saved.
+
+    ``str()`` says at which step and how to continue; ``result`` is the :class:`TrainResult` of the saved state and
+    ``signal_name`` the signal (``"SIGINT"`` or ``"SIGTERM"``).
+    """
+
+    def __init__(self, message: str, result: TrainResult, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.result = result
+        self.signal_name = signal_name
+
+
+class _StopSignals:
+    """While a run trains in the main thread, SIGINT and SIGTERM ask it to stop at the next step boundary (so its
+    checkpoint is one an uninterrupted run also passes through); a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self  # a GUI worker thread: its should_stop hook is how it stops
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except (ValueError, OSError):  # pragma: no cover - platforms without the signal
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, the last checkpoint stays
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Learning rate at ``step`` (0-based): linear warm-up then cosine decay to 5 %, or constant."""
     if cfg.schedule == "constant":
@@ -385,6 +434,13 @@ def train(
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    TrainingInterrupted
+        (a :class:`KeyboardInterrupt`) after Ctrl-C or SIGTERM in the main thread: the run stops at the next step
+        boundary, saves its checkpoint and ``model.safetensors`` like a cancelled run, and ``--resume`` continues it
+        exactly.
     """
     import torch
 
@@ -466,96 +522,102 @@ def train(
     finished = True
     cancelled = False
     model.train()
-    while step < cfg.steps:
-        if should_stop is not None and should_stop():
-            finished, cancelled = False, True
-            break
-        if cfg.max_minutes is not None and (time.perf_counter() - budget_t0) > 60 * cfg.max_minutes:
-            finished = False
-            break
-        for g in optimizer.param_groups:
-            g["lr"] = learning_rate(cfg, step)
-        batch = task.batch(step, rank=rank, world=world)
-        with autocast_context(device, cfg.amp):
-            loss, parts = task.loss(net, _to_device(batch, device, cfg.channels_last))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or disable --amp")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        if ema_model is not None:
-            _update_ema(ema_model, model, ema_decay(cfg.ema, step))
-        step += 1
-        parts = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
-        for k, v in parts.items():
-            running[k] = running.get(k, 0.0) + v
-        n_running += 1
+    with _StopSignals() as signals:
+        while step < cfg.steps:
+            if signals.received or (should_stop is not None and should_stop()):
+                finished, cancelled = False, True
+                break
+            if cfg.max_minutes is not None and (time.perf_counter() - budget_t0) > 60 * cfg.max_minutes:
+                finished = False
+                break
+            for g in optimizer.param_groups:
+                g["lr"] = learning_rate(cfg, step)
+            batch = task.batch(step, rank=rank, world=world)
+            with autocast_context(device, cfg.amp):
+                loss, parts = task.loss(net, _to_device(batch, device, cfg.channels_last))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or disable --amp")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            if ema_model is not None:
+                _update_ema(ema_model, model, ema_decay(cfg.ema, step))
+            step += 1
+            parts = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+            for k, v in parts.items():
+                running[k] = running.get(k, 0.0) + v
+            n_running += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['loss']:.4f}", **({"val": f"{last_val['val_loss']:.4f}"} if last_val else {}))
+            do_val = step % cfg.val_every == 0 or step == cfg.steps
+            if rank == 0 and (step % cfg.log_every == 0 or do_val):
+                record = {"step": step, "lr": learning_rate(cfg, step - 1), "time_s": round(time.perf_counter() - t0, 2)}
+                record.update({k: v / max(1, n_running) for k, v in running.items()})
+                running, n_running = {}, 0
+                if do_val:
+                    model.eval()
+                    with torch.no_grad(), autocast_context(device, cfg.amp):
+                        last_val = {k: float(v) for k, v in task.validate(ema_model or model).items()}
+                    model.train()
+                    record.update(last_val)
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if on_log is not None:
+                    on_log(record)
+            if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+                _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg, ema_model,
+                                 (running, n_running), recipe, sessions)
+        seconds = time.perf_counter() - t0
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.4f}", **({"val": f"{last_val['val_loss']:.4f}"} if last_val else {}))
-        do_val = step % cfg.val_every == 0 or step == cfg.steps
-        if rank == 0 and (step % cfg.log_every == 0 or do_val):
-            record = {"step": step, "lr": learning_rate(cfg, step - 1), "time_s": round(time.perf_counter() - t0, 2)}
-            record.update({k: v / max(1, n_running) for k, v in running.items()})
-            running, n_running = {}, 0
-            if do_val:
-                model.eval()
-                with torch.no_grad(), autocast_context(device, cfg.amp):
-                    last_val = {k: float(v) for k, v in task.validate(ema_model or model).items()}
-                model.train()
-                record.update(last_val)
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if on_log is not None:
-                on_log(record)
-        if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg, ema_model,
-                             (running, n_running), recipe, sessions)
-    seconds = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
-    model_path = out / MODEL
-    if rank == 0:
-        _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running), recipe,
-                         sessions)
-        _write_csv(out)
-        model.eval()
-        final = ema_model if ema_model is not None else model
-        if not last_val:
-            with torch.no_grad():
-                last_val = {k: float(v) for k, v in task.validate(final).items()}
-        card = dict(task.card())
-        card.setdefault("task", task.name)
-        finalize = getattr(task, "finalize", None)
-        if finalize is not None and not cancelled:
-            last_val, entries = finalize(final, last_val)
-            card.update(entries)
-        card["training"] = {
-            "command": cfg.command,
-            "seed": cfg.seed,
-            "steps": step,
-            "steps_planned": cfg.steps,
-            "finished": finished,
-            "seconds": round(seconds, 1),
-            "device": str(device),
-            "amp": cfg.amp,
-            "lr": cfg.lr,
-            "ema": cfg.ema,
-            "channels_last": cfg.channels_last,
-            "torch": torch.__version__,
-            "hardware": hardware_description(device),
-        }
-        if len(sessions) > 1:  # a resumed run: the command of every session, the first one started it
-            card["training"]["sessions"] = sessions
-        card["validation"] = last_val
-        save_model(final, model_path, card)
-    if ddp:
-        import torch.distributed as dist
+            bar.close()
+        model_path = out / MODEL
+        if rank == 0:
+            _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running), recipe,
+                             sessions)
+            _write_csv(out)
+            model.eval()
+            final = ema_model if ema_model is not None else model
+            if not last_val:
+                with torch.no_grad():
+                    last_val = {k: float(v) for k, v in task.validate(final).items()}
+            card = dict(task.card())
+            card.setdefault("task", task.name)
+            finalize = getattr(task, "finalize", None)
+            if finalize is not None and not cancelled:
+                last_val, entries = finalize(final, last_val)
+                card.update(entries)
+            card["training"] = {
+                "command": cfg.command,
+                "seed": cfg.seed,
+                "steps": step,
+                "steps_planned": cfg.steps,
+                "finished": finished,
+                "seconds": round(seconds, 1),
+                "device": str(device),
+                "amp": cfg.amp,
+                "lr": cfg.lr,
+                "ema": cfg.ema,
+                "channels_last": cfg.channels_last,
+                "torch": torch.__version__,
+                "hardware": hardware_description(device),
+            }
+            if len(sessions) > 1:  # a resumed run: the command of every session, the first one started it
+                card["training"]["sessions"] = sessions
+            card["validation"] = last_val
+            save_model(final, model_path, card)
+        if ddp:
+            import torch.distributed as dist
 
-        dist.barrier()
-    return TrainResult(model_path, step, finished, last_val, seconds)
+            dist.barrier()
+        result = TrainResult(model_path, step, finished, last_val, seconds)
+        if signals.received and not finished:
+            raise TrainingInterrupted(
+                f"{signals.received} at step {step} of {cfg.steps}: {out / CHECKPOINT} and {out / MODEL} hold "
+                f"this state; continue with the same command and --resume", result, signals.received)
+    return result
 
 
 def hardware_description(device) -> dict[str, Any]:
