@@ -137,7 +137,8 @@ class _StopSignals:
     """While a run trains in the main thread, SIGINT and SIGTERM ask it to stop at the next step boundary (so its
     checkpoint is one an uninterrupted run also passes through); a second Ctrl-C interrupts at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.received: str | None = None
         self._old: dict[int, Any] = {}
 
@@ -145,8 +146,10 @@ class _StopSignals:
         import signal
         import threading
 
-        if threading.current_thread() is not threading.main_thread():
-            return self  # a GUI worker thread: its should_stop hook is how it stops
+        if not self.enabled or threading.current_thread() is not threading.main_thread():
+            # a GUI worker thread stops through its should_stop hook; DDP ranks keep the default handlers, as
+            # ranks stopping at different steps would wait for each other forever
+            return self
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -522,7 +525,7 @@ def train(
     finished = True
     cancelled = False
     model.train()
-    with _StopSignals() as signals:
+    with _StopSignals(enabled=not ddp) as signals:
         while step < cfg.steps:
             if signals.received or (should_stop is not None and should_stop()):
                 finished, cancelled = False, True
