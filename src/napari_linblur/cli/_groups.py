@@ -9,6 +9,16 @@ import argparse
 import importlib
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help text already says it (no "(default 0.5) (default: 0.5)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def register_members(subparsers, members: list[str]) -> None:
     """Import each member module and call its ``register(subparsers)``; skip members not built."""
     for module_name in members:

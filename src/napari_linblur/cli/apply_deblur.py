@@ -12,7 +12,7 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
+from ._groups import DefaultsHelpFormatter
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
         help="single-image deblurring of every plane -> OME-Zarr",
         description="Deblur every plane on its own (blind): the DRBNet-style network, re-blur + latent "
         "extrapolation, or defocus-guided deblurring that leaves in-focus regions untouched.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_batch_options(p)
     p.add_argument("output", help="output .zarr folder (OME-Zarr)")

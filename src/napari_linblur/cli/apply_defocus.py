@@ -14,9 +14,10 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
+
+from ._groups import DefaultsHelpFormatter
 
 
 def register(subparsers) -> None:
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
         help="per-pixel defocus maps (σ, px) of every plane -> OME-Zarr",
         description="Estimate the per-pixel defocus map (σ of the equivalent Gaussian PSF, pixels) of every "
         "plane with HDME-Net and write it as OME-Zarr (same axes and scale as the input).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_batch_options(p)
     p.add_argument("output", help="output .zarr folder (OME-Zarr)")
@@ -59,7 +60,7 @@ def register(subparsers) -> None:
         help="per-plane focus curve and best-focus plane of every stack",
         description="Score every plane (higher = sharper) and report the best-focus plane of every stack; "
         "prints a table, optionally writes JSON and CSV.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_batch_options(q)
     q.add_argument("--method", default="defocus",

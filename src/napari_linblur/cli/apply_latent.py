@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._groups import DefaultsHelpFormatter
+
 
 def run_synthesize(args: argparse.Namespace) -> int:
     import dask.array as da
@@ -84,7 +86,7 @@ def register(subparsers) -> None:
         "synthesize",
         help="synthesize defocus between two planes by latent interpolation -> OME-Zarr",
         description=__doc__.split("\n\n")[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_batch_options(p)  # input, --channel, --scheduler | --workers, --device: as every batch command
     p.add_argument("output", help="output .zarr folder (OME-Zarr)")

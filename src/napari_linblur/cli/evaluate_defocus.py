@@ -8,7 +8,7 @@ Example::
 
 from __future__ import annotations
 
-import argparse
+from ._groups import DefaultsHelpFormatter
 
 
 def register(subparsers) -> None:
@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         description="Evaluate defocus-map estimators on held-out synthetic spatially varying images "
         "(microscopy-like phantoms and pixel-shuffled images), a vectorial through-focus stack and the real "
         "BBBC006 plane; prints Markdown tables and writes JSON + Markdown.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--model", action="append", default=None, metavar="[LABEL=]MODEL",
                    help="model name or .safetensors path (repeatable); default the shipped defocus-default")

@@ -12,7 +12,7 @@ import argparse
 
 from napari_linblur.batch import channel_arg
 
-from ._groups import add_train_options, train_config_from_args
+from ._groups import DefaultsHelpFormatter, add_train_options, train_config_from_args
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
         help="train the per-pixel defocus network (HDME-Net, paper 001)",
         description="Train HDME-Net on pixel-shuffled / phantom content blurred by spatially varying Gaussian "
         "PSFs (true renderer), with camera noise. Data are made on the fly from --seed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_train_options(p, steps=2000, lr=2e-3)
     p.add_argument("--content", default="mixed", choices=["mixed", "shuffle", "phantom"],
