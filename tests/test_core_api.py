@@ -97,6 +97,30 @@ def test_normalization_is_shared_and_invertible():
     assert np.isfinite(const.apply(np.full((4, 4), 7.0))).all()
 
 
+def test_sparse_signal_on_a_flat_background_scales_with_the_input(tiny_models):
+    """Fewer bright pixels than the top percentile (beads on a clipped background): the percentile range collapses,
+    and the normalization falls back to the pixels' own spread, so results follow the input's scale and offset."""
+    img = np.zeros((64, 64))
+    img[[10, 30, 50], [20, 40, 12]] = 1.0
+    assert fit_normalization(img).scale == 1.0 and fit_normalization(img * 1e3).scale == 1e3
+    n = fit_normalization(img + 100)
+    assert n.offset == 100 and n.scale == 1.0
+    assert fit_normalization(np.full((4, 4), 1e-3)).scale == pytest.approx(1e-3)  # constant: its own magnitude
+    assert fit_normalization(np.zeros((4, 4))).scale == 1.0
+    ref = nl.deblur(img, model=tiny_models["deblur"], device="cpu", amp="off")
+    for scaled, back in ((img * 1e3, lambda y: y / 1e3), (img + 100, lambda y: y - 100)):
+        out = back(nl.deblur(scaled, model=tiny_models["deblur"], device="cpu", amp="off"))
+        np.testing.assert_allclose(out, ref, atol=2e-4)
+
+
+def test_a_module_passed_as_model_is_left_as_the_caller_had_it(tiny_models):
+    """Operations work on a copy: the caller's module keeps its training mode and memory layout."""
+    net = registry.load_model(tiny_models["deblur"], device="cpu").train()
+    nl.deblur(np.random.default_rng(0).random((40, 40)), model=net, device="cpu")
+    assert net.training
+    assert all(p.is_contiguous() for p in net.parameters())  # not converted to channels-last
+
+
 def test_device_selection():
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
     assert resolve_device("cpu").type == "cpu"

@@ -134,6 +134,18 @@ def test_deblur_errors_name_the_argument():
         nl.deblur(None, method="network", model=net)
     with pytest.raises(ValueError, match="sigma_map"):
         nl.deblur(img, method="guided", model=net, sigma_map=np.zeros((8, 8)))
+    # a NaN in a lazy map is refused when the plane is computed (it used to skip deblurring silently), and so is a
+    # negative σ, for numpy and dask alike
+    import dask.array as da
+
+    bad = np.ones((2, 16, 16), np.float32)
+    bad[1, 3, 3] = np.nan
+    stack = da.from_array(np.ones((2, 16, 16), np.float32), chunks=(1, 16, 16))
+    with pytest.raises(ValueError, match="sigma_map contains NaN"):
+        nl.deblur(stack, method="guided", model=net, sigma_map=da.from_array(bad, chunks=(1, 16, 16))).compute()
+    for smap in (np.full((16, 16), -0.5, np.float32), da.full((16, 16), -0.5, chunks=16)):
+        with pytest.raises(ValueError, match="sigma_map holds negative values"):
+            np.asarray(nl.deblur(img, method="guided", model=net, sigma_map=smap))
     with pytest.raises(ValueError, match="sigma_r"):
         nl.deblur(img, method="reblur-extrapolate", sigma_r=-1)
     ae_like = DRBNet(**TINY)

@@ -133,6 +133,8 @@ def test_signal_mask():
     m = D.signal_mask(p)
     assert m[25:35, 25:35].all() and not m[:10, :10].any()
     assert not D.signal_mask(np.random.default_rng(0).poisson(100, (64, 64)).astype(float)).any()
+    for scale in (1e-3, 1e-9, 1e-12, 1e6):  # no absolute unit: the same mask at any intensity scale
+        np.testing.assert_array_equal(D.signal_mask(p * scale), m)
 
 
 def test_sigma_to_defocus_um_roundtrip():

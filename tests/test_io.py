@@ -179,6 +179,12 @@ def test_missing_and_unknown(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="accepted formats"):
         open_zstack(tmp_path / "empty")
+    # a collection of images (a `linblur synth` dataset): the error names one to open
+    root = zarr.open_group(str(tmp_path / "ds.zarr"), mode="w")
+    for name in ("field_000", "field_001"):
+        root.create_group(name).create_array("0", shape=(2, 8, 8), dtype="uint8")
+    with pytest.raises(ValueError, match=r"a zarr group of 2 groups \(field_000, field_001\).*ds.zarr/field_000"):
+        open_zstack(tmp_path / "ds.zarr")
 
 
 # ------------------------------------------------------------------------------------------------- zarr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import ndimage, signal
@@ -132,6 +134,17 @@ def test_calibration_monotone_and_invertible():
     # geometric closed form agrees away from focus
     assert sig[40] == pytest.approx(geometric_sigma(40.0, setup), rel=0.05)
     assert isinstance(sigma_from_defocus(3.0, setup), float)
+
+
+def test_gaussian_model_psf_is_the_whole_gaussian_of_its_sigma():
+    """The gaussian model's PSF spans ±4σ (not the blur-circle window, ±2.5σ of it): its equivalent σ is the
+    geometric σ it is defined by (beyond the sub-pixel σ near focus, where a point-sampled Gaussian has less)."""
+    setup = OpticalSetup(na=0.45, wavelength_um=0.5, pixel_um=0.65, model="gaussian")
+    for dz in (5.0, 10.0, 30.0):
+        psf = setup.psf(dz)
+        assert psf.shape[0] == 2 * math.ceil(4 * geometric_sigma(dz, setup)) + 1
+        assert equivalent_sigma(psf) == pytest.approx(geometric_sigma(dz, setup), rel=2e-3)
+        assert sigma_from_defocus(dz, setup) == pytest.approx(geometric_sigma(dz, setup), rel=2e-3)
 
 
 def test_calibration_high_na_gaussian_model():

@@ -106,12 +106,22 @@ def test_any_tile_works_without_an_overlap_and_large_overlaps_are_refused_up_fro
 
     img = np.random.default_rng(1).random((100, 120), dtype=np.float32) * 1000
     net = DRBNet(widths=(8, 8, 8), kernel_size=3)
-    for tile in (16, 32, 64):  # the default overlap follows a small tile (a quarter of it)
-        assert nl.deblur(img, method="network", model=net, tile=tile, device="cpu").shape == img.shape
-        assert nl.estimate_defocus(img[:64, :64], tile=tile, device="cpu").shape == (64, 64)
+    for tile in (16, 32, 64):  # the default overlap follows a small tile (a quarter of it), with a seam warning
+        with pytest.warns(UserWarning, match=rf"overlapping by {tile // 4} px, less than the 128 px.*seams"):
+            assert nl.deblur(img, method="network", model=net, tile=tile, device="cpu").shape == img.shape
+        with pytest.warns(UserWarning, match="seams"):
+            assert nl.estimate_defocus(img[:64, :64], tile=tile, device="cpu").shape == (64, 64)
     a = img[:48, :48]
-    assert nl.synthesize_blur(a, a, 0.5, tile=16, device="cpu").shape == a.shape
+    with pytest.warns(UserWarning, match=r"by 4 px, less than the \d+ px"):
+        assert nl.synthesize_blur(a, a, 0.5, tile=16, device="cpu").shape == a.shape
     assert nl.deblur_pair(a, a, 0.5, tile=48, device="cpu").shape == a.shape
+    import warnings
+
+    with warnings.catch_warnings():  # the defaults and a given tile with the model's overlap: no warning
+        warnings.simplefilter("error")
+        nl.estimate_defocus(img, device="cpu")
+        nl.deblur(img, method="network", model=net, tile=512, device="cpu")
+        nl.synthesize_blur(a, a, 0.5, device="cpu")
     lazy = da.from_array(np.stack([img, img]), chunks=(1, 100, 120))
     for call in (lambda x: nl.estimate_defocus(x, overlap=600), lambda x: nl.deblur(x, overlap=1000)):
         for x in (img, lazy):  # refused when the call is made, before any dask compute

@@ -287,7 +287,11 @@ def deblur(
         plane = np.asarray(plane, np.float32)
         if method == "network":
             return _network_plane(plane, net, dev, **net_kw)
+        check_finite_plane(smap, "sigma_map")  # a dask map is checked here, plane by plane, when it is computed
         smap = np.asarray(smap, np.float32)
+        if np.any(smap < 0):
+            raise ValueError(f"sigma_map holds negative values (min {float(smap.min()):.3g}); it must be σ in "
+                             "pixels, >= 0, as estimate_defocus returns")
         if method == "reblur-extrapolate":
             return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae, device=dev, **ae_kw,
                                  progress=progress)

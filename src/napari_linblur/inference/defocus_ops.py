@@ -395,7 +395,8 @@ def signal_mask(plane, *, smooth: float = 2.0, fraction: float = 0.2, min_snr: f
     resid = a - sm
     noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
     contrast = hi - bg
-    if not contrast > max(min_snr * noise, 1e-6 * max(abs(hi), 1.0)):
+    # a purely relative floor (no absolute unit), so that the mask is the same at any intensity scale
+    if not contrast > max(min_snr * noise, 1e-6 * max(abs(hi), abs(bg))):
         return np.zeros(a.shape, bool)
     return sm > bg + fraction * contrast
 

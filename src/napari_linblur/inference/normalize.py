@@ -60,8 +60,10 @@ def fit_normalization(
     Returns
     -------
     Normalization
-        A constant image (a percentile range of at most ``1e-12`` of the percentiles' magnitude, whatever the
-        intensity scale) gets ``scale = max(|value|, 1)`` so nothing divides by zero.
+        When the percentile range collapses (at most ``1e-12`` of the percentiles' magnitude, whatever the
+        intensity scale: fewer than ``100 - high`` % of the pixels differ from a flat background, as with a few
+        beads on a clipped background), ``scale`` is the largest distance of any pixel from ``offset``; for a
+        constant image ``|value|`` (1 for zeros), so that nothing divides by zero and results scale with the input.
 
     Examples
     --------
@@ -87,5 +89,11 @@ def fit_normalization(
     # constant: a range negligible next to the values themselves (a purely relative test, so a faint image of
     # values ~1e-13 is normalized like the same image at any other scale)
     if not scale > 1e-12 * max(abs(float(lo)), abs(float(hi))):
-        scale = max(abs(float(hi)), 1.0)
+        # every pixel, not the subsample: the few that differ from the background are what the image holds
+        spread = max(max(float(np.nanmax(im)) - float(lo), float(lo) - float(np.nanmin(im)))
+                     for im in (np.asarray(i, dtype=np.float32) for i in images))
+        if spread > 1e-12 * max(abs(float(lo)), abs(float(hi))):
+            scale = spread
+        else:  # constant
+            scale = abs(float(hi)) or 1.0
     return Normalization(offset=float(lo), scale=scale)

@@ -261,7 +261,8 @@ def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *, defaul
     ``tile`` is None (automatic) or an int >= 16; ``overlap`` an int >= 0 and smaller than ``tile`` (at most
     ``cap // 2`` for an automatic tile of at most ``cap`` px), or None: the operation's ``default_overlap`` for an automatic
     tile, ``min(default_overlap, tile // 4)`` for a given one (so any tile >= 16 works without an overlap);
-    ``batch_size`` an int >= 1.
+    ``batch_size`` an int >= 1. An overlap below ``default_overlap`` (a small given tile, or a small given overlap)
+    is allowed with a ``UserWarning``: tile borders will differ from a whole-plane run (seams).
 
     Examples
     --------
@@ -279,4 +280,11 @@ def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *, defaul
     if tile is None and 2 * overlap > cap:
         raise ValueError(f"overlap ({overlap}) is too large for the automatic tile (at most {cap} px): "
                          f"use overlap <= {cap // 2} or give tile as well")
+    if overlap < default_overlap:
+        import warnings
+
+        warnings.warn(f"tiles overlapping by {overlap} px, less than the {default_overlap} px this model needs: "
+                      "on a plane larger than one tile, expect visible seams at tile borders (use the automatic "
+                      f"tile, or tile >= {4 * default_overlap} with overlap={default_overlap})",
+                      UserWarning, stacklevel=3)
     return tile, overlap, check_int(batch_size, "batch_size", 1)

@@ -290,6 +290,12 @@ def _open_zarr(p: Path) -> tuple[da.Array, ZStackMeta]:
     arrays = sorted(name for name, _ in node.arrays())
     if len(arrays) == 1:
         return _plain_zarr(p, arrays[0], {"format": "zarr", "attrs": attrs})
+    if not arrays:
+        groups = sorted(name for name, _ in node.groups())
+        if groups:  # a collection, such as a `linblur synth` dataset (one OME-Zarr image per field)
+            shown = ", ".join(groups[:4]) + (", ..." if len(groups) > 4 else "")
+            raise ValueError(f"{p}: a zarr group of {len(groups)} groups ({shown}), not one image; open one of "
+                             f"them, e.g. '{p / groups[0]}'")
     raise ValueError(
         _unknown(p, f"a zarr group without NGFF 'multiscales' holding {len(arrays)} arrays, expected 1")
     )

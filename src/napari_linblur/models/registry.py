@@ -235,7 +235,10 @@ def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto"):
 
 
 def resolve_model(model: Any, task: str, *, device: Any = "auto"):
-    """``None`` -> the shipped default for ``task``; a name/path -> loaded; a module -> moved to device."""
+    """``None`` -> the shipped default for ``task``; a name/path -> loaded; a module -> a copy, in eval mode on
+    ``device`` (the caller's module keeps its mode, device and memory layout)."""
+    import copy
+
     import torch
 
     from napari_linblur.inference.device import resolve_device
@@ -252,7 +255,7 @@ def resolve_model(model: Any, task: str, *, device: Any = "auto"):
         got = getattr(model, "task", task)
         if got != task:
             raise ValueError(f"model is a {got!r} model; this operation needs a {task!r} model")
-        return model.to(resolve_device(device)).eval()
+        return copy.deepcopy(model).to(resolve_device(device)).eval()
     loaded = load_model(model, device=device)
     if loaded.task != task:
         raise ValueError(f"model {model!r} is a {loaded.task!r} model; this operation needs a {task!r} model")

@@ -549,7 +549,8 @@ class OpticalSetup:
         return cls(**{**legacy, **d})
 
     def psf(self, defocus_um: float, size: int | None = None) -> np.ndarray:
-        """The PSF at ``defocus_um`` (odd ``size``, default :func:`default_psf_size`), summing to 1."""
+        """The PSF at ``defocus_um`` (odd ``size``, default :func:`default_psf_size`; for the ``gaussian`` model
+        ``2 ceil(4σ) + 1``), summing to 1."""
         return self.psf_stack([defocus_um], size=size)[0]
 
     def psf_stack(self, defocus_um, size: int | None = None) -> list[np.ndarray]:
@@ -560,10 +561,10 @@ class OpticalSetup:
         dz = np.asarray(defocus_um, dtype=np.float64).ravel()
         if not np.all(np.isfinite(dz)):
             raise ValueError("defocus_um must be finite (no NaN or inf)")
-        sizes = [_check_size(size, default_psf_size(self, d)) for d in dz]
-        if self.model == "gaussian":
+        if self.model == "gaussian":  # its own ±4σ window: the blur-circle window is only ±2.5σ of this Gaussian
             sig = np.atleast_1d(geometric_sigma(dz, self))
-            return [gaussian_psf(s, n) for s, n in zip(sig, sizes)]
+            return [gaussian_psf(s, size) for s in sig]
+        sizes = [_check_size(size, default_psf_size(self, d)) for d in dz]
         if self.model == "disc":
             r = np.abs(dz) * _tan_half_angle(self) / self.pixel_um
             return [disc_psf(ri, n) for ri, n in zip(r, sizes)]

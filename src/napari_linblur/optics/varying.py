@@ -58,7 +58,7 @@ def sigma_levels(sigma_map, n_levels: int | None = None, *, step: float = 0.25) 
     sigma_map : array_like
         σ values (pixels).
     n_levels : int, optional
-        Number of levels (>= 1). Default: spacing ``<= step`` pixels, at most 81 levels.
+        Number of levels (>= 2). Default: spacing ``<= step`` pixels, at most 81 levels.
     step : float
         Target spacing when ``n_levels`` is None.
 
