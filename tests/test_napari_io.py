@@ -88,6 +88,21 @@ def test_writer_round_trip_and_refuses_its_input(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
 
+def test_a_2d_image_reopens_as_a_2d_layer(tmp_path):
+    """A file without a Z axis (a 2-D layer saved by the writer, a single-plane TIFF) opens as (Y, X), without the
+    length-1 Z axis the library's readers add (whose 'pixel' unit napari would also mix with the others)."""
+    plane = np.random.default_rng(2).random((24, 32)).astype(np.float32)
+    out = _writer.write_single_image(str(tmp_path / "plain"), plane, {"scale": [0.5, 0.5], "name": "plain",
+                                                                      "units": ["µm", "µm"]})
+    tifffile.imwrite(tmp_path / "plain.tif", plane)
+    for path in (out[0], str(tmp_path / "plain.tif")):
+        (arr, kw, _), = _reader.read_zstack(path)
+        assert arr.shape == plane.shape and kw["metadata"]["linblur_axes"] == "yx"
+        assert len(kw["scale"]) == len(kw["units"]) == len(kw["axis_labels"]) == len(kw["translate"]) == 2
+        np.testing.assert_array_equal(np.asarray(arr), plane)
+    assert _reader.read_zstack(out[0])[0][1]["scale"] == [0.5, 0.5]
+
+
 def test_writer_multiple_layers_as_channels(tmp_path):
     a = np.zeros((3, 16, 16), np.uint16)
     b = np.full((3, 16, 16), 7, np.uint16)

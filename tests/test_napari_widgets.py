@@ -1223,3 +1223,58 @@ def test_python_exits_cleanly_while_a_worker_computes(tmp_path, mode):
     assert "has been deleted" not in out and "Traceback" not in out, out[-3000:]
     script_end = float(proc.stdout.split("script ends", 1)[1].split()[0])
     assert ended - script_end < 20, f"exit took {ended - script_end:.1f} s: the worker was not stopped"
+
+
+def test_previews_follow_their_input_and_their_widget(viewer, qtbot, synth):
+    """A live preview is renamed with its input, goes when its input is deleted (also while the live preview is
+    off) and when its dock is closed, so a reopened widget does not leave a frozen second set behind."""
+    def previews():
+        return [ly.name for ly in viewer.layers if ly.metadata.get("linblur_preview")]
+
+    layer = viewer.add_image(synth[0], name="cells")
+    defocus = add(viewer, "Defocus map & focus QC")
+    blur = add(viewer, "Blur synthesis")
+    settle(qtbot, defocus)
+    settle(qtbot, blur)
+    assert any("cells" in n for n in previews()) and len(previews()) >= 2
+    layer.name = "cells-renamed"
+    settle(qtbot, defocus)
+    settle(qtbot, blur)
+    assert previews() and all("cells-renamed" in n for n in previews())
+    for w in (defocus, blur):
+        w.preview_on.setChecked(False)
+    viewer.layers.remove(layer)
+    assert previews() == []
+
+    viewer.add_image(synth[0], name="again")
+    defocus.preview_on.setChecked(True)
+    settle(qtbot, defocus)
+    assert previews()
+    viewer.window.remove_dock_widget(viewer.window._dock_widgets["Defocus map & focus QC (napari-linblur)"])
+    assert not [n for n in previews() if "σ" in n or "outline" in n]
+
+
+def test_alpha_slider_reaches_the_quarter_points():
+    from napari_linblur._napari._qt._common import AlphaSlider
+
+    for low in (0.0, 0.05):
+        s = AlphaSlider(0.5, low=low)
+        for v in (low, 0.25, 0.5, 0.75, 1.0):
+            s.setValue(v)
+            assert s.value() == v and s.label.text() == f"α = {v:.2f}"
+
+
+def test_pair_previews_ignore_axes_their_inputs_do_not_have(viewer, qtbot, synth):
+    """Moving the time slider of another (4-D) layer does not recompute the preview of a 3-D stack."""
+    viewer.add_image(synth[0], name="cells")
+    viewer.add_image(np.stack([synth[0]] * 3), name="movie")
+    blur = add(viewer, "Blur synthesis")
+    blur.a_layer.set_layer(viewer.layers["cells"])
+    blur.c_layer.set_layer(viewer.layers["cells"])
+    settle(qtbot, blur)
+    before = blur.preview.generation
+    for t in (1, 2, 0):
+        viewer.dims.set_current_step(0, t)
+        qtbot.wait(50)
+    qtbot.wait(400)
+    assert blur.preview.generation == before and not blur.preview.busy

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,16 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
     axes = meta.axes
     units = [u or "pixel" for u in meta.units]
     pyramid = _pyramid(arr, meta)
+    if meta.extra.get("z_added"):  # a file without a Z axis opens as it was saved, (..., Y, X), not (..., 1, Y, X)
+        iz = axes.index("z")
+        pick = (slice(None),) * iz + (0,)
+        arr = arr[pick]
+        pyramid = [lv[pick] for lv in pyramid] if pyramid else pyramid
+        drop = [i for i in range(len(axes)) if i != iz]
+        meta = replace(meta, axes="".join(axes[i] for i in drop), scale=tuple(meta.scale[i] for i in drop),
+                       units=tuple(meta.units[i] for i in drop),
+                       translate=None if meta.translate is None else tuple(meta.translate[i] for i in drop))
+        axes, units = meta.axes, [units[i] for i in drop]
     if "c" in axes:
         ax = axes.index("c")
         n = arr.shape[ax]

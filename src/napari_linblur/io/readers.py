@@ -198,13 +198,15 @@ def _canonicalize(arr: da.Array, meta: ZStackMeta) -> tuple[da.Array, ZStackMeta
     units = tuple(meta.units[i] for i in order)
     translate = None if meta.translate is None else tuple(meta.translate[i] for i in order)
     axes = "".join(axes[i] for i in order)
+    extra = meta.extra
     if "z" not in axes:
         arr = arr[..., None, :, :]
         axes = axes[:-2] + "z" + axes[-2:]
         scale = scale[:-2] + (1.0,) + scale[-2:]
         units = units[:-2] + (None,) + units[-2:]
         translate = None if translate is None else translate[:-2] + (0.0,) + translate[-2:]
-    return arr, replace(meta, axes=axes, scale=scale, units=units, translate=translate)
+        extra = {**extra, "z_added": True}  # the file has no Z axis (napari's reader leaves it out again)
+    return arr, replace(meta, axes=axes, scale=scale, units=units, translate=translate, extra=extra)
 
 
 def _select_channel(

@@ -62,6 +62,9 @@ def narrow_combo(box: QComboBox, chars: int = 16) -> QComboBox:
 class LayerPicker(QComboBox):
     """A combo box listing the viewer's image layers (kept in sync with the layer list)."""
 
+    #: the picked layer was renamed (outputs named after it, such as a live preview, follow)
+    renamed = Signal()
+
     def __init__(self, viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._viewer = viewer
@@ -72,16 +75,23 @@ class LayerPicker(QComboBox):
             e.connect(self.refresh)
         ev.inserted.connect(self._watch_name)
         for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
+            layer.events.name.connect(self._on_name)
         self.refresh()
 
     def _watch_name(self, event) -> None:
         if not _alive(self):
             return
         try:
-            event.value.events.name.connect(self.refresh)
+            event.value.events.name.connect(self._on_name)
         except Exception:  # noqa: BLE001
             pass
+
+    def _on_name(self, event=None) -> None:
+        if not _alive(self):
+            return
+        self.refresh()
+        if getattr(event, "source", None) is self.layer():
+            self.renamed.emit()
 
     def _images(self) -> list:
         from napari.layers import Image
@@ -170,12 +180,16 @@ class PlanePicker(QWidget):
 
 
 class AlphaSlider(QWidget):
-    """α in [low, 1] as a slider with a read-out; emits ``changed(float)`` while dragging."""
+    """α in [low, 1] in steps of 0.01 (so 0.25, 0.5, 0.75 are reachable whatever ``low``) as a slider with a
+    read-out; emits ``changed(float)`` while dragging."""
 
     changed = Signal(float)
 
-    def __init__(self, value: float = 0.5, *, low: float = 0.0, steps: int = 100, parent=None) -> None:
+    def __init__(self, value: float = 0.5, *, low: float = 0.0, parent=None) -> None:
         super().__init__(parent)
+        steps = round((1.0 - low) * 100)
+        if abs(low + steps / 100 - 1.0) > 1e-9:
+            raise ValueError(f"low must be a multiple of 0.01, got {low}")
         self._low, self._steps = low, steps
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, steps)
@@ -861,6 +875,19 @@ class LinblurWidget(QWidget):
         self._preview_like = None
         #: the style (contrast limits, colormap) this widget last gave its preview layer
         self._preview_style: dict[str, Any] = {}
+        #: :meth:`lead_key` of the inputs of the newest preview
+        self._lead_key: tuple = ()
+        # the preview of a deleted input goes with it, also while the live preview is switched off
+        napari_viewer.layers.events.removed.connect(self._on_removed)
+
+    def _on_removed(self, event) -> None:
+        if _alive(self) and self._preview_like is not None and getattr(event, "value", None) is self._preview_like:
+            self.clear_preview()
+
+    def lead_key(self, *layers) -> tuple:
+        """``layers`` with the viewer's time/position indices in each (its leading axes other than Z). The pair
+        widgets take Z from their plane pickers: a new preview is needed only when this key changes."""
+        return tuple((ly, _ops.current_indices(self.viewer, ly)[:-1]) for ly in layers if ly is not None)
 
     # --- output layers -------------------------------------------------------------------------
     def show_preview(self, data: np.ndarray, *, name: str, like, restyle: bool = False, **kwargs):
@@ -934,11 +961,13 @@ class LinblurWidget(QWidget):
         return super().event(ev)
 
     def removed_from_viewer(self) -> None:
-        """Stop the live previews and cancel a running job (its result is dropped, an OME-Zarr is not written)."""
+        """Stop the live previews, remove the preview layers (a reopened widget makes its own) and cancel a running
+        job (its result is dropped, an OME-Zarr is not written)."""
         for preview in self.findChildren(LivePreview):
             preview.stop()
         for panel in self.findChildren(RunPanel):
             panel.cancel()
+        self.clear_preview()
 
 
 def input_colormap(layer) -> str:

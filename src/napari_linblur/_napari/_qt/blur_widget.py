@@ -56,6 +56,7 @@ class BlurSynthesisWidget(c.LinblurWidget):
             w.changed.connect(self.preview.request)
         for w in (self.a_layer, self.c_layer):
             w.currentIndexChanged.connect(self.preview.request)
+            w.renamed.connect(self.preview.request)  # the preview is named after its inputs
         self.model.combo.currentIndexChanged.connect(self.preview.request)
         self.preview_on.toggled.connect(self._toggle_preview)
         # the other leading axes (time, position) always follow the viewer (Z follows it when asked to)
@@ -63,7 +64,8 @@ class BlurSynthesisWidget(c.LinblurWidget):
         self._auto_pick()
 
     def _on_step(self, *_: Any) -> None:
-        if c._alive(self):
+        # Z reaches the preview through the plane pickers; here only a time/position move of the inputs counts
+        if c._alive(self) and self.lead_key(self.a_layer.layer(), self.c_layer.layer()) != self._lead_key:
             self.preview.request()
 
     # --- helpers -------------------------------------------------------------------------------
@@ -103,6 +105,7 @@ class BlurSynthesisWidget(c.LinblurWidget):
         za, zc = self.a_plane.value(), self.c_plane.value()
         _ops.check_two_planes(la, za, lc, zc, same_plane_ok=True)
         ia, ic = _ops.current_indices(self.viewer, la), _ops.current_indices(self.viewer, lc)
+        self._lead_key = self.lead_key(self.a_layer.layer(), self.c_layer.layer())
         alpha, kw = self.alpha.value(), op_kwargs(self.model.model())
         name = self._name(la, lc, za, zc, alpha, False) + " (preview)"
 

@@ -106,6 +106,7 @@ class DeblurWidget(c.LinblurWidget):
             w.changed.connect(self.preview.request)
         for w in (self.b_layer, self.c_layer):
             w.currentIndexChanged.connect(self.preview.request)
+            w.renamed.connect(self.preview.request)  # the preview is named after its inputs
         for w in (self.ae_model, self.net_model, self.defocus_model):
             w.combo.currentIndexChanged.connect(self.preview.request)
         self.preview_on.toggled.connect(self._toggle_preview)
@@ -114,7 +115,8 @@ class DeblurWidget(c.LinblurWidget):
         self._update_visibility()
 
     def _on_step(self, *_: Any) -> None:
-        if c._alive(self):
+        # Z reaches the preview through the plane pickers; here only a time/position move of the inputs counts
+        if c._alive(self) and self.lead_key(self.b_layer.layer(), self.c_layer.layer()) != self._lead_key:
             self.preview.request()
 
     # --- UI state ------------------------------------------------------------------------------
@@ -212,6 +214,7 @@ class DeblurWidget(c.LinblurWidget):
         if mode == PAIR:
             _ops.check_two_planes(lb, zb, lc, zc, same_plane_ok=True)
         ib = _ops.current_indices(self.viewer, lb)
+        self._lead_key = self.lead_key(self.b_layer.layer(), self.c_layer.layer())
         ic = _ops.current_indices(self.viewer, lc) if lc is not None else None
         op = self._op(mode, alpha, method)
         name = self._name(mode, lb, lc, alpha, method, zb, zc, False, False) + " (preview)"

@@ -274,6 +274,7 @@ class DefocusWidget(c.LinblurWidget):
         self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self,
                                      inputs=self._input_names)
         self.image.currentIndexChanged.connect(self.preview.request)
+        self.image.renamed.connect(self.preview.request)  # the live map is named after its input
         self.model.combo.currentIndexChanged.connect(self.preview.request)
         self.tta.currentIndexChanged.connect(self.preview.request)
         self.model.combo.currentIndexChanged.connect(self._sync_camera_row)
