@@ -277,7 +277,8 @@ def deblur(
     if needs_map and sigma_map is None:
         from napari_linblur.inference.defocus_ops import estimate_defocus
 
-        sigma_map = estimate_defocus(img, model=defocus_model, device=dev)
+        # the map's own tiling (its network's tile cap and overlap); a cancelled run stops inside it too
+        sigma_map = estimate_defocus(img, model=defocus_model, device=dev, amp=amp, should_stop=should_stop)
     net_kw = dict(tile=tile, overlap=overlap, batch_size=batch_size, progress=progress, should_stop=should_stop,
                   amp=amp, tta=tta)
     ae_kw = dict(ae_tiling, batch_size=batch_size, should_stop=should_stop, tta=tta)
