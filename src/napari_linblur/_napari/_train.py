@@ -8,7 +8,7 @@ Data sources:
   learns from real or synthesized through-focus stacks.
 * ``layer`` — an image layer (a z-stack, or fields x planes ``(P, Z, Y, X)``; for defocus maps also a single
   in-focus image) written to an OME-Zarr in the run folder and read by the task's own loader (autoencoder:
-  fields of planes; deblurring: real plane pairs, stage 2; defocus maps: the in-focus plane of every stack,
+  fields of planes, a single stack cut into tiles as fields, :func:`ae_tile_grid`; deblurring: real plane pairs, stage 2; defocus maps: the in-focus plane of every stack,
   pixel-shuffled, as content — ``linblur train defocus --content-from``).
 * ``path`` — a dataset on disk (``linblur synth`` OME-Zarr, BBBC006 folder, any z-stack ``open_zstack`` reads).
 
@@ -143,6 +143,140 @@ def check_varies(data: Any, what: str) -> None:
                          "layer with image content")
 
 
+#: the autoencoder splits fields 7:1:2 into train/validation/test (:func:`napari_linblur.training.ae.split_fields`)
+AE_MIN_FIELDS = 3
+#: a single stack is cut into about this many tiles (fields) when the planes are large enough
+AE_TILE_TARGET = 10
+
+
+def ae_tile_grid(shape: tuple[int, ...], patch: int, what: str) -> tuple[int, int]:
+    """How the planes of an autoencoder dataset of ``shape`` (``(Z, Y, X)`` one stack, ``(P, Z, Y, X)`` fields x
+    planes) are cut into tiles so it has the fields a train/validation/test split needs.
+
+    The autoencoder splits *fields* (stacks) 7:1:2; data with fewer than :data:`AE_MIN_FIELDS` fields (an
+    ordinary z-stack is one) has every field cut into ``rows x cols`` spatial tiles of the same planes, each tile
+    a field, at least ``patch`` px on each side. Among the grids with at least :data:`AE_TILE_TARGET` fields the
+    one with the squarest (then largest) tiles is taken, else the grid with the most tiles.
+
+    Returns
+    -------
+    (rows, cols)
+        ``(1, 1)`` when the data already has enough fields.
+
+    Raises
+    ------
+    ValueError
+        the planes are too small for enough tiles of the training patch: says the sizes and how to provide
+        fields.
+
+    Examples
+    --------
+    >>> ae_tile_grid((3, 9, 48, 64), 32, "layer 'f'")
+    (1, 1)
+    >>> ae_tile_grid((9, 64, 64), 32, "layer 'z'")
+    (2, 2)
+    >>> ae_tile_grid((9, 512, 512), 64, "layer 'z'")
+    (4, 4)
+    >>> ae_tile_grid((9, 48, 64), 32, "layer 'z'")
+    Traceback (most recent call last):
+    ...
+    ValueError: layer 'z' is a single z-stack of 48 x 64 px planes: the autoencoder learns from at least 3 fields (stacks) to split them into training, validation and test, and these planes are too small to cut into 3 tiles of the 32 px training patch; give it 3 or more stacks (a (fields, Z, Y, X) layer, or a dataset on disk with several fields), larger planes, or set 'patch (px)' to at most 16
+    """
+    import math
+
+    n = int(math.prod(shape[:-3])) if len(shape) > 3 else 1
+    if n >= AE_MIN_FIELDS:
+        return (1, 1)
+    h, w = int(shape[-2]), int(shape[-1])
+    need = -(-AE_MIN_FIELDS // n)  # tiles per field
+    cands = [(r, c) for r in range(1, h // patch + 1) for c in range(1, w // patch + 1) if r * c >= need]
+    if not cands:
+        stacks = "a single z-stack" if n == 1 else f"{n} z-stacks (fields)"
+        # the largest patch (a multiple of 16, the patch box's step) that still gives enough tiles
+        best = max(min(h // r, w // -(-need // r)) for r in range(1, need + 1)) // 16 * 16
+        hint = f", or set 'patch (px)' to at most {best}" if best >= 16 else ""
+        raise ValueError(
+            f"{what} is {stacks} of {h} x {w} px planes: the autoencoder learns from at least {AE_MIN_FIELDS} fields "
+            f"(stacks) to split them into training, validation and test, and these planes are too small to cut into "
+            f"{AE_MIN_FIELDS} tiles of the {patch} px training patch; give it {AE_MIN_FIELDS} or more stacks (a "
+            f"(fields, Z, Y, X) layer, or a dataset on disk with several fields), larger planes{hint}"
+        )
+
+    def key(rc):
+        r, c = rc
+        squareness = round(abs(math.log((h / r) / (w / c))), 1)
+        if n * r * c >= AE_TILE_TARGET:
+            return (0, squareness, r * c)
+        return (1, -r * c, squareness)
+
+    return min(cands, key=key)
+
+
+def tile_fields(data: Any, grid: tuple[int, int]) -> Any:
+    """An :class:`~napari_linblur.training.ae.AEDataset` whose every field is cut into ``rows x cols`` spatial
+    tiles of the same planes (:func:`ae_tile_grid`), each a field named ``<field>_y<row>x<col>``."""
+    import numpy as np
+
+    from napari_linblur.training.ae import AEDataset, FieldStack
+
+    rows, cols = grid
+    if (rows, cols) == (1, 1):
+        return data
+    out = []
+    for f in data.fields:
+        h, w = f.planes.shape[-2:]
+        ys = np.linspace(0, h, rows + 1).astype(int)
+        xs = np.linspace(0, w, cols + 1).astype(int)
+        for i in range(rows):
+            for j in range(cols):
+                win = (slice(ys[i], ys[i + 1]), slice(xs[j], xs[j + 1]))
+                out.append(FieldStack(
+                    f"{f.name}_y{i}x{j}", np.ascontiguousarray(f.planes[(Ellipsis, *win)]), f.defocus_um,
+                    f.plane_index, None if f.truth is None else np.ascontiguousarray(f.truth[(Ellipsis, *win)]),
+                ))
+    meta = {**data.meta, "n_fields": len(out), "field_names": [f.name for f in out],
+            "tiles": {"grid": [int(rows), int(cols)], "fields_before": int(data.meta.get("n_fields", len(data.fields)))}}
+    return AEDataset(data.path, data.channel, out, data.kind, recipe=data.recipe, seed=data.seed, meta=meta)
+
+
+def write_layer_dataset(data: Any, name: str, scale: list[float], out: Path, kind: str, patch: int, *,
+                        check_contents: bool) -> str:
+    """Write a layer's full-resolution ``data`` (captured on the GUI thread when the run was started) to
+    ``out/data.ome.zarr`` for the task's own loader, after checking it (:func:`check_layer_data`) and, with
+    ``check_contents`` (a lazy layer, read here in the worker), that it is finite and not constant."""
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    check_layer_data(data, name, kind, patch, contents=check_contents)
+    axes = {2: "yx", 3: "zyx", 4: "tzyx"}[data.ndim]
+    path = Path(out) / "data.ome.zarr"
+    write_ome_zarr(path, data, axes=axes, scale=[abs(float(s)) for s in scale], overwrite=True, pyramid_levels=1)
+    return str(path)
+
+
+def check_layer_data(data: Any, name: str, kind: str, patch: int, *, contents: bool) -> None:
+    """A layer's full-resolution data is trainable by a ``kind`` model: a z-stack ``(Z, Y, X)`` or
+    ``(fields, Z, Y, X)`` whose planes hold the training patch (defocus maps: also one in-focus image, any size;
+    autoencoder: enough fields, or planes large enough to tile, :func:`ae_tile_grid`), and (``contents``) finite
+    and not constant (reads the data).
+
+    Raises
+    ------
+    ValueError
+        naming the layer, the problem and the accepted form.
+    """
+    content = kind == "defocus"  # in-focus content: one image is enough, any size
+    if data.ndim < (2 if content else 3):
+        raise ValueError(f"{name!r} is a single plane; training needs a z-stack (Z, Y, X)")
+    if data.ndim > 4:
+        raise ValueError(f"{name!r} has {data.ndim} dimensions; use (Z, Y, X) or (fields, Z, Y, X)")
+    if not content:
+        check_patch_fits(tuple(data.shape), patch, f"layer {name!r}")
+    if kind == "ae":
+        ae_tile_grid(tuple(data.shape), patch, f"layer {name!r}")
+    if contents:
+        check_varies(data, f"layer {name!r}")
+
+
 def check_run_folder(out: Path) -> None:
     """The run folder must be a folder (new or existing), not a file, nor inside a file.
 
@@ -237,5 +371,14 @@ def build_task(req: TrainRequest) -> Any:
     from napari_linblur.training.ae import AETask, load_fields
 
     fields = load_fields(req.data_path, channel=req.channel)
-    return AETask(fields, config=config, batch_size=req.batch, crop=req.patch, seed=req.seed, init=req.init)
+    # fewer than 3 fields (a single z-stack): cut the planes into tiles, each a field of the split
+    n = int(fields.meta.get("n_fields", len(fields.fields)))
+    plane = fields.fields[0].planes.shape[-2:] if fields.fields else (0, 0)
+    grid = ae_tile_grid((n, 1, *plane), req.patch, f"the dataset {req.data_path}")
+    fields = tile_fields(fields, grid)
+    extra = {"data_tiles": {"grid": list(grid), "fields_before": n,
+                            "note": "each field cut into rows x cols spatial tiles, each tile a field of the split"}
+             } if grid != (1, 1) else None
+    return AETask(fields, config=config, batch_size=req.batch, crop=req.patch, seed=req.seed, init=req.init,
+                  extra_card=extra)
 

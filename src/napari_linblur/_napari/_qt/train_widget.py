@@ -216,42 +216,25 @@ class TrainWidget(c.LinblurWidget):
             out = out.parent / f"{out.name}-{k}"
         return out
 
-    def _check_layer(self, layer, patch: int, *, contents: bool):
-        """The layer's full-resolution data, checked to be trainable: a z-stack ``(Z, Y, X)`` or
-        ``(fields, Z, Y, X)`` whose planes hold the training patch (defocus maps: also one in-focus image, any
-        size), and (``contents``) finite and not constant.
+    def _layer_snapshot(self, kind: str, patch: int) -> dict:
+        """The chosen layer as the run will use it, taken here on the GUI thread when Start is pressed: its
+        full-resolution data (the array it holds now), name and pixel size, checked to be trainable by a ``kind``
+        model (:func:`napari_linblur._napari._train.check_layer_data`: shape always; the contents of an in-memory
+        layer now, those of a lazy one are read in the worker). The job uses only this, never the pickers, so
+        choosing another layer while the run waits in the queue changes nothing.
 
         Raises
         ------
         ValueError
-            naming the layer, the problem and the accepted form.
+            no layer, or one that cannot be trained on (naming it, the problem and the accepted form).
         """
-        data = _ops.layer_array(layer)
-        content = self.kind.currentData() == "defocus"  # in-focus content: one image is enough, any size
-        if data.ndim < (2 if content else 3):
-            raise ValueError(f"{layer.name!r} is a single plane; training needs a z-stack (Z, Y, X)")
-        if data.ndim > 4:
-            raise ValueError(f"{layer.name!r} has {data.ndim} dimensions; use (Z, Y, X) or (fields, Z, Y, X)")
-        if not content:
-            _train.check_patch_fits(tuple(data.shape), patch, f"layer {layer.name!r}")
-        if contents:
-            _train.check_varies(data, f"layer {layer.name!r}")
-        return data
-
-    def _layer_dataset(self, out: Path, patch: int) -> str:
-        """Write the chosen layer to an OME-Zarr in the run folder (the task loaders read datasets)."""
-        from napari_linblur.io.omezarr import write_ome_zarr
-
         layer = self.layer.layer()
         if layer is None:
             raise c.no_input(self.viewer, "choose an image layer as training data")
-        # a lazy (dask) layer is read once here, in the worker, to check it is not constant
-        data = self._check_layer(layer, patch, contents=not isinstance(_ops.layer_array(layer), np.ndarray))
-        axes = {2: "yx", 3: "zyx", 4: "tzyx"}[data.ndim]
-        path = out / "data.ome.zarr"
-        write_ome_zarr(path, data, axes=axes, scale=[abs(float(s)) for s in layer.scale], overwrite=True,
-                       pyramid_levels=1)
-        return str(path)
+        data = _ops.layer_array(layer)
+        lazy = not isinstance(data, np.ndarray)
+        _train.check_layer_data(data, layer.name, kind, patch, contents=not lazy)
+        return {"data": data, "name": layer.name, "scale": [abs(float(s)) for s in layer.scale], "lazy": lazy}
 
     def start(self) -> bool:
         from napari_linblur.training.loop import TrainConfig, train
@@ -277,12 +260,8 @@ class TrainWidget(c.LinblurWidget):
             seed=int(self.seed.value()), init=self.init.currentData() or None,
         )
         try:
-            if source == "layer":
-                layer = self.layer.layer()
-                if layer is None:
-                    raise c.no_input(self.viewer, "choose an image layer as training data")
-                # shape always; contents of an in-memory layer now (a lazy one is read in the worker)
-                self._check_layer(layer, req.patch, contents=isinstance(_ops.layer_array(layer), np.ndarray))
+            # everything the job needs is taken now, on the GUI thread: the job never reads the widgets
+            snap = self._layer_snapshot(kind, req.patch) if source == "layer" else None
             _train.check_run_folder(out)
             out.mkdir(parents=True, exist_ok=True)
         except ValueError as err:
@@ -292,15 +271,16 @@ class TrainWidget(c.LinblurWidget):
             self.panel.refuse(f"training: cannot create the run folder {out} ({err.strerror or err}); choose a "
                               "folder you can write to")
             return False
-        layer_name = self.layer.layer().name if source == "layer" else None
+        layer_name = snap["name"] if snap else None
         bridge = self._bridge
         self.plot.reset()
         self.result_label.setText("")
 
         def job(report, should_stop):
             out.mkdir(parents=True, exist_ok=True)
-            if source == "layer":
-                req.data_path = self._layer_dataset(out, req.patch)
+            if snap is not None:  # a lazy layer is read once here, to check it is finite and not constant
+                req.data_path = _train.write_layer_dataset(snap["data"], snap["name"], snap["scale"], out, kind,
+                                                           req.patch, check_contents=snap["lazy"])
             task = _train.build_task(req)
 
             def on_log(rec: dict) -> None:

@@ -1,0 +1,180 @@
+"""The Train widget in a real napari viewer (run under Xvfb), added through the manifest: what a run trains on
+is what Start checked, and the autoencoder learns from an ordinary z-stack layer."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_linblur._napari._sample_data import synthetic_stack_data
+
+PLUGIN = "napari-linblur"
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, isolated_plugin_settings):
+    return make_napari_viewer()
+
+
+def add(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def last_error() -> str:
+    from napari.utils.notifications import notification_manager
+
+    return notification_manager.records[-1].message if notification_manager.records else ""
+
+
+def _small_training(viewer, tmp_path, *, steps, kind="deblur", preset="tiny"):
+    w = add(viewer, "Train")
+    w.set_choice(w.kind, kind)
+    w.set_choice(w.preset, preset)
+    w.steps.setValue(steps)
+    w.batch.setValue(2)
+    w.patch.setValue(32)
+    w.out.setText(str(tmp_path / "run"))
+    return w
+
+
+def _read_dataset(path):
+    from napari_linblur.io.readers import open_zstack
+
+    return np.asarray(open_zstack(str(path))).squeeze()
+
+
+class _PoolBlocker:
+    """Occupies every thread of Qt's global pool (napari's workers run there) until released, so a job started
+    meanwhile waits in the queue, as it does behind other long runs."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QRunnable, QThreadPool
+
+        self.release = threading.Event()
+        self.busy = threading.Semaphore(0)
+        pool = QThreadPool.globalInstance()
+        outer = self
+
+        class Block(QRunnable):
+            def run(self) -> None:
+                outer.busy.release()
+                outer.release.wait(60)
+
+        self.runnables = [Block() for _ in range(pool.maxThreadCount())]
+        for r in self.runnables:
+            r.setAutoDelete(False)
+            pool.start(r)
+        for _ in self.runnables:
+            assert self.busy.acquire(timeout=10)
+
+
+def test_train_uses_the_layer_and_options_taken_at_start(viewer, qtbot, tmp_path):
+    """Start checks and reports one layer; picking another (constant, never checked) layer or changing options while
+    the job waits in the busy thread pool must not change what it trains on; the job reads no widget."""
+    from napari_linblur.models.registry import read_card
+
+    a = synthetic_stack_data((48, 64), seed=1)[0][0]
+    viewer.add_image(a, name="A-checked", scale=(2.0, 0.5, 0.5))
+    viewer.add_image(np.full((9, 48, 64), 7, np.uint16), name="B-constant")
+    w = _small_training(viewer, tmp_path, steps=2)
+    w.set_choice(w.source, "layer")
+    w.layer.set_layer(viewer.layers["A-checked"])
+
+    # any widget read off the GUI thread is recorded
+    off_gui = []
+
+    def watch(obj, name):
+        orig = getattr(obj, name)
+
+        def wrapped(*args, **kwargs):
+            if threading.current_thread() is not threading.main_thread():
+                off_gui.append(f"{type(obj).__name__}.{name}")
+            return orig(*args, **kwargs)
+
+        setattr(obj, name, wrapped)
+
+    watch(w.layer, "layer")
+    for combo in (w.kind, w.source, w.preset, w.init):
+        watch(combo, "currentData")
+    for box in (w.steps, w.lr, w.batch, w.patch, w.seed):
+        watch(box, "value")
+    for edit in (w.path, w.out):
+        watch(edit, "text")
+
+    blocker = _PoolBlocker()
+    try:
+        assert w.start(), w.panel.status.text()
+        # the user looks at / changes other things while the run waits in the queue
+        w.layer.set_layer(viewer.layers["B-constant"])
+        w.steps.setValue(7)
+        w.patch.setValue(48)
+        w.batch.setValue(3)
+        w.seed.setValue(5)
+        w.set_choice(w.kind, "defocus")
+        qtbot.wait(100)
+    finally:
+        blocker.release.set()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
+    assert w.model_path, w.panel.status.text()
+    np.testing.assert_array_equal(_read_dataset(tmp_path / "run" / "data.ome.zarr"), a)
+    card = read_card(w.model_path)
+    assert card["task"] == "deblur" and card["training"]["steps"] == 2
+    assert "on A-checked" in w.result_label.text()
+    assert not off_gui, off_gui
+
+
+def test_train_autoencoder_on_a_single_z_stack_layer(viewer, qtbot, tmp_path):
+    """An ordinary (Z, Y, X) layer trains the autoencoder: its planes are cut into tiles, each a field of the
+    train/validation/test split; planes too small for 3 tiles of the patch are refused before anything is
+    written, saying the autoencoder needs at least 3 fields."""
+    from napari_linblur.models.registry import read_card
+
+    stack = synthetic_stack_data((64, 64), seed=5)[0][0]  # (9, 64, 64), one z-stack
+    viewer.add_image(stack, name="zstack")
+    viewer.add_image(stack[:, :48, :], name="small zstack")
+    w = _small_training(viewer, tmp_path, steps=2, kind="ae", preset="default")
+    w.set_choice(w.source, "layer")
+
+    w.layer.set_layer(viewer.layers["small zstack"])  # 48 x 64 px planes: at most 1 x 2 tiles of 32 px
+    w.out.setText(str(tmp_path / "refused"))
+    assert not w.start() and not w.panel.running
+    err = last_error()
+    assert "'small zstack' is a single z-stack" in err and "at least 3 fields" in err, err
+    assert "at most 16" in err, err
+    assert not (tmp_path / "refused").exists()
+
+    w.layer.set_layer(viewer.layers["zstack"])  # 64 x 64 px planes: 2 x 2 tiles of 32 px, 4 fields
+    w.out.setText(str(tmp_path / "run"))
+    assert w.start(), w.panel.status.text()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
+    assert w.model_path, w.panel.status.text()
+    card = read_card(w.model_path)
+    assert card["task"] == "ae" and card["training"]["steps"] == 2
+    assert card["data_tiles"]["grid"] == [2, 2] and card["data_tiles"]["fields_before"] == 1
+    assert sorted(i for ids in card["data"]["split"].values() for i in ids) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(_read_dataset(tmp_path / "run" / "data.ome.zarr"), stack)
+
+
+def test_ae_tile_grid_and_tiles():
+    from napari_linblur._napari import _train
+    from napari_linblur.training.ae import AEDataset, FieldStack
+
+    assert _train.ae_tile_grid((3, 9, 16, 16), 32, "x") == (1, 1)  # enough fields: untouched
+    assert _train.ae_tile_grid((2, 9, 64, 64), 32, "x") == (2, 2)  # 2 fields x 4 tiles (as many as fit)
+    assert _train.ae_tile_grid((2, 9, 32, 64), 32, "x") == (1, 2)  # 2 fields x 2 tiles
+    r, c = _train.ae_tile_grid((9, 520, 696), 64, "x")
+    assert r * c >= _train.AE_TILE_TARGET and 520 // r >= 64 and 696 // c >= 64
+    with pytest.raises(ValueError, match="at least 3 fields"):
+        _train.ae_tile_grid((9, 40, 40), 32, "layer 'z'")
+    planes = np.arange(3 * 65 * 70).reshape(3, 65, 70)
+    data = AEDataset("p", None, [FieldStack("f", planes, np.arange(3.0), [0, 1, 2])], "zstack",
+                     meta={"n_fields": 1})
+    tiled = _train.tile_fields(data, (2, 3))
+    assert tiled.meta["n_fields"] == 6 and [f.name for f in tiled.fields][:2] == ["f_y0x0", "f_y0x1"]
+    # the tiles cover the planes exactly once
+    rebuilt = np.concatenate([np.concatenate([tiled.fields[3 * i + j].planes for j in range(3)], axis=-1)
+                              for i in range(2)], axis=-2)
+    np.testing.assert_array_equal(rebuilt, planes)
