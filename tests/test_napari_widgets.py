@@ -252,7 +252,7 @@ def test_deblur_widget_single_and_pair(viewer, qtbot, tiny_models, synth):
     w.ae_model.set_model(tiny_models["ae"])
     w.b_plane.setValue(6)
     w.c_plane.setValue(2)
-    w.alpha.slider.setValue(40)
+    w.alpha.slider.setValue(38)  # steps of 0.01 from 0.05
     settle(qtbot, w)
     name = "deblurred[st z6←z2, α=0.43] (preview)"
     assert w.alpha.value() == pytest.approx(0.43)
@@ -805,8 +805,9 @@ def test_train_widget_defocus_learns_from_an_image_layer(viewer, qtbot, tmp_path
 
 
 def test_pair_outputs_are_placed_like_the_input_and_follow_time(viewer, qtbot, tiny_models, synth, tmp_path):
-    """The OME-Zarr output of a pair run reopens with the written axes (no Z = 1 axis at world z = 0), in the
-    input's place and units; the live preview follows the time slider; a 2-D image cannot be its own pair."""
+    """The OME-Zarr output of a pair run reopens with the written axes (a one-plane Z axis spanning the input's Z,
+    not at world z = 0), in the input's place and units; the live preview follows the time slider; a 2-D image
+    cannot be its own pair."""
     from napari_linblur.io.omezarr import write_ome_zarr
 
     stack = synth[0][:4].astype(np.float32)
@@ -839,8 +840,9 @@ def test_pair_outputs_are_placed_like_the_input_and_follow_time(viewer, qtbot, t
     assert len(viewer.layers) == n + 1, w.panel.status.text()
     out = viewer.layers[-1]
     data = out.data[0] if out.multiscale else out.data
-    assert data.shape == (2, 48, 64)  # (T, Y, X): Z was consumed by the pair
-    assert tuple(out.translate) == (10.0, 5.0, 7.0) and tuple(out.scale) == (1.0, 0.5, 0.5)
+    assert data.shape == (2, 1, 48, 64)  # (T, Z=1, Y, X): one plane per time point, as deep as the input's 4
+    assert tuple(out.translate) == (10.0, 7.0, 5.0, 7.0) and tuple(out.scale) == (1.0, 8.0, 0.5, 0.5)
+    assert tuple(str(u) for u in out.units) == tuple(str(u) for u in layer.units)
     # the file and the layer say what was computed
     assert out.metadata["linblur_attrs"]["operation"] == "synthesize_blur"
     assert out.metadata["linblur_attrs"]["alpha"] == w.alpha.value()

@@ -144,7 +144,12 @@ def current_plane(viewer, layer, z: int | None = None) -> np.ndarray:
 
 @dataclass
 class PairInputs:
-    """Two arrays of one shape to be processed plane by plane, and how the output maps onto the inputs."""
+    """Two arrays of one shape to be processed plane by plane, and how the output maps onto the inputs.
+
+    ``dropped_z``: one plane was picked from each input (rather than every plane against every plane); the arrays
+    then have no Z axis (``(Y, X)`` from a ``(Z, Y, X)`` input) or a one-plane Z axis (``(T, 1, Y, X)`` from a
+    ``(T, Z, Y, X)`` input, so the output's axes line up with the input's; see :func:`pair_stacks`).
+    """
 
     first: Any
     second: Any
@@ -156,6 +161,27 @@ class PairInputs:
 def take_z(data, z: int):
     """``data[..., z, :, :]`` (lazy for dask)."""
     return data[(Ellipsis, int(z), slice(None), slice(None))]
+
+
+def keep_z(data, z: int):
+    """``data[..., z:z + 1, :, :]``: plane ``z`` with a Z axis of length one (lazy for dask)."""
+    return data[(Ellipsis, slice(int(z), int(z) + 1), slice(None), slice(None))]
+
+
+def spanning_z(scale: Sequence[float], translate: Sequence[float], nz: int) -> tuple[tuple, tuple]:
+    """Scale and translate for a one-plane Z axis that covers the Z extent of ``nz`` planes of ``scale`` /
+    ``translate``: the plane sits in the middle of the stack, one stack deep, so napari shows it at every Z of the
+    input (a plane at the input's own Z scale would show only where the viewer is at the first plane).
+
+    Examples
+    --------
+    >>> spanning_z((1.0, 4.0, 0.5, 0.5), (0.0, 10.0, 0.0, 0.0), 9)
+    ((1.0, 36.0, 0.5, 0.5), (0.0, 26.0, 0.0, 0.0))
+    """
+    scale, translate = tuple(float(v) for v in scale), tuple(float(v) for v in translate)
+    sz = scale[-3]
+    return (scale[:-3] + (sz * nz,) + scale[-2:],
+            translate[:-3] + (translate[-3] + (nz - 1) * sz / 2,) + translate[-2:])
 
 
 def check_two_planes(layer_1, z_1: int, layer_2, z_2: int, *, same_plane_ok: bool = False) -> None:
@@ -177,7 +203,11 @@ def pair_stacks(layer_1, z_1: int, layer_2, z_2: int) -> PairInputs:
     """Line up the two inputs of a pair operation for a whole-stack run.
 
     * one layer (or two layers of one shape with different planes chosen): plane ``z_1`` against plane
-      ``z_2`` at every other index (time, positions) -> the output drops the Z axis;
+      ``z_2`` at every other index (time, positions) -> one output plane per index: a ``(Z, Y, X)`` input gives
+      a ``(Y, X)`` output; an input with axes before Z (``(T, Z, Y, X)``, BBBC006's ``(P, Z, Y, X)``) keeps a
+      one-plane Z axis spanning the input's Z extent (:func:`spanning_z`), e.g. ``(T, 1, Y, X)`` — napari lines
+      layers up by their last axes, so a ``(T, Y, X)`` output would put time on the viewer's Z slider (and its
+      time unit on the Z axis);
     * two layers of the same shape with the same plane chosen: every plane against the same plane of the
       other layer -> the output has the input's shape.
     """
@@ -189,8 +219,11 @@ def pair_stacks(layer_1, z_1: int, layer_2, z_2: int) -> PairInputs:
     if layer_1 is not layer_2 and s1 == s2 and (z_1 == z_2 or len(s1) < 3):
         return PairInputs(d1, d2, scale, translate, False)
     if len(s1) >= 3 and len(s2) >= 3 and s1[:-3] + s1[-2:] == s2[:-3] + s2[-2:]:
-        drop = lambda t: t[:-3] + t[-2:]  # noqa: E731
-        return PairInputs(take_z(d1, z_1), take_z(d2, z_2), drop(scale), drop(translate), True)
+        if len(s1) == 3:  # (Z, Y, X): one (Y, X) plane, shown at every Z
+            drop = lambda t: t[:-3] + t[-2:]  # noqa: E731
+            return PairInputs(take_z(d1, z_1), take_z(d2, z_2), drop(scale), drop(translate), True)
+        scale, translate = spanning_z(scale, translate, int(s1[-3]))
+        return PairInputs(keep_z(d1, z_1), keep_z(d2, z_2), scale, translate, True)
     raise ValueError(
         f"images {layer_1.name!r} {s1} and {layer_2.name!r} {s2} do not line up: pick two planes of one "
         "stack, or two layers of the same shape (planes of one field)"
@@ -204,6 +237,61 @@ def lazy_planes(data):
     arr = da.asarray(data)
     chunks = (1,) * (arr.ndim - 2) + (-1, -1)
     return arr.rechunk(chunks)
+
+
+def guard_blocks(lazy, on_error: Callable[[tuple[int, ...], BaseException], None]):
+    """``lazy`` (a dask array) with every block that fails to compute replaced by NaN (0 for integer types).
+
+    napari computes a lazy layer's planes while slicing (moving a slider, switching to 3-D), where an error would
+    escape as a traceback and leave the canvas undefined; here the block's exception goes to
+    ``on_error(block_index, error)`` instead and the block has a defined value. Each block is computed alone,
+    with dask's synchronous scheduler, from the graph of ``lazy`` (which this array does not copy).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> def plane(block):
+    ...     if block[0, 0, 0] == 4:
+    ...         raise ValueError("bad plane")
+    ...     return block
+    >>> lazy = da.arange(8.0, chunks=4).reshape(2, 2, 2).rechunk((1, -1, -1)).map_blocks(plane)
+    >>> errors = []
+    >>> guard_blocks(lazy, lambda i, e: errors.append((i, str(e)))).compute()[:, 0]
+    array([[ 0.,  1.],
+           [nan, nan]])
+    >>> errors
+    [((1, 0, 0), 'bad plane')]
+    """
+    import dask.array as da
+
+    if not isinstance(lazy, da.Array):  # computed already (its errors were the run's)
+        return lazy
+    dtype = np.dtype(lazy.dtype)
+    fill = np.nan if np.issubdtype(dtype, np.inexact) else 0
+    chunks = lazy.chunks
+
+    def block(block_id=None):
+        idx = tuple(int(i) for i in block_id)
+        try:
+            return np.asarray(lazy.blocks[idx].compute(scheduler="synchronous"), dtype=dtype)
+        except Exception as err:  # noqa: BLE001 - reported through on_error, the block becomes NaN
+            on_error(idx, err)
+            return np.full(tuple(c[i] for c, i in zip(chunks, idx)), fill, dtype)
+
+    # a name of its own (napari's dask cache is keyed by it); meta given, so dask never calls block() to infer it
+    return da.map_blocks(block, dtype=dtype, chunks=chunks, meta=np.empty((0,) * lazy.ndim, dtype),
+                         name=f"linblur-guarded-{lazy.name}")
+
+
+def block_start(chunks: Sequence[Sequence[int]], block_index: Sequence[int]) -> tuple[int, ...]:
+    """Index of the first element of block ``block_index`` of a dask array with ``chunks``.
+
+    Examples
+    --------
+    >>> block_start(((1, 1, 1), (2, 2), (8,)), (2, 1, 0))
+    (2, 2, 0)
+    """
+    return tuple(int(sum(c[:i])) for c, i in zip(chunks, block_index))
 
 
 def compute_planes(

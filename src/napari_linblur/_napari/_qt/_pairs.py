@@ -38,7 +38,8 @@ def output_units(like, ndim: int, dropped_z: bool) -> tuple[str, ...]:
 
 def _as_written(data, kw: dict, axes: str):
     """The reopened OME-Zarr layer with the written axes only: the reader gives every image a Z axis (a single
-    synthesized plane per time point comes back as Z = 1), which would place the result at world z = 0."""
+    synthesized (Y, X) plane comes back as Z = 1), which would place the result at world z = 0. (A pair run on
+    (T, Z, Y, X) writes its one-plane Z axis itself, spanning the input's Z extent: nothing is dropped then.)"""
     read_axes = kw["metadata"].get("linblur_axes") or ""
     drop = [i for i, a in enumerate(read_axes) if a not in axes]
     if not drop:
@@ -52,6 +53,84 @@ def _as_written(data, kw: dict, axes: str):
             kw[key] = [kw[key][i] for i in keep]
     kw["metadata"] = {**kw["metadata"], "linblur_axes": "".join(read_axes[i] for i in keep)}
     return data, kw
+
+
+def lazy_error_reporter(name: str, chunks, inputs: dict[str, str] | None = None):
+    """``on_error`` for :func:`_ops.guard_blocks` on the lazy output layer ``name``: a napari error notification
+    naming the output, the plane and the input layer (``'cells' contains NaN…`` rather than ``img contains NaN…``),
+    once per distinct message (the same problem on other planes, or on the same plane sliced again, stays quiet)."""
+    import threading
+    import traceback
+
+    from napari.utils.notifications import show_error
+
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def on_error(block_index: tuple[int, ...], err: BaseException) -> None:
+        text = c.name_inputs(c.describe(err), inputs or {})
+        with lock:
+            if text in seen:
+                return
+            seen.add(text)
+        lead = _ops.block_start(chunks, block_index)[:-2]
+        where = f"plane {lead[0]}" if len(lead) == 1 else f"plane {lead}" if lead else "the image"
+        if not isinstance(err, (ValueError, TypeError, FileNotFoundError)):
+            traceback.print_exception(type(err), err, err.__traceback__)
+        show_error(f"{name}: {where} could not be computed and is shown as NaN: {text}")
+
+    return on_error
+
+
+def output_target(path: str) -> Path:
+    """The OME-Zarr output path the user typed, with ``~`` expanded, made absolute and normalised (``..``
+    removed; symbolic links are left for :func:`existing_output_problem` to see).
+
+    Examples
+    --------
+    >>> import os
+    >>> output_target("~/a/../out.ome.zarr") == Path(os.path.expanduser("~")).absolute() / "out.ome.zarr"
+    True
+    """
+    import os
+
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def write_problem(path: str, err: OSError) -> str | None:
+    """GUI wording for an ``OSError`` raised while writing the OME-Zarr ``path``: it names ``path`` (or the folder
+    that could not be made), never the writer's hidden temporary sibling ``.NAME.tmp-XXXX``; None for an error that
+    is not about the output (e.g. reading an input).
+
+    Examples
+    --------
+    >>> write_problem("/proc/out.ome.zarr", FileNotFoundError(2, "No such file or directory",
+    ...                                                       "/proc/.out.ome.zarr.tmp-0123456789ab"))
+    'cannot write /proc/out.ome.zarr: No such file or directory'
+    >>> write_problem("/a/b/out.ome.zarr", PermissionError(13, "Permission denied", "/a/b"))
+    'cannot write /a/b/out.ome.zarr: Permission denied (cannot create /a/b)'
+    >>> write_problem("/a/out.ome.zarr", FileNotFoundError(2, "No such file or directory", "/data/in.tif")) is None
+    True
+    """
+    target = Path(path)
+    reason = err.strerror or str(err) or type(err).__name__
+    tmp_prefix = f".{target.name}.tmp-"
+
+    def in_output(f: Path) -> bool:
+        return any(p == target or (p.parent == target.parent and p.name.startswith(tmp_prefix))
+                   for p in (f, *f.parents))
+
+    for name in (err.filename, err.filename2):
+        if not name:
+            continue
+        f = Path(name)
+        if in_output(f):
+            return f"cannot write {target}: {reason}"
+        if f in target.parents:
+            return f"cannot write {target}: {reason} (cannot create {f})"
+    if tmp_prefix in str(err):
+        return f"cannot write {target}: {reason}"
+    return None
 
 
 def existing_output_problem(path: str, sources: list[str]) -> str | None:
@@ -118,6 +197,8 @@ def run_whole_stack(
     described = {"layer": name, "inputs": list(sources), **(attrs or {})}
     meta = {"linblur_inputs": sources, **(metadata or {}), "linblur_attrs": described}
     ndim = arrays[0].ndim
+    # a pair run on (T, Z, Y, X) keeps a one-plane Z axis (see _ops.pair_stacks): only a shorter result lost Z
+    dropped_z = bool(dropped_z) and ndim < like.ndim
     units = output_units(like, len(scale), dropped_z)
     layer_kwargs.setdefault("units", units)
 
@@ -126,6 +207,9 @@ def run_whole_stack(
         if not path:
             panel.refuse(f"{name}: choose an output path for the OME-Zarr file")
             return False
+        # one absolute path for the check, the writer and the reader (a GUI text field gets no shell: ``~`` is
+        # expanded here, and a relative path does not follow a later change of the working directory)
+        path = str(output_target(path))
         problem = existing_output_problem(path, sources)
         if problem is not None:
             panel.refuse(f"{name}: {problem}")
@@ -138,9 +222,15 @@ def run_whole_stack(
                 write_ome_zarr(path, lazy, axes=axes, scale=[abs(s) for s in scale], translate=list(translate),
                                source_paths=sources, units=[None if u == "pixel" else u for u in units],
                                progress=report, name=name, attrs={"linblur": described})
-            except FileExistsError as err:  # created by someone else while this run was writing
-                raise ValueError(f"{path} appeared while this run was writing it; nothing was overwritten — "
-                                 "choose another file name") from err
+            except OSError as err:
+                if isinstance(err, FileExistsError) and err.filename in (None, path):
+                    # created by someone else while this run was writing (not a file where a folder must go)
+                    raise ValueError(f"{path} appeared while this run was writing it; nothing was overwritten — "
+                                     "choose another file name") from err
+                problem = write_problem(path, err)
+                if problem is None:
+                    raise
+                raise ValueError(problem) from err
             return path
 
         def done(path):
@@ -164,6 +254,7 @@ def run_whole_stack(
             return op(*[_ops.lazy_planes(a) for a in arrays])
 
         def done(lazy):
+            lazy = _ops.guard_blocks(lazy, lazy_error_reporter(name, getattr(lazy, "chunks", ()), inputs))
             widget.add_result(lazy, name=name, scale=scale, translate=translate, metadata=meta, **layer_kwargs)
 
         return panel.start(job, desc=f"building {name}", on_result=done, inputs=inputs)
