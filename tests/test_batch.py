@@ -77,11 +77,20 @@ def test_bench_filter_that_matches_nothing_is_an_error():
 
 
 def _synthesize_reference(data, sharp, blurry, alphas, model):
-    """The local run: ``synthesize_blur`` in this process, no cluster, one stack ``(..., Z, Y, X)`` per leading index."""
+    """The local run: ``synthesize_blur`` in this process, no cluster, one stack ``(..., Z, Y, X)`` per leading index,
+    on one torch thread as the cluster's workers (dask starts them with one OpenMP thread; convolutions summed
+    by another number of threads differ in the last bits)."""
+    import torch
+
     import napari_linblur as nl
 
     a, c = data[..., sharp, :, :], data[..., blurry, :, :]
-    return np.stack([nl.synthesize_blur(a, c, al, model=model, device="cpu") for al in alphas], axis=-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return np.stack([nl.synthesize_blur(a, c, al, model=model, device="cpu") for al in alphas], axis=-3)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_synthesize_on_local_cluster_keeps_channel_names(stack_path, tmp_path, tiny_models):
@@ -140,3 +149,75 @@ def test_batch_cli_names_the_overwrite_option(stack_path, tmp_path, tiny_models,
     assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
     assert sorted(p.read_bytes() for p in out.rglob("*") if p.is_file()) == before
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_outputs_inside_the_input_store_are_refused_even_with_overwrite(stack_path, tmp_path):
+    """An input given as one level of an OME-Zarr (``in.zarr/0``): a sibling (``in.zarr/1``, a pyramid level)
+    or any other path inside the store is the input's, and is never written."""
+    path, _ = stack_path
+    before = sorted((str(p), p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    for out in (path / "1", path / "sig.zarr"):
+        with pytest.raises(ValueError, match="refusing to overwrite its own input"):
+            run_batch(_smooth, path / "0", out, workers=1, overwrite=True)
+    assert sorted((str(p), p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
+
+
+def test_a_relative_input_is_read_from_any_working_folder(stack_path, monkeypatch):
+    """The lazy graph holds absolute paths: a dask worker started in another folder reads the same file."""
+    path, data = stack_path
+    monkeypatch.chdir(path.parent)
+    lazy = open_zstack(path.name, channel="w1")
+    monkeypatch.chdir("/")
+    np.testing.assert_array_equal(lazy.compute(), data[0])
+
+
+def test_synthesize_keeps_position_names_and_translation(tmp_path, tiny_models):
+    from napari_linblur.cli.main import main
+
+    data = np.random.default_rng(2).integers(100, 4000, size=(2, 3, 32, 40), dtype=np.uint16)
+    path = write_ome_zarr(tmp_path / "p.zarr", data, axes="pzyx", scale=(1, 2.0, 0.65, 0.65),
+                          translate=(0.0, 4.0, 10.0, 20.0), attrs={"linblur": {"fields": ["k06_s1", "k06_s2"]}})
+    assert open_zstack_with_metadata(path)[1].extra["fields"] == ["k06_s1", "k06_s2"]
+    out = tmp_path / "syn.zarr"
+    assert main(["synthesize", str(path), str(out), "--sharp", "0", "--blurry", "2", "--model", tiny_models["ae"],
+                 "--device", "cpu", "--workers", "1"]) == 0
+    meta = open_zstack_with_metadata(out)[1]
+    assert meta.translate == (0.0, 0.0, 10.0, 20.0) and meta.extra["fields"] == ["k06_s1", "k06_s2"]
+
+
+def test_a_failing_plane_is_named_and_sigterm_removes_the_partial_output(tmp_path):
+    """On a plate, an error says which plane; SIGTERM (a scheduler's time limit) unwinds like Ctrl-C: exit 143 and
+    no half-written temporary folder left beside the output."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from napari_linblur.inference.validate import check_finite_plane
+
+    def double(plane):
+        check_finite_plane(plane, "img")
+        return plane * 2
+
+    stack = np.ones((3, 32, 32), np.float32)
+    stack[2, 5, 5] = np.nan
+    import dask.array as da
+
+    for x in (stack, da.from_array(stack, chunks=(1, 32, 32))):
+        with pytest.raises(ValueError, match=r"plane \(2,\) of the stack: img contains NaN"):
+            np.asarray(map_planes(double, x))
+
+    big = write_ome_zarr(tmp_path / "big.zarr", np.random.default_rng(0).random((64, 256, 256), np.float32),
+                         axes="zyx")
+    out = tmp_path / "out.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "napari_linblur.cli.main", "defocus-map", str(big), str(out),
+                             "--workers", "1", "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(".tmp-" in p.name for p in tmp_path.iterdir()):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "interrupted by SIGTERM" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zarr"]

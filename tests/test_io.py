@@ -170,6 +170,18 @@ def test_truncated_tiff_names_file(tmp_path):
         open_zstack(tiny)
 
 
+def test_a_bbbc006_channel_number_is_not_taken_for_an_index(tmp_path):
+    """With channels w1, w2 the index 1 would be w2 while the user may mean w1: refused, asking for the name;
+    the names and the unambiguous index 0 work."""
+    x = np.arange(2 * 3 * 8 * 8, dtype=np.uint16).reshape(2, 3, 8, 8)
+    p = write_ome_zarr(tmp_path / "w.zarr", x, axes="czyx", channel_names=["w1", "w2"])
+    with pytest.raises(ValueError, match=r"channel=1 is ambiguous.*'w2'.*'w1' is numbered 1.*name"):
+        open_zstack(p, channel=1)
+    np.testing.assert_array_equal(open_zstack(p, channel="w2").compute(), x[1])
+    np.testing.assert_array_equal(open_zstack(p, channel="1").compute(), x[0])
+    np.testing.assert_array_equal(open_zstack(p, channel=0).compute(), x[0])
+
+
 def test_missing_and_unknown(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         open_zstack(tmp_path / "nope.zarr")

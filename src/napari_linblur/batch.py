@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,7 +59,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     if scheduler:
         try:
             client = Client(scheduler, timeout="15s")
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, ValueError) as err:  # ValueError: not an address ("missing port number")
             raise OSError(f"--scheduler {scheduler}: cannot connect to a dask scheduler there ({err}); start one "
                           "with `dask scheduler` (and workers), or use --workers N for a local cluster") from err
         with client:
@@ -68,7 +69,10 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         raise ValueError(f"workers must be >= 1, got {workers}")
     n = workers or max(1, min(4, os.cpu_count() or 1))
     with (
-        LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        # silence_logs: a failing task is reported once, as the command's error, not also as the workers' logged
+        # tracebacks (and an interrupted run does not log every cancelled task)
+        LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                     silence_logs=logging.CRITICAL) as cluster,
         Client(cluster) as client,
     ):
         yield client
@@ -128,6 +132,7 @@ def run_batch(
                 "linblur": {
                     "source": str(Path(input_path)),
                     "channel": meta.channel_names[0] if meta.channel_names and "c" not in meta.axes else None,
+                    **({"fields": list(meta.extra["fields"])} if meta.extra.get("fields") else {}),
                     **(attrs or {}),
                 }
             },

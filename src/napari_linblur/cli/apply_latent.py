@@ -52,10 +52,12 @@ def run_synthesize(args: argparse.Namespace) -> int:
     out = da.stack(planes, axis=-3)
     axes = meta.axes if meta.axes.endswith("zyx") and len(meta.axes) == out.ndim else None
     # the input's calibration on every axis but Z, whose planes are the synthesized α values (in the attributes)
-    scale = units = None
+    scale = units = translate = None
     if axes is not None:
         scale = [1.0 if a == "z" else float(s) for a, s in zip(axes, meta.scale)]
         units = [None if a == "z" else u for a, u in zip(axes, meta.units)]
+        if meta.translate is not None:  # placed where the input is (as deblur and defocus-map outputs are)
+            translate = [0.0 if a == "z" else float(t) for a, t in zip(axes, meta.translate)]
     # a kept channel axis keeps its names (as ``linblur deblur``); one chosen channel is recorded in the attributes
     channel_names = meta.channel_names if axes is not None and "c" in axes else None
     with dask_client(args.scheduler, args.workers):
@@ -64,13 +66,15 @@ def run_synthesize(args: argparse.Namespace) -> int:
             out,
             axes=axes,
             scale=scale,
+            translate=translate,
             units=units if units is not None else "micrometer",
             channel_names=channel_names,
             attrs={"linblur": {"operation": "synthesize_blur", "alphas": alphas, "sharp_plane": args.sharp,
                                "blurry_plane": args.blurry, "model": args.model or "ae-default",
                                "source": str(args.input),
                                "channel": meta.channel_names[0] if meta.channel_names and "c" not in meta.axes
-                               else None}},
+                               else None,
+                               **({"fields": list(meta.extra["fields"])} if meta.extra.get("fields") else {})}},
             overwrite=args.overwrite,
             source_paths=[args.input],
         )

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -223,15 +224,33 @@ def map_planes(func: Callable[..., np.ndarray], *arrays, dtype=np.float32):
         chunks.update({lead: -1, lead + 1: -1})
         darrs = [da.asarray(a).rechunk(chunks) for a in arrays]
 
-        def _block(*blocks):
+        def _block(*blocks, block_info=None):
             planes = [b.reshape(b.shape[-2:]) for b in blocks]
-            return np.asarray(func(*planes), dtype=dtype).reshape(blocks[0].shape)
+            where = tuple(block_info[0]["chunk-location"][:lead]) if block_info and lead else ()
+            with _naming_the_plane(where):
+                return np.asarray(func(*planes), dtype=dtype).reshape(blocks[0].shape)
 
         return da.map_blocks(_block, *darrs, dtype=dtype, meta=np.empty((0,) * len(shape), dtype))
     out = np.empty(shape, dtype)
     for idx in np.ndindex(*shape[:-2]):
-        out[idx] = func(*[np.asarray(a[idx]) for a in arrays])
+        with _naming_the_plane(idx):
+            out[idx] = func(*[np.asarray(a[idx]) for a in arrays])
     return out
+
+
+@contextlib.contextmanager
+def _naming_the_plane(index: tuple[int, ...]):
+    """A ValueError or TypeError about one plane of a stack says which plane (in a plate of thousands)."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        if not index or str(err).startswith("plane "):
+            raise
+        try:
+            named = type(err)(f"plane {tuple(int(i) for i in index)} of the stack: {err}")
+        except Exception:  # noqa: BLE001 - an exception type with other arguments: keep it as it is
+            raise err from None
+        raise named from err
 
 
 def iter_planes(shape: Sequence[int]):

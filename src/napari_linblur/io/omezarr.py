@@ -98,9 +98,20 @@ def _check_axes(axes: str, ndim: int) -> str:
     return axes
 
 
+def _zarr_root(path: Path) -> Path:
+    """The outermost zarr store around ``path`` (``in.ome.zarr`` for its level array ``in.ome.zarr/0``): writing
+    anywhere inside it would change the input."""
+    root = path
+    for parent in path.parents:
+        if not any((parent / m).is_file() for m in ("zarr.json", ".zgroup", ".zarray", ".zattrs")):
+            break
+        root = parent
+    return root
+
+
 def _conflicts(target: Path, sources: Sequence[str | os.PathLike]) -> Path | None:
     for s in sources:
-        sp = Path(os.fspath(s)).resolve()
+        sp = _zarr_root(Path(os.fspath(s)).resolve())
         if target == sp or target in sp.parents or sp in target.parents:
             return sp
     return None

@@ -133,9 +133,10 @@ def open_zstack_with_metadata(
     >>> arr.shape, meta.axes, arr.dtype
     ((4, 32, 48), 'zyx', dtype('uint16'))
     """
-    p = Path(os.fspath(path))
+    # absolute, so that the lazy graph reads the same file from a dask worker started in another folder
+    p = Path(os.path.abspath(os.fspath(path)))
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder")
+        raise FileNotFoundError(f"{os.fspath(path)}: no such file or folder")
     if p.is_file() and p.name in ("zarr.json", ".zattrs", ".zgroup", ".zarray"):
         p = p.parent
     if p.is_dir():
@@ -209,6 +210,31 @@ def _canonicalize(arr: da.Array, meta: ZStackMeta) -> tuple[da.Array, ZStackMeta
     return arr, replace(meta, axes=axes, scale=scale, units=units, translate=translate, extra=extra)
 
 
+def _channel_index(channel: int | str, names: list[str] | None, n: int, source: Any) -> int:
+    """Index of ``channel`` among ``n`` channels named ``names``: an int is an index (a negative one counts from
+    the end), a str a name, case-insensitive, or a BBBC006 channel number (``'1'`` is ``w1``). An int that is
+    also the number of another BBBC006-style channel (``1`` would be ``w2``) is refused as ambiguous."""
+    lowered = [str(c).lower() for c in (names or [])]
+    if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+        if not -n <= int(channel) < n:
+            raise ValueError(f"channel={channel!r}: {source} has {n} channels"
+                             + (f" {list(names)}" if names else "") + f" (indices 0..{n - 1})")
+        idx = int(channel) % n
+        numbered = f"w{int(channel)}"
+        if numbered in lowered and lowered[idx] != numbered:
+            raise ValueError(f"channel={channel!r} is ambiguous: channels are {list(names)}; index {idx} is "
+                             f"{names[idx]!r}, while {names[lowered.index(numbered)]!r} is numbered {channel}: "
+                             "pass the channel's name instead")
+        return idx
+    if isinstance(channel, str):
+        for name in (channel.lower(), f"w{channel}".lower()):
+            if name in lowered:
+                return lowered.index(name)
+        raise ValueError(f"channel={channel!r}: no such channel in {source}; channels are "
+                         f"{list(names) if names else list(range(n))} (a name or an index)")
+    raise TypeError(f"channel must be an int index, a channel name or None, got {type(channel).__name__}")
+
+
 def _select_channel(
     arr: da.Array, meta: ZStackMeta, channel: int | str | None
 ) -> tuple[da.Array, ZStackMeta]:
@@ -227,25 +253,7 @@ def _select_channel(
             + (f" (its only channel is {single!r})" if single else "")
         )
     ax = meta.axes.index("c")
-    n = arr.shape[ax]
-    if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
-        idx = int(channel)
-        if not -n <= idx < n:
-            raise ValueError(f"channel={channel!r}: {meta.source} has {n} channels (indices 0..{n - 1})")
-        idx %= n
-    elif isinstance(channel, str):
-        lowered = [str(c).lower() for c in (names or [])]
-        if channel.lower() in lowered:
-            idx = lowered.index(channel.lower())
-        elif channel.isdigit() and f"w{channel}" in lowered:
-            idx = lowered.index(f"w{channel}")
-        else:
-            raise ValueError(
-                f"channel={channel!r}: no such channel in {meta.source}; channels are "
-                f"{names if names else list(range(n))} (a name or an index)"
-            )
-    else:
-        raise TypeError(f"channel must be an int index, a channel name or None, got {type(channel).__name__}")
+    idx = _channel_index(channel, meta.channel_names, arr.shape[ax], meta.source)
     arr = arr[(slice(None),) * ax + (idx,)]
     keep = [i for i in range(len(meta.axes)) if i != ax]
     meta = replace(
@@ -388,6 +396,10 @@ def _open_ngff_checked(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStac
         "level": level["path"],
         "levels": [d["path"] for d in datasets],
     }
+    fields = own.get("fields") if isinstance(own, dict) else None
+    if isinstance(fields, list) and all(isinstance(f, str) for f in fields) and \
+            len(fields) == (arr.shape[axes.index("p")] if "p" in axes else 1):
+        extra["fields"] = fields  # the positions (wells and sites) of the stacks this output was computed from
     meta = ZStackMeta(axes, tuple(float(s) for s in scale), units, names_c, p, extra,
                       translate=tuple(float(t) for t in shift) if np.any(shift) else None)
     return _canonicalize(arr, meta)
@@ -632,19 +644,7 @@ def _open_bbbc006_folder(
     shape, dtype, _, _ = _tiff_header(first)
     if len(shape) != 2:
         raise ValueError(f"{first}: expected 2-D BBBC006 planes, got shape {shape}")
-    sel = channels
-    if channel is not None:
-        if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
-            if not -len(channels) <= int(channel) < len(channels):
-                raise ValueError(f"channel={channel!r}: {folder} has channels {channels} (indices 0..{len(channels) - 1})")
-            sel = [channels[int(channel)]]
-        elif isinstance(channel, str):
-            name = channel.lower() if channel.lower().startswith("w") else f"w{channel}"
-            if name not in channels:
-                raise ValueError(f"channel={channel!r}: no such channel in {folder}; channels are {channels}")
-            sel = [name]
-        else:
-            raise TypeError(f"channel must be an int index, a channel name or None, got {type(channel).__name__}")
+    sel = channels if channel is None else [channels[_channel_index(channel, channels, len(channels), folder)]]
 
     def plane(f: str, c: str, z: int) -> da.Array:
         q = index[(f, c, z)].path
