@@ -221,3 +221,13 @@ def test_a_failing_plane_is_named_and_sigterm_removes_the_partial_output(tmp_pat
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "interrupted by SIGTERM" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zarr"]
+
+
+def test_an_axis_of_unknown_meaning_is_kept_in_the_output(tmp_path):
+    """A custom NGFF axis reads as '?'; the result of a batch run on it is written with that axis, not refused."""
+    data = np.random.default_rng(3).integers(0, 1000, size=(2, 3, 16, 16), dtype=np.uint16)
+    path = write_ome_zarr(tmp_path / "custom.zarr", data, axes="azyx")
+    assert open_zstack_with_metadata(path)[1].axes == "?zyx"
+    out = run_batch(_smooth, path, tmp_path / "out.zarr", workers=1)
+    result, meta = open_zstack_with_metadata(out)
+    assert meta.axes == "?zyx" and result.shape == data.shape

@@ -33,9 +33,10 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--scheduler", default=None, help="address of a running dask scheduler (tcp://host:8786)")
     group.add_argument(
-        "--workers", type=int, default=None, help="start a local dask.distributed cluster with N workers"
+        "--workers", type=int, default=None,
+        help="start a local dask.distributed cluster with N workers (default: one per core, at most 4)"
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
 
 
 @contextlib.contextmanager
@@ -112,7 +113,7 @@ def run_batch(
     pathlib.Path
         The written OME-Zarr folder.
     """
-    from napari_linblur.io.omezarr import write_ome_zarr
+    from napari_linblur.io.omezarr import writable_axes, write_ome_zarr
     from napari_linblur.io.readers import open_zstack_with_metadata
 
     arr, meta = open_zstack_with_metadata(input_path, channel=channel)
@@ -123,7 +124,7 @@ def run_batch(
         return write_ome_zarr(
             output_path,
             result,
-            axes=meta.axes,
+            axes=writable_axes(meta.axes),
             scale=meta.scale,
             translate=meta.translate,
             units=meta.units,

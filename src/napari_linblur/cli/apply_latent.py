@@ -18,6 +18,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import re
 
 from ._groups import DefaultsHelpFormatter
 
@@ -27,7 +28,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
 
     from napari_linblur.batch import dask_client
     from napari_linblur.inference.latent_ops import alpha_from_positions, synthesize_blur
-    from napari_linblur.io.omezarr import write_ome_zarr
+    from napari_linblur.io.omezarr import writable_axes, write_ome_zarr
     from napari_linblur.io.readers import open_zstack_with_metadata
 
     channel = args.channel
@@ -50,7 +51,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
     c = stack[..., args.blurry, :, :]
     planes = [synthesize_blur(a, c, al, model=args.model, device=args.device) for al in alphas]
     out = da.stack(planes, axis=-3)
-    axes = meta.axes if meta.axes.endswith("zyx") and len(meta.axes) == out.ndim else None
+    axes = writable_axes(meta.axes) if meta.axes.endswith("zyx") and len(meta.axes) == out.ndim else None
     # the input's calibration on every axis but Z, whose planes are the synthesized α values (in the attributes)
     scale = units = translate = None
     if axes is not None:
@@ -89,7 +90,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "synthesize",
         help="synthesize defocus between two planes by latent interpolation -> OME-Zarr",
-        description=__doc__.split("\n\n")[1],
+        # the module docstring's paragraph, without its reST roles (``:func:`~a.b.name``` -> ``name``)
+        description=re.sub(r":\w+:`~?(?:[\w.]+\.)?(\w+)`", r"\1", __doc__.split("\n\n")[1]).replace("``", ""),
         formatter_class=DefaultsHelpFormatter,
     )
     add_batch_options(p)  # input, --channel, --scheduler | --workers, --device: as every batch command

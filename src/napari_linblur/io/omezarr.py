@@ -98,6 +98,19 @@ def _check_axes(axes: str, ndim: int) -> str:
     return axes
 
 
+def writable_axes(axes: str) -> str:
+    """``axes`` as read (``?`` for an axis of unknown meaning, e.g. a custom NGFF axis) with every ``?`` given a
+    letter of its own, so that the result of a computation on such an image can be written.
+
+    Examples
+    --------
+    >>> writable_axes("??zyx")
+    'abzyx'
+    """
+    free = iter(a for a in "abdefghijklmnoqrsuvw" if a not in axes)
+    return "".join(next(free) if a == "?" else a for a in axes)
+
+
 def _zarr_root(path: Path) -> Path:
     """The outermost zarr store around ``path`` (``in.ome.zarr`` for its level array ``in.ome.zarr/0``): writing
     anywhere inside it would change the input."""
