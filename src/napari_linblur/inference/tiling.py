@@ -244,10 +244,10 @@ def _naming_the_plane(index: tuple[int, ...]):
     try:
         yield
     except (ValueError, TypeError) as err:
-        if not index or str(err).startswith("plane "):
+        if not index or str(err).endswith("of the stack)"):
             raise
-        try:
-            named = type(err)(f"plane {tuple(int(i) for i in index)} of the stack: {err}")
+        try:  # at the end: messages start with the argument's name, which the plugin replaces by the layer's
+            named = type(err)(f"{err} (at plane {tuple(int(i) for i in index)} of the stack)")
         except Exception:  # noqa: BLE001 - an exception type with other arguments: keep it as it is
             raise err from None
         raise named from err
