@@ -237,6 +237,9 @@ def test_train_cli_errors(tmp_path, tiny_data):
     assert main(["train", "ae", "--data", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "r")]) == 2
     assert main(["train", "ae", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--channel", "w9"]) == 2
     assert main(["train", "ae", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--model-config", "[1]"]) == 2
+    # a misspelled key is refused, not recorded beside the default it meant to change
+    assert main(["train", "ae", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--model-config",
+                 '{"latent_channel": 4}']) == 2
     assert not Path(tmp_path / "r" / "model.safetensors").exists()
 
 

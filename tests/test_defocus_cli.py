@@ -151,6 +151,18 @@ def test_ctrl_c_during_cli_training_keeps_the_step_reached(tmp_path, capsys):
         assert registry.load_model(out / "model.safetensors", device="cpu").card["training"]["steps"] == step
 
 
+def test_config_with_init_and_report_folders_are_checked_up_front(tmp_path, tiny_model, capsys):
+    """--config cannot contradict the --init model's architecture (the card would say 'paper' over a small net);
+    an evaluation's --out that is a file is refused before the evaluation runs."""
+    out = tmp_path / "run"
+    assert main(["train", "defocus", "--init", str(tiny_model), "--config", "paper", "--out", str(out),
+                 "--steps", "1"]) == 2
+    assert "cannot be combined with --init" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "afile").write_text("")
+    assert main(["evaluate", "defocus", "--out", str(tmp_path / "afile"), "--n-images", "1"]) == 2
+    assert "a file is in the way" in capsys.readouterr().err
+
+
 def test_train_cli_and_resume(tmp_path):
     out = tmp_path / "run"
     args = ["train", "defocus", "--content", "shuffle", "--out", str(out), "--steps", "3", "--width", "4",

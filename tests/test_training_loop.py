@@ -137,6 +137,43 @@ def test_ctrl_c_or_sigterm_saves_the_step_reached_and_resume_is_exact(tmp_path, 
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
+class CrashingTask(ToyTask):
+    """Dies at step ``at`` the way an out-of-memory kill or a crash would (no cleanup, no checkpoint)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def batch(self, step, *, rank=0, world=1):
+        if step == self.at:
+            raise MemoryError("killed")
+        return super().batch(step, rank=rank, world=world)
+
+
+def test_a_run_dead_before_its_first_checkpoint_can_be_resumed(tmp_path):
+    """The folder of a run that died before its first periodic checkpoint is not a dead end ('already holds a
+    run', yet 'no checkpoint'): it holds the step-0 checkpoint, and --resume gives the uninterrupted result."""
+    full = train(ToyTask(), _cfg(tmp_path / "full"))
+    with pytest.raises(MemoryError):
+        train(CrashingTask(at=7), _cfg(tmp_path / "part"))  # first periodic checkpoint: step 10
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(ToyTask(), _cfg(tmp_path / "part"))
+    resumed = train(ToyTask(), _cfg(tmp_path / "part", resume=True))
+    assert resumed.finished and resumed.steps_done == 30
+    a = registry.load_model(full.model_path, device="cpu").state_dict()
+    b = registry.load_model(resumed.model_path, device="cpu").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("change", "match"), [({"lr": float("nan")}, "lr"), ({"lr": float("inf")}, "lr"),
+                                               ({"seed": -1}, "seed")])
+def test_non_finite_rates_and_negative_seeds_are_refused_before_any_file(tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        train(ToyTask(), _cfg(tmp_path / "bad", **change))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_ema_weights_are_the_average_saved_and_resumed_exactly(tmp_path):
     from safetensors import safe_open
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -17,6 +18,19 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text.lower():
             return text
         return super()._get_help_string(action)
+
+
+def prepare_out_folder(path: str, option: str = "--out") -> Path:
+    """Create a report folder before a long computation, so that a file in its place or a read-only location is
+    an error at once (naming ``option``), not after minutes of evaluation. Reports in it are replaced."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {path}: a file is in the way; give a folder for the reports")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"{option} {path}: cannot create the report folder ({err.strerror or err})") from err
+    return out
 
 
 def register_members(subparsers, members: list[str]) -> None:

@@ -8,8 +8,17 @@ from pathlib import Path
 
 
 def _find_runner() -> Path | None:
-    candidates = [Path.cwd() / "benchmarks" / "run.py", Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"]
-    return next((p for p in candidates if p.exists()), None)
+    """The checkout's ``benchmarks/run.py``: the one beside this package's source (an editable install), else one
+    in the current folder that is napari-linblur's (never another project's ``benchmarks/run.py``)."""
+    own = Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"
+    if own.exists():
+        return own
+    here = Path.cwd() / "benchmarks" / "run.py"
+    try:
+        ours = here.exists() and "napari_linblur" in here.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        ours = False
+    return here if ours else None
 
 
 def register(subparsers) -> None:

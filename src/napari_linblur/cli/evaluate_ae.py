@@ -23,6 +23,9 @@ def _run(args: argparse.Namespace) -> int:
     from napari_linblur.evaluation.ae import evaluate_ae, to_markdown
     from napari_linblur.models.registry import write_json_atomic
 
+    from ._groups import prepare_out_folder
+
+    prepare_out_folder(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     channel = args.channel
@@ -50,7 +53,9 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "evaluate_ae.json", json.loads(json.dumps(res, default=float)))
-    (out / "evaluate_ae.md").write_text(md)
+    from napari_linblur.io.atomic import write_text_atomic
+
+    write_text_atomic(out / "evaluate_ae.md", md)
     print(f"wrote {out / 'evaluate_ae.json'} and {out / 'evaluate_ae.md'}")
     return 0
 

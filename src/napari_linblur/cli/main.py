@@ -71,7 +71,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, OSError, FloatingPointError) as err:
+    except (ValueError, TypeError, OSError, FloatingPointError, OverflowError) as err:
         # OSError: missing files, an unreachable --scheduler ...; FloatingPointError: a diverged training run
         print(f"linblur {args.command}: error: {err}", file=sys.stderr)
         return 2

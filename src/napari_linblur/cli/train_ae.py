@@ -60,6 +60,10 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--model-config must be a JSON object, e.g. '{{\"channels\": [16, 32]}}' ({err})") from err
         if not isinstance(overrides, dict):
             raise ValueError("--model-config must be a JSON object")
+        known = sorted({k for c in CONFIGS.values() for k in c} | {"in_channels"})
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ValueError(f"--model-config: unknown key(s) {unknown}; the autoencoder's options are {known}")
         config = {**CONFIGS[args.config], **overrides}
     task = AETask(
         data,

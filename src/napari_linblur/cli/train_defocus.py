@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     add_train_options(p, steps=2000, lr=2e-3)
     p.add_argument("--content", default="mixed", choices=["mixed", "shuffle", "phantom"],
                    help="all-in-focus content: pixel-shuffled images, sharp cell phantoms, or half and half")
-    p.add_argument("--config", default="default", choices=["default", "paper"], help="network configuration")
+    p.add_argument("--config", default=None, choices=["default", "paper"],
+                   help="network configuration (default: 'default'; with --init, the init model's)")
     p.add_argument("--width", type=int, default=None, help="override the configuration's base width")
     p.add_argument("--init", default=None,
                    help="continue from these weights (a .safetensors path or a shipped name such as "
@@ -90,7 +91,8 @@ def run(args) -> int:
     from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
     from napari_linblur.training.loop import train
 
-    model_cfg = preset_config(args.config)
+    config_name = args.config or "default"
+    model_cfg = preset_config(config_name)
     if args.init:
         from napari_linblur.models.registry import read_card
 
@@ -99,7 +101,12 @@ def run(args) -> int:
         init_card = read_card(args.init)
         if init_card.get("architecture") != "HDMENet":
             raise ValueError(f"--init {args.init!r} is a {init_card.get('architecture')} model, not HDMENet")
+        init_name = init_card.get("config_name")
+        if args.config is not None and args.config != init_name:
+            raise ValueError(f"--config {args.config} cannot be combined with --init {args.init!r}, whose "
+                             f"architecture is its own ({init_name or 'custom'}); leave --config out")
         model_cfg = dict(init_card.get("config") or model_cfg)
+        config_name = init_name or config_name
     if args.width is not None:
         if args.width <= 0:
             raise ValueError(f"--width must be positive, got {args.width}")
@@ -120,9 +127,9 @@ def run(args) -> int:
         raise ValueError("--content-channel, --content-plane and --content-stacks need --content-from PATH")
     multiple = int(model_cfg["stem_stride"]) * 2 ** (int(model_cfg["n_branches"]) - 1)
     if args.crop % multiple:
-        raise ValueError(f"--crop must be a multiple of {multiple} for config {args.config!r}, got {args.crop}")
+        raise ValueError(f"--crop must be a multiple of {multiple} for config {config_name!r}, got {args.crop}")
     cfg = train_config_from_args(args)
-    task = DefocusTask(model_cfg, data, seed=args.seed, config_name=args.config,
+    task = DefocusTask(model_cfg, data, seed=args.seed, config_name=config_name,
                        log=None if args.no_progress else print, init=args.init, bn_batches=args.bn_batches)
     res = train(task, cfg)
     state = "finished" if res.finished else "stopped early (resume with --resume)"

@@ -163,9 +163,10 @@ def load_fields(
     -------
     AEDataset
     """
-    p = Path(os.fspath(path))
-    if not p.exists():
-        raise FileNotFoundError(f"--data {p}: no such file or folder")
+    if not Path(os.fspath(path)).exists():
+        raise FileNotFoundError(f"--data {os.fspath(path)}: no such file or folder")
+    # absolute: the card records it, and --resume from another folder or spelling is the same dataset
+    p = Path(os.path.abspath(os.fspath(path)))
     root = p / "zarr.json"
     attrs = {}
     if root.exists():
@@ -252,9 +253,10 @@ def _load_zstack(p: Path, channel, planes: str, fields) -> AEDataset:
 
 def count_fields(path: str | os.PathLike) -> int:
     """Number of fields of a dataset without loading planes."""
-    p = Path(os.fspath(path))
-    if not p.exists():
-        raise FileNotFoundError(f"--data {p}: no such file or folder")
+    if not Path(os.fspath(path)).exists():
+        raise FileNotFoundError(f"--data {os.fspath(path)}: no such file or folder")
+    # absolute: the card records it, and --resume from another folder or spelling is the same dataset
+    p = Path(os.path.abspath(os.fspath(path)))
     root = p / "zarr.json"
     if root.exists():
         try:

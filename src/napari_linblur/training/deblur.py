@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -484,7 +485,9 @@ class DeblurTask:
         self.init, self.feature_weight = init, float(feature_weight)
         self.renderer = _Renderer(self.data, self.seed)
         self.real = RealStackPairs(real_data) if real_data else None
-        self.real_data, self.real_fraction = real_data, float(real_fraction)
+        # absolute: the card records it, and --resume from another folder or spelling is the same data
+        self.real_data = os.path.abspath(os.fspath(real_data)) if real_data else None
+        self.real_fraction = float(real_fraction)
         self._encoder = None
         self._ae_name = None
         if self.feature_weight > 0:

@@ -95,8 +95,10 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"steps must be positive, got {self.steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed (--seed) must be an integer >= 0, got {self.seed!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr (--lr) must be a positive finite number, got {self.lr}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         for name in ("ckpt_every", "val_every", "log_every"):
@@ -512,6 +514,8 @@ def train(
     if rank == 0:
         write_json_atomic(out / "train_config.json", {"task": task.name, **asdict(cfg), "card": recipe,
                                                       **({"sessions": sessions} if len(sessions) > 1 else {})})
+        if not cfg.resume:  # a run killed before its first periodic checkpoint can still be resumed (from step 0)
+            _save_checkpoint(ckpt, model, optimizer, 0, 0.0, cfg, ema_model, ({}, 0), recipe, sessions)
 
     bar = None
     if cfg.progress and rank == 0:
@@ -539,7 +543,8 @@ def train(
             with autocast_context(device, cfg.amp):
                 loss, parts = task.loss(net, _to_device(batch, device, cfg.channels_last))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or disable --amp")
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or disable --amp, in a "
+                                     "new --out (a --resume keeps this run's options)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
