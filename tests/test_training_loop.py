@@ -164,6 +164,9 @@ def test_a_run_dead_before_its_first_checkpoint_can_be_resumed(tmp_path):
     b = registry.load_model(resumed.model_path, device="cpu").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    # a run cannot be "resumed" to fewer steps than it has done (its card would say finished at 30 of 20)
+    with pytest.raises(ValueError, match="at step 30 already.*--steps >= 30"):
+        train(ToyTask(), _cfg(tmp_path / "part", resume=True, steps=20))
 
 
 @pytest.mark.parametrize(("change", "match"), [({"lr": float("nan")}, "lr"), ({"lr": float("inf")}, "lr"),

@@ -39,6 +39,7 @@ Examples
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -421,8 +422,8 @@ class AETask:
             raise ValueError(f"direct_scale={direct_scale!r}; use 'relative' or 'absolute'")
         self.direct_scale = direct_scale
         self.extrap_weight = float(extrap_weight)
-        if self.extrap_weight < 0:
-            raise ValueError(f"extrap_weight must be >= 0, got {extrap_weight}")
+        if not (math.isfinite(self.extrap_weight) and self.extrap_weight >= 0):
+            raise ValueError(f"extrap_weight (--extrap-weight) must be a finite number >= 0, got {extrap_weight}")
         self.focus_fraction = float(focus_fraction)
         if not 0.0 <= self.focus_fraction <= 1.0:
             raise ValueError(f"focus_fraction must be in [0, 1], got {focus_fraction}")

@@ -475,8 +475,8 @@ class DeblurTask:
             if config not in CONFIGS:
                 raise ValueError(f"config must be one of {sorted(CONFIGS)} or a dict, got {config!r}")
             config = dict(CONFIGS[config])
-        if feature_weight < 0:
-            raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
+        if not (math.isfinite(feature_weight) and feature_weight >= 0):
+            raise ValueError(f"feature_weight (--feature-weight) must be a finite number >= 0, got {feature_weight}")
         if not 0.0 <= replay <= 1.0:
             raise ValueError(f"replay must be in [0, 1], got {replay}")
         self.replay = float(replay)

@@ -504,6 +504,9 @@ def train(
         start, elapsed0, running, n_running, earlier = _load_checkpoint(
             ckpt, model, optimizer, ema_model, cfg, recipe, tuple(getattr(task, "resume_ignore", ())))
         sessions = earlier + sessions
+        if start > cfg.steps:
+            raise ValueError(f"--resume: {out} is at step {start} already; --steps {cfg.steps} would end it before "
+                             f"that (give --steps >= {start} to continue it)")
         if rank == 0:
             _truncate_logs(out, start)
     net = model
