@@ -49,3 +49,9 @@ def tiny_models(tmp_path_factory):
         model = build_model(card)
         out[task] = str(save_model(model, root / f"{task}-tiny.safetensors", card))
     return out
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, isolated_plugin_settings):
+    """A real napari viewer (under Xvfb) with this test's own plugin settings."""
+    return make_napari_viewer()

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 import napari_linblur as nl
+from napari_helpers import TILE, add, notes, wait_run
 from napari_linblur._napari import _ops
 from napari_linblur._napari._sample_data import synthetic_stack_data
 
-PLUGIN = "napari-linblur"
-TILE = 256  # the default plugin setting the widgets pass on
 UNITS = ("s", "um", "um", "um")
 
 
@@ -22,24 +21,12 @@ def stack():
     return synthetic_stack_data((48, 64), seed=5)[0][0, :4].astype(np.float32)
 
 
-@pytest.fixture
-def viewer(make_napari_viewer, isolated_plugin_settings):
-    return make_napari_viewer()
 
 
-def add(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
 
 
-def wait_run(qtbot, w, timeout=60000):
-    qtbot.waitUntil(lambda: not w.panel.running, timeout=timeout)
 
 
-def notes() -> list[str]:
-    from napari.utils.notifications import notification_manager
-
-    return [str(r.message) for r in notification_manager.records]
 
 
 def shown(layer) -> np.ndarray:
@@ -80,7 +67,7 @@ def test_pair_output_of_a_time_stack_follows_the_time_slider(viewer, qtbot, tiny
         w.a_plane.setValue(3)
         w.c_plane.setValue(0)
     w.output.set_mode(mode, str(tmp_path / "out.ome.zarr") if mode == "zarr" else None)
-    n = len(viewer.layers)
+    n, noted = len(viewer.layers), len(notes())  # notifications are global: count this test's own
     assert w.run_whole_stack()
     wait_run(qtbot, w)
     assert len(viewer.layers) == n + 1, w.panel.status.text()
@@ -92,7 +79,7 @@ def test_pair_output_of_a_time_stack_follows_the_time_slider(viewer, qtbot, tiny
     assert tuple(out.translate) == (0.0, 16.0, 5.0, 7.0)
     assert tuple(str(u) for u in out.units) == tuple(str(u) for u in layer.units)
     assert viewer.layers.extent.units is not None  # napari still renders units
-    assert not [m for m in notes() if "Inconsistent units" in m]
+    assert not [m for m in notes()[noted:] if "Inconsistent units" in m]
     assert tuple(viewer.dims.range) == ranges  # the output adds no slider positions
     if widget == "Blur synthesis" and mode == "layer":
         np.testing.assert_allclose(data[1, 0], nl.synthesize_blur(t_stack[1, 3], t_stack[1, 0], w.alpha.value(),

@@ -8,36 +8,8 @@ import threading
 import numpy as np
 import pytest
 
+from napari_helpers import last_error, small_training
 from napari_linblur._napari._sample_data import synthetic_stack_data
-
-PLUGIN = "napari-linblur"
-
-
-@pytest.fixture
-def viewer(make_napari_viewer, isolated_plugin_settings):
-    return make_napari_viewer()
-
-
-def add(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
-
-
-def last_error() -> str:
-    from napari.utils.notifications import notification_manager
-
-    return notification_manager.records[-1].message if notification_manager.records else ""
-
-
-def _small_training(viewer, tmp_path, *, steps, kind="deblur", preset="tiny"):
-    w = add(viewer, "Train")
-    w.set_choice(w.kind, kind)
-    w.set_choice(w.preset, preset)
-    w.steps.setValue(steps)
-    w.batch.setValue(2)
-    w.patch.setValue(32)
-    w.out.setText(str(tmp_path / "run"))
-    return w
 
 
 def _read_dataset(path):
@@ -79,7 +51,7 @@ def test_train_uses_the_layer_and_options_taken_at_start(viewer, qtbot, tmp_path
     a = synthetic_stack_data((48, 64), seed=1)[0][0]
     viewer.add_image(a, name="A-checked", scale=(2.0, 0.5, 0.5))
     viewer.add_image(np.full((9, 48, 64), 7, np.uint16), name="B-constant")
-    w = _small_training(viewer, tmp_path, steps=2)
+    w = small_training(viewer, tmp_path, steps=2)
     w.set_choice(w.source, "layer")
     w.layer.set_layer(viewer.layers["A-checked"])
 
@@ -135,7 +107,7 @@ def test_train_autoencoder_on_a_single_z_stack_layer(viewer, qtbot, tmp_path):
     stack = synthetic_stack_data((64, 64), seed=5)[0][0]  # (9, 64, 64), one z-stack
     viewer.add_image(stack, name="zstack")
     viewer.add_image(stack[:, :48, :], name="small zstack")
-    w = _small_training(viewer, tmp_path, steps=2, kind="ae", preset="default")
+    w = small_training(viewer, tmp_path, steps=2, kind="ae", preset="default")
     w.set_choice(w.source, "layer")
 
     w.layer.set_layer(viewer.layers["small zstack"])  # 48 x 64 px planes: at most 1 x 2 tiles of 32 px

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 
 import napari_linblur as nl
+from napari_helpers import PLUGIN, TILE, add, last_error, settle, small_training, wait_run
 from napari_linblur._napari import _ops
 from napari_linblur._napari._sample_data import synthetic_stack_data
-
-PLUGIN = "napari-linblur"
-TILE = 256  # the default plugin setting the widgets pass on
 
 
 @pytest.fixture(scope="module")
@@ -23,30 +21,14 @@ def synth():
     return synthetic_stack_data((48, 64), seed=5)[0]
 
 
-@pytest.fixture
-def viewer(make_napari_viewer, isolated_plugin_settings):
-    return make_napari_viewer()
 
 
-def add(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
 
 
-def settle(qtbot, w, timeout=15000):
-    """Wait until the widget's newest preview request was computed and shown (or failed)."""
-    qtbot.waitUntil(lambda: w.preview.generation > 0 and not w.preview.busy
-                    and w.preview.applied_generation == w.preview.generation, timeout=timeout)
 
 
-def wait_run(qtbot, w, timeout=30000):
-    qtbot.waitUntil(lambda: not w.panel.running, timeout=timeout)
 
 
-def last_error() -> str:
-    from napari.utils.notifications import notification_manager
-
-    return notification_manager.records[-1].message if notification_manager.records else ""
 
 
 def test_every_widget_opens_through_the_manifest(viewer, qtbot):
@@ -388,20 +370,10 @@ def test_whole_stack_run_keeps_gui_alive_and_cancel_leaves_nothing(viewer, qtbot
     timer.stop()
 
 
-def _small_training(viewer, tmp_path, *, steps, kind="deblur", preset="tiny"):
-    """The Train widget set up for a small run (batch 2, 32-px patches) of ``steps`` steps into tmp_path/run."""
-    w = add(viewer, "Train")
-    w.set_choice(w.kind, kind)
-    w.set_choice(w.preset, preset)
-    w.steps.setValue(steps)
-    w.batch.setValue(2)
-    w.patch.setValue(32)
-    w.out.setText(str(tmp_path / "run"))
-    return w
 
 
 def test_train_widget_trains_and_shares_the_model(viewer, qtbot, tmp_path):
-    w = _small_training(viewer, tmp_path, steps=6)
+    w = small_training(viewer, tmp_path, steps=6)
     deb = add(viewer, "Deblur")
     w.set_choice(w.source, "synthetic")
     assert w.start()
@@ -532,7 +504,7 @@ def _train_on_layer(w, viewer, qtbot, name, timeout=60000):
 
 def test_train_widget_from_an_image_layer(viewer, qtbot, tmp_path, synth):
     viewer.add_image(synth[0], name="stack")
-    w = _small_training(viewer, tmp_path, steps=4)
+    w = small_training(viewer, tmp_path, steps=4)
     _train_on_layer(w, viewer, qtbot, "stack")
     from napari_linblur.models.registry import read_card
 
@@ -735,7 +707,7 @@ def test_single_image_deblur_with_the_shipped_network(viewer, qtbot):
 
 
 def test_train_widget_cancel_keeps_checkpoint_and_adds_no_model(viewer, qtbot, tmp_path):
-    w = _small_training(viewer, tmp_path, steps=500)
+    w = small_training(viewer, tmp_path, steps=500)
     before = _ops.USER_MODELS.get("deblur")
     assert w.start()
     qtbot.waitUntil(lambda: len(w.plot.steps) >= 1, timeout=60000)
@@ -751,7 +723,7 @@ def test_train_widget_defocus_uses_the_shipped_recipe_and_fine_tunes(viewer, qtb
     from napari_linblur.models.registry import read_card
     from napari_linblur.training.defocus import card_recipe
 
-    w = _small_training(viewer, tmp_path, steps=2, kind="defocus", preset="default")
+    w = small_training(viewer, tmp_path, steps=2, kind="defocus", preset="default")
     assert w.init.currentData() == "" and not w.preset.isHidden()  # new weights by default, size offered
     assert w.start()
     qtbot.waitUntil(lambda: not w.panel.running, timeout=120000)
@@ -791,7 +763,7 @@ def test_train_widget_defocus_learns_from_an_image_layer(viewer, qtbot, tmp_path
 
     stack = synth[0]  # (Z=9, Y, X), in focus at the last plane
     viewer.add_image(stack, name="mine")
-    w = _small_training(viewer, tmp_path, steps=1, kind="defocus", preset="default")
+    w = small_training(viewer, tmp_path, steps=1, kind="defocus", preset="default")
     _train_on_layer(w, viewer, qtbot, "mine", timeout=120000)
     card = read_card(w.model_path)
     assert card["data"]["recipe"]["content_from"] == str(tmp_path / "run" / "data.ome.zarr")
@@ -882,7 +854,7 @@ def test_no_input_is_waiting_not_an_error_and_removal_stops_runs(viewer, qtbot, 
     assert len(viewer.layers) == 0 and len(notification_manager.records) == before
 
     # removing a dock cancels its running job: nothing is added afterwards, the run stops early
-    w = _small_training(viewer, tmp_path, steps=100000)
+    w = small_training(viewer, tmp_path, steps=100000)
     w.set_choice(w.source, "synthetic")
     assert w.start()
     qtbot.waitUntil(lambda: len(w.plot.steps) >= 1, timeout=60000)
@@ -1090,7 +1062,7 @@ def test_repeated_preview_errors_name_the_layer_and_pop_up_once(viewer, qtbot, t
 def test_train_widget_refuses_untrainable_layers_and_run_folders(viewer, qtbot, tmp_path, synth):
     viewer.add_image(np.zeros((9, 48, 64), np.float32), name="zeros")
     viewer.add_image(synth[0][:, :16, :16], name="tiny planes")
-    w = _small_training(viewer, tmp_path, steps=2)  # 32-px patches
+    w = small_training(viewer, tmp_path, steps=2)  # 32-px patches
     w.set_choice(w.source, "layer")
     w.layer.set_layer(viewer.layers["zeros"])
     assert not w.start() and not w.panel.running

@@ -97,17 +97,25 @@ def test_resume_after_stop_is_exact(tmp_path):
     assert steps == sorted(set(steps))
 
 
-class SignalledTask(ToyTask):
-    """Receives ``signum`` from outside (as from Ctrl-C or a cluster's SIGTERM) while computing step ``at``."""
+class StepHookTask(ToyTask):
+    """Calls ``hook()`` while drawing the batch of step ``at``: a signal from outside (Ctrl-C, a cluster's
+    SIGTERM) or a crash (an out-of-memory kill: no cleanup, no checkpoint)."""
 
-    def __init__(self, signum, at):
+    def __init__(self, at, hook):
         super().__init__()
-        self.signum, self.at = signum, at
+        self.at, self.hook = at, hook
 
     def batch(self, step, *, rank=0, world=1):
         if step == self.at:
-            os.kill(os.getpid(), self.signum)
+            self.hook()
         return super().batch(step, rank=rank, world=world)
+
+
+def _assert_same_weights(path_a, path_b):
+    a = registry.load_model(path_a, device="cpu").state_dict()
+    b = registry.load_model(path_b, device="cpu").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
@@ -123,7 +131,7 @@ def test_ctrl_c_or_sigterm_saves_the_step_reached_and_resume_is_exact(tmp_path, 
     before = signal.getsignal(signum)
     full = train(ToyTask(), _cfg(tmp_path / "full"))
     with pytest.raises(TrainingInterrupted, match=rf"{signame} at step 13 of 30.*--resume") as info:
-        train(SignalledTask(signum, at=12), _cfg(tmp_path / "part"))  # periodic checkpoints at 10, 20, 30
+        train(StepHookTask(12, lambda: os.kill(os.getpid(), signum)), _cfg(tmp_path / "part"))  # checkpoints: 10, 20
     assert isinstance(info.value, KeyboardInterrupt) and info.value.signal_name == signame
     assert info.value.result.steps_done == 13 and not info.value.result.finished
     assert signal.getsignal(signum) is before
@@ -131,39 +139,23 @@ def test_ctrl_c_or_sigterm_saves_the_step_reached_and_resume_is_exact(tmp_path, 
     assert card["training"]["steps"] == 13 and card["training"]["finished"] is False
     resumed = train(ToyTask(), _cfg(tmp_path / "part", resume=True))
     assert resumed.finished and resumed.steps_done == 30
-    a = registry.load_model(full.model_path, device="cpu").state_dict()
-    b = registry.load_model(resumed.model_path, device="cpu").state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
-
-
-class CrashingTask(ToyTask):
-    """Dies at step ``at`` the way an out-of-memory kill or a crash would (no cleanup, no checkpoint)."""
-
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def batch(self, step, *, rank=0, world=1):
-        if step == self.at:
-            raise MemoryError("killed")
-        return super().batch(step, rank=rank, world=world)
+    _assert_same_weights(full.model_path, resumed.model_path)
 
 
 def test_a_run_dead_before_its_first_checkpoint_can_be_resumed(tmp_path):
     """The folder of a run that died before its first periodic checkpoint is not a dead end ('already holds a
     run', yet 'no checkpoint'): it holds the step-0 checkpoint, and --resume gives the uninterrupted result."""
     full = train(ToyTask(), _cfg(tmp_path / "full"))
+    def crash():
+        raise MemoryError("killed")
+
     with pytest.raises(MemoryError):
-        train(CrashingTask(at=7), _cfg(tmp_path / "part"))  # first periodic checkpoint: step 10
+        train(StepHookTask(7, crash), _cfg(tmp_path / "part"))  # the first periodic checkpoint would be step 10
     with pytest.raises(FileExistsError, match="--resume"):
         train(ToyTask(), _cfg(tmp_path / "part"))
     resumed = train(ToyTask(), _cfg(tmp_path / "part", resume=True))
     assert resumed.finished and resumed.steps_done == 30
-    a = registry.load_model(full.model_path, device="cpu").state_dict()
-    b = registry.load_model(resumed.model_path, device="cpu").state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    _assert_same_weights(full.model_path, resumed.model_path)
     # a run cannot be "resumed" to fewer steps than it has done (its card would say finished at 30 of 20)
     with pytest.raises(ValueError, match="at step 30 already.*--steps >= 30"):
         train(ToyTask(), _cfg(tmp_path / "part", resume=True, steps=20))

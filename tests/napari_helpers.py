@@ -1,0 +1,46 @@
+"""Helpers of the napari tests (widgets added through the manifest, waiting for their workers)."""
+
+from __future__ import annotations
+
+PLUGIN = "napari-linblur"
+TILE = 256  # the default plugin setting the widgets pass on
+
+
+def add(viewer, name):
+    """Add the plugin's dock widget ``name`` through the npe2 manifest; returns the widget."""
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def settle(qtbot, w, timeout=15000):
+    """Wait until the widget's newest preview request was computed and shown (or failed)."""
+    qtbot.waitUntil(lambda: w.preview.generation > 0 and not w.preview.busy
+                    and w.preview.applied_generation == w.preview.generation, timeout=timeout)
+
+
+def wait_run(qtbot, w, timeout=60000):
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=timeout)
+
+
+def notes() -> list[str]:
+    """Every napari notification so far."""
+    from napari.utils.notifications import notification_manager
+
+    return [str(r.message) for r in notification_manager.records]
+
+
+def last_error() -> str:
+    messages = notes()
+    return messages[-1] if messages else ""
+
+
+def small_training(viewer, tmp_path, *, steps, kind="deblur", preset="tiny"):
+    """The Train widget set up for a small run (batch 2, 32-px patches) of ``steps`` steps into tmp_path/run."""
+    w = add(viewer, "Train")
+    w.set_choice(w.kind, kind)
+    w.set_choice(w.preset, preset)
+    w.steps.setValue(steps)
+    w.batch.setValue(2)
+    w.patch.setValue(32)
+    w.out.setText(str(tmp_path / "run"))
+    return w
