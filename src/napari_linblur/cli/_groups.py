@@ -20,16 +20,22 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def prepare_out_folder(path: str, option: str = "--out") -> Path:
-    """Create a report folder before a long computation, so that a file in its place or a read-only location is
-    an error at once (naming ``option``), not after minutes of evaluation. Reports in it are replaced."""
+def check_out_folder(path: str, option: str = "--out") -> Path:
+    """Check a report folder before a long computation, so that a file in its place or a folder that cannot be
+    created is an error at once (naming ``option``), not after minutes of evaluation. Nothing is created here (a
+    refused run leaves no folder); reports in an existing folder are replaced."""
+    import os
+
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {path}: a file is in the way; give a folder for the reports")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"{option} {path}: cannot create the report folder ({err.strerror or err})") from err
+    ancestor = out
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{option} {path}: {ancestor} is a file, so the report folder cannot be created there")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OSError(f"{option} {path}: {ancestor} is not writable; give a folder you can write to")
     return out
 
 

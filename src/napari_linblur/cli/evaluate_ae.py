@@ -23,9 +23,9 @@ def _run(args: argparse.Namespace) -> int:
     from napari_linblur.evaluation.ae import evaluate_ae, to_markdown
     from napari_linblur.models.registry import write_json_atomic
 
-    from ._groups import prepare_out_folder
+    from ._groups import check_out_folder
 
-    prepare_out_folder(args.out)
+    check_out_folder(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     channel = args.channel

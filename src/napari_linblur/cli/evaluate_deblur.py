@@ -39,9 +39,9 @@ def _run(args) -> int:
 
     if args.n < 1 or args.side < 32:
         raise ValueError("--n must be >= 1 and --side >= 32")
-    from ._groups import prepare_out_folder
+    from ._groups import check_out_folder
 
-    prepare_out_folder(args.out)
+    check_out_folder(args.out)
     torch.set_num_threads(args.threads)
     models = {"network": args.model}
     for item in args.ablation:

@@ -63,9 +63,9 @@ def run(args) -> int:
         raise ValueError("--n-images must be >= 1 and --size >= 32")
     if not args.photons > 0:
         raise ValueError(f"--photons must be positive (peak photo-electrons), got {args.photons}")
-    from ._groups import prepare_out_folder
+    from ._groups import check_out_folder
 
-    prepare_out_folder(args.out)
+    check_out_folder(args.out)
     if args.threads:
         import torch
 
