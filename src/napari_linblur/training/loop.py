@@ -165,6 +165,13 @@ class _StopSignals:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now, the last checkpoint stays
         self.received = signal.Signals(signum).name
+        # a step can take a while (the first one renders the training pool): say what happens meanwhile
+        # (os.write, not print: a handler may interrupt a write to stderr, such as the progress bar's)
+        try:
+            os.write(2, f"\n{self.received}: stopping after this step with a checkpoint (Ctrl-C again to stop at "
+                        "once)\n".encode())
+        except OSError:  # pragma: no cover - no stderr
+            pass
 
     def __exit__(self, *exc) -> None:
         import signal
