@@ -121,6 +121,13 @@ def test_a_module_passed_as_model_is_left_as_the_caller_had_it(tiny_models):
     assert all(p.is_contiguous() for p in net.parameters())  # not converted to channels-last
 
 
+def test_demo_refuses_an_unknown_device_before_writing(tmp_path, capsys):
+    from napari_linblur.cli.main import main
+
+    assert main(["demo", "--device", "bogus", "--out", str(tmp_path / "demo")]) == 2
+    assert "device must be" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+
+
 def test_device_selection():
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
     assert resolve_device("cpu").type == "cpu"

@@ -55,11 +55,14 @@ def run(args) -> int:
     import napari_linblur as nl
     from napari_linblur.baselines.richardson_lucy import best_richardson_lucy
     from napari_linblur.baselines.wiener import best_wiener
+    from napari_linblur.inference.device import resolve_device
     from napari_linblur.io.omezarr import write_ome_zarr
     from napari_linblur.metrics.image import psnr
     from napari_linblur.optics.psf import sigma_from_defocus
     from napari_linblur.synth.dataset import synthesize_field
     from napari_linblur.synth.recipes import get_recipe
+
+    resolve_device(args.device)  # an unknown or absent device is refused before anything is written
     from napari_linblur.synth.zstack import psfs_for
 
     out = Path(args.out)
