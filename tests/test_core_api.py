@@ -113,12 +113,29 @@ def test_sparse_signal_on_a_flat_background_scales_with_the_input(tiny_models):
         np.testing.assert_allclose(out, ref, atol=2e-4)
 
 
-def test_a_module_passed_as_model_is_left_as_the_caller_had_it(tiny_models):
+def test_a_module_passed_as_model_is_left_as_the_caller_had_it(tiny_models, monkeypatch):
     """Operations work on a copy: the caller's module keeps its training mode and memory layout."""
     net = registry.load_model(tiny_models["deblur"], device="cpu").train()
     nl.deblur(np.random.default_rng(0).random((40, 40)), model=net, device="cpu")
     assert net.training
     assert all(p.is_contiguous() for p in net.parameters())  # not converted to channels-last
+    # a stack is estimated with one copy of the module, not one per plane
+    import copy
+
+    from napari_linblur.models.hrnet import HDMENet
+
+    small = HDMENet(width=4, n_branches=2, modules=[1], blocks=1, stem_channels=4, head_channels=8).train()
+    calls = []
+    real = copy.deepcopy
+
+    def counting(obj, *a, **k):
+        if obj is small:
+            calls.append(1)
+        return real(obj, *a, **k)
+
+    monkeypatch.setattr(copy, "deepcopy", counting)
+    nl.estimate_defocus(np.random.default_rng(0).random((3, 32, 32)), model=small, device="cpu")
+    assert len(calls) == 1 and small.training
 
 
 def test_demo_refuses_an_unknown_device_before_writing(tmp_path, capsys):

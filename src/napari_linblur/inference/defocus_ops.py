@@ -168,7 +168,9 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
     patch_size = check_int(patch_size, "patch_size", 4)
     if amp not in ("auto", "off", "bf16"):
         raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
-    _get_model(model, device)  # fail early (no model / wrong task) and warm the cache
+    net = _get_model(model, device)  # fail early (no model / wrong task) and warm the cache
+    if _model_key(model, device) is None:
+        model = net  # a module of the caller's: copied once here, not once per plane
     return _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size, progress, should_stop,
                          amp=amp, tta=tta, camera=line)
 

@@ -255,7 +255,11 @@ def resolve_model(model: Any, task: str, *, device: Any = "auto"):
         got = getattr(model, "task", task)
         if got != task:
             raise ValueError(f"model is a {got!r} model; this operation needs a {task!r} model")
-        return copy.deepcopy(model).to(resolve_device(device)).eval()
+        if getattr(model, "_linblur_copy", False):  # a copy this function made: ours to reuse as it is
+            return model.to(resolve_device(device)).eval()
+        own = copy.deepcopy(model).to(resolve_device(device)).eval()
+        own._linblur_copy = True
+        return own
     loaded = load_model(model, device=device)
     if loaded.task != task:
         raise ValueError(f"model {model!r} is a {loaded.task!r} model; this operation needs a {task!r} model")

@@ -884,10 +884,12 @@ class LinblurWidget(QWidget):
         if _alive(self) and self._preview_like is not None and getattr(event, "value", None) is self._preview_like:
             self.clear_preview()
 
-    def lead_key(self, *layers) -> tuple:
-        """``layers`` with the viewer's time/position indices in each (its leading axes other than Z). The pair
-        widgets take Z from their plane pickers: a new preview is needed only when this key changes."""
-        return tuple((ly, _ops.current_indices(self.viewer, ly)[:-1]) for ly in layers if ly is not None)
+    def lead_key(self, *layers, with_z: bool = False) -> tuple:
+        """``layers`` with the viewer's time/position indices in each (its leading axes other than Z; with
+        ``with_z``, Z too). A preview needs recomputing only when this key of its inputs changes: the pair widgets
+        take Z from their plane pickers, the defocus widget follows the viewer's plane."""
+        return tuple((ly, _ops.current_indices(self.viewer, ly)[:None if with_z else -1])
+                     for ly in layers if ly is not None)
 
     # --- output layers -------------------------------------------------------------------------
     def show_preview(self, data: np.ndarray, *, name: str, like, restyle: bool = False, **kwargs):

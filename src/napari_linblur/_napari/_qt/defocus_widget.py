@@ -269,7 +269,6 @@ class DefocusWidget(c.LinblurWidget):
         self._curve_layer = None
         self._curve_lead: tuple[int, ...] = ()
         self._outline_layer = None
-        self._preview_key = None  # (layer, indices) of the newest live map requested
         self._map_unit: str | None = None  # units of the live map's contrast limits
         self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self,
                                      inputs=self._input_names)
@@ -299,7 +298,7 @@ class DefocusWidget(c.LinblurWidget):
             return
         layer = self.image.layer()
         # another layer's slider (or an axis the input does not have) moved: the input's plane is unchanged
-        if layer is None or (layer, _ops.current_indices(self.viewer, layer)) != self._preview_key:
+        if layer is None or self.lead_key(layer, with_z=True) != self._lead_key:
             self.preview.request()
         curve = self._curve_layer
         if curve is not None and curve in self.viewer.layers and curve.ndim >= 3:
@@ -364,7 +363,7 @@ class DefocusWidget(c.LinblurWidget):
 
         layer = self._layer()
         idx = _ops.current_indices(self.viewer, layer)
-        self._preview_key = (layer, idx)
+        self._lead_key = self.lead_key(layer, with_z=True)
         kw = self._map_kwargs()
         setup = self._optics_setup()
         unit = "um" if setup is not None else "px"
