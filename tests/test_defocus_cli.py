@@ -543,3 +543,97 @@ def test_train_on_own_stacks_uses_their_in_focus_planes(tmp_path, capsys, monkey
     write_ome_zarr(tmp_path / "nan.zarr", nan, axes="tczyx")
     with pytest.raises(ValueError, match="NaN or Inf"):
         content_images(DefocusDataConfig(content_from=str(tmp_path / "nan.zarr")))
+
+
+_TINY_RUN = ["--content", "shuffle", "--crop", "16", "--render-size", "32", "--batch-size", "2", "--pool-size", "2",
+             "--device", "cpu", "--no-progress", "--threads", "1", "--bn-batches", "0", "--ckpt-every", "2",
+             "--val-every", "2"]
+
+
+def test_resume_needs_no_init_file_and_the_checkpoint_wins(tmp_path, tiny_model):
+    """--resume continues from the checkpoint, which holds every weight: the --init file may be gone (moved,
+    deleted); one replaced by other weights is not read either (a warning says so), and the card keeps the init
+    recorded when the run started, never the file's new content."""
+    import shutil
+
+    init = tmp_path / "init.safetensors"
+    shutil.copy(tiny_model, init)
+    sha = registry.sha256_file(init)
+    common = ["train", "defocus", "--init", str(init), *_TINY_RUN]
+    assert main([*common, "--steps", "4", "--out", str(tmp_path / "full")]) == 0
+    assert main([*common, "--steps", "2", "--out", str(tmp_path / "part")]) == 0
+    init.unlink()
+    assert main([*common, "--steps", "4", "--out", str(tmp_path / "part"), "--resume"]) == 0
+    full = registry.load_model(tmp_path / "full" / "model.safetensors", device="cpu")
+    part = registry.load_model(tmp_path / "part" / "model.safetensors", device="cpu")
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(part.state_dict()[k], v, rtol=0, atol=0)
+    assert part.card["init"] == full.card["init"] and part.card["init"]["sha256"] == sha
+    assert part.card["training"]["steps"] == 4
+    # the same path now holds other weights: the checkpoint wins, the card keeps the recorded init
+    torch.manual_seed(1)
+    registry.save_model(HDMENet(**full.card["config"]), init, {"architecture": "HDMENet", "task": "defocus",
+                                                                "config": full.card["config"]})
+    with pytest.warns(UserWarning, match=f"not the model this run started from.*{sha[:12]}"):
+        assert main([*common, "--steps", "6", "--out", str(tmp_path / "part"), "--resume"]) == 0
+    card = registry.read_card(tmp_path / "part" / "model.safetensors")
+    assert card["init"]["sha256"] == sha and card["training"]["steps"] == 6
+
+
+def _fake_train(calls):
+    """A stand-in for the training loop that records the task and configuration it is given and renders the task's
+    pool (which logs a progress line), without training."""
+    from napari_linblur.training.loop import TrainResult
+
+    def train(task, cfg, **kw):
+        calls.append((task, cfg))
+        task.pool()
+        return TrainResult(Path(cfg.out) / "model.safetensors", cfg.steps, True, {"val_loss": 0.5}, 1.0)
+
+    return train
+
+
+def test_short_runs_warm_up_over_a_tenth_of_their_steps(tmp_path, monkeypatch):
+    """A short run does not spend all its steps warming up; runs of 500 steps or more keep the 50 warm-up steps
+    of the shipped recipes, and a --resume keeps the warm-up its run started with (--steps may grow)."""
+    from napari_linblur.training import loop
+
+    calls = []
+    monkeypatch.setattr(loop, "train", _fake_train(calls))
+    for steps, warmup in ((20, 2), (3, 1), (499, 49), (500, 50), (700, 50), (2000, 50)):
+        assert main(["train", "defocus", *_TINY_RUN, "--steps", str(steps), "--out", str(tmp_path / "r")]) == 0
+        assert calls[-1][1].warmup == warmup, steps
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "train_config.json").write_text(json.dumps({"task": "defocus", "steps": 20, "warmup": 2}))
+    assert main(["train", "defocus", *_TINY_RUN, "--steps", "40", "--out", str(tmp_path / "r"), "--resume"]) == 0
+    assert calls[-1][1].warmup == 2
+    # a short run started before warm-ups were shortened resumes with the 50 steps it recorded
+    (tmp_path / "r" / "train_config.json").write_text(json.dumps({"task": "defocus", "steps": 20, "warmup": 50}))
+    assert main(["train", "defocus", *_TINY_RUN, "--steps", "30", "--out", str(tmp_path / "r"), "--resume"]) == 0
+    assert calls[-1][1].warmup == 50
+
+
+def test_a_short_run_records_its_warmup(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "defocus", *_TINY_RUN, "--width", "4", "--steps", "20", "--out", str(out)]) == 0
+    assert json.loads((out / "train_config.json").read_text())["warmup"] == 2
+    assert registry.read_card(out / "model.safetensors")["training"]["warmup"] == 2
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["lr"] < log[0]["lr"]  # past its warm-up, the learning rate decays within the run
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_torchrun_only_rank_0_prints(tmp_path, monkeypatch, capsys, rank):
+    """Every rank of a torchrun launch runs the command: only rank 0 prints progress and the summary."""
+    from napari_linblur.training import loop
+
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(loop, "train", _fake_train([]))
+    run = [a for a in _TINY_RUN if a != "--no-progress"]
+    assert main(["train", "defocus", *run, "--steps", "2", "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    if rank == 0:
+        assert "rendered a pool" in printed and "finished after 2 steps" in printed
+    else:
+        assert printed == ""

@@ -481,3 +481,71 @@ def test_resume_of_a_checkpoint_without_a_recorded_card(tmp_path):
     assert train(RecipeTask(batch_size=4), _cfg(run, resume=True, steps=15)).steps_done == 15
     with pytest.raises(ValueError, match="lr 0.003 -> 0.1"):
         train(RecipeTask(batch_size=4), _cfg(run, resume=True, steps=20, lr=0.1))
+
+
+AE_TINY = {"arch": "resnet", "channels": [8, 16], "latent_channels": 4, "norm": "none", "output": "linear"}
+
+
+@pytest.fixture(scope="module")
+def ae_data(tmp_path_factory):
+    from napari_linblur.synth.dataset import write_synthetic_dataset
+    from napari_linblur.synth.recipes import get_recipe
+
+    path = tmp_path_factory.mktemp("ae") / "d.zarr"
+    write_synthetic_dataset(path, get_recipe("bbbc006-like", shape=(48, 64), keep_even=True), fields=5, seed=3,
+                            progress=False)
+    return path
+
+
+def _tiny_command(what, tmp_path, request):
+    """The arguments of a tiny ``linblur train ae`` or ``linblur train deblur`` run (no --out, --steps)."""
+    common = ["--no-progress", "--device", "cpu", "--threads", "1", "--ckpt-every", "2", "--val-every", "2"]
+    if what == "ae":
+        return ["train", "ae", "--data", str(request.getfixturevalue("ae_data")), "--model-config",
+                json.dumps(AE_TINY), "--batch-size", "2", "--crop", "32", *common]
+    return ["train", "deblur", "--config", "tiny", "--patch", "16", "--batch", "2", "--pool", "1", *common]
+
+
+@pytest.mark.parametrize("what", ["ae", "deblur"])
+def test_resume_needs_no_init_file_and_keeps_the_recorded_init(tmp_path, request, what):
+    """`linblur train ... --init X --resume` continues from the checkpoint, which holds every weight: X may be gone
+    (the run ends as an uninterrupted one); another --init than the run started from is not read (a warning says
+    so) and the card keeps the init recorded when the run started."""
+    import shutil
+
+    from napari_linblur.cli.main import main
+
+    cmd = _tiny_command(what, tmp_path, request)
+    assert main([*cmd, "--steps", "1", "--out", str(tmp_path / "src")]) == 0
+    init = tmp_path / "init.safetensors"
+    shutil.copy(tmp_path / "src" / "model.safetensors", init)
+    assert main([*cmd, "--init", str(init), "--steps", "4", "--out", str(tmp_path / "full")]) == 0
+    assert main([*cmd, "--init", str(init), "--steps", "2", "--out", str(tmp_path / "part")]) == 0
+    init.unlink()
+    assert main([*cmd, "--init", str(init), "--steps", "4", "--out", str(tmp_path / "part"), "--resume"]) == 0
+    _assert_same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "part" / "model.safetensors")
+    card = registry.read_card(tmp_path / "part" / "model.safetensors")
+    assert card["init"] == str(init) and card["training"]["steps"] == 4
+    other = tmp_path / "src" / "model.safetensors"
+    with pytest.warns(UserWarning, match=f"--init {other} is not the model this run started from"):
+        assert main([*cmd, "--init", str(other), "--steps", "6", "--out", str(tmp_path / "part"), "--resume"]) == 0
+    card = registry.read_card(tmp_path / "part" / "model.safetensors")
+    assert card["init"] == str(init) and card["training"]["steps"] == 6
+
+
+@pytest.mark.parametrize("what", ["ae", "deblur"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_torchrun_only_rank_0_prints_the_summary(tmp_path, request, monkeypatch, capsys, what, rank):
+    """Every rank of a torchrun launch runs the command: only rank 0 prints the summary."""
+    from napari_linblur.cli.main import main
+    from napari_linblur.training import loop
+
+    def fake_train(task, cfg, **kw):
+        return loop.TrainResult(tmp_path / "model.safetensors", cfg.steps, True, {"val_loss": 0.5}, 1.0)
+
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(loop, "train", fake_train)
+    assert main([*_tiny_command(what, tmp_path, request), "--steps", "2", "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert ("2 steps" in printed) if rank == 0 else (printed == "")

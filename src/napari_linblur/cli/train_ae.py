@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.epochs is not None and not args.epochs > 0:
         raise ValueError(f"--epochs must be positive, got {args.epochs}")
     from napari_linblur.training.ae import AETask, load_fields
-    from napari_linblur.training.loop import train
+    from napari_linblur.training.loop import is_main_process, train
 
     channels = [int(c) if c.isdigit() else c for c in str(args.channel).split("+")]
     data = load_fields(args.data, channels[0], planes=args.planes)
@@ -89,12 +89,13 @@ def _run(args: argparse.Namespace) -> int:
     short_run_warmup(cfg)
     cfg.log_every = min(cfg.log_every, cfg.ckpt_every)
     res = train(task, cfg)
-    state = "finished" if res.finished else "stopped early (resume with --resume)"
-    print(
-        f"train ae: {state} after {res.steps_done} steps in {res.seconds:.0f} s; "
-        f"val_loss {res.metrics.get('val_loss', float('nan')):.4f}, "
-        f"val PSNR interp {res.metrics.get('val_psnr_interp', float('nan')):.2f} dB -> {res.model_path}"
-    )
+    if is_main_process():  # every rank of a torchrun launch runs this: rank 0 alone prints
+        state = "finished" if res.finished else "stopped early (resume with --resume)"
+        print(
+            f"train ae: {state} after {res.steps_done} steps in {res.seconds:.0f} s; "
+            f"val_loss {res.metrics.get('val_loss', float('nan')):.4f}, "
+            f"val PSNR interp {res.metrics.get('val_psnr_interp', float('nan')):.2f} dB -> {res.model_path}"
+        )
     return 0
 
 

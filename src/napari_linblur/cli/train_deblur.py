@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     from napari_linblur.training.deblur import DeblurData, DeblurTask
-    from napari_linblur.training.loop import train
+    from napari_linblur.training.loop import is_main_process, recorded_card, train
 
     if args.stage == 1 and args.data:
         raise ValueError("--data (real stacks) is used in stage 2; pass --stage 2 --init STAGE1/model.safetensors")
@@ -54,18 +54,20 @@ def _run(args) -> int:
         raise ValueError(f"--real-fraction must be a fraction in [0, 1], got {args.real_fraction}")
     if args.pool < 1:
         raise ValueError(f"--pool must be >= 1 sharp fields, got {args.pool}")
+    init_card: dict = {}
     if args.init:
         from napari_linblur.models.registry import read_card
 
-        task = read_card(args.init).get("task")
+        # a --resume takes the architecture its run recorded: the checkpoint holds every weight, so the --init
+        # file is not read again (it may be gone)
+        init_card = (recorded_card(args.out) if args.resume else None) or read_card(args.init)
+        task = init_card.get("task")
         if task != "deblur":
             raise ValueError(f"--init {args.init} is {'an' if str(task)[:1] in 'aeiou' else 'a'} {task!r} model; "
                              "train deblur continues a deblurring network (deblur-default or STAGE1/model.safetensors)")
     config = args.config
     if config is None:  # fine-tuning keeps the architecture of the model it starts from
-        config = "default"
-        if args.init:
-            config = read_card(args.init).get("config") or "default"
+        config = init_card.get("config") or "default"
     fw = args.feature_weight if args.feature_weight is not None else (5.0 if args.stage == 2 else 0.0)
     task = DeblurTask(
         stage=args.stage,
@@ -84,7 +86,8 @@ def _run(args) -> int:
     cfg = train_config_from_args(args)
     short_run_warmup(cfg)
     res = train(task, cfg)
-    state = "finished" if res.finished else "stopped early (resume with --resume)"
-    print(f"deblur stage {args.stage}: {res.steps_done} steps, {state}; validation {res.metrics}")
-    print(f"model: {res.model_path}")
+    if is_main_process():  # every rank of a torchrun launch runs this: rank 0 alone prints
+        state = "finished" if res.finished else "stopped early (resume with --resume)"
+        print(f"deblur stage {args.stage}: {res.steps_done} steps, {state}; validation {res.metrics}")
+        print(f"model: {res.model_path}")
     return 0

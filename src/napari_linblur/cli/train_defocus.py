@@ -12,7 +12,12 @@ import argparse
 
 from napari_linblur.batch import channel_arg
 
-from ._groups import DefaultsHelpFormatter, add_train_options, train_config_from_args
+from ._groups import (
+    DefaultsHelpFormatter,
+    add_train_options,
+    short_run_warmup,
+    train_config_from_args,
+)
 
 
 def register(subparsers) -> None:
@@ -89,7 +94,7 @@ def _plane_arg(text: str) -> int | str:
 def run(args) -> int:
     from napari_linblur.models.hrnet import preset_config
     from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
-    from napari_linblur.training.loop import train
+    from napari_linblur.training.loop import is_main_process, recorded_card, train
 
     config_name = args.config or "default"
     model_cfg = preset_config(config_name)
@@ -98,7 +103,9 @@ def run(args) -> int:
 
         if args.width is not None:
             raise ValueError("--width cannot be combined with --init (the architecture comes from the init model)")
-        init_card = read_card(args.init)
+        # a --resume takes the architecture its run recorded: the checkpoint holds every weight, so the --init
+        # file is not read again (it may be gone)
+        init_card = (recorded_card(args.out) if args.resume else None) or read_card(args.init)
         if init_card.get("architecture") != "HDMENet":
             raise ValueError(f"--init {args.init!r} is a {init_card.get('architecture')} model, not HDMENet")
         init_name = init_card.get("config_name")
@@ -128,12 +135,15 @@ def run(args) -> int:
     multiple = int(model_cfg["stem_stride"]) * 2 ** (int(model_cfg["n_branches"]) - 1)
     if args.crop % multiple:
         raise ValueError(f"--crop must be a multiple of {multiple} for config {config_name!r}, got {args.crop}")
-    cfg = train_config_from_args(args)
+    cfg = short_run_warmup(train_config_from_args(args))
+    main = is_main_process()  # every rank of a torchrun launch runs this: rank 0 alone prints
     task = DefocusTask(model_cfg, data, seed=args.seed, config_name=config_name,
-                       log=None if args.no_progress else print, init=args.init, bn_batches=args.bn_batches)
+                       log=print if main and not args.no_progress else None, init=args.init,
+                       bn_batches=args.bn_batches)
     res = train(task, cfg)
-    state = "finished" if res.finished else "stopped early (resume with --resume)"
-    print(f"{state} after {res.steps_done} steps in {res.seconds:.0f} s; validation: "
-          + ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items()))
-    print(f"model: {res.model_path}")
+    if main:
+        state = "finished" if res.finished else "stopped early (resume with --resume)"
+        print(f"{state} after {res.steps_done} steps in {res.seconds:.0f} s; validation: "
+              + ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items()))
+        print(f"model: {res.model_path}")
     return 0

@@ -443,6 +443,7 @@ class AETask:
         self.init = str(init) if init else None
         if self.init:
             self.extra_card.setdefault("init", self.init)
+        self._resuming = False
         n_total = int(data.meta.get("n_fields", len(data.fields)))
         self.split = split_fields(n_total, self.split_seed)
         self.channels = [data.channel] + [d.channel for d in more_channels]
@@ -533,11 +534,27 @@ class AETask:
         from napari_linblur.models.autoencoder import LinearLatentAE
 
         model = LinearLatentAE(**self.model_config)
-        if self.init:  # continue from a saved model (same architecture and config)
+        if self.init and not self._resuming:  # continue from a saved model (same architecture and config)
             from napari_linblur.models.registry import init_weights
 
             init_weights(model, self.init, "LinearLatentAE")
         return model
+
+    def resume_from(self, card: dict) -> None:
+        """Before a ``--resume`` (called by the shared loop with the card recorded with the run): the checkpoint
+        holds every weight, so the ``init`` weights are not read (the file may be gone) and the card keeps the init
+        recorded when the run started; another ``init`` is not read either, with a warning
+        (:func:`~napari_linblur.training.loop.warn_init_not_read`).
+        """
+        from napari_linblur.training.loop import warn_init_not_read
+
+        recorded = card.get("init")
+        if self.init and self.init != recorded:
+            warn_init_not_read(self.init, recorded)
+        self.init, self._resuming = recorded, True
+        self.extra_card.pop("init", None)
+        if recorded:
+            self.extra_card["init"] = recorded
 
     def loss(self, model, batch):
         """L1 losses of eq. 3/4 (or the plain autoencoder) and their parts for the log (:func:`triplet_loss`)."""

@@ -504,9 +504,9 @@ class DefocusTask:
     """
 
     name = "defocus"
-    #: card entries a --resume may see change: the pool's rendering time is measured, not an option; the starting
-    #: weights are compared by their sha256, not by how their path was spelled
-    resume_ignore = ("data.pool_seconds", "init.from")
+    #: card entries a --resume may see change: the pool's rendering time is measured, not an option (the starting
+    #: weights' provenance is the one recorded with the run: :meth:`resume_from`)
+    resume_ignore = ("data.pool_seconds",)
 
     def __init__(self, model_config: dict, data: DefocusDataConfig | None = None, *, seed: int = 0,
                  config_name: str = "custom", log=None, init: str | None = None, bn_batches: int = 64):
@@ -532,6 +532,8 @@ class DefocusTask:
         if channels != 1:
             self.model_config["in_channels"] = channels
         self._expanded_input = False
+        self._resumed_init: dict | None = None  # the init recorded with a resumed run (resume_from)
+        self._resuming = False
         self.seed = int(seed)
         self.config_name = config_name
         self._pool: list[tuple[np.ndarray, np.ndarray]] | None = None
@@ -544,7 +546,7 @@ class DefocusTask:
         from napari_linblur.models.hrnet import HDMENet
 
         model = HDMENet(**self.model_config)
-        if self.init:  # continue from a saved model (same architecture and config)
+        if self.init and not self._resuming:  # continue from a saved model (same architecture and config)
             from napari_linblur.models.registry import init_weights, load_model
 
             src = load_model(self.init, device="cpu")
@@ -635,8 +637,30 @@ class DefocusTask:
         return val, {"validation_before_bn_recalibration": validation,
                      "bn_recalibration": {"batches": self.bn_batches, "batch_size": self.data.batch_size}}
 
+    def resume_from(self, card: dict) -> None:
+        """Before a ``--resume`` (called by the shared loop with the card recorded with the run): the checkpoint
+        holds every weight, so the ``init`` weights are not read (the file may be gone) and the card keeps the init
+        provenance recorded when the run started. An ``init`` that now names other weights than that record's
+        sha256 is not read either, with a warning (:func:`~napari_linblur.training.loop.warn_init_not_read`).
+        """
+        from napari_linblur.models.registry import _locate, sha256_file
+        from napari_linblur.training.loop import warn_init_not_read
+
+        recorded = card.get("init")
+        if self.init:
+            try:
+                sha = sha256_file(_locate(self.init)[0])
+            except (OSError, ValueError):  # moved or deleted: nothing to compare, nothing is read
+                sha = None
+            if sha is not None and sha != (recorded or {}).get("sha256"):
+                warn_init_not_read(f"{self.init} (sha256 {sha})", f"{recorded.get('from')} (sha256 "
+                                   f"{recorded.get('sha256')})" if recorded else None)
+        self._resuming, self._resumed_init = True, recorded
+
     def _init_provenance(self) -> dict | None:
         """Where the starting weights came from (name/path, sha256, that model's training command)."""
+        if self._resuming:
+            return self._resumed_init
         if not self.init:
             return None
         from napari_linblur.models.registry import _locate, sha256_file

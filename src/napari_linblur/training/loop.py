@@ -24,6 +24,14 @@ The card a task gives at the start of a run is its recipe (data, configuration, 
 records it, and a ``resume`` refuses a task whose card differs from the checkpoint's, like changed run options
 (:data:`RESUME_FIXED`), so the run and its model card keep one recipe. Card entries that are measurements rather
 than options may be listed, as dotted keys, in an optional ``resume_ignore`` attribute of the task.
+
+A ``resume`` restores every weight from the checkpoint, so the weights a run started from (a task's ``init``) are
+not needed again: before it builds the model, the loop gives the card recorded with the checkpoint to the task's
+optional ``resume_from(card)``, and a task that starts from other weights skips reading them and keeps the ``init``
+that card records (the file may have been moved, deleted or replaced since; :func:`warn_init_not_read`).
+
+Only rank 0 of a ``torchrun`` launch writes the run's files; :func:`is_main_process` tells a command whether it is
+the process that prints progress and summaries.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,6 +216,19 @@ def _dist_info() -> tuple[int, int]:
     return rank, world
 
 
+def is_main_process() -> bool:
+    """Whether this process prints a run's progress and summary: True without ``torchrun``, and on rank 0 of a
+    ``torchrun`` (DDP) launch, whose every rank runs the same command.
+
+    Examples
+    --------
+    >>> import os
+    >>> is_main_process() == (int(os.environ.get("RANK", "0")) == 0)
+    True
+    """
+    return _dist_info()[0] == 0
+
+
 def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cfg: TrainConfig,
                      ema_model=None, running: tuple[dict[str, float], int] | None = None,
                      recipe: dict | None = None, sessions: list[str] | None = None) -> None:
@@ -322,9 +344,14 @@ def _load_checkpoint(path: Path, model, optimizer, ema_model=None, cfg=None, rec
     except ValueError:
         raise
     except Exception as err:  # noqa: BLE001 - safetensors/JSON/torch errors of a damaged or foreign file
-        raise ValueError(f"--resume: {path} cannot be restored ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                         "it is damaged or belongs to another model configuration — start a new --out, or "
-                         "--init from a model.safetensors") from err
+        raise _unrestorable(path, err) from err
+
+
+def _unrestorable(path: Path, err: Exception) -> ValueError:
+    """The error of a checkpoint that cannot be read back (``err``: what reading it raised)."""
+    return ValueError(f"--resume: {path} cannot be restored ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                      "it is damaged or belongs to another model configuration — start a new --out, or "
+                      "--init from a model.safetensors")
 
 
 def _recorded_card(path: Path, meta: dict[str, str]) -> dict | None:
@@ -337,6 +364,56 @@ def _recorded_card(path: Path, meta: dict[str, str]) -> dict | None:
         card = json.loads(config.read_text()).get("card")
         return card if isinstance(card, dict) and card else None
     return None
+
+
+def recorded_card(out: str | os.PathLike) -> dict | None:
+    """The task card (the recipe) recorded with the training run in ``out``: that of its checkpoint, or for a
+    checkpoint of an older version the one in its ``train_config.json``.
+
+    Parameters
+    ----------
+    out : str or path-like
+        The run folder (``--out``).
+
+    Returns
+    -------
+    dict or None
+        None when ``out`` holds no checkpoint, or neither file records a card.
+
+    Raises
+    ------
+    ValueError
+        The checkpoint is damaged (it names the file, like ``--resume`` does).
+    """
+    path = Path(out) / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return _recorded_card(path, meta)
+    except Exception as err:  # noqa: BLE001 - safetensors/JSON errors of a damaged file
+        raise _unrestorable(path, err) from err
+
+
+def warn_init_not_read(given: str, started_from: str | None) -> None:
+    """Warn that a ``--resume`` does not read ``--init given``: it is not the model the run started from
+    (``started_from``, as the run's card records it; None for a run started without one). The checkpoint holds
+    every weight and the card keeps the recorded init, so nothing of ``given`` enters the run.
+
+    Parameters
+    ----------
+    given : str
+        The ``--init`` of this session, as the message should name it.
+    started_from : str or None
+        The init the run's card records, as the message should name it.
+    """
+    was = started_from if started_from else "none: it started without --init"
+    warnings.warn(f"--resume: --init {given} is not the model this run started from ({was}); it is not read: the "
+                  "run continues from its checkpoint, which holds every weight, and its card keeps the init it "
+                  "recorded", UserWarning, stacklevel=3)
 
 
 def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg, recipe: dict | None = None,
@@ -489,6 +566,11 @@ def train(
     if cfg.resume and not ckpt.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
 
+    resume_from = getattr(task, "resume_from", None)
+    if cfg.resume and resume_from is not None:
+        recorded = recorded_card(out)
+        if recorded is not None:  # the checkpoint restores every weight: the task need not read its init again
+            resume_from(recorded)
     seed_everything(cfg.seed)
     model = task.build_model().to(device)
     if cfg.channels_last:
@@ -617,6 +699,7 @@ def train(
                 "device": str(device),
                 "amp": cfg.amp,
                 "lr": cfg.lr,
+                "warmup": cfg.warmup,
                 "ema": cfg.ema,
                 "channels_last": cfg.channels_last,
                 "torch": torch.__version__,
