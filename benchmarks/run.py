@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import platform
 import sys
 import time
 from pathlib import Path
+
+from napari_linblur.io.atomic import write_json_atomic
 
 
 def main(argv=None) -> int:
@@ -20,8 +21,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench_out")
     parser.add_argument("--only", default=None, help="substring of the benchmark files to run")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
 
     def report(section: str, rows: list[dict]) -> None:
@@ -44,6 +43,8 @@ def main(argv=None) -> int:
         names = ", ".join(p.stem[len("bench_"):] for p in available)
         print(f"--only {args.only!r} matches no benchmark; available: {names}", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # before the benchmarks: a folder that cannot be made fails at once
     for path in available:
         if args.only and args.only not in path.name:
             continue
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
             torch.set_num_threads(threads)
         print(f"({path.name}: {time.perf_counter() - t0:.1f} s)")
     meta = {"python": sys.version.split()[0], "machine": platform.machine(), "processor": platform.processor()}
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    # atomic (a failed write leaves the earlier report whole) and strict JSON (a NaN ratio is written as null)
+    write_json_atomic(out / "bench.json", {"meta": meta, "results": results})
     print(f"\nwrote {out / 'bench.json'}")
     return 0
 

@@ -24,8 +24,6 @@ def check_out_folder(path: str, option: str = "--out") -> Path:
     """Check a report folder before a long computation, so that a file in its place or a folder that cannot be
     created is an error at once (naming ``option``), not after minutes of evaluation. Nothing is created here (a
     refused run leaves no folder); reports in an existing folder are replaced."""
-    import os
-
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {path}: a file is in the way; give a folder for the reports")
@@ -34,9 +32,39 @@ def check_out_folder(path: str, option: str = "--out") -> Path:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise ValueError(f"{option} {path}: {ancestor} is a file, so the report folder cannot be created there")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OSError(f"{option} {path}: {ancestor} is not writable; give a folder you can write to")
+    _check_writable(ancestor, option, path)
     return out
+
+
+def check_out_file(path: str, option: str, example: str = "report.txt") -> Path:
+    """Check an output file (``--json F``, ``--csv F``) before a long computation, as :func:`check_out_folder` does
+    for a folder: ``F`` is not a folder, and its folder exists, is a folder and is writable. Nothing is created;
+    ``example`` is the file name suggested when ``F`` is a folder.
+
+    Raises
+    ------
+    ValueError
+        ``F`` is a folder, or its folder is missing or is a file (the message names ``option``).
+    OSError
+        Its folder is not writable.
+    """
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{option} {path} is a folder: give a file name, e.g. {example}")
+    folder = out.resolve().parent
+    if not folder.exists():
+        raise ValueError(f"{option} {path}: its folder does not exist ({folder}); create it first")
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: {folder} is a file, so the file cannot be written there")
+    _check_writable(folder, option, path)
+    return out
+
+
+def _check_writable(folder: Path, option: str, path: str) -> None:
+    import os
+
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(f"{option} {path}: {folder} is not writable; give a folder you can write to")
 
 
 def register_members(subparsers, members: list[str]) -> None:

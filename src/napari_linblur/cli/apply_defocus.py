@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     u.add_argument("--wavelength", type=float, default=None, metavar="UM", help="emission wavelength, µm (with --um)")
     u.add_argument("--pixel-um", type=float, default=None, metavar="UM",
                    help="pixel size in the sample, µm (with --um; default: the input's pixel size, when the file "
-                   "records it in µm)")
+                   "records it in a length unit: nm, µm, mm ... converted to µm)")
     u.add_argument("--ni", type=float, default=1.0, help="immersion index: 1.0 air, 1.33 water, 1.515 oil (with --um)")
     u.add_argument("--psf-model", default="born_wolf", choices=["born_wolf", "gibson_lanni", "gaussian", "disc"],
                    help="PSF model of the σ <-> defocus calibration (with --um)")
@@ -101,7 +101,8 @@ def camera_from_args(args):
 def optics_from_args(args):
     """The :class:`~napari_linblur.optics.psf.OpticalSetup` of ``--um`` (None without it), checked before any work.
 
-    The pixel size is ``--pixel-um``, else the input's x pixel size when its metadata records it in µm.
+    The pixel size is ``--pixel-um``, else the input's x pixel size when its metadata records it in a length unit
+    (nm, µm, mm, ...: any OME-NGFF length unit, converted to µm).
     """
     optics = {"--na": args.na, "--wavelength": args.wavelength, "--pixel-um": args.pixel_um}
     if not args.um:
@@ -114,14 +115,15 @@ def optics_from_args(args):
         raise ValueError(f"--um needs {' and '.join(missing)} (e.g. --na 0.45 --wavelength 0.52)")
     pixel = args.pixel_um
     if pixel is None:
-        from napari_linblur.io.readers import open_zstack_with_metadata
+        from napari_linblur.io.readers import length_in_um, open_zstack_with_metadata
 
         _, meta = open_zstack_with_metadata(args.input, channel=args.channel)
         x = meta.axes.index("x") if "x" in meta.axes else None
-        if x is None or meta.units[x] != "micrometer":
-            raise ValueError(f"{args.input} does not record its pixel size in µm: pass --pixel-um (the pixel size "
-                             "in the sample, camera pixel / magnification)")
-        pixel = float(meta.scale[x])
+        pixel = None if x is None else length_in_um(meta.scale[x], meta.units[x])
+        if pixel is None:
+            unit = "no unit" if x is None or meta.units[x] is None else f"unit {meta.units[x]!r}"
+            raise ValueError(f"{args.input} does not record its pixel size in a length unit ({unit}): pass "
+                             "--pixel-um (the pixel size in the sample in µm, camera pixel / magnification)")
     from napari_linblur.optics.psf import OpticalSetup
 
     return OpticalSetup(na=args.na, wavelength_um=args.wavelength, pixel_um=pixel, ni=args.ni, model=args.psf_model)
@@ -177,22 +179,22 @@ def focus_table(curves, meta=None) -> list[dict]:
 
 
 def check_report_paths(source, **reports) -> None:
-    """Refuse report files that would overwrite the input, collide with each other or are folders — before any work.
+    """Refuse report files that would overwrite the input, collide with each other, are folders or cannot be
+    written (folder missing, a file, or not writable: :func:`~napari_linblur.cli._groups.check_out_file`) — before
+    any work.
 
     ``reports`` maps an option name (``json``, ``csv``) to its path or None.
     """
+    from ._groups import check_out_file
+
     src = Path(source).resolve()
     seen: dict[Path, str] = {}
     for option, path in reports.items():
         if path is None:
             continue
         flag = f"--{option}"
-        p = Path(path)
-        if p.is_dir():
-            raise ValueError(f"{flag} {path} is a folder: give a file name, e.g. focus.{option}")
-        if not p.resolve().parent.is_dir():
-            raise ValueError(f"{flag} {path}: its folder does not exist")
-        rp = p.resolve()
+        check_out_file(path, flag, example=f"focus.{option}")
+        rp = Path(path).resolve()
         if rp == src or src in rp.parents:
             raise ValueError(f"{flag} {path} would overwrite the input {source}: choose another file")
         if rp in seen:

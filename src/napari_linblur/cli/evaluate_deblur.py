@@ -32,13 +32,28 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
+def check_options(args) -> None:
+    """Refuse bad options before any model is loaded, each error naming its option and the accepted form."""
+    import math
+
+    if args.n < 1:
+        raise ValueError(f"--n must be an int >= 1 (test images per condition), got {args.n}")
+    if args.side < 32 or args.side % 8:
+        raise ValueError(f"--side must be a multiple of 8 and >= 32 (e.g. 128; the networks' size multiple), "
+                         f"got {args.side}")
+    if args.speed_side < 16:
+        raise ValueError(f"--speed-side must be an int >= 16 (e.g. 1024), got {args.speed_side}")
+    bad = [d for d in args.depths if not math.isfinite(d)]
+    if bad:
+        raise ValueError(f"--depths must be finite defocus distances in µm (e.g. --depths 1 2 4 6 8), got {bad[0]}")
+
+
 def _run(args) -> int:
     import torch
 
     from napari_linblur.evaluation.deblur import evaluate_deblur, to_markdown
 
-    if args.n < 1 or args.side < 32:
-        raise ValueError("--n must be >= 1 and --side >= 32")
+    check_options(args)
     from ._groups import check_out_folder
 
     check_out_folder(args.out)

@@ -34,7 +34,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-__all__ = ["write_ome_zarr", "auto_pyramid_levels", "ngff_axes"]
+__all__ = ["write_ome_zarr", "auto_pyramid_levels", "ngff_axes", "ngff_order"]
 
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 _MAX_AUTO_LEVELS = 4
@@ -96,6 +96,20 @@ def _check_axes(axes: str, ndim: int) -> str:
     if not all(a.isalpha() for a in axes):
         raise ValueError(f"axes={axes!r}: one letter per axis, e.g. 'tczyx'")
     return axes
+
+
+def ngff_order(axes: str) -> list[int]:
+    """The order of ``axes`` that OME-NGFF 0.4/0.5 requires: the time axis first, then the channel and custom axes
+    (``p``, the letters :func:`writable_axes` gives ``?`` axes), then the space axes, each group in its given order.
+
+    Examples
+    --------
+    >>> ngff_order("atzyx"), ngff_order("zcyx"), ngff_order("pczyx")
+    ([1, 0, 2, 3, 4], [1, 0, 2, 3], [0, 1, 2, 3, 4])
+    """
+    time = [i for i, a in enumerate(axes) if _AXIS_TYPES.get(a) == "time"]
+    space = [i for i, a in enumerate(axes) if _AXIS_TYPES.get(a) == "space"]
+    return time + [i for i in range(len(axes)) if i not in time and i not in space] + space
 
 
 def writable_axes(axes: str) -> str:
@@ -208,7 +222,9 @@ def write_ome_zarr(
         2-D to 5-D. dask input is computed and written chunk by chunk with bounded memory.
     axes : str, optional
         one letter per dimension ending in ``'yx'``, e.g. ``'zyx'``, ``'czyx'``, ``'tczyx'``; default by
-        ndim: ``yx``, ``zyx``, ``czyx``, ``tczyx``.
+        ndim: ``yx``, ``zyx``, ``czyx``, ``tczyx``. Stored in the order NGFF requires (:func:`ngff_order`: ``t``
+        first, space axes last): data given in another order (``'atzyx'``, ``'zcyx'``) are transposed, with
+        their scale, units, translate and chunks.
     scale : sequence of float or mapping, optional
         physical pixel size per axis of the full-resolution level (µm for space axes); default 1.0.
     units : str, sequence or mapping, optional
@@ -300,6 +316,21 @@ def write_ome_zarr(
         if len(chunks_t) != data.ndim or any(c < 1 for c in chunks_t):
             raise ValueError(f"chunks: need {data.ndim} positive ints, got {chunks}")
     chunks_t = tuple(max(1, min(c, s)) for c, s in zip(chunks_t, data.shape))
+    if units is not None and not isinstance(units, (str, Mapping)):
+        units = list(units)
+        if len(units) != data.ndim:
+            raise ValueError(f"units: need one per axis of {axes!r}, got {len(units)}")
+    order = ngff_order(axes)
+    if order != list(range(data.ndim)):
+        # NGFF wants time first and space last (an axis of unknown meaning is read before time, a channel may be
+        # given after Z): store the axes in that order; every reader finds them by name
+        data = data.transpose(order)
+        axes = "".join(axes[i] for i in order)
+        scale_t = [scale_t[i] for i in order]
+        translate_t = None if translate_t is None else [translate_t[i] for i in order]
+        chunks_t = tuple(chunks_t[i] for i in order)
+        if isinstance(units, list):
+            units = [units[i] for i in order]
 
     levels = auto_pyramid_levels(data.shape[-2:]) if pyramid_levels is None else int(pyramid_levels)
     if levels < 1:

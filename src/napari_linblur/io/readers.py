@@ -32,7 +32,7 @@ from dask.base import tokenize
 from . import bbbc006 as _bb
 from ._lazy import SafeZarrArray, TiffFilePlane, TiffPlanes, as_dask, natural_key, tiff_error
 
-__all__ = ["ZStackMeta", "open_zstack", "open_zstack_with_metadata", "ACCEPTED_FORMATS"]
+__all__ = ["ZStackMeta", "open_zstack", "open_zstack_with_metadata", "length_in_um", "ACCEPTED_FORMATS"]
 
 ACCEPTED_FORMATS = (
     "OME-Zarr 0.4 (zarr v2) or 0.5 (zarr v3) image group (highest resolution level is read)",
@@ -44,8 +44,18 @@ ACCEPTED_FORMATS = (
 
 _CANON = "tpczyx"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_UNIT_ALIASES = {"micron": "micrometer", "\\u00B5m": "micrometer", "µm": "micrometer", "um": "micrometer",
-                 "nm": "nanometer", "mm": "millimeter", "s": "second", "sec": "second", "ms": "millisecond"}
+_UNIT_ALIASES = {"micron": "micrometer", "\\u00B5m": "micrometer", "µm": "micrometer", "\u03bcm": "micrometer",
+                 "um": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter",
+                 "pm": "picometer", "Å": "angstrom", "\u212b": "angstrom", "s": "second", "sec": "second",
+                 "ms": "millisecond"}
+#: Micrometres per unit of every OME-NGFF length unit (the NGFF "space" units).
+_UM_PER_UNIT = {
+    "yoctometer": 1e-18, "zeptometer": 1e-15, "attometer": 1e-12, "femtometer": 1e-9, "picometer": 1e-6,
+    "angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "centimeter": 1e4, "decimeter": 1e5,
+    "meter": 1e6, "hectometer": 1e8, "kilometer": 1e9, "megameter": 1e12, "gigameter": 1e15, "terameter": 1e18,
+    "petameter": 1e21, "exameter": 1e24, "zettameter": 1e27, "yottameter": 1e30, "inch": 25_400.0,
+    "foot": 304_800.0, "yard": 914_400.0, "mile": 1_609_344_000.0, "parsec": 3.0856775814913673e22,
+}
 
 
 @dataclass
@@ -182,6 +192,30 @@ def _norm_unit(u: Any) -> str | None:
         return None
     u = str(u)
     return _UNIT_ALIASES.get(u, u)
+
+
+def length_in_um(value: float, unit: str | None) -> float | None:
+    """``value`` measured in ``unit`` as micrometres, or None when ``unit`` is absent or not a length.
+
+    Parameters
+    ----------
+    value : float
+        A length, e.g. a pixel size from :attr:`ZStackMeta.scale`.
+    unit : str or None
+        An OME-NGFF length unit (``'nanometer'``, ``'micrometer'``, ``'millimeter'``, ... as
+        :attr:`ZStackMeta.units` spells them) or a common abbreviation (``'nm'``, ``'µm'``, ``'mm'``).
+
+    Returns
+    -------
+    float or None
+
+    Examples
+    --------
+    >>> length_in_um(650, "nanometer"), length_in_um(0.65, "µm"), length_in_um(1.0, "pixel")
+    (0.65, 0.65, None)
+    """
+    factor = _UM_PER_UNIT.get(_norm_unit(unit))
+    return None if factor is None else float(value) * factor
 
 
 def _canonicalize(arr: da.Array, meta: ZStackMeta) -> tuple[da.Array, ZStackMeta]:

@@ -1,0 +1,206 @@
+"""Edge cases of the command line's checks and of the I/O layer: report paths checked before any work, option
+errors that name the option, atomic benchmark reports, pixel sizes in any length unit, NGFF axis order."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_linblur.cli.main import main
+from napari_linblur.io.omezarr import write_ome_zarr
+from napari_linblur.io.readers import open_zstack_with_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------- linblur focus --json/--csv
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv"])
+def test_focus_refuses_an_unwritable_report_folder_before_any_work(tmp_path, monkeypatch, capsys, option):
+    import napari_linblur.inference.defocus_ops as defocus_ops
+
+    tif = tmp_path / "stack.tif"
+    tifffile.imwrite(tif, np.random.default_rng(0).integers(0, 100, (4, 32, 32), dtype=np.uint16))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs):  # tests run as root, who may write anywhere: deny it for `locked`
+        if Path(path).resolve() == locked.resolve() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(defocus_ops, "focus_curve", lambda *a, **k: pytest.fail("computed before the check"))
+    report = locked / f"focus.{option[2:]}"
+    assert main(["focus", str(tif), "--method", "brenner", option, str(report)]) == 2
+    err = capsys.readouterr().err
+    assert f"{option} {report}" in err and "not writable" in err
+    # a file where the report's folder should be is named as such
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["focus", str(tif), "--method", "brenner", option, str(afile / "f.json")]) == 2
+    err = capsys.readouterr().err
+    assert option in err and "is a file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "locked", "stack.tif"]
+
+
+# ----------------------------------------------------------------------------------- linblur evaluate deblur options
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--depths", "nan"], "--depths"),
+    (["--depths", "1", "inf"], "--depths"),
+    (["--side", "100"], "--side"),
+    (["--side", "24"], "--side"),
+    (["--speed-side", "0"], "--speed-side"),
+    (["--n", "0"], "--n"),
+])
+def test_evaluate_deblur_option_errors_name_the_option(tmp_path, capsys, monkeypatch, argv, says):
+    import napari_linblur.evaluation.deblur as evaluation
+
+    monkeypatch.setattr(evaluation, "evaluate_deblur", lambda *a, **k: pytest.fail("evaluated a bad option"))
+    out = tmp_path / "ev"
+    assert main(["evaluate", "deblur", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{says} must be" in err and "got" in err, err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- benchmarks/run.py
+
+
+def test_bench_report_is_written_atomically_as_strict_json(tmp_path):
+    import runpy
+
+    here = tmp_path / "benchmarks"
+    here.mkdir()
+    shutil.copy(ROOT / "benchmarks" / "run.py", here / "run.py")
+    (here / "bench_fake.py").write_text(
+        "def run(report):\n    report('fake', [{'name': 'x', 'ratio': float('nan'), 'n': 2}])\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bench.json").write_text("earlier report")
+    os.link(out / "bench.json", tmp_path / "earlier.json")  # a write in place would change this link too
+    old = sys.argv
+    sys.argv = ["run.py", "--out", str(out)]
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(here / "run.py"), run_name="__main__")
+    finally:
+        sys.argv = old
+    assert done.value.code == 0
+    text = (out / "bench.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+    assert data["results"]["fake"] == [{"name": "x", "ratio": None, "n": 2}]
+    assert (tmp_path / "earlier.json").read_text() == "earlier report"  # replaced by a rename, not rewritten
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json"]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------- pixel sizes in other length units
+
+
+def test_length_in_micrometres():
+    from napari_linblur.io.readers import length_in_um
+
+    assert length_in_um(650.0, "nanometer") == pytest.approx(0.65)
+    assert length_in_um(0.65, "micrometer") == 0.65
+    assert length_in_um(0.00065, "millimeter") == pytest.approx(0.65)
+    assert length_in_um(6500.0, "angstrom") == pytest.approx(0.65)
+    assert length_in_um(1.0, "inch") == pytest.approx(25400.0)
+    for unknown in (None, "pixel", "second", "furlong"):
+        assert length_in_um(1.0, unknown) is None
+
+
+def _um_args(src, *extra):
+    from napari_linblur.cli.main import build_parser
+
+    return build_parser().parse_args(["defocus-map", str(src), "out.zarr", "--um", "--na", "0.45", "--wavelength",
+                                      "0.52", *extra])
+
+
+def test_defocus_map_um_takes_the_pixel_size_in_any_length_unit(tmp_path):
+    from napari_linblur.cli.apply_defocus import optics_from_args
+
+    stack = np.zeros((2, 32, 32), np.uint16)
+    in_nm = write_ome_zarr(tmp_path / "nm.zarr", stack, axes="zyx", scale=(2000.0, 650.0, 650.0), units="nanometer")
+    assert optics_from_args(_um_args(in_nm)).pixel_um == pytest.approx(0.65)
+    in_mm = write_ome_zarr(tmp_path / "mm.zarr", stack, axes="zyx", scale=(0.002, 0.00065, 0.00065),
+                           units="millimeter")
+    assert optics_from_args(_um_args(in_mm)).pixel_um == pytest.approx(0.65)
+    tif = tmp_path / "nm.tif"  # an ImageJ TIFF calibrated in nm: 650 nm per pixel
+    tifffile.imwrite(tif, stack, imagej=True, resolution=(1 / 650.0, 1 / 650.0), metadata={"unit": "nm"})
+    assert open_zstack_with_metadata(tif)[1].units[-1] == "nanometer"
+    assert optics_from_args(_um_args(tif)).pixel_um == pytest.approx(0.65)
+    # no unit, or not a length: refused, naming the option that gives the pixel size
+    for name, units in (("none.zarr", None), ("seconds.zarr", "second")):
+        src = write_ome_zarr(tmp_path / name, stack, axes="zyx", scale=(1.0, 0.65, 0.65), units=units)
+        with pytest.raises(ValueError, match="pass --pixel-um"):
+            optics_from_args(_um_args(src))
+    assert optics_from_args(_um_args(tmp_path / "none.zarr", "--pixel-um", "0.5")).pixel_um == 0.5
+
+
+# ------------------------------------------------------------------------------------------ NGFF axes of outputs
+
+
+def _ngff_axes(path: Path) -> list[dict]:
+    return json.loads((Path(path) / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]["axes"]
+
+
+def test_a_custom_axis_beside_time_is_written_in_ngff_order(tmp_path):
+    """NGFF: the time axis comes first and the space axes last. The reader puts an axis of unknown meaning first
+    ('?tzyx'); the writer stores it after time, and the data read back are the same."""
+    models = pytest.importorskip("ome_zarr_models.v05.image")
+    data = np.arange(2 * 3 * 2 * 16 * 16, dtype=np.uint16).reshape(2, 3, 2, 16, 16)
+    # a valid NGFF input (time, a custom axis, space): read as '?tzyx'
+    src = write_ome_zarr(tmp_path / "in.zarr", data, axes="tazyx", scale=(1, 1, 2.0, 0.5, 0.5))
+    models.Image.from_zarr(zarr.open_group(str(src), mode="r"))
+    arr, meta = open_zstack_with_metadata(src)
+    assert meta.axes == "?tzyx"
+    from napari_linblur.io.omezarr import writable_axes
+
+    out = write_ome_zarr(tmp_path / "out.zarr", arr, axes=writable_axes(meta.axes), scale=meta.scale,
+                         units=meta.units, translate=(0.0, 0.0, 0.0, 1.0, 2.0))
+    assert [a["name"] for a in _ngff_axes(out)] == ["t", "a", "z", "y", "x"]
+    models.Image.from_zarr(zarr.open_group(str(out), mode="r"))  # raises if not valid NGFF 0.5
+    back, meta2 = open_zstack_with_metadata(out)
+    assert meta2.axes == "?tzyx" and meta2.scale == meta.scale and meta2.units == meta.units
+    assert meta2.translate == (0.0, 0.0, 0.0, 1.0, 2.0)
+    np.testing.assert_array_equal(back.compute(), arr.compute())
+    # the space axes go last too: a channel given after Z is stored before it
+    out2 = write_ome_zarr(tmp_path / "zc.zarr", data[0].transpose(1, 0, 2, 3), axes="zcyx",
+                          channel_names=["a", "b", "c"], chunks=(1, 3, 16, 16))
+    assert [a["name"] for a in _ngff_axes(out2)] == ["c", "z", "y", "x"]
+    models.Image.from_zarr(zarr.open_group(str(out2), mode="r"))
+    back2, meta3 = open_zstack_with_metadata(out2)
+    assert meta3.axes == "czyx" and meta3.channel_names == ["a", "b", "c"]
+    np.testing.assert_array_equal(back2.compute(), data[0])
+
+
+def test_position_and_channel_axes_are_valid_ngff_and_round_trip(tmp_path):
+    """A BBBC006-style 'pczyx' result: a custom position axis (no type) before the channel axis, then space."""
+    models = pytest.importorskip("ome_zarr_models.v05.image")
+    from ome_zarr.axes import Axes
+    from ome_zarr.format import FormatV05
+
+    data = np.random.default_rng(0).integers(0, 100, (2, 2, 3, 16, 16)).astype(np.uint16)
+    out = write_ome_zarr(tmp_path / "p.zarr", data, axes="pczyx", scale=(1, 1, 2.0, 0.65, 0.65),
+                         channel_names=["w1", "w2"], attrs={"linblur": {"fields": ["a01_s1", "k06_s2"]}})
+    axes = _ngff_axes(out)
+    assert [(a["name"], a.get("type")) for a in axes] == [("p", None), ("c", "channel"), ("z", "space"),
+                                                           ("y", "space"), ("x", "space")]
+    models.Image.from_zarr(zarr.open_group(str(out), mode="r"))
+    Axes(axes, fmt=FormatV05()).validate()
+    back, meta = open_zstack_with_metadata(out)
+    assert meta.axes == "pczyx" and meta.channel_names == ["w1", "w2"] and meta.extra["fields"] == ["a01_s1",
+                                                                                                   "k06_s2"]
+    np.testing.assert_array_equal(back.compute(), data)
