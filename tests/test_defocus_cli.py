@@ -613,6 +613,23 @@ def test_short_runs_warm_up_over_a_tenth_of_their_steps(tmp_path, monkeypatch):
     assert calls[-1][1].warmup == 50
 
 
+def test_an_explicit_warmup_is_kept_and_a_bad_one_is_refused_before_any_file(tmp_path, monkeypatch, capsys):
+    """--warmup reproduces a run made with another warm-up (the 300-step comparisons of docs/results/defocus.md used
+    50); a negative or fractional one names the option and writes nothing."""
+    from napari_linblur.training import loop
+
+    calls = []
+    monkeypatch.setattr(loop, "train", _fake_train(calls))
+    assert main(["train", "defocus", *_TINY_RUN, "--steps", "300", "--warmup", "50", "--out", str(tmp_path / "r")]) == 0
+    assert calls[-1][1].warmup == 50
+    monkeypatch.undo()
+    assert main(["train", "defocus", *_TINY_RUN, "--steps", "20", "--warmup", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--warmup) must be an integer >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):  # argparse: "invalid int value"
+        main(["train", "defocus", *_TINY_RUN, "--warmup", "2.5", "--out", str(tmp_path / "bad")])
+
+
 def test_a_short_run_records_its_warmup(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "defocus", *_TINY_RUN, "--width", "4", "--steps", "20", "--out", str(out)]) == 0

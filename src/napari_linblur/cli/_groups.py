@@ -140,6 +140,9 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int, lr: float, ckpt
     p.add_argument("--ckpt-every", type=int, default=ckpt_every, help="checkpoint every N steps")
     p.add_argument("--val-every", type=int, default=ckpt_every, help="validate every N steps")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.safetensors")
+    p.add_argument("--warmup", type=int, default=None, metavar="N",
+                   help="learning-rate warm-up steps (default: 50, or a tenth of --steps for a run of fewer than "
+                   "500 steps; a --resume keeps the run's)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock budget of this session; checkpoint and stop (a --resume gets a new budget)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -174,12 +177,19 @@ def train_config_from_args(args):
     )
 
 
-def short_run_warmup(cfg):
-    """A short run warms its learning rate up over a tenth of its steps (at most ``cfg.warmup``); a resumed run keeps
-    the warmup its checkpointed session started with, so that ``--steps`` may grow on ``--resume``."""
+def short_run_warmup(cfg, given: int | None = None):
+    """Set ``cfg.warmup``: ``given`` (``--warmup``) when there is one, else the warm-up a resumed run recorded in its
+    ``train_config.json`` (so that ``--steps`` may grow on ``--resume``), else
+    :func:`~napari_linblur.training.loop.default_warmup` of ``cfg.steps`` (50, or a tenth of a short run's steps).
+    Call it once ``cfg.steps`` is final. Returns ``cfg``."""
     import json
     from pathlib import Path
 
+    from napari_linblur.training.loop import default_warmup
+
+    if given is not None:
+        cfg.warmup = given  # checked with the other options by TrainConfig.validate; a resume compares it
+        return cfg
     saved = Path(cfg.out) / "train_config.json"
     if cfg.resume and saved.is_file():
         try:
@@ -189,5 +199,5 @@ def short_run_warmup(cfg):
         if isinstance(warmup, int) and warmup > 0:
             cfg.warmup = warmup
             return cfg
-    cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
+    cfg.warmup = default_warmup(cfg.steps)
     return cfg

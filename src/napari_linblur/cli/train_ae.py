@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         per_epoch = sum(len(task._trip[f.name]) for f in task.train_fields) * 10
         cfg.steps = max(1, math.ceil(args.epochs * per_epoch / args.batch_size))
-    short_run_warmup(cfg)
+    short_run_warmup(cfg, args.warmup)
     cfg.log_every = min(cfg.log_every, cfg.ckpt_every)
     res = train(task, cfg)
     if is_main_process():  # every rank of a torchrun launch runs this: rank 0 alone prints

@@ -84,7 +84,7 @@ def _run(args) -> int:
         pixel_loss=args.loss,
     )
     cfg = train_config_from_args(args)
-    short_run_warmup(cfg)
+    short_run_warmup(cfg, args.warmup)
     res = train(task, cfg)
     if is_main_process():  # every rank of a torchrun launch runs this: rank 0 alone prints
         state = "finished" if res.finished else "stopped early (resume with --resume)"

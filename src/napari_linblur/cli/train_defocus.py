@@ -135,7 +135,7 @@ def run(args) -> int:
     multiple = int(model_cfg["stem_stride"]) * 2 ** (int(model_cfg["n_branches"]) - 1)
     if args.crop % multiple:
         raise ValueError(f"--crop must be a multiple of {multiple} for config {config_name!r}, got {args.crop}")
-    cfg = short_run_warmup(train_config_from_args(args))
+    cfg = short_run_warmup(train_config_from_args(args), args.warmup)
     main = is_main_process()  # every rank of a torchrun launch runs this: rank 0 alone prints
     task = DefocusTask(model_cfg, data, seed=args.seed, config_name=config_name,
                        log=print if main and not args.no_progress else None, init=args.init,

@@ -71,6 +71,22 @@ class Task(Protocol):  # pragma: no cover - structural type
     def card(self) -> dict: ...
 
 
+#: the warm-up of a run of at least ``10 * DEFAULT_WARMUP`` steps; shorter runs warm up over a tenth of their steps
+DEFAULT_WARMUP = 50
+
+
+def default_warmup(steps: int) -> int:
+    """The learning-rate warm-up (steps) of a run of ``steps`` steps when none is given: ``DEFAULT_WARMUP``, or a
+    tenth of a shorter run's steps (at least 1), so that a short run is not all warm-up.
+
+    Examples
+    --------
+    >>> default_warmup(2000), default_warmup(500), default_warmup(300), default_warmup(3)
+    (50, 50, 30, 1)
+    """
+    return min(DEFAULT_WARMUP, max(1, int(steps) // 10))
+
+
 @dataclass
 class TrainConfig:
     """Options of :func:`train` (the same for every model and every CLI ``linblur train`` sub-command)."""
@@ -80,7 +96,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"  # "cosine" (with warm-up) or "constant"
-    warmup: int = 50
+    warmup: int = DEFAULT_WARMUP
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
@@ -106,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"steps must be positive, got {self.steps}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed (--seed) must be an integer >= 0, got {self.seed!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) or self.warmup < 0:
+            raise ValueError(f"warmup (--warmup) must be an integer >= 0 (steps), got {self.warmup!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr (--lr) must be a positive finite number, got {self.lr}")
         if self.schedule not in ("cosine", "constant"):

@@ -237,7 +237,7 @@ class TrainWidget(c.LinblurWidget):
         return {"data": data, "name": layer.name, "scale": [abs(float(s)) for s in layer.scale], "lazy": lazy}
 
     def start(self) -> bool:
-        from napari_linblur.training.loop import TrainConfig, train
+        from napari_linblur.training.loop import TrainConfig, default_warmup, train
 
         if self.panel.running:
             c.notify_error("training is already running; cancel it first")
@@ -248,7 +248,7 @@ class TrainWidget(c.LinblurWidget):
         steps = int(self.steps.value())
         cfg = TrainConfig(
             out=str(out), steps=steps, lr=float(self.lr.value()), seed=int(self.seed.value()),
-            device=get_settings().device, progress=False, warmup=min(50, max(1, steps // 10)),
+            device=get_settings().device, progress=False, warmup=default_warmup(steps),
             log_every=max(1, min(10, steps // 20 or 1)), val_every=max(1, steps // 4),
             ckpt_every=max(1, steps // 4), command=f"napari Train widget ({kind})",
             # NHWC layout: the same model, 1.2-1.4x faster defocus training steps on CPU (docs/results/defocus.md)
