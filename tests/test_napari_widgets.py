@@ -601,6 +601,16 @@ def test_defocus_widget_shows_micrometres_of_defocus(viewer, qtbot, tiny_models,
     w.units.setCurrentIndex(w.units.findData("um"))
     settle(qtbot, w)
     assert not w.optics.isHidden() and w.optics.pixel.value() == 0.5  # from the layer's scale in µm
+    # another length unit is converted; a unit that is not a length keeps the user's value
+    nm = viewer.add_image(stack[0], name="nm", scale=(650.0, 650.0), units=("nanometer",) * 2)
+    assert w.optics.take_pixel_size(nm) and w.optics.pixel.value() == pytest.approx(0.65)
+    px = viewer.add_image(stack[0], name="px", scale=(3.0, 3.0))
+    assert not w.optics.take_pixel_size(px) and w.optics.pixel.value() == pytest.approx(0.65)
+    viewer.layers.remove(nm)
+    viewer.layers.remove(px)
+    viewer.layers.selection.active = layer
+    w.optics.take_pixel_size(layer)
+    settle(qtbot, w)
     z = _ops.current_indices(viewer, layer)[0]
     prev = viewer.layers[f"defocus µm[img z{z}] (preview)"]
     sigma = nl.estimate_defocus(stack[z], model=tiny_models["defocus"], tile=TILE)

@@ -163,7 +163,7 @@ class OpticsInput(QWidget):
     """The microscope's optics, to show the map as |defocus| in µm
     (:func:`napari_linblur.inference.defocus_ops.sigma_to_defocus_um`, Born–Wolf calibration).
 
-    The pixel size follows the image layer's scale when the layer is in µm (:meth:`take_pixel_size`).
+    The pixel size follows the image layer's scale when the layer is in a length unit (:meth:`take_pixel_size`).
     """
 
     def __init__(self, parent=None) -> None:
@@ -174,7 +174,7 @@ class OpticsInput(QWidget):
         self.na = spin(0.05, 1.7, 0.45, 2, "numerical aperture of the objective", "")
         self.wavelength = spin(0.3, 1.2, 0.52, 3, "emission wavelength, µm", " µm")
         self.pixel = spin(0.001, 100.0, 0.65, 4, "pixel size in the sample (camera pixel / magnification), µm; "
-                          "taken from the image layer's scale when the layer is in µm", " µm")
+                          "taken from the image layer's scale when the layer is in a length unit (nm, µm, mm)", " µm")
         self.ni = spin(1.0, 1.6, 1.0, 3, "immersion index: 1.0 air, 1.33 water, 1.515 oil", "")
         pairs = ((self.na, "NA "), (self.wavelength, "λ "), (self.pixel, "pixel "), (self.ni, "nᵢ "))
         for i, (w, prefix) in enumerate(pairs):
@@ -189,14 +189,17 @@ class OpticsInput(QWidget):
                             ni=self.ni.value())
 
     def take_pixel_size(self, layer) -> bool:
-        """Use ``layer``'s x pixel size if the layer is in µm; True if it was taken."""
+        """Use ``layer``'s x pixel size if the layer is in a length unit (nm, µm, mm, ... converted to µm) within
+        the field's range; True if it was taken."""
+        from napari_linblur.io.readers import length_in_um
+
         try:
-            unit = str(layer.units[-1])
+            um = length_in_um(float(layer.scale[-1]), str(layer.units[-1]))
         except Exception:  # noqa: BLE001 - a layer without units: keep the value the user set
             return False
-        if unit not in ("micrometer", "µm", "um", "micron"):
+        if um is None or not self.pixel.minimum() <= um <= self.pixel.maximum():
             return False
-        self.pixel.setValue(float(layer.scale[-1]))
+        self.pixel.setValue(um)
         return True
 
 
