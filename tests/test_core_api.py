@@ -230,3 +230,90 @@ def test_shipped_names_and_inconsistent_cards(tmp_path, monkeypatch):
     good.with_suffix(".json").write_text("{broken")
     with pytest.raises(ValueError, match="g.json is not valid JSON"):
         registry.load_model(good, device="cpu")
+
+
+def test_a_module_built_in_a_script_is_checked_against_the_operation():
+    """A module without ``.task`` is known by its class: another network, or a module that is none of ours, is a
+    TypeError naming the kind of model needed, before any tile runs; the right network is accepted."""
+    from napari_linblur.models.autoencoder import LinearLatentAE
+    from napari_linblur.models.drbnet import DRBNet
+    from napari_linblur.models.hrnet import HDMENet
+
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    drb = DRBNet(widths=(8, 8, 8), kernel_size=3, blocks=1)
+    hd = HDMENet(width=4, n_branches=2, modules=[1], blocks=1, stem_channels=4, head_channels=8)
+    ae = LinearLatentAE(arch="resnet", channels=[8, 16], latent_channels=4, blocks=1)
+    for call, needs in ((lambda m: nl.estimate_defocus(img, model=m, device="cpu"), "defocus"),
+                        (lambda m: nl.synthesize_blur(img, img, 0.5, model=m, device="cpu"), "ae"),
+                        (lambda m: nl.deblur_pair(img, img, 0.5, model=m, device="cpu"), "ae"),
+                        (lambda m: nl.deblur(img, method="network", model=m, device="cpu"), "deblur")):
+        for wrong in [m for m in (drb, hd, ae) if registry.module_task(m) != needs] + [torch.nn.Linear(2, 2)]:
+            with pytest.raises(TypeError, match=rf"model is a {type(wrong).__name__}.*needs a {needs!r} model"):
+                call(wrong)
+    assert registry.module_task(drb) == "deblur" and registry.module_task(hd) == "defocus"
+    assert registry.module_task(ae) == "ae" and registry.module_task(torch.nn.Linear(2, 2)) is None
+    assert nl.estimate_defocus(img, model=hd, device="cpu").shape == img.shape
+    assert nl.synthesize_blur(img, img, 0.5, model=ae, device="cpu").shape == img.shape
+    assert nl.deblur(img, method="network", model=drb, device="cpu").shape == img.shape
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_model_files_with_non_finite_weights_are_refused(tmp_path, bad):
+    from napari_linblur.models.hrnet import HDMENet
+
+    config = {"width": 4, "n_branches": 2, "modules": [1], "blocks": 1, "stem_channels": 4, "head_channels": 8}
+    m = HDMENet(**config)
+    name, tensor = next((k, v) for k, v in m.state_dict().items() if v.is_floating_point())
+    with torch.no_grad():
+        tensor.view(-1)[0] = bad
+    path = registry.save_model(m, tmp_path / "broken.safetensors",
+                               {"architecture": "HDMENet", "task": "defocus", "config": config})
+    with pytest.raises(ValueError, match=rf"broken\.safetensors.*{name}.*NaN or Inf"):
+        registry.load_model(path, device="cpu")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nl.estimate_defocus(np.ones((16, 16)), model=path, device="cpu")
+
+
+def test_non_callable_progress_or_should_stop_is_refused_before_the_model_loads():
+    img = np.ones((16, 16), np.float32)
+    missing = "/no/such/model.safetensors"  # loading it would be a FileNotFoundError: the check comes first
+    ops = (lambda **k: nl.estimate_defocus(img, model=missing, **k),
+           lambda **k: nl.deblur(img, model=missing, **k),
+           lambda **k: nl.synthesize_blur(img, img, 0.5, model=missing, **k),
+           lambda **k: nl.deblur_pair(img, img, 0.5, model=missing, **k))
+    for op in ops:
+        for name, value in (("progress", 5), ("should_stop", "x"), ("progress", True)):
+            with pytest.raises(TypeError, match=rf"{name} must be a callable.*or None, got {value!r}"):
+                op(device="cpu", **{name: value})
+
+
+def test_a_dask_array_of_unknown_shape_is_named_with_the_fix():
+    import dask.array as da
+
+    x = da.from_array(np.ones((3, 16, 16)), chunks=(1, 16, 16))
+    x = x[x[:, 0, 0] >= 0]  # boolean indexing: the length of the first axis is unknown until computed
+    with pytest.raises(ValueError, match=r"img has unknown shape \(nan, 16, 16\).*img\.compute_chunk_sizes\(\)"):
+        check_image(x, "img")
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        nl.estimate_defocus(x, device="cpu")
+    assert check_image(x.compute_chunk_sizes(), "img").shape == (3, 16, 16)
+
+
+def test_normalization_of_values_near_the_float32_limit_stays_finite():
+    """Inputs inside the accepted range |x| < 3.4e38 whose span or result exceeds float32: finite, no overflow
+    warning; results inside the range are those of the float32 computation."""
+    import warnings
+
+    img = (np.random.default_rng(0).random((32, 32)) - 0.5) * 6e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        n = fit_normalization(img)
+        assert np.isfinite([n.offset, n.scale]).all() and n.scale > 0
+        x = n.apply(img)
+        assert np.isfinite(x).all() and -0.01 <= x.min() and x.max() <= 1.01
+        with pytest.warns(UserWarning, match="float32 range"):
+            out = n.invert(np.array([0.0, 1.0, 2.0], np.float32))
+    assert np.isfinite(out).all() and out[-1] == np.finfo(np.float32).max
+    normal = fit_normalization(np.linspace(0, 4000, 100))
+    y = np.linspace(-1, 2, 7, dtype=np.float32)
+    np.testing.assert_array_equal(normal.invert(y), y * np.float32(normal.scale) + np.float32(normal.offset))

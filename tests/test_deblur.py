@@ -503,3 +503,90 @@ def test_tiling_options_and_tiny_alpha_are_refused():
         nl.deblur_pair(img, img, 1e-8, device="cpu")
     assert nl.deblur(img, method="reblur-extrapolate", sigma_map=np.zeros_like(img), sigma_r=np.float32(2.0),
                      device="cpu").shape == img.shape  # a numpy scalar is a number
+
+
+def test_infinite_or_inconsistent_deblur_parameters_are_refused_before_any_work(monkeypatch):
+    """sigma_r, sigma_focus and sigma_full must be finite, positive (sigma_focus >= 0) and ordered; checked at the
+    top of deblur, before the defocus map is estimated or a model loads."""
+    from napari_linblur.inference import defocus_ops
+    from napari_linblur.models import registry as reg
+
+    def no_work(*a, **k):
+        raise AssertionError("the options are checked first")
+
+    monkeypatch.setattr(defocus_ops, "estimate_defocus", no_work)
+    monkeypatch.setattr(reg, "load_model", no_work)
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    cases = [(dict(method="reblur-extrapolate", sigma_r=np.inf), "sigma_r"),
+             (dict(method="reblur-extrapolate", sigma_r=float("nan")), "sigma_r"),
+             (dict(method="guided", sigma_full=np.inf), "sigma_full"),
+             (dict(method="guided", sigma_focus=np.nan), "sigma_focus"),
+             (dict(method="guided", sigma_focus=-1.0), "sigma_focus"),
+             (dict(method="guided", sigma_focus=2.0, sigma_full=1.0), r"sigma_full > sigma_focus"),
+             (dict(method="guided", sigma_full="2"), "sigma_full")]
+    for kw, says in cases:
+        with pytest.raises((ValueError, TypeError), match=says):
+            nl.deblur(img, device="cpu", **kw)
+
+
+def test_deblur_cli_refuses_an_infinite_sigma_r_up_front(tmp_path, capsys):
+    import tifffile
+
+    from napari_linblur.cli.main import main
+
+    tif = tmp_path / "stack.tif"
+    tifffile.imwrite(tif, np.random.default_rng(0).poisson(300, (2, 32, 32)).astype(np.uint16))
+    for value in ("inf", "nan", "-1"):
+        out = tmp_path / f"out_{value}.zarr"
+        assert main(["deblur", str(tif), str(out), "--method", "reblur-extrapolate", "--sigma-r", value,
+                     "--device", "cpu", "--workers", "1"]) == 2
+        assert "--sigma-r must be a finite number > 0" in capsys.readouterr().err and not out.exists()
+
+
+def test_options_of_other_methods_warn_or_fail(tmp_path, capsys):
+    """An option the chosen method does not use is a UserWarning naming it; an unused option that is also invalid
+    (a missing model file, a negative σ map) is an error, as it would be for a method that uses it."""
+    import warnings
+
+    from napari_linblur.models.hrnet import HDMENet
+
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32) * 100
+    net = DRBNet(**TINY)
+    ref = nl.deblur(img, method="network", model=net, device="cpu")
+    with pytest.warns(UserWarning, match=r"sigma_map is not used by method='network'"):
+        out = nl.deblur(img, method="network", model=net, sigma_map=np.ones_like(img), device="cpu")
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(ValueError, match="sigma_map holds negative values"):
+        nl.deblur(img, method="network", model=net, sigma_map=-np.ones_like(img), device="cpu")
+    with pytest.raises(ValueError, match="sigma_map contains NaN"):
+        nl.deblur(img, method="network", model=net, sigma_map=np.full(img.shape, np.nan), device="cpu")
+    with pytest.raises(FileNotFoundError, match="x.safetensors"):
+        nl.deblur(img, method="network", model=net, defocus_model=str(tmp_path / "x.safetensors"), device="cpu")
+    with pytest.raises(TypeError, match="defocus_model.*needs a 'defocus' model"):
+        nl.deblur(img, method="network", model=net, defocus_model=net, device="cpu")
+    hd = HDMENet(width=4, n_branches=2, modules=[1], blocks=1, stem_channels=4, head_channels=8)
+    with pytest.warns(UserWarning, match=r"defocus_model is not used by method='network'"):
+        nl.deblur(img, method="network", model=net, defocus_model=hd, device="cpu")
+    with pytest.warns(UserWarning, match=r"defocus_model is not used when sigma_map is given"):
+        nl.deblur(img, method="guided", model=net, defocus_model=hd, sigma_map=np.zeros_like(img), device="cpu")
+    for kw, name in ((dict(sigma_r=3.0), "sigma_r"), (dict(sigma_full=3.0), "sigma_full"),
+                     (dict(guide="reblur-extrapolate"), "guide")):
+        with pytest.warns(UserWarning, match=rf"{name} is not used by method='network'"):
+            nl.deblur(img, method="network", model=net, device="cpu", **kw)
+    with warnings.catch_warnings():  # the options a method uses, and the defaults: no warning
+        warnings.simplefilter("error")
+        nl.deblur(img, method="guided", model=net, sigma_map=np.zeros_like(img), sigma_full=3.0, device="cpu")
+        nl.deblur(img, method="network", model=net, sigma_r=2.0, device="cpu")
+    # the CLI: a missing --defocus-model is an error before anything is written, whatever the method
+    import tifffile
+
+    from napari_linblur.cli.main import main
+
+    tif = tmp_path / "stack.tif"
+    tifffile.imwrite(tif, np.random.default_rng(0).poisson(300, (2, 32, 32)).astype(np.uint16))
+    model = registry.save_model(net, tmp_path / "net.safetensors",
+                                {"architecture": "DRBNet", "task": "deblur", "config": net.config()})
+    out = tmp_path / "out.zarr"
+    assert main(["deblur", str(tif), str(out), "--method", "network", "--model", str(model), "--defocus-model",
+                 str(tmp_path / "x.safetensors"), "--device", "cpu", "--workers", "1"]) == 2
+    assert "x.safetensors does not exist" in capsys.readouterr().err and not out.exists()

@@ -263,3 +263,10 @@ def test_more_bad_input_is_named():
     with pytest.raises(TypeError, match="na must be a real number, got '0.45'"):
         D.sigma_to_defocus_um(np.ones(3), na="0.45", wavelength_um=0.52, pixel_um=0.65)
     assert isinstance(OpticalSetup(na=np.float32(0.5), pixel_um=1).pixel_um, float)
+
+
+def test_best_focus_names_compute_as_not_its_option():
+    stack = np.stack([_img((32, 32), seed=s) for s in range(2)])
+    for value in (False, True):
+        with pytest.raises(TypeError, match=r"best_focus.*compute.*focus_curve\(stack, compute=False\)"):
+            D.best_focus(stack, method="brenner", compute=value)

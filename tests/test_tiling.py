@@ -127,3 +127,27 @@ def test_any_tile_works_without_an_overlap_and_large_overlaps_are_refused_up_fro
         for x in (img, lazy):  # refused when the call is made, before any dask compute
             with pytest.raises(ValueError, match=r"overlap \(\d+\) is too large for the automatic tile"):
                 call(x)
+
+
+def test_overlap_above_half_the_tile_is_refused_up_front():
+    """overlap <= tile // 2: a tile of 16 with an overlap of 15 would advance 1 px per tile (hundreds of thousands
+    of tiles per plane); refused when the call is made, naming the bound."""
+    import napari_linblur as nl
+    from napari_linblur.inference.tiling import check_tiling_options
+
+    assert check_tiling_options(16, 8, default_overlap=8) == (16, 8, 1)
+    assert check_tiling_options(33, 16, default_overlap=16) == (33, 16, 1)
+    for tile, overlap in ((16, 15), (16, 9), (32, 31), (33, 17)):
+        with pytest.raises(ValueError, match=rf"overlap \({overlap}\) must be at most half the tile "
+                                             rf"\({tile} // 2 = {tile // 2}\)"):
+            check_tiling_options(tile, overlap)
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    for call in (lambda: nl.estimate_defocus(img, tile=16, overlap=15, device="cpu"),
+                 lambda: nl.deblur(img, tile=16, overlap=15, device="cpu"),
+                 lambda: nl.deblur(img, method="reblur-extrapolate", tile=16, overlap=15, device="cpu"),
+                 lambda: nl.synthesize_blur(img, img, 0.5, tile=32, overlap=31, device="cpu"),
+                 lambda: nl.deblur_pair(img, img, 0.5, tile=32, overlap=31, device="cpu")):
+        with pytest.raises(ValueError, match="at most half the tile"):
+            call()
+    with pytest.raises(ValueError, match="at most half the tile"):
+        tiled_apply(lambda t: t, img, tile=16, overlap=15)

@@ -43,9 +43,11 @@ def register(subparsers) -> None:
 def run_deblur(args) -> int:
     from napari_linblur.batch import run_batch
     from napari_linblur.inference.deblur_ops import deblur
+    from napari_linblur.inference.validate import check_number
 
-    if not args.sigma_r > 0:
-        raise ValueError(f"--sigma-r must be > 0 pixels, got {args.sigma_r}")
+    # before any plane runs (the other options, --defocus-model included, are checked by deblur itself, which
+    # run_batch calls on the lazy input before anything is written)
+    check_number(args.sigma_r, "--sigma-r", unit=" (pixels)")
     out = run_batch(
         lambda a: deblur(a, method=args.method, model=args.model, device=args.device,
                          defocus_model=args.defocus_model, sigma_r=args.sigma_r, amp=args.amp, tta=args.tta),

@@ -30,7 +30,7 @@ An in-focus input (σ_b → 0) gives α → 1: the output is the input.
 from __future__ import annotations
 
 import math
-import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +46,7 @@ from .tiling import (
     map_planes,
     tile_starts,
 )
-from .validate import check_finite_plane, check_image, is_dask
+from .validate import check_callbacks, check_finite_plane, check_image, check_number, is_dask
 
 __all__ = ["AUTO_METHOD", "METHODS", "auto_tile", "deblur", "guided_weights", "reblur_alpha", "resolve_amp"]
 
@@ -57,6 +57,9 @@ AUTO_METHOD = "network"
 
 #: σ_r of the re-blur (pixels)
 DEFAULT_SIGMA_R = 2.0
+#: ``guided``: tiles with median σ at most this (px) are left untouched, from ``DEFAULT_SIGMA_FULL`` on fully deblurred
+DEFAULT_SIGMA_FOCUS = 0.8
+DEFAULT_SIGMA_FULL = 1.5
 
 
 def reblur_alpha(sigma_b: float, sigma_r: float = DEFAULT_SIGMA_R, sigma_a: float = 0.0) -> float:
@@ -92,7 +95,8 @@ def reblur_alpha(sigma_b: float, sigma_r: float = DEFAULT_SIGMA_R, sigma_a: floa
     return float(min(1.0, max(0.05, alpha)))
 
 
-def guided_weights(sigma_map: np.ndarray, *, sigma_focus: float = 0.8, sigma_full: float = 1.5,
+def guided_weights(sigma_map: np.ndarray, *, sigma_focus: float = DEFAULT_SIGMA_FOCUS,
+                   sigma_full: float = DEFAULT_SIGMA_FULL,
                    tile: int = 64, overlap: int = 32) -> np.ndarray:
     """Per-pixel deblurring strength in [0, 1] from a σ map, tile by tile with smooth blending.
 
@@ -169,8 +173,8 @@ def deblur(
     defocus_model: Any = None,
     sigma_r: float = DEFAULT_SIGMA_R,
     guide: str = "network",
-    sigma_focus: float = 0.8,
-    sigma_full: float = 1.5,
+    sigma_focus: float = DEFAULT_SIGMA_FOCUS,
+    sigma_full: float = DEFAULT_SIGMA_FULL,
     tile: int | None = None,
     overlap: int | None = None,
     batch_size: int = 2,
@@ -226,7 +230,16 @@ def deblur(
     Raises
     ------
     ValueError, TypeError
-        Bad ``img``, ``method``, ``sigma_map``, ``tta`` or a model of the wrong kind.
+        Bad ``img``, ``method``, ``sigma_map``, ``tta``, tiling, callbacks, a ``sigma_r``/``sigma_focus``/
+        ``sigma_full`` that is not finite, positive (``sigma_focus >= 0``) and ordered, or a model (``model``,
+        ``defocus_model``) of the wrong kind; all checked before any model loads, also for options the method
+        does not use.
+
+    Warns
+    -----
+    UserWarning
+        An option given that the method does not use (e.g. ``sigma_map`` or ``defocus_model`` with
+        ``method="network"``, ``defocus_model`` with a given ``sigma_map``); it is ignored.
 
     Examples
     --------
@@ -241,11 +254,15 @@ def deblur(
     """
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method={method!r}; use one of {', '.join(repr(m) for m in METHODS)}")
-    if guide not in ("network", "reblur-extrapolate"):
+    if not isinstance(guide, str) or guide not in ("network", "reblur-extrapolate"):
         raise ValueError(f"guide={guide!r}; use 'network' or 'reblur-extrapolate'")
-    if isinstance(sigma_r, bool) or not isinstance(sigma_r, numbers.Real) or not float(sigma_r) > 0:
-        raise ValueError(f"sigma_r must be a positive number of pixels, got {sigma_r!r}")
-    sigma_r = float(sigma_r)
+    check_callbacks(progress, should_stop)
+    sigma_r = check_number(sigma_r, "sigma_r", unit=" (pixels)")
+    sigma_focus = check_number(sigma_focus, "sigma_focus", inclusive=True, unit=" (pixels)")
+    sigma_full = check_number(sigma_full, "sigma_full", unit=" (pixels)")
+    if not sigma_full > sigma_focus:
+        raise ValueError(f"need sigma_full > sigma_focus (guided: no deblurring up to sigma_focus px of blur, full "
+                         f"strength from sigma_full px on), got sigma_focus={sigma_focus:g}, sigma_full={sigma_full:g}")
     ae_tiling = dict(tile=tile, overlap=overlap)  # the autoencoder's own defaults apply where these are None
     tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size, default_overlap=NETWORK_OVERLAP)
     from .tta import check_tta
@@ -258,22 +275,38 @@ def deblur(
         sigma_map = check_image(sigma_map, "sigma_map")
         if tuple(sigma_map.shape) != tuple(img.shape):
             raise ValueError(f"sigma_map must have img's shape {tuple(img.shape)}, got {tuple(sigma_map.shape)}")
+        if not is_dask(sigma_map):  # a dask map is checked plane by plane when it is computed
+            _check_sigma_values(np.asarray(sigma_map))
 
-    from napari_linblur.models.registry import resolve_model
+    from napari_linblur.models.registry import check_model, resolve_model
 
     from .device import resolve_device
 
-    dev = resolve_device(device)
-    amp = resolve_amp(amp, dev)
+    check_model(defocus_model, "defocus", name="defocus_model")  # also when unused: a wrong value is an error
     uses_net = method == "network" or (method == "guided" and guide == "network")
     uses_ae = method == "reblur-extrapolate" or (method == "guided" and guide == "reblur-extrapolate")
+    needs_map = method in ("reblur-extrapolate", "guided")
+    _warn_unused(method, {
+        "sigma_map": sigma_map is not None and not needs_map,
+        "defocus_model": defocus_model is not None and not needs_map,
+        "sigma_r": sigma_r != DEFAULT_SIGMA_R and not uses_ae,
+        "guide": guide != "network" and method != "guided",
+        "sigma_focus": sigma_focus != DEFAULT_SIGMA_FOCUS and method != "guided",
+        "sigma_full": sigma_full != DEFAULT_SIGMA_FULL and method != "guided",
+    })
+    if defocus_model is not None and needs_map and sigma_map is not None:
+        warnings.warn("defocus_model is not used when sigma_map is given (the map is not estimated); it is ignored",
+                      UserWarning, stacklevel=2)
+    if not needs_map:
+        sigma_map = None  # checked and warned about above; never computed
+    dev = resolve_device(device)
+    amp = resolve_amp(amp, dev)
     net = resolve_model(model, "deblur", device=dev) if uses_net else None
     if net is not None:
         import torch
 
         net = net.to(memory_format=torch.channels_last)
     ae = resolve_model(model, "ae", device=dev) if uses_ae else None
-    needs_map = method in ("reblur-extrapolate", "guided")
     if needs_map and sigma_map is None:
         from napari_linblur.inference.defocus_ops import estimate_defocus
 
@@ -290,9 +323,7 @@ def deblur(
             return _network_plane(plane, net, dev, **net_kw)
         check_finite_plane(smap, "sigma_map")  # a dask map is checked here, plane by plane, when it is computed
         smap = np.asarray(smap, np.float32)
-        if np.any(smap < 0):
-            raise ValueError(f"sigma_map holds negative values (min {float(smap.min()):.3g}); it must be σ in "
-                             "pixels, >= 0, as estimate_defocus returns")
+        _check_sigma_values(smap)
         if method == "reblur-extrapolate":
             return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae, device=dev, **ae_kw,
                                  progress=progress)
@@ -310,6 +341,27 @@ def deblur(
     if not is_dask(img) and img.ndim == 2:
         return np.asarray(_one(*args), np.float32)
     return map_planes(_one, *args)
+
+
+def _check_sigma_values(smap: np.ndarray) -> None:
+    """A σ map holds σ in pixels, >= 0 (finiteness is :func:`check_finite_plane`'s)."""
+    if np.any(smap < 0):
+        raise ValueError(f"sigma_map holds negative values (min {float(smap.min()):.3g}); it must be σ in "
+                         "pixels, >= 0, as estimate_defocus returns")
+
+
+#: the methods that use each option of :func:`deblur` whose use depends on the method
+_USED_BY = {"sigma_map": "'reblur-extrapolate' and 'guided'", "defocus_model": "'reblur-extrapolate' and 'guided'",
+            "sigma_r": "'reblur-extrapolate' and 'guided' with guide='reblur-extrapolate'", "guide": "'guided'",
+            "sigma_focus": "'guided'", "sigma_full": "'guided'"}
+
+
+def _warn_unused(method: str, unused: dict[str, bool]) -> None:
+    """A ``UserWarning`` naming each option given (not its default) that ``method`` does not use."""
+    for name, is_unused in unused.items():
+        if is_unused:
+            warnings.warn(f"{name} is not used by method={method!r} (only by {_USED_BY[name]}); it is ignored",
+                          UserWarning, stacklevel=3)
 
 
 _REGION, _REGION_OVERLAP = 128, 32  # guided re-blur: regions with one α each (not the network's tiles)

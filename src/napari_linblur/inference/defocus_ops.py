@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .tiling import NETWORK_OVERLAP, check_int, check_tiling_options, map_planes
-from .validate import check_finite_plane, check_image, is_dask
+from .validate import check_callbacks, check_finite_plane, check_image, is_dask
 
 #: Largest automatic tile of the defocus network: a 1024² plane is 2 x 2 tiles of 576 px. One whole 1024² tile
 #: ran 1.54x slower in float32 on this CPU (1.08x in bf16) than the 528-px tiles used before session 15; 576-px
@@ -252,6 +252,7 @@ def estimate_defocus(
     ((64, 80), 'float32')
     """
     img = check_image(img, "img")
+    check_callbacks(progress, should_stop)
     fn = _plane_defocus(model, device, tile=tile, overlap=overlap, batch_size=batch_size, mode=mode,
                         patch_size=patch_size, amp=amp, tta=tta, camera=camera,
                         progress=None if is_dask(img) else progress,
@@ -564,6 +565,9 @@ def best_focus(stack, *, method: str = "defocus", model=None, device="auto", **k
     >>> best_focus(np.stack([gaussian_filter(sharp, s) for s in (3, 1, 0.1, 2)]), method="tenengrad")
     2
     """
+    if "compute" in kwargs:
+        raise TypeError("best_focus() takes no compute= argument: it returns an index, so it always computes the "
+                        "focus curve; for a lazy curve use focus_curve(stack, compute=False)")
     stack = check_image(stack, "stack")
     if stack.ndim < 3:
         raise ValueError(f"stack has shape {tuple(stack.shape)}; best_focus needs a z-stack (..., Z, Y, X)")

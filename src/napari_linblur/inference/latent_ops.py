@@ -30,7 +30,14 @@ from napari_linblur.metrics.focus import laplacian
 from .normalize import fit_normalization
 from .tiling import check_tiling_options, map_planes, tiled_apply
 from .tta import check_tta, self_ensemble
-from .validate import check_alpha, check_finite_plane, check_image, check_same_shape, is_dask
+from .validate import (
+    check_alpha,
+    check_callbacks,
+    check_finite_plane,
+    check_image,
+    check_same_shape,
+    is_dask,
+)
 
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 64
@@ -267,6 +274,7 @@ def synthesize_blur(
     img_a, img_c = _prepare(img_a, img_c, ("img_a", "img_c"))
     alpha = check_alpha(alpha, name="alpha")
     tta = check_tta(tta)
+    check_callbacks(progress, should_stop)
     tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size,
                                                      default_overlap=DEFAULT_OVERLAP)
     from napari_linblur.models.registry import resolve_model
@@ -333,6 +341,7 @@ def deblur_pair(
                              f"difference of the two planes by 1/alpha (> {1 / MIN_EXTRAPOLATION_ALPHA:g}x), "
                              "which leaves nothing but amplified noise; pick planes further apart")
     tta = check_tta(tta)
+    check_callbacks(progress, should_stop)
     tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size,
                                                      default_overlap=DEFAULT_OVERLAP)
     from napari_linblur.models.registry import resolve_model

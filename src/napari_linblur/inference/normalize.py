@@ -13,6 +13,7 @@ import numpy as np
 
 LOW_PERCENTILE = 0.1
 HIGH_PERCENTILE = 99.9
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,40 @@ class Normalization:
     scale: float
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Normalize to model units (float32)."""
-        return ((np.asarray(x, dtype=np.float32) - np.float32(self.offset)) / np.float32(self.scale)).astype(
-            np.float32, copy=False
-        )
+        """Normalize to model units (float32).
+
+        Computed in float32; where that overflows (values of both signs near the float32 limit, whose span exceeds
+        it), in float64, so the result is finite for any input inside the float32 range.
+        """
+        x32 = np.asarray(x, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = ((x32 - np.float32(self.offset)) / np.float32(self.scale)).astype(np.float32, copy=False)
+        if abs(self.scale) > _F32_MAX or not np.isfinite(out).all():
+            out = ((x32.astype(np.float64) - self.offset) / self.scale).astype(np.float32)
+        return out
 
     def invert(self, y: np.ndarray) -> np.ndarray:
-        """Map model units back to the input's intensity units (float32)."""
-        return (np.asarray(y, dtype=np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(
-            np.float32, copy=False
-        )
+        """Map model units back to the input's intensity units (float32).
+
+        Computed in float32; where that overflows, in float64, and a result beyond the float32 range (a model
+        output overshooting an input near the float32 limit) is clipped to ``±3.4e38`` with a ``UserWarning``
+        rather than returned as Inf.
+        """
+        y32 = np.asarray(y, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = (y32 * np.float32(self.scale) + np.float32(self.offset)).astype(np.float32, copy=False)
+        if abs(self.scale) > _F32_MAX or not np.isfinite(out).all():
+            wide = y32.astype(np.float64) * self.scale + self.offset
+            finite = np.isfinite(wide)  # NaN/Inf model outputs stay what they are
+            beyond = finite & (np.abs(wide) > _F32_MAX)
+            if beyond.any():
+                import warnings
+
+                warnings.warn(f"{int(beyond.sum())} output value(s) beyond the float32 range were clipped to "
+                              "±3.4e38; rescale the input (e.g. divide it by 1e30) to keep them",
+                              UserWarning, stacklevel=2)
+            out = np.where(finite, np.clip(wide, -_F32_MAX, _F32_MAX), wide).astype(np.float32)
+        return out
 
     def to_dict(self) -> dict:
         return {"offset": float(self.offset), "scale": float(self.scale)}
@@ -84,7 +109,10 @@ def fit_normalization(
     values = values[np.isfinite(values)]
     if values.size == 0:
         raise ValueError("cannot normalize: the images contain no finite values")
-    lo, hi = np.percentile(values, [low, high])
+    with np.errstate(over="ignore", invalid="ignore"):
+        lo, hi = np.percentile(values, [low, high])
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # float32 interpolation overflowed: a span beyond float32
+        lo, hi = np.percentile(values.astype(np.float64), [low, high])
     scale = float(hi - lo)
     # constant: a range negligible next to the values themselves (a purely relative test, so a faint image of
     # values ~1e-13 is normalized like the same image at any other scale)

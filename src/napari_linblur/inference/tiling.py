@@ -136,7 +136,7 @@ def tiled_apply(
     out_channels : int
         Channels ``fn`` returns.
     tile, overlap : int
-        Tile side and minimum overlap in pixels (tile is rounded up to ``multiple``).
+        Tile side and minimum overlap in pixels (tile is rounded up to ``multiple``); ``overlap <= tile // 2``.
     multiple : int
         The network's size multiple; tiles and tiny images are padded by reflection to it.
     batch_size : int
@@ -160,8 +160,9 @@ def tiled_apply(
         x = x[None]
     if x.ndim != 3:
         raise ValueError(f"tiled_apply expects (C, Y, X) or (Y, X), got shape {x.shape}")
-    if overlap < 0 or tile <= 0 or overlap >= tile:
-        raise ValueError(f"tile must be > 0 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if tile <= 0 or overlap < 0:
+        raise ValueError(f"tile must be > 0 and overlap >= 0, got tile={tile}, overlap={overlap}")
+    _check_overlap_bound(tile, overlap)
     c, ny, nx = x.shape
     tile = _round_up(max(tile, multiple), multiple)
     th = min(tile, _round_up(ny, multiple))
@@ -273,12 +274,22 @@ def check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _check_overlap_bound(tile: int, overlap: int) -> None:
+    """``overlap <= tile // 2``: tiles then advance by at least half their side, so a plane needs at most about
+    four times the tiles of an overlap-free grid (an overlap just below the tile would advance a pixel at a
+    time: hundreds of thousands of tiles per plane)."""
+    if overlap > tile // 2:
+        raise ValueError(f"overlap ({overlap}) must be at most half the tile ({tile} // 2 = {tile // 2}): tiles "
+                         f"advance by tile - overlap px, so a larger overlap multiplies the work; use overlap <= "
+                         f"{tile // 2} or a larger tile")
+
+
 def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *, default_overlap: int = DEFAULT_OVERLAP,
                          cap: int = AUTO_TILE_CAP) -> tuple[int | None, int, int]:
     """Validated ``(tile, overlap, batch_size)`` of the shared tiling path (every model uses it).
 
-    ``tile`` is None (automatic) or an int >= 16; ``overlap`` an int >= 0 and smaller than ``tile`` (at most
-    ``cap // 2`` for an automatic tile of at most ``cap`` px), or None: the operation's ``default_overlap`` for an automatic
+    ``tile`` is None (automatic) or an int >= 16; ``overlap`` an int >= 0 and at most half the tile
+    (``tile // 2``; at most ``cap // 2`` for an automatic tile of at most ``cap`` px), or None: the operation's ``default_overlap`` for an automatic
     tile, ``min(default_overlap, tile // 4)`` for a given one (so any tile >= 16 works without an overlap);
     ``batch_size`` an int >= 1. An overlap below ``default_overlap`` (a small given tile, or a small given overlap)
     is allowed with a ``UserWarning``: tile borders will differ from a whole-plane run (seams).
@@ -294,8 +305,8 @@ def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *, defaul
     if overlap is None:
         overlap = default_overlap if tile is None else min(default_overlap, tile // 4)
     overlap = check_int(overlap, "overlap", 0)
-    if tile is not None and overlap >= tile:
-        raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
+    if tile is not None:
+        _check_overlap_bound(tile, overlap)
     if tile is None and 2 * overlap > cap:
         raise ValueError(f"overlap ({overlap}) is too large for the automatic tile (at most {cap} px): "
                          f"use overlap <= {cap // 2} or give tile as well")

@@ -6,6 +6,7 @@ torch code runs, so users never see a bare torch traceback.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -60,6 +61,11 @@ def check_image(x: Any, name: str = "img", *, allow_stack: bool = True, check_fi
     dtype = np.dtype(x.dtype)
     if dtype.kind not in "uif" and dtype != np.bool_:
         raise TypeError(f"{name} has dtype {dtype}; expected a real dtype (uint8, uint16, int, float)")
+    if any(isinstance(n, float) and math.isnan(n) for n in x.shape):
+        raise ValueError(
+            f"{name} has unknown shape {tuple(x.shape)} (a dask array whose chunk sizes are unknown, e.g. after "
+            f"boolean indexing); call {name}.compute_chunk_sizes() first, or pass an array of known shape"
+        )
     if x.ndim < 2:
         raise ValueError(f"{name} has shape {tuple(x.shape)}; expected {ACCEPTED_IMAGE}")
     if not allow_stack and x.ndim != 2:
@@ -134,3 +140,46 @@ def check_alpha(alpha: Any, *, name: str = "alpha", low_open: bool = False, allo
     elif not 0.0 < alpha <= 1.0:
         raise ValueError(f"{name}={alpha} is outside (0, 1] (extrapolation divides by alpha)")
     return alpha
+
+
+def check_callbacks(progress: Any = None, should_stop: Any = None) -> None:
+    """Raise a ``TypeError`` unless ``progress`` and ``should_stop`` are each None or callable.
+
+    Checked up front by every public operation, so that a wrong value fails before a model loads, not between
+    tiles.
+
+    Examples
+    --------
+    >>> check_callbacks(print, lambda: False)
+    >>> check_callbacks(progress=5)
+    Traceback (most recent call last):
+    TypeError: progress must be a callable progress(done, total) or None, got 5
+    """
+    forms: dict[str, tuple[Any, str]] = {"progress": (progress, "progress(done, total)"),
+                                         "should_stop": (should_stop, "should_stop() -> bool")}
+    for name, (value, form) in forms.items():
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be a callable {form} or None, got {value!r}")
+
+
+def check_number(value: Any, name: str, *, minimum: float = 0.0, inclusive: bool = False, unit: str = "") -> float:
+    """``value`` as a finite ``float`` above ``minimum`` (or equal to it when ``inclusive``).
+
+    A ``TypeError`` for a non-number (``bool`` included), a ``ValueError`` for NaN, Inf or a value out of range,
+    each naming ``name`` and the accepted form.
+
+    Examples
+    --------
+    >>> check_number(2, "sigma_r", unit=" (pixels)")
+    2.0
+    >>> check_number(float("inf"), "sigma_r", unit=" (pixels)")
+    Traceback (most recent call last):
+    ValueError: sigma_r must be a finite number > 0 (pixels), got inf
+    """
+    form = f"a finite number {'>=' if inclusive else '>'} {minimum:g}{unit}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {form}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < minimum or (number == minimum and not inclusive):
+        raise ValueError(f"{name} must be {form}, got {number:g}")
+    return number

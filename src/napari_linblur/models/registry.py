@@ -202,7 +202,7 @@ def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto"):
     Raises
     ------
     ValueError
-        Unknown name, corrupt file, hash mismatch, or weights that do not fit the architecture.
+        Unknown name, corrupt file, hash mismatch, weights that do not fit the architecture, or NaN/Inf weights.
     FileNotFoundError
         A path that does not exist.
     """
@@ -223,6 +223,10 @@ def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto"):
         state = load_file(str(path), device="cpu")
     except Exception as err:  # noqa: BLE001
         raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise ValueError(f"{path}: weight tensor {key!r} holds NaN or Inf values, so every output would be NaN; "
+                             "the file is broken (e.g. saved from a diverged training run): retrain or pick another")
     model = build_model(card)
     try:
         model.load_state_dict(state, strict=True)
@@ -236,7 +240,11 @@ def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto"):
 
 def resolve_model(model: Any, task: str, *, device: Any = "auto"):
     """``None`` -> the shipped default for ``task``; a name/path -> loaded; a module -> a copy, in eval mode on
-    ``device`` (the caller's module keeps its mode, device and memory layout)."""
+    ``device`` (the caller's module keeps its mode, device and memory layout).
+
+    A module must be of ``task``'s architecture (:func:`module_task`) or declare ``.task``; another network, or a
+    module that is none of ours without ``.task``, is a ``TypeError`` naming the kind needed.
+    """
     import copy
 
     import torch
@@ -252,9 +260,7 @@ def resolve_model(model: Any, task: str, *, device: Any = "auto"):
             )
         model = name
     if isinstance(model, torch.nn.Module):
-        got = getattr(model, "task", task)
-        if got != task:
-            raise ValueError(f"model is a {got!r} model; this operation needs a {task!r} model")
+        _check_module(model, task, "model")
         if getattr(model, "_linblur_copy", False):  # a copy this function made: ours to reuse as it is
             return model.to(resolve_device(device)).eval()
         own = copy.deepcopy(model).to(resolve_device(device)).eval()
@@ -264,6 +270,74 @@ def resolve_model(model: Any, task: str, *, device: Any = "auto"):
     if loaded.task != task:
         raise ValueError(f"model {model!r} is a {loaded.task!r} model; this operation needs a {task!r} model")
     return loaded
+
+
+def module_task(model: Any) -> str | None:
+    """The task of a module by its class: ``"ae"``, ``"defocus"`` or ``"deblur"`` for an instance of one of the
+    :data:`ARCHITECTURES` (or of a subclass), None for any other object.
+
+    Examples
+    --------
+    >>> from napari_linblur.models.drbnet import DRBNet
+    >>> module_task(DRBNet(widths=(8, 8, 8), kernel_size=3)), module_task(object())
+    ('deblur', None)
+    """
+    for arch, tasks in ARCHITECTURE_TASKS.items():
+        module_name, cls_name = ARCHITECTURES[arch].split(":")
+        if isinstance(model, getattr(importlib.import_module(module_name), cls_name)):
+            return tasks[0]
+    return None
+
+
+def _needed(task: str) -> str:
+    arch = [a for a, tasks in ARCHITECTURE_TASKS.items() if task in tasks]
+    return f"a {task!r} model" + (f" (a {arch[0]})" if arch else "")
+
+
+def _check_module(model: Any, task: str, name: str) -> None:
+    """Refuse a module that cannot run ``task``: one of our networks made for another task (``TypeError``), a
+    module that is none of ours and does not say its task (``TypeError``), or a ``.task`` naming another task
+    (``ValueError``, as for a loaded model of the wrong kind)."""
+    by_class = module_task(model)
+    if by_class is not None and by_class != task:
+        raise TypeError(f"{name} is a {type(model).__name__} (a {by_class!r} network); this operation needs "
+                        f"{_needed(task)}")
+    declared = getattr(model, "task", None)
+    if declared is None and by_class is None:
+        raise TypeError(f"{name} is a {type(model).__name__}, not a napari-linblur network; this operation needs "
+                        f"{_needed(task)}: pass such a module, a shipped name or a .safetensors path (a module of "
+                        f"your own that takes the same input can declare itself with {name}.task = {task!r})")
+    if declared is not None and declared != task:
+        raise ValueError(f"{name} is a {declared!r} model; this operation needs a {task!r} model")
+
+
+def check_model(model: Any, task: str, *, name: str = "model") -> None:
+    """Check, without loading weights, that ``model`` can serve ``task``; raise naming ``name`` otherwise.
+
+    ``None`` (the shipped default, checked when it loads) passes; a module is checked by its class and ``.task``
+    (as :func:`resolve_model` does); a name or path must exist and its card name ``task``. For an option an
+    operation does not use, so that a wrong value is still an error.
+
+    Raises
+    ------
+    TypeError
+        Not a name, path or module; a module of another kind.
+    ValueError, FileNotFoundError
+        A card of another task, an unknown name or a missing or unreadable file.
+    """
+    if model is None:
+        return
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        _check_module(model, task, name)
+        return
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"{name} must be None, a shipped name, a .safetensors path or a torch.nn.Module, "
+                        f"got {type(model).__name__}")
+    got = _locate(model)[1].get("task")
+    if got != task:
+        raise ValueError(f"{name} {os.fspath(model)!r} is a {got!r} model; this operation needs a {task!r} model")
 
 
 def save_model(model, path: str | os.PathLike, card: dict) -> Path:
