@@ -161,3 +161,43 @@ def test_train_ae_refuses_no_epochs(setup, tmp_path, capsys):
     data, _ = setup
     assert main(["train", "ae", "--data", str(data), "--epochs", "0", "--out", str(tmp_path / "run")]) == 2
     assert "--epochs must be positive" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("inside", ["", "run", "field_000/run"])
+def test_train_and_evaluate_ae_refuse_an_out_in_their_own_input(setup, capsys, monkeypatch, inside):
+    """--out the --data store itself or a folder inside it would put checkpoints, logs and reports into the input
+    dataset: refused before any work, as the apply commands refuse writing into their input."""
+    import napari_linblur.evaluation.ae as evaluation
+    import napari_linblur.training.ae as training
+
+    data, model = setup
+    before = _listing(data)
+    monkeypatch.setattr(training, "load_fields", lambda *a, **k: pytest.fail("loaded the data before the check"))
+    monkeypatch.setattr(evaluation, "evaluate_ae", lambda *a, **k: pytest.fail("evaluated before the check"))
+    out = str(data / inside) if inside else str(data)
+    assert main(["train", "ae", "--data", str(data), "--out", out, "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and "its own input" in err and str(data) in err, err
+    assert main(["evaluate", "ae", "--data", str(data), "--model", str(model), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and "its own input" in err and str(data) in err, err
+    assert _listing(data) == before
+
+
+def test_train_and_evaluate_ae_check_the_split_seed(setup, tmp_path, capsys, monkeypatch):
+    import napari_linblur.evaluation.ae as evaluation
+    import napari_linblur.training.ae as training
+
+    data, model = setup
+    monkeypatch.setattr(training, "load_fields", lambda *a, **k: pytest.fail("loaded the data before the check"))
+    monkeypatch.setattr(evaluation, "evaluate_ae", lambda *a, **k: pytest.fail("evaluated before the check"))
+    assert main(["train", "ae", "--data", str(data), "--out", str(tmp_path / "run"), "--split-seed", "-1"]) == 2
+    assert "--split-seed must be" in capsys.readouterr().err
+    assert main(["evaluate", "ae", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "ev"),
+                 "--split-seed", "-1"]) == 2
+    assert "--split-seed must be" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == []

@@ -64,6 +64,7 @@ def test_focus_refuses_an_unwritable_report_folder_before_any_work(tmp_path, mon
     (["--side", "24"], "--side"),
     (["--speed-side", "0"], "--speed-side"),
     (["--n", "0"], "--n"),
+    (["--seed", "-1"], "--seed"),
 ])
 def test_evaluate_deblur_option_errors_name_the_option(tmp_path, capsys, monkeypatch, argv, says):
     import napari_linblur.evaluation.deblur as evaluation
@@ -74,6 +75,58 @@ def test_evaluate_deblur_option_errors_name_the_option(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert f"{says} must be" in err and "got" in err, err
     assert not out.exists()
+
+
+def test_evaluate_defocus_seed_is_checked_naming_the_option(tmp_path, capsys, monkeypatch):
+    import napari_linblur.evaluation.defocus as evaluation
+
+    monkeypatch.setattr(evaluation, "evaluate_defocus", lambda *a, **k: pytest.fail("evaluated a bad option"))
+    out = tmp_path / "ev"
+    assert main(["evaluate", "defocus", "--out", str(out), "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed must be" in err and "got -1" in err and "non-negative integer" not in err, err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- output paths below a file
+
+
+def test_an_output_below_a_file_is_refused_naming_the_file(tmp_path, capsys, monkeypatch):
+    """``linblur defocus-map IN notes.txt/o.zarr`` and ``linblur synth notes.txt/x.zarr``: the file in the way is
+    named before any work (no cluster started, nothing synthesized), not a bare ``[Errno 17] File exists``."""
+    import napari_linblur.batch as batch
+    import napari_linblur.synth.dataset as dataset
+
+    tif = tmp_path / "stack.tif"
+    tifffile.imwrite(tif, np.random.default_rng(0).integers(0, 100, (2, 32, 32), dtype=np.uint16))
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    monkeypatch.setattr(batch, "dask_client", lambda *a, **k: pytest.fail("started a cluster before the check"))
+    monkeypatch.setattr(dataset, "synthesize_field", lambda *a, **k: pytest.fail("synthesized before the check"))
+    for argv in (["defocus-map", str(tif), str(afile / "o.zarr")],
+                 ["synth", str(afile / "x.zarr"), "--shape", "32", "48", "--no-progress"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{afile} is a file" in err and "Errno" not in err, err
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "stack.tif"]
+
+
+def test_check_out_not_in_input_guards_the_whole_store(tmp_path):
+    """The shared check of the training and evaluation commands (``--out`` against ``--data``/``--content-from``):
+    the input's outermost zarr store and everything inside it are refused; a folder beside or around it is fine."""
+    from napari_linblur.cli._groups import check_out_not_in_input
+
+    store = write_ome_zarr(tmp_path / "d.zarr", np.zeros((2, 8, 8), np.uint8))
+    for out in (store, store / "0", store / "new" / "run"):
+        with pytest.raises(ValueError, match=r"--out .*: refusing to write into its own input \(--content-from"):
+            check_out_not_in_input(str(out), str(store / "0"), source_option="--content-from")
+    for out in (tmp_path, tmp_path / "run", tmp_path / "d.zarr.run"):
+        check_out_not_in_input(str(out), str(store))
+    check_out_not_in_input(str(store), None)  # an optional input not given
+    plain = tmp_path / "tiffs"  # not a zarr store: the folder itself is the input
+    plain.mkdir()
+    with pytest.raises(ValueError, match="its own input"):
+        check_out_not_in_input(str(plain / "run"), str(plain))
 
 
 # ------------------------------------------------------------------------------------------- benchmarks/run.py

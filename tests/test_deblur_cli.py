@@ -107,8 +107,10 @@ def test_evaluate_deblur_cli(tmp_path, tiny_model):
     (["--init", "ae-default"], "is an 'ae' model"),
     (["--stage", "2", "--init", "deblur-default", "--data", "x.zarr", "--real-fraction", "2"], "--real-fraction"),
     (["--pool", "0"], "--pool must be >= 1"),
+    (["--stage", "2", "--init", "deblur-default", "--data", "OUT"], "refusing to write into its own input"),
 ])
 def test_train_deblur_refuses_impossible_options_before_any_work(tmp_path, capsys, bad, says):
     out = tmp_path / "run"
+    bad = [str(out.parent) if b == "OUT" else b for b in bad]  # --data holding --out: the run would write into it
     assert main(["train", "deblur", "--steps", "1", "--out", str(out), "--device", "cpu", *bad]) == 2
     assert says in capsys.readouterr().err and not out.exists()

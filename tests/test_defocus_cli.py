@@ -538,6 +538,10 @@ def test_train_on_own_stacks_uses_their_in_focus_planes(tmp_path, capsys, monkey
         assert says in capsys.readouterr().err and not bad.exists()
     assert main(["train", "defocus", "--content-plane", "2", "--out", str(tmp_path / "x"), "--steps", "1"]) == 2
     assert "need --content-from" in capsys.readouterr().err
+    # a run folder inside the content's store would write the model into the user's data
+    inside = [a if a != str(out) else str(Path(path) / "run") for a in args]
+    assert main(inside) == 2
+    assert "--content-from" in capsys.readouterr().err and not (Path(path) / "run").exists()
     nan = data.copy()
     nan[0, 0, 3, 0, 0] = np.nan
     write_ome_zarr(tmp_path / "nan.zarr", nan, axes="tczyx")

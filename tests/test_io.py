@@ -459,3 +459,28 @@ def test_atomic_reports_are_strict_json_and_leave_nothing_behind(tmp_path):
         write_text_atomic(keep, "new" * 1000 + "\ud800")
     assert keep.read_text() == "old"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["keep.txt", "r.json"]
+
+
+def test_writer_names_a_file_in_the_way_of_the_output_folder(tmp_path):
+    """An output below a file (``f.zarr/zarr.json/x.zarr``, ``notes.txt/o.zarr``) is refused before anything is
+    written, naming the output and the file in the way, not with pathlib's bare ``[Errno 17] File exists``."""
+    store = write_ome_zarr(tmp_path / "f.zarr", np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"zarr\.json is a file") as err:
+        write_ome_zarr(store / "zarr.json" / "x.zarr", np.zeros((2, 8, 8), np.uint8))
+    assert "x.zarr" in str(err.value)
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="notes.txt is a file") as err:
+        write_ome_zarr(afile / "deep" / "o.zarr", np.zeros((2, 8, 8), np.uint8))
+    assert "o.zarr" in str(err.value)
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["f.zarr", "notes.txt"]
+
+
+@pytest.mark.parametrize("attrs", [{"x": object()}, {"x": float("nan")}, {"x": [1.0, float("inf")]},
+                                   {"x": {(1, 2): 3}}, ["not", "a", "mapping"]])
+def test_writer_refuses_attrs_that_are_not_strict_json(tmp_path, attrs):
+    """``attrs`` go into ``zarr.json``: a value JSON cannot hold, or NaN/inf (bare ``NaN`` is not JSON), is refused
+    up front naming ``attrs``, and nothing is written."""
+    with pytest.raises(ValueError, match="attrs"):
+        write_ome_zarr(tmp_path / "a.zarr", np.zeros((2, 8, 8), np.uint8), attrs=attrs)
+    assert list(tmp_path.iterdir()) == []

@@ -244,6 +244,9 @@ def test_write_dataset_training_recipe_and_errors(tmp_path):
     with pytest.raises(ValueError, match="seed"):
         write_synthetic_dataset(tmp_path / "u.zarr", r, fields=1, seed=-1, progress=False)
     assert not (tmp_path / "u.zarr").exists()
+    (tmp_path / "notes.txt").write_text("x")  # a file where a folder of the output should be: named, up front
+    with pytest.raises(ValueError, match="notes.txt is a file"):
+        write_synthetic_dataset(tmp_path / "notes.txt" / "u.zarr", r, fields=1, progress=False)
 
 
 def test_overwrite_replaces_zarr_outputs_only(tmp_path):

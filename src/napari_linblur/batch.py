@@ -108,14 +108,23 @@ def run_batch(
     overwrite : bool
         Replace an existing output (never the input).
 
+    Raises
+    ------
+    ValueError
+        The output cannot be written (:func:`~napari_linblur.io.omezarr.check_output_path`: a file in the way of
+        its folder, its own input, an existing output without ``overwrite``), checked before the input is read.
+
     Returns
     -------
     pathlib.Path
         The written OME-Zarr folder.
     """
-    from napari_linblur.io.omezarr import writable_axes, write_ome_zarr
+    from napari_linblur.io.omezarr import check_output_path, writable_axes, write_ome_zarr
     from napari_linblur.io.readers import open_zstack_with_metadata
 
+    # the output's checks (a file in the way, its own input, an existing output) before any work or cluster start;
+    # write_ome_zarr makes them again when it writes
+    check_output_path(output_path, overwrite=overwrite, source_paths=[input_path])
     arr, meta = open_zstack_with_metadata(input_path, channel=channel)
     result = operation(arr)
     if tuple(result.shape) != tuple(arr.shape):

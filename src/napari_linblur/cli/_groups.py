@@ -60,6 +60,50 @@ def check_out_file(path: str, option: str, example: str = "report.txt") -> Path:
     return out
 
 
+def check_out_not_in_input(out: str, source: str | None, option: str = "--out", source_option: str = "--data",
+                           example: str = "run") -> None:
+    """Refuse a run folder ``out`` that is the input ``source`` or inside it, before any work: the run would write
+    its model, checkpoints, logs or reports into its own input (``--out d.zarr``, ``--out d.zarr/run``), which the
+    apply commands refuse too ('refusing to overwrite its own input'). Inside a zarr store means inside its outermost
+    store (:func:`~napari_linblur.io.omezarr._zarr_root`: ``--data d.zarr/field_000`` guards all of ``d.zarr``).
+    A folder that contains the input (``--out .`` for ``--data ./d.zarr``) is fine: the run adds its own files.
+
+    Parameters
+    ----------
+    out : str
+        The ``option`` value (a folder).
+    source : str, optional
+        The input (``source_option``'s value); None (an optional input not given) checks nothing.
+    option, source_option : str
+        The options' names, for the message.
+    example : str
+        The folder name the message suggests beside the input.
+
+    Raises
+    ------
+    ValueError
+        ``out`` is ``source`` (its store) or inside it.
+
+    Examples
+    --------
+    >>> check_out_not_in_input("runs/ae", "data/d.zarr")
+    >>> try:
+    ...     check_out_not_in_input("data/d.zarr/run", "data/d.zarr")
+    ... except ValueError as err:
+    ...     print(str(err).split(":")[0])
+    --out data/d.zarr/run
+    """
+    if source is None:
+        return
+    from napari_linblur.io.omezarr import _zarr_root
+
+    root = _zarr_root(Path(source).resolve())
+    target = Path(out).resolve()
+    if target == root or root in target.parents:
+        raise ValueError(f"{option} {out}: refusing to write into its own input ({source_option} {source}, "
+                         f"{root}); give a folder outside it, e.g. {root.parent / example}")
+
+
 def _check_writable(folder: Path, option: str, path: str) -> None:
     import os
 

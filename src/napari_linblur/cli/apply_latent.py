@@ -28,9 +28,11 @@ def run_synthesize(args: argparse.Namespace) -> int:
 
     from napari_linblur.batch import dask_client
     from napari_linblur.inference.latent_ops import alpha_from_positions, synthesize_blur
-    from napari_linblur.io.omezarr import writable_axes, write_ome_zarr
+    from napari_linblur.io.omezarr import check_output_path, writable_axes, write_ome_zarr
     from napari_linblur.io.readers import open_zstack_with_metadata
 
+    # OUT's checks (a file in the way, the input itself, an existing output) before any work, as run_batch's
+    check_output_path(args.output, overwrite=args.overwrite, source_paths=[args.input])
     channel = args.channel
     stack, meta = open_zstack_with_metadata(args.input, channel=channel)
     nz = stack.shape[-3]

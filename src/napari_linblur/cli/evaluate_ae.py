@@ -23,8 +23,12 @@ def _run(args: argparse.Namespace) -> int:
     from napari_linblur.evaluation.ae import evaluate_ae, to_markdown
     from napari_linblur.models.registry import write_json_atomic
 
-    from ._groups import check_out_folder
+    from ._groups import check_out_folder, check_out_not_in_input
 
+    if args.split_seed < 0:
+        raise ValueError(f"--split-seed must be an int >= 0 (the seed of the field split, as in training, e.g. 0), "
+                         f"got {args.split_seed}")
+    check_out_not_in_input(args.out, args.data, example="eval_ae")
     check_out_folder(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -41,6 +41,8 @@ def check_options(args) -> None:
     if args.side < 32 or args.side % 8:
         raise ValueError(f"--side must be a multiple of 8 and >= 32 (e.g. 128; the networks' size multiple), "
                          f"got {args.side}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an int >= 0 (the test set's seed, e.g. 2000000), got {args.seed}")
     if args.speed_side < 16:
         raise ValueError(f"--speed-side must be an int >= 16 (e.g. 1024), got {args.speed_side}")
     bad = [d for d in args.depths if not math.isfinite(d)]

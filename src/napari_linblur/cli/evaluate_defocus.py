@@ -51,6 +51,18 @@ def parse_models(specs: list[str] | None) -> dict:
     return out
 
 
+def check_options(args) -> None:
+    """Refuse bad options before any model is loaded, each error naming its option and the accepted form."""
+    if args.n_images < 1:
+        raise ValueError(f"--n-images must be an int >= 1 (held-out images per content set), got {args.n_images}")
+    if args.size < 32:
+        raise ValueError(f"--size must be an int >= 32 (the held-out images' side, e.g. 192), got {args.size}")
+    if not args.photons > 0:
+        raise ValueError(f"--photons must be positive (peak photo-electrons), got {args.photons}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an int >= 0 (the held-out data's seed, e.g. 20240), got {args.seed}")
+
+
 def run(args) -> int:
     from napari_linblur.evaluation.defocus import (
         EvalConfig,
@@ -59,10 +71,7 @@ def run(args) -> int:
         write_report,
     )
 
-    if args.n_images < 1 or args.size < 32:
-        raise ValueError("--n-images must be >= 1 and --size >= 32")
-    if not args.photons > 0:
-        raise ValueError(f"--photons must be positive (peak photo-electrons), got {args.photons}")
+    check_options(args)
     from ._groups import check_out_folder
 
     check_out_folder(args.out)

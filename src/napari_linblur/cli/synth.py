@@ -18,9 +18,11 @@ import argparse
 def _run(args: argparse.Namespace) -> int:
     import time
 
+    from napari_linblur.io.omezarr import check_parent_folders
     from napari_linblur.synth.dataset import write_synthetic_dataset
     from napari_linblur.synth.recipes import get_recipe
 
+    check_parent_folders(args.out, "OUT")  # a file in the way of OUT's folder: named, not [Errno 17]
     changes = {}
     if args.shape is not None:
         changes["shape"] = tuple(args.shape)

@@ -15,7 +15,12 @@ from __future__ import annotations
 import argparse
 import math
 
-from ._groups import add_train_options, short_run_warmup, train_config_from_args
+from ._groups import (
+    add_train_options,
+    check_out_not_in_input,
+    short_run_warmup,
+    train_config_from_args,
+)
 
 
 def synth_command(recipe: dict | None, seed, n_fields) -> str | None:
@@ -38,6 +43,10 @@ def synth_command(recipe: dict | None, seed, n_fields) -> str | None:
 def _run(args: argparse.Namespace) -> int:
     if args.epochs is not None and not args.epochs > 0:
         raise ValueError(f"--epochs must be positive, got {args.epochs}")
+    if args.split_seed < 0:
+        raise ValueError(f"--split-seed must be an int >= 0 (the seed of the 7:1:2 field split, e.g. 0), "
+                         f"got {args.split_seed}")
+    check_out_not_in_input(args.out, args.data)
     from napari_linblur.training.ae import AETask, load_fields
     from napari_linblur.training.loop import is_main_process, train
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from ._groups import add_train_options, short_run_warmup, train_config_from_args
+from ._groups import (
+    add_train_options,
+    check_out_not_in_input,
+    short_run_warmup,
+    train_config_from_args,
+)
 
 
 def register(subparsers) -> None:
@@ -50,6 +55,7 @@ def _run(args) -> int:
 
     if args.stage == 1 and args.data:
         raise ValueError("--data (real stacks) is used in stage 2; pass --stage 2 --init STAGE1/model.safetensors")
+    check_out_not_in_input(args.out, args.data)
     if not 0.0 <= args.real_fraction <= 1.0:
         raise ValueError(f"--real-fraction must be a fraction in [0, 1], got {args.real_fraction}")
     if args.pool < 1:

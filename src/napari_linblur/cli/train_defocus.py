@@ -15,6 +15,7 @@ from napari_linblur.batch import channel_arg
 from ._groups import (
     DefaultsHelpFormatter,
     add_train_options,
+    check_out_not_in_input,
     short_run_warmup,
     train_config_from_args,
 )
@@ -96,6 +97,7 @@ def run(args) -> int:
     from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
     from napari_linblur.training.loop import is_main_process, recorded_card, train
 
+    check_out_not_in_input(args.out, args.content_from, source_option="--content-from")
     config_name = args.config or "default"
     model_cfg = preset_config(config_name)
     if args.init:

@@ -136,6 +136,63 @@ def _zarr_root(path: Path) -> Path:
     return root
 
 
+def check_parent_folders(path: str | os.PathLike, label: str | None = None) -> None:
+    """Refuse an output ``path`` that cannot be created because a file stands where one of its folders should be
+    (``notes.txt/out.zarr``, ``in.zarr/zarr.json/out.zarr``), before any work: a ``ValueError`` naming the output
+    and the file in the way, instead of ``mkdir``'s bare ``[Errno 17] File exists`` half-way through a run.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The output file or folder (it need not exist; its missing folders are created by the writer).
+    label : str, optional
+        How the caller names the output, e.g. ``"OUT"`` or ``"--out"``; prefixed to the message.
+
+    Raises
+    ------
+    ValueError
+        A file is in the way of one of ``path``'s folders.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"; _ = f.write_text("x")
+    >>> check_parent_folders(f.parent / "out.zarr")  # fine: its folder exists
+    >>> try:
+    ...     check_parent_folders(f / "out.zarr", "OUT")
+    ... except ValueError as err:
+    ...     print(f"{f} is a file" in str(err))
+    True
+    """
+    target = Path(os.fspath(path)).absolute()
+    for parent in target.parents:
+        if parent.exists():  # the nearest existing one: a folder, or the file in the way
+            if not parent.is_dir():
+                prefix = f"{label} " if label else ""
+                raise ValueError(f"{prefix}{path}: cannot create its folder, {parent} is a file (not a folder); "
+                                 "choose an output path in a folder")
+            return
+
+
+def _check_attrs(attrs: Any) -> None:
+    """``attrs`` go into the root ``zarr.json``: a mapping of strict JSON values (no NaN/inf, which would be written
+    as the non-JSON token ``NaN``), checked before anything is written."""
+    import json
+
+    if attrs is None:
+        return
+    if not isinstance(attrs, Mapping):
+        raise ValueError(f"attrs: need a mapping of JSON values (e.g. {{'recipe': {{...}}}}), got "
+                         f"{type(attrs).__name__}")
+    if "ome" in attrs:
+        raise ValueError("attrs: the key 'ome' is reserved for the NGFF metadata")
+    try:
+        json.dumps(dict(attrs), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"attrs: need strict JSON values (str, int, finite float, bool, None, and lists and dicts "
+                         f"with str keys of them) for zarr.json; {err}") from err
+
+
 def _conflicts(target: Path, sources: Sequence[str | os.PathLike]) -> Path | None:
     for s in sources:
         sp = _zarr_root(Path(os.fspath(s)).resolve())
@@ -232,7 +289,8 @@ def write_ome_zarr(
     channel_names : sequence of str, optional
         labels of the ``c`` axis, written as NGFF ``omero.channels[].label``.
     attrs : mapping, optional
-        extra JSON attributes stored next to ``"ome"`` in the root ``zarr.json`` (e.g. a dataset recipe).
+        extra JSON attributes stored next to ``"ome"`` in the root ``zarr.json`` (e.g. a dataset recipe); strict
+        JSON values only (finite numbers).
     pyramid_levels : int, optional
         number of resolution levels including full resolution. None = :func:`auto_pyramid_levels`.
     chunks : sequence of int, optional
@@ -257,8 +315,9 @@ def write_ome_zarr(
     Raises
     ------
     ValueError
-        bad axes/scale/chunks, ``path`` exists and ``overwrite=False``, or ``path`` is one of
-        ``source_paths`` ('refusing to overwrite its own input').
+        bad axes/scale/chunks, ``attrs`` that are not strict JSON (NaN included), ``path`` exists and
+        ``overwrite=False``, a file in the way of ``path``'s folder, or ``path`` is one of ``source_paths``
+        ('refusing to overwrite its own input'): :func:`check_output_path`.
 
     Notes
     -----
@@ -306,8 +365,7 @@ def write_ome_zarr(
             raise ValueError(
                 f"channel_names: need one name per channel along a 'c' axis; axes {axes!r}, shape {data.shape}"
             )
-    if attrs is not None and "ome" in attrs:
-        raise ValueError("attrs: the key 'ome' is reserved for the NGFF metadata")
+    _check_attrs(attrs)
 
     if chunks is None:
         chunks_t = tuple([1] * (data.ndim - 2) + [min(data.shape[-2], 1024), min(data.shape[-1], 1024)])
@@ -337,14 +395,7 @@ def write_ome_zarr(
         raise ValueError(f"pyramid_levels: need >= 1, got {pyramid_levels}")
     levels = min(levels, 1 + int(np.log2(max(1, min(data.shape[-2:])))))
 
-    bad = _conflicts(target, source_paths)
-    if bad is not None:
-        raise ValueError(f"{target}: refusing to overwrite its own input ({bad})")
-    if target.exists() and not overwrite:
-        raise ValueError(f"{target}: already exists; pass overwrite=True (--overwrite on the command line) to "
-                         "replace it")
-    if overwrite:
-        check_replaceable(target)
+    check_output_path(target, overwrite=overwrite, source_paths=source_paths)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -356,6 +407,37 @@ def write_ome_zarr(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Path(os.fspath(path))
+
+
+def check_output_path(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    source_paths: Sequence[str | os.PathLike] = (),
+) -> Path:
+    """The checks :func:`write_ome_zarr` makes on its ``path`` before writing, for a caller that wants them before
+    a long computation (``linblur`` batch commands run them before starting a cluster).
+
+    Refused with a ``ValueError``: a file in the way of the output's folder (:func:`check_parent_folders`), an output
+    equal to, inside or containing one of ``source_paths`` ('refusing to overwrite its own input'), an existing
+    output without ``overwrite``, and with it anything but an earlier zarr output (:func:`check_replaceable`).
+
+    Returns
+    -------
+    Path
+        ``path``, resolved.
+    """
+    target = Path(os.fspath(path)).resolve()
+    check_parent_folders(path)
+    bad = _conflicts(target, source_paths)
+    if bad is not None:
+        raise ValueError(f"{target}: refusing to overwrite its own input ({bad})")
+    if target.exists() and not overwrite:
+        raise ValueError(f"{target}: already exists; pass overwrite=True (--overwrite on the command line) to "
+                         "replace it")
+    if overwrite:
+        check_replaceable(target)
+    return target
 
 
 def is_zarr_store(path: str | os.PathLike) -> bool:

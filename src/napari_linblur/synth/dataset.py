@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.omezarr import check_replaceable, move_into_place
+from ..io.omezarr import check_parent_folders, check_replaceable, move_into_place
 from .phantoms import cell_phantom
 from .recipes import Recipe, get_recipe
 from .zstack import through_focus_stack
@@ -156,6 +156,7 @@ def write_synthetic_dataset(
             "truth": "field_XXX/truth: float32 (C, Y, X) noise-free in-focus camera signal (ADU)",
         }
     }
+    check_parent_folders(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     bar = None
