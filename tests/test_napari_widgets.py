@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -212,7 +213,12 @@ def test_deblur_widget_single_and_pair(viewer, qtbot, tiny_models, synth):
     w.set_mode("single")
     w.method.setCurrentIndex(w.method.findData("network"))
     w.net_model.set_model(tiny_models["deblur"])
+    w.defocus_model.set_model(tiny_models["defocus"])  # chosen for the other methods: not passed to the network
     settle(qtbot, w)
+    with warnings.catch_warnings(record=True) as caught:  # the operation the preview runs, here in this thread
+        warnings.simplefilter("always")
+        w._op("single", None, "network")(img8)
+    assert not [m for m in caught if "is not used" in str(m.message)]
     prev = viewer.layers["deblurred[img8, network] (preview)"]
     np.testing.assert_allclose(prev.data, nl.deblur(img8, method="network", model=tiny_models["deblur"],
                                                     tile=TILE), rtol=1e-4, atol=1e-3)

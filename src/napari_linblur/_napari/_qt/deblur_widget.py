@@ -186,7 +186,8 @@ class DeblurWidget(c.LinblurWidget):
         else:
             picker = self.ae_model if method in AE_METHODS else self.net_model
             kw = op_kwargs(picker.model())
-            kw["defocus_model"] = self.defocus_model.model()
+            if mode == GUIDED or method in AE_METHODS:  # the methods that read a defocus map (its row is shown)
+                kw["defocus_model"] = self.defocus_model.model()
             if method not in AE_METHODS:  # the network's self-ensemble
                 kw["tta"] = int(self.tta.currentData())
 
