@@ -15,7 +15,7 @@ from napari_linblur.models.drbnet import (
     _pad,
     dynamic_update,
 )
-from napari_linblur.training.deblur import DeblurData, DeblurTask, make_test_set
+from napari_linblur.training.deblur import DeblurData, DeblurTask, RealStackPairs, make_test_set
 from napari_linblur.training.loop import TrainConfig, train
 
 TINY = {"widths": (8, 8, 8), "kernel_size": 3, "blocks": 1}
@@ -417,6 +417,21 @@ def test_stage2_pairs_from_real_stacks(tmp_path):
     blurry, target, info = task.real.pair(np.random.default_rng(1), 32)
     assert info["plane"] != 2
     assert any(np.array_equal(target, stack[2, y:y + 32, x:x + 32]) for y in range(17) for x in range(25))
+
+
+def test_stage2_pairs_from_a_synth_dataset_use_every_field(tmp_path):
+    """A ``linblur synth`` dataset (one image group per field, as README's first command makes) is read as
+    stacks, one per field and channel, like the autoencoder and defocus trainers read it."""
+    from napari_linblur.io.readers import open_zstack
+    from napari_linblur.synth import get_recipe, write_synthetic_dataset
+
+    path = write_synthetic_dataset(tmp_path / "d.zarr", get_recipe("training", shape=(40, 40)), fields=2, seed=0,
+                                   progress=False)
+    pairs = RealStackPairs(str(path), channel=0)
+    assert len(pairs.stacks) == 2 and len(pairs.focus) == 2
+    np.testing.assert_array_equal(pairs.stacks[1], np.asarray(open_zstack(path / "field_001", channel=0)))
+    blurry, target, info = pairs.pair(np.random.default_rng(0), 32)
+    assert blurry.shape == target.shape == (32, 32)
 
 
 def test_shrink_keeps_function_where_it_can_and_trains_from_a_larger_init(tmp_path):

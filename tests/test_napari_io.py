@@ -30,6 +30,8 @@ def test_manifest_contributions():
     assert cmd["Blur synthesis"] in filt and cmd["Deblur"] in filt
     assert cmd["Defocus map & focus QC"] in meas
     assert {s.key for s in c.sample_data} == {"synthetic_stack", "bbbc006"}
+    # napari lists samples under the plugin's name (File > Open Sample > napari-linblur): the names the guide uses
+    assert {s.display_name for s in c.sample_data} == {"Synthetic through-focus stack", "BBBC006 image"}
     assert c.readers and c.writers
     assert set(c.configurations) == {"inference", "models"}
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, unless its help text already says it (no "(default 0.5) (default: 0.5)")."""
+    """Shows each option's default, unless its help text already says it (no "(default 0.5) (default: 0.5)") or
+    the default is None (an option whose absence means something its help says, never "(default: None)")."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text.lower():
+        if "default" in text.lower() or action.default is None:
             return text
         return super()._get_help_string(action)
 

@@ -101,7 +101,8 @@ def register(subparsers) -> None:
     p.add_argument("--sharp", type=int, required=True, help="index of the sharper plane a along Z")
     p.add_argument("--blurry", type=int, required=True, help="index of the blurrier plane c along Z")
     p.add_argument("--alpha", type=float, nargs="+", default=None,
-                   help="interpolation weights in [0, 1] (1 = sharp plane, 0 = blurry plane)")
+                   help="interpolation weights in [0, 1] (1 = sharp plane, 0 = blurry plane); default 0.5 "
+                   "unless --positions is given")
     p.add_argument("--positions", type=float, nargs="+", default=None,
                    help="z positions (plane index units) of the planes to synthesize, between --sharp and --blurry")
     p.add_argument("--model", default=None, help="autoencoder name or .safetensors (default ae-default)")

@@ -32,7 +32,8 @@ from dask.base import tokenize
 from . import bbbc006 as _bb
 from ._lazy import SafeZarrArray, TiffFilePlane, TiffPlanes, as_dask, natural_key, tiff_error
 
-__all__ = ["ZStackMeta", "open_zstack", "open_zstack_with_metadata", "length_in_um", "ACCEPTED_FORMATS"]
+__all__ = ["ZStackMeta", "open_zstack", "open_zstacks", "open_zstack_with_metadata", "synthetic_dataset_attrs",
+           "length_in_um", "ACCEPTED_FORMATS"]
 
 ACCEPTED_FORMATS = (
     "OME-Zarr 0.4 (zarr v2) or 0.5 (zarr v3) image group (highest resolution level is read)",
@@ -127,6 +128,46 @@ def open_zstack(path: str | os.PathLike, *, channel: int | str | None = None) ->
     FileNotFoundError: /no/such/stack.tif: no such file or folder
     """
     return open_zstack_with_metadata(path, channel=channel)[0]
+
+
+def synthetic_dataset_attrs(path: str | os.PathLike) -> dict | None:
+    """The ``linblur`` attributes of a ``linblur synth`` dataset's root group (one NGFF image per ``field_NNN``
+    group, :mod:`napari_linblur.synth.dataset`), or None when ``path`` is not such a dataset.
+
+    Examples
+    --------
+    >>> synthetic_dataset_attrs("/no/such/data.zarr") is None
+    True
+    """
+    import json
+
+    root = Path(os.path.abspath(os.fspath(path))) / "zarr.json"
+    try:
+        attrs = json.loads(root.read_text()).get("attributes", {}).get("linblur", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return attrs if isinstance(attrs, dict) and attrs.get("kind") == "synthetic-through-focus" else None
+
+
+def open_zstacks(path: str | os.PathLike, *, channel: int | str | None = None) -> list[da.Array]:
+    """Open every z-stack of ``path``: one per field of a ``linblur synth`` dataset (its ``field_NNN`` groups, in
+    order), else the one :func:`open_zstack` reads (a ``(..., Z, Y, X)`` array that may hold several stacks).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A ``linblur synth`` dataset or anything :func:`open_zstack` reads.
+    channel : int or str, optional
+        As for :func:`open_zstack`.
+
+    Returns
+    -------
+    list of dask.array.Array
+    """
+    if synthetic_dataset_attrs(path) is not None:
+        fields = sorted(f for f in Path(os.path.abspath(os.fspath(path))).glob("field_*") if f.is_dir())
+        return [open_zstack(f, channel=channel) for f in fields]
+    return [open_zstack(path, channel=channel)]
 
 
 def open_zstack_with_metadata(

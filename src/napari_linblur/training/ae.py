@@ -167,15 +167,11 @@ def load_fields(
     if not Path(os.fspath(path)).exists():
         raise FileNotFoundError(f"--data {os.fspath(path)}: no such file or folder")
     # absolute: the card records it, and --resume from another folder or spelling is the same dataset
+    from napari_linblur.io.readers import synthetic_dataset_attrs
+
     p = Path(os.path.abspath(os.fspath(path)))
-    root = p / "zarr.json"
-    attrs = {}
-    if root.exists():
-        try:
-            attrs = json.loads(root.read_text()).get("attributes", {}).get("linblur", {})
-        except json.JSONDecodeError:
-            attrs = {}
-    if attrs.get("kind") == "synthetic-through-focus":
+    attrs = synthetic_dataset_attrs(p)
+    if attrs is not None:
         return _load_synthetic(p, attrs, channel, planes, fields, with_truth)
     return _load_zstack(p, channel, planes, fields)
 
@@ -257,16 +253,12 @@ def count_fields(path: str | os.PathLike) -> int:
     if not Path(os.fspath(path)).exists():
         raise FileNotFoundError(f"--data {os.fspath(path)}: no such file or folder")
     # absolute: the card records it, and --resume from another folder or spelling is the same dataset
+    from napari_linblur.io.readers import open_zstack_with_metadata, synthetic_dataset_attrs
+
     p = Path(os.path.abspath(os.fspath(path)))
-    root = p / "zarr.json"
-    if root.exists():
-        try:
-            attrs = json.loads(root.read_text()).get("attributes", {}).get("linblur", {})
-        except json.JSONDecodeError:
-            attrs = {}
-        if attrs.get("kind") == "synthetic-through-focus":
-            return int(attrs["fields"])
-    from napari_linblur.io.readers import open_zstack_with_metadata
+    attrs = synthetic_dataset_attrs(p)
+    if attrs is not None:
+        return int(attrs["fields"])
 
     arr, meta = open_zstack_with_metadata(p, channel=None)
     # fields per channel, as load_fields counts them (a channel axis is not more fields)

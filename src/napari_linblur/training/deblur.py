@@ -289,7 +289,7 @@ class RealStackPairs:
     Parameters
     ----------
     path : str
-        zarr / OME-Zarr / TIFF stack / BBBC006 folder.
+        zarr / OME-Zarr / TIFF stack / BBBC006 folder, or a ``linblur synth`` dataset (every field).
     focus_index : int, optional
         The in-focus plane; default: per field the plane of maximal variance of the Laplacian.
     max_offset : int
@@ -299,12 +299,14 @@ class RealStackPairs:
     """
 
     def __init__(self, path: str, *, focus_index: int | None = None, max_offset: int = 4, channel=None):
-        from napari_linblur.io.readers import open_zstack
+        from napari_linblur.io.readers import open_zstacks
 
-        arr = np.asarray(open_zstack(path, channel=channel), dtype=np.float32)
-        if arr.ndim < 3:
-            raise ValueError(f"--data {path}: expected a z-stack (..., Z, Y, X), got shape {arr.shape}")
-        self.stacks = arr.reshape((-1,) + arr.shape[-3:])
+        self.stacks = []
+        for arr in open_zstacks(path, channel=channel):  # a ``linblur synth`` dataset: one stack per field
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.ndim < 3:
+                raise ValueError(f"--data {path}: expected a z-stack (..., Z, Y, X), got shape {arr.shape}")
+            self.stacks.extend(arr.reshape((-1,) + arr.shape[-3:]))
         self.focus = []
         for st in self.stacks:
             if focus_index is not None:

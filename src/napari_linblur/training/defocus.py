@@ -204,14 +204,9 @@ def _stamp(path: Path) -> tuple:
 def _content_images(path: str, channel, plane, max_stacks: int, stamp) -> tuple[tuple[np.ndarray, ...],
                                                                                  tuple[dict, ...]]:
     from napari_linblur.inference.defocus_ops import best_focus
-    from napari_linblur.io.readers import open_zstack
+    from napari_linblur.io.readers import open_zstacks
 
-    meta = Path(path) / "zarr.json"
-    attrs = json.loads(meta.read_text()).get("attributes", {}).get("linblur", {}) if meta.is_file() else {}
-    if attrs.get("kind") == "synthetic-through-focus":  # a ``linblur synth`` dataset: one NGFF image per field
-        arrays = [open_zstack(f, channel=channel) for f in sorted(Path(path).glob("field_*")) if f.is_dir()]
-    else:
-        arrays = [open_zstack(path, channel=channel)]
+    arrays = open_zstacks(path, channel=channel)  # a ``linblur synth`` dataset: one NGFF image per field
     stacks = [s for a in arrays for s in (a.reshape((-1, *a.shape[-3:])) if a.ndim >= 3 else a[None, None])]
     n, nz = len(stacks), int(stacks[0].shape[0]) if stacks else 0
     if plane != "auto" and not -nz <= int(plane) < nz:
