@@ -394,7 +394,7 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     text_js = (out / "defocus_eval.json").read_text()
     res = json.loads(text_js, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
     table = res["spatially_varying"]["microscopy"]
-    assert set(table) == {"tiny", "tiny, self-ensemble x2", "focus-measure (calibrated LoG var.)", "Zhuo & Sim 2011"}
+    assert set(table) == {"tiny", "tiny, self-ensemble x2", "focus-measure (calibrated var. of Laplacian)", "Zhuo & Sim 2011"}
     for r in table.values():
         assert 0 <= r["all"]["mae_px"] < 10 and 0 <= r["all"]["delta3"] <= 1
     text = capsys.readouterr().out

@@ -62,6 +62,21 @@ def test_sigma_rises_with_defocus_and_best_focus(vectorial_stack):
     assert abs(best - focus) <= 1, (best, nl.focus_curve(stack, device="cpu"))
 
 
+def test_blank_frames_never_outrank_blurred_structure(vectorial_stack):
+    """A stack far from focus padded with empty frames (registration, stitching): the constant frames score
+    -NO_SIGNAL_SIGMA, below every plane with structure, so best_focus picks the least blurred real plane (the
+    network's guess on a blank frame, ~5 px, is its prior, not a measurement)."""
+    from napari_linblur.inference.defocus_ops import NO_SIGNAL_SIGMA
+
+    _, stack = vectorial_stack
+    far = stack[:2]  # 12 and 9 µm above focus
+    padded = np.concatenate([np.zeros_like(far[:1]), far, np.full_like(far[:1], 100)])
+    curve = nl.focus_curve(padded, device="cpu")
+    assert curve[0] == curve[-1] == -NO_SIGNAL_SIGMA
+    assert (curve[1:3] > -NO_SIGNAL_SIGMA).all(), curve
+    assert nl.best_focus(padded, device="cpu") == 2, curve
+
+
 def test_sharp_content_reads_low_sigma():
     from napari_linblur.optics.noise import poisson_gaussian
     from napari_linblur.synth.phantoms import cell_phantom

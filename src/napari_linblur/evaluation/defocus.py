@@ -133,7 +133,7 @@ def _estimators(models: dict[str, Any], baselines: bool, device: str, tta: int =
             est[f"{label}, self-ensemble x{tta}"] = (
                 lambda img, m=m: estimate_defocus(img, model=m, device=device, amp="off", tta=tta))
     if baselines:
-        est["focus-measure (calibrated LoG var.)"] = lambda img: focus_measure_sigma_map(img.astype(np.float64))
+        est["focus-measure (calibrated var. of Laplacian)"] = lambda img: focus_measure_sigma_map(img.astype(np.float64))
         est["Zhuo & Sim 2011"] = lambda img: zhuo_sim_defocus_map(img.astype(np.float64))
     return est
 

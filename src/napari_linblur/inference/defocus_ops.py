@@ -431,6 +431,11 @@ def _check_method(method: str) -> str:
     return m
 
 
+#: the σ (px) a constant plane is scored at by ``focus_curve(method="defocus")``: the top of the range the shipped
+#: models are trained on, so a blank frame never ranks above a plane whose structure is less blurred than that
+NO_SIGNAL_SIGMA = 10.0
+
+
 class _PlaneScore:
     """Picklable per-plane focus score."""
 
@@ -444,9 +449,14 @@ class _PlaneScore:
         if self.method != "defocus":
             score = _classical(self.method, plane)
         else:
-            sigma = self.sigma_fn(plane)
-            mask = signal_mask(plane)
-            score = -float(np.median(sigma[mask] if mask.any() else sigma))
+            if plane.min() == plane.max():
+                # a constant plane (zero padding, a blank or saturated frame) shows no focus at all: it scores as
+                # the top of the σ range (what the network reads there is its prior, not a measurement)
+                score = -NO_SIGNAL_SIGMA
+            else:
+                sigma = self.sigma_fn(plane)
+                mask = signal_mask(plane)  # none: texture everywhere (or only noise), read from every pixel
+                score = -float(np.median(sigma[mask] if mask.any() else sigma))
         return score if np.isfinite(score) else 0.0
 
 
@@ -493,8 +503,9 @@ def focus_curve(stack, *, method: str = "defocus", model=None, device="auto", co
         Planes are read and scored one at a time; a lazy stack is never materialised.
     method : str
         ``"defocus"`` (default): minus the median estimated σ (pixels) over the plane's signal pixels
-        (:func:`signal_mask`; all pixels when the plane has no signal), so a score of ``-2.5`` means a median
-        blur of 2.5 px. Classical measures on the raw intensities: ``"variance_of_laplacian"``, ``"brenner"``,
+        (:func:`signal_mask`; all pixels when no pixel stands out, e.g. texture everywhere), so a score of
+        ``-2.5`` means a median blur of 2.5 px; a constant plane (zero padding, a blank frame) scores
+        ``-NO_SIGNAL_SIGMA`` (-10), as blurred as the trained range goes. Classical measures on the raw intensities: ``"variance_of_laplacian"``, ``"brenner"``,
         ``"tenengrad"``, ``"normalized_variance"`` (:mod:`napari_linblur.metrics.focus`) and ``"vollath"`` (F4).
     model, device
         As in :func:`estimate_defocus` (``method="defocus"`` only).
@@ -509,7 +520,8 @@ def focus_curve(stack, *, method: str = "defocus", model=None, device="auto", co
     Returns
     -------
     numpy.ndarray (float64) of shape ``stack.shape[:-2]``; never NaN (constant planes score 0 with the
-    classical measures, and a defined σ with ``"defocus"``).
+    classical measures and -10 with ``"defocus"``, the top of the trained σ range, so that an empty frame never
+    outranks a plane with structure below it).
 
     Examples
     --------

@@ -692,7 +692,7 @@ class DefocusTask:
         }
 
 
-CLASSICAL_LABELS = ("focus-measure (calibrated LoG var.)", "Zhuo & Sim 2011")
+CLASSICAL_LABELS = ("focus-measure (calibrated var. of Laplacian)", "Zhuo & Sim 2011")
 
 
 def card_metrics(evaluation: dict, label: str, command: str) -> dict:
