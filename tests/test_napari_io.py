@@ -165,3 +165,80 @@ def test_reader_bbbc006_folder_channels_become_layers(tmp_path):
     assert type(arr).__module__.startswith("dask")
     assert kw["scale"] == [1.0, 2.0, 0.65, 0.65]
     assert kw["metadata"]["linblur_axes"] == "pzyx"
+
+
+def test_writer_saves_a_multiscale_layer_at_full_resolution(viewer, tmp_path):
+    """napari hands the writer a multiscale layer's data as a ``MultiScaleData`` (not a list): both writers save
+    its level 0 (full resolution, with level 0's pixel size; the writer builds its own pyramid)."""
+    from napari_helpers import PLUGIN
+
+    rng = np.random.default_rng(4)
+    full = (rng.random((2, 64, 64)) * 1000).astype(np.float32)
+    ms = viewer.add_image([full, full[:, ::2, ::2]], multiscale=True, name="pyr", scale=(2.0, 0.5, 0.5))
+    other = viewer.add_image((rng.random((2, 64, 64)) * 1000).astype(np.float32), name="other",
+                             scale=(2.0, 0.5, 0.5))
+    viewer.layers.selection = {ms}
+    one = viewer.layers.save(str(tmp_path / "one.ome.zarr"), selected=True, plugin=PLUGIN)
+    arr, meta = open_zstack_with_metadata(one[0])
+    assert arr.shape == full.shape and meta.scale == (2.0, 0.5, 0.5)
+    np.testing.assert_array_equal(np.asarray(arr), full)
+    viewer.layers.selection = {ms, other}
+    two = viewer.layers.save(str(tmp_path / "two.ome.zarr"), selected=True, plugin=PLUGIN)
+    arr2, meta2 = open_zstack_with_metadata(two[0])
+    assert meta2.axes == "czyx" and arr2.shape == (2, *full.shape)
+    np.testing.assert_array_equal(np.asarray(arr2[meta2.channel_names.index("pyr")]), full)
+    np.testing.assert_array_equal(np.asarray(arr2[meta2.channel_names.index("other")]), other.data)
+
+
+def test_writer_refuses_a_file_another_open_layer_reads(viewer, tmp_path):
+    """Saving layer B onto (or into) the file open layer A is read from would silently change A: refused, naming
+    A; once A is closed the file can be replaced."""
+    from napari_helpers import PLUGIN
+
+    path = tmp_path / "a.ome.zarr"
+    _writer.write_single_image(str(path), np.full((3, 32, 32), 5.0, np.float32), {"name": "a"})
+    a = viewer.open(str(path), plugin=PLUGIN)[0]
+    b = viewer.add_image(np.full((3, 32, 32), 9.0, np.float32), name="b")
+    viewer.layers.selection = {b}
+    for target in (path, path / "inside.ome.zarr"):
+        with pytest.raises(OSError, match="is read by the open layer 'a'"):
+            viewer.layers.save(str(target), selected=True, plugin=PLUGIN)
+    assert float(np.asarray(a.data).mean()) == 5.0
+    viewer.layers.selection = {a, b}  # A among the layers written: its own input
+    with pytest.raises(OSError, match="refusing to overwrite its own input"):
+        viewer.layers.save(str(path), selected=True, plugin=PLUGIN)
+    assert float(np.asarray(a.data).mean()) == 5.0
+    viewer.layers.remove(a)
+    viewer.layers.selection = {b}
+    assert viewer.layers.save(str(path), selected=True, plugin=PLUGIN) == [str(path)]
+    assert float(np.asarray(open_zstack_with_metadata(path)[0]).mean()) == 9.0
+
+
+def test_reader_opens_the_root_of_a_synthetic_dataset_as_fields(viewer, tmp_path):
+    """The root of a ``linblur synth`` dataset (one group per field) opens like a BBBC006 folder: one lazy
+    (P, Z, Y, X) layer per channel, the fields stacked along P, with the fields' pixel size and units."""
+    from napari_helpers import PLUGIN
+    from napari_linblur.io.readers import open_zstacks
+    from napari_linblur.synth import get_recipe, write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "d.zarr", get_recipe("training", shape=(32, 32)), fields=2,
+                                   progress=False)
+    assert _reader.napari_get_reader(str(root)) is _reader.read_zstack
+    fields = [np.asarray(f) for f in open_zstacks(root)]  # (C, Z, Y, X) each
+    _, field_meta = open_zstack_with_metadata(root / "field_000")
+    layers = _reader.read_zstack(str(root))
+    assert [kw["name"] for _, kw, _ in layers] == ["d [w1]", "d [w2]"]
+    for c, (arr, kw, kind) in enumerate(layers):
+        assert kind == "image" and type(arr).__module__.startswith("dask")
+        assert arr.shape == (2, *fields[0].shape[1:])
+        np.testing.assert_array_equal(np.asarray(arr), np.stack([f[c] for f in fields]))
+        assert kw["scale"] == [1.0, *field_meta.scale[1:]]
+        assert kw["units"] == ["pixel", *field_meta.units[1:]]
+        assert kw["axis_labels"] == ["p", "z", "y", "x"]
+        md = kw["metadata"]
+        assert md["linblur_axes"] == "pzyx" and md["linblur_fields"] == ["field_000", "field_001"]
+        assert md["linblur_source"] == str(root.resolve()) and md["linblur_channel"] == f"w{c + 1}"
+        assert md["linblur_attrs"]["kind"] == "synthetic-through-focus"
+    opened = viewer.open(str(root), plugin=PLUGIN)
+    assert [ly.data.shape for ly in opened] == [(2, *fields[0].shape[1:])] * 2
+    assert tuple(opened[0].scale) == (1.0, *field_meta.scale[1:])

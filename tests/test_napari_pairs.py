@@ -216,3 +216,22 @@ def test_write_problem_recognises_only_errors_about_the_output():
         "cannot write /d/o.zarr: Permission denied")
     assert write_problem("/d/o.zarr", OSError(5, "Input/output error", "/data/in.tif")) is None
     assert write_problem("/d/o.zarr", OSError("disk trouble")) is None
+
+
+def test_a_zarr_output_name_too_long_is_refused_before_the_run(viewer, qtbot, tiny_models, stack, tmp_path):
+    """A file name the file system cannot hold (ENAMETOOLONG) is refused when Run is clicked, naming the path and
+    the reason; no exception escapes the click."""
+    from napari_linblur._napari._qt._pairs import existing_output_problem
+
+    target = tmp_path / ("a" * 300 + ".ome.zarr")
+    problem = existing_output_problem(str(target), [])
+    assert problem is not None and str(target) in problem and "File name too long" in problem, problem
+    viewer.add_image(stack[:2], name="cells")
+    w = add(viewer, "Defocus map & focus QC")
+    w.model.set_model(tiny_models["defocus"])
+    w.preview_on.setChecked(False)
+    w.output.set_mode(w.output.ZARR, str(target))
+    before = len(notes())
+    w.run_btn.click()
+    assert not w.panel.running
+    assert len(notes()) == before + 1 and "File name too long" in notes()[-1], notes()[before:]

@@ -150,3 +150,66 @@ def test_ae_tile_grid_and_tiles():
     rebuilt = np.concatenate([np.concatenate([tiled.fields[3 * i + j].planes for j in range(3)], axis=-1)
                               for i in range(2)], axis=-2)
     np.testing.assert_array_equal(rebuilt, planes)
+
+
+def test_start_again_after_an_early_cancel_trains_in_a_new_run_folder(viewer, qtbot, tmp_path, capfd):
+    """Cancel before the first log line leaves the run folder with a checkpoint (and the model so far) but no
+    ``log.jsonl``: Start again with the same run folder must take ``run-2``, never fail with the command line's
+    'use --resume' nor touch the first run's files."""
+    from pathlib import Path
+
+    from napari_linblur.training.loop import CHECKPOINT
+
+    w = small_training(viewer, tmp_path, steps=200)
+    assert w.start(), w.panel.status.text()
+    w.panel.cancel_btn.click()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=120000)
+    first = tmp_path / "run"
+    assert (first / CHECKPOINT).exists()
+    kept = (first / CHECKPOINT).read_bytes()
+    w.steps.setValue(2)
+    assert w.start(), w.panel.status.text()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=120000)
+    assert w.model_path and Path(w.model_path).parent == tmp_path / "run-2", (w.model_path, w.panel.status.text())
+    assert (first / CHECKPOINT).read_bytes() == kept
+    # a folder holding any file of a run (here only its recorded configuration) is taken as well
+    third = tmp_path / "other"
+    third.mkdir()
+    (third / "train_config.json").write_text("{}")
+    w.out.setText(str(third))
+    assert w._unique_out() == tmp_path / "other-2"
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_run_folder_taken_after_start_is_a_notification(viewer, qtbot, tmp_path, capfd, monkeypatch):
+    """A run folder that another run fills between Start and the job (the training loop's FileExistsError) is an
+    error notification in the widget's words, not a traceback on stderr."""
+    from pathlib import Path
+
+    from napari_linblur.training import loop
+
+    original = loop.train
+
+    def taken_meanwhile(task, cfg, **kwargs):
+        (Path(cfg.out) / loop.CHECKPOINT).write_bytes(b"another run")
+        return original(task, cfg, **kwargs)
+
+    monkeypatch.setattr(loop, "train", taken_meanwhile)
+    w = small_training(viewer, tmp_path, steps=2)
+    assert w.start(), w.panel.status.text()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=60000)
+    err = last_error()
+    assert f"{tmp_path / 'run'} already holds a training run" in err, err
+    assert "--resume" not in err and "--out" not in err and "FileExistsError" not in err, err
+    assert "Traceback" not in capfd.readouterr().err
+    assert (tmp_path / "run" / loop.CHECKPOINT).read_bytes() == b"another run"
+
+
+def test_a_run_folder_name_too_long_is_refused(viewer, qtbot, tmp_path):
+    """An over-long run folder name (ENAMETOOLONG) is refused with a notification when Start is clicked."""
+    w = small_training(viewer, tmp_path, steps=2)
+    w.out.setText(str(tmp_path / ("b" * 300)))
+    w.start_btn.click()
+    assert not w.panel.running
+    err = last_error()
+    assert "cannot create the run folder" in err and "File name too long" in err, err

@@ -836,14 +836,14 @@ def test_pair_outputs_are_placed_like_the_input_and_follow_time(viewer, qtbot, t
     assert out.metadata["linblur_attrs"]["alpha"] == w.alpha.value()
     assert tuple(str(u) for u in out.units)[-2:] == ("micrometer", "micrometer")
 
-    # a 2-D image alone: the preview says what is wrong (not "img against itself"), so does a run
+    # a 2-D image alone: the preview waits saying what is missing (not "img against itself"), a run refuses
     viewer.layers.clear()
     flat = viewer.add_image(stack[0], name="flat")
     w.a_layer.set_layer(flat)
     w.c_layer.set_layer(flat)
     w.preview_on.setChecked(True)
     settle(qtbot, w)
-    assert w.preview.last_error and "single 2-D plane" in w.preview.last_error
+    assert w.panel.status.text().startswith("waiting: ") and "single 2-D plane" in w.panel.status.text()
     assert not [ly for ly in viewer.layers if ly.name.endswith("(preview)")]
     assert not w.run_whole_stack()
     assert "single 2-D plane" in last_error() and "single 2-D plane" in w.panel.status.text()
@@ -1268,3 +1268,104 @@ def test_pair_previews_ignore_axes_their_inputs_do_not_have(viewer, qtbot, synth
         qtbot.wait(50)
     qtbot.wait(400)
     assert blur.preview.generation == before and not blur.preview.busy
+
+
+def _tiny(w, tiny_models) -> None:
+    """Point every model picker of ``w`` at the tiny models."""
+    from napari_linblur._napari._qt._common import ModelPicker
+
+    for picker in w.findChildren(ModelPicker):
+        picker.set_model(tiny_models[picker.task])
+
+
+def test_widgets_follow_a_layer_whose_data_is_replaced(viewer, qtbot, tiny_models, synth):
+    """``layer.data = ...`` (new content, more or fewer planes) recomputes the previews, and the plane pickers
+    take the new number of planes: with more planes the viewer's plane is used (not one clamped to the old
+    range); with fewer, a fixed plane beyond the new range is brought into it and a run works."""
+    planes = synth[0].astype(np.float32)  # 9 planes, from far out of focus to in focus
+    first = iter((0, 6, 3))
+
+    def stack(nz):
+        if nz == 9:
+            return planes.copy()
+        k = next(first)
+        return planes[k:k + nz].copy()
+
+    def preview_of(w):
+        return np.array(w._preview_layer.data)
+
+    layer = viewer.add_image(stack(3), name="s")
+    deblur = add(viewer, "Deblur")
+    _tiny(deblur, tiny_models)
+    deblur.set_mode("single")
+    defocus = add(viewer, "Defocus map & focus QC")
+    _tiny(defocus, tiny_models)
+    for w in (deblur, defocus):
+        settle(qtbot, w)
+    before = preview_of(deblur)
+    generation = defocus.preview.generation
+    layer.data = stack(3)  # same shape, new content
+    for w in (deblur, defocus):
+        settle(qtbot, w)
+        assert w.preview.last_error is None, w.panel.status.text()
+    assert not np.array_equal(preview_of(deblur), before)
+    assert defocus.preview.generation > generation  # (the tiny model's map is flat: its values may not change)
+
+    layer.data = stack(9)  # more planes: the picker follows the viewer to plane 7
+    viewer.dims.set_current_step(0, 7)
+    settle(qtbot, deblur)
+    assert deblur.b_plane.spin.maximum() == 8 and deblur.b_plane.value() == 7
+    assert "s z7" in deblur._preview_layer.name
+    np.testing.assert_array_equal(_ops.plane_of(layer, (7,)), layer.data[7])
+
+    blur = add(viewer, "Blur synthesis")
+    _tiny(blur, tiny_models)
+    blur.c_plane.setValue(8)
+    settle(qtbot, blur)
+    layer.data = stack(3)  # fewer planes: plane 8 is gone
+    settle(qtbot, blur)
+    assert blur.c_plane.spin.maximum() == 2 and blur.c_plane.value() == 2
+    assert blur.preview.last_error is None, blur.panel.status.text()
+    blur.a_plane.setValue(0)
+    blur.output.set_mode("layer")
+    assert blur.run_whole_stack(), blur.panel.status.text()
+    wait_run(qtbot, blur)
+    assert blur.panel.last_error is None, blur.panel.status.text()
+
+
+def test_a_plane_out_of_range_is_a_named_error(viewer, qtbot, tiny_models):
+    """A plane beyond the layer's planes (a picker that missed a data change) is refused naming the plane, the
+    layer and its planes, never an IndexError."""
+    layer = viewer.add_image(np.ones((3, 32, 32), np.float32), name="s")
+    with pytest.raises(ValueError, match=r"plane 8 of 's' does not exist: it has 3 planes \(0–2\)"):
+        _ops.pair_stacks(layer, 0, layer, 8)
+    for name in ("Blur synthesis", "Deblur"):
+        w = add(viewer, name)
+        _tiny(w, tiny_models)
+        settle(qtbot, w)
+        w.c_plane.spin.setRange(0, 8)  # as if the layer had shrunk behind the picker's back
+        w.c_plane.setValue(8)
+        assert not w.run_whole_stack() and not w.panel.running
+        assert "plane 8 of 's' does not exist" in last_error(), (name, last_error())
+
+
+def test_pair_widgets_wait_quietly_on_a_single_plane_image(viewer, qtbot, tiny_models):
+    """Opening Blur synthesis or Deblur (default Pair mode) with only a single-plane image (the BBBC006 sample is
+    (1, Y, X)) is not an error yet: the status line says what is needed, without a pop-up; an explicit Run
+    still refuses with a notification."""
+    from napari.utils.notifications import notification_manager
+
+    viewer.add_image(np.ones((1, 32, 32), np.float32), name="one plane")
+    before = len(notification_manager.records)
+    widgets = [add(viewer, name) for name in ("Blur synthesis", "Deblur")]
+    for w in widgets:
+        _tiny(w, tiny_models)
+        settle(qtbot, w)
+        text = w.panel.status.text()
+        assert text.startswith("waiting: ") and "'one plane' is a single 2-D plane" in text, text
+        assert w.preview.last_error is None
+    assert len(notification_manager.records) == before, [r.message for r in notification_manager.records[before:]]
+    for w in widgets:
+        assert not w.run_whole_stack()
+        assert "'one plane' is a single 2-D plane" in last_error()
+    assert len(notification_manager.records) == before + 2

@@ -120,7 +120,22 @@ def n_planes(layer) -> int:
 
 def plane_of(layer, lead: Sequence[int], z: int | None = None) -> np.ndarray:
     """The 2-D plane of ``layer`` at leading indices ``lead`` with Z replaced by ``z`` (when given)."""
-    data = layer_array(layer)
+    return plane_at(layer_array(layer), lead, z)
+
+
+def plane_at(data, lead: Sequence[int], z: int | None = None) -> np.ndarray:
+    """The 2-D plane of the array ``data`` at leading indices ``lead`` with Z replaced by ``z`` (when given).
+
+    A live preview takes its input's array on the GUI thread when it is requested and reads the plane from that
+    array in its worker: a layer whose data is replaced meanwhile (``layer.data = ...``, with other planes) cannot
+    make it read a plane the request never meant.
+
+    Examples
+    --------
+    >>> plane_at(np.arange(8).reshape(2, 2, 2), (0,), 1)
+    array([[4, 5],
+           [6, 7]])
+    """
     idx = list(lead)
     if z is not None and data.ndim >= 3:
         idx[-1] = int(z)
@@ -184,6 +199,23 @@ def spanning_z(scale: Sequence[float], translate: Sequence[float], nz: int) -> t
             translate[:-3] + (translate[-3] + (nz - 1) * sz / 2,) + translate[-2:])
 
 
+def check_plane(layer, z: int) -> None:
+    """Plane ``z`` of a stack ``layer`` must exist (a 2-D layer has no Z: any ``z`` is ignored).
+
+    Raises
+    ------
+    ValueError
+        naming the plane, the layer and the planes it has (rather than an ``IndexError`` from the array).
+    """
+    if len(layer_shape(layer)) < 3:
+        return
+    n = n_planes(layer)
+    if not 0 <= int(z) < n:
+        have = "1 plane (0)" if n == 1 else f"{n} planes (0–{n - 1})"
+        raise ValueError(f"plane {int(z)} of {layer.name!r} does not exist: it has {have} — pick a plane in that "
+                         "range")
+
+
 def check_two_planes(layer_1, z_1: int, layer_2, z_2: int, *, same_plane_ok: bool = False) -> None:
     """A pair operation needs two different planes: one plane of one layer against itself is an error.
 
@@ -211,6 +243,8 @@ def pair_stacks(layer_1, z_1: int, layer_2, z_2: int) -> PairInputs:
     * two layers of the same shape with the same plane chosen: every plane against the same plane of the
       other layer -> the output has the input's shape.
     """
+    check_plane(layer_1, z_1)
+    check_plane(layer_2, z_2)
     check_two_planes(layer_1, z_1, layer_2, z_2)
     d1, d2 = layer_array(layer_1), layer_array(layer_2)
     s1, s2 = tuple(d1.shape), tuple(d2.shape)

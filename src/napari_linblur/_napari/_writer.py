@@ -2,12 +2,14 @@
 
 The write is atomic (a hidden temporary folder renamed into place when complete) and refuses to write onto,
 inside or around any file a layer was read from (``metadata['linblur_source']``, set by our reader, or the
-layer's ``source.path``).
+layer's ``source.path``): the layers written, and every other layer of the current viewer (whose data would change
+under it). A multiscale layer is written at full resolution (level 0), with a pyramid of its own.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,15 @@ def _check_layer(meta: dict) -> None:
                          "microscopy images; save it with napari's built-in writer (e.g. as .png or .tif)")
 
 
+def _full_resolution(data: Any, meta: dict) -> Any:
+    """A layer's full-resolution data: level 0 of a multiscale layer (napari passes its levels as a
+    ``MultiScaleData`` sequence, a script may pass a list; the writer builds its own pyramid), else ``data``."""
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)) and len(data) and (
+            meta.get("multiscale") or hasattr(data[0], "shape")):
+        return data[0]
+    return data
+
+
 def _sources(meta: dict) -> list[str]:
     md = meta.get("metadata") or {}
     out = []
@@ -81,6 +92,49 @@ def _sources(meta: dict) -> list[str]:
     for extra in md.get("linblur_inputs", []) or []:
         out.append(str(extra))
     return out
+
+
+def _layer_files(layer) -> list[str]:
+    """The files ``layer`` reads its data from: the file it was opened from (our reader's ``linblur_source`` or
+    napari's ``source.path``) and the inputs a lazy output computes from (``linblur_inputs``)."""
+    out = _sources({"metadata": dict(getattr(layer, "metadata", None) or {})})
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path:
+        out.append(str(path))
+    return out
+
+
+def _check_open_layers(target: Path, writing: list[dict]) -> None:
+    """Refuse to write onto, inside or around a file that another layer of the current viewer reads from: its data
+    (lazy, or a multiscale layer's levels) would change under it without notice.
+
+    Raises
+    ------
+    ValueError
+        naming the file and the layer that reads it.
+    """
+    try:
+        from napari import current_viewer
+
+        viewer = current_viewer()
+    except Exception:  # noqa: BLE001 - no napari (or no Qt): no open layers to protect
+        viewer = None
+    if viewer is None:
+        return
+    from napari_linblur.io.omezarr import _conflicts
+
+    names = {str(m.get("name")) for m in writing}
+    resolved = target.resolve()
+    for layer in viewer.layers:
+        if layer.name in names:
+            continue  # a layer being written: its own input is refused by write_ome_zarr
+        bad = _conflicts(resolved, _layer_files(layer))
+        if bad is None:
+            continue
+        where = ("" if bad == resolved else f" is inside {bad}, which" if bad in resolved.parents
+                 else f" contains {bad}, which")
+        raise ValueError(f"{target}{where} is read by the open layer {layer.name!r}; writing there would change "
+                         "that layer's data — choose another file name, or close the layer first")
 
 
 def _target(path: str) -> Path:
@@ -118,12 +172,12 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
-    if isinstance(data, (list, tuple)) and data and hasattr(data[0], "shape"):
-        data = data[0]  # a multiscale layer: write its full-resolution level
+    data = _full_resolution(data, meta)
     if not hasattr(data, "dtype"):
         data = np.asarray(data)
     _check_layer(meta)
     target = _target(path)
+    _check_open_layers(target, [meta])
     axes = _axes_for(meta, data.ndim)
     scale = meta.get("scale")
     scale = [abs(float(s)) for s in scale] if scale is not None and len(scale) == data.ndim else None
@@ -155,7 +209,7 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
-    images = [(d[0] if isinstance(d, (list, tuple)) else d, m) for d, m, t in layer_data if t == "image"]
+    images = [(_full_resolution(d, m), m) for d, m, t in layer_data if t == "image"]
     if not images:
         raise ValueError("no image layers selected; the napari-linblur writer saves image layers only")
     for _, m in images:
@@ -184,6 +238,7 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
         scale = [abs(float(s)) for s in scale0]
         scale.insert(axes.index("c"), 1.0)
     target = _target(path)
+    _check_open_layers(target, [m for _, m in images])
     sources = [s for _, m in images for s in _sources(m)]
     units = _units(meta0, len(base))
     units.insert(axes.index("c"), None)

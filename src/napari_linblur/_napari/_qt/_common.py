@@ -60,10 +60,13 @@ def narrow_combo(box: QComboBox, chars: int = 16) -> QComboBox:
 
 
 class LayerPicker(QComboBox):
-    """A combo box listing the viewer's image layers (kept in sync with the layer list)."""
+    """A combo box listing the viewer's image layers (kept in sync with the layer list, the layers' names and
+    their data)."""
 
     #: the picked layer was renamed (outputs named after it, such as a live preview, follow)
     renamed = Signal()
+    #: the picked layer's data was replaced (``layer.data = ...``): its planes and previews must be taken anew
+    data_changed = Signal()
 
     def __init__(self, viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -73,18 +76,22 @@ class LayerPicker(QComboBox):
         ev = viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self.refresh)
-        ev.inserted.connect(self._watch_name)
+        ev.inserted.connect(self._watch_layer)
         for layer in viewer.layers:
-            layer.events.name.connect(self._on_name)
+            self._watch(layer)
         self.refresh()
 
-    def _watch_name(self, event) -> None:
-        if not _alive(self):
-            return
+    def _watch(self, layer) -> None:
+        """Follow ``layer``'s name and data."""
         try:
-            event.value.events.name.connect(self._on_name)
-        except Exception:  # noqa: BLE001
+            layer.events.name.connect(self._on_name)
+            layer.events.data.connect(self._on_data)
+        except Exception:  # noqa: BLE001 - a layer without these events
             pass
+
+    def _watch_layer(self, event) -> None:
+        if _alive(self):
+            self._watch(event.value)
 
     def _on_name(self, event=None) -> None:
         if not _alive(self):
@@ -92,6 +99,10 @@ class LayerPicker(QComboBox):
         self.refresh()
         if getattr(event, "source", None) is self.layer():
             self.renamed.emit()
+
+    def _on_data(self, event=None) -> None:
+        if _alive(self) and getattr(event, "source", None) is self.layer():
+            self.data_changed.emit()
 
     def _images(self) -> list:
         from napari.layers import Image
@@ -147,10 +158,15 @@ class PlanePicker(QWidget):
         self.spin.valueChanged.connect(self.changed.emit)
         self.follow.toggled.connect(lambda on: on and self.sync())
         layer_picker.currentIndexChanged.connect(self.rebind)
+        layer_picker.data_changed.connect(self.rebind)  # new data: a new number of planes
         viewer.dims.events.current_step.connect(self._on_step)
         self.rebind()
 
     def rebind(self, *_: Any) -> None:
+        """Take the picked layer's planes: the range becomes its planes (a fixed plane beyond a layer that lost
+        planes becomes its last), and with *follow viewer* the plane is the viewer's."""
+        if not _alive(self):
+            return
         layer = self._picker.layer()
         n = _ops.n_planes(layer) if layer is not None else 1
         self.spin.blockSignals(True)
@@ -382,9 +398,15 @@ def notify_error(message: str) -> None:
     show_error(message)
 
 
+#: errors whose message says the problem in the user's terms (a bad input or setting, a missing file, a run folder
+#: that is taken): notified as they are, without the exception's type nor a traceback on stderr
+QUIET_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+
+
 def describe(err: BaseException) -> str:
+    """An error's message for a notification: prefixed with its type unless it is one of :data:`QUIET_ERRORS`."""
     text = str(err) or type(err).__name__
-    return text if isinstance(err, (ValueError, TypeError, FileNotFoundError)) else f"{type(err).__name__}: {text}"
+    return text if isinstance(err, QUIET_ERRORS) else f"{type(err).__name__}: {text}"
 
 
 class RunPanel(QWidget):
@@ -533,7 +555,7 @@ class RunPanel(QWidget):
         msg = f"{desc} failed: {name_inputs(describe(err), inputs or {})}"
         self.last_error = msg
         self.status.setText(msg)
-        if not isinstance(err, (ValueError, TypeError, FileNotFoundError)):
+        if not isinstance(err, QUIET_ERRORS):
             traceback.print_exception(type(err), err, err.__traceback__)
         notify_error(msg)
 

@@ -14,6 +14,30 @@ from .._settings import get_settings
 from . import _common as c
 
 
+def check_preview_pair(layer_1, z_1: int, layer_2, z_2: int) -> None:
+    """The live preview's checks of a pair's two planes.
+
+    A plane that does not exist is an error (a ``ValueError`` naming it, :func:`_ops.check_plane`). A single-plane
+    image where a pair needs two planes (e.g. the BBBC006 sample in the default Pair mode, before the user did
+    anything) is not: it is :class:`~._common.NoInput`, shown as "waiting: …" in the status line without a pop-up,
+    like a widget with no image yet. An explicit Run still refuses it with a notification
+    (:func:`_ops.pair_stacks`).
+
+    Raises
+    ------
+    ValueError
+        a plane that does not exist.
+    NoInput
+        the two inputs are one single plane.
+    """
+    _ops.check_plane(layer_1, z_1)
+    _ops.check_plane(layer_2, z_2)
+    try:
+        _ops.check_two_planes(layer_1, z_1, layer_2, z_2, same_plane_ok=True)
+    except ValueError as err:
+        raise c.NoInput(str(err)) from err
+
+
 def output_axes(layer, ndim: int, dropped_z: bool) -> str:
     """Axis letters for writing a result of ``ndim`` dimensions computed from ``layer``."""
     axes = (layer.metadata or {}).get("linblur_axes")
@@ -75,7 +99,7 @@ def lazy_error_reporter(name: str, chunks, inputs: dict[str, str] | None = None)
             seen.add(text)
         lead = _ops.block_start(chunks, block_index)[:-2]
         where = f"plane {lead[0]}" if len(lead) == 1 else f"plane {lead}" if lead else "the image"
-        if not isinstance(err, (ValueError, TypeError, FileNotFoundError)):
+        if not isinstance(err, c.QUIET_ERRORS):
             traceback.print_exception(type(err), err, err.__traceback__)
         show_error(f"{name}: {where} could not be computed and is shown as NaN: {text}")
 
@@ -137,17 +161,24 @@ def existing_output_problem(path: str, sources: list[str]) -> str | None:
     """Why an OME-Zarr output cannot go to ``path`` (GUI wording), or None when the path is free.
 
     The widgets never overwrite: an existing file or folder is refused before the run starts, naming the path and
-    what to do (another name, or delete it), and so is one of the run's own inputs.
+    what to do (another name, or delete it), and so is one of the run's own inputs, and a path that cannot be
+    looked up at all (e.g. a file name too long for the file system).
 
     Examples
     --------
     >>> existing_output_problem("/no/such/dir/out.ome.zarr", []) is None
     True
+    >>> existing_output_problem("/tmp/" + "a" * 300 + ".ome.zarr", []).endswith(
+    ...     ".ome.zarr: File name too long — choose another file name")
+    True
     """
     target = Path(path).expanduser()
-    if not (target.exists() or target.is_symlink()):
-        return None
-    resolved = target.resolve()
+    try:
+        if not (target.exists() or target.is_symlink()):
+            return None
+        resolved = target.resolve()
+    except OSError as err:  # e.g. ENAMETOOLONG
+        return f"cannot write {target}: {err.strerror or err} — choose another file name"
     for src in sources:
         try:
             if Path(src).expanduser().resolve() == resolved:

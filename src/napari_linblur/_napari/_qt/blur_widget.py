@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QCheckBox, QPushButton
 
 from .. import _ops
 from . import _common as c
-from ._pairs import as_plane, op_kwargs, run_whole_stack
+from ._pairs import as_plane, check_preview_pair, op_kwargs, run_whole_stack
 
 
 class BlurSynthesisWidget(c.LinblurWidget):
@@ -57,6 +57,7 @@ class BlurSynthesisWidget(c.LinblurWidget):
         for w in (self.a_layer, self.c_layer):
             w.currentIndexChanged.connect(self.preview.request)
             w.renamed.connect(self.preview.request)  # the preview is named after its inputs
+            w.data_changed.connect(self.preview.request)  # layer.data replaced
         self.model.combo.currentIndexChanged.connect(self.preview.request)
         self.preview_on.toggled.connect(self._toggle_preview)
         # the other leading axes (time, position) always follow the viewer (Z follows it when asked to)
@@ -103,15 +104,17 @@ class BlurSynthesisWidget(c.LinblurWidget):
 
         la, lc = self._inputs()
         za, zc = self.a_plane.value(), self.c_plane.value()
-        _ops.check_two_planes(la, za, lc, zc, same_plane_ok=True)
+        check_preview_pair(la, za, lc, zc)
         ia, ic = _ops.current_indices(self.viewer, la), _ops.current_indices(self.viewer, lc)
         self._lead_key = self.lead_key(self.a_layer.layer(), self.c_layer.layer())
         alpha, kw = self.alpha.value(), op_kwargs(self.model.model())
         name = self._name(la, lc, za, zc, alpha, False) + " (preview)"
+        # the arrays as requested: data replaced meanwhile makes a new request, never a read of another plane
+        data_a, data_c = _ops.layer_array(la), _ops.layer_array(lc)
 
         def job():
-            a = _ops.plane_of(la, ia, za)
-            b = _ops.plane_of(lc, ic, zc)
+            a = _ops.plane_at(data_a, ia, za)
+            b = _ops.plane_at(data_c, ic, zc)
             out = _ops.call_op(nl.synthesize_blur, a, b, alpha, should_stop=should_stop, **kw)
             return as_plane(out), name, la
 

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QPushButton, QWidget
 
 from .. import _ops
 from . import _common as c
-from ._pairs import as_plane, op_kwargs, run_whole_stack
+from ._pairs import as_plane, check_preview_pair, op_kwargs, run_whole_stack
 
 PAIR, SINGLE, GUIDED = "pair", "single", "guided"
 #: single-image methods offered when the operation does not list its own
@@ -107,6 +107,7 @@ class DeblurWidget(c.LinblurWidget):
         for w in (self.b_layer, self.c_layer):
             w.currentIndexChanged.connect(self.preview.request)
             w.renamed.connect(self.preview.request)  # the preview is named after its inputs
+            w.data_changed.connect(self.preview.request)  # layer.data replaced
         for w in (self.ae_model, self.net_model, self.defocus_model):
             w.combo.currentIndexChanged.connect(self.preview.request)
         self.preview_on.toggled.connect(self._toggle_preview)
@@ -213,17 +214,22 @@ class DeblurWidget(c.LinblurWidget):
         zb = self.b_plane.value()
         zc = self.c_plane.value()
         if mode == PAIR:
-            _ops.check_two_planes(lb, zb, lc, zc, same_plane_ok=True)
+            check_preview_pair(lb, zb, lc, zc)
+        else:
+            _ops.check_plane(lb, zb)
         ib = _ops.current_indices(self.viewer, lb)
         self._lead_key = self.lead_key(self.b_layer.layer(), self.c_layer.layer())
         ic = _ops.current_indices(self.viewer, lc) if lc is not None else None
         op = self._op(mode, alpha, method)
         name = self._name(mode, lb, lc, alpha, method, zb, zc, False, False) + " (preview)"
+        # the arrays as requested: data replaced meanwhile makes a new request, never a read of another plane
+        data_b = _ops.layer_array(lb)
+        data_c = _ops.layer_array(lc) if lc is not None else None
 
         def job():
-            b = _ops.plane_of(lb, ib, zb)
+            b = _ops.plane_at(data_b, ib, zb)
             if mode == PAIR:
-                out = op(b, _ops.plane_of(lc, ic, zc), should_stop=should_stop)
+                out = op(b, _ops.plane_at(data_c, ic, zc), should_stop=should_stop)
             else:
                 out = op(b, should_stop=should_stop)
             return as_plane(out), name, lb

@@ -277,6 +277,7 @@ class DefocusWidget(c.LinblurWidget):
                                      inputs=self._input_names)
         self.image.currentIndexChanged.connect(self.preview.request)
         self.image.renamed.connect(self.preview.request)  # the live map is named after its input
+        self.image.data_changed.connect(self.preview.request)  # layer.data replaced
         self.model.combo.currentIndexChanged.connect(self.preview.request)
         self.tta.currentIndexChanged.connect(self.preview.request)
         self.model.combo.currentIndexChanged.connect(self._sync_camera_row)
@@ -375,11 +376,12 @@ class DefocusWidget(c.LinblurWidget):
         name = f"defocus {'µm' if setup else 'σ'}[{layer.name}{z}] (preview)"
         outline_name = f"signal outline[{layer.name}{z}] (preview)"
         outline = self.outline.isChecked()
+        data = _ops.layer_array(layer)  # as requested: data replaced meanwhile makes a new request
 
         def job():
             from napari_linblur.inference.defocus_ops import sigma_to_defocus_um, signal_mask
 
-            plane = _ops.plane_of(layer, idx)
+            plane = _ops.plane_at(data, idx)
             out = _ops.call_op(nl.estimate_defocus, plane, should_stop=should_stop, **kw)
             if setup is not None:
                 out = sigma_to_defocus_um(out, setup=setup)

@@ -26,6 +26,28 @@ from .. import _ops, _train
 from .._settings import get_settings
 from . import _common as c
 
+#: files a training run writes into its folder (the loop's, and the dataset of an image-layer run): a folder holding
+#: any of them is taken
+RUN_FILES = ("log.jsonl", "log.csv", "train_config.json", "model.json", "data.ome.zarr")
+
+
+def holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` holds (part of) a training run: its checkpoint, its model or another of :data:`RUN_FILES`.
+
+    Raises
+    ------
+    OSError
+        the name cannot be looked up (e.g. ``File name too long``).
+
+    Examples
+    --------
+    >>> holds_a_run(Path("/no/such/run"))
+    False
+    """
+    from napari_linblur.training.loop import CHECKPOINT, MODEL
+
+    return any((folder / name).exists() for name in (CHECKPOINT, MODEL, *RUN_FILES))
+
 
 class _LogBridge(QObject):
     record = Signal(object)
@@ -208,10 +230,19 @@ class TrainWidget(c.LinblurWidget):
 
     # --- run -----------------------------------------------------------------------------------
     def _unique_out(self) -> Path:
+        """The run folder typed in the widget, or ``NAME-2``, ``NAME-3``, … when it already holds a run
+        (:func:`holds_a_run`): a new run never fails on, nor writes into, an earlier one (e.g. one cancelled
+        before its first log line, which leaves a checkpoint but no ``log.jsonl``).
+
+        Raises
+        ------
+        OSError
+            the name cannot be looked up (e.g. ``File name too long``).
+        """
         out = Path(self.out.text().strip() or Path(tempfile.gettempdir()) / "linblur-runs" / "run")
-        if (out / "log.jsonl").exists():
+        if holds_a_run(out):
             k = 2
-            while (out.parent / f"{out.name}-{k}" / "log.jsonl").exists():
+            while holds_a_run(out.parent / f"{out.name}-{k}"):
                 k += 1
             out = out.parent / f"{out.name}-{k}"
         return out
@@ -244,7 +275,12 @@ class TrainWidget(c.LinblurWidget):
             return False
         kind = self.kind.currentData()
         source = self.source.currentData()
-        out = self._unique_out()
+        try:
+            out = self._unique_out()
+        except OSError as err:  # e.g. a name too long for the file system
+            self.panel.refuse(f"training: cannot create the run folder {self.out.text().strip()} "
+                              f"({err.strerror or err}); choose a folder you can write to")
+            return False
         steps = int(self.steps.value())
         cfg = TrainConfig(
             out=str(out), steps=steps, lr=float(self.lr.value()), seed=int(self.seed.value()),
@@ -290,7 +326,15 @@ class TrainWidget(c.LinblurWidget):
                 except _ops.Cancelled:
                     pass  # the loop polls should_stop itself, then checkpoints and returns
 
-            return train(task, cfg, on_log=on_log, should_stop=should_stop)
+            try:
+                return train(task, cfg, on_log=on_log, should_stop=should_stop)
+            except FileExistsError as err:
+                if err.filename is not None:  # a file in the way, named by the error itself
+                    raise
+                # the loop's refusal of a folder that got a run after Start was pressed (its wording is the
+                # command line's): say it in the widget's words; Start again picks a new folder
+                raise FileExistsError(f"{out} already holds a training run (written after Start was pressed); "
+                                      "press Start again to train in a new run folder") from err
 
         def done(res) -> None:
             path = str(res.model_path)
