@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 
 from napari_linblur.cli.main import main
 from napari_linblur.models import registry
@@ -51,6 +52,30 @@ def test_evaluate_writes_tables_with_baselines(setup, tmp_path, capsys):
     assert b["wiener_vs_real"] > b["blurry_vs_real"]
     assert res["data"]["planes"] == [16, 14, 12, 10, 8, 6, 4, 2, 0] and len(res["data"]["fields"]) == 2
     assert (tmp_path / "ev" / "evaluate_ae.md").read_text().startswith("Data:")
+
+
+def test_evaluation_scores_the_pair_operations_as_a_user_calls_them(setup):
+    """evaluate ae scores synthesis and pair deblurring through the pair's own normalization, as synthesize_blur
+    and deblur_pair run; a stack-wide normalization (what it did before) gives other numbers."""
+    import napari_linblur as nl
+    from napari_linblur.evaluation.ae import _as_called
+    from napari_linblur.inference.latent_ops import combine_normalized
+    from napari_linblur.inference.normalize import fit_normalization
+
+    _, model_path = setup
+    model = registry.load_model(model_path, device="cpu")
+    rng = np.random.default_rng(0)
+    raw = [gaussian_filter(rng.random((48, 64)), s) * 3000 + 200 for s in (1.0, 2.0, 3.5)]
+    field = fit_normalization(*raw)  # the evaluation's stack-wide normalization
+    b, c = field.apply(raw[1]), field.apply(raw[2])
+    got = field.invert(_as_called(model, b, c, 1 / 0.5, -1.0))
+    want = nl.deblur_pair(raw[1], raw[2], 0.5, model=model, device="cpu")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-2)
+    got = field.invert(_as_called(model, field.apply(raw[0]), c, 0.3, 0.7))
+    np.testing.assert_allclose(got, nl.synthesize_blur(raw[0], raw[2], 0.3, model=model, device="cpu"), rtol=1e-4,
+                               atol=1e-2)
+    stackwide = field.invert(combine_normalized(model, b, c, 2.0, -1.0))
+    assert np.abs(stackwide - want).max() > 1.0  # the network is not scale-invariant: the old path differed
 
 
 def test_evaluate_rejects_non_ae_model(setup, tmp_path):

@@ -73,6 +73,22 @@ def test_best_wiener_picks_best_balance(scene):
     np.testing.assert_allclose(restored, wiener_deconvolve(blurred, psf, bal))
 
 
+def test_best_wiener_estimates_a_reference_that_carries_its_own_blur(scene):
+    """A captured in-focus plane still has its in-focus PSF: the oracle re-blurred by it (reference_psf) is the
+    Wiener estimate of that plane and scores higher against it than the deconvolution to the object does."""
+    sharp, psf, blurred = scene
+    psf0 = _gauss_psf(1.0)
+    reference = _blur(sharp, psf0)
+    plain = best_wiener(blurred, psf, reference)[2]
+    restored, bal, matched = best_wiener(blurred, psf, reference, reference_psf=psf0)
+    assert matched > plain + 0.5, (matched, plain)
+    assert matched == pytest.approx(psnr(reference, restored))
+    from napari_linblur.optics.convolve import fft_convolve
+
+    np.testing.assert_allclose(restored, fft_convolve(wiener_deconvolve(blurred, psf, bal), psf0), rtol=1e-6,
+                               atol=1e-6)
+
+
 def test_richardson_lucy_identity_and_improves(scene):
     sharp, psf, blurred = scene
     delta = np.zeros((3, 3))
