@@ -151,7 +151,8 @@ def run(args) -> int:
     alpha2 = nl.alpha_from_positions(0.0, defocus[ib2], defocus[ic2])
     sharp_pair = nl.deblur_pair(stack[0, ib2], stack[0, ic2], alpha2, device=args.device)
     psf_b = psfs_for(setup, [defocus[ib2]])[0]
-    wiener_b, _, _ = best_wiener(w1[ib2], psf_b, ref)
+    # the truth is the in-focus camera signal, which carries the in-focus PSF: the Wiener oracle estimates that
+    wiener_b, _, _ = best_wiener(w1[ib2], psf_b, ref, reference_psf=psfs_for(setup, [0.0])[0])
     sharp_tta = nl.deblur_pair(stack[0, ib2], stack[0, ic2], alpha2, device=args.device, tta=8)
     pp, pw, pin = psnr(ref, sharp_pair), psnr(ref, wiener_b), psnr(ref, w1[ib2])
     ptta = psnr(ref, sharp_tta)
