@@ -18,6 +18,16 @@ def settle(qtbot, w, timeout=15000):
                     and w.preview.applied_generation == w.preview.generation, timeout=timeout)
 
 
+def deblur_pair_of(w, layer, b: int, c: int, ae_model) -> None:
+    """Set the Deblur widget ``w`` to pair mode on planes ``b`` and ``c`` of ``layer`` with ``ae_model``."""
+    w.set_mode("pair")
+    w.ae_model.set_model(ae_model)
+    w.b_layer.set_layer(layer)
+    w.c_layer.set_layer(layer)
+    w.b_plane.setValue(b)
+    w.c_plane.setValue(c)
+
+
 def wait_run(qtbot, w, timeout=60000):
     qtbot.waitUntil(lambda: not w.panel.running, timeout=timeout)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import napari_linblur as nl
-from napari_helpers import TILE, add, notes, wait_run
+from napari_helpers import TILE, add, deblur_pair_of, notes, wait_run
 from napari_linblur._napari import _ops
 from napari_linblur._napari._sample_data import synthetic_stack_data
 
@@ -54,12 +54,7 @@ def test_pair_output_of_a_time_stack_follows_the_time_slider(viewer, qtbot, tiny
     w = add(viewer, widget)
     w.preview_on.setChecked(False)
     if widget == "Deblur":
-        w.set_mode("pair")
-        w.ae_model.set_model(tiny_models["ae"])
-        w.b_layer.set_layer(layer)
-        w.c_layer.set_layer(layer)
-        w.b_plane.setValue(3)
-        w.c_plane.setValue(0)
+        deblur_pair_of(w, layer, 3, 0, tiny_models["ae"])
     else:
         w.model.set_model(tiny_models["ae"])
         w.a_layer.set_layer(layer)

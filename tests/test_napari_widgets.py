@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 import napari_linblur as nl
-from napari_helpers import PLUGIN, TILE, add, last_error, settle, small_training, wait_run
+from napari_helpers import (
+    PLUGIN,
+    TILE,
+    add,
+    deblur_pair_of,
+    last_error,
+    settle,
+    small_training,
+    wait_run,
+)
 from napari_linblur._napari import _ops
 from napari_linblur._napari._sample_data import synthetic_stack_data
 
@@ -234,12 +243,7 @@ def test_deblur_widget_single_and_pair(viewer, qtbot, tiny_models, synth):
 
     # pair mode on two planes of one stack: α slider, output named for what produced it
     layer = viewer.add_image(stack, name="st", scale=(2.0, 0.5, 0.5))
-    w.b_layer.set_layer(layer)
-    w.c_layer.set_layer(layer)
-    w.set_mode("pair")
-    w.ae_model.set_model(tiny_models["ae"])
-    w.b_plane.setValue(6)
-    w.c_plane.setValue(2)
+    deblur_pair_of(w, layer, 6, 2, tiny_models["ae"])
     w.alpha.slider.setValue(38)  # steps of 0.01 from 0.05
     settle(qtbot, w)
     name = "deblurred[st z6←z2, α=0.43] (preview)"
@@ -433,12 +437,7 @@ def test_deblur_guided_and_auto_alpha(viewer, qtbot, tiny_models, synth):
                        defocus_model=tiny_models["defocus"], tile=TILE)
     np.testing.assert_allclose(prev.data, expect, rtol=1e-4, atol=1e-3)
     # pair with automatic alpha
-    w.set_mode("pair")
-    w.ae_model.set_model(tiny_models["ae"])
-    w.b_layer.set_layer(layer)
-    w.c_layer.set_layer(layer)
-    w.b_plane.setValue(6)
-    w.c_plane.setValue(2)
+    deblur_pair_of(w, layer, 6, 2, tiny_models["ae"])
     w.auto_alpha.setChecked(True)
     settle(qtbot, w)
     assert not w.alpha.isEnabled()

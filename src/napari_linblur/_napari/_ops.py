@@ -431,3 +431,29 @@ class UserModels:
 
 
 USER_MODELS = UserModels()
+
+
+def source_paths(*layers) -> list[str]:
+    """The files ``layers`` read their data from, without repeats: the file each was opened from (our reader's
+    ``linblur_source``, napari's ``source.path``) and, for a lazy output, the files it computes from
+    (``linblur_inputs``). An output's own ``linblur_inputs`` are these; the writer refuses to write onto them.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as NS
+    >>> out = NS(metadata={"linblur_inputs": ["/d/a.zarr"]}, source=NS(path=None))
+    >>> source_paths(NS(metadata={"linblur_source": "/d/b.tif"}, source=NS(path="/d/b.tif")), out)
+    ['/d/b.tif', '/d/a.zarr']
+    """
+    out = []
+    for ly in layers:
+        if ly is None:
+            continue
+        md = getattr(ly, "metadata", None) or {}
+        if md.get("linblur_source"):
+            out.append(str(md["linblur_source"]))
+        out.extend(str(p) for p in md.get("linblur_inputs", None) or [])
+        path = getattr(getattr(ly, "source", None), "path", None)
+        if path:
+            out.append(str(path))
+    return list(dict.fromkeys(out))  # a layer read by our reader names its file twice

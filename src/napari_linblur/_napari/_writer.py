@@ -94,16 +94,6 @@ def _sources(meta: dict) -> list[str]:
     return out
 
 
-def _layer_files(layer) -> list[str]:
-    """The files ``layer`` reads its data from: the file it was opened from (our reader's ``linblur_source`` or
-    napari's ``source.path``) and the inputs a lazy output computes from (``linblur_inputs``)."""
-    out = _sources({"metadata": dict(getattr(layer, "metadata", None) or {})})
-    path = getattr(getattr(layer, "source", None), "path", None)
-    if path:
-        out.append(str(path))
-    return out
-
-
 def _check_open_layers(target: Path, writing: list[dict]) -> None:
     """Refuse to write onto, inside or around a file that another layer of the current viewer reads from: its data
     (lazy, or a multiscale layer's levels) would change under it without notice.
@@ -123,12 +113,14 @@ def _check_open_layers(target: Path, writing: list[dict]) -> None:
         return
     from napari_linblur.io.omezarr import _conflicts
 
+    from ._ops import source_paths
+
     names = {str(m.get("name")) for m in writing}
     resolved = target.resolve()
     for layer in viewer.layers:
         if layer.name in names:
             continue  # a layer being written: its own input is refused by write_ome_zarr
-        bad = _conflicts(resolved, _layer_files(layer))
+        bad = _conflicts(resolved, source_paths(layer))
         if bad is None:
             continue
         where = ("" if bad == resolved else f" is inside {bad}, which" if bad in resolved.parents

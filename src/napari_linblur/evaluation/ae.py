@@ -17,7 +17,7 @@ Table 2 (image quality)
     its reconstruction (``extrap_vs_recon``). Baselines: the blurry input ``b`` itself, pixel extrapolation
     ``2 b - c``, and Wiener deconvolution of ``b`` with its true PSF (recomputed from the recipe stored in a
     synthetic dataset) at the balance that maximizes PSNR (``baselines.wiener.best_wiener``) -- an oracle.
-    Automatic alpha (:func:`~napari_linblur.inference.latent_ops.auto_alpha_normalized`) is scored too.
+    Automatic alpha (:func:`~napari_linblur.inference.latent_ops.auto_alpha`, as `deblur_pair(alpha=None)`) is scored too.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 from napari_linblur.inference.latent_ops import (
     alpha_from_positions,
-    auto_alpha_normalized,
+    auto_alpha,
     combine_normalized,
     encode_normalized,
 )
@@ -111,8 +111,9 @@ def _as_called(model, x: np.ndarray, y: np.ndarray, wx: float, wy: float, **kwar
     """``combine_normalized`` as :func:`~napari_linblur.synthesize_blur` and :func:`~napari_linblur.deblur_pair`
     run it: on the pair's own normalization (fit on its two planes), mapped back to ``x``'s units, so the tables
     score what a user gets (the network is not scale-invariant: a stack-wide normalization scores other numbers)."""
-    norm = fit_normalization(x, y)
-    return norm.invert(combine_normalized(model, norm.apply(x), norm.apply(y), wx, wy, **kwargs))
+    from napari_linblur.inference.latent_ops import _run_pairs
+
+    return _run_pairs(lambda p, q: combine_normalized(model, p, q, wx, wy, **kwargs), x, y, ("first", "second"))
 
 
 def evaluate_field_model(model, planes: np.ndarray, defocus: np.ndarray, *, auto: bool = True,
@@ -154,8 +155,8 @@ def evaluate_field_model(model, planes: np.ndarray, defocus: np.ndarray, *, auto
             res.setdefault("extrap_tta_vs_real", []).append(psnr(planes[0], out, data_range=1.0))
             res.setdefault("extrap_tta_by_k", {})[k] = res["extrap_tta_vs_real"][-1]
         if auto:
-            pair = fit_normalization(planes[k], planes[2 * k])  # as nl.deblur_pair(alpha=None) chooses α
-            a_hat = auto_alpha_normalized(model, pair.apply(planes[k]), pair.apply(planes[2 * k]))[0]
+            a_hat = auto_alpha(planes[k], planes[2 * k], model=model,  # as nl.deblur_pair(alpha=None) does
+                               device=next(model.parameters()).device)
             res["auto_alpha"].append((al, a_hat))
             out = _as_called(model, planes[k], planes[2 * k], 1 / a_hat, -(1 - a_hat) / a_hat)
             res["auto_vs_real"].append(psnr(planes[0], out, data_range=1.0))

@@ -1013,13 +1013,4 @@ def input_limits(layer, fallback: np.ndarray | None = None) -> tuple[float, floa
     return _ops.robust_limits(fallback) if fallback is not None else (0.0, 1.0)
 
 
-def source_paths(*layers) -> list[str]:
-    out = []
-    for ly in layers:
-        src = (ly.metadata or {}).get("linblur_source") if ly is not None else None
-        if src:
-            out.append(str(src))
-        path = getattr(getattr(ly, "source", None), "path", None)
-        if path:
-            out.append(str(path))
-    return list(dict.fromkeys(out))  # a layer read by our reader names its file twice
+source_paths = _ops.source_paths  # the files layers read from (Qt-free: the writer uses it too)
