@@ -276,7 +276,9 @@ def test_two_stage_training_with_feature_loss(tmp_path):
     assert not any(p.requires_grad for p in ae.parameters())  # the autoencoder is frozen
     r2 = train(t2, TrainConfig(out=str(tmp_path / "s2"), **cfg))
     card = json.loads(r2.model_path.with_suffix(".json").read_text())
-    assert card["stage"] == 2 and card["loss"]["feature_weight"] == 0.5 and card["init"].endswith("model.safetensors")
+    assert card["stage"] == 2 and card["loss"]["feature_weight"] == 0.5 and card["init"]["from"] == str(r1.model_path)
+    assert card["init"]["sha256"] == registry.sha256_file(r1.model_path)
+    assert card["init"]["command"] == json.loads(r1.model_path.with_suffix(".json").read_text())["training"]["command"]
     out = nl.deblur(np.random.default_rng(0).random((20, 30)), method="network", model=r2.model_path, device="cpu")
     assert out.shape == (20, 30)
     # export as a shipped model: the card keeps every leg in the order given, not sorted by name

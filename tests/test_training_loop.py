@@ -525,12 +525,24 @@ def test_resume_needs_no_init_file_and_keeps_the_recorded_init(tmp_path, request
     assert main([*cmd, "--init", str(init), "--steps", "4", "--out", str(tmp_path / "part"), "--resume"]) == 0
     _assert_same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "part" / "model.safetensors")
     card = registry.read_card(tmp_path / "part" / "model.safetensors")
-    assert card["init"] == str(init) and card["training"]["steps"] == 4
-    other = tmp_path / "src" / "model.safetensors"
-    with pytest.warns(UserWarning, match=f"--init {other} is not the model this run started from"):
+    # the card names the starting weights by content: the sha256 of the init file, read when the run started
+    assert card["init"] == registry.read_card(tmp_path / "full" / "model.safetensors")["init"]
+    assert card["init"]["from"] == str(init) and card["training"]["steps"] == 4
+    assert card["init"]["sha256"] == registry.sha256_file(tmp_path / "src" / "model.safetensors")
+    other = tmp_path / "other.safetensors"
+    assert main([*cmd, "--steps", "1", "--seed", "9", "--out", str(tmp_path / "o")]) == 0
+    shutil.copy(tmp_path / "o" / "model.safetensors", other)
+    with pytest.warns(UserWarning, match=f"--init {other} \\(sha256 [0-9a-f]{{64}}\\) is not the model this run "
+                      "started from"):
         assert main([*cmd, "--init", str(other), "--steps", "6", "--out", str(tmp_path / "part"), "--resume"]) == 0
     card = registry.read_card(tmp_path / "part" / "model.safetensors")
-    assert card["init"] == str(init) and card["training"]["steps"] == 6
+    assert card["init"]["from"] == str(init) and card["training"]["steps"] == 6
+    # the same weights under another name are the same init: read nothing, warn nothing
+    shutil.copy(tmp_path / "src" / "model.safetensors", init)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main([*cmd, "--init", str(init), "--steps", "7", "--out", str(tmp_path / "part"), "--resume"]) == 0
 
 
 @pytest.mark.parametrize("what", ["ae", "deblur"])

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from napari_linblur.inference.normalize import fit_normalization
+from napari_linblur.training.loop import StartsFromInit
 
 __all__ = [
     "DeblurData",
@@ -421,7 +422,7 @@ def feature_encoder(ae: Any):
     raise ValueError("feature_ae must be an autoencoder with an `encoder` module or an `encode` method")
 
 
-class DeblurTask:
+class DeblurTask(StartsFromInit):
     """The deblurring task for :func:`napari_linblur.training.loop.train`.
 
     Parameters
@@ -485,7 +486,6 @@ class DeblurTask:
         self.stage, self.config, self.seed = stage, dict(config), int(seed)
         self.data = data or DeblurData()
         self.init, self.feature_weight = init, float(feature_weight)
-        self._resuming = False
         self.renderer = _Renderer(self.data, self.seed)
         self.real = RealStackPairs(real_data) if real_data else None
         # absolute: the card records it, and --resume from another folder or spelling is the same data
@@ -536,7 +536,7 @@ class DeblurTask:
         from napari_linblur.models.drbnet import DRBNet
 
         model = DRBNet(**self.config)
-        if self.init and not self._resuming:  # continue from a saved model (same config, or a larger one to shrink)
+        if self.init and not self.resuming:  # continue from a saved model (same config, or a larger one to shrink)
             from napari_linblur.models.drbnet import shrink
             from napari_linblur.models.registry import init_weights, load_model
 
@@ -551,19 +551,6 @@ class DeblurTask:
                 return shrink(src, model.widths, model.kernel_size).train()
             init_weights(model, src, "DRBNet")
         return model
-
-    def resume_from(self, card: dict) -> None:
-        """Before a ``--resume`` (called by the shared loop with the card recorded with the run): the checkpoint
-        holds every weight, so the ``init`` weights are not read (the file may be gone) and the card keeps the init
-        recorded when the run started; another ``init`` is not read either, with a warning
-        (:func:`~napari_linblur.training.loop.warn_init_not_read`).
-        """
-        from napari_linblur.training.loop import warn_init_not_read
-
-        recorded = card.get("init")
-        if self.init and str(self.init) != recorded:
-            warn_init_not_read(str(self.init), recorded)
-        self.init, self._resuming = recorded, True
 
     def batch(self, step: int, *, rank: int = 0, world: int = 1):
         import torch
@@ -636,7 +623,7 @@ class DeblurTask:
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.items()},
             "stage": self.stage,
             "replay": self.replay,
-            "init": str(self.init) if self.init else None,
+            "init": self.init_record(),
             "loss": {
                 "pixel": self.pixel_loss,
                 "multiscale": "pixel term at full scale + 0.5/f x the same at 1/f (f = 2, 4, 8) vs the "

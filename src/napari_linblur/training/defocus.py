@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_linblur.training.loop import StartsFromInit
+
 __all__ = [
     "CONTENTS",
     "DefocusDataConfig",
@@ -469,7 +471,7 @@ def card_recipe(model: str = "defocus-default") -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in known}
 
 
-class DefocusTask:
+class DefocusTask(StartsFromInit):
     """Task for :func:`napari_linblur.training.loop.train`: HDME-Net on on-the-fly defocus data.
 
     Parameters
@@ -500,7 +502,7 @@ class DefocusTask:
 
     name = "defocus"
     #: card entries a --resume may see change: the pool's rendering time is measured, not an option (the starting
-    #: weights' provenance is the one recorded with the run: :meth:`resume_from`)
+    #: weights' provenance is the one recorded with the run: :meth:`StartsFromInit.resume_from`)
     resume_ignore = ("data.pool_seconds",)
 
     def __init__(self, model_config: dict, data: DefocusDataConfig | None = None, *, seed: int = 0,
@@ -527,8 +529,6 @@ class DefocusTask:
         if channels != 1:
             self.model_config["in_channels"] = channels
         self._expanded_input = False
-        self._resumed_init: dict | None = None  # the init recorded with a resumed run (resume_from)
-        self._resuming = False
         self.seed = int(seed)
         self.config_name = config_name
         self._pool: list[tuple[np.ndarray, np.ndarray]] | None = None
@@ -541,7 +541,7 @@ class DefocusTask:
         from napari_linblur.models.hrnet import HDMENet
 
         model = HDMENet(**self.model_config)
-        if self.init and not self._resuming:  # continue from a saved model (same architecture and config)
+        if self.init and not self.resuming:  # continue from a saved model (same architecture and config)
             from napari_linblur.models.registry import init_weights, load_model
 
             src = load_model(self.init, device="cpu")
@@ -632,38 +632,10 @@ class DefocusTask:
         return val, {"validation_before_bn_recalibration": validation,
                      "bn_recalibration": {"batches": self.bn_batches, "batch_size": self.data.batch_size}}
 
-    def resume_from(self, card: dict) -> None:
-        """Before a ``--resume`` (called by the shared loop with the card recorded with the run): the checkpoint
-        holds every weight, so the ``init`` weights are not read (the file may be gone) and the card keeps the init
-        provenance recorded when the run started. An ``init`` that now names other weights than that record's
-        sha256 is not read either, with a warning (:func:`~napari_linblur.training.loop.warn_init_not_read`).
-        """
-        from napari_linblur.models.registry import _locate, sha256_file
-        from napari_linblur.training.loop import warn_init_not_read
-
-        recorded = card.get("init")
-        if self.init:
-            try:
-                sha = sha256_file(_locate(self.init)[0])
-            except (OSError, ValueError):  # moved or deleted: nothing to compare, nothing is read
-                sha = None
-            if sha is not None and sha != (recorded or {}).get("sha256"):
-                warn_init_not_read(f"{self.init} (sha256 {sha})", f"{recorded.get('from')} (sha256 "
-                                   f"{recorded.get('sha256')})" if recorded else None)
-        self._resuming, self._resumed_init = True, recorded
-
-    def _init_provenance(self) -> dict | None:
-        """Where the starting weights came from (name/path, sha256, that model's training command)."""
-        if self._resuming:
-            return self._resumed_init
-        if not self.init:
-            return None
-        from napari_linblur.models.registry import _locate, sha256_file
-
-        path, src, _ = _locate(self.init)
-        out = {"from": self.init, "sha256": sha256_file(path),
-               "command": (src.get("training") or {}).get("command"), "init": src.get("init")}
-        if self._expanded_input:
+    def init_record(self) -> dict | None:
+        """The shared provenance (:meth:`StartsFromInit.init_record`), noting a noise channel added to the init."""
+        out = super().init_record()
+        if out is not None and self._expanded_input and not self.resuming:
             out["input_added"] = "noise channel (its first-layer weights started at zero)"
         return out
 
@@ -676,7 +648,7 @@ class DefocusTask:
             "task": "defocus",
             "config": dict(self.model_config),
             "config_name": self.config_name,
-            "init": self._init_provenance(),
+            "init": self.init_record(),
             "output": "sigma (px) of the equivalent Gaussian PSF per pixel, trained on [0, 10]",
             "normalization": {"kind": "fit_normalization per plane", "low_percentile": LOW_PERCENTILE,
                               "high_percentile": HIGH_PERCENTILE},

@@ -27,8 +27,9 @@ than options may be listed, as dotted keys, in an optional ``resume_ignore`` att
 
 A ``resume`` restores every weight from the checkpoint, so the weights a run started from (a task's ``init``) are
 not needed again: before it builds the model, the loop gives the card recorded with the checkpoint to the task's
-optional ``resume_from(card)``, and a task that starts from other weights skips reading them and keeps the ``init``
-that card records (the file may have been moved, deleted or replaced since; :func:`warn_init_not_read`).
+optional ``resume_from(card)``, and a task that starts from other weights (:class:`StartsFromInit`) skips reading
+them and keeps the ``init`` that card records (the file may have been moved, deleted or replaced since;
+:func:`warn_init_not_read`).
 
 Only rank 0 of a ``torchrun`` launch writes the run's files; :func:`is_main_process` tells a command whether it is
 the process that prints progress and summaries.
@@ -432,6 +433,66 @@ def warn_init_not_read(given: str, started_from: str | None) -> None:
     warnings.warn(f"--resume: --init {given} is not the model this run started from ({was}); it is not read: the "
                   "run continues from its checkpoint, which holds every weight, and its card keeps the init it "
                   "recorded", UserWarning, stacklevel=3)
+
+
+def init_provenance(init: str | os.PathLike) -> dict[str, Any]:
+    """Where starting weights come from, for a model card: ``{"from", "sha256", "command", "init"}``.
+
+    ``init`` is a shipped name or a ``.safetensors`` path; ``command`` is the training command its own card
+    records and ``init`` that card's own provenance, so a chain of fine-tunings can be re-run from its start.
+
+    Examples
+    --------
+    >>> init_provenance("ae-default")["from"]
+    'ae-default'
+    """
+    from napari_linblur.models.registry import _locate, sha256_file
+
+    path, src, _ = _locate(init)
+    return {"from": os.fspath(init), "sha256": sha256_file(path),
+            "command": (src.get("training") or {}).get("command"), "init": src.get("init")}
+
+
+class StartsFromInit:
+    """What every training task with ``--init`` shares: the provenance of its starting weights for the card, and
+    the ``resume_from`` hook the shared loop calls before a ``--resume``.
+
+    A task sets ``self.init`` (a shipped name, a ``.safetensors`` path, or None), reads the weights in
+    ``build_model`` only when ``self.resuming`` is false, and puts :meth:`init_record` in its card.
+    """
+
+    init: str | None = None
+    resuming: bool = False
+    _recorded_init: Any = None
+
+    def resume_from(self, card: dict) -> None:
+        """Before a ``--resume``: the checkpoint holds every weight, so the ``init`` weights are not read (the
+        file may be gone) and the card keeps the init recorded when the run started. An ``init`` that now names
+        other weights than that record (by sha256) is not read either, with a warning
+        (:func:`warn_init_not_read`).
+        """
+        from napari_linblur.models.registry import _locate, sha256_file
+
+        recorded = card.get("init")
+        if self.init:
+            if isinstance(recorded, dict):
+                try:
+                    sha = sha256_file(_locate(self.init)[0])
+                except (OSError, ValueError):  # moved or deleted: nothing to compare, nothing is read
+                    sha = None
+                if sha is not None and sha != recorded.get("sha256"):
+                    warn_init_not_read(f"{self.init} (sha256 {sha})",
+                                       f"{recorded.get('from')} (sha256 {recorded.get('sha256')})")
+            elif str(self.init) != recorded:  # a run recorded before 0.2.1 kept its init as a path only
+                warn_init_not_read(str(self.init), recorded)
+        self.resuming, self._recorded_init = True, recorded
+
+    def init_record(self) -> Any:
+        """The card's ``init``: :func:`init_provenance` of ``self.init`` (None without one); a resumed run keeps
+        the record made when it started."""
+        if self.resuming:
+            return self._recorded_init
+        return init_provenance(self.init) if self.init else None
 
 
 def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg, recipe: dict | None = None,
