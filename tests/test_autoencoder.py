@@ -127,6 +127,38 @@ def test_task_batches_are_deterministic_and_share_one_normalization(tiny_data):
         AETask(data, TINY, batch_size=3, crop=32, focus_fraction=1.5)
 
 
+def test_inputs_normalization_scales_examples_as_the_pair_operations_do(tiny_data):
+    """normalization="inputs": an example's scale comes from the two planes an operation receives -- (a, c) for
+    synthesis, (b, c) for deblurring (whose sharp target a is never seen at inference) -- half and half."""
+    from napari_linblur.inference.normalize import fit_normalization
+
+    data = load_fields(tiny_data, "w1")
+    task = AETask(data, TINY, batch_size=3, crop=32, seed=5, normalization="inputs", focus_fraction=1.0)
+    f = task.train_fields[0]
+    a, b, c, alpha = task._trip[f.name][-1]
+    x = task._sample(f, (a, b, c, alpha), 0, 0, False, "deblurring")
+    n = fit_normalization(f.planes[b], f.planes[c])
+    for i, k in enumerate((a, b, c)):
+        np.testing.assert_allclose(x[i], n.apply(f.planes[k, :32, :32]), rtol=1e-6)
+    # the in-focus target peaks above both inputs under their scale: deblurring must restore that peak
+    assert x[0].max() > x[1:].max()
+    x_syn = task._sample(f, (a, b, c, alpha), 0, 0, False, "synthesis")
+    np.testing.assert_allclose(x_syn[1], fit_normalization(f.planes[a], f.planes[c]).apply(f.planes[b, :32, :32]),
+                               rtol=1e-6)
+    # the draws: both uses in a batch stream, and the validation set alternates them
+    uses = [task._norm_use(u) for u in np.random.default_rng(0).random(200)]
+    assert 0.4 < uses.count("deblurring") / len(uses) < 0.6
+    assert [task._norm_use((i % 2) / 2) for i in range(4)] == ["synthesis", "deblurring"] * 2
+    b1, b2 = task.batch(7), task.batch(7)
+    assert torch.equal(b1["x"], b2["x"])
+    triplet = AETask(data, TINY, batch_size=3, crop=32, seed=5, focus_fraction=1.0)
+    assert not torch.equal(triplet.batch(7)["x"], b1["x"])
+    assert "(b, c) as deblur_pair" in task.card()["data"]["normalization"]
+    assert "three planes" in triplet.card()["data"]["normalization"]
+    with pytest.raises(ValueError, match=r"normalization \(--normalization\) must be one of"):
+        AETask(data, TINY, batch_size=3, crop=32, normalization="pair")
+
+
 def test_losses_follow_eq_3_and_4_and_detach(tiny_data):
     data = load_fields(tiny_data, "w1")
     torch.manual_seed(0)
@@ -207,7 +239,9 @@ def test_train_cli_init_starts_from_saved_weights(tiny_data, tmp_path):
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
     assert main([*common, "--steps", "2", "--seed", "7", "--init", str(src), "--out", str(tmp_path / "b")]) == 0
-    assert registry.load_model(tmp_path / "b" / "model.safetensors", device="cpu").card["init"] == str(src)
+    assert registry.load_model(tmp_path / "b" / "model.safetensors", device="cpu").card["init"] == {
+        "from": str(src), "sha256": registry.sha256_file(src), "init": None,
+        "command": registry.read_card(src)["training"]["command"]}
 
 
 def test_joint_channels_share_the_split_and_train_from_the_cli(tiny_data, tmp_path):

@@ -82,6 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         direct_scale=args.direct_scale,
         extrap_weight=args.extrap_weight,
         focus_fraction=args.focus_fraction,
+        normalization=args.normalization,
         batch_size=args.batch_size,
         crop=args.crop,
         triplets=args.triplets,
@@ -132,6 +133,10 @@ def register(subparsers) -> None:
                    help="ours (not in the paper): weight of an L1 term on the extrapolated sharp plane (default 0)")
     p.add_argument("--focus-fraction", type=float, default=0.0,
                    help="ours: fraction of triplets whose a is the in-focus plane (the deblurring use; default 0)")
+    p.add_argument("--normalization", default="triplet", choices=["triplet", "inputs"],
+                   help="intensity scale of each example: triplet = fitted over its three planes (default); inputs = "
+                   "over the two planes the operation receives, (a, c) for synthesis or (b, c) for deblurring, as "
+                   "synthesize_blur and deblur_pair fit it at inference")
     p.add_argument("--model-config", default=None,
                    help='JSON overriding entries of --config, e.g. \'{"channels": [16, 32], "latent_channels": 8}\'')
     p.add_argument("--batch-size", type=int, default=8, help="triplets per step (default 8)")

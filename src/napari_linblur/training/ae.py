@@ -12,7 +12,11 @@ Triplets
     A triplet is three planes ``a < b < c`` (in defocus distance) of one field with the general
     ``alpha = (d_c - d_b) / (d_c - d_a)`` (``triplets="general"``; ``"midpoint"`` keeps only ``2b = a + c`` as
     the paper). The three planes share one :func:`~napari_linblur.inference.normalize.fit_normalization`
-    fitted over the three full planes (never per-image min-max). Crops: with probability ½ one of the paper's
+    (never per-image min-max), fitted over the three full planes (``normalization="triplet"``) or, as the pair
+    operations fit it, over the two planes an operation receives (``normalization="inputs"``: ``(a, c)`` as
+    :func:`~napari_linblur.inference.latent_ops.synthesize_blur` or ``(b, c)`` as
+    :func:`~napari_linblur.inference.latent_ops.deblur_pair`, half and half). With ``"triplet"`` the sharp plane
+    ``a`` sets the scale of every deblurring example, which inference never has. Crops: with probability ½ one of the paper's
     10 crops (4 corners + centre, and their horizontal flips), otherwise a random crop with a random flip;
     the same window for the three planes.
 
@@ -50,8 +54,12 @@ from typing import Any
 import numpy as np
 
 from napari_linblur.inference.normalize import Normalization, fit_normalization
+from napari_linblur.training.loop import StartsFromInit
 
 REGS = ("baseline", "indirect", "direct")
+NORMALIZATIONS = ("triplet", "inputs")
+# the planes (positions in a triplet a, b, c) a normalization is fitted over
+_NORM_PLANES = {"triplet": (0, 1, 2), "synthesis": (0, 2), "deblurring": (1, 2)}
 
 
 @dataclass
@@ -340,7 +348,7 @@ def triplet_loss(model, batch, *, reg: str = "direct", detach: bool = False, dir
     return loss, parts
 
 
-class AETask:
+class AETask(StartsFromInit):
     """Training task for :func:`~napari_linblur.training.loop.train` (see the module docstring).
 
     Parameters
@@ -385,6 +393,7 @@ class AETask:
         direct_scale: str = "absolute",
         extrap_weight: float = 0.0,
         focus_fraction: float = 0.0,
+        normalization: str = "triplet",
         batch_size: int = 8,
         crop: int = 128,
         triplets: str = "general",
@@ -419,6 +428,10 @@ class AETask:
         self.focus_fraction = float(focus_fraction)
         if not 0.0 <= self.focus_fraction <= 1.0:
             raise ValueError(f"focus_fraction must be in [0, 1], got {focus_fraction}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization (--normalization) must be one of {NORMALIZATIONS}, got "
+                             f"{normalization!r}")
+        self.normalization = normalization
         self.batch_size = int(batch_size)
         if isinstance(batch_size, bool) or self.batch_size != batch_size or self.batch_size < 1:
             raise ValueError(f"batch_size (--batch-size) must be an int >= 1, got {batch_size!r}")
@@ -433,9 +446,6 @@ class AETask:
         self.seed = int(seed)
         self.extra_card = dict(extra_card or {})
         self.init = str(init) if init else None
-        if self.init:
-            self.extra_card.setdefault("init", self.init)
-        self._resuming = False
         n_total = int(data.meta.get("n_fields", len(data.fields)))
         self.split = split_fields(n_total, self.split_seed)
         self.channels = [data.channel] + [d.channel for d in more_channels]
@@ -463,15 +473,21 @@ class AETask:
         self._val = self._make_val(int(val_triplets))
 
     # ------------------------------------------------------------------ data
-    def _norm(self, f: FieldStack, a: int, b: int, c: int) -> Normalization:
-        key = (f.name, a, b, c)
+    def _norm(self, f: FieldStack, planes: tuple[int, ...]) -> Normalization:
+        key = (f.name, *planes)
         if key not in self._norm_cache:
-            self._norm_cache[key] = fit_normalization(f.planes[a], f.planes[b], f.planes[c])
+            self._norm_cache[key] = fit_normalization(*(f.planes[k] for k in planes))
         return self._norm_cache[key]
 
-    def _sample(self, f: FieldStack, trip, y0: int, x0: int, flip: bool) -> np.ndarray:
+    def _norm_use(self, draw: float) -> str:
+        """Which planes the normalization of one example is fitted over (see the module docstring)."""
+        if self.normalization == "triplet":
+            return "triplet"
+        return "synthesis" if draw < 0.5 else "deblurring"
+
+    def _sample(self, f: FieldStack, trip, y0: int, x0: int, flip: bool, use: str = "triplet") -> np.ndarray:
         a, b, c, _ = trip
-        n = self._norm(f, a, b, c)
+        n = self._norm(f, tuple(trip[i] for i in _NORM_PLANES[use]))
         s = self.crop
         x = np.stack([n.apply(f.planes[k, y0 : y0 + s, x0 : x0 + s]) for k in (a, b, c)])
         return x[..., ::-1] if flip else x
@@ -500,7 +516,8 @@ class AETask:
                 y0 = int(rng.integers(h - self.crop + 1))
                 x0 = int(rng.integers(w - self.crop + 1))
                 flip = bool(rng.random() < 0.5)
-            xs.append(self._sample(f, trip, y0, x0, flip))
+            use = self._norm_use(rng.random()) if self.normalization != "triplet" else "triplet"  # no extra draw
+            xs.append(self._sample(f, trip, y0, x0, flip, use))
             alphas.append(trip[3])
         x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, :, None]))
         return {"x": x, "alpha": torch.tensor(alphas, dtype=torch.float32)}
@@ -516,7 +533,7 @@ class AETask:
             trip = trips[int(rng.integers(len(trips)))]
             h, w = f.planes.shape[-2:]
             y0, x0, flip = ten_crop_boxes((h, w), self.crop)[i % 10]
-            xs.append(self._sample(f, trip, y0, x0, flip))
+            xs.append(self._sample(f, trip, y0, x0, flip, self._norm_use((i % 2) / 2)))
             alphas.append(trip[3])
         return {"x": torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, :, None])),
                 "alpha": torch.tensor(alphas, dtype=torch.float32)}
@@ -526,27 +543,11 @@ class AETask:
         from napari_linblur.models.autoencoder import LinearLatentAE
 
         model = LinearLatentAE(**self.model_config)
-        if self.init and not self._resuming:  # continue from a saved model (same architecture and config)
+        if self.init and not self.resuming:  # continue from a saved model (same architecture and config)
             from napari_linblur.models.registry import init_weights
 
             init_weights(model, self.init, "LinearLatentAE")
         return model
-
-    def resume_from(self, card: dict) -> None:
-        """Before a ``--resume`` (called by the shared loop with the card recorded with the run): the checkpoint
-        holds every weight, so the ``init`` weights are not read (the file may be gone) and the card keeps the init
-        recorded when the run started; another ``init`` is not read either, with a warning
-        (:func:`~napari_linblur.training.loop.warn_init_not_read`).
-        """
-        from napari_linblur.training.loop import warn_init_not_read
-
-        recorded = card.get("init")
-        if self.init and self.init != recorded:
-            warn_init_not_read(self.init, recorded)
-        self.init, self._resuming = recorded, True
-        self.extra_card.pop("init", None)
-        if recorded:
-            self.extra_card["init"] = recorded
 
     def loss(self, model, batch):
         """L1 losses of eq. 3/4 (or the plain autoencoder) and their parts for the log (:func:`triplet_loss`)."""
@@ -577,6 +578,7 @@ class AETask:
             "task": "ae",
             "config": self.model_config,
             "config_name": self.config_name,
+            "init": self.init_record(),
             "regularization": {"reg": self.reg, "detach_zb": self.detach, "direct_scale": self.direct_scale,
                                "extrap_weight": self.extrap_weight, "loss": "L1"},
             "data": {
@@ -592,12 +594,19 @@ class AETask:
                 "crop": self.crop,
                 "batch_size": self.batch_size,
                 "augmentation": "paper 10-crop (p=0.5) or random crop + random horizontal flip",
-                "normalization": "fit_normalization over the three planes of a triplet (0.1/99.9 percentiles)",
+                "normalization": _NORM_CARD[self.normalization],
                 "planes": [int(i) for i in d.fields[0].plane_index],
                 "defocus_um": [float(v) for v in d.fields[0].defocus_um],
             },
             **self.extra_card,
         }
+
+
+_NORM_CARD = {
+    "triplet": "fit_normalization over the three planes of a triplet (0.1/99.9 percentiles)",
+    "inputs": "fit_normalization over the two planes an operation receives, as inference fits it: (a, c) as "
+              "synthesize_blur or (b, c) as deblur_pair, half and half (0.1/99.9 percentiles)",
+}
 
 
 def latent_stats(model, x) -> dict[str, Any]:
