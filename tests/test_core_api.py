@@ -317,3 +317,9 @@ def test_normalization_of_values_near_the_float32_limit_stays_finite():
     normal = fit_normalization(np.linspace(0, 4000, 100))
     y = np.linspace(-1, 2, 7, dtype=np.float32)
     np.testing.assert_array_equal(normal.invert(y), y * np.float32(normal.scale) + np.float32(normal.offset))
+
+
+@pytest.mark.parametrize("path", [None, 5, ["a.tif"]])
+def test_open_zstack_names_the_argument_for_a_non_path(path):
+    with pytest.raises(TypeError, match=r"path must be a file or folder path \(str or os.PathLike\), got"):
+        nl.open_zstack(path)

@@ -77,6 +77,18 @@ def test_dask_is_lazy_one_task_per_plane_and_matches_numpy(net):
                                rtol=1e-5, atol=1e-5)
     curve = D.focus_curve(da.from_array(stack, chunks=(1, 40, 48)), model=net, device="cpu", compute=False)
     assert isinstance(curve, da.Array) and curve.shape == (3,) and curve.numblocks == (3,)
+    # dask in -> lazy dask out by default too (SPEC §3), nothing computed at call time; compute=True gives numpy
+    computed = []
+    plane_reads = da.from_array(stack, chunks=(1, 40, 48)).map_blocks(lambda b: computed.append(1) or b)
+    for method in ("brenner", "defocus"):
+        computed.clear()
+        kw = {"model": net, "device": "cpu"} if method == "defocus" else {}
+        curve = D.focus_curve(plane_reads, method=method, **kw)
+        assert isinstance(curve, da.Array) and computed == []
+        now = D.focus_curve(plane_reads, method=method, compute=True, **kw)
+        assert isinstance(now, np.ndarray) and computed
+        np.testing.assert_allclose(curve.compute(), now)
+        np.testing.assert_allclose(now, D.focus_curve(stack, method=method, **kw))
 
 
 def test_patch_mode_and_grid(net):

@@ -182,7 +182,7 @@ def deblur(
     tta: int = 1,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-):
+) -> Any:
     """Deblur a single defocused image (or every plane of a stack), blind.
 
     Parameters

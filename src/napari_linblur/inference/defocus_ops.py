@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -177,10 +178,10 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
 
 # ------------------------------------------------------------------------------------------- estimation
 def estimate_defocus(
-    img,
+    img: Any,
     *,
-    model=None,
-    device="auto",
+    model: Any = None,
+    device: Any = "auto",
     tile: int | None = None,
     overlap: int | None = None,
     batch_size: int = 1,
@@ -188,10 +189,10 @@ def estimate_defocus(
     patch_size: int = 64,
     amp: str = "auto",
     tta: int = 1,
-    camera="auto",
-    progress=None,
-    should_stop=None,
-):
+    camera: Any = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Any:
     """Per-pixel defocus map: σ (pixels) of the equivalent Gaussian PSF at every pixel.
 
     Parameters
@@ -494,7 +495,8 @@ def _score_fn(method, model, device, kwargs):
     return _PlaneScore(method, _plane_defocus(model, device, **options))
 
 
-def focus_curve(stack, *, method: str = "defocus", model=None, device="auto", compute: bool = True, **kwargs):
+def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, device: Any = "auto",
+                compute: bool | None = None, **kwargs: Any) -> Any:
     """Focus score of every plane of a stack (higher = sharper).
 
     Parameters
@@ -509,9 +511,10 @@ def focus_curve(stack, *, method: str = "defocus", model=None, device="auto", co
         ``"tenengrad"``, ``"normalized_variance"`` (:mod:`napari_linblur.metrics.focus`) and ``"vollath"`` (F4).
     model, device
         As in :func:`estimate_defocus` (``method="defocus"`` only).
-    compute : bool
-        For dask input: ``True`` computes (plane by plane, with the active dask scheduler) and returns numpy;
-        ``False`` returns the lazy dask array of scores.
+    compute : bool, optional
+        For dask input: None (default) or ``False`` return the lazy dask array of scores (one task per plane,
+        nothing computed until asked), as every operation does for dask input; ``True`` computes (plane by plane,
+        with the active dask scheduler) and returns numpy. Numpy input always gives numpy.
     **kwargs
         ``tile``, ``overlap``, ``batch_size``, ``amp``, ``camera`` and ``tta`` for the defocus model (as in
         :func:`estimate_defocus`; ``method="defocus"`` only: with a classical method they are an error, as is any
@@ -519,9 +522,10 @@ def focus_curve(stack, *, method: str = "defocus", model=None, device="auto", co
 
     Returns
     -------
-    numpy.ndarray (float64) of shape ``stack.shape[:-2]``; never NaN (constant planes score 0 with the
-    classical measures and -10 with ``"defocus"``, the top of the trained σ range, so that an empty frame never
-    outranks a plane with structure below it).
+    numpy.ndarray or dask.array.Array
+        float64 of shape ``stack.shape[:-2]`` (dask for dask input unless ``compute=True``); never NaN
+        (constant planes score 0 with the classical measures and -10 with ``"defocus"``, the top of the trained σ
+        range, so that an empty frame never outranks a plane with structure below it).
 
     Examples
     --------
@@ -556,7 +560,8 @@ def focus_curve(stack, *, method: str = "defocus", model=None, device="auto", co
     return out
 
 
-def best_focus(stack, *, method: str = "defocus", model=None, device="auto", **kwargs):
+def best_focus(stack: Any, *, method: str = "defocus", model: Any = None, device: Any = "auto",
+               **kwargs: Any) -> int | np.ndarray:
     """Index of the sharpest plane along Z (the arg-max of :func:`focus_curve`).
 
     Parameters

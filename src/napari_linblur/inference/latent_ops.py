@@ -212,19 +212,19 @@ def _run_pairs(plane_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], img_1, 
 
 
 def synthesize_blur(
-    img_a,
-    img_c,
+    img_a: Any,
+    img_c: Any,
     alpha: float,
     *,
     model: Any = None,
     device: Any = "auto",
-    tile: int = DEFAULT_TILE,
+    tile: int | None = DEFAULT_TILE,
     overlap: int | None = None,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     tta: int = 1,
-):
+) -> Any:
     """Synthesize the defocus between two planes by latent interpolation: ``D(α·E(a) + (1−α)·E(c))``.
 
     Parameters
@@ -287,19 +287,19 @@ def synthesize_blur(
 
 
 def deblur_pair(
-    img_b,
-    img_c,
+    img_b: Any,
+    img_c: Any,
     alpha: float | None = None,
     *,
     model: Any = None,
     device: Any = "auto",
-    tile: int = DEFAULT_TILE,
+    tile: int | None = DEFAULT_TILE,
     overlap: int | None = None,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     tta: int = 1,
-):
+) -> Any:
     """Deblur by latent extrapolation from two planes: ``D(E(b)/α − (1−α)/α·E(c))``.
 
     Parameters

@@ -184,6 +184,8 @@ def open_zstack_with_metadata(
     >>> arr.shape, meta.axes, arr.dtype
     ((4, 32, 48), 'zyx', dtype('uint16'))
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file or folder path (str or os.PathLike), got {type(path).__name__}")
     # absolute, so that the lazy graph reads the same file from a dask worker started in another folder
     p = Path(os.path.abspath(os.fspath(path)))
     if not p.exists():

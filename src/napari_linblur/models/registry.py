@@ -184,7 +184,7 @@ def init_weights(model, init, architecture: str):
     return card
 
 
-def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto"):
+def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto") -> Any:
     """Load a shipped model by name, or any ``.safetensors`` model file saved by napari-linblur.
 
     Parameters
