@@ -38,7 +38,10 @@ def _done(t0: float) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    from napari_linblur.io.atomic import atomic_target
+
+    with atomic_target(path) as tmp:  # a figure is whole or absent, never half written
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -563,7 +563,8 @@ def _truncate_logs(out: Path, step: int) -> None:
     jl = out / "log.jsonl"
     if jl.exists():
         keep = [ln for ln in jl.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        jl.write_text("".join(ln + "\n" for ln in keep))
+        with atomic_target(jl) as tmp:  # a kill here leaves the whole old log, never half of it
+            tmp.write_text("".join(ln + "\n" for ln in keep))
         _write_csv(out)
 
 
@@ -573,7 +574,7 @@ def _write_csv(out: Path) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(out / "log.csv", "w", newline="") as f:
+    with atomic_target(out / "log.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
