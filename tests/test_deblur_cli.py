@@ -92,7 +92,19 @@ def test_evaluate_deblur_cli(tmp_path, tiny_model):
     assert max(row["wiener (true PSF)"], row["richardson-lucy (true PSF)"]) > row["input"]
     assert {"focus_gain_db_per_depth", "varying_gain_db"} <= set(res["bars"])
     assert res["speed"]["side"] == 64 and res["speed"]["network_s"] > 0
-    assert "Through-focus planes" in (out / "deblur_eval.md").read_text()
+    md = (out / "deblur_eval.md").read_text()
+    assert "Through-focus planes" in md
+    # SSIM: a parallel mapping with the same test sets and methods as the PSNR rows, values in [-1, 1]
+    sim = res["ssim"]
+    assert set(sim) == {"focus", "varying", "captured"} and set(sim["focus"]) == {"2", "8"}
+    for d, r in res["focus"].items():
+        assert set(sim["focus"][d]) == set(r) - {"rl_best_iter"}
+    assert set(sim["varying"]) == set(res["varying"]) and set(sim["captured"]) == set(res["captured"])
+    values = [v for r in [*sim["focus"].values(), sim["varying"], sim["captured"]] for v in r.values()]
+    assert values and all(-1.0 <= v <= 1.0 for v in values)
+    assert sim["focus"]["8"]["network"] == sim["focus"]["8"]["copy"]
+    assert {"input", "wiener (true PSF)", "richardson-lucy (true PSF)", "network", "network x2"} <= set(sim["varying"])
+    assert "### SSIM" in md and f"| 8 µm | {sim['focus']['8']['input']:.4f} |" in md
     # the recorded command is the exact one: parsing it again gives the same options
     import shlex
 
@@ -101,6 +113,59 @@ def test_evaluate_deblur_cli(tmp_path, tiny_model):
     again = build_parser().parse_args(shlex.split(res["command"])[1:])
     assert again.ablation == [f"copy={tiny_model}"] and again.depths == [2.0, 8.0] and again.no_reblur
     assert not again.no_speed and again.speed_side == 64 and again.tta == 2 and again.n == 1
+
+
+def test_evaluate_deblur_ssim_scores_the_reported_outputs(monkeypatch, tiny_model):
+    """SSIM of the input, of the PSNR-chosen Wiener / RL outputs, and 1 for a perfect reconstruction."""
+    import napari_linblur.inference.deblur_ops as ops
+    import napari_linblur.training.deblur as training
+    from napari_linblur.baselines.richardson_lucy import best_richardson_lucy
+    from napari_linblur.baselines.wiener import best_wiener
+    from napari_linblur.evaluation.deblur import evaluate_deblur, to_markdown
+    from napari_linblur.metrics.image import ssim
+
+    items: dict[str, list[dict]] = {}
+    real = training.make_test_set
+
+    def recording(kind, n, **kwargs):
+        got = real(kind, n, **kwargs)
+        items.setdefault(kind, []).extend(got)
+        return got
+
+    def oracle(img, **kwargs):  # every "network" returns the exact sharp image of its input
+        for it in (i for v in items.values() for i in v):
+            if it["blurry"].shape == img.shape and np.array_equal(it["blurry"], img):
+                return it["sharp"].copy()
+        raise AssertionError("deblur called on an image that is not a test input")
+
+    monkeypatch.setattr(training, "make_test_set", recording)
+    monkeypatch.setattr(ops, "deblur", oracle)
+    res = evaluate_deblur({"network": str(tiny_model)}, n=1, side=32, depths=(4.0,), rl_max_iter=5, reblur=False,
+                          speed=False)
+    sim = res["ssim"]
+    (f,), (v,), (c,) = items["focus"], items["varying"], items["captured"]
+    for it, row in ((f, sim["focus"]["4"]), (v, sim["varying"]), (c, sim["captured"])):
+        s, b = it["sharp"], it["blurry"]
+        assert row["input"] == pytest.approx(ssim(s, b, data_range=float(s.max())), abs=1e-4)
+        assert row["input"] < 1.0
+        assert row["network"] == row.get("network fp32", 1.0) == 1.0  # a perfect reconstruction
+    assert sim["varying"]["guided (true map)"] == 1.0
+    # the baselines' SSIM is that of the very output whose PSNR is reported (the balance / iteration chosen by PSNR)
+    s, b, psf = f["sharp"], f["blurry"], f["psf"]
+    w = best_wiener(b, psf, s)
+    rl = best_richardson_lucy(b, psf, s, max_iter=5)
+    row = res["focus"]["4"]
+    assert row["wiener (true PSF)"] == pytest.approx(w[2], abs=1e-3)
+    assert row["richardson-lucy (true PSF)"] == pytest.approx(rl[2], abs=1e-3)
+    assert sim["focus"]["4"]["wiener (true PSF)"] == pytest.approx(ssim(s, w[0], data_range=float(s.max())), abs=1e-4)
+    assert sim["focus"]["4"]["richardson-lucy (true PSF)"] == pytest.approx(
+        ssim(s, rl[0], data_range=float(s.max())), abs=1e-4)
+    assert all(-1.0 <= x <= 1.0 for r in [*sim["focus"].values(), sim["varying"], sim["captured"]] for x in r.values())
+    md = to_markdown(res)
+    assert "### SSIM" in md and f"{sim['focus']['4']['wiener (true PSF)']:.4f}" in md
+    # results written before SSIM was reported still render (PSNR tables only)
+    old = {k: x for k, x in res.items() if k != "ssim"}
+    assert "Through-focus planes" in to_markdown(old) and "SSIM" not in to_markdown(old)
 
 
 @pytest.mark.parametrize("bad, says", [

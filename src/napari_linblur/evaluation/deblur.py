@@ -12,7 +12,11 @@ Held-out data (:func:`napari_linblur.training.deblur.make_test_set`, seeds never
 * ``captured`` — captured-style pairs z_k → z_0 (misaligned, differently exposed, noisier) as in stage 2; the
   reference is the (noisy, shifted) z_0 acquisition — this is the domain where the stage-2 ablation shows.
 
-PSNR uses ``data_range = max(reference)`` (paper 000, eq. 7), per image then averaged.
+PSNR uses ``data_range = max(reference)`` (paper 000, eq. 7), per image then averaged. SSIM
+(:func:`napari_linblur.metrics.image.ssim`, skimage's 7x7 uniform window) is scored on the very same output
+images against the same reference with the same convention (``data_range = max(reference)``, per image, then
+averaged); for Wiener and RL that is the output whose PSNR is reported (the balance / iteration / PSF chosen by
+PSNR, not re-chosen for SSIM).
 """
 
 from __future__ import annotations
@@ -162,13 +166,16 @@ def evaluate_deblur(
     Returns
     -------
     dict
-        ``focus`` (per depth), ``varying``, ``captured``: mean PSNR per method; ``bars``; ``speed``; ``notes``.
+        ``focus`` (per depth), ``varying``, ``captured``: mean PSNR (dB) per method (``focus`` rows also hold
+        ``rl_best_iter``); ``ssim``: the mean SSIM of the same outputs, as a parallel mapping
+        ``{"focus": {depth: {method: ssim}}, "varying": {method: ssim}, "captured": {method: ssim}}`` with the
+        same method names (no ``rl_best_iter``); ``bars`` (PSNR only); ``speed``; ``notes``.
     """
     from napari_linblur.baselines.richardson_lucy import best_richardson_lucy
     from napari_linblur.baselines.wiener import best_wiener
     from napari_linblur.inference.deblur_ops import deblur
     from napari_linblur.inference.tta import check_tta
-    from napari_linblur.metrics.image import psnr
+    from napari_linblur.metrics.image import psnr, ssim
     from napari_linblur.optics.psf import equivalent_sigma, gaussian_psf
     from napari_linblur.training.deblur import make_test_set
 
@@ -180,21 +187,27 @@ def evaluate_deblur(
     notes: list[str] = []
     reblur_ok = reblur
 
-    def run_nets(blurry, sharp, row, smap=None, kind="focus"):
+    def score(row: dict, srow: dict, key: str, sharp: np.ndarray, out: np.ndarray) -> None:
+        """PSNR into ``row`` and SSIM into ``srow`` of one output, both with ``data_range = max(sharp)``."""
+        row[key] = psnr(sharp, out)
+        srow[key] = ssim(sharp, out)
+
+    def run_nets(blurry, sharp, row, srow, smap=None, kind="focus"):
         nonlocal reblur_ok
         for name, net in nets.items():
-            row[name] = psnr(sharp, deblur(blurry, method="network", model=net, device="cpu"))
-        row[f"{main} fp32"] = psnr(sharp, deblur(blurry, method="network", model=nets[main], device="cpu", amp="off"))
+            score(row, srow, name, sharp, deblur(blurry, method="network", model=net, device="cpu"))
+        score(row, srow, f"{main} fp32", sharp,
+              deblur(blurry, method="network", model=nets[main], device="cpu", amp="off"))
         if tta > 1:
-            row[f"{main} x{tta}"] = psnr(sharp, deblur(blurry, method="network", model=nets[main], device="cpu",
-                                                       tta=tta))
+            score(row, srow, f"{main} x{tta}", sharp,
+                  deblur(blurry, method="network", model=nets[main], device="cpu", tta=tta))
         if kind == "varying":
             out = deblur(blurry, method="guided", model=nets[main], sigma_map=smap, device="cpu")
-            row["guided (true map)"] = psnr(sharp, out)
+            score(row, srow, "guided (true map)", sharp, out)
             out, err = _maybe(deblur, blurry, method="guided", model=nets[main], defocus_model=defocus_model,
                               device="cpu")
             if out is not None:
-                row["guided (estimated map)"] = psnr(sharp, out)
+                score(row, srow, "guided (estimated map)", sharp, out)
             else:
                 notes.append(f"guided with an estimated map not evaluated: {err}")
         if not reblur_ok:
@@ -205,53 +218,69 @@ def evaluate_deblur(
             notes.append(f"reblur-extrapolate not evaluated: {err}")
             reblur_ok = False
             return
-        row["reblur-extrapolate (true σ)"] = psnr(sharp, out)
+        score(row, srow, "reblur-extrapolate (true σ)", sharp, out)
         # ... and blind, with the defocus-map network
         out, err = _maybe(deblur, blurry, method="reblur-extrapolate", model=ae_model, defocus_model=defocus_model,
                           device="cpu")
         if out is not None:
-            row["reblur-extrapolate (estimated σ)"] = psnr(sharp, out)
+            score(row, srow, "reblur-extrapolate (estimated σ)", sharp, out)
         else:
             notes.append(f"reblur-extrapolate with an estimated map not evaluated: {err}")
 
     result: dict[str, Any] = {"focus": {}, "n": n, "side": side, "seed": seed, "models": list(models), "main": main}
+    ssims: dict[str, Any] = {"focus": {}}
     # through-focus planes
     for j, d in enumerate(depths):
-        rows = []
+        rows, srows = [], []
         for it in make_test_set("focus", n, seed=seed + 1000 * j, side=side, d_um=float(d)):
             s, b, psf = it["sharp"], it["blurry"], it["psf"]
-            row = {"input": psnr(s, b)}
-            row["wiener (true PSF)"] = best_wiener(b, psf, s)[2]
+            row: dict[str, float] = {}
+            srow: dict[str, float] = {}
+            score(row, srow, "input", s, b)
+            w = best_wiener(b, psf, s)
+            row["wiener (true PSF)"], srow["wiener (true PSF)"] = w[2], ssim(s, w[0])
             rl = best_richardson_lucy(b, psf, s, max_iter=rl_max_iter)
-            row["richardson-lucy (true PSF)"] = rl[2]
+            row["richardson-lucy (true PSF)"], srow["richardson-lucy (true PSF)"] = rl[2], ssim(s, rl[0])
             row["rl_best_iter"] = rl[1]
-            run_nets(b, s, row, smap=np.full(b.shape, equivalent_sigma(psf), np.float32))
+            run_nets(b, s, row, srow, smap=np.full(b.shape, equivalent_sigma(psf), np.float32))
             rows.append(row)
+            srows.append(srow)
         result["focus"][f"{d:g}"] = _mean(rows)
-        say(f"focus d={d:g} µm: {_short(result['focus'][f'{d:g}'])}")
+        ssims["focus"][f"{d:g}"] = _mean(srows, digits=4)
+        say(f"focus d={d:g} µm: {_short(result['focus'][f'{d:g}'])}; SSIM {_short(ssims['focus'][f'{d:g}'], 3)}")
     # spatially varying blur
-    rows = []
+    rows, srows = [], []
     for it in make_test_set("varying", n, seed=seed + 500_000, side=side):
         s, b, smap = it["sharp"], it["blurry"], it["sigma_map"]
-        row = {"input": psnr(s, b)}
+        row, srow = {}, {}
+        score(row, srow, "input", s, b)
         qs = [float(np.quantile(smap, q)) for q in (0.25, 0.5, 0.75, 0.9)]
         psfs = [gaussian_psf(max(q, 0.05)) for q in qs]
-        row["wiener (true PSF)"] = max(best_wiener(b, p, s)[2] for p in psfs)
-        row["richardson-lucy (true PSF)"] = max(best_richardson_lucy(b, p, s, max_iter=rl_max_iter)[2] for p in psfs)
-        run_nets(b, s, row, smap=smap, kind="varying")
+        # the PSF whose best output scores the highest PSNR; SSIM is that same output's
+        w = max((best_wiener(b, p, s) for p in psfs), key=lambda t: t[2])
+        row["wiener (true PSF)"], srow["wiener (true PSF)"] = w[2], ssim(s, w[0])
+        rl = max((best_richardson_lucy(b, p, s, max_iter=rl_max_iter) for p in psfs), key=lambda t: t[2])
+        row["richardson-lucy (true PSF)"], srow["richardson-lucy (true PSF)"] = rl[2], ssim(s, rl[0])
+        run_nets(b, s, row, srow, smap=smap, kind="varying")
         rows.append(row)
+        srows.append(srow)
     result["varying"] = _mean(rows)
-    say(f"varying: {_short(result['varying'])}")
+    ssims["varying"] = _mean(srows, digits=4)
+    say(f"varying: {_short(result['varying'])}; SSIM {_short(ssims['varying'], 3)}")
     # captured-style pairs (stage-2 domain)
-    rows = []
+    rows, srows = [], []
     for it in make_test_set("captured", n, seed=seed + 700_000, side=side):
         s, b = it["sharp"], it["blurry"]
-        row = {"input": psnr(s, b)}
+        row, srow = {}, {}
+        score(row, srow, "input", s, b)
         for name, net in nets.items():
-            row[name] = psnr(s, deblur(b, method="network", model=net, device="cpu"))
+            score(row, srow, name, s, deblur(b, method="network", model=net, device="cpu"))
         rows.append(row)
+        srows.append(srow)
     result["captured"] = _mean(rows)
-    say(f"captured: {_short(result['captured'])}")
+    ssims["captured"] = _mean(srows, digits=4)
+    say(f"captured: {_short(result['captured'])}; SSIM {_short(ssims['captured'], 3)}")
+    result["ssim"] = ssims
     # bars
     base = ("wiener (true PSF)", "richardson-lucy (true PSF)")
     gains = {}
@@ -278,19 +307,42 @@ def evaluate_deblur(
     return result
 
 
-def _mean(rows: list[dict]) -> dict:
+def _mean(rows: list[dict], digits: int = 3) -> dict:
+    """Per-key mean over the rows that have the key (keys in first-seen order), rounded to ``digits``."""
     keys = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    return {k: round(float(np.mean([r[k] for r in rows if k in r])), 3) for k in keys}
+    return {k: round(float(np.mean([r[k] for r in rows if k in r])), digits) for k in keys}
 
 
-def _short(r: dict) -> str:
-    return ", ".join(f"{k}={v:.2f}" for k, v in r.items())
+def _short(r: dict, digits: int = 2) -> str:
+    return ", ".join(f"{k}={v:.{digits}f}" for k, v in r.items())
+
+
+def _ssim_table(result: dict) -> list[str]:
+    """Markdown lines of one SSIM table: a row per depth, spatially varying and captured-style; a column per method.
+
+    A method not scored on a test set (e.g. the baselines on captured-style pairs) leaves its cell empty.
+    """
+    sim = result["ssim"]
+    rows = [(f"{d} µm", r) for d, r in sim.get("focus", {}).items()]
+    rows += [(label, sim[key]) for key, label in (("varying", "spatially varying"), ("captured", "captured-style"))
+             if key in sim]
+    methods: list[str] = []
+    for _, r in rows:
+        methods += [k for k in r if k not in methods]
+    lines = [f"### SSIM (same outputs and references as the PSNR tables; data_range = max(reference), mean over "
+             f"{result['n']} images)", ""]
+    lines.append("| test set | " + " | ".join(methods) + " |")
+    lines.append("|---" * (len(methods) + 1) + "|")
+    for label, r in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{r[m]:.4f}" if m in r else "" for m in methods) + " |")
+    lines.append("")
+    return lines
 
 
 def to_markdown(result: dict) -> str:
-    """Paper-style tables of :func:`evaluate_deblur`'s result."""
+    """Paper-style tables of :func:`evaluate_deblur`'s result: PSNR per test set, then one SSIM table."""
     lines = []
     methods = [k for k in next(iter(result["focus"].values())) if k != "rl_best_iter"]
     lines.append(f"### Through-focus planes (PSNR dB, mean over {result['n']} images of {result['side']}², noisy)")
@@ -315,6 +367,8 @@ def to_markdown(result: dict) -> str:
     lines.append("|---" * len(c) + "|")
     lines.append("| " + " | ".join(f"{x:.2f}" for x in c.values()) + " |")
     lines.append("")
+    if "ssim" in result:  # results written before SSIM was reported have none
+        lines += _ssim_table(result)
     b = result["bars"]
     lines.append(f"Gain of `{result['main']}` over the better true-PSF baseline: through-focus per depth "
                  f"{b['focus_gain_db_per_depth']} (mean {b['focus_gain_db_mean']} dB, min {b['focus_gain_db_min']} dB); "
