@@ -51,7 +51,35 @@ def test_evaluate_writes_tables_with_baselines(setup, tmp_path, capsys):
     # baselines measured on the same planes: Wiener with the true PSF beats the blurry input it deconvolves
     assert b["wiener_vs_real"] > b["blurry_vs_real"]
     assert res["data"]["planes"] == [16, 14, 12, 10, 8, 6, 4, 2, 0] and len(res["data"]["fields"]) == 2
-    assert (tmp_path / "ev" / "evaluate_ae.md").read_text().startswith("Data:")
+    md = (tmp_path / "ev" / "evaluate_ae.md").read_text()
+    assert md.startswith("Data:")
+    # SSIM of the same planes: bounded, and in its own table (it need not rank as the PSNR does: Wiener at its
+    # PSNR-best balance amplifies noise that SSIM weighs more)
+    for key in ("interp_ssim", "extrap_ssim", "extrap_tta_ssim", "auto_ssim"):
+        assert -1 <= m[key] <= 1, key
+    assert all(-1 <= b[k] <= 1 for k in ("blend_ssim", "blurry_ssim", "wiener_ssim"))
+    assert "**SSIM (same planes, data_range = 1)**" in md and f"{m['extrap_ssim']:.4f}" in md
+
+
+def test_ssim_is_of_the_planes_the_psnr_scores(setup):
+    """The SSIM entries score the very planes the PSNR entries do (a perfect blend scores 1)."""
+    from napari_linblur.evaluation.ae import evaluate_field_baselines, evaluate_field_model
+    from napari_linblur.metrics.image import psnr, ssim
+
+    _, model_path = setup
+    model = registry.load_model(model_path, device="cpu")
+    rng = np.random.default_rng(1)
+    sharp = gaussian_filter(rng.random((48, 64)), 1.0)
+    planes = np.stack([gaussian_filter(sharp, s) for s in (0.01, 1, 2, 3, 4)]).astype(np.float32)
+    d = np.array([0.0, 1, 2, 3, 4])
+    base = evaluate_field_baselines(planes, d)
+    assert base["blurry_ssim"] == [pytest.approx(ssim(planes[0], planes[k], data_range=1.0)) for k in (1, 2)]
+    assert base["blurry_vs_real"] == [pytest.approx(psnr(planes[0], planes[k], data_range=1.0)) for k in (1, 2)]
+    lin = np.stack([np.full((48, 64), v, np.float32) for v in (0.0, 0.25, 0.5, 0.75, 1.0)])
+    assert evaluate_field_baselines(lin, d)["blend_ssim"] == [pytest.approx(1.0)] * 4  # blends are exact here
+    res = evaluate_field_model(model, planes, d, auto=False)
+    assert len(res["extrap_ssim"]) == len(res["extrap_vs_real"]) == 2
+    assert len(res["interp_ssim"]) == len(res["interp_vs_real"]) == 4
 
 
 def test_evaluation_scores_the_pair_operations_as_a_user_calls_them(setup):

@@ -18,6 +18,8 @@ Table 2 (image quality)
     ``2 b - c``, and Wiener deconvolution of ``b`` with its true PSF (recomputed from the recipe stored in a
     synthetic dataset) at the balance that maximizes PSNR (``baselines.wiener.best_wiener``) -- an oracle.
     Automatic alpha (:func:`~napari_linblur.inference.latent_ops.auto_alpha`, as `deblur_pair(alpha=None)`) is scored too.
+SSIM
+    Of the same synthesized and deblurred planes and baselines (keys ``*_ssim``; ``data_range = 1`` as the PSNR).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from napari_linblur.inference.latent_ops import (
     encode_normalized,
 )
 from napari_linblur.inference.normalize import fit_normalization
-from napari_linblur.metrics.image import psnr
+from napari_linblur.metrics.image import psnr, ssim
 from napari_linblur.metrics.latent import apd, lds
 
 
@@ -85,24 +87,29 @@ def evaluate_field_baselines(planes: np.ndarray, defocus: np.ndarray, psf_of=Non
     from napari_linblur.baselines.wiener import best_wiener
 
     res: dict[str, list[float]] = {"blend_vs_real": [], "blurry_vs_real": [], "pixel_extrap_vs_real": [],
-                                   "wiener_vs_real": []}
+                                   "wiener_vs_real": [], "blend_ssim": [], "blurry_ssim": [], "wiener_ssim": []}
     n = len(planes)
     res["blend_by_span"] = {}
     for s, i in midpoint_triplets(n):
         al = alpha_from_positions(defocus[i - s], defocus[i], defocus[i + s])
-        v = psnr(planes[i], al * planes[i - s] + (1 - al) * planes[i + s], data_range=1.0)
+        blend = al * planes[i - s] + (1 - al) * planes[i + s]
+        v = psnr(planes[i], blend, data_range=1.0)
         res["blend_vs_real"].append(v)
+        res["blend_ssim"].append(ssim(planes[i], blend, data_range=1.0))
         res["blend_by_span"].setdefault(s, []).append(v)
     for k in range(1, (n - 1) // 2 + 1):
         al = alpha_from_positions(defocus[0], defocus[k], defocus[2 * k])
         res["blurry_vs_real"].append(psnr(planes[0], planes[k], data_range=1.0))
+        res["blurry_ssim"].append(ssim(planes[0], planes[k], data_range=1.0))
         res["pixel_extrap_vs_real"].append(
             psnr(planes[0], planes[k] / al - (1 - al) / al * planes[2 * k], data_range=1.0))
         psf = psf_of(defocus[k]) if psf_of is not None else None
         if psf is not None:
             # the target is the captured in-focus plane, which carries its own PSF: the oracle re-blurs by it
-            _, _, score = best_wiener(planes[k], psf, planes[0], data_range=1.0, reference_psf=psf_of(defocus[0]))
+            est, _, score = best_wiener(planes[k], psf, planes[0], data_range=1.0,
+                                        reference_psf=psf_of(defocus[0]))
             res["wiener_vs_real"].append(score)
+            res["wiener_ssim"].append(ssim(planes[0], est, data_range=1.0))  # of the PSNR-best balance
             res.setdefault("wiener_by_k", {})[k] = score
     return res
 
@@ -131,28 +138,31 @@ def evaluate_field_model(model, planes: np.ndarray, defocus: np.ndarray, *, auto
     recon = [combine_normalized(model, p, p, 1.0, 0.0) for p in planes]
     t_rec = (time.perf_counter() - t0) / n
     res["recon_vs_real"] = [psnr(planes[i], recon[i], data_range=1.0) for i in range(n)]
-    res["interp_vs_real"], res["interp_vs_recon"], res["interp_by_span"] = [], [], {}
+    res["interp_vs_real"], res["interp_vs_recon"], res["interp_by_span"], res["interp_ssim"] = [], [], {}, []
     t0 = time.perf_counter()
     trips = midpoint_triplets(n)
     for s, i in trips:
         al = alpha_from_positions(defocus[i - s], defocus[i], defocus[i + s])
         out = _as_called(model, planes[i - s], planes[i + s], al, 1 - al)
         res["interp_vs_real"].append(psnr(planes[i], out, data_range=1.0))
+        res["interp_ssim"].append(ssim(planes[i], out, data_range=1.0))
         res["interp_vs_recon"].append(psnr(recon[i], out, data_range=1.0))
         res["interp_by_span"].setdefault(s, []).append(res["interp_vs_real"][-1])
     res["seconds_per_synthesis"] = (time.perf_counter() - t0) / max(1, len(trips))
     res["seconds_per_reconstruction"] = t_rec
     res["extrap_vs_real"], res["extrap_vs_recon"], res["auto_alpha"], res["auto_vs_real"] = [], [], [], []
-    res["extrap_by_k"] = {}
+    res["extrap_by_k"], res["extrap_ssim"], res["auto_ssim"] = {}, [], []
     for k in range(1, (n - 1) // 2 + 1):
         al = alpha_from_positions(defocus[0], defocus[k], defocus[2 * k])
         out = _as_called(model, planes[k], planes[2 * k], 1 / al, -(1 - al) / al)
         res["extrap_vs_real"].append(psnr(planes[0], out, data_range=1.0))
+        res["extrap_ssim"].append(ssim(planes[0], out, data_range=1.0))
         res["extrap_vs_recon"].append(psnr(recon[0], out, data_range=1.0))
         res["extrap_by_k"][k] = res["extrap_vs_real"][-1]
         if tta > 1:
             out = _as_called(model, planes[k], planes[2 * k], 1 / al, -(1 - al) / al, tta=tta)
             res.setdefault("extrap_tta_vs_real", []).append(psnr(planes[0], out, data_range=1.0))
+            res.setdefault("extrap_tta_ssim", []).append(ssim(planes[0], out, data_range=1.0))
             res.setdefault("extrap_tta_by_k", {})[k] = res["extrap_tta_vs_real"][-1]
         if auto:
             a_hat = auto_alpha(planes[k], planes[2 * k], model=model,  # as nl.deblur_pair(alpha=None) does
@@ -160,6 +170,7 @@ def evaluate_field_model(model, planes: np.ndarray, defocus: np.ndarray, *, auto
             res["auto_alpha"].append((al, a_hat))
             out = _as_called(model, planes[k], planes[2 * k], 1 / a_hat, -(1 - a_hat) / a_hat)
             res["auto_vs_real"].append(psnr(planes[0], out, data_range=1.0))
+            res["auto_ssim"].append(ssim(planes[0], out, data_range=1.0))
     return res
 
 
@@ -287,7 +298,7 @@ def evaluate_ae(
             "apd": _mean(r["apd"] for r in rows),
         }
         for key in ("recon_vs_real", "interp_vs_real", "interp_vs_recon", "extrap_vs_real", "extrap_vs_recon",
-                    "auto_vs_real"):
+                    "auto_vs_real", "interp_ssim", "extrap_ssim", "auto_ssim"):
             summary[key] = _mean(v for r in rows for v in r[key])
         summary["interp_by_span"] = {int(s): _mean(v for r in rows for v in r["interp_by_span"].get(s, []))
                                      for s in rows[0]["interp_by_span"]}
@@ -295,6 +306,7 @@ def evaluate_ae(
         if tta > 1:
             summary["tta"] = int(tta)
             summary["extrap_tta_vs_real"] = _mean(v for r in rows for v in r["extrap_tta_vs_real"])
+            summary["extrap_tta_ssim"] = _mean(v for r in rows for v in r["extrap_tta_ssim"])
             summary["extrap_tta_by_k"] = {int(k): _mean(r["extrap_tta_by_k"][k] for r in rows)
                                           for k in rows[0]["extrap_tta_by_k"]}
         pairs = [p for r in rows for p in r["auto_alpha"]]
@@ -361,6 +373,21 @@ def to_markdown(res: dict[str, Any]) -> str:
                                                          for k in labels) + " | |")
     lines.append("| speed | s per synthesized plane | " + " | ".join(_f(m[k]["seconds_per_synthesis"], 3)
                                                                 for k in labels) + " | |")
+    ssim_rows = [
+        ("blur synthesis", "interp vs real", "interp_ssim", f"pixel blend {_f(b.get('blend_ssim'), 4)}"),
+        ("deblurring (d, 2d)", "extrap vs real", "extrap_ssim",
+         f"blurry input {_f(b.get('blurry_ssim'), 4)}; Wiener true PSF {_f(b.get('wiener_ssim'), 4)}"),
+        ("deblurring (d, 2d)", "extrap vs real, self-ensemble", "extrap_tta_ssim", ""),
+        ("deblurring (d, 2d)", "auto-α vs real", "auto_ssim", ""),
+    ]
+    ssim_rows = [r for r in ssim_rows if any(r[2] in m[k] for k in labels)]
+    if ssim_rows:  # results written before SSIM was reported have none
+        lines += ["", "**SSIM (same planes, data_range = 1)**", "",
+                  "| experiment | metric | " + " | ".join(labels) + " | baseline |",
+                  "|---|---|" + "---|" * (len(labels) + 1)]
+        for exp, name, key, bl in ssim_rows:
+            lines.append(f"| {exp} | {name} ↑ | " + " | ".join(_f(m[k].get(key, float("nan")), 4) for k in labels)
+                         + f" | {bl} |")
     spans = sorted({int(k) for lab in labels for k in m[lab]["interp_by_span"]})
     if spans:
         lines += ["", "**Blur synthesis per triplet span (b − s, b, b + s), interp vs real (dB)**", "",
