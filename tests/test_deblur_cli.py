@@ -73,6 +73,7 @@ def test_train_deblur_two_stages_cli(tmp_path, capsys):
     assert card["stage"] == 2 and card["loss"]["feature_weight"] == 5.0 and card["loss"]["pixel"] == "psnr"
     assert card["config"]["widths"] == [8, 8, 8] and card["data"]["recipe"]["depth_band"] == []
     assert card["loss"]["feature_ae"] == str(ae_path) and card["training"]["steps"] == 3
+    assert card["loss"]["feature_ae_sha256"] == registry.sha256_file(ae_path)  # the weights by content
     # stage 1 refuses real data (it needs exact correspondence)
     assert main(["train", "deblur", "--stage", "1", "--data", "x.zarr", "--out", str(tmp_path / "bad")]) == 2
     assert "stage 2" in capsys.readouterr().err

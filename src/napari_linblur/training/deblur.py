@@ -492,7 +492,8 @@ class DeblurTask(StartsFromInit):
         self.real_data = os.path.abspath(os.fspath(real_data)) if real_data else None
         self.real_fraction = float(real_fraction)
         self._encoder = None
-        self._ae_name = None
+        self._ae_name: str | None = None
+        self._ae_sha: str | None = None
         if self.feature_weight > 0:
             self._setup_feature_ae(feature_ae)
         # fixed validation set from a separate seed
@@ -509,7 +510,7 @@ class DeblurTask(StartsFromInit):
             name = str(feature_ae) if feature_ae is not None else registry.DEFAULTS["ae"]
             ae = registry.load_model(name, device="cpu")
             self._ae_name = name
-            self._ae_sha = getattr(ae, "card", {}).get("sha256")
+            self._ae_sha = registry.sha256_file(registry._locate(name)[0])  # the card names the weights by content
         elif isinstance(feature_ae, torch.nn.Module):
             ae = feature_ae
             self._ae_name = type(ae).__name__ + " (module)"
@@ -630,6 +631,7 @@ class DeblurTask(StartsFromInit):
                 "average-pooled target; l1 = mean absolute error, psnr = mean over pairs of log10(MSE + 1e-6)",
                 "feature_weight": self.feature_weight,
                 "feature_ae": self._ae_name,
+                "feature_ae_sha256": self._ae_sha,
             },
             "data": {
                 "recipe": self.data.to_dict(),
