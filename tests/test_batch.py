@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage
 
 from napari_linblur.batch import compute_with_client, dask_client, run_batch
@@ -125,10 +126,18 @@ def test_synthesize_many_stacks_on_a_running_scheduler(tmp_path, tiny_models):
     path = write_ome_zarr(tmp_path / "tc.zarr", data, axes="tczyx", scale=(1, 1, 2.0, 0.65, 0.65),
                           channel_names=["w1", "w2"])
     out = tmp_path / "syn.zarr"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        assert main(["synthesize", str(path), str(out), "--sharp", "-1", "--blurry", "0", "--positions", "1",
-                     "--model", tiny_models["ae"], "--device", "cpu", "--scheduler", cluster.scheduler_address]) == 0
-        assert cluster.scheduler.transition_counter > 0  # the planes ran on that cluster
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # an in-process worker shares this process's torch threads: one, as the reference
+    try:
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+            assert main(["synthesize", str(path), str(out), "--sharp", "-1", "--blurry", "0", "--positions", "1",
+                         "--model", tiny_models["ae"], "--device", "cpu", "--scheduler",
+                         cluster.scheduler_address]) == 0
+            assert cluster.scheduler.transition_counter > 0  # the planes ran on that cluster
+    finally:
+        torch.set_num_threads(threads)
     result, meta = open_zstack_with_metadata(out)
     assert meta.axes == "tczyx" and meta.channel_names == ["w1", "w2"]
     assert meta.scale[-2:] == pytest.approx((0.65, 0.65))
@@ -231,3 +240,176 @@ def test_an_axis_of_unknown_meaning_is_kept_in_the_output(tmp_path):
     out = run_batch(_smooth, path, tmp_path / "out.zarr", workers=1)
     result, meta = open_zstack_with_metadata(out)
     assert meta.axes == "?zyx" and result.shape == data.shape
+
+
+# ------------------------------------------------------------------------------- concurrency of the writer
+
+
+def _timed(block):
+    """A slow plane that records when it ran: start and end time in its first two pixels."""
+    import time
+
+    start = time.time()
+    time.sleep(0.4)
+    out = np.zeros(block.shape, np.float64)
+    out[..., 0, 0], out[..., 0, 1] = start, time.time()
+    return out
+
+
+def _timed_op(a):
+    return a.map_blocks(_timed, dtype=np.float64)
+
+
+def _max_overlap(times) -> int:
+    """Most planes running at the same moment, from (start, end) rows (an end before a start at the same time)."""
+    events = sorted([(float(s), 1) for s, _ in times] + [(float(e), -1) for _, e in times])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """A running in-process cluster of one worker with 8 threads (as a remote ``--scheduler``)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=8, processes=False, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_a_batch_run_computes_as_many_planes_at_once_as_the_cluster_has_threads(tmp_path, scheduler):
+    """8 worker threads, 16 planes: 8 planes run at once (it used to be 4, each group waiting for its slowest)."""
+    path = write_ome_zarr(tmp_path / "in.zarr", np.zeros((16, 16, 16), np.uint16), axes="zyx")
+    out = run_batch(_timed_op, path, tmp_path / "out.zarr", scheduler=scheduler)
+    times = open_zstack(out)[:, 0, :2].compute()
+    assert _max_overlap(times) >= 6
+
+
+# ------------------------------------------------------------------------------ relative model paths
+
+
+def test_relative_model_paths_load_on_workers_started_in_another_folder(tmp_path, tiny_models, monkeypatch):
+    """Workers of a scheduler started elsewhere resolve a relative path from their own folder: the command line
+    sends them the absolute path. A shipped name stays a name, even beside a file of that name."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from distributed import Client, LocalCluster
+
+    from napari_linblur.cli.main import main
+
+    (tmp_path / "m").mkdir()
+    for task, name in (("defocus", "defocus-default"), ("deblur", "deblur-mine")):
+        for suffix in (".safetensors", ".json"):
+            src = Path(tiny_models[task]).with_suffix(suffix)
+            if src.exists():
+                shutil.copy(src, tmp_path / "m" / f"{name}{suffix}")
+    data = np.random.default_rng(4).integers(100, 4000, size=(2, 32, 40), dtype=np.uint16)
+    write_ome_zarr(tmp_path / "in.zarr", data, axes="zyx")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+          Client(cluster) as client):
+        client.run(os.chdir, str(elsewhere))
+        assert set(client.run(os.getcwd).values()) == {str(elsewhere)}
+        address = cluster.scheduler_address
+        assert main(["defocus-map", "in.zarr", "dm.zarr", "--model", "m/defocus-default.safetensors",
+                     "--device", "cpu", "--tile", "32", "--scheduler", address]) == 0
+        assert main(["deblur", "in.zarr", "db.zarr", "--method", "network", "--model", "m/deblur-mine.safetensors",
+                     "--device", "cpu", "--scheduler", address]) == 0
+        # the library: the lazy graph holds the model's absolute path, as it holds the input's
+        from napari_linblur.inference.defocus_ops import estimate_defocus
+
+        lazy = estimate_defocus(open_zstack("in.zarr"), model="m/defocus-default.safetensors", device="cpu", tile=32)
+        np.testing.assert_allclose(client.compute(lazy).result(), open_zstack("dm.zarr").compute(), rtol=1e-5,
+                                   atol=1e-5)
+    for out in ("dm.zarr", "db.zarr"):
+        result = open_zstack(tmp_path / out).compute()
+        assert result.shape == data.shape and np.isfinite(result).all()
+    model = _zarr_attrs(tmp_path / "dm.zarr")["linblur"]["model"]
+    assert model == str(tmp_path / "m" / "defocus-default.safetensors")
+    from napari_linblur.batch import model_arg
+
+    (tmp_path / "defocus-default").write_text("not a model")
+    assert model_arg("defocus-default") == "defocus-default"
+    assert model_arg("m/defocus-default.safetensors") == str(tmp_path / "m" / "defocus-default.safetensors")
+    assert model_arg("m/missing.safetensors") == "m/missing.safetensors"  # left to the loader's message
+
+
+def _zarr_attrs(path):
+    import zarr
+
+    return zarr.open_group(str(path), mode="r").attrs.asdict()
+
+
+# ------------------------------------------------------------------ metadata kept in batch outputs
+
+
+def test_custom_ngff_axes_keep_their_names_types_and_units_in_outputs(tmp_path, scheduler, tiny_models):
+    import zarr
+
+    from napari_linblur.cli.main import main
+
+    data = np.random.default_rng(5).integers(0, 1000, size=(2, 2, 3, 16, 20), dtype=np.uint16)
+    root = zarr.open_group(str(tmp_path / "in.zarr"), mode="w", zarr_format=3)
+    root.create_array("0", shape=data.shape, chunks=(1, 1, 1, 16, 20), dtype=data.dtype)[:] = data
+    axes_md = [{"name": "angle", "type": "angle", "unit": "degree"}, {"name": "time", "type": "time", "unit": "second"},
+               *({"name": a, "type": "space", "unit": "micrometer"} for a in "zyx")]
+    root.attrs.update({"ome": {"version": "0.5", "multiscales": [{"axes": axes_md, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [45.0, 3.0, 2.0, 0.5, 0.5]}]}]}]}})
+    out = run_batch(_smooth, tmp_path / "in.zarr", tmp_path / "out.zarr", scheduler=scheduler)
+    written = _zarr_attrs(out)["ome"]["multiscales"][0]["axes"]
+    # NGFF order (time first), every name, type and unit as in the input (it used to be {'name': 'a', ...}, 't')
+    assert written[:2] == [axes_md[1], axes_md[0]] and written[2:] == axes_md[2:]
+    meta = open_zstack_with_metadata(out)[1]
+    assert meta.axes == "?tzyx" and meta.axis_names == ("angle", "time", "z", "y", "x")
+    models = pytest.importorskip("ome_zarr_models.v05.image")
+    models.Image.from_zarr(zarr.open_group(str(out), mode="r"))  # valid NGFF 0.5
+    syn = tmp_path / "syn.zarr"
+    assert main(["synthesize", str(tmp_path / "in.zarr"), str(syn), "--sharp", "0", "--blurry", "2",
+                 "--model", tiny_models["ae"], "--device", "cpu", "--scheduler", scheduler]) == 0
+    assert [a["name"] for a in _zarr_attrs(syn)["ome"]["multiscales"][0]["axes"]] == ["time", "angle", "z", "y", "x"]
+
+
+def _bbbc006_folder(root, planes=(14, 15, 16)):
+    """A small BBBC006 folder (flat layout, 2 sites x 2 channels) whose last plane is the sharpest."""
+    rng = np.random.default_rng(6)
+    uuid = "2667264a-6432-4f7e-bf58-625a1319a1c9"
+    for k, z in enumerate(planes):
+        for s in (1, 2):
+            for w in (1, 2):
+                img = 1000 + (k + 1) ** 3 * 50 * rng.random((24, 32))
+                tifffile.imwrite(root / f"{z:02d}_mcf-z-stacks-03212011_k06_s{s}_w{w}{uuid}.tif", img.astype(np.uint16))
+    return root
+
+
+def test_bbbc006_plane_numbers_are_reported_and_kept_in_outputs(tmp_path, scheduler, capsys):
+    import csv
+    import json
+
+    from napari_linblur.cli.main import main
+
+    folder = tmp_path / "bb"
+    folder.mkdir()
+    _bbbc006_folder(folder)
+    js, cs = tmp_path / "f.json", tmp_path / "f.csv"
+    assert main(["focus", str(folder), "--channel", "w2", "--method", "brenner", "--scheduler", scheduler,
+                 "--json", str(js), "--csv", str(cs)]) == 0
+    printed = capsys.readouterr().out
+    assert "BBBC006 planes 14, 15, 16" in printed and "k06_s1: best plane 2 (BBBC006 plane 16)" in printed
+    report = json.loads(js.read_text())
+    assert report["bbbc006_planes"] == [14, 15, 16]
+    assert report["stacks"]["k06_s2"]["best_plane"] == 2 and report["stacks"]["k06_s2"]["best_bbbc006_plane"] == 16
+    rows = list(csv.DictReader(cs.read_text().splitlines()))
+    assert [(r["plane"], r["bbbc006_plane"], r["best_bbbc006_plane"]) for r in rows[:3]] == [
+        ("0", "14", "16"), ("1", "15", "16"), ("2", "16", "16")]
+    # a batch output records them, and reads them back: results map to BBBC006 planes
+    out = run_batch(_smooth, folder, tmp_path / "out.zarr", channel="w2", scheduler=scheduler)
+    assert _zarr_attrs(out)["linblur"]["planes"] == [14, 15, 16]
+    assert open_zstack_with_metadata(out)[1].extra["planes"] == [14, 15, 16]
+    assert main(["focus", str(out), "--method", "brenner", "--scheduler", scheduler]) == 0
+    assert "(BBBC006 plane 16)" in capsys.readouterr().out

@@ -4,8 +4,9 @@ Every batch command (``linblur synthesize``, ``deblur``, ``defocus-map``, ``focu
 :func:`run_batch`: the input is opened lazily with :func:`~napari_linblur.io.readers.open_zstack_with_metadata`,
 the operation builds a lazy dask graph (one task per plane), and the result is written chunk by chunk with
 :func:`~napari_linblur.io.omezarr.write_ome_zarr` (atomic, never over its input) while a distributed client is
-active — a local cluster by default, or any scheduler address for plates larger than one machine. Memory stays
-bounded by (workers x a few planes).
+active — a local cluster by default, or any scheduler address for plates larger than one machine. As many planes
+are computed at once as the cluster has worker threads, each written as soon as it is ready, so memory stays
+bounded by (worker threads x one plane).
 """
 
 from __future__ import annotations
@@ -23,6 +24,24 @@ def channel_arg(text: str) -> int | str:
     """``--channel`` value: digits are an index (``0`` = the first channel), anything else a channel name."""
     text = str(text).strip()
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def model_arg(text: str | os.PathLike) -> str:
+    """``--model``-style value: a shipped model name (``defocus-default``) stays a name; a model file that exists
+    becomes its absolute path, so that dask workers started in another folder (``--scheduler`` of a cluster
+    started elsewhere) load the same file; anything else is kept for the loader to refuse with its message.
+
+    Examples
+    --------
+    >>> model_arg("defocus-default")
+    'defocus-default'
+    """
+    from napari_linblur.models.registry import list_models
+
+    text = os.fsdecode(text)
+    if text in list_models() or not os.path.isfile(text):
+        return text
+    return os.path.abspath(text)
 
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +136,10 @@ def run_batch(
     Returns
     -------
     pathlib.Path
-        The written OME-Zarr folder.
+        The written OME-Zarr folder: the input's axes (with their NGFF names, types and units), scale, translation
+        and channel names, and under ``attrs["linblur"]`` the ``source``, the ``channel`` it was made from, and for
+        a BBBC006 input its ``fields`` (well and site per P index) and ``planes`` (BBBC006 plane number per Z
+        index), which :func:`~napari_linblur.io.readers.open_zstack_with_metadata` reads back into ``extra``.
     """
     from napari_linblur.io.omezarr import check_output_path, writable_axes, write_ome_zarr
     from napari_linblur.io.readers import open_zstack_with_metadata
@@ -138,11 +160,14 @@ def run_batch(
             translate=meta.translate,
             units=meta.units,
             channel_names=meta.channel_names if "c" in meta.axes else None,
+            axis_names=meta.axis_names,
+            axis_types=meta.axis_types,
             attrs={
                 "linblur": {
                     "source": str(Path(input_path)),
                     "channel": meta.channel_names[0] if meta.channel_names and "c" not in meta.axes else None,
                     **({"fields": list(meta.extra["fields"])} if meta.extra.get("fields") else {}),
+                    **({"planes": [int(z) for z in meta.extra["planes"]]} if meta.extra.get("planes") else {}),
                     **(attrs or {}),
                 }
             },

@@ -16,7 +16,7 @@ from ._groups import DefaultsHelpFormatter
 
 
 def register(subparsers) -> None:
-    from napari_linblur.batch import add_batch_options
+    from napari_linblur.batch import add_batch_options, model_arg
 
     p = subparsers.add_parser(
         "deblur",
@@ -29,8 +29,10 @@ def register(subparsers) -> None:
     p.add_argument("output", help="output .zarr folder (OME-Zarr)")
     p.add_argument("--method", default="auto", choices=["auto", "network", "reblur-extrapolate", "guided"],
                    help="deblurring method (auto: the best as measured, see docs/results/deblur.md)")
-    p.add_argument("--model", default=None, help="network (or autoencoder for reblur-extrapolate); default shipped")
-    p.add_argument("--defocus-model", default=None, help="defocus-map model for reblur-extrapolate / guided")
+    p.add_argument("--model", default=None, type=model_arg,
+                   help="network (or autoencoder for reblur-extrapolate); default shipped")
+    p.add_argument("--defocus-model", default=None, type=model_arg,
+                   help="defocus-map model for reblur-extrapolate / guided")
     p.add_argument("--sigma-r", type=float, default=2.0, help="re-blur σ (px) for reblur-extrapolate")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"], help="network precision")
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],

@@ -21,7 +21,7 @@ from ._groups import DefaultsHelpFormatter
 
 
 def register(subparsers) -> None:
-    from napari_linblur.batch import add_batch_options
+    from napari_linblur.batch import add_batch_options, model_arg
 
     p = subparsers.add_parser(
         "defocus-map",
@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     )
     add_batch_options(p)
     p.add_argument("output", help="output .zarr folder (OME-Zarr)")
-    p.add_argument("--model", default=None, help="model name or .safetensors path (default defocus-default)")
+    p.add_argument("--model", default=None, type=model_arg,
+                   help="model name or .safetensors path (default defocus-default)")
     p.add_argument("--mode", default="pixel", choices=["pixel", "patch"], help="per-pixel map or mean σ per tile")
     p.add_argument("--patch-size", type=int, default=64, help="tile side for --mode patch")
     p.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 576 px)")
@@ -66,7 +67,7 @@ def register(subparsers) -> None:
     q.add_argument("--method", default="defocus",
                    choices=["defocus", "variance_of_laplacian", "brenner", "tenengrad", "normalized_variance",
                             "vollath"], help="focus score: -median σ of the defocus map, or a classical measure")
-    q.add_argument("--model", default=None, help="defocus model (method 'defocus')")
+    q.add_argument("--model", default=None, type=model_arg, help="defocus model (method 'defocus')")
     q.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 576 px)")
     add_camera_options(q)
     q.add_argument("--json", default=None, help="write the curves and best planes as JSON")
@@ -154,14 +155,24 @@ def run_defocus_map(args) -> int:
     return 0
 
 
+def bbbc006_planes(meta, n_planes: int) -> list[int] | None:
+    """The BBBC006 plane number of each Z index (``meta.extra["planes"]``: a BBBC006 folder holding planes 14-16
+    has Z indices 0-2; a batch output of one records them), or None when the input has none for its ``n_planes``."""
+    planes = meta.extra.get("planes") if meta is not None else None
+    return [int(z) for z in planes] if planes and len(planes) == n_planes else None
+
+
 def focus_table(curves, meta=None) -> list[dict]:
-    """Rows ``{stack, plane, score, best}`` for a ``(..., Z)`` array of focus scores."""
+    """Rows ``{stack, plane, score, best}`` for a ``(..., Z)`` array of focus scores: ``plane`` and ``best`` are Z
+    indices; when the input records its BBBC006 plane numbers (:func:`bbbc006_planes`) each row also holds
+    ``bbbc006_plane`` and ``best_bbbc006_plane``, those numbers."""
     import numpy as np
 
     curves = np.asarray(curves, dtype=np.float64)
     if curves.ndim == 0:
         curves = curves[None]
     lead = curves.shape[:-1]
+    planes = bbbc006_planes(meta, curves.shape[-1])
     fields = (meta.extra.get("fields") if meta is not None else None) or None
     rows = []
     for idx in np.ndindex(*lead):
@@ -174,7 +185,11 @@ def focus_table(curves, meta=None) -> list[dict]:
                 name = f"{fields[idx[p_axis]]}" + (f"[{','.join(str(i) for k, i in enumerate(idx) if k != p_axis)}]"
                                                    if len(idx) > 1 else "")
         for z, v in enumerate(c):
-            rows.append({"stack": name, "plane": z, "score": float(v), "best": best})
+            if planes is None:
+                rows.append({"stack": name, "plane": z, "score": float(v), "best": best})
+            else:
+                rows.append({"stack": name, "plane": z, "bbbc006_plane": planes[z], "score": float(v), "best": best,
+                             "best_bbbc006_plane": planes[best]})
     return rows
 
 
@@ -219,22 +234,28 @@ def run_focus(args) -> int:
                        tile=args.tile, camera=camera)
     curves = np.asarray(compute_with_client(lazy, scheduler=args.scheduler, workers=args.workers))
     rows = focus_table(curves, meta)
+    planes = bbbc006_planes(meta, curves.shape[-1] if curves.ndim else 1)
     stacks: dict[str, dict] = {}
     for r in rows:
         s = stacks.setdefault(r["stack"], {"scores": [], "best_plane": r["best"]})
+        if planes is not None:
+            s["best_bbbc006_plane"] = r["best_bbbc006_plane"]
         s["scores"].append(r["score"])
     unit = " (score = -median σ px over signal)" if args.method == "defocus" else ""
-    print(f"focus method: {args.method}{unit}; planes along Z: {arr.shape[-3] if arr.ndim >= 3 else 1}")
+    numbers = "" if planes is None else f" (BBBC006 planes {', '.join(str(z) for z in planes)})"
+    print(f"focus method: {args.method}{unit}; planes along Z: {arr.shape[-3] if arr.ndim >= 3 else 1}{numbers}")
     for name, s in stacks.items():
         curve = " ".join(f"{v:.3g}" for v in s["scores"])
-        print(f"{name}: best plane {s['best_plane']}  curve: {curve}")
+        source = "" if planes is None else f" (BBBC006 plane {s['best_bbbc006_plane']})"
+        print(f"{name}: best plane {s['best_plane']}{source}  curve: {curve}")
     if args.json:
         write_json_atomic(args.json, {"input": str(args.input), "method": args.method, "axes": meta.axes,
+                                      **({"bbbc006_planes": planes} if planes is not None else {}),
                                       "stacks": stacks})
         print(f"wrote {args.json}")
     if args.csv:
         buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, fieldnames=["stack", "plane", "score", "best"])
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["stack", "plane", "score", "best"])
         w.writeheader()
         w.writerows(rows)
         write_text_atomic(args.csv, buf.getvalue(), newline="")

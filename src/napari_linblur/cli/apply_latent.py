@@ -72,6 +72,8 @@ def run_synthesize(args: argparse.Namespace) -> int:
             translate=translate,
             units=units if units is not None else "micrometer",
             channel_names=channel_names,
+            axis_names=meta.axis_names if axes is not None else None,  # an input's custom axis keeps its name
+            axis_types=meta.axis_types if axes is not None else None,
             attrs={"linblur": {"operation": "synthesize_blur", "alphas": alphas, "sharp_plane": args.sharp,
                                "blurry_plane": args.blurry, "model": args.model or "ae-default",
                                "source": str(args.input),
@@ -87,7 +89,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``synthesize`` to ``linblur``."""
-    from napari_linblur.batch import add_batch_options
+    from napari_linblur.batch import add_batch_options, model_arg
 
     p = subparsers.add_parser(
         "synthesize",
@@ -105,7 +107,8 @@ def register(subparsers) -> None:
                    "unless --positions is given")
     p.add_argument("--positions", type=float, nargs="+", default=None,
                    help="z positions (plane index units) of the planes to synthesize, between --sharp and --blurry")
-    p.add_argument("--model", default=None, help="autoencoder name or .safetensors (default ae-default)")
+    p.add_argument("--model", default=None, type=model_arg,
+                   help="autoencoder name or .safetensors (default ae-default)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier zarr output (never a file or a plain folder)")
     p.set_defaults(func=run_synthesize)

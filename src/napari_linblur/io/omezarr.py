@@ -58,15 +58,24 @@ def auto_pyramid_levels(shape_yx: Sequence[int]) -> int:
     return n
 
 
-def ngff_axes(axes: str, units: str | Sequence[str | None] | Mapping[str, str | None] | None) -> list[dict]:
+def ngff_axes(
+    axes: str,
+    units: str | Sequence[str | None] | Mapping[str, str | None] | None,
+    names: Sequence[str] | None = None,
+    types: Sequence[str | None] | None = None,
+) -> list[dict]:
     """NGFF ``axes`` entries for an axes string such as ``'czyx'``.
 
     ``units`` is one unit for the space axes (``'micrometer'``), one per axis, a mapping axis -> unit, or None.
+    ``names`` and ``types`` (one per axis; a None type = the letter's) replace the letters as names and the types
+    the letters imply, e.g. for a custom axis ``'angle'`` of type ``'angle'`` read from an input.
 
     Examples
     --------
     >>> ngff_axes("zyx", "micrometer")[0]
     {'name': 'z', 'type': 'space', 'unit': 'micrometer'}
+    >>> ngff_axes("ayx", ["degree", None, None], names=["angle", "y", "x"], types=["angle", None, None])[0]
+    {'name': 'angle', 'type': 'angle', 'unit': 'degree'}
     """
     if units is None or isinstance(units, str):
         per_axis = [units if _AXIS_TYPES.get(a) == "space" else None for a in axes]
@@ -77,14 +86,44 @@ def ngff_axes(axes: str, units: str | Sequence[str | None] | Mapping[str, str | 
         if len(per_axis) != len(axes):
             raise ValueError(f"units: need one per axis of {axes!r}, got {len(per_axis)}")
     out = []
-    for a, u in zip(axes, per_axis):
-        entry: dict[str, Any] = {"name": a}
-        if a in _AXIS_TYPES:
-            entry["type"] = _AXIS_TYPES[a]
-        if u is not None and _AXIS_TYPES.get(a) != "channel":
+    for i, (a, u) in enumerate(zip(axes, per_axis)):
+        entry: dict[str, Any] = {"name": a if names is None else str(names[i])}
+        kind = (types[i] if types is not None else None) or _AXIS_TYPES.get(a)
+        if kind is not None:
+            entry["type"] = str(kind)
+        if u is not None and kind != "channel":
             entry["unit"] = str(u)
         out.append(entry)
     return out
+
+
+def _check_axis_names(
+    axes: str, names: Sequence[str] | None, types: Sequence[str | None] | None
+) -> tuple[list[str] | None, list[str | None] | None]:
+    """``axis_names``/``axis_types`` of :func:`write_ome_zarr` checked against ``axes``: one per axis, names unique
+    and non-empty, and no name or type that a reader would take for another axis (``z``, ``y``, ``x`` are named so,
+    ``t`` is of type time, ``c`` of type channel)."""
+    if names is not None:
+        if isinstance(names, str) or len(names) != len(axes):
+            raise ValueError(f"axis_names: need one name per axis of {axes!r} (e.g. ['angle', 'z', 'y', 'x']), got "
+                             f"{names!r}")
+        names = [str(n) for n in names]
+        if any(not n for n in names) or len({n.lower() for n in names}) != len(names):
+            raise ValueError(f"axis_names: need unique, non-empty names, got {names}")
+        for a, n in zip(axes, names):
+            known = n.lower() if len(n) == 1 and n.lower() in "tpczyx" else None
+            if (known is not None and known != a) or (a in "zyx" and n.lower() != a):
+                raise ValueError(f"axis_names: axis {a!r} cannot be named {n!r} (readers find the z, y and x axes by "
+                                 f"those names, and every one-letter name t, p, c, z, y, x means that axis); axes "
+                                 f"{axes!r}, names {names}")
+    if types is not None:
+        if isinstance(types, str) or len(types) != len(axes):
+            raise ValueError(f"axis_types: need one type (or None) per axis of {axes!r}, got {types!r}")
+        types = [None if t is None else str(t) for t in types]
+        for a, t in zip(axes, types):
+            if t is not None and a in _AXIS_TYPES and t != _AXIS_TYPES[a]:
+                raise ValueError(f"axis_types: axis {a!r} is of type {_AXIS_TYPES[a]!r}, not {t!r}")
+    return names, types
 
 
 def _check_axes(axes: str, ndim: int) -> str:
@@ -224,12 +263,58 @@ def _downsample2(arr: da.Array) -> da.Array:
     return arr.map_blocks(block_mean, chunks=new_chunks, dtype=dtype)
 
 
+def _parallelism(src: da.Array) -> tuple[Any, Any, int]:
+    """The active scheduler for ``src``, its dask.distributed client (None for dask's local schedulers) and how many
+    tasks it runs at once: the client's worker threads, 1 for the synchronous scheduler, else ``num_workers``
+    (default one per core)."""
+    import dask
+    from dask.base import get_scheduler
+    from dask.system import CPU_COUNT
+
+    scheduler = get_scheduler(collections=[src])
+    client = getattr(scheduler, "__self__", None)
+    if client is not None and hasattr(client, "nthreads") and hasattr(client, "compute"):
+        return scheduler, client, _client_threads(client)
+    if scheduler is dask.local.get_sync:
+        return scheduler, None, 1
+    return scheduler, None, max(1, int(dask.config.get("num_workers", None) or CPU_COUNT))
+
+
+def _client_threads(client: Any) -> int:
+    """Worker threads of a ``dask.distributed`` client's cluster, all workers together (at least 1)."""
+    try:
+        return max(1, sum(int(n) for n in client.nthreads().values()))
+    except Exception:  # noqa: BLE001 - a scheduler that cannot say: one block at a time still finishes
+        return 1
+
+
+def _compute_sync(block: da.Array) -> np.ndarray:
+    """One plane-block, computed in the calling thread (a thread of :func:`_store_batched`'s pool)."""
+    import dask
+
+    return dask.compute(block, scheduler="sync")[0]
+
+
 def _store_batched(
     src: da.Array,
     target: Any,
     report: Callable[[], None],
 ) -> None:
-    """Write ``src`` into the zarr array ``target`` a few plane-blocks at a time (bounded memory)."""
+    """Write ``src`` into the zarr array ``target`` plane-block by plane-block, as many blocks computed at once as
+    the active scheduler has threads (a distributed client's workers, or the local threads): bounded memory.
+
+    Each block is written here, in the calling thread, as soon as it is computed, and the next one is submitted in
+    its place, so no group of blocks waits for its slowest. When a block fails (or ``report`` raises: a cancel) the
+    blocks still queued are cancelled and no write is still running, so the caller's cleanup of the temporary
+    folder is final (a worker thread writing after the cleanup would leave a partial folder behind).
+    """
+    import time
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+    from concurrent.futures import wait as wait_local
+
+    import dask
+    from dask.threaded import get as get_threaded
+
     lead_blocks = src.numblocks[:-2]
     lead_bounds = [np.cumsum((0,) + c) for c in src.chunks[:-2]]
     regions = []
@@ -238,18 +323,74 @@ def _store_batched(
             tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(lead_bounds, ix))
             + (slice(None), slice(None))
         )
-    # The blocks of a batch are computed in parallel (by the active scheduler, a distributed client included) and
-    # written here, in this thread: when one block fails no write is still running, so the caller's cleanup of the
-    # temporary folder is final (a worker thread writing after the cleanup would leave a partial folder behind).
-    import dask
-
-    batch = 4
-    for k in range(0, len(regions), batch):
-        part = regions[k : k + batch]
-        blocks = dask.compute(*[src[r] for r in part])
-        for r, block in zip(part, blocks):
-            target[r] = block
+    scheduler, client, width = _parallelism(src)
+    if width == 1 or len(regions) == 1:  # nothing to overlap: the active scheduler computes each block in turn
+        for r in regions:
+            target[r] = dask.compute(src[r])[0]
             report()
+        return
+    if client is None and scheduler is not get_threaded:
+        # another local scheduler (processes, a custom get) parallelizes within one call: a group at a time
+        for k in range(0, len(regions), width):
+            part = regions[k : k + width]
+            for r, block in zip(part, dask.compute(*[src[r] for r in part])):
+                target[r] = block
+                report()
+        return
+
+    if client is not None:
+        from distributed import wait as wait_remote
+
+        def submit(block: da.Array) -> Any:
+            return client.compute(block)
+
+        def first_done(futures: list) -> set:
+            return wait_remote(futures, return_when="FIRST_COMPLETED").done
+
+        def cancel(futures: list) -> None:
+            if futures:
+                client.cancel(futures)
+    else:  # the threaded scheduler: each block computed whole in one thread of a pool of its size
+        pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="linblur-store")
+
+        def submit(block: da.Array) -> Any:
+            return pool.submit(_compute_sync, block)
+
+        def first_done(futures: list) -> set:
+            return wait_local(futures, return_when=FIRST_COMPLETED).done
+
+        def cancel(futures: list) -> None:
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    todo = iter(regions)
+    in_flight: dict[Any, tuple] = {}
+    checked = time.monotonic()
+
+    def fill() -> None:
+        nonlocal width, checked
+        if client is not None and time.monotonic() - checked > 5.0:  # workers may join or leave a cluster
+            width, checked = _client_threads(client), time.monotonic()
+        while len(in_flight) < width:
+            r = next(todo, None)
+            if r is None:
+                return
+            in_flight[submit(src[r])] = r
+
+    try:
+        fill()
+        while in_flight:
+            done = [(in_flight.pop(f), f) for f in first_done(list(in_flight))]
+            blocks = [(r, f.result()) for r, f in done]
+            done.clear()
+            fill()  # before writing: the workers never wait for this thread
+            for r, block in blocks:
+                target[r] = block
+                report()
+            blocks.clear()
+    finally:
+        cancel(list(in_flight))
 
 
 def write_ome_zarr(
@@ -268,6 +409,8 @@ def write_ome_zarr(
     progress: Callable[[int, int], None] | None = None,
     name: str = "image",
     translate: Sequence[float] | None = None,
+    axis_names: Sequence[str] | None = None,
+    axis_types: Sequence[str | None] | None = None,
 ) -> Path:
     """Write an image or stack ``(..., Z, Y, X)`` as OME-Zarr NGFF 0.5 (zarr v3), atomically.
 
@@ -306,6 +449,13 @@ def write_ome_zarr(
     translate : sequence of float, optional
         physical position of the first pixel per axis (NGFF ``translation`` after ``scale``; napari's layer
         ``translate``); default none (the origin).
+    axis_names : sequence of str, optional
+        the NGFF name of each axis (also the arrays' ``dimension_names``), e.g. ``['angle', 'z', 'y', 'x']`` to
+        keep an input's custom axis name (:attr:`~napari_linblur.io.readers.ZStackMeta.axis_names`); default the
+        letters of ``axes``. ``z``, ``y``, ``x`` keep their letters as names.
+    axis_types : sequence of str or None, optional
+        the NGFF type of each axis (None = the one ``axes`` implies: time, channel, space, or none for other
+        letters), e.g. ``['angle', None, None, None]``.
 
     Returns
     -------
@@ -366,6 +516,7 @@ def write_ome_zarr(
                 f"channel_names: need one name per channel along a 'c' axis; axes {axes!r}, shape {data.shape}"
             )
     _check_attrs(attrs)
+    names_t, types_t = _check_axis_names(axes, axis_names, axis_types)
 
     if chunks is None:
         chunks_t = tuple([1] * (data.ndim - 2) + [min(data.shape[-2], 1024), min(data.shape[-1], 1024)])
@@ -389,6 +540,8 @@ def write_ome_zarr(
         chunks_t = tuple(chunks_t[i] for i in order)
         if isinstance(units, list):
             units = [units[i] for i in order]
+        names_t = None if names_t is None else [names_t[i] for i in order]
+        types_t = None if types_t is None else [types_t[i] for i in order]
 
     levels = auto_pyramid_levels(data.shape[-2:]) if pyramid_levels is None else int(pyramid_levels)
     if levels < 1:
@@ -401,7 +554,7 @@ def write_ome_zarr(
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         _write_tree(tmp, data, axes, scale_t, units, channel_names, attrs, levels, chunks_t, progress, name,
-                    translate_t)
+                    translate_t, names_t, types_t)
         move_into_place(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -496,6 +649,8 @@ def _write_tree(
     progress: Callable[[int, int], None] | None,
     name: str,
     translate: list[float] | None = None,
+    axis_names: list[str] | None = None,
+    axis_types: list[str | None] | None = None,
 ) -> None:
     import zarr
     from zarr.codecs import ZstdCodec
@@ -516,7 +671,7 @@ def _write_tree(
         "multiscales": [
             {
                 "name": name,
-                "axes": ngff_axes(axes, units),
+                "axes": ngff_axes(axes, units, axis_names, axis_types),
                 "datasets": datasets,
                 "type": "mean" if levels > 1 else "none",
             }
@@ -567,7 +722,7 @@ def _write_tree(
             chunks=lvl_chunks,
             compressors=ZstdCodec(level=3, checksum=False),
             fill_value=0,
-            dimension_names=list(axes),
+            dimension_names=list(axes) if axis_names is None else list(axis_names),
             overwrite=False,
         )
         if lvl == 0:

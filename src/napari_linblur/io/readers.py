@@ -20,7 +20,6 @@ Examples
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,8 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _UNIT_ALIASES = {"micron": "micrometer", "\\u00B5m": "micrometer", "µm": "micrometer", "\u03bcm": "micrometer",
                  "um": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter",
                  "pm": "picometer", "Å": "angstrom", "\u212b": "angstrom", "s": "second", "sec": "second",
-                 "ms": "millisecond"}
+                 "ms": "millisecond", "us": "microsecond", "µs": "microsecond", "\u03bcs": "microsecond",
+                 "min": "minute", "h": "hour", "hr": "hour"}
 #: Micrometres per unit of every OME-NGFF length unit (the NGFF "space" units).
 _UM_PER_UNIT = {
     "yoctometer": 1e-18, "zeptometer": 1e-15, "attometer": 1e-12, "femtometer": 1e-9, "picometer": 1e-6,
@@ -69,11 +69,13 @@ class ZStackMeta:
         one lower-case letter per array axis, e.g. ``'czyx'``: ``t`` time, ``p`` position (BBBC006 well/site),
         ``c`` channel, ``z``, ``y``, ``x``; ``?`` an axis of unknown meaning.
     scale : tuple of float
-        physical size of one step along each axis (µm for z, y, x when known; 1.0 when unknown).
+        physical size of one step along each axis (µm for z, y, x when known; seconds or the file's time unit
+        for t; 1.0 when unknown).
     units : tuple of str or None
-        unit per axis in NGFF spelling (``'micrometer'``), None when unknown or not physical.
+        unit per axis in NGFF spelling (``'micrometer'``, ``'second'``), None when unknown or not physical.
     channel_names : list of str or None
-        names along the ``c`` axis (or of the single selected channel), None when unknown.
+        one name per channel along the ``c`` axis (or the name of the single selected channel), None when
+        unknown; a channel the file leaves unnamed among named ones is named by its index (``'1'``).
     source : Path
         the path that was opened.
     extra : dict
@@ -82,6 +84,10 @@ class ZStackMeta:
         ``ngff`` (the full NGFF attributes) and ``level`` (the dataset path read).
     translate : tuple of float or None
         physical position of the first pixel along each axis (OME-Zarr ``translation``), None at the origin.
+    axis_names, axis_types : tuple or None
+        the OME-Zarr (NGFF) ``name`` and ``type`` of each axis as the file spells them (``'angle'``/``'angle'``
+        for a custom axis, ``'time'``/``'time'`` for the ``t`` axis; a type may be None), so that an output keeps
+        them; None for formats that do not name their axes.
     """
 
     axes: str
@@ -92,6 +98,10 @@ class ZStackMeta:
     extra: dict[str, Any] = field(default_factory=dict)
     #: physical position of the first pixel per axis (OME-Zarr ``translation``); None = the origin
     translate: tuple[float, ...] | None = None
+    #: NGFF axis name per axis, as in the file (None = the format names no axes)
+    axis_names: tuple[str, ...] | None = None
+    #: NGFF axis type per axis, as in the file (None = the format names no axes)
+    axis_types: tuple[str | None, ...] | None = None
 
 
 def open_zstack(path: str | os.PathLike, *, channel: int | str | None = None) -> da.Array:
@@ -275,6 +285,8 @@ def _canonicalize(arr: da.Array, meta: ZStackMeta) -> tuple[da.Array, ZStackMeta
     scale = tuple(meta.scale[i] for i in order)
     units = tuple(meta.units[i] for i in order)
     translate = None if meta.translate is None else tuple(meta.translate[i] for i in order)
+    names = None if meta.axis_names is None else tuple(meta.axis_names[i] for i in order)
+    types = None if meta.axis_types is None else tuple(meta.axis_types[i] for i in order)
     axes = "".join(axes[i] for i in order)
     extra = meta.extra
     if "z" not in axes:
@@ -283,8 +295,15 @@ def _canonicalize(arr: da.Array, meta: ZStackMeta) -> tuple[da.Array, ZStackMeta
         scale = scale[:-2] + (1.0,) + scale[-2:]
         units = units[:-2] + (None,) + units[-2:]
         translate = None if translate is None else translate[:-2] + (0.0,) + translate[-2:]
+        names = None if names is None else names[:-2] + ("z",) + names[-2:]
+        types = None if types is None else types[:-2] + ("space",) + types[-2:]
         extra = {**extra, "z_added": True}  # the file has no Z axis (napari's reader leaves it out again)
-    return arr, replace(meta, axes=axes, scale=scale, units=units, translate=translate, extra=extra)
+    channels = meta.channel_names
+    n_channels = arr.shape[axes.index("c")] if "c" in axes else 1
+    if channels is not None and len(channels) != n_channels:
+        channels = None  # names that do not match the channel axis one to one name nothing reliably
+    return arr, replace(meta, axes=axes, scale=scale, units=units, translate=translate, extra=extra,
+                        channel_names=channels, axis_names=names, axis_types=types)
 
 
 def _channel_index(channel: int | str, names: list[str] | None, n: int, source: Any) -> int:
@@ -340,6 +359,8 @@ def _select_channel(
         units=tuple(meta.units[i] for i in keep),
         channel_names=[names[idx]] if names else None,
         translate=None if meta.translate is None else tuple(meta.translate[i] for i in keep),
+        axis_names=None if meta.axis_names is None else tuple(meta.axis_names[i] for i in keep),
+        axis_types=None if meta.axis_types is None else tuple(meta.axis_types[i] for i in keep),
     )
     return arr, meta
 
@@ -423,23 +444,27 @@ def _open_ngff_checked(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStac
     safe = SafeZarrArray(str(p), level["path"])
     arr = as_dask(safe, name=f"ngff-{tokenize(str(p.resolve()), level['path'], _mtime(p))}")
     axes_md = ms.get("axes")
+    names: list[str] | None = None
+    types: list[str | None] | None = None
     if axes_md is None:
         axes = _guess_axes(arr.ndim)
         units: tuple[str | None, ...] = (None,) * arr.ndim
     else:
-        names = [a["name"] if isinstance(a, dict) else str(a) for a in axes_md]
+        names = [str(a["name"]) if isinstance(a, dict) else str(a) for a in axes_md]
         types = [a.get("type") if isinstance(a, dict) else None for a in axes_md]
-        letters = []
+        types = [None if t is None else str(t) for t in types]
+        letters: list[str] = []
         for n, t in zip(names, types):
             n = n.lower()
             if n in _CANON and len(n) == 1:
-                letters.append(n)
+                letter = n
             elif t == "channel":
-                letters.append("c")
+                letter = "c"
             elif t == "time":
-                letters.append("t")
+                letter = "t"
             else:
-                letters.append("?")
+                letter = "?"
+            letters.append("?" if letter in letters and letter != "?" else letter)  # a second time axis: custom
         axes = "".join(letters)
         units = tuple(_norm_unit(a.get("unit")) if isinstance(a, dict) else None for a in axes_md)
     if len(axes) != arr.ndim:
@@ -477,8 +502,14 @@ def _open_ngff_checked(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStac
     if isinstance(fields, list) and all(isinstance(f, str) for f in fields) and \
             len(fields) == (arr.shape[axes.index("p")] if "p" in axes else 1):
         extra["fields"] = fields  # the positions (wells and sites) of the stacks this output was computed from
+    planes = own.get("planes") if isinstance(own, dict) else None
+    if isinstance(planes, list) and all(isinstance(z, int) and not isinstance(z, bool) for z in planes) and \
+            len(planes) == (arr.shape[axes.index("z")] if "z" in axes else 1):
+        extra["planes"] = planes  # the BBBC006 plane numbers along Z of the stacks this output was computed from
     meta = ZStackMeta(axes, tuple(float(s) for s in scale), units, names_c, p, extra,
-                      translate=tuple(float(t) for t in shift) if np.any(shift) else None)
+                      translate=tuple(float(t) for t in shift) if np.any(shift) else None,
+                      axis_names=None if names is None else tuple(names),
+                      axis_types=None if types is None else tuple(types))
     return _canonicalize(arr, meta)
 
 
@@ -533,7 +564,35 @@ def _tiff_axes(raw: str) -> str:
     return "".join(out)
 
 
+def _ome_first_image(xml: str) -> tuple[dict[str, tuple[float, str | None]], list[str | None]]:
+    """Calibration and channel names of the first ``<Image>`` of an OME-XML document (tifffile's series 0; the
+    other images of a multi-position file repeat them).
+
+    Returns
+    -------
+    calibration : dict
+        axis letter (``x``, ``y``, ``z``, ``t``) -> (step, NGFF unit), from ``PhysicalSize{X,Y,Z}`` (default unit
+        µm) and ``TimeIncrement`` (default unit s).
+    names : list of str or None
+        the ``Name`` of each ``<Channel>`` of that image in order, None where a channel has none.
+    """
+    import xml.etree.ElementTree as ET
+
+    pixels = ET.fromstring(xml).find("{*}Image/{*}Pixels")
+    if pixels is None:
+        return {}, []
+    calibration = {}
+    for ax, attr, default_unit in (("x", "PhysicalSizeX", "µm"), ("y", "PhysicalSizeY", "µm"),
+                                   ("z", "PhysicalSizeZ", "µm"), ("t", "TimeIncrement", "s")):
+        value = pixels.get(attr)
+        if value is not None:
+            calibration[ax] = (float(value), _norm_unit(pixels.get(f"{attr}Unit", default_unit)))
+    return calibration, [c.get("Name") for c in pixels.findall("{*}Channel")]
+
+
 def _tiff_scale(tf: Any, axes: str) -> tuple[tuple[float, ...], tuple[str | None, ...], list[str] | None]:
+    """Scale, units and channel names of ``tf``'s first series (axes ``axes``, letters of :func:`_tiff_axes`) from
+    its OME-XML, ImageJ or TIFF resolution metadata; best effort (unreadable metadata leaves the defaults)."""
     scale = [1.0] * len(axes)
     units: list[str | None] = [None] * len(axes)
     names: list[str] | None = None
@@ -546,15 +605,12 @@ def _tiff_scale(tf: Any, axes: str) -> tuple[tuple[float, ...], tuple[str | None
 
     try:
         if tf.is_ome and tf.ome_metadata:
-            xml = tf.ome_metadata
-            for ax in "XYZ":
-                m = re.search(rf'PhysicalSize{ax}="([0-9.eE+-]+)"', xml)
-                u = re.search(rf'PhysicalSize{ax}Unit="([^"]+)"', xml)
-                if m:
-                    setax(ax.lower(), float(m.group(1)), _norm_unit(u.group(1) if u else "µm"))
-            found = re.findall(r'<Channel [^>]*Name="([^"]*)"', xml)
-            if found:
-                names = found
+            calibration, found = _ome_first_image(tf.ome_metadata)
+            for letter, (value, unit) in calibration.items():
+                setax(letter, value, unit)
+            n_channels = tf.series[0].shape[axes.index("c")] if "c" in axes else 1
+            if any(found) and len(found) == n_channels:  # one name per channel; an unnamed one by its index
+                names = [name or str(i) for i, name in enumerate(found)]
         elif tf.is_imagej:
             ij = tf.imagej_metadata or {}
             unit = _norm_unit(ij.get("unit")) if ij.get("unit") not in (None, "pixel") else None
@@ -566,6 +622,8 @@ def _tiff_scale(tf: Any, axes: str) -> tuple[tuple[float, ...], tuple[str | None
                         setax(letter, den / num, unit)
             if "spacing" in ij and unit is not None:
                 setax("z", float(ij["spacing"]), unit)
+            if ij.get("finterval"):  # the frame interval, in ImageJ's time unit (seconds unless 'tunit' says)
+                setax("t", float(ij["finterval"]), _norm_unit(ij.get("tunit") or "sec"))
             if ij.get("Labels") and "c" in axes and len(ij["Labels"]) == tf.series[0].shape[axes.index("c")]:
                 names = [str(n) for n in ij["Labels"]]
         else:
