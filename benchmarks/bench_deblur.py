@@ -1,8 +1,8 @@
 """Single-image deblurring speed and quality on one 1024x1024 image (issue 5).
 
 The network (shipped ``deblur-default``, the ``lean`` layout; bf16 where the CPU runs it natively, and fp32) against
-Wiener and 10 Richardson–Lucy iterations given the TRUE PSF (Born–Wolf, 8 µm defocus), all on one CPU thread (torch threads
-= 1; scipy.fft runs single-threaded by default), plus cheaper layouts of the architecture (untrained, timing
+Wiener and 10 Richardson–Lucy iterations given the TRUE PSF (Born–Wolf, 8 µm defocus), all on one CPU thread (torch
+threads = 1; scipy.fft runs single-threaded by default), plus cheaper layouts of the architecture (untrained, timing
 only). Times are the best of 3 interleaved rounds after a warm-up call; ratios are to 10 RL iterations measured
 in the same run. PSNR is against the sharp field (data_range = its max).
 """

@@ -121,7 +121,8 @@ def test_task_batches_are_deterministic_and_share_one_normalization(tiny_data):
         assert lo <= share <= hi, (frac, share)
     assert t.card()["data"]["focus_fraction"] == 0.0
     # the default (0) draws no extra random numbers: its batches are those of the recipe before the option
-    assert torch.equal(AETask(data, TINY, reg="direct", batch_size=3, crop=32, seed=5, focus_fraction=0.0).batch(7)["x"],
+    assert torch.equal(AETask(data, TINY, reg="direct", batch_size=3, crop=32, seed=5,
+                              focus_fraction=0.0).batch(7)["x"],
                        b1["x"])
     with pytest.raises(ValueError, match="focus_fraction"):
         AETask(data, TINY, batch_size=3, crop=32, focus_fraction=1.5)

@@ -465,7 +465,8 @@ def test_shrink_keeps_function_where_it_can_and_trains_from_a_larger_init(tmp_pa
     assert torch.equal(kept, big.state_dict()["enc.1.0.c1.weight"])
     # shrinking keeps the layout: asking for another one is a clear error, not a silently mislabelled model
     other = DeblurTask(stage=1, config={"widths": (6, 8, 8), "kernel_size": 3, "blocks": 1, "full_kernel": "shared",
-                                        "up": "conv_upsample"}, data=DeblurData(**SMALL_DATA), init=str(path), val_size=1)
+                                        "up": "conv_upsample"},
+                       data=DeblurData(**SMALL_DATA), init=str(path), val_size=1)
     with pytest.raises(ValueError, match="layout"):
         other.build_model()
 

@@ -394,7 +394,8 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     text_js = (out / "defocus_eval.json").read_text()
     res = json.loads(text_js, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
     table = res["spatially_varying"]["microscopy"]
-    assert set(table) == {"tiny", "tiny, self-ensemble x2", "focus-measure (calibrated var. of Laplacian)", "Zhuo & Sim 2011"}
+    assert set(table) == {"tiny", "tiny, self-ensemble x2", "focus-measure (calibrated var. of Laplacian)",
+                          "Zhuo & Sim 2011"}
     for r in table.values():
         assert 0 <= r["all"]["mae_px"] < 10 and 0 <= r["all"]["delta3"] <= 1
     text = capsys.readouterr().out
@@ -627,7 +628,8 @@ def test_an_explicit_warmup_is_kept_and_a_bad_one_is_refused_before_any_file(tmp
     assert main(["train", "defocus", *_TINY_RUN, "--steps", "300", "--warmup", "50", "--out", str(tmp_path / "r")]) == 0
     assert calls[-1][1].warmup == 50
     monkeypatch.undo()
-    assert main(["train", "defocus", *_TINY_RUN, "--steps", "20", "--warmup", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["train", "defocus", *_TINY_RUN, "--steps", "20", "--warmup", "-1",
+                 "--out", str(tmp_path / "bad")]) == 2
     assert "--warmup) must be an integer >= 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit):  # argparse: "invalid int value"

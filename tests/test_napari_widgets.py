@@ -322,7 +322,8 @@ def test_blur_preview_is_debounced_and_newest_wins(viewer, qtbot, tiny_models, s
         assert viewer.layers[-1].name.endswith(f"α={v / 100:.2f}] (preview)")
     assert len(calls) == 3
     # a request arriving while a preview computes supersedes it: the stale result is never shown
-    monkeypatch.setitem(nl.__dict__, "synthesize_blur", lambda *a, **k: (time.sleep(0.4), _ops.call_op(real, *a, **k))[1])
+    monkeypatch.setitem(nl.__dict__, "synthesize_blur",
+                        lambda *a, **k: (time.sleep(0.4), _ops.call_op(real, *a, **k))[1])
     w.alpha.slider.setValue(30)
     qtbot.waitUntil(lambda: bool(w.preview.workers), timeout=5000)
     w.alpha.slider.setValue(90)

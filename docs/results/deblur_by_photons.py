@@ -51,7 +51,8 @@ def main() -> None:
     for idx in [*np.array_split(np.arange(len(arr)), 4), np.arange(len(arr))]:
         x = arr[idx]
         label = "all" if len(idx) == len(arr) else f"{x[0, 0]:.0f}–{x[-1, 0]:.0f}"
-        cells = " | ".join(f"{x[:, 3 + i].mean():.2f} ({(x[:, 3 + i] - x[:, 2]).mean():+.2f})" for i in range(len(nets)))
+        cells = " | ".join(f"{x[:, 3 + i].mean():.2f} ({(x[:, 3 + i] - x[:, 2]).mean():+.2f})"
+                           for i in range(len(nets)))
         print(f"| {label} | {x[:, 1].mean():.2f} | {x[:, 2].mean():.2f} | {cells} |")
 
 

@@ -27,7 +27,8 @@ for rnd in range(2):
             r = s(a.compare, threads=t, repeats=5)
             runs.append({"model": a.compare, "threads": t, **r})
             print(runs[-1], flush=True)
-out = {"command": "python docs/results/deblur_speed.py --out " + a.out + (f" --compare {a.compare}" if a.compare else ""),
+out = {"command": "python docs/results/deblur_speed.py --out " + a.out
+                  + (f" --compare {a.compare}" if a.compare else ""),
        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs}
 with open(a.out, "w") as f:
     json.dump(out, f, indent=1, default=float)

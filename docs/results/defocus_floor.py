@@ -107,15 +107,18 @@ def main() -> None:
               f"{mean[f'{name}: oracle nearest']:.2f} |")
         print(f"| oracle on `{name}`, {mean[f'{name}: best oracle is'].split(': ')[1].removeprefix('oracle ')} | | "
               f"{mean[f'{name}: best oracle']:.2f} |")
-    print("\n| distance to the nearest signal pixel (px) | fraction of pixels | network MAE px | oracle nearest MAE px |")
+    print("\n| distance to the nearest signal pixel (px) | fraction of pixels | network MAE px "
+          "| oracle nearest MAE px |")
     print("|---|---|---|---|")
     for b in by_dist:
         hi = "∞" if not np.isfinite(b["to_px"]) else f"{b['to_px']:g}"
-        print(f"| {b['from_px']:g}–{hi} | {b['fraction']:.3f} | {b['network_mae']:.2f} | {b['oracle_nearest_mae']:.2f} |")
+        print(f"| {b['from_px']:g}–{hi} | {b['fraction']:.3f} | {b['network_mae']:.2f} "
+              f"| {b['oracle_nearest_mae']:.2f} |")
     if a.out:
         out = {"model": a.model, "seed": cfg.seed, "n_images": cfg.n_images, "size": cfg.size, "mean": mean,
                "by_distance": [{**b, "to_px": None if not np.isfinite(b["to_px"]) else b["to_px"]} for b in by_dist],
-               "command": "python docs/results/defocus_floor.py" + (f" --model {a.model}" if a.model != "defocus-default" else "")}
+               "command": "python docs/results/defocus_floor.py"
+                          + (f" --model {a.model}" if a.model != "defocus-default" else "")}
         Path(a.out).write_text(json.dumps(out, indent=2))
         print(f"\nwrote {a.out}")
 

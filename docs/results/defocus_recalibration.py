@@ -71,7 +71,8 @@ def main() -> None:
                 row = {"seed": seed, "set": kind, "photons": ph, "raw": float(np.abs(pred - true).mean()),
                        **{k: float(np.abs(np.interp(pred, CENTERS, c) - true).mean()) for k, c in curves.items()}}
                 rows.append(row)
-                print(f"| {seed} | {kind} | {ph:g} | {row['raw']:.3f} | {row['validation']:.3f} | {row['training']:.3f} |",
+                print(f"| {seed} | {kind} | {ph:g} | {row['raw']:.3f} | {row['validation']:.3f} "
+                      f"| {row['training']:.3f} |",
                       flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps({"command": "python docs/results/defocus_recalibration.py",

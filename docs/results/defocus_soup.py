@@ -7,8 +7,9 @@ plus a ``soup`` entry. The models must share one architecture and configuration.
 
     python docs/results/defocus_soup.py runs/soupU/model.safetensors C2.safetensors defocus-default
 
-(C2 = the model shipped at commit 6e97eae: ``git show 6e97eae:src/napari_linblur/models/weights/defocus-default.safetensors``;
-the parent a1c1422f is the one at 1c3180d.)
+(C2 = the model shipped at commit 6e97eae:
+``git show 6e97eae:src/napari_linblur/models/weights/defocus-default.safetensors``; the parent a1c1422f is the one
+at 1c3180d.)
 """
 
 from __future__ import annotations

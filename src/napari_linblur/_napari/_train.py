@@ -8,8 +8,9 @@ Data sources:
   learns from real or synthesized through-focus stacks.
 * ``layer`` — an image layer (a z-stack, or fields x planes ``(P, Z, Y, X)``; for defocus maps also a single
   in-focus image) written to an OME-Zarr in the run folder and read by the task's own loader (autoencoder:
-  fields of planes, a single stack cut into tiles as fields, :func:`ae_tile_grid`; deblurring: real plane pairs, stage 2; defocus maps: the in-focus plane of every stack,
-  pixel-shuffled, as content — ``linblur train defocus --content-from``).
+  fields of planes, a single stack cut into tiles as fields, :func:`ae_tile_grid`; deblurring: real plane pairs,
+  stage 2; defocus maps: the in-focus plane of every stack, pixel-shuffled, as content —
+  ``linblur train defocus --content-from``).
 * ``path`` — a dataset on disk (``linblur synth`` OME-Zarr, BBBC006 folder, any z-stack ``open_zstack`` reads).
 
 Starting point: new weights of the chosen size, or *fine-tuning* a trained model (the shipped ``<kind>-default``
@@ -86,10 +87,11 @@ def check_patch_fits(shape: tuple[int, ...], patch: int, what: str) -> None:
     Examples
     --------
     >>> check_patch_fits((9, 48, 64), 32, "layer 'img'")
-    >>> check_patch_fits((9, 16, 16), 32, "layer 'img'")
+    >>> check_patch_fits((9, 16, 16), 32, "layer 'img'")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    ValueError: layer 'img' has planes of 16 x 16 px, smaller than the 32 px training patch: set 'patch (px)' to at most 16, or train on larger images
+    ValueError: layer 'img' has planes of 16 x 16 px, smaller than the 32 px training patch: set 'patch (px)' to at
+    most 16, or train on larger images
     """
     h, w = int(shape[-2]), int(shape[-1])
     if h < patch or w < patch:
@@ -110,10 +112,11 @@ def check_varies(data: Any, what: str) -> None:
     Examples
     --------
     >>> import numpy as np
-    >>> check_varies(np.zeros((3, 8, 8)), "layer 'zeros'")
+    >>> check_varies(np.zeros((3, 8, 8)), "layer 'zeros'")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    ValueError: layer 'zeros' is constant (every pixel is 0): there is nothing to learn from; pick a layer with image content
+    ValueError: layer 'zeros' is constant (every pixel is 0): there is nothing to learn from; pick a layer with image
+    content
     """
     import warnings
 
@@ -177,10 +180,13 @@ def ae_tile_grid(shape: tuple[int, ...], patch: int, what: str) -> tuple[int, in
     (2, 2)
     >>> ae_tile_grid((9, 512, 512), 64, "layer 'z'")
     (4, 4)
-    >>> ae_tile_grid((9, 48, 64), 32, "layer 'z'")
+    >>> ae_tile_grid((9, 48, 64), 32, "layer 'z'")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    ValueError: layer 'z' is a single z-stack of 48 x 64 px planes: the autoencoder learns from at least 3 fields (stacks) to split them into training, validation and test, and these planes are too small to cut into 3 tiles of the 32 px training patch; give it 3 or more stacks (a (fields, Z, Y, X) layer, or a dataset on disk with several fields), larger planes, or set 'patch (px)' to at most 16
+    ValueError: layer 'z' is a single z-stack of 48 x 64 px planes: the autoencoder learns from at least 3 fields
+    (stacks) to split them into training, validation and test, and these planes are too small to cut into 3 tiles of
+    the 32 px training patch; give it 3 or more stacks (a (fields, Z, Y, X) layer, or a dataset on disk with several
+    fields), larger planes, or set 'patch (px)' to at most 16
     """
     import math
 
@@ -235,7 +241,8 @@ def tile_fields(data: Any, grid: tuple[int, int]) -> Any:
                     f.plane_index, None if f.truth is None else np.ascontiguousarray(f.truth[(Ellipsis, *win)]),
                 ))
     meta = {**data.meta, "n_fields": len(out), "field_names": [f.name for f in out],
-            "tiles": {"grid": [int(rows), int(cols)], "fields_before": int(data.meta.get("n_fields", len(data.fields)))}}
+            "tiles": {"grid": [int(rows), int(cols)],
+                      "fields_before": int(data.meta.get("n_fields", len(data.fields)))}}
     return AEDataset(data.path, data.channel, out, data.kind, recipe=data.recipe, seed=data.seed, meta=meta)
 
 

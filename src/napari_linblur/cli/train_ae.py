@@ -66,7 +66,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             overrides = json.loads(args.model_config)
         except json.JSONDecodeError as err:
-            raise ValueError(f"--model-config must be a JSON object, e.g. '{{\"channels\": [16, 32]}}' ({err})") from err
+            raise ValueError("--model-config must be a JSON object, "
+                             f"e.g. '{{\"channels\": [16, 32]}}' ({err})") from err
         if not isinstance(overrides, dict):
             raise ValueError("--model-config must be a JSON object")
         known = sorted({k for c in CONFIGS.values() for k in c} | {"in_channels"})

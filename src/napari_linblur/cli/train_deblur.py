@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--stage", type=int, choices=[1, 2], default=1, help="training stage (default 1)")
     p.add_argument("--init", default=None, help="start from this .safetensors (stage 2: the stage-1 model)")
     p.add_argument("--config", default=None,
-                   help="architecture: tiny | fast | default (= lean) | classic | speed | large (default: the --init model's, else "
+                   help="architecture: tiny | fast | default (= lean) | classic | speed | large "
+                   "(default: the --init model's, else "
                    "default); with --init of a larger trained model, that model is shrunk to this size "
                    "(models.drbnet.shrink: fewer 1/2-resolution channels, smaller kernels) and fine-tuned")
     p.add_argument("--patch", type=int, default=64, help="training patch side, multiple of 8 (default 64)")
@@ -37,14 +38,16 @@ def register(subparsers) -> None:
                    help="draw that fraction of the through-focus pairs' defocus from [LO, HI] um instead of "
                    "[0, 10] um (default: uniform)")
     p.add_argument("--feature-weight", type=float, default=None,
-                   help="weight of the autoencoder feature loss (default 0 in stage 1, 5 in stage 2: the ae-default latent is ~10x smaller than the pixel L1)")
+                   help="weight of the autoencoder feature loss (default 0 in stage 1, 5 in stage 2: the ae-default "
+                   "latent is ~10x smaller than the pixel L1)")
     p.add_argument("--loss", choices=["psnr", "l1"], default="psnr",
                    help="pixel term: psnr (default) = mean over pairs of log10(MSE), which weighs clean high-SNR "
                    "pairs as much as noisy ones (the evaluation's mean PSNR per image); l1 = the earlier models' loss")
     p.add_argument("--feature-ae", default=None, help="autoencoder for the feature loss (default ae-default)")
     p.add_argument("--data", default=None, help="real stacks for stage 2 (zarr / OME-Zarr / TIFF / BBBC006 folder)")
     p.add_argument("--replay", type=float, default=0.3,
-                   help="stage 2: fraction of pairs still drawn from the stage-1 optics (default 0.3; 0 = pure fine-tuning)")
+                   help="stage 2: fraction of pairs still drawn from the stage-1 optics (default 0.3; "
+                   "0 = pure fine-tuning)")
     p.add_argument("--real-fraction", type=float, default=0.5, help="fraction of stage-2 pairs from --data")
     p.set_defaults(func=_run)
 

@@ -17,7 +17,8 @@ Table 2 (image quality)
     its reconstruction (``extrap_vs_recon``). Baselines: the blurry input ``b`` itself, pixel extrapolation
     ``2 b - c``, and Wiener deconvolution of ``b`` with its true PSF (recomputed from the recipe stored in a
     synthetic dataset) at the balance that maximizes PSNR (``baselines.wiener.best_wiener``) -- an oracle.
-    Automatic alpha (:func:`~napari_linblur.inference.latent_ops.auto_alpha`, as `deblur_pair(alpha=None)`) is scored too.
+    Automatic alpha (:func:`~napari_linblur.inference.latent_ops.auto_alpha`, as `deblur_pair(alpha=None)`) is scored
+    too.
 SSIM
     Of the same synthesized and deblurred planes and baselines (keys ``*_ssim``; ``data_range = 1`` as the PSNR).
 """
@@ -350,7 +351,8 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines.append("| LDS ↑ | " + " | ".join(_f(m[k]["lds"], 3) for k in labels) + " |")
     lines.append("| APD ↓ | " + " | ".join(_f(m[k]["apd"], 4) for k in labels) + " |")
     lines += ["", "**Table 2 — image quality (PSNR, dB)**", "",
-              "| experiment | metric | " + " | ".join(labels) + " | baseline |", "|---|---|" + "---|" * (len(labels) + 1)]
+              "| experiment | metric | " + " | ".join(labels) + " | baseline |",
+              "|---|---|" + "---|" * (len(labels) + 1)]
     rows = [
         ("reconstruction", "recon vs real", "recon_vs_real", ""),
         ("blur synthesis", "interp vs real ↑", "interp_vs_real", f"pixel blend {_f(b.get('blend_vs_real'))}"),
@@ -401,7 +403,8 @@ def to_markdown(res: dict[str, Any]) -> str:
         cols += [(lab, "extrap_tta_by_k", f"{lab} ×{m[lab]['tta']}") for lab in labels if "extrap_tta_by_k" in m[lab]]
         wk = b.get("wiener_by_k", {})
         lines += ["", "**Deblurring per pair (z_k, z_2k) → z_0, extrap vs real (dB)**", "",
-                  "| k | " + " | ".join(c[2] for c in cols) + " | Wiener true PSF |", "|---|" + "---|" * (len(cols) + 1)]
+                  "| k | " + " | ".join(c[2] for c in cols) + " | Wiener true PSF |",
+                  "|---|" + "---|" * (len(cols) + 1)]
         for k in ks:
             lines.append(f"| {k} | " + " | ".join(_f(m[lab][key].get(k, float('nan'))) for lab, key, _ in cols)
                          + f" | {_f(wk.get(k, wk.get(str(k), float('nan'))))} |")

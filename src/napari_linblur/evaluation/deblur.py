@@ -371,7 +371,8 @@ def to_markdown(result: dict) -> str:
         lines += _ssim_table(result)
     b = result["bars"]
     lines.append(f"Gain of `{result['main']}` over the better true-PSF baseline: through-focus per depth "
-                 f"{b['focus_gain_db_per_depth']} (mean {b['focus_gain_db_mean']} dB, min {b['focus_gain_db_min']} dB); "
+                 f"{b['focus_gain_db_per_depth']} (mean {b['focus_gain_db_mean']} dB, "
+                 f"min {b['focus_gain_db_min']} dB); "
                  f"spatially varying {b['varying_gain_db']} dB (bar: +1 dB).")
     if "speed" in result:
         s = result["speed"]

@@ -133,7 +133,8 @@ def _estimators(models: dict[str, Any], baselines: bool, device: str, tta: int =
             est[f"{label}, self-ensemble x{tta}"] = (
                 lambda img, m=m: estimate_defocus(img, model=m, device=device, amp="off", tta=tta))
     if baselines:
-        est["focus-measure (calibrated var. of Laplacian)"] = lambda img: focus_measure_sigma_map(img.astype(np.float64))
+        est["focus-measure (calibrated var. of Laplacian)"] = (
+            lambda img: focus_measure_sigma_map(img.astype(np.float64)))
         est["Zhuo & Sim 2011"] = lambda img: zhuo_sim_defocus_map(img.astype(np.float64))
     return est
 
@@ -383,7 +384,8 @@ def markdown_report(res: dict[str, Any]) -> str:
         lines.append("")
     bb = res.get("bbbc006")
     if bb:
-        lines.append(f"#### Real BBBC006 plane 0 (32 µm above focus), signal pixels {100 * bb['signal_fraction']:.1f} %")
+        lines.append("#### Real BBBC006 plane 0 (32 µm above focus), "
+                     f"signal pixels {100 * bb['signal_fraction']:.1f} %")
         lines.append("")
         lines.append("| method | median σ px | 10th pct σ px | fraction σ > 4 px | background median σ px |")
         lines.append("|---|---|---|---|---|")

@@ -208,9 +208,9 @@ def deblur(
     sigma_focus, sigma_full : float
         ``guided``: tiles with median σ ≤ ``sigma_focus`` are untouched, ≥ ``sigma_full`` fully deblurred.
     tile, overlap, batch_size : int
-        Tiling of the network (default tile: chosen to minimise work, ≤ 1024 px, so a plane up to 1024² is one tile; default overlap 128 px, the
-        network's context, or a quarter of a smaller given tile). ``reblur-extrapolate`` passes them to
-        :func:`~napari_linblur.inference.latent_ops.deblur_pair` (default tile 256 px, overlap 64 px).
+        Tiling of the network (default tile: chosen to minimise work, ≤ 1024 px, so a plane up to 1024² is one tile;
+        default overlap 128 px, the network's context, or a quarter of a smaller given tile). ``reblur-extrapolate``
+        passes them to :func:`~napari_linblur.inference.latent_ops.deblur_pair` (default tile 256 px, overlap 64 px).
     amp : {"auto", "off", "bf16"}
         Network precision; ``"auto"`` uses bf16 where the hardware runs it natively (:func:`resolve_amp`).
     tta : {1, 2, 4, 8}

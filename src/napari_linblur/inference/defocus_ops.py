@@ -511,8 +511,9 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
         ``"defocus"`` (default): minus the median estimated σ (pixels) over the plane's signal pixels
         (:func:`signal_mask`; all pixels when no pixel stands out, e.g. texture everywhere), so a score of
         ``-2.5`` means a median blur of 2.5 px; a constant plane (zero padding, a blank frame) scores
-        ``-NO_SIGNAL_SIGMA`` (-10), as blurred as the trained range goes. Classical measures on the raw intensities: ``"variance_of_laplacian"``, ``"brenner"``,
-        ``"tenengrad"``, ``"normalized_variance"`` (:mod:`napari_linblur.metrics.focus`) and ``"vollath"`` (F4).
+        ``-NO_SIGNAL_SIGMA`` (-10), as blurred as the trained range goes. Classical measures on the raw intensities:
+        ``"variance_of_laplacian"``, ``"brenner"``, ``"tenengrad"``, ``"normalized_variance"``
+        (:mod:`napari_linblur.metrics.focus`) and ``"vollath"`` (F4).
     model, device
         As in :func:`estimate_defocus` (``method="defocus"`` only).
     compute : bool, optional

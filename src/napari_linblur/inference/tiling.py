@@ -289,8 +289,9 @@ def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *, defaul
     """Validated ``(tile, overlap, batch_size)`` of the shared tiling path (every model uses it).
 
     ``tile`` is None (automatic) or an int >= 16; ``overlap`` an int >= 0 and at most half the tile
-    (``tile // 2``; at most ``cap // 2`` for an automatic tile of at most ``cap`` px), or None: the operation's ``default_overlap`` for an automatic
-    tile, ``min(default_overlap, tile // 4)`` for a given one (so any tile >= 16 works without an overlap);
+    (``tile // 2``; at most ``cap // 2`` for an automatic tile of at most ``cap`` px), or None: the operation's
+    ``default_overlap`` for an automatic tile, ``min(default_overlap, tile // 4)`` for a given one (so any tile >= 16
+    works without an overlap);
     ``batch_size`` an int >= 1. An overlap below ``default_overlap`` (a small given tile, or a small given overlap)
     is allowed with a ``UserWarning``: tile borders will differ from a whole-plane run (seams).
 

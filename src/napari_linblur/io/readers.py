@@ -719,7 +719,8 @@ def _open_tiff_folder(folder: Path, files: list[Path]) -> tuple[da.Array, ZStack
                 f"{shape0} {dtype0}"
             )
         planes.append(
-            as_dask(TiffFilePlane(q, shape, dtype), chunks=shape, name=f"tiffplane-{tokenize(str(q.resolve()), _mtime(q))}")
+            as_dask(TiffFilePlane(q, shape, dtype), chunks=shape,
+                    name=f"tiffplane-{tokenize(str(q.resolve()), _mtime(q))}")
         )
     plane_axes = _tiff_axes(axes0)
     if "z" in plane_axes:
@@ -783,7 +784,8 @@ def _open_bbbc006_folder(
 
     def plane(f: str, c: str, z: int) -> da.Array:
         q = index[(f, c, z)].path
-        return as_dask(TiffFilePlane(q, shape, dtype), chunks=shape, name=f"bbbc-{tokenize(str(q.resolve()), _mtime(q))}")
+        return as_dask(TiffFilePlane(q, shape, dtype), chunks=shape,
+                       name=f"bbbc-{tokenize(str(q.resolve()), _mtime(q))}")
 
     steps = np.diff(planes)
     z_step = float(steps[0]) if len(steps) and np.all(steps == steps[0]) else 1.0

@@ -12,7 +12,8 @@ Two named configurations, both built as ``LinearLatentAE(**config)`` (the model 
     Ours, chosen by measurement (``docs/results/latent-ae.md``): fully convolutional, a spatial latent at 1/4 of
     the input resolution with few channels, residual blocks, no normalization layers (BatchNorm's batch
     statistics and GroupNorm's per-tile statistics both make the output depend on what else is in the batch or
-    tile, which breaks latent linearity and seam-free tiling), and a *linear* output so that sharper-than-input extrapolations are not clipped by a sigmoid.
+    tile, which breaks latent linearity and seam-free tiling), and a *linear* output so that sharper-than-input
+    extrapolations are not clipped by a sigmoid.
 
 The latent ``z = encode(x)`` is where the linear relations of the paper are imposed:
 ``z_b ~ alpha * z_a + (1 - alpha) * z_c`` for planes ``a`` (sharper) ``< b < c`` (blurrier).

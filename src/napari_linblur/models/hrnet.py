@@ -222,8 +222,8 @@ class HDMENet(nn.Module):
 
     Notes
     -----
-    Input ``(B, in_channels, H, W)``: normalized intensities (and the noise channel); output ``(B, 1, H, W)`` σ in pixels, ``>= 0``. H and W must
-    be multiples of :attr:`multiple`.
+    Input ``(B, in_channels, H, W)``: normalized intensities (and the noise channel); output ``(B, 1, H, W)`` σ in
+    pixels, ``>= 0``. H and W must be multiples of :attr:`multiple`.
 
     Examples
     --------

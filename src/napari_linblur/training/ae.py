@@ -16,8 +16,8 @@ Triplets
     operations fit it, over the two planes an operation receives (``normalization="inputs"``: ``(a, c)`` as
     :func:`~napari_linblur.inference.latent_ops.synthesize_blur` or ``(b, c)`` as
     :func:`~napari_linblur.inference.latent_ops.deblur_pair`, half and half). With ``"triplet"`` the sharp plane
-    ``a`` sets the scale of every deblurring example, which inference never has. Crops: with probability ½ one of the paper's
-    10 crops (4 corners + centre, and their horizontal flips), otherwise a random crop with a random flip;
+    ``a`` sets the scale of every deblurring example, which inference never has. Crops: with probability ½ one of the
+    paper's 10 crops (4 corners + centre, and their horizontal flips), otherwise a random crop with a random flip;
     the same window for the three planes.
 
 Losses (L1, paper eq. 3 and 4)
@@ -253,7 +253,8 @@ def _load_zstack(p: Path, channel, planes: str, fields) -> AEDataset:
     for i in wanted:
         stack = np.asarray(arr[i][keep].compute() if hasattr(arr, "dask") else arr[i][keep])
         out.append(FieldStack(names[i], stack, np.abs(defocus[keep]), [index[k] for k in keep]))
-    return AEDataset(str(p), channel, out, extra.get("format", "zstack"), meta={"n_fields": n_fields, "field_names": names})
+    return AEDataset(str(p), channel, out, extra.get("format", "zstack"),
+                     meta={"n_fields": n_fields, "field_names": names})
 
 
 def count_fields(path: str | os.PathLike) -> int:
@@ -642,7 +643,8 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike | None 
         label = label or next(iter(res["models"]))
         if label not in res["models"]:
             raise ValueError(f"label={label!r} is not in {evaluation}; it has {sorted(res['models'])}")
-        card["evaluation"] = {"command": evaluation_command or res.get("command"), "data": res["data"], "baselines": res["baselines"],
+        card["evaluation"] = {"command": evaluation_command or res.get("command"), "data": res["data"],
+                              "baselines": res["baselines"],
                               "model": res["models"][label]}
     if data_command:
         card["data_command"] = data_command

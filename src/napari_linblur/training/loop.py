@@ -731,10 +731,12 @@ def train(
             n_running += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{parts['loss']:.4f}", **({"val": f"{last_val['val_loss']:.4f}"} if last_val else {}))
+                bar.set_postfix(loss=f"{parts['loss']:.4f}",
+                                **({"val": f"{last_val['val_loss']:.4f}"} if last_val else {}))
             do_val = step % cfg.val_every == 0 or step == cfg.steps
             if rank == 0 and (step % cfg.log_every == 0 or do_val):
-                record = {"step": step, "lr": learning_rate(cfg, step - 1), "time_s": round(time.perf_counter() - t0, 2)}
+                record = {"step": step, "lr": learning_rate(cfg, step - 1),
+                          "time_s": round(time.perf_counter() - t0, 2)}
                 record.update({k: v / max(1, n_running) for k, v in running.items()})
                 running, n_running = {}, 0
                 if do_val:
