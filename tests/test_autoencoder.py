@@ -242,7 +242,8 @@ def test_train_cli_init_starts_from_saved_weights(tiny_data, tmp_path):
     assert main([*common, "--steps", "2", "--seed", "7", "--init", str(src), "--out", str(tmp_path / "b")]) == 0
     assert registry.load_model(tmp_path / "b" / "model.safetensors", device="cpu").card["init"] == {
         "from": str(src), "sha256": registry.sha256_file(src), "init": None,
-        "command": registry.read_card(src)["training"]["command"]}
+        "command": registry.read_card(src)["training"]["command"], "steps": 3,
+        "seconds": registry.read_card(src)["training"]["seconds"]}
 
 
 def test_joint_channels_share_the_split_and_train_from_the_cli(tiny_data, tmp_path):

@@ -173,6 +173,15 @@ def test_ship_model_takes_the_chosen_models_evaluation(setup, tmp_path, monkeypa
     assert card["evaluation"]["model"] == res["models"]["run"]
     sidecar = json.loads(path.with_suffix(".json").read_text())  # the card again, with the file's hash
     assert sidecar["sha256"] == registry.sha256_file(path)
+    assert "previous" not in card and card["training_total"]["legs"] == 1
+    # shipping over it records the model it replaces; a fine-tuned run sums its legs' training
+    first = sidecar["sha256"]
+    registry.save_model(LinearLatentAE(**TINY), tmp_path / "ft" / "model.safetensors", {
+        "architecture": "LinearLatentAE", "task": "ae", "config": TINY, "training": {"seconds": 30.0, "steps": 3},
+        "init": {"from": "x", "seconds": 100.0, "steps": 10, "init": {"training_seconds": 5.0, "steps": 1}}})
+    again = registry.read_card(ship_model(tmp_path / "ft", ev / "evaluate_ae.json", name="ae-x", label="run"))
+    assert again["previous"]["sha256"] == first and again["previous"]["evaluation"] == res["models"]["run"]
+    assert again["training_total"] == {"seconds": 135.0, "steps": 14, "legs": 3, "amp": None}
 
 
 def test_fields_of_a_bbbc006_folder_are_counted_per_channel(tmp_path):

@@ -623,10 +623,12 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike | None 
                evaluation_command: str | None = None, label: str | None = None) -> Path:
     """Copy a training run's model into the package as ``name`` (safetensors + card with sha256).
 
-    The card keeps everything training wrote (config, exact training command, data recipe + seed, split) and
-    gains the ``evaluation`` summary (a ``linblur evaluate ae`` JSON; ``label`` picks the run's column when the
-    evaluation compared several models, default: the first) and, when given, the ``linblur synth`` command that
-    made the data.
+    The card keeps everything training wrote (config, exact training command, data recipe + seed, split,
+    the ``init`` chain of a fine-tuned run) and gains the ``evaluation`` summary (a ``linblur evaluate ae`` JSON;
+    ``label`` picks the run's column when the evaluation compared several models, default: the first), when given,
+    the ``linblur synth`` command that made the data, ``training_total`` (every leg of the ``init`` chain summed,
+    :func:`~napari_linblur.training.loop.chain_training`) and, when it replaces a shipped model, that model's
+    sha256, training command and evaluation under ``previous``.
 
     Examples
     --------
@@ -648,4 +650,13 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike | None 
                               "model": res["models"][label]}
     if data_command:
         card["data_command"] = data_command
+    from napari_linblur.training.loop import chain_training
+
+    card["training_total"] = {**chain_training(card), "amp": (card.get("training") or {}).get("amp")}
+    old = WEIGHTS_DIR / f"{name}.json"
+    if old.exists():
+        was = json.loads(old.read_text())
+        card["previous"] = {"sha256": was.get("sha256"), "training_command": (was.get("training") or {}).get("command"),
+                            "evaluation": (was.get("evaluation") or {}).get("model"),
+                            "note": "the model this one replaced; its weights remain in git history"}
     return save_model(model, WEIGHTS_DIR / f"{name}.safetensors", card)

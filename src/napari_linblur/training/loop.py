@@ -436,10 +436,12 @@ def warn_init_not_read(given: str, started_from: str | None) -> None:
 
 
 def init_provenance(init: str | os.PathLike) -> dict[str, Any]:
-    """Where starting weights come from, for a model card: ``{"from", "sha256", "command", "init"}``.
+    """Where starting weights come from, for a model card: ``{"from", "sha256", "command", "seconds", "steps",
+    "init"}``.
 
-    ``init`` is a shipped name or a ``.safetensors`` path; ``command`` is the training command its own card
-    records and ``init`` that card's own provenance, so a chain of fine-tunings can be re-run from its start.
+    ``init`` is a shipped name or a ``.safetensors`` path; ``command``, ``seconds`` and ``steps`` are the training
+    its own card records and ``init`` that card's own provenance, so a chain of fine-tunings can be re-run from its
+    start and its whole training time summed (:func:`chain_training`).
 
     Examples
     --------
@@ -449,8 +451,35 @@ def init_provenance(init: str | os.PathLike) -> dict[str, Any]:
     from napari_linblur.models.registry import _locate, sha256_file
 
     path, src, _ = _locate(init)
-    return {"from": os.fspath(init), "sha256": sha256_file(path),
-            "command": (src.get("training") or {}).get("command"), "init": src.get("init")}
+    training = src.get("training") or {}
+    return {"from": os.fspath(init), "sha256": sha256_file(path), "command": training.get("command"),
+            "seconds": training.get("seconds"), "steps": training.get("steps"), "init": src.get("init")}
+
+
+def chain_training(card: dict) -> dict[str, Any]:
+    """The training of a model and of every model it was fine-tuned from (its card's ``init`` chain), summed.
+
+    Returns
+    -------
+    dict
+        ``seconds`` and ``steps`` in all (None when a leg did not record them), ``legs`` (the number of runs).
+        Legs recorded before 0.2.1 name them ``training_seconds``.
+
+    Examples
+    --------
+    >>> chain_training({"training": {"seconds": 10.0, "steps": 5}, "init": {"seconds": 2.5, "steps": 1}})
+    {'seconds': 12.5, 'steps': 6, 'legs': 2}
+    """
+    training = card.get("training") or {}
+    seconds, steps, legs = training.get("seconds"), training.get("steps"), 1
+    node = card.get("init")
+    while isinstance(node, dict):
+        legs += 1
+        leg_s = node.get("seconds", node.get("training_seconds"))
+        seconds = None if seconds is None or leg_s is None else seconds + float(leg_s)
+        steps = None if steps is None or node.get("steps") is None else steps + int(node["steps"])
+        node = node.get("init")
+    return {"seconds": seconds, "steps": steps, "legs": legs}
 
 
 class StartsFromInit:
