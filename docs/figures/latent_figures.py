@@ -58,10 +58,13 @@ def main(argv=None) -> int:
     p.add_argument("--channel", default="w1")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", default="docs/images")
+    p.add_argument("--figures", nargs="+", choices=["synthesis", "deblur", "pca"],
+                   default=["synthesis", "deblur", "pca"],
+                   help="which figures to draw (default all; synthesis and deblur show the first --model only)")
     args = p.parse_args(argv)
 
-    from napari_linblur.evaluation.ae import _field_recipe, _true_psf
-    from napari_linblur.inference.latent_ops import combine_normalized, encode_normalized
+    from napari_linblur.evaluation.ae import _as_called, _field_recipe, _true_psf
+    from napari_linblur.inference.latent_ops import encode_normalized
     from napari_linblur.inference.normalize import fit_normalization
     from napari_linblur.models.registry import load_model
     from napari_linblur.training.ae import count_fields, load_fields, split_fields
@@ -81,11 +84,11 @@ def main(argv=None) -> int:
     label0, net = models[0]
     vmax = float(np.percentile(planes[0], 99.8))
 
-    # 1) synthesized blur across alpha: from z_0 (in focus) and z_{N-1}
-    alphas = np.linspace(1, 0, n)
-    fig, ax = plt.subplots(3, n, figsize=(1.6 * n, 5.2))
+    # 1) synthesized blur across alpha: from z_0 (in focus) and z_{N-1}, each pair run as synthesize_blur runs it
+    alphas = np.linspace(1, 0, n) if "synthesis" in args.figures else []
+    fig, ax = plt.subplots(3, n, figsize=(1.6 * n, 5.2)) if len(alphas) else (None, None)
     for j, al in enumerate(alphas):
-        syn = combine_normalized(net, planes[0], planes[-1], al, 1 - al)
+        syn = _as_called(net, planes[0], planes[-1], al, 1 - al)
         blend = al * planes[0] + (1 - al) * planes[-1]
         for i, (img, name) in enumerate([(planes[j], "real"), (syn, label0), (blend, "pixel blend")]):
             ax[i, j].imshow(_crop(img), cmap="gray", vmin=0, vmax=vmax)
@@ -94,21 +97,26 @@ def main(argv=None) -> int:
             if j == 0:
                 ax[i, j].set_ylabel(name)
         ax[0, j].set_title(f"z{f.plane_index[j]} α={al:.3f}", fontsize=8)
-    fig.suptitle(f"Blur synthesis from z{f.plane_index[0]} and z{f.plane_index[-1]} ({f.name}, held out)")
-    fig.tight_layout()
-    fig.savefig(out / "latent_synthesis.png", dpi=90)
-    plt.close(fig)
+    if fig is not None:
+        fig.suptitle(f"Blur synthesis from z{f.plane_index[0]} and z{f.plane_index[-1]} ({f.name}, held out)")
+        fig.tight_layout()
+        fig.savefig(out / "latent_synthesis.png", dpi=90)
+        plt.close(fig)
 
     # 2) deblurring from (z_k, z_2k) pairs, alpha = 0.5
     from napari_linblur.baselines.wiener import best_wiener
 
     recipe = _field_recipe(args.data, f.name) or ds.recipe
-    ks = list(range(1, (n - 1) // 2 + 1))
-    fig, ax = plt.subplots(len(ks), 4, figsize=(8.4, 2.2 * len(ks)))
+    ks = list(range(1, (n - 1) // 2 + 1)) if "deblur" in args.figures else []
+    c_index = 0 if str(args.channel) in ("w1", "0") else 1
+    fig, ax = plt.subplots(len(ks), 4, figsize=(8.4, 2.2 * len(ks))) if ks else (None, None)
     for r, k in enumerate(ks):
-        ext = combine_normalized(net, planes[k], planes[2 * k], 2.0, -1.0)
-        psf = _true_psf(recipe, 0 if str(args.channel) in ("w1", "0") else 1, f.defocus_um[k]) if recipe else None
-        wien = best_wiener(planes[k], psf, planes[0], data_range=1.0)[0] if psf is not None else np.zeros_like(ext)
+        ext = _as_called(net, planes[k], planes[2 * k], 2.0, -1.0)  # as deblur_pair runs it
+        psf = _true_psf(recipe, c_index, f.defocus_um[k]) if recipe else None
+        # the oracle estimates the in-focus plane, which carries its own PSF (as linblur evaluate ae scores it)
+        wien = (best_wiener(planes[k], psf, planes[0], data_range=1.0,
+                            reference_psf=_true_psf(recipe, c_index, f.defocus_um[0]))[0]
+                if psf is not None else np.zeros_like(ext))
         cols = [(planes[k], f"input z{f.plane_index[k]}"), (ext, f"{label0} from (z{f.plane_index[k]}, "
                 f"z{f.plane_index[2 * k]})"), (wien, "Wiener, true PSF"), (planes[0], f"real z{f.plane_index[0]}")]
         for cidx, (img, name) in enumerate(cols):
@@ -116,9 +124,14 @@ def main(argv=None) -> int:
             ax[r, cidx].set_title(name, fontsize=8)
             ax[r, cidx].set_xticks([])
             ax[r, cidx].set_yticks([])
-    fig.tight_layout()
-    fig.savefig(out / "latent_deblur.png", dpi=90)
-    plt.close(fig)
+    if fig is not None:
+        fig.tight_layout()
+        fig.savefig(out / "latent_deblur.png", dpi=90)
+        plt.close(fig)
+    written = [out / f"latent_{k}.png" for k in ("synthesis", "deblur") if k in args.figures]
+    if "pca" not in args.figures:
+        print("wrote " + ", ".join(map(str, written)))
+        return 0
 
     # 3) latent PCA (paper Fig. 3): the N planes of the field, per model
     fig, ax = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.2))
@@ -136,7 +149,7 @@ def main(argv=None) -> int:
     fig.colorbar(sc, ax=list(ax), label="defocus (µm)")
     fig.savefig(out / "latent_pca.png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    print(f"wrote {out / 'latent_synthesis.png'}, {out / 'latent_deblur.png'}, {out / 'latent_pca.png'}")
+    print("wrote " + ", ".join(map(str, [*written, out / "latent_pca.png"])))
     return 0
 
 
