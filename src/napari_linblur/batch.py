@@ -19,29 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from napari_linblur.models.registry import model_arg  # noqa: F401 - the --model type of the batch commands
+
 
 def channel_arg(text: str) -> int | str:
     """``--channel`` value: digits are an index (``0`` = the first channel), anything else a channel name."""
     text = str(text).strip()
     return int(text) if text.lstrip("-").isdigit() else text
-
-
-def model_arg(text: str | os.PathLike) -> str:
-    """``--model``-style value: a shipped model name (``defocus-default``) stays a name; a model file that exists
-    becomes its absolute path, so that dask workers started in another folder (``--scheduler`` of a cluster
-    started elsewhere) load the same file; anything else is kept for the loader to refuse with its message.
-
-    Examples
-    --------
-    >>> model_arg("defocus-default")
-    'defocus-default'
-    """
-    from napari_linblur.models.registry import list_models
-
-    text = os.fsdecode(text)
-    if text in list_models() or not os.path.isfile(text):
-        return text
-    return os.path.abspath(text)
 
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:

@@ -170,7 +170,7 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
     if amp not in ("auto", "off", "bf16"):
         raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from napari_linblur.batch import model_arg
+        from napari_linblur.models.registry import model_arg
 
         model = model_arg(model)  # a relative file path made absolute: dask workers in another folder load it too
     net = _get_model(model, device)  # fail early (no model / wrong task) and warm the cache

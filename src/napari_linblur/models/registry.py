@@ -159,6 +159,22 @@ def load_run(run_dir: str | os.PathLike, task: str):
     return model, {k: v for k, v in model.card.items() if k not in ("sha256", "weights")}
 
 
+def model_arg(text: str | os.PathLike) -> str:
+    """``--model``-style value: a shipped model name (``defocus-default``) stays a name; a model file that exists
+    becomes its absolute path, so that dask workers started in another folder (``--scheduler`` of a cluster
+    started elsewhere) load the same file; anything else is kept for the loader to refuse with its message.
+
+    Examples
+    --------
+    >>> model_arg("defocus-default")
+    'defocus-default'
+    """
+    text = os.fsdecode(text)
+    if text in list_models() or not os.path.isfile(text):
+        return text
+    return os.path.abspath(text)
+
+
 def init_weights(model, init, architecture: str):
     """Copy the weights of a saved model into ``model``, to continue training from it.
 
