@@ -180,3 +180,12 @@ def test_train_deblur_refuses_impossible_options_before_any_work(tmp_path, capsy
     bad = [str(out.parent) if b == "OUT" else b for b in bad]  # --data holding --out: the run would write into it
     assert main(["train", "deblur", "--steps", "1", "--out", str(out), "--device", "cpu", *bad]) == 2
     assert says in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("depths, error", [([float("nan")], ValueError), ([], ValueError), ([1.0, "far"], TypeError),
+                                           (3.0, TypeError)])
+def test_evaluate_deblur_checks_depths_before_any_work(depths, error):
+    from napari_linblur.evaluation.deblur import evaluate_deblur
+
+    with pytest.raises(error, match=r"depths must be .*defocus distances in µm"):
+        evaluate_deblur({"missing": "/no/such/model.safetensors"}, depths=depths)  # refused before the model loads

@@ -30,6 +30,19 @@ import numpy as np
 __all__ = ["evaluate_deblur", "speed_comparison", "to_markdown"]
 
 
+def _check_depths(depths: Any) -> tuple[float, ...]:
+    """``depths`` as finite defocus distances in µm, checked before any model loads or image renders."""
+    try:
+        out = tuple(float(d) for d in depths)
+    except (TypeError, ValueError):
+        raise TypeError(f"depths must be a sequence of defocus distances in µm (e.g. (1, 2, 4, 6, 8)), got "
+                        f"{depths!r}") from None
+    bad = [d for d in out if not np.isfinite(d)]
+    if not out or bad:
+        raise ValueError(f"depths must be finite defocus distances in µm (e.g. (1, 2, 4, 6, 8)), got {list(depths)}")
+    return out
+
+
 def _load(model: Any):
     from napari_linblur.models.registry import resolve_model
 
@@ -180,6 +193,7 @@ def evaluate_deblur(
     from napari_linblur.training.deblur import make_test_set
 
     tta = check_tta(tta)
+    depths = _check_depths(depths)
     say = progress or (lambda s: None)
     models = dict(models or {"deblur-default": None})
     main = main or next(iter(models))
