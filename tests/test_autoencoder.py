@@ -78,6 +78,51 @@ def test_bad_configs_name_the_argument():
     assert set(CONFIGS) == {"paper", "default"}
 
 
+@pytest.mark.parametrize("bad, says", [
+    ({"channels": 16}, "channels=16: must be a non-empty list of positive ints"),
+    ({"channels": []}, "channels=[]"),
+    ({"channels": [8, 0]}, "channels=[8, 0]"),
+    ({"channels": [8, 16.5]}, "channels=[8, 16.5]"),
+    ({"latent_channels": 0}, "latent_channels=0: must be an int >= 1"),
+    ({"blocks": -1}, "blocks=-1: must be an int >= 0"),
+    ({"blocks": 1.5}, "blocks=1.5"),
+    ({"in_channels": 0}, "in_channels=0"),
+    ({"arch": "unet"}, "arch='unet': must be 'paper' or 'resnet'"),
+    ({"norm": "group", "channels": [12, 16]}, "norm='group'"),
+    ({"latent_channel": 4}, "unknown key(s) ['latent_channel']"),
+])
+def test_bad_config_values_are_refused_naming_the_key(bad, says):
+    """Every value is checked before a layer is built (a bad one used to fail later, at the first forward pass,
+    or train silently, e.g. blocks=-1)."""
+    with pytest.raises(ValueError) as err:
+        LinearLatentAE(**{**TINY, **bad})
+    assert says in str(err.value)
+    assert LinearLatentAE(**{**TINY, "blocks": 0}).config["blocks"] == 0  # no residual blocks is a valid network
+
+
+def test_train_cli_checks_the_model_config_before_writing_anything(tiny_data, tmp_path, capsys):
+    """A bad --model-config value is an error naming the option and the key before --out is written: a rerun with
+    a fixed config is not told that --out "already holds a training run"."""
+    from napari_linblur.cli.main import main
+
+    out = tmp_path / "run"
+    common = ["train", "ae", "--data", str(tiny_data), "--out", str(out), "--steps", "1", "--batch-size", "2",
+              "--crop", "32", "--no-progress", "--device", "cpu", "--threads", "1"]
+    for bad, says in [({"in_channels": 2}, "in_channels=2: must be 1 for train ae"),
+                      ({"latent_channels": 0}, "latent_channels=0"), ({"channels": 16}, "channels=16"),
+                      ({"blocks": -1}, "blocks=-1"), ({"norm": "layer"}, "norm='layer'"),
+                      ({"output": "tanh"}, "output='tanh'"), ({"channels": [8, "16"]}, "channels=[8, '16']")]:
+        assert main([*common, "--model-config", json.dumps({**TINY, **bad})]) == 2, bad
+        err = capsys.readouterr().err
+        assert "--model-config: " + says in err, err
+        assert not out.exists(), bad
+    # keys of the resnet network with the paper's: refused, not ignored
+    assert main([*common, "--config", "paper", "--model-config", '{"blocks": 2}']) == 2
+    assert "--model-config: ['blocks'] apply to arch 'resnet' only" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*common, "--model-config", json.dumps(TINY)]) == 0
+    assert registry.read_card(out / "model.safetensors")["config"]["channels"] == TINY["channels"]
+
 def test_triplets_general_alpha_and_splits():
     d = np.array([0.0, 4.0, 8.0, 12.0])
     trips = make_triplets(d)

@@ -263,3 +263,116 @@ def test_train_and_evaluate_ae_check_the_split_seed(setup, tmp_path, capsys, mon
                  "--split-seed", "-1"]) == 2
     assert "--split-seed must be" in capsys.readouterr().err
     assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def split_models(setup, tmp_path_factory):
+    """Two tiny models trained on the 5 fields of ``setup`` with --split-seed 0 and 1 (one step each)."""
+    data, _ = setup
+    root = tmp_path_factory.mktemp("splits")
+    for seed in (0, 1):
+        assert main(["train", "ae", "--data", str(data), "--split-seed", str(seed), "--model-config", json.dumps(TINY),
+                     "--steps", "1", "--batch-size", "2", "--crop", "32", "--no-progress", "--device", "cpu",
+                     "--threads", "1", "--out", str(root / f"s{seed}")]) == 0
+    return root / "s0" / "model.safetensors", root / "s1" / "model.safetensors"
+
+
+def _eval(data, models, out, *more):
+    words = ["evaluate", "ae", "--data", str(data), "--out", str(out), "--no-progress", "--threads", "1",
+             "--no-auto-alpha"]
+    for m in models:
+        words += ["--model", str(m)]
+    return main([*words, *more])
+
+
+def _names(indices):
+    return [f"field_{int(i):03d}" for i in indices]
+
+
+def test_evaluate_ae_scores_the_held_out_fields_of_the_models_own_split(setup, split_models, tmp_path, capsys):
+    """Without --split-seed, evaluate ae takes the split the model card records (not seed 0): the 'test' fields
+    are never fields the model trained on, and the recorded command names the seed it used."""
+    import shlex
+
+    data, _ = setup
+    s0, s1 = split_models
+    card = registry.read_card(s1)["data"]
+    assert card["split_seed"] == 1
+    # the case that matters: seed 0's test field is one seed 1 trained on
+    assert set(card["split"]["train"]) & {int(i) for i in registry.read_card(s0)["data"]["split"]["test"]}
+    for split in ("test", "val"):
+        assert _eval(data, [s1], tmp_path / split, "--split", split) == 0
+        res = json.loads((tmp_path / split / "evaluate_ae.json").read_text())
+        assert res["data"]["split_seed"] == 1 and res["data"]["warnings"] == []
+        assert res["data"]["fields"] == _names(card["split"][split])
+        assert not set(res["data"]["fields"]) & set(_names(card["split"]["train"]))
+        assert "--split-seed 1" in res["command"]
+    assert "split test of seed 1" in (tmp_path / "test" / "evaluate_ae.md").read_text()
+    # the recorded command reproduces the evaluation (the seed is written out, so it no longer depends on the card)
+    words = shlex.split(res["command"])
+    words[words.index("--out") + 1] = str(tmp_path / "again")
+    assert main(words[1:]) == 0
+    assert json.loads((tmp_path / "again" / "evaluate_ae.json").read_text())["data"]["fields"] == res["data"]["fields"]
+    # the explicit seed that agrees with the card is accepted; a model without a recorded split keeps seed 0
+    assert _eval(data, [s1], tmp_path / "explicit", "--split-seed", "1") == 0
+    from napari_linblur.evaluation.ae import evaluate_ae
+
+    old = evaluate_ae(str(data), [str(setup[1])], progress=False, auto=False, max_fields=1)
+    assert old["data"]["split_seed"] == 0 and old["data"]["fields"] == _names(
+        registry.read_card(s0)["data"]["split"]["test"])[:1]
+
+
+def test_evaluate_ae_refuses_a_split_other_than_the_models(setup, split_models, tmp_path, capsys):
+    """An explicit --split-seed other than the card's, or models trained on different splits of the dataset, would
+    score training fields as held-out ones: refused before any work, saying what differs and how to choose."""
+    import shutil
+
+    data, _ = setup
+    s0, s1 = split_models
+    capsys.readouterr()
+    assert _eval(data, [s1], tmp_path / "a", "--split-seed", "0") == 2
+    err = capsys.readouterr().err
+    assert "--split-seed 0 is not the field split" in err and "--split-seed 1 in its card" in err, err
+    assert "Leave --split-seed out" in err and "--split all" in err
+    assert _eval(data, [s0, s1], tmp_path / "b") == 2
+    err = capsys.readouterr().err
+    assert "different field splits" in err and f"--model {s0}: --split-seed 0" in err, err
+    assert f"--model {s1}: --split-seed 1" in err and "--split all" in err
+    assert _eval(data, [s0, s1], tmp_path / "c", "--split-seed", "1") == 2
+    assert f"--model {s0} was trained on (--split-seed 0" in capsys.readouterr().err
+    # a copy of the dataset elsewhere is the same dataset (same recipe and seed): still refused
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(data, copy)
+    assert _eval(copy, [s1], tmp_path / "d", "--split-seed", "0") == 2
+    assert "--split-seed 1 in its card" in capsys.readouterr().err
+    assert not any((tmp_path / x).exists() for x in "abcd")
+    # a separate test dataset is always allowed: --split all (it warns when it is the models' training dataset)
+    assert _eval(data, [s0, s1], tmp_path / "all", "--split", "all", "--max-fields", "1") == 0
+    err = capsys.readouterr().err
+    assert "warning: --split all scores every field" in err and "training fields" in err, err
+    res = json.loads((tmp_path / "all" / "evaluate_ae.json").read_text())
+    assert res["data"]["split_seed"] is None and "--split-seed" not in res["command"]
+    assert res["data"]["warnings"] and "Warning: --split all" in (tmp_path / "all" / "evaluate_ae.md").read_text()
+    # another channel of the training dataset: a warning, and still the card's split
+    assert _eval(data, [s1], tmp_path / "w2", "--channel", "w2") == 0
+    err = capsys.readouterr().err
+    assert "trained on channel w1 of this dataset, --channel is w2" in err, err
+    res = json.loads((tmp_path / "w2" / "evaluate_ae.json").read_text())
+    assert res["data"]["split_seed"] == 1 and res["data"]["fields"] == _names(registry.read_card(s1)["data"]["split"]
+                                                                               ["test"])
+
+
+def test_evaluate_ae_never_scores_fields_a_card_records_as_trained(setup, split_models, tmp_path, capsys):
+    """The recorded 'train' fields are checked, not only the seed: a card whose split was drawn otherwise (an older
+    split function) is refused when the test fields of its seed are among them."""
+    data, _ = setup
+    card = registry.read_card(split_models[0])
+    assert card["data"]["split_seed"] == 0 and card["data"]["split"]["test"] == [4]
+    card["data"]["split"] = {"train": [1, 2, 4], "val": [0], "test": [3]}
+    other = tmp_path / "old" / "model.safetensors"
+    registry.save_model(LinearLatentAE(**TINY), other, card)
+    assert _eval(data, [other], tmp_path / "ev") == 2
+    err = capsys.readouterr().err
+    assert "would score fields [4], which --model" in err and "the 'train' split recorded in its card" in err, err
+    assert not (tmp_path / "ev").exists()
+    assert _eval(data, [other], tmp_path / "ev", "--split", "all", "--max-fields", "1") == 0

@@ -6,14 +6,15 @@ Examples
 >>> p = argparse.ArgumentParser(); sub = p.add_subparsers()
 >>> register(sub)
 >>> a = p.parse_args(["ae", "--data", "d.zarr", "--model", "a.safetensors", "--model", "ae-default", "--out", "ev"])
->>> a.model, a.split
-(['a.safetensors', 'ae-default'], 'test')
+>>> a.model, a.split, a.split_seed
+(['a.safetensors', 'ae-default'], 'test', None)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -25,9 +26,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from ._groups import check_out_folder, check_out_not_in_input
 
-    if args.split_seed < 0:
+    if args.split_seed is not None and args.split_seed < 0:
         raise ValueError(f"--split-seed must be an int >= 0 (the seed of the field split, as in training, e.g. 0), "
-                         f"got {args.split_seed}")
+                         f"or left out to use the model card's; got {args.split_seed}")
     check_out_not_in_input(args.out, args.data, example="eval_ae")
     check_out_folder(args.out)
     if args.threads:
@@ -48,9 +49,11 @@ def _run(args: argparse.Namespace) -> int:
         auto=not args.no_auto_alpha,
         progress=not args.no_progress,
         tta=args.tta,
+        warn=lambda note: print(f"linblur evaluate ae: warning: {note}", file=sys.stderr),
     )
     from ._groups import command_line
 
+    args.split_seed = res["data"]["split_seed"]  # the seed used (the cards' when not given): recorded explicitly
     res["command"] = command_line(args)
     md = to_markdown(res)
     print(md)
@@ -80,7 +83,9 @@ def register(subparsers) -> None:
     p.add_argument("--channel", default="w1", help="channel name or index (default w1)")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
                    help="fields of the 7:1:2 split to use (all: a separate test dataset)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the field split (default 0, as training)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the field split (default: the one the models' cards record, else 0); a seed other "
+                   "than the cards' is refused, as it would score training fields")
     p.add_argument("--max-fields", type=int, default=None, help="evaluate at most N fields")
     p.add_argument("--crop", type=int, default=None, help="central crop side (default: whole planes)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")

@@ -40,6 +40,62 @@ def synth_command(recipe: dict | None, seed, n_fields) -> str | None:
     return " ".join(parts)
 
 
+def model_config_from_args(args: argparse.Namespace) -> str | dict:
+    """The network configuration of ``--config`` and ``--model-config``, checked without building the network:
+    the name of ``--config`` alone, else its entries overridden by the ``--model-config`` JSON object.
+
+    Raises
+    ------
+    ValueError
+        ``--model-config`` is not a JSON object, has an unknown key, a value outside its accepted form, a
+        resnet-only key with arch 'paper', or ``in_channels`` other than 1; the message names ``--model-config``
+        and the key.
+
+    Examples
+    --------
+    >>> a = argparse.Namespace(config="default", model_config='{"latent_channels": 4}')
+    >>> model_config_from_args(a)["latent_channels"]
+    4
+    >>> model_config_from_args(argparse.Namespace(config="default", model_config='{"blocks": -1}'))
+    Traceback (most recent call last):
+    ...
+    ValueError: --model-config: blocks=-1: must be an int >= 0 (resnet only: residual blocks per stage), e.g. 1
+    """
+    if not args.model_config:
+        return args.config
+    import json
+
+    from napari_linblur.models.autoencoder import CONFIG_KEYS, CONFIGS, check_config
+
+    try:
+        overrides = json.loads(args.model_config)
+    except json.JSONDecodeError as err:
+        raise ValueError("--model-config must be a JSON object, "
+                         f"e.g. '{{\"channels\": [16, 32]}}' ({err})") from err
+    if not isinstance(overrides, dict):
+        raise ValueError("--model-config must be a JSON object, e.g. '{\"channels\": [16, 32]}', "
+                         f"got {args.model_config!r}")
+    unknown = sorted(set(overrides) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"--model-config: unknown key(s) {unknown}; the autoencoder's options are "
+                         f"{sorted(CONFIG_KEYS)}")
+    config = {**CONFIGS[args.config], **overrides}
+    if config.get("arch") == "paper":
+        unused = sorted(k for k in ("latent_channels", "blocks") if k in overrides)
+        if unused:
+            raise ValueError(f"--model-config: {unused} apply to arch 'resnet' only (the paper's network has "
+                             "neither); leave them out, or set \"arch\": \"resnet\"")
+    in_channels = config.get("in_channels", 1)
+    if in_channels != 1 or isinstance(in_channels, bool):
+        raise ValueError(f"--model-config: in_channels={in_channels!r}: must be 1 for train ae (every example is "
+                         "one plane of one channel; --channel w1+w2 trains both channels as separate planes)")
+    try:
+        check_config(config)
+    except ValueError as err:
+        raise ValueError(f"--model-config: {err}") from err
+    return config
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.epochs is not None and not args.epochs > 0:
         raise ValueError(f"--epochs must be positive, got {args.epochs}")
@@ -47,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--split-seed must be an int >= 0 (the seed of the 7:1:2 field split, e.g. 0), "
                          f"got {args.split_seed}")
     check_out_not_in_input(args.out, args.data)
+    config = model_config_from_args(args)  # checked before the data is read or --out is written
     from napari_linblur.training.ae import AETask, load_fields
     from napari_linblur.training.loop import is_main_process, train
 
@@ -57,24 +114,6 @@ def _run(args: argparse.Namespace) -> int:
     cmd = synth_command(data.recipe, data.seed, data.meta.get("n_fields"))
     if cmd:
         extra["data_command"] = cmd
-    config = args.config
-    if args.model_config:
-        import json
-
-        from napari_linblur.models.autoencoder import CONFIGS
-
-        try:
-            overrides = json.loads(args.model_config)
-        except json.JSONDecodeError as err:
-            raise ValueError("--model-config must be a JSON object, "
-                             f"e.g. '{{\"channels\": [16, 32]}}' ({err})") from err
-        if not isinstance(overrides, dict):
-            raise ValueError("--model-config must be a JSON object")
-        known = sorted({k for c in CONFIGS.values() for k in c} | {"in_channels"})
-        unknown = sorted(set(overrides) - set(known))
-        if unknown:
-            raise ValueError(f"--model-config: unknown key(s) {unknown}; the autoencoder's options are {known}")
-        config = {**CONFIGS[args.config], **overrides}
     task = AETask(
         data,
         config,

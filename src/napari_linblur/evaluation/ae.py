@@ -198,19 +198,155 @@ def _model_labels(models: list[str]) -> list[str]:
     return out
 
 
+def _channel_key(channel: Any, names: list[str]) -> Any:
+    """A channel name or index as the dataset's channel index where it can be resolved, else its lower-case text
+    (``"w1"``, ``0`` and ``"0"`` are one channel of a dataset whose first channel is w1)."""
+    from napari_linblur.training.ae import _channel_index
+
+    if isinstance(channel, str) and channel.isdigit():
+        channel = int(channel)
+    try:
+        return _channel_index(channel, names)
+    except ValueError:
+        return str(channel).lower()
+
+
+def _dataset_difference(rec: dict, data: str, n_total: int) -> str | None:
+    """What differs between the dataset a card's ``data`` section records and ``data``, or None when they are the
+    same: the same synthetic recipe and seed (a copy or a regeneration anywhere), else the same path, and the same
+    number of fields."""
+    import os
+
+    from napari_linblur.io.readers import synthetic_dataset_attrs
+
+    here = os.path.realpath(os.path.abspath(data))
+    attrs = synthetic_dataset_attrs(here) or {}
+    split = rec.get("split")
+    n_rec = len({int(i) for v in split.values() for i in v}) if isinstance(split, dict) else None
+    if n_rec is not None and n_rec != n_total:
+        return f"it has {n_rec} fields, --data {data} has {n_total}"
+    if rec.get("recipe") and attrs.get("recipe"):
+        if rec["recipe"] != attrs["recipe"]:
+            return f"--data {data} is a synthetic dataset of another recipe"
+        if rec.get("dataset_seed") != attrs.get("seed"):
+            return f"it was made with --seed {rec.get('dataset_seed')}, --data {data} with --seed {attrs.get('seed')}"
+        return None
+    there = rec.get("path")
+    if not there or os.path.realpath(str(there)) != here:
+        return f"--data {data} is another path"
+    return None
+
+
+def resolve_split(data: str, cards: list[tuple[str, dict]], *, channel: str | int | None = "w1", split: str = "test",
+                  split_seed: int | None = None) -> tuple[list[int], int | None, list[str]]:
+    """The fields of ``data`` to evaluate, the split seed they come from, and warnings, from the models' cards.
+
+    A model card of ``linblur train ae`` records the field split it trained on (``data.split_seed`` and
+    ``data.split``). Without ``split_seed`` the seed is the one the cards record for this dataset (0 when none
+    records one: shipped or older models); models trained on different splits of it, or an explicit
+    ``split_seed`` other than theirs, are refused, and so is any ``"test"`` or ``"val"`` field that a card records
+    among its ``train`` fields. A card of another dataset, or another channel, only warns. ``"all"`` (a separate
+    test dataset) is always allowed.
+
+    Parameters
+    ----------
+    cards : list of (str, dict)
+        ``(model, card)`` of every model, ``model`` as given to ``--model`` (it names the model in messages).
+
+    Raises
+    ------
+    ValueError
+        Naming the models, the seeds or fields that conflict, and the options that resolve it.
+    """
+    from napari_linblur.training.ae import count_fields, split_fields
+
+    if split not in ("train", "val", "test", "all"):
+        raise ValueError(f"split={split!r} (--split); use 'test', 'val', 'train' or 'all'")
+    if split_seed is not None and (isinstance(split_seed, bool) or int(split_seed) != split_seed or split_seed < 0):
+        raise ValueError(f"split_seed (--split-seed) must be an int >= 0 or None (the models' own), got {split_seed!r}")
+    n_total = count_fields(data)
+    from napari_linblur.io.readers import synthetic_dataset_attrs
+
+    names = [str(c) for c in (synthetic_dataset_attrs(data) or {}).get("channels", [])]
+    want = _channel_key(channel, names)
+    warn: list[str] = []
+    same: list[tuple[str, dict]] = []  # cards recording a split of this very dataset
+    other: list[tuple[str, dict]] = []
+    for label, card in cards:
+        rec = card.get("data") if isinstance(card, dict) else None
+        if not isinstance(rec, dict) or rec.get("split_seed") is None:
+            continue  # shipped or older models without a recorded split: nothing to check
+        diff = _dataset_difference(rec, data, n_total)
+        if diff is not None:
+            other.append((label, rec))
+            warn.append(f"--model {label} was trained on {rec.get('path')} (channel {rec.get('channel')}), not on "
+                        f"this dataset ({diff}): its recorded split does not apply to --data, whose fields it did "
+                        "not train on unless the two hold the same images; for a separate test dataset use "
+                        "--split all")
+            continue
+        same.append((label, rec))
+        trained = {_channel_key(c, names) for c in str(rec.get("channel")).split("+")}
+        if want not in trained:
+            warn.append(f"--model {label} was trained on channel {rec.get('channel')} of this dataset, --channel is "
+                        f"{channel}: scoring it on another channel (its split of the fields still applies)")
+    seeds = {label: int(rec["split_seed"]) for label, rec in same}
+    if split == "all":
+        if same:
+            warn.append("--split all scores every field of --data, the training dataset of "
+                        + ", ".join(f"--model {label}" for label in seeds)
+                        + ": it includes their training fields; --split test scores the held-out ones")
+        return list(range(n_total)), split_seed, warn
+    if split_seed is not None:
+        wrong = {label: s for label, s in seeds.items() if s != split_seed}
+        if wrong:
+            raise ValueError(
+                f"--split-seed {split_seed} is not the field split "
+                + ", ".join(f"--model {label} was trained on (--split-seed {s} in its card)" for label, s in
+                            wrong.items())
+                + f": its '{split}' fields would include training fields. Leave --split-seed out to use the "
+                "card's seed, or evaluate a separate test dataset with --split all")
+        seed = int(split_seed)
+    else:
+        pool = seeds or {label: int(rec["split_seed"]) for label, rec in other}
+        if len(set(pool.values())) > 1:
+            where = "this dataset" if seeds else "their datasets"
+            raise ValueError(
+                f"the models were trained on different field splits of {where} ("
+                + ", ".join(f"--model {label}: --split-seed {s}" for label, s in pool.items())
+                + f"), so no '{split}' fields are held out from all of them: evaluate them separately (each takes "
+                "its card's --split-seed)" + ("" if seeds else ", or choose one with --split-seed")
+                + ", or evaluate a separate test dataset with --split all")
+        seed = next(iter(pool.values())) if pool else 0
+    idx = [int(i) for i in split_fields(n_total, seed)[split]]
+    if split in ("test", "val"):
+        for label, rec in same:
+            recorded = rec.get("split")
+            train = (recorded or {}).get("train") if isinstance(recorded, dict) else None
+            if train is None:
+                train = split_fields(n_total, int(rec["split_seed"]))["train"]
+            leaked = sorted(set(idx) & {int(i) for i in train})
+            if leaked:
+                raise ValueError(
+                    f"--split {split} (--split-seed {seed}) would score fields {leaked}, which --model {label} was "
+                    "trained on (the 'train' split recorded in its card): they are not held out. Evaluate a "
+                    "separate test dataset with --split all, or use a model trained on this split")
+    return idx, seed, warn
+
+
 def evaluate_ae(
     data: str,
     models: list[str],
     *,
     channel: str | int | None = "w1",
     split: str = "test",
-    split_seed: int = 0,
+    split_seed: int | None = None,
     max_fields: int | None = None,
     crop: int | None = None,
     device: str = "auto",
     auto: bool = True,
     progress: bool = True,
     tta: int = 1,
+    warn=None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` (shipped names or ``.safetensors`` paths) on the held-out fields of ``data``.
 
@@ -222,28 +358,44 @@ def evaluate_ae(
         Model names or paths; labels in the tables are the run folder names (or the shipped names).
     split : {"test", "val", "train", "all"}
         Which fields of the 7:1:2 split (``split_seed``) to use; ``"all"`` for a separate test dataset.
+    split_seed : int, optional
+        Seed of the split; default: the one the models' cards record for this dataset, else 0. A seed other
+        than the cards', or cards that disagree, are refused (:func:`resolve_split`); ``"test"`` and ``"val"``
+        fields are never fields a card records as trained on.
     max_fields : int, optional
         Evaluate at most this many fields (the first of the split).
     crop : int, optional
         Central crop side (None = whole planes).
     tta : {1, 2, 4, 8}
         Also score pair deblurring with this self-ensemble (``deblur_pair(..., tta=)``); 1 = plain only.
+    warn : callable, optional
+        Called with each warning of :func:`resolve_split` (a model of another dataset or channel, ``"all"`` on a
+        training dataset); default :func:`warnings.warn`. They are also returned in ``["data"]["warnings"]``.
 
     Returns
     -------
     dict
         ``{"data": ..., "baselines": {...}, "models": {label: {...}}}`` with per-metric means.
     """
-    from napari_linblur.models.registry import load_model
-    from napari_linblur.training.ae import count_fields, load_fields, split_fields
+    import warnings
 
-    n_total = count_fields(data)
-    if split == "all":
-        idx = list(range(n_total))
-    elif split in ("train", "val", "test"):
-        idx = [int(i) for i in split_fields(n_total, split_seed)[split]]
-    else:
-        raise ValueError(f"split={split!r}; use 'test', 'val', 'train' or 'all'")
+    from napari_linblur.models.registry import load_model
+    from napari_linblur.training.ae import load_fields
+
+    loaded = []
+    labels = _model_labels([str(m) for m in models])
+    for m, label in zip(models, labels):
+        net = load_model(m, device=device)
+        if net.task != "ae":
+            raise ValueError(f"--model {m}: a {net.task!r} model; evaluate ae needs an 'ae' model")
+        loaded.append((label, net))
+    cards = [(str(m), getattr(net, "card", None) or {}) for m, (_, net) in zip(models, loaded)]
+    idx, split_seed, notes = resolve_split(data, cards, channel=channel, split=split, split_seed=split_seed)
+    for note in notes:
+        if warn is None:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        else:
+            warn(note)
     if max_fields is not None:
         if isinstance(max_fields, bool) or int(max_fields) != max_fields or max_fields < 1:
             raise ValueError(f"max_fields (--max-fields) must be a positive number of fields, got {max_fields!r}")
@@ -256,13 +408,6 @@ def evaluate_ae(
     c_index = 0
     if ds.recipe:
         c_index = _channel_index(channel, [c["name"] for c in ds.recipe.get("channels", [])] or ["w1"])
-    loaded = []
-    labels = _model_labels([str(m) for m in models])
-    for m, label in zip(models, labels):
-        net = load_model(m, device=device)
-        if net.task != "ae":
-            raise ValueError(f"--model {m}: a {net.task!r} model; evaluate ae needs an 'ae' model")
-        loaded.append((label, net))
     per_model: dict[str, list[dict]] = {label: [] for label, _ in loaded}
     base: list[dict] = []
     bar = None
@@ -326,7 +471,8 @@ def evaluate_ae(
     return {
         "data": {"path": str(data), "channel": channel, "split": split, "split_seed": split_seed,
                  "fields": [f.name for f in ds.fields], "planes": [int(i) for i in ds.fields[0].plane_index],
-                 "crop": crop, "psnr_units": "field-stack normalization (0.1-99.9 percentiles), data_range=1"},
+                 "crop": crop, "psnr_units": "field-stack normalization (0.1-99.9 percentiles), data_range=1",
+                 "warnings": notes},
         "baselines": baselines,
         "models": out_models,
     }
@@ -343,9 +489,12 @@ def to_markdown(res: dict[str, Any]) -> str:
     labels = list(res["models"])
     m = res["models"]
     b = res["baselines"]
+    seed = res["data"].get("split_seed")
     lines = [f"Data: `{res['data']['path']}` channel {res['data']['channel']}, split {res['data']['split']} "
-             f"({len(res['data']['fields'])} fields), planes {res['data']['planes']}; PSNR in dB "
+             + (f"of seed {seed} " if seed is not None and res["data"]["split"] != "all" else "")
+             + f"({len(res['data']['fields'])} fields), planes {res['data']['planes']}; PSNR in dB "
              f"({res['data']['psnr_units']}).", ""]
+    lines += [f"Warning: {w}" for w in res["data"].get("warnings", [])] + ([""] if res["data"].get("warnings") else [])
     lines += ["**Table 1 — latent linearity**", "", "| metric | " + " | ".join(labels) + " |",
               "|---|" + "---|" * len(labels)]
     lines.append("| LDS ↑ | " + " | ".join(_f(m[k]["lds"], 3) for k in labels) + " |")

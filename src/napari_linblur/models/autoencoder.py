@@ -29,6 +29,7 @@ Examples
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -51,6 +52,77 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "output": "linear",
     },
 }
+
+
+#: every key of a configuration, with its accepted form (the messages of :func:`check_config` quote these)
+CONFIG_KEYS: dict[str, str] = {
+    "arch": "'paper' or 'resnet'",
+    "channels": "a non-empty list of positive ints, e.g. [16, 32]",
+    "latent_channels": "an int >= 1 (resnet only), e.g. 8",
+    "blocks": "an int >= 0 (resnet only: residual blocks per stage), e.g. 1",
+    "norm": "'batch', 'group' or 'none'",
+    "output": "'sigmoid' or 'linear'",
+    "in_channels": "an int >= 1 (1 for a fluorescence plane)",
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A checked, completed copy of a :class:`LinearLatentAE` configuration (the keyword arguments after a named
+    config is expanded): defaults filled in, every value checked before any layer is built.
+
+    Raises
+    ------
+    ValueError
+        An unknown key, or a value outside its accepted form; the message names the key and the form.
+
+    Examples
+    --------
+    >>> check_config({"channels": [8, 16]})["latent_channels"]
+    16
+    >>> check_config({"channels": 16})
+    Traceback (most recent call last):
+    ...
+    ValueError: channels=16: must be a non-empty list of positive ints, e.g. [16, 32]
+    """
+    unknown = sorted(set(cfg) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; the autoencoder's keys are {sorted(CONFIG_KEYS)}")
+    cfg = dict(cfg)
+    cfg.setdefault("arch", "resnet")
+    cfg.setdefault("in_channels", 1)
+    cfg.setdefault("norm", "none")
+    cfg.setdefault("output", "linear")
+    cfg.setdefault("channels", [32, 48, 64])
+    if cfg["arch"] == "resnet":
+        cfg.setdefault("blocks", 1)
+        cfg.setdefault("latent_channels", 16)
+
+    def bad(key: str) -> ValueError:
+        return ValueError(f"{key}={cfg[key]!r}: must be {CONFIG_KEYS[key]}")
+
+    for key, allowed in (("arch", ("paper", "resnet")), ("norm", ("batch", "group", "none")),
+                         ("output", ("sigmoid", "linear"))):
+        if not isinstance(cfg[key], str) or cfg[key] not in allowed:
+            raise bad(key)
+    chans = cfg["channels"]
+    if not isinstance(chans, (list, tuple)) or not chans or not all(_is_int(c) and c >= 1 for c in chans):
+        raise bad("channels")
+    cfg["channels"] = [int(c) for c in chans]
+    for key, low in (("in_channels", 1), ("latent_channels", 1), ("blocks", 0)):
+        if key in cfg and not (_is_int(cfg[key]) and cfg[key] >= low):
+            raise bad(key)
+        if key in cfg:
+            cfg[key] = int(cfg[key])
+    if cfg["norm"] == "group":  # GroupNorm(min(8, width), width) needs the width to divide into its groups
+        widths = cfg["channels"] + ([max(cfg["channels"][0] // 2, 1)] if cfg["arch"] == "paper" else [])
+        if any(w > 8 and w % 8 for w in widths):
+            raise ValueError(f"channels={cfg['channels']!r} with norm='group': every width must be at most 8 or a "
+                             "multiple of 8 (GroupNorm splits it into min(8, width) groups)")
+    return cfg
 
 
 def _norm(kind: str, ch: int) -> nn.Module:
@@ -122,22 +194,11 @@ class LinearLatentAE(nn.Module):
         else:
             cfg = {}
         cfg.update(overrides)
-        cfg.setdefault("arch", "resnet")
-        cfg.setdefault("in_channels", 1)
-        cfg.setdefault("norm", "none")
-        cfg.setdefault("output", "linear")
-        if cfg["arch"] not in ("paper", "resnet"):
-            raise ValueError(f"arch={cfg['arch']!r}; use 'paper' or 'resnet'")
-        if cfg["output"] not in ("sigmoid", "linear"):
-            raise ValueError(f"output={cfg['output']!r}; use 'sigmoid' or 'linear'")
-        chans = [int(c) for c in cfg.get("channels", [32, 48, 64])]
-        if not chans or min(chans) <= 0:
-            raise ValueError(f"channels must be a non-empty list of positive ints, got {chans}")
-        cfg["channels"] = chans
+        cfg = check_config(cfg)
+        chans = cfg["channels"]
         self.config: dict[str, Any] = cfg
         cin = int(cfg["in_channels"])
         norm = cfg["norm"]
-        _norm(norm, 8)  # validate early
         if cfg["arch"] == "paper":
             enc: list[nn.Module] = []
             prev = cin
@@ -159,8 +220,8 @@ class LinearLatentAE(nn.Module):
             self.decoder = nn.Sequential(*dec)
             self.multiple = 2 ** len(chans)
         else:
-            blocks = int(cfg.setdefault("blocks", 1))
-            lat = int(cfg.setdefault("latent_channels", 16))
+            blocks = int(cfg["blocks"])
+            lat = int(cfg["latent_channels"])
             # the stem is already strided: full-resolution residual blocks cost most and help least
             enc = [nn.Conv2d(cin, chans[0], 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
             enc += [_ResBlock(chans[0], norm) for _ in range(blocks)]
