@@ -257,6 +257,12 @@ def test_psnr_pixel_loss_is_mean_log_mse_and_weighs_clean_pairs_up():
         DeblurTask(stage=1, config=TINY, data=DeblurData(**SMALL_DATA), pixel_loss="l2")
 
 
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan")])
+def test_real_fraction_outside_0_1_is_refused_naming_it(fraction):
+    with pytest.raises(ValueError, match=r"real_fraction \(--real-fraction\) must be a fraction in \[0, 1\]"):
+        DeblurTask(stage=2, config=TINY, data=DeblurData(**SMALL_DATA), real_fraction=fraction)
+
+
 def test_two_stage_training_with_feature_loss(tmp_path):
     from napari_linblur.models.autoencoder import LinearLatentAE
 

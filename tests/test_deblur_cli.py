@@ -79,6 +79,111 @@ def test_train_deblur_two_stages_cli(tmp_path, capsys):
     assert "stage 2" in capsys.readouterr().err
 
 
+#: a tiny stage-2 run on real stacks (no --out, --steps)
+_STAGE2 = ["train", "deblur", "--stage", "2", "--config", "tiny", "--patch", "16", "--batch", "2", "--pool", "1",
+           "--device", "cpu", "--threads", "1", "--no-progress", "--ckpt-every", "1", "--val-every", "1"]
+
+
+def _stack_tif(path, side=40):
+    """A 5-plane through-focus TIFF stack of ``side x side`` px (sharpest plane in the middle)."""
+    from scipy import ndimage as ndi
+
+    sharp = ndi.gaussian_filter(np.random.default_rng(0).random((side, side)), 0.7) * 1000
+    tifffile.imwrite(path, np.stack([ndi.gaussian_filter(sharp, s) for s in (3.0, 1.5, 0.0, 1.5, 3.0)])
+                     .astype(np.float32))
+    return path
+
+
+def test_train_deblur_records_real_fraction_and_resume_keeps_it(tmp_path, capsys):
+    """--real-fraction is in the card (with the real stacks' path), so a --resume with another value is refused,
+    naming it, like every other recipe option; the same value resumes."""
+    tif = _stack_tif(tmp_path / "stack.tif")
+    out = tmp_path / "run"
+    run = [*_STAGE2, "--feature-weight", "0", "--data", str(tif), "--out", str(out)]
+    assert main([*run, "--real-fraction", "0.75", "--steps", "1"]) == 0
+    card = registry.read_card(out / "model.safetensors")
+    assert card["data"]["real_fraction"] == 0.75 and card["data"]["real_data"] == str(tif)
+    assert main([*run, "--real-fraction", "0.25", "--steps", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "data.real_fraction 0.75 -> 0.25" in err and "start a new --out" in err
+    assert main([*run, "--real-fraction", "0.75", "--steps", "2", "--resume"]) == 0
+    assert registry.read_card(out / "model.safetensors")["training"]["steps"] == 2
+
+
+def test_train_deblur_resume_with_a_relative_feature_ae_from_another_folder(tmp_path, monkeypatch, capsys):
+    """A --feature-ae file is recorded as its absolute path (a shipped name stays a name): a --resume from another
+    folder, or with another spelling of the same file, continues the run; other weights are refused. A run that
+    recorded the path as typed (before paths were made absolute) resumes with the same weights too."""
+    import shutil
+
+    from napari_linblur.models.autoencoder import LinearLatentAE
+
+    torch.manual_seed(0)
+    ae = LinearLatentAE(channels=[8, 8], latent_channels=4, blocks=1)
+    registry.save_model(ae, tmp_path / "ae.safetensors",
+                        {"architecture": "LinearLatentAE", "task": "ae", "config": ae.config})
+    (tmp_path / "elsewhere").mkdir()
+    out = tmp_path / "run"
+    run = [*_STAGE2, "--feature-weight", "0.5", "--out", str(out)]
+    monkeypatch.chdir(tmp_path)
+    assert main([*run, "--feature-ae", "ae.safetensors", "--steps", "1"]) == 0
+    card = registry.read_card(out / "model.safetensors")
+    assert card["loss"]["feature_ae"] == str(tmp_path / "ae.safetensors")
+    assert main([*run, "--feature-ae", "./ae.safetensors", "--steps", "2", "--resume"]) == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main([*run, "--feature-ae", "../ae.safetensors", "--steps", "3", "--resume"]) == 0
+    card = registry.read_card(out / "model.safetensors")
+    assert card["training"]["steps"] == 3 and card["loss"]["feature_ae"] == str(tmp_path / "ae.safetensors")
+    # the same weights under another name are the same feature space (by sha256): the card keeps the recorded name
+    shutil.copy(tmp_path / "ae.safetensors", tmp_path / "elsewhere" / "copy.safetensors")
+    assert main([*run, "--feature-ae", "copy.safetensors", "--steps", "4", "--resume"]) == 0
+    assert registry.read_card(out / "model.safetensors")["loss"]["feature_ae"] == str(tmp_path / "ae.safetensors")
+    # a run that recorded the relative spelling (before this version) resumes from another folder
+    _edit_recorded_card(out / "checkpoint.safetensors", lambda c: c["loss"].update(feature_ae="ae.safetensors"))
+    assert main([*run, "--feature-ae", str(tmp_path / "ae.safetensors"), "--steps", "5", "--resume"]) == 0
+    assert registry.read_card(out / "model.safetensors")["loss"]["feature_ae"] == "ae.safetensors"
+    # other weights are another run: refused, naming them
+    torch.manual_seed(1)
+    other = LinearLatentAE(channels=[8, 8], latent_channels=4, blocks=1)
+    registry.save_model(other, tmp_path / "other.safetensors",
+                        {"architecture": "LinearLatentAE", "task": "ae", "config": other.config})
+    assert main([*run, "--feature-ae", "../other.safetensors", "--steps", "6", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "loss.feature_ae 'ae.safetensors' -> " in err and "loss.feature_ae_sha256" in err
+
+
+def _edit_recorded_card(ckpt, edit):
+    """Rewrite the task card recorded in a checkpoint with ``edit(card)`` (a card of an earlier version)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    card = json.loads(meta["card"])
+    edit(card)
+    meta["card"] = json.dumps(card)
+    save_file(tensors, str(ckpt), metadata=meta)
+
+
+@pytest.mark.parametrize("side", [24, 12])
+def test_train_deblur_refuses_a_patch_larger_than_the_real_planes(tmp_path, capsys, side):
+    """--data planes smaller than --patch: a ValueError naming --patch, the plane size and the patch that fits,
+    before any file is written (it was numpy's 'high <= 0' from the first batch)."""
+    from napari_linblur.training.deblur import DeblurData, DeblurTask
+
+    tif = _stack_tif(tmp_path / "small.tif", side=side)
+    out = tmp_path / "run"
+    assert main([*_STAGE2, "--patch", "32", "--feature-weight", "0", "--data", str(tif), "--out", str(out),
+                 "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"has planes of {side} x {side} px, smaller than the --patch 32 px training patch" in err
+    assert ("give --patch 24 or less" if side == 24 else "train on larger images") in err and not out.exists()
+    with pytest.raises(ValueError, match="--patch"):
+        DeblurTask(stage=2, config="tiny", data=DeblurData(patch=32, batch=2, pool=1), real_data=str(tif),
+                   val_size=1)
+
+
 def test_evaluate_deblur_cli(tmp_path, tiny_model):
     out = tmp_path / "ev"
     assert main(["evaluate", "deblur", "--model", str(tiny_model), "--ablation", f"copy={tiny_model}", "--n", "1",

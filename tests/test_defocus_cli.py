@@ -182,6 +182,7 @@ def test_train_cli_and_resume(tmp_path):
     assert main(args12) == 0
     card = registry.load_model(out12 / "model.safetensors", device="cpu").card
     assert list(card["data"]["recipe"]["sigma_range"]) == [0.0, 12.0]
+    assert card["output"].endswith("trained on [0, 12]")
     assert main([*args12[:-2], "--out", str(tmp_path / "bad2"), "--sigma-max", "0"]) == 2
     # --low-contrast P is recorded in the recipe
     outlc = tmp_path / "lc"
@@ -199,6 +200,39 @@ def test_train_cli_and_resume(tmp_path):
     for bad in (["0", "100"], ["5000", "100"], ["-1", "-1"]):
         assert main([*args12[:-2], "--out", str(tmp_path / "badph"), "--photons", *bad]) == 2
     assert not (tmp_path / "badph").exists()
+
+
+def test_card_output_names_the_trained_sigma_range(tmp_path, capsys):
+    """The card's ``output`` names the σ range of the recipe (--sigma-max), not always [0, 10]; a run recorded
+    before it did (its card said [0, 10] whatever the range) still resumes."""
+    assert DefocusTask(TINY, _data()).card()["output"].endswith("trained on [0, 10]")  # the shipped model's words
+    assert DefocusTask(TINY, _data(sigma_range=(0.5, 12.0))).card()["output"].endswith("trained on [0.5, 12]")
+    out = tmp_path / "run"
+    args = ["train", "defocus", *_TINY_RUN, "--width", "4", "--sigma-max", "12", "--out", str(out)]
+    assert main([*args, "--steps", "1"]) == 0
+    card = registry.read_card(out / "model.safetensors")
+    assert card["output"] == "sigma (px) of the equivalent Gaussian PSF per pixel, trained on [0, 12]"
+    _edit_recorded_card(out / "checkpoint.safetensors", lambda c: c.update(output=c["output"].replace("12", "10")))
+    assert main([*args, "--steps", "2", "--resume"]) == 0
+    assert registry.read_card(out / "model.safetensors")["output"].endswith("trained on [0, 12]")
+    # the σ range itself is still part of the run
+    assert main(["train", "defocus", *_TINY_RUN, "--width", "4", "--sigma-max", "11", "--out", str(out),
+                 "--steps", "3", "--resume"]) == 2
+    assert "data.recipe.sigma_range [0.0, 12.0] -> [0.0, 11.0]" in capsys.readouterr().err
+
+
+def _edit_recorded_card(ckpt, edit):
+    """Rewrite the task card recorded in a checkpoint with ``edit(card)`` (a card of an earlier version)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    card = json.loads(meta["card"])
+    edit(card)
+    meta["card"] = json.dumps(card)
+    save_file(tensors, str(ckpt), metadata=meta)
 
 
 def test_full_range_maps_and_unchanged_default():
@@ -464,10 +498,24 @@ def test_batchnorm_re_estimated_by_the_loop_unless_cancelled(tmp_path):
     card = registry.read_card(done.model_path)
     assert card["bn_recalibration"] == {"batches": 3, "batch_size": 2}
     assert card["validation"] == done.metrics and "validation_before_bn_recalibration" in card
+
+    def validation_of_saved(res):  # the validation of the weights the run saved (BatchNorm statistics included)
+        with torch.no_grad():
+            return DefocusTask(cfg, _data(), seed=0).validate(registry.load_model(res.model_path, device="cpu").eval())
+
+    assert card["validation"] == pytest.approx(validation_of_saved(done), rel=1e-6)
     stopped = train(DefocusTask(cfg, _data(), seed=0, bn_batches=3),
                     TrainConfig(out=str(tmp_path / "b"), steps=2, device="cpu", progress=False),
                     should_stop=lambda: True)  # a cancel: the loop saves at once, without the last pass
     assert not stopped.finished and "bn_recalibration" not in registry.read_card(stopped.model_path)
+    # cancelled after a periodic validation (step 2), at step 3: the card validates the step-3 weights it saved
+    calls = iter(range(10))
+    mid = train(DefocusTask(cfg, _data(), seed=0, bn_batches=3),
+                TrainConfig(out=str(tmp_path / "c"), steps=4, val_every=2, device="cpu", progress=False, threads=1),
+                should_stop=lambda: next(calls) >= 3)
+    card = registry.read_card(mid.model_path)
+    assert mid.steps_done == card["training"]["steps"] == 3 and "bn_recalibration" not in card
+    assert card["validation"] == mid.metrics == pytest.approx(validation_of_saved(mid), rel=1e-6)
     with pytest.raises(ValueError, match="bn_batches must be >= 0"):
         DefocusTask(cfg, _data(), bn_batches=-1)
 

@@ -135,8 +135,12 @@ def test_ctrl_c_or_sigterm_saves_the_step_reached_and_resume_is_exact(tmp_path, 
     assert isinstance(info.value, KeyboardInterrupt) and info.value.signal_name == signame
     assert info.value.result.steps_done == 13 and not info.value.result.finished
     assert signal.getsignal(signum) is before
-    card = registry.load_model(tmp_path / "part" / "model.safetensors", device="cpu").card
+    saved = registry.load_model(tmp_path / "part" / "model.safetensors", device="cpu")
+    card = saved.card
     assert card["training"]["steps"] == 13 and card["training"]["finished"] is False
+    # its validation is that of the step-13 weights it saved, not the step-10 validation
+    assert card["validation"] == pytest.approx(ToyTask().validate(saved.eval()), rel=1e-6)
+    assert info.value.result.metrics == card["validation"]
     resumed = train(ToyTask(), _cfg(tmp_path / "part", resume=True))
     assert resumed.finished and resumed.steps_done == 30
     _assert_same_weights(full.model_path, resumed.model_path)
@@ -412,6 +416,34 @@ def _drop_recorded_card(ckpt):
         meta = {k: v for k, v in f.metadata().items() if k not in ("card", "commands")}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     save_file(tensors, str(ckpt), metadata=meta)
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_a_run_stopped_between_validations_records_the_validation_of_its_saved_weights(tmp_path, ema):
+    """A run stopped (should_stop, as the GUI's cancel, a signal or --max-minutes) after a periodic validation: the
+    card's validation and the result's metrics are those of the weights it saved at the step it reached, not of
+    the last periodic validation; a resumed session that stops between validations too does the same."""
+    run = tmp_path / "r"
+
+    def check(res, steps):
+        model = registry.load_model(res.model_path, device="cpu").eval()
+        card = model.card
+        assert res.steps_done == card["training"]["steps"] == steps and not res.finished
+        with torch.no_grad():
+            assert card["validation"] == pytest.approx(ToyTask().validate(model), rel=1e-6)
+        assert res.metrics == card["validation"]
+        logged = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+        periodic = [r["val_loss"] for r in logged if "val_loss" in r]
+        assert periodic and card["validation"]["val_loss"] != pytest.approx(periodic[-1], rel=1e-6)
+
+    # validations at steps 10, 20, 30; stopped at 15
+    check(train(ToyTask(), _cfg(run, ema=ema), should_stop=_stop_after(15)), 15)
+    # resumed, validated at 20, stopped at 22
+    check(train(ToyTask(), _cfg(run, ema=ema, resume=True), should_stop=_stop_after(7)), 22)
+    # a run that ends at its last step keeps the validation of that step (measured once, logged)
+    done = train(ToyTask(), _cfg(run, ema=ema, resume=True))
+    assert done.finished and done.metrics["val_loss"] == json.loads(
+        (run / "log.jsonl").read_text().splitlines()[-1])["val_loss"]
 
 
 def test_resume_refuses_changed_task_options_and_names_them(tmp_path):

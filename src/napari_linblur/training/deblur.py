@@ -302,6 +302,7 @@ class RealStackPairs:
     def __init__(self, path: str, *, focus_index: int | None = None, max_offset: int = 4, channel=None):
         from napari_linblur.io.readers import open_zstacks
 
+        self.path = os.fspath(path)
         self.stacks = []
         for arr in open_zstacks(path, channel=channel):  # a ``linblur synth`` dataset: one stack per field
             arr = np.asarray(arr, dtype=np.float32)
@@ -318,9 +319,40 @@ class RealStackPairs:
                 self.focus.append(int(np.argmax([_var_laplacian(pl) for pl in st])))
         self.max_offset = max_offset
 
+    def check_patch(self, patch: int) -> None:
+        """The training patch must fit in every plane of the stacks.
+
+        Raises
+        ------
+        ValueError
+            naming ``--patch``, the smallest plane size and the largest patch that fits.
+
+        Examples
+        --------
+        >>> pairs = RealStackPairs.__new__(RealStackPairs)
+        >>> pairs.path, pairs.stacks = "s.tif", [np.zeros((3, 40, 24), np.float32)]
+        >>> pairs.check_patch(24)
+        >>> pairs.check_patch(32)  # doctest: +NORMALIZE_WHITESPACE
+        Traceback (most recent call last):
+        ...
+        ValueError: --data s.tif has planes of 40 x 24 px, smaller than the --patch 32 px training patch: give
+        --patch 24 or less (a multiple of 8, >= 16), or train on larger images
+        """
+        if not self.stacks:
+            raise ValueError(f"--data {self.path}: no z-stack found")
+        h, w = min(int(st.shape[-2]) for st in self.stacks), min(int(st.shape[-1]) for st in self.stacks)
+        if h < patch or w < patch:
+            fits = min(h, w) // 8 * 8
+            hint = (f"give --patch {fits} or less (a multiple of 8, >= 16), or train on larger images" if fits >= 16
+                    else "--patch is at least 16 px: train on larger images")
+            raise ValueError(f"--data {self.path} has planes of {h} x {w} px, smaller than the --patch {patch} px "
+                             f"training patch: {hint}")
+
     def pair(self, rng: np.random.Generator, patch: int) -> tuple[np.ndarray, np.ndarray, dict]:
         i = int(rng.integers(0, len(self.stacks)))
         st, f = self.stacks[i], self.focus[i]
+        if st.shape[-2] < patch or st.shape[-1] < patch:
+            self.check_patch(patch)  # the error that names --patch and the plane size
         offsets = [o for o in range(-self.max_offset, self.max_offset + 1) if o and 0 <= f + o < st.shape[0]]
         if not offsets:
             raise ValueError("the stacks have a single plane; stage 2 needs planes around the focus")
@@ -482,12 +514,17 @@ class DeblurTask(StartsFromInit):
             raise ValueError(f"feature_weight (--feature-weight) must be a finite number >= 0, got {feature_weight}")
         if not 0.0 <= replay <= 1.0:
             raise ValueError(f"replay must be in [0, 1], got {replay}")
+        if not (math.isfinite(real_fraction) and 0.0 <= real_fraction <= 1.0):
+            raise ValueError(f"real_fraction (--real-fraction) must be a fraction in [0, 1], got {real_fraction}")
         self.replay = float(replay)
         self.stage, self.config, self.seed = stage, dict(config), int(seed)
         self.data = data or DeblurData()
+        self.data.validate()
         self.init, self.feature_weight = init, float(feature_weight)
-        self.renderer = _Renderer(self.data, self.seed)
         self.real = RealStackPairs(real_data) if real_data else None
+        if self.real is not None:  # before the pool is rendered: a patch larger than the planes is refused at once
+            self.real.check_patch(self.data.patch)
+        self.renderer = _Renderer(self.data, self.seed)
         # absolute: the card records it, and --resume from another folder or spelling is the same data
         self.real_data = os.path.abspath(os.fspath(real_data)) if real_data else None
         self.real_fraction = float(real_fraction)
@@ -507,7 +544,9 @@ class DeblurTask(StartsFromInit):
         from napari_linblur.models import registry
 
         if feature_ae is None or isinstance(feature_ae, (str, Path)):
-            name = str(feature_ae) if feature_ae is not None else registry.DEFAULTS["ae"]
+            # a shipped name stays a name, a file its absolute path: the card records it, and a --resume from
+            # another folder or with another spelling of the path names the same weights
+            name = registry.model_arg(feature_ae) if feature_ae is not None else registry.DEFAULTS["ae"]
             ae = registry.load_model(name, device="cpu")
             self._ae_name = name
             self._ae_sha = registry.sha256_file(registry._locate(name)[0])  # the card names the weights by content
@@ -522,6 +561,15 @@ class DeblurTask(StartsFromInit):
             prm.requires_grad_(False)
         self._ae = ae
         self._encoder = feature_encoder(ae)
+
+    def resume_from(self, card: dict) -> None:
+        """Before a ``--resume`` (:meth:`StartsFromInit.resume_from`); the card also keeps the feature
+        autoencoder's name as the run recorded it when this session's ``feature_ae`` is the same weights (by
+        sha256), e.g. a relative path recorded by a version before paths were made absolute."""
+        super().resume_from(card)
+        loss = card.get("loss") if isinstance(card.get("loss"), dict) else {}
+        if self._ae_sha is not None and loss.get("feature_ae_sha256") == self._ae_sha and loss.get("feature_ae"):
+            self._ae_name = str(loss["feature_ae"])
 
     def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if self.stage == 1 or (self.replay > 0 and rng.random() < self.replay):
@@ -636,6 +684,9 @@ class DeblurTask(StartsFromInit):
             "data": {
                 "recipe": self.data.to_dict(),
                 "seed": self.seed,
+                # stage 2: the real stacks (absolute path) and the fraction of pairs drawn from them
+                "real_data": self.real_data,
+                "real_fraction": self.real_fraction if self.real_data else None,
                 "stage1": "optics pairs: through-focus PSF (OpticalSetup) or render_spatially_varying over cell "
                 "fields and pixel-shuffled content, Poisson-Gaussian noise; target = the sharp field",
                 "stage2": "captured-style z_k -> z_0 pairs (sub-pixel misalignment, exposure change, noisier input)"

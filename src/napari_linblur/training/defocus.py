@@ -501,9 +501,11 @@ class DefocusTask(StartsFromInit):
     """
 
     name = "defocus"
-    #: card entries a --resume may see change: the pool's rendering time is measured, not an option (the starting
-    #: weights' provenance is the one recorded with the run: :meth:`StartsFromInit.resume_from`)
-    resume_ignore = ("data.pool_seconds",)
+    #: card entries a --resume may see change: the pool's rendering time is measured, not an option, and the
+    #: ``output`` line is written from the recipe's σ range (compared as ``data.recipe.sigma_range``; runs started
+    #: before it named the range said [0, 10] whatever it was); the starting weights' provenance is the one recorded
+    #: with the run (:meth:`StartsFromInit.resume_from`)
+    resume_ignore = ("data.pool_seconds", "output")
 
     def __init__(self, model_config: dict, data: DefocusDataConfig | None = None, *, seed: int = 0,
                  config_name: str = "custom", log=None, init: str | None = None, bn_batches: int = 64):
@@ -649,7 +651,8 @@ class DefocusTask(StartsFromInit):
             "config": dict(self.model_config),
             "config_name": self.config_name,
             "init": self.init_record(),
-            "output": "sigma (px) of the equivalent Gaussian PSF per pixel, trained on [0, 10]",
+            "output": "sigma (px) of the equivalent Gaussian PSF per pixel, trained on "
+                      f"[{self.data.sigma_range[0]:g}, {self.data.sigma_range[1]:g}]",
             "normalization": {"kind": "fit_normalization per plane", "low_percentile": LOW_PERCENTILE,
                               "high_percentile": HIGH_PERCENTILE},
             **({"noise_input": {"channel": CHANNEL_DOC, "camera": "calibration given by the user, else "

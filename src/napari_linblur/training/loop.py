@@ -632,6 +632,8 @@ def train(
     Returns
     -------
     TrainResult
+        Its ``metrics``, like the card's ``validation``, are those of the saved weights: a run that stops (or a
+        session that ends) between two periodic validations validates the step it reached.
 
     Raises
     ------
@@ -726,6 +728,7 @@ def train(
     t0 = time.perf_counter() - elapsed0
     budget_t0 = time.perf_counter()  # --max-minutes is this session's budget: a --resume gets a new one
     last_val: dict[str, float] = {}
+    val_step: int | None = None  # the step whose weights last_val measured
     step = start
     finished = True
     cancelled = False
@@ -770,8 +773,7 @@ def train(
                 running, n_running = {}, 0
                 if do_val:
                     model.eval()
-                    with torch.no_grad(), autocast_context(device, cfg.amp):
-                        last_val = {k: float(v) for k, v in task.validate(ema_model or model).items()}
+                    last_val, val_step = _validation(task, ema_model or model, device, cfg.amp), step
                     model.train()
                     record.update(last_val)
                 with open(out / "log.jsonl", "a") as f:
@@ -791,9 +793,8 @@ def train(
             _write_csv(out)
             model.eval()
             final = ema_model if ema_model is not None else model
-            if not last_val:
-                with torch.no_grad():
-                    last_val = {k: float(v) for k, v in task.validate(final).items()}
+            if val_step != step:  # a run stopped (or resumed) between two validations: measure the saved weights
+                last_val, val_step = _validation(task, final, device, cfg.amp), step
             card = dict(task.card())
             card.setdefault("task", task.name)
             finalize = getattr(task, "finalize", None)
@@ -830,6 +831,17 @@ def train(
                 f"{signals.received} at step {step} of {cfg.steps}: {out / CHECKPOINT} and {out / MODEL} hold "
                 f"this state; continue with the same command and --resume", result, signals.received)
     return result
+
+
+def _validation(task: Task, model, device, amp: str) -> dict[str, float]:
+    """``task.validate(model)`` as plain floats, without gradients and in the run's precision (``amp``): the same
+    measurement for the periodic validations and for the weights a run saves."""
+    import torch
+
+    from napari_linblur.inference.device import autocast_context
+
+    with torch.no_grad(), autocast_context(device, amp):
+        return {k: float(v) for k, v in task.validate(model).items()}
 
 
 def hardware_description(device) -> dict[str, Any]:
