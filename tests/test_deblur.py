@@ -430,14 +430,27 @@ def test_stage2_pairs_from_real_stacks(tmp_path):
 def test_stage2_pairs_from_a_synth_dataset_use_every_field(tmp_path):
     """A ``linblur synth`` dataset (one image group per field, as README's first command makes) is read as
     stacks, one per field and channel, like the autoencoder and defocus trainers read it."""
+    from scipy import ndimage as ndi
+
     from napari_linblur.io.readers import open_zstack
     from napari_linblur.synth import get_recipe, write_synthetic_dataset
 
     path = write_synthetic_dataset(tmp_path / "d.zarr", get_recipe("training", shape=(40, 40)), fields=2, seed=0,
                                    progress=False)
-    pairs = RealStackPairs(str(path), channel=0)
+    pairs = RealStackPairs(str(path), channel=0, max_offset=2)
     assert len(pairs.stacks) == 2 and len(pairs.focus) == 2
-    np.testing.assert_array_equal(pairs.stacks[1], np.asarray(open_zstack(path / "field_001", channel=0)))
+    whole = np.asarray(open_zstack(path / "field_001", channel=0))
+    # only the planes a pair can use are held: focus ± max_offset, from the whole stack's focus
+    f, lo = pairs.focus[1], pairs.first[1]
+    assert f == int(np.argmax([ndi.laplace(p.astype(np.float64)).var() for p in whole]))
+    assert lo == max(0, f - 2) and pairs.n_planes[1] == len(whole)
+    np.testing.assert_array_equal(pairs.stacks[1], whole[lo : min(len(whole), f + 3)])
+    one = RealStackPairs(str(path / "field_001"), channel=0, max_offset=2)
+    for seed in range(12):  # pairs are crops of whole-stack planes: the in-focus one and one 1-2 planes away
+        b, t, info = one.pair(np.random.default_rng(seed), 32)
+        assert 1 <= abs(info["plane"] - f) <= 2
+        assert any(np.array_equal(t, whole[f, y:y + 32, x:x + 32]) and
+                   np.array_equal(b, whole[info["plane"], y:y + 32, x:x + 32]) for y in range(9) for x in range(9))
     blurry, target, info = pairs.pair(np.random.default_rng(0), 32)
     assert blurry.shape == target.shape == (32, 32)
 

@@ -303,21 +303,30 @@ class RealStackPairs:
         from napari_linblur.io.readers import open_zstacks
 
         self.path = os.fspath(path)
-        self.stacks = []
+        self.max_offset = max_offset
+        # Only the planes a pair can use (focus ± max_offset) are kept in memory, as float32; the stacks are read
+        # lazily, one plane at a time to find the focus (a whole BBBC006 plate as float32 would be ~38 GB).
+        self.stacks: list[np.ndarray] = []  # per stack: its planes first[i] .. first[i] + len - 1
+        self.first: list[int] = []
+        self.n_planes: list[int] = []
+        self.focus: list[int] = []  # the in-focus plane's index in the whole stack
         for arr in open_zstacks(path, channel=channel):  # a ``linblur synth`` dataset: one stack per field
-            arr = np.asarray(arr, dtype=np.float32)
             if arr.ndim < 3:
                 raise ValueError(f"--data {path}: expected a z-stack (..., Z, Y, X), got shape {arr.shape}")
-            self.stacks.extend(arr.reshape((-1,) + arr.shape[-3:]))
-        self.focus = []
-        for st in self.stacks:
-            if focus_index is not None:
-                if not 0 <= focus_index < st.shape[0]:
-                    raise ValueError(f"focus_index={focus_index} is outside the stack's {st.shape[0]} planes")
-                self.focus.append(int(focus_index))
-            else:
-                self.focus.append(int(np.argmax([_var_laplacian(pl) for pl in st])))
-        self.max_offset = max_offset
+            flat = arr.reshape((-1,) + tuple(arr.shape[-3:]))
+            for st in flat:
+                n = int(st.shape[0])
+                if focus_index is not None:
+                    if not 0 <= focus_index < n:
+                        raise ValueError(f"focus_index={focus_index} is outside the stack's {n} planes")
+                    f = int(focus_index)
+                else:
+                    f = int(np.argmax([_var_laplacian(np.asarray(st[z], dtype=np.float32)) for z in range(n)]))
+                lo, hi = max(0, f - max_offset), min(n, f + max_offset + 1)
+                self.stacks.append(np.asarray(st[lo:hi], dtype=np.float32))
+                self.first.append(lo)
+                self.n_planes.append(n)
+                self.focus.append(f)
 
     def check_patch(self, patch: int) -> None:
         """The training patch must fit in every plane of the stacks.
@@ -350,16 +359,17 @@ class RealStackPairs:
 
     def pair(self, rng: np.random.Generator, patch: int) -> tuple[np.ndarray, np.ndarray, dict]:
         i = int(rng.integers(0, len(self.stacks)))
-        st, f = self.stacks[i], self.focus[i]
+        st, f, lo = self.stacks[i], self.focus[i], self.first[i]
         if st.shape[-2] < patch or st.shape[-1] < patch:
             self.check_patch(patch)  # the error that names --patch and the plane size
-        offsets = [o for o in range(-self.max_offset, self.max_offset + 1) if o and 0 <= f + o < st.shape[0]]
+        offsets = [o for o in range(-self.max_offset, self.max_offset + 1) if o and 0 <= f + o < self.n_planes[i]]
         if not offsets:
             raise ValueError("the stacks have a single plane; stage 2 needs planes around the focus")
         k = f + offsets[int(rng.integers(0, len(offsets)))]
         y = int(rng.integers(0, st.shape[-2] - patch + 1))
         x = int(rng.integers(0, st.shape[-1] - patch + 1))
-        return st[k, y : y + patch, x : x + patch], st[f, y : y + patch, x : x + patch], {"kind": "real", "plane": k}
+        return (st[k - lo, y : y + patch, x : x + patch], st[f - lo, y : y + patch, x : x + patch],
+                {"kind": "real", "plane": k})
 
 
 def _var_laplacian(img: np.ndarray) -> float:
