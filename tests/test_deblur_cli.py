@@ -10,6 +10,7 @@ import torch
 from napari_linblur.cli.main import main
 from napari_linblur.models import registry
 from napari_linblur.models.drbnet import DRBNet
+from training_helpers import edit_recorded_card
 
 TINY = {"widths": (8, 8, 8), "kernel_size": 3, "blocks": 1}
 
@@ -139,7 +140,7 @@ def test_train_deblur_resume_with_a_relative_feature_ae_from_another_folder(tmp_
     assert main([*run, "--feature-ae", "copy.safetensors", "--steps", "4", "--resume"]) == 0
     assert registry.read_card(out / "model.safetensors")["loss"]["feature_ae"] == str(tmp_path / "ae.safetensors")
     # a run that recorded the relative spelling (before this version) resumes from another folder
-    _edit_recorded_card(out / "checkpoint.safetensors", lambda c: c["loss"].update(feature_ae="ae.safetensors"))
+    edit_recorded_card(out / "checkpoint.safetensors", lambda c: c["loss"].update(feature_ae="ae.safetensors"))
     assert main([*run, "--feature-ae", str(tmp_path / "ae.safetensors"), "--steps", "5", "--resume"]) == 0
     assert registry.read_card(out / "model.safetensors")["loss"]["feature_ae"] == "ae.safetensors"
     # other weights are another run: refused, naming them
@@ -150,20 +151,6 @@ def test_train_deblur_resume_with_a_relative_feature_ae_from_another_folder(tmp_
     assert main([*run, "--feature-ae", "../other.safetensors", "--steps", "6", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "loss.feature_ae 'ae.safetensors' -> " in err and "loss.feature_ae_sha256" in err
-
-
-def _edit_recorded_card(ckpt, edit):
-    """Rewrite the task card recorded in a checkpoint with ``edit(card)`` (a card of an earlier version)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(ckpt), framework="pt") as f:
-        meta = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    card = json.loads(meta["card"])
-    edit(card)
-    meta["card"] = json.dumps(card)
-    save_file(tensors, str(ckpt), metadata=meta)
 
 
 @pytest.mark.parametrize("side", [24, 12])

@@ -19,6 +19,7 @@ from napari_linblur.training.defocus import (
     make_sample,
     render_sample,
 )
+from training_helpers import edit_recorded_card
 
 
 def test_batches_deterministic_in_seed_and_step():
@@ -212,27 +213,13 @@ def test_card_output_names_the_trained_sigma_range(tmp_path, capsys):
     assert main([*args, "--steps", "1"]) == 0
     card = registry.read_card(out / "model.safetensors")
     assert card["output"] == "sigma (px) of the equivalent Gaussian PSF per pixel, trained on [0, 12]"
-    _edit_recorded_card(out / "checkpoint.safetensors", lambda c: c.update(output=c["output"].replace("12", "10")))
+    edit_recorded_card(out / "checkpoint.safetensors", lambda c: c.update(output=c["output"].replace("12", "10")))
     assert main([*args, "--steps", "2", "--resume"]) == 0
     assert registry.read_card(out / "model.safetensors")["output"].endswith("trained on [0, 12]")
     # the σ range itself is still part of the run
     assert main(["train", "defocus", *_TINY_RUN, "--width", "4", "--sigma-max", "11", "--out", str(out),
                  "--steps", "3", "--resume"]) == 2
     assert "data.recipe.sigma_range [0.0, 12.0] -> [0.0, 11.0]" in capsys.readouterr().err
-
-
-def _edit_recorded_card(ckpt, edit):
-    """Rewrite the task card recorded in a checkpoint with ``edit(card)`` (a card of an earlier version)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(ckpt), framework="pt") as f:
-        meta = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    card = json.loads(meta["card"])
-    edit(card)
-    meta["card"] = json.dumps(card)
-    save_file(tensors, str(ckpt), metadata=meta)
 
 
 def test_full_range_maps_and_unchanged_default():
