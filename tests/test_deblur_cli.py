@@ -135,14 +135,17 @@ def test_train_deblur_resume_with_a_relative_feature_ae_from_another_folder(tmp_
     assert main([*run, "--feature-ae", "../ae.safetensors", "--steps", "3", "--resume"]) == 0
     card = registry.read_card(out / "model.safetensors")
     assert card["training"]["steps"] == 3 and card["loss"]["feature_ae"] == str(tmp_path / "ae.safetensors")
-    # the same weights under another name are the same feature space (by sha256): the card keeps the recorded name
+    # the same weights under another name are the same feature space (checked by sha256): the card names the file
+    # this session read
     shutil.copy(tmp_path / "ae.safetensors", tmp_path / "elsewhere" / "copy.safetensors")
     assert main([*run, "--feature-ae", "copy.safetensors", "--steps", "4", "--resume"]) == 0
-    assert registry.read_card(out / "model.safetensors")["loss"]["feature_ae"] == str(tmp_path / "ae.safetensors")
+    card = registry.read_card(out / "model.safetensors")
+    assert card["loss"]["feature_ae"] == str(tmp_path / "elsewhere" / "copy.safetensors")
+    assert card["loss"]["feature_ae_sha256"] == registry.sha256_file(tmp_path / "ae.safetensors")
     # a run that recorded the relative spelling (before this version) resumes from another folder
     edit_recorded_card(out / "checkpoint.safetensors", lambda c: c["loss"].update(feature_ae="ae.safetensors"))
     assert main([*run, "--feature-ae", str(tmp_path / "ae.safetensors"), "--steps", "5", "--resume"]) == 0
-    assert registry.read_card(out / "model.safetensors")["loss"]["feature_ae"] == "ae.safetensors"
+    assert registry.read_card(out / "model.safetensors")["loss"]["feature_ae"] == str(tmp_path / "ae.safetensors")
     # other weights are another run: refused, naming them
     torch.manual_seed(1)
     other = LinearLatentAE(channels=[8, 8], latent_channels=4, blocks=1)
@@ -150,7 +153,7 @@ def test_train_deblur_resume_with_a_relative_feature_ae_from_another_folder(tmp_
                         {"architecture": "LinearLatentAE", "task": "ae", "config": other.config})
     assert main([*run, "--feature-ae", "../other.safetensors", "--steps", "6", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "loss.feature_ae 'ae.safetensors' -> " in err and "loss.feature_ae_sha256" in err
+    assert "loss.feature_ae_sha256" in err and registry.sha256_file(tmp_path / "other.safetensors") in err
 
 
 @pytest.mark.parametrize("side", [24, 12])

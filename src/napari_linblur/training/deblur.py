@@ -503,6 +503,9 @@ class DeblurTask(StartsFromInit):
 
     name = "deblur"
     PIXEL_LOSSES = ("l1", "psnr")
+    #: the feature autoencoder is checked by content (``loss.feature_ae_sha256``): how its path is spelled (relative
+    #: in runs recorded before paths were made absolute) may change across a --resume
+    resume_ignore = ("loss.feature_ae",)
 
     def __init__(self, *, stage: int = 1, config: dict | str = "default", data: DeblurData | None = None,
                  seed: int = 0, init: str | None = None, feature_weight: float = 0.0, feature_ae: Any = None,
@@ -571,15 +574,6 @@ class DeblurTask(StartsFromInit):
             prm.requires_grad_(False)
         self._ae = ae
         self._encoder = feature_encoder(ae)
-
-    def resume_from(self, card: dict) -> None:
-        """Before a ``--resume`` (:meth:`StartsFromInit.resume_from`); the card also keeps the feature
-        autoencoder's name as the run recorded it when this session's ``feature_ae`` is the same weights (by
-        sha256), e.g. a relative path recorded by a version before paths were made absolute."""
-        super().resume_from(card)
-        loss = card.get("loss") if isinstance(card.get("loss"), dict) else {}
-        if self._ae_sha is not None and loss.get("feature_ae_sha256") == self._ae_sha and loss.get("feature_ae"):
-            self._ae_name = str(loss["feature_ae"])
 
     def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if self.stage == 1 or (self.replay > 0 and rng.random() < self.replay):
