@@ -593,3 +593,58 @@ def test_under_torchrun_only_rank_0_prints_the_summary(tmp_path, request, monkey
     assert main([*_tiny_command(what, tmp_path, request), "--steps", "2", "--out", str(tmp_path / "r")]) == 0
     printed = capsys.readouterr().out
     assert ("2 steps" in printed) if rank == 0 else (printed == "")
+
+
+def _toy_grads_step(scaler, grad_clip, loss_factor=1.0):
+    """One optimizer_step of a fresh ToyNet (seed 0) on a fixed batch; returns (stepped, weights after)."""
+    from napari_linblur.training.loop import optimizer_step
+
+    torch.manual_seed(0)
+    net = ToyNet()
+    params = list(net.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    x, y = ToyTask().batch(0)
+    loss = torch.nn.functional.l1_loss(net(x), y) * loss_factor
+    stepped = optimizer_step(loss, opt, params, scaler, grad_clip)
+    return stepped, [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("grad_clip", [None, 1e-3])
+def test_a_loss_scaled_step_updates_as_the_unscaled_one_and_clips_unscaled_gradients(grad_clip):
+    # fp16 training scales the loss (torch.amp.GradScaler, CUDA only in the loop); the CPU scaler runs the same code
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    on = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    stepped_off, w_off = _toy_grads_step(off, grad_clip)
+    stepped_on, w_on = _toy_grads_step(on, grad_clip)
+    assert stepped_off and stepped_on
+    torch.manual_seed(0)
+    w0 = [p.detach() for p in ToyNet().parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(w_on, w0))  # it stepped
+    for a, b in zip(w_on, w_off):  # clipping saw the unscaled gradients (a clip of the scaled ones would differ)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_an_overflowing_scaled_step_is_skipped_and_lowers_the_scale():
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    stepped, w = _toy_grads_step(scaler, None, loss_factor=float("inf"))
+    torch.manual_seed(0)
+    w0 = [p.detach() for p in ToyNet().parameters()]
+    assert not stepped
+    assert all(torch.equal(a, b) for a, b in zip(w, w0))  # weights untouched
+    assert scaler.get_scale() == 2.0**11
+
+
+def test_the_loss_scale_is_checkpointed_and_restored(tmp_path):
+    from napari_linblur.training.loop import _load_checkpoint, _save_checkpoint, grad_scaler
+
+    assert not grad_scaler(torch.device("cpu"), "bf16").is_enabled()  # bf16 keeps fp32's range: no scaling
+    net = ToyNet()
+    opt = torch.optim.AdamW(net.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    _toy_grads_step(scaler, None, loss_factor=float("inf"))  # an overflow halves the scale: 2**7
+    cfg = _cfg(tmp_path)
+    _save_checkpoint(tmp_path / "ckpt.safetensors", net, opt, 5, 1.0, cfg, scaler=scaler)
+    restored = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    _load_checkpoint(tmp_path / "ckpt.safetensors", ToyNet(), torch.optim.AdamW(ToyNet().parameters()), cfg=cfg,
+                     scaler=restored)
+    assert restored.get_scale() == 2.0**7

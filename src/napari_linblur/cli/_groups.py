@@ -181,7 +181,8 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int, lr: float, ckpt
     p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
+                   help="mixed precision: bf16 (CPU or GPU) or fp16 (CUDA only, with loss scaling)")
     p.add_argument("--ckpt-every", type=int, default=ckpt_every, help="checkpoint every N steps")
     p.add_argument("--val-every", type=int, default=ckpt_every, help="validate every N steps")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.safetensors")

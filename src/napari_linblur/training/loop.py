@@ -250,7 +250,7 @@ def is_main_process() -> bool:
 
 def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cfg: TrainConfig,
                      ema_model=None, running: tuple[dict[str, float], int] | None = None,
-                     recipe: dict | None = None, sessions: list[str] | None = None) -> None:
+                     recipe: dict | None = None, sessions: list[str] | None = None, scaler=None) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -281,6 +281,8 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, cf
         "card": json.dumps(_plain(recipe if recipe is not None else {})),
         "commands": json.dumps(sessions if sessions is not None else [cfg.command]),
     }
+    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
+        meta["grad_scaler"] = json.dumps(scaler.state_dict())
     with atomic_target(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -352,14 +354,14 @@ def recipe_changes(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> 
 
 
 def _load_checkpoint(path: Path, model, optimizer, ema_model=None, cfg=None, recipe: dict | None = None,
-                     ignore: tuple[str, ...] = ()) -> tuple[int, float, dict, int, list[str]]:
+                     ignore: tuple[str, ...] = (), scaler=None) -> tuple[int, float, dict, int, list[str]]:
     """Restore a checkpoint; a damaged file, another configuration or changed options (run options or the task's
     ``recipe``, its card) are ``ValueError``s that name the checkpoint.
 
     Returns the step, elapsed seconds, partial log sums and their count, and the commands of the sessions so far.
     """
     try:
-        return _load_checkpoint_checked(path, model, optimizer, ema_model, cfg, recipe, ignore)
+        return _load_checkpoint_checked(path, model, optimizer, ema_model, cfg, recipe, ignore, scaler)
     except ValueError:
         raise
     except Exception as err:  # noqa: BLE001 - safetensors/JSON/torch errors of a damaged or foreign file
@@ -525,7 +527,7 @@ class StartsFromInit:
 
 
 def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg, recipe: dict | None = None,
-                             ignore: tuple[str, ...] = ()) -> tuple[int, float, dict, int, list[str]]:
+                             ignore: tuple[str, ...] = (), scaler=None) -> tuple[int, float, dict, int, list[str]]:
     import torch
     from safetensors import safe_open
 
@@ -558,10 +560,42 @@ def _load_checkpoint_checked(path: Path, model, optimizer, ema_model, cfg, recip
         state.setdefault(int(pid), {})[key] = v
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
+    if scaler is not None and scaler.is_enabled() and meta.get("grad_scaler"):
+        scaler.load_state_dict(json.loads(meta["grad_scaler"]))
     running = json.loads(meta.get("running") or '{"sums": {}, "n": 0}')
     sessions = json.loads(meta["commands"]) if meta.get("commands") else (
         [saved["command"]] if saved.get("command") else [])
     return int(meta["step"]), float(meta["elapsed"]), dict(running["sums"]), int(running["n"]), list(sessions)
+
+
+def grad_scaler(device, amp: str):
+    """The loss scaler of a run: enabled for ``amp="fp16"`` (CUDA only), where small gradients underflow in
+    half precision without it; a disabled scaler (a no-op) otherwise, as bf16 has fp32's exponent range."""
+    import torch
+
+    return torch.amp.GradScaler(device.type, enabled=(amp or "off").lower() == "fp16")
+
+
+def optimizer_step(loss, optimizer, params, scaler, grad_clip: float | None = None) -> bool:
+    """One update from ``loss``: backward (through ``scaler``'s loss scale), gradient clipping on the *unscaled*
+    gradients, then the optimizer step, which ``scaler`` skips when a gradient overflowed (it then lowers the scale).
+
+    Returns
+    -------
+    bool
+        Whether the optimizer stepped (False only for an fp16 step skipped on overflow).
+    """
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return scale_before is None or scaler.get_scale() >= scale_before
 
 
 def ema_decay(ema: float, t: int) -> float:
@@ -688,6 +722,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = grad_scaler(device, cfg.amp)
     ema_model = None
     if cfg.ema:
         import copy
@@ -702,7 +737,7 @@ def train(
     sessions = [cfg.command]
     if cfg.resume:
         start, elapsed0, running, n_running, earlier = _load_checkpoint(
-            ckpt, model, optimizer, ema_model, cfg, recipe, tuple(getattr(task, "resume_ignore", ())))
+            ckpt, model, optimizer, ema_model, cfg, recipe, tuple(getattr(task, "resume_ignore", ())), scaler)
         sessions = earlier + sessions
         if start > cfg.steps:
             raise ValueError(f"--resume: {out} is at step {start} already; --steps {cfg.steps} would end it before "
@@ -718,7 +753,7 @@ def train(
         write_json_atomic(out / "train_config.json", {"task": task.name, **asdict(cfg), "card": recipe,
                                                       **({"sessions": sessions} if len(sessions) > 1 else {})})
         if not cfg.resume:  # a run killed before its first periodic checkpoint can still be resumed (from step 0)
-            _save_checkpoint(ckpt, model, optimizer, 0, 0.0, cfg, ema_model, ({}, 0), recipe, sessions)
+            _save_checkpoint(ckpt, model, optimizer, 0, 0.0, cfg, ema_model, ({}, 0), recipe, sessions, scaler)
 
     bar = None
     if cfg.progress and rank == 0:
@@ -749,11 +784,7 @@ def train(
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or disable --amp, in a "
                                      "new --out (a --resume keeps this run's options)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            optimizer_step(loss, optimizer, params, scaler, cfg.grad_clip)
             if ema_model is not None:
                 _update_ema(ema_model, model, ema_decay(cfg.ema, step))
             step += 1
@@ -782,14 +813,14 @@ def train(
                     on_log(record)
             if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
                 _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg, ema_model,
-                                 (running, n_running), recipe, sessions)
+                                 (running, n_running), recipe, sessions, scaler)
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
         model_path = out / MODEL
         if rank == 0:
             _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running), recipe,
-                             sessions)
+                             sessions, scaler)
             _write_csv(out)
             model.eval()
             final = ema_model if ema_model is not None else model
