@@ -285,10 +285,13 @@ def test_train_cli_init_starts_from_saved_weights(tiny_data, tmp_path):
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
     assert main([*common, "--steps", "2", "--seed", "7", "--init", str(src), "--out", str(tmp_path / "b")]) == 0
-    assert registry.load_model(tmp_path / "b" / "model.safetensors", device="cpu").card["init"] == {
+    card = registry.load_model(tmp_path / "b" / "model.safetensors", device="cpu").card
+    src_s = registry.read_card(src)["training"]["seconds"]
+    assert card["init"] == {
         "from": str(src), "sha256": registry.sha256_file(src), "init": None,
-        "command": registry.read_card(src)["training"]["command"], "steps": 3,
-        "seconds": registry.read_card(src)["training"]["seconds"]}
+        "command": registry.read_card(src)["training"]["command"], "steps": 3, "seconds": src_s,
+        "total": {"seconds": src_s, "steps": 3, "legs": 1}}
+    assert card["training_total"] == {"seconds": card["training"]["seconds"] + src_s, "steps": 5, "legs": 2}
 
 
 def test_joint_channels_share_the_split_and_train_from_the_cli(tiny_data, tmp_path):

@@ -268,6 +268,20 @@ def test_train_cli_init_continues_from_saved_weights(tmp_path, tiny_model):
     assert not (tmp_path / "bad" / "model.safetensors").exists()
 
 
+def test_a_fine_tune_of_the_shipped_model_records_the_whole_training_time(tmp_path):
+    """The shipped card records its five legs as a minutes total: a fine-tune's card adds its own seconds to it."""
+    out = tmp_path / "ft"
+    assert main(["train", "defocus", "--init", "defocus-default", "--noise-input", "map", "--content", "shuffle",
+                 "--out", str(out),
+                 "--steps", "1", "--crop", "16", "--render-size", "32", "--batch-size", "2", "--pool-size", "2",
+                 "--device", "cpu", "--no-progress", "--threads", "1", "--bn-batches", "0"]) == 0
+    card = registry.read_card(out / "model.safetensors")
+    shipped = registry.read_card("defocus-default")["training_minutes_total"] * 60.0
+    assert card["init"]["total"] == {"seconds": round(shipped, 1), "steps": None, "legs": None}
+    assert card["training_total"]["seconds"] == pytest.approx(round(shipped, 1) + card["training"]["seconds"])
+    assert card["training_total"]["legs"] is None  # the shipped chain did not record its legs' count
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("m"))

@@ -439,11 +439,12 @@ def warn_init_not_read(given: str, started_from: str | None) -> None:
 
 def init_provenance(init: str | os.PathLike) -> dict[str, Any]:
     """Where starting weights come from, for a model card: ``{"from", "sha256", "command", "seconds", "steps",
-    "init"}``.
+    "init", "total"}``.
 
     ``init`` is a shipped name or a ``.safetensors`` path; ``command``, ``seconds`` and ``steps`` are the training
     its own card records and ``init`` that card's own provenance, so a chain of fine-tunings can be re-run from its
-    start and its whole training time summed (:func:`chain_training`).
+    start. ``total`` is the whole training of those weights, every leg of their chain (:func:`recorded_total`), so
+    a fine-tune's card can sum its training time (:func:`chain_training`).
 
     Examples
     --------
@@ -455,7 +456,25 @@ def init_provenance(init: str | os.PathLike) -> dict[str, Any]:
     path, src, _ = _locate(init)
     training = src.get("training") or {}
     return {"from": os.fspath(init), "sha256": sha256_file(path), "command": training.get("command"),
-            "seconds": training.get("seconds"), "steps": training.get("steps"), "init": src.get("init")}
+            "seconds": training.get("seconds"), "steps": training.get("steps"), "init": src.get("init"),
+            "total": recorded_total(src)}
+
+
+def recorded_total(card: dict) -> dict[str, Any]:
+    """The whole training of a model as its card records it: ``training_total``, or the minutes total of the cards
+    shipped before 0.2.1 (``training_minutes_total``), or else :func:`chain_training` of its ``init`` chain.
+
+    Examples
+    --------
+    >>> recorded_total({"training": {"seconds": 60.0, "steps": 10}, "training_minutes_total": 3.0})
+    {'seconds': 180.0, 'steps': None, 'legs': None}
+    """
+    total = card.get("training_total")
+    if isinstance(total, dict) and total.get("seconds") is not None:
+        return {"seconds": total["seconds"], "steps": total.get("steps"), "legs": total.get("legs")}
+    if card.get("training_minutes_total") is not None:
+        return {"seconds": round(60.0 * float(card["training_minutes_total"]), 1), "steps": None, "legs": None}
+    return chain_training(card)
 
 
 def chain_training(card: dict) -> dict[str, Any]:
@@ -464,23 +483,33 @@ def chain_training(card: dict) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``seconds`` and ``steps`` in all (None when a leg did not record them), ``legs`` (the number of runs).
-        Legs recorded before 0.2.1 name them ``training_seconds``.
+        ``seconds`` and ``steps`` in all (None when a leg did not record them), ``legs`` (the number of runs; None
+        when a starting model recorded only its total). Legs recorded before 0.2.1 name their seconds
+        ``training_seconds``. A leg that records the ``total`` of its own chain (:func:`init_provenance`) ends the
+        walk with that total.
 
     Examples
     --------
     >>> chain_training({"training": {"seconds": 10.0, "steps": 5}, "init": {"seconds": 2.5, "steps": 1}})
     {'seconds': 12.5, 'steps': 6, 'legs': 2}
+    >>> chain_training({"training": {"seconds": 10.0, "steps": 5},
+    ...                 "init": {"seconds": 2.5, "steps": 1, "total": {"seconds": 100.0, "steps": None, "legs": None}}})
+    {'seconds': 110.0, 'steps': None, 'legs': None}
     """
     training = card.get("training") or {}
     seconds, steps, legs = training.get("seconds"), training.get("steps"), 1
     node = card.get("init")
     while isinstance(node, dict):
-        legs += 1
-        leg_s = node.get("seconds", node.get("training_seconds"))
+        total = node.get("total")
+        if isinstance(total, dict) and total.get("seconds") is not None:
+            leg_s, leg_steps, leg_n = total["seconds"], total.get("steps"), total.get("legs")
+            node = None
+        else:
+            leg_s, leg_steps, leg_n = node.get("seconds", node.get("training_seconds")), node.get("steps"), 1
+            node = node.get("init")
         seconds = None if seconds is None or leg_s is None else seconds + float(leg_s)
-        steps = None if steps is None or node.get("steps") is None else steps + int(node["steps"])
-        node = node.get("init")
+        steps = None if steps is None or leg_steps is None else steps + int(leg_steps)
+        legs = None if legs is None or leg_n is None else legs + int(leg_n)
     return {"seconds": seconds, "steps": steps, "legs": legs}
 
 
@@ -851,6 +880,8 @@ def train(
             if len(sessions) > 1:  # a resumed run: the command of every session, the first one started it
                 card["training"]["sessions"] = sessions
             card["validation"] = last_val
+            if isinstance(card.get("init"), dict):  # a fine-tune: its training and that of the weights it started from
+                card["training_total"] = chain_training(card)
             save_model(final, model_path, card)
         if ddp:
             import torch.distributed as dist
