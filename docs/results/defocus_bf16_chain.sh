@@ -11,13 +11,18 @@
 set -e
 cd "$(dirname "$0")/../.."
 source .venv/bin/activate
+source docs/results/leg_finished.sh
 P=${1:?usage: defocus_bf16_chain.sh OUT_PREFIX [options]}
 shift
 read -r S1 S2 S3 S4 <<< "${STEPS:-2000 1330 800 930}"
 read -r M1 M2 M3 M4 <<< "${MINUTES:-18 22 13 15}"
 C="--noise-input map --full-range 0.75 --amp bf16 --threads ${THREADS:-1} --device cpu --val-every 100 --ckpt-every 100 --no-progress $*"
 nice -n 5 linblur train defocus --content mixed --config default --steps $S1 --lr 2e-3 --crop 64 --batch-size 8 --pool-size 768 --seed 0 --max-minutes $M1 $C --out "$P-1"
+leg_finished "$P-1"
 nice -n 5 linblur train defocus --init "$P-1/model.safetensors" --content mixed --crop 96 --render-size 128 --batch-size 8 --pool-size 768 --lr 1e-3 --steps $S2 --seed 1 --max-minutes $M2 $C --out "$P-2"
+leg_finished "$P-2"
 nice -n 5 linblur train defocus --init "$P-2/model.safetensors" --content mixed --crop 96 --render-size 128 --batch-size 8 --pool-size 512 --lr 5e-4 --steps $S3 --seed 3 --max-minutes $M3 --low-contrast 0.3 $C --out "$P-3"
+leg_finished "$P-3"
 nice -n 5 linblur train defocus --init "$P-3/model.safetensors" --content mixed --crop 96 --render-size 128 --batch-size 8 --pool-size 512 --lr 5e-4 --steps $S4 --seed 4 --max-minutes $M4 --low-contrast 0.3 $C --out "$P-4"
+leg_finished "$P-4"
 echo CHAIN DONE

@@ -17,8 +17,10 @@ P=${1:?usage: defocus_photons_chain.sh OUT_PREFIX}
 # bf16 chain's default 13-min cap, so the caps here are generous (MINUTES overrides them).
 THREADS=2 STEPS="3200 2130 1280 1490" MINUTES="${MINUTES:-24 30 20 22}" bash docs/results/defocus_bf16_chain.sh "$P"
 source .venv/bin/activate
+source docs/results/leg_finished.sh
 nice -n 5 linblur train defocus --init "$P-4/model.safetensors" --content mixed --crop 96 --render-size 128 \
     --batch-size 8 --pool-size 512 --steps 1490 --low-contrast 0.5 --noise-input map --full-range 0.75 --amp bf16 \
     --threads 2 --device cpu --val-every 100 --ckpt-every 100 --no-progress --max-minutes 25 --photons 100 50000 \
     --lr 2.5e-4 --seed 8 --out "$P-5"
+leg_finished "$P-5"
 echo CHAIN DONE
