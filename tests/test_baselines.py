@@ -65,12 +65,35 @@ def test_wiener_no_wraparound():
 def test_best_wiener_picks_best_balance(scene):
     sharp, psf, blurred = scene
     balances = np.logspace(-4, 0, 5)
-    restored, bal, score = best_wiener(blurred, psf, sharp, balances)
+    restored, bal, score = best_wiener(blurred, psf, sharp, balances, regs="laplacian")
     manual = [psnr(sharp, wiener_deconvolve(blurred, psf, b)) for b in balances]
     assert bal == pytest.approx(balances[int(np.argmax(manual))])
     assert score == pytest.approx(max(manual))
     assert score > psnr(sharp, blurred) + 1.0
     np.testing.assert_allclose(restored, wiener_deconvolve(blurred, psf, bal))
+
+
+@pytest.mark.parametrize("reg", ["laplacian", "identity"])
+def test_wiener_keeps_the_mean_at_any_balance(scene, reg):
+    """A PSF sums to 1: deblurring must not darken. The constant-NSR filter conj(H)/(|H|^2 + b) scaled the mean by
+    1/(1 + b), which made the oracle baseline lose to the blurry input at small defocus."""
+    _, psf, blurred = scene
+    for b in (1e-3, 0.05, 1.0):
+        out = wiener_deconvolve(blurred, psf, b, reg=reg)
+        assert out.mean() == pytest.approx(blurred.mean(), rel=2e-3)
+    with pytest.raises(ValueError, match="reg"):
+        wiener_deconvolve(blurred, psf, 0.1, reg="tikhonov")
+
+
+def test_best_wiener_searches_both_regularizers(scene):
+    from napari_linblur.baselines.wiener import REGULARIZERS
+
+    sharp, psf, blurred = scene
+    both = best_wiener(blurred, psf, sharp)[2]
+    each = {r: max(psnr(sharp, wiener_deconvolve(blurred, psf, b, reg=r)) for b in REGULARIZERS[r])
+            for r in REGULARIZERS}
+    assert both == pytest.approx(max(each.values()))
+    assert best_wiener(blurred, psf, sharp, regs="identity")[2] == pytest.approx(each["identity"])
 
 
 def test_best_wiener_estimates_a_reference_that_carries_its_own_blur(scene):
