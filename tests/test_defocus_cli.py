@@ -430,7 +430,13 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     res = json.loads(text_js, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
     table = res["spatially_varying"]["microscopy"]
     assert set(table) == {"tiny", "tiny, self-ensemble x2", "focus-measure (calibrated var. of Laplacian)",
-                          "Zhuo & Sim 2011"}
+                          "Zhuo & Sim 2011", "constant 5 px (reference: no image)"}
+    # the reference row: the error of a 5 px map, which ignores the image, straight from the true maps
+    from napari_linblur.evaluation.defocus import EvalConfig, heldout_images
+
+    truth = heldout_images("microscopy", EvalConfig(n_images=1, size=48))[0]["sigma"]
+    assert table["constant 5 px (reference: no image)"]["all"]["mae_px"] == pytest.approx(
+        float(np.abs(truth - 5.0).mean()), rel=1e-6)
     for r in table.values():
         assert 0 <= r["all"]["mae_px"] < 10 and 0 <= r["all"]["delta3"] <= 1
     text = capsys.readouterr().out
@@ -452,10 +458,13 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     from napari_linblur.training.defocus import card_metrics
 
     m = card_metrics(res, "tiny", "linblur evaluate defocus ...")
-    best_classical = min(table[c]["all"]["mae_px"] for c in table if not c.startswith("tiny"))
+    best_classical = min(table[c]["all"]["mae_px"] for c in table
+                         if not c.startswith("tiny") and not c.startswith("constant"))
     assert m["microscopy_all"]["mae_px"] == pytest.approx(table["tiny"]["all"]["mae_px"], abs=1e-4)
     assert m["microscopy_all"]["mae_ratio_best_classical"] == pytest.approx(
         best_classical / table["tiny"]["all"]["mae_px"], abs=0.01)
+    assert m["microscopy_all"]["mae_ratio_constant"] == pytest.approx(
+        table["constant 5 px (reference: no image)"]["all"]["mae_px"] / table["tiny"]["all"]["mae_px"], abs=0.01)
     assert "through_focus_vectorial" not in m and "bbbc006_plane0" not in m  # not run here
 
 

@@ -118,6 +118,15 @@ def _metrics(pred: np.ndarray, true: np.ndarray, mask: np.ndarray | None = None)
     return m
 
 
+#: a reference row of the held-out tables (with the baselines): σ = 5 px everywhere, the middle of the trained
+#: range, without looking at the image. An estimator that does not beat it reads nothing useful from the image.
+CONSTANT_LABEL = "constant 5 px (reference: no image)"
+
+
+def _constant_map(img: np.ndarray) -> np.ndarray:
+    return np.full(np.shape(img), 5.0, np.float32)
+
+
 def _estimators(models: dict[str, Any], baselines: bool, device: str, tta: int = 1) -> dict[str, Any]:
     from napari_linblur.baselines.defocus_classical import (
         focus_measure_sigma_map,
@@ -292,7 +301,8 @@ def evaluate_defocus(
         Default ``{"HDME-Net (defocus-default)": None}``, the shipped model.
     cfg : EvalConfig
     baselines : bool
-        Include the two classical estimators.
+        Include the two classical estimators, and in the held-out tables a constant 5 px map
+        (:data:`CONSTANT_LABEL`), the error of knowing nothing about the image.
     device : str
     through_focus, bbbc006 : bool
         Run those checks.
@@ -319,7 +329,9 @@ def evaluate_defocus(
     t0 = time.perf_counter()
     result: dict[str, Any] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                               "models": cards}
-    result["spatially_varying"] = evaluate_spatially_varying({**est, **_calibrated(_MODEL_OBJS, cfg, device)}, cfg)
+    constant = {CONSTANT_LABEL: _constant_map} if baselines else {}
+    result["spatially_varying"] = evaluate_spatially_varying({**est, **_calibrated(_MODEL_OBJS, cfg, device),
+                                                             **constant}, cfg)
     if through_focus:
         result["through_focus"] = through_focus_check(est, cfg, model_labels=tuple(models))
     if bbbc006:

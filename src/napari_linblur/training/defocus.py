@@ -685,6 +685,10 @@ def card_metrics(evaluation: dict, label: str, command: str) -> dict:
             classical = [rows[c][part]["mae_px"] for c in CLASSICAL_LABELS if c in rows]
             if classical:
                 entry["mae_ratio_best_classical"] = round(min(classical) / float(m["mae_px"]), 2)
+            from napari_linblur.evaluation.defocus import CONSTANT_LABEL
+
+            if CONSTANT_LABEL in rows:
+                entry["mae_ratio_constant"] = round(float(rows[CONSTANT_LABEL][part]["mae_px"]) / float(m["mae_px"]), 2)
             out[f"{kind}_{part}"] = entry
     tf = evaluation.get("through_focus")
     if tf:
