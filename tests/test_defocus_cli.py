@@ -280,6 +280,15 @@ def test_a_fine_tune_of_the_shipped_model_records_the_whole_training_time(tmp_pa
     assert card["init"]["total"] == {"seconds": round(shipped, 1), "steps": None, "legs": None}
     assert card["training_total"]["seconds"] == pytest.approx(round(shipped, 1) + card["training"]["seconds"])
     assert card["training_total"]["legs"] is None  # the shipped chain did not record its legs' count
+    # the command with every default spelled out: re-running it cannot pick up a later change of a default
+    import shlex
+
+    from napari_linblur.cli.main import build_parser
+
+    eff = card["training"]["command_effective"]
+    assert "--lr" in eff and "--sigma-max" in eff and "--photons" in eff
+    again = build_parser().parse_args(shlex.split(eff)[1:])
+    assert again.init == "defocus-default" and again.steps == 1 and again.noise_input == "map"
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The shipped recipe's four legs (docs/results/defocus_noise_chain.sh) trained in bf16 autocast, with the steps of
+# The first four legs of the shipped recipe (defocus_photons_chain.sh runs them, then a fifth): the four legs of docs/results/defocus_noise_chain.sh trained in bf16 autocast, with the steps of
 # every leg scaled by 4/3 so the chain fills the same hour that the fp32 chain nearly fills (bf16 steps take ~0.79x
 # as long here, data included). docs/results/defocus.md, "More steps in bf16".
 # Usage: bash docs/results/defocus_bf16_chain.sh OUT_PREFIX [extra training options, e.g. --ema 0.999 or --channels-last]

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The shipped defocus-default's training chain (docs/results/defocus.md, "Noise-aware model trained from scratch"):
+# The training chain of the defocus-default shipped before the bf16 chain (docs/results/defocus.md, "Noise-aware model trained from scratch"):
 # the four legs of the previous recipe, each with --noise-input map --full-range 0.75. 53.2 min on one thread of
 # the 2-core development CPU (nice -n 5, the other core busy). Usage: bash docs/results/defocus_noise_chain.sh
 set -e

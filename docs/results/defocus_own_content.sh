@@ -5,6 +5,8 @@
 # pictures (the control), then both evaluated on the held-out test images.
 # Usage: bash docs/results/defocus_own_content.sh [RUNS_DIR]    (two legs of 8-30 min each on the 2-core CPU)
 set -e
+cd "$(dirname "$0")/../.."
+source .venv/bin/activate
 R=${1:-runs/own}
 mkdir -p "$R"
 linblur synth "$R/own.zarr" --fields 16 --shape 256 256 --seed 7 --no-progress -q

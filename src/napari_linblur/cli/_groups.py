@@ -220,6 +220,7 @@ def train_config_from_args(args):
         progress=not args.no_progress,
         ema=args.ema,
         channels_last=args.channels_last,
+        command_effective=command_line(args) if hasattr(args, "_parser") else None,
     )
 
 

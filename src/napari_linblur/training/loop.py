@@ -117,6 +117,10 @@ class TrainConfig:
     #: for the defocus network in bf16 on CPU (docs/results/defocus.md)
     channels_last: bool = False
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
+    #: the same command with every option spelled out, defaults included (``cli._groups.command_line``): a later
+    #: change of a default cannot change what re-running it trains. ``--init NAME`` of a shipped model is
+    #: completed by the card's ``init.sha256`` (the name may later point at other weights).
+    command_effective: str | None = None
 
     def validate(self) -> None:
         if self.steps <= 0:
@@ -863,6 +867,7 @@ def train(
                 card.update(entries)
             card["training"] = {
                 "command": cfg.command,
+                **({"command_effective": cfg.command_effective} if cfg.command_effective else {}),
                 "seed": cfg.seed,
                 "steps": step,
                 "steps_planned": cfg.steps,
