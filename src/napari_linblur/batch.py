@@ -7,6 +7,10 @@ the operation builds a lazy dask graph (one task per plane), and the result is w
 active — a local cluster by default, or any scheduler address for plates larger than one machine. As many planes
 are computed at once as the cluster has worker threads, each written as soon as it is ready, so memory stays
 bounded by (worker threads x one plane).
+
+Progress (blocks written, or planes scored, out of the total) is shown on stderr by :func:`progress_bar` when asked
+(``--no-progress`` turns it off; it is off when stderr is not a terminal), and a ``--scheduler`` whose cluster has no
+workers is reported after a few seconds instead of waiting silently (:func:`dask_client`).
 """
 
 from __future__ import annotations
@@ -15,11 +19,19 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from napari_linblur.models.registry import model_arg  # noqa: F401 - the --model type of the batch commands
+
+#: seconds a ``--scheduler`` may have no workers before :func:`dask_client` says so (the run keeps waiting)
+NO_WORKERS_WARNING_S = 5.0
+#: graphs up to this size are sent to the scheduler without distributed's "Sending large graph" warning (a plate of
+#: tens of thousands of planes makes a graph of tens of MB from file paths alone: nothing a user could change)
+LARGE_GRAPH_WARNING = "512MiB"
 
 
 def channel_arg(text: str) -> int | str:
@@ -42,44 +54,138 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
 
 
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``, as the other long-running commands (``linblur synth``, ``train``) spell it."""
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar on stderr (there is none anyway when stderr is not a terminal)")
+
+
+def progress_from_args(args: argparse.Namespace) -> bool | None:
+    """The ``progress`` argument of :func:`run_batch` / :func:`compute_with_client` for a command line: False with
+    ``--no-progress``, else None (a bar when stderr is a terminal)."""
+    return False if getattr(args, "no_progress", False) else None
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False
+
+
+def progress_bar(total: int | None, *, desc: str, unit: str, progress: bool | None = None) -> Any:
+    """A tqdm progress bar on stderr.
+
+    Parameters
+    ----------
+    total : int, optional
+        Number of units; None while unknown (set ``bar.total`` later).
+    desc, unit : str
+        Its label and unit (``"plane"``, ``"block"``).
+    progress : bool, optional
+        True shows it, False hides it, None (default) shows it when stderr is a terminal (not in a log file or a
+        pipe, where a bar's carriage returns are noise).
+
+    Returns
+    -------
+    tqdm.tqdm
+        A disabled bar (every call a no-op) when hidden; use it as a context manager or close it.
+    """
+    from tqdm.auto import tqdm
+
+    show = _stderr_is_terminal() if progress is None else bool(progress)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not show, dynamic_ncols=True,
+                mininterval=0.5)
+
+
+def _say(message: str) -> None:
+    """One line on stderr, above a progress bar that may be showing."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
+def _warn_while_no_workers(client: Any, address: str, after: float) -> Iterator[None]:
+    """Say once (on stderr) when the cluster of ``client`` still has no worker ``after`` seconds on: a run on a
+    scheduler without workers would otherwise wait silently for ever. Watches from a daemon thread until the block
+    ends or a worker joins."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        waited, step = 0.0, min(0.5, max(after, 0.05))
+        while not stop.wait(step):
+            waited += step
+            try:
+                if client.nthreads():
+                    return  # a worker joined: the run goes on
+            except Exception:  # noqa: BLE001 - a closing client or a lost scheduler: the run itself reports that
+                return
+            if waited >= after:
+                _say(f"linblur: the scheduler at {address} has no workers yet; waiting (start some with "
+                     f"`dask worker {address}`, or interrupt and use --workers N for a local cluster)")
+                return
+
+    thread = threading.Thread(target=watch, name="linblur-no-workers", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=2.0)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None, *,
+                warn_no_workers_after: float | None = None) -> Iterator[Any]:
     """A ``dask.distributed`` client for the duration of a batch run.
 
     Parameters
     ----------
     scheduler : str, optional
-        Address of an existing scheduler; the client connects to it.
+        Address of an existing scheduler; the client connects to it. When its cluster has no worker
+        ``warn_no_workers_after`` seconds after connecting, a line on stderr says so (the run keeps waiting for one).
     workers : int, optional
         Start a :class:`~distributed.LocalCluster` with this many single-threaded worker processes.
-        ``None`` (and no scheduler) starts one with one worker per core (at most 4).
+        ``None`` (and no scheduler) starts one with one worker per core (at most 4). Its dashboard is off and its
+        scheduler's HTTP server (health checks) takes a free port, so another dask on this machine (port 8787)
+        draws no "Port 8787 is already in use" warning.
+    warn_no_workers_after : float, optional
+        Seconds before the no-worker message (default :data:`NO_WORKERS_WARNING_S`).
 
     Yields
     ------
     distributed.Client
+        Graphs below :data:`LARGE_GRAPH_WARNING` are sent without distributed's "Sending large graph" warning.
     """
+    import dask
     from distributed import Client, LocalCluster
 
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="15s")
-        except (OSError, TimeoutError, ValueError) as err:  # ValueError: not an address ("missing port number")
-            raise OSError(f"--scheduler {scheduler}: cannot connect to a dask scheduler there ({err}); start one "
-                          "with `dask scheduler` (and workers), or use --workers N for a local cluster") from err
-        with client:
-            yield client
-        return
-    if workers is not None and workers < 1:
+    after = NO_WORKERS_WARNING_S if warn_no_workers_after is None else float(warn_no_workers_after)
+    if not scheduler and workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    n = workers or max(1, min(4, os.cpu_count() or 1))
-    with (
-        # silence_logs: a failing task is reported once, as the command's error, not also as the workers' logged
-        # tracebacks (and an interrupted run does not log every cancelled task)
-        LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                     silence_logs=logging.CRITICAL) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": LARGE_GRAPH_WARNING}):
+        if scheduler:
+            try:
+                client = Client(scheduler, timeout="15s")
+            except (OSError, TimeoutError, ValueError) as err:  # ValueError: not an address ("missing port number")
+                raise OSError(f"--scheduler {scheduler}: cannot connect to a dask scheduler there ({err}); start "
+                              "one with `dask scheduler` (and workers), or use --workers N for a local cluster"
+                              ) from err
+            with client, _warn_while_no_workers(client, scheduler, after):
+                yield client
+            return
+        n = workers or max(1, min(4, os.cpu_count() or 1))
+        with (
+            # silence_logs: a failing task is reported once, as the command's error, not also as the workers'
+            # logged tracebacks (and an interrupted run does not log every cancelled task).
+            # dashboard_address=None would still bind the scheduler's HTTP server (health checks) to port 8787,
+            # warning when another dask holds it: ":0" takes any free port, dashboard=False keeps the dashboard off
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                         scheduler_kwargs={"dashboard": False}, silence_logs=logging.CRITICAL) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
 
 
 def run_batch(
@@ -92,6 +198,8 @@ def run_batch(
     workers: int | None = None,
     attrs: dict | None = None,
     overwrite: bool = False,
+    progress: bool | None = False,
+    desc: str | None = None,
 ) -> Path:
     """Apply ``operation`` (lazy dask in -> lazy dask out, same shape) to a stack and write OME-Zarr.
 
@@ -110,6 +218,11 @@ def run_batch(
         Extra metadata stored in the output (e.g. the model card name and α).
     overwrite : bool
         Replace an existing output (never the input).
+    progress : bool, optional
+        A progress bar of the blocks written (one per plane, plus the smaller planes of the pyramid levels) on
+        stderr: True, False (default), or None for one when stderr is a terminal (:func:`progress_bar`).
+    desc : str, optional
+        The bar's label (default: the output's name).
 
     Raises
     ------
@@ -135,7 +248,16 @@ def run_batch(
     result = operation(arr)
     if tuple(result.shape) != tuple(arr.shape):
         raise ValueError(f"operation changed the shape {arr.shape} -> {result.shape}")
-    with dask_client(scheduler, workers):
+    with (
+        progress_bar(None, desc=desc or Path(output_path).name, unit="block", progress=progress) as bar,
+        dask_client(scheduler, workers),
+    ):
+
+        def report(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
         return write_ome_zarr(
             output_path,
             result,
@@ -157,10 +279,50 @@ def run_batch(
             },
             overwrite=overwrite,
             source_paths=[input_path],
+            progress=report,
         )
 
 
-def compute_with_client(lazy, *, scheduler: str | None = None, workers: int | None = None):
-    """Compute a (small) lazy result, such as a per-plane focus curve, on a distributed client."""
-    with dask_client(scheduler, workers) as client:
+def compute_on_client(client: Any, lazy: Any, *, progress: bool | None = False, desc: str = "compute",
+                      unit: str = "chunk") -> Any:
+    """Compute a (small) lazy dask collection on ``client``, with a progress bar of its chunks done.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    lazy : dask collection
+        E.g. a focus curve, one chunk per plane (:func:`~napari_linblur.inference.defocus_ops.focus_curve`).
+    progress : bool, optional
+        See :func:`progress_bar`; False (default) computes without one.
+    desc, unit : str
+        The bar's label and the unit of one chunk (``"plane"``).
+
+    Returns
+    -------
+    The computed result (numpy for a dask array). A chunk that fails raises its error, the others are cancelled.
+    """
+    if progress is False:
         return client.compute(lazy).result()
+    from distributed import as_completed, futures_of
+
+    persisted = client.persist(lazy)
+    futures = futures_of(persisted)
+    try:
+        with progress_bar(len(futures), desc=desc, unit=unit, progress=progress) as bar:
+            for future in as_completed(futures):
+                if future.status == "error":
+                    future.result()  # raises the task's error
+                bar.update(1)
+        return client.compute(persisted).result()
+    except BaseException:
+        with contextlib.suppress(Exception):  # a client already closing: its futures go with it
+            client.cancel(futures)
+        raise
+
+
+def compute_with_client(lazy, *, scheduler: str | None = None, workers: int | None = None,
+                        progress: bool | None = False, desc: str = "compute", unit: str = "chunk"):
+    """Compute a (small) lazy result, such as a per-plane focus curve, on a distributed client
+    (:func:`dask_client`), with a progress bar of its chunks when ``progress`` asks (:func:`compute_on_client`)."""
+    with dask_client(scheduler, workers) as client:
+        return compute_on_client(client, lazy, progress=progress, desc=desc, unit=unit)

@@ -16,7 +16,7 @@ from ._groups import DefaultsHelpFormatter
 
 
 def register(subparsers) -> None:
-    from napari_linblur.batch import add_batch_options, model_arg
+    from napari_linblur.batch import add_batch_options, add_progress_option, model_arg
 
     p = subparsers.add_parser(
         "deblur",
@@ -26,6 +26,7 @@ def register(subparsers) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     add_batch_options(p)
+    add_progress_option(p)
     p.add_argument("output", help="output .zarr folder (OME-Zarr)")
     p.add_argument("--method", default="auto", choices=["auto", "network", "reblur-extrapolate", "guided"],
                    help="deblurring method (auto: the best as measured, see docs/results/deblur.md)")
@@ -43,7 +44,7 @@ def register(subparsers) -> None:
 
 
 def run_deblur(args) -> int:
-    from napari_linblur.batch import run_batch
+    from napari_linblur.batch import progress_from_args, run_batch
     from napari_linblur.inference.deblur_ops import deblur
     from napari_linblur.inference.validate import check_number
 
@@ -56,7 +57,7 @@ def run_deblur(args) -> int:
         args.input, args.output, channel=args.channel, scheduler=args.scheduler, workers=args.workers,
         attrs={"operation": "deblur", "method": args.method, "model": args.model or "shipped default",
                "sigma_r": args.sigma_r, "tta": args.tta},
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, progress=progress_from_args(args), desc="deblur",
     )
     print(f"wrote {out}")
     return 0

@@ -10,18 +10,23 @@ Examples::
     linblur defocus-map stack.tif sigma_patches.zarr --mode patch --patch-size 64
     linblur defocus-map plate.zarr defocus_um.zarr --um --na 0.45 --wavelength 0.52
     linblur focus BBBC006_folder/ --channel w1 --json focus.json --csv focus.csv
+
+Both show a progress bar on stderr when it is a terminal (``--no-progress``: none).
 """
 
 from __future__ import annotations
 
 import csv
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 from ._groups import DefaultsHelpFormatter
 
 
 def register(subparsers) -> None:
-    from napari_linblur.batch import add_batch_options, model_arg
+    from napari_linblur.batch import add_batch_options, add_progress_option, model_arg
 
     p = subparsers.add_parser(
         "defocus-map",
@@ -36,6 +41,9 @@ def register(subparsers) -> None:
                    help="model name or .safetensors path (default defocus-default)")
     p.add_argument("--mode", default="pixel", choices=["pixel", "patch"], help="per-pixel map or mean σ per tile")
     p.add_argument("--patch-size", type=int, default=64, help="tile side for --mode patch")
+    p.add_argument("--patch-pixels", default="signal", choices=["signal", "all"],
+                   help="--mode patch: mean σ over the signal pixels of each tile (NaN: a tile without signal) or "
+                   "over all its pixels (background included, where σ is a guess)")
     p.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 576 px)")
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="self-ensemble: average the maps of this many flips/rotations (N times slower)")
@@ -54,13 +62,15 @@ def register(subparsers) -> None:
                    help="PSF model of the σ <-> defocus calibration (with --um)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier zarr output (never a file or a plain folder)")
+    add_progress_option(p)
     p.set_defaults(func=run_defocus_map)
 
     q = subparsers.add_parser(
         "focus",
         help="per-plane focus curve and best-focus plane of every stack",
-        description="Score every plane (higher = sharper) and report the best-focus plane of every stack; "
-        "prints a table, optionally writes JSON and CSV.",
+        description="Score every plane and report the best-focus plane of every stack, flagging a best plane at "
+        "the first or last plane of its stack (focus may lie outside it) and one without signal (an empty field); "
+        "prints one line per stack, optionally writes JSON and CSV.",
         formatter_class=DefaultsHelpFormatter,
     )
     add_batch_options(q)
@@ -72,6 +82,8 @@ def register(subparsers) -> None:
     add_camera_options(q)
     q.add_argument("--json", default=None, help="write the curves and best planes as JSON")
     q.add_argument("--csv", default=None, help="write one row per plane as CSV")
+    q.add_argument("--overwrite", action="store_true", help="replace existing --json/--csv files")
+    add_progress_option(q)
     q.set_defaults(func=run_focus)
 
 
@@ -131,7 +143,7 @@ def optics_from_args(args):
 
 
 def run_defocus_map(args) -> int:
-    from napari_linblur.batch import run_batch
+    from napari_linblur.batch import progress_from_args, run_batch
     from napari_linblur.inference.defocus_ops import estimate_defocus, sigma_to_defocus_um
 
     camera = camera_from_args(args)
@@ -139,7 +151,8 @@ def run_defocus_map(args) -> int:
 
     def op(a):
         sigma = estimate_defocus(a, model=args.model, device=args.device, tile=args.tile, mode=args.mode,
-                                 patch_size=args.patch_size, tta=args.tta, camera=camera)
+                                 patch_size=args.patch_size, patch_pixels=args.patch_pixels, tta=args.tta,
+                                 camera=camera)
         return sigma if setup is None else sigma_to_defocus_um(sigma, setup=setup)
 
     unit = ("pixel (sigma of the equivalent Gaussian PSF)" if setup is None
@@ -147,9 +160,10 @@ def run_defocus_map(args) -> int:
     out = run_batch(
         op, args.input, args.output, channel=args.channel, scheduler=args.scheduler, workers=args.workers,
         attrs={"operation": "defocus-map", "unit": unit, "model": args.model or "defocus-default",
-               "mode": args.mode, "patch_size": args.patch_size, "tta": args.tta, "camera": camera,
+               "mode": args.mode, "patch_size": args.patch_size, "patch_pixels": args.patch_pixels, "tta": args.tta,
+               "camera": camera,
                **({"optics": setup.to_dict()} if setup is not None else {})},
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, progress=progress_from_args(args), desc=f"defocus-map {Path(args.output).name}",
     )
     print(f"wrote {out}")
     return 0
@@ -162,100 +176,305 @@ def bbbc006_planes(meta, n_planes: int) -> list[int] | None:
     return [int(z) for z in planes] if planes and len(planes) == n_planes else None
 
 
-def focus_table(curves, meta=None) -> list[dict]:
-    """Rows ``{stack, plane, score, best}`` for a ``(..., Z)`` array of focus scores: ``plane`` and ``best`` are Z
-    indices; when the input records its BBBC006 plane numbers (:func:`bbbc006_planes`) each row also holds
-    ``bbbc006_plane`` and ``best_bbbc006_plane``, those numbers."""
+#: CSV column of the curve for the ``defocus`` method: the plane's median σ (px) over signal pixels, i.e. -score
+SIGMA_COLUMN = "median_sigma_px"
+_FIELD = re.compile(r"(?P<well>.+)_s(?P<site>\d+)")
+_IMAGE_SUFFIXES = (".tif", ".tiff")
+
+
+def _field_parts(field: str | None) -> tuple[str | None, int | None]:
+    """``("a01", 1)`` for the BBBC006 field ``"a01_s1"``; ``(None, None)`` when it has no ``_sN`` site."""
+    m = _FIELD.fullmatch(field) if field else None
+    return (m["well"], int(m["site"])) if m else (None, None)
+
+
+def stack_labels(meta, lead_shape: tuple[int, ...], lone_name: str = "stack") -> list[tuple[tuple, dict]]:
+    """Name every stack of an input whose stacks lie along the leading axes ``lead_shape`` (all but Z, Y, X).
+
+    Parameters
+    ----------
+    meta : ZStackMeta or None
+        The reader's metadata (:func:`~napari_linblur.io.readers.open_zstack_with_metadata`).
+    lead_shape : tuple of int
+        The shape of the stacks' leading axes (``meta.axes[:-3]``).
+    lone_name : str
+        The name of a lone stack (no leading axis) that is not a BBBC006 field, e.g. the input's file name.
+
+    Returns
+    -------
+    list of (index, dict)
+        One per stack, in C order: its index along the leading axes and ``{"stack": name}``, plus ``well`` and
+        ``site`` when the input records its BBBC006 fields (``meta.extra["fields"]``: one per P index, or the one
+        field of a BBBC006 file) and ``channel`` when it records channel names. The name joins one part per leading
+        axis with spaces: the field (``a01_s1``) for P, the channel name (``w1``) for C, ``t3`` for time and the
+        axis's name and index for others, so that ``a01_s1 w1`` is field a01_s1, channel w1. Names are unique.
+    """
+    import numpy as np
+
+    axes = meta.axes[: len(lead_shape)] if meta is not None and len(meta.axes) == len(lead_shape) + 3 else None
+    fields = list(meta.extra.get("fields") or []) if meta is not None else []
+    channels = list(meta.channel_names or []) if meta is not None else []
+    axis_names = meta.axis_names if meta is not None else None
+    out: list[tuple[tuple, dict]] = []
+    seen: set[str] = set()
+    for idx in np.ndindex(*lead_shape):
+        parts, field, channel = [], None, None
+        for k, i in enumerate(idx):
+            a = axes[k] if axes else "?"
+            if a == "p" and len(fields) == lead_shape[k]:
+                field = fields[i]
+                parts.append(field)
+            elif a == "c" and len(channels) == lead_shape[k]:
+                channel = channels[i]
+                parts.append(channel)
+            elif a == "?" and axis_names:
+                parts.append(f"{axis_names[k]}{i}")
+            else:
+                parts.append(f"{a}{i}")
+        if axes is not None and "p" not in axes and len(fields) == 1:
+            field = fields[0]  # one BBBC006 file: its field
+        if axes is not None and "c" not in axes and len(channels) == 1:
+            channel = channels[0]  # the one channel of the input (or the one --channel chose)
+        name = " ".join(parts) if parts else (field or lone_name)
+        if name in seen:  # two channels of one name, say: the index tells them apart
+            name = f"{name} [{','.join(str(i) for i in idx)}]"
+        seen.add(name)
+        info: dict[str, Any] = {"stack": name}
+        if fields:
+            info["well"], info["site"] = _field_parts(field)
+        if channels:
+            info["channel"] = channel
+        out.append((idx, info))
+    return out
+
+
+def focus_stacks(curves, meta=None, *, method: str = "defocus", has_signal=None,
+                 lone_name: str = "stack") -> list[dict]:
+    """One summary per stack of a ``(..., Z)`` array of focus scores (higher = sharper).
+
+    Parameters
+    ----------
+    curves : array-like
+        Focus scores (:func:`~napari_linblur.inference.defocus_ops.focus_curve`), the last axis Z.
+    meta : ZStackMeta, optional
+        The input's metadata, for the stacks' names, wells, sites, channels and BBBC006 plane numbers
+        (:func:`stack_labels`, :func:`bbbc006_planes`).
+    method : str
+        The focus method; ``"defocus"`` adds each plane's median σ (px), ``-score``.
+    has_signal : array-like of bool, optional
+        Per stack (``curves.shape[:-1]``): whether its best plane has signal pixels
+        (:func:`plane_has_signal`); None leaves ``has_signal`` out.
+    lone_name : str
+        The name of a lone stack (:func:`stack_labels`).
+
+    Returns
+    -------
+    list of dict
+        ``stack`` (and ``well``, ``site``, ``channel`` when known), ``index`` (along the leading axes), ``scores``,
+        ``median_sigma_px`` (method ``defocus``), ``best_plane`` (Z index of the highest score),
+        ``best_bbbc006_plane`` (when the input records BBBC006 plane numbers), ``best_at_edge`` (the best plane is
+        the first or last of the stack: focus may lie outside it; always so for a single plane) and ``has_signal``.
+    """
     import numpy as np
 
     curves = np.asarray(curves, dtype=np.float64)
     if curves.ndim == 0:
         curves = curves[None]
     lead = curves.shape[:-1]
-    planes = bbbc006_planes(meta, curves.shape[-1])
-    fields = (meta.extra.get("fields") if meta is not None else None) or None
-    rows = []
-    for idx in np.ndindex(*lead):
+    n = curves.shape[-1]
+    planes = bbbc006_planes(meta, n)
+    signal = None if has_signal is None else np.asarray(has_signal, dtype=bool).reshape(lead)
+    stacks = []
+    for idx, info in stack_labels(meta, lead, lone_name):
         c = curves[idx]
         best = int(np.argmax(c))
-        name = ",".join(str(i) for i in idx) if idx else "0"
-        if fields and len(idx) >= 1 and meta is not None and "p" in meta.axes:
-            p_axis = meta.axes.index("p")
-            if p_axis < len(idx):
-                name = f"{fields[idx[p_axis]]}" + (f"[{','.join(str(i) for k, i in enumerate(idx) if k != p_axis)}]"
-                                                   if len(idx) > 1 else "")
-        for z, v in enumerate(c):
-            if planes is None:
-                rows.append({"stack": name, "plane": z, "score": float(v), "best": best})
-            else:
-                rows.append({"stack": name, "plane": z, "bbbc006_plane": planes[z], "score": float(v), "best": best,
-                             "best_bbbc006_plane": planes[best]})
+        s: dict[str, Any] = {**info, "index": list(idx), "scores": [float(v) for v in c]}
+        if method == "defocus":
+            s[SIGMA_COLUMN] = [-float(v) for v in c]
+        s["best_plane"] = best
+        if planes is not None:
+            s["best_bbbc006_plane"] = planes[best]
+        s["best_at_edge"] = best in (0, n - 1)
+        if signal is not None:
+            s["has_signal"] = bool(signal[idx])
+        stacks.append(s)
+    return stacks
+
+
+def focus_table(curves, meta=None, *, method: str = "defocus", has_signal=None, lone_name: str = "stack",
+                stacks: list[dict] | None = None) -> list[dict]:
+    """The CSV rows of a focus report: one per plane of every stack (:func:`focus_stacks`).
+
+    Columns, in order: ``stack``; ``well``, ``site`` (BBBC006 inputs) and ``channel`` (when the input names its
+    channels); ``plane`` (Z index) and ``bbbc006_plane`` (when known); the curve as ``median_sigma_px`` for the
+    ``defocus`` method (the plane's median σ over signal pixels, lower = sharper) or ``score`` for a classical
+    measure (higher = sharper); then the stack's ``best_plane``, ``best_bbbc006_plane`` (when known),
+    ``best_at_edge`` and ``has_signal`` (when given), repeated on each of its rows.
+
+    ``stacks`` (from :func:`focus_stacks`) is used instead of ``curves``/``meta`` when given.
+    """
+    if stacks is None:
+        stacks = focus_stacks(curves, meta, method=method, has_signal=has_signal, lone_name=lone_name)
+    planes = bbbc006_planes(meta, len(stacks[0]["scores"])) if stacks else None
+    rows = []
+    for s in stacks:
+        head = {k: s[k] for k in ("stack", "well", "site", "channel") if k in s}
+        tail = {k: s[k] for k in ("best_plane", "best_bbbc006_plane", "best_at_edge", "has_signal") if k in s}
+        values = s[SIGMA_COLUMN] if SIGMA_COLUMN in s else s["scores"]
+        column = SIGMA_COLUMN if SIGMA_COLUMN in s else "score"
+        for z, v in enumerate(values):
+            row = {**head, "plane": z}
+            if planes is not None:
+                row["bbbc006_plane"] = planes[z]
+            rows.append({**row, column: v, **tail})
     return rows
 
 
-def check_report_paths(source, **reports) -> None:
-    """Refuse report files that would overwrite the input, collide with each other, are folders or cannot be
-    written (folder missing, a file, or not writable: :func:`~napari_linblur.cli._groups.check_out_file`) — before
-    any work.
+def plane_has_signal(plane) -> bool:
+    """Whether any pixel of ``plane`` stands out from its background
+    (:func:`~napari_linblur.inference.defocus_ops.signal_mask`): False for an empty field, a blank frame or noise."""
+    import numpy as np
+
+    from napari_linblur.inference.defocus_ops import signal_mask
+
+    return bool(signal_mask(np.asarray(plane, dtype=np.float32)).any())
+
+
+def model_info(model: str | None) -> dict:
+    """``{"name", "sha256"}`` of the defocus model ``--model`` names (None: the shipped ``defocus-default``): the
+    name as given (a file as its absolute path) and the SHA-256 of its weights file, so that a report says which
+    weights scored it."""
+    from napari_linblur.models import registry
+
+    name = model or "defocus-default"
+    path, _, _ = registry._locate(name)
+    return {"name": name, "sha256": registry.sha256_file(path)}
+
+
+def _input_root(source) -> tuple[Path, bool]:
+    """The input as the reader opens it (a zarr metadata file means its folder) and whether it is a zarr store
+    (then its outermost store, all of which is input)."""
+    from napari_linblur.io.omezarr import _zarr_root, is_zarr_store
+
+    src = Path(os.path.abspath(os.fspath(source)))
+    if src.is_file() and src.name in ("zarr.json", ".zgroup", ".zattrs", ".zarray"):
+        src = src.parent
+    src = src.resolve()
+    if src.is_dir() and is_zarr_store(src):
+        return _zarr_root(src), True
+    return src, False
+
+
+def check_report_paths(source, overwrite: bool = False, **reports) -> None:
+    """Refuse report files that would overwrite the input, collide with each other, already exist (unless
+    ``overwrite``), are folders or cannot be written (folder missing, a file, or not writable:
+    :func:`~napari_linblur.cli._groups.check_out_file`) — before any work.
+
+    A report may be a new file inside an input folder (``--csv plate/focus.csv`` for the BBBC006 folder ``plate``),
+    never an input file itself (the input file, a TIFF of an input folder or of its subfolders), a new TIFF in an
+    input folder (the next run would read it as an image) or anything inside an input zarr store.
 
     ``reports`` maps an option name (``json``, ``csv``) to its path or None.
     """
     from ._groups import check_out_file
 
-    src = Path(source).resolve()
+    src, zarr_store = _input_root(source)
     seen: dict[Path, str] = {}
     for option, path in reports.items():
         if path is None:
             continue
         flag = f"--{option}"
         check_out_file(path, flag, example=f"focus.{option}")
-        rp = Path(path).resolve()
-        if rp == src or src in rp.parents:
-            raise ValueError(f"{flag} {path} would overwrite the input {source}: choose another file")
+        given = Path(os.path.abspath(os.fspath(path)))
+        rp = given.resolve()
+        for q in {given, rp}:  # the link itself (replaced by the write) and what it points to
+            inside = src in q.parents
+            if q == src or (inside and zarr_store) or (inside and q.suffix.lower() in _IMAGE_SUFFIXES and q.exists()):
+                raise ValueError(f"{flag} {path} would overwrite the input {source}: choose another file")
+            if inside and q.suffix.lower() in _IMAGE_SUFFIXES:
+                raise ValueError(f"{flag} {path}: a {q.suffix} file in the input folder {source} would be read as an "
+                                 f"image of the input by the next run; name it focus.{option} or write it elsewhere")
         if rp in seen:
             raise ValueError(f"{flag} and {seen[rp]} name the same file {path}")
+        if given.exists() and not overwrite:
+            raise ValueError(f"{flag} {path} already exists: pass --overwrite to replace it, or choose another file")
         seen[rp] = flag
+
+
+def _focus_line(s: dict) -> str:
+    """One printed line per stack: name, best plane (and BBBC006 plane), flags, curve."""
+    values = s.get(SIGMA_COLUMN, s["scores"])
+    curve = " ".join(f"{v:.3g}" for v in values)
+    source = f" (BBBC006 plane {s['best_bbbc006_plane']})" if "best_bbbc006_plane" in s else ""
+    flags = (" [at edge]" if s["best_at_edge"] else "") + (" [no signal]" if not s.get("has_signal", True) else "")
+    return f"{s['stack']}: best plane {s['best_plane']}{source}{flags}  curve: {curve}"
 
 
 def run_focus(args) -> int:
     import io
 
+    import dask
     import numpy as np
 
-    from napari_linblur.batch import compute_with_client
+    from napari_linblur.batch import compute_on_client, dask_client, progress_from_args
     from napari_linblur.inference.defocus_ops import focus_curve
     from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
     from napari_linblur.io.readers import open_zstack_with_metadata
 
-    check_report_paths(args.input, json=args.json, csv=args.csv)
+    check_report_paths(args.input, overwrite=args.overwrite, json=args.json, csv=args.csv)
     camera = camera_from_args(args)
     arr, meta = open_zstack_with_metadata(args.input, channel=args.channel)
     lazy = focus_curve(arr, method=args.method, model=args.model, device=args.device, compute=False,
                        tile=args.tile, camera=camera)
-    curves = np.asarray(compute_with_client(lazy, scheduler=args.scheduler, workers=args.workers))
-    rows = focus_table(curves, meta)
-    planes = bbbc006_planes(meta, curves.shape[-1] if curves.ndim else 1)
-    stacks: dict[str, dict] = {}
-    for r in rows:
-        s = stacks.setdefault(r["stack"], {"scores": [], "best_plane": r["best"]})
-        if planes is not None:
-            s["best_bbbc006_plane"] = r["best_bbbc006_plane"]
-        s["scores"].append(r["score"])
-    unit = " (score = -median σ px over signal)" if args.method == "defocus" else ""
+    model = model_info(args.model) if args.method == "defocus" else None
+    progress = progress_from_args(args)
+    with dask_client(args.scheduler, args.workers) as client:
+        # (..., Z): the reader gives every input a Z axis, so there is one even for a single plane
+        curves = np.atleast_1d(np.asarray(compute_on_client(client, lazy, progress=progress, desc="focus",
+                                                            unit="plane"), dtype=np.float64))
+        # the best plane of every stack again, for has_signal: one more plane read per stack
+        lead = curves.shape[:-1]
+        best = np.argmax(curves, axis=-1)
+        tasks = [dask.delayed(plane_has_signal)(arr[idx + (int(best[idx]),)]) for idx in np.ndindex(*lead)]
+        has_signal = np.array(client.gather(client.compute(tasks)), dtype=bool).reshape(lead)
+    lone = Path(os.fspath(args.input)).name or str(args.input)
+    stacks = focus_stacks(curves, meta, method=args.method, has_signal=has_signal, lone_name=lone)
+    n = curves.shape[-1]
+    planes = bbbc006_planes(meta, n)
+    unit = (" (curve: median σ px over signal pixels, lower = sharper)" if args.method == "defocus"
+            else " (curve: score, higher = sharper)")
     numbers = "" if planes is None else f" (BBBC006 planes {', '.join(str(z) for z in planes)})"
-    print(f"focus method: {args.method}{unit}; planes along Z: {arr.shape[-3] if arr.ndim >= 3 else 1}{numbers}")
-    for name, s in stacks.items():
-        curve = " ".join(f"{v:.3g}" for v in s["scores"])
-        source = "" if planes is None else f" (BBBC006 plane {s['best_bbbc006_plane']})"
-        print(f"{name}: best plane {s['best_plane']}{source}  curve: {curve}")
+    print(f"focus method: {args.method}{unit}; planes along Z: {n}{numbers}")
+    for s in stacks:
+        print(_focus_line(s))
+    edge = sum(s["best_at_edge"] for s in stacks)
+    empty = sum(not s["has_signal"] for s in stacks)
+    if n > 1 and edge:
+        print(f"[at edge] {edge} of {len(stacks)} stacks: the best plane is the first or last one, focus may lie "
+              "outside the stack")
+    if empty:
+        print(f"[no signal] {empty} of {len(stacks)} stacks: no pixel of the best plane stands out from the "
+              "background (an empty field, or noise or texture everywhere): check it before trusting its best plane")
     if args.json:
-        write_json_atomic(args.json, {"input": str(args.input), "method": args.method, "axes": meta.axes,
-                                      **({"bbbc006_planes": planes} if planes is not None else {}),
-                                      "stacks": stacks})
+        channel = meta.channel_names[0] if meta.channel_names and "c" not in meta.axes else None
+        write_json_atomic(args.json, {
+            "input": os.path.abspath(os.fspath(args.input)),
+            "channel": channel,
+            **({"channels": list(meta.channel_names)} if meta.channel_names and "c" in meta.axes else {}),
+            "method": args.method,
+            "model": model,
+            "score": ("minus the median sigma (px) over the plane's signal pixels; median_sigma_px = -score; higher "
+                      "score = sharper" if args.method == "defocus" else f"{args.method}; higher = sharper"),
+            "axes": meta.axes,
+            "n_planes": n,
+            **({"bbbc006_planes": planes} if planes is not None else {}),
+            "stacks": {s["stack"]: {k: v for k, v in s.items() if k != "stack"} for s in stacks},
+        })
         print(f"wrote {args.json}")
     if args.csv:
+        rows = focus_table(None, meta, stacks=stacks)
         buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["stack", "plane", "score", "best"])
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
         write_text_atomic(args.csv, buf.getvalue(), newline="")

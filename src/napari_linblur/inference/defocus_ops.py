@@ -2,7 +2,8 @@
 
 * :func:`estimate_defocus` runs HDME-Net (paper 001) tiled with overlap over every plane and returns σ of the
   equivalent Gaussian PSF in pixels, float32, same shape as the input (numpy or lazy dask, one task per plane);
-  ``mode="patch"`` gives the mean σ per ``patch_size`` tile, :func:`defocus_patches` the patch grid itself.
+  ``mode="patch"`` gives the mean σ per ``patch_size`` tile over the plane's signal pixels (:func:`signal_mask`;
+  NaN for a tile without any; ``patch_pixels="all"``: over every pixel), :func:`defocus_patches` the patch grid.
 * :func:`sigma_to_defocus_um` converts σ maps to µm of defocus with the optics calibration
   (:func:`napari_linblur.optics.psf.defocus_from_sigma`).
 * :func:`focus_curve` scores every plane (higher = sharper): ``"defocus"`` = minus the median estimated σ over
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .tiling import NETWORK_OVERLAP, check_int, check_tiling_options, map_planes
+from .tiling import NETWORK_OVERLAP, _naming_the_plane, check_int, check_tiling_options, map_planes
 from .validate import check_callbacks, check_finite_plane, check_image, is_dask
 
 #: Largest automatic tile of the defocus network: a 1024² plane is 2 x 2 tiles of 576 px. One whole 1024² tile
@@ -31,6 +32,7 @@ DEFOCUS_TILE_CAP = 576
 
 __all__ = [
     "FOCUS_METHODS",
+    "PATCH_PIXELS",
     "best_focus",
     "defocus_patches",
     "estimate_defocus",
@@ -44,6 +46,9 @@ __all__ = [
 #: ``method`` names of :func:`focus_curve`; the classical ones map to :mod:`napari_linblur.metrics.focus`
 FOCUS_METHODS = ("defocus", "variance_of_laplacian", "brenner", "tenengrad", "normalized_variance", "vollath")
 _ALIASES = {"laplacian": "variance_of_laplacian", "normvar": "normalized_variance", "vollath_f4": "vollath"}
+
+#: ``patch_pixels`` of :func:`estimate_defocus` / :func:`defocus_patches`: which pixels of a tile its σ averages
+PATCH_PIXELS = ("signal", "all")
 
 _MODEL_CACHE: dict[tuple, Any] = {}
 _CACHE_LOCK = threading.Lock()
@@ -89,8 +94,9 @@ class _PlaneDefocus:
     """Picklable per-plane σ estimator: holds the model *spec* and loads it once per worker process."""
 
     def __init__(self, model, device, tile, overlap, batch_size, mode, patch_size, progress=None, should_stop=None,
-                 amp="off", tta=1, camera=None):
+                 amp="off", tta=1, camera=None, patch_pixels="signal"):
         self.model = model
+        self.patch_pixels = patch_pixels
         self.camera = camera  # the noise variance line (a, b), or None = estimate from each plane
         self.amp = amp
         self.tta = tta
@@ -145,13 +151,13 @@ class _PlaneDefocus:
         )[0]
         sigma = np.maximum(sigma, 0.0).astype(np.float32)
         if self.mode == "patch":
-            grid = patch_means(sigma, self.patch_size)
+            grid = patch_means(sigma, self.patch_size, mask=_patch_mask(plane, self.patch_pixels))
             sigma = _broadcast_patches(grid, sigma.shape, self.patch_size)
         return sigma
 
 
-def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", patch_size=64, amp="auto", tta=1,
-                   camera="auto", progress=None, should_stop=None) -> _PlaneDefocus:
+def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", patch_size=64, patch_pixels="signal",
+                   amp="auto", tta=1, camera="auto", progress=None, should_stop=None) -> _PlaneDefocus:
     """The validated per-plane σ estimator shared by :func:`estimate_defocus` and the ``defocus`` focus score.
 
     ``tile=None`` = automatic (chosen per plane) with a 128 px overlap; a given tile defaults to an overlap of
@@ -167,6 +173,7 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
     tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size, default_overlap=NETWORK_OVERLAP,
                                                      cap=DEFOCUS_TILE_CAP)
     patch_size = check_int(patch_size, "patch_size", 4)
+    _check_patch_pixels(patch_pixels)
     if amp not in ("auto", "off", "bf16"):
         raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
@@ -177,10 +184,41 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
     if _model_key(model, device) is None:
         model = net  # a module of the caller's: copied once here, not once per plane
     return _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size, progress, should_stop,
-                         amp=amp, tta=tta, camera=line)
+                         amp=amp, tta=tta, camera=line, patch_pixels=patch_pixels)
+
+
+def _check_patch_pixels(patch_pixels: Any) -> str:
+    if not isinstance(patch_pixels, str) or patch_pixels not in PATCH_PIXELS:
+        raise ValueError(f"patch_pixels={patch_pixels!r}; use 'signal' (mean σ over the plane's signal pixels of "
+                         "each tile, NaN for a tile without any) or 'all' (mean over every pixel of the tile)")
+    return patch_pixels
+
+
+def _patch_mask(plane: np.ndarray, patch_pixels: str) -> np.ndarray | None:
+    """The pixels a patch mean averages: None = all; else the plane's :func:`signal_mask` (computed once on the
+    whole plane), all pixels when no pixel stands out (texture everywhere, or only noise: as the ``defocus`` focus
+    score), none (NaN everywhere) for a constant plane, which holds no blur information at all."""
+    if patch_pixels == "all":
+        return None
+    if plane.min() == plane.max():
+        return np.zeros(plane.shape, bool)
+    mask = signal_mask(plane)
+    return mask if mask.any() else None
 
 
 # ------------------------------------------------------------------------------------------- estimation
+def _check_stack(x: Any, name: str) -> Any:
+    """:func:`~napari_linblur.inference.validate.check_image`, whose NaN/Inf check of a numpy stack runs plane by
+    plane (still before any work) so that its error names the plane, as the per-plane check of a dask stack does
+    at compute time: ``"stack contains NaN or Inf values; ... (at plane (1, 2) of the stack)"``."""
+    x = check_image(x, name, check_finite=False)
+    if not is_dask(x):
+        for idx in np.ndindex(*x.shape[:-2]):
+            with _naming_the_plane(idx):
+                check_finite_plane(x[idx], name)
+    return x
+
+
 def estimate_defocus(
     img: Any,
     *,
@@ -191,6 +229,7 @@ def estimate_defocus(
     batch_size: int = 1,
     mode: str = "pixel",
     patch_size: int = 64,
+    patch_pixels: str = "signal",
     amp: str = "auto",
     tta: int = 1,
     camera: Any = "auto",
@@ -223,6 +262,13 @@ def estimate_defocus(
         broadcast back to the image shape (quick QC; :func:`defocus_patches` returns the grid itself).
     patch_size : int
         Patch side for ``mode="patch"``.
+    patch_pixels : {"signal", "all"}
+        Which pixels of a tile ``mode="patch"`` averages. ``"signal"`` (default): the plane's signal pixels
+        (:func:`signal_mask`, computed once on the whole plane, as the ``defocus`` score of :func:`focus_curve`);
+        a tile without any signal pixel (empty background, where σ is the network's guess, not a measurement) is
+        NaN. A plane with no pixel standing out (texture everywhere, or only noise) averages all its pixels; a
+        constant plane is NaN everywhere. ``"all"``: every pixel of the tile (background included). Ignored with
+        ``mode="pixel"``.
     amp : {"auto", "off", "bf16"}
         ``"auto"``: bf16 autocast where the hardware runs it natively (a CPU with AVX512-BF16/AMX, a bf16 GPU),
         about 1.4-1.7x faster on such a CPU; the map moves by at most 0.13 px (benchmarks/bench_defocus.py).
@@ -241,12 +287,14 @@ def estimate_defocus(
     Returns
     -------
     numpy.ndarray or dask.array.Array
-        float32 σ map, same shape as ``img`` (dask in -> lazy dask out, one task per plane).
+        float32 σ map, same shape as ``img`` (dask in -> lazy dask out, one task per plane); with
+        ``mode="patch"`` NaN in the tiles without signal pixels.
 
     Raises
     ------
     ValueError, TypeError
-        Bad image, mode, tile, patch size or ``tta``; no defocus model available.
+        Bad image, mode, tile, patch size, ``patch_pixels`` or ``tta``; no defocus model available. An error about
+        one plane of a stack names the plane.
 
     Examples
     --------
@@ -256,33 +304,67 @@ def estimate_defocus(
     >>> sigma.shape, sigma.dtype.name
     ((64, 80), 'float32')
     """
-    img = check_image(img, "img")
+    img = _check_stack(img, "img")
     check_callbacks(progress, should_stop)
     fn = _plane_defocus(model, device, tile=tile, overlap=overlap, batch_size=batch_size, mode=mode,
-                        patch_size=patch_size, amp=amp, tta=tta, camera=camera,
+                        patch_size=patch_size, patch_pixels=patch_pixels, amp=amp, tta=tta, camera=camera,
                         progress=None if is_dask(img) else progress,
                         should_stop=None if is_dask(img) else should_stop)
     return map_planes(fn, img)
 
 
-def patch_means(sigma_map, patch_size: int = 64) -> np.ndarray:
+def patch_means(sigma_map: Any, patch_size: int = 64, mask: Any = None) -> np.ndarray:
     """Mean of a 2-D map over ``patch_size`` tiles (the last row/column of tiles may be smaller).
+
+    Parameters
+    ----------
+    sigma_map : array_like, (Y, X)
+        The map (e.g. σ in px from :func:`estimate_defocus`).
+    patch_size : int
+        Tile side, ``>= 1``.
+    mask : array_like of bool, (Y, X), optional
+        Average only these pixels of every tile (e.g. :func:`signal_mask` of the plane); a tile without any is
+        NaN. None: every pixel.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 grid of shape ``(ceil(Y / patch_size), ceil(X / patch_size))``.
 
     Examples
     --------
     >>> patch_means(np.arange(16.0).reshape(4, 4), 2)
     array([[ 2.5,  4.5],
            [10.5, 12.5]], dtype=float32)
+    >>> m = np.zeros((4, 4), bool); m[0, 0] = m[3, 3] = True
+    >>> patch_means(np.arange(16.0).reshape(4, 4), 2, mask=m)
+    array([[ 0., nan],
+           [nan, 15.]], dtype=float32)
     """
     s = np.asarray(sigma_map, dtype=np.float64)
     if s.ndim != 2:
         raise ValueError(f"sigma_map must be 2-D (Y, X), got shape {s.shape}")
     p = check_int(patch_size, "patch_size", 1)
     ny, nx = -(-s.shape[0] // p), -(-s.shape[1] // p)
-    sums = np.add.reduceat(np.add.reduceat(s, np.arange(0, s.shape[0], p), axis=0), np.arange(0, s.shape[1], p), axis=1)
-    hy = np.minimum(p, s.shape[0] - np.arange(ny) * p)
-    hx = np.minimum(p, s.shape[1] - np.arange(nx) * p)
-    return (sums / np.outer(hy, hx)).astype(np.float32)
+    rows, cols = np.arange(0, s.shape[0], p), np.arange(0, s.shape[1], p)
+
+    def tile_sums(a: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(np.add.reduceat(a, rows, axis=0), cols, axis=1)
+
+    if mask is None:
+        hy = np.minimum(p, s.shape[0] - np.arange(ny) * p)
+        hx = np.minimum(p, s.shape[1] - np.arange(nx) * p)
+        return (tile_sums(s) / np.outer(hy, hx)).astype(np.float32)
+    m = np.asarray(mask)
+    if m.shape != s.shape:
+        raise ValueError(f"mask has shape {m.shape}; it must have the map's shape {s.shape}")
+    if m.dtype != bool:
+        raise TypeError(f"mask must be a boolean array, got dtype {m.dtype}")
+    counts = tile_sums(m.astype(np.float64))
+    sums = tile_sums(np.where(m, s, 0.0))
+    out = np.full(counts.shape, np.nan)
+    np.divide(sums, counts, out=out, where=counts > 0)
+    return out.astype(np.float32)
 
 
 def _broadcast_patches(grid: np.ndarray, shape: tuple[int, int], patch_size: int) -> np.ndarray:
@@ -290,10 +372,13 @@ def _broadcast_patches(grid: np.ndarray, shape: tuple[int, int], patch_size: int
     return np.ascontiguousarray(full[: shape[0], : shape[1]], dtype=np.float32)
 
 
-def defocus_patches(img, *, patch_size: int = 64, model=None, device="auto", **kwargs) -> np.ndarray:
+def defocus_patches(img: Any, *, patch_size: int = 64, patch_pixels: str = "signal", model: Any = None,
+                    device: Any = "auto", **kwargs: Any) -> np.ndarray:
     """Patch grid of mean σ: ``(..., ceil(Y / patch_size), ceil(X / patch_size))`` float32 (computed).
 
-    Keyword arguments go to :func:`estimate_defocus`. Dask inputs are computed plane by plane.
+    The values of ``estimate_defocus(img, mode="patch")``, one per tile: by default the mean σ over the plane's
+    signal pixels in the tile, NaN for a tile without any (``patch_pixels``, as in :func:`estimate_defocus`).
+    Other keyword arguments go to :func:`estimate_defocus`. Dask inputs are computed plane by plane.
 
     Examples
     --------
@@ -302,14 +387,19 @@ def defocus_patches(img, *, patch_size: int = 64, model=None, device="auto", **k
     >>> defocus_patches(img, patch_size=32, device="cpu").shape
     (2, 3)
     """
-    img = check_image(img, "img")
+    img = check_image(img, "img", check_finite=False)  # estimate_defocus checks it
     patch_size = check_int(patch_size, "patch_size", 4)
-    sigma = estimate_defocus(img, model=model, device=device, patch_size=patch_size, **kwargs)
+    mode = kwargs.pop("mode", "patch")
+    if mode != "patch":
+        raise ValueError(f"mode={mode!r}: defocus_patches always averages tiles (mode='patch'); for the per-pixel "
+                         "map use estimate_defocus(img, mode='pixel')")
+    sigma = estimate_defocus(img, model=model, device=device, mode="patch", patch_size=patch_size,
+                             patch_pixels=patch_pixels, **kwargs)
     lead = tuple(img.shape[:-2])
     ny, nx = -(-img.shape[-2] // patch_size), -(-img.shape[-1] // patch_size)
     out = np.empty(lead + (ny, nx), np.float32)
     for idx in np.ndindex(*lead):
-        out[idx] = patch_means(np.asarray(sigma[idx]), patch_size)
+        out[idx] = np.asarray(sigma[idx][::patch_size, ::patch_size])  # every tile is constant: its first pixel
     return out
 
 
@@ -328,12 +418,12 @@ def sigma_to_defocus_um(
     Uses :func:`napari_linblur.optics.psf.defocus_from_sigma` for the
     :class:`~napari_linblur.optics.psf.OpticalSetup` ``(na, wavelength_um, pixel_um, ni, psf_model)``
     (or ``setup`` when given). σ below the setup's in-focus σ maps to 0 µm. The sign of the defocus (above or
-    below focus) cannot be told from one image.
+    below focus) cannot be told from one image. NaN (a patch map's tile without signal pixels) stays NaN.
 
     Parameters
     ----------
     sigma_map : array_like or dask array
-        σ in pixels (``>= 0``; small negative values are clipped to 0).
+        σ in pixels (``>= 0``; small negative values are clipped to 0; NaN passes through, Inf is an error).
     na, wavelength_um, pixel_um, ni : float
         Numerical aperture, emission wavelength (µm), pixel size in the sample (µm), immersion index.
     psf_model : {"born_wolf", "gibson_lanni", "gaussian", "disc"}
@@ -352,6 +442,8 @@ def sigma_to_defocus_um(
     ...                          psf_model="gaussian")
     >>> [round(float(v), 1) for v in um]
     [0.0, 10.0]
+    >>> sigma_to_defocus_um(np.array([np.nan]), na=0.45, wavelength_um=0.5, pixel_um=0.65)
+    array([nan], dtype=float32)
     """
     from napari_linblur.optics.psf import OpticalSetup, defocus_from_sigma
 
@@ -370,9 +462,13 @@ def sigma_to_defocus_um(
 
     def conv(block):
         b = np.asarray(block, dtype=np.float64)
-        if not np.all(np.isfinite(b)):
-            raise ValueError("sigma_map contains NaN or Inf values")
-        return np.asarray(defocus_from_sigma(np.clip(b, 0.0, None), setup), dtype=np.float32).reshape(b.shape)
+        if np.isinf(b).any():
+            raise ValueError("sigma_map contains Inf values (NaN, e.g. a patch without signal pixels, passes through)")
+        nan = np.isnan(b)
+        um = np.asarray(defocus_from_sigma(np.clip(np.where(nan, 0.0, b), 0.0, None), setup), dtype=np.float32)
+        um = um.reshape(b.shape)
+        um[nan] = np.nan
+        return um
 
     if is_dask(sigma_map):
         return sigma_map.map_blocks(conv, dtype=np.float32)
@@ -532,6 +628,13 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
         (constant planes score 0 with the classical measures and -10 with ``"defocus"``, the top of the trained σ
         range, so that an empty frame never outranks a plane with structure below it).
 
+    Raises
+    ------
+    ValueError, TypeError
+        Bad stack, method or option. An error while scoring one plane of a stack (NaN/Inf values, a
+        non-finite normalization...) keeps its type and message and names the plane:
+        ``"stack contains NaN or Inf values; ... (at plane (2,) of the stack)"``.
+
     Examples
     --------
     >>> import numpy as np
@@ -541,7 +644,7 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
     >>> int(np.argmax(focus_curve(stack, method="brenner")))
     2
     """
-    stack = check_image(stack, "stack")
+    stack = _check_stack(stack, "stack")
     method = _check_method(method)
     fn = _score_fn(method, model, device, kwargs)
     lead = tuple(stack.shape[:-2])
@@ -553,15 +656,18 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
         chunks.update({nlead: -1, nlead + 1: -1})
         arr = da.asarray(stack).rechunk(chunks)
 
-        def _block(b):
-            return np.asarray(fn(b.reshape(b.shape[-2:])), dtype=np.float64).reshape(b.shape[:-2])
+        def _block(b, block_info=None):
+            where = tuple(block_info[0]["chunk-location"][:nlead]) if block_info and nlead else ()
+            with _naming_the_plane(where):  # chunks of one plane: the chunk location is the plane's index
+                return np.asarray(fn(b.reshape(b.shape[-2:])), dtype=np.float64).reshape(b.shape[:-2])
 
         lazy = arr.map_blocks(_block, drop_axis=[nlead, nlead + 1], dtype=np.float64,
                               meta=np.empty((0,) * nlead, np.float64))
         return np.asarray(lazy.compute()) if compute else lazy
     out = np.empty(lead, np.float64)
     for idx in np.ndindex(*lead):
-        out[idx] = fn(np.asarray(stack[idx]))
+        with _naming_the_plane(idx):  # "... (at plane (3,) of the stack)", as estimate_defocus says
+            out[idx] = fn(np.asarray(stack[idx]))
     return out
 
 
@@ -590,7 +696,7 @@ def best_focus(stack: Any, *, method: str = "defocus", model: Any = None, device
     if "compute" in kwargs:
         raise TypeError("best_focus() takes no compute= argument: it returns an index, so it always computes the "
                         "focus curve; for a lazy curve use focus_curve(stack, compute=False)")
-    stack = check_image(stack, "stack")
+    stack = check_image(stack, "stack", check_finite=False)  # focus_curve checks it
     if stack.ndim < 3:
         raise ValueError(f"stack has shape {tuple(stack.shape)}; best_focus needs a z-stack (..., Z, Y, X)")
     curve = focus_curve(stack, method=method, model=model, device=device, compute=True, **kwargs)
