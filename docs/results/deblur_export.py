@@ -11,6 +11,10 @@ sha256 of the ``ae-default`` used by the stage-2 feature loss.
 
 (the command of the shipped model is in docs/results/deblur.md, section "psnr loss, more content, larger patches").
 
+``--continues MODEL`` (a shipped name or a ``.safetensors`` path) is for runs that continued a shipped model: the card's
+``legs_in_order`` starts with that model's legs (its card's ``legs_in_order``) and ``training_minutes_total`` adds its
+total, so the card lists and times the whole chain from the first leg.
+
 ``--stage1-init`` records the run that the stage-1 run was itself initialised from (card key ``stage1_init``:
 its exact command, steps, seed, time and validation), so that the card holds the commands of every stage.
 """
@@ -55,6 +59,9 @@ def main() -> None:
     p.add_argument("--model", required=True, help="the final run's model.safetensors")
     p.add_argument("--runs", nargs="+", default=[], metavar="NAME=RUN_DIR", help="the runs that led to it, in order")
     p.add_argument("--stage1-init", default=None, help="run dir the stage-1 run was initialised from (--init)")
+    p.add_argument("--continues", default=None, metavar="MODEL",
+                   help="the shipped model (name or .safetensors; read before it is replaced) the first run "
+                   "continued: its legs and minutes start the card's legs_in_order and training_minutes_total")
     p.add_argument("--eval", required=True, help="deblur_eval.json of `linblur evaluate deblur`")
     p.add_argument("--out", default=str(WEIGHTS / "deblur-default.safetensors"))
     p.add_argument("--feature-ae-sha256", default=None,
@@ -87,7 +94,7 @@ def main() -> None:
         name, path = item.split("=", 1)
         more = json.loads(Path(path).read_text())
         metrics.setdefault("more", {})[name] = _metrics(more, more.get("main", "network"))
-    path = export_default(a.model, a.out, runs=runs, metrics=metrics, extra=extra)
+    path = export_default(a.model, a.out, runs=runs, metrics=metrics, extra=extra, continues=a.continues)
     card = json.loads(Path(path).with_suffix(".json").read_text())
     print(f"wrote {path} (sha256 {card.get('sha256')})")
 

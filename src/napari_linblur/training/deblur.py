@@ -702,7 +702,7 @@ class DeblurTask(StartsFromInit):
 
 
 def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | None = None,
-                   metrics: dict | None = None, extra: dict | None = None) -> Path:
+                   metrics: dict | None = None, extra: dict | None = None, continues: str | None = None) -> Path:
     """Write a trained run as a shipped model (``models/weights/NAME.safetensors`` + ``.json``, sha256).
 
     The card is the run's card plus ``stages`` (every run's training command, steps, seed, time, validation) and
@@ -721,6 +721,11 @@ def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | Non
         Measured results to record.
     extra : dict, optional
         More card entries (e.g. the sha256 of the autoencoder used by the feature loss).
+    continues : str, optional
+        The shipped model (name or ``.safetensors``, read before it is replaced) that the first of ``runs``
+        continued with ``--init``: its ``stages`` and ``legs_in_order`` come first in the card, its
+        ``training_minutes_total`` is added, and ``continues`` records its sha256, so the card lists and times the
+        whole chain from its first leg.
     """
     from napari_linblur.models.registry import load_model, read_card, save_model
 
@@ -733,10 +738,25 @@ def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | Non
                         "init": c.get("init"), "loss": c.get("loss"), "replay": c.get("replay")}
         t = c.get("training") or {}
         legs.append({"name": name, "command": t.get("command"), "seconds": t.get("seconds")})
+    before_minutes = 0.0
+    if continues is not None:
+        from napari_linblur.models.registry import _locate, sha256_file
+
+        before = read_card(continues)
+        clash = set(stages) & set(before.get("stages") or {})
+        if clash:
+            raise ValueError(f"runs {sorted(clash)} have the names of legs of {continues}; name them differently")
+        stages = {**(before.get("stages") or {}), **stages}
+        legs = list(before.get("legs_in_order") or []) + legs
+        before_minutes = float(before.get("training_minutes_total") or 0.0)
+        card["continues"] = {"model": str(continues), "sha256": sha256_file(_locate(continues)[0]),
+                             "training_minutes_total": before.get("training_minutes_total")}
     card["stages"] = stages
     if legs:  # ``stages`` is a mapping (written with sorted keys); this keeps the order the legs ran in
         card["legs_in_order"] = legs
-        card["training_minutes_total"] = round(sum(float(x["seconds"] or 0.0) for x in legs) / 60.0, 1)
+        new = legs[len(legs) - len(runs or {}):]
+        card["training_minutes_total"] = round(before_minutes + sum(float(x["seconds"] or 0.0) for x in new) / 60.0,
+                                               1)
     if metrics is not None:
         card["metrics"] = metrics
     card.update(extra or {})

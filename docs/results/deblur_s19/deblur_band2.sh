@@ -1,0 +1,7 @@
+set -e
+cd "$(dirname "$0")/../../.."
+source .venv/bin/activate
+nice -n 5 linblur train deblur --stage 1 --init runs/s19/db_s1/model.safetensors --loss psnr --pool 256 --patch 96 --batch 4 --depth-band 0.5 6.5 0.8 --out runs/s19/db2_s1 --steps 2000 --lr 1.5e-4 --seed 23 --amp bf16 --threads 1 --max-minutes 10 --val-every 1000 --ckpt-every 1000 --no-progress
+nice -n 5 linblur train deblur --stage 2 --init runs/s19/db2_s1/model.safetensors --loss psnr --replay 0.8 --patch 96 --batch 4 --feature-weight 5 --depth-band 0.5 6.5 0.8 --out runs/s19/db2_s2 --steps 1000 --lr 1e-4 --seed 24 --amp bf16 --threads 1 --max-minutes 5 --val-every 500 --ckpt-every 500 --no-progress
+nice -n 5 linblur evaluate deblur --model runs/s19/db2_s2/model.safetensors --ablation band1=runs/s19/db_s2/model.safetensors --n 128 --side 128 --seed 3000000 --no-speed --no-reblur --threads 1 --out runs/s19/val_band2
+echo DONE
