@@ -100,8 +100,12 @@ def test_bbbc006_per_plane_folders(tmp_path):
 def test_bbbc006_missing_plane_and_channel(tmp_path):
     _prefix_layout(tmp_path)
     (tmp_path / f"01_mcf-z-stacks-03212011_k06_s2_w2{UUID}.tif").unlink()
-    with pytest.raises(ValueError, match=r"well k06 site 2 channel w2 plane 01"):
-        open_zstack(tmp_path)
+    # the field with a hole is dropped with a warning, the complete field is still read; a hole in w2 never
+    # blocks w1 (tests/test_io_plates.py covers the rules)
+    with pytest.warns(UserWarning, match="k06_s2 lacks w2 plane 1"):
+        arr, meta = open_zstack_with_metadata(tmp_path)
+    assert meta.extra["fields"] == ["a01_s1"] and meta.extra["dropped_fields"] == {"k06_s2": [1]}
+    assert open_zstack(tmp_path, channel="w1").shape == (2, 3, 520, 696)
     d2 = tmp_path / "onlyw1"
     d2.mkdir()
     _prefix_layout(d2, channels=(1,))

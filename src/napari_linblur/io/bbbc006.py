@@ -11,6 +11,11 @@ A folder opens as a lazy dask array with axes ``(P, C, Z, Y, X)`` (``P`` = well/
 then site; ``C`` = channels ``w1``, ``w2``; ``Z`` = planes sorted by index) or ``(P, Z, Y, X)`` when one channel
 is selected. Planes are 2 µm apart (plane 16 is in focus), pixels 0.65 µm.
 
+A plate with holes still opens (:func:`organize`): the channel is chosen first (a missing ``w1`` file never
+matters when ``w2`` is read), the stack holds the planes that at least half of the fields have, and a field that
+lacks one of them is left out (the reader warns and records it in ``meta.extra['dropped_fields']``); only a
+folder in which no field is complete is an error.
+
 Examples
 --------
 >>> from napari_linblur.io.bbbc006 import parse_bbbc006_name
@@ -35,6 +40,11 @@ __all__ = [
     "is_bbbc006_name",
     "scan_bbbc006",
     "plane_from_folder",
+    "PlateLayout",
+    "organize",
+    "channels_of",
+    "planes_text",
+    "dropped_message",
 ]
 
 BBBC006_Z_SPACING_UM = 2.0
@@ -178,27 +188,170 @@ def _field_sort_key(field: str) -> tuple[str, int, int]:
     return (well[0], int(well[1:]), int(site))
 
 
-def organize(records: list[BBBCRecord], folder: str | Path) -> tuple[list[str], list[str], list[int], dict]:
-    """Check completeness and return ``(fields, channels, planes, index)``.
+def channels_of(records: Iterable[BBBCRecord]) -> list[str]:
+    """The channels (``'w1'``, ``'w2'``) that occur among ``records``, sorted."""
+    return sorted({r.channel for r in records})
 
-    ``index[(field, channel, z)]`` is the record. Every field must have every channel at every plane that
-    occurs anywhere in the folder; otherwise a ``ValueError`` lists what is missing.
+
+def planes_text(planes: Iterable[int]) -> str:
+    """Plane indices as short text, runs joined by a dash.
+
+    Examples
+    --------
+    >>> planes_text([0, 1, 2, 3, 7, 9, 10])
+    'planes 0-3, 7, 9-10'
+    >>> planes_text([16])
+    'plane 16'
     """
+    zs = sorted(set(planes))
+    runs: list[list[int]] = []
+    for z in zs:
+        if runs and z == runs[-1][-1] + 1:
+            runs[-1].append(z)
+        else:
+            runs.append([z])
+    text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+    return ("plane " if len(zs) == 1 else "planes ") + text
+
+
+@dataclass(frozen=True)
+class PlateLayout:
+    """What of a BBBC006 folder makes a complete ``(P, C, Z)`` grid of planes, and what was left out.
+
+    Attributes
+    ----------
+    fields : list of str
+        the complete fields (every selected channel at every plane), sorted by well then site: the P axis.
+    channels : list of str
+        the selected channels: the C axis.
+    planes : list of int
+        the plane indices along Z: every plane that at least half of the fields hold (in any selected channel).
+    index : dict
+        ``(field, channel, z) -> BBBCRecord`` for every cell of the grid.
+    dropped : dict
+        ``field -> {channel: [missing planes]}`` for each field left out because it lacks planes that the other
+        fields have.
+    left_out_planes : list of int
+        planes that fewer than half of the fields hold: not part of the stack, though some complete fields hold
+        them.
+    """
+
+    fields: list[str]
+    channels: list[str]
+    planes: list[int]
+    index: dict[tuple[str, str, int], BBBCRecord]
+    dropped: dict[str, dict[str, list[int]]]
+    left_out_planes: list[int]
+
+    @property
+    def dropped_planes(self) -> dict[str, list[int]]:
+        """``field -> missing planes`` (of any selected channel) for each dropped field, e.g. ``{'a02_s1': [16]}``."""
+        return {f: sorted({z for zs in by_c.values() for z in zs}) for f, by_c in self.dropped.items()}
+
+
+def _field_text(field: str) -> str:
+    well, site = field.split("_s")
+    return f"well {well} site {site}"
+
+
+def _lacks_text(by_channel: dict[str, list[int]]) -> str:
+    """``'w1 plane 16 and w2 planes 15-16'``."""
+    return " and ".join(f"{c} {planes_text(zs)}" for c, zs in by_channel.items() if zs)
+
+
+def organize(
+    records: list[BBBCRecord], folder: str | Path, channels: Iterable[str] | None = None
+) -> PlateLayout:
+    """Arrange the ``records`` of a BBBC006 folder into a complete grid of fields x ``channels`` x planes.
+
+    The planes of the stack are those that at least half of the fields hold (a plane that only a few fields have is
+    left out, see :attr:`PlateLayout.left_out_planes`). A field that lacks one of these planes in one of the
+    selected channels is dropped (:attr:`PlateLayout.dropped`), so that one missing file costs its field only;
+    the other channels are not looked at, so a hole in ``w1`` never drops a field when ``channels=['w2']``.
+
+    Parameters
+    ----------
+    records : list of BBBCRecord
+        the folder's files (:func:`scan_bbbc006`).
+    folder : str or Path
+        for messages.
+    channels : iterable of str, optional
+        the channels to stack (e.g. ``['w2']``); None: every channel that occurs in ``records``.
+
+    Returns
+    -------
+    PlateLayout
+
+    Raises
+    ------
+    ValueError
+        if ``records`` is empty, a channel does not occur in the folder, or no field holds every selected channel
+        at every plane (the message lists the missing files, and says so when the fields have no plane in common).
+    """
+    if not records:
+        raise ValueError(f"{folder}: no BBBC006 files (named '[zz_]mcf-z-stacks-03212011_{{well}}_s{{site}}"
+                         "_w{channel}{uuid}.tif')")
+    present = channels_of(records)
+    sel = present if channels is None else list(channels)
+    unknown = [c for c in sel if c not in present]
+    if unknown or not sel:
+        raise ValueError(f"{folder}: no BBBC006 files of channel(s) {unknown or sel}; the folder holds channels "
+                         f"{present}")
     fields = sorted({r.field for r in records}, key=_field_sort_key)
-    channels = sorted({r.channel for r in records})
-    planes = sorted({int(r.z) for r in records if r.z is not None})
-    index = {(r.field, r.channel, int(r.z)): r for r in records if r.z is not None}
-    missing = [
-        f"well {f.split('_s')[0]} site {f.split('_s')[1]} channel {c} plane {z:02d}"
+    index = {(r.field, r.channel, int(r.z)): r for r in records if r.channel in sel and r.z is not None}
+    held: dict[str, set[int]] = {f: set() for f in fields}  # planes a field holds in any selected channel
+    for f, _, z in index:
+        held[f].add(z)
+    counts: dict[int, int] = {}
+    for zs in held.values():
+        for z in zs:
+            counts[z] = counts.get(z, 0) + 1
+    planes = sorted(z for z, n in counts.items() if 2 * n >= len(fields))
+    missing = {f: {c: [z for z in planes if (f, c, z) not in index] for c in sel} for f in fields}
+    complete = [f for f in fields if planes and not any(missing[f].values())]
+    if not complete:
+        raise ValueError(_no_complete_field(folder, fields, sel, planes, missing, held))
+    keep, stacked = set(complete), set(planes)
+    dropped = {f: {c: zs for c, zs in missing[f].items() if zs} for f in fields if f not in keep}
+    left_out = sorted({z for f in complete for z in held[f]} - stacked)
+    grid = {k: r for k, r in index.items() if k[0] in keep and k[2] in stacked}
+    return PlateLayout(complete, sel, planes, grid, dropped, left_out)
+
+
+def _no_complete_field(folder: str | Path, fields: list[str], channels: list[str], planes: list[int],
+                       missing: dict[str, dict[str, list[int]]], held: dict[str, set[int]]) -> str:
+    """The message for a folder in which no field is complete: what is missing, and whether any plane is common."""
+    common = set.intersection(*(held[f] for f in fields)) if fields else set()
+    shared = ""
+    if not common:
+        shown_fields = "; ".join(f"{f}: {planes_text(held[f]) if held[f] else 'none'}" for f in fields[:6])
+        shared = (f"; the well/site fields have no plane in common ({shown_fields}"
+                  + (f"; ... {len(fields)} fields in all" if len(fields) > 6 else "") + ")")
+    lacking = [
+        f"{_field_text(f)} channel {c} plane {z:02d}"
         for f in fields
         for c in channels
-        for z in planes
-        if (f, c, z) not in index
+        for z in missing[f][c]
     ]
-    if missing:
-        shown = "; ".join(missing[:10]) + (f"; ... ({len(missing)} in all)" if len(missing) > 10 else "")
-        raise ValueError(
-            f"{folder}: incomplete BBBC006 folder, every well/site needs channels {channels} at planes "
-            f"{planes}; missing: {shown}"
-        )
-    return fields, channels, planes, index
+    if not lacking:  # no plane that half of the fields hold
+        return f"{folder}: incomplete BBBC006 folder{shared}"
+    shown = "; ".join(lacking[:10]) + (f"; ... ({len(lacking)} in all)" if len(lacking) > 10 else "")
+    return (f"{folder}: incomplete BBBC006 folder, every well/site needs channels {channels} at planes {planes}; "
+            f"missing: {shown}; no well/site has them all{shared}")
+
+
+def dropped_message(folder: str | Path, layout: PlateLayout, limit: int = 20) -> str | None:
+    """The warning for the fields :func:`organize` dropped (and the planes it left out), or None when it dropped
+    nothing."""
+    parts = []
+    if layout.dropped:
+        n = len(layout.dropped) + len(layout.fields)
+        items = [f"{f} lacks {_lacks_text(by_c)}" for f, by_c in list(layout.dropped.items())[:limit]]
+        more = f"; ... ({len(layout.dropped)} in all)" if len(layout.dropped) > limit else ""
+        parts.append(f"{len(layout.dropped)} of {n} well/site fields left out, they lack planes that the other "
+                     f"fields have: {'; '.join(items)}{more}. The {len(layout.fields)} complete fields are read "
+                     "(meta.extra['dropped_fields'] lists the missing planes)")
+    if layout.left_out_planes:
+        parts.append(f"{planes_text(layout.left_out_planes)} left out of every stack: fewer than half of the "
+                     "well/site fields hold them (meta.extra['left_out_planes'])")
+    return f"{folder}: " + "; ".join(parts) if parts else None

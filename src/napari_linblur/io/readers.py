@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import numpy as np
 from dask.base import tokenize
 
 from . import bbbc006 as _bb
-from ._lazy import SafeZarrArray, TiffFilePlane, TiffPlanes, as_dask, natural_key, tiff_error
+from ._lazy import SafeZarrArray, TiffFileGrid, TiffPlanes, as_dask, natural_key, tiff_error, tiff_plane_header
 
 __all__ = ["ZStackMeta", "open_zstack", "open_zstacks", "open_zstack_with_metadata", "synthetic_dataset_attrs",
            "length_in_um", "ACCEPTED_FORMATS"]
@@ -38,7 +39,7 @@ ACCEPTED_FORMATS = (
     "OME-Zarr 0.4 (zarr v2) or 0.5 (zarr v3) image group (highest resolution level is read)",
     "plain zarr array, or a zarr group holding exactly one array",
     "TIFF file (.tif/.tiff; multi-page, 3-D, ImageJ hyperstack or OME-TIFF)",
-    "folder of per-plane TIFF files (sorted naturally by name = by z index)",
+    "folder of per-plane TIFF files forming one numbered series (sorted naturally by name = by z index)",
     "BBBC006 folder (BBBC006_v1_images_z_NN/ sub-folders or NN_-prefixed files) or one BBBC006 file",
 )
 
@@ -80,7 +81,10 @@ class ZStackMeta:
         the path that was opened.
     extra : dict
         format-specific details: ``format``; for BBBC006 ``fields`` (``'k06_s2'`` per P index), ``wells``,
-        ``sites``, ``planes`` (plane indices along Z), ``plate``; for OME-Zarr ``ngff_version``,
+        ``sites``, ``planes`` (plane indices along Z), ``plate``, and what a folder left out (with a warning):
+        ``dropped_fields`` (field -> the planes it lacks, e.g. ``{'a02_s1': [16]}``), ``mismatched_fields``
+        (field -> why: a file of another shape or dtype than the plate's, or unreadable) and ``left_out_planes``
+        (planes fewer than half of the fields hold); for OME-Zarr ``ngff_version``,
         ``ngff`` (the full NGFF attributes) and ``level`` (the dataset path read).
     translate : tuple of float or None
         physical position of the first pixel along each axis (OME-Zarr ``translation``), None at the origin.
@@ -127,7 +131,14 @@ def open_zstack(path: str | os.PathLike, *, channel: int | str | None = None) ->
         if ``path`` does not exist.
     ValueError
         unknown format (the message lists the accepted ones), corrupt or truncated file, inconsistent plane
-        shapes, incomplete BBBC006 folder, unknown channel.
+        shapes, a folder of TIFFs whose names form several series, a BBBC006 folder without one complete
+        well/site field, unknown channel.
+
+    Warns
+    -----
+    UserWarning
+        a BBBC006 folder's fields that lack planes the other fields have, or whose files differ in shape or dtype
+        from the plate's, are left out of the stack (listed in ``meta.extra``), so that the others can be read.
 
     Examples
     --------
@@ -707,21 +718,68 @@ def _tiff_header(p: Path) -> tuple[tuple[int, ...], np.dtype, str, Any]:
         raise tiff_error(p, exc) from exc
 
 
+def _name_tokens(name: str) -> list[str]:
+    """A file name without its suffix, split into text and numbers: odd positions are the numbers
+    (``'A01_s1_z15.tif'`` -> ``['A', '01', '_s', '1', '_z', '15', '']``)."""
+    return re.split(r"(\d+)", Path(name).stem)
+
+
+def _is_one_series(names: list[str]) -> bool:
+    """True when ``names`` form one numbered series: the same text throughout (case aside), and one number that
+    varies (``img_001``, ``img_002``, ...) or several that all change together (``z1_t5``, ``z2_t6``)."""
+    tokens = [_name_tokens(n) for n in names]
+    if len({tuple(t.lower() for t in ts[0::2]) for ts in tokens}) > 1:
+        return False
+    values = [[int(ts[i]) for ts in tokens] for i in range(1, len(tokens[0]), 2)]
+    varying = [v for v in values if len(set(v)) > 1]
+    if len(varying) <= 1:
+        return True
+    order = sorted(range(len(names)), key=varying[0].__getitem__)
+    return all(len(set(v)) == len(v) and sorted(range(len(names)), key=v.__getitem__) == order for v in varying)
+
+
+def _series_groups(names: list[str]) -> dict[str, list[str]]:
+    """``names`` grouped as series: per text pattern, the number with the most values (the last on a tie) is the
+    plane number, written ``*`` in the group's name (``'A01_s1_z*.tif'``)."""
+    by_text: dict[tuple[str, ...], list[str]] = {}
+    for n in names:
+        by_text.setdefault(tuple(t.lower() for t in _name_tokens(n)[0::2]), []).append(n)
+    groups: dict[str, list[str]] = {}
+    for members in by_text.values():
+        tokens = [_name_tokens(n) for n in members]
+        counts = {i: len({int(ts[i]) for ts in tokens}) for i in range(1, len(tokens[0]), 2)}
+        varying = [i for i, k in counts.items() if k > 1]
+        axis = max(varying, key=lambda i: (counts[i], i)) if varying else -1
+        for n, ts in zip(members, tokens):
+            key = "".join("*" if i == axis else t for i, t in enumerate(ts)) + Path(n).suffix
+            groups.setdefault(key, []).append(n)
+    return groups
+
+
+def _mixed_series_message(folder: Path, names: list[str], limit: int = 3) -> str:
+    groups = _series_groups(names)
+    shown = ", ".join(f"'{key}' ({len(m)} file{'s' if len(m) > 1 else ''}: {m[0]}"
+                      + (f" ... {m[-1]})" if len(m) > 1 else ")")
+                      for key, m in list(groups.items())[:limit])
+    more = f" and {len(groups) - limit} more" if len(groups) > limit else ""
+    return (f"{folder}: the TIFF file names look like {len(groups)} series, not one numbered series of planes "
+            f"(they differ in more than one number, or in their text): {shown}{more}; read as one z-stack they "
+            "would be mixed. Open one series at a time: put each series in its own folder and open that folder, or "
+            "save each series as one multi-page TIFF")
+
+
 def _open_tiff_folder(folder: Path, files: list[Path]) -> tuple[da.Array, ZStackMeta]:
     files = sorted(files, key=lambda q: natural_key(q.name))
+    if not _is_one_series([q.name for q in files]):
+        raise ValueError(_mixed_series_message(folder, [q.name for q in files]))
     shape0, dtype0, axes0, (scale0, units0, names0) = _tiff_header(files[0])
-    planes = []
-    for q in files:
-        shape, dtype, _, _ = _tiff_header(q) if q is not files[0] else (shape0, dtype0, axes0, None)
+    for q in files[1:]:
+        shape, dtype, _, _ = _tiff_header(q)
         if shape != shape0 or dtype != dtype0:
             raise ValueError(
                 f"{folder}: inconsistent planes, {q.name} is {shape} {dtype} but {files[0].name} is "
                 f"{shape0} {dtype0}"
             )
-        planes.append(
-            as_dask(TiffFilePlane(q, shape, dtype), chunks=shape,
-                    name=f"tiffplane-{tokenize(str(q.resolve()), _mtime(q))}")
-        )
     plane_axes = _tiff_axes(axes0)
     if "z" in plane_axes:
         if len(files) == 1:
@@ -729,7 +787,9 @@ def _open_tiff_folder(folder: Path, files: list[Path]) -> tuple[da.Array, ZStack
         raise ValueError(
             f"{folder}: the TIFF files are stacks (axes {axes0}), expected one 2-D plane per file"
         )
-    arr = da.stack(planes, axis=0)
+    token = tokenize([(str(q), _mtime(q)) for q in files], shape0, str(dtype0))
+    arr = as_dask(TiffFileGrid(files, (len(files),), shape0, dtype0), name=f"tiffplanes-{token}",
+                  inline_array=False)
     axes = "z" + plane_axes
     meta = ZStackMeta(
         axes, (1.0,) + scale0, (None,) + units0, names0, folder,
@@ -772,29 +832,114 @@ def _open_bbbc006_file(p: Path) -> tuple[da.Array, ZStackMeta]:
     return arr, meta
 
 
+def _read_headers(
+    layout: _bb.PlateLayout,
+) -> dict[str, list[tuple[Path, tuple[tuple[int, ...], np.dtype, int] | None, str | None]]]:
+    """Every file's TIFF header (:func:`tiff_plane_header`), per field: ``(path, (shape, dtype, pages), None)``,
+    or ``(path, None, why)`` for a file that cannot be read."""
+    found: dict[str, list] = {}
+    for f in layout.fields:
+        rows = found.setdefault(f, [])
+        for c in layout.channels:
+            for z in layout.planes:
+                q = layout.index[(f, c, z)].path
+                try:
+                    rows.append((q, tiff_plane_header(q), None))
+                except ValueError as exc:
+                    rows.append((q, None, str(exc).replace(f"{q}: ", "", 1)))
+    return found
+
+
+def _shape_text(shape: tuple[int, ...], dtype: np.dtype, pages: int = 1) -> str:
+    return f"{shape} {dtype}" + (f" ({pages} pages)" if pages != 1 else "")
+
+
+def _check_bbbc006_files(
+    folder: Path, layout: _bb.PlateLayout
+) -> tuple[list[str], tuple[int, ...], np.dtype, dict[str, str]]:
+    """Read the header of every file of ``layout``; keep the fields whose files all hold one plane of the shape and
+    dtype that most files have.
+
+    Returns
+    -------
+    fields : list of str
+        the fields kept.
+    shape, dtype
+        of every plane.
+    mismatched : dict
+        ``field -> why`` for each field left out: its first file of another shape, dtype or page count (or one that
+        cannot be read), e.g. ``'17_mcf-…tif is (10, 12) uint8, expected (520, 696) uint16'``.
+
+    Raises
+    ------
+    ValueError
+        when the files most of the plate has are not 2-D single planes, or when no field is left.
+    """
+    from collections import Counter
+
+    found = _read_headers(layout)
+    votes = Counter(head for rows in found.values() for _, head, _ in rows if head is not None)
+    if not votes:
+        q, _, why = found[layout.fields[0]][0]
+        raise ValueError(f"{folder}: no BBBC006 file can be read, e.g. {q}: {why}")
+    (shape, dtype, pages), _ = votes.most_common(1)[0]
+    if len(shape) != 2 or pages != 1:
+        example = next(q for rows in found.values() for q, head, _ in rows if head == (shape, dtype, pages))
+        raise ValueError(f"{example}: expected BBBC006 files holding one 2-D plane each, got "
+                         f"{_shape_text(shape, dtype, pages)} (as most files of {folder})")
+    expected = _shape_text(shape, dtype)
+    mismatched: dict[str, str] = {}
+    for f, rows in found.items():
+        for q, head, why in rows:
+            if head is None:
+                mismatched[f] = f"{q.name}: {why}"
+            elif head != (shape, dtype, 1):
+                mismatched[f] = f"{q.name} is {_shape_text(*head)}, expected {expected}"
+            else:
+                continue
+            break
+    fields = [f for f in layout.fields if f not in mismatched]
+    if not fields:
+        shown = "; ".join(f"{f}: {why}" for f, why in list(mismatched.items())[:10])
+        raise ValueError(f"{folder}: no BBBC006 well/site field whose files all hold one {expected} plane; "
+                         f"{shown}" + (f"; ... ({len(mismatched)} fields in all)" if len(mismatched) > 10 else ""))
+    return fields, shape, dtype, mismatched
+
+
+def _mismatched_message(folder: Path, mismatched: dict[str, str], n_fields: int, shape: tuple[int, ...],
+                        dtype: np.dtype, limit: int = 20) -> str:
+    items = "; ".join(f"{f} ({why})" for f, why in list(mismatched.items())[:limit])
+    more = f"; ... ({len(mismatched)} in all)" if len(mismatched) > limit else ""
+    return (f"{folder}: {len(mismatched)} of {n_fields} well/site fields left out, their files are not "
+            f"{_shape_text(shape, dtype)} planes like the others: {items}{more}. The {n_fields - len(mismatched)} "
+            "other fields are read (meta.extra['mismatched_fields'])")
+
+
 def _open_bbbc006_folder(
     folder: Path, records: list[_bb.BBBCRecord], channel: int | str | None
 ) -> tuple[da.Array, ZStackMeta]:
-    fields, channels, planes, index = _bb.organize(records, folder)
-    first = index[(fields[0], channels[0], planes[0])].path
-    shape, dtype, _, _ = _tiff_header(first)
-    if len(shape) != 2:
-        raise ValueError(f"{first}: expected 2-D BBBC006 planes, got shape {shape}")
+    import warnings
+
+    channels = _bb.channels_of(records)
+    # the channel first: a hole in another channel must not cost a field its stack
     sel = channels if channel is None else [channels[_channel_index(channel, channels, len(channels), folder)]]
-
-    def plane(f: str, c: str, z: int) -> da.Array:
-        q = index[(f, c, z)].path
-        return as_dask(TiffFilePlane(q, shape, dtype), chunks=shape,
-                       name=f"bbbc-{tokenize(str(q.resolve()), _mtime(q))}")
-
+    layout = _bb.organize(records, folder, channels=sel)
+    message = _bb.dropped_message(folder, layout)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    fields, shape, dtype, mismatched = _check_bbbc006_files(folder, layout)
+    if mismatched:
+        warnings.warn(_mismatched_message(folder, mismatched, len(layout.fields), shape, dtype), UserWarning,
+                      stacklevel=3)
+    planes = layout.planes
+    paths = [layout.index[(f, c, z)].path for f in fields for c in sel for z in planes]
+    grid = (len(fields), len(sel), len(planes)) if channel is None else (len(fields), len(planes))
+    token = tokenize([(str(q), _mtime(q)) for q in paths], shape, str(dtype))
+    stack = as_dask(TiffFileGrid(paths, grid, shape, dtype), name=f"bbbc-{token}", inline_array=False)
     steps = np.diff(planes)
     z_step = float(steps[0]) if len(steps) and np.all(steps == steps[0]) else 1.0
-    stack = da.stack(
-        [da.stack([da.stack([plane(f, c, z) for z in planes]) for c in sel]) for f in fields]
-    )
     axes, scale, units = "pczyx", (1.0, 1.0), (None, None)
     if channel is not None:
-        stack = stack[:, 0]
         axes, scale, units = "pzyx", (1.0,), (None,)
     meta = ZStackMeta(
         axes,
@@ -810,6 +955,11 @@ def _open_bbbc006_folder(
             "sites": [int(f.split("_s")[1]) for f in fields],
             "planes": planes,
             "z_uniform": bool(len(steps) == 0 or np.all(steps == steps[0])),
+            # the fields left out of the stack: missing planes (of the selected channels), or files of another shape
+            # or dtype; and the planes too few fields hold
+            "dropped_fields": layout.dropped_planes,
+            "mismatched_fields": mismatched,
+            "left_out_planes": list(layout.left_out_planes),
         },
     )
     return stack, meta
