@@ -96,11 +96,118 @@ def axis_names(viewer, layer) -> list[str]:
     return out
 
 
+def layer_fields(layer) -> list[str] | None:
+    """The fields (BBBC006 ``well_site`` such as ``'a02_s1'``, or a ``linblur synth`` dataset's ``field_NNN``) of
+    ``layer``'s stacks as the reader recorded them (``metadata['linblur_fields']``): one per index of its P axis,
+    or the single field of a layer without one (a BBBC006 file); None when unknown or not matching the layer.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as NS
+    >>> layer_fields(NS(metadata={"linblur_fields": ["a01_s1", "a01_s2"], "linblur_axes": "pzyx"}, ndim=4,
+    ...                 multiscale=False, data=np.zeros((2, 3, 4, 4))))
+    ['a01_s1', 'a01_s2']
+    """
+    md = getattr(layer, "metadata", None) or {}
+    fields = md.get("linblur_fields")
+    if not isinstance(fields, (list, tuple)) or not fields or not all(isinstance(f, str) for f in fields):
+        return None
+    axes = md.get("linblur_axes")
+    axes = axes if isinstance(axes, str) and len(axes) == layer.ndim else ""
+    if "p" in axes:
+        return list(fields) if len(fields) == layer_shape(layer)[axes.index("p")] else None
+    return list(fields) if len(fields) == 1 else None
+
+
+def layer_planes(layer) -> list[int] | None:
+    """The BBBC006 plane number of each Z index of ``layer`` (``metadata['linblur_planes']``, from the reader:
+    a BBBC006 folder holding planes 14–16 has Z indices 0–2), or None when unknown or not one per plane.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as NS
+    >>> layer_planes(NS(metadata={"linblur_planes": [14, 15, 16]}, ndim=3, multiscale=False,
+    ...                 data=np.zeros((3, 4, 4))))
+    [14, 15, 16]
+    """
+    md = getattr(layer, "metadata", None) or {}
+    planes = md.get("linblur_planes")
+    if not isinstance(planes, (list, tuple)) or layer.ndim < 3:
+        return None
+    if not all(isinstance(z, (int, np.integer)) and not isinstance(z, bool) for z in planes):
+        return None
+    return [int(z) for z in planes] if len(planes) == n_planes(layer) else None
+
+
 def position_text(viewer, layer, lead: Sequence[int]) -> str:
     """``lead`` (indices of the axes before Z) as text, e.g. ``"t=1"`` or ``"axis 0=1, axis 1=2"``; ``""`` for
-    none."""
+    none.
+
+    A position of a layer whose fields are known (:func:`layer_fields`) is named by its field, as the command
+    line names stacks: ``"a02_s1 (p=1)"``; a layer that is one field (a BBBC006 file) is named by it.
+    """
     names = axis_names(viewer, layer)
-    return ", ".join(f"{names[i]}{' = ' if ' ' in names[i] else '='}{int(v)}" for i, v in enumerate(lead))
+    fields = layer_fields(layer)
+    parts = []
+    for i, v in enumerate(lead):
+        text = f"{names[i]}{' = ' if ' ' in names[i] else '='}{int(v)}"
+        if names[i] == "p" and fields is not None and 0 <= int(v) < len(fields):
+            text = f"{fields[int(v)]} ({text})"
+        parts.append(text)
+    if fields is not None and len(fields) == 1 and "p" not in names[: len(lead)]:
+        parts.insert(0, fields[0])
+    return ", ".join(parts)
+
+
+def plane_text(layer, z: int) -> str:
+    """Plane ``z`` of ``layer`` as text, with its BBBC006 plane number when the layer records them
+    (:func:`layer_planes`): ``"z = 0 (BBBC006 plane 15)"``, else ``"z = 0"``."""
+    planes = layer_planes(layer)
+    own = f" (BBBC006 plane {planes[int(z)]})" if planes is not None and 0 <= int(z) < len(planes) else ""
+    return f"z = {int(z)}{own}"
+
+
+def carried_positions(layer, axes: str, shape: Sequence[int]) -> dict[str, list]:
+    """The input ``layer``'s fields and BBBC006 plane numbers that still describe an output of ``axes`` and
+    ``shape`` computed from it: ``{"fields": [...], "planes": [...]}`` (either left out when it does not apply,
+    e.g. ``planes`` for a pair output that has one plane, or the input records none), with the keys the command
+    line's batch outputs record under ``attrs["linblur"]`` (and the reader reads back).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as NS
+    >>> ly = NS(metadata={"linblur_fields": ["a01_s1", "a01_s2"], "linblur_planes": [15, 16],
+    ...                   "linblur_axes": "pzyx"}, ndim=4, multiscale=False, data=np.zeros((2, 2, 4, 4)))
+    >>> carried_positions(ly, "pzyx", (2, 2, 4, 4))
+    {'fields': ['a01_s1', 'a01_s2'], 'planes': [15, 16]}
+    >>> carried_positions(ly, "pzyx", (2, 1, 4, 4))
+    {'fields': ['a01_s1', 'a01_s2']}
+    """
+    return positions_for(layer_fields(layer), layer_planes(layer), axes, shape)
+
+
+def positions_for(fields, planes, axes: str, shape: Sequence[int]) -> dict[str, list]:
+    """``{"fields": fields, "planes": planes}`` for an image of ``axes`` and ``shape``, each kept only when it is
+    one per index of the P axis (one field for an image without P) or one per Z plane, and of the right type.
+
+    Examples
+    --------
+    >>> positions_for(["a01_s1"], [16], "zyx", (1, 8, 8))
+    {'fields': ['a01_s1'], 'planes': [16]}
+    >>> positions_for(["a01_s1"], [15, 16], "pzyx", (2, 2, 8, 8))
+    {'planes': [15, 16]}
+    """
+    out: dict[str, list] = {}
+    shape = tuple(int(s) for s in shape)
+    if not isinstance(axes, str) or len(axes) != len(shape):
+        return out
+    if isinstance(fields, (list, tuple)) and fields and all(isinstance(f, str) for f in fields):
+        if len(fields) == (shape[axes.index("p")] if "p" in axes else 1):
+            out["fields"] = list(fields)
+    if isinstance(planes, (list, tuple)) and "z" in axes and len(planes) == shape[axes.index("z")] and all(
+            isinstance(z, (int, np.integer)) and not isinstance(z, bool) for z in planes):
+        out["planes"] = [int(z) for z in planes]
+    return out
 
 
 def layer_shape(layer) -> tuple[int, ...]:
@@ -326,6 +433,94 @@ def block_start(chunks: Sequence[Sequence[int]], block_index: Sequence[int]) -> 
     (2, 2, 0)
     """
     return tuple(int(sum(c[:i])) for c, i in zip(chunks, block_index))
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+#: share of the RAM available when a run starts that a computed ("new layer (compute now)") output may take: the
+#: rest is left for the inputs' planes, the model, the tiles in flight and napari's own display of the result
+MEMORY_FRACTION = 0.5
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available now (``psutil``'s *available*, else the free pages ``os.sysconf`` reports), or None
+    where neither can tell."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - no psutil (it is optional): ask the OS
+        pass
+    import os
+
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # e.g. Windows, macOS without the name
+        return None
+
+
+def memory_limit() -> int | None:
+    """Largest computed output, in bytes, a whole-stack run may hold in memory: :data:`MEMORY_FRACTION` of
+    :func:`available_memory`; None when the available memory is unknown (no limit).
+
+    A module-level function so that a test (or a site configuration) can replace it.
+    """
+    avail = available_memory()
+    return None if avail is None else int(avail * MEMORY_FRACTION)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units with one decimal.
+
+    Examples
+    --------
+    >>> format_bytes(37_801_820_160), format_bytes(512), format_bytes(3 * 2**20)
+    ('35.2 GiB', '512 B', '3.0 MiB')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def output_nbytes(shape: Sequence[int], itemsize: int = 4) -> int:
+    """Bytes of a computed output of ``shape`` (float32 by default).
+
+    Examples
+    --------
+    >>> output_nbytes((768, 34, 520, 696))
+    37801820160
+    """
+    import math
+
+    return math.prod(int(s) for s in shape) * int(itemsize)
+
+
+def memory_problem(shape: Sequence[int], *, itemsize: int = 4, limit: int | None = None) -> str | None:
+    """Why a computed output of ``shape`` must not be held in memory (it needs more than :func:`memory_limit`),
+    or None when it fits (or the available memory is unknown).
+
+    The text names the size, the shape and what to choose instead; it does not name the run (the caller does).
+
+    Examples
+    --------
+    >>> memory_problem((2, 64, 64), limit=2**30) is None
+    True
+    >>> print(memory_problem((768, 34, 520, 696), limit=8 * 2**30))  # doctest: +NORMALIZE_WHITESPACE
+    the result (768 x 34 x 520 x 696 float32) needs 35.2 GiB of memory, more than the 8.0 GiB this computer can
+    spare for it now — choose the output 'OME-Zarr file' (written to disk plane by plane) or 'lazy layer' (planes
+    computed when shown), or run on a smaller selection
+    """
+    limit = memory_limit() if limit is None else int(limit)
+    need = output_nbytes(shape, itemsize)
+    if limit is None or need <= limit:
+        return None
+    dims = " x ".join(str(int(s)) for s in shape)
+    kind = np.dtype(f"f{int(itemsize)}").name if itemsize in (2, 4, 8) else f"{itemsize}-byte"
+    return (f"the result ({dims} {kind}) needs {format_bytes(need)} of memory, more than the {format_bytes(limit)} "
+            "this computer can spare for it now — choose the output 'OME-Zarr file' (written to disk plane by plane) "
+            "or 'lazy layer' (planes computed when shown), or run on a smaller selection")
 
 
 def compute_planes(

@@ -164,6 +164,27 @@ def _open_synthetic_dataset(root: Path, attrs: dict):
     return da.stack(stacks), meta
 
 
+def _planes_of(planes, arr, axes: str) -> list[int] | None:
+    """The BBBC006 plane numbers ``planes`` (``meta.extra['planes']``: one per Z index of a BBBC006 folder, or of
+    an output that records them) as a list, or None when there are none or not one per plane of ``arr``'s Z axis.
+
+    Examples
+    --------
+    >>> _planes_of([14, 15, 16], np.zeros((3, 4, 4)), "zyx")
+    [14, 15, 16]
+    >>> _planes_of([14, 15], np.zeros((3, 4, 4)), "zyx") is None
+    True
+    """
+    if not isinstance(planes, (list, tuple)) or "z" not in axes or len(axes) != arr.ndim:
+        return None
+    if len(planes) != arr.shape[axes.index("z")]:
+        return None
+    try:
+        return [int(z) for z in planes]
+    except (TypeError, ValueError):
+        return None
+
+
 def read_zstack(path: str | list[str]) -> list[LayerData]:
     """Read ``path`` into lazy image layers, one per channel.
 
@@ -215,6 +236,8 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
     sub_axes = "".join(axes[i] for i in keep)
     scale = [float(meta.scale[i]) for i in keep]
     sub_units = [units[i] for i in keep]
+    # the BBBC006 plane number of each Z index (a BBBC006 folder, or an output that records them)
+    plane_numbers = _planes_of(meta.extra.get("planes"), arr, axes)
     layers: list[LayerData] = []
     for data, cname, i in planes:
         name = f"{stem} [{cname}]" if cname is not None and len(planes) > 1 else stem
@@ -240,6 +263,8 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
         }
         if "fields" in meta.extra:
             kwargs["metadata"]["linblur_fields"] = list(meta.extra["fields"])
+        if plane_numbers is not None:
+            kwargs["metadata"]["linblur_planes"] = list(plane_numbers)
         described = _described(meta)
         if described:
             kwargs["metadata"]["linblur_attrs"] = described

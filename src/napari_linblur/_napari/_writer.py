@@ -164,6 +164,8 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
+    from ._ops import positions_for
+
     data = _full_resolution(data, meta)
     if not hasattr(data, "dtype"):
         data = np.asarray(data)
@@ -175,7 +177,11 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     scale = [abs(float(s)) for s in scale] if scale is not None and len(scale) == data.ndim else None
     translate = meta.get("translate")
     translate = [float(t) for t in translate] if translate is not None and len(translate) == data.ndim else None
-    channel = (meta.get("metadata") or {}).get("linblur_channel")
+    md = meta.get("metadata") or {}
+    channel = md.get("linblur_channel")
+    # the wells/sites and BBBC006 plane numbers the layer was read with (or computed from), as `linblur` batch
+    # outputs record them: the reader gives them back to the layer this file opens as
+    positions = positions_for(md.get("linblur_fields"), md.get("linblur_planes"), axes, data.shape)
     write_ome_zarr(
         target,
         data,
@@ -187,7 +193,7 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
         overwrite=True,
         source_paths=_sources(meta),
         attrs={"napari_linblur": {"layer": str(meta.get("name", "")), "axes": axes,
-                                  **({"channel": str(channel)} if channel is not None else {})}},
+                                  **({"channel": str(channel)} if channel is not None else {}), **positions}},
     )
     return [str(target)]
 

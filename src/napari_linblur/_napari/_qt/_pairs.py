@@ -225,11 +225,23 @@ def run_whole_stack(
 
     mode = output.mode()
     layer_kwargs = dict(layer_kwargs or {})
-    described = {"layer": name, "inputs": list(sources), **(attrs or {})}
-    meta = {"linblur_inputs": sources, **(metadata or {}), "linblur_attrs": described}
-    ndim = arrays[0].ndim
+    shape = tuple(int(n) for n in arrays[0].shape)
+    ndim = len(shape)
     # a pair run on (T, Z, Y, X) keeps a one-plane Z axis (see _ops.pair_stacks): only a shorter result lost Z
     dropped_z = bool(dropped_z) and ndim < like.ndim
+    try:
+        axes = output_axes(like, ndim, dropped_z)
+    except KeyError:  # more than 5 axes and none named by the reader: an OME-Zarr output refuses it below
+        axes = ""
+    # the input's wells/sites and BBBC006 plane numbers, where they still describe the output (as `linblur` batch
+    # outputs record them); the operation's own attributes come after them and win
+    positions = _ops.carried_positions(like, axes, shape)
+    described = {"layer": name, "inputs": list(sources), **positions, **(attrs or {})}
+    meta = {"linblur_inputs": sources, **(metadata or {}), "linblur_attrs": described}
+    read_axes = (like.metadata or {}).get("linblur_axes")
+    if isinstance(read_axes, str) and len(read_axes) == like.ndim:
+        meta["linblur_axes"] = axes  # the output's axes, named as the input's were read
+    meta.update({f"linblur_{k}": list(v) for k, v in positions.items()})
     units = output_units(like, len(scale), dropped_z)
     layer_kwargs.setdefault("units", units)
 
@@ -245,7 +257,10 @@ def run_whole_stack(
         if problem is not None:
             panel.refuse(f"{name}: {problem}")
             return False
-        axes = output_axes(like, ndim, dropped_z)
+        if not axes:
+            panel.refuse(f"{name}: an OME-Zarr output holds 2-D to 5-D images; this result has {ndim} axes — "
+                         "choose 'new layer' or 'lazy layer', or run on a smaller selection")
+            return False
 
         def job(report, should_stop):
             lazy = op(*[_ops.lazy_planes(a) for a in arrays])
@@ -290,12 +305,26 @@ def run_whole_stack(
 
         return panel.start(job, desc=f"building {name}", on_result=done, inputs=inputs)
 
+    # computed now: the whole result is held in memory (and shown by napari), so a result larger than the memory
+    # this computer can spare is refused before the run, pointing to the outputs that are not held in memory
+    problem = _ops.memory_problem(shape)
+    if problem is not None:
+        panel.refuse(f"{name}: {problem}")
+        return False
+
     def job(report, should_stop):
-        if ndim == 2:  # one plane: the operation's own per-tile progress (when it reports any)
-            planes = [_ops.plane_of_array(a) for a in arrays]
-            return as_plane(op(*planes, should_stop=should_stop, progress=report))
-        return _ops.compute_planes(lambda *p: op(*p, should_stop=should_stop), arrays, report=report,
-                                   should_stop=should_stop)
+        try:
+            if ndim == 2:  # one plane: the operation's own per-tile progress (when it reports any)
+                planes = [_ops.plane_of_array(a) for a in arrays]
+                return as_plane(op(*planes, should_stop=should_stop, progress=report))
+            return _ops.compute_planes(lambda *p: op(*p, should_stop=should_stop), arrays, report=report,
+                                       should_stop=should_stop)
+        except MemoryError as err:  # the memory was taken meanwhile (or was misjudged): say what to do instead
+            need = _ops.format_bytes(_ops.output_nbytes(shape))
+            raise ValueError(f"out of memory computing the {need} result "
+                             f"({' x '.join(map(str, shape))} float32) — choose the output 'OME-Zarr file' "
+                             "(written to disk plane by plane) or 'lazy layer' (planes computed when shown), or run "
+                             "on a smaller selection") from err
 
     def done(result):
         kw = dict(layer_kwargs)

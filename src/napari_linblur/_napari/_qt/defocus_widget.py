@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -159,45 +160,94 @@ class CameraInput(QWidget):
         return {"gain": self.gain.value(), "offset": self.offset.value(), "read_noise": self.read_noise.value()}
 
 
+class PixelSizeUnknown(ValueError):
+    """A map in µm was asked for an image whose pixel size is not known (no length unit) and not entered."""
+
+
+#: the smallest and largest pixel size in the sample the optics row takes (µm); 0 in the field means "not set"
+PIXEL_RANGE_UM = (0.001, 100.0)
+#: how the pixel-size field looks while it must be entered
+_NEEDED_STYLE = "QDoubleSpinBox { border: 2px solid #e4572e; }"
+
+
+def layer_pixel_um(layer) -> float | None:
+    """``layer``'s x pixel size in µm when the layer is in a length unit (nm, µm, mm, ... converted) within
+    :data:`PIXEL_RANGE_UM`; None when it has no physical pixel size (napari's default unit ``pixel``)."""
+    from napari_linblur.io.readers import length_in_um
+
+    try:
+        um = length_in_um(abs(float(layer.scale[-1])), str(layer.units[-1]))
+    except Exception:  # noqa: BLE001 - a layer without units
+        return None
+    if um is None or not PIXEL_RANGE_UM[0] <= um <= PIXEL_RANGE_UM[1]:
+        return None
+    return float(um)
+
+
 class OpticsInput(QWidget):
     """The microscope's optics, to show the map as |defocus| in µm
     (:func:`napari_linblur.inference.defocus_ops.sigma_to_defocus_um`, Born–Wolf calibration).
 
     The pixel size follows the image layer's scale when the layer is in a length unit (:meth:`take_pixel_size`).
+    For a layer without one it is never assumed: :meth:`clear_pixel_size` empties the field (it reads "enter µm"
+    and is outlined) until the user enters the pixel size, and :meth:`setup` refuses until then.
     """
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
+        #: why the pixel size must be entered (the tooltip of the emptied field)
+        self._why = ""
         lay = QGridLayout(self)  # two rows of two, so the dock can be narrow without cutting the read-outs
         lay.setContentsMargins(0, 0, 0, 0)
         spin = CameraInput._spin
         self.na = spin(0.05, 1.7, 0.45, 2, "numerical aperture of the objective", "")
         self.wavelength = spin(0.3, 1.2, 0.52, 3, "emission wavelength, µm", " µm")
-        self.pixel = spin(0.001, 100.0, 0.65, 4, "pixel size in the sample (camera pixel / magnification), µm; "
-                          "taken from the image layer's scale when the layer is in a length unit (nm, µm, mm)", " µm")
+        self.pixel = spin(0.0, PIXEL_RANGE_UM[1], 0.65, 4, self.PIXEL_TIP, " µm")
+        # the field's minimum, 0, is "not set": shown as this text rather than as a number
+        self.pixel.setSpecialValueText("pixel: enter µm")
         self.ni = spin(1.0, 1.6, 1.0, 3, "immersion index: 1.0 air, 1.33 water, 1.515 oil", "")
         pairs = ((self.na, "NA "), (self.wavelength, "λ "), (self.pixel, "pixel "), (self.ni, "nᵢ "))
         for i, (w, prefix) in enumerate(pairs):
             w.setPrefix(prefix)
             lay.addWidget(w, i // 2, i % 2)
+        self.pixel.valueChanged.connect(self._restyle)
+
+    PIXEL_TIP = ("pixel size in the sample (camera pixel / magnification), µm; taken from the image layer's scale "
+                 "when the layer is in a length unit (nm, µm, mm)")
+
+    def pixel_known(self) -> bool:
+        """Whether the pixel-size field holds a pixel size (not the empty "enter µm")."""
+        return self.pixel.value() >= PIXEL_RANGE_UM[0]
+
+    def clear_pixel_size(self, why: str = "") -> None:
+        """Empty the pixel-size field and outline it: the pixel size must be entered (``why`` goes in its
+        tooltip)."""
+        self._why = why
+        self.pixel.setValue(self.pixel.minimum())
+        self._restyle()
+
+    def _restyle(self, *_: Any) -> None:
+        needed = not self.pixel_known()
+        self.pixel.setStyleSheet(_NEEDED_STYLE if needed else "")
+        self.pixel.setToolTip(f"required: {self._why}\n\n{self.PIXEL_TIP}" if needed and self._why
+                              else self.PIXEL_TIP)
 
     def setup(self):
-        """The :class:`~napari_linblur.optics.psf.OpticalSetup` (a ValueError that names the problem if invalid)."""
+        """The :class:`~napari_linblur.optics.psf.OpticalSetup` (a ValueError that names the problem if invalid;
+        :class:`PixelSizeUnknown` while the pixel size is not entered)."""
         from napari_linblur.optics.psf import OpticalSetup
 
+        if not self.pixel_known():
+            raise PixelSizeUnknown("the pixel size is not set: enter the pixel size in the sample (µm) in the "
+                                   "optics row")
         return OpticalSetup(na=self.na.value(), wavelength_um=self.wavelength.value(), pixel_um=self.pixel.value(),
                             ni=self.ni.value())
 
     def take_pixel_size(self, layer) -> bool:
         """Use ``layer``'s x pixel size if the layer is in a length unit (nm, µm, mm, ... converted to µm) within
-        the field's range; True if it was taken."""
-        from napari_linblur.io.readers import length_in_um
-
-        try:
-            um = length_in_um(float(layer.scale[-1]), str(layer.units[-1]))
-        except Exception:  # noqa: BLE001 - a layer without units: keep the value the user set
-            return False
-        if um is None or not self.pixel.minimum() <= um <= self.pixel.maximum():
+        the field's range (:func:`layer_pixel_um`); True if it was taken, False (the field unchanged) if not."""
+        um = layer_pixel_um(layer)
+        if um is None:
             return False
         self.pixel.setValue(um)
         return True
@@ -292,6 +342,10 @@ class DefocusWidget(c.LinblurWidget):
         self.units.currentIndexChanged.connect(self.preview.request)
         for sb in (self.optics.na, self.optics.wavelength, self.optics.pixel, self.optics.ni):
             sb.valueChanged.connect(self._optics_changed)
+        #: pixel sizes (µm) the user entered for layers without one, and the last layer warned about
+        self._entered_pixel: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._warned_pixel = None
+        self.optics.pixel.valueChanged.connect(self._pixel_edited)
         self.image.currentIndexChanged.connect(self._take_pixel_size)
         self._sync_units()
         self.preview_on.toggled.connect(self.outline.setEnabled)  # the outline belongs to the live map
@@ -346,17 +400,54 @@ class DefocusWidget(c.LinblurWidget):
             self._take_pixel_size()
 
     def _take_pixel_size(self, *_: Any) -> None:
+        """The picked layer's pixel size into the optics row: its scale when it is in a length unit; else the size
+        the user entered for it earlier, or an empty, outlined field (and, in µm mode, a warning) — never a size
+        carried over from another layer or a default."""
         layer = self.image.layer()
-        if layer is not None:
-            self.optics.take_pixel_size(layer)
+        if layer is None or self.optics.take_pixel_size(layer):
+            return
+        entered = self._entered_pixel.get(layer)
+        if entered is not None:
+            self.optics.pixel.setValue(entered)
+            return
+        self.optics.clear_pixel_size(self._pixel_message(layer))
+        if self.units.currentData() == "um" and self._warned_pixel is not layer:
+            self._warned_pixel = layer
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"defocus map in µm: {self._pixel_message(layer)}")
+
+    @staticmethod
+    def _pixel_message(layer) -> str:
+        units = getattr(layer, "units", ())
+        unit = str(units[-1]) if len(units) else "pixel"
+        return (f"{layer.name!r} has no physical pixel size (its X axis is in {unit}, not a length); enter the pixel "
+                "size in the sample (µm) in the optics row — napari-linblur does not assume one")
+
+    def _pixel_edited(self, *_: Any) -> None:
+        """Remember a pixel size entered for a layer without one (picking it again restores it)."""
+        layer = self.image.layer()
+        if layer is not None and self.optics.pixel_known() and layer_pixel_um(layer) is None:
+            self._entered_pixel[layer] = float(self.optics.pixel.value())
 
     def _optics_changed(self, *_: Any) -> None:
         if self.units.currentData() == "um":
             self.preview.request()
 
     def _optics_setup(self):
-        """None for σ maps; the optics (checked: a ValueError naming the problem) for maps in µm."""
-        return self.optics.setup() if self.units.currentData() == "um" else None
+        """None for σ maps; the optics (checked: a ValueError naming the problem) for maps in µm.
+
+        Raises
+        ------
+        PixelSizeUnknown
+            the layer has no physical pixel size and none was entered (the message names the layer).
+        """
+        if self.units.currentData() != "um":
+            return None
+        layer = self.image.layer()
+        if not self.optics.pixel_known() and layer is not None:
+            raise PixelSizeUnknown(self._pixel_message(layer))
+        return self.optics.setup()
 
     # --- defocus map ---------------------------------------------------------------------------
     def _map_kwargs(self) -> dict:
@@ -369,7 +460,10 @@ class DefocusWidget(c.LinblurWidget):
         idx = _ops.current_indices(self.viewer, layer)
         self._lead_key = self.lead_key(layer, with_z=True)
         kw = self._map_kwargs()
-        setup = self._optics_setup()
+        try:
+            setup = self._optics_setup()
+        except PixelSizeUnknown as err:  # the warning and the outlined field said so: wait for the user's entry
+            raise c.NoInput(f"defocus map in µm: {err}") from err
         unit = "um" if setup is not None else "px"
         limits = map_limits(setup)
         z = f" z{idx[-1]}" if idx else ""
@@ -544,7 +638,7 @@ class DefocusWidget(c.LinblurWidget):
         if layer is None or best is None:
             return
         where = _ops.position_text(self.viewer, layer, self._curve_lead)
-        text = f"best plane of {layer.name}{f' at {where}' if where else ''}: z = {best}"
+        text = f"best plane of {layer.name}{f' at {where}' if where else ''}: {_ops.plane_text(layer, best)}"
         if self._curve_lead and layer in self.viewer.layers:
             now = tuple(_ops.current_indices(self.viewer, layer)[:-1])
             if now != self._curve_lead:
