@@ -37,6 +37,8 @@ __all__ = ["ZStackMeta", "open_zstack", "open_zstacks", "open_zstack_with_metada
 
 ACCEPTED_FORMATS = (
     "OME-Zarr 0.4 (zarr v2) or 0.5 (zarr v3) image group (highest resolution level is read)",
+    "OME-Zarr HCS plate or well (every field of every well along a leading P axis; all images of one shape)",
+    "root of a `linblur synth` dataset (its field_NNN images along a leading P axis)",
     "plain zarr array, or a zarr group holding exactly one array",
     "TIFF file (.tif/.tiff; multi-page, 3-D, ImageJ hyperstack or OME-TIFF)",
     "folder of per-plane TIFF files forming one numbered series (sorted naturally by name = by z index)",
@@ -67,8 +69,8 @@ class ZStackMeta:
     Attributes
     ----------
     axes : str
-        one lower-case letter per array axis, e.g. ``'czyx'``: ``t`` time, ``p`` position (BBBC006 well/site),
-        ``c`` channel, ``z``, ``y``, ``x``; ``?`` an axis of unknown meaning.
+        one lower-case letter per array axis, e.g. ``'czyx'``: ``t`` time, ``p`` position (BBBC006 well/site,
+        HCS well/field, ``linblur synth`` field), ``c`` channel, ``z``, ``y``, ``x``; ``?`` an axis of unknown meaning.
     scale : tuple of float
         physical size of one step along each axis (µm for z, y, x when known; seconds or the file's time unit
         for t; 1.0 when unknown).
@@ -85,7 +87,10 @@ class ZStackMeta:
         ``dropped_fields`` (field -> the planes it lacks, e.g. ``{'a02_s1': [16]}``), ``mismatched_fields``
         (field -> why: a file of another shape or dtype than the plate's, or unreadable) and ``left_out_planes``
         (planes fewer than half of the fields hold); for OME-Zarr ``ngff_version``,
-        ``ngff`` (the full NGFF attributes) and ``level`` (the dataset path read).
+        ``ngff`` (the full NGFF attributes) and ``level`` (the dataset path read); for an OME-Zarr HCS plate
+        (``format`` ``'ome-zarr-hcs'``) ``fields`` (``'A/1/0'``: row/column/field path per P index), ``wells`` and
+        ``ngff`` (the plate's attributes); for a ``linblur synth`` root (``'linblur-synth'``) ``fields``
+        (``'field_000'`` per P index).
     translate : tuple of float or None
         physical position of the first pixel along each axis (OME-Zarr ``translation``), None at the origin.
     axis_names, axis_types : tuple or None
@@ -401,11 +406,13 @@ def _open_zarr(p: Path) -> tuple[da.Array, ZStackMeta]:
         return _open_ngff(p, attrs, ome)
     if "bioformats2raw.layout" in ome and (p / "0").is_dir():
         return _open_zarr(p / "0")
-    if "plate" in ome or "well" in ome:
-        raise ValueError(
-            f"{p}: an OME-Zarr HCS {'plate' if 'plate' in ome else 'well'}; open one image inside it "
-            "(e.g. '<plate>.zarr/A/1/0')"
-        )
+    if "plate" in ome:
+        return _open_hcs_plate(p, attrs, ome)
+    if "well" in ome:
+        return _open_hcs_well(p, attrs, ome)
+    synth = synthetic_dataset_attrs(p)
+    if synth is not None:
+        return _open_synthetic_root(p, synth)
     arrays = sorted(name for name, _ in node.arrays())
     if len(arrays) == 1:
         return _plain_zarr(p, arrays[0], {"format": "zarr", "attrs": attrs})
@@ -418,6 +425,99 @@ def _open_zarr(p: Path) -> tuple[da.Array, ZStackMeta]:
     raise ValueError(
         _unknown(p, f"a zarr group without NGFF 'multiscales' holding {len(arrays)} arrays, expected 1")
     )
+
+
+def _ome_attrs(p: Path) -> tuple[dict, dict]:
+    """The attributes of the zarr group ``p`` and its OME part (under ``"ome"`` in NGFF 0.5, top level in 0.4)."""
+    import zarr
+
+    try:
+        attrs = zarr.open_group(str(p), mode="r").attrs.asdict()
+    except Exception as exc:
+        raise ValueError(f"{p}: cannot open as a zarr group ({type(exc).__name__}: {exc})") from exc
+    return attrs, (attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs)
+
+
+def _well_images(well: Path, ome: dict) -> list[str]:
+    """The paths of a well's images (its fields), in the order its ``well.images`` metadata lists them."""
+    images = (ome.get("well") or {}).get("images") if isinstance(ome.get("well"), dict) else None
+    if not isinstance(images, list) or not all(isinstance(i, dict) and isinstance(i.get("path"), str)
+                                               for i in images):
+        raise ValueError(f"{well}: malformed OME-Zarr HCS well metadata; expected well.images as a list of "
+                         "{'path': '0'} entries")
+    return [i["path"] for i in images]
+
+
+def _stack_positions(root: Path, images: list[tuple[str, Path]], what: str,
+                     extra: dict) -> tuple[da.Array, ZStackMeta]:
+    """The NGFF images ``images`` (label, path) stacked lazily along a new leading P axis (each image keeps its
+    chunks: nothing is read). Scale, units and channel names are the first image's; ``extra['fields']`` are the
+    labels. Images of another shape, dtype or axes than the first are a ValueError naming them."""
+    if not images:
+        raise ValueError(f"{root}: {what} without images")
+    arrays: list[da.Array] = []
+    first: ZStackMeta | None = None
+    for label, path in images:
+        if not path.is_dir():
+            raise ValueError(f"{root}: {what} lists image {label!r}, but {path} does not exist")
+        try:
+            arr, meta = _open_zarr(path)
+        except ValueError as err:
+            raise ValueError(f"{root}: image {label!r} of this {what} cannot be opened: {err}") from err
+        if first is None:
+            first, ref = meta, arr
+        elif (arr.shape, arr.dtype, meta.axes) != (ref.shape, ref.dtype, first.axes):
+            raise ValueError(
+                f"{root}: image {label!r} is {tuple(arr.shape)} {arr.dtype} with axes {meta.axes!r}, but "
+                f"{images[0][0]!r} is {tuple(ref.shape)} {ref.dtype} with axes {first.axes!r}; every image of a "
+                f"{what} must share shape, dtype and axes to open as one (P, ...) stack; open the images one by "
+                f"one instead (e.g. '{path}')")
+        arrays.append(arr)
+    assert first is not None
+    meta = replace(
+        first, axes="p" + first.axes, scale=(1.0, *first.scale), units=(None, *first.units), source=root,
+        translate=None if first.translate is None else (0.0, *first.translate),
+        axis_names=None if first.axis_names is None else ("p", *first.axis_names),
+        axis_types=None if first.axis_types is None else (None, *first.axis_types),
+        extra={**{k: first.extra[k] for k in ("ngff_version", "level", "levels") if k in first.extra}, **extra,
+               "fields": [label for label, _ in images]},
+    )
+    return _canonicalize(da.stack(arrays), meta)
+
+
+def _open_hcs_plate(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStackMeta]:
+    """An OME-Zarr HCS plate: every field of every well (plate order, then the well's order of images) along P,
+    labelled ``'A/1/0'`` (row/column/field path)."""
+    plate = ome.get("plate")
+    wells = plate.get("wells") if isinstance(plate, dict) else None
+    if not isinstance(wells, list) or not all(isinstance(w, dict) and isinstance(w.get("path"), str)
+                                              for w in wells):
+        raise ValueError(f"{p}: malformed OME-Zarr HCS plate metadata; expected plate.wells as a list of "
+                         "{'path': 'A/1', ...} entries")
+    images: list[tuple[str, Path]] = []
+    for w in wells:
+        well = p / w["path"]
+        if not well.is_dir():
+            raise ValueError(f"{p}: the plate lists well {w['path']!r}, but {well} does not exist")
+        _, well_ome = _ome_attrs(well)
+        images += [(f"{w['path']}/{i}", well / i) for i in _well_images(well, well_ome)]
+    return _stack_positions(p, images, "HCS plate", {"format": "ome-zarr-hcs", "ngff": attrs,
+                                                     "wells": [w["path"] for w in wells]})
+
+
+def _open_hcs_well(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStackMeta]:
+    """One well of an OME-Zarr HCS plate: its fields along P, labelled by their paths (``'0'``, ``'1'``)."""
+    images = [(i, p / i) for i in _well_images(p, ome)]
+    return _stack_positions(p, images, "HCS well", {"format": "ome-zarr-hcs", "ngff": attrs})
+
+
+def _open_synthetic_root(p: Path, attrs: dict) -> tuple[da.Array, ZStackMeta]:
+    """The root of a ``linblur synth`` dataset: its ``field_NNN`` images along P, as the napari reader shows it."""
+    fields = sorted(f.name for f in p.glob("field_*") if f.is_dir())
+    if not fields:
+        raise ValueError(f"{p}: a linblur synth dataset without fields (no field_NNN groups)")
+    return _stack_positions(p, [(f, p / f) for f in fields], "linblur synth dataset",
+                            {"format": "linblur-synth", "ngff": {"linblur": dict(attrs)}})
 
 
 def _plain_zarr(p: Path, component: str, extra: dict) -> tuple[da.Array, ZStackMeta]:
