@@ -320,6 +320,76 @@ def compute_on_client(client: Any, lazy: Any, *, progress: bool | None = False, 
         raise
 
 
+def compute_blocks_on_client(client: Any, lazy: Any, *, progress: bool | None = False, desc: str = "compute",
+                             unit: str = "chunk") -> tuple[Any, dict[tuple[int, ...], BaseException]]:
+    """Compute a (small) lazy dask array on ``client`` block by block, keeping the blocks that fail apart.
+
+    Unlike :func:`compute_on_client`, a failing block neither stops the others nor raises: every block is its own
+    future, and the elements of a failed block are NaN in the result and listed with their error.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    lazy : dask.array.Array
+        A float array, e.g. a focus curve with one block per plane
+        (:func:`~napari_linblur.inference.defocus_ops.focus_curve`).
+    progress : bool, optional
+        See :func:`progress_bar`; False (default) shows none.
+    desc, unit : str
+        The bar's label and the unit of one block (``"plane"``).
+
+    Returns
+    -------
+    values : numpy.ndarray
+        float64 of ``lazy.shape``, NaN at every element of a block that failed.
+    errors : dict
+        The index (along every axis of ``lazy``) of each element of a failed block -> the block's exception.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> from distributed import Client
+    >>> def half(b):
+    ...     if b[0] == 2:
+    ...         raise ValueError("bad block")
+    ...     return b / 2
+    >>> with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+    ...     values, errors = compute_blocks_on_client(client, da.arange(4.0, chunks=1).map_blocks(half))
+    >>> values.tolist(), {k: str(v) for k, v in errors.items()}
+    ([0.0, 0.5, nan, 1.5], {(2,): 'bad block'})
+    """
+    import itertools
+
+    import numpy as np
+    from distributed import as_completed
+
+    blocks = lazy.to_delayed()
+    starts = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in lazy.chunks]
+    where = {}
+    keys = list(np.ndindex(*blocks.shape))
+    futures = client.compute([blocks[b] for b in keys])
+    for b, f in zip(keys, futures, strict=True):
+        where[f.key] = tuple(slice(s[i], s[i + 1]) for s, i in zip(starts, b, strict=True))
+    values = np.full(lazy.shape, np.nan, dtype=np.float64)
+    errors: dict[tuple[int, ...], BaseException] = {}
+    try:
+        with progress_bar(len(futures), desc=desc, unit=unit, progress=progress) as bar:
+            for future in as_completed(futures):
+                sl = where[future.key]
+                if future.status == "error":
+                    err = future.exception()
+                    for idx in itertools.product(*(range(s.start, s.stop) for s in sl)):
+                        errors[idx] = err
+                else:
+                    values[sl] = np.asarray(future.result(), dtype=np.float64).reshape(values[sl].shape)
+                bar.update(1)
+    except BaseException:
+        with contextlib.suppress(Exception):  # a client already closing: its futures go with it
+            client.cancel(futures)
+        raise
+    return values, errors
+
+
 def compute_with_client(lazy, *, scheduler: str | None = None, workers: int | None = None,
                         progress: bool | None = False, desc: str = "compute", unit: str = "chunk"):
     """Compute a (small) lazy result, such as a per-plane focus curve, on a distributed client

@@ -83,6 +83,10 @@ def register(subparsers) -> None:
     q.add_argument("--json", default=None, help="write the curves and best planes as JSON")
     q.add_argument("--csv", default=None, help="write one row per plane as CSV")
     q.add_argument("--overwrite", action="store_true", help="replace existing --json/--csv files")
+    q.add_argument("--on-error", default="stop", choices=["stop", "skip"],
+                   help="a plane that cannot be scored (corrupt data, NaN pixels): 'stop' the run with its error "
+                   "(exit code 2), or 'skip' it: its score is NaN, its stack's error is reported (an 'error' column "
+                   "and key) and the run goes on; the exit code is then 1 if any plane failed, else 0")
     add_progress_option(q)
     q.set_defaults(func=run_focus)
 
@@ -249,7 +253,7 @@ def stack_labels(meta, lead_shape: tuple[int, ...], lone_name: str = "stack") ->
 
 
 def focus_stacks(curves, meta=None, *, method: str = "defocus", has_signal=None,
-                 lone_name: str = "stack") -> list[dict]:
+                 lone_name: str = "stack", errors: dict | None = None) -> list[dict]:
     """One summary per stack of a ``(..., Z)`` array of focus scores (higher = sharper).
 
     Parameters
@@ -263,17 +267,21 @@ def focus_stacks(curves, meta=None, *, method: str = "defocus", has_signal=None,
         The focus method; ``"defocus"`` adds each plane's median σ (px), ``-score``.
     has_signal : array-like of bool, optional
         Per stack (``curves.shape[:-1]``): whether its best plane has signal pixels
-        (:func:`plane_has_signal`); None leaves ``has_signal`` out.
+        (:func:`plane_has_signal`), None where unknown; None leaves ``has_signal`` out.
     lone_name : str
         The name of a lone stack (:func:`stack_labels`).
+    errors : dict, optional
+        Stack index (along the leading axes) -> the message of the planes that could not be scored (their scores
+        are NaN); when given, every stack gets an ``error`` (None when it scored whole).
 
     Returns
     -------
     list of dict
         ``stack`` (and ``well``, ``site``, ``channel`` when known), ``index`` (along the leading axes), ``scores``,
-        ``median_sigma_px`` (method ``defocus``), ``best_plane`` (Z index of the highest score),
-        ``best_bbbc006_plane`` (when the input records BBBC006 plane numbers), ``best_at_edge`` (the best plane is
-        the first or last of the stack: focus may lie outside it; always so for a single plane) and ``has_signal``.
+        ``median_sigma_px`` (method ``defocus``), ``best_plane`` (Z index of the highest score among the planes
+        that scored; None if none did), ``best_bbbc006_plane`` (when the input records BBBC006 plane numbers),
+        ``best_at_edge`` (the best plane is the first or last of the stack: focus may lie outside it; always so for
+        a single plane), ``has_signal`` and ``error`` (when ``errors`` is given).
     """
     import numpy as np
 
@@ -283,20 +291,23 @@ def focus_stacks(curves, meta=None, *, method: str = "defocus", has_signal=None,
     lead = curves.shape[:-1]
     n = curves.shape[-1]
     planes = bbbc006_planes(meta, n)
-    signal = None if has_signal is None else np.asarray(has_signal, dtype=bool).reshape(lead)
+    signal = None if has_signal is None else np.asarray(has_signal, dtype=object).reshape(lead)
     stacks = []
     for idx, info in stack_labels(meta, lead, lone_name):
         c = curves[idx]
-        best = int(np.argmax(c))
+        scored = ~np.isnan(c)  # NaN: a plane that could not be scored (errors)
+        best = int(np.argmax(np.where(scored, c, -np.inf))) if scored.any() else None
         s: dict[str, Any] = {**info, "index": list(idx), "scores": [float(v) for v in c]}
         if method == "defocus":
             s[SIGMA_COLUMN] = [-float(v) for v in c]
         s["best_plane"] = best
         if planes is not None:
-            s["best_bbbc006_plane"] = planes[best]
+            s["best_bbbc006_plane"] = None if best is None else planes[best]
         s["best_at_edge"] = best in (0, n - 1)
         if signal is not None:
-            s["has_signal"] = bool(signal[idx])
+            s["has_signal"] = None if signal[idx] is None else bool(signal[idx])
+        if errors is not None:
+            s["error"] = errors.get(idx)
         stacks.append(s)
     return stacks
 
@@ -309,7 +320,8 @@ def focus_table(curves, meta=None, *, method: str = "defocus", has_signal=None, 
     channels); ``plane`` (Z index) and ``bbbc006_plane`` (when known); the curve as ``median_sigma_px`` for the
     ``defocus`` method (the plane's median σ over signal pixels, lower = sharper) or ``score`` for a classical
     measure (higher = sharper); then the stack's ``best_plane``, ``best_bbbc006_plane`` (when known),
-    ``best_at_edge`` and ``has_signal`` (when given), repeated on each of its rows.
+    ``best_at_edge``, ``has_signal`` (when given) and ``error`` (when the stacks have one; empty when the stack
+    scored whole), repeated on each of its rows.
 
     ``stacks`` (from :func:`focus_stacks`) is used instead of ``curves``/``meta`` when given.
     """
@@ -319,7 +331,8 @@ def focus_table(curves, meta=None, *, method: str = "defocus", has_signal=None, 
     rows = []
     for s in stacks:
         head = {k: s[k] for k in ("stack", "well", "site", "channel") if k in s}
-        tail = {k: s[k] for k in ("best_plane", "best_bbbc006_plane", "best_at_edge", "has_signal") if k in s}
+        tail = {k: s[k] for k in ("best_plane", "best_bbbc006_plane", "best_at_edge", "has_signal", "error")
+                if k in s}
         values = s[SIGMA_COLUMN] if SIGMA_COLUMN in s else s["scores"]
         column = SIGMA_COLUMN if SIGMA_COLUMN in s else "score"
         for z, v in enumerate(values):
@@ -406,8 +419,10 @@ def _focus_line(s: dict) -> str:
     values = s.get(SIGMA_COLUMN, s["scores"])
     curve = " ".join(f"{v:.3g}" for v in values)
     source = f" (BBBC006 plane {s['best_bbbc006_plane']})" if "best_bbbc006_plane" in s else ""
-    flags = (" [at edge]" if s["best_at_edge"] else "") + (" [no signal]" if not s.get("has_signal", True) else "")
-    return f"{s['stack']}: best plane {s['best_plane']}{source}{flags}  curve: {curve}"
+    flags = (" [at edge]" if s["best_at_edge"] else "") + (" [no signal]" if s.get("has_signal") is False else "")
+    best = "no plane scored" if s["best_plane"] is None else f"best plane {s['best_plane']}"
+    error = f"  [error] {s['error']}" if s.get("error") else ""
+    return f"{s['stack']}: {best}{source}{flags}  curve: {curve}{error}"
 
 
 def run_focus(args) -> int:
@@ -428,17 +443,23 @@ def run_focus(args) -> int:
                        tile=args.tile, camera=camera)
     model = model_info(args.model) if args.method == "defocus" else None
     progress = progress_from_args(args)
+    skip = getattr(args, "on_error", "stop") == "skip"
     with dask_client(args.scheduler, args.workers) as client:
-        # (..., Z): the reader gives every input a Z axis, so there is one even for a single plane
-        curves = np.atleast_1d(np.asarray(compute_on_client(client, lazy, progress=progress, desc="focus",
-                                                            unit="plane"), dtype=np.float64))
-        # the best plane of every stack again, for has_signal: one more plane read per stack
-        lead = curves.shape[:-1]
-        best = np.argmax(curves, axis=-1)
-        tasks = [dask.delayed(plane_has_signal)(arr[idx + (int(best[idx]),)]) for idx in np.ndindex(*lead)]
-        has_signal = np.array(client.gather(client.compute(tasks)), dtype=bool).reshape(lead)
+        if skip:
+            # --on-error skip: one future per plane, a plane that fails is NaN and its error is kept
+            curves, has_signal, errors = _focus_curves_skipping_errors(client, lazy, arr, meta, progress)
+        else:
+            # (..., Z): the reader gives every input a Z axis, so there is one even for a single plane
+            curves = np.atleast_1d(np.asarray(compute_on_client(client, lazy, progress=progress, desc="focus",
+                                                                unit="plane"), dtype=np.float64))
+            # the best plane of every stack again, for has_signal: one more plane read per stack
+            lead = curves.shape[:-1]
+            best = np.argmax(curves, axis=-1)
+            tasks = [dask.delayed(plane_has_signal)(arr[idx + (int(best[idx]),)]) for idx in np.ndindex(*lead)]
+            has_signal = np.array(client.gather(client.compute(tasks)), dtype=bool).reshape(lead)
+            errors = None
     lone = Path(os.fspath(args.input)).name or str(args.input)
-    stacks = focus_stacks(curves, meta, method=args.method, has_signal=has_signal, lone_name=lone)
+    stacks = focus_stacks(curves, meta, method=args.method, has_signal=has_signal, lone_name=lone, errors=errors)
     n = curves.shape[-1]
     planes = bbbc006_planes(meta, n)
     unit = (" (curve: median σ px over signal pixels, lower = sharper)" if args.method == "defocus"
@@ -448,7 +469,8 @@ def run_focus(args) -> int:
     for s in stacks:
         print(_focus_line(s))
     edge = sum(s["best_at_edge"] for s in stacks)
-    empty = sum(not s["has_signal"] for s in stacks)
+    empty = sum(s["has_signal"] is False for s in stacks)
+    failed_stacks = sum(bool(s.get("error")) for s in stacks)
     if n > 1 and edge:
         print(f"[at edge] {edge} of {len(stacks)} stacks: the best plane is the first or last one, focus may lie "
               "outside the stack")
@@ -486,4 +508,46 @@ def run_focus(args) -> int:
         w.writerows(rows)
         write_text_atomic(args.csv, buf.getvalue(), newline="")
         print(f"wrote {args.csv}")
+    if failed_stacks:
+        print(f"[error] {failed_stacks} of {len(stacks)} stacks had planes that could not be scored (NaN scores; "
+              "best plane over the planes that scored): finished with errors")
+        return 1
     return 0
+
+
+def _focus_curves_skipping_errors(client, lazy, arr, meta, progress) -> tuple:
+    """``linblur focus --on-error skip``: the focus curves (NaN for every plane that failed to be scored), each
+    stack's ``has_signal`` (an object array, None where unknown) and ``{stack index: error message}``.
+
+    A stack's message names each failed plane (its Z index and BBBC006 plane) and its error, which names the file
+    when the reader does; a failure to check the best plane's signal is reported the same way.
+    """
+    import dask
+    import numpy as np
+
+    from napari_linblur.batch import compute_blocks_on_client
+
+    values, failed = compute_blocks_on_client(client, lazy, progress=progress, desc="focus", unit="plane")
+    curves = np.atleast_1d(values)
+    lead, n = curves.shape[:-1], curves.shape[-1]
+    planes = bbbc006_planes(meta, n)
+    messages: dict[tuple, list[str]] = {}
+    for idx in sorted(failed):
+        err, z = failed[idx], idx[-1] if idx else 0
+        where = f"plane {z}" + ("" if planes is None else f" (BBBC006 plane {planes[z]})")
+        messages.setdefault(tuple(idx[:-1]), []).append(f"{where}: {type(err).__name__}: {err}")
+    # the best plane (over the planes that scored) of every stack again, for has_signal
+    has_signal = np.full(lead, None, dtype=object)
+    todo = []
+    for idx in np.ndindex(*lead):
+        c = curves[idx]
+        if not np.isnan(c).all():
+            todo.append((idx, int(np.nanargmax(c))))
+    futures = client.compute([dask.delayed(plane_has_signal)(arr[idx + (z,)]) for idx, z in todo])
+    for (idx, z), future in zip(todo, futures, strict=True):
+        try:
+            has_signal[idx] = bool(future.result())
+        except Exception as err:  # the plane scored, yet its second read failed: say so, keep has_signal unknown
+            messages.setdefault(idx, []).append(f"plane {z} (signal check): {type(err).__name__}: {err}")
+    errors = {idx: "; ".join(m) for idx, m in messages.items()}
+    return curves, has_signal, errors
