@@ -2,7 +2,8 @@
 
 * Defocus map (paper 001): a per-pixel σ map (px, σ of the equivalent Gaussian PSF) predicted by the
   HRNet-style network, shown with a perceptual colormap and a colorbar; live on the current plane, or for
-  the whole stack.
+  the whole stack. Per tile: the mean σ of every tile (over the plane's signal pixels, or all pixels), NaN for a tile
+  without signal.
 * Focus QC: a focus score per Z plane of the current position (variance of Laplacian and friends) plotted in
   the dock with the best plane marked; one click moves the viewer to it (back to the position/time point the
   curve was computed for).
@@ -22,6 +23,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSpinBox,
     QWidget,
 )
 
@@ -35,6 +37,8 @@ FALLBACK_MEASURES = ["defocus", "variance_of_laplacian"]
 SIGMA_TOP = 10.0
 SIGMA_UNIT = "pixel (sigma of the equivalent Gaussian PSF)"
 UM_UNIT = "micrometer (|defocus|, from sigma with the optics calibration)"
+#: smallest tile side of the per-tile map (px)
+MIN_TILE = 8
 
 
 def map_limits(setup=None) -> tuple[float, float]:
@@ -52,6 +56,22 @@ def map_limits(setup=None) -> tuple[float, float]:
 
     top = float(np.asarray(sigma_to_defocus_um(np.array([SIGMA_TOP]), setup=setup)).ravel()[0])
     return 0.0, max(top, 1e-3)
+
+
+def map_tag(mode: str, patch_size: int, patch_pixels: str) -> str:
+    """What a defocus map's layer name says about its kind: nothing for the per-pixel map, the tile size and the
+    pixels averaged for a tile map.
+
+    Examples
+    --------
+    >>> map_tag("pixel", 64, "signal")
+    ''
+    >>> map_tag("patch", 64, "signal")
+    ' (64 px tiles, signal pixels)'
+    """
+    if mode != "patch":
+        return ""
+    return f" ({int(patch_size)} px tiles, {'signal' if patch_pixels == 'signal' else 'all'} pixels)"
 
 
 def focus_measures() -> list[str]:
@@ -270,6 +290,23 @@ class DefocusWidget(c.LinblurWidget):
         self.units.setToolTip("the map as σ of the equivalent Gaussian PSF in pixels, or as the distance from focus "
                               "in µm through the optics calibration (one image cannot tell above from below focus)")
         self.optics = OpticsInput()
+        self.map_mode = QComboBox()
+        self.map_mode.addItem("per pixel", "pixel")
+        self.map_mode.addItem("per tile", "patch")
+        self.map_mode.setToolTip("per pixel: σ at every pixel; per tile: the mean σ of every tile (quick QC of a "
+                                 "field: which part is out of focus), NaN for a tile without signal pixels")
+        self.patch_size = QSpinBox()
+        self.patch_size.setRange(MIN_TILE, 4096)
+        self.patch_size.setValue(64)
+        self.patch_size.setSuffix(" px")
+        self.patch_size.setToolTip("side of the square tiles the map is averaged over (the last row/column of tiles "
+                                   "may be smaller)")
+        self.patch_pixels = QComboBox()
+        self.patch_pixels.addItem("signal pixels", "signal")
+        self.patch_pixels.addItem("all pixels", "all")
+        self.patch_pixels.setToolTip("signal pixels: average σ over the plane's signal pixels in each tile "
+                                     "(inference.defocus_ops.signal_mask; a tile without any is NaN, since σ on empty "
+                                     "background is a guess); all pixels: every pixel of the tile")
         self.preview_on = QCheckBox("live map of the current plane")
         self.preview_on.setChecked(True)
         self.outline = QCheckBox("outline the signal (σ read there)")
@@ -280,6 +317,8 @@ class DefocusWidget(c.LinblurWidget):
         box, self._map_form = c.group("Defocus map", [("image", self.image), ("model", self.model),
                                                       ("self-ensemble", self.tta), ("camera noise", self.camera),
                                                       ("units", self.units), ("optics", self.optics),
+                                                      ("map", self.map_mode), ("tile size", self.patch_size),
+                                                      ("tile average", self.patch_pixels),
                                                       ("", self.preview_on), ("", self.outline)])
         self.layout().addWidget(box)
         self.legend = QLabel(f"colormap {COLORMAP}: dark = in focus, bright = strongly defocused")
@@ -340,6 +379,11 @@ class DefocusWidget(c.LinblurWidget):
         self.outline.toggled.connect(self._toggle_outline)
         self.units.currentIndexChanged.connect(self._sync_units)
         self.units.currentIndexChanged.connect(self.preview.request)
+        self.map_mode.currentIndexChanged.connect(self._sync_map_mode)
+        self.map_mode.currentIndexChanged.connect(self.preview.request)
+        self.patch_size.valueChanged.connect(self._patch_changed)
+        self.patch_pixels.currentIndexChanged.connect(self._patch_changed)
+        self._sync_map_mode()
         for sb in (self.optics.na, self.optics.wavelength, self.optics.pixel, self.optics.ni):
             sb.valueChanged.connect(self._optics_changed)
         #: pixel sizes (µm) the user entered for layers without one, and the last layer warned about
@@ -388,6 +432,34 @@ class DefocusWidget(c.LinblurWidget):
         label = self._map_form.labelForField(self.camera)
         if label is not None:
             label.setVisible(visible)
+
+    def _sync_map_mode(self, *_: Any) -> None:
+        """The tile size and tile average rows are shown only for the per-tile map."""
+        visible = self.map_mode.currentData() == "patch"
+        for w in (self.patch_size, self.patch_pixels):
+            w.setVisible(visible)
+            label = self._map_form.labelForField(w)
+            if label is not None:
+                label.setVisible(visible)
+
+    def _patch_changed(self, *_: Any) -> None:
+        if self.map_mode.currentData() == "patch":
+            self.preview.request()
+
+    def _mode_kwargs(self) -> dict:
+        """``mode`` (and, per tile, ``patch_size`` and ``patch_pixels``) for :func:`napari_linblur.estimate_defocus`.
+
+        Raises
+        ------
+        ValueError
+            a tile size below :data:`MIN_TILE` (the spin box does not allow one).
+        """
+        if self.map_mode.currentData() != "patch":
+            return {"mode": "pixel"}
+        size = int(self.patch_size.value())
+        if size < MIN_TILE:
+            raise ValueError(f"tile size {size} px: the per-tile map needs tiles of at least {MIN_TILE} px")
+        return {"mode": "patch", "patch_size": size, "patch_pixels": str(self.patch_pixels.currentData())}
 
     def _sync_units(self, *_: Any) -> None:
         """The optics row is shown only for maps in µm."""
@@ -451,7 +523,13 @@ class DefocusWidget(c.LinblurWidget):
 
     # --- defocus map ---------------------------------------------------------------------------
     def _map_kwargs(self) -> dict:
-        return {**op_kwargs(self.model.model()), "tta": int(self.tta.currentData()), "camera": self.camera.value()}
+        """Keyword arguments of :func:`napari_linblur.estimate_defocus` chosen in the dock (per pixel or per tile)."""
+        return {**op_kwargs(self.model.model()), "tta": int(self.tta.currentData()), "camera": self.camera.value(),
+                **self._mode_kwargs()}
+
+    @staticmethod
+    def _tag(kw: dict) -> str:
+        return map_tag(kw["mode"], kw.get("patch_size", 0), kw.get("patch_pixels", ""))
 
     def _preview_job(self, should_stop):
         import napari_linblur as nl
@@ -459,7 +537,10 @@ class DefocusWidget(c.LinblurWidget):
         layer = self._layer()
         idx = _ops.current_indices(self.viewer, layer)
         self._lead_key = self.lead_key(layer, with_z=True)
-        kw = self._map_kwargs()
+        try:
+            kw = self._map_kwargs()
+        except ValueError as err:
+            raise c.NoInput(f"defocus map: {err}") from err
         try:
             setup = self._optics_setup()
         except PixelSizeUnknown as err:  # the warning and the outlined field said so: wait for the user's entry
@@ -467,10 +548,11 @@ class DefocusWidget(c.LinblurWidget):
         unit = "um" if setup is not None else "px"
         limits = map_limits(setup)
         z = f" z{idx[-1]}" if idx else ""
-        name = f"defocus {'µm' if setup else 'σ'}[{layer.name}{z}] (preview)"
+        name = f"defocus {'µm' if setup else 'σ'}{self._tag(kw)}[{layer.name}{z}] (preview)"
         outline_name = f"signal outline[{layer.name}{z}] (preview)"
         outline = self.outline.isChecked()
         data = _ops.layer_array(layer)  # as requested: data replaced meanwhile makes a new request
+        map_meta = self._map_meta(kw)
 
         def job():
             from napari_linblur.inference.defocus_ops import sigma_to_defocus_um, signal_mask
@@ -480,17 +562,27 @@ class DefocusWidget(c.LinblurWidget):
             if setup is not None:
                 out = sigma_to_defocus_um(out, setup=setup)
             mask = signal_mask(plane) if outline else None
-            return np.asarray(out, np.float32), name, layer, mask, outline_name, unit, limits
+            return np.asarray(out, np.float32), name, layer, mask, outline_name, unit, limits, map_meta
 
         return job
 
+    @staticmethod
+    def _map_meta(kw: dict) -> dict:
+        """Layer metadata saying what kind of map ``kw`` (of :meth:`_map_kwargs`) makes: per pixel or per tile."""
+        if kw["mode"] != "patch":
+            return {"linblur_map": "pixel"}
+        return {"linblur_map": "tile", "linblur_tile_size": kw["patch_size"], "linblur_tile_pixels": kw["patch_pixels"]}
+
     def _show_preview(self, result) -> None:
-        data, name, like, mask, outline_name, unit, limits = result
+        data, name, like, mask, outline_name, unit, limits, map_meta = result
         # fixed limits (the trained range), set when the layer is made or the units change: the same colour is the
         # same σ on every plane, and limits the user set in the layer controls are kept
         layer = self.show_preview(data, name=name, like=like, restyle=unit != self._map_unit, colormap=COLORMAP,
                                   contrast_limits=limits)
         self._map_unit = unit
+        for key in ("linblur_map", "linblur_tile_size", "linblur_tile_pixels"):
+            layer.metadata.pop(key, None)
+        layer.metadata.update(map_meta)
         layer.blending = "translucent"
         self._style(layer)
         if mask is not None and self.outline.isChecked():
@@ -542,10 +634,10 @@ class DefocusWidget(c.LinblurWidget):
         try:
             layer = self._layer()
             setup = self._optics_setup()
+            kw = self._map_kwargs()
         except ValueError as err:
             self.panel.refuse(f"defocus map: {err}")
             return False
-        kw = self._map_kwargs()
 
         def op(img, should_stop=None, progress=None):
             out = _ops.call_op(nl.estimate_defocus, img, should_stop=should_stop, progress=progress, **kw)
@@ -556,14 +648,17 @@ class DefocusWidget(c.LinblurWidget):
         else:
             meta = {"linblur_units": "µm (|defocus|)", "linblur_optics": setup.to_dict()}
             unit = "µm"
+        # a tile map: each tile holds the mean of its (signal) pixels, NaN for a tile without signal
+        meta.update(self._map_meta(kw))
+        tile_attrs = {k: kw[k] for k in ("patch_size", "patch_pixels") if kw["mode"] == "patch"}
         # what the values mean, with the keys of `linblur defocus-map` (written into an OME-Zarr output)
         attrs = {"operation": "defocus-map", "unit": SIGMA_UNIT if setup is None else UM_UNIT,
-                 "model": self._model_name(kw.get("model")), "tta": kw["tta"], "camera": kw["camera"],
-                 **({"optics": setup.to_dict()} if setup is not None else {})}
+                 "model": self._model_name(kw.get("model")), "mode": kw["mode"], **tile_attrs, "tta": kw["tta"],
+                 "camera": kw["camera"], **({"optics": setup.to_dict()} if setup is not None else {})}
         started = run_whole_stack(
             self, self.panel, self.output, op=op, arrays=[_ops.layer_array(layer)], like=layer,
             scale=tuple(layer.scale), translate=tuple(layer.translate), dropped_z=False,
-            name=f"defocus {unit}[{layer.name}]", sources=c.source_paths(layer),
+            name=f"defocus {unit}{self._tag(kw)}[{layer.name}]", sources=c.source_paths(layer),
             layer_kwargs={"colormap": COLORMAP, "contrast_limits": map_limits(setup)},
             metadata={"linblur_op": "estimate_defocus", **meta}, attrs=attrs, inputs=self._input_names(),
         )
@@ -584,7 +679,7 @@ class DefocusWidget(c.LinblurWidget):
         # the output already has the fixed limits of its units (map_limits): only the colorbar is added here
         if len(self.viewer.layers):
             last = self.viewer.layers[-1]
-            if last.name.startswith(("defocus σ[", "defocus µm[")):
+            if last.name.startswith(("defocus σ[", "defocus µm[", "defocus σ (", "defocus µm (")):
                 self._style(last)
 
     # --- focus curve ---------------------------------------------------------------------------
