@@ -55,3 +55,26 @@ def tiny_models(tmp_path_factory):
 def viewer(make_napari_viewer, isolated_plugin_settings):
     """A real napari viewer (under Xvfb) with this test's own plugin settings."""
     return make_napari_viewer()
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """An in-process cluster of one single-threaded worker, used as a ``--scheduler`` (no dashboard: no port clash
+    with another dask on the machine). Modules that need more threads define their own."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      scheduler_kwargs={"dashboard": False}) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for the module (2-core CI: oversubscribed threads are ~10x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

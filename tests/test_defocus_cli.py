@@ -296,12 +296,6 @@ def tiny_model(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("m"))
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
 
 
 def test_defocus_map_and_focus_cli(tmp_path, tiny_model, scheduler, capsys):

@@ -16,14 +16,7 @@ CLOSE = {"rtol": 1e-5, "atol": 1e-5}  # torch in dask threads may differ in the 
 shipped = pytest.mark.skipif("defocus-default" not in list_models(), reason="defocus-default not shipped")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2-core CI: oversubscribed threads are ~10x slower
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,7 @@ pytestmark = pytest.mark.skipif("defocus-default" not in list_models(), reason="
 BBBC006 = sorted(glob.glob("/work/shared/data/*.tif"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2-core CI: oversubscribed threads are ~10x slower
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_card_and_file():

@@ -20,14 +20,6 @@ from napari_linblur.io.readers import open_zstack_with_metadata
 UUID = "2667264a-6432-4f7e-bf58-625a1319a1c9"
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    """An in-process cluster of one single-threaded worker, used as a ``--scheduler``."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
-                      scheduler_kwargs={"dashboard": False}) as cluster:
-        yield cluster.scheduler_address
 
 
 def _name(z: int, site: int) -> str:
