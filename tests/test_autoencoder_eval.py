@@ -376,3 +376,16 @@ def test_evaluate_ae_never_scores_fields_a_card_records_as_trained(setup, split_
     assert "would score fields [4], which --model" in err and "the 'train' split recorded in its card" in err, err
     assert not (tmp_path / "ev").exists()
     assert _eval(data, [other], tmp_path / "ev", "--split", "all", "--max-fields", "1") == 0
+
+
+def test_synthesize_cli_shows_progress_on_a_terminal(setup, tmp_path, monkeypatch, capsys):
+    from napari_linblur import batch
+
+    data, model = setup
+    args = [str(data / "field_000"), "--channel", "w1", "--sharp", "0", "--blurry", "4", "--model", str(model),
+            "--device", "cpu"]
+    monkeypatch.setattr(batch, "_stderr_is_terminal", lambda: True)
+    assert main(["synthesize", args[0], str(tmp_path / "a.zarr"), *args[1:]]) == 0
+    assert "synthesize: 100%" in capsys.readouterr().err
+    assert main(["synthesize", args[0], str(tmp_path / "b.zarr"), *args[1:], "--no-progress"]) == 0
+    assert "synthesize:" not in capsys.readouterr().err

@@ -208,3 +208,17 @@ def test_a_stack_with_nan_names_the_plane_in_the_defocus_map_too():
         D.estimate_defocus(stack, device="cpu")
     with pytest.raises(ValueError, match=r"at plane \(2,\) of the stack\)$"):
         D.defocus_patches(stack, patch_size=8, device="cpu")
+
+
+def test_pyramid_levels_of_a_patch_map_keep_nan_tiles_in_place():
+    """OME-Zarr pyramids average 2x2 blocks: NaN (a tile without signal) must not eat its neighbours' pixels."""
+    import dask.array as da
+
+    from napari_linblur.io.omezarr import _downsample2
+
+    a = np.full((6, 6), 2.0, np.float32)
+    a[:3, :3] = np.nan  # an odd-sized NaN tile: the 2x2 block at (2, 2) mixes it with finite pixels
+    got = _downsample2(da.from_array(a, chunks=6)).compute()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(got), [[True, False, False], [False, False, False], [False, False, False]])
+    np.testing.assert_allclose(got[~np.isnan(got)], 2.0)

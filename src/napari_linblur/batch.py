@@ -98,6 +98,18 @@ def progress_bar(total: int | None, *, desc: str, unit: str, progress: bool | No
                 mininterval=0.5)
 
 
+def bar_reporter(bar: Any):
+    """The ``progress(done, total)`` callback of :func:`~napari_linblur.io.omezarr.write_ome_zarr` that moves ``bar``
+    (a :func:`progress_bar`), whose total becomes known with the first call."""
+
+    def report(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return report
+
+
 def _say(message: str) -> None:
     """One line on stderr, above a progress bar that may be showing."""
     from tqdm.auto import tqdm
@@ -252,12 +264,6 @@ def run_batch(
         progress_bar(None, desc=desc or Path(output_path).name, unit="block", progress=progress) as bar,
         dask_client(scheduler, workers),
     ):
-
-        def report(done: int, total: int) -> None:
-            if bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
         return write_ome_zarr(
             output_path,
             result,
@@ -279,7 +285,7 @@ def run_batch(
             },
             overwrite=overwrite,
             source_paths=[input_path],
-            progress=report,
+            progress=bar_reporter(bar),
         )
 
 

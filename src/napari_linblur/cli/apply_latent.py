@@ -26,7 +26,7 @@ from ._groups import DefaultsHelpFormatter
 def run_synthesize(args: argparse.Namespace) -> int:
     import dask.array as da
 
-    from napari_linblur.batch import dask_client
+    from napari_linblur.batch import bar_reporter, dask_client, progress_bar, progress_from_args
     from napari_linblur.inference.latent_ops import alpha_from_positions, synthesize_blur
     from napari_linblur.io.omezarr import check_output_path, writable_axes, write_ome_zarr
     from napari_linblur.io.readers import open_zstack_with_metadata
@@ -63,10 +63,14 @@ def run_synthesize(args: argparse.Namespace) -> int:
             translate = [0.0 if a == "z" else float(t) for a, t in zip(axes, meta.translate)]
     # a kept channel axis keeps its names (as ``linblur deblur``); one chosen channel is recorded in the attributes
     channel_names = meta.channel_names if axes is not None and "c" in axes else None
-    with dask_client(args.scheduler, args.workers):
+    with (
+        progress_bar(None, desc="synthesize", unit="block", progress=progress_from_args(args)) as bar,
+        dask_client(args.scheduler, args.workers),
+    ):
         write_ome_zarr(
             args.output,
             out,
+            progress=bar_reporter(bar),
             axes=axes,
             scale=scale,
             translate=translate,
@@ -89,7 +93,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``synthesize`` to ``linblur``."""
-    from napari_linblur.batch import add_batch_options, model_arg
+    from napari_linblur.batch import add_batch_options, add_progress_option, model_arg
 
     p = subparsers.add_parser(
         "synthesize",
@@ -99,6 +103,7 @@ def register(subparsers) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     add_batch_options(p)  # input, --channel, --scheduler | --workers, --device: as every batch command
+    add_progress_option(p)
     p.add_argument("output", help="output .zarr folder (OME-Zarr)")
     p.add_argument("--sharp", type=int, required=True, help="index of the sharper plane a along Z")
     p.add_argument("--blurry", type=int, required=True, help="index of the blurrier plane c along Z")

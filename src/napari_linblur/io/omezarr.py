@@ -241,14 +241,21 @@ def _conflicts(target: Path, sources: Sequence[str | os.PathLike]) -> Path | Non
 
 
 def _downsample2(arr: da.Array) -> da.Array:
-    """2x2 mean in the last two axes (odd edge row/column dropped); integers rounded, dtype kept."""
+    """2x2 mean in the last two axes (odd edge row/column dropped); integers rounded, dtype kept. For floats the
+    mean ignores NaN (a NaN tile of a patch map stays NaN, without spreading into its neighbours' pixels)."""
     h, w = arr.shape[-2] // 2 * 2, arr.shape[-1] // 2 * 2
     arr = arr[..., :h, :w]
     dtype = arr.dtype
 
     def block_mean(b: np.ndarray) -> np.ndarray:
         s = b.shape
-        m = b.reshape(s[:-2] + (s[-2] // 2, 2, s[-1] // 2, 2)).mean(axis=(-3, -1), dtype=np.float64)
+        r = b.reshape(s[:-2] + (s[-2] // 2, 2, s[-1] // 2, 2))
+        if np.issubdtype(dtype, np.floating) and np.isnan(r).any():
+            with np.errstate(invalid="ignore"):  # an all-NaN 2x2 block stays NaN
+                n = (~np.isnan(r)).sum(axis=(-3, -1))
+                m = np.where(n > 0, np.nansum(r, axis=(-3, -1), dtype=np.float64) / np.maximum(n, 1), np.nan)
+        else:
+            m = r.mean(axis=(-3, -1), dtype=np.float64)
         if dtype == np.bool_:
             return m >= 0.5
         if np.issubdtype(dtype, np.integer):
