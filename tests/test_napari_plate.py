@@ -76,6 +76,18 @@ def _refused(qtbot, viewer, w, count, what):
     return msg
 
 
+
+def _blur_pair_widget(viewer, layer, model):
+    """The Blur synthesis widget, preview off, synthesizing from planes 2 (a) and 0 (c) of ``layer``."""
+    b = add(viewer, "Blur synthesis")
+    b.preview_on.setChecked(False)
+    b.model.set_model(model)
+    b.a_layer.set_layer(layer)
+    b.c_layer.set_layer(layer)
+    b.a_plane.setValue(2)
+    b.c_plane.setValue(0)
+    return b
+
 def test_memory_limit_is_a_share_of_the_available_ram(monkeypatch):
     import sys
 
@@ -126,13 +138,7 @@ def test_whole_plate_runs_that_do_not_fit_in_memory_are_refused(viewer, qtbot, t
     d.method.setCurrentIndex(d.method.findData("network"))
     d.net_model.set_model(tiny_models["deblur"])
     _refused(qtbot, viewer, d, count, "deblurred[plate, network]: the result (4 x 3 x 48 x 64 float32)")
-    b = add(viewer, "Blur synthesis")
-    b.preview_on.setChecked(False)
-    b.model.set_model(tiny_models["ae"])
-    b.a_layer.set_layer(layer)
-    b.c_layer.set_layer(layer)
-    b.a_plane.setValue(2)
-    b.c_plane.setValue(0)
+    b = _blur_pair_widget(viewer, layer, tiny_models["ae"])
     small_memory_pair = 4 * 1 * 48 * 64 * 4  # (P, 1, Y, X) float32: 48 KiB fits in 64 KiB
     assert small_memory_pair < small_memory
     n = len(viewer.layers)
@@ -287,13 +293,7 @@ def test_ome_zarr_outputs_keep_the_fields_and_planes_of_the_plate(viewer, qtbot,
     assert meta.extra["fields"] == fields and meta.extra["planes"] == list(PLANES)
 
     # a pair per field (blur synthesis of planes 2 and 0): the fields still apply, the plane numbers do not
-    b = add(viewer, "Blur synthesis")
-    b.preview_on.setChecked(False)
-    b.model.set_model(tiny_models["ae"])
-    b.a_layer.set_layer(w2)
-    b.c_layer.set_layer(w2)
-    b.a_plane.setValue(2)
-    b.c_plane.setValue(0)
+    b = _blur_pair_widget(viewer, w2, tiny_models["ae"])
     pair = tmp_path / "pair.ome.zarr"
     b.output.set_mode(b.output.ZARR, str(pair))
     assert b.run_whole_stack()

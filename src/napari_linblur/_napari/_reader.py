@@ -132,38 +132,6 @@ def _described(meta) -> dict | None:
     return dict(own) if isinstance(own, dict) and own else None
 
 
-def _open_synthetic_dataset(root: Path, attrs: dict):
-    """The fields of a ``linblur synth`` dataset (one NGFF image per ``field_NNN`` group) stacked along a P axis,
-    as a BBBC006 folder's positions are: a lazy ``(P, C, Z, Y, X)`` array and its metadata (the first field's pixel
-    size, units and channel names; the fields' names in ``extra['fields']``; the dataset's attributes as what the
-    values are).
-
-    Raises
-    ------
-    ValueError
-        the dataset has no fields, or its fields do not share one shape.
-    """
-    import dask.array as da
-
-    from napari_linblur.io.readers import open_zstack_with_metadata, open_zstacks
-
-    fields = sorted(f.name for f in Path(os.path.abspath(root)).glob("field_*") if f.is_dir())
-    stacks = open_zstacks(root)
-    if not stacks:
-        raise ValueError(f"{root}: a linblur synth dataset without fields (no field_NNN groups)")
-    _, first = open_zstack_with_metadata(Path(os.path.abspath(root)) / fields[0])
-    shapes = sorted({tuple(s.shape) for s in stacks})
-    if len(shapes) != 1:
-        raise ValueError(f"{root}: the fields of this dataset have different shapes {shapes}; open one field "
-                         f"folder (e.g. {root / fields[0]})")
-    ngff = {"linblur": dict(attrs)}
-    extra = {"format": "linblur-synth", "fields": fields, "ngff": ngff}
-    meta = replace(first, axes="p" + first.axes, scale=(1.0, *first.scale), units=(None, *first.units),
-                   translate=None if first.translate is None else (0.0, *first.translate),
-                   source=Path(os.path.abspath(root)), extra=extra)
-    return da.stack(stacks), meta
-
-
 def _planes_of(planes, arr, axes: str) -> list[int] | None:
     """The BBBC006 plane numbers ``planes`` (``meta.extra['planes']``: one per Z index of a BBBC006 folder, or of
     an output that records them) as a list, or None when there are none or not one per plane of ``arr``'s Z axis.
@@ -196,13 +164,12 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
         P axis, ``(P, Z, Y, X)``, as for a BBBC006 folder); ``kwargs`` carry ``name``, ``scale``,
         ``axis_labels``, ``units``, ``contrast_limits``, ``colormap`` and ``metadata``.
     """
-    from napari_linblur.io.readers import open_zstack_with_metadata, synthetic_dataset_attrs
+    from napari_linblur.io.readers import open_zstack_with_metadata
 
     if isinstance(path, (list, tuple)):
         path = path[0]
     p = Path(os.fspath(path))
-    dataset = synthetic_dataset_attrs(p)
-    arr, meta = _open_synthetic_dataset(p, dataset) if dataset is not None else open_zstack_with_metadata(p)
+    arr, meta = open_zstack_with_metadata(p)  # a linblur synth root: its fields along P, as the CLI reads it
     stem = p.name
     for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
         if stem.lower().endswith(suffix):
