@@ -298,3 +298,43 @@ def test_one_numbered_series_still_opens_in_natural_order(tmp_path, names):
     arr, meta = _no_warning(open_zstack_with_metadata, tmp_path)
     assert arr.shape == (len(names), 4, 4) and meta.extra["files"] == names
     assert arr[:, 0, 0].compute().tolist() == list(range(len(names)))
+
+
+# ------------------------------------------------------------------------------ two files for one plane
+
+
+def test_two_files_for_one_plane_drop_that_field_naming_both(tmp_path, scheduler, capsys):
+    """A prefixed copy beside the per-plane folder (the same field, channel and plane twice) costs its field only;
+    the other channel is not affected, and ``linblur focus`` names the field and both files."""
+    from napari_linblur.cli.main import main
+
+    plate = _plate(tmp_path / "plate")
+    sub = plate / "BBBC006_v1_images_z_16"
+    sub.mkdir()
+    copy = sub / f"mcf-z-stacks-03212011_a02_s1_w1{UUID}.tif"
+    tifffile.imwrite(copy, np.zeros(SHAPE, np.uint16))
+    with pytest.warns(UserWarning, match=r"1 well/site field\(s\) left out, they have two files for one plane: "
+                                         r"a02_s1 w1 plane 16: .*and .*BBBC006_v1_images_z_16"):
+        arr, meta = open_zstack_with_metadata(plate, channel="w1")
+    assert arr.shape == (1, 3) + SHAPE and meta.extra["fields"] == ["a01_s1"]
+    assert list(meta.extra["duplicate_fields"]) == ["a02_s1"] and meta.extra["dropped_fields"] == {}
+    assert str(copy) in meta.extra["duplicate_fields"]["a02_s1"][0]
+    assert arr[0, :, 0, 0].compute().tolist() == [_value("a01", 1, 1, z) for z in (15, 16, 17)]
+    arr2, meta2 = _no_warning(open_zstack_with_metadata, plate, channel="w2")  # the copy is w1: w2 is whole
+    assert arr2.shape == (2, 3) + SHAPE and meta2.extra["duplicate_fields"] == {}
+
+    with pytest.warns(UserWarning, match="two files for one plane"):
+        assert main(["focus", str(plate), "--channel", "w1", "--method", "brenner", "--scheduler", scheduler,
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "[duplicate fields] 1 field(s) left out: a02_s1 (two files for w1 plane 16:" in out
+
+
+def test_when_every_field_has_a_duplicate_the_error_names_them(tmp_path):
+    plate = _plate(tmp_path / "plate", fields=(("a01", 1),), channels=(1,))
+    sub = plate / "BBBC006_v1_images_z_15"
+    sub.mkdir()
+    tifffile.imwrite(sub / f"mcf-z-stacks-03212011_a01_s1_w1{UUID}.tif", np.zeros(SHAPE, np.uint16))
+    with pytest.raises(ValueError, match=r"every well/site field has two files for one plane, so none can be read: "
+                                         r"a01_s1 w1 plane 15: .*; remove or move the copies"):
+        open_zstack(plate)

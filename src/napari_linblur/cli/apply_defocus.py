@@ -477,12 +477,14 @@ def run_focus(args) -> int:
     if empty:
         print(f"[no signal] {empty} of {len(stacks)} stacks: no pixel of the best plane stands out from the "
               "background (an empty field, or noise or texture everywhere): check it before trusting its best plane")
-    skipped = {k: meta.extra[k] for k in ("dropped_fields", "mismatched_fields") if meta.extra.get(k)}
+    skipped = {k: meta.extra[k] for k in ("dropped_fields", "mismatched_fields", "duplicate_fields")
+               if meta.extra.get(k)}
     for k, v in skipped.items():  # fields a BBBC006 folder could not read whole: not in the table, so named here
         from napari_linblur.io.bbbc006 import planes_text
 
         print(f"[{k.replace('_', ' ')}] {len(v)} field(s) left out: " + "; ".join(
-            f"{f} (lacks {planes_text(why)})" if isinstance(why, list) else f"{f} ({why})" for f, why in v.items()))
+            f"{f} (two files for {'; '.join(why)})" if k == "duplicate_fields"
+            else f"{f} (lacks {planes_text(why)})" if isinstance(why, list) else f"{f} ({why})" for f, why in v.items()))
     if args.json:
         channel = meta.channel_names[0] if meta.channel_names and "c" not in meta.axes else None
         write_json_atomic(args.json, {

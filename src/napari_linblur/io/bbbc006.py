@@ -13,8 +13,9 @@ is selected. Planes are 2 µm apart (plane 16 is in focus), pixels 0.65 µm.
 
 A plate with holes still opens (:func:`organize`): the channel is chosen first (a missing ``w1`` file never
 matters when ``w2`` is read), the stack holds the planes that at least half of the fields have, and a field that
-lacks one of them is left out (the reader warns and records it in ``meta.extra['dropped_fields']``); only a
-folder in which no field is complete is an error.
+lacks one of them is left out (the reader warns and records it in ``meta.extra['dropped_fields']``), and so is a
+field with two files for one plane (``meta.extra['duplicate_fields']``); only a folder in which no field is complete
+is an error.
 
 Examples
 --------
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
@@ -157,12 +158,12 @@ def scan_bbbc006(folder: str | Path) -> list[BBBCRecord]:
     """All BBBC006 images in ``folder`` (plane-prefix files and ``BBBC006_v1_images_z_NN`` sub-folders).
 
     Returns an empty list when the folder holds no BBBC006-named TIFF (so that callers can fall back to a
-    generic folder reader). Files whose plane is unknown raise ``ValueError``; duplicates (same field,
-    channel and plane twice) raise ``ValueError`` naming both files.
+    generic folder reader). Files whose plane is unknown raise ``ValueError``. Duplicates (the same field, channel
+    and plane twice, e.g. a prefixed copy beside the per-plane folders) are all returned: :func:`organize` leaves
+    their field out, naming both files, because there is no telling which one is right.
     """
     folder = Path(folder)
     records: list[BBBCRecord] = []
-    seen: dict[tuple[str, str, int], Path] = {}
     for p in _candidate_files(folder):
         if not is_bbbc006_name(p.name):
             continue
@@ -172,13 +173,6 @@ def scan_bbbc006(folder: str | Path) -> list[BBBCRecord]:
                 f"{p}: BBBC006 file without a plane index; put it in a 'BBBC006_v1_images_z_NN' folder "
                 "or prefix its name with 'NN_'"
             )
-        key = (rec.field, rec.channel, rec.z)
-        if key in seen:
-            raise ValueError(
-                f"{folder}: two files for well/site {rec.field}, channel {rec.channel}, plane {rec.z}: "
-                f"{seen[key]} and {p}"
-            )
-        seen[key] = p
         records.append(rec)
     return records
 
@@ -234,6 +228,9 @@ class PlateLayout:
     left_out_planes : list of int
         planes that fewer than half of the fields hold: not part of the stack, though some complete fields hold
         them.
+    duplicated : dict
+        ``field -> ['w1 plane 16: a.tif and b.tif', ...]`` for each field left out because it has two files for
+        the same channel and plane (of the selected channels).
     """
 
     fields: list[str]
@@ -242,6 +239,7 @@ class PlateLayout:
     index: dict[tuple[str, str, int], BBBCRecord]
     dropped: dict[str, dict[str, list[int]]]
     left_out_planes: list[int]
+    duplicated: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def dropped_planes(self) -> dict[str, list[int]]:
@@ -298,7 +296,17 @@ def organize(
         raise ValueError(f"{folder}: no BBBC006 files of channel(s) {unknown or sel}; the folder holds channels "
                          f"{present}")
     fields = sorted({r.field for r in records}, key=_field_sort_key)
-    index = {(r.field, r.channel, int(r.z)): r for r in records if r.channel in sel and r.z is not None}
+    index: dict[tuple[str, str, int], BBBCRecord] = {}
+    duplicated: dict[str, list[str]] = {}
+    for r in records:
+        if r.channel not in sel or r.z is None:
+            continue
+        key = (r.field, r.channel, int(r.z))
+        if key in index:  # two files for one plane: no telling which is right, so the field is left out
+            duplicated.setdefault(r.field, []).append(
+                f"{r.channel} plane {int(r.z):02d}: {index[key].path} and {r.path}")
+        else:
+            index[key] = r
     held: dict[str, set[int]] = {f: set() for f in fields}  # planes a field holds in any selected channel
     for f, _, z in index:
         held[f].add(z)
@@ -308,14 +316,27 @@ def organize(
             counts[z] = counts.get(z, 0) + 1
     planes = sorted(z for z, n in counts.items() if 2 * n >= len(fields))
     missing = {f: {c: [z for z in planes if (f, c, z) not in index] for c in sel} for f in fields}
-    complete = [f for f in fields if planes and not any(missing[f].values())]
+    complete = [f for f in fields if planes and not any(missing[f].values()) and f not in duplicated]
     if not complete:
-        raise ValueError(_no_complete_field(folder, fields, sel, planes, missing, held))
+        if duplicated and all(planes and not any(missing[f].values()) for f in fields):
+            raise ValueError(f"{folder}: every well/site field has two files for one plane, so none can be read: "
+                             + _duplicates_text(duplicated) + "; remove or move the copies")
+        message = _no_complete_field(folder, fields, sel, planes, missing, held)
+        raise ValueError(message + (f"; and two files for one plane: {_duplicates_text(duplicated)}"
+                                    if duplicated else ""))
     keep, stacked = set(complete), set(planes)
-    dropped = {f: {c: zs for c, zs in missing[f].items() if zs} for f in fields if f not in keep}
+    dropped = {f: {c: zs for c, zs in missing[f].items() if zs} for f in fields
+               if f not in keep and any(missing[f].values())}
     left_out = sorted({z for f in complete for z in held[f]} - stacked)
     grid = {k: r for k, r in index.items() if k[0] in keep and k[2] in stacked}
-    return PlateLayout(complete, sel, planes, grid, dropped, left_out)
+    return PlateLayout(complete, sel, planes, grid, dropped, left_out, duplicated)
+
+
+def _duplicates_text(duplicated: dict[str, list[str]], limit: int = 5) -> str:
+    """``'a02_s1 w1 plane 16: x.tif and y.tif; ...'`` for at most ``limit`` fields."""
+    items = [f"{f} {'; '.join(d)}" for f, d in list(duplicated.items())[:limit]]
+    more = f"; ... ({len(duplicated)} fields in all)" if len(duplicated) > limit else ""
+    return "; ".join(items) + more
 
 
 def _no_complete_field(folder: str | Path, fields: list[str], channels: list[str], planes: list[int],
@@ -351,6 +372,9 @@ def dropped_message(folder: str | Path, layout: PlateLayout, limit: int = 20) ->
         parts.append(f"{len(layout.dropped)} of {n} well/site fields left out, they lack planes that the other "
                      f"fields have: {'; '.join(items)}{more}. The {len(layout.fields)} complete fields are read "
                      "(meta.extra['dropped_fields'] lists the missing planes)")
+    if layout.duplicated:
+        parts.append(f"{len(layout.duplicated)} well/site field(s) left out, they have two files for one plane: "
+                     f"{_duplicates_text(layout.duplicated)} (meta.extra['duplicate_fields'])")
     if layout.left_out_planes:
         parts.append(f"{planes_text(layout.left_out_planes)} left out of every stack: fewer than half of the "
                      "well/site fields hold them (meta.extra['left_out_planes'])")

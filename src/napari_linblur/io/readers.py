@@ -85,7 +85,8 @@ class ZStackMeta:
         format-specific details: ``format``; for BBBC006 ``fields`` (``'k06_s2'`` per P index), ``wells``,
         ``sites``, ``planes`` (plane indices along Z), ``plate``, and what a folder left out (with a warning):
         ``dropped_fields`` (field -> the planes it lacks, e.g. ``{'a02_s1': [16]}``), ``mismatched_fields``
-        (field -> why: a file of another shape or dtype than the plate's, or unreadable) and ``left_out_planes``
+        (field -> why: a file of another shape or dtype than the plate's, or unreadable), ``duplicate_fields``
+        (field -> its planes with two files, naming both) and ``left_out_planes``
         (planes fewer than half of the fields hold); for OME-Zarr ``ngff_version``,
         ``ngff`` (the full NGFF attributes) and ``level`` (the dataset path read); for an OME-Zarr HCS plate
         (``format`` ``'ome-zarr-hcs'``) ``fields`` (``'A/1/0'``: row/column/field path per P index), ``wells`` and
@@ -1059,6 +1060,7 @@ def _open_bbbc006_folder(
             # or dtype; and the planes too few fields hold
             "dropped_fields": layout.dropped_planes,
             "mismatched_fields": mismatched,
+            "duplicate_fields": {f: list(d) for f, d in layout.duplicated.items()},
             "left_out_planes": list(layout.left_out_planes),
         },
     )
