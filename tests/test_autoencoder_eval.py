@@ -1,6 +1,7 @@
 """`linblur evaluate ae` (tables + baselines on the same planes) and `linblur synthesize` on a tiny dataset."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -44,6 +45,7 @@ def test_evaluate_writes_tables_with_baselines(setup, tmp_path, capsys):
         assert np.isfinite(m[key]), key
     assert m["tta"] == 2 and set(m["extrap_tta_by_k"]) == set(m["extrap_by_k"])
     assert set(res["baselines"]["wiener_by_k"]) == set(m["extrap_by_k"])
+    assert m["non_finite_left_out"] == 0 and res["baselines"]["non_finite_left_out"] == 0
     assert -1 <= m["lds"] <= 1 and m["apd"] >= 0
     assert res["command"].startswith("linblur evaluate ae ") and "--tta 2" in res["command"]
     assert "--split all" in res["command"] and "--no-progress" in res["command"]
@@ -389,3 +391,21 @@ def test_synthesize_cli_shows_progress_on_a_terminal(setup, tmp_path, monkeypatc
     assert "synthesize: 100%" in capsys.readouterr().err
     assert main(["synthesize", args[0], str(tmp_path / "b.zarr"), *args[1:], "--no-progress"]) == 0
     assert "synthesize:" not in capsys.readouterr().err
+
+
+def test_means_count_and_warn_about_the_values_they_leave_out():
+    """An inf PSNR (a result identical to its reference) or a NaN cannot enter a mean; it is left out, counted in the
+    summary and warned about, never dropped silently."""
+    from napari_linblur.evaluation.ae import _count_non_finite, _finite_mean
+
+    tally: list[int] = []
+    assert _finite_mean([30.0, float("inf"), 32.0, float("nan")], tally=tally) == 31.0
+    assert np.isnan(_finite_mean([float("inf")], tally=tally)) and tally == [2, 1]
+    summary: dict = {}
+    with pytest.warns(UserWarning, match=r"m: 3 non-finite value\(s\).*left out of the means"):
+        _count_non_finite(summary, "m", tally)
+    assert summary["non_finite_left_out"] == 3 and tally == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _count_non_finite(summary, "m", [0, 0])
+    assert summary["non_finite_left_out"] == 0

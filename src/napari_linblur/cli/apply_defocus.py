@@ -484,7 +484,8 @@ def run_focus(args) -> int:
 
         print(f"[{k.replace('_', ' ')}] {len(v)} field(s) left out: " + "; ".join(
             f"{f} (two files for {'; '.join(why)})" if k == "duplicate_fields"
-            else f"{f} (lacks {planes_text(why)})" if isinstance(why, list) else f"{f} ({why})" for f, why in v.items()))
+            else f"{f} (lacks {planes_text(why)})" if isinstance(why, list) else f"{f} ({why})"
+            for f, why in v.items()))
     if args.json:
         channel = meta.channel_names[0] if meta.channel_names and "c" not in meta.axes else None
         write_json_atomic(args.json, {

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +177,25 @@ def evaluate_field_model(model, planes: np.ndarray, defocus: np.ndarray, *, auto
     return res
 
 
-def _mean(values) -> float:
-    v = [float(x) for x in values if np.isfinite(x)]
+def _finite_mean(values, tally: list[int] | None = None) -> float:
+    """The mean of the finite ``values`` (NaN when there is none). How many were left out (an ``inf`` PSNR of a
+    reconstruction identical to its reference, a NaN) is appended to ``tally``, so that the summary can say so."""
+    raw = [float(x) for x in values]
+    v = [x for x in raw if np.isfinite(x)]
+    if tally is not None:
+        tally.append(len(raw) - len(v))
     return float(np.mean(v)) if v else float("nan")
+
+
+def _count_non_finite(summary: dict, label: str, tally: list[int]) -> None:
+    """Record in ``summary['non_finite_left_out']`` how many values :func:`_finite_mean` left out since the last
+    call (warning when any), and reset ``tally``."""
+    n = int(sum(tally))
+    summary["non_finite_left_out"] = n
+    if n:
+        warnings.warn(f"{label}: {n} non-finite value(s) (an inf PSNR of a result identical to its reference, or NaN) "
+                      "left out of the means; 'non_finite_left_out' in the JSON counts them", UserWarning, stacklevel=3)
+    tally.clear()
 
 
 def _model_labels(models: list[str]) -> list[str]:
@@ -429,6 +447,8 @@ def evaluate_ae(
     if bar is not None:
         bar.close()
     by_key = ("blend_by_span", "wiener_by_k")
+    tally: list[int] = []  # values left out of the means, counted per column (the baselines, then each model)
+    _mean = partial(_finite_mean, tally=tally)
     baselines = {k: _mean(v for r in base for v in r[k]) for k in base[0] if k not in by_key} if base else {}
     if base:
         baselines["blend_by_span"] = {int(s): _mean(v for r in base for v in r["blend_by_span"].get(s, []))
@@ -436,6 +456,8 @@ def evaluate_ae(
     if base and "wiener_by_k" in base[0]:
         baselines["wiener_by_k"] = {int(k): _mean(r["wiener_by_k"][k] for r in base if k in r.get("wiener_by_k", {}))
                                     for k in base[0]["wiener_by_k"]}
+    if base:
+        _count_non_finite(baselines, "baselines", tally)
     out_models = {}
     for label, net in loaded:
         rows = per_model[label]
@@ -460,6 +482,7 @@ def evaluate_ae(
             summary["auto_alpha_mean"] = _mean(a for _, a in pairs)
             summary["auto_alpha_mae"] = _mean(abs(a - t) for t, a in pairs)
         summary["seconds_per_synthesis"] = _mean(r["seconds_per_synthesis"] for r in rows)
+        _count_non_finite(summary, label, tally)
         summary["card"] = {
             "config_name": net.card.get("config_name"),
             "regularization": net.card.get("regularization"),
