@@ -182,7 +182,7 @@ def run(args) -> int:
     t0 = _section("5. single-image deblurring (plane 12, 8 µm out) vs Wiener / Richardson–Lucy with the true PSF")
     blurry = w1[12]
     restored = nl.deblur(stack[0, 12], method="network", device=args.device)
-    rl, rl_iter, _, _ = best_richardson_lucy(blurry, psf_b, ref, max_iter=60)
+    rl, rl_iter, _, _ = best_richardson_lucy(blurry, psf_b, ref, max_iter=60, reference_psf=psfs_for(setup, [0.0])[0])
     pn, prl = psnr(ref, restored), psnr(ref, rl)
     print(f"   PSNR vs in focus: input {pin:.2f} dB, network (blind) {pn:.2f} dB, Wiener (true PSF) {pw:.2f} dB, "
           f"Richardson–Lucy (true PSF, best of {rl_iter} it.) {prl:.2f} dB")
