@@ -282,3 +282,15 @@ def test_best_focus_names_compute_as_not_its_option():
     for value in (False, True):
         with pytest.raises(TypeError, match=r"best_focus.*compute.*focus_curve\(stack, compute=False\)"):
             D.best_focus(stack, method="brenner", compute=value)
+
+
+def test_a_plane_whose_score_cannot_be_computed_never_wins_best_focus():
+    """A non-finite σ map (a broken model) scores as the worst plane, not 0, which would be the best -σ."""
+    from napari_linblur.inference.defocus_ops import NO_SIGNAL_SIGMA, _PlaneScore
+
+    rng = np.random.default_rng(0)
+    planes = [rng.random((32, 32)) for _ in range(3)]
+    score = _PlaneScore("defocus", lambda p: np.full(p.shape, np.nan if p is planes[1] else 2.0, np.float32))
+    curve = [score(p) for p in planes]
+    assert curve[1] == -NO_SIGNAL_SIGMA and curve[0] == curve[2] == -2.0
+    assert int(np.argmax(curve)) != 1

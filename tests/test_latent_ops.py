@@ -31,6 +31,7 @@ def test_alpha_from_positions_conventions_and_errors():
     assert nl.alpha_from_positions(0.0, 2.0, 8.0) == 0.75
     assert nl.alpha_from_positions(16, 14, 12) == 0.5  # z positions in either direction
     assert nl.alpha_from_positions(-16.0, -14.0, -12.0) == pytest.approx(0.5)
+    assert nl.alpha_from_positions(-1e308, 0.0, 1e308) == 0.5  # no overflow of c - a
     for args in [(0.0, 8.0, 4.0), (0.0, 0.0, 8.0), (4.0, 4.0, 4.0), (0.0, float("nan"), 1.0)]:
         with pytest.raises(ValueError, match="d_"):
             nl.alpha_from_positions(*args)

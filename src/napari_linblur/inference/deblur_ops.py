@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .device import amp_forward, resolve_amp
-from .normalize import fit_normalization
+from .normalize import normalize_for_network
 from .tiling import (
     NETWORK_OVERLAP,
     Cancelled,
@@ -137,8 +137,7 @@ def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, pr
     from .tiling import tiled_apply
     from .tta import self_ensemble
 
-    norm = fit_normalization(plane)
-    x = norm.apply(plane)
+    norm, (x,) = normalize_for_network(plane)
     t = tile or auto_tile(*x.shape, overlap=overlap, multiple=net.multiple)
     fn = self_ensemble(lambda b: amp_forward(net, b, amp), tta)
     out = tiled_apply(fn, x, out_channels=1, tile=t, overlap=overlap, multiple=net.multiple,

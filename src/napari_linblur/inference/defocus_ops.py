@@ -126,7 +126,6 @@ class _PlaneDefocus:
     def __call__(self, plane: np.ndarray) -> np.ndarray:
         from napari_linblur.inference.device import amp_forward, resolve_amp, resolve_device
         from napari_linblur.inference.noise_input import model_input
-        from napari_linblur.inference.normalize import fit_normalization
         from napari_linblur.inference.tiling import auto_tile, tiled_apply
         from napari_linblur.inference.tta import self_ensemble
 
@@ -136,7 +135,7 @@ class _PlaneDefocus:
         net = self.net()
         # a noise-aware model also takes the camera-noise channel (same input as in training); on a large plane
         # the noise estimate takes seconds, so a superseded preview is stopped before and after it
-        x = model_input(plane, fit_normalization(plane), noise=getattr(net, "in_channels", 1) == 2, line=self.camera)
+        x = model_input(plane, noise=getattr(net, "in_channels", 1) == 2, line=self.camera)
         self._check_stop()
         dev = next(net.parameters()).device if any(True for _ in net.parameters()) else resolve_device(self.device)
         multiple = int(getattr(net, "multiple", 16))
@@ -558,7 +557,11 @@ class _PlaneScore:
                 sigma = self.sigma_fn(plane)
                 mask = signal_mask(plane)  # none: texture everywhere (or only noise), read from every pixel
                 score = -float(np.median(sigma[mask] if mask.any() else sigma))
-        return score if np.isfinite(score) else 0.0
+        if np.isfinite(score):
+            return score
+        # a score that cannot be computed must never win best_focus: the worst of its method (0 would be the best
+        # possible defocus score, -σ <= 0)
+        return -NO_SIGNAL_SIGMA if self.method == "defocus" else 0.0
 
 
 def plane_focus_score(plane, *, method: str = "defocus", model=None, device="auto", **kwargs) -> float:

@@ -27,7 +27,7 @@ import numpy as np
 
 from napari_linblur.metrics.focus import laplacian
 
-from .normalize import fit_normalization
+from .normalize import normalize_for_network
 from .tiling import check_tiling_options, map_planes, tiled_apply
 from .tta import check_tta, self_ensemble
 from .validate import (
@@ -94,7 +94,8 @@ def alpha_from_positions(d_a: float, d_b: float, d_c: float) -> float:
         raise ValueError(
             f"d_b={b} must lie strictly between d_a={a} and d_c={c} (a sharper, b in between, c blurrier)"
         )
-    return float((c - b) / (c - a))
+    # halved first: c - a of two finite positions near ±1.8e308 would overflow to inf (and alpha to 0)
+    return float((c / 2 - b / 2) / (c / 2 - a / 2))
 
 
 # ---------------------------------------------------------------------------------------------------- core
@@ -202,9 +203,8 @@ def _run_pairs(plane_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], img_1, 
     def per_plane(p1: np.ndarray, p2: np.ndarray) -> np.ndarray:
         check_finite_plane(p1, names[0])
         check_finite_plane(p2, names[1])
-        norm = fit_normalization(p1, p2)
-        out = plane_fn(norm.apply(p1), norm.apply(p2))
-        return norm.invert(out)
+        norm, (x1, x2) = normalize_for_network(p1, p2)
+        return norm.invert(plane_fn(x1, x2))
 
     if img_1.ndim == 2 and not is_dask(img_1) and not is_dask(img_2):
         return per_plane(np.asarray(img_1), np.asarray(img_2))
@@ -438,5 +438,4 @@ def auto_alpha(img_b, img_c, *, model: Any = None, device: Any = "auto", **kwarg
 
     net = resolve_model(model, "ae", device=device)
     b, c = np.asarray(img_b), np.asarray(img_c)
-    norm = fit_normalization(b, c)
-    return auto_alpha_normalized(net, norm.apply(b), norm.apply(c), **kwargs)[0]
+    return auto_alpha_normalized(net, *normalize_for_network(b, c)[1], **kwargs)[0]

@@ -113,11 +113,23 @@ def noise_channel(plane: np.ndarray, scale: float, line: tuple[float, float] | N
     return np.clip(out, -_CLIP, _CLIP).astype(np.float32)
 
 
-def model_input(plane: np.ndarray, norm, *, noise: bool, line: tuple[float, float] | None = None) -> np.ndarray:
+def model_input(plane: np.ndarray, norm=None, *, noise: bool, line: tuple[float, float] | None = None) -> np.ndarray:
     """The defocus network's input for a raw plane, the same in training and at inference.
 
     ``norm.apply(plane)`` (Y, X) for an image-only model; with ``noise=True`` that image and its
     :func:`noise_channel` stacked, (2, Y, X). ``line`` is the camera's variance line, ``None`` = estimate it.
+    ``norm=None`` (inference) fits the normalization to the plane with isolated hot pixels suppressed
+    (:func:`~.normalize.normalize_for_network`); the noise channel is then estimated without them too (a single hot
+    pixel tilts the estimated variance line).
     """
-    x = norm.apply(plane)
+    if norm is not None:
+        x = norm.apply(plane)
+        return np.stack([x, noise_channel(plane, norm.scale, line)]) if noise else x
+    from .normalize import normalize_for_network
+
+    norm, (x,) = normalize_for_network(plane)
+    if noise:
+        clean = norm.invert(x)  # the plane with its hot pixels replaced (elsewhere the round trip is exact to ~1 ulp)
+        hot = np.abs(norm.apply(plane) - x) > 0
+        plane = np.where(hot, clean, np.asarray(plane, np.float32))
     return np.stack([x, noise_channel(plane, norm.scale, line)]) if noise else x

@@ -14,6 +14,17 @@ import numpy as np
 LOW_PERCENTILE = 0.1
 HIGH_PERCENTILE = 99.9
 _F32_MAX = float(np.finfo(np.float32).max)
+#: a normalized pixel is "hot" above this level (twice the 99.9th percentile's, the 0.1th at 0) ...
+HOT_PIXEL_LEVEL = 2.0
+#: ... and this many times the second brightest of its 8 neighbours (a point source centred on a pixel and blurred
+#: by a Gaussian of σ = 0.3 px -- less than pixel integration alone gives -- is 19x that; 0.4 px: 7.5x)
+HOT_PIXEL_RATIO = 25.0
+_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def _is_wide(dtype: np.dtype) -> bool:
+    """Values float32 cannot hold exactly: float64, 32- and 64-bit integers."""
+    return dtype.itemsize >= 4 and dtype.kind in "iu" or dtype.itemsize > 4 and dtype.kind == "f"
 
 
 @dataclass(frozen=True)
@@ -34,9 +45,13 @@ class Normalization:
         """Normalize to model units (float32).
 
         Computed in float32; where that overflows (values of both signs near the float32 limit, whose span exceeds
-        it), in float64, so the result is finite for any input inside the float32 range.
+        it), in float64, so the result is finite for any input inside the float32 range. Inputs wider than float32
+        (float64, 32- and 64-bit integers) are computed in float64, so a small contrast on a large offset survives.
         """
-        x32 = np.asarray(x, dtype=np.float32)
+        a = np.asarray(x)
+        if _is_wide(a.dtype):
+            return ((a.astype(np.float64) - self.offset) / self.scale).astype(np.float32)
+        x32 = np.asarray(a, dtype=np.float32)
         with np.errstate(over="ignore", invalid="ignore"):
             out = ((x32 - np.float32(self.offset)) / np.float32(self.scale)).astype(np.float32, copy=False)
         if abs(self.scale) > _F32_MAX or not np.isfinite(out).all():
@@ -101,8 +116,10 @@ def fit_normalization(
         raise ValueError("fit_normalization needs at least one image")
     # subsample large images: percentiles of a strided view are accurate and far cheaper
     samples = []
+    wide = any(_is_wide(np.asarray(img).dtype) for img in images)
+    work = np.float64 if wide else np.float32  # float32 would round a small contrast on a big offset away
     for img in images:
-        flat = np.asarray(img, dtype=np.float32).ravel()
+        flat = np.asarray(img, dtype=work).ravel()
         step = max(1, flat.size // 262_144)
         samples.append(flat[::step])
     values = np.concatenate(samples)
@@ -119,9 +136,88 @@ def fit_normalization(
     if not scale > 1e-12 * max(abs(float(lo)), abs(float(hi))):
         # every pixel, not the subsample: the few that differ from the background are what the image holds
         spread = max(max(float(np.nanmax(im)) - float(lo), float(lo) - float(np.nanmin(im)))
-                     for im in (np.asarray(i, dtype=np.float32) for i in images))
+                     for im in (np.asarray(i, dtype=work) for i in images))
         if spread > 1e-12 * max(abs(float(lo)), abs(float(hi))):
             scale = spread
         else:  # constant
             scale = abs(float(hi)) or 1.0
     return Normalization(offset=float(lo), scale=scale)
+
+
+def suppress_hot_pixels(x: np.ndarray) -> np.ndarray:
+    """Replace isolated hot pixels of a normalized plane by the median of their 8 neighbours (what every network
+    sees).
+
+    A camera's hot pixel or a cosmic-ray hit is one pixel far brighter than everything around it, which no optical
+    image is (the PSF spreads light over its neighbours). The networks never saw one in training, and a single one
+    disturbs their output tens of pixels away. A pixel counts as hot when it is above :data:`HOT_PIXEL_LEVEL` (in
+    :func:`fit_normalization` units) and more than :data:`HOT_PIXEL_RATIO` times the second brightest of its 8
+    neighbours (floored at ``HOT_PIXEL_LEVEL / HOT_PIXEL_RATIO``): so a hot pixel beside one bright pixel (a spot,
+    or a second hot pixel) is still found, while a bright structure of three pixels or more is never touched.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        A normalized 2-D plane (float32).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``x`` itself when it holds no hot pixel, else a corrected copy.
+
+    Examples
+    --------
+    >>> x = np.full((5, 5), 0.5, np.float32); x[2, 2] = 100.0
+    >>> float(suppress_hot_pixels(x)[2, 2])
+    0.5
+    >>> x[2, 3] = x[1, 3] = 90.0             # three bright pixels together: not hot pixels, left alone
+    >>> float(suppress_hot_pixels(x)[2, 2])
+    100.0
+    """
+    if x.ndim != 2 or min(x.shape) < 2:
+        return x
+    ys, xs = np.nonzero(x > HOT_PIXEL_LEVEL)  # at most ~0.1 % of the pixels, by the normalization
+    if ys.size == 0:
+        return x
+    padded = np.pad(x, 1, mode="reflect")
+    around = np.sort([padded[ys + 1 + dy, xs + 1 + dx] for dy, dx in _OFFSETS], axis=0)  # (8, n), ascending
+    hot = x[ys, xs] > HOT_PIXEL_RATIO * np.maximum(around[-2], HOT_PIXEL_LEVEL / HOT_PIXEL_RATIO)
+    if not hot.any():
+        return x
+    out = x.copy()
+    out[ys[hot], xs[hot]] = np.median(around[:, hot], axis=0)
+    return out
+
+
+def normalize_for_network(*planes: np.ndarray) -> tuple[Normalization, list[np.ndarray]]:
+    """One normalization for ``planes`` (:func:`fit_normalization`) and the planes in its units with isolated hot
+    pixels suppressed (:func:`suppress_hot_pixels`): what every model is given.
+
+    When hot pixels were found the normalization is fitted again on the corrected planes, so that they change
+    nothing but their own pixels (a few hot pixels move the 99.9th percentile, and with it the whole result).
+
+    Returns
+    -------
+    (Normalization, list of numpy.ndarray)
+        the normalization (invert the model's output with it) and the normalized float32 planes.
+
+    Examples
+    --------
+    >>> a = np.arange(100.0).reshape(10, 10); b = a.copy(); b[5, 5] = 1e6
+    >>> (na, [xa]), (nb, [xb]) = normalize_for_network(a), normalize_for_network(b)
+    >>> na == nb, float(xb[5, 5]) == float(np.median([xa[4, 4:7], xa[5, [4, 6]], xa[6, 4:7]]))
+    (True, True)
+    """
+    norm = fit_normalization(*planes)
+    raw = [norm.apply(p) for p in planes]
+    xs = [suppress_hot_pixels(x) for x in raw]
+    if all(x is r for x, r in zip(xs, raw)):
+        return norm, xs
+    fixed = []
+    for p, x, r in zip(planes, xs, raw):
+        q = np.asarray(p, np.float64 if np.asarray(p).dtype.itemsize > 4 else np.float32).copy()
+        hot = x != r
+        q[hot] = norm.invert(x[hot])
+        fixed.append(q)
+    norm = fit_normalization(*fixed)
+    return norm, [suppress_hot_pixels(norm.apply(q)) for q in fixed]
