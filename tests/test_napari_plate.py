@@ -214,7 +214,7 @@ def test_micrometre_maps_never_assume_a_pixel_size(viewer, qtbot, tiny_models):
     assert not w.optics.pixel_known() and w.optics.pixel.text() == "pixel: enter µm"
     assert "border" in w.optics.pixel.styleSheet()
     settle(qtbot, w)
-    assert w.panel.status.text().startswith("waiting: defocus map in µm: 'bare' has no physical pixel size")
+    assert w.preview_status.text().startswith("waiting: defocus map in µm: 'bare' has no physical pixel size")
     assert not [ly for ly in viewer.layers if ly.name.startswith("defocus µm")]
     # a whole-stack run is refused with the same reason
     w.preview_on.setChecked(False)

@@ -19,15 +19,17 @@ def _read_dataset(path):
 
 
 class _PoolBlocker:
-    """Occupies every thread of Qt's global pool (napari's workers run there) until released, so a job started
-    meanwhile waits in the queue, as it does behind other long runs."""
+    """Occupies every thread of the plugin's pool of long jobs (runs and training run there) until released, so a
+    job started meanwhile waits in the queue, as it does behind other long runs."""
 
     def __init__(self) -> None:
-        from qtpy.QtCore import QRunnable, QThreadPool
+        from qtpy.QtCore import QRunnable
+
+        from napari_linblur._napari._qt import _common as c
 
         self.release = threading.Event()
         self.busy = threading.Semaphore(0)
-        pool = QThreadPool.globalInstance()
+        pool = c.thread_pool(c.RUN_POOL)
         outer = self
 
         class Block(QRunnable):
@@ -79,6 +81,7 @@ def test_train_uses_the_layer_and_options_taken_at_start(viewer, qtbot, tmp_path
     blocker = _PoolBlocker()
     try:
         assert w.start(), w.panel.status.text()
+        assert "queued" in w.panel.status.text(), w.panel.status.text()  # a queued run says so
         # the user looks at / changes other things while the run waits in the queue
         w.layer.set_layer(viewer.layers["B-constant"])
         w.steps.setValue(7)
@@ -161,10 +164,13 @@ def test_start_again_after_an_early_cancel_trains_in_a_new_run_folder(viewer, qt
     from napari_linblur.training.loop import CHECKPOINT
 
     w = small_training(viewer, tmp_path, steps=200)
+    first = tmp_path / "run"
     assert w.start(), w.panel.status.text()
+    # cancelled once the loop started (its step-0 checkpoint is written before the first step); a Cancel before the
+    # job started would leave an empty folder
+    qtbot.waitUntil(lambda: (first / CHECKPOINT).exists(), timeout=120000)
     w.panel.cancel_btn.click()
     qtbot.waitUntil(lambda: not w.panel.running, timeout=120000)
-    first = tmp_path / "run"
     assert (first / CHECKPOINT).exists()
     kept = (first / CHECKPOINT).read_bytes()
     w.steps.setValue(2)

@@ -843,7 +843,7 @@ def test_pair_outputs_are_placed_like_the_input_and_follow_time(viewer, qtbot, t
     w.c_layer.set_layer(flat)
     w.preview_on.setChecked(True)
     settle(qtbot, w)
-    assert w.panel.status.text().startswith("waiting: ") and "single 2-D plane" in w.panel.status.text()
+    assert w.preview_status.text().startswith("waiting: ") and "single 2-D plane" in w.preview_status.text()
     assert not [ly for ly in viewer.layers if ly.name.endswith("(preview)")]
     assert not w.run_whole_stack()
     assert "single 2-D plane" in last_error() and "single 2-D plane" in w.panel.status.text()
@@ -856,7 +856,7 @@ def test_no_input_is_waiting_not_an_error_and_removal_stops_runs(viewer, qtbot, 
     widgets = {name: add(viewer, name) for name in ("Blur synthesis", "Deblur", "Defocus map & focus QC")}
     for w in widgets.values():
         settle(qtbot, w)
-        assert w.preview.last_error is None and w.panel.status.text().startswith("waiting: pick")
+        assert w.preview.last_error is None and w.preview_status.text().startswith("waiting: pick")
     assert len(notification_manager.records) == before  # an empty viewer raises no error pop-ups
     # the live map of a layer that is deleted goes with it
     d = widgets["Defocus map & focus QC"]
@@ -1050,7 +1050,7 @@ def test_no_input_explains_rgb_and_labels_layers(viewer, qtbot):
     before = len(notification_manager.records)
     w = add(viewer, "Defocus map & focus QC")
     settle(qtbot, w)
-    status = w.panel.status.text()
+    status = w.preview_status.text()
     assert status.startswith("waiting: pick an image layer") and "RGB images are not supported" in status
     assert "Split RGB" in status and "'cells'" in status and "not images" in status
     assert w.preview.last_error is None and len(notification_manager.records) == before
@@ -1072,7 +1072,7 @@ def test_repeated_preview_errors_name_the_layer_and_pop_up_once(viewer, qtbot, t
     new = [r.message for r in notification_manager.records[before:]]
     assert len(new) == 1, new
     assert new[0].startswith("preview failed: 'nan1px' contains NaN") and "img contains" not in new[0]
-    assert w.panel.status.text() == new[0]
+    assert w.preview_status.text() == new[0]
 
 
 def test_train_widget_refuses_untrainable_layers_and_run_folders(viewer, qtbot, tmp_path, synth):
@@ -1361,7 +1361,7 @@ def test_pair_widgets_wait_quietly_on_a_single_plane_image(viewer, qtbot, tiny_m
     for w in widgets:
         _tiny(w, tiny_models)
         settle(qtbot, w)
-        text = w.panel.status.text()
+        text = w.preview_status.text()
         assert text.startswith("waiting: ") and "'one plane' is a single 2-D plane" in text, text
         assert w.preview.last_error is None
     assert len(notification_manager.records) == before, [r.message for r in notification_manager.records[before:]]

@@ -3,12 +3,14 @@ napari progress bar and a Cancel button, and a debounced live preview that super
 
 Their workers stop when asked to ``quit()`` (closing the viewer, quitting napari), when their widget is removed or
 deleted, and when Python exits: the exit waits for them, since a worker that signals after Qt's objects are gone
-aborts the process."""
+aborts the process. Live previews and long jobs (whole-stack runs, focus curves, training) run in two thread pools of
+their own (:func:`thread_pool`), so long jobs never take the threads the previews need."""
 
 from __future__ import annotations
 
 import atexit
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from functools import partial
@@ -301,15 +303,45 @@ _exit_hooked = False
 #: the plugin's workers from their start until their thread's ``run()`` returned (after their last signal)
 _RUNNING: set = set()
 
+#: the thread pool of the live previews, and that of long jobs (whole-stack runs, focus curves, training)
+PREVIEW_POOL, RUN_POOL = "preview", "run"
+#: threads of the pool of long jobs at least: each run panel runs one job at a time, so the runs of the four docks
+#: start at once; further runs wait for a thread and say so in their status line
+MIN_RUN_THREADS = 4
+_POOLS: dict[str, Any] = {}
+
+
+def thread_pool(kind: str):
+    """The plugin's ``QThreadPool`` of ``kind`` (:data:`PREVIEW_POOL` or :data:`RUN_POOL`), made on first use.
+
+    napari's workers run in Qt's global pool, which has one thread per CPU core (two on a small machine): a training
+    run and a whole-stack run there would hold every thread, and every live preview would wait until they end. The
+    previews therefore have a pool of their own, and so have the long jobs.
+    """
+    if kind not in (PREVIEW_POOL, RUN_POOL):
+        raise ValueError(f"unknown thread pool {kind!r}; expected {PREVIEW_POOL!r} or {RUN_POOL!r}")
+    pool = _POOLS.get(kind)
+    if pool is None:
+        from qtpy.QtCore import QThread, QThreadPool
+
+        pool = QThreadPool()
+        cores = max(2, QThread.idealThreadCount())
+        pool.setMaxThreadCount(cores if kind == PREVIEW_POOL else max(MIN_RUN_THREADS, cores))
+        _POOLS[kind] = pool
+    return pool
+
 
 def start_worker(job: Callable[[], Any], stop: threading.Event, *, returned: Callable[[Any], None],
-                 errored: Callable[[BaseException], None], finished: Callable[[], None]):
-    """Start ``job()`` in a napari ``thread_worker`` whose ``quit()`` sets ``stop``, the job's cancel flag.
+                 errored: Callable[[BaseException], None], finished: Callable[[], None], pool: str = PREVIEW_POOL,
+                 started: Callable[[], None] | None = None):
+    """Start ``job()`` in a napari ``thread_worker`` of the plugin's thread ``pool`` (:func:`thread_pool`) whose
+    ``quit()`` sets ``stop``, the job's cancel flag.
 
-    ``quit()`` is how napari stops workers: closing the viewer window cancels its tasks, and quitting the
-    application waits for all workers after asking them to quit. The first worker also registers an exit hook that
-    stops the plugin's workers and waits for them before Python tears down the Qt objects they signal through (a
-    worker that emits after that aborts the process).
+    A job whose ``stop`` is set while it waits for a thread raises ``Cancelled`` without running (its input is not
+    read). ``quit()`` is how napari stops workers: closing the viewer window cancels its tasks, and quitting the
+    application asks all workers to quit. The first worker also registers an exit hook that stops the plugin's
+    workers and waits for them before Python tears down the Qt objects they signal through (a worker that emits
+    after that aborts the process).
     """
     from napari.qt.threading import create_worker
 
@@ -317,8 +349,16 @@ def start_worker(job: Callable[[], Any], stop: threading.Event, *, returned: Cal
     if not _exit_hooked:
         atexit.register(stop_workers_at_exit)  # registered after PyQt's exit handler: runs before it (LIFO)
         _exit_hooked = True
-    worker = create_worker(job, stop_event=stop, _worker_class=_worker_class(), _start_thread=False,
-                           _ignore_errors=True)
+
+    def guarded():
+        if stop.is_set():  # cancelled or superseded while it waited for a thread
+            raise _ops.Cancelled("cancelled")
+        return job()
+
+    worker = create_worker(guarded, stop_event=stop, pool=thread_pool(pool), _worker_class=_worker_class(),
+                           _start_thread=False, _ignore_errors=True)
+    if started is not None:
+        worker.started.connect(started)
     worker.returned.connect(returned)
     worker.errored.connect(errored)
     worker.finished.connect(finished)
@@ -337,11 +377,28 @@ def _worker_class():
         from napari.qt.threading import FunctionWorker
 
         class PluginWorker(FunctionWorker):
-            """A ``FunctionWorker`` whose ``quit()`` also sets the job's cancel flag ``stop_event``."""
+            """A ``FunctionWorker`` whose ``quit()`` also sets the job's cancel flag ``stop_event``, run in the
+            plugin's thread ``pool`` rather than Qt's global one."""
 
-            def __init__(self, func, *, stop_event: threading.Event) -> None:
+            def __init__(self, func, *, stop_event: threading.Event, pool) -> None:
                 super().__init__(func)
                 self.stop_event = stop_event
+                self.pool = pool
+
+            def start(self) -> None:
+                """:meth:`WorkerBase.start` (napari's ``quit()`` on exit still reaches the worker) in ``self.pool``."""
+                from qtpy.QtCore import QThread
+
+                if self in self._worker_set:
+                    raise RuntimeError("This worker is already started!")
+                repr(self)  # a RuntimeError if the worker was deleted
+                self._worker_set.add(self)
+                self._finished.connect(self._set_discard)
+                if QThread.currentThread().loopLevel():
+                    # as napari does: queued, so that connections made right after start() see every signal
+                    QTimer.singleShot(1, partial(self.pool.start, self))
+                else:
+                    self.pool.start(self)
 
             def quit(self) -> None:  # noqa: D102 - see WorkerBase.quit
                 self.stop_event.set()
@@ -367,20 +424,23 @@ def running_workers() -> list:
 
 
 def stop_workers_at_exit(msecs: int | None = None) -> bool:
-    """Ask the plugin's workers to stop and wait up to ``msecs`` (:data:`EXIT_WAIT_MS`) for the thread pool.
+    """Ask the plugin's workers to stop and wait up to ``msecs`` (:data:`EXIT_WAIT_MS`) for their thread pools.
 
     Registered with :mod:`atexit`: a script (or an IPython session) that ends while a preview or a run computes
     would otherwise tear down the Qt objects the worker reports through, and the worker's next signal aborts the
     process. Returns whether every worker ended in time.
     """
-    from qtpy.QtCore import QThreadPool
-
     workers = running_workers()
     if not workers:
         return True
     _quit_workers(workers)
-    # the pool, not just the job: a thread is done with the worker's Qt objects once its run() has returned
-    return bool(QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS if msecs is None else int(msecs)))
+    # the pools, not just the jobs: a thread is done with the worker's Qt objects once its run() has returned
+    deadline = time.monotonic() + (EXIT_WAIT_MS if msecs is None else int(msecs)) / 1000
+    done = True
+    for pool in list(_POOLS.values()):
+        left = max(0, int((deadline - time.monotonic()) * 1000))
+        done = bool(pool.waitForDone(left)) and done
+    return done
 
 
 def _quit_workers(workers: list, *_: Any) -> None:
@@ -410,8 +470,13 @@ def describe(err: BaseException) -> str:
 
 
 class RunPanel(QWidget):
-    """Runs one long job at a time in a ``thread_worker``, with a progress bar, a napari progress
-    bar (activity dock) and a Cancel button. Errors become napari notifications naming the problem."""
+    """Runs one long job at a time in a ``thread_worker`` (in the plugin's pool of long jobs, :data:`RUN_POOL`), with
+    a progress bar, a napari progress bar (activity dock) and a Cancel button. Errors become napari notifications
+    naming the problem.
+
+    A run counts as cancelled only when its job stopped because of the Cancel (it raised ``Cancelled``, or its result
+    says it stopped early: ``start(..., stopped_early=...)``): a job that completed before a late Cancel took effect
+    (e.g. the click was handled after the last plane was written) is shown as usual, and its status says so."""
 
     def __init__(self, title: str = "", parent=None) -> None:
         super().__init__(parent)
@@ -434,6 +499,8 @@ class RunPanel(QWidget):
         self._bridge = _Bridge()
         self._bridge.progressed.connect(self._on_progress)
         self._stop = threading.Event()
+        #: the current run's result is dropped even if its job completes (its widget was removed from the viewer)
+        self._discard = threading.Event()
         self.worker = None
         #: the running worker (a list, so that the ``destroyed`` hook can stop it without touching this panel)
         self._workers: list = []
@@ -453,8 +520,12 @@ class RunPanel(QWidget):
         self.status.setText(msg)
         notify_error(msg)
 
-    def cancel(self) -> None:
+    def cancel(self, *, discard: bool = False) -> None:
+        """Ask the running job to stop (the Cancel button). With ``discard`` its result is dropped even when the job
+        completes before it sees the request (its widget is gone); otherwise such a result is shown as usual."""
         if self.worker is not None:
+            if discard:
+                self._discard.set()
             self._stop.set()
             self.status.setText(f"cancelling {self._desc}…")
 
@@ -466,17 +537,22 @@ class RunPanel(QWidget):
         on_result: Callable[[Any], None],
         on_cancel: Callable[[], None] | None = None,
         inputs: dict[str, str] | None = None,
+        stopped_early: Callable[[Any], bool] | None = None,
+        note: str = "",
     ) -> bool:
         """Run ``fn(report, should_stop)`` in a worker thread; ``on_result`` runs in the GUI thread.
 
         ``inputs`` maps the operation's argument names (``img``, ``img_b``, …) to the input layers' names, so that
-        an error says "'cells' contains NaN" rather than "img contains NaN".
+        an error says "'cells' contains NaN" rather than "img contains NaN". A job that stops when asked by returning
+        (rather than raising ``Cancelled``) passes ``stopped_early(result)``: True for a result of a stopped job
+        (``on_cancel`` runs, not ``on_result``). ``note`` is added to the status line of a completed run.
         """
         if self.worker is not None:
             notify_error(f"{desc}: another run is in progress; cancel it first")
             return False
         self._stop = threading.Event()
-        stop = self._stop
+        self._discard = threading.Event()
+        stop, discard = self._stop, self._discard
         bridge = self._bridge
         self._desc = desc
         self.last_error = None
@@ -492,24 +568,37 @@ class RunPanel(QWidget):
 
         self.bar.setRange(0, 0)  # busy until the first report
         self.cancel_btn.setEnabled(True)
-        self.status.setText(f"{desc}…")
+        pool = thread_pool(RUN_POOL)
+        queued = pool.activeThreadCount() >= pool.maxThreadCount()
+        running_text = f"{desc}…"
+        queued_text = f"{desc}: queued — waiting for one of the other runs to end"
+        self.status.setText(queued_text if queued else running_text)
+
+        def began():
+            if _alive(self) and self.status.text() == queued_text:
+                self.status.setText(running_text)
 
         answered: list[bool] = []  # returned or errored ran (a worker told to quit() before it returned emits neither)
+        completed: list[bool] = []  # on_result ran without an error
 
         def returned(result):
             answered.append(True)
             if not _alive(self):
                 return
-            if stop.is_set():
+            if discard.is_set() or (stopped_early is not None and stopped_early(result)):
                 self.status.setText(f"{desc}: cancelled")
                 if on_cancel:
                     on_cancel()
                 return
             try:
                 on_result(result)
-                self.status.setText(f"{desc}: done")
             except Exception as err:  # noqa: BLE001
                 self._fail(desc, err, inputs)
+                return
+            completed.append(True)
+            # a Cancel that came after the job's last check: the result is complete, so it is shown
+            late = " — it finished before Cancel took effect" if stop.is_set() else ""
+            self.status.setText(f"{desc}: done{late}{note}")
 
         def errored(err):
             answered.append(True)
@@ -533,7 +622,7 @@ class RunPanel(QWidget):
                 self.status.setText(f"{desc}: cancelled — nothing was added or written")
                 if on_cancel:
                     on_cancel()
-            ok = not stop.is_set() and self.last_error is None
+            ok = bool(completed) and self.last_error is None
             if self.last_progress is not None:
                 done, total = self.last_progress
                 self.bar.setRange(0, max(1, total))
@@ -546,7 +635,8 @@ class RunPanel(QWidget):
                 self._pbar = None
 
         workers = self._workers
-        worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished)
+        worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished, pool=RUN_POOL,
+                              started=began)
         self.worker = worker
         workers.append(worker)
         return True
@@ -642,14 +732,29 @@ def no_input(viewer, what: str) -> NoInput:
     return NoInput(f"{what} — {hint}" if hint else what)
 
 
+def preview_status_label() -> QLabel:
+    """The live preview's own status line ("updating preview…", "preview up to date", "waiting: …", its errors),
+    apart from the run panel's, so a preview never overwrites what a whole-stack run reported."""
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setToolTip("state of the live preview; whole-stack runs report under their progress bar")
+    return label
+
+
 class LivePreview(QObject):
     """Debounced preview: ``request()`` restarts a single-shot timer; when it fires the previous preview
     is told to stop and a new worker computes the current request. Results of superseded requests are
-    dropped, so the newest request always wins."""
+    dropped, so the newest request always wins.
+
+    ``parent`` is the widget (a :class:`LinblurWidget`): the result of a request whose input layer (one of
+    ``sources()`` when the request was made) is no longer in its viewer is dropped; :meth:`drop_input` stops it as
+    soon as the layer is deleted. ``status`` is the preview's own status line (:func:`preview_status_label`).
+    """
 
     def __init__(self, compute: Callable[[Callable[[], bool]], Any], apply: Callable[[Any], None],
                  status: QLabel | None = None, parent=None,
-                 inputs: Callable[[], dict[str, str]] | None = None) -> None:
+                 inputs: Callable[[], dict[str, str]] | None = None,
+                 sources: Callable[[], list] | None = None) -> None:
         super().__init__(parent)
         self._compute = compute
         self._apply = apply
@@ -657,6 +762,9 @@ class LivePreview(QObject):
         #: ``inputs()`` maps the operation's argument names (``img``, ``img_b``, …) to the input layers' names, so
         #: that an error says "'cells' contains NaN" rather than "img contains NaN"
         self._inputs = inputs
+        #: ``sources()`` lists the input layers a request reads; ``_sources`` those of the newest request
+        self._sources_of = sources
+        self._sources: list = []
         #: (inputs, message) of the last error shown as a pop-up: the same error again only updates the status line
         self._notified: tuple | None = None
         self.timer = QTimer(self)
@@ -690,6 +798,27 @@ class LivePreview(QObject):
     def busy(self) -> bool:
         return bool(self.workers) or self.timer.isActive()
 
+    def _say(self, text: str) -> None:
+        if self._status is not None and _alive(self._status):
+            self._status.setText(text)
+
+    def _present(self, layers: list) -> bool:
+        """Whether every layer of ``layers`` is still in the widget's viewer."""
+        viewer = getattr(self.parent(), "viewer", None)
+        return viewer is None or all(ly in viewer.layers for ly in layers)
+
+    def drop_input(self, layer) -> bool:
+        """``layer`` was deleted: if the newest request reads it, stop that preview and drop its result (a preview
+        returning later must not bring back a map of a deleted layer). Returns whether a request was dropped."""
+        if layer is None or not any(ly is layer for ly in self._sources):
+            return False
+        if self._stop is not None:
+            self._stop.set()
+        self._sources = []
+        self.generation += 1
+        self.applied_generation = self.generation  # nothing of it is pending any more
+        return True
+
     def _fire(self) -> None:
         if self._stop is not None:
             self._stop.set()  # supersede the running preview
@@ -698,13 +827,14 @@ class LivePreview(QObject):
         stop = threading.Event()
         self._stop = stop
         inputs = self._input_names()
+        sources = self._source_layers()
+        self._sources = sources
         try:
             job = self._compute(stop.is_set)
         except NoInput as err:  # nothing to preview yet: say so quietly, drop a preview of a deleted input
             self.last_error = None
             self.applied_generation = gen
-            if self._status is not None:
-                self._status.setText(f"waiting: {err}")
+            self._say(f"waiting: {err}")
             clear = getattr(self.parent(), "clear_preview", None)
             if clear is not None:
                 clear()
@@ -714,20 +844,19 @@ class LivePreview(QObject):
             return
         if job is None:
             return
-        if self._status is not None:
-            self._status.setText("updating preview…")
+        self._say("updating preview…")
 
         def returned(result):
             if not _alive(self):
                 return
-            if gen == self.generation and not stop.is_set():
+            # an input deleted meanwhile: its preview is dropped (drop_input normally stopped it already)
+            if gen == self.generation and not stop.is_set() and self._present(sources):
                 try:
                     self._apply(result)
                     self.applied_generation = gen
                     self.last_error = None
                     self._notified = None
-                    if self._status is not None:
-                        self._status.setText("preview up to date")
+                    self._say("preview up to date")
                 except Exception as err:  # noqa: BLE001
                     self._error(err, gen, inputs)
 
@@ -747,6 +876,14 @@ class LivePreview(QObject):
         worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished)
         workers.append(worker)
 
+    def _source_layers(self) -> list:
+        if self._sources_of is None:
+            return []
+        try:
+            return [ly for ly in self._sources_of() if ly is not None]
+        except Exception:  # noqa: BLE001 - no input picked: the compute step says so
+            return []
+
     def _input_names(self) -> dict[str, str]:
         if self._inputs is None:
             return {}
@@ -759,8 +896,7 @@ class LivePreview(QObject):
         msg = preview_error_text(describe(err), inputs or {})
         self.last_error = msg
         self.applied_generation = gen
-        if self._status is not None:
-            self._status.setText(msg)
+        self._say(msg)
         key = (tuple(sorted((inputs or {}).items())), msg)
         if key == self._notified:
             return  # the same error of the same input again (e.g. every plane of a layer with a NaN): status only
@@ -768,20 +904,38 @@ class LivePreview(QObject):
         notify_error(msg)
 
     def stop(self) -> None:
-        """Drop a pending request and stop the previews still computing (their results are dropped)."""
+        """Drop a pending request and stop the previews still computing (their results are dropped); the status
+        line says the live preview is off."""
         self.timer.stop()
         if self._stop is not None:
             self._stop.set()
         _quit_workers(self.workers)
+        self._say("live preview off")
 
 
 # ------------------------------------------------------------------------------------------ layout
+
+
+#: what a lazy output layer costs while browsing it (napari slices it on its main thread; its asynchronous slicing is
+#: an experimental setting for the whole application, so the plugin does not switch it on for these layers)
+LAZY_COST = ("each plane is computed when napari shows it, and napari waits for it: seconds per 1024 x 1024 plane "
+             "on a CPU (about 3-4 s with the shipped defocus model), at every move of the slider")
+#: the status line's note after a lazy layer was added
+LAZY_NOTE = f" — lazy layer: {LAZY_COST}; for big stacks prefer 'new layer' or 'OME-Zarr file'"
 
 
 class OutputChooser(QWidget):
     """Where a whole-stack run goes: a computed layer, a lazy dask layer, or an OME-Zarr file."""
 
     LAYER, LAZY, ZARR = "layer", "lazy", "zarr"
+    TIPS = {
+        LAYER: "compute every plane now (in the background, with progress and Cancel) and add the result as a layer; "
+               "browsing it is instant",
+        LAZY: f"add a layer at once whose planes are computed only when shown: {LAZY_COST}. Good for a quick look "
+              "at a few planes; for big stacks prefer 'new layer' or 'OME-Zarr file'",
+        ZARR: "compute every plane in the background and write it to an OME-Zarr file on disk (plane by plane, "
+              "never whole in memory), then open it",
+    }
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -789,6 +943,8 @@ class OutputChooser(QWidget):
         self.combo.addItem("new layer (compute now)", self.LAYER)
         self.combo.addItem("lazy layer (planes computed when shown)", self.LAZY)
         self.combo.addItem("OME-Zarr file", self.ZARR)
+        for i in range(self.combo.count()):
+            self.combo.setItemData(i, self.TIPS[self.combo.itemData(i)], Qt.ItemDataRole.ToolTipRole)
         self.path = QLineEdit()
         self.path.setPlaceholderText("output.ome.zarr")
         browse = QPushButton("…")
@@ -809,6 +965,7 @@ class OutputChooser(QWidget):
 
     def _update(self, *_: Any) -> None:
         self._row.setVisible(self.mode() == self.ZARR)
+        self.combo.setToolTip(self.TIPS[self.mode()])
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Write OME-Zarr", "", "OME-Zarr (*.ome.zarr *.zarr)")
@@ -903,8 +1060,18 @@ class LinblurWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._on_removed)
 
     def _on_removed(self, event) -> None:
-        if _alive(self) and self._preview_like is not None and getattr(event, "value", None) is self._preview_like:
+        if not _alive(self):
+            return
+        layer = getattr(event, "value", None)
+        # a preview still computing from the deleted layer is stopped: its result would bring its map back
+        for preview in self.findChildren(LivePreview):
+            preview.drop_input(layer)
+        if self._preview_like is not None and layer is self._preview_like:
             self.clear_preview()
+
+    def input_layers(self) -> list:
+        """The layers picked in this widget's layer pickers (what its live preview reads)."""
+        return [ly for ly in (p.layer() for p in self.findChildren(LayerPicker)) if ly is not None]
 
     def lead_key(self, *layers, with_z: bool = False) -> tuple:
         """``layers`` with the viewer's time/position indices in each (its leading axes other than Z; with
@@ -990,7 +1157,7 @@ class LinblurWidget(QWidget):
         for preview in self.findChildren(LivePreview):
             preview.stop()
         for panel in self.findChildren(RunPanel):
-            panel.cancel()
+            panel.cancel(discard=True)
         self.clear_preview()
 
 

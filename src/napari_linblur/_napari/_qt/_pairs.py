@@ -303,7 +303,7 @@ def run_whole_stack(
             lazy = _ops.guard_blocks(lazy, lazy_error_reporter(name, getattr(lazy, "chunks", ()), inputs))
             widget.add_result(lazy, name=name, scale=scale, translate=translate, metadata=meta, **layer_kwargs)
 
-        return panel.start(job, desc=f"building {name}", on_result=done, inputs=inputs)
+        return panel.start(job, desc=f"building {name}", on_result=done, inputs=inputs, note=c.LAZY_NOTE)
 
     # computed now: the whole result is held in memory (and shown by napari), so a result larger than the memory
     # this computer can spare is refused before the run, pointing to the outputs that are not held in memory

@@ -35,7 +35,9 @@ class BlurSynthesisWidget(c.LinblurWidget):
         self.model = c.ModelPicker("ae")
         self.preview_on = QCheckBox("live preview on the current plane")
         self.preview_on.setChecked(True)
-        box, _ = c.group("Synthesis", [("α", self.alpha), ("model", self.model), ("", self.preview_on)])
+        self.preview_status = c.preview_status_label()
+        box, _ = c.group("Synthesis", [("α", self.alpha), ("model", self.model), ("", self.preview_on),
+                                       ("", self.preview_status)])
         self.layout().addWidget(box)
 
         self.output = c.OutputChooser()
@@ -49,8 +51,8 @@ class BlurSynthesisWidget(c.LinblurWidget):
         self.layout().addWidget(box)
         self.layout().addStretch(1)
 
-        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self,
-                                     inputs=self._input_names)
+        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.preview_status, self,
+                                     inputs=self._input_names, sources=self.input_layers)
         self.alpha.changed.connect(self.preview.request)
         for w in (self.a_plane, self.c_plane):
             w.changed.connect(self.preview.request)

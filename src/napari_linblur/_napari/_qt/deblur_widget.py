@@ -74,11 +74,13 @@ class DeblurWidget(c.LinblurWidget):
         self.defocus_model.setToolTip("defocus-map model used by the guided and re-blur methods")
         self.preview_on = QCheckBox("live preview on the current plane")
         self.preview_on.setChecked(True)
+        self.preview_status = c.preview_status_label()
         box, self._opt_form = c.group(
             "Options",
             [("α", self.alpha), ("", self.auto_alpha), ("self-ensemble", self.tta), ("method", self.method),
              ("autoencoder", self.ae_model),
-             ("network", self.net_model), ("defocus model", self.defocus_model), ("", self.preview_on)],
+             ("network", self.net_model), ("defocus model", self.defocus_model), ("", self.preview_on),
+             ("", self.preview_status)],
         )
         self.layout().addWidget(box)
 
@@ -92,8 +94,8 @@ class DeblurWidget(c.LinblurWidget):
         self.layout().addWidget(box)
         self.layout().addStretch(1)
 
-        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self,
-                                     inputs=self._input_names)
+        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.preview_status, self,
+                                     inputs=self._input_names, sources=self.input_layers)
         self.alpha.changed.connect(self.preview.request)
         self.auto_alpha.toggled.connect(self._update_visibility)
         self.auto_alpha.toggled.connect(self.preview.request)

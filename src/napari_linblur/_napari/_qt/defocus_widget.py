@@ -309,6 +309,7 @@ class DefocusWidget(c.LinblurWidget):
                                      "background is a guess); all pixels: every pixel of the tile")
         self.preview_on = QCheckBox("live map of the current plane")
         self.preview_on.setChecked(True)
+        self.preview_status = c.preview_status_label()
         self.outline = QCheckBox("outline the signal (σ read there)")
         self.outline.setToolTip(
             "σ is measured where the plane has structure; elsewhere the map is interpolated from nearby structure. "
@@ -319,7 +320,8 @@ class DefocusWidget(c.LinblurWidget):
                                                       ("units", self.units), ("optics", self.optics),
                                                       ("map", self.map_mode), ("tile size", self.patch_size),
                                                       ("tile average", self.patch_pixels),
-                                                      ("", self.preview_on), ("", self.outline)])
+                                                      ("", self.preview_on), ("", self.outline),
+                                                      ("", self.preview_status)])
         self.layout().addWidget(box)
         self.legend = QLabel(f"colormap {COLORMAP}: dark = in focus, bright = strongly defocused")
         self.legend.setWordWrap(True)
@@ -362,8 +364,8 @@ class DefocusWidget(c.LinblurWidget):
         self._curve_lead: tuple[int, ...] = ()
         self._outline_layer = None
         self._map_unit: str | None = None  # units of the live map's contrast limits
-        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.panel.status, self,
-                                     inputs=self._input_names)
+        self.preview = c.LivePreview(self._preview_job, self._show_preview, self.preview_status, self,
+                                     inputs=self._input_names, sources=self.input_layers)
         self.image.currentIndexChanged.connect(self.preview.request)
         self.image.renamed.connect(self.preview.request)  # the live map is named after its input
         self.image.data_changed.connect(self.preview.request)  # layer.data replaced

@@ -349,9 +349,18 @@ class TrainWidget(c.LinblurWidget):
             )
 
         def cancelled() -> None:
+            from napari_linblur.training.loop import MODEL
+
+            if not (out / MODEL).exists():  # cancelled while it waited for a thread, or before its first save
+                self.result_label.setText("cancelled before any weights were saved; no model was added to the "
+                                          "widgets")
+                return
             self.result_label.setText(
                 f"stopped before the end; no model was added to the widgets; the weights so far are in "
-                f"{out}/model.safetensors (load them with … in a model picker to use or fine-tune them)"
+                f"{out / MODEL} (load them with … in a model picker to use or fine-tune them)"
             )
 
-        return self.panel.start(job, desc=f"training {kind}", on_result=done, on_cancel=cancelled)
+        # the loop stops when asked by returning its state so far (finished False): that is a cancelled run; a run
+        # that finished all its steps before a late Cancel took effect is a trained model like any other
+        return self.panel.start(job, desc=f"training {kind}", on_result=done, on_cancel=cancelled,
+                                stopped_early=lambda res: not res.finished)
