@@ -1,5 +1,7 @@
 """Batch runs on a real dask.distributed cluster: lazy in, OME-Zarr out, input untouched."""
 
+import os
+
 import numpy as np
 import pytest
 import tifffile
@@ -413,3 +415,24 @@ def test_bbbc006_plane_numbers_are_reported_and_kept_in_outputs(tmp_path, schedu
     assert open_zstack_with_metadata(out)[1].extra["planes"] == [14, 15, 16]
     assert main(["focus", str(out), "--method", "brenner", "--scheduler", scheduler]) == 0
     assert "(BBBC006 plane 16)" in capsys.readouterr().out
+
+
+def test_local_cluster_workers_do_not_trim_memory_after_every_free():
+    # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in its workers (and in the process that starts them): torch
+    # then allocates its tile buffers again for every tile (1.5x slower maps, benchmarks/bench_batch.py). A fresh
+    # process, so that no cluster started by another test has put it in this one's environment.
+    import subprocess
+    import sys
+
+    script = (
+        "import os\n"
+        "from napari_linblur.batch import dask_client\n"
+        "with dask_client(workers=1) as c:\n"
+        "    print(sorted(set(c.run(os.environ.get, 'MALLOC_TRIM_THRESHOLD_').values()), key=str))\n"
+        "    print(sorted(set(c.run(os.environ.get, 'OMP_NUM_THREADS').values())))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                         check=True).stdout.split("\n")
+    assert out[0] == "[None]"  # glibc's own default
+    assert out[1] == "['1']"  # distributed's other worker settings are kept: one BLAS/OpenMP thread per worker

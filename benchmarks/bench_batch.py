@@ -1,0 +1,70 @@
+"""Batch runs on a local dask cluster (``linblur defocus-map`` / ``linblur deblur`` on OME-Zarr stacks).
+
+A z-stack of 12 microscopy-like 512x512 planes is written as OME-Zarr; :func:`napari_linblur.batch.run_batch`
+maps the shipped ``defocus-default`` over it on a :class:`~distributed.LocalCluster` of 2 single-threaded worker
+processes, (a) as it starts them (glibc's default memory trimming in the workers) and (b) with distributed's own
+worker default ``MALLOC_TRIM_THRESHOLD_=65536`` (set in the environment, which the workers inherit), which
+``run_batch`` used before session 20. The baseline is the plain loop a user would write: every plane through
+``estimate_defocus`` in this process on one thread, with no dask. Times are the best of 2 interleaved rounds; the
+cluster start-up and the OME-Zarr write are inside every batch time.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
+
+from _timing import best_times
+
+
+def run(report) -> None:
+    import numpy as np
+    import torch
+
+    from napari_linblur.batch import run_batch
+    from napari_linblur.inference.defocus_ops import estimate_defocus
+    from napari_linblur.io.omezarr import write_ome_zarr
+    from napari_linblur.optics.defocus_maps import gaussian_random_field_map
+    from napari_linblur.optics.noise import poisson_gaussian
+    from napari_linblur.optics.varying import render_spatially_varying
+    from napari_linblur.synth.phantoms import cell_phantom
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    planes = []
+    for _ in range(12):
+        content = cell_phantom((512, 512), rng=rng)[0]
+        sig = gaussian_random_field_map((512, 512), sigma_range=(0, 8), correlation_px=64, rng=rng)
+        planes.append(poisson_gaussian(render_spatially_varying(content, sig) * 800 + 16, read_noise=2,
+                                       offset=100, rng=rng))
+    stack = np.clip(np.stack(planes), 0, 65535).astype(np.uint16)
+    op = partial(estimate_defocus, model="defocus-default", device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = write_ome_zarr(Path(tmp) / "in.ome.zarr", stack, axes="zyx", scale=(2.0, 0.65, 0.65))
+
+        def batch(trim: str | None):
+            old = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+            if trim is not None:
+                os.environ["MALLOC_TRIM_THRESHOLD_"] = trim
+            try:
+                return run_batch(op, src, Path(tmp) / "out.ome.zarr", workers=2, overwrite=True)
+            finally:
+                os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+                if old is not None:
+                    os.environ["MALLOC_TRIM_THRESHOLD_"] = old
+
+        calls = {
+            "loop": lambda: [op(p) for p in stack],
+            "batch": lambda: batch(None),
+            "batch trim": lambda: batch("65536"),
+        }
+        t, _ = best_times(calls, repeats=2)
+    base = t["loop"]
+    report("batch defocus-map, 12 planes of 512x512, LocalCluster of 2 single-threaded workers", [
+        {"method": "plain loop in one process, 1 thread (baseline)", "seconds": base, "time / loop": 1.0},
+        {"method": "run_batch, 2 workers (as it starts them)", "seconds": t["batch"], "time / loop": t["batch"] / base},
+        {"method": "run_batch, 2 workers, MALLOC_TRIM_THRESHOLD_=65536 (distributed's default; before session 20)",
+         "seconds": t["batch trim"], "time / loop": t["batch trim"] / base},
+    ])
