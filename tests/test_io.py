@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -315,6 +316,40 @@ def test_writer_atomic_on_failure(tmp_path):
         write_ome_zarr(target, x, overwrite=True)
     assert {f: (good / f).read_bytes() for f in _files(good)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
+def test_writer_warns_about_a_killed_writes_leftover_and_keeps_it(tmp_path):
+    # a real write killed with SIGKILL (as by the OOM killer or a cluster time limit) cannot clean up after itself
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "out.zarr"
+    script = (
+        "import time, numpy as np, dask.array as da\n"
+        "from napari_linblur.io.omezarr import write_ome_zarr\n"
+        "def slow(b):\n    time.sleep(0.5)\n    return b\n"
+        "x = da.ones((40, 32, 32), dtype='float32', chunks=(1, 32, 32)).map_blocks(slow)\n"
+        f"write_ome_zarr({str(target)!r}, x)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".out.zarr.tmp-*/**/zarr.json")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (left,) = list(tmp_path.glob(".out.zarr.tmp-*"))
+    assert not target.exists()
+    with pytest.warns(UserWarning, match=r"1 unfinished earlier write.*\.out\.zarr\.tmp-.*Delete them"):
+        out = write_ome_zarr(target, np.ones((2, 32, 32), np.float32))
+    np.testing.assert_array_equal(open_zstack(out).compute(), np.ones((2, 32, 32)))
+    assert left.is_dir()  # never deleted: another process could be writing it
+    with warnings.catch_warnings():  # an unrelated name draws no warning
+        warnings.simplefilter("error")
+        write_ome_zarr(tmp_path / "other.zarr", np.ones((2, 32, 32), np.float32))
 
 
 def test_writer_failure_with_writes_still_running_leaves_nothing(tmp_path):

@@ -24,9 +24,11 @@ Examples
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -558,6 +560,7 @@ def write_ome_zarr(
     check_output_path(target, overwrite=overwrite, source_paths=source_paths)
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    warn_stale_partial_writes(target)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         _write_tree(tmp, data, axes, scale_t, units, channel_names, attrs, levels, chunks_t, progress, name,
@@ -567,6 +570,38 @@ def write_ome_zarr(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Path(os.fspath(path))
+
+
+def warn_stale_partial_writes(target: str | os.PathLike) -> list[Path]:
+    """Warn about hidden ``.{name}.tmp-*`` siblings of ``target`` that an earlier write left behind.
+
+    A write that is killed (SIGKILL, out of memory, a cluster job's time limit) cannot remove its temporary
+    folder, which may hold most of the output's bytes. They are never deleted here: another process may be
+    writing the same output at this moment. The warning names them and says how to remove them.
+
+    Returns
+    -------
+    list of Path
+        the leftover folders found (empty when there are none).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> warn_stale_partial_writes(d / "out.zarr")
+    []
+    """
+    target = Path(os.fspath(target))
+    try:
+        stale = sorted(p for p in target.parent.glob(f".{glob.escape(target.name)}.tmp-*") if p.is_dir())
+    except OSError:
+        return []
+    if stale:
+        names = ", ".join(str(p) for p in stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+        warnings.warn(f"{target}: {len(stale)} unfinished earlier write(s) of this output left behind ({names}), "
+                      "from a process that was killed while writing; they may hold many GB. Delete them "
+                      "(rm -r) unless another write of this output is running now", UserWarning, stacklevel=3)
+    return stale
 
 
 def check_output_path(
