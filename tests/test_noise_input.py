@@ -52,6 +52,22 @@ def test_estimated_noise_line_matches_the_camera_on_smooth_content(gain, read, o
     assert std.shape == adu.shape and std.dtype == np.float32 and float(std.min()) > 0
 
 
+def test_a_large_plane_is_estimated_in_strips_with_the_camera_line():
+    """A plane of several strips (about 1 Mpx each, so memory stays bounded) gives the camera's line, the same for
+    its uint16 and float64 forms."""
+    rng = np.random.default_rng(2)
+    ramp = np.tile(np.linspace(50, 2000, 1536), (1536, 1))
+    adu = np.round(np.clip(poisson_gaussian(ramp, gain=2.0, read_noise=3.0, offset=100.0, rng=rng), 0, 65535))
+    a, b = estimate_variance_model(adu.astype(np.uint16))
+    assert (a, b) == estimate_variance_model(adu)
+    true = camera_variance_model(2.0, 100.0, 3.0)
+    for v in np.percentile(adu, [10, 50, 90]):
+        assert 0.8 < np.sqrt((a * v + b) / (true[0] * v + true[1])) < 1.25
+    # the two halves of the plane (each within fewer strips) find the same line within the noise of the estimate
+    top = estimate_variance_model(adu[:768].astype(np.uint16))
+    assert top[0] == pytest.approx(a, rel=0.1)
+
+
 def test_estimate_noise_bad_input():
     with pytest.raises(ValueError, match="2-D"):
         estimate_variance_model(np.zeros((2, 40, 40)))
