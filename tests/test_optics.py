@@ -168,6 +168,11 @@ def test_calibration_high_na_gaussian_model():
         (lambda: equivalent_sigma(np.ones(5)), "psf"),
         (lambda: sigma_from_defocus(np.nan, OpticalSetup(model="gaussian")), "defocus_um"),
         (lambda: defocus_from_sigma(-1.0, OpticalSetup(model="gaussian")), "sigma_px"),
+        # a blur in the wrong units: a clear error naming it, not a MemoryError for a 466 TB kernel
+        (lambda: gaussian_psf(1e6), r"sigma=1e\+06 px.*at most 4097 px"),
+        (lambda: disc_psf(3000.0), r"radius=3000 px.*at most 4097"),
+        (lambda: gaussian_psf(1.0, 5001), r"size is 5001 px.*at most 4097"),
+        (lambda: OpticalSetup(model="disc").psf(1e5), r"defocus 100000 µm.*at most 4097"),
     ],
 )
 def test_psf_bad_inputs(call, arg):
@@ -361,6 +366,8 @@ def test_other_noises():
     assert poisson_noise(img, scale=100, rng=0).mean() == pytest.approx(0.5, rel=0.02)
     with pytest.raises(ValueError, match="amount"):
         salt_and_pepper(img, 2.0)
+    with pytest.raises(ValueError, match="low and high must be finite"):
+        salt_and_pepper(img, 0.2, low=float("nan"))
 
 
 def test_tiny_and_empty_images_never_hang():

@@ -203,9 +203,9 @@ def normalize_for_network(*planes: np.ndarray) -> tuple[Normalization, list[np.n
 
     Examples
     --------
-    >>> a = np.arange(100.0).reshape(10, 10); b = a.copy(); b[5, 5] = 1e6
+    >>> a = np.arange(4096.0).reshape(64, 64); b = a.copy(); b[5, 5] = 1e6
     >>> (na, [xa]), (nb, [xb]) = normalize_for_network(a), normalize_for_network(b)
-    >>> na == nb, float(xb[5, 5]) == float(np.median([xa[4, 4:7], xa[5, [4, 6]], xa[6, 4:7]]))
+    >>> na == nb, float(xb[5, 5]) == float(np.median(np.r_[xa[4, 4:7], xa[5, [4, 6]], xa[6, 4:7]]))
     (True, True)
     """
     norm = fit_normalization(*planes)

@@ -175,6 +175,9 @@ def salt_and_pepper(
         raise ValueError("amount and salt_vs_pepper must lie in [0, 1]")
     lo = float(a.min()) if low is None else float(low)
     hi = float(a.max()) if high is None else float(high)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"low and high must be finite pixel values (or None: the image's min and max), got "
+                         f"low={low!r}, high={high!r}")
     gen = as_generator(rng)
     u = gen.random(a.shape)
     salt = gen.random(a.shape) < svp

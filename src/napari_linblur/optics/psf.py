@@ -68,13 +68,23 @@ def _check_scalar(name: str, value: float, *, minimum: float = 0.0, strict: bool
     return v
 
 
-def _check_size(size: int | None, default: int) -> int:
+#: Largest PSF side (px): 4097² float64 is 134 MB, a Gaussian of σ = 512 px. A wider blur than that is not a
+#: microscope's defocus on an image a PSF could be convolved with; it is refused, not a MemoryError.
+MAX_PSF_SIZE = 4097
+
+
+def _check_size(size: int | None, default: int, blur: str = "its blur") -> int:
     if size is None:
-        return default
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise TypeError(f"size must be a positive odd int or None, got {size!r}")
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f"size must be a positive odd int or None, got {size!r}")
+        size, what = default, f"the PSF window of {blur}"
+    else:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+            raise TypeError(f"size must be a positive odd int or None, got {size!r}")
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"size must be a positive odd int or None, got {size!r}")
+        what = "size"
+    if size > MAX_PSF_SIZE:
+        raise ValueError(f"{what} is {int(size)} px square ({8e-9 * float(size) ** 2:.3g} GB); a PSF is at most "
+                         f"{MAX_PSF_SIZE} px (a Gaussian of sigma 512 px): check the blur's units (pixels, µm)")
     return int(size)
 
 
@@ -116,7 +126,7 @@ def gaussian_psf(sigma: float, size: int | None = None) -> np.ndarray:
     ((17, 17), 1.0)
     """
     sigma = _check_scalar("sigma", sigma)
-    size = _check_size(size, 2 * math.ceil(4.0 * sigma) + 1)
+    size = _check_size(size, 2 * math.ceil(4.0 * sigma) + 1, f"sigma={sigma:g} px")
     if sigma == 0:
         return _delta(size)
     r = np.arange(size) - size // 2
@@ -157,13 +167,18 @@ def disc_psf(radius: float, size: int | None = None, oversample: int = 8) -> np.
         or oversample < 1
     ):
         raise ValueError(f"oversample must be an int >= 1, got {oversample!r}")
-    size = _check_size(size, 2 * math.ceil(radius + 1.0) + 1)
+    size = _check_size(size, 2 * math.ceil(radius + 1.0) + 1, f"radius={radius:g} px")
     if radius == 0:
         return _delta(size)
     n = int(oversample)
     sub = (np.arange(size * n) + 0.5) / n - size / 2.0  # sub-pixel centres, pixel centre at 0
-    inside = (sub[:, None] ** 2 + sub[None, :] ** 2) <= radius**2
-    psf = inside.reshape(size, n, size, n).mean(axis=(1, 3))
+    sq = sub**2
+    psf = np.empty((size, size))
+    rows = max(1, (1 << 22) // (n * n * size))  # pixel rows per step: ~4 M sub-samples at a time, any disc size
+    for i in range(0, size, rows):
+        j = min(size, i + rows)
+        inside = (sq[i * n: j * n, None] + sq[None, :]) <= radius**2
+        psf[i:j] = inside.reshape(j - i, n, size, n).mean(axis=(1, 3))
     if psf.sum() == 0:  # tiny radius: fall back to the delta
         return _delta(size)
     return _normalize(psf)
@@ -564,7 +579,7 @@ class OpticalSetup:
         if self.model == "gaussian":  # its own ±4σ window: the blur-circle window is only ±2.5σ of this Gaussian
             sig = np.atleast_1d(geometric_sigma(dz, self))
             return [gaussian_psf(s, size) for s in sig]
-        sizes = [_check_size(size, default_psf_size(self, d)) for d in dz]
+        sizes = [_check_size(size, default_psf_size(self, d), f"defocus {d:g} µm") for d in dz]
         if self.model == "disc":
             r = np.abs(dz) * _tan_half_angle(self) / self.pixel_um
             return [disc_psf(ri, n) for ri, n in zip(r, sizes)]
@@ -652,7 +667,7 @@ def sigma_from_defocus(defocus_um: float | np.ndarray, setup: OpticalSetup) -> f
     --------
     >>> s = OpticalSetup(na=0.45, wavelength_um=0.5, pixel_um=0.65, model="gaussian")
     >>> round(float(sigma_from_defocus(10.0, s)), 2)
-    3.88
+    3.89
     """
     if not isinstance(setup, OpticalSetup):
         raise TypeError(f"setup must be an OpticalSetup, got {type(setup).__name__}")

@@ -38,7 +38,7 @@ def psfs_for(setup: OpticalSetup, defocus_um) -> tuple[np.ndarray, ...]:
     >>> from napari_linblur.optics import OpticalSetup
     >>> ps = psfs_for(OpticalSetup(model="gaussian"), [0.0, 4.0])
     >>> [p.shape for p in ps]
-    [(9, 9), (17, 17)]
+    [(5, 5), (15, 15)]
     """
     if not isinstance(setup, OpticalSetup):
         raise TypeError(f"setup must be an OpticalSetup, got {type(setup).__name__}")
