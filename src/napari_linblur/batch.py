@@ -162,7 +162,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, *,
         ``None`` (and no scheduler) starts one with one worker per core (at most 4). Its dashboard is off and its
         scheduler's HTTP server (health checks) takes a free port, so another dask on this machine (port 8787)
         draws no "Port 8787 is already in use" warning. Its workers start without distributed's
-        ``MALLOC_TRIM_THRESHOLD_=65536`` (1.5x faster defocus maps: ``benchmarks/bench_batch.py``).
+        ``MALLOC_TRIM_THRESHOLD_=65536`` (1.3-1.5x faster defocus maps: ``benchmarks/bench_batch.py``).
     warn_no_workers_after : float, optional
         Seconds before the no-worker message (default :data:`NO_WORKERS_WARNING_S`).
 

@@ -773,4 +773,12 @@ def _write_tree(
             prev = group[str(lvl - 1)]
             level_src = _downsample2(da.from_array(prev, chunks=prev.chunks, asarray=True, lock=False))
             level_src = level_src.rechunk(lvl_chunks)
-        _store_batched(level_src, arr, report)
+        if lvl == 0:
+            _store_batched(level_src, arr, report)
+        else:
+            # a 2x2 mean of what this process has just written: on its own threads, not one cluster round trip
+            # per plane and level (a dask.distributed client stays the default for level 0 only)
+            import dask
+
+            with dask.config.set(scheduler="threads"):
+                _store_batched(level_src, arr, report)
