@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 PLUGIN = "napari-linblur"
 TILE = 256  # the default plugin setting the widgets pass on
 
@@ -54,3 +56,30 @@ def small_training(viewer, tmp_path, *, steps, kind="deblur", preset="tiny"):
     w.patch.setValue(32)
     w.out.setText(str(tmp_path / "run"))
     return w
+
+
+class PoolBlocker:
+    """Occupies every thread of one of the plugin's thread pools (default: that of long jobs, where runs and training
+    run) until ``release`` is set, so a job started meanwhile waits in the queue, as it does behind other runs."""
+
+    def __init__(self, pool=None) -> None:
+        from qtpy.QtCore import QRunnable
+
+        from napari_linblur._napari._qt import _common as c
+
+        pool = c.thread_pool(c.RUN_POOL) if pool is None else pool
+        self.release = threading.Event()
+        busy = threading.Semaphore(0)
+        outer = self
+
+        class Block(QRunnable):
+            def run(self) -> None:
+                busy.release()
+                outer.release.wait(60)
+
+        self.runnables = [Block() for _ in range(pool.maxThreadCount())]
+        for r in self.runnables:
+            r.setAutoDelete(False)
+            pool.start(r)
+        for _ in self.runnables:
+            assert busy.acquire(timeout=10)

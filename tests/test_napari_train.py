@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from napari_helpers import last_error, small_training
+from napari_helpers import PoolBlocker, last_error, small_training
 from napari_linblur._napari._sample_data import synthetic_stack_data
 
 
@@ -16,33 +16,6 @@ def _read_dataset(path):
     from napari_linblur.io.readers import open_zstack
 
     return np.asarray(open_zstack(str(path))).squeeze()
-
-
-class _PoolBlocker:
-    """Occupies every thread of the plugin's pool of long jobs (runs and training run there) until released, so a
-    job started meanwhile waits in the queue, as it does behind other long runs."""
-
-    def __init__(self) -> None:
-        from qtpy.QtCore import QRunnable
-
-        from napari_linblur._napari._qt import _common as c
-
-        self.release = threading.Event()
-        self.busy = threading.Semaphore(0)
-        pool = c.thread_pool(c.RUN_POOL)
-        outer = self
-
-        class Block(QRunnable):
-            def run(self) -> None:
-                outer.busy.release()
-                outer.release.wait(60)
-
-        self.runnables = [Block() for _ in range(pool.maxThreadCount())]
-        for r in self.runnables:
-            r.setAutoDelete(False)
-            pool.start(r)
-        for _ in self.runnables:
-            assert self.busy.acquire(timeout=10)
 
 
 def test_train_uses_the_layer_and_options_taken_at_start(viewer, qtbot, tmp_path):
@@ -78,7 +51,7 @@ def test_train_uses_the_layer_and_options_taken_at_start(viewer, qtbot, tmp_path
     for edit in (w.path, w.out):
         watch(edit, "text")
 
-    blocker = _PoolBlocker()
+    blocker = PoolBlocker()
     try:
         assert w.start(), w.panel.status.text()
         assert "queued" in w.panel.status.text(), w.panel.status.text()  # a queued run says so

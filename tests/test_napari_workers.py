@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import napari_linblur as nl
-from napari_helpers import add, settle, small_training, wait_run
+from napari_helpers import PoolBlocker, add, settle, small_training, wait_run
 from napari_linblur._napari import _ops
 from napari_linblur._napari._qt import _common as c
 from napari_linblur._napari._settings import set_setting
@@ -121,7 +121,7 @@ def test_a_run_cancelled_while_it_waits_for_a_thread_reads_nothing(viewer, qtbot
     viewer.add_image(synth_layer_data, name="stack")
     w = small_training(viewer, tmp_path, steps=2)
     w.set_choice(w.source, "layer")
-    blocker = _PoolBlocker(c.thread_pool(c.RUN_POOL))
+    blocker = PoolBlocker(c.thread_pool(c.RUN_POOL))
     try:
         assert w.start()
         assert "queued" in w.panel.status.text(), w.panel.status.text()
@@ -139,29 +139,6 @@ def synth_layer_data():
     from napari_linblur._napari._sample_data import synthetic_stack_data
 
     return synthetic_stack_data((48, 64), seed=5)[0][0]
-
-
-class _PoolBlocker:
-    """Occupies every thread of ``pool`` until released."""
-
-    def __init__(self, pool) -> None:
-        from qtpy.QtCore import QRunnable
-
-        self.release = threading.Event()
-        busy = threading.Semaphore(0)
-        outer = self
-
-        class Block(QRunnable):
-            def run(self) -> None:
-                busy.release()
-                outer.release.wait(60)
-
-        self.runnables = [Block() for _ in range(pool.maxThreadCount())]
-        for r in self.runnables:
-            r.setAutoDelete(False)
-            pool.start(r)
-        for _ in self.runnables:
-            assert busy.acquire(timeout=10)
 
 
 # ------------------------------------------------------------------------------- a deleted input layer
