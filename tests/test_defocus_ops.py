@@ -294,3 +294,17 @@ def test_a_plane_whose_score_cannot_be_computed_never_wins_best_focus():
     curve = [score(p) for p in planes]
     assert curve[1] == -NO_SIGNAL_SIGMA and curve[0] == curve[2] == -2.0
     assert int(np.argmax(curve)) != 1
+
+
+def test_a_plane_spanning_most_of_the_float32_range_gets_the_map_of_its_scaled_copy():
+    """Values near both ends of float32 (a spread of 5.5e38, beyond float32) are accepted input: the map is that of
+    the same plane scaled by a power of two (it used to raise about an internal "scale")."""
+    rng = np.random.default_rng(0)
+    base = gaussian_filter(rng.random((96, 96)), 3) + rng.normal(0, 0.01, (96, 96))
+    base -= base.mean()
+    plane = (base / np.abs(base).max() * 3e38).astype(np.float32)
+    assert np.ptp(plane.astype(np.float64)) > float(np.finfo(np.float32).max)
+    big = D.estimate_defocus(plane, device="cpu", amp="off")
+    small = D.estimate_defocus(np.ldexp(plane, -120), device="cpu", amp="off")
+    assert np.isfinite(big).all()
+    np.testing.assert_allclose(big, small, atol=1e-3)

@@ -88,7 +88,8 @@ def noise_channel(plane: np.ndarray, scale: float, line: tuple[float, float] | N
     Raises
     ------
     ValueError
-        ``scale`` is not a positive number in the float32 range.
+        ``scale`` is not a positive number up to 4x the float32 range (the spread of a plane whose values are
+        anywhere in that range).
     """
     from napari_linblur.optics.noise import (
         estimate_variance_model,
@@ -97,7 +98,14 @@ def noise_channel(plane: np.ndarray, scale: float, line: tuple[float, float] | N
     )
 
     s = float(scale)
-    if not (0.0 < s <= float(np.finfo(np.float32).max) and np.float32(s) > 0):
+    fmax = float(np.finfo(np.float32).max)
+    if fmax < s <= 4.0 * fmax:
+        # the spread of a plane whose values lie near both ends of the float32 range (up to 6.8e38): the channel is
+        # scale-invariant, so it is computed at a quarter of the scale (exact: a power of two)
+        plane = np.asarray(plane, dtype=np.float64) * 0.25
+        s *= 0.25
+        line = None if line is None else (float(line[0]) * 0.25, float(line[1]) * 0.0625)
+    if not (0.0 < s <= fmax and np.float32(s) > 0):
         raise ValueError(f"scale must be a positive number in the float32 range (the normalization's scale), "
                          f"got {scale!r}")
     scale32 = np.float32(s)
