@@ -25,14 +25,18 @@ __all__ = [
 ]
 
 
-def _check_array(name: str, value) -> np.ndarray:
+def _check_real(name: str, value) -> np.ndarray:
+    """``value`` as an array of its own real dtype (no copy), refused when it is not real or not finite."""
     a = np.asarray(value)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
-    a = a.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(a)):
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be finite (no NaN or inf)")
     return a
+
+
+def _check_array(name: str, value) -> np.ndarray:
+    return _check_real(name, value).astype(np.float64, copy=False)
 
 
 def _check_nonneg(name: str, value: float) -> float:
@@ -278,13 +282,9 @@ def estimate_variance_model(plane, *, block: int = 8, n_groups: int = 8, quantil
     >>> bool(abs(a - 2.0) < 0.3)
     True
     """
-    x = np.asarray(plane)
-    if x.dtype.kind not in "biuf":
-        raise TypeError(f"plane must be a real numeric array, got dtype {x.dtype}")
+    x = _check_real("plane", plane)  # its own dtype: converted strip by strip below
     if x.ndim != 2:
         raise ValueError(f"plane must be 2-D (Y, X), got shape {x.shape}")
-    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
-        raise ValueError("plane must be finite (no NaN or inf); the noise model needs finite values")
     ny, nx = (x.shape[0] - 2) // block, (x.shape[1] - 2) // block
     if ny < 3 or nx < 3:
         raise ValueError(f"plane of shape {x.shape} is too small to estimate its noise; need at least "
@@ -376,12 +376,7 @@ def noise_std_map(plane, a: float, b: float, *, smooth: float = 1.0) -> np.ndarr
 
     from scipy.ndimage import gaussian_filter
 
-    x = np.asarray(plane)
-    if x.dtype.kind not in "biuf":
-        raise TypeError(f"plane must be a real numeric array, got dtype {x.dtype}")
-    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
-        raise ValueError("plane must be finite (no NaN or inf)")
-    x = x.astype(np.float32)  # straight to float32 (a copy: the caller's plane is never changed below)
+    x = _check_real("plane", plane).astype(np.float32)  # a float32 copy, changed in place below
     peak = float(np.abs(x).max(initial=0.0))
     e = math.frexp(peak)[1] if peak > 0 else 0  # peak / 2**e in [0.5, 1)
     if e:
