@@ -7,6 +7,10 @@ worker default ``MALLOC_TRIM_THRESHOLD_=65536`` (set in the environment, which t
 ``run_batch`` used before session 20. The baseline is the plain loop a user would write: every plane through
 ``estimate_defocus`` in this process on one thread, with no dask. Times are the best of 2 interleaved rounds; the
 cluster start-up and the OME-Zarr write are inside every batch time.
+
+A second section reads inputs chunked along Z: 32 planes of 1024² uint16 stored one plane per chunk (the baseline)
+or 16 planes per chunk, through ``run_batch`` with a cheap per-plane filter, so that reading dominates. Each plane is
+one task, so a 16-plane chunk is decompressed once per plane it holds.
 """
 
 from __future__ import annotations
@@ -67,4 +71,32 @@ def run(report) -> None:
         {"method": "run_batch, 2 workers (as it starts them)", "seconds": t["batch"], "time / loop": t["batch"] / base},
         {"method": "run_batch, 2 workers, MALLOC_TRIM_THRESHOLD_=65536 (distributed's default; before session 20)",
          "seconds": t["batch trim"], "time / loop": t["batch trim"] / base},
+    ])
+    run_z_chunks(report)
+
+
+def _box3(plane):
+    """A cheap per-plane operation (3x3 box filter), so that reading and writing dominate."""
+    import numpy as np
+    from scipy import ndimage
+
+    return ndimage.uniform_filter(plane.astype(np.float32), 3)
+
+
+def run_z_chunks(report) -> None:
+    import numpy as np
+
+    from napari_linblur.batch import run_batch
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    x = np.random.default_rng(0).integers(0, 4000, (32, 1024, 1024), dtype=np.uint16)
+    with tempfile.TemporaryDirectory() as tmp:
+        srcs = {cz: write_ome_zarr(Path(tmp) / f"in{cz}.zarr", x, axes="zyx", chunks=(cz, 1024, 1024))
+                for cz in (1, 16)}
+        calls = {cz: (lambda cz=cz: run_batch(_box3, srcs[cz], Path(tmp) / f"out{cz}.zarr", workers=2,
+                                              overwrite=True)) for cz in srcs}
+        t, _ = best_times(calls, repeats=2)
+    report("batch input chunked along Z, 32 planes of 1024², 3x3 box filter, 2 workers", [
+        {"input chunks": "1 plane per chunk (baseline)", "seconds": t[1], "time / baseline": 1.0},
+        {"input chunks": "16 planes per chunk", "seconds": t[16], "time / baseline": t[16] / t[1]},
     ])
