@@ -132,12 +132,8 @@ def model_input(plane: np.ndarray, norm=None, *, noise: bool, line: tuple[float,
     """
     if norm is not None:
         x = norm.apply(plane)
-        return np.stack([x, noise_channel(plane, norm.scale, line)]) if noise else x
-    from .normalize import normalize_for_network
+    else:
+        from .normalize import clean_for_network
 
-    norm, (x,) = normalize_for_network(plane)
-    if noise:
-        clean = norm.invert(x)  # the plane with its hot pixels replaced (elsewhere the round trip is exact to ~1 ulp)
-        hot = np.abs(norm.apply(plane) - x) > 0
-        plane = np.where(hot, clean, np.asarray(plane, np.float32))
+        norm, (x,), (plane,) = clean_for_network(plane)
     return np.stack([x, noise_channel(plane, norm.scale, line)]) if noise else x

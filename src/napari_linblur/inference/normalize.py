@@ -208,16 +208,38 @@ def normalize_for_network(*planes: np.ndarray) -> tuple[Normalization, list[np.n
     >>> na == nb, float(xb[5, 5]) == float(np.median(np.r_[xa[4, 4:7], xa[5, [4, 6]], xa[6, 4:7]]))
     (True, True)
     """
+    norm, xs, _ = clean_for_network(*planes)
+    return norm, xs
+
+
+def clean_for_network(*planes: np.ndarray) -> tuple[Normalization, list[np.ndarray], list[np.ndarray]]:
+    """:func:`normalize_for_network`, and also the raw planes with their hot pixels replaced (in input units).
+
+    Returns
+    -------
+    (Normalization, list of numpy.ndarray, list of numpy.ndarray)
+        the normalization, the normalized float32 planes, and the raw planes: the inputs themselves when no hot
+        pixel was found, else corrected copies (what a model's other inputs, e.g. a noise estimate, should see).
+    """
     norm = fit_normalization(*planes)
     raw = [norm.apply(p) for p in planes]
     xs = [suppress_hot_pixels(x) for x in raw]
     if all(x is r for x, r in zip(xs, raw)):
-        return norm, xs
-    fixed = []
-    for p, x, r in zip(planes, xs, raw):
-        q = np.asarray(p, np.float64 if np.asarray(p).dtype.itemsize > 4 else np.float32).copy()
-        hot = x != r
-        q[hot] = norm.invert(x[hot])
-        fixed.append(q)
+        return norm, xs, list(planes)
+    fixed = [_replace(p, norm, x, r) for p, x, r in zip(planes, xs, raw)]
     norm = fit_normalization(*fixed)
-    return norm, [suppress_hot_pixels(norm.apply(q)) for q in fixed]
+    raw = [norm.apply(q) for q in fixed]
+    xs = [suppress_hot_pixels(x) for x in raw]  # in the refitted units a few more may stand out
+    return norm, xs, [_replace(q, norm, x, r) for q, x, r in zip(fixed, xs, raw)]
+
+
+def _replace(plane: np.ndarray, norm: Normalization, x: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """``plane`` with the pixels where ``x`` (suppressed) differs from ``raw`` (``norm.apply(plane)``) replaced by
+    ``x`` in input units (a float copy; ``plane`` itself when nothing differs)."""
+    if x is raw:
+        return plane
+    a = np.asarray(plane)
+    q = a.astype(np.float64 if _is_wide(a.dtype) else np.float32)  # a copy
+    hot = x != raw
+    q[hot] = norm.invert(x[hot])
+    return q
