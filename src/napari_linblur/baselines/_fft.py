@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import scipy.fft as sfft
 
-__all__ = ["check_image_psf", "otf", "pad_reflect", "crop"]
+__all__ = ["check_image_psf", "otf", "pad_reflect", "crop", "reblur"]
 
 
 def check_image_psf(image: Any, psf: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -57,3 +57,11 @@ def otf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def crop(a: np.ndarray, offset: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
     return a[offset[0] : offset[0] + shape[0], offset[1] : offset[1] + shape[1]]
+
+
+def reblur(image: np.ndarray, psf: Any) -> np.ndarray:
+    """``image`` blurred by ``psf`` (float64 FFT convolution, reflect borders), in ``image``'s dtype: a restoration
+    as a captured in-focus reference would show it (the oracles' ``reference_psf``)."""
+    from napari_linblur.optics.convolve import fft_convolve
+
+    return np.asarray(fft_convolve(np.asarray(image, np.float64), np.asarray(psf, np.float64)), dtype=image.dtype)

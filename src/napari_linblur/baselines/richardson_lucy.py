@@ -27,7 +27,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from ..metrics.image import psnr
-from ._fft import check_image_psf, crop, otf, pad_reflect
+from ._fft import check_image_psf, crop, otf, pad_reflect, reblur
 
 __all__ = ["richardson_lucy", "best_richardson_lucy", "richardson_lucy_iterates"]
 
@@ -140,15 +140,9 @@ def best_richardson_lucy(
         raise ValueError(f"max_iter: need >= 1, got {max_iter}")
     curve = np.empty(int(max_iter))
     best = (np.empty(0, np.float32), 0, -np.inf)
-    reblur = None
-    if reference_psf is not None:
-        _, kref = check_image_psf(ref, reference_psf)
-        from napari_linblur.optics.convolve import fft_convolve
-
-        def reblur(u):
-            return np.asarray(fft_convolve(u.astype(np.float64), kref.astype(np.float64)), dtype=np.float32)
+    kref = None if reference_psf is None else check_image_psf(ref, reference_psf)[1]
     for k, est in zip(range(int(max_iter)), richardson_lucy_iterates(image, psf)):
-        versions = [est] if reblur is None else [est, reblur(est)]
+        versions = [est] if kref is None else [est, reblur(est, kref)]
         scores = [psnr(ref, v, data_range=data_range) for v in versions]
         curve[k] = max(scores)
         if curve[k] > best[2]:

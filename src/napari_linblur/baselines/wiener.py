@@ -34,7 +34,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from ..metrics.image import psnr
-from ._fft import check_image_psf, crop, otf, pad_reflect
+from ._fft import check_image_psf, crop, otf, pad_reflect, reblur
 
 __all__ = ["wiener_deconvolve", "best_wiener", "REGULARIZERS"]
 
@@ -167,10 +167,7 @@ def best_wiener(
     for reg, b in candidates:
         rest = wiener_deconvolve(image, psf, b, reg=reg)
         if reference_psf is not None:
-            from napari_linblur.optics.convolve import fft_convolve
-
-            rest = np.asarray(fft_convolve(rest.astype(np.float64), np.asarray(reference_psf, np.float64)),
-                              dtype=rest.dtype)
+            rest = reblur(rest, reference_psf)
         score = psnr(ref, rest, data_range=data_range)
         if best is None or score > best[2]:
             best = (rest, float(b), float(score))
