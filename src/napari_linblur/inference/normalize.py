@@ -149,8 +149,9 @@ def suppress_hot_pixels(x: np.ndarray) -> np.ndarray:
     sees).
 
     A camera's hot pixel or a cosmic-ray hit is one pixel far brighter than everything around it, which no optical
-    image is (the PSF spreads light over its neighbours). The networks never saw one in training, and a single one
-    disturbs their output tens of pixels away. A pixel counts as hot when it is above :data:`HOT_PIXEL_LEVEL` (in
+    image is (the PSF spreads light over its neighbours). The networks' training had salt noise only up to the image's
+    own maximum, never a pixel far above it, and a single one disturbs their output tens of pixels away. A pixel
+    counts as hot when it is above :data:`HOT_PIXEL_LEVEL` (in
     :func:`fit_normalization` units) and more than :data:`HOT_PIXEL_RATIO` times the second brightest of its 8
     neighbours (floored at ``HOT_PIXEL_LEVEL / HOT_PIXEL_RATIO``): so a hot pixel beside one bright pixel (a spot,
     or a second hot pixel) is still found, while a bright structure of three pixels or more is never touched.

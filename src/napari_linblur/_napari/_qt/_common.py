@@ -919,7 +919,7 @@ class LivePreview(QObject):
 #: what a lazy output layer costs while browsing it (napari slices it on its main thread; its asynchronous slicing is
 #: an experimental setting for the whole application, so the plugin does not switch it on for these layers)
 LAZY_COST = ("each plane is computed when napari shows it, and napari waits for it: seconds per 1024 x 1024 plane "
-             "on a CPU (about 3-4 s with the shipped defocus model), at every move of the slider")
+             "on a CPU with the shipped models ('make bench' times them), at every move of the slider")
 #: the status line's note after a lazy layer was added
 LAZY_NOTE = f" — lazy layer: {LAZY_COST}; for big stacks prefer 'new layer' or 'OME-Zarr file'"
 
