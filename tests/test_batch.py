@@ -419,7 +419,7 @@ def test_bbbc006_plane_numbers_are_reported_and_kept_in_outputs(tmp_path, schedu
 
 def test_local_cluster_workers_do_not_trim_memory_after_every_free():
     # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in its workers (and in the process that starts them): torch
-    # then allocates its tile buffers again for every tile (1.5x slower maps, benchmarks/bench_batch.py). A fresh
+    # then allocates its tile buffers again for every tile (1.3-1.5x slower maps, benchmarks/bench_batch.py). A fresh
     # process, so that no cluster started by another test has put it in this one's environment.
     import subprocess
     import sys

@@ -196,7 +196,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, *,
             # warning when another dask holds it: ":0" takes any free port, dashboard=False keeps the dashboard off
             # distributed's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers: glibc then returns freed
             # memory to the OS after every large free, and torch's per-tile buffers are allocated again at once,
-            # which made defocus-map batches 1.7x slower (benchmarks/bench_batch.py). Left unset, glibc's default
+            # which made defocus-map batches 1.3-1.5x slower (benchmarks/bench_batch.py). Left unset, glibc's default
             # (or the user's own MALLOC_TRIM_THRESHOLD_ in the environment, which workers inherit) applies.
             dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}),
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
