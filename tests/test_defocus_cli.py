@@ -418,7 +418,7 @@ def test_defocus_map_cli_in_micrometres(tmp_path, tiny_model, scheduler, capsys)
            "na >= ni": [*base[:2], str(tmp_path / "b4.zarr"), *base[3:], "--um", "--na", "1.2", "--wavelength",
                         "0.52"]}
     says = {"no pixel size": "--pixel-um", "no --um": "add --um", "no wavelength": "--wavelength",
-            "na >= ni": "na must be smaller than ni"}
+            "na >= ni": "`--ni` on the command line"}
     for key, argv in bad.items():
         assert main(argv) == 2, key
         assert says[key] in capsys.readouterr().err, key

@@ -540,7 +540,8 @@ class OpticalSetup:
             # plain floats from here on (numpy scalars, ints)
             object.__setattr__(self, name, _check_scalar(name, getattr(self, name), minimum=minimum, strict=strict))
         if self.na >= self.ni:
-            raise ValueError(f"na must be smaller than ni={self.ni}, got {self.na}")
+            raise ValueError(f"na must be smaller than ni={self.ni}, the immersion medium's refractive index "
+                             f"(1.0 air, 1.33 water, 1.515 oil: `ni=`, `--ni` on the command line), got {self.na}")
         if self.model not in _MODELS:
             raise ValueError(f"model must be one of {_MODELS}, got {self.model!r}")
         _check_focus(self.focus)
