@@ -221,3 +221,23 @@ def test_metrics_refuse_nan_and_empty_batches():
     for fn in (psnr_batch, ssim_batch):
         with pytest.raises(ValueError, match="N >= 1"):
             fn(np.zeros((0, 8, 8)), np.zeros((0, 8, 8)))
+
+
+def test_vollath_is_positive_on_structure_near_zero_on_noise_and_falls_with_blur():
+    """F4 is a difference of autocorrelations: clearly positive on a blurred-but-structured field, exactly 0 on a
+    constant one, and on zero-mean noise a value of either sign that is small against structure of the same
+    spread (with an offset, the sampling error of its two means grows with the offset)."""
+    from scipy.ndimage import gaussian_filter
+
+    from napari_linblur.metrics.focus import vollath
+
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0.0, 1.0, (128, 128))
+    structure = gaussian_filter(rng.normal(0.0, 1.0, (128, 128)), 2.0)
+    structure = structure / structure.std()  # same mean and spread as the noise
+    assert vollath(np.full((16, 16), 5.0)) == 0.0
+    assert abs(vollath(noise)) < 0.2 * vollath(structure)  # 0.03 vs 0.34 here
+    blurred = [vollath(gaussian_filter(structure, s)) for s in (0.5, 2.0, 4.0)]
+    assert blurred[0] > blurred[1] > blurred[2] > 0
+    with pytest.raises(ValueError, match="at least 3x3"):
+        vollath(np.ones((2, 8)))

@@ -504,19 +504,12 @@ def signal_mask(plane, *, smooth: float = 2.0, fraction: float = 0.2, min_snr: f
     return sm > bg + fraction * contrast
 
 
-def _vollath(a: np.ndarray) -> float:
-    """Vollath F4 autocorrelation: ``mean(I(x) I(x+1)) - mean(I(x) I(x+2))`` along rows and columns."""
-    f = float(np.mean(a[:, :-1] * a[:, 1:]) - np.mean(a[:, :-2] * a[:, 2:]))
-    f += float(np.mean(a[:-1] * a[1:]) - np.mean(a[:-2] * a[2:]))
-    return f
-
-
 def _classical(method: str, plane: np.ndarray) -> float:
     from napari_linblur.metrics import focus as fm
 
     a = np.asarray(plane, dtype=np.float64)
     if method == "vollath":
-        return _vollath(a)
+        return fm.vollath(a)
     if method == "normalized_variance" and float(np.ptp(a)) == 0.0:
         return 0.0  # a constant plane (including an empty one): no contrast
     return float(getattr(fm, method)(a))
@@ -612,7 +605,7 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
         ``-2.5`` means a median blur of 2.5 px; a constant plane (zero padding, a blank frame) scores
         ``-NO_SIGNAL_SIGMA`` (-10), as blurred as the trained range goes. Classical measures on the raw intensities:
         ``"variance_of_laplacian"``, ``"brenner"``, ``"tenengrad"``, ``"normalized_variance"``
-        (:mod:`napari_linblur.metrics.focus`) and ``"vollath"`` (F4).
+        and ``"vollath"`` (F4; :mod:`napari_linblur.metrics.focus`).
     model, device
         As in :func:`estimate_defocus` (``method="defocus"`` only).
     compute : bool, optional
