@@ -264,3 +264,19 @@ def test_overwrite_replaces_zarr_outputs_only(tmp_path):
     assert tif.read_bytes() == b"precious" and (folder / "img.tif").read_bytes() == b"precious"
     out = write_ome_zarr(tmp_path / "o.zarr", np.zeros((2, 16, 16), np.uint16))
     write_ome_zarr(out, np.ones((2, 16, 16), np.uint16), overwrite=True)  # an earlier output: replaced
+
+
+def test_synth_cli_quiet_prints_nothing_and_draws_no_bar_into_a_pipe(tmp_path):
+    """``-q`` prints nothing on success, and no command draws a bar into a log file or a pipe (stderr not a
+    terminal): ``linblur synth`` used to write tqdm's carriage returns there even with ``-q``."""
+    import subprocess
+    import sys
+
+    args = ["--fields", "1", "--shape", "32", "32", "--planes", "even"]
+    for extra, out in (([], "a.zarr"), (["-q"], "b.zarr")):
+        done = subprocess.run([sys.executable, "-m", "napari_linblur.cli.main", "synth", str(tmp_path / out),
+                               *args, *extra], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "\r" not in done.stderr and "field/s" not in done.stderr, done.stderr
+        assert (tmp_path / out).is_dir()
+    assert done.stdout == "" and done.stderr == ""  # -q: silent

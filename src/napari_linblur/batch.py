@@ -73,6 +73,11 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw a progress bar: ``progress`` when given, else whether stderr is a terminal."""
+    return _stderr_is_terminal() if progress is None else bool(progress)
+
+
 def progress_bar(total: int | None, *, desc: str, unit: str, progress: bool | None = None) -> Any:
     """A tqdm progress bar on stderr.
 
@@ -93,9 +98,8 @@ def progress_bar(total: int | None, *, desc: str, unit: str, progress: bool | No
     """
     from tqdm.auto import tqdm
 
-    show = _stderr_is_terminal() if progress is None else bool(progress)
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not show, dynamic_ncols=True,
-                mininterval=0.5)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not show_progress(progress),
+                dynamic_ncols=True, mininterval=0.5)
 
 
 def bar_reporter(bar: Any):

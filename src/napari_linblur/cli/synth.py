@@ -18,6 +18,7 @@ import argparse
 def _run(args: argparse.Namespace) -> int:
     import time
 
+    from napari_linblur.batch import progress_from_args, show_progress
     from napari_linblur.io.omezarr import check_parent_folders
     from napari_linblur.synth.dataset import write_synthetic_dataset
     from napari_linblur.synth.recipes import get_recipe
@@ -38,7 +39,8 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep_even=keep_even,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        # no bar with -q, and none in a log file or a pipe (as the other commands)
+        progress=show_progress(False if args.quiet else progress_from_args(args)),
     )
     if not args.quiet:
         print(
@@ -69,7 +71,8 @@ def register(subparsers) -> None:
         "--planes",
         choices=("all", "even"),
         default=None,
-        help="all planes of the recipe, or only even plane indices (the paper's 9 of BBBC006)",
+        help="all planes of the recipe, or only even plane indices (the paper's 9 of BBBC006); default: the "
+        "recipe's own setting (all planes for both shipped recipes)",
     )
     p.add_argument(
         "--shape", type=int, nargs=2, metavar=("Y", "X"), default=None, help="frame size override"
@@ -83,6 +86,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT if it is an earlier zarr output (never a file or a plain folder)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr (there is none anyway when stderr is not a terminal)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=_run)
