@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic field (default 7)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.set_defaults(func=run)
 
 

@@ -88,7 +88,7 @@ def register(subparsers) -> None:
                    "than the cards' is refused, as it would score training fields")
     p.add_argument("--max-fields", type=int, default=None, help="evaluate at most N fields")
     p.add_argument("--crop", type=int, default=None, help="central crop side (default: whole planes)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-auto-alpha", action="store_true", help="skip scoring the automatic alpha")
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],

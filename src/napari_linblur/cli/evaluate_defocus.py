@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-bbbc006", action="store_true", help="skip the real BBBC006 plane")
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="also score each model with its self-ensemble over this many flips/rotations")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 on a busy machine)")
     p.set_defaults(func=run)
 

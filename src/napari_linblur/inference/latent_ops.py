@@ -6,7 +6,7 @@ grows. With ``E`` the encoder and ``D`` the decoder:
 * :func:`synthesize_blur` -- interpolation, ``D(alpha * E(a) + (1 - alpha) * E(c))``, ``alpha`` in [0, 1]
   (``alpha = 1`` reconstructs ``a``, ``alpha = 0`` reconstructs ``c``);
 * :func:`deblur_pair` -- extrapolation to the sharper ``a`` from ``b`` (sharper) and ``c`` (blurrier),
-  ``D(E(b) / alpha - (1 - alpha) / alpha * E(c))``, ``alpha`` in (0, 1]; ``alpha=None`` picks it
+  ``D(E(b) / alpha - (1 - alpha) / alpha * E(c))``, ``alpha`` in [0.01, 1]; ``alpha=None`` picks it
   automatically (:func:`auto_alpha`);
 * :func:`alpha_from_positions` -- ``alpha = (d_c - d_b) / (d_c - d_a)`` from the planes' positions.
 
@@ -324,7 +324,7 @@ def deblur_pair(
     Raises
     ------
     ValueError
-        Different shapes, ``alpha`` outside (0, 1], NaN/Inf, empty, 1-pixel or RGB images; ``tta`` not 1, 2, 4, 8.
+        Different shapes, ``alpha`` outside [0.01, 1], NaN/Inf, empty, 1-pixel or RGB images; ``tta`` not 1, 2, 4, 8.
 
     Examples
     --------
