@@ -242,3 +242,33 @@ def test_reader_opens_the_root_of_a_synthetic_dataset_as_fields(viewer, tmp_path
     opened = viewer.open(str(root), plugin=PLUGIN)
     assert [ly.data.shape for ly in opened] == [(2, *fields[0].shape[1:])] * 2
     assert tuple(opened[0].scale) == (1.0, *field_meta.scale[1:])
+
+
+def test_a_saved_defocus_map_reopens_as_the_widget_shows_maps(viewer, tmp_path, capsys):
+    """A map written by ``linblur defocus-map`` (σ in px, or |defocus| in µm) reopens in magma on the widget's fixed
+    range (0 - 10 px, or the µm of σ = 10 px for the file's optics), not in gray with limits estimated from its
+    values, so that a colour means the same σ in a reopened map as in the widget's; other outputs are unchanged."""
+    from napari_helpers import PLUGIN
+    from napari_linblur._napari._maps import map_limits
+    from napari_linblur.cli.main import main
+    from napari_linblur.optics.psf import OpticalSetup
+
+    rng = np.random.default_rng(5)
+    tif = tmp_path / "cells.tif"
+    tifffile.imwrite(tif, (rng.random((2, 64, 64)) * 1000).astype(np.uint16))
+    px, um = tmp_path / "px.ome.zarr", tmp_path / "um.ome.zarr"
+    assert main(["defocus-map", str(tif), str(px), "--device", "cpu", "--no-progress"]) == 0
+    assert main(["defocus-map", str(tif), str(um), "--device", "cpu", "--no-progress", "--um", "--na", "0.45",
+                 "--wavelength", "0.52", "--pixel-um", "0.65"]) == 0
+    capsys.readouterr()
+    (_, kw_px, _), = _reader.read_zstack(str(px))
+    (_, kw_um, _), = _reader.read_zstack(str(um))
+    assert (kw_px["colormap"], kw_px["contrast_limits"]) == ("magma", (0.0, 10.0))
+    top = map_limits(OpticalSetup(na=0.45, wavelength_um=0.52, pixel_um=0.65))
+    assert kw_um["colormap"] == "magma" and kw_um["contrast_limits"] == pytest.approx(top) and top[1] > 1.0
+    # in a real viewer through the manifest's reader
+    layer = viewer.open(str(px), plugin=PLUGIN)[0]
+    assert layer.colormap.name == "magma" and tuple(layer.contrast_limits) == (0.0, 10.0)
+    # an ordinary image keeps gray and limits from its values
+    (_, kw_img, _), = _reader.read_zstack(str(tif))
+    assert kw_img["colormap"] == "gray" and kw_img["contrast_limits"] != (0.0, 10.0)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ._maps import saved_map_display
+
 LayerData = tuple[Any, dict, str]
 
 _TIFF = (".tif", ".tiff")
@@ -235,5 +237,7 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
         described = _described(meta)
         if described:
             kwargs["metadata"]["linblur_attrs"] = described
+        # a saved defocus map looks as the widget showed it (magma on 0 - 10 px, or its µm), not as intensities
+        kwargs.update(saved_map_display(described) or {})
         layers.append((data, kwargs, "image"))
     return layers

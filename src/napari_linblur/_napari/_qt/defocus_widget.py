@@ -28,34 +28,13 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _ops
+from .._maps import COLORMAP, SIGMA_TOP, SIGMA_UNIT, UM_UNIT, map_limits  # noqa: F401 - shared with the reader
 from . import _common as c
 from ._pairs import op_kwargs, run_whole_stack
 
-COLORMAP = "magma"
 FALLBACK_MEASURES = ["defocus", "variance_of_laplacian"]
-#: top of the σ range the defocus models are trained on (px); every map is shown on 0 .. this (or its µm)
-SIGMA_TOP = 10.0
-SIGMA_UNIT = "pixel (sigma of the equivalent Gaussian PSF)"
-UM_UNIT = "micrometer (|defocus|, from sigma with the optics calibration)"
 #: smallest tile side of the per-tile map (px)
 MIN_TILE = 8
-
-
-def map_limits(setup=None) -> tuple[float, float]:
-    """Contrast limits of a defocus map: the trained range 0 – 10 px of σ, or, with the optics ``setup``, 0 up to
-    the |defocus| in µm of σ = 10 px — the same colour means the same defocus on every plane and every output.
-
-    Examples
-    --------
-    >>> map_limits()
-    (0.0, 10.0)
-    """
-    if setup is None:
-        return 0.0, SIGMA_TOP
-    from napari_linblur.inference.defocus_ops import sigma_to_defocus_um
-
-    top = float(np.asarray(sigma_to_defocus_um(np.array([SIGMA_TOP]), setup=setup)).ravel()[0])
-    return 0.0, max(top, 1e-3)
 
 
 def map_tag(mode: str, patch_size: int, patch_pixels: str) -> str:
