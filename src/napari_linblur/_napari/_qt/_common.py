@@ -592,6 +592,9 @@ class RunPanel(QWidget):
                 return
             try:
                 on_result(result)
+            except NothingToShow as why:
+                self.status.setText(f"{desc}: {why}")
+                return
             except Exception as err:  # noqa: BLE001
                 self._fail(desc, err, inputs)
                 return
@@ -665,27 +668,36 @@ class RunPanel(QWidget):
         self._pbar.update(max(0, done - self._pbar.n))
 
 
+class NothingToShow(Exception):
+    """Raised by a run's ``on_result`` when its result has nothing left to be shown on (its input layer was deleted
+    meanwhile): an ordinary turn of events, said on the run's status line, not as an error notification."""
+
+
 class NoInput(ValueError):
     """No input layer is picked (an empty viewer, the input was deleted): for a preview this is "waiting", not an
     error; a whole-stack run still reports it."""
 
 
 def name_inputs(text: str, inputs: dict[str, str]) -> str:
-    """An operation's error message with its leading argument name (``img``, ``img_b``, …) replaced by the input
-    layer's name, quoted; other messages unchanged.
+    """An operation's error message with its argument names (``img``, ``img_b``, …, wherever they stand as words)
+    replaced by the input layers' names, quoted; other messages unchanged.
 
     Examples
     --------
     >>> name_inputs("img contains NaN or Inf values", {"img": "cells"})
     "'cells' contains NaN or Inf values"
+    >>> name_inputs("img_a and img_c must have the same shape", {"img_a": "A", "img_c": "C"})
+    "'A' and 'C' must have the same shape"
     >>> name_inputs("model file missing", {"img": "cells"})
     'model file missing'
     """
-    for arg, layer in inputs.items():
-        for sep in (" ", ":"):
-            if text.startswith(arg + sep):
-                return f"{layer!r}{text[len(arg):]}"
-    return text
+    import re
+
+    if not inputs:
+        return text
+    # one pass, longest name first, so that a replaced name is never matched again
+    pattern = re.compile(r"\b(" + "|".join(re.escape(a) for a in sorted(inputs, key=len, reverse=True)) + r")\b")
+    return pattern.sub(lambda m: repr(inputs[m.group(1)]), text)
 
 
 def preview_error_text(text: str, inputs: dict[str, str]) -> str:
@@ -1017,13 +1029,92 @@ class MplPlot(QWidget):
         lay.addWidget(self.canvas)
 
 
+def kept_axes(like_ndim: int, ndim: int, dropped_z: bool = False) -> list[int]:
+    """The input's axes an output of ``ndim`` axes keeps: the last ``ndim`` ones, Z (the third from last) left out
+    when ``dropped_z``.
+
+    Examples
+    --------
+    >>> kept_axes(4, 2), kept_axes(4, 3, dropped_z=True), kept_axes(3, 3)
+    ([2, 3], [0, 2, 3], [0, 1, 2])
+    """
+    axes = list(range(like_ndim))
+    if dropped_z and ndim == like_ndim - 1:
+        del axes[-3]
+    return axes[-ndim:]
+
+
+#: the events of a layer that move its data in the world (a preview placed on it follows them)
+PLACEMENT_EVENTS = ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels")
+
+
+def _identity(m: np.ndarray) -> bool:
+    return bool(np.allclose(m, np.eye(m.shape[0])))
+
+
+def placement(like, ndim: int, *, dropped_z: bool = False) -> tuple[dict[str, Any], str | None]:
+    """Layer options that place an output of ``ndim`` axes where ``like``'s data is: its axis labels, and its
+    rotation, shear and affine restricted to the kept axes (scale, translate and units are the callers').
+
+    Returns ``(kwargs, problem)``: ``problem`` says why a transform was left out, when it couples a kept axis with a
+    left-out one (e.g. a rotation that tilts Z into Y: a single plane has no such placement).
+    """
+    from napari.utils.transforms.transform_utils import expand_upper_triangular
+
+    keep = kept_axes(like.ndim, ndim, dropped_z)
+    gone = [i for i in range(like.ndim) if i not in keep]
+    kwargs: dict[str, Any] = {}
+    labels = [str(a) for a in getattr(like, "axis_labels", ())]
+    if len(labels) == like.ndim:
+        kwargs["axis_labels"] = tuple(labels[i] for i in keep)
+    shear = np.asarray(like.shear, dtype=float)
+    linear = {"rotate": np.asarray(like.rotate, dtype=float),
+              "shear": shear if shear.ndim == 2 else expand_upper_triangular(shear)}
+    affine = np.asarray(like.affine.affine_matrix, dtype=float)
+    linear["affine"] = affine[:-1, :-1]
+    problem = None
+    for key, m in linear.items():
+        if _identity(m) and not (key == "affine" and np.any(affine[:-1, -1])):
+            continue
+        if gone and (np.any(np.abs(m[np.ix_(keep, gone)]) > 1e-9) or np.any(np.abs(m[np.ix_(gone, keep)]) > 1e-9)):
+            problem = (f"the {key} of {like.name!r} mixes the plane's axes with the axes this result leaves out; "
+                       "it is placed without it (scale and translate only)")
+            continue
+        sub = m[np.ix_(keep, keep)]
+        if key == "affine":
+            sub = np.block([[sub, affine[keep, -1][:, None]], [np.zeros((1, len(keep))), np.ones((1, 1))]])
+        kwargs[key] = sub
+    return kwargs, problem
+
+
+def warn_placement(problem: str | None) -> None:
+    """Say (a napari warning notification) that an output was placed without part of its input's transform."""
+    if problem:
+        from napari.utils.notifications import show_warning
+
+        show_warning(problem)
+
+
 def place_layer(layer, data, *, name: str, like) -> None:
-    """Give an existing 2-D layer new ``data`` and ``name``, placed like ``like``'s YX plane (scale, translate)."""
+    """Give an existing 2-D layer new ``data`` and ``name``, placed like ``like``'s YX plane (scale, translate,
+    units, axis labels and the YX part of its rotation, shear and affine)."""
     layer.data = data
     layer.name = name
+    follow_placement(layer, like)
+
+
+def follow_placement(layer, like) -> str | None:
+    """Place the 2-D ``layer`` (a preview) on ``like``'s YX plane again, after ``like`` moved; the problem of
+    :func:`placement`, if any."""
+    kwargs, problem = placement(like, 2)
     layer.scale = tuple(like.scale[-2:])
     layer.translate = tuple(like.translate[-2:])
     layer.units = tuple(like.units[-2:])
+    for key in ("rotate", "shear", "affine"):
+        setattr(layer, key, kwargs.get(key, np.eye(3) if key == "affine" else np.eye(2)))
+    if "axis_labels" in kwargs:
+        layer.axis_labels = kwargs["axis_labels"]
+    return problem
 
 
 _STYLE = ("contrast_limits", "colormap")
@@ -1092,12 +1183,14 @@ class LinblurWidget(QWidget):
         translate = tuple(like.translate[-2:])
         layer = self._preview_layer
         if layer is None or layer not in self.viewer.layers:
+            placed, problem = placement(like, 2)
             # marked as a preview when inserted, so the layer pickers (which refresh on insertion) leave it out
             layer = self.viewer.add_image(data, name=name, scale=scale, translate=translate,
                                           units=tuple(like.units[-2:]), metadata={"linblur_preview": True},
-                                          **kwargs)
+                                          **placed, **kwargs)
             self._preview_layer = layer
             self._preview_style = {k: _style_of(layer, k) for k in _STYLE if k in kwargs}
+            warn_placement(problem)
         else:
             restyle = restyle or like is not self._preview_like
             place_layer(layer, data, name=name, like=like)
@@ -1108,13 +1201,36 @@ class LinblurWidget(QWidget):
                 if restyle or ours is None or _same_style(_style_of(layer, k), ours):
                     setattr(layer, k, v)
                     self._preview_style[k] = _style_of(layer, k)
-        self._preview_like = like
+        self._set_preview_like(like)
         return layer
+
+    def _set_preview_like(self, like) -> None:
+        """Make ``like`` the layer the preview is placed on, following its moves (scale, translate, rotation, …)."""
+        old = self._preview_like
+        if old is like:
+            return
+        for layer, method in ((old, "disconnect"), (like, "connect")):
+            for key in PLACEMENT_EVENTS:
+                emitter = getattr(getattr(layer, "events", None), key, None)
+                if emitter is not None:
+                    getattr(emitter, method)(self._follow_like)
+        self._preview_like = like
+
+    def _follow_like(self, event=None) -> None:
+        """The preview's input moved: place the preview on it again (no new computation)."""
+        if not _alive(self):
+            return
+        layer, like = self._preview_layer, self._preview_like
+        if layer is None or like is None or layer not in self.viewer.layers:
+            return
+        if getattr(event, "source", like) is not like:
+            return
+        warn_placement(follow_placement(layer, like))
 
     def clear_preview(self) -> None:
         """Remove this widget's preview layer (its input is gone)."""
         self._preview_style = {}
-        self._preview_like = None
+        self._set_preview_like(None)
         layer, self._preview_layer = self._preview_layer, None
         if layer is not None and layer in self.viewer.layers:
             self.viewer.layers.remove(layer)
@@ -1133,8 +1249,16 @@ class LinblurWidget(QWidget):
         else:
             self.preview.stop()
 
-    def add_result(self, data, *, name: str, scale, translate, metadata=None, **kwargs):
+    def add_result(self, data, *, name: str, scale, translate, metadata=None, like=None, dropped_z: bool = False,
+                   **kwargs):
+        """Add a whole-stack result, placed with ``scale`` and ``translate`` and, given the input layer ``like``, its
+        axis labels, rotation, shear and affine for the axes the result keeps (:func:`placement`)."""
         kwargs.setdefault("blending", "translucent")
+        if like is not None:
+            placed, problem = placement(like, np.ndim(data) if not isinstance(data, list) else data[0].ndim,
+                                        dropped_z=dropped_z)
+            kwargs = {**placed, **kwargs}
+            warn_placement(problem)
         layer = self.viewer.add_image(data, name=name, scale=tuple(scale), translate=tuple(translate), **kwargs)
         layer.metadata.update(metadata or {})
         return layer

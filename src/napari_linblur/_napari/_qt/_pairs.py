@@ -39,13 +39,18 @@ def check_preview_pair(layer_1, z_1: int, layer_2, z_2: int) -> None:
 
 
 def output_axes(layer, ndim: int, dropped_z: bool) -> str:
-    """Axis letters for writing a result of ``ndim`` dimensions computed from ``layer``."""
-    axes = (layer.metadata or {}).get("linblur_axes")
-    if isinstance(axes, str) and len(axes) == layer.ndim:
-        if dropped_z:
-            axes = axes.replace("z", "")
-        if len(axes) == ndim:
-            return axes
+    """Axis letters for writing a result of ``ndim`` dimensions computed from ``layer``: the axes the reader named
+    (``metadata["linblur_axes"]``), else the layer's own ``axis_labels`` when they are OME-NGFF axis letters
+    (``t``, ``c``, ``z``, ``y``, ``x``, once each, ending in ``yx``), else ``tzyx``-style defaults."""
+    labels = "".join(str(a).lower() for a in getattr(layer, "axis_labels", ()))
+    own = labels if (len(labels) == layer.ndim and set(labels) <= set("tczyx") and len(set(labels)) == len(labels)
+                     and labels.endswith("yx")) else None
+    for axes in ((layer.metadata or {}).get("linblur_axes"), own):
+        if isinstance(axes, str) and len(axes) == layer.ndim:
+            if dropped_z:
+                axes = axes.replace("z", "")
+            if len(axes) == ndim:
+                return axes
     base = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tpzyx"}
     if dropped_z:
         return base[ndim + 1].replace("z", "") if ndim + 1 in base else base[ndim]
@@ -58,6 +63,26 @@ def output_units(like, ndim: int, dropped_z: bool) -> tuple[str, ...]:
     if dropped_z and len(units) == ndim + 1:
         del units[-3]
     return tuple(units[-ndim:]) if len(units) >= ndim else ("pixel",) * ndim
+
+
+def _one_layer(layers: list, axes: str) -> list:
+    """The reader's layers of an output written with a channel axis (``c`` in ``axes``), stacked back into one
+    layer along it: the result of one input layer comes back as one layer, as a computed or lazy output does (the
+    reader opens such a file as one layer per channel)."""
+    ic = axes.find("c")
+    if ic < 0 or not layers:
+        return layers
+    import dask.array as da
+
+    datas = [d for d, _, _ in layers]
+    if isinstance(datas[0], list):  # a pyramid per channel: stack level by level
+        data = [da.stack([d[k] for d in datas], axis=ic) for k in range(len(datas[0]))]
+    else:
+        data = da.stack(datas, axis=ic)
+    kw = {k: v for k, v in layers[0][1].items() if k not in ("colormap", "blending", "name")}
+    kw["axis_labels"] = list(axes)
+    kw["metadata"] = {**kw.get("metadata", {}), "linblur_axes": axes, "linblur_channel": None}
+    return [(data, kw, "image")]
 
 
 def _as_written(data, kw: dict, axes: str):
@@ -282,7 +307,7 @@ def run_whole_stack(
         def done(path):
             from .._reader import read_zstack
 
-            for data, kw, _ in read_zstack(path):
+            for data, kw, _ in _one_layer(read_zstack(path), axes):
                 data, kw = _as_written(data, kw, axes)
                 kw["name"] = name
                 kw["scale"] = tuple(scale)
@@ -290,7 +315,12 @@ def run_whole_stack(
                 kw.update({k: v for k, v in layer_kwargs.items() if k in ("colormap", "contrast_limits", "units")})
                 # what the values mean, as on a computed or lazy layer (the file keeps the source: its own path)
                 kw["metadata"] = {**meta, **kw.get("metadata", {})}
+                # placed as the input is (the file keeps scale and translate; rotation, shear and affine are the
+                # layer's own) and named by the input's axis labels
+                placed, problem = c.placement(like, len(scale), dropped_z=dropped_z)
+                kw.update(placed)
                 widget.viewer.add_image(data, **kw)
+                c.warn_placement(problem)
 
         return panel.start(job, desc=f"writing {name}", on_result=done, inputs=inputs)
 
@@ -301,7 +331,8 @@ def run_whole_stack(
 
         def done(lazy):
             lazy = _ops.guard_blocks(lazy, lazy_error_reporter(name, getattr(lazy, "chunks", ()), inputs))
-            widget.add_result(lazy, name=name, scale=scale, translate=translate, metadata=meta, **layer_kwargs)
+            widget.add_result(lazy, name=name, scale=scale, translate=translate, metadata=meta, like=like,
+                              dropped_z=dropped_z, **layer_kwargs)
 
         return panel.start(job, desc=f"building {name}", on_result=done, inputs=inputs, note=c.LAZY_NOTE)
 
@@ -330,7 +361,8 @@ def run_whole_stack(
         kw = dict(layer_kwargs)
         if "contrast_limits" not in kw:
             kw["contrast_limits"] = _ops.robust_limits(result)
-        widget.add_result(result, name=name, scale=scale, translate=translate, metadata=meta, **kw)
+        widget.add_result(result, name=name, scale=scale, translate=translate, metadata=meta, like=like,
+                          dropped_z=dropped_z, **kw)
 
     return panel.start(job, desc=name, on_result=done, inputs=inputs)
 

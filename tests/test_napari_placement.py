@@ -1,0 +1,111 @@
+"""Where the widgets' outputs land: the input's rotation, shear, affine and axis labels are carried to the live preview
+and to every whole-stack output (computed, lazy, OME-Zarr), and the preview follows its input when it moves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_helpers import add, notes, settle, wait_run
+
+
+def _world(layer, pixel) -> np.ndarray:
+    return np.asarray(layer.data_to_world(pixel), dtype=float)
+
+
+def _defocus(viewer, qtbot, layer):
+    w = add(viewer, "Defocus map & focus QC")
+    w.image.set_layer(layer)
+    settle(qtbot, w, timeout=60000)
+    return w
+
+
+def _preview(viewer):
+    return next(ly for ly in viewer.layers if ly.metadata.get("linblur_preview"))
+
+
+def _stack(n=2, side=48):
+    return (np.random.default_rng(0).random((n, side, side)) * 1000).astype(np.float32)
+
+
+def test_a_rotated_inputs_preview_and_outputs_sit_on_it(viewer, qtbot, tmp_path):
+    """A layer rotated by 30° (and scaled): a pixel of the preview, of a computed result, of a lazy one and of an
+    OME-Zarr output reopened lands where the same pixel of the input does (they used to get scale and translate
+    only, so they sat unrotated beside it)."""
+    layer = viewer.add_image(_stack(), name="cells", scale=(2.0, 0.5, 0.5), translate=(0, 3, -4), rotate=30)
+    w = _defocus(viewer, qtbot, layer)
+    viewer.dims.set_current_step(0, 1)
+    settle(qtbot, w, timeout=60000)
+    np.testing.assert_allclose(_world(_preview(viewer), (10, 20)), _world(layer, (1, 10, 20))[1:], atol=1e-6)
+    w.preview_on.setChecked(False)
+    for mode, target in ((w.output.LAYER, None), (w.output.LAZY, None),
+                         (w.output.ZARR, str(tmp_path / "map.ome.zarr"))):
+        w.output.set_mode(mode, target) if target else w.output.set_mode(mode)
+        assert w.run_whole_stack()
+        wait_run(qtbot, w, timeout=120000)
+        out = viewer.layers[-1]
+        np.testing.assert_allclose(_world(out, (1, 10, 20)), _world(layer, (1, 10, 20)), atol=1e-6, err_msg=mode)
+
+
+def test_outputs_keep_the_input_axis_labels_and_a_channel_axis_is_saved_as_one(viewer, qtbot, tmp_path):
+    """A (c, z, y, x) layer named so in napari: the preview and the outputs keep the labels, and an OME-Zarr output
+    has a channel axis (it was written as t, z, y, x: the channels came back as time points) and is added back as
+    one (c, z, y, x) layer, as a computed output is."""
+    import zarr
+
+    data = (np.random.default_rng(1).random((2, 2, 40, 40)) * 1000).astype(np.float32)
+    layer = viewer.add_image(data, name="cz", axis_labels=("c", "z", "y", "x"))
+    w = _defocus(viewer, qtbot, layer)
+    assert tuple(_preview(viewer).axis_labels) == ("y", "x")
+    w.preview_on.setChecked(False)
+    assert w.run_whole_stack()
+    wait_run(qtbot, w, timeout=120000)
+    computed = viewer.layers[-1]
+    assert tuple(computed.axis_labels) == ("c", "z", "y", "x")
+    target = tmp_path / "cz.ome.zarr"
+    w.output.set_mode(w.output.ZARR, str(target))
+    assert w.run_whole_stack()
+    wait_run(qtbot, w, timeout=120000)
+    axes = [a["name"] for a in zarr.open_group(str(target), mode="r").attrs.asdict()["ome"]["multiscales"][0]["axes"]]
+    assert axes == ["c", "z", "y", "x"]
+    written = viewer.layers[-1]
+    assert tuple(written.axis_labels) == ("c", "z", "y", "x") and written.ndim == 4
+    level0 = written.data[0] if written.multiscale else written.data
+    np.testing.assert_allclose(np.asarray(level0), computed.data, rtol=1e-5, atol=1e-5)
+
+
+def test_the_preview_follows_its_input_when_it_moves_without_recomputing(viewer, qtbot):
+    layer = viewer.add_image(_stack(), name="cells")
+    w = _defocus(viewer, qtbot, layer)
+    generation = w.preview.generation
+    layer.scale = (2.0, 0.25, 0.25)
+    layer.translate = (0.0, 30.0, 30.0)
+    layer.rotate = 15
+    np.testing.assert_allclose(_world(_preview(viewer), (5, 7)), _world(layer, (0, 5, 7))[1:], atol=1e-6)
+    assert w.preview.generation == generation  # placed again, not computed again
+
+
+def test_a_rotation_that_tilts_z_into_the_plane_is_left_out_of_the_preview_with_a_warning(viewer, qtbot):
+    """A 2-D preview cannot carry a rotation that mixes Z with Y: it is placed without it, and a warning says so;
+    a whole-stack output (all three axes) keeps the rotation."""
+    rot = np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
+    layer = viewer.add_image(_stack(), name="tilted", rotate=rot)
+    w = _defocus(viewer, qtbot, layer)
+    assert any("mixes the plane's axes" in n and "'tilted'" in n for n in notes())
+    np.testing.assert_allclose(_preview(viewer).rotate, np.eye(2))
+    w.preview_on.setChecked(False)
+    assert w.run_whole_stack()
+    wait_run(qtbot, w, timeout=120000)
+    np.testing.assert_allclose(viewer.layers[-1].rotate, rot, atol=1e-12)
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("img_a and img_c must have the same shape; got (64, 64) and (48, 56)",
+     "'A' and 'C' must have the same shape; got (64, 64) and (48, 56)"),
+    ("img contains NaN", "'cells' contains NaN"),
+    ("image_b is not img_b", "image_b is not 'B'"),
+])
+def test_every_argument_name_in_an_error_becomes_its_layer_name(message, expected):
+    from napari_linblur._napari._qt._common import name_inputs
+
+    assert name_inputs(message, {"img_a": "A", "img_c": "C", "img": "cells", "img_b": "B"}) == expected
