@@ -981,7 +981,8 @@ def test_focus_curve_of_a_layer_deleted_mid_run_is_dropped(viewer, qtbot, synth)
     assert w.run_focus_curve()
     viewer.layers.remove(layer)  # before the result reaches the GUI thread
     wait_run(qtbot, w)
-    assert "'gone' was deleted" in w.panel.status.text() and "'gone' was deleted" in last_error()
+    # an ordinary turn of events: said on the status line, not as an error notification
+    assert "'gone' was deleted" in w.panel.status.text() and "'gone' was deleted" not in last_error()
     assert w.plot.scores is None and not w.goto_btn.isEnabled()
     # a curve whose layer is deleted afterwards goes with it
     layer = viewer.add_image(synth[0], name="later")
@@ -993,6 +994,25 @@ def test_focus_curve_of_a_layer_deleted_mid_run_is_dropped(viewer, qtbot, synth)
     assert w.plot.scores is None and not w.goto_btn.isEnabled() and "'later' was deleted" in w.best_label.text()
     w.go_to_best()  # e.g. through a shortcut: says why nothing happens
     assert "press 'Focus curve'" in last_error()
+
+
+def test_a_focus_curve_goes_stale_when_its_layer_gets_new_data(viewer, qtbot, synth):
+    """``layer.data = ...`` after a focus curve: the curve, its best plane and 'Go to best plane' described data that
+    is gone (the button went to a plane the label called best, of other data); they are cleared and the label says
+    to score again."""
+    layer = viewer.add_image(synth[0], name="cells")
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    w.measure.setCurrentIndex(w.measure.findData("brenner"))
+    assert w.run_focus_curve()
+    wait_run(qtbot, w)
+    assert w.goto_btn.isEnabled() and w.plot.scores is not None
+    layer.data = synth[0][::-1][: max(2, synth[0].shape[0] // 2)]
+    assert w.plot.scores is None and not w.goto_btn.isEnabled()
+    assert "data of 'cells' changed" in w.best_label.text()
+    assert w.run_focus_curve()  # and it can be scored again
+    wait_run(qtbot, w)
+    assert w.goto_btn.isEnabled() and len(w.plot.scores) == layer.data.shape[0]
 
 
 def test_defocus_ome_zarr_records_what_it_holds(viewer, qtbot, tiny_models, synth, tmp_path):

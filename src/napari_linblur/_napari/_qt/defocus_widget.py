@@ -695,8 +695,9 @@ class DefocusWidget(c.LinblurWidget):
         def done(result):
             scores, best = result
             if layer not in self.viewer.layers:
-                raise ValueError(f"{layer.name!r} was deleted while its focus curve was computed; nothing to show")
-            self._curve_layer = layer
+                raise c.NothingToShow(f"{layer.name!r} was deleted while its focus curve was computed; "
+                                      "nothing to show")
+            self._set_curve_layer(layer)
             self._curve_lead = tuple(idx[:-1])
             self.plot.draw(scores, best, label=f"focus ({method})")
             now = _ops.current_indices(self.viewer, layer)
@@ -728,10 +729,32 @@ class DefocusWidget(c.LinblurWidget):
         if not c._alive(self) or getattr(event, "value", None) is not self._curve_layer or self._curve_layer is None:
             return
         name = self._curve_layer.name
-        self._curve_layer, self._curve_lead = None, ()
+        self._drop_curve(f"{name!r} was deleted; press 'Focus curve' to score another layer")
+
+    def _set_curve_layer(self, layer) -> None:
+        """The layer the focus curve is of; a new ``layer.data`` makes the curve stale, so it is followed."""
+        old = self._curve_layer
+        if old is layer:
+            return
+        if old is not None:
+            old.events.data.disconnect(self._on_curve_data)
+        if layer is not None:
+            layer.events.data.connect(self._on_curve_data)
+        self._curve_layer = layer
+
+    def _drop_curve(self, why: str) -> None:
+        self._set_curve_layer(None)
+        self._curve_lead = ()
         self.plot.draw(None, None)
         self.goto_btn.setEnabled(False)
-        self.best_label.setText(f"{name!r} was deleted; press 'Focus curve' to score another layer")
+        self.best_label.setText(why)
+
+    def _on_curve_data(self, event=None) -> None:
+        """The focus curve's layer got new data: its curve and best plane describe data that is gone."""
+        layer = self._curve_layer
+        if not c._alive(self) or layer is None or getattr(event, "source", layer) is not layer:
+            return
+        self._drop_curve(f"the data of {layer.name!r} changed; press 'Focus curve' to score it again")
 
     def go_to_best(self) -> None:
         """Move the viewer to the best plane, at the position/time point the curve was computed for."""
