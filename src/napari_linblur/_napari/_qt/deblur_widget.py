@@ -44,7 +44,7 @@ class DeblurWidget(c.LinblurWidget):
         v = napari_viewer
         self.mode = QComboBox()
         self.mode.addItem("Pair: two planes (latent extrapolation)", PAIR)
-        self.mode.addItem("Single image (network)", SINGLE)
+        self.mode.addItem("Single image (network or re-blur, see method)", SINGLE)
         self.mode.addItem("Guided by the defocus map", GUIDED)
         box, _ = c.group("Method", [("mode", self.mode)])
         self.layout().addWidget(box)
