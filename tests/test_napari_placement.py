@@ -109,3 +109,20 @@ def test_every_argument_name_in_an_error_becomes_its_layer_name(message, expecte
     from napari_linblur._napari._qt._common import name_inputs
 
     assert name_inputs(message, {"img_a": "A", "img_c": "C", "img": "cells", "img_b": "B"}) == expected
+
+
+def test_the_preview_status_says_when_the_view_does_not_show_its_plane(viewer, qtbot):
+    """In a 3-D view, or with the axes transposed so the canvas shows Z and X, the 2-D preview (always the YX plane
+    at the current position) is not drawn in place: its status line says so; in the ordinary 2-D view it does not."""
+    layer = viewer.add_image(_stack(3), name="cells")
+    w = _defocus(viewer, qtbot, layer)
+    assert w.preview_status.text() == "preview up to date"
+    viewer.dims.order = (1, 0, 2)  # said at once, without a new preview
+    assert "transposed view" in w.preview_status.text()
+    viewer.dims.order = (0, 1, 2)
+    assert w.preview_status.text() == "preview up to date"
+    viewer.dims.ndisplay = 3
+    assert "3-D view" in w.preview_status.text()
+    w.preview.request()  # and after a new preview too
+    settle(qtbot, w, timeout=60000)
+    assert "3-D view" in w.preview_status.text()

@@ -744,6 +744,26 @@ def no_input(viewer, what: str) -> NoInput:
     return NoInput(f"{what} — {hint}" if hint else what)
 
 
+def view_note(viewer) -> str:
+    """What the preview status adds when the viewer does not show a YX plane (a 3-D view, or axes transposed so
+    that the canvas shows, e.g., Z and X): the 2-D preview is always of the YX plane at the current position.
+
+    Examples
+    --------
+    >>> view_note(None)
+    ''
+    """
+    dims = getattr(viewer, "dims", None)
+    if dims is None or dims.ndim < 2:
+        return ""
+    if dims.ndisplay == 3:
+        return " — it is the YX plane at the current Z, drawn flat in this 3-D view; switch to 2-D to see it in place"
+    if set(dims.displayed) != {dims.ndim - 2, dims.ndim - 1}:
+        return (" — it is the YX plane at the current position, while the canvas shows other axes (transposed "
+                "view); it is not drawn in place")
+    return ""
+
+
 def preview_status_label() -> QLabel:
     """The live preview's own status line ("updating preview…", "preview up to date", "waiting: …", its errors),
     apart from the run panel's, so a preview never overwrites what a whole-stack run reported."""
@@ -868,7 +888,7 @@ class LivePreview(QObject):
                     self.applied_generation = gen
                     self.last_error = None
                     self._notified = None
-                    self._say("preview up to date")
+                    self._say("preview up to date" + view_note(getattr(self.parent(), "viewer", None)))
                 except Exception as err:  # noqa: BLE001
                     self._error(err, gen, inputs)
 
@@ -1149,6 +1169,16 @@ class LinblurWidget(QWidget):
         self._lead_key: tuple = ()
         # the preview of a deleted input goes with it, also while the live preview is switched off
         napari_viewer.layers.events.removed.connect(self._on_removed)
+        # a 3-D or transposed view does not show the preview's YX plane: its status line says so at once
+        napari_viewer.dims.events.ndisplay.connect(self._on_view)
+        napari_viewer.dims.events.order.connect(self._on_view)
+
+    def _on_view(self, *_: Any) -> None:
+        if not _alive(self):
+            return
+        for preview in self.findChildren(LivePreview):
+            if preview.enabled and preview.last_error is None and preview.applied_generation == preview.generation:
+                preview._say("preview up to date" + view_note(self.viewer))
 
     def _on_removed(self, event) -> None:
         if not _alive(self):
