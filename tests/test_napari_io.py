@@ -272,3 +272,21 @@ def test_a_saved_defocus_map_reopens_as_the_widget_shows_maps(viewer, tmp_path, 
     # an ordinary image keeps gray and limits from its values
     (_, kw_img, _), = _reader.read_zstack(str(tif))
     assert kw_img["colormap"] == "gray" and kw_img["contrast_limits"] != (0.0, 10.0)
+
+
+def test_an_rgb_tiff_opens_as_red_green_blue_channels(tmp_path):
+    """An RGB TIFF (interleaved or planar) is split into channels named and coloured red, green and blue (they were
+    numbered 0-2 and coloured green, magenta and cyan); three grey planes stay one stack."""
+    rng = np.random.default_rng(6)
+    rgb = (rng.random((32, 40, 3)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "grey.tif", np.moveaxis(rgb, -1, 0), photometric="minisblack")
+    for name in ("rgb", "planar"):
+        layers = _reader.read_zstack(str(tmp_path / f"{name}.tif"))
+        assert [kw["colormap"] for _, kw, _ in layers] == ["red", "green", "blue"], name
+        assert [kw["name"] for _, kw, _ in layers] == [f"{name} [{c}]" for c in ("red", "green", "blue")]
+        for k, (data, _, _) in enumerate(layers):
+            np.testing.assert_array_equal(np.asarray(data).reshape(32, 40), rgb[..., k])
+    (data, kw, _), = _reader.read_zstack(str(tmp_path / "grey.tif"))
+    assert kw["colormap"] == "gray" and np.shape(data) == (3, 32, 40)

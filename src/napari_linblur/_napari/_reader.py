@@ -28,6 +28,20 @@ _CHANNEL_COLORS = ["green", "magenta", "cyan", "yellow", "red", "blue"]
 _CONTRAST_WINDOW = 1024
 
 
+def _channel_colormap(name: str | None, i: int) -> str:
+    """The colormap of channel ``i``: its own colour when the channel is named after one (an RGB TIFF's ``red``,
+    ``green``, ``blue``), else green, magenta, cyan, … in turn.
+
+    Examples
+    --------
+    >>> _channel_colormap("blue", 0), _channel_colormap("w1", 0), _channel_colormap(None, 1)
+    ('blue', 'green', 'magenta')
+    """
+    if isinstance(name, str) and name.lower() in ("red", "green", "blue"):
+        return name.lower()
+    return _CHANNEL_COLORS[i % len(_CHANNEL_COLORS)]
+
+
 def _looks_readable(p: Path) -> bool:
     if p.is_file():
         return p.suffix.lower() in _TIFF or p.name in ("zarr.json", ".zattrs", ".zgroup", ".zarray")
@@ -221,7 +235,7 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
             "units": sub_units,
             "contrast_limits": _contrast_limits(data[0] if isinstance(data, list) else data, sub_axes),
             "multiscale": isinstance(data, list),
-            "colormap": _CHANNEL_COLORS[i % len(_CHANNEL_COLORS)] if len(planes) > 1 else "gray",
+            "colormap": _channel_colormap(cname, i) if len(planes) > 1 else "gray",
             "blending": "additive" if len(planes) > 1 else "translucent",
             "metadata": {
                 "linblur_source": str(p.resolve()),

@@ -661,6 +661,15 @@ def _check_tiff_complete(tf: Any, path: Path) -> None:
             )
 
 
+def _is_rgb(series, raw_axes: str) -> bool:
+    """True for a TIFF series whose sample axis holds the three samples of an RGB photometric interpretation."""
+    import tifffile
+
+    i = raw_axes.upper().find("S")
+    photometric = getattr(series.keyframe, "photometric", None)
+    return i >= 0 and series.shape[i] == 3 and photometric == tifffile.PHOTOMETRIC.RGB
+
+
 def _tiff_axes(raw: str) -> str:
     out = []
     for a in raw.upper():
@@ -768,6 +777,8 @@ def _open_tiff(p: Path) -> tuple[da.Array, ZStackMeta]:
             contiguous = getattr(series, "dataoffset", None) is not None
             others = [(tuple(x.shape), np.dtype(x.dtype), x.axes) for x in tf.series[1:]]
             scale, units, names = _tiff_scale(tf, _tiff_axes(raw_axes))
+            if names is None and _is_rgb(series, raw_axes):
+                names = ["red", "green", "blue"]  # an RGB file's samples, named as what they are
             extra = {"format": "tiff", "tiff_axes": raw_axes, "imagej": tf.is_imagej, "ome": tf.is_ome}
     except ValueError as exc:
         if str(p) in str(exc):
