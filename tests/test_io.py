@@ -551,3 +551,35 @@ def test_writer_refuses_attrs_that_are_not_strict_json(tmp_path, attrs):
     with pytest.raises(ValueError, match="attrs"):
         write_ome_zarr(tmp_path / "a.zarr", np.zeros((2, 8, 8), np.uint8), attrs=attrs)
     assert list(tmp_path.iterdir()) == []
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def test_overwrite_replaces_only_a_whole_store_napari_linblur_wrote(tmp_path, capsys):
+    """``--overwrite`` used to replace any folder with zarr metadata: an array of another dataset
+    (``image.ome.zarr/0``), or a store another tool wrote. Now an output is never written inside a store, and
+    ``overwrite`` replaces only an earlier napari-linblur output; what is refused stays byte-identical."""
+    from napari_linblur.cli.main import main
+
+    stack = np.arange(2 * 16 * 16, dtype=np.float32).reshape(2, 16, 16)
+    ours = write_ome_zarr(tmp_path / "ours.ome.zarr", stack, pyramid_levels=1)
+    foreign = tmp_path / "foreign.zarr"
+    zarr.create_array(store=str(foreign), shape=(2, 16, 16), dtype="float32", chunks=(1, 16, 16))[:] = stack
+    before = {p: _tree(p) for p in (Path(ours), foreign)}
+    # inside a store: refused with or without overwrite, by the API and by the command line
+    for target, overwrite in ((Path(ours) / "0", True), (Path(ours) / "new.zarr", False)):
+        with pytest.raises(ValueError, match="refusing to write inside the zarr store"):
+            write_ome_zarr(target, stack, overwrite=overwrite)
+    tif = tmp_path / "s.tif"
+    tifffile.imwrite(tif, stack)
+    assert main(["synth", str(Path(ours) / "0"), "--overwrite", "--shape", "32", "32", "-q", "--no-progress"]) == 2
+    assert "inside the zarr store" in capsys.readouterr().err
+    # a store another tool wrote: never replaced
+    with pytest.raises(ValueError, match="not written by napari-linblur"):
+        write_ome_zarr(foreign, stack, overwrite=True)
+    assert {p: _tree(p) for p in (Path(ours), foreign)} == before
+    # an earlier output of ours: replaced as asked
+    again = write_ome_zarr(ours, stack[::-1], overwrite=True, pyramid_levels=1)
+    np.testing.assert_array_equal(np.asarray(open_zstack(again)).reshape(stack.shape), stack[::-1])

@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="network self-ensemble: average over this many flips/rotations (N times slower)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier zarr output (never a file or a plain folder)")
+                   help="replace an earlier napari-linblur output (never a file, a plain folder, another "
+                        "tool's zarr store or a part of one)")
     p.set_defaults(func=run_deblur)
 
 

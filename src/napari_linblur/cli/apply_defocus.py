@@ -61,7 +61,8 @@ def register(subparsers) -> None:
     u.add_argument("--psf-model", default="born_wolf", choices=["born_wolf", "gibson_lanni", "gaussian", "disc"],
                    help="PSF model of the σ <-> defocus calibration (with --um)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier zarr output (never a file or a plain folder)")
+                   help="replace an earlier napari-linblur output (never a file, a plain folder, another "
+                        "tool's zarr store or a part of one)")
     add_progress_option(p)
     p.set_defaults(func=run_defocus_map)
 

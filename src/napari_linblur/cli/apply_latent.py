@@ -115,5 +115,6 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, type=model_arg,
                    help="autoencoder name or .safetensors (default ae-default)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier zarr output (never a file or a plain folder)")
+                   help="replace an earlier napari-linblur output (never a file, a plain folder, another "
+                        "tool's zarr store or a part of one)")
     p.set_defaults(func=run_synthesize)

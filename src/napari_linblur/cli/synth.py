@@ -85,7 +85,8 @@ def register(subparsers) -> None:
         "before napari-linblur 0.2 that the shipped ae-default's training data used (to reproduce it exactly)",
     )
     p.add_argument("--overwrite", action="store_true",
-                   help="replace OUT if it is an earlier zarr output (never a file or a plain folder)")
+                   help="replace OUT if it is an earlier napari-linblur output (never a file, a plain folder "
+                        "or another tool's zarr store)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar on stderr (there is none anyway when stderr is not a terminal)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")

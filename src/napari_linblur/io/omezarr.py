@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -627,6 +628,7 @@ def check_output_path(
     bad = _conflicts(target, source_paths)
     if bad is not None:
         raise ValueError(f"{target}: refusing to overwrite its own input ({bad})")
+    check_not_inside_store(target)
     if target.exists() and not overwrite:
         raise ValueError(f"{target}: already exists; pass overwrite=True (--overwrite on the command line) to "
                          "replace it")
@@ -641,15 +643,55 @@ def is_zarr_store(path: str | os.PathLike) -> bool:
     return p.is_dir() and any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs", ".zarray"))
 
 
+#: the hidden temporary store a writer builds before renaming it into place (:func:`move_into_place`)
+_WRITING = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+#: the root attribute every store napari-linblur writes carries (the synthetic datasets and the outputs of the
+#: operations also describe themselves under ``"linblur"``): ``overwrite`` replaces only such a store
+WRITER_MARKER = "napari_linblur"
+
+
+def written_by_linblur(store: Path) -> bool:
+    """True for a zarr store whose root attributes say napari-linblur wrote it (``"napari_linblur"`` or
+    ``"linblur"``, v3 ``zarr.json`` or v2 ``.zattrs``)."""
+    import json
+
+    for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        f = store / name
+        if not f.is_file():
+            continue
+        try:
+            doc = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        attrs = doc.get(key) if key and isinstance(doc, dict) else doc
+        if isinstance(attrs, dict) and (WRITER_MARKER in attrs or "linblur" in attrs):
+            return True
+    return False
+
+
+def check_not_inside_store(target: Path) -> None:
+    """Refuse an output inside an existing zarr store (``plate.zarr/0``, ``image.ome.zarr/new.zarr``): writing there
+    would replace or add to another dataset's arrays. Every output is a store of its own."""
+    root = _zarr_root(target)
+    if root != target and not _WRITING.match(root.name):  # the fields of a dataset being written (its temp store)
+        raise ValueError(f"{target}: refusing to write inside the zarr store {root} — an output is a store of its "
+                         "own; choose a path outside it")
+
+
 def check_replaceable(target: Path) -> None:
-    """``overwrite`` replaces an earlier zarr output only: never a file, nor a folder without zarr metadata (a
-    folder of TIFFs, a dataset of another tool)."""
+    """``overwrite`` replaces an earlier napari-linblur output only: never a file, a folder without zarr metadata
+    (a folder of TIFFs), a zarr store another tool wrote, nor a part of a store."""
+    check_not_inside_store(target)
     if not (target.exists() or target.is_symlink()):
         return
     if not is_zarr_store(target):
         raise ValueError(f"{target}: refusing to replace it — overwrite replaces an earlier zarr output only, and "
                          "this is a file or a folder without zarr metadata; choose another output path or remove "
                          "it yourself")
+    if not written_by_linblur(target):
+        raise ValueError(f"{target}: refusing to replace it — overwrite replaces an earlier napari-linblur output "
+                         "only, and this zarr store was not written by napari-linblur (its root attributes do not "
+                         "say so); choose another output path or remove it yourself")
 
 
 def move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
@@ -727,7 +769,9 @@ def _write_tree(
                 for c in channel_names
             ]
         }
-    root_attrs: dict[str, Any] = {"ome": ome}
+    from napari_linblur import __version__
+
+    root_attrs: dict[str, Any] = {"ome": ome, WRITER_MARKER: {"writer": "write_ome_zarr", "version": __version__}}
     if attrs:
         root_attrs.update({str(k): v for k, v in attrs.items()})
 

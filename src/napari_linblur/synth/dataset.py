@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.omezarr import check_parent_folders, check_replaceable, move_into_place
+from ..io.omezarr import check_not_inside_store, check_parent_folders, check_replaceable, move_into_place
 from .phantoms import cell_phantom
 from .recipes import Recipe, get_recipe
 from .zstack import through_focus_stack
@@ -132,6 +132,7 @@ def write_synthetic_dataset(
     if keep_even is not None:
         base = base.replace(keep_even=bool(keep_even))
     target = Path(os.fspath(out_path)).resolve()
+    check_not_inside_store(target)
     if overwrite:
         check_replaceable(target)
     if (target.exists() or target.is_symlink()) and not overwrite:
