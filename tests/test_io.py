@@ -583,3 +583,39 @@ def test_overwrite_replaces_only_a_whole_store_napari_linblur_wrote(tmp_path, ca
     # an earlier output of ours: replaced as asked
     again = write_ome_zarr(ours, stack[::-1], overwrite=True, pyramid_levels=1)
     np.testing.assert_array_equal(np.asarray(open_zstack(again)).reshape(stack.shape), stack[::-1])
+
+
+def test_a_chunk_missing_from_an_output_of_ours_is_an_error_not_a_plane_of_zeros(tmp_path):
+    """The writer writes every chunk (an all-zero plane too), so a chunk missing from its store is damage: reading
+    it names the store and the chunk (it used to read as zeros, and a focus curve scored that plane 0). In another
+    tool's store a missing chunk stays the fill value, as zarr defines."""
+    import os
+
+    stack = np.ones((3, 16, 16), np.float32)
+    stack[1] = 0.0
+    ours = Path(write_ome_zarr(tmp_path / "ours.ome.zarr", stack, pyramid_levels=1))
+    assert sorted(os.listdir(ours / "0" / "c")) == ["0", "1", "2"]  # the zero plane's chunk is there
+    np.testing.assert_array_equal(np.asarray(open_zstack(ours)).reshape(stack.shape), stack)
+    os.remove(ours / "0" / "c" / "1" / "0" / "0")
+    with pytest.raises(ValueError, match=r"chunk 1\.0\.0 is missing from the store"):
+        np.asarray(open_zstack(ours))
+    assert float(np.asarray(open_zstack(ours)[..., 0, :, :]).max()) == 1.0  # the other planes still read
+
+    foreign = tmp_path / "foreign.zarr"
+    zarr.create_array(store=str(foreign), shape=(3, 16, 16), dtype="float32", chunks=(1, 16, 16))[:] = stack
+    assert not (foreign / "c" / "1" / "0" / "0").exists()  # zarr's default: empty chunks are not written
+    np.testing.assert_array_equal(np.asarray(open_zstack(foreign)).reshape(stack.shape), stack)
+
+
+def test_damaged_zarr_array_metadata_is_a_clear_error(tmp_path):
+    """Chunks of 0 along an axis, or a shape of 10^12 planes, used to end in ZeroDivisionError or MemoryError."""
+    import json
+
+    for name, change in (("zero", {"chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [0, 16, 16]}}}),
+                         ("huge", {"shape": [10**12, 16, 16]})):
+        p = Path(write_ome_zarr(tmp_path / f"{name}.ome.zarr", np.ones((2, 16, 16), np.float32), pyramid_levels=1))
+        meta = json.loads((p / "0" / "zarr.json").read_text())
+        meta.update(change)
+        (p / "0" / "zarr.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=f"{name}.ome.zarr/0"):
+            open_zstack(p)

@@ -8,6 +8,7 @@ The objects only hold paths and small metadata, so they pickle (``dask.distribut
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ def _chunk_index(key: Any, chunks: Sequence[int]) -> tuple[int, ...]:
     return tuple(idx)
 
 
+#: most chunks a zarr array may claim (a damaged ``shape`` of 10^12 would otherwise exhaust memory building the graph)
+MAX_CHUNKS = 10**8
+
+
 class SafeZarrArray:
     """Array-like over a zarr array that re-raises read errors as ``ValueError`` naming store and chunk.
 
@@ -55,22 +60,66 @@ class SafeZarrArray:
     """
 
     def __init__(self, store: str, component: str = "") -> None:
+        from napari_linblur.io.omezarr import WRITER_MARKER, root_attributes
+
         self.store = str(store)
         self.component = component
         arr = self._open()
-        self.shape = tuple(arr.shape)
+        self.shape = tuple(int(n) for n in arr.shape)
         self.dtype = np.dtype(arr.dtype)
         self.ndim = len(self.shape)
-        self.chunks = tuple(arr.chunks)
+        self.chunks = tuple(int(c) for c in arr.chunks)
+        where = f"{self.store}/{self.component}".rstrip("/")
+        if any(c < 1 for c in self.chunks) or any(n < 0 for n in self.shape):
+            raise ValueError(f"{where}: invalid zarr array metadata: shape {self.shape}, chunks {self.chunks} "
+                             "(chunks must be at least 1 along every axis)")
+        n_chunks = int(np.prod([-(-n // c) for n, c in zip(self.shape, self.chunks)], dtype=float))
+        if n_chunks > MAX_CHUNKS:
+            raise ValueError(f"{where}: zarr array metadata claim shape {self.shape} in chunks {self.chunks}, "
+                             f"{n_chunks:.3g} chunks (at most {MAX_CHUNKS:.0e} are read); damaged metadata?")
+        #: a store write_ome_zarr wrote (from 0.2.0, which marks it) has every chunk: one that is missing is
+        #: damage, not a plane of zeros
+        self.complete = WRITER_MARKER in root_attributes(Path(self.store))
         self._arr = arr
 
     def _open(self) -> Any:
         import zarr
 
-        node = zarr.open(self.store, mode="r", path=self.component or None)
+        try:
+            node = zarr.open(self.store, mode="r", path=self.component or None)
+        except Exception as exc:  # zarr's own errors name neither the store nor the array
+            import json
+
+            where = f"{self.store}/{self.component}".rstrip("/")
+            if isinstance(exc, json.JSONDecodeError):
+                raise ValueError(f"{where}: its zarr metadata is not valid JSON ({exc})") from exc
+            raise ValueError(f"{where}: cannot open this zarr array: {type(exc).__name__}: {exc}") from exc
         if not hasattr(node, "shape"):
             raise ValueError(f"{self.store}: {self.component!r} is a zarr group, not an array")
         return node
+
+    def _check_chunks_present(self, key: Any) -> None:
+        """Raise naming the first chunk of ``key`` missing from the store (only for stores napari-linblur wrote,
+        which hold every chunk; in other stores a missing chunk means the fill value, as zarr defines)."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        ranges = []
+        for k, n, c in zip(key, self.shape, self.chunks):
+            if isinstance(k, slice):
+                start, stop, _ = k.indices(n)
+                ranges.append(range(start // c, max(start, stop - 1) // c + 1) if stop > start else range(0))
+            else:
+                i = int(k) % n if n else 0
+                ranges.append(range(i // c, i // c + 1))
+        base = Path(self.store) / self.component if self.component else Path(self.store)
+        encode = self._arr.metadata.encode_chunk_key
+        for coords in itertools.product(*ranges):
+            if not (base / encode(coords)).exists():
+                where = f"{self.store}/{self.component}".rstrip("/")
+                raise ValueError(f"{where}: chunk {'.'.join(map(str, coords))} is missing from the store (deleted or "
+                                 "not copied?); napari-linblur writes every chunk, so this output is damaged — "
+                                 "write it again")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -83,6 +132,8 @@ class SafeZarrArray:
     def __getitem__(self, key: Any) -> np.ndarray:
         if self._arr is None:
             self._arr = self._open()
+        if getattr(self, "complete", False):
+            self._check_chunks_present(key)
         try:
             return np.asarray(self._arr[key])
         except Exception as exc:  # decoding errors come as many types

@@ -650,23 +650,30 @@ _WRITING = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
 WRITER_MARKER = "napari_linblur"
 
 
-def written_by_linblur(store: Path) -> bool:
-    """True for a zarr store whose root attributes say napari-linblur wrote it (``"napari_linblur"`` or
-    ``"linblur"``, v3 ``zarr.json`` or v2 ``.zattrs``)."""
+def root_attributes(store: Path) -> dict:
+    """The root attributes of a zarr store (v3 ``zarr.json`` or v2 ``.zattrs``); ``{}`` when there are none or
+    they cannot be read."""
     import json
 
     for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
-        f = store / name
+        f = Path(store) / name
         if not f.is_file():
             continue
         try:
             doc = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return False
+            return {}
         attrs = doc.get(key) if key and isinstance(doc, dict) else doc
-        if isinstance(attrs, dict) and (WRITER_MARKER in attrs or "linblur" in attrs):
-            return True
-    return False
+        if isinstance(attrs, dict):
+            return attrs
+    return {}
+
+
+def written_by_linblur(store: Path) -> bool:
+    """True for a zarr store whose root attributes say napari-linblur wrote it (``"napari_linblur"``, or
+    ``"linblur"`` as the operations' outputs and the synthetic datasets also record)."""
+    attrs = root_attributes(store)
+    return WRITER_MARKER in attrs or "linblur" in attrs
 
 
 def check_not_inside_store(target: Path) -> None:
@@ -810,6 +817,8 @@ def _write_tree(
             fill_value=0,
             dimension_names=list(axes) if axis_names is None else list(axis_names),
             overwrite=False,
+            # every chunk is written, zeros too: a chunk missing from a store of ours is damage, not a zero plane
+            config={"write_empty_chunks": True},
         )
         if lvl == 0:
             level_src = src.rechunk(lvl_chunks)
