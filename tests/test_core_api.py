@@ -230,6 +230,22 @@ def test_shipped_names_and_inconsistent_cards(tmp_path, monkeypatch):
     good.with_suffix(".json").write_text("{broken")
     with pytest.raises(ValueError, match="g.json is not valid JSON"):
         registry.load_model(good, device="cpu")
+    # a sha256 that is not 64 hex digits, an undecodable card, a config torch cannot build: named, not tracebacks
+    good.with_suffix(".json").write_text('{"sha256": 5}')
+    with pytest.raises(ValueError, match="64 hexadecimal digits, got 5"):
+        registry.load_model(good, device="cpu")
+    good.with_suffix(".json").write_bytes(b'{"sha256": "\xff\xfe"}')
+    with pytest.raises(ValueError, match="g.json cannot be read"):
+        registry.load_model(good, device="cpu")
+    good.with_suffix(".json").unlink()
+    negative = registry.save_model(ae, tmp_path / "n.safetensors", {"architecture": "LinearLatentAE", "task": "ae",
+                                                                     "config": {**ae.config, "channels": [-3, 16]}})
+    with pytest.raises(ValueError, match="config does not fit a LinearLatentAE"):
+        registry.load_model(negative, device="cpu")
+    nan = registry.save_model(ae, tmp_path / "f.safetensors", {"architecture": "LinearLatentAE", "task": "ae",
+                                                                "config": {**ae.config, "scale": float("nan")}})
+    with pytest.raises(ValueError, match="non-finite"):
+        registry.load_model(nan, device="cpu")
 
 
 def test_a_module_built_in_a_script_is_checked_against_the_operation():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,15 @@ def _locate(name_or_path: str | os.PathLike) -> tuple[Path, dict, str | None]:
         sidecar = as_path.with_suffix(".json")
         expected = None
         if sidecar.exists():
-            expected = _card_object(sidecar.read_text(), f"model card {sidecar}").get("sha256")
+            try:
+                text = sidecar.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise ValueError(f"model card {sidecar} cannot be read ({type(err).__name__}: {err})") from err
+            expected = _card_object(text, f"model card {sidecar}").get("sha256")
+            if expected is not None and not (isinstance(expected, str) and len(expected) == 64
+                                             and all(ch in "0123456789abcdef" for ch in expected.lower())):
+                raise ValueError(f"model card {sidecar}: its sha256 must be 64 hexadecimal digits, got "
+                                 f"{expected!r}; the card was edited or is damaged")
         return as_path, _read_metadata_card(as_path), expected
     weights = WEIGHTS_DIR / f"{text}.safetensors"
     card_path = WEIGHTS_DIR / f"{text}.json"
@@ -140,11 +149,14 @@ def build_model(card: dict):
     config = card.get("config", {})
     if not isinstance(config, dict):
         raise ValueError(f"model card's config must be a mapping, got {type(config).__name__}")
+    bad = {k: v for k, v in config.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise ValueError(f"model card's config holds non-finite values {bad}: the card was edited or is damaged")
     try:
         return cls(**config)
-    except TypeError as err:
-        raise ValueError(f"model card's config does not fit a {arch} ({err}): the card names the wrong "
-                         "architecture or was edited") from err
+    except (TypeError, ValueError, RuntimeError) as err:  # e.g. a negative width: torch's "negative dimension"
+        raise ValueError(f"model card's config does not fit a {arch} ({type(err).__name__}: {err}): the card names "
+                         "the wrong architecture or was edited") from err
 
 
 def load_run(run_dir: str | os.PathLike, task: str):
