@@ -126,3 +126,109 @@ def test_the_preview_status_says_when_the_view_does_not_show_its_plane(viewer, q
     w.preview.request()  # and after a new preview too
     settle(qtbot, w, timeout=60000)
     assert "3-D view" in w.preview_status.text()
+
+
+@pytest.mark.parametrize("mode", ["layer", "lazy", "zarr"])
+def test_a_whole_stack_run_whose_input_is_deleted_adds_nothing_and_raises_no_error(viewer, qtbot, tmp_path, mode):
+    """The input deleted while its whole-stack run waits or computes: as for a focus curve, the run ends with a
+    plain status line and adds no layer (it used to add the output of a layer that was gone), and no error pops
+    up; an OME-Zarr file already written stays on disk and the line names it."""
+    from napari_helpers import PoolBlocker
+
+    layer = viewer.add_image(_stack(), name="cells")
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    target = tmp_path / "map.ome.zarr"
+    w.output.set_mode(getattr(w.output, mode.upper()), str(target)) if mode == "zarr" else \
+        w.output.set_mode(getattr(w.output, mode.upper()))
+    before = len(notes())
+    blocker = PoolBlocker()  # the run waits in the queue until the layer is gone
+    try:
+        assert w.run_whole_stack()
+        viewer.layers.remove(layer)
+    finally:
+        blocker.release.set()
+    wait_run(qtbot, w, timeout=120000)
+    assert len(viewer.layers) == 0, [ly.name for ly in viewer.layers]
+    status = w.panel.status.text()
+    assert "'cells' was deleted; " in status and "done" not in status, status
+    assert ("nothing added" in status) if mode != "zarr" else (f"{target} was written but is not added" in status)
+    assert notes()[before:] == []
+
+
+def test_a_pair_run_whose_second_input_is_deleted_adds_nothing(viewer, qtbot):
+    """A blur-synthesis run of two layers: deleting the one that is not the output's model layer (the blurrier
+    input) ends the run in the same way."""
+    from napari_helpers import PoolBlocker
+
+    a = viewer.add_image(_stack(), name="A")
+    b = viewer.add_image(_stack(), name="C")
+    w = add(viewer, "Blur synthesis")
+    w.preview_on.setChecked(False)
+    w.a_layer.set_layer(a)
+    w.c_layer.set_layer(b)
+    before = len(notes())
+    blocker = PoolBlocker()
+    try:
+        assert w.run_whole_stack()
+        viewer.layers.remove(b)
+    finally:
+        blocker.release.set()
+    wait_run(qtbot, w, timeout=120000)
+    assert [ly.name for ly in viewer.layers] == ["A"]
+    assert "'C' was deleted; nothing added" in w.panel.status.text()
+    assert notes()[before:] == []
+
+
+def test_the_single_image_mode_is_named_after_what_its_method_runs(viewer):
+    """The Deblur mode menu said "Single image (network)" also when the method was reblur-extrapolate (which runs
+    the autoencoder, not the network)."""
+    w = add(viewer, "Deblur")
+    w.set_mode("single")
+    w.method.setCurrentIndex(w.method.findData("reblur-extrapolate"))
+    assert w.mode.currentText() == "Single image (re-blur + extrapolation)"
+    w.method.setCurrentIndex(w.method.findData("network"))
+    assert w.mode.currentText() == "Single image (network)"
+
+
+def test_go_to_best_plane_goes_through_the_layers_affine(viewer, qtbot):
+    """A stack whose affine moves it along Z (and rotated in YX): 'Go to best plane' shows the best plane (it
+    converted the plane with scale and translate only, landing planes away from it)."""
+    stack = _stack(5)
+    stack[3] *= 10  # plane 3 has by far the most detail
+    affine = np.eye(4)
+    affine[0, 3] = 2.0
+    layer = viewer.add_image(stack, name="cells", scale=(1.5, 0.5, 0.5), rotate=20, affine=affine)
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    w.measure.setCurrentIndex(w.measure.findData("brenner"))
+    assert w.run_focus_curve()
+    wait_run(qtbot, w)
+    assert w.plot.best == 3
+    viewer.dims.set_point(0, float(layer.data_to_world((0, 24, 24))[0]))
+    w.goto_btn.click()
+    from napari_linblur._napari import _ops
+
+    assert _ops.current_indices(viewer, layer) == (3,)
+
+
+def test_a_focus_curve_of_data_replaced_while_it_computed_is_not_shown(viewer, qtbot):
+    """``layer.data = ...`` while the focus curve waits or computes: the curve scored the old data, so it is not
+    shown (its best plane would be of data that is gone); the run's status line says to score it again."""
+    from napari_helpers import PoolBlocker
+
+    layer = viewer.add_image(_stack(4), name="cells")
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    w.measure.setCurrentIndex(w.measure.findData("brenner"))
+    before = len(notes())
+    blocker = PoolBlocker()
+    try:
+        assert w.run_focus_curve()
+        layer.data = _stack(6)
+    finally:
+        blocker.release.set()
+    wait_run(qtbot, w)
+    assert w.plot.scores is None and not w.goto_btn.isEnabled()
+    assert "data of 'cells' changed while its focus curve was computed" in w.panel.status.text()
+    assert notes()[before:] == []

@@ -216,6 +216,26 @@ def existing_output_problem(path: str, sources: list[str]) -> str | None:
             "or delete it first")
 
 
+def check_inputs_kept(viewer, layers: list, outcome: str = "nothing added") -> None:
+    """Raise :class:`~._common.NothingToShow` when one of a run's input ``layers`` was deleted while it ran: its
+    result is not added (it would be placed on, and named after, a layer that is gone); the run's status line says
+    so, e.g. "'cells' was deleted; nothing added", with no error notification.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer the run's output would be added to.
+    layers
+        The run's input layers (``None`` entries, an input the operation does not read, are skipped).
+    outcome
+        What became of the result, said after the deleted layers' names.
+    """
+    gone = list(dict.fromkeys(ly.name for ly in layers if ly is not None and ly not in viewer.layers))
+    if gone:
+        names = " and ".join(repr(n) for n in gone)
+        raise c.NothingToShow(f"{names} {'was' if len(gone) == 1 else 'were'} deleted; {outcome}")
+
+
 def run_whole_stack(
     widget: c.LinblurWidget,
     panel: c.RunPanel,
@@ -233,6 +253,7 @@ def run_whole_stack(
     metadata: dict | None = None,
     attrs: dict | None = None,
     inputs: dict[str, str] | None = None,
+    input_layers: list | None = None,
 ) -> bool:
     """Start a whole-stack run of ``op(*planes_or_arrays, should_stop=...)`` into the chosen output.
 
@@ -245,6 +266,9 @@ def run_whole_stack(
 
     ``inputs`` maps the operation's argument names (``img``, ``img_b``, …) to the input layers' names: an error says
     "'cells' contains NaN" rather than "img contains NaN", as the live previews do.
+
+    ``input_layers`` are the layers the run reads (default: ``like``): one deleted while the run computes ends it
+    with a line on the run's status line and no output layer, not an error (:func:`check_inputs_kept`).
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
@@ -307,6 +331,7 @@ def run_whole_stack(
         def done(path):
             from .._reader import read_zstack
 
+            check_inputs_kept(widget.viewer, input_layers or [like], f"{path} was written but is not added")
             for data, kw, _ in _one_layer(read_zstack(path), axes):
                 data, kw = _as_written(data, kw, axes)
                 kw["name"] = name
@@ -330,6 +355,7 @@ def run_whole_stack(
             return op(*[_ops.lazy_planes(a) for a in arrays])
 
         def done(lazy):
+            check_inputs_kept(widget.viewer, input_layers or [like])
             lazy = _ops.guard_blocks(lazy, lazy_error_reporter(name, getattr(lazy, "chunks", ()), inputs))
             widget.add_result(lazy, name=name, scale=scale, translate=translate, metadata=meta, like=like,
                               dropped_z=dropped_z, **layer_kwargs)
@@ -358,6 +384,7 @@ def run_whole_stack(
                              "on a smaller selection") from err
 
     def done(result):
+        check_inputs_kept(widget.viewer, input_layers or [like])
         kw = dict(layer_kwargs)
         if "contrast_limits" not in kw:
             kw["contrast_limits"] = _ops.robust_limits(result)

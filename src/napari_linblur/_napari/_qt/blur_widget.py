@@ -148,5 +148,5 @@ class BlurSynthesisWidget(c.LinblurWidget):
             metadata={"linblur_op": "synthesize_blur", "linblur_alpha": alpha},
             attrs={"operation": "synthesize_blur", "unit": "the input's intensity", "alpha": alpha,
                    "sharp_plane": za, "blurry_plane": zc, "model": kw.get("model") or "ae-default"},
-            inputs=self._input_names(),
+            inputs=self._input_names(), input_layers=[la, lc],
         )

@@ -36,6 +36,17 @@ def single_methods() -> list[str]:
     return [m for m in methods if m != GUIDED]
 
 
+def single_label(method: str | None) -> str:
+    """The mode menu's name of single-image deblurring run with ``method`` (what it runs).
+
+    Examples
+    --------
+    >>> single_label("reblur-extrapolate"), single_label("auto")
+    ('Single image (re-blur + extrapolation)', 'Single image (network)')
+    """
+    return f"Single image ({'re-blur + extrapolation' if method in AE_METHODS else 'network'})"
+
+
 class DeblurWidget(c.LinblurWidget):
     """Dock widget: pair, single-image or defocus-map-guided deblurring with a live preview."""
 
@@ -44,7 +55,7 @@ class DeblurWidget(c.LinblurWidget):
         v = napari_viewer
         self.mode = QComboBox()
         self.mode.addItem("Pair: two planes (latent extrapolation)", PAIR)
-        self.mode.addItem("Single image (network or re-blur, see method)", SINGLE)
+        self.mode.addItem(single_label("network"), SINGLE)
         self.mode.addItem("Guided by the defocus map", GUIDED)
         box, _ = c.group("Method", [("mode", self.mode)])
         self.layout().addWidget(box)
@@ -147,6 +158,8 @@ class DeblurWidget(c.LinblurWidget):
         self._set_row_visible(self._opt_form, self.net_model, not uses_ae)
         self._set_row_visible(self._opt_form, self.defocus_model, mode == GUIDED or (mode == SINGLE and uses_ae))
         self._in_form.labelForField(self.b_layer).setText("image b (less blurred)" if pair else "image")
+        # the single-image mode is named after what its method runs (the network, or re-blur + extrapolation)
+        self.mode.setItemText(self.mode.findData(SINGLE), single_label(self.method.currentData()))
 
     # --- operations ----------------------------------------------------------------------------
     def _settings(self):
@@ -268,5 +281,5 @@ class DeblurWidget(c.LinblurWidget):
                    **({"tta": int(self.tta.currentData())} if mode == PAIR or method not in AE_METHODS else {}),
                    **({"defocus_model": self.defocus_model.model() or "defocus-default"}
                       if mode == GUIDED or (mode == SINGLE and method in AE_METHODS) else {})},
-            inputs=self._input_names(),
+            inputs=self._input_names(), input_layers=[lb, lc] if mode == PAIR else [lb],
         )

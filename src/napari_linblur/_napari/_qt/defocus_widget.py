@@ -677,6 +677,7 @@ class DefocusWidget(c.LinblurWidget):
             return False
         idx = _ops.current_indices(self.viewer, layer)
         stack = _ops.layer_array(layer)[tuple(idx[:-1])]
+        scored = layer.data  # a new layer.data before the curve is shown makes it stale
         method = self.measure.currentData()
         kw = {**op_kwargs(self.model.model()), "camera": self.camera.value()} if method == "defocus" else {}
 
@@ -697,6 +698,9 @@ class DefocusWidget(c.LinblurWidget):
             if layer not in self.viewer.layers:
                 raise c.NothingToShow(f"{layer.name!r} was deleted while its focus curve was computed; "
                                       "nothing to show")
+            if layer.data is not scored:
+                raise c.NothingToShow(f"the data of {layer.name!r} changed while its focus curve was computed; "
+                                      "press 'Focus curve' to score it again")
             self._set_curve_layer(layer)
             self._curve_lead = tuple(idx[:-1])
             self.plot.draw(scores, best, label=f"focus ({method})")
@@ -771,5 +775,8 @@ class DefocusWidget(c.LinblurWidget):
         data = [*self._curve_lead, self.plot.best]  # the layer's axes before Y, X
         offset = self.viewer.dims.ndim - layer.ndim
         axes = [offset + i for i in range(len(data))]
-        world = [float(v * layer.scale[i] + layer.translate[i]) for i, v in enumerate(data)]
+        # through the layer's whole data-to-world transform (its affine too), at the Y, X the viewer shows, as
+        # current_indices reads the plane back
+        here = np.asarray(layer.world_to_data(self.viewer.dims.point), dtype=float)[-2:]
+        world = [float(v) for v in np.asarray(layer.data_to_world([*data, *here]), dtype=float)[: len(data)]]
         self.viewer.dims.set_point(axes, world)
