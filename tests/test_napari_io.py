@@ -266,9 +266,13 @@ def test_a_saved_defocus_map_reopens_as_the_widget_shows_maps(viewer, tmp_path, 
     assert (kw_px["colormap"], kw_px["contrast_limits"]) == ("magma", (0.0, 10.0))
     top = map_limits(OpticalSetup(na=0.45, wavelength_um=0.52, pixel_um=0.65))
     assert kw_um["colormap"] == "magma" and kw_um["contrast_limits"] == pytest.approx(top) and top[1] > 1.0
-    # in a real viewer through the manifest's reader
+    # in a real viewer through the manifest's reader; saved again with the plugin's writer, it stays a map
     layer = viewer.open(str(px), plugin=PLUGIN)[0]
     assert layer.colormap.name == "magma" and tuple(layer.contrast_limits) == (0.0, 10.0)
+    viewer.layers.selection = {layer}
+    again = viewer.layers.save(str(tmp_path / "again.ome.zarr"), selected=True, plugin=PLUGIN)
+    (_, kw_again, _), = _reader.read_zstack(again[0])
+    assert (kw_again["colormap"], kw_again["contrast_limits"]) == ("magma", (0.0, 10.0))
     # an ordinary image keeps gray and limits from its values
     (_, kw_img, _), = _reader.read_zstack(str(tif))
     assert kw_img["colormap"] == "gray" and kw_img["contrast_limits"] != (0.0, 10.0)

@@ -193,7 +193,9 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
         overwrite=True,
         source_paths=_sources(meta),
         attrs={"napari_linblur": {"layer": str(meta.get("name", "")), "axes": axes,
-                                  **({"channel": str(channel)} if channel is not None else {}), **positions}},
+                                  **({"channel": str(channel)} if channel is not None else {}), **positions},
+               # what the values are (a defocus map, its unit and optics…), as the file it was read from said
+               **({"linblur": md["linblur_attrs"]} if isinstance(md.get("linblur_attrs"), dict) else {})},
     )
     return [str(target)]
 
