@@ -619,3 +619,42 @@ def test_damaged_zarr_array_metadata_is_a_clear_error(tmp_path):
         (p / "0" / "zarr.json").write_text(json.dumps(meta))
         with pytest.raises(ValueError, match=f"{name}.ome.zarr/0"):
             open_zstack(p)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda ms: ms["datasets"][0]["coordinateTransformations"][0].update(scale=[0.0, 0.0, 0.0]),
+     "every value must be positive and finite"),
+    (lambda ms: ms["datasets"][0]["coordinateTransformations"][0].update(scale=[1.0, "a", 1.0]),
+     "is not a list of numbers"),
+    (lambda ms: ms["axes"][1].update(name="x"), "name the axis 'x' twice"),
+])
+def test_damaged_ngff_transformations_and_axes_name_the_store(tmp_path, edit, says):
+    """A scale of 0 (accepted, then refused later without naming the file), a non-numeric scale, an axis named twice
+    (reported as 'planes must be at least 4x4'): each is a ValueError naming the store and the field."""
+    import json
+
+    p = Path(write_ome_zarr(tmp_path / "d.ome.zarr", np.ones((2, 16, 16), np.float32), pyramid_levels=1))
+    meta = json.loads((p / "zarr.json").read_text())
+    edit(meta["attributes"]["ome"]["multiscales"][0])
+    (p / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=says) as err:
+        open_zstack(p)
+    assert "d.ome.zarr" in str(err.value)
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_not_the_hidden_temp_folder(tmp_path, monkeypatch):
+    """A folder the writer may not create anything in (read-only, immutable; simulated here, since tests may run
+    as root, for whom permissions do not apply) is named with the output, not as '.out.zarr.tmp-…'."""
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self.name.startswith(".out.zarr.tmp-"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(ValueError) as err:
+        write_ome_zarr(tmp_path / "out.zarr", np.ones((2, 8, 8), np.float32))
+    assert str(err.value) == (f"cannot write {(tmp_path / 'out.zarr').resolve()}: Permission denied (nothing can be "
+                              f"created in {tmp_path.resolve()})")
+    assert list(tmp_path.iterdir()) == []

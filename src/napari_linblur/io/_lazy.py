@@ -60,7 +60,7 @@ class SafeZarrArray:
     """
 
     def __init__(self, store: str, component: str = "") -> None:
-        from napari_linblur.io.omezarr import WRITER_MARKER, root_attributes
+        from napari_linblur.io.omezarr import COMPLETE_MARKER, root_attributes
 
         self.store = str(store)
         self.component = component
@@ -79,7 +79,7 @@ class SafeZarrArray:
                              f"{n_chunks:.3g} chunks (at most {MAX_CHUNKS:.0e} are read); damaged metadata?")
         #: a store write_ome_zarr wrote (from 0.2.0, which marks it) has every chunk: one that is missing is
         #: damage, not a plane of zeros
-        self.complete = WRITER_MARKER in root_attributes(Path(self.store))
+        self.complete = root_attributes(Path(self.store)).get(COMPLETE_MARKER) is True
         self._arr = arr
 
     def _open(self) -> Any:

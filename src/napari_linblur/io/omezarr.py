@@ -563,6 +563,11 @@ def write_ome_zarr(
     target.parent.mkdir(parents=True, exist_ok=True)
     warn_stale_partial_writes(target)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:  # the first write in the output's folder: a folder that cannot be written is named, not the temp folder
+        tmp.mkdir()
+    except OSError as err:
+        raise ValueError(f"cannot write {target}: {err.strerror or err} (nothing can be created in "
+                         f"{target.parent})") from err
     try:
         _write_tree(tmp, data, axes, scale_t, units, channel_names, attrs, levels, chunks_t, progress, name,
                     translate_t, names_t, types_t)
@@ -645,6 +650,9 @@ def is_zarr_store(path: str | os.PathLike) -> bool:
 
 #: the hidden temporary store a writer builds before renaming it into place (:func:`move_into_place`)
 _WRITING = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+#: the root attribute of a store whose every chunk was written (write_ome_zarr from 0.2.0; earlier stores skipped
+#: all-zero chunks, as zarr does by default)
+COMPLETE_MARKER = "linblur_every_chunk_written"
 #: the root attribute every store napari-linblur writes carries (the synthetic datasets and the outputs of the
 #: operations also describe themselves under ``"linblur"``): ``overwrite`` replaces only such a store
 WRITER_MARKER = "napari_linblur"
@@ -781,6 +789,7 @@ def _write_tree(
     root_attrs: dict[str, Any] = {"ome": ome, WRITER_MARKER: {"writer": "write_ome_zarr", "version": __version__}}
     if attrs:
         root_attrs.update({str(k): v for k, v in attrs.items()})
+    root_attrs[COMPLETE_MARKER] = True  # every chunk is written (below): a missing one is damage
 
     group = zarr.create_group(store=str(root_path), zarr_format=3, attributes=root_attrs, overwrite=False)
 

@@ -576,6 +576,9 @@ def _open_ngff_checked(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStac
                 letter = "t"
             else:
                 letter = "?"
+            if letter in letters and letter in "zyx":
+                raise ValueError(f"{p}: OME-Zarr (NGFF) metadata name the axis {letter!r} twice "
+                                 f"({names})")
             letters.append("?" if letter in letters and letter != "?" else letter)  # a second time axis: custom
         axes = "".join(letters)
         units = tuple(_norm_unit(a.get("unit")) if isinstance(a, dict) else None for a in axes_md)
@@ -588,10 +591,17 @@ def _open_ngff_checked(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStac
         for tr in tr_list or []:
             kind = tr.get("type")
             if kind in ("scale", "translation") and kind in tr:
-                values = np.asarray(tr[kind], dtype=float)
+                try:
+                    values = np.asarray(tr[kind], dtype=float)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"{p}: OME-Zarr (NGFF) {kind} {tr[kind]!r} is not a list of numbers") from err
                 if values.shape != (arr.ndim,):
                     raise ValueError(f"{p}: OME-Zarr (NGFF) {kind} {tr[kind]} does not have one value per axis "
                                      f"({arr.ndim})")
+                if not np.isfinite(values).all() or (kind == "scale" and not (values > 0).all()):
+                    what = "positive and finite" if kind == "scale" else "finite"
+                    raise ValueError(f"{p}: OME-Zarr (NGFF) {kind} {tr[kind]} — every value must be {what} "
+                                     "(damaged or hand-edited metadata)")
                 if kind == "scale":
                     scale, shift = scale * values, shift * values
                 else:
