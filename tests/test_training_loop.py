@@ -374,6 +374,26 @@ def test_logs_of_a_resumed_run_equal_the_uninterrupted_ones(tmp_path):
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)
 
 
+def test_a_log_line_cut_short_does_not_block_the_resume(tmp_path):
+    """A run killed while appending to ``log.jsonl`` (or a full disk) leaves a cut last line: the resume used to end
+    in a bare JSONDecodeError naming no file. The line is left out with a warning naming the file and line."""
+    stop = {"n": 0}
+
+    def after_7():
+        stop["n"] += 1
+        return stop["n"] > 7
+
+    run = tmp_path / "part"
+    train(ToyTask(), _cfg(run, ckpt_every=3), should_stop=after_7)
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 9, "lo')
+    with pytest.warns(UserWarning, match=r"log.jsonl: line \d+ is not a log record"):
+        train(ToyTask(), _cfg(run, ckpt_every=3, resume=True))
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps)) and steps[-1] == _cfg(run).steps
+
+
 class RecipeTask(ToyTask):
     """ToyTask whose data and loss have options, recorded in its card like the real tasks' recipes."""
 

@@ -658,15 +658,36 @@ def _truncate_logs(out: Path, step: int) -> None:
     """After a resume, drop log lines written after the checkpoint so the log has no duplicates."""
     jl = out / "log.jsonl"
     if jl.exists():
-        keep = [ln for ln in jl.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        keep = [json.dumps(r) for r in _log_rows(jl) if isinstance(r.get("step"), int) and r["step"] <= step]
         with atomic_target(jl) as tmp:  # a kill here leaves the whole old log, never half of it
             tmp.write_text("".join(ln + "\n" for ln in keep))
         _write_csv(out)
 
 
+def _log_rows(jl: Path) -> list[dict]:
+    """The records of a ``log.jsonl``; a line that is not a JSON object (cut short by a full disk or a killed
+    process) is left out with a warning naming the file and line, so that the run can still be resumed."""
+    import warnings
+
+    rows = []
+    for i, ln in enumerate(jl.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not ln.strip():
+            continue
+        try:
+            row = json.loads(ln)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            warnings.warn(f"{jl}: line {i} is not a log record (cut short?); it is left out", UserWarning,
+                          stacklevel=3)
+            continue
+        rows.append(row)
+    return rows
+
+
 def _write_csv(out: Path) -> None:
     jl = out / "log.jsonl"
-    rows = [json.loads(ln) for ln in jl.read_text().splitlines() if ln.strip()] if jl.exists() else []
+    rows = _log_rows(jl) if jl.exists() else []
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
