@@ -151,3 +151,17 @@ def test_overlap_above_half_the_tile_is_refused_up_front():
             call()
     with pytest.raises(ValueError, match="at most half the tile"):
         tiled_apply(lambda t: t, img, tile=16, overlap=15)
+
+
+def test_a_model_output_of_nan_for_a_finite_input_is_an_error_not_a_result():
+    """Weights that are finite but broken (a diverged run, edited numbers) gave an all-NaN map with exit code 0;
+    an output of the wrong size was a RuntimeError. Both are ValueErrors saying what is wrong with the model."""
+    import torch
+
+    x = np.random.default_rng(0).random((40, 40), dtype=np.float32)
+    with pytest.raises(ValueError, match="NaN or Inf for a finite input: its weights are broken"):
+        tiled_apply(lambda t: t * torch.tensor(float("inf")) - t * torch.tensor(float("inf")), x, tile=32,
+                    overlap=8)
+    with pytest.raises(ValueError, match="does not keep the image size"):
+        tiled_apply(lambda t: t[..., :-1], x, tile=32, overlap=8)
+    np.testing.assert_allclose(tiled_apply(lambda t: 2 * t, x, tile=32, overlap=8)[0], 2 * x, rtol=1e-6)

@@ -188,9 +188,14 @@ def tiled_apply(
             out = fn(torch.from_numpy(batch).to(dev))
             out = out.float().cpu().numpy()
             if out.shape != (len(chunk), out_channels, th, tw):
-                raise RuntimeError(
-                    f"model returned shape {out.shape}, expected {(len(chunk), out_channels, th, tw)}"
+                raise ValueError(
+                    f"the model returned shape {out.shape} for tiles of {(len(chunk), out_channels, th, tw)}: it "
+                    "does not keep the image size (a module built in a script, or the wrong architecture)"
                 )
+            if not np.isfinite(out).all() and np.isfinite(batch).all():
+                # never a valid output: a result of NaN (exit code 0, nothing said) would look like a finished run
+                raise ValueError("the model's output holds NaN or Inf for a finite input: its weights are broken "
+                                 "(saved from a diverged training run, or edited); retrain it or pick another model")
             for (y0, x0), o in zip(chunk, out):
                 sides = (y0 > 0, y0 + th < hy, x0 > 0, x0 + tw < hx)
                 wgt = blend_window((th, tw), overlap, sides)
