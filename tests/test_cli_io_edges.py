@@ -278,3 +278,29 @@ def test_help_shows_real_defaults_and_never_default_none():
     assert not [prog for prog, text in helps.items() if "default: None" in text]
     assert "(default: 64)" in " ".join(helps["linblur train defocus"].split())  # --bn-batches
     assert "default 0.5 unless --positions" in " ".join(helps["linblur synthesize"].split())
+
+
+def test_a_size_this_computer_cannot_hold_is_a_one_line_error_and_leaves_nothing(tmp_path, capsys):
+    """``linblur synth --shape 300000 300000`` needs hundreds of GB: a MemoryError traceback before; now one line
+    saying what to make smaller, exit code 2, and no output or temporary folder left."""
+    from napari_linblur.cli.main import main
+
+    assert main(["synth", str(tmp_path / "huge.zarr"), "--shape", "300000", "300000", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("linblur synth: error: not enough memory") and "--shape" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_folder_that_is_a_file_is_named(tmp_path, capsys):
+    """``--out z.tif`` (a file) for the demo or a training run: '[Errno 17] File exists' before; now the option and
+    what it must be. The file is untouched."""
+    from napari_linblur.cli.main import main
+    from napari_linblur.io.atomic import make_output_folder
+
+    f = tmp_path / "z.tif"
+    f.write_bytes(b"not a folder")
+    assert main(["demo", "--out", str(f), "--device", "cpu"]) == 2
+    assert f"--out {f} is a file; --out must be a folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--out .* is a file"):
+        make_output_folder(f / "run")  # a file in the way of a parent
+    assert f.read_bytes() == b"not a folder"

@@ -59,6 +59,7 @@ def run(args) -> int:
     from napari_linblur.baselines.richardson_lucy import best_richardson_lucy
     from napari_linblur.baselines.wiener import best_wiener
     from napari_linblur.inference.device import resolve_device
+    from napari_linblur.io.atomic import make_output_folder
     from napari_linblur.io.omezarr import write_ome_zarr
     from napari_linblur.metrics.image import psnr
     from napari_linblur.optics.psf import sigma_from_defocus
@@ -68,8 +69,7 @@ def run(args) -> int:
     resolve_device(args.device)  # an unknown or absent device is refused before anything is written
     from napari_linblur.synth.zstack import psfs_for
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_folder(args.out)
     summary: dict = {"seed": args.seed, "models": nl.list_models()}
     print(f"napari-linblur demo -> {out}/   shipped models: {', '.join(summary['models']) or 'none'}")
 

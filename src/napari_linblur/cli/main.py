@@ -75,6 +75,10 @@ def _main(argv: list[str] | None = None) -> int:
         # OSError: missing files, an unreachable --scheduler ...; FloatingPointError: a diverged training run
         print(f"linblur {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError as err:  # a size this computer cannot hold (e.g. synth --shape 100000 100000)
+        print(f"linblur {args.command}: error: not enough memory ({err or 'MemoryError'}); use smaller sizes "
+              "(--shape, --fields, --tile, --batch-size, fewer --workers) or a smaller input", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as err:
         # a training run stops at a step boundary and says where its checkpoint is (TrainingInterrupted)
         print(f"linblur {args.command}: interrupted" + (f" by {err}" if str(err) else ""), file=sys.stderr)

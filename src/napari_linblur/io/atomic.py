@@ -120,3 +120,28 @@ def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2, sort_key
 
     text = json.dumps(_strict(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
     return write_text_atomic(path, text + "\n")
+
+
+def make_output_folder(path: str | os.PathLike, label: str = "--out") -> Path:
+    """Create the output folder ``path`` (and its parents) if needed; a ``ValueError`` naming ``label`` when a file
+    stands where it (or one of its parents) should be, instead of ``mkdir``'s bare ``[Errno 17] File exists``.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> (d / "notes.txt").write_text("x")
+    1
+    >>> make_output_folder(d / "notes.txt")
+    Traceback (most recent call last):
+    ...
+    ValueError: --out ... is a file; --out must be a folder (a new or an existing one)
+    """
+    from napari_linblur.io.omezarr import check_parent_folders
+
+    p = Path(os.fspath(path))
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{label} {p} is a file; {label} must be a folder (a new or an existing one)")
+    check_parent_folders(p, label)
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -52,7 +52,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from napari_linblur.io.atomic import atomic_target
+from napari_linblur.io.atomic import atomic_target, make_output_folder
 
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
@@ -759,7 +759,7 @@ def train(
 
     ckpt = out / CHECKPOINT
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_folder(out)
         if not cfg.resume and ((out / "log.jsonl").exists() or ckpt.exists()):
             raise FileExistsError(f"{out} already holds a training run; use --resume or a new --out folder")
     if cfg.resume and not ckpt.exists():
