@@ -658,3 +658,19 @@ def test_an_output_folder_that_cannot_be_written_is_named_not_the_hidden_temp_fo
     assert str(err.value) == (f"cannot write {(tmp_path / 'out.zarr').resolve()}: Permission denied (nothing can be "
                               f"created in {tmp_path.resolve()})")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_ome_zarr_refuses_empty_unknown_and_mistyped_arguments_by_name(tmp_path):
+    """Each was a bare conversion error (or, for channel names given as one string, a silent split into letters)."""
+    lazy = da.ones((4, 8, 8))
+    cases = [
+        (np.ones((0, 8, 8)), {}, ValueError, "is empty"),
+        (lazy[lazy[:, 0, 0] > 0], {}, ValueError, "unknown sizes"),
+        (np.ones((2, 8, 8)), {"axes": 3}, TypeError, "axes must be a string"),
+        (np.ones((2, 8, 8)), {"scale": ["a", 1, 1]}, ValueError, "scale: need 3 numbers"),
+        (np.ones((2, 8, 8)), {"axes": "cyx", "channel_names": "ab"}, TypeError, "list of names"),
+    ]
+    for data, kwargs, kind, says in cases:
+        with pytest.raises(kind, match=says):
+            write_ome_zarr(tmp_path / "w.zarr", data, **kwargs)
+        assert not (tmp_path / "w.zarr").exists()

@@ -500,6 +500,13 @@ def write_ome_zarr(
         raise ValueError(f"data: need 2 to 5 dimensions (..., Z, Y, X), got shape {data.shape}")
     if data.dtype.kind not in "biuf":
         raise TypeError(f"data: need a real (bool/int/float) dtype, got {data.dtype}")
+    if any(not isinstance(n, (int, np.integer)) or n != n for n in data.shape):  # a dask array of unknown sizes
+        raise ValueError(f"data: shape {data.shape} has unknown sizes (a dask array after boolean indexing?); "
+                         "call .compute_chunk_sizes() on it first")
+    if 0 in data.shape:
+        raise ValueError(f"data: shape {data.shape} is empty; nothing to write")
+    if axes is not None and not isinstance(axes, str):
+        raise TypeError(f"axes must be a string of axis letters such as 'czyx', got {type(axes).__name__}")
     axes = _check_axes(axes or {2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}[data.ndim], data.ndim)
 
     if scale is None:
@@ -507,7 +514,10 @@ def write_ome_zarr(
     elif isinstance(scale, Mapping):
         scale_t = [float(scale.get(a, 1.0)) for a in axes]
     else:
-        scale_t = [float(s) for s in scale]
+        try:
+            scale_t = [float(s) for s in scale]
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"scale: need {data.ndim} numbers (axes {axes!r}), got {scale!r}") from err
         if len(scale_t) != data.ndim:
             raise ValueError(f"scale: need {data.ndim} values (axes {axes!r}), got {len(scale_t)}")
     if not all(np.isfinite(s) and s > 0 for s in scale_t):
@@ -520,6 +530,8 @@ def write_ome_zarr(
         if not any(translate_t):
             translate_t = None
     if channel_names is not None:
+        if isinstance(channel_names, str):  # "ab" would be split into channels 'a' and 'b'
+            raise TypeError(f"channel_names must be a list of names, got the string {channel_names!r}")
         channel_names = [str(c) for c in channel_names]
         if "c" not in axes or len(channel_names) != data.shape[axes.index("c")]:
             raise ValueError(
