@@ -246,6 +246,17 @@ def test_shipped_names_and_inconsistent_cards(tmp_path, monkeypatch):
                                                                 "config": {**ae.config, "scale": float("nan")}})
     with pytest.raises(ValueError, match="non-finite"):
         registry.load_model(nan, device="cpu")
+    # a card without "task" (written by hand): the architecture says it (it was "a None model")
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(good), framework="pt") as f:
+        card = {k: v for k, v in json.loads(f.metadata()["card"]).items() if k not in ("task", "sha256")}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    save_file(tensors, str(tmp_path / "untasked.safetensors"), metadata={"card": json.dumps(card)})
+    assert registry.load_model(tmp_path / "untasked.safetensors", device="cpu").task == "ae"
 
 
 def test_a_module_built_in_a_script_is_checked_against_the_operation():

@@ -262,7 +262,7 @@ def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto") -> Any:
         raise ValueError(f"{path}: weights do not fit architecture {card.get('architecture')} ({err})") from err
     model.eval().to(dev)
     model.card = card
-    model.task = card.get("task")
+    model.task = card.get("task") or module_task(model)  # a card without "task": its architecture says it
     return model
 
 
