@@ -304,3 +304,22 @@ def test_an_out_folder_that_is_a_file_is_named(tmp_path, capsys):
     with pytest.raises(ValueError, match="--out .* is a file"):
         make_output_folder(f / "run")  # a file in the way of a parent
     assert f.read_bytes() == b"not a folder"
+
+
+def test_batch_errors_about_the_image_name_the_input_file(tmp_path, capsys):
+    """``linblur defocus-map`` said ``img has shape …`` / ``img contains NaN …``: the API's argument, which a user of
+    the command line never named. The message names the input file; nothing is written."""
+    from napari_linblur.cli.main import main
+
+    thin = tmp_path / "thin.tif"
+    tifffile.imwrite(thin, np.ones((3, 1, 40), np.float32))
+    bad = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    bad[1, 3, 3] = np.nan
+    nan = tmp_path / "nan.tif"
+    tifffile.imwrite(nan, bad)
+    for path, says in ((thin, "planes must be at least 4x4 pixels"), (nan, "contains NaN or Inf values")):
+        out = tmp_path / f"{path.stem}.zarr"
+        assert main(["defocus-map", str(path), str(out), "--device", "cpu", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {str(path)!r}" in err and says in err and "img" not in err, err
+        assert not out.exists()

@@ -183,3 +183,26 @@ def check_number(value: Any, name: str, *, minimum: float = 0.0, inclusive: bool
     if not math.isfinite(number) or number < minimum or (number == minimum and not inclusive):
         raise ValueError(f"{name} must be {form}, got {number:g}")
     return number
+
+
+def name_arguments(text: str, names: dict[str, str]) -> str:
+    """An operation's error message with its argument names (``img``, ``img_b``, …, wherever they stand as words)
+    replaced by what the user knows them as, quoted: a layer's name in the plugin, the input file on the command
+    line.
+
+    Examples
+    --------
+    >>> name_arguments("img contains NaN or Inf values", {"img": "cells"})
+    "'cells' contains NaN or Inf values"
+    >>> name_arguments("img_a and img_c must have the same shape", {"img_a": "A", "img_c": "C"})
+    "'A' and 'C' must have the same shape"
+    >>> name_arguments("model file missing", {"img": "cells"})
+    'model file missing'
+    """
+    import re
+
+    if not names:
+        return text
+    # one pass, longest name first, so that a replaced name is never matched again
+    pattern = re.compile(r"\b(" + "|".join(re.escape(a) for a in sorted(names, key=len, reverse=True)) + r")\b")
+    return pattern.sub(lambda m: repr(names[m.group(1)]), text)

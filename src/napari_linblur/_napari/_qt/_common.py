@@ -679,25 +679,17 @@ class NoInput(ValueError):
 
 
 def name_inputs(text: str, inputs: dict[str, str]) -> str:
-    """An operation's error message with its argument names (``img``, ``img_b``, …, wherever they stand as words)
-    replaced by the input layers' names, quoted; other messages unchanged.
+    """An operation's error message with its argument names replaced by the input layers' names
+    (:func:`~napari_linblur.inference.validate.name_arguments`).
 
     Examples
     --------
     >>> name_inputs("img contains NaN or Inf values", {"img": "cells"})
     "'cells' contains NaN or Inf values"
-    >>> name_inputs("img_a and img_c must have the same shape", {"img_a": "A", "img_c": "C"})
-    "'A' and 'C' must have the same shape"
-    >>> name_inputs("model file missing", {"img": "cells"})
-    'model file missing'
     """
-    import re
+    from napari_linblur.inference.validate import name_arguments
 
-    if not inputs:
-        return text
-    # one pass, longest name first, so that a replaced name is never matched again
-    pattern = re.compile(r"\b(" + "|".join(re.escape(a) for a in sorted(inputs, key=len, reverse=True)) + r")\b")
-    return pattern.sub(lambda m: repr(inputs[m.group(1)]), text)
+    return name_arguments(text, inputs)
 
 
 def preview_error_text(text: str, inputs: dict[str, str]) -> str:
