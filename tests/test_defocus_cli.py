@@ -609,6 +609,10 @@ def test_train_on_own_stacks_uses_their_in_focus_planes(tmp_path, capsys, monkey
     write_ome_zarr(tmp_path / "nan.zarr", nan, axes="tczyx")
     with pytest.raises(ValueError, match="NaN or Inf"):
         content_images(DefocusDataConfig(content_from=str(tmp_path / "nan.zarr")))
+    # complex content lost its imaginary part to a float32 cast, silently
+    tifffile.imwrite(tmp_path / "complex.tif", np.asarray(stacks[0], np.complex64))
+    with pytest.raises(TypeError, match="real intensities"):
+        content_images(DefocusDataConfig(content_from=str(tmp_path / "complex.tif")))
 
 
 _TINY_RUN = ["--content", "shuffle", "--crop", "16", "--render-size", "32", "--batch-size", "2", "--pool-size", "2",
