@@ -128,20 +128,10 @@ def test_the_preview_status_says_when_the_view_does_not_show_its_plane(viewer, q
     assert "3-D view" in w.preview_status.text()
 
 
-@pytest.mark.parametrize("mode", ["layer", "lazy", "zarr"])
-def test_a_whole_stack_run_whose_input_is_deleted_adds_nothing_and_raises_no_error(viewer, qtbot, tmp_path, mode):
-    """The input deleted while its whole-stack run waits or computes: as for a focus curve, the run ends with a
-    plain status line and adds no layer (it used to add the output of a layer that was gone), and no error pops
-    up; an OME-Zarr file already written stays on disk and the line names it."""
+def _run_deleting(viewer, qtbot, w, layer) -> None:
+    """Start ``w``'s whole-stack run while it waits in the queue, delete ``layer``, then let it run to its end."""
     from napari_helpers import PoolBlocker
 
-    layer = viewer.add_image(_stack(), name="cells")
-    w = add(viewer, "Defocus map & focus QC")
-    w.preview_on.setChecked(False)
-    target = tmp_path / "map.ome.zarr"
-    w.output.set_mode(getattr(w.output, mode.upper()), str(target)) if mode == "zarr" else \
-        w.output.set_mode(getattr(w.output, mode.upper()))
-    before = len(notes())
     blocker = PoolBlocker()  # the run waits in the queue until the layer is gone
     try:
         assert w.run_whole_stack()
@@ -149,6 +139,21 @@ def test_a_whole_stack_run_whose_input_is_deleted_adds_nothing_and_raises_no_err
     finally:
         blocker.release.set()
     wait_run(qtbot, w, timeout=120000)
+
+
+@pytest.mark.parametrize("mode", ["layer", "lazy", "zarr"])
+def test_a_whole_stack_run_whose_input_is_deleted_adds_nothing_and_raises_no_error(viewer, qtbot, tmp_path, mode):
+    """The input deleted while its whole-stack run waits or computes: as for a focus curve, the run ends with a
+    plain status line and adds no layer (it used to add the output of a layer that was gone), and no error pops
+    up; an OME-Zarr file already written stays on disk and the line names it."""
+    layer = viewer.add_image(_stack(), name="cells")
+    w = add(viewer, "Defocus map & focus QC")
+    w.preview_on.setChecked(False)
+    target = tmp_path / "map.ome.zarr"
+    w.output.set_mode(getattr(w.output, mode.upper()), str(target)) if mode == "zarr" else \
+        w.output.set_mode(getattr(w.output, mode.upper()))
+    before = len(notes())
+    _run_deleting(viewer, qtbot, w, layer)
     assert len(viewer.layers) == 0, [ly.name for ly in viewer.layers]
     status = w.panel.status.text()
     assert "'cells' was deleted; " in status and "done" not in status, status
@@ -159,8 +164,6 @@ def test_a_whole_stack_run_whose_input_is_deleted_adds_nothing_and_raises_no_err
 def test_a_pair_run_whose_second_input_is_deleted_adds_nothing(viewer, qtbot):
     """A blur-synthesis run of two layers: deleting the one that is not the output's model layer (the blurrier
     input) ends the run in the same way."""
-    from napari_helpers import PoolBlocker
-
     a = viewer.add_image(_stack(), name="A")
     b = viewer.add_image(_stack(), name="C")
     w = add(viewer, "Blur synthesis")
@@ -168,13 +171,7 @@ def test_a_pair_run_whose_second_input_is_deleted_adds_nothing(viewer, qtbot):
     w.a_layer.set_layer(a)
     w.c_layer.set_layer(b)
     before = len(notes())
-    blocker = PoolBlocker()
-    try:
-        assert w.run_whole_stack()
-        viewer.layers.remove(b)
-    finally:
-        blocker.release.set()
-    wait_run(qtbot, w, timeout=120000)
+    _run_deleting(viewer, qtbot, w, b)
     assert [ly.name for ly in viewer.layers] == ["A"]
     assert "'C' was deleted; nothing added" in w.panel.status.text()
     assert notes()[before:] == []
