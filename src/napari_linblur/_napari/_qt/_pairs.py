@@ -60,9 +60,9 @@ def output_axes(layer, ndim: int, dropped_z: bool) -> str:
 def output_units(like, ndim: int, dropped_z: bool) -> tuple[str, ...]:
     """The input layer's units for an output of ``ndim`` axes (its Z axis left out when the result has none)."""
     units = [str(u) for u in getattr(like, "units", ())]
-    if dropped_z and len(units) == ndim + 1:
-        del units[-3]
-    return tuple(units[-ndim:]) if len(units) >= ndim else ("pixel",) * ndim
+    if len(units) < ndim:
+        return ("pixel",) * ndim
+    return tuple(units[i] for i in c.kept_axes(len(units), ndim, dropped_z))
 
 
 def _one_layer(layers: list, axes: str) -> list:
