@@ -323,3 +323,26 @@ def test_batch_errors_about_the_image_name_the_input_file(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"error: {str(path)!r}" in err and says in err and "img" not in err, err
         assert not out.exists()
+
+
+def test_a_truncated_tiff_is_one_error_line_without_tifffiles_log_lines(tmp_path, capsys, caplog):
+    """tifffile logged 'ImageJ series metadata invalid…' and 'invalid page offset…' (to stderr, without a logging
+    setup) before our one-line error; those records are dropped while napari-linblur reads, and only then (tifffile
+    used elsewhere keeps them)."""
+    import logging
+
+    from napari_linblur.cli.main import main
+
+    good = tmp_path / "ij.tif"
+    tifffile.imwrite(good, np.ones((12, 32, 32), np.uint16), imagej=True)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    with caplog.at_level(logging.DEBUG, logger="tifffile"):
+        assert main(["focus", str(cut), "--method", "brenner"]) == 2
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("tifffile")] == []
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [f"linblur focus: error: {cut}: truncated TIFF, its ImageJ header "
+                                            "announces 12 images but only 1 can be read"], err
+        with tifffile.TiffFile(cut) as tf:  # tifffile used directly: its messages are kept
+            assert len(tf.series[0].pages) >= 1
+        assert any("invalid" in r.getMessage() for r in caplog.records if r.name.startswith("tifffile"))

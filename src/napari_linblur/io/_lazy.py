@@ -8,8 +8,11 @@ The objects only hold paths and small metadata, so they pickle (``dask.distribut
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +147,34 @@ class SafeZarrArray:
             ) from exc
 
 
+class _QuietInThisThread(logging.Filter):
+    """Drops tifffile's log records emitted by a thread inside :func:`quiet_tifffile` (other threads and other uses
+    of tifffile in the process keep their messages)."""
+
+    state = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003 - logging's API
+        return not getattr(self.state, "depth", 0)
+
+
+_QUIET = _QuietInThisThread()
+
+
+@contextlib.contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """Read TIFFs without tifffile's own log lines (``invalid page offset …``) on stderr: a file it cannot read
+    is reported by the one ``ValueError`` naming it (:func:`tiff_error`), not by those lines before it."""
+    log = logging.getLogger("tifffile")
+    if _QUIET not in log.filters:
+        log.addFilter(_QUIET)
+    state = _QuietInThisThread.state
+    state.depth = getattr(state, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        state.depth -= 1
+
+
 def tiff_error(path: str | Path, exc: BaseException) -> ValueError:
     """A ``ValueError`` naming a TIFF file that could not be read."""
     return ValueError(
@@ -199,7 +230,7 @@ class TiffPlanes:
             flat = [int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, ix)), lead_shape))
                     for ix in np.ndindex(*sub_shape)]
         try:
-            with tifffile.TiffFile(self.path) as tf:
+            with quiet_tifffile(), tifffile.TiffFile(self.path) as tf:
                 data = tf.asarray(key=flat, series=self.series)
         except Exception as exc:
             raise tiff_error(self.path, exc) from exc
@@ -221,7 +252,7 @@ def tiff_plane_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype, int]
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tf:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tf:
             page = tf.pages[0]
             if page.dtype is None:
                 raise ValueError(f"unsupported sample format (bits per sample {page.bitspersample})")

@@ -30,7 +30,16 @@ import numpy as np
 from dask.base import tokenize
 
 from . import bbbc006 as _bb
-from ._lazy import SafeZarrArray, TiffFileGrid, TiffPlanes, as_dask, natural_key, tiff_error, tiff_plane_header
+from ._lazy import (
+    SafeZarrArray,
+    TiffFileGrid,
+    TiffPlanes,
+    as_dask,
+    natural_key,
+    quiet_tifffile,
+    tiff_error,
+    tiff_plane_header,
+)
 
 __all__ = ["ZStackMeta", "open_zstack", "open_zstacks", "open_zstack_with_metadata", "synthetic_dataset_attrs",
            "length_in_um", "ACCEPTED_FORMATS"]
@@ -776,7 +785,7 @@ def _open_tiff(p: Path) -> tuple[da.Array, ZStackMeta]:
     import tifffile
 
     try:
-        with tifffile.TiffFile(p) as tf:
+        with quiet_tifffile(), tifffile.TiffFile(p) as tf:
             series = tf.series[0]
             shape = tuple(series.shape)
             dtype = series.dtype
@@ -828,7 +837,7 @@ def _tiff_header(p: Path) -> tuple[tuple[int, ...], np.dtype, str, Any]:
     import tifffile
 
     try:
-        with tifffile.TiffFile(p) as tf:
+        with quiet_tifffile(), tifffile.TiffFile(p) as tf:
             s = tf.series[0]
             _check_tiff_complete(tf, p)
             return tuple(s.shape), np.dtype(s.dtype), s.axes, _tiff_scale(tf, _tiff_axes(s.axes))
