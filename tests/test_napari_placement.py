@@ -106,9 +106,9 @@ def test_a_rotation_that_tilts_z_into_the_plane_is_left_out_of_the_preview_with_
     ("image_b is not img_b", "image_b is not 'B'"),
 ])
 def test_every_argument_name_in_an_error_becomes_its_layer_name(message, expected):
-    from napari_linblur._napari._qt._common import name_inputs
+    from napari_linblur.inference.validate import name_arguments
 
-    assert name_inputs(message, {"img_a": "A", "img_c": "C", "img": "cells", "img_b": "B"}) == expected
+    assert name_arguments(message, {"img_a": "A", "img_c": "C", "img": "cells", "img_b": "B"}) == expected
 
 
 def test_the_preview_status_says_when_the_view_does_not_show_its_plane(viewer, qtbot):

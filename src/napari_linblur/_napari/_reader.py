@@ -43,11 +43,11 @@ def _channel_colormap(name: str | None, i: int) -> str:
 
 
 def _looks_readable(p: Path) -> bool:
-    if p.is_file():
-        return p.suffix.lower() in _TIFF or p.name in ("zarr.json", ".zattrs", ".zgroup", ".zarray")
-    if p.is_dir():
-        from napari_linblur.io.omezarr import is_zarr_store
+    from napari_linblur.io.omezarr import ZARR_METADATA, is_zarr_store
 
+    if p.is_file():
+        return p.suffix.lower() in _TIFF or p.name in ZARR_METADATA
+    if p.is_dir():
         if is_zarr_store(p):
             return True
         if p.suffix.lower() == ".zarr":

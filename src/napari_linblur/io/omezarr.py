@@ -39,6 +39,8 @@ import numpy as np
 
 __all__ = ["write_ome_zarr", "auto_pyramid_levels", "ngff_axes", "ngff_order"]
 
+#: the files that make a folder a zarr store (v3 ``zarr.json``; v2 ``.zgroup``, ``.zarray``, ``.zattrs``)
+ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 _MAX_AUTO_LEVELS = 4
 _MIN_LEVEL_SIZE = 64
@@ -172,7 +174,7 @@ def _zarr_root(path: Path) -> Path:
     anywhere inside it would change the input."""
     root = path
     for parent in path.parents:
-        if not any((parent / m).is_file() for m in ("zarr.json", ".zgroup", ".zarray", ".zattrs")):
+        if not any((parent / m).is_file() for m in ZARR_METADATA):
             break
         root = parent
     return root
@@ -574,7 +576,7 @@ def write_ome_zarr(
 
     target.parent.mkdir(parents=True, exist_ok=True)
     warn_stale_partial_writes(target)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = temp_sibling(target)
     try:  # the first write in the output's folder: a folder that cannot be written is named, not the temp folder
         tmp.mkdir()
     except OSError as err:
@@ -657,11 +659,24 @@ def check_output_path(
 def is_zarr_store(path: str | os.PathLike) -> bool:
     """A folder with zarr metadata (v3 ``zarr.json`` or v2 ``.zgroup``/``.zattrs``/``.zarray``)."""
     p = Path(path)
-    return p.is_dir() and any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs", ".zarray"))
+    return p.is_dir() and any((p / n).exists() for n in ZARR_METADATA)
 
 
-#: the hidden temporary store a writer builds before renaming it into place (:func:`move_into_place`)
+#: the hidden temporary store a writer builds before renaming it into place (:func:`temp_sibling`)
 _WRITING = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+
+
+def temp_sibling(target: Path) -> Path:
+    """The hidden temporary folder ``.NAME.tmp-XXXXXXXXXXXX`` next to ``target`` where a writer builds an output
+    before :func:`move_into_place` renames it (every writer of the project names it so: the stale-write warning
+    and :func:`check_not_inside_store` recognise it).
+
+    Examples
+    --------
+    >>> bool(_WRITING.match(temp_sibling(Path("/data/out.zarr")).name))
+    True
+    """
+    return target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
 #: the root attribute of a store whose every chunk was written (write_ome_zarr from 0.2.0; earlier stores skipped
 #: all-zero chunks, as zarr does by default)
 COMPLETE_MARKER = "linblur_every_chunk_written"

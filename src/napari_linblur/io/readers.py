@@ -40,6 +40,7 @@ from ._lazy import (
     tiff_error,
     tiff_plane_header,
 )
+from .omezarr import ZARR_METADATA, is_zarr_store
 
 __all__ = ["ZStackMeta", "open_zstack", "open_zstacks", "open_zstack_with_metadata", "synthetic_dataset_attrs",
            "length_in_um", "ACCEPTED_FORMATS"]
@@ -175,13 +176,9 @@ def synthetic_dataset_attrs(path: str | os.PathLike) -> dict | None:
     >>> synthetic_dataset_attrs("/no/such/data.zarr") is None
     True
     """
-    import json
+    from napari_linblur.io.omezarr import root_attributes
 
-    root = Path(os.path.abspath(os.fspath(path))) / "zarr.json"
-    try:
-        attrs = json.loads(root.read_text()).get("attributes", {}).get("linblur", {})
-    except (OSError, ValueError, AttributeError):
-        return None
+    attrs = root_attributes(Path(os.path.abspath(os.fspath(path)))).get("linblur")
     return attrs if isinstance(attrs, dict) and attrs.get("kind") == "synthetic-through-focus" else None
 
 
@@ -226,10 +223,10 @@ def open_zstack_with_metadata(
     p = Path(os.path.abspath(os.fspath(path)))
     if not p.exists():
         raise FileNotFoundError(f"{os.fspath(path)}: no such file or folder")
-    if p.is_file() and p.name in ("zarr.json", ".zattrs", ".zgroup", ".zarray"):
+    if p.is_file() and p.name in ZARR_METADATA:
         p = p.parent
     if p.is_dir():
-        if _is_zarr_dir(p):
+        if is_zarr_store(p):
             arr, meta = _open_zarr(p)
         else:
             records = _bb.scan_bbbc006(p)
@@ -261,9 +258,6 @@ def open_zstack_with_metadata(
 def _unknown(p: Path, why: str) -> str:
     return f"{p}: unknown format ({why}); accepted formats: " + "; ".join(ACCEPTED_FORMATS)
 
-
-def _is_zarr_dir(p: Path) -> bool:
-    return any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
 
 
 def _norm_unit(u: Any) -> str | None:

@@ -23,13 +23,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io.omezarr import check_not_inside_store, check_parent_folders, check_replaceable, move_into_place
+from ..io.omezarr import (
+    check_not_inside_store,
+    check_parent_folders,
+    check_replaceable,
+    move_into_place,
+    temp_sibling,
+)
 from .phantoms import cell_phantom
 from .recipes import Recipe, get_recipe
 from .zstack import through_focus_stack
@@ -159,7 +164,7 @@ def write_synthetic_dataset(
     }
     check_parent_folders(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = temp_sibling(target)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -36,6 +36,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_linblur.inference.validate import name_arguments
+
 from .. import _ops
 from .._settings import get_settings
 
@@ -645,7 +647,7 @@ class RunPanel(QWidget):
         return True
 
     def _fail(self, desc: str, err: BaseException, inputs: dict[str, str] | None = None) -> None:
-        msg = f"{desc} failed: {name_inputs(describe(err), inputs or {})}"
+        msg = f"{desc} failed: {name_arguments(describe(err), inputs or {})}"
         self.last_error = msg
         self.status.setText(msg)
         if not isinstance(err, QUIET_ERRORS):
@@ -678,20 +680,6 @@ class NoInput(ValueError):
     error; a whole-stack run still reports it."""
 
 
-def name_inputs(text: str, inputs: dict[str, str]) -> str:
-    """An operation's error message with its argument names replaced by the input layers' names
-    (:func:`~napari_linblur.inference.validate.name_arguments`).
-
-    Examples
-    --------
-    >>> name_inputs("img contains NaN or Inf values", {"img": "cells"})
-    "'cells' contains NaN or Inf values"
-    """
-    from napari_linblur.inference.validate import name_arguments
-
-    return name_arguments(text, inputs)
-
-
 def preview_error_text(text: str, inputs: dict[str, str]) -> str:
     """A preview's error message naming the input layer(s) rather than the operation's argument.
 
@@ -702,7 +690,7 @@ def preview_error_text(text: str, inputs: dict[str, str]) -> str:
     >>> preview_error_text("model file missing", {"img": "cells"})
     "preview of 'cells' failed: model file missing"
     """
-    named = name_inputs(text, inputs)
+    named = name_arguments(text, inputs)
     if named != text:
         return f"preview failed: {named}"
     names = list(dict.fromkeys(inputs.values()))

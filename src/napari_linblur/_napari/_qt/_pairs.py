@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_linblur.inference.validate import name_arguments
+
 from .. import _ops
 from .._settings import get_settings
 from . import _common as c
@@ -117,7 +119,7 @@ def lazy_error_reporter(name: str, chunks, inputs: dict[str, str] | None = None)
     lock = threading.Lock()
 
     def on_error(block_index: tuple[int, ...], err: BaseException) -> None:
-        text = c.name_inputs(c.describe(err), inputs or {})
+        text = name_arguments(c.describe(err), inputs or {})
         with lock:
             if text in seen:
                 return
