@@ -153,3 +153,45 @@ def test_every_script_shown_exists_and_takes_the_options_given():
             if re.fullmatch(r"--[a-z][a-z0-9-]*", option) and f'"{option}"' not in source:
                 wrong.append(f"{page}: {tokens[0]} has no option {option}")
     assert not wrong, "\n".join(sorted(set(wrong)))
+
+
+def _card_commands() -> list[tuple[str, str, str]]:
+    """(card, key path, command) for every ``linblur …`` command recorded in a shipped model card."""
+    import json
+
+    from napari_linblur.models.registry import WEIGHTS_DIR
+
+    found = []
+
+    def walk(node, where, card):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{where}.{key}", card)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]", card)
+        elif isinstance(node, str) and re.match(r"^(\S*/)?linblur (train|evaluate|synth)\b", node):
+            found.append((card, where, node))
+
+    for path in sorted(Path(WEIGHTS_DIR).glob("*.json")):
+        walk(json.loads(path.read_text(encoding="utf-8")), "", path.name)
+    return found
+
+
+CARD_COMMANDS = _card_commands()
+
+
+def test_every_command_a_model_card_records_parses_today():
+    """A card's recipe (each leg, its evaluation, its data) can be typed again as recorded."""
+    assert len({card for card, *_ in CARD_COMMANDS}) == 3 and len(CARD_COMMANDS) > 20
+    failed = []
+    for card, where, command in CARD_COMMANDS:
+        tokens = _tokens(command)[1:]
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                build_parser().parse_args(tokens)
+        except SystemExit as exit_:
+            if exit_.code:
+                failed.append(f"{card}{where}: {err.getvalue().strip().splitlines()[-1]}")
+    assert not failed, "\n".join(failed)
