@@ -145,16 +145,19 @@ def _run_deleting(viewer, qtbot, w, layer) -> None:
 def test_a_whole_stack_run_whose_input_is_deleted_adds_nothing_and_raises_no_error(viewer, qtbot, tmp_path, mode):
     """The input deleted while its whole-stack run waits or computes: as for a focus curve, the run ends with a
     plain status line and adds no layer (it used to add the output of a layer that was gone), and no error pops
-    up; an OME-Zarr file already written stays on disk and the line names it."""
+    up; an OME-Zarr file already written stays on disk and the line names it. An earlier map is left as it was (the
+    run styled the last map layer, whatever added it)."""
+    earlier = viewer.add_image(np.zeros((8, 8), np.float32), name="defocus σ[earlier]")
     layer = viewer.add_image(_stack(), name="cells")
     w = add(viewer, "Defocus map & focus QC")
+    w.image.set_layer(layer)
     w.preview_on.setChecked(False)
     target = tmp_path / "map.ome.zarr"
     w.output.set_mode(getattr(w.output, mode.upper()), str(target)) if mode == "zarr" else \
         w.output.set_mode(getattr(w.output, mode.upper()))
     before = len(notes())
     _run_deleting(viewer, qtbot, w, layer)
-    assert len(viewer.layers) == 0, [ly.name for ly in viewer.layers]
+    assert list(viewer.layers) == [earlier] and not earlier.colorbar.visible
     status = w.panel.status.text()
     assert "'cells' was deleted; " in status and "done" not in status, status
     assert ("nothing added" in status) if mode != "zarr" else (f"{target} was written but is not added" in status)

@@ -921,7 +921,9 @@ def test_defocus_live_map_has_fixed_contrast_limits_and_keeps_the_users(viewer, 
     w.preview_on.setChecked(False)
     assert w.run_whole_stack()
     wait_run(qtbot, w)
-    np.testing.assert_allclose(viewer.layers["defocus σ[img]"].contrast_limits, (0.0, 10.0))
+    out = viewer.layers["defocus σ[img]"]
+    np.testing.assert_allclose(out.contrast_limits, (0.0, 10.0))
+    assert out.colorbar.visible
 
 
 def test_defocus_live_map_ignores_other_layers_sliders(viewer, qtbot, tiny_models, synth):

@@ -256,6 +256,7 @@ def run_whole_stack(
     attrs: dict | None = None,
     inputs: dict[str, str] | None = None,
     input_layers: list | None = None,
+    on_added: Callable[[Any], None] | None = None,
 ) -> bool:
     """Start a whole-stack run of ``op(*planes_or_arrays, should_stop=...)`` into the chosen output.
 
@@ -271,6 +272,8 @@ def run_whole_stack(
 
     ``input_layers`` are the layers the run reads (default: ``like``): one deleted while the run computes ends it
     with a line on the run's status line and no output layer, not an error (:func:`check_inputs_kept`).
+
+    ``on_added`` is called with each output layer the run adds (none when nothing is added).
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
@@ -346,8 +349,10 @@ def run_whole_stack(
                 # layer's own) and named by the input's axis labels
                 placed, problem = c.placement(like, len(scale), dropped_z=dropped_z)
                 kw.update(placed)
-                widget.viewer.add_image(data, **kw)
+                added = widget.viewer.add_image(data, **kw)
                 c.warn_placement(problem)
+                if on_added is not None:
+                    on_added(added)
 
         return panel.start(job, desc=f"writing {name}", on_result=done, inputs=inputs)
 
@@ -359,8 +364,10 @@ def run_whole_stack(
         def done(lazy):
             check_inputs_kept(widget.viewer, input_layers or [like])
             lazy = _ops.guard_blocks(lazy, lazy_error_reporter(name, getattr(lazy, "chunks", ()), inputs))
-            widget.add_result(lazy, name=name, scale=scale, translate=translate, metadata=meta, like=like,
-                              dropped_z=dropped_z, **layer_kwargs)
+            added = widget.add_result(lazy, name=name, scale=scale, translate=translate, metadata=meta, like=like,
+                                      dropped_z=dropped_z, **layer_kwargs)
+            if on_added is not None:
+                on_added(added)
 
         return panel.start(job, desc=f"building {name}", on_result=done, inputs=inputs, note=c.LAZY_NOTE)
 
@@ -390,8 +397,10 @@ def run_whole_stack(
         kw = dict(layer_kwargs)
         if "contrast_limits" not in kw:
             kw["contrast_limits"] = _ops.robust_limits(result)
-        widget.add_result(result, name=name, scale=scale, translate=translate, metadata=meta, like=like,
-                          dropped_z=dropped_z, **kw)
+        added = widget.add_result(result, name=name, scale=scale, translate=translate, metadata=meta, like=like,
+                                  dropped_z=dropped_z, **kw)
+        if on_added is not None:
+            on_added(added)
 
     return panel.start(job, desc=name, on_result=done, inputs=inputs)
 

@@ -636,16 +636,14 @@ class DefocusWidget(c.LinblurWidget):
         attrs = {"operation": "defocus-map", "unit": SIGMA_UNIT if setup is None else UM_UNIT,
                  "model": self._model_name(kw.get("model")), "mode": kw["mode"], **tile_attrs, "tta": kw["tta"],
                  "camera": kw["camera"], **({"optics": setup.to_dict()} if setup is not None else {})}
-        started = run_whole_stack(
+        return run_whole_stack(
             self, self.panel, self.output, op=op, arrays=[_ops.layer_array(layer)], like=layer,
             scale=tuple(layer.scale), translate=tuple(layer.translate), dropped_z=False,
             name=f"defocus {unit}{self._tag(kw)}[{layer.name}]", sources=c.source_paths(layer),
             layer_kwargs={"colormap": COLORMAP, "contrast_limits": map_limits(setup)},
             metadata={"linblur_op": "estimate_defocus", **meta}, attrs=attrs, inputs=self._input_names(),
+            on_added=self._style,  # the output already has the fixed limits of its units (map_limits): a colorbar
         )
-        if started:
-            self.panel.worker.returned.connect(lambda *_: self._style_last())
-        return started
 
     @staticmethod
     def _model_name(model: str | None) -> str:
@@ -655,13 +653,6 @@ class DefocusWidget(c.LinblurWidget):
         from napari_linblur.models.registry import DEFAULTS
 
         return str(DEFAULTS.get("defocus", "defocus-default"))
-
-    def _style_last(self) -> None:
-        # the output already has the fixed limits of its units (map_limits): only the colorbar is added here
-        if len(self.viewer.layers):
-            last = self.viewer.layers[-1]
-            if last.name.startswith(("defocus σ[", "defocus µm[", "defocus σ (", "defocus µm (")):
-                self._style(last)
 
     # --- focus curve ---------------------------------------------------------------------------
     def run_focus_curve(self) -> bool:
