@@ -145,3 +145,33 @@ def test_writer_refuses_axis_names_a_reader_would_misread(tmp_path):
         with pytest.raises(ValueError, match=says):
             write_ome_zarr(tmp_path / "o.zarr", data, axes="azyx", axis_names=names, axis_types=types)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------- plain TIFF resolution
+
+
+@pytest.mark.parametrize("dpi", [96, 300, 1200])
+def test_a_plain_tiffs_dots_per_inch_are_not_a_pixel_size(tmp_path, dpi):
+    """A plain TIFF exported at 96 or 300 dpi (an image editor's, a screenshot's) used to read as pixels of 264.6 or
+    84.7 µm, and `linblur defocus-map --um` reported hundreds of µm of defocus; dpi leave the image uncalibrated,
+    and pixels per centimetre (as microscope software writes them) are the pixel size."""
+    img = np.zeros((3, 16, 16), np.uint16)
+    inch = tmp_path / "inch.tif"
+    tifffile.imwrite(inch, img, resolution=(dpi, dpi), resolutionunit=2)
+    meta = open_zstack_with_metadata(inch)[1]
+    assert meta.scale[-2:] == (1.0, 1.0) and meta.units[-2:] == (None, None)
+    cm = tmp_path / "cm.tif"
+    tifffile.imwrite(cm, img, resolution=(15384.6, 15384.6), resolutionunit=3)  # 0.65 µm pixels
+    meta = open_zstack_with_metadata(cm)[1]
+    assert meta.scale[-2:] == pytest.approx((0.65, 0.65), rel=1e-5) and meta.units[-1] == "micrometer"
+
+
+def test_defocus_map_in_um_asks_for_the_pixel_size_of_a_dpi_tiff(tmp_path, capsys):
+    from napari_linblur.cli.main import main
+
+    tif = tmp_path / "exported.tif"
+    tifffile.imwrite(tif, np.zeros((2, 32, 32), np.uint16), resolution=(96, 96), resolutionunit=2)
+    code = main(["defocus-map", str(tif), str(tmp_path / "um.zarr"), "--um", "--na", "0.45",
+                 "--wavelength", "0.52", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--pixel-um" in err and not (tmp_path / "um.zarr").exists(), err

@@ -761,15 +761,17 @@ def _tiff_scale(tf: Any, axes: str) -> tuple[tuple[float, ...], tuple[str | None
             if ij.get("Labels") and "c" in axes and len(ij["Labels"]) == tf.series[0].shape[axes.index("c")]:
                 names = [str(n) for n in ij["Labels"]]
         else:
+            # a plain TIFF: only pixels per centimetre are taken as the sample's pixel size (as microscope software
+            # writes it). Dots per inch (the TIFF default unit) are a screen or print setting — 96 dpi would be a
+            # 264.6 µm pixel — so they, and resolutions without a unit, leave the image uncalibrated.
             resunit = page.tags.get("ResolutionUnit")
-            factor = {2: 25400.0, 3: 10000.0}.get(int(resunit.value) if resunit is not None else 2)
-            for letter, tag in (("x", "XResolution"), ("y", "YResolution")):
-                t = page.tags.get(tag)
-                if t is not None and factor is not None:
-                    num, den = t.value
-                    # the TIFF default of 72 dpi / 1 px per unit means "no calibration"
-                    if num and den and num / den not in (1.0, 72.0):
-                        setax(letter, factor * den / num, "micrometer")
+            if resunit is not None and int(resunit.value) == 3:
+                for letter, tag in (("x", "XResolution"), ("y", "YResolution")):
+                    t = page.tags.get(tag)
+                    if t is not None:
+                        num, den = t.value
+                        if num and den and num / den != 1.0:  # 1 px per unit: no calibration
+                            setax(letter, 10000.0 * den / num, "micrometer")
     except Exception:  # metadata is best effort, the pixels are what matter
         pass
     return tuple(scale), tuple(units), names
