@@ -501,6 +501,35 @@ def test_evaluate_cli_photons(tmp_path, tiny_model, capsys):
     assert "--photons" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
+def test_evaluate_on_pictures_no_model_choice_has_seen(tmp_path, tiny_model, capsys):
+    """--shuffle-sources draws the pixel-shuffled test images from other held-out pictures (the validation runs that
+    chose the shipped models drew crops of the default ones): recorded, named in the tables, different images; a
+    training picture or one scikit-image would download is refused before anything runs."""
+    from napari_linblur.evaluation.defocus import EvalConfig, heldout_images
+    from napari_linblur.training.defocus import FRESH_SOURCES, HELDOUT_SOURCES, TRAIN_SOURCES
+
+    assert not set(FRESH_SOURCES) & (set(TRAIN_SOURCES) | set(HELDOUT_SOURCES))
+    base = ["evaluate", "defocus", "--model", f"tiny={tiny_model}", "--n-images", "3", "--size", "48",
+            "--no-through-focus", "--no-bbbc006", "--no-baselines", "--device", "cpu"]
+    out = tmp_path / "fresh"
+    assert main([*base, "--shuffle-sources", *FRESH_SOURCES, "--out", str(out)]) == 0
+    res = json.loads((out / "defocus_eval.json").read_text())
+    assert res["config"]["shuffle_sources"] == list(FRESH_SOURCES)
+    assert "from cat / stereo_motorcycle / clock" in (out / "defocus_eval.md").read_text()
+    fresh = heldout_images("shuffle", EvalConfig(n_images=3, size=48, shuffle_sources=FRESH_SOURCES))
+    held = heldout_images("shuffle", EvalConfig(n_images=3, size=48))
+    for a, b in zip(fresh, held):  # same seed, so the same σ maps; other pictures, so other contents
+        np.testing.assert_array_equal(a["sigma"], b["sigma"])
+        assert not np.array_equal(np.sort(a["content"], None), np.sort(b["content"], None))
+    capsys.readouterr()
+    for name, says in (("camera", "a training picture"), ("brain", "not a picture that ships")):
+        assert main([*base, "--shuffle-sources", name, "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert f"--shuffle-sources {name}: {says}" in err and not (tmp_path / name).exists(), err
+    with pytest.raises(ValueError, match="training pictures"):
+        heldout_images("shuffle", EvalConfig(n_images=1, size=48, shuffle_sources=("coins", "moon")))
+
+
 def test_batchnorm_re_estimated_by_the_loop_unless_cancelled(tmp_path):
     from napari_linblur.training.defocus import DefocusTask
     from napari_linblur.training.loop import TrainConfig, train

@@ -30,6 +30,9 @@ def register(subparsers) -> None:
                    help="photo-electrons at the peak of the held-out images' source scale (phantoms: their brightest "
                    "pixel; pixel-shuffled crops: the whole source image's, so a dim crop gets less). Camera: gain 1, "
                    "read noise 2 e-")
+    p.add_argument("--shuffle-sources", nargs="+", default=["coins", "cell"], metavar="PICTURE",
+                   help="scikit-image pictures whose crops make the pixel-shuffled test images, in turn (held out of "
+                   "training; 'cat stereo_motorcycle clock': pictures no model choice has seen)")
     p.add_argument("--no-baselines", action="store_true", help="skip the classical estimators")
     p.add_argument("--no-through-focus", action="store_true", help="skip the vectorial through-focus stack")
     p.add_argument("--no-bbbc006", action="store_true", help="skip the real BBBC006 plane")
@@ -61,6 +64,15 @@ def check_options(args) -> None:
         raise ValueError(f"--photons must be positive (peak photo-electrons), got {args.photons}")
     if args.seed < 0:
         raise ValueError(f"--seed must be an int >= 0 (the held-out data's seed, e.g. 20240), got {args.seed}")
+    from napari_linblur.training.defocus import BUNDLED_SOURCES, TRAIN_SOURCES
+
+    for name in args.shuffle_sources:
+        if name in TRAIN_SOURCES:
+            raise ValueError(f"--shuffle-sources {name}: a training picture; give pictures held out of training, "
+                             f"e.g. coins cell (the default) or cat stereo_motorcycle clock")
+        if name not in BUNDLED_SOURCES:
+            raise ValueError(f"--shuffle-sources {name}: not a picture that ships with scikit-image; use coins, "
+                             f"cell, cat, stereo_motorcycle or clock")
 
 
 def run(args) -> int:
@@ -79,7 +91,8 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = EvalConfig(n_images=args.n_images, size=args.size, seed=args.seed, photons=args.photons)
+    cfg = EvalConfig(n_images=args.n_images, size=args.size, seed=args.seed, photons=args.photons,
+                     shuffle_sources=tuple(args.shuffle_sources))
     res = evaluate_defocus(parse_models(args.model), cfg=cfg, baselines=not args.no_baselines, device=args.device,
                            through_focus=not args.no_through_focus, bbbc006=not args.no_bbbc006, tta=args.tta)
     from ._groups import command_line

@@ -60,6 +60,9 @@ class EvalConfig:
     stack_wavelength_um: float = 0.52
     stack_pixel_um: float = 0.65
     bbbc006: str | None = BBBC006_GLOB
+    #: the scikit-image pictures whose crops are pixel-shuffled, in turn (``training.defocus.HELDOUT_SOURCES``;
+    #: ``FRESH_SOURCES`` for a check on pictures no model choice has seen)
+    shuffle_sources: tuple[str, ...] = ("coins", "cell")
 
 
 def _phantom_content(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -79,17 +82,22 @@ def heldout_images(kind: str, cfg: EvalConfig) -> list[dict[str, np.ndarray]]:
     from napari_linblur.optics.noise import poisson_gaussian
     from napari_linblur.optics.shuffle import pixel_shuffle
     from napari_linblur.optics.varying import render_spatially_varying
-    from napari_linblur.training.defocus import HELDOUT_SOURCES, _crop, _natural
+    from napari_linblur.training.defocus import TRAIN_SOURCES, _crop, _natural
 
     if kind not in ("microscopy", "shuffle"):
         raise ValueError(f"kind={kind!r}; use 'microscopy' or 'shuffle'")
+    sources = tuple(cfg.shuffle_sources)
+    trained = sorted(set(sources) & set(TRAIN_SOURCES))
+    if not sources or trained:
+        raise ValueError(f"shuffle_sources={sources!r}: give pictures held out of training"
+                         + (f" ({', '.join(trained)} are training pictures)" if trained else ""))
     out = []
     for i in range(cfg.n_images):
         rng = np.random.default_rng([cfg.seed, 1 if kind == "microscopy" else 2, i])
         if kind == "microscopy":
             content = _phantom_content(cfg.size, rng)
         else:
-            src = _crop(_natural(HELDOUT_SOURCES[i % len(HELDOUT_SOURCES)]), cfg.size, rng)
+            src = _crop(_natural(sources[i % len(sources)]), cfg.size, rng)
             content = pixel_shuffle(src, rng).astype(np.float32)
         # the paper's half/half: even images Gaussian random fields, odd images region maps, full range
         sig = _eval_map(cfg.size, rng, i)
@@ -352,8 +360,10 @@ def markdown_report(res: dict[str, Any]) -> str:
             "δ<1.25³"]
     for kind, table in res["spatially_varying"].items():
         for region in ("all", "signal"):
+            pictures = cfg.get("shuffle_sources", EvalConfig.shuffle_sources)
+            source = f", from {' / '.join(pictures)}" if kind == "shuffle" else ""
             lines.append(f"#### {kind} test images ({cfg['n_images']} x {cfg['size']}², σ ∈ [0, 10] px, "
-                         f"{cfg.get('photons', EvalConfig.photons):g} e⁻ peak, "
+                         f"{cfg.get('photons', EvalConfig.photons):g} e⁻ peak{source}, "
                          f"{'all pixels' if region == 'all' else 'signal pixels'})")
             lines.append("")
             lines.append("| method | " + " | ".join(cols) + " | s/image |")
