@@ -1,4 +1,4 @@
-"""Histogram-invariant spatial aliasing sampling (paper 001, §2.3): a random permutation of pixel positions.
+"""Histogram-invariant spatial aliasing sampling (paper 001, §2.2): a random permutation of pixel positions.
 
 Shuffling decouples every pixel from its neighbours, so any image -- even a blurred one -- becomes an
 "all-in-focus" image with exactly the same histogram and a very large variance of the Laplacian. Blurring it
