@@ -146,6 +146,26 @@ def test_synthesize_many_stacks_on_a_running_scheduler(tmp_path, tiny_models):
     np.testing.assert_array_equal(result.compute(), _synthesize_reference(data, 2, 0, [0.5], tiny_models["ae"]))
 
 
+def test_synthesize_names_the_file_and_plane_in_errors(tmp_path, tiny_models, capsys):
+    """An error about a plane names the file and which plane (--sharp or --blurry), not synthesize_blur's img_a /
+    img_c; a --positions value outside the two planes is named with them, not as d_b between d_a and d_c."""
+    from napari_linblur.cli.main import main
+
+    data = np.random.default_rng(0).random((5, 32, 32)).astype(np.float32)
+    data[2, 3, 3] = np.nan
+    path = tmp_path / "nan.tif"
+    tifffile.imwrite(path, data)
+    base = ["--model", tiny_models["ae"], "--device", "cpu", "--workers", "1", "--no-progress"]
+    assert main(["synthesize", str(path), str(tmp_path / "a.zarr"), "--sharp", "3", "--blurry", "2", *base]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(path) + ', plane 2 (--blurry)'!r} contains NaN" in err and "img_c" not in err, err
+    assert main(["synthesize", str(path), str(tmp_path / "b.zarr"), "--sharp", "3", "--blurry", "0",
+                 "--positions", "7", "1", *base]) == 2
+    err = capsys.readouterr().err
+    assert "--positions 7: a synthesized plane must lie strictly between --sharp 3 and --blurry 0" in err, err
+    assert "d_b" not in err and not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
 def test_batch_cli_names_the_overwrite_option(stack_path, tmp_path, tiny_models, capsys):
     from napari_linblur.cli.main import main
 
@@ -216,7 +236,7 @@ def test_a_failing_plane_is_named_and_sigterm_removes_the_partial_output(tmp_pat
     import dask.array as da
 
     for x in (stack, da.from_array(stack, chunks=(1, 32, 32))):
-        with pytest.raises(ValueError, match=r"^img contains NaN.*\(at plane \(2,\) of the stack\)$"):
+        with pytest.raises(ValueError, match=r"^img contains NaN.*\(at plane \(2,\) of the input\)$"):
             np.asarray(map_planes(double, x))
 
     big = write_ome_zarr(tmp_path / "big.zarr", np.random.default_rng(0).random((64, 256, 256), np.float32),

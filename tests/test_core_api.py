@@ -34,6 +34,8 @@ def test_public_api_is_lazy_and_complete():
         (np.array([[np.nan] * 5] * 5), "NaN"),
         (np.zeros((32, 32, 3)), "RGB"),
         (np.zeros((8, 8), complex), "dtype"),
+        (np.zeros((8, 8), "datetime64[s]"), "img has dtype datetime64"),  # was numpy's "cannot include dtype 'M'"
+        (np.zeros((8, 8), "timedelta64[s]"), "img has dtype timedelta64"),
         (None, "None"),
     ],
 )
@@ -195,6 +197,9 @@ def test_registry_roundtrip_hash_and_errors(tmp_path, monkeypatch):
         registry.load_model(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="unknown model"):
         registry.load_model("no-such-model")
+    for empty in ("", "  "):  # was "'.' is a folder": the current folder
+        with pytest.raises(ValueError, match=r"^model is empty .*give a shipped name \(ae-default"):
+            registry.load_model(empty)
     (tmp_path / "w.pt").write_bytes(b"\x80\x04pickle")
     with pytest.raises(ValueError, match="safetensors"):
         registry.load_model(tmp_path / "w.pt")

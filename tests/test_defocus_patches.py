@@ -191,9 +191,9 @@ def test_errors_scoring_a_plane_name_the_plane(method, lazy):
     kw = {"device": "cpu"} if method == "defocus" else {}
     if method == "defocus" and "defocus-default" not in list_models():
         pytest.skip("defocus-default not shipped")
-    with pytest.raises(ValueError, match=r"stack contains NaN or Inf values.*\(at plane \(1, 2\) of the stack\)"):
+    with pytest.raises(ValueError, match=r"stack contains NaN or Inf values.*\(at plane \(1, 2\) of the input\)"):
         D.focus_curve(arr, method=method, compute=True, **kw)
-    with pytest.raises(ValueError, match=r"NaN or Inf.*at plane \(1, 2\) of the stack") as err:
+    with pytest.raises(ValueError, match=r"NaN or Inf.*at plane \(1, 2\) of the input") as err:
         D.best_focus(arr, method=method, **kw)
     assert str(err.value).count("at plane") == 1
     # a single plane has no index to name: the message is unchanged
@@ -204,9 +204,9 @@ def test_errors_scoring_a_plane_name_the_plane(method, lazy):
 def test_a_stack_with_nan_names_the_plane_in_the_defocus_map_too():
     stack = np.ones((3, 16, 16))
     stack[2, 3, 3] = np.inf
-    with pytest.raises(ValueError, match=r"img contains NaN or Inf values.*\(at plane \(2,\) of the stack\)$"):
+    with pytest.raises(ValueError, match=r"img contains NaN or Inf values.*\(at plane \(2,\) of the input\)$"):
         D.estimate_defocus(stack, device="cpu")
-    with pytest.raises(ValueError, match=r"at plane \(2,\) of the stack\)$"):
+    with pytest.raises(ValueError, match=r"at plane \(2,\) of the input\)$"):
         D.defocus_patches(stack, patch_size=8, device="cpu")
 
 

@@ -88,7 +88,9 @@ def test_stop_is_the_default_and_names_the_plane(tmp_path, scheduler, capsys, ki
     err = capsys.readouterr().err
     assert needle in err
     if kind == "nan":
-        assert "(at plane (1, 1) of the stack)" in err  # field k06_s2 (P 1), Z 1
+        # named as the folder the user gave, not as focus_curve's argument ("stack contains NaN")
+        assert f"{str(plate)!r} contains NaN" in err and "stack" not in err, err
+        assert "(at plane (1, 1) of the input)" in err  # field k06_s2 (P 1), Z 1
     assert not js.exists() and not cs.exists()
 
 

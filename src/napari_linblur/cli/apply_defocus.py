@@ -432,7 +432,7 @@ def run_focus(args) -> int:
     import dask
     import numpy as np
 
-    from napari_linblur.batch import compute_on_client, dask_client, progress_from_args
+    from napari_linblur.batch import compute_on_client, dask_client, naming_the_input, progress_from_args
     from napari_linblur.inference.defocus_ops import focus_curve
     from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
     from napari_linblur.io.readers import open_zstack_with_metadata
@@ -440,15 +440,18 @@ def run_focus(args) -> int:
     check_report_paths(args.input, overwrite=args.overwrite, json=args.json, csv=args.csv)
     camera = camera_from_args(args)
     arr, meta = open_zstack_with_metadata(args.input, channel=args.channel)
-    lazy = focus_curve(arr, method=args.method, model=args.model, device=args.device, compute=False,
-                       tile=args.tile, camera=camera)
+    names = {"stack": str(args.input)}  # focus_curve's argument, as the file the user gave
+    with naming_the_input(args.input, names):
+        lazy = focus_curve(arr, method=args.method, model=args.model, device=args.device, compute=False,
+                           tile=args.tile, camera=camera)
     model = model_info(args.model) if args.method == "defocus" else None
     progress = progress_from_args(args)
     skip = getattr(args, "on_error", "stop") == "skip"
-    with dask_client(args.scheduler, args.workers) as client:
+    with dask_client(args.scheduler, args.workers) as client, naming_the_input(args.input, names):
         if skip:
             # --on-error skip: one future per plane, a plane that fails is NaN and its error is kept
-            curves, has_signal, errors = _focus_curves_skipping_errors(client, lazy, arr, meta, progress)
+            curves, has_signal, errors = _focus_curves_skipping_errors(client, lazy, arr, meta, progress,
+                                                                         args.input)
         else:
             # (..., Z): the reader gives every input a Z axis, so there is one even for a single plane
             curves = np.atleast_1d(np.asarray(compute_on_client(client, lazy, progress=progress, desc="focus",
@@ -519,7 +522,7 @@ def run_focus(args) -> int:
     return 0
 
 
-def _focus_curves_skipping_errors(client, lazy, arr, meta, progress) -> tuple:
+def _focus_curves_skipping_errors(client, lazy, arr, meta, progress, input_name) -> tuple:
     """``linblur focus --on-error skip``: the focus curves (NaN for every plane that failed to be scored), each
     stack's ``has_signal`` (an object array, None where unknown) and ``{stack index: error message}``.
 
@@ -530,6 +533,7 @@ def _focus_curves_skipping_errors(client, lazy, arr, meta, progress) -> tuple:
     import numpy as np
 
     from napari_linblur.batch import compute_blocks_on_client
+    from napari_linblur.inference.validate import name_arguments
 
     values, failed = compute_blocks_on_client(client, lazy, progress=progress, desc="focus", unit="plane")
     curves = np.atleast_1d(values)
@@ -539,7 +543,8 @@ def _focus_curves_skipping_errors(client, lazy, arr, meta, progress) -> tuple:
     for idx in sorted(failed):
         err, z = failed[idx], idx[-1] if idx else 0
         where = f"plane {z}" + ("" if planes is None else f" (BBBC006 plane {planes[z]})")
-        messages.setdefault(tuple(idx[:-1]), []).append(f"{where}: {type(err).__name__}: {err}")
+        text = name_arguments(str(err), {"stack": str(input_name)})  # focus_curve's argument, as the file
+        messages.setdefault(tuple(idx[:-1]), []).append(f"{where}: {type(err).__name__}: {text}")
     # the best plane (over the planes that scored) of every stack again, for has_signal
     has_signal = np.full(lead, None, dtype=object)
     todo = []

@@ -26,7 +26,7 @@ from ._groups import DefaultsHelpFormatter
 def run_synthesize(args: argparse.Namespace) -> int:
     import dask.array as da
 
-    from napari_linblur.batch import bar_reporter, dask_client, progress_bar, progress_from_args
+    from napari_linblur.batch import bar_reporter, dask_client, naming_the_input, progress_bar, progress_from_args
     from napari_linblur.inference.latent_ops import alpha_from_positions, synthesize_blur
     from napari_linblur.io.omezarr import check_output_path, writable_axes, write_ome_zarr
     from napari_linblur.io.readers import open_zstack_with_metadata
@@ -46,12 +46,21 @@ def run_synthesize(args: argparse.Namespace) -> int:
     if args.alpha and args.positions:
         raise ValueError("give either --alpha or --positions, not both")
     if args.positions:
+        lo, hi = sorted((args.sharp, args.blurry))
+        outside = [p for p in args.positions if not lo < p < hi]
+        if outside:
+            raise ValueError(f"--positions {' '.join(f'{p:g}' for p in outside)}: a synthesized plane must lie "
+                             f"strictly between --sharp {args.sharp} and --blurry {args.blurry} (plane numbers)")
         alphas = [alpha_from_positions(args.sharp, p, args.blurry) for p in args.positions]
     else:
         alphas = list(args.alpha or [0.5])
     a = stack[..., args.sharp, :, :]
     c = stack[..., args.blurry, :, :]
-    planes = [synthesize_blur(a, c, al, model=args.model, device=args.device) for al in alphas]
+    # errors about the planes name the file and plane (not synthesize_blur's img_a / img_c)
+    names = {"img_a": f"{args.input}, plane {args.sharp} (--sharp)",
+             "img_c": f"{args.input}, plane {args.blurry} (--blurry)"}
+    with naming_the_input(args.input, names):
+        planes = [synthesize_blur(a, c, al, model=args.model, device=args.device) for al in alphas]
     out = da.stack(planes, axis=-3)
     axes = writable_axes(meta.axes) if meta.axes.endswith("zyx") and len(meta.axes) == out.ndim else None
     # the input's calibration on every axis but Z, whose planes are the synthesized α values (in the attributes)
@@ -66,6 +75,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
     with (
         progress_bar(None, desc="synthesize", unit="block", progress=progress_from_args(args)) as bar,
         dask_client(args.scheduler, args.workers),
+        naming_the_input(args.input, names),
     ):
         write_ome_zarr(
             args.output,

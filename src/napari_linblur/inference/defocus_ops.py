@@ -209,7 +209,7 @@ def _patch_mask(plane: np.ndarray, patch_pixels: str) -> np.ndarray | None:
 def _check_stack(x: Any, name: str) -> Any:
     """:func:`~napari_linblur.inference.validate.check_image`, whose NaN/Inf check of a numpy stack runs plane by
     plane (still before any work) so that its error names the plane, as the per-plane check of a dask stack does
-    at compute time: ``"stack contains NaN or Inf values; ... (at plane (1, 2) of the stack)"``."""
+    at compute time: ``"stack contains NaN or Inf values; ... (at plane (1, 2) of the input)"``."""
     x = check_image(x, name, check_finite=False)
     if not is_dask(x):
         for idx in np.ndindex(*x.shape[:-2]):
@@ -622,14 +622,15 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
     numpy.ndarray or dask.array.Array
         float64 of shape ``stack.shape[:-2]`` (dask for dask input unless ``compute=True``); never NaN
         (constant planes score 0 with the classical measures and -10 with ``"defocus"``, the top of the trained σ
-        range, so that an empty frame never outranks a plane with structure below it).
+        range, so that an empty frame never outranks a plane with structure below it; ``"vollath"`` is the
+        exception: a strongly blurred or noise-only plane can score slightly below 0, under an empty frame).
 
     Raises
     ------
     ValueError, TypeError
         Bad stack, method or option. An error while scoring one plane of a stack (NaN/Inf values, a
         non-finite normalization...) keeps its type and message and names the plane:
-        ``"stack contains NaN or Inf values; ... (at plane (2,) of the stack)"``.
+        ``"stack contains NaN or Inf values; ... (at plane (2,) of the input)"``.
 
     Examples
     --------
@@ -662,7 +663,7 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
         return np.asarray(lazy.compute()) if compute else lazy
     out = np.empty(lead, np.float64)
     for idx in np.ndindex(*lead):
-        with _naming_the_plane(idx):  # "... (at plane (3,) of the stack)", as estimate_defocus says
+        with _naming_the_plane(idx):  # "... (at plane (3,) of the input)", as estimate_defocus says
             out[idx] = fn(np.asarray(stack[idx]))
     return out
 

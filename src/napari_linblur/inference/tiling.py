@@ -250,10 +250,10 @@ def _naming_the_plane(index: tuple[int, ...]):
     try:
         yield
     except (ValueError, TypeError) as err:
-        if not index or str(err).endswith("of the stack)"):
+        if not index or str(err).endswith("of the input)"):
             raise
         try:  # at the end: messages start with the argument's name, which the plugin replaces by the layer's
-            named = type(err)(f"{err} (at plane {tuple(int(i) for i in index)} of the stack)")
+            named = type(err)(f"{err} (at plane {tuple(int(i) for i in index)} of the input)")
         except Exception:  # noqa: BLE001 - an exception type with other arguments: keep it as it is
             raise err from None
         raise named from err

@@ -52,7 +52,8 @@ def check_image(x: Any, name: str = "img", *, allow_stack: bool = True, check_fi
     if x is None:
         raise TypeError(f"{name} is None; expected {ACCEPTED_IMAGE}")
     if not is_dask(x):
-        if hasattr(x, "data") and hasattr(x, "name") and type(x).__module__.startswith("napari"):
+        # the module first: ``.data`` of a datetime64 ndarray raises (a buffer of dtype 'M')
+        if type(x).__module__.startswith("napari") and hasattr(x, "data") and hasattr(x, "name"):
             raise TypeError(f"{name} is a napari layer; pass its .data ({ACCEPTED_IMAGE})")
         try:
             x = np.asarray(x)

@@ -100,6 +100,9 @@ def _locate(name_or_path: str | os.PathLike) -> tuple[Path, dict, str | None]:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model must be a shipped name or a .safetensors path, got {type(name_or_path).__name__}")
     text = os.fspath(name_or_path)
+    if not text.strip():
+        raise ValueError(f"model is empty ({text!r}); give a shipped name ({', '.join(list_models())}) or a "
+                         ".safetensors path, or None for the operation's default")
     as_path = Path(text)
     shipped = (WEIGHTS_DIR / f"{text}.safetensors").exists() and (WEIGHTS_DIR / f"{text}.json").exists()
     # a shipped name (e.g. ae-default) always means the shipped model, whatever the current folder holds
