@@ -96,6 +96,18 @@ def _resolve(tokens: list[str]) -> tuple[argparse.ArgumentParser, str, list[str]
     return parser, name, tokens
 
 
+def _parse_problem(tokens: list[str]) -> str | None:
+    """argparse's error for ``linblur TOKENS`` (its last line), or None when the command parses."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args(tokens)
+    except SystemExit as exit_:
+        if exit_.code:
+            return err.getvalue().strip().splitlines()[-1]
+    return None
+
+
 LINBLUR = _commands("linblur")
 SCRIPTS = _commands("python")
 
@@ -126,13 +138,9 @@ def test_every_whole_command_in_a_code_block_parses(page):
     for where, tokens, whole in LINBLUR:
         if where != page or not whole or "..." in tokens or "…" in " ".join(tokens):
             continue
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                build_parser().parse_args(tokens)
-        except SystemExit as exit_:
-            if exit_.code:
-                failed.append(f"linblur {' '.join(tokens)[:120]}: {err.getvalue().strip().splitlines()[-1]}")
+        problem = _parse_problem(tokens)
+        if problem:
+            failed.append(f"linblur {' '.join(tokens)[:120]}: {problem}")
     assert not failed, f"{page}: commands that do not parse:\n" + "\n".join(failed)
 
 
@@ -186,12 +194,7 @@ def test_every_command_a_model_card_records_parses_today():
     assert len({card for card, *_ in CARD_COMMANDS}) == 3 and len(CARD_COMMANDS) > 20
     failed = []
     for card, where, command in CARD_COMMANDS:
-        tokens = _tokens(command)[1:]
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                build_parser().parse_args(tokens)
-        except SystemExit as exit_:
-            if exit_.code:
-                failed.append(f"{card}{where}: {err.getvalue().strip().splitlines()[-1]}")
+        problem = _parse_problem(_tokens(command)[1:])
+        if problem:
+            failed.append(f"{card}{where}: {problem}")
     assert not failed, "\n".join(failed)
