@@ -8,6 +8,12 @@ worker default ``MALLOC_TRIM_THRESHOLD_=65536`` (set in the environment, which t
 ``estimate_defocus`` in this process on one thread, with no dask. Times are the best of 2 interleaved rounds; the
 cluster start-up and the OME-Zarr write are inside every batch time.
 
+A third section measures what the client spends to submit one plane's task to a cluster (``client.compute`` of one
+plane, as the OME-Zarr writer submits them), for stacks of 500 (the baseline) and 8000 tiny planes, and the size of
+one plane's task: a cost that grows with the stack's plane count makes a plate of thousands of planes quadratic
+(each operation built its per-plane graph with dask's ``block_info`` until session 22), and the network's weights
+in every task (``deblur``, ``synthesize_blur`` until session 22) fill the client's and the scheduler's memory.
+
 A second section reads inputs chunked along Z: 32 planes of 1024² uint16 stored one plane per chunk (the baseline)
 or 16 planes per chunk, through ``run_batch`` with a cheap per-plane filter, so that reading dominates. Each plane is
 one task, so a 16-plane chunk is decompressed once per plane it holds.
@@ -73,6 +79,43 @@ def run(report) -> None:
          "seconds": t["batch trim"], "time / loop": t["batch trim"] / base},
     ])
     run_z_chunks(report)
+    run_submission(report)
+
+
+def run_submission(report) -> None:
+    import time
+
+    import cloudpickle
+    import dask
+    import dask.array as da
+    import zarr
+    from distributed import Client, LocalCluster
+
+    import napari_linblur as nl
+
+    ops = {"estimate_defocus": lambda x: nl.estimate_defocus(x, device="cpu"),
+           "deblur (network)": lambda x: nl.deblur(x, device="cpu"),
+           "synthesize_blur": lambda x: nl.synthesize_blur(x, x, 0.5, device="cpu")}
+    rows = []
+    with (tempfile.TemporaryDirectory() as tmp,
+          LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+          Client(cluster) as client):
+        for name, op in ops.items():
+            per_plane = {}
+            for n in (500, 8000):  # planes never written: zarr's fill value, so nothing is read from disk
+                z = zarr.open_array(str(Path(tmp) / f"{n}.zarr"), mode="a", shape=(n, 64, 64), chunks=(1, 64, 64),
+                                    dtype="uint16", fill_value=100)
+                lazy = op(da.from_zarr(z))
+                t0 = time.perf_counter()
+                futures = [client.compute(lazy[i:i + 1]) for i in range(40)]
+                per_plane[n] = (time.perf_counter() - t0) / 40
+                client.cancel(futures)
+            (one,) = dask.optimize(lazy[1:2])
+            size = len(cloudpickle.dumps(dict(one.__dask_graph__())))
+            rows.append({"operation": name, "ms per plane, 500 planes (baseline)": 1e3 * per_plane[500],
+                         "ms per plane, 8000 planes": 1e3 * per_plane[8000],
+                         "8000 / 500": per_plane[8000] / per_plane[500], "one plane's task, KiB": size / 1024})
+    report("submitting one plane's task to a cluster: client time by stack size, and the task's size", rows)
 
 
 def _box3(plane):

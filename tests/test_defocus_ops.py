@@ -211,7 +211,7 @@ def test_model_retrained_into_the_same_file_is_reloaded(tmp_path):
         np.testing.assert_allclose(maps[-1], D.estimate_defocus(img, model=fresh, device="cpu", amp="off"),
                                    atol=1e-5)
     assert np.abs(maps[0] - maps[1]).max() > 1e-3
-    assert sum(k[1] == str(path) for k in D._MODEL_CACHE) == 1  # the old weights were dropped
+    assert sum(k[1] == str(path) for k in registry._MODEL_CACHE) == 1  # the old weights were dropped
 
 
 def test_focus_options_are_checked(net):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import zarr
 from scipy import ndimage
 
 from defocus_helpers import save_tiny_model
@@ -260,6 +261,37 @@ def test_a_scheduler_without_workers_is_reported_while_the_run_waits(monkeypatch
     assert result == 3 and not helper.is_alive()
 
 
+def test_a_cluster_that_loses_all_its_workers_is_reported_once_per_outage(capsys):
+    """The watcher used to stop once a worker had joined: a run whose workers all left (killed, a job's time limit)
+    waited silently for ever. Each outage is said once, and a worker joining ends it."""
+    from distributed import Client, LocalCluster
+
+    def wait_for(text: str, seen: list[str]) -> None:
+        deadline = time.monotonic() + 30
+        while text not in "".join(seen) and time.monotonic() < deadline:
+            seen.append(capsys.readouterr().err)
+            time.sleep(0.1)
+        assert text in "".join(seen), seen
+
+    with (LocalCluster(n_workers=1, processes=False, dashboard_address=":0",
+                       scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client):
+        client.wait_for_workers(1)
+        address = cluster.scheduler_address
+        with batch._warn_while_no_workers(client, address, 0.3):
+            time.sleep(0.8)
+            assert "workers" not in capsys.readouterr().err  # workers present: nothing said
+            for _ in range(2):  # two outages, each said once
+                cluster.scale(0)
+                seen: list[str] = []
+                wait_for("has lost all its workers", seen)
+                time.sleep(0.8)
+                seen.append(capsys.readouterr().err)
+                assert "".join(seen).count("lost all its workers") == 1 and "no workers yet" not in "".join(seen)
+                cluster.scale(1)
+                client.wait_for_workers(1)
+                time.sleep(0.6)
+
+
 def test_a_scheduler_with_workers_draws_no_message(scheduler, monkeypatch, capsys):
     import dask.array as da
 
@@ -289,3 +321,62 @@ def test_local_cluster_takes_no_dashboard_port_and_raises_the_large_graph_thresh
         taken.close()
     assert dask.config.get("distributed.admin.large-graph-warning-threshold") != batch.LARGE_GRAPH_WARNING
     assert not [w for w in recwarn if "8787" in str(w.message)]
+
+
+def test_workers_that_join_after_the_run_started_are_used(tmp_path):
+    """A run on a scheduler with no worker yet (the usual order on an HPC cluster: the worker jobs start after the
+    client) computed one plane at a time for ever, even once several workers had joined."""
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    log = tmp_path / "spans"
+    log.mkdir()
+
+    def slow(block):  # each task's start and end, in a file (the task runs on a copy of this function)
+        start = time.monotonic()
+        time.sleep(0.4)
+        (log / f"{start}").write_text(f"{start} {time.monotonic()}")
+        return block + 1
+
+    lazy = da.zeros((10, 16, 16), chunks=(1, 16, 16), dtype=np.float32).map_blocks(
+        slow, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+    with (LocalCluster(n_workers=0, threads_per_worker=1, processes=False, dashboard_address=":0",
+                       scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster)):
+        joiner = threading.Timer(1.0, lambda: cluster.scale(2))
+        joiner.start()
+        out = write_ome_zarr(tmp_path / "late.zarr", lazy, axes="zyx")
+        joiner.join()
+    np.testing.assert_array_equal(zarr.open_array(str(out / "0"), mode="r")[:], np.ones((10, 16, 16), np.float32))
+    spans = [tuple(map(float, f.read_text().split())) for f in log.iterdir()]
+    overlapping = sum(a0 < b1 and b0 < a1 for i, (a0, a1) in enumerate(spans) for b0, b1 in spans[i + 1:])
+    assert len(spans) == 10 and overlapping > 0, spans
+
+
+def test_workers_dying_on_a_task_is_one_line_naming_the_input(tmp_path, monkeypatch, capsys):
+    """distributed's KilledWorker (a worker killed by its memory limit, again and again) was a 29-line traceback
+    naming only an internal task key, exit code 1. The error is real: a worker process that dies on its task."""
+    import os
+
+    import dask
+    from distributed import Client, LocalCluster
+    from distributed.scheduler import KilledWorker
+
+    from napari_linblur.cli import apply_defocus
+    from napari_linblur.cli.main import main
+
+    with (dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+          LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                       scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client):
+        with pytest.raises(KilledWorker) as died:
+            client.submit(os._exit, 1).result(timeout=60)
+
+    def run_focus(args):
+        raise died.value
+
+    monkeypatch.setattr(apply_defocus, "run_focus", run_focus)
+    assert main(["focus", str(tmp_path / "plate.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"linblur focus: error: dask workers died while computing {tmp_path / 'plate.zarr'}")
+    assert "--memory-limit" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -123,24 +123,32 @@ def _say(message: str) -> None:
 
 @contextlib.contextmanager
 def _warn_while_no_workers(client: Any, address: str, after: float) -> Iterator[None]:
-    """Say once (on stderr) when the cluster of ``client`` still has no worker ``after`` seconds on: a run on a
-    scheduler without workers would otherwise wait silently for ever. Watches from a daemon thread until the block
-    ends or a worker joins."""
+    """Say (on stderr) when the cluster of ``client`` has had no worker for ``after`` seconds: at the start (a
+    scheduler without workers) and whenever every worker has left during the run (killed, or its job's time limit);
+    the run would otherwise wait silently for ever. Once per outage; watches from a daemon thread until the block
+    ends."""
     stop = threading.Event()
 
     def watch() -> None:
-        waited, step = 0.0, min(0.5, max(after, 0.05))
+        step = min(0.5, max(after, 0.05))
+        empty_for, said, had_workers = 0.0, False, False
         while not stop.wait(step):
-            waited += step
             try:
-                if client.nthreads():
-                    return  # a worker joined: the run goes on
+                workers = len(client.nthreads())
             except Exception:  # noqa: BLE001 - a closing client or a lost scheduler: the run itself reports that
                 return
-            if waited >= after:
-                _say(f"linblur: the scheduler at {address} has no workers yet; waiting (start some with "
-                     f"`dask worker {address}`, or interrupt and use --workers N for a local cluster)")
-                return
+            if workers:
+                empty_for, said, had_workers = 0.0, False, True
+                continue
+            empty_for += step
+            if empty_for >= after and not said:
+                said = True
+                if had_workers:
+                    _say(f"linblur: the scheduler at {address} has lost all its workers; waiting for workers to "
+                         f"join (`dask worker {address}`), or interrupt: the output is not written")
+                else:
+                    _say(f"linblur: the scheduler at {address} has no workers yet; waiting (start some with "
+                         f"`dask worker {address}`, or interrupt and use --workers N for a local cluster)")
 
     thread = threading.Thread(target=watch, name="linblur-no-workers", daemon=True)
     thread.start()
@@ -180,7 +188,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, *,
 
     after = NO_WORKERS_WARNING_S if warn_no_workers_after is None else float(warn_no_workers_after)
     if not scheduler and workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ValueError(f"--workers must be >= 1 (worker processes of a local cluster), got {workers}")
     with dask.config.set({"distributed.admin.large-graph-warning-threshold": LARGE_GRAPH_WARNING}):
         if scheduler:
             try:

@@ -79,6 +79,17 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"linblur {args.command}: error: not enough memory ({err or 'MemoryError'}); use smaller sizes "
               "(--shape, --fields, --tile, --batch-size, fewer --workers) or a smaller input", file=sys.stderr)
         return 2
+    except Exception as err:
+        if type(err).__name__ != "KilledWorker":  # distributed's, matched by name: distributed is not imported here
+            raise
+        # the workers computing one task died, again and again: a worker's memory limit (the nanny kills it) or
+        # a crash. distributed's own message names only its internal task key.
+        source = getattr(args, "input", None)
+        print(f"linblur {args.command}: error: dask workers died while computing"
+              + (f" {source}" if source else "") + " (killed by their memory limit, or crashed); give each worker "
+              "more memory (dask worker --memory-limit), fewer threads per worker, or a smaller --tile "
+              f"({err})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as err:
         # a training run stops at a step boundary and says where its checkpoint is (TrainingInterrupted)
         print(f"linblur {args.command}: interrupted" + (f" by {err}" if str(err) else ""), file=sys.stderr)

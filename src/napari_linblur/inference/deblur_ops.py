@@ -277,7 +277,7 @@ def deblur(
         if not is_dask(sigma_map):  # a dask map is checked plane by plane when it is computed
             _check_sigma_values(np.asarray(sigma_map))
 
-    from napari_linblur.models.registry import check_model, resolve_model
+    from napari_linblur.models.registry import ModelHandle, check_model
 
     from .device import resolve_device
 
@@ -300,12 +300,9 @@ def deblur(
         sigma_map = None  # checked and warned about above; never computed
     dev = resolve_device(device)
     amp = resolve_amp(amp, dev)
-    net = resolve_model(model, "deblur", device=dev) if uses_net else None
-    if net is not None:
-        import torch
-
-        net = net.to(memory_format=torch.channels_last)
-    ae = resolve_model(model, "ae", device=dev) if uses_ae else None
+    # handles, not modules: a plane's task sent to a dask worker carries the model's name, not its weights
+    net = ModelHandle(model, "deblur", dev, channels_last=True) if uses_net else None
+    ae = ModelHandle(model, "ae", dev) if uses_ae else None
     if needs_map and sigma_map is None:
         from napari_linblur.inference.defocus_ops import estimate_defocus
 
@@ -319,21 +316,22 @@ def deblur(
         check_finite_plane(plane, "img")
         plane = np.asarray(plane, np.float32)
         if method == "network":
-            return _network_plane(plane, net, dev, **net_kw)
+            return _network_plane(plane, net.get(), dev, **net_kw)
         check_finite_plane(smap, "sigma_map")  # a dask map is checked here, plane by plane, when it is computed
         smap = np.asarray(smap, np.float32)
         _check_sigma_values(smap)
         if method == "reblur-extrapolate":
-            return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae, device=dev, **ae_kw,
+            return _reblur_plane(plane, float(np.median(smap)), sigma_r=sigma_r, ae=ae.get(), device=dev, **ae_kw,
                                  progress=progress)
         # guided
         w = guided_weights(smap, sigma_focus=sigma_focus, sigma_full=sigma_full)
         if not np.any(w > 0):
             return plane.copy()  # nothing to deblur: a copy, never the caller's array itself
         if guide == "network":
-            full = _network_plane(plane, net, dev, **net_kw)
+            full = _network_plane(plane, net.get(), dev, **net_kw)
         else:
-            full = _guided_reblur(plane, smap, w, sigma_r=sigma_r, ae=ae, device=dev, progress=progress, **ae_kw)
+            full = _guided_reblur(plane, smap, w, sigma_r=sigma_r, ae=ae.get(), device=dev, progress=progress,
+                                  **ae_kw)
         return (plane + w * (full - plane)).astype(np.float32)
 
     args = (img,) if sigma_map is None else (img, sigma_map)

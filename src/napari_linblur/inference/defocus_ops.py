@@ -15,8 +15,6 @@ torch is imported only inside the functions, so importing this module stays chea
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -50,44 +48,12 @@ _ALIASES = {"laplacian": "variance_of_laplacian", "normvar": "normalized_varianc
 #: ``patch_pixels`` of :func:`estimate_defocus` / :func:`defocus_patches`: which pixels of a tile its σ averages
 PATCH_PIXELS = ("signal", "all")
 
-_MODEL_CACHE: dict[tuple, Any] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 # --------------------------------------------------------------------------------------------------- model
-def _model_key(model, device) -> tuple | None:
-    """Cache key of a model given by name or path; a path's size and modification time are part of it, so weights
-    retrained into the same file are loaded again rather than served stale from the cache."""
-    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        spec = os.fsdecode(model) if isinstance(model, bytes) or hasattr(model, "__fspath__") else str(model)
-        stamp: tuple = ()  # None or a shipped model's name: its file does not change
-        if model is not None:
-            try:
-                st = os.stat(spec)
-                stamp = (st.st_mtime_ns, st.st_size)
-            except (OSError, ValueError):
-                pass
-        return ("spec", spec, stamp, str(device))
-    return None
-
-
 def _get_model(model, device):
     """Load (once per process) the defocus model: ``None``/name/path are cached, modules passed through."""
-    from napari_linblur.models.registry import resolve_model
+    from napari_linblur.models.registry import cached_model
 
-    key = _model_key(model, device)
-    if key is None:
-        return resolve_model(model, "defocus", device=device)
-    with _CACHE_LOCK:
-        net = _MODEL_CACHE.get(key)
-        if net is None:
-            import torch
-
-            net = resolve_model(model, "defocus", device=device).to(memory_format=torch.channels_last)
-            for old in [k for k in _MODEL_CACHE if k[1] == key[1] and k[3] == key[3]]:
-                del _MODEL_CACHE[old]  # earlier weights of the same file
-            _MODEL_CACHE[key] = net
-    return net
+    return cached_model(model, "defocus", device, channels_last=True)
 
 
 class _PlaneDefocus:
@@ -179,8 +145,10 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
         from napari_linblur.models.registry import model_arg
 
         model = model_arg(model)  # a relative file path made absolute: dask workers in another folder load it too
+    from napari_linblur.models.registry import model_cache_key
+
     net = _get_model(model, device)  # fail early (no model / wrong task) and warm the cache
-    if _model_key(model, device) is None:
+    if model_cache_key(model, device) is None:
         model = net  # a module of the caller's: copied once here, not once per plane
     return _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size, progress, should_stop,
                          amp=amp, tta=tta, camera=line, patch_pixels=patch_pixels)
@@ -653,8 +621,8 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
         chunks.update({nlead: -1, nlead + 1: -1})
         arr = da.asarray(stack).rechunk(chunks)
 
-        def _block(b, block_info=None):
-            where = tuple(block_info[0]["chunk-location"][:nlead]) if block_info and nlead else ()
+        def _block(b, block_id=None):  # block_id, not block_info (a dict over every block: see map_planes)
+            where = tuple(block_id[:nlead]) if block_id is not None and nlead else ()
             with _naming_the_plane(where):  # chunks of one plane: the chunk location is the plane's index
                 return np.asarray(fn(b.reshape(b.shape[-2:])), dtype=np.float64).reshape(b.shape[:-2])
 

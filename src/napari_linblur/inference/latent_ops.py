@@ -277,12 +277,12 @@ def synthesize_blur(
     check_callbacks(progress, should_stop)
     tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size,
                                                      default_overlap=DEFAULT_OVERLAP)
-    from napari_linblur.models.registry import resolve_model
+    from napari_linblur.models.registry import ModelHandle
 
-    net = resolve_model(model, "ae", device=device)
+    net = ModelHandle(model, "ae", device)  # a plane's task sent to a dask worker carries the name, not the weights
     kw = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "progress": progress,
           "should_stop": should_stop, "tta": tta}
-    return _run_pairs(lambda a, c: combine_normalized(net, a, c, alpha, 1.0 - alpha, **kw), img_a, img_c,
+    return _run_pairs(lambda a, c: combine_normalized(net.get(), a, c, alpha, 1.0 - alpha, **kw), img_a, img_c,
                       ("img_a", "img_c"))
 
 
@@ -344,13 +344,14 @@ def deblur_pair(
     check_callbacks(progress, should_stop)
     tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size,
                                                      default_overlap=DEFAULT_OVERLAP)
-    from napari_linblur.models.registry import resolve_model
+    from napari_linblur.models.registry import ModelHandle
 
-    net = resolve_model(model, "ae", device=device)
+    handle = ModelHandle(model, "ae", device)  # as in synthesize_blur
     kw = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "progress": progress,
           "should_stop": should_stop, "tta": tta}
 
     def plane_fn(b: np.ndarray, c: np.ndarray) -> np.ndarray:
+        net = handle.get()
         al = alpha if alpha is not None else auto_alpha_normalized(net, b, c)[0]
         return combine_normalized(net, b, c, 1.0 / al, -(1.0 - al) / al, **kw)
 

@@ -230,9 +230,11 @@ def map_planes(func: Callable[..., np.ndarray], *arrays, dtype=np.float32):
         chunks.update({lead: -1, lead + 1: -1})
         darrs = [da.asarray(a).rechunk(chunks) for a in arrays]
 
-        def _block(*blocks, block_info=None):
+        # block_id, not block_info: dask builds block_info as a dict over every block, which made each plane's
+        # graph (a batch submits one per plane) cost time in proportion to the whole stack's plane count
+        def _block(*blocks, block_id=None):
             planes = [b.reshape(b.shape[-2:]) for b in blocks]
-            where = tuple(block_info[0]["chunk-location"][:lead]) if block_info and lead else ()
+            where = tuple(block_id[:lead]) if block_id is not None and lead else ()
             with _naming_the_plane(where):
                 return np.asarray(func(*planes), dtype=dtype).reshape(blocks[0].shape)
 

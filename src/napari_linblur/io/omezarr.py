@@ -336,7 +336,9 @@ def _store_batched(
             + (slice(None), slice(None))
         )
     scheduler, client, width = _parallelism(src)
-    if width == 1 or len(regions) == 1:  # nothing to overlap: the active scheduler computes each block in turn
+    # nothing to overlap: the active scheduler computes each block in turn. Not so on a cluster with one worker
+    # thread or none yet: workers that join later are used (the width is checked again every second below)
+    if (width == 1 and client is None) or len(regions) == 1:
         for r in regions:
             target[r] = dask.compute(src[r])[0]
             report()
@@ -382,7 +384,7 @@ def _store_batched(
 
     def fill() -> None:
         nonlocal width, checked
-        if client is not None and time.monotonic() - checked > 5.0:  # workers may join or leave a cluster
+        if client is not None and time.monotonic() - checked > 1.0:  # workers may join or leave a cluster
             width, checked = _client_threads(client), time.monotonic()
         while len(in_flight) < width:
             r = next(todo, None)

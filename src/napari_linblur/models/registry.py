@@ -17,6 +17,7 @@ import importlib
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -400,3 +401,84 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     from napari_linblur.io.atomic import write_json_atomic as _write
 
     _write(path, obj, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------- per-process models
+_MODEL_CACHE: dict[tuple, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def model_cache_key(model: Any, device: Any) -> tuple | None:
+    """Cache key of a model given by name or path (``None`` for a module, which is not reloadable); a path's size
+    and modification time are part of it, so weights retrained into the same file are loaded again rather than
+    served stale from the cache."""
+    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        spec = os.fsdecode(model) if isinstance(model, bytes) or hasattr(model, "__fspath__") else str(model)
+        stamp: tuple = ()  # None or a shipped model's name: its file does not change
+        if model is not None:
+            try:
+                st = os.stat(spec)
+                stamp = (st.st_mtime_ns, st.st_size)
+            except (OSError, ValueError):
+                pass
+        return ("spec", spec, stamp, str(device))
+    return None
+
+
+def cached_model(model: Any, task: str, device: Any = "auto", *, channels_last: bool = False):
+    """:func:`resolve_model`, loaded once per process for a name or path (a module is resolved each call), in
+    channels-last layout when asked (the convolutional networks run faster so on CPU)."""
+    key = model_cache_key(model, device)
+
+    def load():
+        net = resolve_model(model, task, device=device)
+        if channels_last:
+            import torch
+
+            net = net.to(memory_format=torch.channels_last)
+        return net
+
+    if key is None:
+        return load()
+    key = (*key, task, channels_last)
+    with _CACHE_LOCK:
+        net = _MODEL_CACHE.get(key)
+        if net is None:
+            net = load()
+            for old in [k for k in _MODEL_CACHE if k[1] == key[1] and k[3:] == key[3:]]:
+                del _MODEL_CACHE[old]  # earlier weights of the same file
+            _MODEL_CACHE[key] = net
+    return net
+
+
+class ModelHandle:
+    """A network for per-plane tasks: loaded here (errors at once), and pickled — a dask task sent to a worker — as
+    the name or path it came from, to be loaded again once per process where the task runs, not as a copy of its
+    weights in every plane's task (a batch of thousands of planes held a copy per plane in the client and the
+    scheduler). A module passed in by the caller is carried whole.
+
+    Examples
+    --------
+    >>> import pickle
+    >>> handle = ModelHandle("ae-default", "ae", "cpu")
+    >>> len(pickle.dumps(handle)) < 1000, pickle.loads(pickle.dumps(handle)).get().task
+    (True, 'ae')
+    """
+
+    def __init__(self, model: Any, task: str, device: Any = "auto", *, channels_last: bool = False) -> None:
+        self.model, self.task, self.device, self.channels_last = model, task, device, channels_last
+        self._net = cached_model(model, task, device, channels_last=channels_last)
+        if model_cache_key(model, device) is None:
+            self.model = self._net  # a module of the caller's: copied once here, not once per plane
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if model_cache_key(self.model, self.device) is not None:
+            state["_net"] = None  # loaded again where it is unpickled
+        return state
+
+    def get(self):
+        """The loaded network."""
+        if self._net is None:
+            self._net = cached_model(self.model, self.task, self.device, channels_last=self.channels_last)
+        return self._net
