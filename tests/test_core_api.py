@@ -195,6 +195,11 @@ def test_registry_roundtrip_hash_and_errors(tmp_path, monkeypatch):
         registry.load_model(path, device="cpu")
     with pytest.raises(FileNotFoundError):
         registry.load_model(tmp_path / "missing.safetensors")
+    # missing weights or images are also ValueErrors (SPEC: bad input is a ValueError/TypeError)
+    with pytest.raises(ValueError, match="missing.safetensors does not exist"):
+        registry.load_model(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="no such file or folder"):
+        nl.open_zstack(tmp_path / "missing.tif")
     with pytest.raises(ValueError, match="unknown model"):
         registry.load_model("no-such-model")
     for empty in ("", "  "):  # was "'.' is a folder": the current folder

@@ -29,6 +29,8 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from napari_linblur.errors import MissingFileError
+
 from . import bbbc006 as _bb
 from ._lazy import (
     SafeZarrArray,
@@ -144,7 +146,7 @@ def open_zstack(path: str | os.PathLike, *, channel: int | str | None = None) ->
     Raises
     ------
     FileNotFoundError
-        if ``path`` does not exist.
+        if ``path`` does not exist (:class:`~napari_linblur.errors.MissingFileError`, also a ``ValueError``).
     ValueError
         unknown format (the message lists the accepted ones), corrupt or truncated file, inconsistent plane
         shapes, a folder of TIFFs whose names form several series, a BBBC006 folder without one complete
@@ -162,7 +164,7 @@ def open_zstack(path: str | os.PathLike, *, channel: int | str | None = None) ->
     >>> open_zstack("/no/such/stack.tif")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: /no/such/stack.tif: no such file or folder
+    napari_linblur.errors.MissingFileError: /no/such/stack.tif: no such file or folder
     """
     return open_zstack_with_metadata(path, channel=channel)[0]
 
@@ -222,7 +224,7 @@ def open_zstack_with_metadata(
     # absolute, so that the lazy graph reads the same file from a dask worker started in another folder
     p = Path(os.path.abspath(os.fspath(path)))
     if not p.exists():
-        raise FileNotFoundError(f"{os.fspath(path)}: no such file or folder")
+        raise MissingFileError(f"{os.fspath(path)}: no such file or folder")
     if p.is_file() and p.name in ZARR_METADATA:
         p = p.parent
     if p.is_dir():

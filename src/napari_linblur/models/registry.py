@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from napari_linblur.errors import MissingFileError
 from napari_linblur.io.atomic import atomic_target
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -111,7 +112,7 @@ def _locate(name_or_path: str | os.PathLike) -> tuple[Path, dict, str | None]:
         if as_path.is_dir():
             raise ValueError(f"{as_path} is a folder; pass the .safetensors file inside it")
         if not as_path.exists():
-            raise FileNotFoundError(f"model file {as_path} does not exist")
+            raise MissingFileError(f"model file {as_path} does not exist")
         if as_path.suffix != ".safetensors":
             raise ValueError(f"{as_path}: models load only from .safetensors files (no pickles)")
         sidecar = as_path.with_suffix(".json")
@@ -170,7 +171,7 @@ def load_run(run_dir: str | os.PathLike, task: str):
     """
     src = Path(run_dir) / "model.safetensors"
     if not src.exists():
-        raise FileNotFoundError(f"{src}: train a model first (linblur train {task} ... --out RUN/)")
+        raise MissingFileError(f"{src}: train a model first (linblur train {task} ... --out RUN/)")
     model = load_model(src, device="cpu")
     return model, {k: v for k, v in model.card.items() if k not in ("sha256", "weights")}
 

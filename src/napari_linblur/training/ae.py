@@ -635,7 +635,7 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike | None 
     >>> ship_model("/no/run")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: /no/run/model.safetensors: train a model first (linblur train ae ... --out RUN/)
+    napari_linblur.errors.MissingFileError: /no/run/model.safetensors: train a model first (linblur train ae ...
     """
     from napari_linblur.models.registry import WEIGHTS_DIR, load_run, save_model
 

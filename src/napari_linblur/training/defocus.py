@@ -731,7 +731,7 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike, label:
     >>> ship_model("/no/run", "/no/eval.json", "x", command="linblur evaluate defocus")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: /no/run/model.safetensors: train a model first (linblur train defocus ... --out RUN/)
+    napari_linblur.errors.MissingFileError: /no/run/model.safetensors: train a model first (linblur train ...)
     """
     from napari_linblur.models.registry import WEIGHTS_DIR, load_run, save_model
 
