@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 import napari_linblur as nl
@@ -629,3 +630,20 @@ def test_options_of_other_methods_warn_or_fail(tmp_path, capsys):
     assert main(["deblur", str(tif), str(out), "--method", "network", "--model", str(model), "--defocus-model",
                  str(tmp_path / "x.safetensors"), "--device", "cpu", "--workers", "1"]) == 2
     assert "x.safetensors does not exist" in capsys.readouterr().err and not out.exists()
+
+
+def test_stage2_stacks_with_nan_or_no_content_are_refused_by_name(tmp_path):
+    """A NaN pixel in --data surfaced as "loss became nan at step 0; lower --lr" after a checkpoint was written, and
+    constant stacks trained without a word; both are now refused when the stacks are read, naming file and plane."""
+    from napari_linblur.training.deblur import RealStackPairs
+
+    stack = np.random.default_rng(0).random((6, 48, 48)).astype(np.float32)
+    stack[4, 3, 3] = np.nan
+    nan = tmp_path / "nan.tif"
+    tifffile.imwrite(nan, stack)
+    with pytest.raises(ValueError, match=rf"--data {nan}: stack 0, plane 4 has NaN or Inf pixels"):
+        RealStackPairs(str(nan), focus_index=2)
+    const = tmp_path / "const.tif"
+    tifffile.imwrite(const, np.full((6, 48, 48), 7.0, np.float32))
+    with pytest.raises(ValueError, match="stack 0 is constant around its in-focus plane"):
+        RealStackPairs(str(const))

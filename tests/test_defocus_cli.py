@@ -754,3 +754,53 @@ def test_under_torchrun_only_rank_0_prints(tmp_path, monkeypatch, capsys, rank):
         assert "rendered a pool" in printed and "finished after 2 steps" in printed
     else:
         assert printed == ""
+
+
+def test_an_out_folder_holding_a_models_files_is_not_overwritten(tmp_path, capsys):
+    """`train … --init mymodel/model.safetensors --out mymodel` replaced the init weights, and a model copied into a
+    folder without a run log was replaced silently; a --resume without a checkpoint left an empty folder behind."""
+    base = ["train", "defocus", "--content", "shuffle", "--steps", "1", "--width", "4", "--crop", "16",
+            "--render-size", "32", "--batch-size", "2", "--pool-size", "2", "--device", "cpu", "--no-progress",
+            "--threads", "1"]
+    first = tmp_path / "first"
+    assert main([*base, "--out", str(first)]) == 0
+    mine = tmp_path / "mymodel"
+    mine.mkdir()
+    for name in ("model.safetensors", "model.json"):
+        (mine / name).write_bytes((first / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    capsys.readouterr()
+    no_width = [a for a in base if a not in ("--width", "4")]  # the architecture comes from --init
+    assert main([*no_width, "--init", str(mine / "model.safetensors"), "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds model.safetensors, model.json, which this run would replace" in err, err
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    assert main([*base, "--resume", "--out", str(tmp_path / "never")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+def test_training_options_that_would_be_ignored_or_are_impossible_are_refused(tmp_path, capsys):
+    """--content-from with --content phantom was silently unused (and recorded in the card as if used); an explicit
+    --render-size below --crop (or negative) was raised to --crop without a word; a NaN in --content-from named
+    best_focus's argument instead of the option."""
+    stack = np.random.default_rng(0).random((1, 4, 64, 64)).astype(np.float32)  # one stack of 4 planes
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, stack)
+    stack[0, :, 3, 3] = np.nan
+    nan = tmp_path / "nan.tif"
+    tifffile.imwrite(nan, stack, metadata={"axes": "QZYX"})
+    base = ["train", "defocus", "--steps", "1", "--width", "4", "--crop", "16", "--batch-size", "2",
+            "--pool-size", "2", "--device", "cpu", "--no-progress", "--threads", "1"]
+    cases = [
+        (["--content", "phantom", "--content-from", str(good)], "not 'phantom', which would leave it unused"),
+        (["--render-size", "8"], "must be in (0, render_size (--render-size) = 8]"),
+        (["--render-size", "-5"], "render_size (--render-size) = -5]"),
+        (["--content", "shuffle", "--content-from", str(nan), "--render-size", "32"],
+         f"--content-from {nan}: "),
+    ]
+    for i, (extra, says) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        assert main([*base, *extra, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and ("finite" in err or str(nan) not in extra), err
+        assert not out.exists()

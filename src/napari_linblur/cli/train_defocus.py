@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="crops per step")
     p.add_argument("--pool-size", type=int, default=1024,
                    help="rendered noise-free samples cached once (0 = render every sample on the fly)")
-    p.add_argument("--render-size", type=int, default=128, help="side of each rendered sample")
+    p.add_argument("--render-size", type=int, default=None,
+                   help="side of each rendered sample, >= --crop (default 128, or --crop when that is larger)")
     p.add_argument("--sigma-max", type=float, default=10.0,
                    help="largest σ (px) of the training defocus maps (maps cover random sub-ranges of [0, max])")
     p.add_argument("--low-contrast", type=float, default=0.0, metavar="P",
@@ -123,8 +124,9 @@ def run(args) -> int:
         model_cfg["width"] = args.width
         model_cfg["stem_channels"] = max(4, round(model_cfg["stem_channels"] * scale))
         model_cfg["head_channels"] = max(4, round(model_cfg["head_channels"] * scale))
+    render_size = max(128, args.crop) if args.render_size is None else args.render_size
     data = DefocusDataConfig(content=args.content, crop=args.crop, batch_size=args.batch_size,
-                             pool_size=args.pool_size, render_size=max(args.render_size, args.crop),
+                             pool_size=args.pool_size, render_size=render_size,
                              normalize=args.normalize, sigma_range=(0.0, float(args.sigma_max)),
                              low_contrast=args.low_contrast, full_range=args.full_range,
                              noise_input=args.noise_input,

@@ -143,5 +143,9 @@ def make_output_folder(path: str | os.PathLike, label: str = "--out") -> Path:
     if p.exists() and not p.is_dir():
         raise ValueError(f"{label} {p} is a file; {label} must be a folder (a new or an existing one)")
     check_parent_folders(p, label)
-    p.mkdir(parents=True, exist_ok=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only or virtual file system (/sys, /proc), no permission: named, one line
+        raise OSError(err.errno, f"{label} {p}: the folder cannot be created ({err.strerror}); choose a folder "
+                                 "you can write to") from err
     return p

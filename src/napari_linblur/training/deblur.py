@@ -323,7 +323,17 @@ class RealStackPairs:
                 else:
                     f = int(np.argmax([_var_laplacian(np.asarray(st[z], dtype=np.float32)) for z in range(n)]))
                 lo, hi = max(0, f - max_offset), min(n, f + max_offset + 1)
-                self.stacks.append(np.asarray(st[lo:hi], dtype=np.float32))
+                kept = np.asarray(st[lo:hi], dtype=np.float32)
+                where = f"--data {path}: stack {len(self.stacks)}"
+                # a NaN would surface as "loss became nan" (blaming --lr) after a checkpoint was written; a
+                # constant plane teaches nothing (its pairs are identical)
+                if not np.isfinite(kept).all():
+                    z = lo + int(np.argwhere(~np.isfinite(kept))[0][0])
+                    raise ValueError(f"{where}, plane {z} has NaN or Inf pixels; training stacks must be finite")
+                if float(kept.max()) == float(kept.min()):
+                    raise ValueError(f"{where} is constant around its in-focus plane {f} (planes {lo}..{hi - 1}); "
+                                     "training pairs need image content")
+                self.stacks.append(kept)
                 self.first.append(lo)
                 self.n_planes.append(n)
                 self.focus.append(f)

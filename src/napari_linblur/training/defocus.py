@@ -122,7 +122,11 @@ class DefocusDataConfig:
         if self.normalize not in ("plane", "crop"):
             raise ValueError(f"normalize={self.normalize!r}; use 'plane' or 'crop'")
         if self.crop <= 0 or self.crop > self.render_size:
-            raise ValueError(f"crop must be in (0, render_size={self.render_size}], got {self.crop}")
+            raise ValueError(f"crop (--crop) must be in (0, render_size (--render-size) = {self.render_size}], got "
+                             f"{self.crop}")
+        if self.content_from is not None and self.content == "phantom":
+            raise ValueError("content_from (--content-from) is read only by pixel-shuffled content: use content "
+                             "'shuffle' or 'mixed' (--content), not 'phantom', which would leave it unused")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.pool_size < 0:
@@ -233,12 +237,16 @@ def _content_images(path: str, channel, plane, max_stacks: int, stamp) -> tuple[
     images, used = [], []
     for i in sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, max_stacks))}) if n else []:
         stack = stacks[i]
-        z = (int(best_focus(stack, method="variance_of_laplacian")) if nz > 1 else 0) if plane == "auto" \
-            else int(plane) % nz
+        try:
+            z = (int(best_focus(stack, method="variance_of_laplacian")) if nz > 1 else 0) if plane == "auto" \
+                else int(plane) % nz
+        except ValueError as err:  # NaN in a plane: best_focus's "stack contains NaN …" names its own argument
+            text = str(err).removeprefix("stack ")
+            raise ValueError(f"--content-from {path}: stack {i} {text}; training content must be finite") from err
         img = np.asarray(stack[z], dtype=np.float32)
         if not np.isfinite(img).all():
-            raise ValueError(f"{path}: plane {z} of stack {i} has NaN or Inf pixels; training content must be "
-                             "finite")
+            raise ValueError(f"--content-from {path}: plane {z} of stack {i} has NaN or Inf pixels; training "
+                             "content must be finite")
         lo, hi = np.percentile(img, [0.1, 99.9])
         if not hi > lo:
             continue  # constant: no histogram to shuffle

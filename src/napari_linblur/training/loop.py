@@ -56,6 +56,8 @@ from napari_linblur.io.atomic import atomic_target, make_output_folder
 
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
+#: the files a run writes into its ``--out`` folder
+RUN_FILES = (MODEL, "model.json", CHECKPOINT, "log.jsonl", "log.csv")
 
 
 class Task(Protocol):  # pragma: no cover - structural type
@@ -758,12 +760,19 @@ def train(
     autocast_context(device, cfg.amp)  # an impossible precision (fp16 on a CPU) is refused before any file is made
 
     ckpt = out / CHECKPOINT
-    if rank == 0:
-        make_output_folder(out)
-        if not cfg.resume and ((out / "log.jsonl").exists() or ckpt.exists()):
-            raise FileExistsError(f"{out} already holds a training run; use --resume or a new --out folder")
+    # checked before the folder is made, so that a refused run leaves no empty folder behind
     if cfg.resume and not ckpt.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+    if rank == 0:
+        if not cfg.resume and ((out / "log.jsonl").exists() or ckpt.exists()):
+            raise FileExistsError(f"{out} already holds a training run; use --resume or a new --out folder")
+        # a run writes these: a folder holding any of them (a model copied there, the --init weights) is not
+        # overwritten; --resume continues the run that wrote them
+        held = [name for name in RUN_FILES if (out / name).exists()] if not cfg.resume else []
+        if held:
+            raise FileExistsError(f"--out {out} already holds {', '.join(held)}, which this run would replace; use a "
+                                  "new or empty --out folder")
+        make_output_folder(out)
 
     resume_from = getattr(task, "resume_from", None)
     if cfg.resume and resume_from is not None:
