@@ -360,3 +360,15 @@ def test_normalization_of_values_near_the_float32_limit_stays_finite():
 def test_open_zstack_names_the_argument_for_a_non_path(path):
     with pytest.raises(TypeError, match=r"path must be a file or folder path \(str or os.PathLike\), got"):
         nl.open_zstack(path)
+
+
+def test_init_weights_of_another_configuration_name_the_difference(tmp_path):
+    """The error ended in torch's dangling "Error(s) in loading state_dict for LinearLatentAE:" and gave no hint."""
+    from napari_linblur.models.autoencoder import CONFIGS, LinearLatentAE
+
+    small = LinearLatentAE(**{**CONFIGS["default"], "latent_channels": 4})
+    path = registry.save_model(small, tmp_path / "m.safetensors",
+                               {"architecture": "LinearLatentAE", "task": "ae", "config": small.config})
+    with pytest.raises(ValueError, match=r"another network configuration than this run's \(latent_channels: 4 in "
+                                         r"init, 8 here\); .*--model-config\)$"):
+        registry.init_weights(LinearLatentAE(**CONFIGS["default"]), path, "LinearLatentAE")

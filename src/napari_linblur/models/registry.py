@@ -211,9 +211,15 @@ def init_weights(model, init, architecture: str):
         raise ValueError(f"init={label!r} is a {card.get('architecture')} model, not {architecture}")
     try:
         model.load_state_dict(src.state_dict(), strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"init={label!r} does not match this configuration (its config: "
-                         f"{card.get('config')}): {str(exc).splitlines()[0]}") from None
+    except RuntimeError:
+        theirs, ours = card.get("config") or {}, getattr(model, "config", None) or {}
+        differ = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours))
+                  if theirs.get(k) != ours.get(k)}
+        what = ("; ".join(f"{k}: {a!r} in init, {b!r} here" for k, a, b in
+                          ((k, *v) for k, v in differ.items())) if differ else f"its config: {theirs}")
+        raise ValueError(f"init={label!r} was trained with another network configuration than this run's ({what}); "
+                         "train with the configuration it was trained with (linblur train ae: --config / "
+                         "--model-config)") from None
     return card
 
 
