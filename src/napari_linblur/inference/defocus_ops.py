@@ -57,11 +57,14 @@ def _get_model(model, device):
 
 
 class _PlaneDefocus:
-    """Picklable per-plane σ estimator: holds the model *spec* and loads it once per worker process."""
+    """Picklable per-plane σ estimator: holds a :class:`~napari_linblur.models.registry.ModelHandle` (the model's
+    name, loaded once per worker process)."""
 
     def __init__(self, model, device, tile, overlap, batch_size, mode, patch_size, progress=None, should_stop=None,
                  amp="off", tta=1, camera=None, patch_pixels="signal"):
-        self.model = model
+        from napari_linblur.models.registry import ModelHandle
+
+        self.model = ModelHandle(model, "defocus", device, channels_last=True)  # fails early, warms the cache
         self.patch_pixels = patch_pixels
         self.camera = camera  # the noise variance line (a, b), or None = estimate from each plane
         self.amp = amp
@@ -81,7 +84,7 @@ class _PlaneDefocus:
         return state
 
     def net(self):
-        return _get_model(self.model, self.device)
+        return self.model.get()
 
     def _check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -145,11 +148,6 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
         from napari_linblur.models.registry import model_arg
 
         model = model_arg(model)  # a relative file path made absolute: dask workers in another folder load it too
-    from napari_linblur.models.registry import model_cache_key
-
-    net = _get_model(model, device)  # fail early (no model / wrong task) and warm the cache
-    if model_cache_key(model, device) is None:
-        model = net  # a module of the caller's: copied once here, not once per plane
     return _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size, progress, should_stop,
                          amp=amp, tta=tta, camera=line, patch_pixels=patch_pixels)
 
