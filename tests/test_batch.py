@@ -491,3 +491,21 @@ def test_a_planes_task_carries_the_models_name_not_its_weights(tiny_models, op):
         with torch.no_grad():
             expected = run(stack, model)[1:2]
         np.testing.assert_allclose(dask.compute(received, scheduler="sync")[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_given_by_a_relative_path_is_carried_as_its_absolute_path(tiny_models, tmp_path, monkeypatch):
+    """A worker started in another folder loads the same file (the task carries the name, not the weights)."""
+    from pathlib import Path
+
+    import cloudpickle
+    import dask
+    import dask.array as da
+
+    import napari_linblur as nl
+
+    src = Path(tiny_models["deblur"])
+    monkeypatch.chdir(src.parent)
+    lazy = nl.deblur(da.zeros((2, 32, 32), chunks=(1, 32, 32)) + 100.0, model=src.name, device="cpu")
+    monkeypatch.chdir(tmp_path)  # the worker's folder, where the task arrives pickled
+    received = cloudpickle.loads(cloudpickle.dumps(lazy))
+    assert dask.compute(received, scheduler="sync")[0].shape == (2, 32, 32)

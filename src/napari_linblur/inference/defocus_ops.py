@@ -144,10 +144,6 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
     _check_patch_pixels(patch_pixels)
     if amp not in ("auto", "off", "bf16"):
         raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
-    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from napari_linblur.models.registry import model_arg
-
-        model = model_arg(model)  # a relative file path made absolute: dask workers in another folder load it too
     return _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size, progress, should_stop,
                          amp=amp, tta=tta, camera=line, patch_pixels=patch_pixels)
 

@@ -473,6 +473,8 @@ class ModelHandle:
     """
 
     def __init__(self, model: Any, task: str, device: Any = "auto", *, channels_last: bool = False) -> None:
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            model = model_arg(model)  # a relative file path made absolute: workers in another folder load it too
         self.model, self.task, self.device, self.channels_last = model, task, device, channels_last
         self._net = cached_model(model, task, device, channels_last=channels_last)
         if model_cache_key(model, device) is None:
