@@ -509,3 +509,29 @@ def test_a_model_given_by_a_relative_path_is_carried_as_its_absolute_path(tiny_m
     monkeypatch.chdir(tmp_path)  # the worker's folder, where the task arrives pickled
     received = cloudpickle.loads(cloudpickle.dumps(lazy))
     assert dask.compute(received, scheduler="sync")[0].shape == (2, 32, 32)
+
+
+def test_ctrl_c_to_the_whole_terminal_group_is_one_line(tmp_path):
+    """Ctrl-C in a terminal reaches every process of the foreground group, the local cluster's workers too: each
+    printed a KeyboardInterrupt traceback (67 lines) over the command's "interrupted". The workers now leave the
+    interrupt to the command, which closes the cluster: one line, exit 130, nothing written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    big = write_ome_zarr(tmp_path / "big.zarr", np.random.default_rng(0).random((64, 256, 256), np.float32),
+                         axes="zyx")
+    out = tmp_path / "out.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "napari_linblur.cli.main", "defocus-map", str(big), str(out),
+                             "--workers", "2", "--device", "cpu", "--no-progress"], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)  # its own group: a terminal's
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(".tmp-" in p.name for p in tmp_path.iterdir()):
+        time.sleep(0.2)
+    time.sleep(1.0)  # the workers are computing
+    assert proc.poll() is None, proc.stderr.read()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines() == ["linblur defocus-map: interrupted"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zarr"]

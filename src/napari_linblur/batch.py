@@ -211,8 +211,11 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, *,
             # which made defocus-map batches 1.3-1.5x slower (benchmarks/bench_batch.py). Left unset, glibc's default
             # (or the user's own MALLOC_TRIM_THRESHOLD_ in the environment, which workers inherit) applies.
             dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}),
+            # preload: the workers ignore Ctrl-C (this process stops the run and closes the cluster), instead of
+            # each printing a KeyboardInterrupt traceback
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                         scheduler_kwargs={"dashboard": False}, silence_logs=logging.CRITICAL) as cluster,
+                         scheduler_kwargs={"dashboard": False}, silence_logs=logging.CRITICAL,
+                         preload=["napari_linblur._worker_signals"]) as cluster,
             Client(cluster) as client,
         ):
             yield client
