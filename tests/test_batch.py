@@ -525,7 +525,10 @@ def test_ctrl_c_to_the_whole_terminal_group_is_one_line(tmp_path):
     out = tmp_path / "out.zarr"
     proc = subprocess.Popen([sys.executable, "-m", "napari_linblur.cli.main", "defocus-map", str(big), str(out),
                              "--workers", "2", "--device", "cpu", "--no-progress"], stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)  # its own group: a terminal's
+                            stdout=subprocess.PIPE, text=True, start_new_session=True,  # its own group: a terminal's
+                            # Ctrl-C acts as in a terminal even when these tests run in the background (where a shell
+                            # starts every command with SIGINT ignored, and Python keeps it so)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not any(".tmp-" in p.name for p in tmp_path.iterdir()):
         time.sleep(0.2)
