@@ -526,7 +526,7 @@ def test_evaluate_on_pictures_no_model_choice_has_seen(tmp_path, tiny_model, cap
         assert main([*base, "--shuffle-sources", name, "--out", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert f"--shuffle-sources {name}: {says}" in err and not (tmp_path / name).exists(), err
-    with pytest.raises(ValueError, match="training pictures"):
+    with pytest.raises(ValueError, match="shuffle_sources moon: a training picture"):
         heldout_images("shuffle", EvalConfig(n_images=1, size=48, shuffle_sources=("coins", "moon")))
 
 

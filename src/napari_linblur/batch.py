@@ -222,16 +222,16 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, *,
 
 
 @contextlib.contextmanager
-def naming_the_input(input_path: str | os.PathLike, names: dict[str, str] | None = None) -> Iterator[None]:
+def naming_the_input(names: dict[str, str]) -> Iterator[None]:
     """Errors of the operation about its image arguments (``img has shape …``, ``img contains NaN … (at plane 3)``)
-    name the input file the user gave instead (same exception type). ``names`` maps other argument names to what
-    the user knows them as (``{"img_a": "stack.tif, plane 3"}``); default ``{"img": input_path}``."""
+    name what the user gave instead (same exception type): ``names`` maps the operation's argument names to it
+    (``{"img": "stack.tif"}``, ``{"img_a": "stack.tif, plane 3 (--sharp)"}``)."""
     try:
         yield
     except (ValueError, TypeError) as err:
         from napari_linblur.inference.validate import name_arguments
 
-        text = name_arguments(str(err), names or {"img": str(input_path)})
+        text = name_arguments(str(err), names)
         if text == str(err) or type(err) not in (ValueError, TypeError):
             raise
         raise type(err)(text) from err
@@ -294,14 +294,14 @@ def run_batch(
     # write_ome_zarr makes them again when it writes
     check_output_path(output_path, overwrite=overwrite, source_paths=[input_path])
     arr, meta = open_zstack_with_metadata(input_path, channel=channel)
-    with naming_the_input(input_path):
+    with naming_the_input({"img": str(input_path)}):
         result = operation(arr)
     if tuple(result.shape) != tuple(arr.shape):
         raise ValueError(f"operation changed the shape {arr.shape} -> {result.shape}")
     with (
         progress_bar(None, desc=desc or Path(output_path).name, unit="block", progress=progress) as bar,
         dask_client(scheduler, workers),
-        naming_the_input(input_path),
+        naming_the_input({"img": str(input_path)}),
     ):
         return write_ome_zarr(
             output_path,

@@ -441,13 +441,13 @@ def run_focus(args) -> int:
     camera = camera_from_args(args)
     arr, meta = open_zstack_with_metadata(args.input, channel=args.channel)
     names = {"stack": str(args.input)}  # focus_curve's argument, as the file the user gave
-    with naming_the_input(args.input, names):
+    with naming_the_input(names):
         lazy = focus_curve(arr, method=args.method, model=args.model, device=args.device, compute=False,
                            tile=args.tile, camera=camera)
     model = model_info(args.model) if args.method == "defocus" else None
     progress = progress_from_args(args)
     skip = getattr(args, "on_error", "stop") == "skip"
-    with dask_client(args.scheduler, args.workers) as client, naming_the_input(args.input, names):
+    with dask_client(args.scheduler, args.workers) as client, naming_the_input(names):
         if skip:
             # --on-error skip: one future per plane, a plane that fails is NaN and its error is kept
             curves, has_signal, errors = _focus_curves_skipping_errors(client, lazy, arr, meta, progress,

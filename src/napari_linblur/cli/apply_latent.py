@@ -59,7 +59,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
     # errors about the planes name the file and plane (not synthesize_blur's img_a / img_c)
     names = {"img_a": f"{args.input}, plane {args.sharp} (--sharp)",
              "img_c": f"{args.input}, plane {args.blurry} (--blurry)"}
-    with naming_the_input(args.input, names):
+    with naming_the_input(names):
         planes = [synthesize_blur(a, c, al, model=args.model, device=args.device) for al in alphas]
     out = da.stack(planes, axis=-3)
     axes = writable_axes(meta.axes) if meta.axes.endswith("zyx") and len(meta.axes) == out.ndim else None
@@ -75,7 +75,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
     with (
         progress_bar(None, desc="synthesize", unit="block", progress=progress_from_args(args)) as bar,
         dask_client(args.scheduler, args.workers),
-        naming_the_input(args.input, names),
+        naming_the_input(names),
     ):
         write_ome_zarr(
             args.output,

@@ -64,15 +64,9 @@ def check_options(args) -> None:
         raise ValueError(f"--photons must be positive (peak photo-electrons), got {args.photons}")
     if args.seed < 0:
         raise ValueError(f"--seed must be an int >= 0 (the held-out data's seed, e.g. 20240), got {args.seed}")
-    from napari_linblur.training.defocus import BUNDLED_SOURCES, TRAIN_SOURCES
+    from napari_linblur.evaluation.defocus import check_shuffle_sources
 
-    for name in args.shuffle_sources:
-        if name in TRAIN_SOURCES:
-            raise ValueError(f"--shuffle-sources {name}: a training picture; give pictures held out of training, "
-                             f"e.g. coins cell (the default) or cat stereo_motorcycle clock")
-        if name not in BUNDLED_SOURCES:
-            raise ValueError(f"--shuffle-sources {name}: not a picture that ships with scikit-image; use coins, "
-                             f"cell, cat, stereo_motorcycle or clock")
+    check_shuffle_sources(args.shuffle_sources, "--shuffle-sources")
 
 
 def run(args) -> int:

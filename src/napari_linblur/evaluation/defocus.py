@@ -29,9 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from napari_linblur.training.defocus import HELDOUT_SOURCES
+
 __all__ = [
     "EvalConfig",
     "bbbc006_check",
+    "check_shuffle_sources",
     "error_by_sigma",
     "evaluate_defocus",
     "heldout_images",
@@ -60,9 +63,9 @@ class EvalConfig:
     stack_wavelength_um: float = 0.52
     stack_pixel_um: float = 0.65
     bbbc006: str | None = BBBC006_GLOB
-    #: the scikit-image pictures whose crops are pixel-shuffled, in turn (``training.defocus.HELDOUT_SOURCES``;
-    #: ``FRESH_SOURCES`` for a check on pictures no model choice has seen)
-    shuffle_sources: tuple[str, ...] = ("coins", "cell")
+    #: the scikit-image pictures whose crops are pixel-shuffled, in turn (``FRESH_SOURCES`` for a check on pictures
+    #: no model choice has seen)
+    shuffle_sources: tuple[str, ...] = HELDOUT_SOURCES
 
 
 def _phantom_content(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -71,6 +74,34 @@ def _phantom_content(size: int, rng: np.random.Generator) -> np.ndarray:
     ph = cell_phantom((size, size), rng=rng)
     c = ph[int(rng.integers(0, ph.shape[0]))].astype(np.float32)
     return c / max(float(c.max()), 1e-6)
+
+
+def check_shuffle_sources(sources: Any, name: str = "shuffle_sources") -> tuple[str, ...]:
+    """``sources`` as a tuple of held-out pictures that ship with scikit-image; a ``ValueError`` naming ``name``
+    for a training picture (the test would score the network on what it learned from) or any other name (it would
+    be downloaded).
+
+    Examples
+    --------
+    >>> check_shuffle_sources(["cat", "clock"])
+    ('cat', 'clock')
+    >>> check_shuffle_sources(["camera"], "--shuffle-sources")
+    Traceback (most recent call last):
+    ...
+    ValueError: --shuffle-sources camera: a training picture; give pictures held out of training: coins cell ...
+    """
+    from napari_linblur.training.defocus import BUNDLED_SOURCES, FRESH_SOURCES, TRAIN_SOURCES
+
+    sources = tuple(sources)
+    held = f"{' '.join(HELDOUT_SOURCES)} (the default) or {' '.join(FRESH_SOURCES)} (no model choice has seen them)"
+    if not sources:
+        raise ValueError(f"{name}: give at least one picture held out of training: {held}")
+    for picture in sources:
+        if picture in TRAIN_SOURCES:
+            raise ValueError(f"{name} {picture}: a training picture; give pictures held out of training: {held}")
+        if picture not in BUNDLED_SOURCES:
+            raise ValueError(f"{name} {picture}: not a picture that ships with scikit-image; use {held}")
+    return sources
 
 
 def heldout_images(kind: str, cfg: EvalConfig) -> list[dict[str, np.ndarray]]:
@@ -82,15 +113,11 @@ def heldout_images(kind: str, cfg: EvalConfig) -> list[dict[str, np.ndarray]]:
     from napari_linblur.optics.noise import poisson_gaussian
     from napari_linblur.optics.shuffle import pixel_shuffle
     from napari_linblur.optics.varying import render_spatially_varying
-    from napari_linblur.training.defocus import TRAIN_SOURCES, _crop, _natural
+    from napari_linblur.training.defocus import _crop, _natural
 
     if kind not in ("microscopy", "shuffle"):
         raise ValueError(f"kind={kind!r}; use 'microscopy' or 'shuffle'")
-    sources = tuple(cfg.shuffle_sources)
-    trained = sorted(set(sources) & set(TRAIN_SOURCES))
-    if not sources or trained:
-        raise ValueError(f"shuffle_sources={sources!r}: give pictures held out of training"
-                         + (f" ({', '.join(trained)} are training pictures)" if trained else ""))
+    sources = check_shuffle_sources(cfg.shuffle_sources)
     out = []
     for i in range(cfg.n_images):
         rng = np.random.default_rng([cfg.seed, 1 if kind == "microscopy" else 2, i])
@@ -317,8 +344,8 @@ def evaluate_defocus(
     tta : {1, 2, 4, 8}
         Also score every model with ``estimate_defocus(..., tta=tta)`` (rows labelled ``"..., self-ensemble xN"``).
     """
-    from napari_linblur.inference.defocus_ops import _get_model
     from napari_linblur.inference.tta import check_tta
+    from napari_linblur.models.registry import cached_model
 
     tta = check_tta(tta)
 
@@ -327,7 +354,7 @@ def evaluate_defocus(
     _MODEL_OBJS.clear()
     cards = {}
     for label, m in models.items():
-        net = _get_model(m, device)
+        net = cached_model(m, "defocus", device, channels_last=True)  # the model the estimator rows run
         _MODEL_OBJS[label] = net
         card = getattr(net, "card", {}) or {}
         cards[label] = {"model": str(m) if m is not None else "defocus-default",

@@ -49,13 +49,6 @@ _ALIASES = {"laplacian": "variance_of_laplacian", "normvar": "normalized_varianc
 PATCH_PIXELS = ("signal", "all")
 
 # --------------------------------------------------------------------------------------------------- model
-def _get_model(model, device):
-    """Load (once per process) the defocus model: ``None``/name/path are cached, modules passed through."""
-    from napari_linblur.models.registry import cached_model
-
-    return cached_model(model, "defocus", device, channels_last=True)
-
-
 class _PlaneDefocus:
     """Picklable per-plane σ estimator: holds a :class:`~napari_linblur.models.registry.ModelHandle` (the model's
     name, loaded once per worker process)."""

@@ -223,6 +223,7 @@ def _stamp(path: Path) -> tuple:
 def _content_images(path: str, channel, plane, max_stacks: int, stamp) -> tuple[tuple[np.ndarray, ...],
                                                                                  tuple[dict, ...]]:
     from napari_linblur.inference.defocus_ops import best_focus
+    from napari_linblur.inference.validate import name_arguments
     from napari_linblur.io.readers import open_zstacks
 
     arrays = open_zstacks(path, channel=channel)  # a ``linblur synth`` dataset: one NGFF image per field
@@ -240,9 +241,9 @@ def _content_images(path: str, channel, plane, max_stacks: int, stamp) -> tuple[
         try:
             z = (int(best_focus(stack, method="variance_of_laplacian")) if nz > 1 else 0) if plane == "auto" \
                 else int(plane) % nz
-        except ValueError as err:  # NaN in a plane: best_focus's "stack contains NaN …" names its own argument
-            text = str(err).removeprefix("stack ")
-            raise ValueError(f"--content-from {path}: stack {i} {text}; training content must be finite") from err
+        except ValueError as err:  # NaN in a plane: best_focus's error names its argument ("stack"): name ours
+            text = name_arguments(str(err), {"stack": f"stack {i}"})
+            raise ValueError(f"--content-from {path}: {text}; training content must be finite") from err
         img = np.asarray(stack[z], dtype=np.float32)
         if not np.isfinite(img).all():
             raise ValueError(f"--content-from {path}: plane {z} of stack {i} has NaN or Inf pixels; training "
