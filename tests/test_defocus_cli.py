@@ -804,3 +804,17 @@ def test_training_options_that_would_be_ignored_or_are_impossible_are_refused(tm
         err = capsys.readouterr().err
         assert says in err and ("finite" in err or str(nan) not in extra), err
         assert not out.exists()
+
+
+def test_the_same_command_and_seed_give_the_same_weights(tmp_path):
+    """Same command, seed and --threads: identical weight tensors (the .safetensors files differ only in their
+    card, which records --out and the elapsed time)."""
+    from safetensors.torch import load_file
+
+    base = ["train", "defocus", "--content", "mixed", "--steps", "3", "--width", "4", "--crop", "16",
+            "--render-size", "32", "--batch-size", "2", "--pool-size", "2", "--device", "cpu", "--no-progress",
+            "--threads", "1", "--seed", "5"]
+    for run in ("a", "b"):
+        assert main([*base, "--out", str(tmp_path / run)]) == 0
+    a, b = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
