@@ -292,6 +292,29 @@ def test_train_cli_init_starts_from_saved_weights(tiny_data, tmp_path):
         "command": registry.read_card(src)["training"]["command"], "steps": 3, "seconds": src_s,
         "total": {"seconds": src_s, "steps": 3, "legs": 1}}
     assert card["training_total"] == {"seconds": card["training"]["seconds"] + src_s, "steps": 5, "legs": 2}
+    # the architecture comes from the init model: a custom-config model continues without repeating --model-config
+    cmd = [a for a in common if a not in ("--model-config", json.dumps(TINY))]
+    assert main([*cmd, "--steps", "1", "--init", str(src), "--out", str(tmp_path / "c")]) == 0
+    assert registry.read_card(tmp_path / "c" / "model.safetensors")["config"] == registry.read_card(src)["config"]
+
+
+def test_train_cli_init_refuses_a_contradicting_config(tiny_data, tmp_path, capsys):
+    """--config / --model-config that contradict the --init model, or an --init of another task, are refused before
+    anything is written, naming what differs."""
+    from napari_linblur.cli.main import main
+
+    common = ["train", "ae", "--data", str(tiny_data), "--batch-size", "2", "--crop", "32", "--no-progress",
+              "--device", "cpu", "--threads", "1", "--steps", "1"]
+    assert main([*common, "--model-config", json.dumps(TINY), "--out", str(tmp_path / "a")]) == 0
+    src = str(tmp_path / "a" / "model.safetensors")
+    assert main([*common, "--init", src, "--config", "default", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "contradict --init" in err and "channels" in err and "leave --config and --model-config out" in err
+    assert not (tmp_path / "b").exists()
+    assert main([*common, "--init", "defocus-default", "--out", str(tmp_path / "c")]) == 2
+    assert "not a LinearLatentAE" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    # the same configuration given explicitly is accepted
+    assert main([*common, "--init", src, "--model-config", json.dumps(TINY), "--out", str(tmp_path / "d")]) == 0
 
 
 def test_joint_channels_share_the_split_and_train_from_the_cli(tiny_data, tmp_path):

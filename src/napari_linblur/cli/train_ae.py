@@ -7,7 +7,7 @@ Examples
 >>> register(sub)
 >>> a = p.parse_args(["ae", "--data", "d.zarr", "--out", "run", "--reg", "indirect"])
 >>> a.config, a.reg, a.channel, a.detach
-('default', 'indirect', 'w1', False)
+(None, 'indirect', 'w1', False)
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def model_config_from_args(args: argparse.Namespace) -> str | dict:
     ...
     ValueError: --model-config: blocks=-1: must be an int >= 0 (resnet only: residual blocks per stage), e.g. 1
     """
+    name = args.config or "default"
     if not args.model_config:
-        return args.config
+        return name
     import json
 
     from napari_linblur.models.autoencoder import CONFIG_KEYS, CONFIGS, check_config
@@ -79,7 +80,7 @@ def model_config_from_args(args: argparse.Namespace) -> str | dict:
     if unknown:
         raise ValueError(f"--model-config: unknown key(s) {unknown}; the autoencoder's options are "
                          f"{sorted(CONFIG_KEYS)}")
-    config = {**CONFIGS[args.config], **overrides}
+    config = {**CONFIGS[name], **overrides}
     if config.get("arch") == "paper":
         unused = sorted(k for k in ("latent_channels", "blocks") if k in overrides)
         if unused:
@@ -96,6 +97,42 @@ def model_config_from_args(args: argparse.Namespace) -> str | dict:
     return config
 
 
+def config_from_init(args: argparse.Namespace, config: str | dict) -> str | dict:
+    """The network configuration of a run with ``--init``: the init model's own, from its card.
+
+    ``--config`` / ``--model-config`` may be left out; given, they must name the init model's architecture
+    (otherwise its weights would not fit). A ``--resume`` reads the architecture its run recorded, so the
+    ``--init`` file may be gone.
+
+    Raises
+    ------
+    ValueError
+        The init model is not an autoencoder, or ``--config`` / ``--model-config`` contradict its configuration
+        (the message names the entries that differ).
+    """
+    from napari_linblur.models.autoencoder import CONFIGS
+    from napari_linblur.models.registry import read_card
+    from napari_linblur.training.loop import recorded_card
+
+    card = (recorded_card(args.out) if args.resume else None) or read_card(args.init)
+    if card.get("architecture") != "LinearLatentAE":
+        raise ValueError(f"--init {args.init!r} is a {card.get('architecture')} model, not a LinearLatentAE "
+                         "(linblur train ae continues autoencoders, e.g. --init ae-default)")
+    theirs = card.get("config")
+    if not isinstance(theirs, dict):
+        return config
+    if args.config is None and not args.model_config:
+        name = card.get("config_name")
+        return name if name in CONFIGS and CONFIGS[name] == theirs else dict(theirs)
+    ours = dict(CONFIGS[config]) if isinstance(config, str) else config
+    differ = [f"{k}: {theirs.get(k)!r} in the init model, {ours.get(k)!r} here"
+              for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    if differ:
+        raise ValueError(f"--config/--model-config contradict --init {args.init!r}, whose architecture is its own "
+                         f"({'; '.join(differ)}); leave --config and --model-config out")
+    return config
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.epochs is not None and not args.epochs > 0:
         raise ValueError(f"--epochs must be positive, got {args.epochs}")
@@ -104,6 +141,8 @@ def _run(args: argparse.Namespace) -> int:
                          f"got {args.split_seed}")
     check_out_not_in_input(args.out, args.data)
     config = model_config_from_args(args)  # checked before the data is read or --out is written
+    if args.init:
+        config = config_from_init(args, config)
     from napari_linblur.training.ae import AETask, load_fields
     from napari_linblur.training.loop import is_main_process, train
 
@@ -161,7 +200,8 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="linblur synth OME-Zarr dataset or BBBC006 folder")
     p.add_argument("--channel", default="w1",
                    help="channel name or index (default w1, nuclei); 'w1+w2' trains one model on both jointly")
-    p.add_argument("--config", default="default", choices=["default", "paper"], help="network configuration")
+    p.add_argument("--config", default=None, choices=["default", "paper"],
+                   help="network configuration (default: 'default'; with --init, the init model's)")
     p.add_argument("--reg", default="direct", choices=["baseline", "indirect", "direct"], help="regularization")
     p.add_argument("--detach", dest="detach", action="store_true", default=False,
                    help="stop the gradient through z_b in the direct term (default: no)")
@@ -178,7 +218,8 @@ def register(subparsers) -> None:
                    "over the two planes the operation receives, (a, c) for synthesis or (b, c) for deblurring, as "
                    "synthesize_blur and deblur_pair fit it at inference")
     p.add_argument("--model-config", default=None,
-                   help='JSON overriding entries of --config, e.g. \'{"channels": [16, 32], "latent_channels": 8}\'')
+                   help='JSON overriding entries of --config, e.g. \'{"channels": [16, 32], "latent_channels": 8}\' '
+                   "(with --init, leave it out: the architecture is the init model's)")
     p.add_argument("--batch-size", type=int, default=8, help="triplets per step (default 8)")
     p.add_argument("--crop", type=int, default=96,
                    help="crop side (default 96 for speed on CPUs; the paper uses 128)")
