@@ -165,3 +165,23 @@ def test_a_model_output_of_nan_for_a_finite_input_is_an_error_not_a_result():
     with pytest.raises(ValueError, match="does not keep the image size"):
         tiled_apply(lambda t: t[..., :-1], x, tile=32, overlap=8)
     np.testing.assert_allclose(tiled_apply(lambda t: 2 * t, x, tile=32, overlap=8)[0], 2 * x, rtol=1e-6)
+
+
+def test_deblur_checks_the_tiling_of_the_network_it_runs_once():
+    """deblur(method='reblur-extrapolate') runs the autoencoder: one seam warning, naming the autoencoder's 64 px
+    overlap (not also the deblurring network's 128 px), attributed to the caller's line."""
+    import warnings
+
+    import napari_linblur as nl
+
+    img = np.random.default_rng(2).poisson(200, (160, 160)).astype(np.float32)
+    smap = np.full(img.shape, 3.0, np.float32)
+    for method, kw, need in (("reblur-extrapolate", {}, 64), ("guided", {"guide": "reblur-extrapolate"}, 64),
+                             ("network", {}, 128)):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            out = nl.deblur(img, method=method, sigma_map=None if method == "network" else smap, tile=128,
+                            device="cpu", **kw)
+        seams = [w for w in got if "overlapping by" in str(w.message)]
+        assert out.shape == img.shape and len(seams) == 1, [str(w.message) for w in got]
+        assert f"less than the {need} px" in str(seams[0].message) and seams[0].filename == __file__

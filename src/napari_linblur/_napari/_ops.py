@@ -17,22 +17,7 @@ from typing import Any
 
 import numpy as np
 
-
-class Cancelled(RuntimeError):
-    """The user pressed Cancel (or a newer preview superseded this one)."""
-
-
-def _tiling_cancelled() -> tuple[type[BaseException], ...]:
-    try:
-        from napari_linblur.inference.tiling import Cancelled as TileCancelled
-    except Exception:  # noqa: BLE001
-        return (Cancelled,)
-    return (Cancelled, TileCancelled)
-
-
-def is_cancelled(err: BaseException) -> bool:
-    """True for the cancellation exceptions of this module and of :mod:`napari_linblur.inference.tiling`."""
-    return isinstance(err, _tiling_cancelled())
+from napari_linblur.inference.tiling import Cancelled  # the one cancellation of every operation and widget
 
 
 def call_op(func: Callable, *args, **kwargs):

@@ -146,9 +146,10 @@ def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, pr
 
 
 def _reblur_plane(plane: np.ndarray, sigma_b: float, *, sigma_r: float, ae, device, **pair_kw) -> np.ndarray:
-    """Re-blur the plane by ``sigma_r`` and extrapolate back past it (:func:`deblur_pair`); ``pair_kw`` are
-    deblur_pair's tiling, progress, cancel and self-ensemble options."""
-    from napari_linblur.inference.latent_ops import deblur_pair
+    """Re-blur the plane by ``sigma_r`` and extrapolate back past it (as :func:`deblur_pair`); ``pair_kw`` are
+    the autoencoder's tiling (checked by :func:`~napari_linblur.inference.latent_ops.check_ae_tiling`), progress,
+    cancel and self-ensemble options."""
+    from napari_linblur.inference.latent_ops import combine_normalized
     from napari_linblur.optics.convolve import fft_convolve
     from napari_linblur.optics.psf import gaussian_psf
 
@@ -159,7 +160,9 @@ def _reblur_plane(plane: np.ndarray, sigma_b: float, *, sigma_r: float, ae, devi
     alpha = reblur_alpha(sigma_b, sigma_r)
     if alpha >= 1.0:
         return plane.astype(np.float32)
-    return np.asarray(deblur_pair(plane, reblurred, alpha, model=ae, device=device, **pair_kw), np.float32)
+    norm, (b, c) = normalize_for_network(plane, reblurred)  # one normalization for the pair, as deblur_pair's
+    return np.asarray(norm.invert(combine_normalized(ae, b, c, 1.0 / alpha, -(1.0 - alpha) / alpha, **pair_kw)),
+                      np.float32)
 
 
 def deblur(
@@ -262,14 +265,21 @@ def deblur(
     if not sigma_full > sigma_focus:
         raise ValueError(f"need sigma_full > sigma_focus (guided: no deblurring up to sigma_focus px of blur, full "
                          f"strength from sigma_full px on), got sigma_focus={sigma_focus:g}, sigma_full={sigma_full:g}")
-    ae_tiling = dict(tile=tile, overlap=overlap)  # the autoencoder's own defaults apply where these are None
-    tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size, default_overlap=NETWORK_OVERLAP)
+    if method == "auto":
+        method = AUTO_METHOD
+    uses_net = method == "network" or (method == "guided" and guide == "network")
+    uses_ae = not uses_net  # 'reblur-extrapolate', and 'guided' with guide='reblur-extrapolate'
+    # the tiling of the network that runs (its own defaults and overlap): never checked against the other's
+    if uses_net:
+        tile, overlap, batch_size = check_tiling_options(tile, overlap, batch_size, default_overlap=NETWORK_OVERLAP)
+    else:
+        from .latent_ops import check_ae_tiling
+
+        tile, overlap, batch_size = check_ae_tiling(tile, overlap, batch_size)
     from .tta import check_tta
 
     tta = check_tta(tta)
     img = check_image(img, "img")
-    if method == "auto":
-        method = AUTO_METHOD
     if sigma_map is not None:
         sigma_map = check_image(sigma_map, "sigma_map")
         if tuple(sigma_map.shape) != tuple(img.shape):
@@ -282,8 +292,6 @@ def deblur(
     from .device import resolve_device
 
     check_model(defocus_model, "defocus", name="defocus_model")  # also when unused: a wrong value is an error
-    uses_net = method == "network" or (method == "guided" and guide == "network")
-    uses_ae = method == "reblur-extrapolate" or (method == "guided" and guide == "reblur-extrapolate")
     needs_map = method in ("reblur-extrapolate", "guided")
     _warn_unused(method, {
         "sigma_map": sigma_map is not None and not needs_map,
@@ -310,7 +318,7 @@ def deblur(
         sigma_map = estimate_defocus(img, model=defocus_model, device=dev, amp=amp, should_stop=should_stop)
     net_kw = dict(tile=tile, overlap=overlap, batch_size=batch_size, progress=progress, should_stop=should_stop,
                   amp=amp, tta=tta)
-    ae_kw = dict(ae_tiling, batch_size=batch_size, should_stop=should_stop, tta=tta)
+    ae_kw = dict(tile=tile, overlap=overlap, batch_size=batch_size, should_stop=should_stop, tta=tta)
 
     def _one(plane, smap=None):
         check_finite_plane(plane, "img")

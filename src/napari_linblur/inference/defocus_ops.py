@@ -36,7 +36,6 @@ __all__ = [
     "estimate_defocus",
     "focus_curve",
     "patch_means",
-    "plane_focus_score",
     "sigma_to_defocus_um",
     "signal_mask",
 ]
@@ -510,20 +509,6 @@ class _PlaneScore:
         # a score that cannot be computed must never win best_focus: the worst of its method (0 would be the best
         # possible defocus score, -σ <= 0)
         return -NO_SIGNAL_SIGMA if self.method == "defocus" else 0.0
-
-
-def plane_focus_score(plane, *, method: str = "defocus", model=None, device="auto", **kwargs) -> float:
-    """Focus score of one 2-D plane (higher = sharper); see :func:`focus_curve`.
-
-    Examples
-    --------
-    >>> p = np.zeros((32, 32)); p[::4, ::4] = 1
-    >>> plane_focus_score(p, method="brenner") > 0
-    True
-    """
-    plane = check_image(plane, "plane", allow_stack=False)
-    method = _check_method(method)
-    return _score_fn(method, model, device, kwargs)(np.asarray(plane))
 
 
 #: keyword options of :func:`focus_curve` / :func:`best_focus` passed to the defocus model

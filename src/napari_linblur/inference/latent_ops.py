@@ -39,8 +39,23 @@ from .validate import (
     is_dask,
 )
 
-DEFAULT_TILE = 256
-DEFAULT_OVERLAP = 64
+AE_TILE = 256
+AE_OVERLAP = 64
+
+
+def check_ae_tiling(tile: Any, overlap: Any, batch_size: Any) -> tuple[int, int, int]:
+    """Validated ``(tile, overlap, batch_size)`` of the autoencoder's operations (:func:`check_tiling_options`
+    with the autoencoder's tile, ``AE_TILE`` when ``tile`` is None, and its overlap, ``AE_OVERLAP``).
+
+    Examples
+    --------
+    >>> check_ae_tiling(None, None, 4)
+    (256, 64, 4)
+    """
+    return check_tiling_options(AE_TILE if tile is None else tile, overlap, batch_size, default_overlap=AE_OVERLAP,
+                                stacklevel=4)
+
+
 #: alpha grid searched by :func:`auto_alpha`
 ALPHA_GRID = tuple(float(a) for a in np.round(np.linspace(0.1, 1.0, 19), 3))
 
@@ -133,8 +148,8 @@ def combine_normalized(
     w_first: float,
     w_second: float,
     *,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
+    tile: int = AE_TILE,
+    overlap: int = AE_OVERLAP,
     batch_size: int = 4,
     progress=None,
     should_stop=None,
@@ -166,11 +181,6 @@ def combine_normalized(
         should_stop=should_stop,
     )
     return out[0]
-
-
-def reconstruct_normalized(model, plane: np.ndarray, **kw) -> np.ndarray:
-    """``D(E(plane))`` of a normalized plane, tiled (the same path as the pair operations)."""
-    return combine_normalized(model, plane, plane, 1.0, 0.0, **kw)
 
 
 def encode_normalized(model, plane: np.ndarray):
@@ -218,7 +228,7 @@ def synthesize_blur(
     *,
     model: Any = None,
     device: Any = "auto",
-    tile: int | None = DEFAULT_TILE,
+    tile: int | None = AE_TILE,
     overlap: int | None = None,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
@@ -275,8 +285,7 @@ def synthesize_blur(
     alpha = check_alpha(alpha, name="alpha")
     tta = check_tta(tta)
     check_callbacks(progress, should_stop)
-    tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size,
-                                                     default_overlap=DEFAULT_OVERLAP)
+    tile, overlap, batch_size = check_ae_tiling(tile, overlap, batch_size)
     from napari_linblur.models.registry import ModelHandle
 
     net = ModelHandle(model, "ae", device)  # a plane's task sent to a dask worker carries the name, not the weights
@@ -293,7 +302,7 @@ def deblur_pair(
     *,
     model: Any = None,
     device: Any = "auto",
-    tile: int | None = DEFAULT_TILE,
+    tile: int | None = AE_TILE,
     overlap: int | None = None,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
@@ -342,8 +351,7 @@ def deblur_pair(
                              "which leaves nothing but amplified noise; pick planes further apart")
     tta = check_tta(tta)
     check_callbacks(progress, should_stop)
-    tile, overlap, batch_size = check_tiling_options(DEFAULT_TILE if tile is None else tile, overlap, batch_size,
-                                                     default_overlap=DEFAULT_OVERLAP)
+    tile, overlap, batch_size = check_ae_tiling(tile, overlap, batch_size)
     from napari_linblur.models.registry import ModelHandle
 
     handle = ModelHandle(model, "ae", device)  # as in synthesize_blur

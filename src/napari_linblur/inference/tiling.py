@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -261,11 +261,6 @@ def _naming_the_plane(index: tuple[int, ...]):
         raise named from err
 
 
-def iter_planes(shape: Sequence[int]):
-    """Indices of the planes of a ``(..., Y, X)`` shape."""
-    return np.ndindex(*tuple(shape)[:-2])
-
-
 def check_int(value: Any, name: str, minimum: int) -> int:
     """``value`` as an ``int >= minimum``; a ``TypeError``/``ValueError`` naming ``name`` otherwise.
 
@@ -292,7 +287,7 @@ def _check_overlap_bound(tile: int, overlap: int) -> None:
 
 
 def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *, default_overlap: int = DEFAULT_OVERLAP,
-                         cap: int = AUTO_TILE_CAP) -> tuple[int | None, int, int]:
+                         cap: int = AUTO_TILE_CAP, stacklevel: int = 3) -> tuple[int | None, int, int]:
     """Validated ``(tile, overlap, batch_size)`` of the shared tiling path (every model uses it).
 
     ``tile`` is None (automatic) or an int >= 16; ``overlap`` an int >= 0 and at most half the tile
@@ -300,7 +295,8 @@ def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *, defaul
     ``default_overlap`` for an automatic tile, ``min(default_overlap, tile // 4)`` for a given one (so any tile >= 16
     works without an overlap);
     ``batch_size`` an int >= 1. An overlap below ``default_overlap`` (a small given tile, or a small given overlap)
-    is allowed with a ``UserWarning``: tile borders will differ from a whole-plane run (seams).
+    is allowed with a ``UserWarning``: tile borders will differ from a whole-plane run (seams); ``stacklevel`` points
+    it at the user's call (3: the caller of the operation that called this).
 
     Examples
     --------
@@ -324,5 +320,5 @@ def check_tiling_options(tile: Any, overlap: Any, batch_size: Any = 1, *, defaul
         warnings.warn(f"tiles overlapping by {overlap} px, less than the {default_overlap} px this model needs: "
                       "on a plane larger than one tile, expect visible seams at tile borders (use the automatic "
                       f"tile, or tile >= {4 * default_overlap} with overlap={default_overlap})",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=stacklevel)
     return tile, overlap, check_int(batch_size, "batch_size", 1)

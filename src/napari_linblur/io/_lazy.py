@@ -19,7 +19,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-__all__ = ["SafeZarrArray", "TiffPlanes", "TiffFilePlane", "TiffFileGrid", "natural_key", "as_dask",
+__all__ = ["SafeZarrArray", "TiffPlanes", "TiffFileGrid", "natural_key", "as_dask",
            "tiff_error", "tiff_plane_header", "read_tiff_plane"]
 
 
@@ -285,20 +285,6 @@ def read_tiff_plane(path: str | Path, shape: tuple[int, ...], dtype: np.dtype) -
             "opened); move it out of the folder or replace it, then open the folder again"
         )
     return data.astype(expected, copy=False)
-
-
-class TiffFilePlane:
-    """Lazy array-like for the first series of one TIFF file (one plane of a folder), checked on read against
-    the shape and dtype it was opened as (:func:`read_tiff_plane`)."""
-
-    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.path = str(path)
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.ndim = len(self.shape)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return read_tiff_plane(self.path, self.shape, self.dtype)[key]
 
 
 class TiffFileGrid:

@@ -49,7 +49,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -608,14 +607,6 @@ _NORM_CARD = {
     "inputs": "fit_normalization over the two planes an operation receives, as inference fits it: (a, c) as "
               "synthesize_blur or (b, c) as deblur_pair, half and half (0.1/99.9 percentiles)",
 }
-
-
-def latent_stats(model, x) -> dict[str, Any]:
-    """Mean |z| of ``model.encode(x)`` (used to watch for latent collapse)."""
-    import torch
-
-    with torch.no_grad():
-        return {"latent_abs": float(model.encode(x).abs().mean())}
 
 
 def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike | None = None,

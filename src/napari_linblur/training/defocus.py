@@ -48,7 +48,6 @@ __all__ = [
     "card_metrics",
     "card_recipe",
     "make_sample",
-    "natural_sources",
     "render_sample",
     "ship_model",
 ]
@@ -257,11 +256,6 @@ def _content_images(path: str, channel, plane, max_stacks: int, stamp) -> tuple[
         raise ValueError(f"{path}: every chosen in-focus plane is constant; --content-from needs images with "
                          "content")
     return tuple(images), tuple(used)
-
-
-def natural_sources(names=TRAIN_SOURCES) -> list[str]:
-    """Names of the scikit-image images usable as shuffle sources."""
-    return [n for n in names]
 
 
 def _crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

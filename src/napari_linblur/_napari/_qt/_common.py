@@ -609,7 +609,7 @@ class RunPanel(QWidget):
             answered.append(True)
             if not _alive(self):
                 return
-            if _ops.is_cancelled(err) or stop.is_set():
+            if isinstance(err, _ops.Cancelled) or stop.is_set():
                 self.status.setText(f"{desc}: cancelled — nothing was added or written")
                 if on_cancel:
                     on_cancel()
@@ -875,7 +875,7 @@ class LivePreview(QObject):
         def errored(err):
             if not _alive(self):
                 return
-            if not _ops.is_cancelled(err) and gen == self.generation:
+            if not isinstance(err, _ops.Cancelled) and gen == self.generation:
                 self._error(err, gen, inputs)
 
         def finished():
