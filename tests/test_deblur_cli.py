@@ -265,7 +265,7 @@ def test_evaluate_deblur_ssim_scores_the_reported_outputs(monkeypatch, tiny_mode
 
 
 @pytest.mark.parametrize("bad, says", [
-    (["--init", "ae-default"], "is an 'ae' model"),
+    (["--init", "ae-default"], "is a LinearLatentAE (ae) model, not a DRBNet"),
     (["--stage", "2", "--init", "deblur-default", "--data", "x.zarr", "--real-fraction", "2"], "--real-fraction"),
     (["--pool", "0"], "--pool must be >= 1"),
     (["--stage", "2", "--init", "deblur-default", "--data", "OUT"], "refusing to write into its own input"),

@@ -31,7 +31,6 @@ KINDS = {
     "ae": "Latent autoencoder — blur synthesis / pair deblurring (paper 000)",
 }
 SOURCES = {"synthetic": "synthetic (built in)", "layer": "image layer", "path": "dataset on disk"}
-ARCHITECTURES = {"defocus": "HDMENet", "deblur": "DRBNet", "ae": "LinearLatentAE"}
 
 
 def presets(kind: str) -> list[str]:
@@ -319,14 +318,9 @@ def init_card(kind: str, init: str) -> dict:
     ValueError
         a missing or corrupt file, or a model of another kind.
     """
-    from napari_linblur.models.registry import read_card
+    from napari_linblur.models.registry import check_init_card, read_card
 
-    card = read_card(init)
-    arch = card.get("architecture")
-    if arch != ARCHITECTURES[kind]:
-        raise ValueError(f"{init} is a {arch or 'unknown'} model; fine-tuning {KINDS[kind]} needs a "
-                         f"{ARCHITECTURES[kind]} model (e.g. the shipped {kind}-default)")
-    return card
+    return check_init_card(read_card(init), kind, str(init))
 
 
 def build_task(req: TrainRequest) -> Any:

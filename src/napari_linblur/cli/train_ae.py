@@ -111,13 +111,11 @@ def config_from_init(args: argparse.Namespace, config: str | dict) -> str | dict
         (the message names the entries that differ).
     """
     from napari_linblur.models.autoencoder import CONFIGS
-    from napari_linblur.models.registry import read_card
+    from napari_linblur.models.registry import check_init_card, read_card
     from napari_linblur.training.loop import recorded_card
 
     card = (recorded_card(args.out) if args.resume else None) or read_card(args.init)
-    if card.get("architecture") != "LinearLatentAE":
-        raise ValueError(f"--init {args.init!r} is a {card.get('architecture')} model, not a LinearLatentAE "
-                         "(linblur train ae continues autoencoders, e.g. --init ae-default)")
+    check_init_card(card, "ae", f"--init {args.init}")
     theirs = card.get("config")
     if not isinstance(theirs, dict):
         return config

@@ -65,15 +65,12 @@ def _run(args) -> int:
         raise ValueError(f"--pool must be >= 1 sharp fields, got {args.pool}")
     init_card: dict = {}
     if args.init:
-        from napari_linblur.models.registry import read_card
+        from napari_linblur.models.registry import check_init_card, read_card
 
         # a --resume takes the architecture its run recorded: the checkpoint holds every weight, so the --init
         # file is not read again (it may be gone)
         init_card = (recorded_card(args.out) if args.resume else None) or read_card(args.init)
-        task = init_card.get("task")
-        if task != "deblur":
-            raise ValueError(f"--init {args.init} is {'an' if str(task)[:1] in 'aeiou' else 'a'} {task!r} model; "
-                             "train deblur continues a deblurring network (deblur-default or STAGE1/model.safetensors)")
+        check_init_card(init_card, "deblur", f"--init {args.init}")
     config = args.config
     if config is None:  # fine-tuning keeps the architecture of the model it starts from
         config = init_card.get("config") or "default"

@@ -102,15 +102,14 @@ def run(args) -> int:
     config_name = args.config or "default"
     model_cfg = preset_config(config_name)
     if args.init:
-        from napari_linblur.models.registry import read_card
+        from napari_linblur.models.registry import check_init_card, read_card
 
         if args.width is not None:
             raise ValueError("--width cannot be combined with --init (the architecture comes from the init model)")
         # a --resume takes the architecture its run recorded: the checkpoint holds every weight, so the --init
         # file is not read again (it may be gone)
         init_card = (recorded_card(args.out) if args.resume else None) or read_card(args.init)
-        if init_card.get("architecture") != "HDMENet":
-            raise ValueError(f"--init {args.init!r} is a {init_card.get('architecture')} model, not HDMENet")
+        check_init_card(init_card, "defocus", f"--init {args.init}")
         init_name = init_card.get("config_name")
         if args.config is not None and args.config != init_name:
             raise ValueError(f"--config {args.config} cannot be combined with --init {args.init!r}, whose "

@@ -37,6 +37,9 @@ ARCHITECTURES: dict[str, str] = {
 ARCHITECTURE_TASKS: dict[str, tuple[str, ...]] = {"LinearLatentAE": ("ae",), "HDMENet": ("defocus",),
                                                   "DRBNet": ("deblur",)}
 
+#: task -> the architecture of its networks
+TASK_ARCHITECTURE: dict[str, str] = {t: arch for arch, tasks in ARCHITECTURE_TASKS.items() for t in tasks}
+
 #: operation -> name of the shipped default model
 DEFAULTS: dict[str, str] = {"ae": "ae-default", "defocus": "defocus-default", "deblur": "deblur-default"}
 
@@ -207,8 +210,7 @@ def init_weights(model, init, architecture: str):
     src = init if hasattr(init, "state_dict") else load_model(init, device="cpu")
     card = getattr(src, "card", {}) or {}
     label = str(card.get("name") or card.get("sha256", "")[:12]) if hasattr(init, "state_dict") else str(init)
-    if card.get("architecture") != architecture:
-        raise ValueError(f"init={label!r} is a {card.get('architecture')} model, not {architecture}")
+    check_init_card(card, ARCHITECTURE_TASKS[architecture][0], f"init={label!r}")
     try:
         model.load_state_dict(src.state_dict(), strict=True)
     except RuntimeError:
@@ -220,6 +222,27 @@ def init_weights(model, init, architecture: str):
         raise ValueError(f"init={label!r} was trained with another network configuration than this run's ({what}); "
                          "train with the configuration it was trained with (linblur train ae: --config / "
                          "--model-config)") from None
+    return card
+
+
+def check_init_card(card: dict, task: str, label: str) -> dict:
+    """``card``, checked to be the card of a ``task`` network: the model a training run continues (``--init``).
+    ``label`` names the model in the message (e.g. ``"--init x.safetensors"``). Every trainer and the training
+    widget check their init model here.
+
+    Examples
+    --------
+    >>> check_init_card({"architecture": "HDMENet"}, "ae", "--init m.safetensors")
+    Traceback (most recent call last):
+    ...
+    ValueError: --init m.safetensors is a HDMENet (defocus) model, not a LinearLatentAE: continue an ae model (e.g. ...
+    """
+    arch, want = card.get("architecture"), TASK_ARCHITECTURE[task]
+    if arch != want:
+        kind = f"{arch} ({'/'.join(ARCHITECTURE_TASKS[arch])})" if arch in ARCHITECTURE_TASKS else repr(arch)
+        raise ValueError(f"{label} is a {kind} model, not a {want}: continue {'an' if task[0] in 'aeiou' else 'a'} "
+                         f"{task} model (e.g. the shipped "
+                         f"{DEFAULTS[task]} or a run's model.safetensors)")
     return card
 
 
@@ -401,6 +424,30 @@ def save_model(model, path: str | os.PathLike, card: dict) -> Path:
     full = dict(card, sha256=sha256_file(path), weights=path.name)
     write_json_atomic(path.with_suffix(".json"), full)
     return path
+
+
+#: the largest shipped weight file SPEC allows (bytes)
+SHIPPED_MAX_BYTES = 15_000_000
+
+
+def save_shipped(model, path: str | os.PathLike, card: dict) -> Path:
+    """:func:`save_model` for a model that ships in the package: refused, before anything is written, when its
+    weights would exceed SPEC's 15 MB per file (:data:`SHIPPED_MAX_BYTES`). Every task's ``ship_model`` /
+    ``export_default`` goes through here.
+
+    Examples
+    --------
+    >>> import torch
+    >>> save_shipped(torch.nn.Linear(2000, 2000), "/no/big.safetensors", {})
+    Traceback (most recent call last):
+    ...
+    ValueError: the weights to ship as /no/big.safetensors hold 16.0 MB; shipped weights must be <= 15 MB ...
+    """
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if nbytes > SHIPPED_MAX_BYTES:
+        raise ValueError(f"the weights to ship as {path} hold {nbytes / 1e6:.1f} MB; shipped weights must be "
+                         f"<= {SHIPPED_MAX_BYTES / 1e6:g} MB (SPEC): train a smaller configuration")
+    return save_model(model, path, card)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

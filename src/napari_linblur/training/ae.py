@@ -628,7 +628,7 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike | None 
     ...
     napari_linblur.errors.MissingFileError: /no/run/model.safetensors: train a model first (linblur train ae ...
     """
-    from napari_linblur.models.registry import WEIGHTS_DIR, load_run, save_model
+    from napari_linblur.models.registry import WEIGHTS_DIR, load_run, save_shipped
 
     model, card = load_run(run_dir, "ae")
     if evaluation is not None:
@@ -650,4 +650,4 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike | None 
         card["previous"] = {"sha256": was.get("sha256"), "training_command": (was.get("training") or {}).get("command"),
                             "evaluation": (was.get("evaluation") or {}).get("model"),
                             "note": "the model this one replaced; its weights remain in git history"}
-    return save_model(model, WEIGHTS_DIR / f"{name}.safetensors", card)
+    return save_shipped(model, WEIGHTS_DIR / f"{name}.safetensors", card)

@@ -737,7 +737,7 @@ def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | Non
         ``training_minutes_total`` is added, and ``continues`` records its sha256, so the card lists and times the
         whole chain from its first leg.
     """
-    from napari_linblur.models.registry import load_model, read_card, save_model
+    from napari_linblur.models.registry import load_model, read_card, save_shipped
 
     model = load_model(model_path, device="cpu")
     card = dict(model.card)
@@ -770,7 +770,4 @@ def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | Non
     if metrics is not None:
         card["metrics"] = metrics
     card.update(extra or {})
-    size = Path(model_path).stat().st_size
-    if size > 15e6:
-        raise ValueError(f"{model_path} is {size / 1e6:.1f} MB; shipped weights must be <= 15 MB")
-    return save_model(model, out_path, card)
+    return save_shipped(model, out_path, card)

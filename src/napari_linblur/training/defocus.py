@@ -736,11 +736,11 @@ def ship_model(run_dir: str | os.PathLike, evaluation: str | os.PathLike, label:
     ...
     napari_linblur.errors.MissingFileError: /no/run/model.safetensors: train a model first (linblur train ...)
     """
-    from napari_linblur.models.registry import WEIGHTS_DIR, load_run, save_model
+    from napari_linblur.models.registry import WEIGHTS_DIR, load_run, save_shipped
 
     model, card = load_run(run_dir, "defocus")
     card["metrics"] = card_metrics(json.loads(Path(evaluation).read_text()), label, command)
     card["source_run"] = str(run_dir)
     card["name"] = name
     card.update(extra or {})
-    return save_model(model, WEIGHTS_DIR / f"{name}.safetensors", card)
+    return save_shipped(model, WEIGHTS_DIR / f"{name}.safetensors", card)
