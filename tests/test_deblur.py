@@ -194,6 +194,16 @@ def test_guided_leaves_in_focus_region_unchanged():
     np.testing.assert_array_equal(flat, blurry.astype(np.float32))
 
 
+def test_guided_weights_refuse_a_map_that_is_not_sigma():
+    """guided_weights is public: a NaN or negative σ map is an error naming it, not all-NaN weights."""
+    smap = np.full((128, 128), 2.0, np.float32)
+    smap[:70, :70] = np.nan
+    with pytest.raises(ValueError, match="sigma_map.*NaN"):
+        guided_weights(smap)
+    with pytest.raises(ValueError, match="sigma_map holds negative values"):
+        guided_weights(np.full((64, 64), -1.0, np.float32))
+
+
 def test_task_batches_are_deterministic_and_pairs_are_exact():
     task = DeblurTask(stage=1, config=TINY, data=DeblurData(**SMALL_DATA), seed=5, val_size=2)
     a, b = task.batch(3), task.batch(3)

@@ -42,9 +42,9 @@ from .tiling import (
     NETWORK_OVERLAP,
     Cancelled,
     auto_tile,
+    blend_regions,
     check_tiling_options,
     map_planes,
-    tile_starts,
 )
 from .validate import check_callbacks, check_finite_plane, check_image, check_number, is_dask
 
@@ -111,25 +111,19 @@ def guided_weights(sigma_map: np.ndarray, *, sigma_focus: float = DEFAULT_SIGMA_
     >>> float(w[:, :16].max()), float(w[:, -16:].min())
     (0.0, 1.0)
     """
-    from .tiling import blend_window
-
     s = np.asarray(sigma_map, np.float32)
     if s.ndim != 2:
         raise ValueError(f"sigma_map must be a 2-D (Y, X) map, got shape {s.shape}")
     if not sigma_full > sigma_focus >= 0:
         raise ValueError(f"need sigma_full > sigma_focus >= 0, got {sigma_full}, {sigma_focus}")
-    ny, nx = s.shape
-    th, tw = min(tile, ny), min(tile, nx)
-    acc = np.zeros((ny, nx), np.float32)
-    wsum = np.zeros((ny, nx), np.float32)
-    for y0 in tile_starts(ny, th, overlap):
-        for x0 in tile_starts(nx, tw, overlap):
-            med = float(np.median(s[y0 : y0 + th, x0 : x0 + tw]))
-            strength = float(np.clip((med - sigma_focus) / (sigma_full - sigma_focus), 0.0, 1.0))
-            win = blend_window((th, tw), overlap, (y0 > 0, y0 + th < ny, x0 > 0, x0 + tw < nx))
-            acc[y0 : y0 + th, x0 : x0 + tw] += strength * win
-            wsum[y0 : y0 + th, x0 : x0 + tw] += win
-    return np.clip(acc / np.maximum(wsum, 1e-12), 0.0, 1.0).astype(np.float32)
+    check_finite_plane(s, "sigma_map")
+    _check_sigma_values(s)
+
+    def strength(sl: tuple[slice, slice]) -> float:
+        med = float(np.median(s[sl]))
+        return float(np.clip((med - sigma_focus) / (sigma_full - sigma_focus), 0.0, 1.0))
+
+    return np.clip(blend_regions(s.shape, tile, overlap, strength), 0.0, 1.0).astype(np.float32)
 
 
 def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, progress, should_stop,
@@ -378,28 +372,11 @@ def _guided_reblur(plane, smap, w, *, sigma_r, ae, device, should_stop, progress
     ``pair_kw`` (tile, overlap, batch_size, tta) go to :func:`deblur_pair` inside each region; ``progress`` counts
     regions.
     """
-    from .tiling import blend_window
+    def one_region(sl: tuple[slice, slice]) -> np.ndarray:
+        if not float(w[sl].max()) > 0:
+            return plane[sl]
+        return _reblur_plane(plane[sl], float(np.median(smap[sl])), sigma_r=sigma_r, ae=ae, device=device,
+                             should_stop=should_stop, **pair_kw)
 
-    ny, nx = plane.shape
-    th, tw = min(_REGION, ny), min(_REGION, nx)
-    acc = np.zeros((ny, nx), np.float32)
-    wsum = np.zeros((ny, nx), np.float32)
-    ys, xs = tile_starts(ny, th, _REGION_OVERLAP), tile_starts(nx, tw, _REGION_OVERLAP)
-    done, total = 0, len(ys) * len(xs)
-    for y0 in ys:
-        for x0 in xs:
-            if should_stop is not None and should_stop():
-                raise Cancelled("cancelled")
-            sl = (slice(y0, y0 + th), slice(x0, x0 + tw))
-            win = blend_window((th, tw), _REGION_OVERLAP, (y0 > 0, y0 + th < ny, x0 > 0, x0 + tw < nx))
-            if float(w[sl].max()) > 0:
-                out = _reblur_plane(plane[sl], float(np.median(smap[sl])), sigma_r=sigma_r, ae=ae, device=device,
-                                    should_stop=should_stop, **pair_kw)
-            else:
-                out = plane[sl]
-            acc[sl] += out * win
-            wsum[sl] += win
-            done += 1
-            if progress is not None:
-                progress(done, total)
-    return acc / np.maximum(wsum, 1e-12)
+    return blend_regions(plane.shape, _REGION, _REGION_OVERLAP, one_region, progress=progress,
+                         should_stop=should_stop)

@@ -107,6 +107,42 @@ def blend_window(shape: tuple[int, int], overlap: int, sides: tuple[bool, bool, 
     return np.outer(wy, wx)
 
 
+def blend_regions(shape: tuple[int, int], region: int, overlap: int, fn: Callable[[tuple[slice, slice]], Any], *,
+                  progress: Callable[[int, int], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """Blend ``fn(region)`` over overlapping square regions of a ``(Y, X)`` plane, without a network.
+
+    The per-region counterpart of :func:`tiled_apply` (which batches tiles through a network): ``fn`` gets the
+    ``(y, x)`` slices of one region and returns an array of the region's shape or a scalar; the results are
+    blended with the raised-cosine windows of :func:`blend_window`. ``progress(done, total)`` after each region;
+    ``should_stop()`` is polled before each and raises :class:`Cancelled`.
+
+    Examples
+    --------
+    >>> out = blend_regions((100, 70), 64, 16, lambda sl: float(sl[1].start))  # each region's x offset
+    >>> out.shape, float(out[0, 0]), float(out[0, -1])
+    ((100, 70), 0.0, 6.0)
+    """
+    ny, nx = shape
+    th, tw = min(region, ny), min(region, nx)
+    acc = np.zeros((ny, nx), np.float32)
+    wsum = np.zeros((ny, nx), np.float32)
+    ys, xs = tile_starts(ny, th, overlap), tile_starts(nx, tw, overlap)
+    done, total = 0, len(ys) * len(xs)
+    for y0 in ys:
+        for x0 in xs:
+            if should_stop is not None and should_stop():
+                raise Cancelled("cancelled")
+            sl = (slice(y0, y0 + th), slice(x0, x0 + tw))
+            win = blend_window((th, tw), overlap, (y0 > 0, y0 + th < ny, x0 > 0, x0 + tw < nx))
+            acc[sl] += fn(sl) * win
+            wsum[sl] += win
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return acc / np.maximum(wsum, 1e-12)
+
+
 def _round_up(n: int, m: int) -> int:
     return int(-(-n // m) * m)
 
