@@ -51,7 +51,9 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None,
         help="start a local dask.distributed cluster with N workers (default: one per core, at most 4)"
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    from napari_linblur.cli._groups import add_device_option
+
+    add_device_option(parser)
 
 
 def add_progress_option(parser: argparse.ArgumentParser) -> None:

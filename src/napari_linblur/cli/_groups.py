@@ -169,6 +169,25 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """``--device``, as every command that runs a network spells it."""
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+
+
+def add_tta_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--tta N``: the self-ensemble of :mod:`napari_linblur.inference.tta` (its ``TTA_CHOICES``)."""
+    from napari_linblur.inference.tta import TTA_CHOICES
+
+    p.add_argument("--tta", type=int, default=1, choices=list(TTA_CHOICES), help=help_text)
+
+
+def add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    """``--overwrite`` of the commands writing an OME-Zarr output (what it may replace: ``io.omezarr``)."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier napari-linblur output (never a file, a plain folder, another "
+                        "tool's zarr store or a part of one)")
+
+
 def _need_member(parser: argparse.ArgumentParser, args) -> int:
     parser.print_help()
     return 2
@@ -180,7 +199,7 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int, lr: float, ckpt
     p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
     p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    add_device_option(p)
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
                    help="mixed precision: bf16 (CPU or GPU) or fp16 (CUDA only, with loss scaling)")
     p.add_argument("--ckpt-every", type=int, default=ckpt_every, help="checkpoint every N steps")

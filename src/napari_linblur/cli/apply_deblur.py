@@ -12,7 +12,7 @@ Examples::
 
 from __future__ import annotations
 
-from ._groups import DefaultsHelpFormatter
+from ._groups import DefaultsHelpFormatter, add_overwrite_option, add_tta_option
 
 
 def register(subparsers) -> None:
@@ -36,11 +36,8 @@ def register(subparsers) -> None:
                    help="defocus-map model for reblur-extrapolate / guided")
     p.add_argument("--sigma-r", type=float, default=2.0, help="re-blur σ (px) for reblur-extrapolate")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"], help="network precision")
-    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
-                   help="network self-ensemble: average over this many flips/rotations (N times slower)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier napari-linblur output (never a file, a plain folder, another "
-                        "tool's zarr store or a part of one)")
+    add_tta_option(p, "network self-ensemble: average over this many flips/rotations (N times slower)")
+    add_overwrite_option(p)
     p.set_defaults(func=run_deblur)
 
 

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ._groups import DefaultsHelpFormatter
+from ._groups import DefaultsHelpFormatter, add_overwrite_option, add_tta_option
 
 
 def register(subparsers) -> None:
@@ -45,8 +45,7 @@ def register(subparsers) -> None:
                    help="--mode patch: mean σ over the signal pixels of each tile (NaN: a tile without signal) or "
                    "over all its pixels (background included, where σ is a guess)")
     p.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 576 px)")
-    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
-                   help="self-ensemble: average the maps of this many flips/rotations (N times slower)")
+    add_tta_option(p, "self-ensemble: average the maps of this many flips/rotations (N times slower)")
     add_camera_options(p)
     u = p.add_argument_group("µm of defocus (default: σ in pixels)")
     u.add_argument("--um", action="store_true",
@@ -60,9 +59,7 @@ def register(subparsers) -> None:
     u.add_argument("--ni", type=float, default=1.0, help="immersion index: 1.0 air, 1.33 water, 1.515 oil (with --um)")
     u.add_argument("--psf-model", default="born_wolf", choices=["born_wolf", "gibson_lanni", "gaussian", "disc"],
                    help="PSF model of the σ <-> defocus calibration (with --um)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier napari-linblur output (never a file, a plain folder, another "
-                        "tool's zarr store or a part of one)")
+    add_overwrite_option(p)
     add_progress_option(p)
     p.set_defaults(func=run_defocus_map)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from ._groups import DefaultsHelpFormatter
+from ._groups import DefaultsHelpFormatter, add_overwrite_option
 
 
 def run_synthesize(args: argparse.Namespace) -> int:
@@ -124,7 +124,5 @@ def register(subparsers) -> None:
                    help="z positions (plane index units) of the planes to synthesize, between --sharp and --blurry")
     p.add_argument("--model", default=None, type=model_arg,
                    help="autoencoder name or .safetensors (default ae-default)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier napari-linblur output (never a file, a plain folder, another "
-                        "tool's zarr store or a part of one)")
+    add_overwrite_option(p)
     p.set_defaults(func=run_synthesize)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ._groups import add_device_option
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -24,7 +26,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic field (default 7)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 

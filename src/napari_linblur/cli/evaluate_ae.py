@@ -69,6 +69,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``ae`` to the ``linblur evaluate`` group."""
+    from ._groups import add_device_option, add_tta_option
+
     p = subparsers.add_parser(
         "ae",
         help="latent autoencoder: LDS/APD and synthesis/deblurring PSNR vs pixel blending and Wiener",
@@ -88,10 +90,9 @@ def register(subparsers) -> None:
                    "than the cards' is refused, as it would score training fields")
     p.add_argument("--max-fields", type=int, default=None, help="evaluate at most N fields")
     p.add_argument("--crop", type=int, default=None, help="central crop side (default: whole planes)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    add_device_option(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-auto-alpha", action="store_true", help="skip scoring the automatic alpha")
-    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
-                   help="also score pair deblurring with this self-ensemble (flips/rotations averaged; default 1)")
+    add_tta_option(p, "also score pair deblurring with this self-ensemble (flips/rotations averaged; default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

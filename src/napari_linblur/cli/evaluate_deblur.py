@@ -6,6 +6,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from ._groups import add_tta_option
+
     p = subparsers.add_parser(
         "deblur",
         help="evaluate single-image deblurring against Wiener / Richardson-Lucy given the true PSF",
@@ -26,8 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--speed-side", type=int, default=1024, help="image side of the speed comparison (default 1024)")
     p.add_argument("--depths", type=float, nargs="+", default=[1.0, 2.0, 4.0, 6.0, 8.0],
                    help="defocus distances (µm) of the through-focus test planes")
-    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
-                   help="also score the network with its self-ensemble over this many flips/rotations")
+    add_tta_option(p, "also score the network with its self-ensemble over this many flips/rotations")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default="eval_deblur", help="folder for deblur_eval.json and deblur_eval.md")
     p.set_defaults(func=_run)

@@ -8,7 +8,7 @@ Example::
 
 from __future__ import annotations
 
-from ._groups import DefaultsHelpFormatter
+from ._groups import DefaultsHelpFormatter, add_device_option, add_tta_option
 
 
 def register(subparsers) -> None:
@@ -36,9 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip the classical estimators")
     p.add_argument("--no-through-focus", action="store_true", help="skip the vectorial through-focus stack")
     p.add_argument("--no-bbbc006", action="store_true", help="skip the real BBBC006 plane")
-    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
-                   help="also score each model with its self-ensemble over this many flips/rotations")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    add_tta_option(p, "also score each model with its self-ensemble over this many flips/rotations")
+    add_device_option(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 on a busy machine)")
     p.set_defaults(func=run)
 
