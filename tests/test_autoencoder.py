@@ -374,3 +374,17 @@ def test_bbbc006_layout_loads_and_trains(tmp_path):
                  "--out", str(tmp_path / "run")]) == 0
     card = registry.read_card(tmp_path / "run" / "model.safetensors")
     assert card["data"]["kind"] == "bbbc006" and card["data"]["planes"][0] == 16
+
+
+@pytest.mark.parametrize("bad, error, says", [
+    ({"batch_size": "x"}, TypeError, "batch_size (--batch-size) must be an int >= 1, got 'x'"),
+    ({"batch_size": 8.0}, TypeError, "batch_size (--batch-size) must be an int >= 1"),
+    ({"batch_size": 0}, ValueError, "batch_size (--batch-size) must be an int >= 1"),
+    ({"crop": "x"}, TypeError, "crop (--crop) must be an int"),
+    ({"crop": 50}, ValueError, "crop (--crop) must be a positive multiple of 4"),
+])
+def test_ae_task_options_are_named_in_errors(tiny_data, bad, error, says):
+    """A script's bad batch size or crop names the option (it used to be Python's bare int() error)."""
+    with pytest.raises(error) as err:
+        AETask(load_fields(tiny_data, "w1"), "default", **bad)
+    assert says in str(err.value)

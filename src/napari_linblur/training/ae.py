@@ -432,13 +432,13 @@ class AETask(StartsFromInit):
             raise ValueError(f"normalization (--normalization) must be one of {NORMALIZATIONS}, got "
                              f"{normalization!r}")
         self.normalization = normalization
-        self.batch_size = int(batch_size)
-        if isinstance(batch_size, bool) or self.batch_size != batch_size or self.batch_size < 1:
-            raise ValueError(f"batch_size (--batch-size) must be an int >= 1, got {batch_size!r}")
-        self.crop = int(crop)
+        from napari_linblur.inference.tiling import check_int
+
+        self.batch_size = check_int(batch_size, "batch_size (--batch-size)", 1)
         # the network halves the size once per channel stage: crops must be a multiple of 2 ** stages
         multiple = 2 ** len(self.model_config.get("channels", ())) or 1
-        if isinstance(crop, bool) or self.crop != crop or self.crop < multiple or self.crop % multiple:
+        self.crop = check_int(crop, "crop (--crop)", 1)
+        if self.crop < multiple or self.crop % multiple:
             raise ValueError(f"crop (--crop) must be a positive multiple of {multiple} (the network's size "
                              f"multiple for this configuration), got {crop!r}")
         self.triplet_kind = triplets
