@@ -1,12 +1,14 @@
 """Batch runs over whole plates: one lazy graph, a ``dask.distributed`` cluster, OME-Zarr out.
 
-Every batch command (``linblur synthesize``, ``deblur``, ``defocus-map``, ``focus``) goes through
-:func:`run_batch`: the input is opened lazily with :func:`~napari_linblur.io.readers.open_zstack_with_metadata`,
-the operation builds a lazy dask graph (one task per plane), and the result is written chunk by chunk with
+Every batch command that writes images (``linblur synthesize``, ``deblur``, ``defocus-map``) goes through
+:func:`run_batch` (or its two steps, :func:`open_batch_input` and :func:`write_batch_output`): the input is opened
+lazily with :func:`~napari_linblur.io.readers.open_zstack_with_metadata`, the operation builds a lazy dask graph
+(one task per plane), and the result is written chunk by chunk with
 :func:`~napari_linblur.io.omezarr.write_ome_zarr` (atomic, never over its input) while a distributed client is
-active — a local cluster by default, or any scheduler address for plates larger than one machine. As many planes
-are computed at once as the cluster has worker threads, each written as soon as it is ready, so memory stays
-bounded by (worker threads x one plane).
+active — a local cluster by default, or any scheduler address for plates larger than one machine. As many planes are
+computed at once as the cluster has worker threads, each written as soon as it is ready, so memory stays bounded by
+(worker threads x one plane). ``linblur focus``, whose result is a few numbers per plane, computes its lazy graph on
+the same kind of cluster with :func:`compute_with_client`.
 
 Progress (blocks written, or planes scored, out of the total) is shown on stderr by :func:`progress_bar` when asked
 (``--no-progress`` turns it off; it is off when stderr is not a terminal), and a ``--scheduler`` whose cluster has no
@@ -289,29 +291,80 @@ def run_batch(
         a BBBC006 input its ``fields`` (well and site per P index) and ``planes`` (BBBC006 plane number per Z
         index), which :func:`~napari_linblur.io.readers.open_zstack_with_metadata` reads back into ``extra``.
     """
-    from napari_linblur.io.omezarr import check_output_path, writable_axes, write_ome_zarr
-    from napari_linblur.io.readers import open_zstack_with_metadata
-
-    # the output's checks (a file in the way, its own input, an existing output) before any work or cluster start;
-    # write_ome_zarr makes them again when it writes
-    check_output_path(output_path, overwrite=overwrite, source_paths=[input_path])
-    arr, meta = open_zstack_with_metadata(input_path, channel=channel)
-    with naming_the_input({"img": str(input_path)}):
+    arr, meta = open_batch_input(input_path, output_path, channel=channel, overwrite=overwrite)
+    names = {"img": str(input_path)}
+    with naming_the_input(names):
         result = operation(arr)
     if tuple(result.shape) != tuple(arr.shape):
         raise ValueError(f"operation changed the shape {arr.shape} -> {result.shape}")
+    return write_batch_output(result, meta, input_path, output_path, scheduler=scheduler, workers=workers,
+                              attrs=attrs, overwrite=overwrite, progress=progress, desc=desc, names=names)
+
+
+def open_batch_input(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
+                     channel: int | str | None = None, overwrite: bool = False) -> tuple[Any, Any]:
+    """The first step of :func:`run_batch`: check the output, then open the input lazily.
+
+    The output's checks (:func:`~napari_linblur.io.omezarr.check_output_path`: a file in the way, its own input,
+    an existing output without ``overwrite``) come before the input is read or a cluster starts;
+    :func:`write_batch_output` makes them again when it writes.
+
+    Returns
+    -------
+    (dask.array.Array, metadata)
+        The ``(..., Z, Y, X)`` stack and its metadata (:func:`~napari_linblur.io.readers.open_zstack_with_metadata`).
+    """
+    from napari_linblur.io.omezarr import check_output_path
+    from napari_linblur.io.readers import open_zstack_with_metadata
+
+    check_output_path(output_path, overwrite=overwrite, source_paths=[input_path])
+    return open_zstack_with_metadata(input_path, channel=channel)
+
+
+def write_batch_output(
+    result: Any,
+    meta: Any,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    attrs: dict | None = None,
+    overwrite: bool = False,
+    progress: bool | None = False,
+    desc: str | None = None,
+    names: dict[str, str] | None = None,
+    new_z: bool = False,
+) -> Path:
+    """The last step of :func:`run_batch`: compute the lazy ``result`` on a cluster and write it as OME-Zarr.
+
+    ``result`` has the input's axes (``meta``, from :func:`open_batch_input`), which the output keeps with their
+    calibration, channel names and BBBC006 fields; ``names`` (argument name -> the user's words) name the input
+    in errors raised while planes are computed (:func:`naming_the_input`). With ``new_z`` the planes along Z are
+    not the input's (``linblur synthesize``: one per α): Z has no calibration and the BBBC006 plane numbers are not
+    recorded. The other parameters are :func:`run_batch`'s.
+    """
+    from napari_linblur.io.omezarr import writable_axes, write_ome_zarr
+
+    axes = writable_axes(meta.axes)
+    scale, units, translate = list(meta.scale), list(meta.units), meta.translate
+    if new_z:  # Z's values are the operation's, recorded in ``attrs``
+        scale = [1.0 if a == "z" else float(v) for a, v in zip(axes, scale)]
+        units = [None if a == "z" else u for a, u in zip(axes, units)]
+        if translate is not None:
+            translate = [0.0 if a == "z" else float(t) for a, t in zip(axes, translate)]
     with (
         progress_bar(None, desc=desc or Path(output_path).name, unit="block", progress=progress) as bar,
         dask_client(scheduler, workers),
-        naming_the_input({"img": str(input_path)}),
+        naming_the_input(names or {"img": str(input_path)}),
     ):
         return write_ome_zarr(
             output_path,
             result,
-            axes=writable_axes(meta.axes),
-            scale=meta.scale,
-            translate=meta.translate,
-            units=meta.units,
+            axes=axes,
+            scale=scale,
+            translate=translate,
+            units=units,
             channel_names=meta.channel_names if "c" in meta.axes else None,
             axis_names=meta.axis_names,
             axis_types=meta.axis_types,
@@ -320,7 +373,8 @@ def run_batch(
                     "source": str(Path(input_path)),
                     "channel": meta.channel_names[0] if meta.channel_names and "c" not in meta.axes else None,
                     **({"fields": list(meta.extra["fields"])} if meta.extra.get("fields") else {}),
-                    **({"planes": [int(z) for z in meta.extra["planes"]]} if meta.extra.get("planes") else {}),
+                    **({"planes": [int(z) for z in meta.extra["planes"]]}
+                       if meta.extra.get("planes") and not new_z else {}),
                     **(attrs or {}),
                 }
             },

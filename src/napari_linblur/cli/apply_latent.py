@@ -26,15 +26,11 @@ from ._groups import DefaultsHelpFormatter, add_overwrite_option
 def run_synthesize(args: argparse.Namespace) -> int:
     import dask.array as da
 
-    from napari_linblur.batch import bar_reporter, dask_client, naming_the_input, progress_bar, progress_from_args
+    from napari_linblur.batch import naming_the_input, open_batch_input, progress_from_args, write_batch_output
     from napari_linblur.inference.latent_ops import alpha_from_positions, synthesize_blur
-    from napari_linblur.io.omezarr import check_output_path, writable_axes, write_ome_zarr
-    from napari_linblur.io.readers import open_zstack_with_metadata
 
     # OUT's checks (a file in the way, the input itself, an existing output) before any work, as run_batch's
-    check_output_path(args.output, overwrite=args.overwrite, source_paths=[args.input])
-    channel = args.channel
-    stack, meta = open_zstack_with_metadata(args.input, channel=channel)
+    stack, meta = open_batch_input(args.input, args.output, channel=args.channel, overwrite=args.overwrite)
     nz = stack.shape[-3]
     for name in ("sharp", "blurry"):
         v = getattr(args, name)
@@ -61,42 +57,12 @@ def run_synthesize(args: argparse.Namespace) -> int:
              "img_c": f"{args.input}, plane {args.blurry} (--blurry)"}
     with naming_the_input(names):
         planes = [synthesize_blur(a, c, al, model=args.model, device=args.device) for al in alphas]
-    out = da.stack(planes, axis=-3)
-    axes = writable_axes(meta.axes) if meta.axes.endswith("zyx") and len(meta.axes) == out.ndim else None
-    # the input's calibration on every axis but Z, whose planes are the synthesized α values (in the attributes)
-    scale = units = translate = None
-    if axes is not None:
-        scale = [1.0 if a == "z" else float(s) for a, s in zip(axes, meta.scale)]
-        units = [None if a == "z" else u for a, u in zip(axes, meta.units)]
-        if meta.translate is not None:  # placed where the input is (as deblur and defocus-map outputs are)
-            translate = [0.0 if a == "z" else float(t) for a, t in zip(axes, meta.translate)]
-    # a kept channel axis keeps its names (as ``linblur deblur``); one chosen channel is recorded in the attributes
-    channel_names = meta.channel_names if axes is not None and "c" in axes else None
-    with (
-        progress_bar(None, desc="synthesize", unit="block", progress=progress_from_args(args)) as bar,
-        dask_client(args.scheduler, args.workers),
-        naming_the_input(names),
-    ):
-        write_ome_zarr(
-            args.output,
-            out,
-            progress=bar_reporter(bar),
-            axes=axes,
-            scale=scale,
-            translate=translate,
-            units=units if units is not None else "micrometer",
-            channel_names=channel_names,
-            axis_names=meta.axis_names if axes is not None else None,  # an input's custom axis keeps its name
-            axis_types=meta.axis_types if axes is not None else None,
-            attrs={"linblur": {"operation": "synthesize_blur", "alphas": alphas, "sharp_plane": args.sharp,
-                               "blurry_plane": args.blurry, "model": args.model or "ae-default",
-                               "source": str(args.input),
-                               "channel": meta.channel_names[0] if meta.channel_names and "c" not in meta.axes
-                               else None,
-                               **({"fields": list(meta.extra["fields"])} if meta.extra.get("fields") else {})}},
-            overwrite=args.overwrite,
-            source_paths=[args.input],
-        )
+    # one plane per α along Z: the input's other axes and calibration, Z's values recorded as the alphas
+    write_batch_output(
+        da.stack(planes, axis=-3), meta, args.input, args.output, scheduler=args.scheduler, workers=args.workers,
+        attrs={"operation": "synthesize_blur", "alphas": alphas, "sharp_plane": args.sharp,
+               "blurry_plane": args.blurry, "model": args.model or "ae-default"},
+        overwrite=args.overwrite, progress=progress_from_args(args), desc="synthesize", names=names, new_z=True)
     print(f"wrote {args.output}: {len(alphas)} synthesized plane(s) per stack, alpha = {alphas}")
     return 0
 
