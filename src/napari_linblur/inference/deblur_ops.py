@@ -104,6 +104,25 @@ def guided_weights(sigma_map: np.ndarray, *, sigma_focus: float = DEFAULT_SIGMA_
     blended with the raised-cosine windows of :func:`~napari_linblur.inference.tiling.blend_window`. A region
     whose tiles all have median σ ≤ ``sigma_focus`` gets exactly 0 (left untouched).
 
+    Parameters
+    ----------
+    sigma_map : array_like, shape (Y, X)
+        σ of the equivalent Gaussian PSF per pixel, pixels (finite, ``>= 0``), e.g. from
+        :func:`~napari_linblur.inference.defocus_ops.estimate_defocus`; read as float32.
+    sigma_focus : float
+        Median σ (pixels) up to which a tile is in focus: strength 0 (``>= 0``).
+    sigma_full : float
+        Median σ (pixels) from which a tile is fully deblurred: strength 1 (``> sigma_focus``).
+    tile : int
+        Side of the square tiles, pixels (clipped to the map's size).
+    overlap : int
+        Overlap of neighbouring tiles, pixels: the width of the blending ramps.
+
+    Returns
+    -------
+    weights : ndarray of float32, shape (Y, X)
+        Deblurring strength in ``[0, 1]`` (0: keep the input, 1: the fully deblurred result).
+
     Examples
     --------
     >>> s = np.zeros((128, 128), np.float32); s[:, 64:] = 3.0

@@ -16,12 +16,18 @@ torch is imported only inside the functions, so importing this module stays chea
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .tiling import NETWORK_OVERLAP, _naming_the_plane, check_int, check_tiling_options, map_planes
 from .validate import check_callbacks, check_finite_plane, check_image, is_dask
+
+if TYPE_CHECKING:  # annotations only
+    import dask.array as da
+    from numpy.typing import ArrayLike
+
+    from napari_linblur.optics.psf import OpticalSetup
 
 #: Largest automatic tile of the defocus network: a 1024² plane is 2 x 2 tiles of 576 px. One whole 1024² tile
 #: ran 1.54x slower in float32 on this CPU (1.08x in bf16) than the 528-px tiles used before session 15; 576-px
@@ -357,15 +363,15 @@ def defocus_patches(img: Any, *, patch_size: int = 64, patch_pixels: str = "sign
 
 
 def sigma_to_defocus_um(
-    sigma_map,
+    sigma_map: ArrayLike | da.Array,
     *,
     na: float | None = None,
     wavelength_um: float | None = None,
     pixel_um: float | None = None,
     ni: float = 1.0,
     psf_model: str = "born_wolf",
-    setup=None,
-):
+    setup: OpticalSetup | None = None,
+) -> np.ndarray | da.Array:
     """Convert σ (pixels) to |defocus| (µm) with the optics calibration of a microscope.
 
     Uses :func:`napari_linblur.optics.psf.defocus_from_sigma` for the
@@ -386,7 +392,9 @@ def sigma_to_defocus_um(
 
     Returns
     -------
-    float32 array of the same shape (dask in -> dask out).
+    defocus_um : numpy.ndarray or dask.array.Array of float32
+        |defocus| in µm (``>= 0``; NaN where ``sigma_map`` is NaN), same shape as ``sigma_map``
+        (dask in -> dask out, converted lazily block by block).
 
     Examples
     --------
@@ -436,6 +444,23 @@ def signal_mask(plane, *, smooth: float = 2.0, fraction: float = 0.2, min_snr: f
     robust (MAD) standard deviation of the plane minus its smoothed version. Pixels brighter than
     ``b + fraction * (p99.5 - b)`` are signal, provided the contrast ``p99.5 - b`` exceeds ``min_snr * n``
     (otherwise the plane is empty or constant and the mask is all False).
+
+    Parameters
+    ----------
+    plane : array_like or dask array, shape (Y, X)
+        One real-valued plane (any intensity scale; computed if lazy), finite.
+    smooth : float
+        σ of the Gaussian smoothing, pixels (``0``: none).
+    fraction : float
+        Threshold as a fraction of the contrast ``p99.5 - b`` above the background, on the smoothed plane
+        (``0``: every pixel brighter than the median, ``1``: only pixels above the 99.5th percentile).
+    min_snr : float
+        Least contrast ``p99.5 - b``, in units of the noise ``n``, for the plane to count as having signal.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (Y, X)
+        True on signal pixels; all False for an empty, noise-only or constant plane.
 
     Examples
     --------

@@ -62,6 +62,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 def list_models() -> list[str]:
     """Names of the models shipped inside the package.
 
+    Returns
+    -------
+    list of str
+        Sorted names (e.g. ``"ae-default"``) of every ``NAME.json`` model card in the package's ``weights/``
+        folder that has its ``NAME.safetensors`` next to it; each is accepted by :func:`load_model`. Empty when
+        none is shipped.
+
     Examples
     --------
     >>> isinstance(list_models(), list)
@@ -267,6 +274,12 @@ def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto") -> Any:
         Unknown name, corrupt file, hash mismatch, weights that do not fit the architecture, or NaN/Inf weights.
     FileNotFoundError
         A path that does not exist.
+
+    Examples
+    --------
+    >>> model = load_model("ae-default", device="cpu")
+    >>> model.card["architecture"], model.task, model.training
+    ('LinearLatentAE', 'ae', False)
     """
     from safetensors.torch import load_file
 

@@ -8,7 +8,10 @@ no output pixel of the crop wraps around, and cropped back to its shape. The res
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import fft as sfft
 
 __all__ = ["fft_convolve", "fft_convolve_many"]
@@ -79,14 +82,14 @@ def _pad(a: np.ndarray, py: int, px: int, mode: str) -> np.ndarray:
     return np.pad(a, pad, mode=npmode)
 
 
-def fft_convolve_many(image, psfs, *, mode: str = "reflect") -> np.ndarray:
+def fft_convolve_many(image: ArrayLike, psfs: Iterable[ArrayLike], *, mode: str = "reflect") -> np.ndarray:
     """Convolve one image with several kernels, sharing the image's FFT.
 
     Parameters
     ----------
     image : array_like, shape (..., Y, X)
         Real image (leading axes are convolved independently, e.g. channels).
-    psfs : sequence of 2-D arrays
+    psfs : iterable of array_like, each 2-D
         Odd-sized centred kernels (sizes may differ).
     mode : {'reflect', 'mirror', 'nearest', 'constant', 'wrap'}
         Boundary handling, as in ``scipy.ndimage`` (``'constant'`` pads with zeros).
@@ -125,7 +128,7 @@ def fft_convolve_many(image, psfs, *, mode: str = "reflect") -> np.ndarray:
     return out
 
 
-def fft_convolve(image, psf, *, mode: str = "reflect") -> np.ndarray:
+def fft_convolve(image: ArrayLike, psf: ArrayLike, *, mode: str = "reflect") -> np.ndarray:
     """Exact linear convolution of ``image`` with a centred odd-sized ``psf`` via the FFT.
 
     The image is padded by the kernel half-size (``mode`` as in ``scipy.ndimage``: ``'reflect'`` mirrors

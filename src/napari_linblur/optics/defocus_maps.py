@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from ._rng import as_generator
@@ -40,11 +43,11 @@ def _check_range(sigma_range) -> tuple[float, float]:
 
 
 def gaussian_random_field_map(
-    shape,
+    shape: Sequence[int],
     *,
-    sigma_range=(0.0, 10.0),
+    sigma_range: Sequence[float] = (0.0, 10.0),
     correlation_px: float = 64.0,
-    rng=None,
+    rng: int | np.random.Generator | None = None,
 ) -> np.ndarray:
     """Smooth random σ map: white noise filtered by a Gaussian of width ``correlation_px``, min-max rescaled.
 
@@ -92,12 +95,12 @@ def _split(y0, y1, x0, x1, margin, gen):
 
 
 def region_map(
-    shape=None,
+    shape: Sequence[int] | None = None,
     *,
-    labels=None,
-    margins=(50, 20),
-    sigma_range=(0.0, 10.0),
-    rng=None,
+    labels: ArrayLike | None = None,
+    margins: Sequence[int] = (50, 20),
+    sigma_range: Sequence[float] = (0.0, 10.0),
+    rng: int | np.random.Generator | None = None,
 ) -> np.ndarray:
     """Piecewise constant σ map: recursive quad split (paper 001) or one σ per segmentation label.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._rng import as_generator
 
@@ -46,7 +47,7 @@ def _check_nonneg(name: str, value: float) -> float:
     return v
 
 
-def poisson_noise(image, *, scale: float = 1.0, rng=None) -> np.ndarray:
+def poisson_noise(image: ArrayLike, *, scale: float = 1.0, rng: int | np.random.Generator | None = None) -> np.ndarray:
     """Shot noise: ``Poisson(image * scale) / scale``.
 
     Parameters
@@ -75,8 +76,22 @@ def poisson_noise(image, *, scale: float = 1.0, rng=None) -> np.ndarray:
     return as_generator(rng).poisson(a * scale) / scale
 
 
-def gaussian_noise(image, std: float, *, rng=None) -> np.ndarray:
+def gaussian_noise(image: ArrayLike, std: float, *, rng: int | np.random.Generator | None = None) -> np.ndarray:
     """Additive white Gaussian noise of standard deviation ``std``.
+
+    Parameters
+    ----------
+    image : array_like
+        Real, finite values (any shape).
+    std : float
+        Standard deviation of the noise, in the image's units (``>= 0``; ``0`` returns a copy).
+    rng : numpy.random.Generator or int or None
+        Random source / seed.
+
+    Returns
+    -------
+    noisy : ndarray of float64
+        Same shape as ``image``: ``image + N(0, std²)``, not clipped.
 
     Examples
     --------
@@ -89,12 +104,12 @@ def gaussian_noise(image, std: float, *, rng=None) -> np.ndarray:
 
 
 def poisson_gaussian(
-    image_photons,
+    image_photons: ArrayLike,
     *,
     gain: float = 1.0,
     read_noise: float = 0.0,
     offset: float = 0.0,
-    rng=None,
+    rng: int | np.random.Generator | None = None,
 ) -> np.ndarray:
     """Poisson-Gaussian camera model: ``gain * (Poisson(photons) + N(0, read_noise²)) + offset``.
 
@@ -141,13 +156,13 @@ def poisson_gaussian(
 
 
 def salt_and_pepper(
-    image,
+    image: ArrayLike,
     amount: float,
     *,
     salt_vs_pepper: float = 0.5,
     low: float | None = None,
     high: float | None = None,
-    rng=None,
+    rng: int | np.random.Generator | None = None,
 ) -> np.ndarray:
     """Set a fraction ``amount`` of pixels to ``high`` (salt) or ``low`` (pepper).
 

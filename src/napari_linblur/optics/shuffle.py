@@ -8,13 +8,16 @@ with a known defocus map then gives training pairs with exact per-pixel defocus 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._rng import as_generator
 
 __all__ = ["pixel_shuffle"]
 
 
-def pixel_shuffle(image, rng=None, *, channel_axis: int | None = None) -> np.ndarray:
+def pixel_shuffle(
+    image: ArrayLike, rng: int | np.random.Generator | None = None, *, channel_axis: int | None = None
+) -> np.ndarray:
     """Randomly permute the pixel positions of ``image`` (same permutation for all channels).
 
     Parameters

@@ -22,8 +22,10 @@ blurry region must spill over a sharp one.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import fft as sfft
 
 from .convolve import _PAD_MODES, _check_image, _kernel_spectrum, _pad, fft_convolve_many
@@ -50,7 +52,7 @@ def _check_sigma_map(sigma_map, shape: tuple[int, ...]) -> np.ndarray:
     return s
 
 
-def sigma_levels(sigma_map, n_levels: int | None = None, *, step: float = 0.25) -> np.ndarray:
+def sigma_levels(sigma_map: ArrayLike, n_levels: int | None = None, *, step: float = 0.25) -> np.ndarray:
     """Quantisation levels spanning ``[min σ, max σ]`` of a map.
 
     Parameters
@@ -93,8 +95,8 @@ def _weights(s: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def render_spatially_varying(
-    sharp,
-    sigma_map,
+    sharp: ArrayLike,
+    sigma_map: ArrayLike,
     *,
     n_levels: int | None = None,
     method: str = "scatter",
@@ -171,12 +173,28 @@ def render_spatially_varying(
 
 
 def composite_blur(
-    sharp, sigma_map, *, n_levels: int | None = None, mode: str = "reflect"
+    sharp: ArrayLike, sigma_map: ArrayLike, *, n_levels: int | None = None, mode: str = "reflect"
 ) -> np.ndarray:
     """Reference shortcut: blur globally at each σ level, then pick per *target* pixel its nearest level.
 
     Not a physical spatially varying PSF (light from blurry regions does not spill over sharp ones); kept to
     show the difference in tests and docs. Use :func:`render_spatially_varying`.
+
+    Parameters
+    ----------
+    sharp : array_like, shape (..., Y, X)
+        All-in-focus image (real, finite; leading axes, e.g. channels, share the map).
+    sigma_map : array_like, shape (Y, X)
+        σ (pixels, ``>= 0``; ``0`` = in focus) of the Gaussian PSF at each *target* pixel.
+    n_levels : int, optional
+        Number of σ levels the image is blurred at (default: spacing <= 0.25 px, see :func:`sigma_levels`).
+        Each pixel takes the copy at the level nearest its σ (no interpolation between levels).
+    mode : {'reflect', 'mirror', 'nearest', 'constant', 'wrap'}
+        Boundary handling, as in :func:`~napari_linblur.optics.convolve.fft_convolve`.
+
+    Returns
+    -------
+    out : ndarray of float32, same shape as ``sharp``
 
     Examples
     --------
@@ -194,11 +212,28 @@ def composite_blur(
     return out.astype(np.float32)
 
 
-def render_from_defocus(sharp, defocus_um_map, setup: OpticalSetup, **kwargs) -> np.ndarray:
+def render_from_defocus(
+    sharp: ArrayLike, defocus_um_map: ArrayLike, setup: OpticalSetup, **kwargs: Any
+) -> np.ndarray:
     """Spatially varying rendering from a map of defocus distances (µm) for a microscope ``setup``.
 
     σ per pixel is :func:`~napari_linblur.optics.psf.sigma_from_defocus` (equivalent Gaussian of the
     setup's PSF); keyword arguments go to :func:`render_spatially_varying`.
+
+    Parameters
+    ----------
+    sharp : array_like, shape (..., Y, X)
+        All-in-focus image (leading axes, e.g. channels, share the map).
+    defocus_um_map : array_like, shape (Y, X)
+        Defocus distance per pixel, µm (finite; the sign is ignored: σ depends on ``|defocus|``).
+    setup : OpticalSetup
+        Microscope whose PSF model, NA, wavelength and pixel size give σ (pixels) for each defocus.
+    **kwargs
+        ``n_levels``, ``method`` and ``mode`` of :func:`render_spatially_varying`.
+
+    Returns
+    -------
+    out : ndarray of float32, same shape as ``sharp``
 
     Examples
     --------

@@ -10,6 +10,7 @@ Values are relative fluorophore density (roughly 0-1.5, background ~0.01); the o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -36,11 +37,11 @@ def _smooth_noise(shape, scale: float, gen: np.random.Generator) -> np.ndarray:
 
 
 def cell_phantom(
-    shape=(520, 696),
+    shape: Sequence[int] = (520, 696),
     *,
     n_cells: int | None = None,
     nucleus_radius_px: float = 11.0,
-    rng=None,
+    rng: int | np.random.Generator | None = None,
 ) -> np.ndarray:
     """Two-channel fluorescent cell phantom (nuclei ``w1``, actin / cell bodies ``w2``).
 

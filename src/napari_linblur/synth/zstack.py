@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..optics._rng import as_generator
 from ..optics.convolve import fft_convolve_many
@@ -30,7 +31,7 @@ def _cached_psfs(setup: OpticalSetup, defocus: tuple[float, ...]) -> tuple[np.nd
     return out
 
 
-def psfs_for(setup: OpticalSetup, defocus_um) -> tuple[np.ndarray, ...]:
+def psfs_for(setup: OpticalSetup, defocus_um: ArrayLike) -> tuple[np.ndarray, ...]:
     """PSFs of ``setup`` at each defocus (cached; read-only arrays).
 
     Examples
@@ -51,11 +52,11 @@ def psfs_for(setup: OpticalSetup, defocus_um) -> tuple[np.ndarray, ...]:
 
 
 def through_focus_stack(
-    content,
+    content: ArrayLike,
     recipe: Recipe | OpticalSetup,
-    defocus_um=None,
+    defocus_um: ArrayLike | None = None,
     *,
-    rng=None,
+    rng: int | np.random.Generator | None = None,
     clean: bool = False,
     photons: float | None = None,
     gain: float | None = None,
