@@ -609,28 +609,8 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
     stack = _check_stack(stack, "stack")
     method = _check_method(method)
     fn = _score_fn(method, model, device, kwargs)
-    lead = tuple(stack.shape[:-2])
-    if is_dask(stack):
-        import dask.array as da
-
-        nlead = len(lead)
-        chunks = {i: 1 for i in range(nlead)}
-        chunks.update({nlead: -1, nlead + 1: -1})
-        arr = da.asarray(stack).rechunk(chunks)
-
-        def _block(b, block_id=None):  # block_id, not block_info (a dict over every block: see map_planes)
-            where = tuple(block_id[:nlead]) if block_id is not None and nlead else ()
-            with _naming_the_plane(where):  # chunks of one plane: the chunk location is the plane's index
-                return np.asarray(fn(b.reshape(b.shape[-2:])), dtype=np.float64).reshape(b.shape[:-2])
-
-        lazy = arr.map_blocks(_block, drop_axis=[nlead, nlead + 1], dtype=np.float64,
-                              meta=np.empty((0,) * nlead, np.float64))
-        return np.asarray(lazy.compute()) if compute else lazy
-    out = np.empty(lead, np.float64)
-    for idx in np.ndindex(*lead):
-        with _naming_the_plane(idx):  # "... (at plane (3,) of the input)", as estimate_defocus says
-            out[idx] = fn(np.asarray(stack[idx]))
-    return out
+    curve = map_planes(fn, stack, dtype=np.float64, scalar=True)  # one task per plane for a lazy stack
+    return np.asarray(curve.compute()) if compute and is_dask(curve) else curve
 
 
 def best_focus(stack: Any, *, method: str = "defocus", model: Any = None, device: Any = "auto",

@@ -244,24 +244,29 @@ def tiled_apply(
     return np.ascontiguousarray(result[:, :ny, :nx])
 
 
-def map_planes(func: Callable[..., np.ndarray], *arrays, dtype=np.float32):
+def map_planes(func: Callable[..., Any], *arrays, dtype=np.float32, scalar: bool = False):
     """Apply ``func(*planes) -> (Y, X)`` to every plane of ``(..., Y, X)`` arrays of one shape.
 
-    numpy in -> numpy out (a loop); any dask input -> lazy dask out with one task per plane.
+    numpy in -> numpy out (a loop); any dask input -> lazy dask out with one task per plane. With ``scalar``,
+    ``func`` returns one number per plane and the result has the arrays' leading shape (a focus curve). An error
+    about one plane names it (``"... (at plane (3,) of the input)"``).
 
     Examples
     --------
     >>> stack = np.ones((3, 8, 8))
     >>> float(map_planes(lambda p: p * 2, stack).sum())
     384.0
+    >>> map_planes(lambda p: p.sum(), stack, dtype=np.float64, scalar=True)
+    array([64., 64., 64.])
     """
     if not arrays:
         raise ValueError("map_planes needs at least one array")
     shape = tuple(arrays[0].shape)
+    lead = len(shape) - 2
+    out_shape = shape[:lead] if scalar else shape
     if any(is_dask(a) for a in arrays):
         import dask.array as da
 
-        lead = len(shape) - 2
         chunks = {i: 1 for i in range(lead)}
         chunks.update({lead: -1, lead + 1: -1})
         darrs = [da.asarray(a).rechunk(chunks) for a in arrays]
@@ -272,11 +277,13 @@ def map_planes(func: Callable[..., np.ndarray], *arrays, dtype=np.float32):
             planes = [b.reshape(b.shape[-2:]) for b in blocks]
             where = tuple(block_id[:lead]) if block_id is not None and lead else ()
             with _naming_the_plane(where):
-                return np.asarray(func(*planes), dtype=dtype).reshape(blocks[0].shape)
+                result = np.asarray(func(*planes), dtype=dtype)
+                return result.reshape(blocks[0].shape[:lead] if scalar else blocks[0].shape)
 
-        return da.map_blocks(_block, *darrs, dtype=dtype, meta=np.empty((0,) * len(shape), dtype))
-    out = np.empty(shape, dtype)
-    for idx in np.ndindex(*shape[:-2]):
+        drop = {"drop_axis": [lead, lead + 1]} if scalar else {}
+        return da.map_blocks(_block, *darrs, dtype=dtype, meta=np.empty((0,) * len(out_shape), dtype), **drop)
+    out = np.empty(out_shape, dtype)
+    for idx in np.ndindex(*shape[:lead]):
         with _naming_the_plane(idx):
             out[idx] = func(*[np.asarray(a[idx]) for a in arrays])
     return out
