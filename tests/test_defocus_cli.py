@@ -416,9 +416,16 @@ def test_defocus_map_cli_in_micrometres(tmp_path, tiny_model, scheduler, capsys)
            "no --um": [*base[:2], str(tmp_path / "b2.zarr"), *base[3:], "--na", "0.45"],
            "no wavelength": [*base[:2], str(tmp_path / "b3.zarr"), *base[3:], "--um", "--na", "0.45"],
            "na >= ni": [*base[:2], str(tmp_path / "b4.zarr"), *base[3:], "--um", "--na", "1.2", "--wavelength",
-                        "0.52"]}
+                        "0.52"],
+           # values in nm converted every sigma below the in-focus one of a 520-µm wavelength to 0 µm, silently
+           "wavelength in nm": [*base[:2], str(tmp_path / "b5.zarr"), *base[3:], "--um", "--na", "0.45",
+                                "--wavelength", "520"],
+           "pixel in nm": [*base[:2], str(tmp_path / "b6.zarr"), *base[3:], "--um", "--na", "0.45",
+                           "--wavelength", "0.52", "--pixel-um", "650"]}
     says = {"no pixel size": "--pixel-um", "no --um": "add --um", "no wavelength": "--wavelength",
-            "na >= ni": "`--ni` on the command line"}
+            "na >= ni": "`--ni` on the command line",
+            "wavelength in nm": "a wavelength in nm? 520 nm is --wavelength 0.52",
+            "pixel in nm": "a size in nm? 650 nm is --pixel-um 0.65"}
     for key, argv in bad.items():
         assert main(argv) == 2, key
         assert says[key] in capsys.readouterr().err, key

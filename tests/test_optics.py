@@ -384,3 +384,20 @@ def test_tiny_and_empty_images_never_hang():
             np.testing.assert_allclose(fft_convolve(a, k, mode=mode), ndi.convolve(a, k, mode=mode), atol=1e-9)
     with pytest.raises(ValueError, match="empty"):
         fft_convolve(np.zeros((0, 5)), k)
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"wavelength_um": 520}, "a wavelength in nm? 520 nm is wavelength_um=0.52"),
+    ({"wavelength_um": 0.05}, "wavelength_um must be the emission wavelength in µm (0.1 to 3), got 0.05"),
+    ({"pixel_um": 650}, "a size in nm? 650 nm is pixel_um=0.65"),
+])
+def test_optical_setup_refuses_lengths_in_nm(kw, says):
+    """A wavelength or pixel size in nm used to convert silently (every sigma below the in-focus one -> 0 µm)."""
+    from napari_linblur.inference.defocus_ops import sigma_to_defocus_um
+
+    with pytest.raises(ValueError) as err:
+        OpticalSetup(**kw)
+    assert says in str(err.value)
+    full = {"na": 0.45, "wavelength_um": 0.52, "pixel_um": 0.65, **kw}
+    with pytest.raises(ValueError, match="in nm|in µm"):
+        sigma_to_defocus_um(np.array([1.0, 3.0]), **full)

@@ -139,9 +139,19 @@ def optics_from_args(args):
             unit = "no unit" if x is None or meta.units[x] is None else f"unit {meta.units[x]!r}"
             raise ValueError(f"{args.input} does not record its pixel size in a length unit ({unit}): pass "
                              "--pixel-um (the pixel size in the sample in µm, camera pixel / magnification)")
+    import re
+
     from napari_linblur.optics.psf import OpticalSetup
 
-    return OpticalSetup(na=args.na, wavelength_um=args.wavelength, pixel_um=pixel, ni=args.ni, model=args.psf_model)
+    try:
+        return OpticalSetup(na=args.na, wavelength_um=args.wavelength, pixel_um=pixel, ni=args.ni,
+                            model=args.psf_model)
+    except ValueError as err:  # the options by their command-line names ("--wavelength 0.52", not wavelength_um=)
+        options = {"wavelength_um": "--wavelength",
+                   "pixel_um": "--pixel-um" if args.pixel_um is not None else f"the pixel size of {args.input} (µm)"}
+        text = re.sub(r"\b(wavelength_um|pixel_um)\b(=?)",
+                      lambda m: options[m.group(1)] + (" " if m.group(2) else ""), str(err))
+        raise ValueError(text) from None
 
 
 def run_defocus_map(args) -> int:

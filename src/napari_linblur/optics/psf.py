@@ -488,6 +488,12 @@ def default_psf_size(setup: OpticalSetup, defocus_um: float) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+#: plausible emission wavelengths (µm) and sample pixel sizes (µm) of :class:`OpticalSetup`: outside, a value in
+#: nm is the likely mistake
+_WAVELENGTH_RANGE_UM = (0.1, 3.0)
+_MAX_PIXEL_UM = 100.0
+
+
 @dataclass(frozen=True)
 class OpticalSetup:
     """A widefield microscope: objective, emission wavelength, camera pixel and PSF model.
@@ -539,6 +545,18 @@ class OpticalSetup:
                                       ("ni", 1.0, False), ("ns", 1.0, False), ("depth_um", 0.0, False)):
             # plain floats from here on (numpy scalars, ints)
             object.__setattr__(self, name, _check_scalar(name, getattr(self, name), minimum=minimum, strict=strict))
+        # a value in nm (or a camera pixel, not the sample's) would convert without a sign of error: every σ below
+        # the in-focus one of a 520-µm "wavelength" reads as 0 µm of defocus
+        if not _WAVELENGTH_RANGE_UM[0] <= self.wavelength_um <= _WAVELENGTH_RANGE_UM[1]:
+            raise ValueError(f"wavelength_um must be the emission wavelength in µm ({_WAVELENGTH_RANGE_UM[0]:g} to "
+                             f"{_WAVELENGTH_RANGE_UM[1]:g}), got {self.wavelength_um:g}"
+                             + (f": a wavelength in nm? {self.wavelength_um:g} nm is wavelength_um="
+                                f"{self.wavelength_um / 1000:g}" if self.wavelength_um > _WAVELENGTH_RANGE_UM[1]
+                                else ""))
+        if self.pixel_um > _MAX_PIXEL_UM:
+            raise ValueError(f"pixel_um must be the pixel size in the sample in µm (at most {_MAX_PIXEL_UM:g}), got "
+                             f"{self.pixel_um:g}: a size in nm? {self.pixel_um:g} nm is pixel_um="
+                             f"{self.pixel_um / 1000:g}")
         if self.na >= self.ni:
             raise ValueError(f"na must be smaller than ni={self.ni}, the immersion medium's refractive index "
                              f"(1.0 air, 1.33 water, 1.515 oil: `ni=`, `--ni` on the command line), got {self.na}")
