@@ -85,6 +85,30 @@ def test_a_field_that_lacks_a_plane_is_dropped_with_a_warning(tmp_path):
     assert arr[0, 0, :, 0, 0].compute().tolist() == [_value("a01", 1, 1, z) for z in (15, 16, 17)]
 
 
+def test_upper_case_extensions_belong_to_the_plate_and_other_tiffs_are_named(tmp_path):
+    """A plane saved as ``.TIF`` used to be dropped from its field without a word (and the best plane reported
+    from the others); a TIFF without a BBBC006 name in the folder is left out with a warning naming it."""
+    plate = _plate(tmp_path / "plate", fields=FIELDS[:1], channels=(1,))
+    src = plate / _name(16, "a01", 1, 1)
+    src.rename(src.with_suffix(".TIF"))
+    arr, meta = _no_warning(open_zstack_with_metadata, plate, channel="w1")
+    assert meta.extra["planes"] == [15, 16, 17]
+    assert arr[0, :, 0, 0].compute().tolist() == [_value("a01", 1, 1, z) for z in (15, 16, 17)]
+    tifffile.imwrite(plate / "overview.tif", np.zeros(SHAPE, np.uint16))
+    with pytest.warns(UserWarning, match=r"1 TIFF file\(s\) without a BBBC006 name .* left out: overview.tif"):
+        assert open_zstack_with_metadata(plate, channel="w1")[0].shape == (1, 3) + SHAPE
+    # on the command line the warning is one line, like an error (no source file and code listing)
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "napari_linblur.cli.main", "focus", str(plate), "--method",
+                          "brenner", "--workers", "1", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    warned = [line for line in run.stderr.splitlines() if "overview.tif" in line]
+    assert len(warned) == 1 and warned[0].startswith("linblur focus: warning: "), run.stderr
+    assert "UserWarning" not in run.stderr and "open_zstack_with_metadata(" not in run.stderr
+
+
 def test_per_plane_folders_with_a_missing_file_drop_that_field(tmp_path):
     for z in (0, 1, 2):
         sub = tmp_path / f"BBBC006_v1_images_z_{z:02d}"

@@ -69,6 +69,15 @@ def _main(argv: list[str] | None = None) -> int:
     if threads is not None and threads < 1:
         print(f"linblur {args.command}: error: --threads must be >= 1, got {threads}", file=sys.stderr)
         return 2
+    import warnings
+
+    def _one_line(message, category, filename, lineno, line=None) -> str:
+        # a warning on the command line reads like its errors, not as a source file, line and code listing
+        kind = "warning" if category is UserWarning else category.__name__
+        return f"linblur {args.command}: {kind}: {message}\n"
+
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _one_line  # the format only: warnings recorded by a caller stay recorded
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError, FloatingPointError, OverflowError) as err:
@@ -94,6 +103,8 @@ def _main(argv: list[str] | None = None) -> int:
         # a training run stops at a step boundary and says where its checkpoint is (TrainingInterrupted)
         print(f"linblur {args.command}: interrupted" + (f" by {err}" if str(err) else ""), file=sys.stderr)
         return 143 if getattr(err, "signal_name", "") == "SIGTERM" else 130
+    finally:
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":  # pragma: no cover

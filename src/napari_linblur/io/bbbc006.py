@@ -40,6 +40,7 @@ __all__ = [
     "parse_bbbc006_name",
     "is_bbbc006_name",
     "scan_bbbc006",
+    "other_tiffs",
     "plane_from_folder",
     "PlateLayout",
     "organize",
@@ -55,7 +56,7 @@ BBBC006_FOCUS_PLANE = 16
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _NAME_RE = re.compile(
     r"^(?:(?P<z>\d{1,3})_)?(?P<plate>[A-Za-z0-9-]+?)_(?P<well>[A-Pa-p]\d{2})_s(?P<site>\d+)"
-    rf"_w(?P<channel>\d)(?P<uuid>{_UUID})?\.tiff?$"
+    rf"_w(?P<channel>\d)(?P<uuid>{_UUID})?\.(?i:tiff?)$"  # .tif, .TIF, .tiff ... (cameras and copies differ)
 )
 _FOLDER_RE = re.compile(r"^BBBC006_v1_images_z_(?P<z>\d+)$", re.IGNORECASE)
 
@@ -175,6 +176,12 @@ def scan_bbbc006(folder: str | Path) -> list[BBBCRecord]:
             )
         records.append(rec)
     return records
+
+
+def other_tiffs(folder: str | Path) -> list[Path]:
+    """The TIFF files of a BBBC006 folder (and its plane sub-folders) whose names are not BBBC006 names: left out
+    of its stacks, so the reader names them (a stray ``overview.tif``, a renamed plane)."""
+    return [p for p in _candidate_files(Path(folder)) if not is_bbbc006_name(p.name)]
 
 
 def _field_sort_key(field: str) -> tuple[str, int, int]:

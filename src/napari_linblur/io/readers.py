@@ -1056,6 +1056,11 @@ def _open_bbbc006_folder(
     message = _bb.dropped_message(folder, layout)
     if message:
         warnings.warn(message, UserWarning, stacklevel=3)
+    others = _bb.other_tiffs(folder)
+    if others:
+        names = ", ".join(str(q.relative_to(folder)) for q in others[:10]) + (" ..." if len(others) > 10 else "")
+        warnings.warn(f"{folder}: {len(others)} TIFF file(s) without a BBBC006 name (PLATE_WELL_sN_wC...tif) are "
+                      f"not part of its stacks and are left out: {names}", UserWarning, stacklevel=3)
     fields, shape, dtype, mismatched = _check_bbbc006_files(folder, layout)
     if mismatched:
         warnings.warn(_mismatched_message(folder, mismatched, len(layout.fields), shape, dtype), UserWarning,
