@@ -400,12 +400,24 @@ def test_defocus_map_cli_in_micrometres(tmp_path, tiny_model, scheduler, capsys)
     assert attrs["optics"]["na"] == 0.45 and attrs["optics"]["model"] == "born_wolf"
     # --pixel-um overrides it: the same σ in px is more µm of defocus with larger pixels
     out2 = tmp_path / "um2.zarr"
-    assert main([*base[:2], str(out2), *base[3:], "--um", "--na", "0.45", "--wavelength", "0.52",
-                 "--pixel-um", "1.3"]) == 0
+    with pytest.warns(UserWarning, match=r"--pixel-um 1.3 differs from the pixel size .* records \(0.65 x 0.65 µm\)"):
+        assert main([*base[:2], str(out2), *base[3:], "--um", "--na", "0.45", "--wavelength", "0.52",
+                     "--pixel-um", "1.3"]) == 0
     got2 = open_zstack(out2).compute().reshape(stack.shape)
     np.testing.assert_allclose(got2, sigma_to_defocus_um(estimate_defocus(
         stack, model=str(tiny_model), device="cpu", tile=32), setup=setup.replace(pixel_um=1.3)), rtol=1e-5, atol=1e-4)
     assert (got > 0).all() and (got2 > got).all()
+    # an input without a pixel size: the output records --pixel-um on y and x (napari shows it in µm)
+    plain = tmp_path / "plain_in.tif"
+    tifffile.imwrite(plain, stack)
+    out3 = tmp_path / "um3.zarr"
+    assert main(["defocus-map", str(plain), str(out3), *base[3:], "--um", "--na", "0.45", "--wavelength", "0.52",
+                 "--pixel-um", "0.325"]) == 0
+    from napari_linblur.io.readers import open_zstack_with_metadata
+
+    meta3 = open_zstack_with_metadata(out3)[1]
+    assert meta3.scale[-2:] == (0.325, 0.325) and meta3.units[-2:] == ("micrometer", "micrometer")
+    assert meta3.units[meta3.axes.index("z")] is None  # Z stays as uncalibrated as the input's
     capsys.readouterr()
 
     # bad or incomplete optics: exit 2 with the reason, nothing written

@@ -155,30 +155,56 @@ def optics_from_args(args):
 
 
 def run_defocus_map(args) -> int:
-    from napari_linblur.batch import progress_from_args, run_batch
+    from napari_linblur.batch import naming_the_input, open_batch_input, progress_from_args, write_batch_output
     from napari_linblur.inference.defocus_ops import estimate_defocus, sigma_to_defocus_um
 
     camera = camera_from_args(args)
     setup = optics_from_args(args)
-
-    def op(a):
-        sigma = estimate_defocus(a, model=args.model, device=args.device, tile=args.tile, mode=args.mode,
+    arr, meta = open_batch_input(args.input, args.output, channel=args.channel, overwrite=args.overwrite)
+    if setup is not None and args.pixel_um is not None:
+        meta = calibrated_by_pixel_um(meta, args.pixel_um, args.input)
+    names = {"img": str(args.input)}
+    with naming_the_input(names):
+        sigma = estimate_defocus(arr, model=args.model, device=args.device, tile=args.tile, mode=args.mode,
                                  patch_size=args.patch_size, patch_pixels=args.patch_pixels, tta=args.tta,
                                  camera=camera)
-        return sigma if setup is None else sigma_to_defocus_um(sigma, setup=setup)
-
+        result = sigma if setup is None else sigma_to_defocus_um(sigma, setup=setup)
     unit = ("pixel (sigma of the equivalent Gaussian PSF)" if setup is None
             else "micrometer (|defocus|, from sigma with the optics calibration)")
-    out = run_batch(
-        op, args.input, args.output, channel=args.channel, scheduler=args.scheduler, workers=args.workers,
+    out = write_batch_output(
+        result, meta, args.input, args.output, scheduler=args.scheduler, workers=args.workers,
         attrs={"operation": "defocus-map", "unit": unit, "model": args.model or "defocus-default",
                "mode": args.mode, "patch_size": args.patch_size, "patch_pixels": args.patch_pixels, "tta": args.tta,
                "camera": camera,
                **({"optics": setup.to_dict()} if setup is not None else {})},
         overwrite=args.overwrite, progress=progress_from_args(args), desc=f"defocus-map {Path(args.output).name}",
+        names=names,
     )
     print(f"wrote {out}")
     return 0
+
+
+def calibrated_by_pixel_um(meta, pixel_um: float, source) -> Any:
+    """``meta`` with y and x in µm of ``--pixel-um`` when the input records no length for them (the output then
+    says in µm where it is, as the µm conversion assumed); an input that records another pixel size keeps it,
+    with a warning that the conversion used ``--pixel-um``."""
+    import dataclasses
+    import warnings
+
+    from napari_linblur.io.readers import length_in_um
+
+    yx = [meta.axes.index(a) for a in "yx" if a in meta.axes]
+    recorded = [length_in_um(meta.scale[i], meta.units[i]) for i in yx]
+    if any(r is None for r in recorded):
+        scale, units = list(meta.scale), list(meta.units)
+        for i in yx:
+            scale[i], units[i] = float(pixel_um), "micrometer"
+        return dataclasses.replace(meta, scale=tuple(scale), units=tuple(units))
+    if any(abs(r - pixel_um) > 0.01 * pixel_um for r in recorded):
+        warnings.warn(f"--pixel-um {pixel_um:g} differs from the pixel size {source} records "
+                      f"({' x '.join(f'{r:g}' for r in recorded)} µm): the µm map uses --pixel-um; the output keeps "
+                      "the file's calibration", UserWarning, stacklevel=2)
+    return meta
 
 
 def bbbc006_planes(meta, n_planes: int) -> list[int] | None:
