@@ -180,6 +180,12 @@ def test_normalized_variance_by_hand():
         normalized_variance(np.zeros((2, 2)))
     with pytest.raises(ValueError, match="mean intensity is -2"):  # background-subtracted data would rank backwards
         normalized_variance(img - 5.0)
+    # zero-mean up to rounding (a mean of 1.9e-15 scored 4e18) and median-subtracted data are refused as well
+    centred = np.random.default_rng(0).random((16, 16)) * 100
+    centred -= centred.mean()
+    for bad in (centred, centred + 1e-12, img - np.median(img)):
+        with pytest.raises(ValueError, match="positive intensities"):
+            normalized_variance(bad)
 
 
 def test_focus_measure_map_local():

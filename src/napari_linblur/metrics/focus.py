@@ -125,8 +125,9 @@ def tenengrad(image: Any) -> float:
 def normalized_variance(image: Any) -> float:
     """Normalized variance ``var(I) / mean(I)``.
 
-    Defined for positive intensities (raw camera counts): a mean <= 0 (e.g. background-subtracted data) would flip
-    or break the ranking, so it is an error; use :func:`variance_of_laplacian` or :func:`brenner` there.
+    Defined for positive intensities (raw camera counts): a mean <= 0 or any negative pixel (background-subtracted
+    data, whose mean is near 0 by construction, so that the score is arbitrarily large) would flip or break the
+    ranking, so it is an error; use :func:`variance_of_laplacian` or :func:`brenner` there.
 
     Examples
     --------
@@ -139,6 +140,11 @@ def normalized_variance(image: Any) -> float:
         raise ValueError(f"image: mean intensity is {mu:.6g}; normalized variance needs positive intensities "
                          "(mean > 0, e.g. raw camera counts); use variance_of_laplacian or brenner for "
                          "background-subtracted data")
+    low = float(np.min(a))
+    if low < 0:
+        raise ValueError(f"image: holds negative intensities (min {low:.6g}, mean {mu:.6g}); normalized variance "
+                         "needs positive intensities (raw camera counts): on background-subtracted data its score "
+                         "grows without bound as the mean nears 0; use variance_of_laplacian or brenner")
     return float(np.var(a) / mu)
 
 
