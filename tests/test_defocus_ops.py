@@ -234,9 +234,9 @@ def test_focus_options_are_checked(net):
         D.focus_curve(stack, model=net, device="cpu", batch_size="2")
     with pytest.raises(ValueError, match="tta"):
         D.focus_curve(stack, model=net, device="cpu", tta=3)
-    with pytest.raises(ValueError, match="only apply to method='defocus'"):
+    with pytest.raises(ValueError, match="tta only applies to method='defocus'"):
         D.focus_curve(stack, method="brenner", tta=8)
-    with pytest.raises(ValueError, match="model only apply"):
+    with pytest.raises(ValueError, match="model only applies"):
         D.best_focus(stack, method="tenengrad", model=net)
     assert D.focus_curve(stack, method="brenner", camera="auto", tile=None).shape == (3,)  # the defaults are fine
 

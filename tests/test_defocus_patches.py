@@ -181,6 +181,28 @@ def test_bad_patch_options_fail_before_any_work():
         D.defocus_patches(img, mode="pixel", device="cpu")
 
 
+def test_patch_options_of_a_per_pixel_map_are_said_to_be_unused(tmp_path, capsys):
+    """patch_size / --patch-size without the patch mode used to be ignored silently (while --na without --um was
+    refused): the API warns, the command line refuses before any work."""
+    import tifffile
+
+    from napari_linblur.cli.main import main
+
+    img = np.ones((32, 32), np.uint16)
+    with pytest.warns(UserWarning, match="patch_size is not used by mode='pixel'"):
+        D.estimate_defocus(img, patch_size=32, device="cpu")
+    with pytest.warns(UserWarning, match="patch_pixels is not used by mode='pixel'"):
+        D.estimate_defocus(img, patch_pixels="all", device="cpu")
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, np.stack([img, img]))
+    for extra, says in ((["--patch-size", "32"], "--patch-size only applies to --mode patch"),
+                        (["--patch-size", "32", "--patch-pixels", "all"], "--patch-size, --patch-pixels only apply"),
+                        (["--na", "0.45"], "--na only converts the map to µm")):
+        out = tmp_path / "o.zarr"
+        assert main(["defocus-map", str(src), str(out), "--workers", "1", *extra]) == 2
+        assert says in capsys.readouterr().err and not out.exists()
+
+
 @pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("method", ["brenner", "defocus"])
 def test_errors_scoring_a_plane_name_the_plane(method, lazy):

@@ -40,10 +40,10 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, type=model_arg,
                    help="model name or .safetensors path (default defocus-default)")
     p.add_argument("--mode", default="pixel", choices=["pixel", "patch"], help="per-pixel map or mean σ per tile")
-    p.add_argument("--patch-size", type=int, default=64, help="tile side for --mode patch")
-    p.add_argument("--patch-pixels", default="signal", choices=["signal", "all"],
-                   help="--mode patch: mean σ over the signal pixels of each tile (NaN: a tile without signal) or "
-                   "over all its pixels (background included, where σ is a guess)")
+    p.add_argument("--patch-size", type=int, default=None, help="tile side for --mode patch (default 64)")
+    p.add_argument("--patch-pixels", default=None, choices=["signal", "all"],
+                   help="--mode patch: mean σ over the signal pixels of each tile (default; NaN: a tile without "
+                   "signal) or over all its pixels (background included, where σ is a guess)")
     p.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 576 px)")
     add_tta_option(p, "self-ensemble: average the maps of this many flips/rotations (N times slower)")
     add_camera_options(p)
@@ -123,7 +123,8 @@ def optics_from_args(args):
     if not args.um:
         given = [k for k, v in optics.items() if v is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} only convert the map to µm: add --um (or leave them out)")
+            raise ValueError(f"{', '.join(given)} only convert{'s' if len(given) == 1 else ''} the map to µm: add "
+                             "--um (or leave them out)")
         return None
     missing = [k for k in ("--na", "--wavelength") if optics[k] is None]
     if missing:
@@ -160,21 +161,30 @@ def run_defocus_map(args) -> int:
 
     camera = camera_from_args(args)
     setup = optics_from_args(args)
+    patch = {"--patch-size": args.patch_size, "--patch-pixels": args.patch_pixels}
+    if args.mode != "patch":
+        given = [k for k, v in patch.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --mode patch (the "
+                             "mean σ per tile): add --mode patch (or leave them out)")
+    patch_size = 64 if args.patch_size is None else args.patch_size
+    patch_pixels = args.patch_pixels or "signal"
     arr, meta = open_batch_input(args.input, args.output, channel=args.channel, overwrite=args.overwrite)
     if setup is not None and args.pixel_um is not None:
         meta = calibrated_by_pixel_um(meta, args.pixel_um, args.input)
     names = {"img": str(args.input)}
     with naming_the_input(names):
         sigma = estimate_defocus(arr, model=args.model, device=args.device, tile=args.tile, mode=args.mode,
-                                 patch_size=args.patch_size, patch_pixels=args.patch_pixels, tta=args.tta,
-                                 camera=camera)
+                                 patch_size=patch_size, patch_pixels=patch_pixels, tta=args.tta, camera=camera)
         result = sigma if setup is None else sigma_to_defocus_um(sigma, setup=setup)
     unit = ("pixel (sigma of the equivalent Gaussian PSF)" if setup is None
             else "micrometer (|defocus|, from sigma with the optics calibration)")
     out = write_batch_output(
         result, meta, args.input, args.output, scheduler=args.scheduler, workers=args.workers,
         attrs={"operation": "defocus-map", "unit": unit, "model": args.model or "defocus-default",
-               "mode": args.mode, "patch_size": args.patch_size, "patch_pixels": args.patch_pixels, "tta": args.tta,
+               "mode": args.mode,
+               **({"patch_size": patch_size, "patch_pixels": patch_pixels} if args.mode == "patch" else {}),
+               "tta": args.tta,
                "camera": camera,
                **({"optics": setup.to_dict()} if setup is not None else {})},
         overwrite=args.overwrite, progress=progress_from_args(args), desc=f"defocus-map {Path(args.output).name}",

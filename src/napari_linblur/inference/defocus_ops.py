@@ -140,6 +140,13 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
                                                      cap=DEFOCUS_TILE_CAP)
     patch_size = check_int(patch_size, "patch_size", 4)
     _check_patch_pixels(patch_pixels)
+    if mode == "pixel":  # a patch option given for a per-pixel map: said, not silently ignored
+        import warnings
+
+        for name, value, default in (("patch_size", patch_size, 64), ("patch_pixels", patch_pixels, "signal")):
+            if value != default:
+                warnings.warn(f"{name} is not used by mode='pixel' (only by mode='patch', the mean σ per tile); it "
+                              "is ignored", UserWarning, stacklevel=4)
     if amp not in ("auto", "off", "bf16"):
         raise ValueError(f"amp={amp!r}; use 'auto', 'off' or 'bf16'")
     return _PlaneDefocus(model, device, tile, overlap, batch_size, mode, patch_size, progress, should_stop,
@@ -548,8 +555,9 @@ def _score_fn(method, model, device, kwargs):
     if method != "defocus":
         given = sorted(k for k, v in kwargs.items() if v is not None and not (k == "camera" and v == "auto"))
         if given or model is not None:
-            opts = ", ".join((["model"] if model is not None else []) + given)
-            raise ValueError(f"{opts} only apply to method='defocus'; method={method!r} scores the raw intensities")
+            names = (["model"] if model is not None else []) + given
+            raise ValueError(f"{', '.join(names)} only appl{'y' if len(names) > 1 else 'ies'} to method='defocus'; "
+                             f"method={method!r} scores the raw intensities")
         return _PlaneScore(method, None)
     given = {k: v for k, v in kwargs.items() if v is not None}  # None = the option's default
     options = {"tile": None, "overlap": None, "batch_size": 1, **given}
