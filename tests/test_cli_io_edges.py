@@ -111,6 +111,26 @@ def test_an_output_below_a_file_is_refused_naming_the_file(tmp_path, capsys, mon
     assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "stack.tif"]
 
 
+def test_an_output_named_like_a_file_or_empty_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """``linblur defocus-map IN out.tif`` wrote an OME-Zarr *folder* named out.tif; an empty name was reported as
+    'refusing to overwrite its own input'. Both are named now, before any work, and nothing is written."""
+    import napari_linblur.batch as batch
+    import napari_linblur.synth.dataset as dataset
+
+    tif = tmp_path / "stack.tif"
+    tifffile.imwrite(tif, np.random.default_rng(0).integers(0, 100, (2, 32, 32), dtype=np.uint16))
+    monkeypatch.setattr(batch, "dask_client", lambda *a, **k: pytest.fail("started a cluster before the check"))
+    monkeypatch.setattr(dataset, "synthesize_field", lambda *a, **k: pytest.fail("synthesized before the check"))
+    monkeypatch.chdir(tmp_path)
+    for argv, says in ((["defocus-map", str(tif), "maps.tif"], "not a .tif file; name it maps.zarr"),
+                       (["deblur", str(tif), "sharp.TIFF"], "not a .TIFF file; name it sharp.zarr"),
+                       (["defocus-map", str(tif), ""], "the output path is empty"),
+                       (["synth", "data.tif", "--shape", "32", "48", "--no-progress"], "name it data.zarr")):
+        assert main(argv) == 2
+        assert says in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif"]
+
+
 def test_check_out_not_in_input_guards_the_whole_store(tmp_path):
     """The shared check of the training and evaluation commands (``--out`` against ``--data``/``--content-from``):
     the input's outermost zarr store and everything inside it are refused; a folder beside or around it is fine."""

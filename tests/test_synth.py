@@ -253,7 +253,7 @@ def test_overwrite_replaces_zarr_outputs_only(tmp_path):
     """--overwrite (overwrite=True) replaces an earlier zarr output, never a file or a plain folder."""
     from napari_linblur.io.omezarr import write_ome_zarr
 
-    tif = tmp_path / "raw.tif"
+    tif = tmp_path / "raw.bin"  # a file (a .tif name is refused before: an OME-Zarr is a folder)
     tif.write_bytes(b"precious")
     folder = tmp_path / "mydata"
     folder.mkdir()

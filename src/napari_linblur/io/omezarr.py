@@ -497,6 +497,7 @@ def write_ome_zarr(
     >>> int(open_zstack(p)[1, 0, 0].compute())
     4096
     """
+    check_output_name(path)
     target = Path(os.fspath(path)).resolve()
     if not isinstance(data, (np.ndarray, da.Array)):
         data = np.asarray(data)
@@ -578,12 +579,7 @@ def write_ome_zarr(
 
     target.parent.mkdir(parents=True, exist_ok=True)
     warn_stale_partial_writes(target)
-    tmp = temp_sibling(target)
-    try:  # the first write in the output's folder: a folder that cannot be written is named, not the temp folder
-        tmp.mkdir()
-    except OSError as err:
-        raise ValueError(f"cannot write {target}: {err.strerror or err} (nothing can be created in "
-                         f"{target.parent})") from err
+    tmp = make_temp_sibling(target)
     try:
         _write_tree(tmp, data, axes, scale_t, units, channel_names, attrs, levels, chunks_t, progress, name,
                     translate_t, names_t, types_t)
@@ -626,6 +622,30 @@ def warn_stale_partial_writes(target: str | os.PathLike) -> list[Path]:
     return stale
 
 
+#: file extensions an OME-Zarr folder must not have: every other tool would take the folder for such a file
+_FILE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".h5", ".czi", ".nd2", ".csv", ".json")
+
+
+def check_output_name(path: str | os.PathLike) -> None:
+    """An OME-Zarr output's name: not empty, not a single-file image format's (``out.tif`` would be a folder).
+
+    Examples
+    --------
+    >>> check_output_name("maps.zarr")
+    >>> check_output_name("maps.tif")
+    Traceback (most recent call last):
+    ...
+    ValueError: maps.tif: the output is an OME-Zarr folder, not a .tif file; name it maps.zarr
+    """
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise ValueError("the output path is empty: name the OME-Zarr folder to write, e.g. out.zarr")
+    p = Path(text)
+    if p.suffix.lower() in _FILE_SUFFIXES:
+        raise ValueError(f"{text}: the output is an OME-Zarr folder, not a {p.suffix} file; name it "
+                         f"{p.with_suffix('.zarr').name}")
+
+
 def check_output_path(
     path: str | os.PathLike,
     *,
@@ -635,7 +655,8 @@ def check_output_path(
     """The checks :func:`write_ome_zarr` makes on its ``path`` before writing, for a caller that wants them before
     a long computation (``linblur`` batch commands run them before starting a cluster).
 
-    Refused with a ``ValueError``: a file in the way of the output's folder (:func:`check_parent_folders`), an output
+    Refused with a ``ValueError``: an empty name or a single-file format's (:func:`check_output_name`), a file in
+    the way of the output's folder (:func:`check_parent_folders`), an output
     equal to, inside or containing one of ``source_paths`` ('refusing to overwrite its own input'), an existing
     output without ``overwrite``, and with it anything but an earlier zarr output (:func:`check_replaceable`).
 
@@ -644,6 +665,7 @@ def check_output_path(
     Path
         ``path``, resolved.
     """
+    check_output_name(path)
     target = Path(os.fspath(path)).resolve()
     check_parent_folders(path)
     bad = _conflicts(target, source_paths)
@@ -679,6 +701,21 @@ def temp_sibling(target: Path) -> Path:
     True
     """
     return target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+def make_temp_sibling(target: Path) -> Path:
+    """Create :func:`temp_sibling`'s folder: the first write in the output's folder, so a folder nothing can be
+    created in (read-only, no permission) is a ``ValueError`` naming the output and its folder, not the hidden
+    temporary name."""
+    tmp = temp_sibling(target)
+    try:
+        tmp.mkdir()
+    except OSError as err:
+        raise ValueError(f"cannot write {target}: {err.strerror or err} (nothing can be created in "
+                         f"{target.parent})") from err
+    return tmp
+
+
 #: the root attribute of a store whose every chunk was written (write_ome_zarr from 0.2.0; earlier stores skipped
 #: all-zero chunks, as zarr does by default)
 COMPLETE_MARKER = "linblur_every_chunk_written"

@@ -30,10 +30,11 @@ import numpy as np
 
 from ..io.omezarr import (
     check_not_inside_store,
+    check_output_name,
     check_parent_folders,
     check_replaceable,
+    make_temp_sibling,
     move_into_place,
-    temp_sibling,
 )
 from .phantoms import cell_phantom
 from .recipes import Recipe, get_recipe
@@ -136,6 +137,7 @@ def write_synthetic_dataset(
     base = get_recipe(recipe)
     if keep_even is not None:
         base = base.replace(keep_even=bool(keep_even))
+    check_output_name(out_path)
     target = Path(os.fspath(out_path)).resolve()
     check_not_inside_store(target)
     if overwrite:
@@ -164,7 +166,7 @@ def write_synthetic_dataset(
     }
     check_parent_folders(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(target)
+    tmp = make_temp_sibling(target)
     bar = None
     if progress:
         from tqdm.auto import tqdm
