@@ -635,6 +635,13 @@ def test_options_of_other_methods_warn_or_fail(tmp_path, capsys):
     assert main(["deblur", str(tif), str(out), "--method", "network", "--model", str(model), "--defocus-model",
                  str(tmp_path / "x.safetensors"), "--device", "cpu", "--workers", "1"]) == 2
     assert "x.safetensors does not exist" in capsys.readouterr().err and not out.exists()
+    # the output records what ran by name: the method 'auto' stands for, its model; sigma_r only where it is used
+    import zarr
+
+    assert main(["deblur", str(tif), str(out), "--model", str(model), "--device", "cpu", "--workers", "1"]) == 0
+    rec = zarr.open_group(str(out), mode="r").attrs["linblur"]
+    assert rec["method"] == "network" and rec["model"] == str(model) and "sigma_r" not in rec
+    assert "defocus_model" not in rec
 
 
 def test_stage2_stacks_with_nan_or_no_content_are_refused_by_name(tmp_path):

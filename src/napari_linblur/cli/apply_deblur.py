@@ -49,12 +49,23 @@ def run_deblur(args) -> int:
     # before any plane runs (the other options, --defocus-model included, are checked by deblur itself, which
     # run_batch calls on the lazy input before anything is written)
     check_number(args.sigma_r, "--sigma-r", unit=" (pixels)")
+    from napari_linblur.inference.deblur_ops import AUTO_METHOD
+    from napari_linblur.models.registry import DEFAULTS
+
+    # what ran, by name: the method 'auto' stands for, its network and (for the map) the defocus model
+    method = AUTO_METHOD if args.method == "auto" else args.method
+    uses_ae = method == "reblur-extrapolate"  # the CLI's guided runs the deblurring network (its default guide)
+    record = {"operation": "deblur", "method": method, "model": args.model or DEFAULTS["ae" if uses_ae else "deblur"],
+              "tta": args.tta}
+    if method in ("reblur-extrapolate", "guided"):
+        record["defocus_model"] = args.defocus_model or DEFAULTS["defocus"]
+    if uses_ae:
+        record["sigma_r"] = args.sigma_r
     out = run_batch(
         lambda a: deblur(a, method=args.method, model=args.model, device=args.device,
                          defocus_model=args.defocus_model, sigma_r=args.sigma_r, amp=args.amp, tta=args.tta),
         args.input, args.output, channel=args.channel, scheduler=args.scheduler, workers=args.workers,
-        attrs={"operation": "deblur", "method": args.method, "model": args.model or "shipped default",
-               "sigma_r": args.sigma_r, "tta": args.tta},
+        attrs=record,
         overwrite=args.overwrite, progress=progress_from_args(args), desc="deblur",
     )
     print(f"wrote {out}")
