@@ -37,6 +37,7 @@ def test_public_api_is_lazy_and_complete():
         (np.zeros((8, 8), "datetime64[s]"), "img has dtype datetime64"),  # was numpy's "cannot include dtype 'M'"
         (np.zeros((8, 8), "timedelta64[s]"), "img has dtype timedelta64"),
         (None, "None"),
+        ("real.tif", r"img is a path \('real.tif'\), not an image; open it first: napari_linblur.open_zstack"),
     ],
 )
 def test_check_image_rejects_bad_input(value, match):

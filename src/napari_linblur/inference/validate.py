@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,9 @@ def check_image(x: Any, name: str = "img", *, allow_stack: bool = True, check_fi
         # the module first: ``.data`` of a datetime64 ndarray raises (a buffer of dtype 'M')
         if type(x).__module__.startswith("napari") and hasattr(x, "data") and hasattr(x, "name"):
             raise TypeError(f"{name} is a napari layer; pass its .data ({ACCEPTED_IMAGE})")
+        if isinstance(x, (str, bytes, os.PathLike)):  # a file name, not an image (it read as "dtype <U8")
+            raise TypeError(f"{name} is a path ({os.fsdecode(x)!r}), not an image; open it first: "
+                            "napari_linblur.open_zstack(path) gives a lazy (..., Z, Y, X) array")
         try:
             x = np.asarray(x)
         except Exception as err:  # noqa: BLE001
