@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 from napari_linblur.inference.validate import name_arguments
 
 from .. import _ops
+from .. import _placement as pl
 from .._settings import get_settings
 
 
@@ -1029,110 +1030,6 @@ class MplPlot(QWidget):
         lay.addWidget(self.canvas)
 
 
-def kept_axes(like_ndim: int, ndim: int, dropped_z: bool = False) -> list[int]:
-    """The input's axes an output of ``ndim`` axes keeps: the last ``ndim`` ones, Z (the third from last) left out
-    when ``dropped_z``.
-
-    Examples
-    --------
-    >>> kept_axes(4, 2), kept_axes(4, 3, dropped_z=True), kept_axes(3, 3)
-    ([2, 3], [0, 2, 3], [0, 1, 2])
-    """
-    axes = list(range(like_ndim))
-    if dropped_z and ndim == like_ndim - 1:
-        del axes[-3]
-    return axes[-ndim:]
-
-
-#: the events of a layer that move its data in the world (a preview placed on it follows them)
-PLACEMENT_EVENTS = ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels")
-
-
-def _identity(m: np.ndarray) -> bool:
-    return bool(np.allclose(m, np.eye(m.shape[0])))
-
-
-def placement(like, ndim: int, *, dropped_z: bool = False) -> tuple[dict[str, Any], str | None]:
-    """Layer options that place an output of ``ndim`` axes where ``like``'s data is: its axis labels, and its
-    rotation, shear and affine restricted to the kept axes (scale, translate and units are the callers').
-
-    Returns ``(kwargs, problem)``: ``problem`` says why a transform was left out, when it couples a kept axis with a
-    left-out one (e.g. a rotation that tilts Z into Y: a single plane has no such placement).
-    """
-    from napari.utils.transforms.transform_utils import expand_upper_triangular
-
-    keep = kept_axes(like.ndim, ndim, dropped_z)
-    gone = [i for i in range(like.ndim) if i not in keep]
-    kwargs: dict[str, Any] = {}
-    labels = [str(a) for a in getattr(like, "axis_labels", ())]
-    if len(labels) == like.ndim:
-        kwargs["axis_labels"] = tuple(labels[i] for i in keep)
-    shear = np.asarray(like.shear, dtype=float)
-    linear = {"rotate": np.asarray(like.rotate, dtype=float),
-              "shear": shear if shear.ndim == 2 else expand_upper_triangular(shear)}
-    affine = np.asarray(like.affine.affine_matrix, dtype=float)
-    linear["affine"] = affine[:-1, :-1]
-    problem = None
-    for key, m in linear.items():
-        if _identity(m) and not (key == "affine" and np.any(affine[:-1, -1])):
-            continue
-        if gone and (np.any(np.abs(m[np.ix_(keep, gone)]) > 1e-9) or np.any(np.abs(m[np.ix_(gone, keep)]) > 1e-9)):
-            problem = (f"the {key} of {like.name!r} mixes the plane's axes with the axes this result leaves out; "
-                       "it is placed without it (scale and translate only)")
-            continue
-        sub = m[np.ix_(keep, keep)]
-        if key == "affine":
-            sub = np.block([[sub, affine[keep, -1][:, None]], [np.zeros((1, len(keep))), np.ones((1, 1))]])
-        kwargs[key] = sub
-    return kwargs, problem
-
-
-def warn_placement(problem: str | None) -> None:
-    """Say (a napari warning notification) that an output was placed without part of its input's transform."""
-    if problem:
-        from napari.utils.notifications import show_warning
-
-        show_warning(problem)
-
-
-def place_layer(layer, data, *, name: str, like) -> None:
-    """Give an existing 2-D layer new ``data`` and ``name``, placed like ``like``'s YX plane (scale, translate,
-    units, axis labels and the YX part of its rotation, shear and affine)."""
-    layer.data = data
-    layer.name = name
-    follow_placement(layer, like)
-
-
-def follow_placement(layer, like) -> str | None:
-    """Place the 2-D ``layer`` (a preview) on ``like``'s YX plane again, after ``like`` moved; the problem of
-    :func:`placement`, if any."""
-    kwargs, problem = placement(like, 2)
-    layer.scale = tuple(like.scale[-2:])
-    layer.translate = tuple(like.translate[-2:])
-    layer.units = tuple(like.units[-2:])
-    for key in ("rotate", "shear", "affine"):
-        setattr(layer, key, kwargs.get(key, np.eye(3) if key == "affine" else np.eye(2)))
-    if "axis_labels" in kwargs:
-        layer.axis_labels = kwargs["axis_labels"]
-    return problem
-
-
-_STYLE = ("contrast_limits", "colormap")
-
-
-def _style_of(layer, key: str):
-    """A layer's ``contrast_limits`` (floats) or ``colormap`` (its name), comparable with :func:`_same_style`."""
-    if key == "contrast_limits":
-        return tuple(float(v) for v in layer.contrast_limits)
-    return str(getattr(layer.colormap, "name", layer.colormap))
-
-
-def _same_style(a, b) -> bool:
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and bool(np.allclose(a, b, rtol=1e-6, atol=1e-9))
-    return a == b
-
-
 class LinblurWidget(QWidget):
     """Base of the dock widgets: a viewer, a scrollable vertical layout, preview-layer bookkeeping."""
 
@@ -1193,24 +1090,24 @@ class LinblurWidget(QWidget):
         translate = tuple(like.translate[-2:])
         layer = self._preview_layer
         if layer is None or layer not in self.viewer.layers:
-            placed, problem = placement(like, 2)
+            placed, problem = pl.placement(like, 2)
             # marked as a preview when inserted, so the layer pickers (which refresh on insertion) leave it out
             layer = self.viewer.add_image(data, name=name, scale=scale, translate=translate,
                                           units=tuple(like.units[-2:]), metadata={"linblur_preview": True},
                                           **placed, **kwargs)
             self._preview_layer = layer
-            self._preview_style = {k: _style_of(layer, k) for k in _STYLE if k in kwargs}
-            warn_placement(problem)
+            self._preview_style = {k: pl.style_of(layer, k) for k in pl.STYLE if k in kwargs}
+            pl.warn_placement(problem)
         else:
             restyle = restyle or like is not self._preview_like
-            place_layer(layer, data, name=name, like=like)
+            pl.place_layer(layer, data, name=name, like=like)
             for k, v in kwargs.items():
-                if k not in _STYLE:
+                if k not in pl.STYLE:
                     continue
                 ours = self._preview_style.get(k)
-                if restyle or ours is None or _same_style(_style_of(layer, k), ours):
+                if restyle or ours is None or pl.same_style(pl.style_of(layer, k), ours):
                     setattr(layer, k, v)
-                    self._preview_style[k] = _style_of(layer, k)
+                    self._preview_style[k] = pl.style_of(layer, k)
         self._set_preview_like(like)
         return layer
 
@@ -1220,7 +1117,7 @@ class LinblurWidget(QWidget):
         if old is like:
             return
         for layer, method in ((old, "disconnect"), (like, "connect")):
-            for key in PLACEMENT_EVENTS:
+            for key in pl.PLACEMENT_EVENTS:
                 emitter = getattr(getattr(layer, "events", None), key, None)
                 if emitter is not None:
                     getattr(emitter, method)(self._follow_like)
@@ -1235,7 +1132,7 @@ class LinblurWidget(QWidget):
             return
         if getattr(event, "source", like) is not like:
             return
-        warn_placement(follow_placement(layer, like))
+        pl.warn_placement(pl.follow_placement(layer, like))
 
     def clear_preview(self) -> None:
         """Remove this widget's preview layer (its input is gone)."""
@@ -1248,8 +1145,8 @@ class LinblurWidget(QWidget):
     def _show_preview(self, result) -> None:
         """Show a preview job's ``(data, name, input_layer)`` in the input's units, colormap and contrast."""
         data, name, like = result
-        self.show_preview(data, name=name, like=like, contrast_limits=input_limits(like, data),
-                          colormap=input_colormap(like))
+        self.show_preview(data, name=name, like=like, contrast_limits=pl.input_limits(like, data),
+                          colormap=pl.input_colormap(like))
 
     def _toggle_preview(self, on: bool) -> None:
         """The 'live preview' checkbox: start (and request one now) or stop the widget's LivePreview."""
@@ -1262,13 +1159,13 @@ class LinblurWidget(QWidget):
     def add_result(self, data, *, name: str, scale, translate, metadata=None, like=None, dropped_z: bool = False,
                    **kwargs):
         """Add a whole-stack result, placed with ``scale`` and ``translate`` and, given the input layer ``like``, its
-        axis labels, rotation, shear and affine for the axes the result keeps (:func:`placement`)."""
+        axis labels, rotation, shear and affine for the axes the result keeps (:func:`~napari_linblur._napari._placement.placement`)."""
         kwargs.setdefault("blending", "translucent")
         if like is not None:
-            placed, problem = placement(like, np.ndim(data) if not isinstance(data, list) else data[0].ndim,
+            placed, problem = pl.placement(like, np.ndim(data) if not isinstance(data, list) else data[0].ndim,
                                         dropped_z=dropped_z)
             kwargs = {**placed, **kwargs}
-            warn_placement(problem)
+            pl.warn_placement(problem)
         layer = self.viewer.add_image(data, name=name, scale=tuple(scale), translate=tuple(translate), **kwargs)
         layer.metadata.update(metadata or {})
         return layer
@@ -1293,25 +1190,6 @@ class LinblurWidget(QWidget):
         for panel in self.findChildren(RunPanel):
             panel.cancel(discard=True)
         self.clear_preview()
-
-
-def input_colormap(layer) -> str:
-    """The input layer's colormap name (outputs in the input's units look like the input)."""
-    try:
-        return str(layer.colormap.name)
-    except Exception:  # noqa: BLE001
-        return "gray"
-
-
-def input_limits(layer, fallback: np.ndarray | None = None) -> tuple[float, float]:
-    """Contrast limits for an output in the input's intensity units: the input layer's own limits."""
-    try:
-        lo, hi = (float(v) for v in layer.contrast_limits)
-        if hi > lo:
-            return lo, hi
-    except Exception:  # noqa: BLE001
-        pass
-    return _ops.robust_limits(fallback) if fallback is not None else (0.0, 1.0)
 
 
 source_paths = _ops.source_paths  # the files layers read from (Qt-free: the writer uses it too)

@@ -12,6 +12,7 @@ import numpy as np
 from napari_linblur.inference.validate import name_arguments
 
 from .. import _ops
+from .. import _placement as pl
 from .._settings import get_settings
 from . import _common as c
 
@@ -64,7 +65,7 @@ def output_units(like, ndim: int, dropped_z: bool) -> tuple[str, ...]:
     units = [str(u) for u in getattr(like, "units", ())]
     if len(units) < ndim:
         return ("pixel",) * ndim
-    return tuple(units[i] for i in c.kept_axes(len(units), ndim, dropped_z))
+    return tuple(units[i] for i in pl.kept_axes(len(units), ndim, dropped_z))
 
 
 def _one_layer(layers: list, axes: str) -> list:
@@ -347,10 +348,10 @@ def run_whole_stack(
                 kw["metadata"] = {**meta, **kw.get("metadata", {})}
                 # placed as the input is (the file keeps scale and translate; rotation, shear and affine are the
                 # layer's own) and named by the input's axis labels
-                placed, problem = c.placement(like, len(scale), dropped_z=dropped_z)
+                placed, problem = pl.placement(like, len(scale), dropped_z=dropped_z)
                 kw.update(placed)
                 added = widget.viewer.add_image(data, **kw)
-                c.warn_placement(problem)
+                pl.warn_placement(problem)
                 if on_added is not None:
                     on_added(added)
 

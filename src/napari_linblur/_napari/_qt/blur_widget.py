@@ -9,6 +9,7 @@ from typing import Any
 from qtpy.QtWidgets import QCheckBox, QPushButton
 
 from .. import _ops
+from .. import _placement as pl
 from . import _common as c
 from ._pairs import as_plane, check_preview_pair, op_kwargs, run_whole_stack
 
@@ -144,7 +145,7 @@ class BlurSynthesisWidget(c.LinblurWidget):
             self, self.panel, self.output, op=op, arrays=[pair.first, pair.second], like=la,
             scale=pair.scale, translate=pair.translate, dropped_z=pair.dropped_z, name=name,
             sources=c.source_paths(la, lc),
-            layer_kwargs={"contrast_limits": c.input_limits(la), "colormap": c.input_colormap(la)},
+            layer_kwargs={"contrast_limits": pl.input_limits(la), "colormap": pl.input_colormap(la)},
             metadata={"linblur_op": "synthesize_blur", "linblur_alpha": alpha},
             attrs={"operation": "synthesize_blur", "unit": "the input's intensity", "alpha": alpha,
                    "sharp_plane": za, "blurry_plane": zc, "model": kw.get("model") or "ae-default"},

@@ -14,6 +14,7 @@ from typing import Any
 from qtpy.QtWidgets import QCheckBox, QComboBox, QPushButton, QWidget
 
 from .. import _ops
+from .. import _placement as pl
 from . import _common as c
 from ._pairs import as_plane, check_preview_pair, op_kwargs, run_whole_stack
 
@@ -271,7 +272,7 @@ class DeblurWidget(c.LinblurWidget):
             self, self.panel, self.output, op=self._op(mode, alpha, method), arrays=arrays, like=lb,
             scale=scale, translate=translate, dropped_z=dropped, name=name,
             sources=c.source_paths(lb, lc),
-            layer_kwargs={"contrast_limits": c.input_limits(lb), "colormap": c.input_colormap(lb)},
+            layer_kwargs={"contrast_limits": pl.input_limits(lb), "colormap": pl.input_colormap(lb)},
             metadata={"linblur_op": "deblur_pair" if mode == PAIR else "deblur", "linblur_alpha": alpha,
                       "linblur_method": method if mode != PAIR else None},
             attrs={"operation": "deblur_pair" if mode == PAIR else "deblur", "unit": "the input's intensity",

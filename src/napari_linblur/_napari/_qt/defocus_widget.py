@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _ops
+from .. import _placement as pl
 from .._maps import COLORMAP, SIGMA_TOP, SIGMA_UNIT, UM_UNIT, map_limits  # noqa: F401 - shared with the reader
 from . import _common as c
 from ._pairs import op_kwargs, run_whole_stack
@@ -590,7 +591,7 @@ class DefocusWidget(c.LinblurWidget):
                 pass
             self._outline_layer = layer
         else:
-            c.place_layer(layer, data, name=name, like=like)
+            pl.place_layer(layer, data, name=name, like=like)
 
     def clear_preview(self) -> None:
         """Remove the live map and its outline (their input is gone)."""
