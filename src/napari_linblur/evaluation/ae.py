@@ -219,12 +219,12 @@ def _model_labels(models: list[str]) -> list[str]:
 def _channel_key(channel: Any, names: list[str]) -> Any:
     """A channel name or index as the dataset's channel index where it can be resolved, else its lower-case text
     (``"w1"``, ``0`` and ``"0"`` are one channel of a dataset whose first channel is w1)."""
-    from napari_linblur.training.ae import _channel_index
+    from napari_linblur.training.ae import dataset_channel
 
     if isinstance(channel, str) and channel.isdigit():
         channel = int(channel)
     try:
-        return _channel_index(channel, names)
+        return dataset_channel(channel, names)
     except ValueError:
         return str(channel).lower()
 
@@ -421,11 +421,11 @@ def evaluate_ae(
     if crop is not None and (isinstance(crop, bool) or int(crop) != crop or crop < 16):
         raise ValueError(f"crop (--crop) must be a side of at least 16 px, or None for whole planes; got {crop!r}")
     ds = load_fields(data, channel, fields=idx)
-    from napari_linblur.training.ae import _channel_index
+    from napari_linblur.training.ae import dataset_channel
 
     c_index = 0
     if ds.recipe:
-        c_index = _channel_index(channel, [c["name"] for c in ds.recipe.get("channels", [])] or ["w1"])
+        c_index = dataset_channel(channel, [c["name"] for c in ds.recipe.get("channels", [])] or ["w1"])
     per_model: dict[str, list[dict]] = {label: [] for label, _ in loaded}
     base: list[dict] = []
     bar = None

@@ -328,10 +328,17 @@ def _canonicalize(arr: da.Array, meta: ZStackMeta) -> tuple[da.Array, ZStackMeta
                         channel_names=channels, axis_names=names, axis_types=types)
 
 
-def _channel_index(channel: int | str, names: list[str] | None, n: int, source: Any) -> int:
+def channel_index(channel: int | str, names: list[str] | None, n: int, source: Any) -> int:
     """Index of ``channel`` among ``n`` channels named ``names``: an int is an index (a negative one counts from
     the end), a str a name, case-insensitive, or a BBBC006 channel number (``'1'`` is ``w1``). An int that is
-    also the number of another BBBC006-style channel (``1`` would be ``w2``) is refused as ambiguous."""
+    also the number of another BBBC006-style channel (``1`` would be ``w2``) is refused as ambiguous. The one
+    channel rule of every reader and trainer; ``source`` names the data in errors.
+
+    Examples
+    --------
+    >>> channel_index("W2", ["w1", "w2"], 2, "data.zarr"), channel_index("1", ["w1", "w2"], 2, "data.zarr")
+    (1, 0)
+    """
     lowered = [str(c).lower() for c in (names or [])]
     if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
         if not -n <= int(channel) < n:
@@ -371,7 +378,7 @@ def _select_channel(
             + (f" (its only channel is {single!r})" if single else "")
         )
     ax = meta.axes.index("c")
-    idx = _channel_index(channel, meta.channel_names, arr.shape[ax], meta.source)
+    idx = channel_index(channel, meta.channel_names, arr.shape[ax], meta.source)
     arr = arr[(slice(None),) * ax + (idx,)]
     keep = [i for i in range(len(meta.axes)) if i != ax]
     meta = replace(
@@ -1051,7 +1058,7 @@ def _open_bbbc006_folder(
 
     channels = _bb.channels_of(records)
     # the channel first: a hole in another channel must not cost a field its stack
-    sel = channels if channel is None else [channels[_channel_index(channel, channels, len(channels), folder)]]
+    sel = channels if channel is None else [channels[channel_index(channel, channels, len(channels), folder)]]
     layout = _bb.organize(records, folder, channels=sel)
     message = _bb.dropped_message(folder, layout)
     if message:

@@ -107,6 +107,18 @@ def _card_object(text: str, where: str) -> dict:
     return card
 
 
+def model_sha256(name_or_path: str | os.PathLike) -> str:
+    """The sha256 of a model's weight file (a shipped name or a ``.safetensors`` path): how cards name the model
+    a run started from (``init``), continued or used (a feature loss).
+
+    Examples
+    --------
+    >>> model_sha256("ae-default") == read_card("ae-default")["sha256"]
+    True
+    """
+    return sha256_file(_locate(name_or_path)[0])
+
+
 def _locate(name_or_path: str | os.PathLike) -> tuple[Path, dict, str | None]:
     """Resolve to (weights path, card, expected sha256 or None)."""
     if not isinstance(name_or_path, (str, os.PathLike)):

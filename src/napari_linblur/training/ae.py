@@ -183,25 +183,19 @@ def load_fields(
     return _load_zstack(p, channel, planes, fields)
 
 
-def _channel_index(channel, names: list[str]) -> int:
-    if channel is None:
-        return 0
-    if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
-        if not 0 <= int(channel) < len(names):
-            raise ValueError(f"channel={channel!r}: the dataset has channels {names}")
-        return int(channel)
-    name = str(channel).lower()
-    low = [n.lower() for n in names]
-    if name not in low:
-        raise ValueError(f"channel={channel!r}: the dataset has channels {names}")
-    return low.index(name)
+def dataset_channel(channel, names: list[str]) -> int:
+    """The index of ``channel`` (None: the first) among a training dataset's channels ``names``, by the readers'
+    rule (:func:`~napari_linblur.io.readers.channel_index`)."""
+    from napari_linblur.io.readers import channel_index
+
+    return 0 if channel is None else channel_index(channel, names, len(names), "the dataset")
 
 
 def _load_synthetic(p: Path, attrs: dict, channel, planes: str, fields, with_truth: bool) -> AEDataset:
     import zarr
 
     names = attrs.get("field_names") or [f"field_{i:03d}" for i in range(int(attrs["fields"]))]
-    cidx = _channel_index(channel, list(attrs.get("channels", ["c0"])))
+    cidx = dataset_channel(channel, list(attrs.get("channels", ["c0"])))
     wanted = range(len(names)) if fields is None else [int(i) for i in fields]
     out: list[FieldStack] = []
     for i in wanted:

@@ -572,7 +572,7 @@ class DeblurTask(StartsFromInit):
             name = registry.model_arg(feature_ae) if feature_ae is not None else registry.DEFAULTS["ae"]
             ae = registry.load_model(name, device="cpu")
             self._ae_name = name
-            self._ae_sha = registry.sha256_file(registry._locate(name)[0])  # the card names the weights by content
+            self._ae_sha = registry.model_sha256(name)  # the card names the weights by content
         elif isinstance(feature_ae, torch.nn.Module):
             ae = feature_ae
             self._ae_name = type(ae).__name__ + " (module)"
@@ -750,7 +750,7 @@ def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | Non
         legs.append({"name": name, "command": t.get("command"), "seconds": t.get("seconds")})
     before_minutes = 0.0
     if continues is not None:
-        from napari_linblur.models.registry import _locate, sha256_file
+        from napari_linblur.models.registry import model_sha256
 
         before = read_card(continues)
         clash = set(stages) & set(before.get("stages") or {})
@@ -759,7 +759,7 @@ def export_default(model_path: str, out_path: str, *, runs: dict[str, str] | Non
         stages = {**(before.get("stages") or {}), **stages}
         legs = list(before.get("legs_in_order") or []) + legs
         before_minutes = float(before.get("training_minutes_total") or 0.0)
-        card["continues"] = {"model": str(continues), "sha256": sha256_file(_locate(continues)[0]),
+        card["continues"] = {"model": str(continues), "sha256": model_sha256(continues),
                              "training_minutes_total": before.get("training_minutes_total")}
     card["stages"] = stages
     if legs:  # ``stages`` is a mapping (written with sorted keys); this keeps the order the legs ran in

@@ -457,11 +457,11 @@ def init_provenance(init: str | os.PathLike) -> dict[str, Any]:
     >>> init_provenance("ae-default")["from"]
     'ae-default'
     """
-    from napari_linblur.models.registry import _locate, sha256_file
+    from napari_linblur.models.registry import model_sha256, read_card
 
-    path, src, _ = _locate(init)
+    src = read_card(init)
     training = src.get("training") or {}
-    return {"from": os.fspath(init), "sha256": sha256_file(path), "command": training.get("command"),
+    return {"from": os.fspath(init), "sha256": model_sha256(init), "command": training.get("command"),
             "seconds": training.get("seconds"), "steps": training.get("steps"), "init": src.get("init"),
             "total": recorded_total(src)}
 
@@ -537,13 +537,13 @@ class StartsFromInit:
         other weights than that record (by sha256) is not read either, with a warning
         (:func:`warn_init_not_read`).
         """
-        from napari_linblur.models.registry import _locate, sha256_file
+        from napari_linblur.models.registry import model_sha256
 
         recorded = card.get("init")
         if self.init:
             if isinstance(recorded, dict):
                 try:
-                    sha = sha256_file(_locate(self.init)[0])
+                    sha = model_sha256(self.init)
                 except (OSError, ValueError):  # moved or deleted: nothing to compare, nothing is read
                     sha = None
                 if sha is not None and sha != recorded.get("sha256"):

@@ -1159,7 +1159,7 @@ class LinblurWidget(QWidget):
     def add_result(self, data, *, name: str, scale, translate, metadata=None, like=None, dropped_z: bool = False,
                    **kwargs):
         """Add a whole-stack result, placed with ``scale`` and ``translate`` and, given the input layer ``like``, its
-        axis labels, rotation, shear and affine for the axes the result keeps (:func:`~napari_linblur._napari._placement.placement`)."""
+        axis labels, rotation, shear and affine for the axes the result keeps (:func:`.._placement.placement`)."""
         kwargs.setdefault("blending", "translucent")
         if like is not None:
             placed, problem = pl.placement(like, np.ndim(data) if not isinstance(data, list) else data[0].ndim,
