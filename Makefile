@@ -32,7 +32,7 @@ bench: setup
 	$(BIN)/python benchmarks/run.py --out bench_out
 
 docs-figures: setup
-	$(XVFB) $(BIN)/python docs/figures/make_all.py
+	$(if $(XVFB),xvfb-run -a -s '-screen 0 1600x1000x24') $(BIN)/python docs/figures/make_all.py  # the screenshots' window is 1500 x 950
 
 clean:
 	rm -rf $(VENV) demo_out bench_out .pytest_cache .ruff_cache

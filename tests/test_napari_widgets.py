@@ -392,6 +392,9 @@ def test_train_widget_trains_and_shares_the_model(viewer, qtbot, tmp_path):
     assert w.model_path and os.path.exists(w.model_path), w.panel.status.text()
     assert len(w.plot.steps) >= 2 and w.plot.val_steps  # live loss curve and validation
     assert all(np.isfinite(w.plot.losses))
+    # each loss on its own axis (deblurring trains on log10 MSE, validates with L1: one axis drew the latter flat)
+    assert w.plot.ax.get_ylabel() == "training loss" and w.plot.val_ax.get_ylabel() == "validation loss"
+    assert len(w.plot.ax.lines) == 1 and len(w.plot.val_ax.lines) == 1 and w.plot.val_ax.get_visible()
     items = [deb.net_model.combo.itemData(i) for i in range(deb.net_model.combo.count())]
     assert w.model_path in items
     from napari_linblur.models.registry import load_model

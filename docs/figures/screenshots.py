@@ -21,6 +21,8 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "images"
 PLUGIN = "napari-linblur"
+#: the window's size (the Xvfb screen must hold it: ``make docs-figures`` runs a 1600 x 1000 one)
+WINDOW = (1500, 950)
 
 
 def _wait(app, cond, timeout: float = 300.0, what=None) -> None:
@@ -53,6 +55,7 @@ def _grid(viewer):
 def _save(viewer, app, name: str) -> Path:
     from skimage.io import imsave
 
+    viewer.window._qt_window.resize(*WINDOW)  # a dock's size hints may have resized it: every shot the same size
     for _ in range(10):
         app.processEvents()
         time.sleep(0.02)
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
 
     viewer = napari.Viewer(show=False, title="napari-linblur")
-    viewer.window._qt_window.resize(1500, 950)  # sized before it is shown: the canvas gets its final size
+    viewer.window._qt_window.resize(*WINDOW)  # sized before it is shown: the canvas gets its final size
     viewer.window.show()
     app = QApplication.instance()
     viewer.open_sample(PLUGIN, "synthetic_stack")

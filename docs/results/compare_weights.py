@@ -18,9 +18,9 @@ def _path(name: str) -> Path:
     p = Path(name)
     if p.exists():
         return p
-    from napari_linblur.models.registry import _locate
+    from napari_linblur.models.registry import model_file
 
-    return Path(_locate(name)[0])
+    return model_file(name)
 
 
 def compare(a: str, b: str, top: int = 5) -> dict:

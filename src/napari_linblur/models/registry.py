@@ -107,6 +107,17 @@ def _card_object(text: str, where: str) -> dict:
     return card
 
 
+def model_file(name_or_path: str | os.PathLike) -> Path:
+    """The ``.safetensors`` file of a shipped name or a model path (checked to exist and be a model file).
+
+    Examples
+    --------
+    >>> model_file("ae-default").name
+    'ae-default.safetensors'
+    """
+    return _locate(name_or_path)[0]
+
+
 def model_sha256(name_or_path: str | os.PathLike) -> str:
     """The sha256 of a model's weight file (a shipped name or a ``.safetensors`` path): how cards name the model
     a run started from (``init``), continued or used (a feature loss).
@@ -116,7 +127,7 @@ def model_sha256(name_or_path: str | os.PathLike) -> str:
     >>> model_sha256("ae-default") == read_card("ae-default")["sha256"]
     True
     """
-    return sha256_file(_locate(name_or_path)[0])
+    return sha256_file(model_file(name_or_path))
 
 
 def _locate(name_or_path: str | os.PathLike) -> tuple[Path, dict, str | None]:

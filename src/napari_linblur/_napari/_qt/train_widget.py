@@ -54,10 +54,13 @@ class _LogBridge(QObject):
 
 
 class LossPlot(c.MplPlot):
-    """Live training curve (loss per logged step, validation loss as markers)."""
+    """Live training curve: the training loss per logged step (left axis) and the validation loss as markers on
+    its own axis (right): the tasks' two losses differ in kind and scale (deblurring trains on log10 of the MSE and
+    validates with the L1 error), so one shared axis would draw the validation flat at 0."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
+        self.val_ax = self.ax.twinx()
         self.reset()
 
     def reset(self) -> None:
@@ -77,18 +80,22 @@ class LossPlot(c.MplPlot):
         self._redraw()
 
     def _redraw(self) -> None:
-        ax = self.ax
+        ax, vax = self.ax, self.val_ax
+        train, val = "#3a7bd5", "#e4572e"
         ax.clear()
+        vax.clear()
         ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel("loss", fontsize=8)
+        ax.set_ylabel("training loss", fontsize=8, color=train)
         ax.tick_params(labelsize=7)
+        ax.tick_params(axis="y", colors=train)
+        vax.set_ylabel("validation loss", fontsize=8, color=val)
+        vax.tick_params(labelsize=7, colors=val)
+        vax.set_visible(bool(self.val_steps))
         if self.steps:
-            ax.plot(self.steps, self.losses, "-", color="#3a7bd5", label="train")
+            ax.plot(self.steps, self.losses, "-", color=train)
         if self.val_steps:
-            ax.plot(self.val_steps, self.val_losses, "o", color="#e4572e", ms=4, label="validation")
-        if self.steps or self.val_steps:
-            ax.legend(fontsize=7)
-        else:
+            vax.plot(self.val_steps, self.val_losses, "o", color=val, ms=4)
+        if not (self.steps or self.val_steps):
             ax.text(0.5, 0.5, "loss appears here while training", ha="center", va="center",
                     transform=ax.transAxes, fontsize=8, color="gray")
         self.canvas.draw_idle()
