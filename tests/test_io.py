@@ -343,13 +343,34 @@ def test_writer_warns_about_a_killed_writes_leftover_and_keeps_it(tmp_path):
         proc.wait()
     (left,) = list(tmp_path.glob(".out.zarr.tmp-*"))
     assert not target.exists()
-    with pytest.warns(UserWarning, match=r"1 unfinished earlier write.*\.out\.zarr\.tmp-.*Delete them"):
+    with pytest.warns(UserWarning, match=r"1 earlier write.*left behind.*\.out\.zarr\.tmp-.*Delete them"):
         out = write_ome_zarr(target, np.ones((2, 32, 32), np.float32))
     np.testing.assert_array_equal(open_zstack(out).compute(), np.ones((2, 32, 32)))
     assert left.is_dir()  # never deleted: another process could be writing it
     with warnings.catch_warnings():  # an unrelated name draws no warning
         warnings.simplefilter("error")
         write_ome_zarr(tmp_path / "other.zarr", np.ones((2, 32, 32), np.float32))
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_overwrite_never_leaves_the_output_path_empty(tmp_path, monkeypatch, exchange):
+    """--overwrite moved the old output aside and then renamed the new one in: a kill between the two renames left
+    neither at the output path. On Linux the two are now exchanged in one step (renameat2); where that is not
+    available the two renames remain, and the folder a kill would leave (.NAME.old-*) is named by the next write."""
+    from napari_linblur.io import omezarr
+
+    if not exchange:  # a system without renameat2: the two renames
+        monkeypatch.setattr(omezarr, "_exchange", lambda a, b: False)
+    target = tmp_path / "out.zarr"
+    write_ome_zarr(target, np.zeros((2, 16, 16), np.float32))
+    write_ome_zarr(target, np.ones((2, 16, 16), np.float32), overwrite=True)
+    np.testing.assert_array_equal(open_zstack(target).compute(), np.ones((2, 16, 16)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no .tmp- or .old- folder left
+    aside = tmp_path / ".out.zarr.old-0123456789ab"  # what a kill between the two renames leaves
+    shutil.copytree(target, aside)
+    with pytest.warns(UserWarning, match=r"1 earlier version\(s\) of this output moved aside by an --overwrite"):
+        write_ome_zarr(target, np.ones((2, 16, 16), np.float32), overwrite=True)
+    assert aside.is_dir()  # named, never deleted
 
 
 def test_writer_failure_with_writes_still_running_leaves_nothing(tmp_path):

@@ -280,3 +280,16 @@ def test_synth_cli_quiet_prints_nothing_and_draws_no_bar_into_a_pipe(tmp_path):
         assert "\r" not in done.stderr and "field/s" not in done.stderr, done.stderr
         assert (tmp_path / out).is_dir()
     assert done.stdout == "" and done.stderr == ""  # -q: silent
+
+
+def test_synth_names_what_a_killed_earlier_write_left(tmp_path):
+    """linblur synth never warned about the hidden folder a killed earlier run left (the other writers did)."""
+    from napari_linblur.synth.dataset import write_synthetic_dataset
+    from napari_linblur.synth.recipes import get_recipe
+
+    left = tmp_path / ".d.zarr.tmp-0123456789ab"
+    left.mkdir()
+    with pytest.warns(UserWarning, match=r"1 earlier write\(s\) of this output left behind.*\.d\.zarr\.tmp-"):
+        write_synthetic_dataset(tmp_path / "d.zarr", get_recipe("bbbc006-like", shape=(32, 32)), 1, 0,
+                                progress=False)
+    assert left.is_dir() and (tmp_path / "d.zarr").is_dir()

@@ -24,10 +24,12 @@ Examples
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
 import shutil
+import sys
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -612,14 +614,24 @@ def warn_stale_partial_writes(target: str | os.PathLike) -> list[Path]:
     target = Path(os.fspath(target))
     try:
         stale = sorted(p for p in target.parent.glob(f".{glob.escape(target.name)}.tmp-*") if p.is_dir())
+        aside = sorted(p for p in target.parent.glob(f".{glob.escape(target.name)}.old-*") if p.is_dir())
     except OSError:
         return []
+
+    def _names(paths: list[Path]) -> str:
+        return ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
     if stale:
-        names = ", ".join(str(p) for p in stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
-        warnings.warn(f"{target}: {len(stale)} unfinished earlier write(s) of this output left behind ({names}), "
-                      "from a process that was killed while writing; they may hold many GB. Delete them "
-                      "(rm -r) unless another write of this output is running now", UserWarning, stacklevel=3)
-    return stale
+        warnings.warn(f"{target}: {len(stale)} earlier write(s) of this output left behind ({_names(stale)}), "
+                      "from a process that was killed while writing (unfinished, or finished but not yet renamed "
+                      "into place); they may hold many GB. Delete them (rm -r) unless another write of this output "
+                      "is running now", UserWarning, stacklevel=3)
+    if aside:
+        warnings.warn(f"{target}: {len(aside)} earlier version(s) of this output moved aside by an --overwrite that "
+                      f"was killed before it finished ({_names(aside)}): complete outputs; rename one back to "
+                      f"{target.name} if {target.name} is missing, otherwise delete them (rm -r)", UserWarning,
+                      stacklevel=3)
+    return stale + aside
 
 
 #: file extensions an OME-Zarr folder must not have: every other tool would take the folder for such a file
@@ -775,24 +787,51 @@ def check_replaceable(target: Path) -> None:
                          "say so); choose another output path or remove it yourself")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a libc without renameat2 (glibc < 2.28, musl)
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):  # a file system without the exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
     """Rename a fully written temporary folder ``tmp`` to ``target`` (the atomic step of every writer).
 
-    An existing ``target`` is replaced only with ``overwrite``: it is moved aside, ``tmp`` renamed in, and the old
-    one deleted (restored if the rename fails).
+    An existing ``target`` is replaced only with ``overwrite``: on Linux the two are exchanged in one atomic step
+    (``renameat2``), so a process killed at any moment leaves the old or the new output at ``target``, never
+    neither; the old one is then deleted. Elsewhere the old one is moved aside to ``.NAME.old-*``, ``tmp`` renamed
+    in and the old one deleted (restored if the rename fails); a kill between the two renames leaves the old output
+    in that folder, which the next write names (:func:`warn_stale_partial_writes`).
     """
     if target.exists() or target.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{target}: appeared while writing; pass overwrite=True (--overwrite on the "
                                   "command line) to replace it")
         check_replaceable(target)
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
+        if _exchange(tmp, target):  # target is the new output; tmp now holds the old one
+            old = tmp
+        else:
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
         else:

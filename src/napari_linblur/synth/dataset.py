@@ -35,6 +35,7 @@ from ..io.omezarr import (
     check_replaceable,
     make_temp_sibling,
     move_into_place,
+    warn_stale_partial_writes,
 )
 from .phantoms import cell_phantom
 from .recipes import Recipe, get_recipe
@@ -166,6 +167,7 @@ def write_synthetic_dataset(
     }
     check_parent_folders(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    warn_stale_partial_writes(target)  # what a killed earlier write of this dataset left behind, as every writer
     tmp = make_temp_sibling(target)
     bar = None
     if progress:
