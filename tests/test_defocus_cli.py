@@ -837,3 +837,48 @@ def test_the_same_command_and_seed_give_the_same_weights(tmp_path):
         assert main([*base, "--out", str(tmp_path / run)]) == 0
     a, b = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_runs_into_one_folder_are_refused_while_the_first_runs(tmp_path, capsys):
+    """Two `linblur train` into the same --out (or a requeued --resume while the old job still ran) both ran and
+    left one folder with both runs' log rows interleaved and one run's checkpoint beside the other's model. A run
+    holds an OS lock on its folder; the second is refused, and the lock goes with its process (also kill -9)."""
+    import subprocess
+    import sys
+
+    from napari_linblur.training.loop import RunLock
+
+    out = tmp_path / "run"
+    cmd = ["train", "defocus", *_TINY_RUN, "--width", "4", "--steps", "2", "--out", str(out)]
+    out.mkdir()
+    held = RunLock(out)  # as a run in progress holds it
+    try:
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert f"{out} is being written by another training run (pid " in err and "use another --out" in err
+        assert sorted(p.name for p in out.iterdir()) == [".run.lock"]  # nothing of the refused run was written
+    finally:
+        held.release()
+    # a holder killed with SIGKILL: its lock is gone with it, the next run trains
+    code = f"from napari_linblur.training.loop import RunLock; RunLock({str(out)!r}); print('held', flush=True); " \
+           "import time; time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(cmd) == 2
+        capsys.readouterr()
+    finally:
+        holder.kill()
+        holder.wait()
+    left = out / ".checkpoint.safetensors.k1ll3d.tmp"  # what a kill during a checkpoint write leaves
+    left.write_bytes(b"partial")
+    assert main(cmd) == 0 and (out / "model.safetensors").exists()
+    assert not left.exists()  # the run holding the folder's lock removes its own kind of leftovers
+    # weights saved without their card (a kill between the two files): the error says how to repair the run
+    from napari_linblur.models import registry
+
+    model = out / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(ValueError, match="killed while saving its model leaves this: run its command again with "
+                                         "--resume"):
+        registry.load_model(model, device="cpu")

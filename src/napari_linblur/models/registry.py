@@ -316,6 +316,8 @@ def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto") -> Any:
             raise ValueError(
                 f"{path} does not match its model card's sha256 (expected {expected[:12]}…, got {actual[:12]}…): "
                 "the file is corrupt or was replaced"
+                + ("; a training run killed while saving its model leaves this: run its command again with --resume"
+                   if path.name == "model.safetensors" and (path.parent / "checkpoint.safetensors").exists() else "")
             )
     try:
         state = load_file(str(path), device="cpu")

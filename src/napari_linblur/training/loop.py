@@ -699,6 +699,45 @@ def _write_csv(out: Path) -> None:
         w.writerows(rows)
 
 
+class RunLock:
+    """An exclusive lock on a run folder for the life of a training run: a second ``linblur train`` (or Train
+    widget run) into the same ``--out``, a new run or a ``--resume`` alike, is refused instead of interleaving its
+    log, checkpoint and model with the first one's. The lock is the operating system's (``flock`` on
+    ``OUT/.run.lock``), so a run that is killed (SIGKILL, out of memory) releases it with its process; the file
+    itself stays, holding the last holder's process id and host for the message.
+    """
+
+    NAME = ".run.lock"
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / self.NAME
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock, as before
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise FileExistsError(f"{out} is being written by another training run ({holder}); wait for it to "
+                                  "end, or use another --out") from None
+        import socket
+
+        text = f"pid {os.getpid()} on {socket.gethostname()}".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text, 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Unlock (closing the file releases the ``flock``); idempotent."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def train(
     task: Task,
     cfg: TrainConfig,
@@ -763,6 +802,7 @@ def train(
     # checked before the folder is made, so that a refused run leaves no empty folder behind
     if cfg.resume and not ckpt.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+    lock = None
     if rank == 0:
         if not cfg.resume and ((out / "log.jsonl").exists() or ckpt.exists()):
             raise FileExistsError(f"{out} already holds a training run; use --resume or a new --out folder")
@@ -773,161 +813,168 @@ def train(
             raise FileExistsError(f"--out {out} already holds {', '.join(held)}, which this run would replace; use a "
                                   "new or empty --out folder")
         make_output_folder(out)
+        lock = RunLock(out)  # one process at a time writes a run folder (two would interleave their files)
+        for name in (*RUN_FILES, "train_config.json"):  # temporary files of a run killed while writing them
+            for left in out.glob(f".{name}.*.tmp"):
+                left.unlink(missing_ok=True)
+    try:
+        resume_from = getattr(task, "resume_from", None)
+        if cfg.resume and resume_from is not None:
+            recorded = recorded_card(out)
+            if recorded is not None:  # the checkpoint restores every weight: the task need not read its init again
+                resume_from(recorded)
+        seed_everything(cfg.seed)
+        model = task.build_model().to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scaler = grad_scaler(device, cfg.amp)
+        ema_model = None
+        if cfg.ema:
+            import copy
 
-    resume_from = getattr(task, "resume_from", None)
-    if cfg.resume and resume_from is not None:
-        recorded = recorded_card(out)
-        if recorded is not None:  # the checkpoint restores every weight: the task need not read its init again
-            resume_from(recorded)
-    seed_everything(cfg.seed)
-    model = task.build_model().to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = grad_scaler(device, cfg.amp)
-    ema_model = None
-    if cfg.ema:
-        import copy
-
-        ema_model = copy.deepcopy(model).eval()
-        for p in ema_model.parameters():
-            p.requires_grad_(False)
-    start, elapsed0 = 0, 0.0
-    running: dict[str, float] = {}
-    n_running = 0
-    recipe = dict(task.card())  # the task's options as this session starts: checked on resume, kept in checkpoints
-    sessions = [cfg.command]
-    if cfg.resume:
-        start, elapsed0, running, n_running, earlier = _load_checkpoint(
-            ckpt, model, optimizer, ema_model, cfg, recipe, tuple(getattr(task, "resume_ignore", ())), scaler)
-        sessions = earlier + sessions
-        if start > cfg.steps:
-            raise ValueError(f"--resume: {out} is at step {start} already; --steps {cfg.steps} would end it before "
-                             f"that (give --steps >= {start} to continue it)")
-        if rank == 0:
-            _truncate_logs(out, start)
-    net = model
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if rank == 0:
-        write_json_atomic(out / "train_config.json", {"task": task.name, **asdict(cfg), "card": recipe,
-                                                      **({"sessions": sessions} if len(sessions) > 1 else {})})
-        if not cfg.resume:  # a run killed before its first periodic checkpoint can still be resumed (from step 0)
-            _save_checkpoint(ckpt, model, optimizer, 0, 0.0, cfg, ema_model, ({}, 0), recipe, sessions, scaler)
-
-    bar = None
-    if cfg.progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {task.name}", unit="step", dynamic_ncols=True)
-    t0 = time.perf_counter() - elapsed0
-    budget_t0 = time.perf_counter()  # --max-minutes is this session's budget: a --resume gets a new one
-    last_val: dict[str, float] = {}
-    val_step: int | None = None  # the step whose weights last_val measured
-    step = start
-    finished = True
-    cancelled = False
-    model.train()
-    with _StopSignals(enabled=not ddp) as signals:
-        while step < cfg.steps:
-            if signals.received or (should_stop is not None and should_stop()):
-                finished, cancelled = False, True
-                break
-            if cfg.max_minutes is not None and (time.perf_counter() - budget_t0) > 60 * cfg.max_minutes:
-                finished = False
-                break
-            for g in optimizer.param_groups:
-                g["lr"] = learning_rate(cfg, step)
-            batch = task.batch(step, rank=rank, world=world)
-            with autocast_context(device, cfg.amp):
-                loss, parts = task.loss(net, _to_device(batch, device, cfg.channels_last))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or disable --amp, in a "
-                                     "new --out (a --resume keeps this run's options)")
-            optimizer_step(loss, optimizer, params, scaler, cfg.grad_clip)
-            if ema_model is not None:
-                _update_ema(ema_model, model, ema_decay(cfg.ema, step))
-            step += 1
-            parts = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
-            for k, v in parts.items():
-                running[k] = running.get(k, 0.0) + v
-            n_running += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{parts['loss']:.4f}",
-                                **({"val": f"{last_val['val_loss']:.4f}"} if last_val else {}))
-            do_val = step % cfg.val_every == 0 or step == cfg.steps
-            if rank == 0 and (step % cfg.log_every == 0 or do_val):
-                record = {"step": step, "lr": learning_rate(cfg, step - 1),
-                          "time_s": round(time.perf_counter() - t0, 2)}
-                record.update({k: v / max(1, n_running) for k, v in running.items()})
-                running, n_running = {}, 0
-                if do_val:
-                    model.eval()
-                    last_val, val_step = _validation(task, ema_model or model, device, cfg.amp), step
-                    model.train()
-                    record.update(last_val)
-                with open(out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if on_log is not None:
-                    on_log(record)
-            if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-                _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg, ema_model,
-                                 (running, n_running), recipe, sessions, scaler)
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        model_path = out / MODEL
-        if rank == 0:
-            _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running), recipe,
-                             sessions, scaler)
-            _write_csv(out)
-            model.eval()
-            final = ema_model if ema_model is not None else model
-            if val_step != step:  # a run stopped (or resumed) between two validations: measure the saved weights
-                last_val, val_step = _validation(task, final, device, cfg.amp), step
-            card = dict(task.card())
-            card.setdefault("task", task.name)
-            finalize = getattr(task, "finalize", None)
-            if finalize is not None and not cancelled:
-                last_val, entries = finalize(final, last_val)
-                card.update(entries)
-            card["training"] = {
-                "command": cfg.command,
-                **({"command_effective": cfg.command_effective} if cfg.command_effective else {}),
-                "seed": cfg.seed,
-                "steps": step,
-                "steps_planned": cfg.steps,
-                "finished": finished,
-                "seconds": round(seconds, 1),
-                "device": str(device),
-                "amp": cfg.amp,
-                "lr": cfg.lr,
-                "warmup": cfg.warmup,
-                "ema": cfg.ema,
-                "channels_last": cfg.channels_last,
-                "torch": torch.__version__,
-                "hardware": hardware_description(device),
-            }
-            if len(sessions) > 1:  # a resumed run: the command of every session, the first one started it
-                card["training"]["sessions"] = sessions
-            card["validation"] = last_val
-            if isinstance(card.get("init"), dict):  # a fine-tune: its training and that of the weights it started from
-                card["training_total"] = chain_training(card)
-            save_model(final, model_path, card)
+            ema_model = copy.deepcopy(model).eval()
+            for p in ema_model.parameters():
+                p.requires_grad_(False)
+        start, elapsed0 = 0, 0.0
+        running: dict[str, float] = {}
+        n_running = 0
+        recipe = dict(task.card())  # the task's options as this session starts: checked on resume, kept in checkpoints
+        sessions = [cfg.command]
+        if cfg.resume:
+            start, elapsed0, running, n_running, earlier = _load_checkpoint(
+                ckpt, model, optimizer, ema_model, cfg, recipe, tuple(getattr(task, "resume_ignore", ())), scaler)
+            sessions = earlier + sessions
+            if start > cfg.steps:
+                raise ValueError(f"--resume: {out} is at step {start} already; --steps {cfg.steps} would end it before "
+                                 f"that (give --steps >= {start} to continue it)")
+            if rank == 0:
+                _truncate_logs(out, start)
+        net = model
         if ddp:
-            import torch.distributed as dist
+            from torch.nn.parallel import DistributedDataParallel
 
-            dist.barrier()
-        result = TrainResult(model_path, step, finished, last_val, seconds)
-        if signals.received and not finished:
-            raise TrainingInterrupted(
-                f"{signals.received} at step {step} of {cfg.steps}: {out / CHECKPOINT} and {out / MODEL} hold "
-                f"this state; continue with the same command and --resume", result, signals.received)
-    return result
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if rank == 0:
+            write_json_atomic(out / "train_config.json", {"task": task.name, **asdict(cfg), "card": recipe,
+                                                          **({"sessions": sessions} if len(sessions) > 1 else {})})
+            if not cfg.resume:  # a run killed before its first periodic checkpoint can still be resumed (from step 0)
+                _save_checkpoint(ckpt, model, optimizer, 0, 0.0, cfg, ema_model, ({}, 0), recipe, sessions, scaler)
+
+        bar = None
+        if cfg.progress and rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=start, desc=f"train {task.name}", unit="step", dynamic_ncols=True)
+        t0 = time.perf_counter() - elapsed0
+        budget_t0 = time.perf_counter()  # --max-minutes is this session's budget: a --resume gets a new one
+        last_val: dict[str, float] = {}
+        val_step: int | None = None  # the step whose weights last_val measured
+        step = start
+        finished = True
+        cancelled = False
+        model.train()
+        with _StopSignals(enabled=not ddp) as signals:
+            while step < cfg.steps:
+                if signals.received or (should_stop is not None and should_stop()):
+                    finished, cancelled = False, True
+                    break
+                if cfg.max_minutes is not None and (time.perf_counter() - budget_t0) > 60 * cfg.max_minutes:
+                    finished = False
+                    break
+                for g in optimizer.param_groups:
+                    g["lr"] = learning_rate(cfg, step)
+                batch = task.batch(step, rank=rank, world=world)
+                with autocast_context(device, cfg.amp):
+                    loss, parts = task.loss(net, _to_device(batch, device, cfg.channels_last))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or disable --amp, "
+                                             "in a new --out (a --resume keeps this run's options)")
+                optimizer_step(loss, optimizer, params, scaler, cfg.grad_clip)
+                if ema_model is not None:
+                    _update_ema(ema_model, model, ema_decay(cfg.ema, step))
+                step += 1
+                parts = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+                for k, v in parts.items():
+                    running[k] = running.get(k, 0.0) + v
+                n_running += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{parts['loss']:.4f}",
+                                    **({"val": f"{last_val['val_loss']:.4f}"} if last_val else {}))
+                do_val = step % cfg.val_every == 0 or step == cfg.steps
+                if rank == 0 and (step % cfg.log_every == 0 or do_val):
+                    record = {"step": step, "lr": learning_rate(cfg, step - 1),
+                              "time_s": round(time.perf_counter() - t0, 2)}
+                    record.update({k: v / max(1, n_running) for k, v in running.items()})
+                    running, n_running = {}, 0
+                    if do_val:
+                        model.eval()
+                        last_val, val_step = _validation(task, ema_model or model, device, cfg.amp), step
+                        model.train()
+                        record.update(last_val)
+                    with open(out / "log.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if on_log is not None:
+                        on_log(record)
+                if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+                    _save_checkpoint(ckpt, model, optimizer, step, time.perf_counter() - t0, cfg, ema_model,
+                                     (running, n_running), recipe, sessions, scaler)
+            seconds = time.perf_counter() - t0
+            if bar is not None:
+                bar.close()
+            model_path = out / MODEL
+            if rank == 0:
+                _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running), recipe,
+                                 sessions, scaler)
+                _write_csv(out)
+                model.eval()
+                final = ema_model if ema_model is not None else model
+                if val_step != step:  # a run stopped (or resumed) between two validations: measure the saved weights
+                    last_val, val_step = _validation(task, final, device, cfg.amp), step
+                card = dict(task.card())
+                card.setdefault("task", task.name)
+                finalize = getattr(task, "finalize", None)
+                if finalize is not None and not cancelled:
+                    last_val, entries = finalize(final, last_val)
+                    card.update(entries)
+                card["training"] = {
+                    "command": cfg.command,
+                    **({"command_effective": cfg.command_effective} if cfg.command_effective else {}),
+                    "seed": cfg.seed,
+                    "steps": step,
+                    "steps_planned": cfg.steps,
+                    "finished": finished,
+                    "seconds": round(seconds, 1),
+                    "device": str(device),
+                    "amp": cfg.amp,
+                    "lr": cfg.lr,
+                    "warmup": cfg.warmup,
+                    "ema": cfg.ema,
+                    "channels_last": cfg.channels_last,
+                    "torch": torch.__version__,
+                    "hardware": hardware_description(device),
+                }
+                if len(sessions) > 1:  # a resumed run: the command of every session, the first one started it
+                    card["training"]["sessions"] = sessions
+                card["validation"] = last_val
+                if isinstance(card.get("init"), dict):  # a fine-tune: its training and its init weights' training
+                    card["training_total"] = chain_training(card)
+                save_model(final, model_path, card)
+            if ddp:
+                import torch.distributed as dist
+
+                dist.barrier()
+            result = TrainResult(model_path, step, finished, last_val, seconds)
+            if signals.received and not finished:
+                raise TrainingInterrupted(
+                    f"{signals.received} at step {step} of {cfg.steps}: {out / CHECKPOINT} and {out / MODEL} hold "
+                    f"this state; continue with the same command and --resume", result, signals.received)
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _validation(task: Task, model, device, amp: str) -> dict[str, float]:
