@@ -581,6 +581,16 @@ def test_defocus_widget_outlines_the_signal(viewer, qtbot, tiny_models, synth):
     settle(qtbot, w)
     assert out.name == "signal outline[img z2] (preview)" and out in viewer.layers
     np.testing.assert_array_equal(out.data, signal_mask(stack[2]).astype(np.uint8))
+    # placed like the live map, rotation included, and moved with it when the input moves (it used to stay behind)
+    live = viewer.layers["defocus σ[img z2] (preview)"]
+    layer.rotate = 15
+    layer.translate = (0.0, 50.0, 60.0)
+    for ly in (live, out):
+        assert tuple(ly.translate) == (50.0, 60.0), ly.name
+        np.testing.assert_allclose(ly.rotate, live.rotate)
+    assert not np.allclose(out.rotate, np.eye(2)) and tuple(out.axis_labels) == tuple(live.axis_labels)
+    layer.rotate = 0
+    layer.translate = (0.0, 10.0, 20.0)
     # a plane without structure: the layer says the whole map is interpolated
     viewer.add_image(np.full((48, 64), 100, np.uint16), name="flat")
     w.image.set_layer(viewer.layers["flat"])

@@ -1133,6 +1133,13 @@ class LinblurWidget(QWidget):
         if getattr(event, "source", like) is not like:
             return
         pl.warn_placement(pl.follow_placement(layer, like))
+        for extra in self.preview_companions():  # e.g. the defocus map's signal outline, on the same plane
+            if extra in self.viewer.layers:
+                pl.follow_placement(extra, like)
+
+    def preview_companions(self) -> list:
+        """Other 2-D layers shown with the preview on its input's plane, moved with it (none by default)."""
+        return []
 
     def clear_preview(self) -> None:
         """Remove this widget's preview layer (its input is gone)."""

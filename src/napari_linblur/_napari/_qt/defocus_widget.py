@@ -580,6 +580,7 @@ class DefocusWidget(c.LinblurWidget):
         if layer is None or layer not in self.viewer.layers:
             layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate, opacity=1.0,
                                            units=tuple(like.units[-2:]))
+            pl.follow_placement(layer, like)  # rotation, shear, affine and axis labels too, as the live map's
             layer.contour = 1
             layer.metadata["linblur_preview"] = True
             try:
@@ -592,6 +593,10 @@ class DefocusWidget(c.LinblurWidget):
             self._outline_layer = layer
         else:
             pl.place_layer(layer, data, name=name, like=like)
+
+    def preview_companions(self) -> list:
+        """The signal outline moves with the live map when their input moves."""
+        return [self._outline_layer] if self._outline_layer is not None else []
 
     def clear_preview(self) -> None:
         """Remove the live map and its outline (their input is gone)."""
