@@ -190,6 +190,23 @@ def test_writer_saves_a_multiscale_layer_at_full_resolution(viewer, tmp_path):
     np.testing.assert_array_equal(np.asarray(arr2[meta2.channel_names.index("other")]), other.data)
 
 
+def test_a_layer_flipped_by_a_negative_scale_reopens_where_it_was(viewer, tmp_path):
+    """The writer stored |scale| with the same translation, so a stack napari showed flipped (scale -4 along Z)
+    reopened upside down; it is now stored reversed with the translation of its far end."""
+    from napari_helpers import PLUGIN
+
+    data = np.arange(9 * 8 * 8, dtype=np.float32).reshape(9, 8, 8)
+    layer = viewer.add_image(data, name="flipz", scale=(-4.0, 0.5, 0.5), translate=(40.0, 0.0, 0.0))
+    viewer.layers.selection = {layer}
+    path = viewer.layers.save(str(tmp_path / "flip.ome.zarr"), selected=True, plugin=PLUGIN)[0]
+    (back,) = viewer.open(path, plugin=PLUGIN)
+    assert tuple(back.scale) == (4.0, 0.5, 0.5) and tuple(back.translate) == (8.0, 0.0, 0.0)
+    for z in (0, 8):  # every plane at the world position the flipped layer showed it
+        world = layer.data_to_world((z, 0, 0))[0]
+        index = int(round(back.world_to_data((world, 0, 0))[0]))
+        np.testing.assert_array_equal(np.asarray(back.data[index]), data[z])
+
+
 def test_writer_refuses_a_file_another_open_layer_reads(viewer, tmp_path):
     """Saving layer B onto (or into) the file open layer A is read from would silently change A: refused, naming
     A; once A is closed the file can be replaced."""

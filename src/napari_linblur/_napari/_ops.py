@@ -544,6 +544,31 @@ def compute_planes(
     return out
 
 
+def with_positive_scale(data: Any, scale: Sequence[float] | None, translate: Sequence[float] | None):
+    """``(data, scale, translate)`` for an OME-Zarr file, which stores positive pixel sizes: an axis a napari layer
+    flips with a negative scale is stored reversed, with ``|scale|`` and the translation of its far end, so the
+    file reopens exactly where the layer was (writing ``|scale|`` alone put the stack upside down).
+
+    Examples
+    --------
+    >>> d, s, t = with_positive_scale(np.arange(3)[:, None, None], [-4.0, 1.0, 1.0], [40.0, 0.0, 0.0])
+    >>> d[:, 0, 0].tolist(), s, t
+    ([2, 1, 0], [4.0, 1.0, 1.0], [32.0, 0.0, 0.0])
+    """
+    if scale is None:
+        return data, scale, translate
+    scale = [float(v) for v in scale]
+    translate = [0.0] * len(scale) if translate is None else [float(v) for v in translate]
+    flip = [i for i, v in enumerate(scale) if v < 0]
+    if flip:
+        index = tuple(slice(None, None, -1) if i in flip else slice(None) for i in range(len(scale)))
+        data = data[index]
+        for i in flip:
+            translate[i] += scale[i] * (data.shape[i] - 1)
+            scale[i] = -scale[i]
+    return data, scale, translate
+
+
 # ---------------------------------------------------------------------------------------- naming
 
 

@@ -164,7 +164,7 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
-    from ._ops import positions_for
+    from ._ops import positions_for, with_positive_scale
 
     data = _full_resolution(data, meta)
     if not hasattr(data, "dtype"):
@@ -174,14 +174,19 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     _check_open_layers(target, [meta])
     axes = _axes_for(meta, data.ndim)
     scale = meta.get("scale")
-    scale = [abs(float(s)) for s in scale] if scale is not None and len(scale) == data.ndim else None
+    scale = [float(s) for s in scale] if scale is not None and len(scale) == data.ndim else None
     translate = meta.get("translate")
     translate = [float(t) for t in translate] if translate is not None and len(translate) == data.ndim else None
+    flipped = [a for a, v in zip(axes, scale or ()) if v < 0]
+    data, scale, translate = with_positive_scale(data, scale, translate)  # a flipped axis reopens where it was
     md = meta.get("metadata") or {}
     channel = md.get("linblur_channel")
     # the wells/sites and BBBC006 plane numbers the layer was read with (or computed from), as `linblur` batch
     # outputs record them: the reader gives them back to the layer this file opens as
     positions = positions_for(md.get("linblur_fields"), md.get("linblur_planes"), axes, data.shape)
+    for key, axis in (("fields", "p"), ("planes", "z")):  # stored reversed along a flipped axis: so are they
+        if axis in flipped and key in positions and axis in axes:
+            positions[key] = positions[key][::-1]
     write_ome_zarr(
         target,
         data,
@@ -235,7 +240,7 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
     scale0 = meta0.get("scale")
     scale = None
     if scale0 is not None and len(scale0) == len(base):
-        scale = [abs(float(s)) for s in scale0]
+        scale = [float(s) for s in scale0]
         scale.insert(axes.index("c"), 1.0)
     target = _target(path)
     _check_open_layers(target, [m for _, m in images])
@@ -247,6 +252,9 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
     if translate0 is not None and len(translate0) == len(base):
         translate = [float(t) for t in translate0]
         translate.insert(axes.index("c"), 0.0)
+    from ._ops import with_positive_scale
+
+    stacked, scale, translate = with_positive_scale(stacked, scale, translate)  # a flipped axis reopens where it was
     # channel names: the channels the layers were read as (e.g. DAPI, GFP) when distinct, else the layer names
     read_as = [(m.get("metadata") or {}).get("linblur_channel") for _, m in images]
     if all(c is not None for c in read_as) and len(set(map(str, read_as))) == len(read_as):

@@ -318,9 +318,10 @@ def run_whole_stack(
             return False
 
         def job(report, should_stop):
-            lazy = op(*[_ops.lazy_planes(a) for a in arrays])
+            lazy, out_scale, out_translate = _ops.with_positive_scale(op(*[_ops.lazy_planes(a) for a in arrays]),
+                                                                      scale, translate)
             try:
-                write_ome_zarr(path, lazy, axes=axes, scale=[abs(s) for s in scale], translate=list(translate),
+                write_ome_zarr(path, lazy, axes=axes, scale=out_scale, translate=out_translate,
                                source_paths=sources, units=[None if u == "pixel" else u for u in units],
                                progress=report, name=name, attrs={"linblur": described})
             except OSError as err:
