@@ -1404,3 +1404,19 @@ def test_pair_widgets_wait_quietly_on_a_single_plane_image(viewer, qtbot, tiny_m
         assert not w.run_whole_stack()
         assert "'one plane' is a single 2-D plane" in last_error()
     assert len(notification_manager.records) == before + 2
+
+
+def test_a_diverged_training_run_is_said_in_the_widgets_words(viewer, qtbot, tmp_path, synth):
+    """A run whose loss becomes infinite (an audit's layer spanning 1 to 1e30; here the largest learning rate the
+    widget takes) was notified in the command line's words: "lower --lr or disable --amp, in a new --out (a --resume
+    keeps this run's options)", options the widget does not have."""
+    viewer.add_image(synth[0], name="stack")
+    w = small_training(viewer, tmp_path, steps=30)
+    w.lr.setValue(w.lr.maximum())
+    w.set_choice(w.source, "layer")
+    w.layer.set_layer(viewer.layers["stack"])
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.panel.running, timeout=120000)
+    text = last_error()
+    assert "training diverged on 'stack'" in text and "lower the learning rate" in text, text
+    assert "--" not in text and not w.model_path

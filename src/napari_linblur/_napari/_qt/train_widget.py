@@ -342,6 +342,13 @@ class TrainWidget(c.LinblurWidget):
                 # command line's): say it in the widget's words; Start again picks a new folder
                 raise FileExistsError(f"{out} already holds a training run (written after Start was pressed); "
                                       "press Start again to train in a new run folder") from err
+            except FloatingPointError as err:  # the loop's words are the command line's (--lr, --amp, --resume)
+                src = f" on {layer_name!r}" if layer_name else ""
+                raise FloatingPointError(
+                    f"training diverged{src} ({str(err).split(';')[0]}): lower the learning rate and press Start "
+                    "again (it trains in a new run folder)"
+                    + (", or rescale the layer: values spanning many orders of magnitude (e.g. 1 to 1e30) do not "
+                       "train in float32" if layer_name else "")) from err
 
         def done(res) -> None:
             path = str(res.model_path)
