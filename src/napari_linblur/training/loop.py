@@ -719,11 +719,14 @@ class RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by a live process
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise FileExistsError(f"{out} is being written by another training run ({holder}); wait for it to "
                                   "end, or use another --out") from None
+        except OSError:  # a file system without locks (some network mounts): train unlocked, as before
+            os.close(fd)
+            return
         import socket
 
         text = f"pid {os.getpid()} on {socket.gethostname()}".encode()
