@@ -695,3 +695,18 @@ def test_write_ome_zarr_refuses_empty_unknown_and_mistyped_arguments_by_name(tmp
         with pytest.raises(kind, match=says):
             write_ome_zarr(tmp_path / "w.zarr", data, **kwargs)
         assert not (tmp_path / "w.zarr").exists()
+
+
+def test_a_report_names_the_temporary_files_a_killed_write_left(tmp_path):
+    """`linblur focus --json/--csv` or `evaluate` killed while writing left `.NAME.XXXX.tmp` files that no later run
+    mentioned; the next write of that file names them (and never deletes them: another write may be running)."""
+    from napari_linblur.io.atomic import write_json_atomic
+
+    left = tmp_path / ".focus.json.k1ll3d.tmp"
+    left.write_text("{")
+    with pytest.warns(UserWarning, match=r"focus.json: 1 temporary file\(s\) of an earlier write that was killed"):
+        write_json_atomic(tmp_path / "focus.json", {"a": 1})
+    assert left.exists() and (tmp_path / "focus.json").read_text().startswith("{")
+    with warnings.catch_warnings():  # another file's name draws no warning
+        warnings.simplefilter("error")
+        write_json_atomic(tmp_path / "other.json", {"a": 1})

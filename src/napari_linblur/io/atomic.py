@@ -19,6 +19,23 @@ def as_new_file(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+def _warn_leftovers(path: Path) -> None:
+    """Name the temporary files of earlier writes of ``path`` that were killed (SIGKILL, out of memory) before they
+    could remove them; never deleted here, since another process may be writing ``path`` at this moment."""
+    import glob
+    import warnings
+
+    try:
+        left = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return
+    if left:
+        names = ", ".join(p.name for p in left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        warnings.warn(f"{path}: {len(left)} temporary file(s) of an earlier write that was killed are left in "
+                      f"{path.parent} ({names}); delete them unless another write of {path.name} is running now",
+                      UserWarning, stacklevel=4)
+
+
 @contextlib.contextmanager
 def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path next to ``path`` to write the whole file to; on a clean exit it gets a new file's
@@ -34,6 +51,7 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
     'done'
     """
     path = Path(path)
+    _warn_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
