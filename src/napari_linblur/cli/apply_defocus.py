@@ -140,8 +140,6 @@ def optics_from_args(args):
             unit = "no unit" if x is None or meta.units[x] is None else f"unit {meta.units[x]!r}"
             raise ValueError(f"{args.input} does not record its pixel size in a length unit ({unit}): pass "
                              "--pixel-um (the pixel size in the sample in µm, camera pixel / magnification)")
-    import re
-
     from napari_linblur.optics.psf import OpticalSetup
 
     try:
