@@ -468,6 +468,9 @@ def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     assert [b["lo"] for b in bins] == [0, 2, 4, 6, 8] and sum(b["fraction"] for b in bins) == pytest.approx(1.0)
     assert all(b["mae_px"] >= abs(b["bias_px"]) - 1e-9 for b in bins if b["fraction"] > 0)
     assert "error by true σ" in (out / "defocus_eval.md").read_text()
+    # the Markdown names the command that made it, as the JSON does: a pair of reports can be told to match
+    last = (out / "defocus_eval.md").read_text().splitlines()[-1]
+    assert last == f"Command: `{json.loads((out / 'defocus_eval.json').read_text())['command']}`"
     # the recorded command is the exact one: parsing it again gives the same options
     import shlex
 

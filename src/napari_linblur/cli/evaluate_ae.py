@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
     import torch
 
     from napari_linblur.evaluation.ae import evaluate_ae, to_markdown
-    from napari_linblur.models.registry import write_json_atomic
 
     from ._groups import check_out_folder, check_out_not_in_input
 
@@ -57,13 +55,10 @@ def _run(args: argparse.Namespace) -> int:
     res["command"] = command_line(args)
     md = to_markdown(res)
     print(md)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "evaluate_ae.json", json.loads(json.dumps(res, default=float)))
-    from napari_linblur.io.atomic import write_text_atomic
+    from napari_linblur.evaluation.report import write_reports
 
-    write_text_atomic(out / "evaluate_ae.md", md)
-    print(f"wrote {out / 'evaluate_ae.json'} and {out / 'evaluate_ae.md'}")
+    js, md_path = write_reports(args.out, "evaluate_ae", json.loads(json.dumps(res, default=float)), md)
+    print(f"wrote {js} and {md_path}")
     return 0
 
 

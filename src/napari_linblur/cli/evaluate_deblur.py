@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def register(subparsers) -> None:
     from ._groups import add_tta_option
@@ -74,13 +72,10 @@ def _run(args) -> int:
     from ._groups import command_line
 
     res["command"] = command_line(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
+    from napari_linblur.evaluation.report import write_reports
 
-    write_json_atomic(out / "deblur_eval.json", res)
     md = to_markdown(res)
-    write_text_atomic(out / "deblur_eval.md", md)
+    js, md_path = write_reports(args.out, "deblur_eval", res, md)
     print(md)
-    print(f"wrote {out / 'deblur_eval.json'} and {out / 'deblur_eval.md'}")
+    print(f"wrote {js} and {md_path}")
     return 0

@@ -448,12 +448,7 @@ def markdown_report(res: dict[str, Any]) -> str:
 
 def write_report(res: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     """Write ``defocus_eval.json`` and ``defocus_eval.md`` into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    js = out / "defocus_eval.json"
-    md = out / "defocus_eval.md"
-    from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
+    from .report import write_reports
 
-    write_json_atomic(js, res)  # strict JSON: a metric with no pixels to average is null, not NaN
-    write_text_atomic(md, markdown_report(res) + "\n")
-    return js, md
+    # strict JSON: a metric with no pixels to average is null, not NaN
+    return write_reports(out, "defocus_eval", res, markdown_report(res))
