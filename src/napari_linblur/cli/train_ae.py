@@ -111,23 +111,20 @@ def config_from_init(args: argparse.Namespace, config: str | dict) -> str | dict
         (the message names the entries that differ).
     """
     from napari_linblur.models.autoencoder import CONFIGS
-    from napari_linblur.models.registry import check_init_card, read_card
-    from napari_linblur.training.loop import recorded_card
+    from napari_linblur.models.registry import config_differences
+    from napari_linblur.training.loop import init_card
 
-    card = (recorded_card(args.out) if args.resume else None) or read_card(args.init)
-    check_init_card(card, "ae", f"--init {args.init}")
+    card = init_card(args.init, args.out, args.resume, "ae")
     theirs = card.get("config")
     if not isinstance(theirs, dict):
         return config
     if args.config is None and not args.model_config:
         name = card.get("config_name")
         return name if name in CONFIGS and CONFIGS[name] == theirs else dict(theirs)
-    ours = dict(CONFIGS[config]) if isinstance(config, str) else config
-    differ = [f"{k}: {theirs.get(k)!r} in the init model, {ours.get(k)!r} here"
-              for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    differ = config_differences(theirs, dict(CONFIGS[config]) if isinstance(config, str) else config)
     if differ:
         raise ValueError(f"--config/--model-config contradict --init {args.init!r}, whose architecture is its own "
-                         f"({'; '.join(differ)}); leave --config and --model-config out")
+                         f"({differ}); leave --config and --model-config out")
     return config
 
 

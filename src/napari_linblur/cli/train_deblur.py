@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     from napari_linblur.training.deblur import DeblurData, DeblurTask
-    from napari_linblur.training.loop import is_main_process, recorded_card, train
+    from napari_linblur.training.loop import is_main_process, train
 
     if args.stage == 1 and args.data:
         raise ValueError("--data (real stacks) is used in stage 2; pass --stage 2 --init STAGE1/model.safetensors")
@@ -65,12 +65,9 @@ def _run(args) -> int:
         raise ValueError(f"--pool must be >= 1 sharp fields, got {args.pool}")
     init_card: dict = {}
     if args.init:
-        from napari_linblur.models.registry import check_init_card, read_card
+        from napari_linblur.training.loop import init_card as init_model_card
 
-        # a --resume takes the architecture its run recorded: the checkpoint holds every weight, so the --init
-        # file is not read again (it may be gone)
-        init_card = (recorded_card(args.out) if args.resume else None) or read_card(args.init)
-        check_init_card(init_card, "deblur", f"--init {args.init}")
+        init_card = init_model_card(args.init, args.out, args.resume, "deblur")
     config = args.config
     if config is None:  # fine-tuning keeps the architecture of the model it starts from
         config = init_card.get("config") or "default"

@@ -96,20 +96,17 @@ def _plane_arg(text: str) -> int | str:
 def run(args) -> int:
     from napari_linblur.models.hrnet import preset_config
     from napari_linblur.training.defocus import DefocusDataConfig, DefocusTask
-    from napari_linblur.training.loop import is_main_process, recorded_card, train
+    from napari_linblur.training.loop import is_main_process, train
 
     check_out_not_in_input(args.out, args.content_from, source_option="--content-from")
     config_name = args.config or "default"
     model_cfg = preset_config(config_name)
     if args.init:
-        from napari_linblur.models.registry import check_init_card, read_card
+        from napari_linblur.training.loop import init_card as init_model_card
 
         if args.width is not None:
             raise ValueError("--width cannot be combined with --init (the architecture comes from the init model)")
-        # a --resume takes the architecture its run recorded: the checkpoint holds every weight, so the --init
-        # file is not read again (it may be gone)
-        init_card = (recorded_card(args.out) if args.resume else None) or read_card(args.init)
-        check_init_card(init_card, "defocus", f"--init {args.init}")
+        init_card = init_model_card(args.init, args.out, args.resume, "defocus")
         init_name = init_card.get("config_name")
         if args.config is not None and args.config != init_name:
             raise ValueError(f"--config {args.config} cannot be combined with --init {args.init!r}, whose "

@@ -19,6 +19,18 @@ def as_new_file(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+def some_paths(paths: list[Path], show: int = 3, name_only: bool = False) -> str:
+    """The first ``show`` of ``paths`` and how many more, for a message about leftovers.
+
+    Examples
+    --------
+    >>> some_paths([Path("/a/x"), Path("/a/y")], show=1, name_only=True)
+    'x and 1 more'
+    """
+    text = ", ".join(p.name if name_only else str(p) for p in paths[:show])
+    return text + (f" and {len(paths) - show} more" if len(paths) > show else "")
+
+
 def _warn_leftovers(path: Path) -> None:
     """Name the temporary files of earlier writes of ``path`` that were killed (SIGKILL, out of memory) before they
     could remove them; never deleted here, since another process may be writing ``path`` at this moment."""
@@ -30,9 +42,9 @@ def _warn_leftovers(path: Path) -> None:
     except OSError:
         return
     if left:
-        names = ", ".join(p.name for p in left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
         warnings.warn(f"{path}: {len(left)} temporary file(s) of an earlier write that was killed are left in "
-                      f"{path.parent} ({names}); delete them unless another write of {path.name} is running now",
+                      f"{path.parent} ({some_paths(left, name_only=True)}); delete them unless another write of "
+                      f"{path.name} is running now",
                       UserWarning, stacklevel=4)
 
 

@@ -39,6 +39,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from .atomic import some_paths
+
 __all__ = ["write_ome_zarr", "auto_pyramid_levels", "ngff_axes", "ngff_order"]
 
 #: the files that make a folder a zarr store (v3 ``zarr.json``; v2 ``.zgroup``, ``.zarray``, ``.zattrs``)
@@ -499,7 +501,6 @@ def write_ome_zarr(
     >>> int(open_zstack(p)[1, 0, 0].compute())
     4096
     """
-    check_output_name(path)
     target = Path(os.fspath(path)).resolve()
     if not isinstance(data, (np.ndarray, da.Array)):
         data = np.asarray(data)
@@ -577,7 +578,7 @@ def write_ome_zarr(
         raise ValueError(f"pyramid_levels: need >= 1, got {pyramid_levels}")
     levels = min(levels, 1 + int(np.log2(max(1, min(data.shape[-2:])))))
 
-    check_output_path(target, overwrite=overwrite, source_paths=source_paths)
+    check_output_path(path, overwrite=overwrite, source_paths=source_paths)  # the name as given: "" is no folder
 
     target.parent.mkdir(parents=True, exist_ok=True)
     warn_stale_partial_writes(target)
@@ -618,17 +619,14 @@ def warn_stale_partial_writes(target: str | os.PathLike) -> list[Path]:
     except OSError:
         return []
 
-    def _names(paths: list[Path]) -> str:
-        return ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-
     if stale:
-        warnings.warn(f"{target}: {len(stale)} earlier write(s) of this output left behind ({_names(stale)}), "
+        warnings.warn(f"{target}: {len(stale)} earlier write(s) of this output left behind ({some_paths(stale)}), "
                       "from a process that was killed while writing (unfinished, or finished but not yet renamed "
                       "into place); they may hold many GB. Delete them (rm -r) unless another write of this output "
                       "is running now", UserWarning, stacklevel=3)
     if aside:
         warnings.warn(f"{target}: {len(aside)} earlier version(s) of this output moved aside by an --overwrite that "
-                      f"was killed before it finished ({_names(aside)}): complete outputs; rename one back to "
+                      f"was killed before it finished ({some_paths(aside)}): complete outputs; rename one back to "
                       f"{target.name} if {target.name} is missing, otherwise delete them (rm -r)", UserWarning,
                       stacklevel=3)
     return stale + aside

@@ -245,14 +245,25 @@ def init_weights(model, init, architecture: str):
         model.load_state_dict(src.state_dict(), strict=True)
     except RuntimeError:
         theirs, ours = card.get("config") or {}, getattr(model, "config", None) or {}
-        differ = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours))
-                  if theirs.get(k) != ours.get(k)}
-        what = ("; ".join(f"{k}: {a!r} in init, {b!r} here" for k, a, b in
-                          ((k, *v) for k, v in differ.items())) if differ else f"its config: {theirs}")
+        what = config_differences(theirs, ours) or f"its config: {theirs}"
         raise ValueError(f"init={label!r} was trained with another network configuration than this run's ({what}); "
                          "train with the configuration it was trained with (linblur train ae: --config / "
                          "--model-config)") from None
     return card
+
+
+def config_differences(theirs: dict, ours: dict) -> str:
+    """The entries in which an init model's network configuration (``theirs``) and a run's (``ours``) differ, as
+    text for an error message; empty when they agree.
+
+    Examples
+    --------
+    >>> config_differences({"channels": [16, 32]}, {"channels": [8, 16]})
+    'channels: [16, 32] in the init model, [8, 16] here'
+    """
+    theirs, ours = dict(theirs or {}), dict(ours or {})
+    return "; ".join(f"{k}: {theirs.get(k)!r} in the init model, {ours.get(k)!r} here"
+                     for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
 
 
 def check_init_card(card: dict, task: str, label: str) -> dict:

@@ -393,6 +393,18 @@ def _recorded_card(path: Path, meta: dict[str, str]) -> dict | None:
     return None
 
 
+def init_card(init: str, out: str | os.PathLike, resume: bool, task: str) -> dict:
+    """The card of the model a ``linblur train TASK --init INIT`` run starts from, checked to be a ``task`` network
+    (:func:`~napari_linblur.models.registry.check_init_card`). A ``--resume`` takes the card its run recorded: the
+    checkpoint holds every weight, so the ``--init`` file is not read again (it may be gone). Every trainer takes
+    the network configuration of its ``--init`` run from here.
+    """
+    from napari_linblur.models.registry import check_init_card, read_card
+
+    card = (recorded_card(out) if resume else None) or read_card(init)
+    return check_init_card(card, task, f"--init {init}")
+
+
 def recorded_card(out: str | os.PathLike) -> dict | None:
     """The task card (the recipe) recorded with the training run in ``out``: that of its checkpoint, or for a
     checkpoint of an older version the one in its ``train_config.json``.
