@@ -165,8 +165,10 @@ def run_defocus_map(args) -> int:
         if given:
             raise ValueError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --mode patch (the "
                              "mean σ per tile): add --mode patch (or leave them out)")
-    patch_size = 64 if args.patch_size is None else args.patch_size
-    patch_pixels = args.patch_pixels or "signal"
+    from napari_linblur.inference.defocus_ops import PATCH_PIXELS_DEFAULT, PATCH_SIZE
+
+    patch_size = PATCH_SIZE if args.patch_size is None else args.patch_size
+    patch_pixels = args.patch_pixels or PATCH_PIXELS_DEFAULT
     arr, meta = open_batch_input(args.input, args.output, channel=args.channel, overwrite=args.overwrite)
     if setup is not None and args.pixel_um is not None:
         meta = calibrated_by_pixel_um(meta, args.pixel_um, args.input)

@@ -162,7 +162,7 @@ def _reblur_plane(plane: np.ndarray, sigma_b: float, *, sigma_r: float, ae, devi
     """Re-blur the plane by ``sigma_r`` and extrapolate back past it (as :func:`deblur_pair`); ``pair_kw`` are
     the autoencoder's tiling (checked by :func:`~napari_linblur.inference.latent_ops.check_ae_tiling`), progress,
     cancel and self-ensemble options."""
-    from napari_linblur.inference.latent_ops import combine_normalized
+    from napari_linblur.inference.latent_ops import extrapolate_normalized
     from napari_linblur.optics.convolve import fft_convolve
     from napari_linblur.optics.psf import gaussian_psf
 
@@ -174,8 +174,7 @@ def _reblur_plane(plane: np.ndarray, sigma_b: float, *, sigma_r: float, ae, devi
     if alpha >= 1.0:
         return plane.astype(np.float32)
     norm, (b, c) = normalize_for_network(plane, reblurred)  # one normalization for the pair, as deblur_pair's
-    return np.asarray(norm.invert(combine_normalized(ae, b, c, 1.0 / alpha, -(1.0 - alpha) / alpha, **pair_kw)),
-                      np.float32)
+    return np.asarray(norm.invert(extrapolate_normalized(ae, b, c, alpha, **pair_kw)), np.float32)
 
 
 def deblur(

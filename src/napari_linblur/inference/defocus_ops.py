@@ -52,6 +52,8 @@ _ALIASES = {"laplacian": "variance_of_laplacian", "normvar": "normalized_varianc
 
 #: ``patch_pixels`` of :func:`estimate_defocus` / :func:`defocus_patches`: which pixels of a tile its σ averages
 PATCH_PIXELS = ("signal", "all")
+#: the patch mode's defaults: tiles of 64 px, σ averaged over their signal pixels
+PATCH_SIZE, PATCH_PIXELS_DEFAULT = 64, "signal"
 
 # --------------------------------------------------------------------------------------------------- model
 class _PlaneDefocus:
@@ -122,7 +124,8 @@ class _PlaneDefocus:
         return sigma
 
 
-def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", patch_size=64, patch_pixels="signal",
+def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", patch_size=PATCH_SIZE,
+                   patch_pixels=PATCH_PIXELS_DEFAULT,
                    amp="auto", tta=1, camera="auto", progress=None, should_stop=None) -> _PlaneDefocus:
     """The validated per-plane σ estimator shared by :func:`estimate_defocus` and the ``defocus`` focus score.
 
@@ -143,7 +146,8 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
     if mode == "pixel":  # a patch option given for a per-pixel map: said, not silently ignored
         import warnings
 
-        for name, value, default in (("patch_size", patch_size, 64), ("patch_pixels", patch_pixels, "signal")):
+        for name, value, default in (("patch_size", patch_size, PATCH_SIZE),
+                                     ("patch_pixels", patch_pixels, PATCH_PIXELS_DEFAULT)):
             if value != default:
                 warnings.warn(f"{name} is not used by mode='pixel' (only by mode='patch', the mean σ per tile); it "
                               "is ignored", UserWarning, stacklevel=4)
@@ -194,8 +198,8 @@ def estimate_defocus(
     overlap: int | None = None,
     batch_size: int = 1,
     mode: str = "pixel",
-    patch_size: int = 64,
-    patch_pixels: str = "signal",
+    patch_size: int = PATCH_SIZE,
+    patch_pixels: str = PATCH_PIXELS_DEFAULT,
     amp: str = "auto",
     tta: int = 1,
     camera: Any = "auto",
@@ -279,7 +283,7 @@ def estimate_defocus(
     return map_planes(fn, img)
 
 
-def patch_means(sigma_map: Any, patch_size: int = 64, mask: Any = None) -> np.ndarray:
+def patch_means(sigma_map: Any, patch_size: int = PATCH_SIZE, mask: Any = None) -> np.ndarray:
     """Mean of a 2-D map over ``patch_size`` tiles (the last row/column of tiles may be smaller).
 
     Parameters
@@ -338,7 +342,8 @@ def _broadcast_patches(grid: np.ndarray, shape: tuple[int, int], patch_size: int
     return np.ascontiguousarray(full[: shape[0], : shape[1]], dtype=np.float32)
 
 
-def defocus_patches(img: Any, *, patch_size: int = 64, patch_pixels: str = "signal", model: Any = None,
+def defocus_patches(img: Any, *, patch_size: int = PATCH_SIZE, patch_pixels: str = PATCH_PIXELS_DEFAULT,
+                    model: Any = None,
                     device: Any = "auto", **kwargs: Any) -> np.ndarray:
     """Patch grid of mean σ: ``(..., ceil(Y / patch_size), ceil(X / patch_size))`` float32 (computed).
 

@@ -183,6 +183,13 @@ def combine_normalized(
     return out[0]
 
 
+def extrapolate_normalized(model, b: np.ndarray, c: np.ndarray, alpha: float, **kw) -> np.ndarray:
+    """``D(E(b) / α − (1 − α) / α · E(c))`` of two normalized planes: the extrapolation past ``b`` away from the
+    blurrier ``c`` (:func:`deblur_pair`, and ``deblur``'s re-blur + extrapolation); ``kw`` are
+    :func:`combine_normalized`'s tiling options."""
+    return combine_normalized(model, b, c, 1.0 / alpha, -(1.0 - alpha) / alpha, **kw)
+
+
 def encode_normalized(model, plane: np.ndarray):
     """Latent of a whole normalized plane ``(Y, X)`` (reflect-padded to the model's multiple), as numpy.
 
@@ -361,7 +368,7 @@ def deblur_pair(
     def plane_fn(b: np.ndarray, c: np.ndarray) -> np.ndarray:
         net = handle.get()
         al = alpha if alpha is not None else auto_alpha_normalized(net, b, c)[0]
-        return combine_normalized(net, b, c, 1.0 / al, -(1.0 - al) / al, **kw)
+        return extrapolate_normalized(net, b, c, al, **kw)
 
     return _run_pairs(plane_fn, img_b, img_c, ("img_b", "img_c"))
 
