@@ -371,5 +371,5 @@ def test_init_weights_of_another_configuration_name_the_difference(tmp_path):
     path = registry.save_model(small, tmp_path / "m.safetensors",
                                {"architecture": "LinearLatentAE", "task": "ae", "config": small.config})
     with pytest.raises(ValueError, match=r"another network configuration than this run's \(latent_channels: 4 in "
-                                         r"init, 8 here\); .*--model-config\)$"):
+                                         r"the init model, 8 here\); .*--model-config\)$"):
         registry.init_weights(LinearLatentAE(**CONFIGS["default"]), path, "LinearLatentAE")
