@@ -1,5 +1,7 @@
 """estimate_defocus / focus_curve / best_focus / patch mode / σ -> µm, with a tiny random HDME-Net."""
 
+import warnings
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -136,6 +138,20 @@ def test_classical_focus_curve_and_best_focus_shapes():
     four = np.stack([stack, stack[::-1]])
     got = D.best_focus(da.from_array(four, chunks=(1, 1, 48, 48)), method="tenengrad")
     assert got.tolist() == [2, 2] and got.dtype == np.int64
+
+
+def test_best_focus_warns_when_no_plane_is_sharper():
+    # an empty well: every plane ties, and "plane 0" must not read as a found focus
+    with pytest.warns(UserWarning, match=r"same focus score \(0 with method='brenner'\).*plane 0"):
+        assert D.best_focus(np.full((4, 32, 32), 100.0), method="brenner") == 0
+    sharp = gaussian_filter(np.random.default_rng(1).random((48, 48)), 1.0) * 1000
+    stack = np.stack([gaussian_filter(sharp, s) for s in (2, 0, 3)])
+    both = np.stack([stack, np.zeros_like(stack)])  # the second stack is empty
+    with pytest.warns(UserWarning, match=r"stacks \[\(1,\)\]"):
+        assert D.best_focus(both, method="tenengrad").tolist() == [1, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert D.best_focus(stack, method="tenengrad") == 1  # a stack with a focus: no warning
 
 
 def test_signal_mask():

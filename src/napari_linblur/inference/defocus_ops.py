@@ -15,6 +15,7 @@ torch is imported only inside the functions, so importing this module stays chea
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -144,7 +145,6 @@ def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", pa
     patch_size = check_int(patch_size, "patch_size", 4)
     _check_patch_pixels(patch_pixels)
     if mode == "pixel":  # a patch option given for a per-pixel map: said, not silently ignored
-        import warnings
 
         for name, value, default in (("patch_size", patch_size, PATCH_SIZE),
                                      ("patch_pixels", patch_pixels, PATCH_PIXELS_DEFAULT)):
@@ -640,6 +640,12 @@ def best_focus(stack: Any, *, method: str = "defocus", model: Any = None, device
     -------
     int for a ``(Z, Y, X)`` stack; an int64 array of shape ``stack.shape[:-3]`` for more leading axes.
 
+    Warns
+    -----
+    UserWarning
+        Every plane of a stack has the same score (an empty or constant field): no plane is sharper, and plane 0
+        is reported.
+
     Examples
     --------
     >>> import numpy as np
@@ -656,4 +662,11 @@ def best_focus(stack: Any, *, method: str = "defocus", model: Any = None, device
         raise ValueError(f"stack has shape {tuple(stack.shape)}; best_focus needs a z-stack (..., Z, Y, X)")
     curve = focus_curve(stack, method=method, model=model, device=device, compute=True, **kwargs)
     idx = np.argmax(curve, axis=-1)
+    flat = np.ptp(curve, axis=-1) == 0
+    if curve.shape[-1] > 1 and np.any(flat):
+        where = "" if np.ndim(flat) == 0 else f" (stacks {[tuple(map(int, i)) for i in np.argwhere(flat)][:5]})"
+        score = float(curve[..., 0][flat].flat[0])
+        warnings.warn(f"every plane of the stack{where} has the same focus score ({score:g} with method={method!r}): "
+                      "no plane is sharper than another (an empty or constant field?), so the best plane reported is "
+                      "plane 0", UserWarning, stacklevel=2)
     return int(idx) if np.ndim(idx) == 0 else idx.astype(np.int64)
