@@ -354,7 +354,7 @@ def test_relative_model_paths_load_on_workers_started_in_another_folder(tmp_path
         assert result.shape == data.shape and np.isfinite(result).all()
     model = _zarr_attrs(tmp_path / "dm.zarr")["linblur"]["model"]
     assert model == str(tmp_path / "m" / "defocus-default.safetensors")
-    from napari_linblur.batch import model_arg
+    from napari_linblur.models.registry import model_arg
 
     (tmp_path / "defocus-default").write_text("not a model")
     assert model_arg("defocus-default") == "defocus-default"

@@ -188,6 +188,41 @@ def add_overwrite_option(p: argparse.ArgumentParser) -> None:
                         "tool's zarr store or a part of one)")
 
 
+# ------------------------------------------------------------------ options of the batch commands
+
+
+def channel_arg(text: str) -> int | str:
+    """``--channel`` value: digits are an index (``0`` = the first channel), anything else a channel name."""
+    text = str(text).strip()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def add_batch_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the batch sub-commands: input, channel, cluster."""
+    parser.add_argument("input", help="OME-Zarr/zarr, TIFF stack, folder of TIFFs, or BBBC006 folder/file")
+    parser.add_argument("--channel", default=None, type=channel_arg,
+                        help="channel to process: an index (0 = the first) or a name, e.g. w1")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", default=None, help="address of a running dask scheduler (tcp://host:8786)")
+    group.add_argument(
+        "--workers", type=int, default=None,
+        help="start a local dask.distributed cluster with N workers (default: one per core, at most 4)"
+    )
+    add_device_option(parser)
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``, as the other long-running commands (``linblur synth``, ``train``) spell it."""
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar on stderr (there is none anyway when stderr is not a terminal)")
+
+
+def progress_from_args(args: argparse.Namespace) -> bool | None:
+    """The ``progress`` argument of :func:`run_batch` / :func:`compute_with_client` for a command line: False with
+    ``--no-progress``, else None (a bar when stderr is a terminal)."""
+    return False if getattr(args, "no_progress", False) else None
+
+
 def _need_member(parser: argparse.ArgumentParser, args) -> int:
     parser.print_help()
     return 2

@@ -16,7 +16,8 @@ from ._groups import DefaultsHelpFormatter, add_overwrite_option, add_tta_option
 
 
 def register(subparsers) -> None:
-    from napari_linblur.batch import add_batch_options, add_progress_option, model_arg
+    from napari_linblur.cli._groups import add_batch_options, add_progress_option
+    from napari_linblur.models.registry import model_arg
 
     p = subparsers.add_parser(
         "deblur",
@@ -42,7 +43,8 @@ def register(subparsers) -> None:
 
 
 def run_deblur(args) -> int:
-    from napari_linblur.batch import progress_from_args, run_batch
+    from napari_linblur.batch import run_batch
+    from napari_linblur.cli._groups import progress_from_args
     from napari_linblur.inference.deblur_ops import deblur
     from napari_linblur.inference.validate import check_number
 

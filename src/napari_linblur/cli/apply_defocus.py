@@ -26,7 +26,8 @@ from ._groups import DefaultsHelpFormatter, add_overwrite_option, add_tta_option
 
 
 def register(subparsers) -> None:
-    from napari_linblur.batch import add_batch_options, add_progress_option, model_arg
+    from napari_linblur.cli._groups import add_batch_options, add_progress_option
+    from napari_linblur.models.registry import model_arg
 
     p = subparsers.add_parser(
         "defocus-map",
@@ -154,7 +155,8 @@ def optics_from_args(args):
 
 
 def run_defocus_map(args) -> int:
-    from napari_linblur.batch import naming_the_input, open_batch_input, progress_from_args, write_batch_output
+    from napari_linblur.batch import naming_the_input, open_batch_input, write_batch_output
+    from napari_linblur.cli._groups import progress_from_args
     from napari_linblur.inference.defocus_ops import estimate_defocus, sigma_to_defocus_um
 
     camera = camera_from_args(args)
@@ -475,7 +477,8 @@ def run_focus(args) -> int:
     import dask
     import numpy as np
 
-    from napari_linblur.batch import compute_on_client, dask_client, naming_the_input, progress_from_args
+    from napari_linblur.batch import compute_on_client, dask_client, naming_the_input
+    from napari_linblur.cli._groups import progress_from_args
     from napari_linblur.inference.defocus_ops import focus_curve
     from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
     from napari_linblur.io.readers import open_zstack_with_metadata

@@ -26,7 +26,8 @@ from ._groups import DefaultsHelpFormatter, add_overwrite_option
 def run_synthesize(args: argparse.Namespace) -> int:
     import dask.array as da
 
-    from napari_linblur.batch import naming_the_input, open_batch_input, progress_from_args, write_batch_output
+    from napari_linblur.batch import naming_the_input, open_batch_input, write_batch_output
+    from napari_linblur.cli._groups import progress_from_args
     from napari_linblur.inference.latent_ops import alpha_from_positions, synthesize_blur
 
     # OUT's checks (a file in the way, the input itself, an existing output) before any work, as run_batch's
@@ -69,7 +70,8 @@ def run_synthesize(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``synthesize`` to ``linblur``."""
-    from napari_linblur.batch import add_batch_options, add_progress_option, model_arg
+    from napari_linblur.cli._groups import add_batch_options, add_progress_option
+    from napari_linblur.models.registry import model_arg
 
     p = subparsers.add_parser(
         "synthesize",

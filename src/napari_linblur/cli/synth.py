@@ -18,7 +18,8 @@ import argparse
 def _run(args: argparse.Namespace) -> int:
     import time
 
-    from napari_linblur.batch import progress_from_args, show_progress
+    from napari_linblur.batch import show_progress
+    from napari_linblur.cli._groups import progress_from_args
     from napari_linblur.io.omezarr import check_parent_folders
     from napari_linblur.synth.dataset import write_synthetic_dataset
     from napari_linblur.synth.recipes import get_recipe

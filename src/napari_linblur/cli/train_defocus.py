@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from napari_linblur.batch import channel_arg
+from napari_linblur.cli._groups import channel_arg
 
 from ._groups import (
     DefaultsHelpFormatter,
