@@ -525,23 +525,38 @@ def compute_planes(
     >>> float(compute_planes(lambda p: p + 1, [np.zeros((2, 4, 4))]).sum())
     32.0
     """
-    shape = tuple(arrays[0].shape)
-    lead = shape[:-2]
+    from napari_linblur.inference.tiling import map_planes
+
+    lead = tuple(arrays[0].shape)[:-2]
     total = int(np.prod(lead)) if lead else 1
-    out = np.empty(shape, np.float32)
-    for k, idx in enumerate(np.ndindex(*lead) if lead else [()]):
+    done = 0
+
+    def step(*planes: np.ndarray) -> np.ndarray:
+        nonlocal done
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled")
-        planes = []
-        for a in arrays:
-            p = a[idx] if idx else a
-            if hasattr(p, "compute"):
-                p = p.compute()
-            planes.append(np.asarray(p))
-        out[idx] = func(*planes)
+        result = func(*planes)
+        done += 1
         if report is not None:
-            report(k + 1, total)
-    return out
+            report(done, total)
+        return result
+
+    # the one plane loop of every operation (its numpy path, which names a failing plane), each dask plane read
+    # on its own (a dask input is never materialised whole)
+    return map_planes(step, *(_PlaneReader(a) for a in arrays), dtype=np.float32)
+
+
+class _PlaneReader:
+    """An array whose planes are read (computed, for dask) one index at a time: :func:`map_planes` then takes its
+    eager numpy loop over it, rather than building a lazy graph."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape = tuple(array.shape)
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        plane = self.array[index] if index else self.array
+        return np.asarray(plane.compute() if hasattr(plane, "compute") else plane)
 
 
 def with_positive_scale(data: Any, scale: Sequence[float] | None, translate: Sequence[float] | None):
