@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from napari_linblur.inference.tiling import (
+    MIN_TILE_SIDE,
     Cancelled,
     blend_window,
     map_planes,
@@ -34,6 +35,31 @@ def test_identity_is_exact_for_any_size():
         out = tiled_apply(lambda t: t, img, tile=64, overlap=16)
         assert out.shape == (1, *shape)
         np.testing.assert_allclose(out[0], img, atol=1e-6)
+
+
+def test_narrow_planes_run_on_tiles_of_at_least_16_px():
+    # bf16 autocast on CPU gave unrepeatable outputs (σ of 1e14-1e36, or NaN) on tiles 8 px wide
+    seen = []
+
+    def record(t):
+        seen.append(tuple(t.shape[-2:]))
+        return t
+
+    img = np.random.default_rng(1).random((128, 6), dtype=np.float32)
+    np.testing.assert_allclose(tiled_apply(record, img, tile=64, overlap=8, multiple=8)[0], img, atol=1e-6)
+    assert seen and all(min(s) >= MIN_TILE_SIDE == 16 for s in seen)
+    seen.clear()
+    tiled_apply(record, np.zeros((40, 40), np.float32), tile=8, overlap=4, multiple=4)  # a user's tile of 8 too
+    assert seen and all(min(s) >= 16 for s in seen)
+
+
+def test_a_narrow_plane_gives_one_repeatable_map_with_the_default_amp():
+    import napari_linblur as nl
+
+    plane = np.random.default_rng(3).random((128, 8)) * 1000 + 10
+    maps = [nl.estimate_defocus(plane, device="cpu") for _ in range(3)]  # amp="auto": bf16 where native
+    assert all(np.isfinite(m).all() and np.array_equal(m, maps[0]) for m in maps)
+    np.testing.assert_allclose(maps[0], nl.estimate_defocus(plane, device="cpu", amp="off"), atol=0.2)
 
 
 def test_no_seams_for_local_operator():

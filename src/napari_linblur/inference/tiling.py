@@ -24,6 +24,11 @@ DEFAULT_OVERLAP = 32
 #: the σ map differed from a whole-plane run by up to 0.70 px along tile borders (deblurring: 6.6 % of the
 #: intensity span); with 128 px, 0.024 px and 0.06 % (``tests/test_tiling.py``).
 NETWORK_OVERLAP = 128
+#: Smallest tile side a network is run on (a narrower image or tile is padded by reflection to it, and cropped
+#: back). Under bf16 autocast on CPU (torch 2.13, ``amp="auto"`` on an AVX512-BF16/AMX machine) the networks' output
+#: on tiles 8 px wide was not even repeatable: σ maps of 1e14-1e36 px, or NaN, from one run to the next on a
+#: 128 x 8 plane, while 16 px and wider gave the float32 result within 0.02 (``tests/test_tiling.py``).
+MIN_TILE_SIDE = 16
 #: Largest automatic tile side (bounds the memory of one tile). Planes up to 1024 x 1024 run as one tile: no tile
 #: borders at all, and for the deblurring network a whole 1024² plane ran 1.06x (float32) / 1.02x (bf16) the time
 #: of the former 2 x 2 tiles of 528 px on this CPU (one thread; docs/results/defocus_tiling.py). The defocus network
@@ -174,7 +179,8 @@ def tiled_apply(
     tile, overlap : int
         Tile side and minimum overlap in pixels (tile is rounded up to ``multiple``); ``overlap <= tile // 2``.
     multiple : int
-        The network's size multiple; tiles and tiny images are padded by reflection to it.
+        The network's size multiple; tiles and tiny images are padded by reflection to it (and to at least
+        :data:`MIN_TILE_SIDE` on each side).
     batch_size : int
         Tiles per forward pass.
     device : torch.device, optional
@@ -200,9 +206,9 @@ def tiled_apply(
         raise ValueError(f"tile must be > 0 and overlap >= 0, got tile={tile}, overlap={overlap}")
     _check_overlap_bound(tile, overlap)
     c, ny, nx = x.shape
-    tile = _round_up(max(tile, multiple), multiple)
-    th = min(tile, _round_up(ny, multiple))
-    tw = min(tile, _round_up(nx, multiple))
+    tile = _round_up(max(tile, multiple, MIN_TILE_SIDE), multiple)
+    th = min(tile, _round_up(max(ny, MIN_TILE_SIDE), multiple))
+    tw = min(tile, _round_up(max(nx, MIN_TILE_SIDE), multiple))
     # pad so that every tile is full size (reflection handles pads larger than the image)
     py, px = max(th, ny) - ny, max(tw, nx) - nx
     if py or px:
