@@ -397,6 +397,26 @@ def test_custom_ngff_axes_keep_their_names_types_and_units_in_outputs(tmp_path, 
     assert [a["name"] for a in _zarr_attrs(syn)["ome"]["multiscales"][0]["axes"]] == ["time", "angle", "z", "y", "x"]
 
 
+def test_an_input_without_z_gives_an_output_without_z(tmp_path, scheduler):
+    """A (T, C, Y, X) time-lapse keeps its axes: the reader's one-plane Z is not written (in napari a (T, Y, X)
+    input beside a (T, Z, Y, X) output put the time points on the Z slider), and the channel chosen by index from
+    unnamed channels is recorded, with the input's absolute path."""
+    data = np.random.default_rng(8).integers(0, 1000, size=(2, 2, 16, 20), dtype=np.uint16)
+    path = write_ome_zarr(tmp_path / "tcyx.zarr", data, axes="tcyx", scale=(5.0, 1.0, 0.5, 0.5),
+                          translate=(10.0, 0.0, 1.0, 2.0), units=("second", None, "micrometer", "micrometer"))
+    assert open_zstack_with_metadata(path)[1].axes == "tczyx"  # the reader adds Z ...
+    out = run_batch(_smooth, path, tmp_path / "out.zarr", scheduler=scheduler)
+    ms = _zarr_attrs(out)["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["t", "c", "y", "x"]  # ... and the output leaves it out again
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [5.0, 1.0, 0.5, 0.5]
+    result, meta = open_zstack_with_metadata(out)
+    np.testing.assert_allclose(result[:, :, 0].compute(), _smooth(data.astype(np.float32)), rtol=1e-5)
+    assert meta.translate == (10.0, 0.0, 0.0, 1.0, 2.0) and meta.extra.get("z_added")
+    one = run_batch(_smooth, path, tmp_path / "one.zarr", channel=1, scheduler=scheduler)
+    attrs = _zarr_attrs(one)["linblur"]
+    assert attrs["channel"] == 1 and attrs["source"] == str(path.absolute())
+
+
 def _bbbc006_folder(root, planes=(14, 15, 16)):
     """A small BBBC006 folder (flat layout, 2 sites x 2 channels) whose last plane is the sharpest."""
     rng = np.random.default_rng(6)

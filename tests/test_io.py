@@ -85,6 +85,17 @@ def test_bbbc006_prefix_layout(tmp_path):
 
 
 @needs_real
+def test_bbbc006_subset_of_planes_sits_at_its_depth(tmp_path):
+    # planes 14-16 lie 28-32 µm down the stack (2 µm apart), not at its top: two subsets overlay where they were taken
+    _prefix_layout(tmp_path, planes=(14, 15, 16), channels=(1,), fields=(("k06", 2),))
+    arr, meta = open_zstack_with_metadata(tmp_path)
+    assert meta.extra["planes"] == [14, 15, 16] and meta.translate == (0.0, 0.0, 28.0, 0.0, 0.0)
+    one, m1 = open_zstack_with_metadata(tmp_path / f"15_mcf-z-stacks-03212011_k06_s2_w1{UUID}.tif")
+    assert m1.translate == (30.0, 0.0, 0.0) and m1.scale[0] == 2.0
+    assert open_zstack_with_metadata(REAL)[1].translate is None  # plane 0: the origin
+
+
+@needs_real
 def test_bbbc006_per_plane_folders(tmp_path):
     for z in range(3):
         sub = tmp_path / f"BBBC006_v1_images_z_{z:02d}"

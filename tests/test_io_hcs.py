@@ -141,3 +141,30 @@ def test_focus_on_a_synth_root(synth_root, capsys):
     assert main(["focus", str(synth_root), *args, "--method", "brenner", "--workers", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "field_000: best plane" in out and "field_001: best plane" in out
+
+
+def test_bioformats2raw_export_reads_every_series_along_p(tmp_path):
+    """A multi-position bioformats2raw export (``0/``, ``1/`` ... one image each) gives every position, as a
+    multi-series OME-TIFF does; it used to read series 0 only, without a word."""
+    import zarr
+
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    def export(root, images):  # each series written on its own, then moved into the export's root group
+        zarr.open_group(str(root), mode="w", zarr_format=2).attrs.update({"bioformats2raw.layout": 3})
+        for i, data in enumerate(images):
+            write_ome_zarr(tmp_path / f"s{i}.zarr", data, axes="tzyx", scale=(5.0, 2.0, 0.5, 0.5))
+            (tmp_path / f"s{i}.zarr").rename(root / str(i))
+        return root
+
+    rng = np.random.default_rng(4)
+    series = [rng.integers(0, 1000, size=(2, 3, 16, 20), dtype=np.uint16) for _ in range(2)]
+    root = export(tmp_path / "bf2raw.zarr", series)
+    arr, meta = open_zstack_with_metadata(root)
+    assert meta.axes == "tpzyx" and arr.shape == (2, 2, 3, 16, 20)
+    np.testing.assert_array_equal(arr[:, 1].compute(), series[1])
+    assert meta.extra["fields"] == ["series 0", "series 1"] and meta.scale[-3:] == (2.0, 0.5, 0.5)
+    # a series of another shape (e.g. a macro image): series 0, and the warning names the folder of another
+    odd = export(tmp_path / "odd.zarr", [series[0], series[1][:, :, :8]])
+    with pytest.warns(UserWarning, match=r"2 series; reading series 0 \(2, 3, 16, 20\) only.*odd.zarr/1"):
+        assert open_zstack(odd).shape == (2, 3, 16, 20)

@@ -311,6 +311,17 @@ def write_batch_output(
 
     axes = writable_axes(meta.axes)
     scale, units, translate = list(meta.scale), list(meta.units), meta.translate
+    axis_names, axis_types = meta.axis_names, meta.axis_types
+    if meta.extra.get("z_added") and not new_z:
+        # the input has no Z axis (a (T, Y, X) time-lapse): the reader's one-plane Z is left out again, so the output
+        # has the input's axes and lines up with it in napari
+        keep = [i for i, a in enumerate(axes) if a != "z"]
+        result = result[(Ellipsis, 0, slice(None), slice(None))]
+        axes = "".join(axes[i] for i in keep)
+        scale, units = [scale[i] for i in keep], [units[i] for i in keep]
+        translate = None if translate is None else [translate[i] for i in keep]
+        axis_names = None if axis_names is None else [axis_names[i] for i in keep]
+        axis_types = None if axis_types is None else [axis_types[i] for i in keep]
     if new_z:  # Z's values are the operation's, recorded in ``attrs``
         scale = [1.0 if a == "z" else float(v) for a, v in zip(axes, scale)]
         units = [None if a == "z" else u for a, u in zip(axes, units)]
@@ -329,12 +340,14 @@ def write_batch_output(
             translate=translate,
             units=units,
             channel_names=meta.channel_names if "c" in meta.axes else None,
-            axis_names=meta.axis_names,
-            axis_types=meta.axis_types,
+            axis_names=axis_names,
+            axis_types=axis_types,
             attrs={
                 "linblur": {
-                    "source": str(Path(input_path)),
-                    "channel": meta.channel_names[0] if meta.channel_names and "c" not in meta.axes else None,
+                    "source": str(Path(input_path).absolute()),
+                    # the channel processed: its name, else its index (a file that names no channel)
+                    "channel": (None if "c" in meta.axes else meta.channel_names[0] if meta.channel_names
+                                else meta.extra.get("channel_index")),
                     **({"fields": list(meta.extra["fields"])} if meta.extra.get("fields") else {}),
                     **({"planes": [int(z) for z in meta.extra["planes"]]}
                        if meta.extra.get("planes") and not new_z else {}),

@@ -387,6 +387,7 @@ def _select_channel(
         scale=tuple(meta.scale[i] for i in keep),
         units=tuple(meta.units[i] for i in keep),
         channel_names=[names[idx]] if names else None,
+        extra={**meta.extra, "channel_index": idx},  # which channel, also when the file names none
         translate=None if meta.translate is None else tuple(meta.translate[i] for i in keep),
         axis_names=None if meta.axis_names is None else tuple(meta.axis_names[i] for i in keep),
         axis_types=None if meta.axis_types is None else tuple(meta.axis_types[i] for i in keep),
@@ -418,7 +419,7 @@ def _open_zarr(p: Path) -> tuple[da.Array, ZStackMeta]:
     if "multiscales" in ome:
         return _open_ngff(p, attrs, ome)
     if "bioformats2raw.layout" in ome and (p / "0").is_dir():
-        return _open_zarr(p / "0")
+        return _open_bioformats2raw(p)
     if "plate" in ome:
         return _open_hcs_plate(p, attrs, ome)
     if "well" in ome:
@@ -539,6 +540,43 @@ def _plain_zarr(p: Path, component: str, extra: dict) -> tuple[da.Array, ZStackM
     axes = _guess_axes(arr.ndim)
     meta = ZStackMeta(axes, (1.0,) * arr.ndim, (None,) * arr.ndim, None, p, extra)
     return _canonicalize(arr, meta)
+
+
+def _open_bioformats2raw(p: Path) -> tuple[da.Array, ZStackMeta]:
+    """A bioformats2raw export (one image per series, ``0/``, ``1/`` ...): its series along P when they are images
+    of one shape and axes (positions of a multi-position acquisition), as a multi-series OME-TIFF is read; else
+    series 0, with a warning naming the others."""
+    series = sorted((q.name for q in p.iterdir() if q.is_dir() and q.name.isdigit()), key=int)
+    arr, meta = _open_zarr(p / "0")
+    others = [name for name in series if name != "0"]
+    if not others:
+        return arr, meta
+    opened = []
+    for name in others:
+        try:
+            opened.append(_open_zarr(p / name))
+        except ValueError:
+            opened = None  # not an image (an OME/ folder is not a digit; a label group, a plate...)
+            break
+    same = opened is not None and all(a.shape == arr.shape and a.dtype == arr.dtype and m.axes == meta.axes
+                                      for a, m in opened)
+    if not same or "p" in meta.axes:
+        import warnings
+
+        warnings.warn(f"{p}: a bioformats2raw export of {len(series)} series; reading series 0 {tuple(arr.shape)} "
+                      f"only (the others are not images of its shape and axes): open another one by its folder, "
+                      f"e.g. '{p / others[0]}'", UserWarning, stacklevel=3)
+        return arr, meta
+    stacked = da.stack([arr] + [a for a, _ in opened])
+    extra = {**meta.extra, "format": "bioformats2raw", "series": len(series),
+             "fields": [f"series {name}" for name in series]}
+    meta = replace(
+        meta, axes="p" + meta.axes, scale=(1.0, *meta.scale), units=(None, *meta.units), extra=extra,
+        translate=None if meta.translate is None else (0.0, *meta.translate),
+        axis_names=None if meta.axis_names is None else ("p", *meta.axis_names),
+        axis_types=None if meta.axis_types is None else (None, *meta.axis_types),
+    )
+    return _canonicalize(stacked, meta)
 
 
 def _open_ngff(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStackMeta]:
@@ -941,6 +979,13 @@ def _bbbc_meta_axes(n_planes_step: float) -> tuple[float, float, float]:
     return (n_planes_step, _bb.BBBC006_XY_PIXEL_UM, _bb.BBBC006_XY_PIXEL_UM)
 
 
+def _bbbc_translate(planes: list[int], ndim: int) -> tuple[float, ...] | None:
+    """Where the first of ``planes`` lies along Z (plane number x 2 µm), so that a subset of a stack (planes 14-16)
+    sits at its own depth, not at the stack's top; None (the origin) for a stack starting at plane 0."""
+    z0 = float(planes[0]) * _bb.BBBC006_Z_SPACING_UM if planes else 0.0
+    return None if z0 == 0 else (0.0,) * (ndim - 3) + (z0, 0.0, 0.0)
+
+
 def _open_bbbc006_file(p: Path) -> tuple[da.Array, ZStackMeta]:
     rec = _bb.parse_bbbc006_name(p)
     arr, _ = _open_tiff(p)
@@ -964,6 +1009,7 @@ def _open_bbbc006_file(p: Path) -> tuple[da.Array, ZStackMeta]:
             "sites": [rec.site],
             "planes": [rec.z],
         },
+        translate=_bbbc_translate([rec.z], 3),
     )
     return arr, meta
 
@@ -1103,5 +1149,6 @@ def _open_bbbc006_folder(
             "duplicate_fields": {f: list(d) for f, d in layout.duplicated.items()},
             "left_out_planes": list(layout.left_out_planes),
         },
+        translate=_bbbc_translate(planes, len(axes)),
     )
     return stack, meta
