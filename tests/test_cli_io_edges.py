@@ -128,6 +128,10 @@ def test_an_output_named_like_a_file_or_empty_is_refused_before_any_work(tmp_pat
                        (["synth", "data.tif", "--shape", "32", "48", "--no-progress"], "name it data.zarr")):
         assert main(argv) == 2
         assert says in capsys.readouterr().err
+    for argv in (["deblur", "", "out.zarr"], ["focus", ""]):  # an empty input was read as the current folder
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and "argument input: the input path is empty" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif"]
 
 
@@ -251,11 +255,16 @@ def test_a_custom_axis_beside_time_is_written_in_ngff_order(tmp_path):
     np.testing.assert_array_equal(back.compute(), arr.compute())
     # the space axes go last too: a channel given after Z is stored before it
     out2 = write_ome_zarr(tmp_path / "zc.zarr", data[0].transpose(1, 0, 2, 3), axes="zcyx",
+                          scale=(2.0, 1.0, 0.65, 0.5), translate=(4.0, 0.0, 1.0, 3.0),
+                          units=("micrometer", None, "micrometer", "nanometer"),
                           channel_names=["a", "b", "c"], chunks=(1, 3, 16, 16))
     assert [a["name"] for a in _ngff_axes(out2)] == ["c", "z", "y", "x"]
     models.Image.from_zarr(zarr.open_group(str(out2), mode="r"))
     back2, meta3 = open_zstack_with_metadata(out2)
     assert meta3.axes == "czyx" and meta3.channel_names == ["a", "b", "c"]
+    # each axis keeps its own calibration through the reordering
+    assert meta3.scale == (1.0, 2.0, 0.65, 0.5) and meta3.translate == (0.0, 4.0, 1.0, 3.0)
+    assert meta3.units == (None, "micrometer", "micrometer", "nanometer")
     np.testing.assert_array_equal(back2.compute(), data[0])
 
 

@@ -81,6 +81,11 @@ def test_all_pixels_option_is_the_old_average(cells, sigma):
     np.testing.assert_allclose(full[::P, ::P], grid, **CLOSE)
     # the pixel map does not depend on the option
     np.testing.assert_allclose(D.estimate_defocus(cells, patch_pixels="all", **KW), sigma, **CLOSE)
+    # a patch larger than the plane is one tile, the plane's mean (it used to allocate patch_size² pixels: a
+    # patch_size of 10**6 asked numpy for 3.6 TiB)
+    whole = D.estimate_defocus(cells, mode="patch", patch_size=10**6, patch_pixels="all", **KW)
+    assert whole.shape == cells.shape and np.unique(whole).size == 1
+    np.testing.assert_allclose(whole[0, 0], sigma.mean(), rtol=1e-5)
 
 
 @shipped

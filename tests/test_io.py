@@ -198,9 +198,13 @@ def test_a_bbbc006_channel_number_is_not_taken_for_an_index(tmp_path):
     np.testing.assert_array_equal(open_zstack(p, channel=0).compute(), x[0])
 
 
-def test_missing_and_unknown(tmp_path):
+def test_missing_and_unknown(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="nope"):
         open_zstack(tmp_path / "nope.zarr")
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite(tmp_path / "p0.tif", np.zeros((8, 8), np.uint16))
+    with pytest.raises(ValueError, match="path is empty"):  # it used to open the current folder's TIFF series
+        open_zstack("")
     (tmp_path / "a.png").write_bytes(b"\x89PNG....")
     with pytest.raises(ValueError, match="unknown format.*accepted formats.*OME-Zarr"):
         open_zstack(tmp_path / "a.png")

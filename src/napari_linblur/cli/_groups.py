@@ -191,6 +191,14 @@ def add_overwrite_option(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------ options of the batch commands
 
 
+def input_arg(text: str) -> str:
+    """The input path of a batch command: an empty one (``""`` from an unset shell variable) is refused rather
+    than read as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the input path is empty: give the file or folder of the image")
+    return text
+
+
 def channel_arg(text: str) -> int | str:
     """``--channel`` value: digits are an index (``0`` = the first channel), anything else a channel name."""
     text = str(text).strip()
@@ -199,7 +207,8 @@ def channel_arg(text: str) -> int | str:
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by the batch sub-commands: input, channel, cluster."""
-    parser.add_argument("input", help="OME-Zarr/zarr, TIFF stack, folder of TIFFs, or BBBC006 folder/file")
+    parser.add_argument("input", type=input_arg,
+                        help="OME-Zarr/zarr, TIFF stack, folder of TIFFs, or BBBC006 folder/file")
     parser.add_argument("--channel", default=None, type=channel_arg,
                         help="channel to process: an index (0 = the first) or a name, e.g. w1")
     group = parser.add_mutually_exclusive_group()

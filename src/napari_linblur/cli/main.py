@@ -85,8 +85,12 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"linblur {args.command}: error: {err}", file=sys.stderr)
         return 2
     except MemoryError as err:  # a size this computer cannot hold (e.g. synth --shape 100000 100000)
-        print(f"linblur {args.command}: error: not enough memory ({err or 'MemoryError'}); use smaller sizes "
-              "(--shape, --fields, --tile, --batch-size, fewer --workers) or a smaller input", file=sys.stderr)
+        # the size options this command has (defocus-map has no --shape)
+        sizes = [flag for name, flag in (("shape", "--shape"), ("fields", "--fields"), ("tile", "--tile"),
+                                         ("batch_size", "--batch-size"), ("patch_size", "--patch-size"),
+                                         ("workers", "fewer --workers")) if name in vars(args)]
+        hint = f"use smaller sizes ({', '.join(sizes)}) or a smaller input" if sizes else "use a smaller input"
+        print(f"linblur {args.command}: error: not enough memory ({err or 'MemoryError'}); {hint}", file=sys.stderr)
         return 2
     except Exception as err:
         if type(err).__name__ != "KilledWorker":  # distributed's, matched by name: distributed is not imported here

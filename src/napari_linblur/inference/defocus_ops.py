@@ -338,8 +338,10 @@ def patch_means(sigma_map: Any, patch_size: int = PATCH_SIZE, mask: Any = None) 
 
 
 def _broadcast_patches(grid: np.ndarray, shape: tuple[int, int], patch_size: int) -> np.ndarray:
-    full = np.repeat(np.repeat(grid, patch_size, axis=0), patch_size, axis=1)
-    return np.ascontiguousarray(full[: shape[0], : shape[1]], dtype=np.float32)
+    """Each tile's value over its pixels, for a plane of ``shape`` (the last row and column of tiles cut at the
+    plane's edge: a ``patch_size`` larger than the plane costs no more than the plane)."""
+    reps = [np.minimum(patch_size, n - np.arange(k) * patch_size) for k, n in zip(grid.shape, shape)]
+    return np.ascontiguousarray(np.repeat(np.repeat(grid, reps[0], axis=0), reps[1], axis=1), dtype=np.float32)
 
 
 def defocus_patches(img: Any, *, patch_size: int = PATCH_SIZE, patch_pixels: str = PATCH_PIXELS_DEFAULT,

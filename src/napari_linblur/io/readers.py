@@ -221,6 +221,8 @@ def open_zstack_with_metadata(
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file or folder path (str or os.PathLike), got {type(path).__name__}")
+    if not str(os.fspath(path)).strip():  # "" would be the current folder ("." is how to ask for it)
+        raise ValueError("path is empty: give the file or folder of the image")
     # absolute, so that the lazy graph reads the same file from a dask worker started in another folder
     p = Path(os.path.abspath(os.fspath(path)))
     if not p.exists():
