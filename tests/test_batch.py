@@ -213,7 +213,19 @@ def test_synthesize_keeps_position_names_and_translation(tmp_path, tiny_models):
     assert main(["synthesize", str(path), str(out), "--sharp", "0", "--blurry", "2", "--model", tiny_models["ae"],
                  "--device", "cpu", "--workers", "1"]) == 0
     meta = open_zstack_with_metadata(out)[1]
-    assert meta.translate == (0.0, 0.0, 10.0, 20.0) and meta.extra["fields"] == ["k06_s1", "k06_s2"]
+    assert meta.extra["fields"] == ["k06_s1", "k06_s2"]
+    # α = 0.5 between planes 0 and 2 lies at plane 1: z = 4 + 1 x 2 µm, where it overlays the input in napari
+    assert meta.translate == (0.0, 6.0, 10.0, 20.0) and meta.scale[1] == 2.0 and meta.units[1] == "micrometer"
+    assert _zarr_attrs(out)["linblur"]["positions"] == [1.0]
+    # evenly spaced increasing positions: Z calibrated to their step; any other order: Z uncalibrated (the alphas
+    # and positions are recorded), never the input's spacing for planes that are not the input's
+    for extra, z_scale, z_unit, z_origin in ((["--positions", "0.5", "1", "1.5"], 1.0, "micrometer", 5.0),
+                                             (["--alpha", "0.25", "0.5", "0.75"], 1.0, None, 0.0)):
+        assert main(["synthesize", str(path), str(out), "--sharp", "0", "--blurry", "2", *extra, "--overwrite",
+                     "--model", tiny_models["ae"], "--device", "cpu", "--workers", "1"]) == 0
+        meta = open_zstack_with_metadata(out)[1]
+        assert (meta.scale[1], meta.units[1], meta.translate[1]) == (z_scale, z_unit, z_origin), extra
+    assert _zarr_attrs(out)["linblur"]["positions"] == [1.5, 1.0, 0.5]
 
 
 def test_a_failing_plane_is_named_and_sigterm_removes_the_partial_output(tmp_path):

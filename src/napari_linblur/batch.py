@@ -298,14 +298,17 @@ def write_batch_output(
     desc: str | None = None,
     names: dict[str, str] | None = None,
     new_z: bool = False,
+    z_positions: list[float] | None = None,
 ) -> Path:
     """The last step of :func:`run_batch`: compute the lazy ``result`` on a cluster and write it as OME-Zarr.
 
     ``result`` has the input's axes (``meta``, from :func:`open_batch_input`), which the output keeps with their
     calibration, channel names and BBBC006 fields; ``names`` (argument name -> the user's words) name the input
     in errors raised while planes are computed (:func:`naming_the_input`). With ``new_z`` the planes along Z are
-    not the input's (``linblur synthesize``: one per α): Z has no calibration and the BBBC006 plane numbers are not
-    recorded. The other parameters are :func:`run_batch`'s.
+    not the input's (``linblur synthesize``: one per α): the BBBC006 plane numbers are not recorded, and Z has no
+    calibration unless ``z_positions`` (where the new planes lie, in the input's plane numbers) are evenly spaced
+    and increasing: Z is then calibrated to them (the input's Z unit, spacing x their step, offset at the first), so
+    the output overlays the input in napari. The other parameters are :func:`run_batch`'s.
     """
     from napari_linblur.io.omezarr import writable_axes, write_ome_zarr
 
@@ -323,10 +326,18 @@ def write_batch_output(
         axis_names = None if axis_names is None else [axis_names[i] for i in keep]
         axis_types = None if axis_types is None else [axis_types[i] for i in keep]
     if new_z:  # Z's values are the operation's, recorded in ``attrs``
+        iz = axes.index("z")
+        z_scale, z_unit = float(scale[iz]), units[iz]
+        z_origin = 0.0 if translate is None else float(translate[iz])
         scale = [1.0 if a == "z" else float(v) for a, v in zip(axes, scale)]
         units = [None if a == "z" else u for a, u in zip(axes, units)]
         if translate is not None:
             translate = [0.0 if a == "z" else float(t) for a, t in zip(axes, translate)]
+        step = _even_step(z_positions)
+        if step is not None:
+            scale[iz], units[iz] = z_scale * step, z_unit
+            translate = [0.0] * len(axes) if translate is None else translate
+            translate[iz] = z_origin + z_scale * float(z_positions[0])
     with (
         progress_bar(None, desc=desc or Path(output_path).name, unit="block", progress=progress) as bar,
         dask_client(scheduler, workers),
@@ -358,6 +369,24 @@ def write_batch_output(
             source_paths=[input_path],
             progress=bar_reporter(bar),
         )
+
+
+def _even_step(positions: list[float] | None) -> float | None:
+    """The step of evenly spaced, increasing ``positions`` (1 for a single one), else None.
+
+    Examples
+    --------
+    >>> _even_step([10.0, 12.0, 14.0]), _even_step([3.0]), _even_step([3.0, 2.0]), _even_step([1.0, 2.0, 4.0])
+    (2.0, 1.0, None, None)
+    """
+    if not positions:
+        return None
+    if len(positions) == 1:
+        return 1.0
+    steps = [b - a for a, b in zip(positions, positions[1:])]
+    if steps[0] <= 0 or any(abs(d - steps[0]) > 1e-9 * max(1.0, abs(steps[0])) for d in steps):
+        return None
+    return float(steps[0])
 
 
 def compute_on_client(client: Any, lazy: Any, *, progress: bool | None = False, desc: str = "compute",

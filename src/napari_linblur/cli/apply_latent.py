@@ -58,12 +58,17 @@ def run_synthesize(args: argparse.Namespace) -> int:
              "img_c": f"{args.input}, plane {args.blurry} (--blurry)"}
     with naming_the_input(names):
         planes = [synthesize_blur(a, c, al, model=args.model, device=args.device) for al in alphas]
-    # one plane per α along Z: the input's other axes and calibration, Z's values recorded as the alphas
+    # where each plane lies between the two, in the input's plane numbers (alpha_from_positions inverted)
+    positions = ([float(v) for v in args.positions] if args.positions
+                 else [float(args.blurry - al * (args.blurry - args.sharp)) for al in alphas])
+    # one plane per α along Z: the input's other axes and calibration; Z's values recorded as the alphas and
+    # positions, and Z calibrated to the positions when they are evenly spaced and increasing
     write_batch_output(
         da.stack(planes, axis=-3), meta, args.input, args.output, scheduler=args.scheduler, workers=args.workers,
-        attrs={"operation": "synthesize_blur", "alphas": alphas, "sharp_plane": args.sharp,
+        attrs={"operation": "synthesize_blur", "alphas": alphas, "positions": positions, "sharp_plane": args.sharp,
                "blurry_plane": args.blurry, "model": args.model or "ae-default"},
-        overwrite=args.overwrite, progress=progress_from_args(args), desc="synthesize", names=names, new_z=True)
+        overwrite=args.overwrite, progress=progress_from_args(args), desc="synthesize", names=names, new_z=True,
+        z_positions=positions)
     print(f"wrote {args.output}: {len(alphas)} synthesized plane(s) per stack, alpha = {alphas}")
     return 0
 
