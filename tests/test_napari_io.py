@@ -113,6 +113,16 @@ def test_writer_multiple_layers_as_channels(tmp_path):
     arr, meta = open_zstack_with_metadata(out[0])
     assert meta.axes == "czyx" and meta.channel_names == ["w1", "w2"]
     assert int(np.asarray(arr[1]).max()) == 7
+    # the wells/sites and BBBC006 plane numbers the layers were read with are kept, as when saving one layer
+    # (they were dropped: `linblur focus` on the file then said p0, p1 instead of the wells)
+    md = {"linblur_fields": ["k06_s1", "k06_s2"], "linblur_planes": [14, 15, 16], "linblur_axes": "pzyx"}
+    plate = np.zeros((2, 3, 16, 16), np.uint16)
+    out = _writer.write_multiple(str(tmp_path / "plate.zarr"), [
+        (plate, {"name": "w1", "scale": [1, 2, 1, 1], "metadata": md}, "image"),
+        (plate + 1, {"name": "w2", "scale": [1, 2, 1, 1], "metadata": dict(md)}, "image")])
+    meta = open_zstack_with_metadata(out[0])[1]
+    assert meta.axes == "pczyx" and meta.extra["fields"] == ["k06_s1", "k06_s2"]
+    assert meta.extra["planes"] == [14, 15, 16]
     with pytest.raises(_writer.LayerWriteError, match="different shapes"):
         _writer.write_multiple(str(tmp_path / "bad.zarr"), [(a, {"name": "a"}, "image"),
                                                             (b[:, :8], {"name": "b"}, "image")])

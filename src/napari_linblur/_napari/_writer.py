@@ -164,7 +164,7 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
-    from ._ops import positions_for, with_positive_scale
+    from ._ops import with_positive_scale
 
     data = _full_resolution(data, meta)
     if not hasattr(data, "dtype"):
@@ -181,12 +181,7 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     data, scale, translate = with_positive_scale(data, scale, translate)  # a flipped axis reopens where it was
     md = meta.get("metadata") or {}
     channel = md.get("linblur_channel")
-    # the wells/sites and BBBC006 plane numbers the layer was read with (or computed from), as `linblur` batch
-    # outputs record them: the reader gives them back to the layer this file opens as
-    positions = positions_for(md.get("linblur_fields"), md.get("linblur_planes"), axes, data.shape)
-    for key, axis in (("fields", "p"), ("planes", "z")):  # stored reversed along a flipped axis: so are they
-        if axis in flipped and key in positions and axis in axes:
-            positions[key] = positions[key][::-1]
+    positions = _positions([meta], axes, data.shape, flipped)
     write_ome_zarr(
         target,
         data,
@@ -203,6 +198,22 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
                **({"linblur": md["linblur_attrs"]} if isinstance(md.get("linblur_attrs"), dict) else {})},
     )
     return [str(target)]
+
+
+def _positions(metas: list[dict], axes: str, shape: tuple[int, ...], flipped: list[str]) -> dict[str, list]:
+    """The wells/sites and BBBC006 plane numbers the layers were read with (or computed from), as `linblur` batch
+    outputs record them, so the reader gives them back to the layer the file opens as; for several layers only
+    what they all share."""
+    from ._ops import positions_for
+
+    mds = [m.get("metadata") or {} for m in metas]
+    keys = {"fields": "linblur_fields", "planes": "linblur_planes"}
+    shared = {k: mds[0].get(v) if all(md.get(v) == mds[0].get(v) for md in mds) else None for k, v in keys.items()}
+    positions = positions_for(shared["fields"], shared["planes"], axes, shape)
+    for key, axis in (("fields", "p"), ("planes", "z")):  # stored reversed along a flipped axis: so are they
+        if axis in flipped and key in positions and axis in axes:
+            positions[key] = positions[key][::-1]
+    return positions
 
 
 @_refusals_reach_the_user
@@ -254,6 +265,8 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
         translate.insert(axes.index("c"), 0.0)
     from ._ops import with_positive_scale
 
+    flipped = [a for a, v in zip(axes, scale or ()) if v < 0]
+    positions = _positions([m for _, m in images], base, tuple(arrays[0].shape), flipped)
     stacked, scale, translate = with_positive_scale(stacked, scale, translate)  # a flipped axis reopens where it was
     # channel names: the channels the layers were read as (e.g. DAPI, GFP) when distinct, else the layer names
     read_as = [(m.get("metadata") or {}).get("linblur_channel") for _, m in images]
@@ -272,5 +285,7 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
         overwrite=True,
         source_paths=sources,
         name=target.name,
+        attrs={"napari_linblur": {"layers": [str(m.get("name", "")) for _, m in images], "axes": axes,
+                                  **positions}},
     )
     return [str(target)]
