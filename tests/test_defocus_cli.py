@@ -444,6 +444,37 @@ def test_defocus_map_cli_in_micrometres(tmp_path, tiny_model, scheduler, capsys)
         assert not Path(argv[2]).exists(), key
 
 
+def test_held_out_tables_pool_per_image_metrics_over_all_and_signal_pixels():
+    """The published tables: "all" is the mean over images of each image's metrics on every pixel, "signal" on its
+    signal pixels (every pixel where none stands out); checked against defocus_metrics with an estimator that is not
+    constant, on three images (one would hide a median in place of the mean)."""
+    from scipy.ndimage import gaussian_filter
+
+    from napari_linblur.evaluation.defocus import EvalConfig, evaluate_spatially_varying, heldout_images
+    from napari_linblur.inference.defocus_ops import signal_mask
+    from napari_linblur.metrics.defocus import defocus_metrics
+
+    def guess(img):  # depends on the image: brighter = blurrier
+        g = gaussian_filter(np.asarray(img, np.float64), 2.0)
+        return 10.0 * (g - g.min()) / (np.ptp(g) + 1e-9)
+
+    cfg = EvalConfig(n_images=3, size=48)
+    table = evaluate_spatially_varying({"guess": guess}, cfg)
+    for kind in ("microscopy", "shuffle"):
+        data = heldout_images(kind, cfg)
+        per_all = [defocus_metrics(guess(d["image"]), d["sigma"]) for d in data]
+        masks = [signal_mask(d["image"]) for d in data]
+        per_sig = [defocus_metrics(guess(d["image"]), d["sigma"], mask=m if m.any() else None)
+                   for d, m in zip(data, masks)]
+        row = table[kind]["guess"]
+        for key in ("mae_norm", "abs_rel", "rmse", "delta1"):
+            assert row["all"][key] == pytest.approx(np.mean([r[key] for r in per_all]), rel=1e-9), (kind, key)
+            assert row["signal"][key] == pytest.approx(np.mean([r[key] for r in per_sig]), rel=1e-9), (kind, key)
+        assert row["all"]["mae_px"] == pytest.approx(10 * row["all"]["mae_norm"])
+    assert any(m.any() and not m.all() for m in (signal_mask(d["image"]) for d in heldout_images("microscopy", cfg)))
+    assert table["microscopy"]["guess"]["signal"]["mae_px"] != table["microscopy"]["guess"]["all"]["mae_px"]
+
+
 def test_evaluate_cli_tiny(tmp_path, tiny_model, capsys):
     out = tmp_path / "ev"
     assert main(["evaluate", "defocus", "--model", f"tiny={tiny_model}", "--n-images", "1", "--size", "48",

@@ -249,3 +249,14 @@ def test_pyramid_levels_of_a_patch_map_keep_nan_tiles_in_place():
     assert got.dtype == np.float32
     np.testing.assert_array_equal(np.isnan(got), [[True, False, False], [False, False, False], [False, False, False]])
     np.testing.assert_allclose(got[~np.isnan(got)], 2.0)
+
+
+@shipped
+def test_the_defocus_focus_score_is_the_median_over_signal_pixels(cells, sigma):
+    """On nuclei over empty background the score reads the nuclei: the background, where no structure tells the
+    network anything, would pull an all-pixel median elsewhere."""
+    mask = D.signal_mask(cells)
+    assert 0 < mask.mean() < 0.5
+    score = D.focus_curve(cells[None], **KW)[0]
+    np.testing.assert_allclose(score, -np.median(sigma[mask]), atol=1e-5)
+    assert abs(np.median(sigma[mask]) - np.median(sigma)) > 0.5  # the mask matters on this plane
