@@ -489,10 +489,11 @@ def test_translation_round_trip_and_big_imagej_and_multi_position_tiffs(tmp_path
     multi = tmp_path / "multi.ome.tif"
     with tifffile.TiffWriter(multi, ome=True) as tw:
         for i in range(3):
-            tw.write(np.full((4, 32, 32), i, np.uint16), metadata={"axes": "ZYX"})
+            tw.write(np.full((4, 32, 32), i, np.uint16), metadata={"axes": "ZYX", "Name": f"pos{i}"})
     arr, meta = open_zstack_with_metadata(multi)
     assert meta.axes == "pzyx" and arr.shape == (3, 4, 32, 32)
     assert [int(arr[i, 0, 0, 0].compute()) for i in range(3)] == [0, 1, 2]
+    assert meta.extra["fields"] == ["pos0", "pos1", "pos2"]  # the <Image Name>s, as `linblur focus` reports them
 
 
 def test_cut_multi_page_imagej_tiff_is_an_error_not_one_plane(tmp_path):

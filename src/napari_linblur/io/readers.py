@@ -844,6 +844,8 @@ def _open_tiff(p: Path) -> tuple[da.Array, ZStackMeta]:
             if names is None and _is_rgb(series, raw_axes):
                 names = ["red", "green", "blue"]  # an RGB file's samples, named as what they are
             extra = {"format": "tiff", "tiff_axes": raw_axes, "imagej": tf.is_imagej, "ome": tf.is_ome}
+            # the series' own names (an OME-TIFF's <Image Name>: the positions of a multi-position file)
+            series_names = [str(getattr(x, "name", "") or "") for x in tf.series]
     except ValueError as exc:
         if str(p) in str(exc):
             raise
@@ -869,6 +871,8 @@ def _open_tiff(p: Path) -> tuple[da.Array, ZStackMeta]:
         arr = da.stack(stacks)
         axes, scale, units = "p" + axes, (1.0, *scale), (None, *units)
         extra["series"] = len(stacks)
+        if all(series_names) and len(set(series_names)) == len(stacks):  # named, one name each: the positions
+            extra["fields"] = series_names
     elif others:
         import warnings
 
