@@ -128,17 +128,52 @@ def test_the_preview_status_says_when_the_view_does_not_show_its_plane(viewer, q
     assert "3-D view" in w.preview_status.text()
 
 
-def _run_deleting(viewer, qtbot, w, layer) -> None:
-    """Start ``w``'s whole-stack run while it waits in the queue, delete ``layer``, then let it run to its end."""
+def _run_deleting(viewer, qtbot, w, layer, change=None) -> None:
+    """Start ``w``'s whole-stack run while it waits in the queue, delete ``layer`` (or ``change(layer)``), then let
+    it run to its end."""
     from napari_helpers import PoolBlocker
 
     blocker = PoolBlocker()  # the run waits in the queue until the layer is gone
     try:
         assert w.run_whole_stack()
-        viewer.layers.remove(layer)
+        viewer.layers.remove(layer) if change is None else change(layer)
     finally:
         blocker.release.set()
     wait_run(qtbot, w, timeout=120000)
+
+
+@pytest.mark.parametrize("mode", ["layer", "zarr"])
+def test_a_whole_stack_run_whose_input_changes_meanwhile_adds_no_stale_result(viewer, qtbot, tmp_path, mode):
+    """The input's data replaced while its whole-stack run computes: the result of the old data is not added (it
+    was, named after the layer and placed over data it no longer matched), as a focus curve refuses; an input
+    moved meanwhile keeps its result, with a warning that it sits where the input was."""
+    layer = viewer.add_image(_stack(), name="cells")
+    w = add(viewer, "Defocus map & focus QC")
+    w.image.set_layer(layer)
+    w.preview_on.setChecked(False)
+    target = tmp_path / "map.ome.zarr"
+    w.output.set_mode(getattr(w.output, mode.upper()), str(target)) if mode == "zarr" else \
+        w.output.set_mode(getattr(w.output, mode.upper()))
+
+    def replace(ly):
+        ly.data = np.zeros((2, 32, 32), np.float32)
+
+    _run_deleting(viewer, qtbot, w, layer, change=replace)
+    status = w.panel.status.text()
+    assert [ly.name for ly in viewer.layers] == ["cells"], status
+    assert "the data of 'cells' changed while this run computed" in status and "run it again" in status
+    assert ("nothing added" in status) if mode != "zarr" else (f"{target} was written but is not added" in status)
+    if mode == "zarr":
+        return
+    before = len(notes())
+
+    def move(ly):
+        ly.translate = (0.0, 100.0, 100.0)
+
+    layer.data = _stack()
+    _run_deleting(viewer, qtbot, w, layer, change=move)
+    assert len(viewer.layers) == 2, w.panel.status.text()
+    assert any("'cells' moved" in n and "where the input was when the run started" in n for n in notes()[before:])
 
 
 @pytest.mark.parametrize("mode", ["layer", "lazy", "zarr"])

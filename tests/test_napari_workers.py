@@ -126,6 +126,10 @@ def test_a_run_cancelled_while_it_waits_for_a_thread_reads_nothing(viewer, qtbot
         assert w.start()
         assert "queued" in w.panel.status.text(), w.panel.status.text()
         w.panel.cancel_btn.click()
+        # taken out of the queue at once: the dock is free while the other runs still hold every thread (it stayed
+        # "cancelling…" and refused new runs until one of them ended)
+        assert not w.panel.running and not w.panel.cancel_btn.isEnabled()
+        assert "cancelled — nothing was added or written" in w.panel.status.text()
     finally:
         blocker.release.set()
     wait_run(qtbot, w)

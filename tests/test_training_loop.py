@@ -165,6 +165,19 @@ def test_a_run_dead_before_its_first_checkpoint_can_be_resumed(tmp_path):
         train(ToyTask(), _cfg(tmp_path / "part", resume=True, steps=20))
 
 
+def test_a_run_stopped_before_its_first_step_saves_no_model(tmp_path):
+    """A Cancel (or Ctrl-C) before any step: the step-0 checkpoint is kept for --resume, but no model.safetensors —
+    its untrained starting weights were saved and offered as "the weights so far"."""
+    full = train(ToyTask(), _cfg(tmp_path / "full"))
+    run = tmp_path / "part"
+    part = train(ToyTask(), _cfg(run), should_stop=lambda: True)
+    assert not part.finished and part.steps_done == 0
+    assert not (run / "model.safetensors").exists() and (run / "checkpoint.safetensors").exists()
+    resumed = train(ToyTask(), _cfg(run, resume=True))
+    assert resumed.finished and resumed.steps_done == 30
+    _assert_same_weights(full.model_path, resumed.model_path)
+
+
 @pytest.mark.parametrize(("change", "match"), [({"lr": float("nan")}, "lr"), ({"lr": float("inf")}, "lr"),
                                                ({"seed": -1}, "seed")])
 def test_non_finite_rates_and_negative_seeds_are_refused_before_any_file(tmp_path, change, match):

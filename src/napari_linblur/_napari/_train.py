@@ -246,16 +246,19 @@ def tile_fields(data: Any, grid: tuple[int, int]) -> Any:
 
 
 def write_layer_dataset(data: Any, name: str, scale: list[float], out: Path, kind: str, patch: int, *,
-                        check_contents: bool) -> str:
+                        check_contents: bool, progress: Any = None) -> str:
     """Write a layer's full-resolution ``data`` (captured on the GUI thread when the run was started) to
     ``out/data.ome.zarr`` for the task's own loader, after checking it (:func:`check_layer_data`) and, with
-    ``check_contents`` (a lazy layer, read here in the worker), that it is finite and not constant."""
+    ``check_contents`` (a lazy layer, read here in the worker), that it is finite and not constant. ``progress``
+    is the writer's (:func:`~napari_linblur.io.omezarr.write_ome_zarr`): an exception it raises (a cancel) stops the
+    write and leaves nothing."""
     from napari_linblur.io.omezarr import write_ome_zarr
 
     check_layer_data(data, name, kind, patch, contents=check_contents)
     axes = {2: "yx", 3: "zyx", 4: "tzyx"}[data.ndim]
     path = Path(out) / "data.ome.zarr"
-    write_ome_zarr(path, data, axes=axes, scale=[abs(float(s)) for s in scale], overwrite=True, pyramid_levels=1)
+    write_ome_zarr(path, data, axes=axes, scale=[abs(float(s)) for s in scale], overwrite=True, pyramid_levels=1,
+                   progress=progress)
     return str(path)
 
 

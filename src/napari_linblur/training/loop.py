@@ -940,10 +940,14 @@ def train(
             if bar is not None:
                 bar.close()
             model_path = out / MODEL
+            # stopped before its first step: the checkpoint (step 0) can be resumed, but no model is saved — its
+            # weights would be the untrained starting ones, offered as a result
+            untrained = cancelled and step == 0
             if rank == 0:
                 _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running), recipe,
                                  sessions, scaler)
                 _write_csv(out)
+            if rank == 0 and not untrained:
                 model.eval()
                 final = ema_model if ema_model is not None else model
                 if val_step != step:  # a run stopped (or resumed) between two validations: measure the saved weights
@@ -983,9 +987,10 @@ def train(
                 dist.barrier()
             result = TrainResult(model_path, step, finished, last_val, seconds)
             if signals.received and not finished:
+                held = f"{out / CHECKPOINT} holds" if untrained else f"{out / CHECKPOINT} and {out / MODEL} hold"
                 raise TrainingInterrupted(
-                    f"{signals.received} at step {step} of {cfg.steps}: {out / CHECKPOINT} and {out / MODEL} hold "
-                    f"this state; continue with the same command and --resume", result, signals.received)
+                    f"{signals.received} at step {step} of {cfg.steps}: {held} this state; continue with the same "
+                    "command and --resume", result, signals.received)
         return result
     finally:
         if lock is not None:

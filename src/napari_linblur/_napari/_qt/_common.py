@@ -9,6 +9,7 @@ their own (:func:`thread_pool`), so long jobs never take the threads the preview
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import time
 import traceback
@@ -505,6 +506,8 @@ class RunPanel(QWidget):
         #: the current run's result is dropped even if its job completes (its widget was removed from the viewer)
         self._discard = threading.Event()
         self.worker = None
+        #: takes the current run out of the thread pool's queue if it has not started (see :meth:`start`)
+        self._take_back: Callable[[], bool] | None = None
         #: the running worker (a list, so that the ``destroyed`` hook can stop it without touching this panel)
         self._workers: list = []
         self.destroyed.connect(partial(_quit_workers, self._workers))
@@ -531,6 +534,8 @@ class RunPanel(QWidget):
                 self._discard.set()
             self._stop.set()
             self.status.setText(f"cancelling {self._desc}…")
+            if self._take_back is not None:
+                self._take_back()  # a run still queued for a thread ends now, not when another run frees one
 
     def start(
         self,
@@ -551,7 +556,10 @@ class RunPanel(QWidget):
         (``on_cancel`` runs, not ``on_result``). ``note`` is added to the status line of a completed run.
         """
         if self.worker is not None:
-            notify_error(f"{desc}: another run is in progress; cancel it first")
+            if self._stop.is_set():  # Cancel was pressed: the job stops at its next check (a plane, a tile)
+                notify_error(f"{desc}: the cancelled run ({self._desc}) is still stopping; press again in a moment")
+            else:
+                notify_error(f"{desc}: another run ({self._desc}) is in progress; cancel it first")
             return False
         self._stop = threading.Event()
         self._discard = threading.Event()
@@ -623,6 +631,7 @@ class RunPanel(QWidget):
             if not _alive(self):
                 return
             self.worker = None
+            self._take_back = None
             self.cancel_btn.setEnabled(False)
             if not answered:
                 self.status.setText(f"{desc}: cancelled — nothing was added or written")
@@ -643,7 +652,23 @@ class RunPanel(QWidget):
         workers = self._workers
         worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished, pool=RUN_POOL,
                               started=began)
+
+        def take_back() -> bool:
+            # a worker still waiting in the pool's queue (all threads busy with other runs) never emits finished
+            # until a thread frees up: taken out of the queue, it ends here, as a cancelled run
+            try:
+                taken = bool(pool.tryTake(worker))
+            except RuntimeError:  # its Qt object is gone
+                return False
+            if taken:
+                _RUNNING.discard(worker)
+                with contextlib.suppress(Exception):
+                    type(worker)._worker_set.discard(worker)
+                finished()
+            return taken
+
         self.worker = worker
+        self._take_back = take_back
         workers.append(worker)
         return True
 

@@ -219,24 +219,46 @@ def existing_output_problem(path: str, sources: list[str]) -> str | None:
             "or delete it first")
 
 
-def check_inputs_kept(viewer, layers: list, outcome: str = "nothing added") -> None:
-    """Raise :class:`~._common.NothingToShow` when one of a run's input ``layers`` was deleted while it ran: its
-    result is not added (it would be placed on, and named after, a layer that is gone); the run's status line says
-    so, e.g. "'cells' was deleted; nothing added", with no error notification.
+def snapshot_inputs(layers: list) -> list[tuple]:
+    """What a run's input ``layers`` are when it starts (data, scale, translate), for :func:`check_inputs_kept`
+    (``None`` entries, an input the operation does not read, are skipped)."""
+    return [(ly, ly.data, tuple(ly.scale), tuple(ly.translate)) for ly in layers if ly is not None]
+
+
+def check_inputs_kept(viewer, started: list[tuple], outcome: str = "nothing added") -> str | None:
+    """Whether a run's result still belongs to its inputs (``started``: :func:`snapshot_inputs` at its start).
+
+    Raises :class:`~._common.NothingToShow` when an input layer was deleted ("'cells' was deleted; nothing
+    added") or its data replaced while the run computed: the result is not added (it would be placed on, and named
+    after, a layer that is gone, or show data the layer no longer holds); the run's status line says so, with no
+    error notification. An input moved meanwhile (its scale or translate changed) keeps the result, placed where
+    the input was at the start: the returned message says so (None when nothing moved).
 
     Parameters
     ----------
     viewer
         The napari viewer the run's output would be added to.
-    layers
-        The run's input layers (``None`` entries, an input the operation does not read, are skipped).
+    started
+        :func:`snapshot_inputs` of the run's input layers, taken when it started.
     outcome
-        What became of the result, said after the deleted layers' names.
+        What became of the result, said after the deleted or changed layers' names.
     """
-    gone = list(dict.fromkeys(ly.name for ly in layers if ly is not None and ly not in viewer.layers))
+    def names(layers: list) -> str:
+        return " and ".join(repr(n) for n in dict.fromkeys(ly.name for ly in layers))
+
+    gone = [ly for ly, *_ in started if ly not in viewer.layers]
     if gone:
-        names = " and ".join(repr(n) for n in gone)
-        raise c.NothingToShow(f"{names} {'was' if len(gone) == 1 else 'were'} deleted; {outcome}")
+        raise c.NothingToShow(f"{names(gone)} {'was' if len(gone) == 1 else 'were'} deleted; {outcome}")
+    changed = [ly for ly, data, *_ in started if ly.data is not data]
+    if changed:
+        raise c.NothingToShow(f"the data of {names(changed)} changed while this run computed; {outcome} — "
+                              "run it again on the new data")
+    moved = [ly for ly, _, scale, translate in started if tuple(ly.scale) != scale
+             or tuple(ly.translate) != translate]
+    if moved:
+        return (f"{names(moved)} moved (scale or translate changed) while this run computed: its output is placed "
+                "where the input was when the run started")
+    return None
 
 
 def run_whole_stack(
@@ -271,14 +293,16 @@ def run_whole_stack(
     ``inputs`` maps the operation's argument names (``img``, ``img_b``, …) to the input layers' names: an error says
     "'cells' contains NaN" rather than "img contains NaN", as the live previews do.
 
-    ``input_layers`` are the layers the run reads (default: ``like``): one deleted while the run computes ends it
-    with a line on the run's status line and no output layer, not an error (:func:`check_inputs_kept`).
+    ``input_layers`` are the layers the run reads (default: ``like``): one deleted, or whose data is replaced, while
+    the run computes ends it with a line on the run's status line and no output layer, not an error; one moved
+    meanwhile gets its output with a warning (:func:`check_inputs_kept`).
 
     ``on_added`` is called with each output layer the run adds (none when nothing is added).
     """
     from napari_linblur.io.omezarr import write_ome_zarr
 
     mode = output.mode()
+    started = snapshot_inputs(input_layers or [like])
     layer_kwargs = dict(layer_kwargs or {})
     shape = tuple(int(n) for n in arrays[0].shape)
     ndim = len(shape)
@@ -338,7 +362,7 @@ def run_whole_stack(
         def done(path):
             from .._reader import read_zstack
 
-            check_inputs_kept(widget.viewer, input_layers or [like], f"{path} was written but is not added")
+            moved = check_inputs_kept(widget.viewer, started, f"{path} was written but is not added")
             for data, kw, _ in _one_layer(read_zstack(path), axes):
                 data, kw = _as_written(data, kw, axes)
                 kw["name"] = name
@@ -353,6 +377,7 @@ def run_whole_stack(
                 kw.update(placed)
                 added = widget.viewer.add_image(data, **kw)
                 pl.warn_placement(problem)
+                pl.warn_placement(moved)
                 if on_added is not None:
                     on_added(added)
 
@@ -364,10 +389,11 @@ def run_whole_stack(
             return op(*[_ops.lazy_planes(a) for a in arrays])
 
         def done(lazy):
-            check_inputs_kept(widget.viewer, input_layers or [like])
+            moved = check_inputs_kept(widget.viewer, started)
             lazy = _ops.guard_blocks(lazy, lazy_error_reporter(name, getattr(lazy, "chunks", ()), inputs))
             added = widget.add_result(lazy, name=name, scale=scale, translate=translate, metadata=meta, like=like,
                                       dropped_z=dropped_z, **layer_kwargs)
+            pl.warn_placement(moved)
             if on_added is not None:
                 on_added(added)
 
@@ -395,12 +421,13 @@ def run_whole_stack(
                              "on a smaller selection") from err
 
     def done(result):
-        check_inputs_kept(widget.viewer, input_layers or [like])
+        moved = check_inputs_kept(widget.viewer, started)
         kw = dict(layer_kwargs)
         if "contrast_limits" not in kw:
             kw["contrast_limits"] = _ops.robust_limits(result)
         added = widget.add_result(result, name=name, scale=scale, translate=translate, metadata=meta, like=like,
                                   dropped_z=dropped_z, **kw)
+        pl.warn_placement(moved)
         if on_added is not None:
             on_added(added)
 

@@ -322,8 +322,15 @@ class TrainWidget(c.LinblurWidget):
         def job(report, should_stop):
             out.mkdir(parents=True, exist_ok=True)
             if snap is not None:  # a lazy layer is read once here, to check it is finite and not constant
+
+                def writing(done: int, total: int) -> None:  # Cancel stops the write of a large layer at once
+                    if should_stop():
+                        raise _ops.Cancelled("cancelled")
+
                 req.data_path = _train.write_layer_dataset(snap["data"], snap["name"], snap["scale"], out, kind,
-                                                           req.patch, check_contents=snap["lazy"])
+                                                           req.patch, check_contents=snap["lazy"], progress=writing)
+            if should_stop():  # cancelled while the data were written or checked: no training, no model
+                raise _ops.Cancelled("cancelled")
             task = _train.build_task(req)
 
             def on_log(rec: dict) -> None:
