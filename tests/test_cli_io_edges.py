@@ -128,6 +128,13 @@ def test_an_output_named_like_a_file_or_empty_is_refused_before_any_work(tmp_pat
                        (["synth", "data.tif", "--shape", "32", "48", "--no-progress"], "name it data.zarr")):
         assert main(argv) == 2
         assert says in capsys.readouterr().err
+    (tmp_path / "a.zarr").symlink_to(tmp_path / "b.zarr")  # links that point at each other
+    (tmp_path / "b.zarr").symlink_to(tmp_path / "a.zarr")
+    for argv in (["focus", "a.zarr", "--method", "brenner"], ["defocus-map", str(tif), "a.zarr"]):
+        assert main(argv) == 2  # it was a bare RuntimeError traceback
+        assert "symbolic links point at each other" in capsys.readouterr().err
+    (tmp_path / "a.zarr").unlink()
+    (tmp_path / "b.zarr").unlink()
     for argv in (["deblur", "", "out.zarr"], ["focus", ""]):  # an empty input was read as the current folder
         with pytest.raises(SystemExit) as exit_:
             main(argv)

@@ -253,6 +253,12 @@ def test_shipped_names_and_inconsistent_cards(tmp_path, monkeypatch):
                                                                      "config": {**ae.config, "channels": [-3, 16]}})
     with pytest.raises(ValueError, match="config does not fit a LinearLatentAE"):
         registry.load_model(negative, device="cpu")
+    # a card whose config is far larger than its weights: refused from the shapes, before the network is built
+    # (channels of 4096 would have allocated the whole network first)
+    huge = registry.save_model(ae, tmp_path / "h.safetensors", {"architecture": "LinearLatentAE", "task": "ae",
+                                                                 "config": {**ae.config, "channels": [4096, 4096]}})
+    with pytest.raises(ValueError, match=r"h.safetensors: weights do not fit .* is \(8, .* in the file, \(4096"):
+        registry.load_model(huge, device="cpu")
     nan = registry.save_model(ae, tmp_path / "f.safetensors", {"architecture": "LinearLatentAE", "task": "ae",
                                                                 "config": {**ae.config, "scale": float("nan")}})
     with pytest.raises(ValueError, match="non-finite"):

@@ -96,6 +96,20 @@ def test_bbbc006_subset_of_planes_sits_at_its_depth(tmp_path):
 
 
 @needs_real
+def test_a_bbbc006_plane_that_is_a_broken_link_is_named_not_dropped(tmp_path):
+    """A plane file that is a broken symbolic link made its plane vanish from the stack without a word (the in-focus
+    plane 16 gone, 'best plane: 17'); its field is now left out with the warning naming the file."""
+    _prefix_layout(tmp_path, planes=(14, 15, 17), channels=(1,), fields=(("k06", 2), ("a01", 1)))
+    _prefix_layout(tmp_path, planes=(16,), channels=(1,), fields=(("a01", 1),))
+    broken = tmp_path / f"16_mcf-z-stacks-03212011_k06_s2_w1{UUID}.tif"
+    broken.symlink_to(tmp_path / "nowhere" / "x.tif")
+    with pytest.warns(UserWarning, match=r"1 of 2 well/site fields left out.*k06_s2 \(16_mcf.*No such file"):
+        arr, meta = open_zstack_with_metadata(tmp_path)
+    assert meta.extra["fields"] == ["a01_s1"] and meta.extra["planes"] == [14, 15, 16, 17]
+    assert "k06_s2" in meta.extra["mismatched_fields"]
+
+
+@needs_real
 def test_bbbc006_per_plane_folders(tmp_path):
     for z in range(3):
         sub = tmp_path / f"BBBC006_v1_images_z_{z:02d}"
@@ -205,6 +219,22 @@ def test_missing_and_unknown(tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "p0.tif", np.zeros((8, 8), np.uint16))
     with pytest.raises(ValueError, match="path is empty"):  # it used to open the current folder's TIFF series
         open_zstack("")
+    # no pixels, or values that are not intensities: refused at open for every reader (napari's made layers of them)
+    from napari_linblur._napari._reader import read_zstack
+
+    zarr.open_array(str(tmp_path / "zero.zarr"), mode="w", shape=(2, 0, 8, 8), dtype="u2")
+    zarr.open_array(str(tmp_path / "cplx.zarr"), mode="w", shape=(2, 8, 8), dtype="c8")
+    # zarr v2 and v3 metadata in one folder: the v3 is read (its chunks may not exist: zeros), and that is said
+    zarr.open_array(str(tmp_path / "both.zarr"), mode="w", shape=(2, 8, 8), dtype="u2", zarr_format=2)[:] = 5
+    zarr.open_array(str(tmp_path / "v3.zarr"), mode="w", shape=(2, 4, 4), dtype="f4", zarr_format=3)
+    (tmp_path / "both.zarr" / "zarr.json").write_bytes((tmp_path / "v3.zarr" / "zarr.json").read_bytes())
+    with pytest.warns(UserWarning, match=r"both.zarr: holds both zarr v3 metadata \(zarr.json\), which is read"):
+        assert open_zstack(tmp_path / "both.zarr").shape == (2, 4, 4)
+    for name, says in (("zero.zarr", r"the image is empty \(shape \(2, 0, 8, 8\)"),
+                       ("cplx.zarr", "holds complex64 values, not intensities")):
+        for read in (open_zstack, read_zstack):
+            with pytest.raises(ValueError, match=says):
+                read(tmp_path / name)
     (tmp_path / "a.png").write_bytes(b"\x89PNG....")
     with pytest.raises(ValueError, match="unknown format.*accepted formats.*OME-Zarr"):
         open_zstack(tmp_path / "a.png")

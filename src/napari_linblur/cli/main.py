@@ -84,6 +84,13 @@ def _main(argv: list[str] | None = None) -> int:
         # OSError: missing files, an unreachable --scheduler ...; FloatingPointError: a diverged training run
         print(f"linblur {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if "symlink loop" not in str(err).lower():
+            raise
+        # Path.resolve() on a path whose symbolic links point at each other (OSError from Python 3.13 on)
+        print(f"linblur {args.command}: error: {err}: the symbolic links point at each other; give a real file or "
+              "folder", file=sys.stderr)
+        return 2
     except MemoryError as err:  # a size this computer cannot hold (e.g. synth --shape 100000 100000)
         # the size options this command has (defocus-map has no --shape)
         sizes = [flag for name, flag in (("shape", "--shape"), ("fields", "--fields"), ("tile", "--tile"),

@@ -118,7 +118,7 @@ class SafeZarrArray:
         base = Path(self.store) / self.component if self.component else Path(self.store)
         encode = self._arr.metadata.encode_chunk_key
         for coords in itertools.product(*ranges):
-            if not (base / encode(coords)).exists():
+            if not (base / encode(coords)).is_file():  # a folder in a chunk's place reads as the fill value too
                 where = f"{self.store}/{self.component}".rstrip("/")
                 raise ValueError(f"{where}: chunk {'.'.join(map(str, coords))} is missing from the store (deleted or "
                                  "not copied?); napari-linblur writes every chunk, so this output is damaged — "

@@ -146,12 +146,18 @@ def parse_bbbc006_name(path: str | Path) -> BBBCRecord:
 
 
 def _candidate_files(folder: Path) -> Iterable[Path]:
+    """The TIFFs of a BBBC006 folder and its plane sub-folders; a broken symbolic link counts (its header cannot
+    be read, so its field is left out with a warning naming it, rather than its plane vanishing without a word)."""
+
+    def tiff(p: Path) -> bool:
+        return (p.is_file() or (p.is_symlink() and not p.is_dir())) and p.suffix.lower() in (".tif", ".tiff")
+
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in (".tif", ".tiff"):
+        if tiff(p):
             yield p
         elif p.is_dir() and plane_from_folder(p) is not None:
             for q in sorted(p.iterdir()):
-                if q.is_file() and q.suffix.lower() in (".tif", ".tiff"):
+                if tiff(q):
                     yield q
 
 

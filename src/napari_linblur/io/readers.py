@@ -235,8 +235,10 @@ def open_zstack_with_metadata(
         else:
             records = _bb.scan_bbbc006(p)
             if records:
-                return _open_bbbc006_folder(p, records, channel)
-            tiffs = [q for q in p.iterdir() if q.is_file() and q.suffix.lower() in (".tif", ".tiff")]
+                return _checked_image(*_open_bbbc006_folder(p, records, channel))
+            # a broken symbolic link counts, so that its plane is named in an error rather than left out unseen
+            tiffs = [q for q in p.iterdir() if (q.is_file() or (q.is_symlink() and not q.is_dir()))
+                     and q.suffix.lower() in (".tif", ".tiff")]
             if tiffs:
                 arr, meta = _open_tiff_folder(p, tiffs)
             else:
@@ -253,7 +255,20 @@ def open_zstack_with_metadata(
                 arr, meta = _open_tiff(p)
         else:
             raise ValueError(_unknown(p, f"unrecognised file type {p.suffix or '(no suffix)'!r}"))
-    return _select_channel(arr, meta, channel)
+    return _checked_image(*_select_channel(arr, meta, channel))
+
+
+def _checked_image(arr: da.Array, meta: ZStackMeta) -> tuple[da.Array, ZStackMeta]:
+    """An image every reader (the API's, the command line's, napari's) can show and process: no empty axis and
+    real intensities, refused at open with the file's name (napari's reader returned layers of strings, complex
+    values or no pixels, which failed later in napari's own code)."""
+    if 0 in arr.shape:
+        raise ValueError(f"{meta.source}: the image is empty (shape {tuple(arr.shape)}, axes {meta.axes!r}): it holds "
+                         "no pixels")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{meta.source}: holds {arr.dtype} values, not intensities; an image must hold integers or "
+                         "floats (uint8, uint16, float32 …)")
+    return arr, meta
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -409,6 +424,16 @@ def _guess_axes(ndim: int) -> str:
 
 def _open_zarr(p: Path) -> tuple[da.Array, ZStackMeta]:
     import zarr
+
+    v2 = [m for m in (".zgroup", ".zarray") if (p / m).is_file()]
+    if v2 and (p / "zarr.json").is_file():
+        import warnings
+
+        # zarr reads the v3 metadata; a v2 store whose folder also got a zarr.json (or the reverse) would be read as
+        # whatever that file says — its chunks may not exist in that layout, and read as zeros
+        warnings.warn(f"{p}: holds both zarr v3 metadata (zarr.json), which is read, and zarr v2 metadata "
+                      f"({', '.join(v2)}), which is ignored; if the image reads wrong (e.g. all zeros), remove the "
+                      "metadata of the format the store is not written in", UserWarning, stacklevel=3)
 
     try:
         node = zarr.open(str(p), mode="r")

@@ -338,6 +338,7 @@ def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto") -> Any:
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
             raise ValueError(f"{path}: weight tensor {key!r} holds NaN or Inf values, so every output would be NaN; "
                              "the file is broken (e.g. saved from a diverged training run): retrain or pick another")
+    _check_weights_fit(card, state, path)  # before allocating the network the card describes
     model = build_model(card)
     try:
         model.load_state_dict(state, strict=True)
@@ -347,6 +348,29 @@ def load_model(name_or_path: str | os.PathLike, *, device: Any = "auto") -> Any:
     model.card = card
     model.task = card.get("task") or module_task(model)  # a card without "task": its architecture says it
     return model
+
+
+def _check_weights_fit(card: dict, state: dict, path: Path) -> None:
+    """The network ``card`` describes, built without memory (torch's ``meta`` device), must have exactly the
+    tensors of ``state``: an edited card (width 4096 beside the weights of width 16) would otherwise allocate its
+    network — hundreds of GB — before the mismatch is found."""
+    import torch
+
+    with torch.device("meta"):
+        skeleton = build_model(card)
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"{k} is {have[k]} in the file, {want[k]} for the card's config" for k in want
+                if k in have and have[k] != want[k]]
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+    if extra:
+        problems.append(f"unexpected {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}")
+    if problems:
+        raise ValueError(f"{path}: weights do not fit architecture {card.get('architecture')} with the card's config "
+                         f"({'; '.join(problems[:3])}): the card or the weights were edited, or they belong to "
+                         "different models")
 
 
 def resolve_model(model: Any, task: str, *, device: Any = "auto"):
