@@ -331,6 +331,54 @@ def test_non_callable_progress_or_should_stop_is_refused_before_the_model_loads(
                 op(device="cpu", **{name: value})
 
 
+def test_lazy_graphs_follow_one_rule_for_callbacks_devices_and_mixed_inputs():
+    """With dask input every operation: leaves progress/should_stop out of the graph with a warning (deblur and the
+    autoencoder operations put a GUI's cancel flag in it, which cannot be sent to a cluster; estimate_defocus
+    dropped them silently); keeps device="auto" to be resolved where a plane runs (deblur fixed the caller's
+    device and bf16 choice); and gives a lazy result for any dask input (deblur computed a lazy σ map)."""
+    import threading
+
+    import cloudpickle
+    import dask.array as da
+
+    from napari_linblur.models.registry import ModelHandle
+
+    stack = np.random.default_rng(0).random((2, 48, 48)).astype(np.float32) * 1000 + 10
+    lazy = da.from_array(stack, chunks=(1, 48, 48))
+    flag = threading.Event()
+    ops = (lambda **k: nl.estimate_defocus(lazy, **k), lambda **k: nl.deblur(lazy, **k),
+           lambda **k: nl.synthesize_blur(lazy, stack, 0.5, **k), lambda **k: nl.deblur_pair(stack, lazy, 0.5, **k))
+    for op in ops:
+        with pytest.warns(UserWarning, match="should_stop applies to numpy input.*not used"):
+            out = op(should_stop=flag.is_set)
+        assert isinstance(out, da.Array)
+        flag.set()
+        graph = cloudpickle.loads(cloudpickle.dumps(out))  # picklable: it can go to a cluster
+        np.testing.assert_allclose(graph.compute(), out.compute())  # and the set flag stops nothing
+        flag.clear()
+    handles = []
+    original = ModelHandle.__getstate__
+
+    def spy(self):
+        handles.append((self.task, self.device))
+        return original(self)
+
+    ModelHandle.__getstate__ = spy
+    try:
+        cloudpickle.dumps(nl.deblur(lazy))
+        cloudpickle.dumps(nl.deblur(lazy, method="reblur-extrapolate"))
+    finally:
+        ModelHandle.__getstate__ = original
+    assert handles and all(device == "auto" for _, device in handles), handles
+    smap = nl.estimate_defocus(lazy, device="cpu")
+    mixed = nl.deblur(stack[0], method="guided", sigma_map=smap[0], device="cpu")
+    assert isinstance(mixed, da.Array)
+    np.testing.assert_allclose(mixed.compute(), nl.deblur(stack[0], method="guided", sigma_map=smap[0].compute(),
+                                                          device="cpu"), rtol=1e-5, atol=1e-3)
+    with pytest.raises(TypeError, match="compute must be True, False or None, got 'no'"):
+        nl.focus_curve(stack, method="brenner", compute="no")
+
+
 def test_a_dask_array_of_unknown_shape_is_named_with_the_fix():
     import dask.array as da
 

@@ -270,7 +270,8 @@ def deblur(
         raise ValueError(f"method={method!r}; use one of {', '.join(repr(m) for m in METHODS)}")
     if not isinstance(guide, str) or guide not in ("network", "reblur-extrapolate"):
         raise ValueError(f"guide={guide!r}; use 'network' or 'reblur-extrapolate'")
-    check_callbacks(progress, should_stop)
+    progress, should_stop = check_callbacks(progress, should_stop,
+                                            lazy=is_dask(img) or (sigma_map is not None and is_dask(sigma_map)))
     sigma_r = check_number(sigma_r, "sigma_r", unit=" (pixels)")
     sigma_focus = check_number(sigma_focus, "sigma_focus", inclusive=True, unit=" (pixels)")
     sigma_full = check_number(sigma_full, "sigma_full", unit=" (pixels)")
@@ -318,25 +319,28 @@ def deblur(
                       UserWarning, stacklevel=2)
     if not needs_map:
         sigma_map = None  # checked and warned about above; never computed
-    dev = resolve_device(device)
-    amp = resolve_amp(amp, dev)
-    # handles, not modules: a plane's task sent to a dask worker carries the model's name, not its weights
-    net = ModelHandle(model, "deblur", dev, channels_last=True) if uses_net else None
-    ae = ModelHandle(model, "ae", dev) if uses_ae else None
+    resolve_amp(amp, resolve_device(device))  # a bad device or amp fails now; both are chosen where a plane runs
+    # handles, not modules: a plane's task sent to a dask worker carries the model's name, not its weights; and
+    # device="auto" / amp="auto" stay so in a lazy graph, to be resolved on the worker (a GPU, or a CPU without bf16),
+    # as every other operation does
+    net = ModelHandle(model, "deblur", device, channels_last=True) if uses_net else None
+    ae = ModelHandle(model, "ae", device) if uses_ae else None
     if needs_map and sigma_map is None:
         from napari_linblur.inference.defocus_ops import estimate_defocus
 
         # the map's own tiling (its network's tile cap and overlap); a cancelled run stops inside it too
-        sigma_map = estimate_defocus(img, model=defocus_model, device=dev, amp=amp, should_stop=should_stop)
+        sigma_map = estimate_defocus(img, model=defocus_model, device=device, amp=amp, should_stop=should_stop)
     net_kw = dict(tile=tile, overlap=overlap, batch_size=batch_size, progress=progress, should_stop=should_stop,
-                  amp=amp, tta=tta)
+                  tta=tta)
     ae_kw = dict(tile=tile, overlap=overlap, batch_size=batch_size, should_stop=should_stop, tta=tta)
 
     def _one(plane, smap=None):
         check_finite_plane(plane, "img")
         plane = np.asarray(plane, np.float32)
+        dev = resolve_device(device)
+        run_amp = resolve_amp(amp, dev)
         if method == "network":
-            return _network_plane(plane, net.get(), dev, **net_kw)
+            return _network_plane(plane, net.get(), dev, amp=run_amp, **net_kw)
         check_finite_plane(smap, "sigma_map")  # a dask map is checked here, plane by plane, when it is computed
         smap = np.asarray(smap, np.float32)
         _check_sigma_values(smap)
@@ -348,16 +352,16 @@ def deblur(
         if not np.any(w > 0):
             return plane.copy()  # nothing to deblur: a copy, never the caller's array itself
         if guide == "network":
-            full = _network_plane(plane, net.get(), dev, **net_kw)
+            full = _network_plane(plane, net.get(), dev, amp=run_amp, **net_kw)
         else:
             full = _guided_reblur(plane, smap, w, sigma_r=sigma_r, ae=ae.get(), device=dev, progress=progress,
                                   **ae_kw)
         return (plane + w * (full - plane)).astype(np.float32)
 
     args = (img,) if sigma_map is None else (img, sigma_map)
-    if not is_dask(img) and img.ndim == 2:
+    if not any(is_dask(a) for a in args) and img.ndim == 2:
         return np.asarray(_one(*args), np.float32)
-    return map_planes(_one, *args)
+    return map_planes(_one, *args)  # any dask input (the image or the map) -> a lazy result, as deblur_pair gives
 
 
 def _check_sigma_values(smap: np.ndarray) -> None:

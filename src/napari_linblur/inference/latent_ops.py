@@ -260,7 +260,8 @@ def synthesize_blur(
         Tiling of large planes (overlapping tiles blended without seams). ``overlap=None``: 64 px, or a quarter
         of a smaller ``tile``.
     progress : callable, optional
-        ``progress(done_tiles, total_tiles)`` after each batch of tiles of a plane.
+        ``progress(done_tiles, total_tiles)`` after each batch of tiles of a plane (numpy input; with dask input
+        neither callback is used, and a warning says so).
     should_stop : callable, optional
         Polled between batches of tiles; when it returns True,
         :class:`~napari_linblur.inference.tiling.Cancelled` is raised (the GUI's Cancel button).
@@ -291,7 +292,7 @@ def synthesize_blur(
     img_a, img_c = _prepare(img_a, img_c, ("img_a", "img_c"))
     alpha = check_alpha(alpha, name="alpha")
     tta = check_tta(tta)
-    check_callbacks(progress, should_stop)
+    progress, should_stop = check_callbacks(progress, should_stop, lazy=is_dask(img_a) or is_dask(img_c))
     tile, overlap, batch_size = check_ae_tiling(tile, overlap, batch_size)
     from napari_linblur.models.registry import ModelHandle
 
@@ -357,7 +358,7 @@ def deblur_pair(
                              f"difference of the two planes by 1/alpha (> {1 / MIN_EXTRAPOLATION_ALPHA:g}x), "
                              "which leaves nothing but amplified noise; pick planes further apart")
     tta = check_tta(tta)
-    check_callbacks(progress, should_stop)
+    progress, should_stop = check_callbacks(progress, should_stop, lazy=is_dask(img_b) or is_dask(img_c))
     tile, overlap, batch_size = check_ae_tiling(tile, overlap, batch_size)
     from napari_linblur.models.registry import ModelHandle
 

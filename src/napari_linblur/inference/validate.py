@@ -147,15 +147,19 @@ def check_alpha(alpha: Any, *, name: str = "alpha", low_open: bool = False, allo
     return alpha
 
 
-def check_callbacks(progress: Any = None, should_stop: Any = None) -> None:
-    """Raise a ``TypeError`` unless ``progress`` and ``should_stop`` are each None or callable.
+def check_callbacks(progress: Any = None, should_stop: Any = None, *, lazy: bool = False) -> tuple[Any, Any]:
+    """Raise a ``TypeError`` unless ``progress`` and ``should_stop`` are each None or callable; return the two
+    callbacks the operation runs with.
 
     Checked up front by every public operation, so that a wrong value fails before a model loads, not between
-    tiles.
+    tiles. For dask input (``lazy``) nothing is computed during the call: the callbacks are not put into the lazy
+    graph (a GUI's cancel flag would make it impossible to send to a cluster, and each plane would report 1 of 1),
+    and a ``UserWarning`` says how to follow and stop the computation instead; ``(None, None)`` is returned.
 
     Examples
     --------
-    >>> check_callbacks(print, lambda: False)
+    >>> check_callbacks(print, None) == (print, None)
+    True
     >>> check_callbacks(progress=5)
     Traceback (most recent call last):
     TypeError: progress must be a callable progress(done, total) or None, got 5
@@ -165,6 +169,17 @@ def check_callbacks(progress: Any = None, should_stop: Any = None) -> None:
     for name, (value, form) in forms.items():
         if value is not None and not callable(value):
             raise TypeError(f"{name} must be a callable {form} or None, got {value!r}")
+    if lazy and (progress is not None or should_stop is not None):
+        import warnings
+
+        names = [n for n, (v, _) in forms.items() if v is not None]
+        given = " and ".join(names) + (" apply" if len(names) > 1 else " applies")
+        warnings.warn(f"{given} to numpy input; with dask input the result is lazy and computed later, so "
+                      "they are not used: follow and stop the computation with dask (e.g. dask.diagnostics."
+                      "ProgressBar, a distributed client's futures, or write_ome_zarr(progress=...))",
+                      UserWarning, stacklevel=3)
+        return None, None
+    return progress, should_stop
 
 
 def check_number(value: Any, name: str, *, minimum: float = 0.0, inclusive: bool = False, unit: str = "") -> float:
