@@ -939,6 +939,40 @@ def test_defocus_live_map_has_fixed_contrast_limits_and_keeps_the_users(viewer, 
     assert out.colorbar.visible
 
 
+def test_defocus_live_map_reuses_the_network_map_when_only_its_display_changes(viewer, qtbot, tiny_models, synth):
+    """Units, optics and the per-tile options are computed from the plane's per-pixel σ map: changing them reuses
+    that map (each keystroke in an optics field re-ran the network: seconds on a 1024² plane), with the same
+    result as a fresh estimate; a new plane or another network option runs the network again."""
+    import napari_linblur as nl
+    from napari_linblur.inference.defocus_ops import sigma_to_defocus_um
+
+    img = viewer.add_image(synth[0], name="img", scale=(4.0, 0.5, 0.5), units=("micrometer",) * 3)
+    w = add(viewer, "Defocus map & focus QC")
+    w.model.set_model(tiny_models["defocus"])
+    viewer.dims.set_current_step(0, 3)
+    settle(qtbot, w)
+    first = w._sigma_cache[1]
+    prev = next(ly for ly in viewer.layers if ly.name.endswith("(preview)"))
+    plane = np.asarray(img.data[3])
+    kw = {"model": tiny_models["defocus"], "device": "cpu"}
+    np.testing.assert_allclose(prev.data, nl.estimate_defocus(plane, **kw), atol=1e-4)
+    w.units.setCurrentIndex(w.units.findData("um"))
+    settle(qtbot, w)
+    assert w._sigma_cache[1] is first  # no new network run
+    np.testing.assert_allclose(prev.data, sigma_to_defocus_um(first, setup=w._optics_setup()), rtol=1e-5)
+    w.units.setCurrentIndex(w.units.findData("px"))
+    w.map_mode.setCurrentIndex(w.map_mode.findData("patch"))
+    settle(qtbot, w)
+    prev = next(ly for ly in viewer.layers if ly.name.endswith("(preview)"))
+    assert w._sigma_cache[1] is first
+    size, pixels = int(w.patch_size.value()), w._mode_kwargs()["patch_pixels"]
+    np.testing.assert_allclose(prev.data, nl.estimate_defocus(plane, mode="patch", patch_size=size,
+                                                              patch_pixels=pixels, **kw), atol=1e-4)
+    viewer.dims.set_current_step(0, 5)  # another plane: the network runs
+    settle(qtbot, w)
+    assert w._sigma_cache[1] is not first
+
+
 def test_defocus_live_map_ignores_other_layers_sliders(viewer, qtbot, tiny_models, synth):
     a = viewer.add_image(synth[0], name="A")  # (Z, Y, X)
     viewer.add_image(np.zeros((3, *synth[0].shape), np.float32), name="B time-lapse")  # adds a T axis to the viewer

@@ -559,6 +559,22 @@ class _PlaneReader:
         return np.asarray(plane.compute() if hasattr(plane, "compute") else plane)
 
 
+def plane_digest(plane: np.ndarray) -> tuple:
+    """A key for a plane's contents (shape, dtype and a hash of its bytes): equal only for the same pixels, also
+    after the layer's data were edited in place.
+
+    Examples
+    --------
+    >>> a = np.zeros((4, 4), np.uint16)
+    >>> plane_digest(a) == plane_digest(a.copy()), plane_digest(a) == plane_digest(a + 1)
+    (True, False)
+    """
+    import hashlib
+
+    p = np.ascontiguousarray(plane)
+    return p.shape, p.dtype.str, hashlib.blake2b(p.view(np.uint8).reshape(-1), digest_size=16).hexdigest()
+
+
 def with_positive_scale(data: Any, scale: Sequence[float] | None, translate: Sequence[float] | None):
     """``(data, scale, translate)`` for an OME-Zarr file, which stores positive pixel sizes: an axis a napari layer
     flips with a negative scale is stored reversed, with ``|scale|`` and the translation of its far end, so the

@@ -120,8 +120,7 @@ class _PlaneDefocus:
         )[0]
         sigma = np.maximum(sigma, 0.0).astype(np.float32)
         if self.mode == "patch":
-            grid = patch_means(sigma, self.patch_size, mask=_patch_mask(plane, self.patch_pixels))
-            sigma = _broadcast_patches(grid, sigma.shape, self.patch_size)
+            sigma = patch_map(sigma, plane, self.patch_size, self.patch_pixels)
         return sigma
 
 
@@ -162,6 +161,23 @@ def _check_patch_pixels(patch_pixels: Any) -> str:
         raise ValueError(f"patch_pixels={patch_pixels!r}; use 'signal' (mean σ over the plane's signal pixels of "
                          "each tile, NaN for a tile without any) or 'all' (mean over every pixel of the tile)")
     return patch_pixels
+
+
+def patch_map(sigma: np.ndarray, plane: np.ndarray, patch_size: int = PATCH_SIZE,
+              patch_pixels: str = PATCH_PIXELS_DEFAULT) -> np.ndarray:
+    """The ``mode="patch"`` map of a plane from its per-pixel σ map: each tile's mean over its pixels
+    (``patch_pixels``), spread over the tile, NaN in tiles without such pixels — what ``estimate_defocus(plane,
+    mode="patch")`` returns, without running the network again (the live map of the Defocus widget reuses the pixel
+    map when only the tile options change).
+
+    Examples
+    --------
+    >>> sigma = np.arange(16, dtype=np.float32).reshape(4, 4)
+    >>> patch_map(sigma, np.ones((4, 4)), 2, "all")[::2, ::2].tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
+    grid = patch_means(sigma, patch_size, mask=_patch_mask(plane, patch_pixels))
+    return _broadcast_patches(grid, sigma.shape, patch_size)
 
 
 def _patch_mask(plane: np.ndarray, patch_pixels: str) -> np.ndarray | None:
@@ -252,7 +268,8 @@ def estimate_defocus(
         (:func:`~napari_linblur.optics.noise.estimate_variance_model`); a calibration is
         ``{"gain": ADU per photo-electron, "offset": dark level in ADU, "read_noise": electrons}``.
     progress, should_stop : callable, optional
-        Per-tile progress callback and cancel hook (numpy input only).
+        Per-tile progress callback and cancel hook (numpy input only: with dask input they are not used, and a
+        warning says so).
 
     Returns
     -------
@@ -275,11 +292,10 @@ def estimate_defocus(
     ((64, 80), 'float32')
     """
     img = _check_stack(img, "img")
-    check_callbacks(progress, should_stop)
+    progress, should_stop = check_callbacks(progress, should_stop, lazy=is_dask(img))
     fn = _plane_defocus(model, device, tile=tile, overlap=overlap, batch_size=batch_size, mode=mode,
                         patch_size=patch_size, patch_pixels=patch_pixels, amp=amp, tta=tta, camera=camera,
-                        progress=None if is_dask(img) else progress,
-                        should_stop=None if is_dask(img) else should_stop)
+                        progress=progress, should_stop=should_stop)
     return map_planes(fn, img)
 
 
@@ -623,6 +639,8 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
     """
     stack = _check_stack(stack, "stack")
     method = _check_method(method)
+    if compute is not None and not isinstance(compute, (bool, np.bool_)):
+        raise TypeError(f"compute must be True, False or None, got {compute!r}")
     fn = _score_fn(method, model, device, kwargs)
     curve = map_planes(fn, stack, dtype=np.float64, scalar=True)  # one task per plane for a lazy stack
     return np.asarray(curve.compute()) if compute and is_dask(curve) else curve

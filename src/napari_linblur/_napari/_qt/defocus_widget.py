@@ -259,6 +259,8 @@ class DefocusWidget(c.LinblurWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)
         v = napari_viewer
+        #: (plane contents + network options, per-pixel σ map) of the newest live map (see _preview_job)
+        self._sigma_cache: tuple | None = None
         self.image = c.LayerPicker(v)
         self.model = c.ModelPicker("defocus")
         self.tta = c.tta_combo("average the map over flipped/rotated copies of the image (slightly lower error, "
@@ -537,10 +539,22 @@ class DefocusWidget(c.LinblurWidget):
         map_meta = self._map_meta(kw)
 
         def job():
-            from napari_linblur.inference.defocus_ops import sigma_to_defocus_um, signal_mask
+            from napari_linblur.inference.defocus_ops import patch_map, sigma_to_defocus_um, signal_mask
 
-            plane = _ops.plane_at(data, idx)
-            out = _ops.call_op(nl.estimate_defocus, plane, should_stop=should_stop, **kw)
+            plane = np.asarray(_ops.plane_at(data, idx))
+            # the network's per-pixel map of this plane, reused while only what is made from it changes (units and
+            # optics, the tile options, the outline): those cost milliseconds, the network seconds
+            pixel_kw = {k: v for k, v in kw.items() if k not in ("mode", "patch_size", "patch_pixels")}
+            key = (_ops.plane_digest(plane), repr(sorted(pixel_kw.items(), key=lambda kv: kv[0])))
+            cached = self._sigma_cache
+            if cached is not None and cached[0] == key:
+                out = cached[1]
+            else:
+                out = np.asarray(_ops.call_op(nl.estimate_defocus, plane, should_stop=should_stop, mode="pixel",
+                                              **pixel_kw), np.float32)
+                self._sigma_cache = (key, out)
+            if kw["mode"] == "patch":
+                out = patch_map(out, plane, kw["patch_size"], kw["patch_pixels"])
             if setup is not None:
                 out = sigma_to_defocus_um(out, setup=setup)
             mask = signal_mask(plane) if outline else None
