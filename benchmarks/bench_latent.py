@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from _timing import best_time
-
-
-def _time(fn, repeat: int = 3) -> float:
-    return best_time(fn, repeat, warmup=True)[0]
+from _timing import best_times
 
 
 def run(report) -> None:
@@ -21,6 +17,7 @@ def run(report) -> None:
     import napari_linblur as nl
     from napari_linblur.models.autoencoder import LinearLatentAE
 
+    torch.set_num_threads(1)  # as the other benchmarks: one thread, the same on any machine (run.py restores it)
     rng = np.random.default_rng(0)
     shape = (520, 696)  # one BBBC006 plane
     a = (100 + rng.poisson(200, shape)).astype(np.uint16)
@@ -29,17 +26,18 @@ def run(report) -> None:
     torch.manual_seed(0)
     paper = LinearLatentAE(config="paper").eval()
     paper.task = "ae"
-    t_blend = _time(lambda: 0.5 * a.astype(np.float32) + 0.5 * c.astype(np.float32))
-    rows = [{"method": "pixel blending", "seconds_per_plane": t_blend, "ratio_vs_blending": 1.0,
-             "params": 0}]
     models = [("paper config (random weights)", paper)]
     if shipped is not None:
         models.insert(0, ("ae-default (shipped)", shipped))
-    times = {}
+    # interleaved rounds after one warm-up call each (benchmarks/_timing.best_times): load changes on a shared
+    # machine hit every method alike
+    calls = {"pixel blending": lambda: 0.5 * a.astype(np.float32) + 0.5 * c.astype(np.float32)}
+    calls.update({name: (lambda m=m: nl.synthesize_blur(a, c, 0.5, model=m, device="cpu")) for name, m in models})
+    times, _ = best_times(calls, repeats=2)
+    t_blend = times["pixel blending"]
+    rows = [{"method": "pixel blending", "seconds_per_plane": t_blend, "ratio_vs_blending": 1.0, "params": 0}]
     for name, m in models:
-        t = _time(lambda m=m: nl.synthesize_blur(a, c, 0.5, model=m, device="cpu"), repeat=2)
-        times[name] = t
-        rows.append({"method": name, "seconds_per_plane": t, "ratio_vs_blending": t / t_blend,
+        rows.append({"method": name, "seconds_per_plane": times[name], "ratio_vs_blending": times[name] / t_blend,
                      "params": int(sum(p.numel() for p in m.parameters()))})
     if shipped is not None:
         rows.append({"method": "paper / ae-default time ratio", "seconds_per_plane": float("nan"),

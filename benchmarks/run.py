@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import platform
 import sys
 import time
@@ -57,11 +58,41 @@ def main(argv=None) -> int:
         finally:  # a benchmark that pins torch's thread count does not change the next one's
             torch.set_num_threads(threads)
         print(f"({path.name}: {time.perf_counter() - t0:.1f} s)")
-    meta = {"python": sys.version.split()[0], "machine": platform.machine(), "processor": platform.processor()}
+    meta = _meta(threads)
     # atomic (a failed write leaves the earlier report whole) and strict JSON (a NaN ratio is written as null)
     write_json_atomic(out / "bench.json", {"meta": meta, "results": results})
     print(f"\nwrote {out / 'bench.json'}")
     return 0
+
+
+def _meta(threads: int) -> dict:
+    """What the numbers were measured with: the code (git commit, and whether the tree had changes), torch and its
+    default thread count, the CPU and whether it runs bf16 natively (amp="auto"), and when."""
+    import datetime
+    import subprocess
+
+    import torch
+
+    from napari_linblur.inference.device import resolve_amp
+
+    def git(*cmd: str) -> str | None:
+        try:
+            return subprocess.run(["git", *cmd], cwd=Path(__file__).parent.parent, capture_output=True, text=True,
+                                  timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    cpu = platform.processor() or None
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"python": sys.version.split()[0], "machine": platform.machine(), "processor": cpu,
+            "torch": torch.__version__, "torch_threads_default": threads, "cpu_count": os.cpu_count(),
+            "amp_auto_on_cpu": resolve_amp("auto", torch.device("cpu")),
+            "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--", "src")),
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def _fmt(v) -> str:
