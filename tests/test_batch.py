@@ -321,6 +321,22 @@ def test_a_batch_run_computes_as_many_planes_at_once_as_the_cluster_has_threads(
     assert _max_overlap(times) >= 6
 
 
+def test_max_parallel_bounds_the_planes_a_local_scheduler_computes_at_once(tmp_path):
+    """A network plane runs on all of torch's threads: the GUI writes such planes one at a time (max_parallel=1),
+    where the threaded scheduler ran one per core (cores x torch threads at once)."""
+    import dask
+    import dask.array as da
+
+    lazy = _timed_op(da.zeros((6, 16, 16), chunks=(1, 16, 16)))
+    with dask.config.set(scheduler="threads", num_workers=4):
+        wide = write_ome_zarr(tmp_path / "wide.zarr", lazy, axes="zyx", pyramid_levels=1)
+        one = write_ome_zarr(tmp_path / "one.zarr", lazy, axes="zyx", pyramid_levels=1, max_parallel=1)
+    assert _max_overlap(open_zstack(wide)[:, 0, :2].compute()) >= 3
+    assert _max_overlap(open_zstack(one)[:, 0, :2].compute()) == 1
+    with pytest.raises(ValueError, match="max_parallel: need an integer >= 1"):
+        write_ome_zarr(tmp_path / "bad.zarr", lazy, axes="zyx", max_parallel=0)
+
+
 # ------------------------------------------------------------------------------ relative model paths
 
 

@@ -315,6 +315,7 @@ def _store_batched(
     src: da.Array,
     target: Any,
     report: Callable[[], None],
+    max_parallel: int | None = None,
 ) -> None:
     """Write ``src`` into the zarr array ``target`` plane-block by plane-block, as many blocks computed at once as
     the active scheduler has threads (a distributed client's workers, or the local threads): bounded memory.
@@ -340,6 +341,8 @@ def _store_batched(
             + (slice(None), slice(None))
         )
     scheduler, client, width = _parallelism(src)
+    if max_parallel is not None and client is None:
+        width = max(1, min(width, int(max_parallel)))
     # nothing to overlap: the active scheduler computes each block in turn. Not so on a cluster with one worker
     # thread or none yet: workers that join later are used (the width is checked again every second below)
     if (width == 1 and client is None) or len(regions) == 1:
@@ -429,6 +432,7 @@ def write_ome_zarr(
     translate: Sequence[float] | None = None,
     axis_names: Sequence[str] | None = None,
     axis_types: Sequence[str | None] | None = None,
+    max_parallel: int | None = None,
 ) -> Path:
     """Write an image or stack ``(..., Z, Y, X)`` as OME-Zarr NGFF 0.5 (zarr v3), atomically.
 
@@ -462,6 +466,10 @@ def write_ome_zarr(
         inputs of the computation; writing onto or inside (or around) any of them is refused.
     progress : callable, optional
         called as ``progress(done, total)`` after each written block of planes, over all levels.
+    max_parallel : int, optional
+        At most this many blocks computed at once by a local scheduler (default: as many as it has threads). 1 for
+        blocks that parallelize inside themselves — a network's plane runs on all of torch's threads, and one such
+        plane per core would run cores² threads. A dask.distributed cluster keeps its own width.
     name : str
         the multiscale's ``name``.
     translate : sequence of float, optional
@@ -576,6 +584,9 @@ def write_ome_zarr(
     levels = auto_pyramid_levels(data.shape[-2:]) if pyramid_levels is None else int(pyramid_levels)
     if levels < 1:
         raise ValueError(f"pyramid_levels: need >= 1, got {pyramid_levels}")
+    if max_parallel is not None and (isinstance(max_parallel, bool) or not isinstance(max_parallel, (int, np.integer))
+                                     or max_parallel < 1):
+        raise ValueError(f"max_parallel: need an integer >= 1 (or None: the scheduler's threads), got {max_parallel!r}")
     levels = min(levels, 1 + int(np.log2(max(1, min(data.shape[-2:])))))
 
     check_output_path(path, overwrite=overwrite, source_paths=source_paths)  # the name as given: "" is no folder
@@ -585,7 +596,7 @@ def write_ome_zarr(
     tmp = make_temp_sibling(target)
     try:
         _write_tree(tmp, data, axes, scale_t, units, channel_names, attrs, levels, chunks_t, progress, name,
-                    translate_t, names_t, types_t)
+                    translate_t, names_t, types_t, max_parallel)
         move_into_place(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -853,6 +864,7 @@ def _write_tree(
     translate: list[float] | None = None,
     axis_names: list[str] | None = None,
     axis_types: list[str | None] | None = None,
+    max_parallel: int | None = None,
 ) -> None:
     import zarr
     from zarr.codecs import ZstdCodec
@@ -939,7 +951,7 @@ def _write_tree(
             level_src = _downsample2(da.from_array(prev, chunks=prev.chunks, asarray=True, lock=False))
             level_src = level_src.rechunk(lvl_chunks)
         if lvl == 0:
-            _store_batched(level_src, arr, report)
+            _store_batched(level_src, arr, report, max_parallel)
         else:
             # a 2x2 mean of what this process has just written: on its own threads, not one cluster round trip
             # per plane and level (a dask.distributed client stays the default for level 0 only)

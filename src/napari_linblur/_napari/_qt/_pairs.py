@@ -345,9 +345,10 @@ def run_whole_stack(
             lazy, out_scale, out_translate = _ops.with_positive_scale(op(*[_ops.lazy_planes(a) for a in arrays]),
                                                                       scale, translate)
             try:
+                # one plane at a time, on all of torch's threads (a plane per core would run cores² threads)
                 write_ome_zarr(path, lazy, axes=axes, scale=out_scale, translate=out_translate,
                                source_paths=sources, units=[None if u == "pixel" else u for u in units],
-                               progress=report, name=name, attrs={"linblur": described})
+                               progress=report, name=name, attrs={"linblur": described}, max_parallel=1)
             except OSError as err:
                 if isinstance(err, FileExistsError) and err.filename in (None, path):
                     # created by someone else while this run was writing (not a file where a folder must go)
