@@ -142,18 +142,24 @@ def _run_deleting(viewer, qtbot, w, layer, change=None) -> None:
     wait_run(qtbot, w, timeout=120000)
 
 
-@pytest.mark.parametrize("mode", ["layer", "zarr"])
-def test_a_whole_stack_run_whose_input_changes_meanwhile_adds_no_stale_result(viewer, qtbot, tmp_path, mode):
-    """The input's data replaced while its whole-stack run computes: the result of the old data is not added (it
-    was, named after the layer and placed over data it no longer matched), as a focus curve refuses; an input
-    moved meanwhile keeps its result, with a warning that it sits where the input was."""
-    layer = viewer.add_image(_stack(), name="cells")
+def _defocus_dock(viewer, layer, mode: str, tmp_path):
+    """The Defocus dock on ``layer``, live map off, whole-stack output ``mode`` (an OME-Zarr file in ``tmp_path``)."""
     w = add(viewer, "Defocus map & focus QC")
     w.image.set_layer(layer)
     w.preview_on.setChecked(False)
     target = tmp_path / "map.ome.zarr"
     w.output.set_mode(getattr(w.output, mode.upper()), str(target)) if mode == "zarr" else \
         w.output.set_mode(getattr(w.output, mode.upper()))
+    return w, target
+
+
+@pytest.mark.parametrize("mode", ["layer", "zarr"])
+def test_a_whole_stack_run_whose_input_changes_meanwhile_adds_no_stale_result(viewer, qtbot, tmp_path, mode):
+    """The input's data replaced while its whole-stack run computes: the result of the old data is not added (it
+    was, named after the layer and placed over data it no longer matched), as a focus curve refuses; an input
+    moved meanwhile keeps its result, with a warning that it sits where the input was."""
+    layer = viewer.add_image(_stack(), name="cells")
+    w, target = _defocus_dock(viewer, layer, mode, tmp_path)
 
     def replace(ly):
         ly.data = np.zeros((2, 32, 32), np.float32)
@@ -184,12 +190,7 @@ def test_a_whole_stack_run_whose_input_is_deleted_adds_nothing_and_raises_no_err
     run styled the last map layer, whatever added it)."""
     earlier = viewer.add_image(np.zeros((8, 8), np.float32), name="defocus σ[earlier]")
     layer = viewer.add_image(_stack(), name="cells")
-    w = add(viewer, "Defocus map & focus QC")
-    w.image.set_layer(layer)
-    w.preview_on.setChecked(False)
-    target = tmp_path / "map.ome.zarr"
-    w.output.set_mode(getattr(w.output, mode.upper()), str(target)) if mode == "zarr" else \
-        w.output.set_mode(getattr(w.output, mode.upper()))
+    w, target = _defocus_dock(viewer, layer, mode, tmp_path)
     before = len(notes())
     _run_deleting(viewer, qtbot, w, layer)
     assert list(viewer.layers) == [earlier] and not earlier.colorbar.visible
