@@ -225,11 +225,9 @@ def _content_images(path: str, channel, plane, max_stacks: int, stamp) -> tuple[
     from napari_linblur.inference.validate import name_arguments
     from napari_linblur.io.readers import open_zstacks
 
-    arrays = open_zstacks(path, channel=channel)  # a ``linblur synth`` dataset: one NGFF image per field
-    bad = [a.dtype for a in arrays if np.dtype(a.dtype).kind not in "biuf"]
-    if bad:  # a complex image would lose its imaginary part to the float32 cast, silently
-        raise TypeError(f"--content-from {path}: training content must be real intensities (bool, int or float), "
-                        f"got {bad[0]}")
+    # a ``linblur synth`` dataset: one NGFF image per field; the reader refuses values that are not intensities
+    # (complex, strings), which a float32 cast would have turned silently into something else
+    arrays = open_zstacks(path, channel=channel)
     stacks = [s for a in arrays for s in (a.reshape((-1, *a.shape[-3:])) if a.ndim >= 3 else a[None, None])]
     n, nz = len(stacks), int(stacks[0].shape[0]) if stacks else 0
     if plane != "auto" and not -nz <= int(plane) < nz:
