@@ -42,8 +42,18 @@ class Terminated(KeyboardInterrupt):
     signal_name = "SIGTERM"
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated("SIGTERM")
+def _stop_signal(signum, frame) -> None:
+    """The first SIGTERM or SIGINT unwinds the command (its cleanup removes a half-written output); any further one
+    is ignored until the command has exited, so that it cannot cut the cleanup short: a cluster's time limit signals
+    every process of the job, and ``timeout`` or ``srun`` forward it again (a second SIGTERM inside the cleanup left
+    the temporary folder behind, or ended the run with exit code 1 and a traceback)."""
+    import signal
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
+    if signum == signal.SIGTERM:
+        raise Terminated("SIGTERM")
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is not threading.main_thread():
         return _main(argv)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {s: signal.signal(s, _stop_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _main(argv)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _main(argv: list[str] | None = None) -> int:

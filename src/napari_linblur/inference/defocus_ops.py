@@ -626,7 +626,7 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
     ValueError, TypeError
         Bad stack, method or option. An error while scoring one plane of a stack (NaN/Inf values, a
         non-finite normalization...) keeps its type and message and names the plane:
-        ``"stack contains NaN or Inf values; ... (at plane (2,) of the input)"``.
+        ``"stack contains NaN or Inf values; ... (at plane 2 of the input)"``.
 
     Examples
     --------

@@ -255,7 +255,7 @@ def map_planes(func: Callable[..., Any], *arrays, dtype=np.float32, scalar: bool
 
     numpy in -> numpy out (a loop); any dask input -> lazy dask out with one task per plane. With ``scalar``,
     ``func`` returns one number per plane and the result has the arrays' leading shape (a focus curve). An error
-    about one plane names it (``"... (at plane (3,) of the input)"``).
+    about one plane names it (``"... (at plane 3 of the input)"``; ``(1, 2)`` with more leading axes).
 
     Examples
     --------
@@ -304,7 +304,8 @@ def _naming_the_plane(index: tuple[int, ...]):
         if not index or str(err).endswith("of the input)"):
             raise
         try:  # at the end: messages start with the argument's name, which the plugin replaces by the layer's
-            named = type(err)(f"{err} (at plane {tuple(int(i) for i in index)} of the input)")
+            where = int(index[0]) if len(index) == 1 else tuple(int(i) for i in index)  # plane 3, or (1, 2)
+            named = type(err)(f"{err} (at plane {where} of the input)")
         except Exception:  # noqa: BLE001 - an exception type with other arguments: keep it as it is
             raise err from None
         raise named from err
