@@ -177,6 +177,7 @@ class PlanePicker(QWidget):
         n = _ops.n_planes(layer) if layer is not None else 1
         self.spin.blockSignals(True)
         self.spin.setRange(0, max(0, n - 1))
+        self.spin.setValue(self.spin.value())  # Qt leaves a new spin box's field empty until a value is set
         self.spin.blockSignals(False)
         self.setEnabled(n > 1)
         self.sync()
@@ -199,6 +200,15 @@ class PlanePicker(QWidget):
     def setValue(self, z: int) -> None:  # noqa: N802 - Qt naming
         self.follow.setChecked(False)
         self.spin.setValue(int(z))
+
+
+def add_items(combo: QComboBox, items: list[tuple[str, Any, str]]) -> QComboBox:
+    """Add ``(label, data, tooltip)`` items to ``combo``: each choice explains itself when hovered."""
+    for label, data, tip in items:
+        combo.addItem(label, data)
+        if tip:
+            combo.setItemData(combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+    return combo
 
 
 class AlphaSlider(QWidget):
@@ -957,7 +967,7 @@ class LivePreview(QObject):
 #: what a lazy output layer costs while browsing it (napari slices it on its main thread; its asynchronous slicing is
 #: an experimental setting for the whole application, so the plugin does not switch it on for these layers)
 LAZY_COST = ("each plane is computed when napari shows it, and napari waits for it: seconds per 1024 x 1024 plane "
-             "on a CPU with the shipped models ('make bench' times them), at every move of the slider")
+             "on a CPU with the shipped models, at every move of the slider")
 #: the status line's note after a lazy layer was added
 LAZY_NOTE = f" — lazy layer: {LAZY_COST}; for big stacks prefer 'new layer' or 'OME-Zarr file'"
 

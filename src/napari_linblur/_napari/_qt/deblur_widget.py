@@ -25,6 +25,15 @@ FALLBACK_METHODS = ["auto", "network", "reblur-extrapolate"]
 AE_METHODS = ("reblur-extrapolate",)
 
 
+#: what each single-image method runs (the menu shows the API names of `nl.deblur`'s ``method``)
+METHOD_TIPS = {
+    "auto": "the best method as measured: the deblurring network",
+    "network": "the deblurring network (DRBNet, paper 002), trained on exact synthetic pairs",
+    "reblur-extrapolate": "blur the plane a little more, then extrapolate in the autoencoder's latent space back past "
+                          "it (paper 000): no deblurring network needed",
+}
+
+
 def single_methods() -> list[str]:
     """Methods of :func:`napari_linblur.deblur` other than the guided one (read from the module)."""
     try:
@@ -54,10 +63,16 @@ class DeblurWidget(c.LinblurWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)
         v = napari_viewer
-        self.mode = QComboBox()
-        self.mode.addItem("Pair: two planes (latent extrapolation)", PAIR)
-        self.mode.addItem(single_label("network"), SINGLE)
-        self.mode.addItem("Guided by the defocus map", GUIDED)
+        self.mode = c.add_items(QComboBox(), [
+            ("Pair: two planes (latent extrapolation)", PAIR,
+             "two planes of one field, b less blurred than c: the autoencoder extrapolates past b, away from c, to a "
+             "sharper plane (paper 000, Mazilu et al.)"),
+            (single_label("network"), SINGLE, "one plane: the deblurring network (or re-blur + extrapolation, see "
+                                              "method)"),
+            ("Guided by the defocus map", GUIDED, "one plane: deblurred only where the defocus map says it is "
+                                                  "blurred; in-focus parts are left as they are"),
+        ])
+        self.mode.setToolTip("what to deblur from: two planes, or one plane; hover a choice for how")
         box, _ = c.group("Method", [("mode", self.mode)])
         self.layout().addWidget(box)
 
@@ -73,13 +88,15 @@ class DeblurWidget(c.LinblurWidget):
         self.layout().addWidget(box)
 
         self.alpha = c.AlphaSlider(0.5, low=0.05)
+        self.alpha.setToolTip("where b lies between the sharp plane a and c: α = (d_c − d_b) / (d_c − d_a) for "
+                              "defocus distances d; smaller α extrapolates further (sharper, noisier)")
         self.auto_alpha = QCheckBox("estimate α automatically")
+        self.auto_alpha.setToolTip("estimate α from the two planes (a heuristic; set it yourself when you know the "
+                                   "planes' defocus distances)")
         self.tta = c.tta_combo("average the result over flipped/rotated copies of the input (pair extrapolation "
-                               "or the deblurring network; sharper, slower; see docs/results/latent-ae.md and "
-                               "deblur.md)")
-        self.method = QComboBox()
-        for m in single_methods():
-            self.method.addItem(m, m)
+                               "or the deblurring network): slightly sharper, that many times slower")
+        self.method = c.add_items(QComboBox(), [(m, m, METHOD_TIPS.get(m, "")) for m in single_methods()])
+        self.method.setToolTip("how one plane is deblurred; hover a choice for what it runs")
         self.ae_model = c.ModelPicker("ae")
         self.net_model = c.ModelPicker("deblur")
         self.defocus_model = c.ModelPicker("defocus")
@@ -159,6 +176,7 @@ class DeblurWidget(c.LinblurWidget):
         self._set_row_visible(self._opt_form, self.net_model, not uses_ae)
         self._set_row_visible(self._opt_form, self.defocus_model, mode == GUIDED or (mode == SINGLE and uses_ae))
         self._in_form.labelForField(self.b_layer).setText("image b (less blurred)" if pair else "image")
+        self._in_form.labelForField(self.b_plane).setText("plane of b" if pair else "plane")
         # the single-image mode is named after what its method runs (the network, or re-blur + extrapolation)
         self.mode.setItemText(self.mode.findData(SINGLE), single_label(self.method.currentData()))
 

@@ -54,6 +54,21 @@ def map_tag(mode: str, patch_size: int, patch_pixels: str) -> str:
     return f" ({int(patch_size)} px tiles, {'signal' if patch_pixels == 'signal' else 'all'} pixels)"
 
 
+#: the focus measures as the menu names them, and what each reads (the API names are `focus_curve`'s methods)
+MEASURE_LABELS = {"defocus": "defocus map (network)", "variance_of_laplacian": "variance of Laplacian",
+                  "brenner": "Brenner gradient", "tenengrad": "Tenengrad", "normalized_variance": "normalized variance",
+                  "vollath": "Vollath F4"}
+MEASURE_TIPS = {
+    "defocus": "the defocus-map network: minus the median blur σ (px) of the plane's structures; reads blur rather "
+               "than contrast, so a dim sharp plane still wins (the slowest)",
+    "variance_of_laplacian": "edge energy: the variance of the Laplacian (fast, classical)",
+    "brenner": "squared differences of pixels two apart (fast, classical)",
+    "tenengrad": "squared Sobel gradient (fast, classical)",
+    "normalized_variance": "intensity variance divided by the mean (fast, classical; needs intensities ≥ 0)",
+    "vollath": "Vollath's F4 autocorrelation: less sensitive to noise (fast, classical)",
+}
+
+
 def focus_measures() -> list[str]:
     """Focus measures accepted by :func:`napari_linblur.focus_curve` (read from the module)."""
     try:
@@ -132,19 +147,23 @@ class CameraInput(QWidget):
         self.calibrated.setToolTip("noise-aware models read the camera's noise level: estimated from each plane, "
                                    "or (checked) from the camera's gain, dark offset and read noise")
         self.gain = self._spin(0.01, 100.0, 1.0, 3, "gain, ADU per photo-electron (a camera specified in e⁻/ADU: "
-                               "its inverse)", " ADU/e⁻")
-        self.offset = self._spin(0.0, 65535.0, 100.0, 1, "dark level (pedestal), ADU", " ADU")
-        self.read_noise = self._spin(0.0, 100.0, 2.0, 2, "read noise, electrons r.m.s.", " e⁻")
+                               "its inverse)", " ADU/e⁻", step=0.1)
+        self.offset = self._spin(0.0, 65535.0, 100.0, 1, "dark level (pedestal), ADU", " ADU", step=10.0)
+        self.read_noise = self._spin(0.0, 100.0, 2.0, 2, "read noise, electrons r.m.s.", " e⁻", step=0.1)
+        for w, prefix in ((self.gain, "gain "), (self.offset, "offset "), (self.read_noise, "read ")):
+            w.setPrefix(prefix)  # each field says what it is, also when its suffix is cut in a narrow dock
         for w in (self.calibrated, self.gain, self.offset, self.read_noise):
             lay.addWidget(w)
         self.calibrated.toggled.connect(self._sync)
         self._sync()
 
     @staticmethod
-    def _spin(lo: float, hi: float, value: float, decimals: int, tip: str, suffix: str) -> QDoubleSpinBox:
+    def _spin(lo: float, hi: float, value: float, decimals: int, tip: str, suffix: str, *,
+              step: float = 1.0) -> QDoubleSpinBox:
         sb = QDoubleSpinBox()
         sb.setRange(lo, hi)
         sb.setDecimals(decimals)
+        sb.setSingleStep(step)  # one arrow click or wheel notch: a small change (1.0 took NA 0.45 to 1.45)
         sb.setValue(value)
         sb.setSuffix(suffix)
         sb.setToolTip(tip)
@@ -200,12 +219,14 @@ class OpticsInput(QWidget):
         lay = QGridLayout(self)  # two rows of two, so the dock can be narrow without cutting the read-outs
         lay.setContentsMargins(0, 0, 0, 0)
         spin = CameraInput._spin
-        self.na = spin(0.05, 1.7, 0.45, 2, "numerical aperture of the objective", "")
-        self.wavelength = spin(0.3, 1.2, 0.52, 3, "emission wavelength, µm", " µm")
-        self.pixel = spin(0.0, PIXEL_RANGE_UM[1], 0.65, 4, self.PIXEL_TIP, " µm")
+        self.na = spin(0.05, 1.7, 0.45, 2, "numerical aperture of the objective (a default: set your objective's)",
+                       "", step=0.05)
+        self.wavelength = spin(0.3, 1.2, 0.52, 3, "emission wavelength, µm (a default: set your dye's emission)",
+                               " µm", step=0.01)
+        self.pixel = spin(0.0, PIXEL_RANGE_UM[1], 0.65, 4, self.PIXEL_TIP, " µm", step=0.01)
         # the field's minimum, 0, is "not set": shown as this text rather than as a number
         self.pixel.setSpecialValueText("pixel: enter µm")
-        self.ni = spin(1.0, 1.6, 1.0, 3, "immersion index: 1.0 air, 1.33 water, 1.515 oil", "")
+        self.ni = spin(1.0, 1.6, 1.0, 3, "immersion index: 1.0 air, 1.33 water, 1.515 oil", "", step=0.01)
         pairs = ((self.na, "NA "), (self.wavelength, "λ "), (self.pixel, "pixel "), (self.ni, "nᵢ "))
         for i, (w, prefix) in enumerate(pairs):
             w.setPrefix(prefix)
@@ -263,8 +284,8 @@ class DefocusWidget(c.LinblurWidget):
         self._sigma_cache: tuple | None = None
         self.image = c.LayerPicker(v)
         self.model = c.ModelPicker("defocus")
-        self.tta = c.tta_combo("average the map over flipped/rotated copies of the image (slightly lower error, "
-                               "slower; see docs/results/defocus.md)")
+        self.tta = c.tta_combo("average the map over flipped/rotated copies of the image: slightly lower error, "
+                               "that many times slower")
         self.camera = CameraInput()
         self.units = QComboBox()
         self.units.addItem("σ (px)", "px")
@@ -286,17 +307,17 @@ class DefocusWidget(c.LinblurWidget):
         self.patch_pixels = QComboBox()
         self.patch_pixels.addItem("signal pixels", "signal")
         self.patch_pixels.addItem("all pixels", "all")
-        self.patch_pixels.setToolTip("signal pixels: average σ over the plane's signal pixels in each tile "
-                                     "(inference.defocus_ops.signal_mask; a tile without any is NaN, since σ on empty "
-                                     "background is a guess); all pixels: every pixel of the tile")
+        self.patch_pixels.setToolTip("signal pixels: average σ over the pixels of each tile where the plane has "
+                                     "structure brighter than its background (a tile without any is left empty, "
+                                     "since σ on empty background is a guess); all pixels: every pixel of the tile")
         self.preview_on = QCheckBox("live map of the current plane")
         self.preview_on.setChecked(True)
         self.preview_status = c.preview_status_label()
         self.outline = QCheckBox("outline the signal (σ read there)")
         self.outline.setToolTip(
             "σ is measured where the plane has structure; elsewhere the map is interpolated from nearby structure. "
-            "Adds the outline of the plane's signal pixels (inference.defocus_ops.signal_mask, the pixels the "
-            "'defocus' focus score uses) as a Labels layer above the live map (with the live map only).")
+            "Adds the outline of the plane's signal pixels (structure brighter than the background: the pixels the "
+            "'defocus map' focus measure reads) as a Labels layer above the live map (with the live map only).")
         box, self._map_form = c.group("Defocus map", [("image", self.image), ("model", self.model),
                                                       ("self-ensemble", self.tta), ("camera noise", self.camera),
                                                       ("units", self.units), ("optics", self.optics),
@@ -315,9 +336,10 @@ class DefocusWidget(c.LinblurWidget):
         box.layout().addRow("output", self.output)
         box.layout().addRow(self.run_btn)
 
-        self.measure = QComboBox()
-        for m in focus_measures():
-            self.measure.addItem(m, m)
+        self.measure = c.add_items(QComboBox(), [(MEASURE_LABELS.get(m, m), m, MEASURE_TIPS.get(m, ""))
+                                                 for m in focus_measures()])
+        self.measure.setToolTip("how each plane is scored for the focus curve (higher = sharper); hover a choice "
+                                "for what it measures")
         self.curve_btn = QPushButton("Focus curve")
         self.curve_btn.setToolTip("score every Z plane of the current position")
         self.curve_btn.clicked.connect(self.run_focus_curve)

@@ -4,7 +4,6 @@ live, and use the saved model in the other widgets straight away."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +87,8 @@ class LossPlot(c.MplPlot):
         ax.set_ylabel("training loss", fontsize=8, color=train)
         ax.tick_params(labelsize=7)
         ax.tick_params(axis="y", colors=train)
+        vax.yaxis.tick_right()  # clear() put the twin axis back on the left, over the training loss's label
+        vax.yaxis.set_label_position("right")
         vax.set_ylabel("validation loss", fontsize=8, color=val)
         vax.tick_params(labelsize=7, colors=val)
         vax.set_visible(bool(self.val_steps))
@@ -101,6 +102,23 @@ class LossPlot(c.MplPlot):
         self.canvas.draw_idle()
 
 
+#: the run folder offered: in the user's home, not in a temporary folder the system may empty (a trained model
+#: lives there)
+DEFAULT_RUN = Path.home() / "linblur-runs" / "run"
+
+#: what each network size is (the names are the command line's --config values)
+PRESET_TIPS = {
+    "default": "the shipped model's size: trains on a laptop CPU",
+    "paper": "the architecture the paper describes: large, meant for a GPU",
+    "tiny": "a very small network for quick tries (and the tests): trains in minutes, lower quality",
+    "fast": "a small deblurring network: faster than default, lower quality",
+    "lean": "the same as default (the name the shipped deblurring model's command used)",
+    "classic": "the first deblurring models' layout: slower than default for the same quality",
+    "speed": "default with fewer channels at half resolution (made from a trained default by shrinking)",
+    "large": "a wider, deeper deblurring network: slower, for a GPU",
+}
+
+
 class TrainWidget(c.LinblurWidget):
     """Dock widget: choose a model, data and a few options; Start trains in a worker thread."""
 
@@ -111,6 +129,8 @@ class TrainWidget(c.LinblurWidget):
         for k, label in _train.KINDS.items():
             self.kind.addItem(label, k)
         self.preset = QComboBox()
+        self.preset.setToolTip("the network's size: 'default' is the shipped model's, sized for a laptop CPU; "
+                               "'paper' the published architecture (for a GPU); hover a choice for more")
         self.init = c.narrow_combo(QComboBox(), 20)
         self.init.setToolTip("new weights of the chosen size, or fine-tune a trained model (its size is kept)")
         self.source = QComboBox()
@@ -151,9 +171,19 @@ class TrainWidget(c.LinblurWidget):
         self.patch.setValue(64)
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
-        self.out = QLineEdit(str(Path(tempfile.gettempdir()) / "linblur-runs" / "run"))
+        self.out = QLineEdit(str(DEFAULT_RUN))
+        self.out.setToolTip("where the model, its checkpoint and its log are saved (a folder holding a run already "
+                            "gets -2, -3 … added)")
+        browse_out = QPushButton("…")
+        browse_out.setMaximumWidth(28)
+        browse_out.clicked.connect(self._browse_out)
+        out_row = QWidget()
+        orow = QHBoxLayout(out_row)
+        orow.setContentsMargins(0, 0, 0, 0)
+        orow.addWidget(self.out, 1)
+        orow.addWidget(browse_out)
         box, _ = c.group("Training", [("steps", self.steps), ("learning rate", self.lr), ("batch", self.batch),
-                                      ("patch (px)", self.patch), ("seed", self.seed), ("run folder", self.out)])
+                                      ("patch (px)", self.patch), ("seed", self.seed), ("run folder", out_row)])
         self.layout().addWidget(box)
 
         self.start_btn = QPushButton("Start training")
@@ -191,8 +221,7 @@ class TrainWidget(c.LinblurWidget):
         kind = self.kind.currentData()
         self.preset.clear()
         try:
-            for p in _train.presets(kind):
-                self.preset.addItem(p, p)
+            c.add_items(self.preset, [(p, p, PRESET_TIPS.get(p, "")) for p in _train.presets(kind)])
         except Exception as err:  # noqa: BLE001 - a model module not available
             self.panel.status.setText(f"{kind}: {c.describe(err)}")
         self.source.clear()
@@ -224,6 +253,11 @@ class TrainWidget(c.LinblurWidget):
         self._row(self.layer, src == "layer")
         self._row(self.path_row, src == "path")
 
+    def _browse_out(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder for the training run")
+        if path:
+            self.out.setText(str(Path(path) / "run"))
+
     def _browse_data(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training data")
         if path:
@@ -246,7 +280,7 @@ class TrainWidget(c.LinblurWidget):
         OSError
             the name cannot be looked up (e.g. ``File name too long``).
         """
-        out = Path(self.out.text().strip() or Path(tempfile.gettempdir()) / "linblur-runs" / "run")
+        out = Path(self.out.text().strip() or DEFAULT_RUN)
         if holds_a_run(out):
             k = 2
             while holds_a_run(out.parent / f"{out.name}-{k}"):
