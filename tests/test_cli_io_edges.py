@@ -77,6 +77,34 @@ def test_evaluate_deblur_option_errors_name_the_option(tmp_path, capsys, monkeyp
     assert not out.exists()
 
 
+def test_a_report_named_dash_is_refused_not_written_as_a_file_named_dash(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tif = tmp_path / "s.tif"
+    tifffile.imwrite(tif, np.random.default_rng(0).integers(0, 100, (2, 16, 16), dtype=np.uint16))
+    for option in ("--json", "--csv"):
+        assert main(["focus", str(tif), "--method", "brenner", option, "-"]) == 2
+        assert f"{option} -: the report is written to a file, not to standard output" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()
+
+
+def test_an_evaluation_never_replaces_earlier_reports_without_overwrite(tmp_path, capsys, monkeypatch):
+    """A second evaluation into one --out replaced the first one's reports without a word; now, as every other
+    command's output, only with --overwrite (refused before any work)."""
+    import napari_linblur.evaluation.defocus as ev
+
+    monkeypatch.setattr(ev, "evaluate_defocus", lambda *a, **k: pytest.fail("evaluated before the check"))
+    for command, stem in (("defocus", "defocus_eval"), ("deblur", "deblur_eval"), ("ae", "evaluate_ae")):
+        out = tmp_path / command
+        out.mkdir()
+        (out / f"{stem}.md").write_text("earlier")
+        argv = ["evaluate", command, "--out", str(out)] + (["--data", str(tmp_path / "none.zarr")]
+                                                           if command == "ae" else [])
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"already holds {stem}.md (an earlier evaluation): give --overwrite" in err, err
+        assert (out / f"{stem}.md").read_text() == "earlier"
+
+
 def test_evaluate_defocus_seed_is_checked_naming_the_option(tmp_path, capsys, monkeypatch):
     import napari_linblur.evaluation.defocus as evaluation
 

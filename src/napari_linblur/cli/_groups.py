@@ -37,6 +37,15 @@ def check_out_folder(path: str, option: str = "--out") -> Path:
     return out
 
 
+def check_reports_free(out: str, stem: str, overwrite: bool) -> None:
+    """An evaluation's reports ``OUT/STEM.json`` / ``.md`` are replaced only with ``--overwrite``, as every other
+    command's output: a second run into one ``--out`` replaced the first one's report without a word."""
+    taken = [p.name for p in (Path(out) / f"{stem}.json", Path(out) / f"{stem}.md") if p.exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"--out {out} already holds {' and '.join(taken)} (an earlier evaluation): give "
+                              "--overwrite to replace them, or another --out")
+
+
 def check_out_file(path: str, option: str, example: str = "report.txt") -> Path:
     """Check an output file (``--json F``, ``--csv F``) before a long computation, as :func:`check_out_folder` does
     for a folder: ``F`` is not a folder, and its folder exists, is a folder and is writable. Nothing is created;
@@ -49,6 +58,9 @@ def check_out_file(path: str, option: str, example: str = "report.txt") -> Path:
     OSError
         Its folder is not writable.
     """
+    if str(path).strip() == "-":  # the usual "standard output" would have been a file named '-'
+        raise ValueError(f"{option} -: the report is written to a file, not to standard output (which holds the "
+                         f"command's table); give a file name, e.g. {example}")
     out = Path(path)
     if out.is_dir():
         raise ValueError(f"{option} {path} is a folder: give a file name, e.g. {example}")
@@ -181,6 +193,11 @@ def add_tta_option(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument("--tta", type=int, default=1, choices=list(TTA_CHOICES), help=help_text)
 
 
+def add_reports_overwrite_option(p: argparse.ArgumentParser) -> None:
+    """``--overwrite`` of the evaluations (:func:`check_reports_free`)."""
+    p.add_argument("--overwrite", action="store_true", help="replace the reports of an earlier evaluation in --out")
+
+
 def add_overwrite_option(p: argparse.ArgumentParser) -> None:
     """``--overwrite`` of the commands writing an OME-Zarr output (what it may replace: ``io.omezarr``)."""
     p.add_argument("--overwrite", action="store_true",
@@ -226,6 +243,14 @@ def add_progress_option(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar on stderr (there is none anyway when stderr is not a terminal)")
 
 
+def bars_on(args: argparse.Namespace) -> bool:
+    """Whether a command draws its progress bar: not with ``--no-progress``, and only when stderr is a terminal
+    (in a log file or a pipeline's capture a bar's carriage returns are noise), as every command does."""
+    from napari_linblur.batch import show_progress
+
+    return show_progress(progress_from_args(args))
+
+
 def progress_from_args(args: argparse.Namespace) -> bool | None:
     """The ``progress`` argument of :func:`run_batch` / :func:`compute_with_client` for a command line: False with
     ``--no-progress``, else None (a bar when stderr is a terminal)."""
@@ -255,7 +280,7 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int, lr: float, ckpt
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock budget of this session; checkpoint and stop (a --resume gets a new budget)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(p)
     p.add_argument("--ema", type=float, default=0.0,
                    help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and save "
                    "it as the model (default 0 = off)")
@@ -280,7 +305,7 @@ def train_config_from_args(args):
         resume=args.resume,
         max_minutes=args.max_minutes,
         threads=args.threads,
-        progress=not args.no_progress,
+        progress=bars_on(args),
         ema=args.ema,
         channels_last=args.channels_last,
         command_effective=command_line(args) if hasattr(args, "_parser") else None,

@@ -22,13 +22,14 @@ def _run(args: argparse.Namespace) -> int:
 
     from napari_linblur.evaluation.ae import evaluate_ae, to_markdown
 
-    from ._groups import check_out_folder, check_out_not_in_input
+    from ._groups import bars_on, check_out_folder, check_out_not_in_input, check_reports_free
 
     if args.split_seed is not None and args.split_seed < 0:
         raise ValueError(f"--split-seed must be an int >= 0 (the seed of the field split, as in training, e.g. 0), "
                          f"or left out to use the model card's; got {args.split_seed}")
     check_out_not_in_input(args.out, args.data, example="eval_ae")
     check_out_folder(args.out)
+    check_reports_free(args.out, "evaluate_ae", args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
     channel = args.channel
@@ -45,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
         crop=args.crop,
         device=args.device,
         auto=not args.no_auto_alpha,
-        progress=not args.no_progress,
+        progress=bars_on(args),
         tta=args.tta,
         warn=lambda note: print(f"linblur evaluate ae: warning: {note}", file=sys.stderr),
     )
@@ -64,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``ae`` to the ``linblur evaluate`` group."""
-    from ._groups import add_device_option, add_tta_option
+    from ._groups import add_device_option, add_progress_option, add_reports_overwrite_option, add_tta_option
 
     p = subparsers.add_parser(
         "ae",
@@ -89,5 +90,6 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-auto-alpha", action="store_true", help="skip scoring the automatic alpha")
     add_tta_option(p, "also score pair deblurring with this self-ensemble (flips/rotations averaged; default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(p)
+    add_reports_overwrite_option(p)
     p.set_defaults(func=_run)

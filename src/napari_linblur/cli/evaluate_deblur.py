@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from ._groups import add_tta_option
+    from ._groups import add_reports_overwrite_option, add_tta_option
 
     p = subparsers.add_parser(
         "deblur",
@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     add_tta_option(p, "also score the network with its self-ensemble over this many flips/rotations")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default="eval_deblur", help="folder for deblur_eval.json and deblur_eval.md")
+    add_reports_overwrite_option(p)
     p.set_defaults(func=_run)
 
 
@@ -56,9 +57,10 @@ def _run(args) -> int:
     from napari_linblur.evaluation.deblur import evaluate_deblur, to_markdown
 
     check_options(args)
-    from ._groups import check_out_folder
+    from ._groups import check_out_folder, check_reports_free
 
     check_out_folder(args.out)
+    check_reports_free(args.out, "deblur_eval", args.overwrite)
     torch.set_num_threads(args.threads)
     models = {"network": args.model}
     for item in args.ablation:

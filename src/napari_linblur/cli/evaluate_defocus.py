@@ -8,7 +8,7 @@ Example::
 
 from __future__ import annotations
 
-from ._groups import DefaultsHelpFormatter, add_device_option, add_tta_option
+from ._groups import DefaultsHelpFormatter, add_device_option, add_reports_overwrite_option, add_tta_option
 
 
 def register(subparsers) -> None:
@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", action="append", default=None, metavar="[LABEL=]MODEL",
                    help="model name or .safetensors path (repeatable); default the shipped defocus-default")
     p.add_argument("--out", default="results/defocus", help="folder for defocus_eval.json / .md")
+    add_reports_overwrite_option(p)
     p.add_argument("--n-images", type=int, default=8, help="held-out images per content set")
     p.add_argument("--size", type=int, default=192, help="side of the held-out images")
     p.add_argument("--seed", type=int, default=20240, help="seed of the held-out data (never used in training)")
@@ -77,9 +78,10 @@ def run(args) -> int:
     )
 
     check_options(args)
-    from ._groups import check_out_folder
+    from ._groups import check_out_folder, check_reports_free
 
     check_out_folder(args.out)
+    check_reports_free(args.out, "defocus_eval", args.overwrite)
     if args.threads:
         import torch
 
