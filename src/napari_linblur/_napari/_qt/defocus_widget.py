@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -141,19 +142,25 @@ class CameraInput(QWidget):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        lay = QHBoxLayout(self)  # one row: two rows were squeezed into one line when the dock ran out of height
+        lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        self.calibrated = QCheckBox("calibrated")
+        lay.setSpacing(2)
+        self.calibrated = QCheckBox("calibrated (off: estimated from the image)")
         self.calibrated.setToolTip("noise-aware models read the camera's noise level: estimated from each plane, "
                                    "or (checked) from the camera's gain, dark offset and read noise")
         self.gain = self._spin(0.01, 100.0, 1.0, 3, "gain, ADU per photo-electron (a camera specified in e⁻/ADU: "
                                "its inverse)", " ADU/e⁻", step=0.1)
         self.offset = self._spin(0.0, 65535.0, 100.0, 1, "dark level (pedestal), ADU", " ADU", step=10.0)
         self.read_noise = self._spin(0.0, 100.0, 2.0, 2, "read noise, electrons r.m.s.", " e⁻", step=0.1)
-        for w, prefix in ((self.gain, "gain "), (self.offset, "offset "), (self.read_noise, "read ")):
-            w.setPrefix(prefix)  # each field says what it is, also when its suffix is cut in a narrow dock
-        for w in (self.calibrated, self.gain, self.offset, self.read_noise):
-            lay.addWidget(w)
+        # the calibration's fields on a row of their own, shown only when they are used: in one row with the
+        # check box they were too narrow to show their values and units
+        self.fields = QWidget()
+        row = QHBoxLayout(self.fields)
+        row.setContentsMargins(0, 0, 0, 0)
+        for w in (self.gain, self.offset, self.read_noise):
+            row.addWidget(w)
+        lay.addWidget(self.calibrated)
+        lay.addWidget(self.fields)
         self.calibrated.toggled.connect(self._sync)
         self._sync()
 
@@ -170,8 +177,10 @@ class CameraInput(QWidget):
         return sb
 
     def _sync(self, *_: Any) -> None:
+        on = self.calibrated.isChecked()
+        self.fields.setVisible(on)
         for w in (self.gain, self.offset, self.read_noise):
-            w.setEnabled(self.calibrated.isChecked())
+            w.setEnabled(on)
 
     def value(self):
         if not self.calibrated.isChecked():
