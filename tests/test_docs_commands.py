@@ -198,3 +198,21 @@ def test_every_command_a_model_card_records_parses_today():
         if problem:
             failed.append(f"{card}{where}: {problem}")
     assert not failed, "\n".join(failed)
+
+
+def test_the_command_line_reference_is_what_the_code_prints():
+    """docs/cli.md holds every command's --help (every option the command line takes, documented): regenerated with
+    `python docs/cli_reference.py` whenever an option changes."""
+    import re
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import cli_reference
+    finally:
+        sys.path.pop(0)
+    made_with = re.search(r"with Python (\d+\.\d+)", (ROOT / "docs" / "cli.md").read_text(encoding="utf-8"))
+    if made_with is None or made_with.group(1) != cli_reference.PYTHON:
+        pytest.skip(f"docs/cli.md was made with another Python (argparse's layout differs): {made_with}")
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == cli_reference.render(), (
+        "docs/cli.md is out of date: run python docs/cli_reference.py")
