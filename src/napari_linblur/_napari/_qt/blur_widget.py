@@ -43,7 +43,9 @@ class BlurSynthesisWidget(c.LinblurWidget):
 
         self.output = c.OutputChooser()
         self.run_btn = QPushButton("Run on whole stack")
-        self.run_btn.setToolTip("synthesize every position/time point (or every plane of two layers)")
+        self.run_btn.setToolTip("synthesize plane a vs plane c at every position/time point of the stack: one plane "
+                                "each (a single z-stack gives one plane); with two layers, every plane with the same "
+                                "plane of the other layer")
         self.run_btn.clicked.connect(self.run_whole_stack)
         self.panel = c.RunPanel("blur synthesis")
         box, form = c.group("Whole stack", [("output", self.output)])

@@ -115,6 +115,8 @@ class DeblurWidget(c.LinblurWidget):
 
         self.output = c.OutputChooser()
         self.run_btn = QPushButton("Run on whole stack")
+        self.run_btn.setToolTip("single image / guided: deblur every plane of the stack; pair: b vs c at every "
+                                "position/time point, one plane each (a single z-stack gives one plane)")
         self.run_btn.clicked.connect(self.run_whole_stack)
         self.panel = c.RunPanel("deblur")
         box, form = c.group("Whole stack", [("output", self.output)])

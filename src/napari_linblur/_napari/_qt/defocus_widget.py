@@ -341,6 +341,7 @@ class DefocusWidget(c.LinblurWidget):
 
         self.output = c.OutputChooser()
         self.run_btn = QPushButton("Run on whole stack")
+        self.run_btn.setToolTip("the defocus map of every plane of the image, into the chosen output")
         self.run_btn.clicked.connect(self.run_whole_stack)
         box.layout().addRow("output", self.output)
         box.layout().addRow(self.run_btn)
