@@ -445,7 +445,12 @@ def test_deblur_guided_and_auto_alpha(viewer, qtbot, tiny_models, synth):
     w.auto_alpha.setChecked(True)
     settle(qtbot, w)
     assert not w.alpha.isEnabled()
-    prev = viewer.layers["deblurred[dk z6←z2, α=auto] (preview)"]
+    from napari_linblur.inference.latent_ops import auto_alpha
+
+    # the estimated α is shown, in the preview's name and on the slider (it said α=auto and kept 0.50)
+    est = auto_alpha(np.asarray(stack[6]), np.asarray(stack[2]), model=tiny_models["ae"])
+    prev = viewer.layers[f"deblurred[dk z6←z2, α=auto {est:.2f}] (preview)"]
+    assert w.alpha.value() == pytest.approx(est, abs=0.005) and "(estimated)" in w.alpha.label.text()
     expect = nl.deblur_pair(np.asarray(stack[6]), np.asarray(stack[2]), None, model=tiny_models["ae"], tile=TILE)
     np.testing.assert_allclose(prev.data, expect, rtol=1e-4, atol=1e-3)
 

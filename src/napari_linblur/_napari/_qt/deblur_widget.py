@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QPushButton, QWidget
 
 from .. import _ops
@@ -262,15 +263,32 @@ class DeblurWidget(c.LinblurWidget):
         data_b = _ops.layer_array(lb)
         data_c = _ops.layer_array(lc) if lc is not None else None
 
+        model_kw = op_kwargs(self.ae_model.model())
+
         def job():
             b = _ops.plane_at(data_b, ib, zb)
-            if mode == PAIR:
-                out = op(b, _ops.plane_at(data_c, ic, zc), should_stop=should_stop)
-            else:
-                out = op(b, should_stop=should_stop)
-            return as_plane(out), name, lb
+            if mode != PAIR:
+                return as_plane(op(b, should_stop=should_stop)), name, lb, None
+            cc = _ops.plane_at(data_c, ic, zc)
+            if alpha is not None:
+                return as_plane(op(b, cc, should_stop=should_stop)), name, lb, None
+            # the automatic α, estimated here and shown (the preview was named α=auto, and the slider kept 0.50)
+            from napari_linblur.inference.latent_ops import auto_alpha
+
+            est = float(auto_alpha(np.asarray(b), np.asarray(cc), model=model_kw["model"], device=model_kw["device"]))
+            out = self._op(mode, est, method)(b, cc, should_stop=should_stop)
+            return as_plane(out), name.replace("α=auto", f"α=auto {est:.2f}"), lb, est
 
         return job
+
+    def _show_preview(self, result) -> None:
+        data, name, like, estimated = result
+        super()._show_preview((data, name, like))
+        if estimated is not None and self.auto_alpha.isChecked():  # the slider shows the α the preview used
+            self.alpha.blockSignals(True)
+            self.alpha.setValue(estimated)
+            self.alpha.label.setText(f"α = {self.alpha.value():.2f} (estimated)")
+            self.alpha.blockSignals(False)
 
     def run_whole_stack(self) -> bool:
         try:
