@@ -154,6 +154,7 @@ class PlanePicker(QWidget):
         self._viewer = viewer
         self._picker = layer_picker
         self.spin = QSpinBox()
+        self.spin.setToolTip("the Z plane of the layer used (0 = the first)")
         self.follow = QCheckBox("follow viewer")
         self.follow.setChecked(follow)
         self.follow.setToolTip("keep this plane equal to the plane shown in the viewer")

@@ -354,6 +354,7 @@ class DefocusWidget(c.LinblurWidget):
         self.curve_btn.setToolTip("score every Z plane of the current position")
         self.curve_btn.clicked.connect(self.run_focus_curve)
         self.goto_btn = QPushButton("Go to best plane")
+        self.goto_btn.setToolTip("move the viewer to the plane the focus curve scored best")
         self.goto_btn.setEnabled(False)
         self.goto_btn.clicked.connect(self.go_to_best)
         self.plot = FocusPlot()

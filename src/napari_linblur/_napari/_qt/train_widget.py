@@ -171,6 +171,16 @@ class TrainWidget(c.LinblurWidget):
         self.patch.setValue(64)
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
+        for w, tip in ((self.kind, "what the model does: blur synthesis and pair deblurring (autoencoder), "
+                                   "single-image deblurring, or defocus maps"),
+                       (self.source, "what it learns from: the built-in synthetic data, an image layer, or a dataset "
+                                     "on disk"),
+                       (self.steps, "training steps (more: better, longer)"),
+                       (self.lr, "learning rate of the optimizer (lower it if training diverges)"),
+                       (self.batch, "examples per step"),
+                       (self.patch, "side of the square crops trained on (px)"),
+                       (self.seed, "the same seed and options give the same model")):
+            w.setToolTip(tip)
         self.out = QLineEdit(str(DEFAULT_RUN))
         self.out.setToolTip("where the model, its checkpoint and its log are saved (a folder holding a run already "
                             "gets -2, -3 … added)")
