@@ -377,6 +377,12 @@ def test_lazy_graphs_follow_one_rule_for_callbacks_devices_and_mixed_inputs():
                                                           device="cpu"), rtol=1e-5, atol=1e-3)
     with pytest.raises(TypeError, match="compute must be True, False or None, got 'no'"):
         nl.focus_curve(stack, method="brenner", compute="no")
+    # a dask map the method does not use leaves a numpy run numpy, with its progress reported
+    calls = []
+    with pytest.warns(UserWarning, match="sigma_map is not used") as caught:
+        out = nl.deblur(stack, method="network", sigma_map=smap, device="cpu", progress=lambda d, t: calls.append(d))
+    assert isinstance(out, np.ndarray) and calls
+    assert not any("numpy input" in str(w.message) for w in caught)
 
 
 def test_a_dask_array_of_unknown_shape_is_named_with_the_fix():

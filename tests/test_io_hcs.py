@@ -168,3 +168,10 @@ def test_bioformats2raw_export_reads_every_series_along_p(tmp_path):
     odd = export(tmp_path / "odd.zarr", [series[0], series[1][:, :, :8]])
     with pytest.warns(UserWarning, match=r"2 series; reading series 0 \(2, 3, 16, 20\) only.*odd.zarr/1"):
         assert open_zstack(odd).shape == (2, 3, 16, 20)
+    # same shape, another pixel size: not one acquisition's positions either
+    zarr.open_group(str(tmp_path / "cal.zarr"), mode="w", zarr_format=2).attrs.update({"bioformats2raw.layout": 3})
+    for i, sc in enumerate(((5.0, 2.0, 0.5, 0.5), (5.0, 1.0, 0.1, 0.1))):
+        write_ome_zarr(tmp_path / f"c{i}.zarr", series[i], axes="tzyx", scale=sc)
+        (tmp_path / f"c{i}.zarr").rename(tmp_path / "cal.zarr" / str(i))
+    with pytest.warns(UserWarning, match="pixel size"):
+        assert open_zstack(tmp_path / "cal.zarr").shape == (2, 3, 16, 20)

@@ -270,8 +270,7 @@ def deblur(
         raise ValueError(f"method={method!r}; use one of {', '.join(repr(m) for m in METHODS)}")
     if not isinstance(guide, str) or guide not in ("network", "reblur-extrapolate"):
         raise ValueError(f"guide={guide!r}; use 'network' or 'reblur-extrapolate'")
-    progress, should_stop = check_callbacks(progress, should_stop,
-                                            lazy=is_dask(img) or (sigma_map is not None and is_dask(sigma_map)))
+    check_callbacks(progress, should_stop)  # their types now; whether they run once the inputs are known (below)
     sigma_r = check_number(sigma_r, "sigma_r", unit=" (pixels)")
     sigma_focus = check_number(sigma_focus, "sigma_focus", inclusive=True, unit=" (pixels)")
     sigma_full = check_number(sigma_full, "sigma_full", unit=" (pixels)")
@@ -319,6 +318,9 @@ def deblur(
                       UserWarning, stacklevel=2)
     if not needs_map:
         sigma_map = None  # checked and warned about above; never computed
+    # with dask input (the image, or a map that is used) the result is lazy: no callbacks in its graph
+    progress, should_stop = check_callbacks(progress, should_stop,
+                                            lazy=is_dask(img) or (sigma_map is not None and is_dask(sigma_map)))
     resolve_amp(amp, resolve_device(device))  # a bad device or amp fails now; both are chosen where a plane runs
     # handles, not modules: a plane's task sent to a dask worker carries the model's name, not its weights; and
     # device="auto" / amp="auto" stay so in a lazy graph, to be resolved on the worker (a GPU, or a CPU without bf16),

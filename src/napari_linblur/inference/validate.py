@@ -174,8 +174,9 @@ def check_callbacks(progress: Any = None, should_stop: Any = None, *, lazy: bool
 
         names = [n for n, (v, _) in forms.items() if v is not None]
         given = " and ".join(names) + (" apply" if len(names) > 1 else " applies")
+        unused = "they are" if len(names) > 1 else "it is"
         warnings.warn(f"{given} to numpy input; with dask input the result is lazy and computed later, so "
-                      "they are not used: follow and stop the computation with dask (e.g. dask.diagnostics."
+                      f"{unused} not used: follow and stop the computation with dask (e.g. dask.diagnostics."
                       "ProgressBar, a distributed client's futures, or write_ome_zarr(progress=...))",
                       UserWarning, stacklevel=3)
         return None, None

@@ -582,17 +582,19 @@ def _open_bioformats2raw(p: Path) -> tuple[da.Array, ZStackMeta]:
     for name in others:
         try:
             opened.append(_open_zarr(p / name))
-        except ValueError:
-            opened = None  # not an image (an OME/ folder is not a digit; a label group, a plate...)
+        except (ValueError, OSError):
+            opened = None  # not an image (an OME/ folder is not a digit; a label group, a plate...) or unreadable
             break
     same = opened is not None and all(a.shape == arr.shape and a.dtype == arr.dtype and m.axes == meta.axes
-                                      for a, m in opened)
+                                      and m.scale == meta.scale and m.units == meta.units for a, m in opened)
     if not same or "p" in meta.axes:
         import warnings
 
+        why = ("series 0 has positions of its own" if "p" in meta.axes else
+               "the others are not images of its shape, axes and pixel size, or cannot be read")
         warnings.warn(f"{p}: a bioformats2raw export of {len(series)} series; reading series 0 {tuple(arr.shape)} "
-                      f"only (the others are not images of its shape and axes): open another one by its folder, "
-                      f"e.g. '{p / others[0]}'", UserWarning, stacklevel=3)
+                      f"only ({why}): open another one by its folder, e.g. '{p / others[0]}'", UserWarning,
+                      stacklevel=3)
         return arr, meta
     stacked = da.stack([arr] + [a for a, _ in opened])
     extra = {**meta.extra, "format": "bioformats2raw", "series": len(series),

@@ -577,8 +577,12 @@ class DefocusWidget(c.LinblurWidget):
             plane = np.asarray(_ops.plane_at(data, idx))
             # the network's per-pixel map of this plane, reused while only what is made from it changes (units and
             # optics, the tile options, the outline): those cost milliseconds, the network seconds
+            from napari_linblur.models.registry import model_cache_key
+
             pixel_kw = {k: v for k, v in kw.items() if k not in ("mode", "patch_size", "patch_pixels")}
-            key = (_ops.plane_digest(plane), repr(sorted(pixel_kw.items(), key=lambda kv: kv[0])))
+            # the model file's size and time too: weights retrained into the same file make a new map
+            key = (_ops.plane_digest(plane), repr(sorted(pixel_kw.items(), key=lambda kv: kv[0])),
+                   model_cache_key(pixel_kw.get("model"), pixel_kw.get("device")))
             cached = self._sigma_cache
             if cached is not None and cached[0] == key:
                 out = cached[1]
