@@ -227,7 +227,8 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=input_arg,
                         help="OME-Zarr/zarr, TIFF stack, folder of TIFFs, or BBBC006 folder/file")
     parser.add_argument("--channel", default=None, type=channel_arg,
-                        help="channel to process: an index (0 = the first) or a name, e.g. w1")
+                        help="channel to process: an index (0 = the first) or a name, e.g. w1 (BBBC006 channels by "
+                             "name: --channel 1 would be ambiguous with w1)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--scheduler", default=None, help="address of a running dask scheduler (tcp://host:8786)")
     group.add_argument(
