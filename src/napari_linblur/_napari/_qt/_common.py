@@ -203,6 +203,19 @@ class PlanePicker(QWidget):
         self.spin.setValue(int(z))
 
 
+def with_browse_button(edit: QLineEdit, on_browse: Callable[[], None]) -> QWidget:
+    """``edit`` and a narrow "…" button that calls ``on_browse`` (a file or folder dialog), in one row."""
+    button = QPushButton("…")
+    button.setMaximumWidth(28)
+    button.clicked.connect(on_browse)
+    row = QWidget()
+    lay = QHBoxLayout(row)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(edit, 1)
+    lay.addWidget(button)
+    return row
+
+
 def add_items(combo: QComboBox, items: list[tuple[str, Any, str]]) -> QComboBox:
     """Add ``(label, data, tooltip)`` items to ``combo``: each choice explains itself when hovered."""
     for label, data, tip in items:

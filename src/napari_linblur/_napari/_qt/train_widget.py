@@ -13,12 +13,10 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QWidget,
 )
 
 from .. import _ops, _train
@@ -137,15 +135,7 @@ class TrainWidget(c.LinblurWidget):
         self.layer = c.LayerPicker(v)
         self.path = QLineEdit()
         self.path.setPlaceholderText("dataset.zarr or BBBC006 folder")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(28)
-        browse.clicked.connect(self._browse_data)
-        path_row = QWidget()
-        pl = QHBoxLayout(path_row)
-        pl.setContentsMargins(0, 0, 0, 0)
-        pl.addWidget(self.path, 1)
-        pl.addWidget(browse)
-        self.path_row = path_row
+        path_row = self.path_row = c.with_browse_button(self.path, self._browse_data)
         box, self._data_form = c.group(
             "Model and data",
             [("model", self.kind), ("start from", self.init), ("size", self.preset), ("data", self.source),
@@ -184,14 +174,7 @@ class TrainWidget(c.LinblurWidget):
         self.out = QLineEdit(str(DEFAULT_RUN))
         self.out.setToolTip("where the model, its checkpoint and its log are saved (a folder holding a run already "
                             "gets -2, -3 … added)")
-        browse_out = QPushButton("…")
-        browse_out.setMaximumWidth(28)
-        browse_out.clicked.connect(self._browse_out)
-        out_row = QWidget()
-        orow = QHBoxLayout(out_row)
-        orow.setContentsMargins(0, 0, 0, 0)
-        orow.addWidget(self.out, 1)
-        orow.addWidget(browse_out)
+        out_row = c.with_browse_button(self.out, self._browse_out)
         box, _ = c.group("Training", [("steps", self.steps), ("learning rate", self.lr), ("batch", self.batch),
                                       ("patch (px)", self.patch), ("seed", self.seed), ("run folder", out_row)])
         self.layout().addWidget(box)
