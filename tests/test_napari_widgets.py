@@ -282,6 +282,24 @@ def test_deblur_widget_single_and_pair(viewer, qtbot, tiny_models, synth):
     assert "do not line up" in last_error() and len(viewer.layers) == n
 
 
+def test_pair_previews_say_when_the_planes_are_the_same_or_swapped(viewer, qtbot, tiny_models, synth):
+    """Plane 8 of the sample is in focus, plane 0 the blurriest: a = 0, c = 8 (swapped) and a = c were shown as
+    'preview up to date' without a word."""
+    viewer.add_image(synth[0], name="st", scale=(4.0, 0.65, 0.65))
+    w = add(viewer, "Blur synthesis")
+    w.model.set_model(tiny_models["ae"])
+    for a, c_, says in ((8, 0, None), (0, 8, "a looks blurrier than c"), (3, 3, "a and c are the same image")):
+        w.a_plane.setValue(a)
+        w.c_plane.setValue(c_)
+        settle(qtbot, w)
+        text = w.preview_status.text()
+        assert text.startswith("preview up to date") and (says in text if says else "—" not in text), (a, c_, text)
+    d = add(viewer, "Deblur")
+    deblur_pair_of(d, viewer.layers["st"], 0, 6, tiny_models["ae"])  # b blurrier than c
+    settle(qtbot, d)
+    assert "b looks blurrier than c" in d.preview_status.text()
+
+
 def test_blur_preview_is_debounced_and_newest_wins(viewer, qtbot, tiny_models, synth, monkeypatch):
     from napari_linblur.inference.latent_ops import synthesize_blur as real
 

@@ -515,7 +515,7 @@ class RunPanel(QWidget):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
         self.cancel_btn.clicked.connect(self.cancel)
-        self.status = QLabel("ready")
+        self.status = QLabel("no run yet")
         self.status.setWordWrap(True)
         row = QHBoxLayout()
         row.addWidget(self.bar, 1)
@@ -835,6 +835,8 @@ class LivePreview(QObject):
         self.generation = 0
         self.applied_generation = 0
         self.completed = 0
+        #: set by the widget while it shows a preview: a remark for the status line (e.g. planes in the wrong order)
+        self.note = ""
         self._stop: threading.Event | None = None
         self.workers: list = []
         # a preview still computing when the widget is deleted is stopped (the list is shared, not this object)
@@ -914,11 +916,13 @@ class LivePreview(QObject):
             # an input deleted meanwhile: its preview is dropped (drop_input normally stopped it already)
             if gen == self.generation and not stop.is_set() and self._present(sources):
                 try:
-                    self._apply(result)
+                    self.note = ""
+                    self._apply(result)  # may set ``note``: something the user should know about this preview
                     self.applied_generation = gen
                     self.last_error = None
                     self._notified = None
-                    self._say("preview up to date" + view_note(getattr(self.parent(), "viewer", None)))
+                    self._say("preview up to date" + (f" — {self.note}" if self.note else "")
+                              + view_note(getattr(self.parent(), "viewer", None)))
                 except Exception as err:  # noqa: BLE001
                     self._error(err, gen, inputs)
 
@@ -1199,10 +1203,13 @@ class LinblurWidget(QWidget):
             self.viewer.layers.remove(layer)
 
     def _show_preview(self, result) -> None:
-        """Show a preview job's ``(data, name, input_layer)`` in the input's units, colormap and contrast."""
-        data, name, like = result
+        """Show a preview job's ``(data, name, input_layer[, note])`` in the input's units, colormap and contrast;
+        a note goes on the preview's status line."""
+        data, name, like = result[:3]
         self.show_preview(data, name=name, like=like, contrast_limits=pl.input_limits(like, data),
                           colormap=pl.input_colormap(like))
+        if len(result) > 3 and result[3]:
+            self.preview.note = result[3]
 
     def _toggle_preview(self, on: bool) -> None:
         """The 'live preview' checkbox: start (and request one now) or stop the widget's LivePreview."""

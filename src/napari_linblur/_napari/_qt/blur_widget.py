@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QCheckBox, QPushButton
 from .. import _ops
 from .. import _placement as pl
 from . import _common as c
-from ._pairs import as_plane, check_preview_pair, op_kwargs, run_whole_stack
+from ._pairs import as_plane, check_preview_pair, op_kwargs, pair_order_note, run_whole_stack
 
 
 class BlurSynthesisWidget(c.LinblurWidget):
@@ -121,7 +121,7 @@ class BlurSynthesisWidget(c.LinblurWidget):
             a = _ops.plane_at(data_a, ia, za)
             b = _ops.plane_at(data_c, ic, zc)
             out = _ops.call_op(nl.synthesize_blur, a, b, alpha, should_stop=should_stop, **kw)
-            return as_plane(out), name, la
+            return as_plane(out), name, la, pair_order_note(a, b, ("a", "c"))
 
         return job
 

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QPushButton, QWidget
 from .. import _ops
 from .. import _placement as pl
 from . import _common as c
-from ._pairs import as_plane, check_preview_pair, op_kwargs, run_whole_stack
+from ._pairs import as_plane, check_preview_pair, op_kwargs, pair_order_note, run_whole_stack
 
 PAIR, SINGLE, GUIDED = "pair", "single", "guided"
 #: single-image methods offered when the operation does not list its own
@@ -268,22 +268,23 @@ class DeblurWidget(c.LinblurWidget):
         def job():
             b = _ops.plane_at(data_b, ib, zb)
             if mode != PAIR:
-                return as_plane(op(b, should_stop=should_stop)), name, lb, None
+                return as_plane(op(b, should_stop=should_stop)), name, lb, None, ""
             cc = _ops.plane_at(data_c, ic, zc)
+            note = pair_order_note(b, cc, ("b", "c"))
             if alpha is not None:
-                return as_plane(op(b, cc, should_stop=should_stop)), name, lb, None
+                return as_plane(op(b, cc, should_stop=should_stop)), name, lb, None, note
             # the automatic α, estimated here and shown (the preview was named α=auto, and the slider kept 0.50)
             from napari_linblur.inference.latent_ops import auto_alpha
 
             est = float(auto_alpha(np.asarray(b), np.asarray(cc), model=model_kw["model"], device=model_kw["device"]))
             out = self._op(mode, est, method)(b, cc, should_stop=should_stop)
-            return as_plane(out), name.replace("α=auto", f"α=auto {est:.2f}"), lb, est
+            return as_plane(out), name.replace("α=auto", f"α=auto {est:.2f}"), lb, est, note
 
         return job
 
     def _show_preview(self, result) -> None:
-        data, name, like, estimated = result
-        super()._show_preview((data, name, like))
+        data, name, like, estimated, note = result
+        super()._show_preview((data, name, like, note))
         if estimated is not None and self.auto_alpha.isChecked():  # the slider shows the α the preview used
             self.alpha.blockSignals(True)
             self.alpha.setValue(estimated)
