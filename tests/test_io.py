@@ -179,6 +179,9 @@ def test_ome_tiff_channel_names(tmp_path):
 def test_tiff_folder_natural_order_and_shape_error(tmp_path):
     for z in (0, 1, 2, 10):
         tifffile.imwrite(tmp_path / f"plane_z{z}.tif", np.full((6, 7), z, np.uint16))
+    # macOS's AppleDouble sidecars (on USB drives and network shares) are not planes: the folder read as 2 series
+    for z in (0, 1):
+        (tmp_path / f"._plane_z{z}.tif").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
     arr = open_zstack(tmp_path)
     assert arr.shape == (4, 6, 7)
     assert arr[:, 0, 0].compute().tolist() == [0, 1, 2, 10]
@@ -756,3 +759,17 @@ def test_a_report_names_the_temporary_files_a_killed_write_left(tmp_path):
     with warnings.catch_warnings():  # another file's name draws no warning
         warnings.simplefilter("error")
         write_json_atomic(tmp_path / "other.json", {"a": 1})
+
+
+def test_another_name_of_the_input_store_is_still_the_input(tmp_path):
+    """On a case-insensitive file system (macOS, Windows) `In.zarr` is `in.zarr`; names alone said they differ, so
+    `linblur deblur In.zarr in.zarr --overwrite` could replace its input. Identity (samefile) decides now; a second
+    name of one folder (a symbolic link, as here) stands in for the other spelling."""
+    from napari_linblur.io.omezarr import _conflicts, path_within
+
+    src = write_ome_zarr(tmp_path / "in.zarr", np.zeros((2, 8, 8), np.uint16), axes="zyx")
+    alias = tmp_path / "In.zarr"
+    alias.symlink_to(src)
+    assert path_within(alias, src) and path_within(alias / "0", src) and not path_within(tmp_path, src)
+    assert _conflicts(alias, [src]) is not None
+    assert _conflicts(tmp_path / "other.zarr", [src]) is None

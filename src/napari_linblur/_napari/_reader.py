@@ -59,7 +59,7 @@ def _looks_readable(p: Path) -> bool:
                 return True
         except Exception:  # noqa: BLE001 - not a BBBC006 folder
             pass
-        return any(q.suffix.lower() in _TIFF for q in p.iterdir() if q.is_file())
+        return any(bbbc006.is_tiff_name(q.name) for q in p.iterdir() if q.is_file())
     return False
 
 

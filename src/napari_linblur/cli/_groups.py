@@ -108,11 +108,11 @@ def check_out_not_in_input(out: str, source: str | None, option: str = "--out", 
     """
     if source is None:
         return
-    from napari_linblur.io.omezarr import _zarr_root
+    from napari_linblur.io.omezarr import _zarr_root, path_within
 
     root = _zarr_root(Path(source).resolve())
     target = Path(out).resolve()
-    if target == root or root in target.parents:
+    if path_within(target, root):  # also another spelling of it on a case-insensitive file system
         raise ValueError(f"{option} {out}: refusing to write into its own input ({source_option} {source}, "
                          f"{root}); give a folder outside it, e.g. {root.parent / example}")
 

@@ -95,6 +95,18 @@ class BBBCRecord:
         return f"{self.well}_s{self.site}"
 
 
+def is_tiff_name(name: str) -> bool:
+    """A TIFF file's name (``.tif``/``.tiff``, any case), not a hidden file: macOS writes an AppleDouble
+    ``._NAME.tif`` beside every file it copies to a USB drive or a network share, which is not an image.
+
+    Examples
+    --------
+    >>> is_tiff_name("z01.TIF"), is_tiff_name("._z01.tif"), is_tiff_name("z01.png")
+    (True, False, False)
+    """
+    return not name.startswith(".") and Path(name).suffix.lower() in (".tif", ".tiff")
+
+
 def is_bbbc006_name(name: str) -> bool:
     """True if ``name`` (a file name, no folder) follows the BBBC006 naming."""
     return _NAME_RE.match(name) is not None
@@ -150,7 +162,7 @@ def _candidate_files(folder: Path) -> Iterable[Path]:
     be read, so its field is left out with a warning naming it, rather than its plane vanishing without a word)."""
 
     def tiff(p: Path) -> bool:
-        return (p.is_file() or (p.is_symlink() and not p.is_dir())) and p.suffix.lower() in (".tif", ".tiff")
+        return (p.is_file() or (p.is_symlink() and not p.is_dir())) and is_tiff_name(p.name)
 
     for p in sorted(folder.iterdir()):
         if tiff(p):

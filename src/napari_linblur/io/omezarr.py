@@ -241,10 +241,31 @@ def _check_attrs(attrs: Any) -> None:
                          f"with str keys of them) for zarr.json; {err}") from err
 
 
+def path_within(inner: Path, outer: Path) -> bool:
+    """Whether ``inner`` is ``outer`` or inside it, by name or, for paths that exist, by identity: on a
+    case-insensitive file system (macOS, Windows) ``In.zarr`` is ``in.zarr``, though the names differ.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> path_within(Path("/data/in.zarr/0"), Path("/data/in.zarr")), path_within(Path("/data"), Path("/data/x"))
+    (True, False)
+    """
+    for p in (inner, *inner.parents):
+        if p == outer:
+            return True
+        try:
+            if p.exists() and outer.exists() and os.path.samefile(p, outer):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _conflicts(target: Path, sources: Sequence[str | os.PathLike]) -> Path | None:
     for s in sources:
         sp = _zarr_root(Path(os.fspath(s)).resolve())
-        if target == sp or target in sp.parents or sp in target.parents:
+        if path_within(target, sp) or path_within(sp, target):
             return sp
     return None
 

@@ -238,7 +238,7 @@ def open_zstack_with_metadata(
                 return _checked_image(*_open_bbbc006_folder(p, records, channel))
             # a broken symbolic link counts, so that its plane is named in an error rather than left out unseen
             tiffs = [q for q in p.iterdir() if (q.is_file() or (q.is_symlink() and not q.is_dir()))
-                     and q.suffix.lower() in (".tif", ".tiff")]
+                     and _bb.is_tiff_name(q.name)]
             if tiffs:
                 arr, meta = _open_tiff_folder(p, tiffs)
             else:
