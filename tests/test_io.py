@@ -773,3 +773,33 @@ def test_another_name_of_the_input_store_is_still_the_input(tmp_path):
     assert path_within(alias, src) and path_within(alias / "0", src) and not path_within(tmp_path, src)
     assert _conflicts(alias, [src]) is not None
     assert _conflicts(tmp_path / "other.zarr", [src]) is None
+
+
+def test_a_rename_refused_for_a_moment_on_windows_is_tried_again(tmp_path, monkeypatch):
+    """Windows: a virus scanner or sync client holds a finished output's files open for a moment and the rename
+    fails with PermissionError; it is tried again (a finished run's output was deleted on the spot). Elsewhere a
+    PermissionError is final at once. (Windows is not available here: its refusals are simulated.)"""
+    import os
+    import sys
+
+    from napari_linblur.io import atomic
+
+    src, dst = tmp_path / "a", tmp_path / "b"
+    src.write_text("x")
+    real, refusals = os.replace, []
+
+    def busy(a, b):
+        if len(refusals) < 2:
+            refusals.append(a)
+            raise PermissionError(13, "The process cannot access the file", str(a))
+        real(a, b)
+
+    monkeypatch.setattr(atomic.os, "replace", busy)
+    monkeypatch.setattr(sys, "platform", "win32")
+    atomic.replace(src, dst)
+    assert dst.read_text() == "x" and len(refusals) == 2
+    monkeypatch.setattr(sys, "platform", "linux")
+    refusals.clear()
+    dst.rename(src)
+    with pytest.raises(PermissionError):
+        atomic.replace(src, dst)

@@ -2,6 +2,10 @@
 # Install the Debian libraries that headless napari (Qt 6 + OpenGL under Xvfb) needs.
 # Runs only as root and only when something is missing; otherwise it prints what to install.
 set -euo pipefail
+# Debian/Ubuntu only: elsewhere (macOS, other Linux) napari brings what it needs, and there is no dpkg to ask
+if [ "$(uname -s)" != Linux ] || ! command -v dpkg-query >/dev/null 2>&1; then
+  exit 0
+fi
 pkgs=(xvfb xauth libxcb-cursor0 libxkbcommon-x11-0 libxkbcommon0 libegl1 libgl1 libopengl0 libglx-mesa0
       libgl1-mesa-dri libdbus-1-3 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0
       libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 libxcb-xkb1 libxcb-glx0

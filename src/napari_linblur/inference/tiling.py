@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,10 @@ DEFAULT_OVERLAP = 32
 #: the σ map differed from a whole-plane run by up to 0.70 px along tile borders (deblurring: 6.6 % of the
 #: intensity span); with 128 px, 0.024 px and 0.06 % (``tests/test_tiling.py``).
 NETWORK_OVERLAP = 128
+#: One network pass at a time on Apple's MPS device: its backend is not thread-safe (two threads running MPS work at
+#: once abort the process inside Metal), and the plugin's previews and runs, and dask's threads, call from several
+#: threads.
+_MPS_LOCK = threading.Lock()
 #: Smallest tile side a network is run on (a narrower image or tile is padded by reflection to it, and cropped
 #: back). Under bf16 autocast on CPU (torch 2.13, ``amp="auto"`` on an AVX512-BF16/AMX machine) the networks' output
 #: on tiles 8 px wide was not even repeatable: σ maps of 1e14-1e36 px, or NaN, from one run to the next on a
@@ -227,8 +232,9 @@ def tiled_apply(
                 raise Cancelled("cancelled")
             chunk = boxes[b0 : b0 + batch_size]
             batch = np.stack([x[:, y0 : y0 + th, x0 : x0 + tw] for y0, x0 in chunk])
-            out = fn(torch.from_numpy(batch).to(dev))
-            out = out.float().cpu().numpy()
+            with _MPS_LOCK if getattr(dev, "type", None) == "mps" else contextlib.nullcontext():
+                out = fn(torch.from_numpy(batch).to(dev))
+                out = out.float().cpu().numpy()
             if out.shape != (len(chunk), out_channels, th, tw):
                 raise ValueError(
                     f"the model returned shape {out.shape} for tiles of {(len(chunk), out_channels, th, tw)}: it "

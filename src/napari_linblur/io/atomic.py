@@ -9,6 +9,30 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+#: seconds a rename refused with PermissionError is tried again for (Windows: a virus scanner, the search indexer or
+#: a sync client holds the new files open for a moment; elsewhere a PermissionError is final at once)
+RENAME_RETRY_S = 5.0
+
+
+def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace(src, dst)``, tried again for up to :data:`RENAME_RETRY_S` on Windows while it is refused
+    with ``PermissionError`` (files of ``src`` or ``dst`` held open by another process for a moment): a run's
+    finished output is not lost to a scanner's brief look at it."""
+    import sys
+    import time
+
+    deadline = time.monotonic() + (RENAME_RETRY_S if sys.platform == "win32" else 0.0)
+    delay = 0.05
+    while True:
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
 
 def as_new_file(path: str | os.PathLike) -> None:
     """Give a temporary file the permissions of a newly created file (``0o666`` less the umask) before it is
@@ -69,7 +93,7 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         as_new_file(tmp)
-        os.replace(tmp, path)
+        replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -39,7 +39,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .atomic import some_paths
+from .atomic import replace, some_paths
 
 __all__ = ["write_ome_zarr", "auto_pyramid_levels", "ngff_axes", "ngff_order"]
 
@@ -856,9 +856,9 @@ def move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
             old = tmp
         else:
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(target, old)
+            replace(target, old)
             try:
-                os.replace(tmp, target)
+                replace(tmp, target)
             except BaseException:
                 os.replace(old, target)
                 raise
@@ -867,7 +867,7 @@ def move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
         else:
             old.unlink(missing_ok=True)
     else:
-        os.replace(tmp, target)
+        replace(tmp, target)
 
 
 def _write_tree(

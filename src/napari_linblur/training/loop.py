@@ -946,7 +946,6 @@ def train(
             if rank == 0:
                 _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running), recipe,
                                  sessions, scaler)
-                _write_csv(out)
             if rank == 0 and not untrained:
                 model.eval()
                 final = ema_model if ema_model is not None else model
@@ -981,6 +980,13 @@ def train(
                 if isinstance(card.get("init"), dict):  # a fine-tune: its training and its init weights' training
                     card["training_total"] = chain_training(card)
                 save_model(final, model_path, card)
+            if rank == 0:
+                # after the model: a log.csv held open elsewhere (a spreadsheet on Windows) must not cost the model
+                try:
+                    _write_csv(out)
+                except OSError as err:
+                    warnings.warn(f"{out / 'log.csv'} could not be written ({err}); log.jsonl holds the same rows",
+                                  UserWarning, stacklevel=2)
             if ddp:
                 import torch.distributed as dist
 
