@@ -803,3 +803,23 @@ def test_a_rename_refused_for_a_moment_on_windows_is_tried_again(tmp_path, monke
     dst.rename(src)
     with pytest.raises(PermissionError):
         atomic.replace(src, dst)
+
+
+def test_a_store_chunked_across_many_planes_is_read_plane_by_plane(tmp_path, monkeypatch):
+    """Chunks of the whole depth ((Z, 256, 256), as some 3-D writers make), split into planes by dask afterwards,
+    held the whole stack in memory for every plane task; above PLANE_SLAB_LIMIT such a store is read one plane per
+    task (here the limit is lowered to keep the data small), below it keeps its own chunks (fewer decompressions)."""
+    from napari_linblur.io import readers
+
+    data = np.random.default_rng(0).integers(0, 4000, (20, 128, 96), dtype=np.uint16)
+    z = zarr.open_array(str(tmp_path / "deep.zarr"), mode="w", shape=data.shape, chunks=(20, 64, 48),
+                        dtype=data.dtype)
+    z[:] = data
+    assert open_zstack(tmp_path / "deep.zarr").chunks[0] == (20,)  # 0.5 MB slab: the store's chunks
+    monkeypatch.setattr(readers, "PLANE_SLAB_LIMIT", 100_000)
+    lazy = open_zstack(tmp_path / "deep.zarr")
+    assert lazy.chunks == ((1,) * 20, (64, 64), (48, 48))
+    np.testing.assert_array_equal(lazy[7].compute(), data[7])
+    np.testing.assert_array_equal(lazy.compute(), data)
+    ngff = write_ome_zarr(tmp_path / "deep.ome.zarr", data, axes="zyx", chunks=(20, 64, 48), pyramid_levels=1)
+    assert open_zstack(ngff).chunks[0] == (1,) * 20

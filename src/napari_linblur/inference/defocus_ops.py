@@ -594,7 +594,8 @@ def focus_curve(stack: Any, *, method: str = "defocus", model: Any = None, devic
     Parameters
     ----------
     stack : numpy or dask array, (..., Z, Y, X) (a single plane (Y, X) gives a 0-d result)
-        Planes are read and scored one at a time; a lazy stack is never materialised.
+        Planes are read and scored one at a time; a lazy stack is never materialised (a zarr store chunked across
+        many planes is read plane by plane: :func:`~napari_linblur.io.readers.open_zstack`).
     method : str
         ``"defocus"`` (default): minus the median estimated σ (pixels) over the plane's signal pixels
         (:func:`signal_mask`; all pixels when no pixel stands out, e.g. texture everywhere), so a score of

@@ -561,10 +561,43 @@ def _open_synthetic_root(p: Path, attrs: dict) -> tuple[da.Array, ZStackMeta]:
                             {"format": "linblur-synth", "ngff": {"linblur": dict(attrs)}})
 
 
+#: the most memory (bytes) a zarr store's chunks holding one plane may take together before it is read plane by plane
+#: (see :func:`_read_chunks`)
+PLANE_SLAB_LIMIT = 256 * 2**20
+
+
+def _read_chunks(safe: Any, axes: str) -> tuple[int, ...]:
+    """Dask chunks for a zarr array: its own chunks, or — when the chunks that hold one plane take more than
+    :data:`PLANE_SLAB_LIMIT` together (a store chunked across many planes, (100, 256, 256) as some 3-D writers make)
+    — one plane in every axis but Y and X, so that every task reads its plane straight from the store. Split into
+    planes by dask afterwards, such a store held the chunks of its whole depth in memory for every plane task: the
+    whole stack (1.4 GB peak for a 100 x 2048² uint16 stack in a session-24 audit's scratch measurement). Reading
+    plane by plane decompresses each chunk once per plane it holds (slower), so smaller slabs keep their chunks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class Store:
+    ...     shape, chunks, dtype = (100, 2048, 2048), (100, 256, 256), np.dtype("uint16")
+    >>> _read_chunks(Store(), "zyx")
+    (1, 256, 256)
+    >>> Store.chunks = (4, 256, 256)
+    >>> _read_chunks(Store(), "zyx")
+    (4, 256, 256)
+    """
+    chunks = tuple(int(c) for c in safe.chunks)
+    slab = np.dtype(safe.dtype).itemsize
+    for c, n, a in zip(chunks, safe.shape, axes):
+        slab *= int(n) if a in "yx" else c
+    if slab <= PLANE_SLAB_LIMIT:
+        return chunks
+    return tuple(c if a in "yx" else 1 for c, a in zip(chunks, axes))
+
+
 def _plain_zarr(p: Path, component: str, extra: dict) -> tuple[da.Array, ZStackMeta]:
     safe = SafeZarrArray(str(p), component)
-    arr = as_dask(safe, name=f"zarr-{tokenize(str(p.resolve()), component, _mtime(p))}")
-    axes = _guess_axes(arr.ndim)
+    axes = _guess_axes(safe.ndim)
+    arr = as_dask(safe, _read_chunks(safe, axes), name=f"zarr-{tokenize(str(p.resolve()), component, _mtime(p))}")
     meta = ZStackMeta(axes, (1.0,) * arr.ndim, (None,) * arr.ndim, None, p, extra)
     return _canonicalize(arr, meta)
 
@@ -664,6 +697,9 @@ def _open_ngff_checked(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStac
     if len(axes) != arr.ndim:
         raise ValueError(f"{p}: OME-Zarr (NGFF) metadata names {len(axes)} axes for an array of {arr.ndim} "
                          "dimensions")
+    if _read_chunks(safe, axes) != tuple(safe.chunks):  # large chunks across planes: read plane by plane
+        arr = as_dask(safe, _read_chunks(safe, axes),
+                      name=f"ngff-{tokenize(str(p.resolve()), level['path'], _mtime(p))}")
     # NGFF: the dataset's transformations (scale, then translation), then the multiscale's, in order
     scale, shift = np.ones(arr.ndim), np.zeros(arr.ndim)
     for tr_list in (level.get("coordinateTransformations", []), ms.get("coordinateTransformations", [])):
