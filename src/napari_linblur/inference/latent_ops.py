@@ -451,8 +451,10 @@ def auto_alpha(img_b, img_c, *, model: Any = None, device: Any = "auto", **kwarg
     img_b = check_image(img_b, "img_b", allow_stack=False)
     img_c = check_image(img_c, "img_c", allow_stack=False)
     check_same_shape(img_b, img_c, ("img_b", "img_c"))
-    from napari_linblur.models.registry import resolve_model
+    from napari_linblur.models.registry import cached_model
 
-    net = resolve_model(model, "ae", device=device)
+    # the process's one loaded copy, as deblur_pair's (the plugin's preview calls this at every change: a name or
+    # path was loaded from disk and hashed again each time)
+    net = cached_model(model, "ae", device)
     b, c = np.asarray(img_b), np.asarray(img_c)
     return auto_alpha_normalized(net, *normalize_for_network(b, c)[1], **kwargs)[0]

@@ -32,7 +32,8 @@ _MPS_LOCK = threading.Lock()
 #: Smallest tile side a network is run on (a narrower image or tile is padded by reflection to it, and cropped
 #: back). Under bf16 autocast on CPU (torch 2.13, ``amp="auto"`` on an AVX512-BF16/AMX machine) the networks' output
 #: on tiles 8 px wide was not even repeatable: σ maps of 1e14-1e36 px, or NaN, from one run to the next on a
-#: 128 x 8 plane, while 16 px and wider gave the float32 result within 0.02 (``tests/test_tiling.py``).
+#: 128 x 8 plane (scratch runs, session 24); padded to 16 px it gives one map, within 0.2 px of float32
+#: (``tests/test_tiling.py``).
 MIN_TILE_SIDE = 16
 #: Largest automatic tile side (bounds the memory of one tile). Planes up to 1024 x 1024 run as one tile: no tile
 #: borders at all, and for the deblurring network a whole 1024² plane ran 1.06x (float32) / 1.02x (bf16) the time

@@ -643,8 +643,9 @@ def _large_defocus_slope(setup: OpticalSetup) -> float:
     The ``gaussian`` and ``disc`` models are defined by the paraxial blur circle: σ = R / 2 with
     R = |dz| tan α. A wave PSF far from focus is the ray cone of an isotropic emitter, whose second moment per axis
     is ``|dz| sqrt((1 / cos α - 1) / 2)``: the same as R / 2 at small NA, and smaller at high NA (0.97x at NA 0.45
-    in air, 0.87x at 0.8, 0.74x at NA 1.4 in oil). Extrapolating a wave model's table with R / 2 overestimated σ by
-    12 % at 2.5 µm for NA 1.4 (``tests/test_optics.py``).
+    in air, 0.87x at 0.8, 0.74x at NA 1.4 in oil, from this formula). Extrapolating a wave model's table with R / 2
+    overestimated σ by about 12 % at 2.5 µm for NA 1.4 (scratch runs, session 24); ``tests/test_optics.py`` checks
+    the table against the PSF's own equivalent σ within 2 % there.
     """
     if setup.model in ("gaussian", "disc"):
         return _tan_half_angle(setup) / 2.0 / setup.pixel_um
@@ -657,8 +658,10 @@ def _calibration_table(setup: OpticalSetup) -> tuple[np.ndarray, np.ndarray, flo
     """(|defocus| grid µm, monotone σ px, slope px/µm beyond the grid)."""
     slope = _large_defocus_slope(setup)
     zmax = 20.0 / slope  # up to σ ≈ 20 px; the PSF is geometric beyond
-    # denser near focus, where σ(dz) curves (the diffraction core); evenly spaced points were 1.07 µm apart at NA
-    # 0.45 / 0.65 µm and read σ 6.7 % high at 0.5 µm. Far from focus σ is linear and wide steps interpolate exactly.
+    # denser near focus, where σ(dz) curves (the diffraction core): evenly spaced points were 1.07 µm apart at NA
+    # 0.45 / 0.65 µm and read σ about 4 % high at 0.25 and 1.5 µm (scratch runs, session 24; tests/test_optics.py
+    # checks 2 %). Far from focus σ is linear and wide steps interpolate exactly. (Where the PSF's default window
+    # grows, σ steps — an Airy pattern's second moment grows with the window — and the table follows the step.)
     dz = zmax * np.linspace(0.0, 1.0, _N_TABLE) ** 2
     if setup.model == "gibson_lanni":
         # asymmetric with index mismatch: tabulate the mean of both signs
