@@ -42,6 +42,10 @@ class Terminated(KeyboardInterrupt):
     signal_name = "SIGTERM"
 
 
+#: a stop signal was received during this command (further ones are ignored until the process exits)
+_stopping = False
+
+
 def _stop_signal(signum, frame) -> None:
     """The first SIGTERM or SIGINT unwinds the command (its cleanup removes a half-written output); any further one
     is ignored until the command has exited, so that it cannot cut the cleanup short: a cluster's time limit signals
@@ -49,6 +53,8 @@ def _stop_signal(signum, frame) -> None:
     the temporary folder behind, or ended the run with exit code 1 and a traceback)."""
     import signal
 
+    global _stopping
+    _stopping = True
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, signal.SIG_IGN)
     if signum == signal.SIGTERM:
@@ -62,12 +68,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is not threading.main_thread():
         return _main(argv)
+    global _stopping
+    _stopping = False
     previous = {s: signal.signal(s, _stop_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _main(argv)
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        if not _stopping:  # once stopping, the process is on its way out: a late repeat must not kill it (exit -15)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def _main(argv: list[str] | None = None) -> int:
