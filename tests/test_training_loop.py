@@ -178,6 +178,21 @@ def test_a_run_stopped_before_its_first_step_saves_no_model(tmp_path):
     _assert_same_weights(full.model_path, resumed.model_path)
 
 
+def test_a_budget_spent_before_the_first_step_saves_no_model(tmp_path):
+    """A --max-minutes budget that ended before step 1 saved the untrained starting weights as the run's model; now it
+    keeps only the step-0 checkpoint, says so, and the CLI's closing line names no model file."""
+    from napari_linblur.cli._groups import saved_model
+
+    run = tmp_path / "budget"
+    with pytest.warns(UserWarning, match="budget ended before the first step: no model was saved"):
+        part = train(ToyTask(), _cfg(run, max_minutes=1e-12))
+    assert not part.finished and part.steps_done == 0
+    assert not (run / "model.safetensors").exists() and (run / "checkpoint.safetensors").exists()
+    assert saved_model(part).startswith("none saved")
+    resumed = train(ToyTask(), _cfg(run, resume=True))
+    assert resumed.finished and saved_model(resumed) == str(run / "model.safetensors")
+
+
 @pytest.mark.parametrize(("change", "match"), [({"lr": float("nan")}, "lr"), ({"lr": float("inf")}, "lr"),
                                                ({"seed": -1}, "seed")])
 def test_non_finite_rates_and_negative_seeds_are_refused_before_any_file(tmp_path, change, match):

@@ -313,6 +313,14 @@ def train_config_from_args(args):
     )
 
 
+def saved_model(res) -> str:
+    """Where a training run's model went, for its closing line: the path, or why there is none (a run stopped
+    before its first step saves only its checkpoint)."""
+    if res.model_path.is_file():
+        return str(res.model_path)
+    return f"none saved (no step was done; {res.model_path.parent} holds the checkpoint for --resume)"
+
+
 def short_run_warmup(cfg, given: int | None = None):
     """Set ``cfg.warmup``: ``given`` (``--warmup``) when there is one, else the warm-up a resumed run recorded in its
     ``train_config.json`` (so that ``--steps`` may grow on ``--resume``), else

@@ -18,6 +18,7 @@ import math
 from ._groups import (
     add_train_options,
     check_out_not_in_input,
+    saved_model,
     short_run_warmup,
     train_config_from_args,
 )
@@ -178,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"train ae: {state} after {res.steps_done} steps in {res.seconds:.0f} s; "
             f"val_loss {res.metrics.get('val_loss', float('nan')):.4f}, "
-            f"val PSNR interp {res.metrics.get('val_psnr_interp', float('nan')):.2f} dB -> {res.model_path}"
+            f"val PSNR interp {res.metrics.get('val_psnr_interp', float('nan')):.2f} dB -> {saved_model(res)}"
         )
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._groups import (
     add_train_options,
     check_out_not_in_input,
+    saved_model,
     short_run_warmup,
     train_config_from_args,
 )
@@ -92,5 +93,5 @@ def _run(args) -> int:
     if is_main_process():  # every rank of a torchrun launch runs this: rank 0 alone prints
         state = "finished" if res.finished else "stopped early (resume with --resume)"
         print(f"deblur stage {args.stage}: {res.steps_done} steps, {state}; validation {res.metrics}")
-        print(f"model: {res.model_path}")
+        print(f"model: {saved_model(res)}")
     return 0

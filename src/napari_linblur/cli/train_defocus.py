@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-from napari_linblur.cli._groups import channel_arg
-
 from ._groups import (
     DefaultsHelpFormatter,
     add_train_options,
+    channel_arg,
     check_out_not_in_input,
+    saved_model,
     short_run_warmup,
     train_config_from_args,
 )
@@ -145,5 +145,5 @@ def run(args) -> int:
         state = "finished" if res.finished else "stopped early (resume with --resume)"
         print(f"{state} after {res.steps_done} steps in {res.seconds:.0f} s; validation: "
               + ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items()))
-        print(f"model: {res.model_path}")
+        print(f"model: {saved_model(res)}")
     return 0

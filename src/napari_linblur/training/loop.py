@@ -940,9 +940,13 @@ def train(
             if bar is not None:
                 bar.close()
             model_path = out / MODEL
-            # stopped before its first step: the checkpoint (step 0) can be resumed, but no model is saved — its
-            # weights would be the untrained starting ones, offered as a result
-            untrained = cancelled and step == 0
+            # stopped before its first step (a cancel, a signal, a budget spent before it): the checkpoint (step 0)
+            # can be resumed, but no model is saved — its weights would be the untrained starting ones, offered as a
+            # result
+            untrained = step == 0
+            if untrained and not cancelled:
+                warnings.warn(f"the --max-minutes budget ended before the first step: no model was saved; "
+                              f"{out / CHECKPOINT} can be continued with --resume", UserWarning, stacklevel=2)
             if rank == 0:
                 _save_checkpoint(ckpt, model, optimizer, step, seconds, cfg, ema_model, (running, n_running), recipe,
                                  sessions, scaler)
