@@ -2,6 +2,7 @@
 ``--noise-input map`` (from an image-only model) and inference with ``camera='auto'`` or a calibration."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -197,6 +198,13 @@ def test_trained_noise_model_card_and_inference(noise_model, image_only_model, t
     np.testing.assert_allclose(lazy.compute()[0], cal, rtol=1e-5, atol=1e-5)
     curve = nl.focus_curve(stack, model=str(noise_model), device="cpu", camera=(1.0, 100.0, 2.0))
     assert curve.shape == (2,) and np.isfinite(curve).all()
+    # a calibration whose offset lies above most of the data (another bit depth, binning or camera) predicts no noise
+    # there: said, not silently read as a noise-free image; a fitting one is not warned about
+    with pytest.warns(UserWarning, match="calibration does not fit this image.*offset"):
+        nl.estimate_defocus(img, model=str(noise_model), device="cpu", camera=(1.0, 5000.0, 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nl.estimate_defocus(img, model=str(noise_model), device="cpu", camera=(1.0, 100.0, 2.0))
     # a bad calibration is a clear error before any work; an image-only model ignores the camera
     with pytest.raises(ValueError, match="camera"):
         nl.estimate_defocus(img, model=str(noise_model), device="cpu", camera={"gain": 1.0})

@@ -103,6 +103,8 @@ class _PlaneDefocus:
         self._check_stop()
         check_finite_plane(plane, "img")
         net = self.net()
+        if self.camera is not None and getattr(net, "in_channels", 1) == 2:
+            check_camera_fits(plane, self.camera)
         # a noise-aware model also takes the camera-noise channel (same input as in training); on a large plane
         # the noise estimate takes seconds, so a superseded preview is stopped before and after it
         x = model_input(plane, noise=getattr(net, "in_channels", 1) == 2, line=self.camera)
@@ -122,6 +124,20 @@ class _PlaneDefocus:
         if self.mode == "patch":
             sigma = patch_map(sigma, plane, self.patch_size, self.patch_pixels)
         return sigma
+
+
+def check_camera_fits(plane: np.ndarray, line: tuple[float, float]) -> None:
+    """Warn when a camera calibration predicts no noise for most of ``plane``: its variance line ``a v + b`` is
+    ≤ 0 at the plane's median, i.e. the calibration's offset lies above most of the data (an offset for another
+    bit depth, binning or camera). The noise channel would then say "noise-free" where the image is noisy."""
+    a, b = line
+    median = float(np.median(plane))
+    if a * median + b <= 0:
+        dark = -b / a  # where the line reaches zero: offset - gain * read_noise²
+        warnings.warn(f"the camera calibration does not fit this image: it predicts no noise below {dark:.6g} and "
+                      f"half of the plane's values are below {median:.6g} (is the offset for another bit depth, "
+                      "binning or camera?); the σ map will read noise as detail. Check camera=, or use "
+                      "camera='auto' to estimate the noise from the image", UserWarning, stacklevel=2)
 
 
 def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", patch_size=PATCH_SIZE,
