@@ -916,3 +916,39 @@ def test_two_runs_into_one_folder_are_refused_while_the_first_runs(tmp_path, cap
     with pytest.raises(ValueError, match="killed while saving its model leaves this: run its command again with "
                                          "--resume"):
         registry.load_model(model, device="cpu")
+
+
+def test_evaluate_bbbc006_plane_is_found_named_or_said_skipped(tmp_path, tiny_model, monkeypatch, capsys):
+    """The BBBC006 check read a hard-coded machine path and was silently left out elsewhere (an installed package):
+    it now reads --bbbc006 TIFF or the sample image ($NAPARI_LINBLUR_DATA), and a missing sample is said."""
+    import shutil
+
+    from napari_linblur.io import bbbc006
+
+    try:
+        src = bbbc006.find_bbbc006_image()
+    except FileNotFoundError:
+        pytest.skip("BBBC006 sample image not present")
+    base = ["evaluate", "defocus", "--model", f"tiny={tiny_model}", "--n-images", "1", "--size", "48",
+            "--no-through-focus", "--no-baselines", "--device", "cpu"]
+    mine = tmp_path / "my data"
+    mine.mkdir()
+    shutil.copy(src, mine / src.name)
+    assert main([*base, "--bbbc006", str(mine / src.name), "--out", str(tmp_path / "given")]) == 0
+    res = json.loads((tmp_path / "given" / "defocus_eval.json").read_text())
+    assert res["bbbc006"]["file"] == src.name and res["config"]["bbbc006"] == str(mine / src.name)
+    assert 0 < res["bbbc006"]["signal_fraction"] < 1 and "tiny" in res["bbbc006"]["estimators"]
+    # the sample lookup: $NAPARI_LINBLUR_DATA first, and nothing else for an installed package (no checkout)
+    monkeypatch.setenv("NAPARI_LINBLUR_DATA", str(mine))
+    assert bbbc006.data_dirs()[0] == mine and bbbc006.find_bbbc006_image() == mine / src.name
+    monkeypatch.setattr(bbbc006, "data_dirs", lambda: [tmp_path / "empty"])
+    with pytest.warns(UserWarning, match="BBBC006 check was skipped.*NAPARI_LINBLUR_DATA"):
+        assert main([*base, "--out", str(tmp_path / "none")]) == 0
+    res = json.loads((tmp_path / "none" / "defocus_eval.json").read_text())
+    assert "bbbc006" not in res and "not found" in res["bbbc006_skipped"]
+    assert "BBBC006 plane 0 (32 µm above focus): skipped" in (tmp_path / "none" / "defocus_eval.md").read_text()
+    # a named file that is not there, or named along with --no-bbbc006: refused before any work
+    capsys.readouterr()
+    assert main([*base, "--bbbc006", str(tmp_path / "nope.tif"), "--out", str(tmp_path / "bad")]) == 2
+    assert "--bbbc006: no BBBC006 TIFF at" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*base, "--bbbc006", str(mine / src.name), "--no-bbbc006", "--out", str(tmp_path / "bad")]) == 2

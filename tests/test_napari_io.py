@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from napari_linblur._napari import _reader, _sample_data, _writer
+from napari_linblur.io import bbbc006
 from napari_linblur.io.omezarr import write_ome_zarr
 from napari_linblur.io.readers import open_zstack_with_metadata
 
@@ -67,7 +68,7 @@ def test_reader_tiff_stack_and_bbbc006_file(tmp_path):
     assert _reader.napari_get_reader(str(tmp_path / "empty.zarr")) is None  # not claimed, then failing
     assert _reader.napari_get_reader([str(t), str(t)]) is None
     try:
-        bb = _sample_data.find_bbbc006_image()
+        bb = bbbc006.find_bbbc006_image()
     except FileNotFoundError:
         pytest.skip("BBBC006 sample image not present")
     (arr, kw, _), = _reader.read_zstack(str(bb))
@@ -140,7 +141,7 @@ def test_synthetic_sample_is_seeded_two_channels():
 
 
 def test_bbbc006_sample_missing_gives_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(_sample_data, "_data_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(bbbc006, "data_dirs", lambda: [tmp_path])
     with pytest.raises(FileNotFoundError, match="BBBC006 sample image not found; looked in"):
         _sample_data.bbbc006_image()
 
@@ -158,7 +159,7 @@ def test_reader_bbbc006_folder_channels_become_layers(tmp_path):
     import shutil
 
     try:
-        src = _sample_data.find_bbbc006_image()
+        src = bbbc006.find_bbbc006_image()
     except FileNotFoundError:
         pytest.skip("BBBC006 sample image not present")
     uuid = "2667264a-6432-4f7e-bf58-625a1319a1c9"

@@ -43,7 +43,7 @@ def main(model="defocus-default") -> list[Path]:
     cfg = EvalConfig(n_images=2, size=192)
     rows = [("microscopy (held out)", heldout_images("microscopy", cfg)[1]),
             ("pixel shuffle (held out)", heldout_images("shuffle", cfg)[0])]
-    from napari_linblur._napari._sample_data import find_bbbc006_image  # the plugin's sample: ../shared/data
+    from napari_linblur.io.bbbc006 import find_bbbc006_image  # the plugin's sample: ../shared/data
 
     try:
         bb = find_bbbc006_image()

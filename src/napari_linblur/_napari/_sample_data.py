@@ -3,15 +3,12 @@
 * **Synthetic**: :func:`napari_linblur.synth.phantoms.cell_phantom` rendered by
   :func:`napari_linblur.synth.zstack.through_focus_stack` with the ``bbbc006-like`` recipe (Gibson-Lanni PSF,
   Poisson-Gaussian camera), its 9 even planes (32 µm above focus ... in focus, 4 µm apart), 256 x 256 px.
-* **BBBC006**: the BBBC006v1 image shipped for tests in ``<repo>/../shared/data`` (or the folder named by the
-  ``NAPARI_LINBLUR_DATA`` environment variable). When it is not there, a ``FileNotFoundError`` says where it
-  was looked for and how to get it; napari shows that as a notification.
+* **BBBC006**: the BBBC006v1 image in the folder named by the ``NAPARI_LINBLUR_DATA`` environment variable, or, in a
+  source checkout, in ``<repo>/../shared/data`` (:func:`napari_linblur.io.bbbc006.find_bbbc006_image`). When it is not
+  there, a ``FileNotFoundError`` says where it was looked for and how to get it; napari shows that as a notification.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -75,44 +72,9 @@ def synthetic_stack() -> list[tuple]:
     return layers
 
 
-def _data_dirs() -> list[Path]:
-    dirs = []
-    env = os.environ.get("NAPARI_LINBLUR_DATA")
-    if env:
-        dirs.append(Path(env))
-    here = Path(__file__).resolve()
-    # src/napari_linblur/_napari/_sample_data.py -> repo root is parents[3]; shared data sits beside it
-    for root in here.parents[3:5]:
-        dirs.append(root.parent / "shared" / "data")
-        dirs.append(root / "shared" / "data")
-    out = []
-    for d in dirs:
-        if d not in out:
-            out.append(d)
-    return out
-
-
-def find_bbbc006_image() -> Path:
-    """Path of the BBBC006 sample image; ``FileNotFoundError`` (naming the folders searched) if absent."""
-    from napari_linblur.io.bbbc006 import is_bbbc006_name
-
-    searched = _data_dirs()
-    for d in searched:
-        if d.is_dir():
-            hits = sorted(p for p in d.iterdir() if p.suffix.lower() in (".tif", ".tiff") and is_bbbc006_name(p.name))
-            if hits:
-                return hits[0]
-    raise FileNotFoundError(
-        "BBBC006 sample image not found; looked in "
-        + ", ".join(str(d) for d in searched)
-        + ". Put an image of BBBC006v1 (https://bbbc.broadinstitute.org/BBBC006) there, or set "
-        "NAPARI_LINBLUR_DATA to its folder."
-    )
-
-
 def bbbc006_image() -> list[tuple]:
     """napari sample: the real BBBC006 image (lazy, with its physical scale) via the plugin's reader."""
-    from napari_linblur.io.bbbc006 import parse_bbbc006_name
+    from napari_linblur.io.bbbc006 import find_bbbc006_image, parse_bbbc006_name
 
     from ._reader import read_zstack
 

@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                    "training; 'cat stereo_motorcycle clock': pictures no model choice has seen)")
     p.add_argument("--no-baselines", action="store_true", help="skip the classical estimators")
     p.add_argument("--no-through-focus", action="store_true", help="skip the vectorial through-focus stack")
+    p.add_argument("--bbbc006", default=None, metavar="TIFF",
+                   help="the real BBBC006v1 plane-0 TIFF to check (default: the sample image, found in "
+                   "$NAPARI_LINBLUR_DATA or ../shared/data beside a source checkout; skipped with a note when absent)")
     p.add_argument("--no-bbbc006", action="store_true", help="skip the real BBBC006 plane")
     add_tta_option(p, "also score each model with its self-ensemble over this many flips/rotations")
     add_device_option(p)
@@ -67,6 +70,15 @@ def check_options(args) -> None:
     from napari_linblur.evaluation.defocus import check_shuffle_sources
 
     check_shuffle_sources(args.shuffle_sources, "--shuffle-sources")
+    if args.bbbc006 is not None:
+        if args.no_bbbc006:
+            raise ValueError("--bbbc006 names the plane that --no-bbbc006 skips: give one of them")
+        from napari_linblur.evaluation.defocus import bbbc006_file
+
+        try:
+            bbbc006_file(args.bbbc006)
+        except FileNotFoundError as err:
+            raise ValueError(f"--bbbc006: {err}") from None
 
 
 def run(args) -> int:
@@ -87,7 +99,7 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     cfg = EvalConfig(n_images=args.n_images, size=args.size, seed=args.seed, photons=args.photons,
-                     shuffle_sources=tuple(args.shuffle_sources))
+                     shuffle_sources=tuple(args.shuffle_sources), bbbc006=args.bbbc006)
     res = evaluate_defocus(parse_models(args.model), cfg=cfg, baselines=not args.no_baselines, device=args.device,
                            through_focus=not args.no_through_focus, bbbc006=not args.no_bbbc006, tta=args.tta)
     from ._groups import command_line

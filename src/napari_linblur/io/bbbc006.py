@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ __all__ = [
     "channels_of",
     "planes_text",
     "dropped_message",
+    "data_dirs",
+    "find_bbbc006_image",
 ]
 
 BBBC006_Z_SPACING_UM = 2.0
@@ -404,3 +407,42 @@ def dropped_message(folder: str | Path, layout: PlateLayout, limit: int = 20) ->
         parts.append(f"{planes_text(layout.left_out_planes)} left out of every stack: fewer than half of the "
                      "well/site fields hold them (meta.extra['left_out_planes'])")
     return f"{folder}: " + "; ".join(parts) if parts else None
+
+
+def data_dirs() -> list[Path]:
+    """Folders searched for the BBBC006 sample image, in order: ``$NAPARI_LINBLUR_DATA``, then, in a source
+    checkout (a ``pyproject.toml`` at the repository root), ``shared/data`` beside and inside the repository.
+    An installed package (wheel) has no checkout: only the environment variable is searched."""
+    dirs = []
+    env = os.environ.get("NAPARI_LINBLUR_DATA")
+    if env:
+        dirs.append(Path(env).expanduser())
+    root = Path(__file__).resolve().parents[3]  # src/napari_linblur/io/bbbc006.py -> the repository root
+    if (root / "pyproject.toml").is_file():
+        dirs += [root.parent / "shared" / "data", root / "shared" / "data"]
+    out: list[Path] = []
+    for d in dirs:
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def find_bbbc006_image() -> Path:
+    """Path of the BBBC006 sample image (the first BBBC006-named TIFF in :func:`data_dirs`).
+
+    Raises
+    ------
+    FileNotFoundError
+        None is found: names the folders searched and how to point to one.
+    """
+    searched = data_dirs()
+    for d in searched:
+        if d.is_dir():
+            hits = sorted(p for p in d.iterdir() if p.suffix.lower() in (".tif", ".tiff") and is_bbbc006_name(p.name))
+            if hits:
+                return hits[0]
+    where = ("looked in " + ", ".join(str(d) for d in searched)) if searched else "no folder to look in"
+    raise FileNotFoundError(
+        f"BBBC006 sample image not found; {where}. Download an image of BBBC006v1 "
+        "(https://bbbc.broadinstitute.org/BBBC006) and set NAPARI_LINBLUR_DATA to its folder."
+    )
