@@ -338,11 +338,12 @@ def deblur(
 
     def _one(plane, smap=None):
         check_finite_plane(plane, "img")
-        plane = np.asarray(plane, np.float32)
+        raw = np.asarray(plane)  # the network normalizes a wide dtype in float64 (a small contrast on a pedestal)
+        plane = raw.astype(np.float32, copy=False)
         dev = resolve_device(device)
         run_amp = resolve_amp(amp, dev)
         if method == "network":
-            return _network_plane(plane, net.get(), dev, amp=run_amp, **net_kw)
+            return _network_plane(raw, net.get(), dev, amp=run_amp, **net_kw)
         check_finite_plane(smap, "sigma_map")  # a dask map is checked here, plane by plane, when it is computed
         smap = np.asarray(smap, np.float32)
         _check_sigma_values(smap)
@@ -354,7 +355,7 @@ def deblur(
         if not np.any(w > 0):
             return plane.copy()  # nothing to deblur: a copy, never the caller's array itself
         if guide == "network":
-            full = _network_plane(plane, net.get(), dev, amp=run_amp, **net_kw)
+            full = _network_plane(raw, net.get(), dev, amp=run_amp, **net_kw)
         else:
             full = _guided_reblur(plane, smap, w, sigma_r=sigma_r, ae=ae.get(), device=dev, progress=progress,
                                   **ae_kw)

@@ -516,7 +516,12 @@ def signal_mask(plane, *, smooth: float = 2.0, fraction: float = 0.2, min_snr: f
     """
     from scipy import ndimage as ndi
 
-    a = np.asarray(check_image(plane, "plane", allow_stack=False), dtype=np.float32)
+    from .normalize import _is_wide
+
+    a = np.asarray(check_image(plane, "plane", allow_stack=False))
+    # a wide dtype (float64, 32/64-bit integers) is moved to its minimum first, in float64: float32 would lose a
+    # small contrast on a large pedestal (the mask is the same for any offset)
+    a = (a.astype(np.float64) - float(a.min())).astype(np.float32) if _is_wide(a.dtype) else a.astype(np.float32)
     sm = ndi.gaussian_filter(a, smooth) if smooth > 0 else a
     bg = float(np.median(sm))
     hi = float(np.percentile(sm, 99.5))

@@ -136,4 +136,17 @@ def model_input(plane: np.ndarray, norm=None, *, noise: bool, line: tuple[float,
         from .normalize import clean_for_network
 
         norm, (x,), (plane,) = clean_for_network(plane)
-    return np.stack([x, noise_channel(plane, norm.scale, line)]) if noise else x
+    if not noise:
+        return x
+    from .normalize import _is_wide
+
+    a = np.asarray(plane)
+    if _is_wide(a.dtype):
+        # float64 or 32/64-bit integers: float32 (the noise map's precision) would lose a small contrast on a large
+        # pedestal (a 1e8 offset leaves steps of 8), so the noise is read relative to the normalization's offset, in
+        # float64, with the line moved along: var(v) = a v + b = a (v - o) + (b + a o)
+        o = float(norm.offset)
+        plane = a.astype(np.float64) - o
+        if line is not None:
+            line = (float(line[0]), float(line[1]) + float(line[0]) * o)
+    return np.stack([x, noise_channel(plane, norm.scale, line)])
