@@ -92,7 +92,7 @@ def _meta(threads: int) -> dict:
             "torch": torch.__version__, "torch_threads_default": threads, "cpu_count": os.cpu_count(),
             "amp_auto_on_cpu": resolve_amp("auto", torch.device("cpu")),
             "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--", "src")),
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def _fmt(v) -> str:

@@ -9,10 +9,22 @@ fi
 pkgs=(xvfb xauth libxcb-cursor0 libxkbcommon-x11-0 libxkbcommon0 libegl1 libgl1 libopengl0 libglx-mesa0
       libgl1-mesa-dri libdbus-1-3 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0
       libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 libxcb-xkb1 libxcb-glx0
-      libfontconfig1 libxrender1 libxi6 libglib2.0-0)
+      libfontconfig1 libxrender1 libxi6 "libglib2.0-0t64|libglib2.0-0")
+# `python3 -m venv` needs ensurepip, which Debian ships apart (python3-venv)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+for entry in "${pkgs[@]}"; do
+  # "new|old": a package renamed between releases (Debian 13 / Ubuntu 24.04 added the t64 suffix); either will do
+  IFS='|' read -r -a names <<< "$entry"
+  found=0
+  for p in "${names[@]}"; do installed "$p" && found=1 && break; done
+  [ $found -eq 1 ] && continue
+  pick="${names[-1]}"
+  for p in "${names[@]}"; do
+    if apt-cache show "$p" >/dev/null 2>&1; then pick="$p"; break; fi
+  done
+  missing+=("$pick")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -24,7 +24,8 @@ def _find_runner() -> Path | None:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="run the benchmarks (speed/memory as ratios against baselines measured in the same run)",
+        help="run the benchmarks (speed/memory as ratios against baselines measured in the same run; source checkout "
+        "only: benchmarks/ is not installed)",
         description=__doc__,
     )
     p.add_argument("--out", default="bench_out", help="report folder (default bench_out)")

@@ -12,6 +12,8 @@ What it does, in order (each step prints what it measured and writes a figure to
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -203,5 +205,8 @@ def run(args) -> int:
     from napari_linblur.io.atomic import write_json_atomic
 
     write_json_atomic(out / "summary.json", summary)
-    print(f"\nsummary: {out / 'summary.json'}\nOpen the stack in napari:  .venv/bin/napari {path}")
+    beside = Path(sys.executable).parent / "napari"  # this environment's napari (a venv need not be active)
+    napari_cmd = str(beside) if beside.exists() else "napari"
+    print(f"\nsummary: {out / 'summary.json'}\nOpen the stack in napari:  {shlex.quote(napari_cmd)} "
+          f"{shlex.quote(str(path))}")
     return 0
