@@ -410,3 +410,111 @@ def test_a_truncated_tiff_is_one_error_line_without_tifffiles_log_lines(tmp_path
         with tifffile.TiffFile(cut) as tf:  # tifffile used directly: its messages are kept
             assert len(tf.series[0].pages) >= 1
         assert any("invalid" in r.getMessage() for r in caplog.records if r.name.startswith("tifffile"))
+
+
+def test_a_file_name_that_is_not_utf8_prints_and_is_reported_not_a_crash_after_the_work(tmp_path):
+    """A Latin-1 file name on a share (bytes b'caf\\xe9.tif'): with a strict UTF-8 stdout, `linblur focus` failed while
+    printing its line and `--csv` while writing the table (exit 2 after the work). Both now carry the name's bytes."""
+    import subprocess
+
+    folder = os.fsencode(tmp_path / "lat1")
+    os.mkdir(folder)
+    rng = np.random.default_rng(0)
+    name = os.fsdecode(os.path.join(folder, b"caf\xe9.tif"))
+    tifffile.imwrite(name, rng.poisson(300, (3, 40, 40)).astype(np.uint16) + 100, photometric="minisblack")
+    csv = tmp_path / "r.csv"
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", LC_ALL="C.UTF-8")
+    run = subprocess.run([sys.executable, "-m", "napari_linblur.cli.main", "focus", name, "--method",
+                          "tenengrad", "--csv", str(csv)], capture_output=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr.decode("utf-8", "replace")
+    assert b"caf\xe9" in run.stdout and b"caf\xe9" in csv.read_bytes()
+
+
+def test_write_errors_name_the_output_and_keep_the_earlier_one(tmp_path, monkeypatch):
+    """A full disk gave '[Errno 28] No space left on device' naming no file (zarr's and the report writers'), and
+    safetensors' own I/O error (not an OSError) a traceback from training: each is now an OSError naming the output,
+    and the earlier output is kept."""
+    import errno
+
+    import napari_linblur.io.omezarr as omezarr
+    from napari_linblur.io.atomic import atomic_target, write_text_atomic
+
+    report = tmp_path / "r.json"
+    write_text_atomic(report, "old")
+
+    class SafetensorError(Exception):  # safetensors' class, matched by name as the writer matches it
+        pass
+
+    for raised, errno_ in ((OSError(errno.ENOSPC, "No space left on device"), errno.ENOSPC),
+                           (SafetensorError("I/O error: No space left on device (os error 28)"), None)):
+        with pytest.raises(OSError, match=f"cannot write {report}: .*No space left.*nothing was written") as info:
+            with atomic_target(report):
+                raise raised
+        assert info.value.errno == errno_ and report.read_text() == "old"
+    store = tmp_path / "o.zarr"
+    write_ome_zarr(store, np.zeros((2, 8, 8), np.float32), axes="zyx")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(omezarr, "_write_tree", full)
+    with pytest.raises(OSError, match=f"cannot write {store}: No space left"):
+        write_ome_zarr(store, np.ones((2, 8, 8), np.float32), axes="zyx", overwrite=True)
+    assert float(zarr.open_group(store, mode="r")["0"][:].max()) == 0.0  # the earlier output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.zarr")]
+    # a report path ending in a separator is refused, not written without it
+    with pytest.raises(ValueError, match="ends with a folder separator"):
+        write_text_atomic(str(tmp_path / "new.csv") + os.sep, "x")
+    assert not (tmp_path / "new.csv").exists()
+
+
+def test_an_existing_file_or_foreign_folder_is_refused_as_such_without_suggesting_overwrite(tmp_path, capsys):
+    """`linblur defocus-map in.tif notes` (a plain file) said 'already exists; pass --overwrite', and with it 'refusing
+    to replace it': the refusal now comes first."""
+    notes = tmp_path / "notes"
+    notes.write_text("keep")
+    tif = tmp_path / "s.tif"
+    tifffile.imwrite(tif, np.random.default_rng(0).poisson(300, (2, 32, 32)).astype(np.uint16))
+    assert main(["defocus-map", str(tif), str(notes), "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to replace it" in err and "pass overwrite" not in err and notes.read_text() == "keep"
+
+
+def test_an_earlier_output_that_cannot_be_deleted_is_said_not_left_silently(tmp_path, monkeypatch):
+    """Replacing a store whose old copy could not be deleted (another user's files in a shared folder) left it hidden
+    beside the new one, silently: the old store's place is now named in a warning (and a store whose folder is not
+    writable is refused before any work; root can write anything, so that check is not visible here)."""
+    import shutil as sh
+
+    store = tmp_path / "o.zarr"
+    write_ome_zarr(store, np.zeros((2, 8, 8), np.float32), axes="zyx")
+    real = sh.rmtree
+
+    def refuse(path, *args, **kwargs):
+        cb = kwargs.get("onexc") or kwargs.get("onerror")
+        err = PermissionError(13, "Permission denied")
+        cb(os.rmdir, str(path), err if "onexc" in kwargs else (PermissionError, err, None))
+
+    monkeypatch.setattr(sh, "rmtree", refuse)
+    with pytest.warns(UserWarning, match="earlier version could not be deleted .*Permission denied.*delete it"):
+        write_ome_zarr(store, np.ones((2, 8, 8), np.float32), axes="zyx", overwrite=True)
+    monkeypatch.setattr(sh, "rmtree", real)
+    assert float(zarr.open_group(store, mode="r")["0"][:].max()) == 1.0
+
+
+def test_reports_and_run_folders_inside_a_zarr_store_are_refused(tmp_path, capsys):
+    """`linblur focus --json out/lat.zarr/0/r.json` and `train --out out/lat.zarr/run` wrote into another dataset's
+    store (the zarr writers already refused it): every output is outside any store."""
+    from napari_linblur.io.atomic import make_output_folder, write_text_atomic
+
+    store = tmp_path / "lat.zarr"
+    write_ome_zarr(store, np.zeros((2, 8, 8), np.float32), axes="zyx")
+    with pytest.raises(ValueError, match="refusing to write inside the zarr store"):
+        write_text_atomic(store / "0" / "r.json", "{}")
+    with pytest.raises(ValueError, match="refusing to write inside the zarr store"):
+        make_output_folder(store / "run")
+    assert not (store / "0" / "r.json").exists() and not (store / "run").exists()
+    tif = tmp_path / "s.tif"
+    tifffile.imwrite(tif, np.random.default_rng(0).poisson(300, (2, 32, 32)).astype(np.uint16))
+    assert main(["focus", str(tif), "--method", "tenengrad", "--json", str(store / "r.json")]) == 2
+    assert "inside the zarr store" in capsys.readouterr().err and not (store / "r.json").exists()

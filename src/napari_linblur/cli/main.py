@@ -80,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    for stream in (sys.stdout, sys.stderr):  # an ASCII-only terminal: µ, σ and — print as escapes, not a crash
+    for stream in (sys.stdout, sys.stderr):
+        # an ASCII-only terminal: µ, σ and — print as escapes, not a crash; a UTF-8 one: a file name that is not
+        # UTF-8 (a Latin-1 share; Python holds its bytes as surrogates) prints as its own bytes, not a crash after
+        # the work is done
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
-        if encoding and encoding != "utf8" and hasattr(stream, "reconfigure"):
+        if encoding and hasattr(stream, "reconfigure"):
             try:
-                stream.reconfigure(errors="backslashreplace")
+                stream.reconfigure(errors="surrogateescape" if encoding == "utf8" else "backslashreplace")
             except (ValueError, OSError):  # a stream that cannot be reconfigured: left as it is
                 pass
     parser = build_parser()

@@ -4,6 +4,7 @@ target only once complete, so a failure never leaves a half-written file or a da
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +33,29 @@ def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def write_error(path: str | os.PathLike, err: BaseException) -> OSError:
+    """The error of a write to ``path`` that failed with ``err`` (a full disk, a file-size limit, a lost share),
+    naming the path and saying that nothing replaced it: an ``OSError`` with ``err``'s errno.
+
+    ``err`` may also be a writer library's own I/O error (safetensors raises ``SafetensorError``, not ``OSError``).
+    """
+    reason = getattr(err, "strerror", None) or str(err)
+    text = f"cannot write {path}: {reason} (nothing was written there; an earlier output of that name is unchanged)"
+    code = getattr(err, "errno", None)
+    return OSError(code, text) if code is not None else OSError(text)  # not "[Errno None] ..."
+
+
+#: errnos that only a write gives (a full disk or quota, a file-size limit, a read-only file system): an error of a
+#: whole-store writer that also reads its input is named as the output's only for these
+WRITE_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EROFS"))
+                         if e is not None)
+
+
+def is_write_error(err: BaseException) -> bool:
+    """``err`` is a failed write: an ``OSError``, or a writer library's I/O error (safetensors')."""
+    return isinstance(err, OSError) or type(err).__name__ == "SafetensorError"
 
 
 def as_new_file(path: str | os.PathLike) -> None:
@@ -86,7 +110,10 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
     >>> out.read_text()
     'done'
     """
+    from napari_linblur.io.omezarr import check_not_inside_store
+
     path = Path(path)
+    check_not_inside_store(path.resolve())  # a report or model inside another dataset's zarr store: refused
     _warn_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -94,6 +121,10 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         as_new_file(tmp)
         replace(tmp, path)
+    except Exception as err:
+        if is_write_error(err):  # OSError(errno, ...) is the errno's subclass again (PermissionError, ...)
+            raise write_error(path, err) from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -121,12 +152,16 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, newline: str | None
     ValueError
         If ``path`` is an existing folder or its parent folder does not exist.
     """
+    given = os.fspath(path)
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give a file name")
+    if isinstance(given, str) and given.endswith(("/", os.sep)):  # Path() drops it: 'a.csv/' would write a.csv
+        raise ValueError(f"{given} ends with a folder separator: give a file name")
     if not path.parent.is_dir():
         raise ValueError(f"the folder of {path} does not exist")
-    with atomic_target(path) as tmp, open(tmp, "w", encoding="utf-8", newline=newline) as f:
+    # a file name that is not UTF-8 (a Latin-1 share) reaches a report as surrogates: written back as its bytes
+    with atomic_target(path) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline=newline) as f:
         f.write(text)
     return path
 
@@ -191,12 +226,14 @@ def make_output_folder(path: str | os.PathLike, label: str = "--out") -> Path:
     ...
     ValueError: --out ... is a file; --out must be a folder (a new or an existing one)
     """
-    from napari_linblur.io.omezarr import check_parent_folders
+    from napari_linblur.io.omezarr import check_not_inside_store, check_parent_folders
 
     p = Path(os.fspath(path))
     if p.exists() and not p.is_dir():
         raise ValueError(f"{label} {p} is a file; {label} must be a folder (a new or an existing one)")
     check_parent_folders(p, label)
+    if not p.is_symlink():  # a symbolic-link loop is named by the mkdir below
+        check_not_inside_store(p.resolve())
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a read-only or virtual file system (/sys, /proc), no permission: named, one line

@@ -39,7 +39,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .atomic import replace, some_paths
+from .atomic import WRITE_ERRNOS, replace, some_paths, write_error
 
 __all__ = ["write_ome_zarr", "auto_pyramid_levels", "ngff_axes", "ngff_order"]
 
@@ -619,8 +619,10 @@ def write_ome_zarr(
         _write_tree(tmp, data, axes, scale_t, units, channel_names, attrs, levels, chunks_t, progress, name,
                     translate_t, names_t, types_t, max_parallel)
         move_into_place(tmp, target, overwrite)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if getattr(err, "errno", None) in WRITE_ERRNOS:  # zarr's error names no file: say which output failed
+            raise write_error(target, err) from err
         raise
     return Path(os.fspath(path))
 
@@ -714,11 +716,10 @@ def check_output_path(
     if bad is not None:
         raise ValueError(f"{target}: refusing to overwrite its own input ({bad})")
     check_not_inside_store(target)
+    check_replaceable(target)  # first: a file or a foreign folder is refused as such, --overwrite would not help
     if target.exists() and not overwrite:
         raise ValueError(f"{target}: already exists; pass overwrite=True (--overwrite on the command line) to "
                          "replace it")
-    if overwrite:
-        check_replaceable(target)
     return target
 
 
@@ -815,6 +816,10 @@ def check_replaceable(target: Path) -> None:
         raise ValueError(f"{target}: refusing to replace it — overwrite replaces an earlier napari-linblur output "
                          "only, and this zarr store was not written by napari-linblur (its root attributes do not "
                          "say so); choose another output path or remove it yourself")
+    if target.is_dir() and not target.is_symlink() and not os.access(target, os.W_OK | os.X_OK):
+        # replacing it means deleting it: another user's store would stay behind, hidden, taking its space
+        raise PermissionError(errno.EACCES, f"{target}: cannot replace it — you may not delete this earlier output "
+                              "(its folder is not writable by you); choose another output path")
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -862,10 +867,20 @@ def move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
             except BaseException:
                 os.replace(old, target)
                 raise
+        failed: list[str] = []
         if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
+            def note(_func, p, exc):  # onexc gets the exception, onerror (Python 3.11) its exc_info triple
+                failed.append(f"{p}: {exc[1] if isinstance(exc, tuple) else exc}")
+
+            shutil.rmtree(old, **({"onexc": note} if sys.version_info >= (3, 12) else {"onerror": note}))
         else:
-            old.unlink(missing_ok=True)
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as err:
+                failed.append(str(err))
+        if failed:  # the new output is in place; the old one takes space, under a hidden name: said, not silent
+            warnings.warn(f"{target} was replaced, but its earlier version could not be deleted ({failed[0]}); it "
+                          f"is at {old}: delete it yourself", UserWarning, stacklevel=3)
     else:
         replace(tmp, target)
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.atomic import WRITE_ERRNOS, write_error
 from ..io.omezarr import (
     check_not_inside_store,
     check_output_name,
@@ -217,8 +218,10 @@ def write_synthetic_dataset(
             if bar is not None:
                 bar.update(1)
         move_into_place(tmp, target, overwrite)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if getattr(err, "errno", None) in WRITE_ERRNOS:  # zarr's error names no file: say which output failed
+            raise write_error(target, err) from err
         raise
     finally:
         if bar is not None:
