@@ -259,6 +259,24 @@ def test_defocus_map_um_takes_the_pixel_size_in_any_length_unit(tmp_path):
         with pytest.raises(ValueError, match="pass --pixel-um"):
             optics_from_args(_um_args(src))
     assert optics_from_args(_um_args(tmp_path / "none.zarr", "--pixel-um", "0.5")).pixel_um == 0.5
+    # ImageJ writers spell micrometres many ways ('Micron', 'microns', 'Micrometers'): all one length unit, as the
+    # plugin (napari's unit registry) already read them
+    for spelled in ("Micron", "microns", "Micrometers", "UM"):
+        tif = tmp_path / f"{spelled}.tif"
+        tifffile.imwrite(tif, stack, imagej=True, resolution=(2.0, 2.0), metadata={"unit": spelled})
+        assert open_zstack_with_metadata(tif)[1].units[-1] == "micrometer", spelled
+        assert optics_from_args(_um_args(tif)).pixel_um == pytest.approx(0.5)
+
+
+def test_napari_reader_opens_files_whose_unit_napari_does_not_know(tmp_path):
+    """napari refused the whole layer for a unit its registry cannot parse ('mikron'), and read 'a.u.' as atomic
+    mass unit x year: such axes open in pixels, with a warning naming the file."""
+    from napari_linblur._napari._reader import _napari_units
+
+    assert _napari_units(("micrometer", "second", None, "px"), tmp_path) == ["micrometer", "second", "pixel", "pixel"]
+    for odd in ("mikron", "a.u."):
+        with pytest.warns(UserWarning, match=f"unit '{odd}' is not a length or time napari knows"):
+            assert _napari_units(("micrometer", odd), tmp_path) == ["micrometer", "pixel"]
 
 
 # ------------------------------------------------------------------------------------------ NGFF axes of outputs

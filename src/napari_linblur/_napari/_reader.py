@@ -140,6 +140,31 @@ def _pyramid(arr, meta) -> list | None:
     return out if len(out) > 1 else None
 
 
+def _napari_units(units, path: Path) -> list[str]:
+    """The units napari is given: lengths and times its unit registry (pint) knows, else ``"pixel"`` with a warning
+    naming the file (napari refuses a layer whose unit it cannot parse, and reads some strings as other units:
+    ``'a.u.'`` as atomic mass unit × year)."""
+    import warnings
+
+    import pint
+
+    reg = pint.get_application_registry()
+    out = []
+    for u in units:
+        if u is None or str(u).lower() in ("pixel", "pixels", "px"):
+            out.append("pixel")
+            continue
+        try:
+            ok = any(reg.parse_expression(str(u)).check(d) for d in ("[length]", "[time]"))
+        except Exception:  # pint's parse errors are of several kinds; any of them means napari cannot use it
+            ok = False
+        if not ok:
+            warnings.warn(f"{path}: the unit {u!r} is not a length or time napari knows; that axis is shown in "
+                          "pixels", UserWarning, stacklevel=2)
+        out.append(str(u) if ok else "pixel")
+    return out
+
+
 def _described(meta) -> dict | None:
     """What a napari-linblur output's values mean (operation, unit, model, optics, …): the ``"linblur"`` root
     attributes written by the widgets and the command line, or None for other files."""
@@ -192,7 +217,7 @@ def read_zstack(path: str | list[str]) -> list[LayerData]:
             stem = stem[: -len(suffix)]
             break
     axes = meta.axes
-    units = [u or "pixel" for u in meta.units]
+    units = _napari_units(meta.units, p)
     pyramid = _pyramid(arr, meta)
     if meta.extra.get("z_added"):  # a file without a Z axis opens as it was saved, (..., Y, X), not (..., 1, Y, X)
         iz = axes.index("z")

@@ -279,11 +279,28 @@ def _unknown(p: Path, why: str) -> str:
 
 
 
+#: time units of OME-NGFF that :func:`_norm_unit` recognizes (with their plurals and any capitalization)
+_TIME_UNITS = frozenset({"second", "millisecond", "microsecond", "nanosecond", "minute", "hour", "day"})
+
+
 def _norm_unit(u: Any) -> str | None:
+    """A unit as files spell it -> the OME-NGFF name (``'µm'``, ``'Micron'``, ``'microns'``, ``'Micrometers'`` ->
+    ``'micrometer'``); a unit it does not know is returned as given."""
     if u is None or u == "":
         return None
-    u = str(u)
-    return _UNIT_ALIASES.get(u, u)
+    u = str(u).strip()
+    known = _UM_PER_UNIT.keys() | _TIME_UNITS
+    for cand in (u, u.lower()):  # exact first: 'Å', 'ms'; then ignoring case: 'Micron', 'NM', 'Micrometer'
+        if cand in _UNIT_ALIASES:
+            return _UNIT_ALIASES[cand]
+        if cand in known:
+            return cand
+    low = u.lower()
+    if len(low) > 3 and low.endswith("s"):  # a plural: 'microns', 'micrometers', 'seconds'
+        sing = low[:-1]
+        if sing in _UNIT_ALIASES or sing in known:
+            return _UNIT_ALIASES.get(sing, sing)
+    return u
 
 
 def length_in_um(value: float, unit: str | None) -> float | None:
