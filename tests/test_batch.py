@@ -612,3 +612,87 @@ def test_ctrl_c_to_the_whole_terminal_group_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip().splitlines() == ["linblur defocus-map: interrupted"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zarr"]
+
+
+def test_a_server_that_is_not_a_dask_scheduler_is_named_not_waited_on(stack_path, scheduler, capsys, monkeypatch):
+    """--scheduler at a dashboard port waited forever (distributed's handshake has no timeout), and at a web server
+    answering HTTP said "not enough memory (3 EiB)". Both are now one line naming the address; a real scheduler
+    passes the check."""
+    import socket
+    import threading
+
+    from napari_linblur import batch
+    from napari_linblur.cli.main import main
+
+    path, _ = stack_path
+    monkeypatch.setattr(batch, "SCHEDULER_HANDSHAKE_S", 1.0)
+    for reply, says in ((None, "sent no dask handshake in 1 s"), (b"HTTP/1.1 400 Bad Request\r\n\r\n", "HTTP")):
+        server = socket.create_server(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+
+        def serve(server=server, reply=reply):
+            conn, _ = server.accept()
+            with conn:
+                if reply is not None:
+                    conn.sendall(reply)
+                conn.settimeout(5)
+                try:
+                    conn.recv(1)  # held open until the client goes
+                except OSError:
+                    pass
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        assert main(["focus", str(path), "--channel", "w1", "--method", "brenner", "--scheduler",
+                     f"tcp://127.0.0.1:{port}"]) == 2
+        err = capsys.readouterr().err
+        assert f"--scheduler tcp://127.0.0.1:{port}" in err and says in err and "not a dask scheduler" in err, err
+        assert "memory" not in err and "Traceback" not in err
+        t.join(10)
+        server.close()
+    batch.check_scheduler_speaks_first(scheduler)  # a dask scheduler speaks first: no error
+
+
+def test_a_scheduler_lost_mid_run_is_one_line_and_exit_2(stack_path, capsys, monkeypatch):
+    """The scheduler killed mid-run (a job's time limit) raised distributed's FutureCancelledError: a traceback and
+    exit 1, the code of `focus --on-error skip`'s partial failures. Now one line, exit 2."""
+    import contextlib
+
+    from distributed.client import FutureCancelledError
+
+    from napari_linblur import batch
+    from napari_linblur.cli.main import main
+
+    @contextlib.contextmanager
+    def lost(*args, **kwargs):
+        raise FutureCancelledError("x", reason="scheduler-connection-lost")
+        yield
+
+    monkeypatch.setattr(batch, "dask_client", lost)
+    path, _ = stack_path
+    assert main(["focus", str(path), "--channel", "w1", "--method", "brenner", "--scheduler", "tcp://h:1"]) == 2
+    err = capsys.readouterr().err
+    assert "the dask scheduler was lost or cancelled the work while computing" in err and "Traceback" not in err
+
+
+def test_a_plane_file_gone_where_it_is_read_is_not_called_corrupt(tmp_path, scheduler):
+    """A TIFF plane that workers cannot see (a path local to the client's machine) read as "not a readable TIFF
+    (corrupt or truncated file?)": it is now "not found", and on a dask worker says that every worker must see the
+    input at the same path."""
+    import tifffile
+    from distributed import Client
+
+    from napari_linblur.io.readers import open_zstack
+
+    folder = tmp_path / "tifs"
+    folder.mkdir()
+    for z in range(3):
+        tifffile.imwrite(folder / f"plane_{z:02d}.tif", np.full((16, 16), z, np.uint16))
+    stack = open_zstack(folder)
+    (folder / "plane_01.tif").unlink()
+    with pytest.raises(ValueError, match="plane_01.tif: not found when it was read") as info:
+        stack.compute()
+    assert "corrupt" not in str(info.value)
+    with Client(scheduler) as client, pytest.raises(ValueError, match="not found on the dask worker at .* every "
+                                                                      "worker must see the input at the same path"):
+        client.compute(stack).result()

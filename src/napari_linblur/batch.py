@@ -126,6 +126,54 @@ def _warn_while_no_workers(client: Any, address: str, after: float) -> Iterator[
         thread.join(timeout=2.0)
 
 
+#: seconds a server at ``--scheduler`` may take to send its first bytes (a dask scheduler sends its handshake at once)
+SCHEDULER_HANDSHAKE_S = 10.0
+
+
+def check_scheduler_speaks_first(address: str, wait: float | None = None) -> None:
+    """Refuse a ``tcp://`` address whose server is not a dask scheduler, before distributed's client is made.
+
+    A dask scheduler sends its handshake as soon as a connection opens; a web server (the scheduler's own dashboard
+    at 8787, a proxy) waits for a request, and distributed's client would wait with it (no timeout covers that), or
+    read an HTTP reply as a frame length (a "MemoryError"). An address that cannot be reached, or of another
+    scheme (``tls://``, ``inproc://``), is left to the client's own message.
+
+    Raises
+    ------
+    OSError
+        The server sent nothing within ``wait`` seconds (:data:`SCHEDULER_HANDSHAKE_S`), or an HTTP reply.
+    """
+    import socket
+
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme != "tcp":
+        return
+    host, _, port = (rest if sep else address).rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return
+    wait = SCHEDULER_HANDSHAKE_S if wait is None else float(wait)
+    try:
+        conn = socket.create_connection((host, int(port)), timeout=wait)
+    except OSError:  # refused, unreachable, unknown host: distributed names it
+        return
+    with conn:
+        conn.settimeout(wait)
+        try:
+            first = conn.recv(8)
+        except TimeoutError:
+            first = None
+        except OSError:
+            return
+    wrong = ("the dashboard's port is 8787 by default, the scheduler's 8786; `dask scheduler` prints its address as "
+             "'Scheduler at: tcp://…'")
+    if first is None:
+        raise OSError(f"--scheduler {address}: the server there accepted the connection but sent no dask handshake "
+                      f"in {wait:g} s — it is not a dask scheduler (a web server or dashboard?); {wrong}")
+    if first.startswith(b"HTTP") or first.startswith(b"<"):
+        raise OSError(f"--scheduler {address}: the server there answers in HTTP — it is not a dask scheduler; {wrong}")
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None, *,
                 warn_no_workers_after: float | None = None) -> Iterator[Any]:
@@ -158,12 +206,13 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, *,
         raise ValueError(f"--workers must be >= 1 (worker processes of a local cluster), got {workers}")
     with dask.config.set({"distributed.admin.large-graph-warning-threshold": LARGE_GRAPH_WARNING}):
         if scheduler:
+            check_scheduler_speaks_first(scheduler)
             try:
                 client = Client(scheduler, timeout="15s")
-            except (OSError, TimeoutError, ValueError) as err:  # ValueError: not an address ("missing port number")
-                raise OSError(f"--scheduler {scheduler}: cannot connect to a dask scheduler there ({err}); start "
-                              "one with `dask scheduler` (and workers), or use --workers N for a local cluster"
-                              ) from err
+            except Exception as err:  # ValueError: not an address; MemoryError: another server's reply as a frame
+                raise OSError(f"--scheduler {scheduler}: cannot connect to a dask scheduler there ({type(err).__name__}"
+                              f": {err}); start one with `dask scheduler` (and workers), or use --workers N for a "
+                              "local cluster") from err
             with client, _warn_while_no_workers(client, scheduler, after):
                 yield client
             return

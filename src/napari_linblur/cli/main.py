@@ -130,16 +130,25 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"linblur {args.command}: error: not enough memory ({err or 'MemoryError'}); {hint}", file=sys.stderr)
         return 2
     except Exception as err:
-        if type(err).__name__ != "KilledWorker":  # distributed's, matched by name: distributed is not imported here
-            raise
-        # the workers computing one task died, again and again: a worker's memory limit (the nanny kills it) or
-        # a crash. distributed's own message names only its internal task key.
+        # distributed's errors, matched by name: distributed is not imported here
+        name = type(err).__name__
         source = getattr(args, "input", None)
-        print(f"linblur {args.command}: error: dask workers died while computing"
-              + (f" {source}" if source else "") + " (killed by their memory limit, or crashed); give each worker "
-              "more memory (dask worker --memory-limit), fewer threads per worker, or a smaller --tile "
-              f"({err})", file=sys.stderr)
-        return 2
+        computing = " while computing" + (f" {source}" if source else "")
+        if name == "KilledWorker":
+            # the workers computing one task died, again and again: a worker's memory limit (the nanny kills it)
+            # or a crash. distributed's own message names only its internal task key.
+            smaller = [flag for key, flag in (("tile", "a smaller --tile"), ("batch_size", "a smaller --batch-size"))
+                       if key in vars(args)]
+            print(f"linblur {args.command}: error: dask workers died{computing} (killed by their memory limit, or "
+                  "crashed); give each worker more memory (dask worker --memory-limit), fewer threads per worker"
+                  + "".join(f", or {s}" for s in smaller) + f" ({err})", file=sys.stderr)
+            return 2
+        if name in ("FutureCancelledError", "FuturesCancelledError", "CommClosedError"):
+            # the scheduler went away (killed, restarted, its job ended) or cancelled the work: nothing is written
+            print(f"linblur {args.command}: error: the dask scheduler was lost or cancelled the work{computing}; "
+                  f"no output was written — start the run again when the scheduler is back ({err})", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt as err:
         # a training run stops at a step boundary and says where its checkpoint is (TrainingInterrupted)
         print(f"linblur {args.command}: interrupted" + (f" by {err}" if str(err) else ""), file=sys.stderr)

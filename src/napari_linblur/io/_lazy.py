@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -96,6 +97,9 @@ class SafeZarrArray:
             where = f"{self.store}/{self.component}".rstrip("/")
             if isinstance(exc, json.JSONDecodeError):
                 raise ValueError(f"{where}: its zarr metadata is not valid JSON ({exc})") from exc
+            missing = missing_here(exc)
+            if missing is not None:
+                raise ValueError(f"{where}: {missing} ({type(exc).__name__}: {exc})") from exc
             raise ValueError(f"{where}: cannot open this zarr array: {type(exc).__name__}: {exc}") from exc
         if not hasattr(node, "shape"):
             raise ValueError(f"{self.store}: {self.component!r} is a zarr group, not an array")
@@ -175,8 +179,34 @@ def quiet_tifffile() -> Iterator[None]:
         state.depth -= 1
 
 
+def missing_here(exc: BaseException) -> str | None:
+    """For a file gone or unreadable where a plane was read (``FileNotFoundError``/``PermissionError``): where that
+    was, and, on a dask worker, that every worker must see the input at the same path; else None."""
+    if not isinstance(exc, (FileNotFoundError, PermissionError)):
+        return None
+    import socket
+
+    what = "not found" if isinstance(exc, FileNotFoundError) else "not readable"
+    on_worker = False
+    if "distributed" in sys.modules:
+        try:
+            from distributed import get_worker
+
+            get_worker()
+            on_worker = True
+        except (ValueError, ImportError):
+            pass
+    if on_worker:
+        return (f"{what} on the dask worker at {socket.gethostname()} that read it: every worker must see the input "
+                "at the same path (a shared file system, and an absolute path)")
+    return f"{what} when it was read (moved, deleted or unmounted since the run started?)"
+
+
 def tiff_error(path: str | Path, exc: BaseException) -> ValueError:
     """A ``ValueError`` naming a TIFF file that could not be read."""
+    where = missing_here(exc)
+    if where is not None:
+        return ValueError(f"{path}: {where} ({type(exc).__name__}: {exc})")
     return ValueError(
         f"{path}: not a readable TIFF (corrupt or truncated file?): {type(exc).__name__}: {exc}"
     )

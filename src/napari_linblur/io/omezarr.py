@@ -620,11 +620,24 @@ def write_ome_zarr(
                     translate_t, names_t, types_t, max_parallel)
         move_into_place(tmp, target, overwrite)
     except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_partial(tmp)
         if getattr(err, "errno", None) in WRITE_ERRNOS:  # zarr's error names no file: say which output failed
             raise write_error(target, err) from err
         raise
     return Path(os.fspath(path))
+
+
+def remove_partial(tmp: Path, tries: int = 10, pause: float = 0.1) -> None:
+    """Delete a failed or interrupted write's temporary store. A chunk write already under way in another thread
+    (zarr's I/O, a dask task) can recreate a folder just deleted, so it is deleted again until it stays gone
+    (``tries`` times, ``pause`` s apart); what is still left is named by the next write to that output."""
+    import time
+
+    for i in range(tries):
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.lexists(tmp):
+            return
+        time.sleep(pause * (i + 1))
 
 
 def warn_stale_partial_writes(target: str | os.PathLike) -> list[Path]:

@@ -22,7 +22,6 @@ sibling and renamed into place only when complete.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from ..io.omezarr import (
     check_replaceable,
     make_temp_sibling,
     move_into_place,
+    remove_partial,
     warn_stale_partial_writes,
 )
 from .phantoms import cell_phantom
@@ -219,7 +219,7 @@ def write_synthetic_dataset(
                 bar.update(1)
         move_into_place(tmp, target, overwrite)
     except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_partial(tmp)
         if getattr(err, "errno", None) in WRITE_ERRNOS:  # zarr's error names no file: say which output failed
             raise write_error(target, err) from err
         raise
