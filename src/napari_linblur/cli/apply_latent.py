@@ -58,7 +58,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
              "img_c": f"{args.input}, plane {args.blurry} (--blurry)"}
     with naming_the_input(names):
         planes = [synthesize_blur(a, c, al, model=args.model, device=args.device) for al in alphas]
-    # where each plane lies between the two, in the input's plane numbers (alpha_from_positions inverted)
+    # where each plane lies between the two, in the input's Z indices (alpha_from_positions inverted)
     positions = ([float(v) for v in args.positions] if args.positions
                  else [float(args.blurry - al * (args.blurry - args.sharp)) for al in alphas])
     # one plane per α along Z: the input's other axes and calibration; Z's values recorded as the alphas and

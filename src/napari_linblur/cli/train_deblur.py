@@ -49,7 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--replay", type=float, default=0.3,
                    help="stage 2: fraction of pairs still drawn from the stage-1 optics (default 0.3; "
                    "0 = pure fine-tuning)")
-    p.add_argument("--real-fraction", type=float, default=0.5, help="fraction of stage-2 pairs from --data")
+    p.add_argument("--real-fraction", type=float, default=0.5,
+                   help="fraction of stage-2 pairs from --data (default 0.5)")
     p.set_defaults(func=_run)
 
 

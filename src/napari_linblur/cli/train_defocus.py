@@ -65,7 +65,7 @@ def register(subparsers) -> None:
                    "model was continued for one leg at 100 50000)")
     p.add_argument("--normalize", default="plane", choices=["plane", "crop"],
                    help="fit the intensity normalization on the whole rendered sample (as inference does per "
-                   "plane) or on each training crop (the first defocus-default's recipe)")
+                   "plane; the default) or on each training crop (the first defocus-default's recipe)")
     p.add_argument("--content-from", default=None, metavar="PATH",
                    help="your own z-stacks (OME-Zarr/zarr, TIFF, folder of TIFFs, BBBC006 folder): the in-focus "
                    "plane of each stack, pixel-shuffled, replaces the bundled pictures as content (paper 001 §2.2; "

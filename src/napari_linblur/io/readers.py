@@ -410,6 +410,7 @@ def _select_channel(
         raise ValueError(
             f"channel={channel!r}: {meta.source} has no channel axis"
             + (f" (its only channel is {single!r})" if single else "")
+            + "; give channel 0 (--channel 0) for its one channel"
         )
     ax = meta.axes.index("c")
     idx = channel_index(channel, meta.channel_names, arr.shape[ax], meta.source)
