@@ -376,6 +376,30 @@ def test_bbbc006_layout_loads_and_trains(tmp_path):
     assert card["data"]["kind"] == "bbbc006" and card["data"]["planes"][0] == 16
 
 
+def test_a_stack_without_z_spacing_says_its_defocus_is_in_planes(tmp_path):
+    """A stack that records no Z spacing: the card's defocus_um held plane counts as µm. It now says the unit is
+    planes (with a warning), and a calibrated stack keeps µm."""
+    from napari_linblur.io.omezarr import write_ome_zarr
+    from napari_linblur.training.ae import load_fields
+
+    rng = np.random.default_rng(0)
+    stack = (100 + rng.poisson(50, (3, 9, 40, 48))).astype(np.uint16)
+    stack[:, 0] += (rng.random((3, 40, 48)) * 400).astype(np.uint16)  # a sharp plane 0
+    plain = write_ome_zarr(tmp_path / "plain.zarr", stack, axes="pzyx", units=None)  # no spacing, no unit
+    with pytest.warns(UserWarning, match="no Z spacing in a length unit: defocus is counted in planes"):
+        data = load_fields(plain, None)
+    assert data.meta["defocus_unit"] == "planes"
+    d = np.asarray(data.fields[0].defocus_um)
+    np.testing.assert_array_equal(d, np.round(d))  # whole planes from the sharpest
+    from napari_linblur.training.ae import AETask
+
+    assert AETask(data, TINY, batch_size=2, crop=32).card()["data"]["defocus_unit"] == "planes"
+    cal = write_ome_zarr(tmp_path / "cal.zarr", stack, axes="pzyx", scale=(1.0, 4.0, 0.65, 0.65),
+                         units="micrometer")
+    got = load_fields(cal, None)
+    assert got.meta["defocus_unit"] == "um" and max(got.fields[0].defocus_um) % 4.0 == 0
+
+
 @pytest.mark.parametrize("bad, error, says", [
     ({"batch_size": "x"}, TypeError, "batch_size (--batch-size) must be an int >= 1, got 'x'"),
     ({"batch_size": 8.0}, TypeError, "batch_size (--batch-size) must be an int >= 1"),

@@ -653,6 +653,7 @@ def test_train_on_own_stacks_uses_their_in_focus_planes(tmp_path, capsys, monkey
     assert card["data"]["recipe"]["content_channel"] == 0
     assert card["data"]["content_path"] == str(Path(path).resolve())
     assert [p["plane"] for p in card["data"]["content_planes"]] == [3, 1, 3]
+    assert card["data"]["sources_used"] is False and "not used" in card["data"]["sources_note"]
     from napari_linblur.training.defocus import card_recipe
 
     assert "content_from" not in card_recipe(str(out / "model.safetensors"))  # not inherited by other runs

@@ -225,7 +225,17 @@ def _load_zstack(p: Path, channel, planes: str, fields) -> AEDataset:
     n_fields = arr.shape[0]
     extra = meta.extra or {}
     index = list(extra.get("planes", range(arr.shape[1])))
-    z_step = float(meta.scale[-3]) if len(meta.scale) >= 3 else 1.0
+    from napari_linblur.io.readers import length_in_um
+
+    z_step = length_in_um(float(meta.scale[-3]), meta.units[-3]) if len(meta.scale) >= 3 else None
+    unit = "um"
+    if z_step is None and extra.get("format") != "bbbc006":  # the card's defocus_um would be plane counts
+        import warnings
+
+        z_step, unit = 1.0, "planes"
+        warnings.warn(f"--data {p} records no Z spacing in a length unit: defocus is counted in planes (the model "
+                      "card's defocus_unit says so); training is unaffected (α comes from plane ratios)",
+                      UserWarning, stacklevel=3)
     if extra.get("format") == "bbbc006":
         focus_plane = 16  # BBBC006: plane 16 is in focus, planes 0-15 lie above it 2 µm apart
         from napari_linblur.io import bbbc006 as _bb
@@ -247,7 +257,7 @@ def _load_zstack(p: Path, channel, planes: str, fields) -> AEDataset:
         stack = np.asarray(arr[i][keep].compute() if hasattr(arr, "dask") else arr[i][keep])
         out.append(FieldStack(names[i], stack, np.abs(defocus[keep]), [index[k] for k in keep]))
     return AEDataset(str(p), channel, out, extra.get("format", "zstack"),
-                     meta={"n_fields": n_fields, "field_names": names})
+                     meta={"n_fields": n_fields, "field_names": names, "defocus_unit": unit})
 
 
 def count_fields(path: str | os.PathLike) -> int:
@@ -591,6 +601,7 @@ class AETask(StartsFromInit):
                 "normalization": _NORM_CARD[self.normalization],
                 "planes": [int(i) for i in d.fields[0].plane_index],
                 "defocus_um": [float(v) for v in d.fields[0].defocus_um],
+                **({"defocus_unit": "planes"} if (d.meta or {}).get("defocus_unit") == "planes" else {}),
             },
             **self.extra_card,
         }

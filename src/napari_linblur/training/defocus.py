@@ -680,7 +680,11 @@ class DefocusTask(StartsFromInit):
                      "renderer": "napari_linblur.optics.varying.render_spatially_varying (scatter)",
                      "pool_seconds": None if self.pool_seconds is None else round(self.pool_seconds, 1),
                      **({"content_path": str(Path(os.fspath(self.data.content_from)).resolve()),
-                         "content_planes": list(content_images(self.data)[1])}
+                         "content_planes": list(content_images(self.data)[1]),
+                         # the recipe keeps its sources (a later run from this card may drop --content-from)
+                         "sources_used": False,
+                         "sources_note": "recipe.sources were not used: the planes of content_path replaced them "
+                                         "as pixel-shuffled content"}
                         if self.data.content_from is not None else {})},
         }
 
