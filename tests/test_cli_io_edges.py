@@ -536,3 +536,14 @@ def test_reports_and_run_folders_inside_a_zarr_store_are_refused(tmp_path, capsy
     tifffile.imwrite(tif, np.random.default_rng(0).poisson(300, (2, 32, 32)).astype(np.uint16))
     assert main(["focus", str(tif), "--method", "tenengrad", "--json", str(store / "r.json")]) == 2
     assert "inside the zarr store" in capsys.readouterr().err and not (store / "r.json").exists()
+
+
+def test_an_out_folder_that_is_a_dangling_or_looping_link_is_named(tmp_path):
+    from napari_linblur.io.atomic import make_output_folder
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "gone").symlink_to(tmp_path / "nothing")
+    for link in ("a", "gone"):
+        with pytest.raises(ValueError, match="symbolic link that leads nowhere"):
+            make_output_folder(tmp_path / link)

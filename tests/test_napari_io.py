@@ -67,6 +67,19 @@ def test_reader_tiff_stack_and_bbbc006_file(tmp_path):
     (tmp_path / "empty.zarr").mkdir()
     assert _reader.napari_get_reader(str(tmp_path / "empty.zarr")) is None  # not claimed, then failing
     assert _reader.napari_get_reader([str(t), str(t)]) is None
+    # a TIFF named otherwise, and a folder of TIFFs named .zarr, open as the command line opens them
+    import shutil
+
+    odd = tmp_path / "stack.zarr"
+    shutil.copy(t, odd)
+    (arr, _, _), = _reader.napari_get_reader(str(odd))(str(odd))
+    np.testing.assert_array_equal(np.asarray(arr), stack)
+    folder = tmp_path / "planes.zarr"
+    folder.mkdir()
+    for z in range(3):
+        tifffile.imwrite(folder / f"p{z}.tif", stack[z])
+    (arr, _, _), = _reader.napari_get_reader(str(folder))(str(folder))
+    np.testing.assert_array_equal(np.asarray(arr), stack)
     try:
         bb = bbbc006.find_bbbc006_image()
     except FileNotFoundError:

@@ -46,13 +46,22 @@ def _looks_readable(p: Path) -> bool:
     from napari_linblur.io.omezarr import ZARR_METADATA, is_zarr_store
 
     if p.is_file():
-        return p.suffix.lower() in _TIFF or p.name in ZARR_METADATA
+        if p.suffix.lower() in _TIFF or p.name in ZARR_METADATA:
+            return True
+        from napari_linblur.io.readers import _TIFF_MAGIC
+
+        try:  # a TIFF under another name (x.zarr, x.dat): opened by its content, as the command line does
+            with open(p, "rb") as f:
+                return f.read(4) in _TIFF_MAGIC
+        except OSError:
+            return False
     if p.is_dir():
         if is_zarr_store(p):
             return True
-        if p.suffix.lower() == ".zarr":
-            return False  # a .zarr folder without zarr metadata (empty, or still being written) is not readable
         from napari_linblur.io import bbbc006
+
+        # a .zarr folder without zarr metadata is readable only as a folder of TIFFs (as the command line reads it);
+        # an empty one, or one still being written, is not
 
         try:
             if bbbc006.scan_bbbc006(p):

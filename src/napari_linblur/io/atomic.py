@@ -232,8 +232,10 @@ def make_output_folder(path: str | os.PathLike, label: str = "--out") -> Path:
     if p.exists() and not p.is_dir():
         raise ValueError(f"{label} {p} is a file; {label} must be a folder (a new or an existing one)")
     check_parent_folders(p, label)
-    if not p.is_symlink():  # a symbolic-link loop is named by the mkdir below
-        check_not_inside_store(p.resolve())
+    if p.is_symlink() and not p.exists():  # mkdir would say "File exists"
+        raise ValueError(f"{label} {p} is a symbolic link that leads nowhere (a missing target, or links that point "
+                         "at each other); give a real folder")
+    check_not_inside_store(p.resolve())
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a read-only or virtual file system (/sys, /proc), no permission: named, one line
