@@ -3,10 +3,10 @@
 Two named configurations, both built as ``LinearLatentAE(**config)`` (the model card stores the config):
 
 ``"paper"``
-    Exactly the paper's network: five 3x3 stride-2 convolutions (64, 128, 256, 512, 1024 filters) each with
-    BatchNorm and LeakyReLU; a symmetric decoder of five 3x3 stride-2 transposed convolutions (512, 256, 128, 64,
-    32) plus a sixth 3x3 stride-1 transposed convolution (32), each with BatchNorm and LeakyReLU; a final 3x3
-    convolution and a sigmoid. A 128x128 crop gives a 1024x4x4 latent. Size multiple 32.
+    The paper's network as its text describes it: five 3x3 stride-2 convolutions (64, 128, 256, 512, 1024 filters)
+    each with BatchNorm and LeakyReLU; a symmetric decoder of five 3x3 stride-2 transposed convolutions (512, 256,
+    128, 64, 32) plus a sixth 3x3 stride-1 transposed convolution (32), each with BatchNorm and LeakyReLU; a final
+    3x3 convolution and a sigmoid. A 128x128 crop gives a 1024x4x4 latent. Size multiple 32.
 
 ``"default"``
     Ours, chosen by measurement (``docs/results/latent-ae.md``): fully convolutional, a spatial latent at 1/4 of

@@ -13,8 +13,9 @@ Every training sample is made from scratch and is a pure function of ``(seed, in
    * ``"mixed"`` (default) — half and half.
 
 2. **a defocus map** ``M`` (σ of the equivalent Gaussian PSF, pixels, within ``[0, 10]``): half Gaussian random
-   fields (continuous depth), half region maps (the paper's recursive four-way split), each over a random
-   sub-range of ``sigma_range`` so that nearly uniform maps occur too (whole defocused planes);
+   fields (continuous depth), half region maps (a recursive four-way split: the split of the paper's patch experiment,
+   §3.3, standing in for the COCO segmentation masks its pixel-level training used, §3.4, which do not ship), each
+   over a random sub-range of ``sigma_range`` so that nearly uniform maps occur too (whole defocused planes);
 3. **rendering** with the *true* spatially varying PSF
    (:func:`napari_linblur.optics.varying.render_spatially_varying`, every source point spreads with its own σ);
 4. **camera**: a background level, Poisson–Gaussian noise at a random photon level, read noise and gain, a camera
