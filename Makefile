@@ -15,7 +15,7 @@ HEALTHY := $(shell $(BIN)/python -c "import pip, napari_linblur" >/dev/null 2>&1
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml $(if $(HEALTHY),,FORCE)
-	bash tools/install_system_deps.sh
+	PYTHON=$(PYTHON) bash tools/install_system_deps.sh
 	$(BIN)/python -c "import pip" >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

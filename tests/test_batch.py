@@ -673,6 +673,17 @@ def test_a_scheduler_lost_mid_run_is_one_line_and_exit_2(stack_path, capsys, mon
     assert main(["focus", str(path), "--channel", "w1", "--method", "brenner", "--scheduler", "tcp://h:1"]) == 2
     err = capsys.readouterr().err
     assert "the dask scheduler was lost or cancelled the work while computing" in err and "Traceback" not in err
+    # a connection closed under the run: distributed's CommClosedError is an OSError, said the same way
+    from distributed.comm.core import CommClosedError
+
+    @contextlib.contextmanager
+    def closed(*args, **kwargs):
+        raise CommClosedError("in <TCP (closed) ConnectionPool.gather>: Stream is closed")
+        yield
+
+    monkeypatch.setattr(batch, "dask_client", closed)
+    assert main(["focus", str(path), "--channel", "w1", "--method", "brenner", "--scheduler", "tcp://h:1"]) == 2
+    assert "the dask scheduler was lost" in capsys.readouterr().err
 
 
 def test_a_plane_file_gone_where_it_is_read_is_not_called_corrupt(tmp_path, scheduler):

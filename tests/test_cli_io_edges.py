@@ -261,7 +261,7 @@ def test_defocus_map_um_takes_the_pixel_size_in_any_length_unit(tmp_path):
     assert optics_from_args(_um_args(tmp_path / "none.zarr", "--pixel-um", "0.5")).pixel_um == 0.5
     # ImageJ writers spell micrometres many ways ('Micron', 'microns', 'Micrometers'): all one length unit, as the
     # plugin (napari's unit registry) already read them
-    for spelled in ("Micron", "microns", "Micrometers", "UM"):
+    for spelled in ("Micron", "microns", "Micrometers", "MICRON"):
         tif = tmp_path / f"{spelled}.tif"
         tifffile.imwrite(tif, stack, imagej=True, resolution=(2.0, 2.0), metadata={"unit": spelled})
         assert open_zstack_with_metadata(tif)[1].units[-1] == "micrometer", spelled
@@ -496,6 +496,18 @@ def test_an_existing_file_or_foreign_folder_is_refused_as_such_without_suggestin
     assert main(["defocus-map", str(tif), str(notes), "--device", "cpu", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "refusing to replace it" in err and "pass overwrite" not in err and notes.read_text() == "keep"
+    assert main(["synth", str(notes), "--fields", "1"]) == 2  # the synthetic dataset writer too
+    err = capsys.readouterr().err
+    assert "refusing to replace it" in err and "pass overwrite" not in err and notes.read_text() == "keep"
+
+
+def test_a_store_whose_metadata_names_a_missing_array_says_so_at_open(tmp_path):
+    """A damaged store (its array folder gone) said 'not found when it was read (moved, deleted or unmounted since
+    the run started?)' at open, before any run: it now says the metadata names an array that is not there."""
+    store = write_ome_zarr(tmp_path / "z.zarr", np.zeros((2, 16, 16), np.float32), axes="zyx")
+    shutil.rmtree(store / "0")
+    with pytest.raises(ValueError, match="metadata names this array, but it is not there"):
+        open_zstack_with_metadata(store)
 
 
 def test_an_earlier_output_that_cannot_be_deleted_is_said_not_left_silently(tmp_path, monkeypatch):

@@ -938,6 +938,13 @@ def test_evaluate_bbbc006_plane_is_found_named_or_said_skipped(tmp_path, tiny_mo
     assert main([*base, "--bbbc006", str(mine / src.name), "--out", str(tmp_path / "given")]) == 0
     res = json.loads((tmp_path / "given" / "defocus_eval.json").read_text())
     assert res["bbbc006"]["file"] == src.name and res["config"]["bbbc006"] == str(mine / src.name)
+    from napari_linblur.evaluation.defocus import bbbc006_file
+
+    assert bbbc006_file(str(mine)) == mine / src.name  # a folder, as $NAPARI_LINBLUR_DATA names one
+    odd = tmp_path / "bb[1]"
+    odd.mkdir()
+    shutil.copy(src, odd / src.name)
+    assert bbbc006_file(str(odd / src.name)) == odd / src.name  # [ ] in a real name is not a pattern
     assert 0 < res["bbbc006"]["signal_fraction"] < 1 and "tiny" in res["bbbc006"]["estimators"]
     # the sample lookup: $NAPARI_LINBLUR_DATA first, and nothing else for an installed package (no checkout)
     monkeypatch.setenv("NAPARI_LINBLUR_DATA", str(mine))

@@ -205,6 +205,10 @@ def test_trained_noise_model_card_and_inference(noise_model, image_only_model, t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         nl.estimate_defocus(img, model=str(noise_model), device="cpu", camera=(1.0, 100.0, 2.0))
+        # a noise-free detector (read noise 0) on a plane whose background sits at the offset: no misfit
+        dark = np.full((40, 48), 100.0, np.float32)
+        dark[10:20, 10:20] += 300
+        nl.estimate_defocus(dark, model=str(noise_model), device="cpu", camera=(1.0, 100.0, 0.0))
     # a bad calibration is a clear error before any work; an image-only model ignores the camera
     with pytest.raises(ValueError, match="camera"):
         nl.estimate_defocus(img, model=str(noise_model), device="cpu", camera={"gain": 1.0})

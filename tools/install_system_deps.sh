@@ -11,7 +11,7 @@ pkgs=(xvfb xauth libxcb-cursor0 libxkbcommon-x11-0 libxkbcommon0 libegl1 libgl1 
       libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 libxcb-xkb1 libxcb-glx0
       libfontconfig1 libxrender1 libxi6 "libglib2.0-0t64|libglib2.0-0")
 # `python3 -m venv` needs ensurepip, which Debian ships apart (python3-venv)
-python3 -c 'import ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
+"${PYTHON:-python3}" -c 'import ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 missing=()
 for entry in "${pkgs[@]}"; do

@@ -127,7 +127,7 @@ def _warn_while_no_workers(client: Any, address: str, after: float) -> Iterator[
 
 
 #: seconds a server at ``--scheduler`` may take to send its first bytes (a dask scheduler sends its handshake at once)
-SCHEDULER_HANDSHAKE_S = 10.0
+SCHEDULER_HANDSHAKE_S = 20.0
 
 
 def check_scheduler_speaks_first(address: str, wait: float | None = None) -> None:
@@ -136,7 +136,8 @@ def check_scheduler_speaks_first(address: str, wait: float | None = None) -> Non
     A dask scheduler sends its handshake as soon as a connection opens; a web server (the scheduler's own dashboard
     at 8787, a proxy) waits for a request, and distributed's client would wait with it (no timeout covers that), or
     read an HTTP reply as a frame length (a "MemoryError"). An address that cannot be reached, or of another
-    scheme (``tls://``, ``inproc://``), is left to the client's own message.
+    scheme (``tls://``, ``inproc://``), is left to the client's own message. The probe's connection closes before
+    the handshake completes, which the scheduler logs at INFO level ("closed before handshake completed").
 
     Raises
     ------

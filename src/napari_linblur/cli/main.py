@@ -79,6 +79,30 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(s, handler)
 
 
+def _cluster_error(args, err: BaseException) -> bool:
+    """Print the one-line error of a dask.distributed failure and return True; False for any other error.
+
+    distributed's errors are matched by name: distributed is not imported here."""
+    name = type(err).__name__
+    source = getattr(args, "input", None)
+    computing = " while computing" + (f" {source}" if source else "")
+    if name == "KilledWorker":
+        # the workers computing one task died, again and again: a worker's memory limit (the nanny kills it) or a
+        # crash. distributed's own message names only its internal task key.
+        smaller = [flag for key, flag in (("tile", "a smaller --tile"), ("batch_size", "a smaller --batch-size"))
+                   if key in vars(args)]
+        print(f"linblur {args.command}: error: dask workers died{computing} (killed by their memory limit, or "
+              "crashed); give each worker more memory (dask worker --memory-limit), fewer threads per worker"
+              + "".join(f", or {s}" for s in smaller) + f" ({err})", file=sys.stderr)
+        return True
+    if name in ("FutureCancelledError", "FuturesCancelledError", "CommClosedError"):
+        # the scheduler went away (killed, restarted, its job ended) or cancelled the work: nothing is written
+        print(f"linblur {args.command}: error: the dask scheduler was lost or cancelled the work{computing}; no "
+              f"output was written — start the run again when the scheduler is back ({err})", file=sys.stderr)
+        return True
+    return False
+
+
 def _main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         # an ASCII-only terminal: µ, σ and — print as escapes, not a crash; a UTF-8 one: a file name that is not
@@ -112,6 +136,8 @@ def _main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError, FloatingPointError, OverflowError) as err:
         # OSError: missing files, an unreachable --scheduler ...; FloatingPointError: a diverged training run
+        if _cluster_error(args, err):  # distributed's CommClosedError is an OSError
+            return 2
         print(f"linblur {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
@@ -130,25 +156,9 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"linblur {args.command}: error: not enough memory ({err or 'MemoryError'}); {hint}", file=sys.stderr)
         return 2
     except Exception as err:
-        # distributed's errors, matched by name: distributed is not imported here
-        name = type(err).__name__
-        source = getattr(args, "input", None)
-        computing = " while computing" + (f" {source}" if source else "")
-        if name == "KilledWorker":
-            # the workers computing one task died, again and again: a worker's memory limit (the nanny kills it)
-            # or a crash. distributed's own message names only its internal task key.
-            smaller = [flag for key, flag in (("tile", "a smaller --tile"), ("batch_size", "a smaller --batch-size"))
-                       if key in vars(args)]
-            print(f"linblur {args.command}: error: dask workers died{computing} (killed by their memory limit, or "
-                  "crashed); give each worker more memory (dask worker --memory-limit), fewer threads per worker"
-                  + "".join(f", or {s}" for s in smaller) + f" ({err})", file=sys.stderr)
-            return 2
-        if name in ("FutureCancelledError", "FuturesCancelledError", "CommClosedError"):
-            # the scheduler went away (killed, restarted, its job ended) or cancelled the work: nothing is written
-            print(f"linblur {args.command}: error: the dask scheduler was lost or cancelled the work{computing}; "
-                  f"no output was written — start the run again when the scheduler is back ({err})", file=sys.stderr)
-            return 2
-        raise
+        if not _cluster_error(args, err):
+            raise
+        return 2
     except KeyboardInterrupt as err:
         # a training run stops at a step boundary and says where its checkpoint is (TrainingInterrupted)
         print(f"linblur {args.command}: interrupted" + (f" by {err}" if str(err) else ""), file=sys.stderr)

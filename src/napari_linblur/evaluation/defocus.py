@@ -300,16 +300,27 @@ _MODEL_OBJS: dict[str, Any] = {}
 
 
 def bbbc006_file(path: str | None = None) -> Path:
-    """The BBBC006 TIFF of :func:`bbbc006_check`: ``path`` (a file, or a glob whose first sorted match is used), or
-    the sample image when ``path`` is None. ``FileNotFoundError`` names what was looked for."""
+    """The BBBC006 TIFF of :func:`bbbc006_check`: ``path`` (a file; a folder: its first BBBC006-named TIFF; or a glob
+    whose first sorted file match is used), or the sample image when ``path`` is None. ``FileNotFoundError`` names
+    what was looked for."""
     if path is None:
         from napari_linblur.io.bbbc006 import find_bbbc006_image
 
         return find_bbbc006_image()
-    files = sorted(glob.glob(str(Path(path).expanduser())))
+    from napari_linblur.io.bbbc006 import is_bbbc006_name
+
+    given = Path(path).expanduser()
+    if given.is_file():  # a real name first: one with [ ] or * is not a pattern
+        return given
+    if given.is_dir():  # a folder, as $NAPARI_LINBLUR_DATA names one: its first BBBC006-named TIFF
+        files = sorted(p for p in given.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff")
+                       and is_bbbc006_name(p.name))
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(given)) if Path(p).is_file())
     if not files:
-        raise FileNotFoundError(f"no BBBC006 TIFF at {path}; give a 16-bit BBBC006v1 plane-0 TIFF (or a glob of them)")
-    return Path(files[0])
+        raise FileNotFoundError(f"no BBBC006 TIFF at {path}; give a 16-bit BBBC006v1 plane-0 TIFF, a folder holding "
+                                "one, or a glob of them")
+    return files[0]
 
 
 def bbbc006_check(estimators: dict[str, Any], path: str | None = None) -> dict[str, Any]:

@@ -392,16 +392,27 @@ _REGION, _REGION_OVERLAP = 128, 32  # guided re-blur: regions with one α each (
 
 
 def _guided_reblur(plane, smap, w, *, sigma_r, ae, device, should_stop, progress=None, **pair_kw):
-    """Re-blur + extrapolation region by region (128-px squares, 32 px blended), each with the α of its median σ.
+    """Re-blur + extrapolation with an α that follows the defocus map: each 128-px region's α from its median σ,
+    the regions' α blended over 32 px into one α map, and one tiled extrapolation of the whole plane with it
+    (:func:`~napari_linblur.inference.latent_ops.extrapolate_alpha_map`; one normalization and one re-blur of the
+    whole plane). Extrapolating each region on its own crop left seams at the region borders: the autoencoder saw
+    32 px of context where it needs 64, and each crop had its own normalization.
 
-    ``pair_kw`` (tile, overlap, batch_size, tta) go to :func:`deblur_pair` inside each region; ``progress`` counts
-    regions.
+    ``pair_kw`` (tile, overlap, batch_size, tta) are the autoencoder's tiling; ``progress`` counts its tiles.
     """
-    def one_region(sl: tuple[slice, slice]) -> np.ndarray:
-        if not float(w[sl].max()) > 0:
-            return plane[sl]
-        return _reblur_plane(plane[sl], float(np.median(smap[sl])), sigma_r=sigma_r, ae=ae, device=device,
-                             should_stop=should_stop, **pair_kw)
+    from napari_linblur.inference.latent_ops import extrapolate_alpha_map
+    from napari_linblur.optics.convolve import fft_convolve
+    from napari_linblur.optics.psf import gaussian_psf
 
-    return blend_regions(plane.shape, _REGION, _REGION_OVERLAP, one_region, progress=progress,
-                         should_stop=should_stop)
+    if should_stop is not None and should_stop():
+        raise Cancelled("cancelled")
+    alpha = blend_regions(plane.shape, _REGION, _REGION_OVERLAP,
+                          lambda sl: reblur_alpha(float(np.median(smap[sl])), sigma_r), should_stop=should_stop)
+    if float(alpha.min()) >= 1.0:  # nothing blurred enough to extrapolate: the plane itself, as one α of 1 gives
+        return plane.astype(np.float32)
+    reblurred = fft_convolve(plane.astype(np.float64), gaussian_psf(sigma_r)).astype(np.float32)
+    norm, (b, c) = normalize_for_network(plane, reblurred)  # one normalization for the pair, as deblur_pair's
+    out = np.asarray(norm.invert(extrapolate_alpha_map(ae, b, c, alpha, progress=progress, should_stop=should_stop,
+                                                       **pair_kw)), np.float32)
+    # where the whole neighbourhood needs no extrapolation (α = 1), the plane itself, not its reconstruction
+    return np.where(alpha >= 1.0, plane.astype(np.float32), out)

@@ -132,12 +132,13 @@ def check_camera_fits(plane: np.ndarray, line: tuple[float, float]) -> None:
     bit depth, binning or camera). The noise channel would then say "noise-free" where the image is noisy."""
     a, b = line
     median = float(np.median(plane))
-    if a * median + b <= 0:
+    if a * median + b < 0:  # = 0 is a noise-free detector's background (read noise 0): right, not a misfit
         dark = -b / a  # where the line reaches zero: offset - gain * read_noise²
-        warnings.warn(f"the camera calibration does not fit this image: it predicts no noise below {dark:.6g} and "
-                      f"half of the plane's values are below {median:.6g} (is the offset for another bit depth, "
-                      "binning or camera?); the σ map will read noise as detail. Check camera=, or use "
-                      "camera='auto' to estimate the noise from the image", UserWarning, stacklevel=2)
+        # one text per calibration (not per plane), so that a stack warns once
+        warnings.warn(f"the camera calibration does not fit this image: it predicts no noise below {dark:.6g}, "
+                      "and half of a plane's values are below that (is the offset for another bit depth, binning or "
+                      "camera?); the σ map will read noise as detail. Check camera=, or use camera='auto' to "
+                      "estimate the noise from the image", UserWarning, stacklevel=2)
 
 
 def _plane_defocus(model, device, *, tile, overlap, batch_size, mode="pixel", patch_size=PATCH_SIZE,

@@ -132,6 +132,33 @@ def _pair_fn(model, w_first: float, w_second: float, tta: int = 1) -> Callable:
     return self_ensemble(core, tta)
 
 
+def _alpha_map_fn(model, tta: int = 1) -> Callable:
+    """Tile function: 3-channel tile (b, c, α) -> ``D(E(b) / α − (1 − α) / α · E(c))`` with α taken per latent pixel
+    (the α channel averaged over each latent pixel's footprint): an extrapolation whose α varies over the plane.
+    The self-ensemble flips and rotates the α channel with the image."""
+    import torch.nn.functional as F
+
+    def core(t):
+        z = model.encode(t[:, :2].reshape(-1, 1, *t.shape[-2:]))
+        z = z.reshape(t.shape[0], 2, *z.shape[1:])
+        a = F.adaptive_avg_pool2d(t[:, 2:3].float(), z.shape[-2:]).to(z.dtype)
+        return model.decode(z[:, 0] / a - (1.0 - a) / a * z[:, 1])
+
+    return self_ensemble(core, tta)
+
+
+def extrapolate_alpha_map(model, b: np.ndarray, c: np.ndarray, alpha: np.ndarray, *, tile: int = AE_TILE,
+                          overlap: int = AE_OVERLAP, batch_size: int = 4, progress=None, should_stop=None,
+                          tta: int = 1) -> np.ndarray:
+    """:func:`extrapolate_normalized` with a per-pixel α map ``(Y, X)`` (values in ``(0, 1]``), in one tiled pass:
+    no region borders, and the autoencoder sees the same context as for one α (``deblur``'s guided re-blur)."""
+    x = np.stack([np.asarray(b, np.float32), np.asarray(c, np.float32), np.asarray(alpha, np.float32)])
+    out = tiled_apply(_alpha_map_fn(model, check_tta(tta)), x, out_channels=1, tile=tile, overlap=overlap,
+                      multiple=int(getattr(model, "multiple", 16)), batch_size=batch_size,
+                      device=_model_device(model), progress=progress, should_stop=should_stop)
+    return out[0]
+
+
 def _model_device(model):
     import torch
 

@@ -215,8 +215,12 @@ def tiled_apply(
     tile = _round_up(max(tile, multiple, MIN_TILE_SIDE), multiple)
     th = min(tile, _round_up(max(ny, MIN_TILE_SIDE), multiple))
     tw = min(tile, _round_up(max(nx, MIN_TILE_SIDE), multiple))
-    # pad so that every tile is full size (reflection handles pads larger than the image)
-    py, px = max(th, ny) - ny, max(tw, nx) - nx
+    # pad so that every tile is full size (reflection handles pads larger than the image), and to the network's
+    # multiple even when several tiles cover an axis: a plane's last rows then meet the same reflected border
+    # whatever the tiling (unpadded, the convolutions' zero padding met them instead, and a 697-row defocus map
+    # differed from its one-tile run by px near its bottom edge)
+    py = max(th, _round_up(ny, multiple)) - ny
+    px = max(tw, _round_up(nx, multiple)) - nx
     if py or px:
         x = np.pad(x, ((0, 0), (0, py), (0, px)), mode="reflect" if min(ny, nx) > 1 else "edge")
     _, hy, hx = x.shape

@@ -68,7 +68,7 @@ class SafeZarrArray:
 
         self.store = str(store)
         self.component = component
-        arr = self._open()
+        arr = self._open(at_open=True)
         self.shape = tuple(int(n) for n in arr.shape)
         self.dtype = np.dtype(arr.dtype)
         self.ndim = len(self.shape)
@@ -86,7 +86,8 @@ class SafeZarrArray:
         self.complete = root_attributes(Path(self.store)).get(COMPLETE_MARKER) is True
         self._arr = arr
 
-    def _open(self) -> Any:
+    def _open(self, at_open: bool = False) -> Any:
+        """The zarr array; ``at_open``: when the store is opened (not re-opened to read planes during a run)."""
         import zarr
 
         try:
@@ -97,6 +98,9 @@ class SafeZarrArray:
             where = f"{self.store}/{self.component}".rstrip("/")
             if isinstance(exc, json.JSONDecodeError):
                 raise ValueError(f"{where}: its zarr metadata is not valid JSON ({exc})") from exc
+            if at_open and isinstance(exc, FileNotFoundError):
+                raise ValueError(f"{where}: the store's metadata names this array, but it is not there (a damaged "
+                                 f"or partly copied store?) ({type(exc).__name__}: {exc})") from exc
             missing = missing_here(exc)
             if missing is not None:
                 raise ValueError(f"{where}: {missing} ({type(exc).__name__}: {exc})") from exc

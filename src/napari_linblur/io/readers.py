@@ -286,11 +286,15 @@ _TIME_UNITS = frozenset({"second", "millisecond", "microsecond", "nanosecond", "
 def _norm_unit(u: Any) -> str | None:
     """A unit as files spell it -> the OME-NGFF name (``'µm'``, ``'Micron'``, ``'microns'``, ``'Micrometers'`` ->
     ``'micrometer'``); a unit it does not know is returned as given."""
-    if u is None or u == "":
+    if u is None:
         return None
     u = str(u).strip()
+    if not u:
+        return None
     known = _UM_PER_UNIT.keys() | _TIME_UNITS
-    for cand in (u, u.lower()):  # exact first: 'Å', 'ms'; then ignoring case: 'Micron', 'NM', 'Micrometer'
+    # exact first ('Å', 'ms'); then, for names (not one- or two-letter symbols, where case is meaning: Mm, mm, Ms),
+    # ignoring case: 'Micron', 'Micrometer', 'NANOMETER'
+    for cand in (u, u.lower()) if len(u) > 2 else (u,):
         if cand in _UNIT_ALIASES:
             return _UNIT_ALIASES[cand]
         if cand in known:

@@ -142,8 +142,7 @@ def write_synthetic_dataset(
     check_output_name(out_path)
     target = Path(os.fspath(out_path)).resolve()
     check_not_inside_store(target)
-    if overwrite:
-        check_replaceable(target)
+    check_replaceable(target)  # first: a file or a foreign folder is refused as such, --overwrite would not help
     if (target.exists() or target.is_symlink()) and not overwrite:
         raise FileExistsError(
             f"{target}: already exists; pass overwrite=True (--overwrite) to replace it"
