@@ -274,3 +274,71 @@ def test_a_lazy_layer_says_what_browsing_it_costs(viewer, qtbot, tiny_models):
     status = w.panel.status.text()
     assert "computed when napari shows it" in status and "napari waits for it" in status, status
     assert "'new layer' or 'OME-Zarr file'" in status
+
+
+# ------------------------------------------------------------------------------- a session open all day
+
+
+def test_finished_workers_hold_no_layer_data_and_leave_the_task_list(viewer, qtbot, monkeypatch, make_napari_viewer):
+    """napari's create_worker put every worker in the current viewer's task list for good, and a worker's
+    callbacks kept it (its job, the layer's array, the widget) alive through Qt connections: a deleted 52 MB layer
+    stayed in memory after each live map. Finished workers now drop their job and callbacks and leave the task
+    list; tasks go to the widget's own viewer, so closing another viewer cancels nothing of it."""
+    import gc
+    import weakref
+
+    gate = _Gate()
+    monkeypatch.setitem(nl.__dict__, "estimate_defocus", gate)
+    w = add(viewer, "Defocus map & focus QC")
+    manager = viewer.window._task_status_manager
+    refs = []
+    for i in range(3):
+        data = _stack(3, seed=i)
+        refs.append(weakref.ref(data))
+        layer = viewer.add_image(data, name=f"L{i}")
+        del data
+        w.image.set_layer(layer)
+        settle(qtbot, w)
+        qtbot.waitUntil(lambda: not w.preview.workers, timeout=15000)
+        viewer.layers.remove(layer)
+        del layer
+    qtbot.wait(50)
+    for _ in range(3):
+        gc.collect()
+        qtbot.wait(10)
+    assert not manager.is_busy() and not manager._tasks  # finished entries removed
+    # the last input may be held until the next preview; the earlier ones are freed
+    assert [r() is None for r in refs[:-1]] == [True, True]
+    # a second viewer made current, then closed: the first viewer's preview goes on
+    other = make_napari_viewer()
+    gate.close()
+    layer = viewer.add_image(_stack(3, seed=9), name="M")
+    w.image.set_layer(layer)
+    qtbot.waitUntil(gate.entered.is_set, timeout=15000)
+    worker = w.preview.workers[-1]
+    assert manager.is_busy() and not other.window._task_status_manager._tasks
+    other.close()
+    assert not worker.stop_event.is_set()
+    gate.open.set()
+    settle(qtbot, w)
+    assert w.preview.last_error is None and any("[M" in ly.name for ly in viewer.layers)
+
+
+def test_a_closed_dock_stops_handling_the_viewers_events(viewer, qtbot):
+    """A dock widget removed from the viewer went on handling its layer-list and dims events (a warning per closed
+    dock on the next layer, plane pickers following the viewer): its connections to the viewer are now dropped."""
+    from qtpy.QtCore import QObject
+
+    def bound_to(root):
+        owners = {id(root)} | {id(o) for o in root.findChildren(QObject)}
+        emitters = [*viewer.layers.events.emitters.values(), *viewer.dims.events.emitters.values()]
+        return [cb for em in emitters for cb in em.callbacks
+                if isinstance(cb, tuple) and callable(getattr(cb[0], "__call__", None)) and cb[0]() is not None
+                and id(cb[0]()) in owners]
+
+    viewer.add_image(_stack(3), name="A")
+    dock, w = viewer.window.add_plugin_dock_widget("napari-linblur", "Defocus map & focus QC")
+    assert bound_to(w)  # it follows the viewer while docked
+    viewer.window.remove_dock_widget(dock)
+    qtbot.wait(10)
+    assert bound_to(w) == []

@@ -361,38 +361,107 @@ def thread_pool(kind: str):
 
 def start_worker(job: Callable[[], Any], stop: threading.Event, *, returned: Callable[[Any], None],
                  errored: Callable[[BaseException], None], finished: Callable[[], None], pool: str = PREVIEW_POOL,
-                 started: Callable[[], None] | None = None):
-    """Start ``job()`` in a napari ``thread_worker`` of the plugin's thread ``pool`` (:func:`thread_pool`) whose
-    ``quit()`` sets ``stop``, the job's cancel flag.
+                 started: Callable[[], None] | None = None, viewer=None, description: str = "napari-linblur job"):
+    """Start ``job()`` in a plugin worker (napari's ``FunctionWorker``) of the plugin's thread ``pool``
+    (:func:`thread_pool`) whose ``quit()`` sets ``stop``, the job's cancel flag.
 
     A job whose ``stop`` is set while it waits for a thread raises ``Cancelled`` without running (its input is not
-    read). ``quit()`` is how napari stops workers: closing the viewer window cancels its tasks, and quitting the
-    application asks all workers to quit. The first worker also registers an exit hook that stops the plugin's
-    workers and waits for them before Python tears down the Qt objects they signal through (a worker that emits
-    after that aborts the process).
+    read). The job is shown in ``viewer``'s task list (the widget's own viewer, not napari's current one: closing
+    another window must not cancel it) as ``description``, and closing that window cancels it. Once the worker
+    has finished, its callbacks are disconnected, its job dropped and its task entry removed, so that a finished
+    worker holds no layer data, widget or viewer (napari's ``create_worker`` kept every worker in the current
+    viewer's task list for good, with the job's data). The first worker also registers an exit hook that stops
+    the plugin's workers and waits for them before Python tears down the Qt objects they signal through (a worker
+    that emits after that aborts the process).
+
+    Returns the worker; ``worker.release()`` does the clean-up for a worker that never ran (taken out of the
+    pool's queue).
     """
-    from napari.qt.threading import create_worker
+    import weakref
 
     global _exit_hooked
     if not _exit_hooked:
         atexit.register(stop_workers_at_exit)  # registered after PyQt's exit handler: runs before it (LIFO)
         _exit_hooked = True
 
-    def guarded():
-        if stop.is_set():  # cancelled or superseded while it waited for a thread
-            raise _ops.Cancelled("cancelled")
-        return job()
+    holder = [job]
 
-    worker = create_worker(guarded, stop_event=stop, pool=thread_pool(pool), _worker_class=_worker_class(),
-                           _start_thread=False, _ignore_errors=True)
+    def guarded():
+        fn = holder[0] if holder else None
+        if stop.is_set() or fn is None:  # cancelled or superseded while it waited for a thread
+            raise _ops.Cancelled("cancelled")
+        return fn()
+
+    worker = _worker_class()(guarded, stop_event=stop, pool=thread_pool(pool))
+    connections = [(worker.returned, returned), (worker.errored, errored), (worker.finished, finished)]
     if started is not None:
-        worker.started.connect(started)
-    worker.returned.connect(returned)
-    worker.errored.connect(errored)
-    worker.finished.connect(finished)
+        connections.append((worker.started, started))
+    task = _register_task(viewer, worker, description)
+    for signal, slot in connections:
+        signal.connect(slot)
+    ref = weakref.ref(worker)
+
+    def release() -> None:
+        holder.clear()
+        w = ref()
+        for signal, slot in connections + ([(w.finished, release)] if w is not None else []):
+            with contextlib.suppress(TypeError, RuntimeError):  # not connected, or the Qt object is gone
+                signal.disconnect(slot)
+        connections.clear()
+        _finish_task(task)
+
+    worker.finished.connect(release)  # after ``finished``: the caller's slot runs first
+    worker.release = release
     _RUNNING.add(worker)
     worker.start()
     return worker
+
+
+def owner_viewer(widget):
+    """The napari viewer of the dock widget that holds ``widget`` (its nearest ancestor with a ``viewer``), or
+    None."""
+    w = widget
+    while w is not None:
+        viewer = getattr(w, "viewer", None)
+        if viewer is not None and not callable(viewer):
+            return viewer
+        w = w.parent() if hasattr(w, "parent") else None
+    return None
+
+
+def _register_task(viewer, worker, description: str):
+    """Show ``worker`` in ``viewer``'s task list (what napari lists when its window is closed with jobs running, and
+    cancels); the entry's cancel callback holds the worker weakly. Returns ``(manager, id)``, or None without a
+    viewer window."""
+    import weakref
+
+    try:
+        from napari.utils.task_status import Status
+
+        manager = viewer.window._task_status_manager if viewer is not None else None
+    except Exception:  # noqa: BLE001 - no window (a headless viewer) or another napari: no task entry
+        return None
+    if manager is None:
+        return None
+    ref = weakref.ref(worker)
+
+    def cancel() -> bool:
+        w = ref()
+        if w is not None:
+            w.quit()
+        return True
+
+    task_id = manager.register_task_status("napari-linblur", Status.BUSY, description, cancel_callback=cancel)
+    return manager, task_id
+
+
+def _finish_task(task) -> None:
+    """Remove a finished worker's entry from its viewer's task list (a list napari never empties)."""
+    if task is None:
+        return
+    manager, task_id = task
+    with contextlib.suppress(Exception):
+        manager._tasks.pop(task_id, None)
 
 
 _WORKER_CLASS = None
@@ -675,7 +744,8 @@ class RunPanel(QWidget):
 
         workers = self._workers
         worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished, pool=RUN_POOL,
-                              started=began)
+                              started=began, viewer=owner_viewer(self),
+                              description=f"napari-linblur: {desc}")
 
         def take_back() -> bool:
             # a worker still waiting in the pool's queue (all threads busy with other runs) never emits finished
@@ -689,6 +759,7 @@ class RunPanel(QWidget):
                 with contextlib.suppress(Exception):
                     type(worker)._worker_set.discard(worker)
                 finished()
+                worker.release()  # never ran, so never emitted finished: its callbacks and task entry go here
             return taken
 
         self.worker = worker
@@ -939,7 +1010,8 @@ class LivePreview(QObject):
                 self.completed += 1
 
         workers = self.workers
-        worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished)
+        worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished,
+                              viewer=owner_viewer(self), description="napari-linblur: live preview")
         workers.append(worker)
 
     def _source_layers(self) -> list:
@@ -1253,6 +1325,24 @@ class LinblurWidget(QWidget):
         for panel in self.findChildren(RunPanel):
             panel.cancel(discard=True)
         self.clear_preview()
+        disconnect_viewer_events(self, getattr(self, "viewer", None))
+
+
+def disconnect_viewer_events(root: QObject, viewer) -> None:
+    """Disconnect ``root`` and its child objects from the viewer's layer-list and dims events and its layers' name
+    and data events: a dock widget removed from the viewer would otherwise go on handling them (a warning per
+    closed dock, plane pickers following the viewer) until Python frees it."""
+    if viewer is None:
+        return
+    owners = [root, *root.findChildren(QObject)]
+    groups = [viewer.layers.events, viewer.dims.events]
+    emitters = [em for g in groups for em in getattr(g, "emitters", {}).values()]
+    for layer in viewer.layers:
+        emitters += [getattr(layer.events, n) for n in ("name", "data") if hasattr(layer.events, n)]
+    for em in emitters:
+        for owner in owners:
+            with contextlib.suppress(Exception):  # napari's emitters drop the callbacks bound to ``owner``
+                em.disconnect(owner)
 
 
 source_paths = _ops.source_paths  # the files layers read from (Qt-free: the writer uses it too)
