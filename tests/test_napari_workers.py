@@ -342,3 +342,24 @@ def test_a_closed_dock_stops_handling_the_viewers_events(viewer, qtbot):
     viewer.window.remove_dock_widget(dock)
     qtbot.wait(10)
     assert bound_to(w) == []
+
+
+def test_closed_docks_are_freed(viewer, qtbot):
+    """Every closed dock stayed in memory for the session: the Train widget through its (strong) subscription to the
+    session's model list, the others through their workers. Closed docks are now freed."""
+    import gc
+    import weakref
+
+    viewer.add_image(_stack(3), name="A")
+    refs = []
+    for name in ("Train", "Defocus map & focus QC", "Deblur"):
+        dock, w = viewer.window.add_plugin_dock_widget("napari-linblur", name)
+        if getattr(w, "preview", None) is not None:
+            settle(qtbot, w, timeout=60000)
+        refs.append((name, weakref.ref(w)))
+        viewer.window.remove_dock_widget(dock)
+        del dock, w
+    for _ in range(5):
+        qtbot.wait(20)
+        gc.collect()
+    assert [name for name, r in refs if r() is not None] == []

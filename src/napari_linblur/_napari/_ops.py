@@ -643,27 +643,35 @@ class UserModels:
 
     def __init__(self) -> None:
         self._models: dict[str, list[str]] = {"ae": [], "deblur": [], "defocus": []}
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list = []  # weak references: a subscribed widget is freed once closed
 
     def add(self, task: str, path: str) -> None:
         paths = self._models.setdefault(task, [])
         if path not in paths:
             paths.append(path)
-        for cb in list(self._listeners):
+        for ref in list(self._listeners):
+            cb = ref()
+            if cb is None:  # a freed widget
+                self._listeners.remove(ref)
+                continue
             try:
                 cb()
             except RuntimeError:  # a deleted widget
-                self._listeners.remove(cb)
+                self._listeners.remove(ref)
 
     def get(self, task: str) -> list[str]:
         return list(self._models.get(task, []))
 
     def subscribe(self, cb: Callable[[], None]) -> None:
-        self._listeners.append(cb)
+        """Call ``cb()`` on every change; held weakly (a bound method by ``weakref.WeakMethod``), so that the
+        subscription does not keep its widget alive."""
+        import weakref
+
+        ref = weakref.WeakMethod(cb) if hasattr(cb, "__self__") else weakref.ref(cb)
+        self._listeners.append(ref)
 
     def unsubscribe(self, cb: Callable[[], None]) -> None:
-        if cb in self._listeners:
-            self._listeners.remove(cb)
+        self._listeners = [r for r in self._listeners if r() is not None and r() != cb]
 
 
 USER_MODELS = UserModels()
