@@ -1,6 +1,7 @@
 """Validation, normalization, device selection and the model registry."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -433,3 +434,25 @@ def test_init_weights_of_another_configuration_name_the_difference(tmp_path):
     with pytest.raises(ValueError, match=r"another network configuration than this run's \(latent_channels: 4 in "
                                          r"the init model, 8 here\); .*--model-config\)$"):
         registry.init_weights(LinearLatentAE(**CONFIGS["default"]), path, "LinearLatentAE")
+
+
+def test_the_model_cache_is_bounded_and_keeps_one_copy_per_network(tmp_path):
+    """Evaluating checkpoint after checkpoint kept every network for the life of the process (60 files: +260 MB),
+    and model=None, the default's name, and device 'auto' / 'cpu' each kept a copy of the same weights."""
+    import shutil
+
+    from napari_linblur.models import registry
+
+    registry.clear_model_cache()
+    a = registry.cached_model(None, "defocus", "cpu")
+    assert registry.cached_model("defocus-default", "defocus", "cpu") is a
+    assert registry.cached_model("defocus-default", "defocus", "auto") is a  # no GPU here: 'auto' is the CPU
+    weights = Path(registry.__file__).parent / "weights" / "defocus-default.safetensors"
+    for i in range(registry.MODEL_CACHE_SIZE + 3):
+        copy = tmp_path / f"ckpt{i}.safetensors"
+        shutil.copy(weights, copy)
+        registry.cached_model(str(copy), "defocus", "cpu")
+    assert len(registry._MODEL_CACHE) == registry.MODEL_CACHE_SIZE
+    assert registry.cached_model("defocus-default", "defocus", "cpu") is not a  # the oldest went first
+    registry.clear_model_cache()
+    assert not registry._MODEL_CACHE

@@ -333,7 +333,7 @@ def test_a_closed_dock_stops_handling_the_viewers_events(viewer, qtbot):
         owners = {id(root)} | {id(o) for o in root.findChildren(QObject)}
         emitters = [*viewer.layers.events.emitters.values(), *viewer.dims.events.emitters.values()]
         return [cb for em in emitters for cb in em.callbacks
-                if isinstance(cb, tuple) and callable(getattr(cb[0], "__call__", None)) and cb[0]() is not None
+                if isinstance(cb, tuple) and callable(cb[0]) and cb[0]() is not None
                 and id(cb[0]()) in owners]
 
     viewer.add_image(_stack(3), name="A")

@@ -12,6 +12,7 @@ Nothing is ever unpickled and nothing is downloaded.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import importlib
 import json
@@ -531,8 +532,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------- per-process models
-_MODEL_CACHE: dict[tuple, Any] = {}
+_MODEL_CACHE: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
+#: networks kept per process (the least recently used one goes first): a script that evaluates one checkpoint after
+#: another kept every one of them (4 MB each for a defocus model) for the life of the process
+MODEL_CACHE_SIZE = 8
+
+
+def clear_model_cache() -> None:
+    """Forget the networks loaded for names and paths in this process (they are loaded again when next used)."""
+    with _CACHE_LOCK:
+        _MODEL_CACHE.clear()
 
 
 def model_cache_key(model: Any, device: Any) -> tuple | None:
@@ -545,11 +555,23 @@ def model_cache_key(model: Any, device: Any) -> tuple | None:
         if model is not None:
             try:
                 st = os.stat(spec)
-                stamp = (st.st_mtime_ns, st.st_size)
+                # size and times, and the file's identity: weights saved over it (a new inode) or rewritten in
+                # place with its old mtime restored (ctime still moves) are loaded again
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
             except (OSError, ValueError):
                 pass
-        return ("spec", spec, stamp, str(device))
+        return ("spec", spec, stamp, _device_key(device))
     return None
+
+
+def _device_key(device: Any) -> str:
+    """The device a model loads on ('auto' and 'cpu' are one device on a machine without a GPU: one copy)."""
+    try:
+        from napari_linblur.inference.device import resolve_device
+
+        return str(resolve_device(device))
+    except Exception:  # noqa: BLE001 - an unknown device: its load says so
+        return str(device)
 
 
 def cached_model(model: Any, task: str, device: Any = "auto", *, channels_last: bool = False):
@@ -567,6 +589,8 @@ def cached_model(model: Any, task: str, device: Any = "auto", *, channels_last: 
 
     if key is None:
         return load()
+    if model is None and task in DEFAULTS:  # None and the default's name are one network, kept once
+        key = model_cache_key(DEFAULTS[task], device)
     key = (*key, task, channels_last)
     with _CACHE_LOCK:
         net = _MODEL_CACHE.get(key)
@@ -575,6 +599,10 @@ def cached_model(model: Any, task: str, device: Any = "auto", *, channels_last: 
             for old in [k for k in _MODEL_CACHE if k[1] == key[1] and k[3:] == key[3:]]:
                 del _MODEL_CACHE[old]  # earlier weights of the same file
             _MODEL_CACHE[key] = net
+            while len(_MODEL_CACHE) > MODEL_CACHE_SIZE:
+                _MODEL_CACHE.popitem(last=False)
+        else:
+            _MODEL_CACHE.move_to_end(key)
     return net
 
 
