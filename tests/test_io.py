@@ -823,3 +823,44 @@ def test_a_store_chunked_across_many_planes_is_read_plane_by_plane(tmp_path, mon
     np.testing.assert_array_equal(lazy.compute(), data)
     ngff = write_ome_zarr(tmp_path / "deep.ome.zarr", data, axes="zyx", chunks=(20, 64, 48), pyramid_levels=1)
     assert open_zstack(ngff).chunks[0] == (1,) * 20
+
+
+def test_a_tiff_replaced_after_it_was_opened_is_refused_not_read_as_its_old_type(tmp_path):
+    """A multi-page TIFF replaced on disk after open_zstack: float32 pages came back labelled uint16 (70000.7 was
+    then written as 4464), another size gave a bare reshape error, fewer pages 'corrupt or truncated'. Each is now
+    the same error naming the file and what it held when opened."""
+    import tifffile
+
+    from napari_linblur.io.readers import open_zstack
+
+    path = tmp_path / "rep.tif"
+    tifffile.imwrite(path, np.ones((4, 32, 32), np.uint16), photometric="minisblack")
+    stack = open_zstack(path)
+    for other in (np.full((4, 32, 32), 70000.7, np.float32), np.ones((4, 40, 40), np.uint16),
+                  np.ones((2, 32, 32), np.uint16)):
+        tifffile.imwrite(path, other, photometric="minisblack")
+        with pytest.raises(ValueError, match=r"rep.tif: now holds .* not the \(4, 32, 32\) uint16 it held when the "
+                                             r"stack was opened"):
+            stack.compute()
+    tifffile.imwrite(path, np.full((4, 32, 32), 7, np.uint16), photometric="minisblack")
+    assert int(stack.compute().max()) == 7  # the same layout again: read as it is now
+
+
+def test_a_store_deleted_or_written_again_after_it_was_opened_says_so(tmp_path):
+    """A zarr store deleted or rewritten (other chunks, size or type) after it was opened read as 'this output is
+    damaged — write it again', which cannot help: the open array kept its old metadata. It now says the store
+    changed since it was opened."""
+    import shutil
+
+    from napari_linblur.io.omezarr import write_ome_zarr
+    from napari_linblur.io.readers import open_zstack
+
+    path = tmp_path / "s.zarr"
+    write_ome_zarr(path, np.ones((4, 32, 32), np.uint16), axes="zyx")
+    stack = open_zstack(path)
+    write_ome_zarr(path, np.ones((2, 48, 48), np.float32), axes="zyx", overwrite=True)
+    with pytest.raises(ValueError, match="the store was written again since it was opened"):
+        stack.compute()
+    shutil.rmtree(path)
+    with pytest.raises(ValueError, match="deleted or written again since it was opened"):
+        stack.compute()

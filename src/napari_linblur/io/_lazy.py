@@ -143,16 +143,33 @@ class SafeZarrArray:
     def __getitem__(self, key: Any) -> np.ndarray:
         if self._arr is None:
             self._arr = self._open()
-        if getattr(self, "complete", False):
-            self._check_chunks_present(key)
         try:
+            if getattr(self, "complete", False):
+                self._check_chunks_present(key)
             return np.asarray(self._arr[key])
         except Exception as exc:  # decoding errors come as many types
+            self._check_not_rewritten()
+            if isinstance(exc, ValueError) and "is missing from the store" in str(exc):
+                raise
             where = f"{self.store}/{self.component}".rstrip("/")
             chunk = ".".join(str(i) for i in _chunk_index(key, self.chunks))
             raise ValueError(
                 f"corrupt or unreadable zarr chunk {chunk} of {where}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _check_not_rewritten(self) -> None:
+        """After a failed read: if the array is gone or its metadata (shape, dtype, chunks) changed since it was
+        opened, say so (the store was deleted or written again), rather than calling the store damaged."""
+        where = f"{self.store}/{self.component}".rstrip("/")
+        try:
+            now = self._open()
+        except ValueError as err:
+            raise ValueError(f"{where}: the store was deleted or written again since it was opened; open it again "
+                             f"({err})") from None
+        if (tuple(now.shape), np.dtype(now.dtype), tuple(now.chunks)) != (self.shape, self.dtype, self.chunks):
+            raise ValueError(f"{where}: the store was written again since it was opened (now {tuple(now.shape)} "
+                             f"{now.dtype} in chunks {tuple(now.chunks)}, then {self.shape} {self.dtype} in chunks "
+                             f"{self.chunks}); open it again")
 
 
 class _QuietInThisThread(logging.Filter):
@@ -252,9 +269,10 @@ class TiffPlanes:
         if self.memmap:
             try:
                 mapped = tifffile.memmap(self.path, series=self.series, mode="r")
-                return np.array(mapped.reshape(self.shape)[key])
             except Exception as exc:
                 raise tiff_error(self.path, exc) from exc
+            self._check_same(mapped.dtype, mapped.size == int(np.prod(self.shape)), mapped.shape)
+            return np.array(mapped.reshape(self.shape)[key])
         lead_shape = self.shape[: self.ndim - self.page_ndim]
         lead_key = key[: len(lead_shape)]
         ranges = [range(*k.indices(n)) for k, n in zip(lead_key, lead_shape)]
@@ -263,13 +281,33 @@ class TiffPlanes:
         if lead_shape:
             flat = [int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, ix)), lead_shape))
                     for ix in np.ndindex(*sub_shape)]
+        page_shape = self.shape[self.ndim - self.page_ndim :]
         try:
             with quiet_tifffile(), tifffile.TiffFile(self.path) as tf:
+                series = tf.series[self.series] if self.series < len(tf.series) else None
+                if series is None or tuple(series.shape) != self.shape:
+                    self._check_same(None, False, None if series is None else tuple(series.shape))
                 data = tf.asarray(key=flat, series=self.series)
+        except ValueError as exc:
+            if "replaced after" in str(exc):
+                raise
+            raise tiff_error(self.path, exc) from exc
         except Exception as exc:
             raise tiff_error(self.path, exc) from exc
-        data = np.asarray(data).reshape(sub_shape + self.shape[self.ndim - self.page_ndim :])
+        data = np.asarray(data)  # its series has this stack's shape (checked above): only the pixel type may differ
+        self._check_same(data.dtype, data.size == int(np.prod(sub_shape + page_shape)), self.shape)
+        data = data.reshape(sub_shape + page_shape)
         return data[(slice(None),) * len(lead_shape) + tuple(key[len(lead_shape) :])]
+
+    def _check_same(self, dtype, size_ok: bool, shape) -> None:
+        """Refuse data that is not what the file held when the stack was opened (the file replaced since): a
+        float image read as the uint16 it was would wrap when written, another size would not reshape."""
+        same_dtype = dtype is None or np.dtype(dtype).newbyteorder("=") == self.dtype.newbyteorder("=")
+        if not (same_dtype and size_ok):
+            found = f"{shape} {np.dtype(dtype) if dtype is not None else ''}".strip()
+            raise ValueError(f"{self.path}: now holds {found or 'another series layout'}, not the {self.shape} "
+                             f"{self.dtype} it held when the stack was opened (replaced after it was opened?); "
+                             "open it again")
 
 
 def tiff_plane_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype, int]:
