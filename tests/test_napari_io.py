@@ -335,3 +335,22 @@ def test_an_rgb_tiff_opens_as_red_green_blue_channels(tmp_path):
             np.testing.assert_array_equal(np.asarray(data).reshape(32, 40), rgb[..., k])
     (data, kw, _), = _reader.read_zstack(str(tmp_path / "grey.tif"))
     assert kw["colormap"] == "gray" and np.shape(data) == (3, 32, 40)
+
+
+def test_unreadable_settings_are_said_once_and_defaults_used(monkeypatch, isolated_plugin_settings):
+    """A settings file whose top level is not a mapping made napari raise AssertionError, which the plugin took for
+    'an older napari' and ignored silently: the user's device, tile and models were dropped without a word."""
+    from napari_linblur._napari import _settings
+
+    def broken():
+        raise AssertionError("settings must be a mapping")
+
+    monkeypatch.setattr(_settings, "_plugin_settings", broken)
+    monkeypatch.setattr(_settings, "_warned_unreadable", False)
+    with pytest.warns(UserWarning, match="settings .* could not be read .*defaults are used"):
+        assert _settings.get_settings() == _settings.LinblurSettings()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _settings.get_settings()  # said once per session

@@ -64,8 +64,27 @@ def get_settings() -> LinblurSettings:
             deblur_model=str(s.models.deblur_model or ""),
             defocus_model=str(s.models.defocus_model or ""),
         )
-    except Exception:  # noqa: BLE001 - older napari without plugin configurations: defaults
+    except (ImportError, AttributeError):  # an older napari without plugin configurations: defaults
         return LinblurSettings()
+    except Exception as err:  # noqa: BLE001 - a settings file napari cannot read (e.g. not a mapping)
+        _warn_unreadable(err)
+        return LinblurSettings()
+
+
+_warned_unreadable = False
+
+
+def _warn_unreadable(err: BaseException) -> None:
+    """Say once per session that the plugin's settings could not be read and defaults are used."""
+    global _warned_unreadable
+    if _warned_unreadable:
+        return
+    _warned_unreadable = True
+    import warnings
+
+    warnings.warn(f"napari-linblur's settings (napari-linblur.yaml in napari's configuration folder) could not be "
+                  f"read ({type(err).__name__}: {err}); the defaults are used — fix or delete that file",
+                  UserWarning, stacklevel=3)
 
 
 def set_setting(section: str, key: str, value) -> bool:

@@ -246,7 +246,7 @@ def check_inputs_kept(viewer, started: list[tuple], outcome: str = "nothing adde
     def names(layers: list) -> str:
         return " and ".join(repr(n) for n in dict.fromkeys(ly.name for ly in layers))
 
-    gone = [ly for ly, *_ in started if ly not in viewer.layers]
+    gone = list(dict.fromkeys(ly for ly, *_ in started if ly not in viewer.layers))  # one layer may be both inputs
     if gone:
         raise c.NothingToShow(f"{names(gone)} {'was' if len(gone) == 1 else 'were'} deleted; {outcome}")
     changed = [ly for ly, data, *_ in started if ly.data is not data]
