@@ -683,3 +683,11 @@ def test_guided_reblur_has_no_seams_at_its_region_borders():
                      sigma_full=1.0, device="cpu", amp="off")
     np.testing.assert_array_equal(part[:, :60], img[:, :60])
     assert np.abs(part[:, 200:] - img[:, 200:]).max() > 0.01 * span
+    # a blurred strip narrower than half of the old 128-px regions (their median σ was 0: α 1, nothing done) is
+    # deblurred, and the plane is left as it is where the map is in focus
+    strip = np.zeros_like(smap)
+    strip[:, 40:96] = 4.0
+    out = nl.deblur(img, method="guided", guide="reblur-extrapolate", sigma_map=strip, sigma_focus=0.5,
+                    sigma_full=1.0, device="cpu", amp="off")
+    assert np.abs(out[:, 56:80] - img[:, 56:80]).mean() > 0.01 * span  # the strip is deblurred
+    np.testing.assert_array_equal(out[:, 160:], img[:, 160:])

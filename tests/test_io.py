@@ -864,3 +864,29 @@ def test_a_store_deleted_or_written_again_after_it_was_opened_says_so(tmp_path):
     shutil.rmtree(path)
     with pytest.raises(ValueError, match="deleted or written again since it was opened"):
         stack.compute()
+    # a store another tool wrote (no completeness marker): deleted, or written again with the same chunk layout
+    # (a read that would not fail), it read as zeros or as the new data silently
+    import zarr
+
+    other = tmp_path / "other.zarr"
+    zarr.create_array(other, shape=(3, 32, 32), chunks=(1, 32, 32), dtype="float32")[:] = 1.0
+    lazy = open_zstack(other)
+    zarr.create_array(other, shape=(3, 32, 32), chunks=(1, 32, 32), dtype="float32", overwrite=True)[:] = 5.0
+    with pytest.raises(ValueError, match="written again since it was opened"):
+        lazy.compute()
+    lazy = open_zstack(other)
+    shutil.rmtree(other)
+    with pytest.raises(ValueError, match="deleted or written again since it was opened"):
+        lazy.compute()
+
+
+def test_tiff_planes_without_leading_axes_read_the_whole_series(tmp_path):
+    """A TIFF series read as one chunk (no leading axes) returned its first page only."""
+    import tifffile
+
+    from napari_linblur.io._lazy import TiffPlanes
+
+    path = tmp_path / "pages.tif"
+    data = np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8)
+    tifffile.imwrite(path, data, photometric="minisblack")
+    np.testing.assert_array_equal(TiffPlanes(path, 0, (3, 8, 8), np.uint16, page_ndim=3)[:], data)

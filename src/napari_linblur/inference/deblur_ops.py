@@ -95,9 +95,13 @@ def reblur_alpha(sigma_b: float, sigma_r: float = DEFAULT_SIGMA_R, sigma_a: floa
     return float(min(1.0, max(0.05, alpha)))
 
 
+#: the tiles on which guided deblurring reads the σ map (its strength, and the re-blur guide's α)
+GUIDE_TILE, GUIDE_OVERLAP = 64, 32
+
+
 def guided_weights(sigma_map: np.ndarray, *, sigma_focus: float = DEFAULT_SIGMA_FOCUS,
                    sigma_full: float = DEFAULT_SIGMA_FULL,
-                   tile: int = 64, overlap: int = 32) -> np.ndarray:
+                   tile: int = GUIDE_TILE, overlap: int = GUIDE_OVERLAP) -> np.ndarray:
     """Per-pixel deblurring strength in [0, 1] from a σ map, tile by tile with smooth blending.
 
     Each tile's strength is ``clip((median σ − sigma_focus) / (sigma_full − sigma_focus), 0, 1)``; the tiles are
@@ -388,15 +392,14 @@ def _warn_unused(method: str, unused: dict[str, bool]) -> None:
                           UserWarning, stacklevel=3)
 
 
-_REGION, _REGION_OVERLAP = 128, 32  # guided re-blur: regions with one α each (not the network's tiles)
-
-
 def _guided_reblur(plane, smap, w, *, sigma_r, ae, device, should_stop, progress=None, **pair_kw):
-    """Re-blur + extrapolation with an α that follows the defocus map: each 128-px region's α from its median σ,
-    the regions' α blended over 32 px into one α map, and one tiled extrapolation of the whole plane with it
+    """Re-blur + extrapolation with an α that follows the defocus map: the α of each tile's median σ on the tiles
+    of :func:`guided_weights` (so that wherever the strength is above 0, α is below 1 and the extrapolation acts),
+    blended into one α map, and one tiled extrapolation of the whole plane with it
     (:func:`~napari_linblur.inference.latent_ops.extrapolate_alpha_map`; one normalization and one re-blur of the
-    whole plane). Extrapolating each region on its own crop left seams at the region borders: the autoencoder saw
-    32 px of context where it needs 64, and each crop had its own normalization.
+    whole plane). Extrapolating 128-px regions on their own crops left seams at the region borders (the
+    autoencoder saw 32 px of context where it needs 64, and each crop had its own normalization), and a blurred
+    strip narrower than half a region kept a region α of 1: nothing was deblurred there.
 
     ``pair_kw`` (tile, overlap, batch_size, tta) are the autoencoder's tiling; ``progress`` counts its tiles.
     """
@@ -406,13 +409,11 @@ def _guided_reblur(plane, smap, w, *, sigma_r, ae, device, should_stop, progress
 
     if should_stop is not None and should_stop():
         raise Cancelled("cancelled")
-    alpha = blend_regions(plane.shape, _REGION, _REGION_OVERLAP,
+    alpha = blend_regions(plane.shape, GUIDE_TILE, GUIDE_OVERLAP,
                           lambda sl: reblur_alpha(float(np.median(smap[sl])), sigma_r), should_stop=should_stop)
     if float(alpha.min()) >= 1.0:  # nothing blurred enough to extrapolate: the plane itself, as one α of 1 gives
         return plane.astype(np.float32)
     reblurred = fft_convolve(plane.astype(np.float64), gaussian_psf(sigma_r)).astype(np.float32)
     norm, (b, c) = normalize_for_network(plane, reblurred)  # one normalization for the pair, as deblur_pair's
-    out = np.asarray(norm.invert(extrapolate_alpha_map(ae, b, c, alpha, progress=progress, should_stop=should_stop,
-                                                       **pair_kw)), np.float32)
-    # where the whole neighbourhood needs no extrapolation (α = 1), the plane itself, not its reconstruction
-    return np.where(alpha >= 1.0, plane.astype(np.float32), out)
+    return np.asarray(norm.invert(extrapolate_alpha_map(ae, b, c, alpha, progress=progress, should_stop=should_stop,
+                                                        **pair_kw)), np.float32)

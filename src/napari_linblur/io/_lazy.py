@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -85,6 +86,21 @@ class SafeZarrArray:
         #: damage, not a plane of zeros
         self.complete = root_attributes(Path(self.store)).get(COMPLETE_MARKER) is True
         self._arr = arr
+        #: the array's metadata file as it was at open: checked before every read, so that a store deleted or
+        #: written again since (same chunk layout: a read would not fail) is not read as zeros or as other data
+        self._stamp = self._metadata_stamp()
+
+    def _metadata_path(self) -> Path:
+        base = Path(self.store) / self.component if self.component else Path(self.store)
+        v3 = base / "zarr.json"
+        return v3 if v3.exists() else base / ".zarray"
+
+    def _metadata_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self._metadata_path())
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     def _open(self, at_open: bool = False) -> Any:
         """The zarr array; ``at_open``: when the store is opened (not re-opened to read planes during a run)."""
@@ -141,6 +157,11 @@ class SafeZarrArray:
         self.__dict__.update(state)
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        if getattr(self, "_stamp", None) is not None and self._metadata_stamp() != self._stamp:
+            self._check_not_rewritten()  # raises when the layout changed or the store is gone
+            where = f"{self.store}/{self.component}".rstrip("/")
+            raise ValueError(f"{where}: the store was written again since it was opened (its array metadata "
+                             "changed); open it again")
         if self._arr is None:
             self._arr = self._open()
         try:
@@ -287,7 +308,8 @@ class TiffPlanes:
                 series = tf.series[self.series] if self.series < len(tf.series) else None
                 if series is None or tuple(series.shape) != self.shape:
                     self._check_same(None, False, None if series is None else tuple(series.shape))
-                data = tf.asarray(key=flat, series=self.series)
+                # no leading axes (the whole series is one chunk): the whole series, not its first page
+                data = tf.asarray(key=flat, series=self.series) if lead_shape else tf.asarray(series=self.series)
         except ValueError as exc:
             if "replaced after" in str(exc):
                 raise

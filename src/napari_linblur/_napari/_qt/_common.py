@@ -433,12 +433,18 @@ def _register_task(viewer, worker, description: str):
     """Show ``worker`` in ``viewer``'s task list (what napari lists when its window is closed with jobs running, and
     cancels); the entry's cancel callback holds the worker weakly. Returns ``(manager, id)``, or None without a
     viewer window."""
+    import warnings
     import weakref
 
     try:
         from napari.utils.task_status import Status
 
-        manager = viewer.window._task_status_manager if viewer is not None else None
+        # napari has no public task API (0.9): its window's manager, reached through the viewer napari gave the
+        # widget (a proxy that warns about private names; the object behind it does not)
+        real = getattr(viewer, "__wrapped__", viewer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            manager = real.window._task_status_manager if real is not None else None
     except Exception:  # noqa: BLE001 - no window (a headless viewer) or another napari: no task entry
         return None
     if manager is None:
@@ -744,8 +750,7 @@ class RunPanel(QWidget):
 
         workers = self._workers
         worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished, pool=RUN_POOL,
-                              started=began, viewer=owner_viewer(self),
-                              description=f"napari-linblur: {desc}")
+                              started=began, viewer=owner_viewer(self), description=desc)
 
         def take_back() -> bool:
             # a worker still waiting in the pool's queue (all threads busy with other runs) never emits finished
@@ -1011,7 +1016,7 @@ class LivePreview(QObject):
 
         workers = self.workers
         worker = start_worker(job, stop, returned=returned, errored=errored, finished=finished,
-                              viewer=owner_viewer(self), description="napari-linblur: live preview")
+                              viewer=owner_viewer(self), description="live preview")
         workers.append(worker)
 
     def _source_layers(self) -> list:
