@@ -82,7 +82,7 @@ def test_blend_window_ramps_only_inner_sides():
 def test_multi_channel_and_cancel():
     x = np.stack([np.ones((40, 40), np.float32), 2 * np.ones((40, 40), np.float32)])
     out = tiled_apply(lambda t: t.sum(1, keepdims=True), x, tile=16, overlap=4)
-    np.testing.assert_allclose(out, 3.0)
+    np.testing.assert_allclose(out, 3.0, rtol=1e-6)  # blending weights sum to 1 within float32 rounding
     with pytest.raises(Cancelled):
         tiled_apply(lambda t: t, x, tile=16, overlap=4, should_stop=lambda: True)
 
