@@ -559,3 +559,23 @@ def test_an_out_folder_that_is_a_dangling_or_looping_link_is_named(tmp_path):
     for link in ("a", "gone"):
         with pytest.raises(ValueError, match="symbolic link that leads nowhere"):
             make_output_folder(tmp_path / link)
+
+
+def test_a_report_folder_made_for_reports_that_could_not_be_written_is_not_left_empty(tmp_path, monkeypatch):
+    """`linblur evaluate deblur --out small/ev` on a full disk left an empty ev/ after the error."""
+    import errno
+
+    import napari_linblur.io.atomic as atomic
+    from napari_linblur.evaluation.report import write_reports
+
+    def full(path, obj, **kwargs):
+        raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(atomic, "write_json_atomic", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_reports(tmp_path / "ev", "x_eval", {"command": "c"}, "| a |")
+    assert not (tmp_path / "ev").exists()
+    (tmp_path / "old").mkdir()
+    with pytest.raises(OSError):
+        write_reports(tmp_path / "old", "x_eval", {}, "")
+    assert (tmp_path / "old").is_dir()  # a folder that was there stays

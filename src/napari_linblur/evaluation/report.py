@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,16 @@ def write_reports(out: str | Path, stem: str, res: dict[str, Any], markdown: str
     from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
 
     out = Path(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / f"{stem}.json", out / f"{stem}.md"
-    write_json_atomic(js, res)
-    command = res.get("command")
-    write_text_atomic(md, markdown.rstrip("\n") + "\n" + (f"\nCommand: `{command}`\n" if command else ""))
+    try:
+        write_json_atomic(js, res)
+        command = res.get("command")
+        write_text_atomic(md, markdown.rstrip("\n") + "\n" + (f"\nCommand: `{command}`\n" if command else ""))
+    except BaseException:
+        if created:  # a folder this call made and nothing was written to (a full disk): not left behind empty
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return js, md
