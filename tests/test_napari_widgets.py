@@ -122,6 +122,11 @@ def test_defocus_widget_live_map_stack_run_and_focus_curve(viewer, qtbot, tiny_m
     np.testing.assert_allclose(out.data[5], nl.estimate_defocus(stack[5], model=tiny_models["defocus"],
                                                                 tile=TILE), rtol=1e-5, atol=1e-5)
     assert w.panel.last_progress == (9, 9) and w.panel.bar.value() == w.panel.bar.maximum() == 9
+    # one napari progress bar per run, closed when it ends (napari draws a new bar processing events: progress
+    # reports delivered meanwhile each made a bar of their own, left open)
+    from napari.utils import progress
+
+    assert list(progress._all_instances) == []
 
     # whole stack, lazy (dask): nothing computed until a plane is shown
     n_before = len(viewer.layers)

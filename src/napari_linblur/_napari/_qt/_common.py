@@ -790,7 +790,17 @@ class RunPanel(QWidget):
         if self._pbar is None:
             from napari.utils import progress
 
-            self._pbar = progress(total=total, desc=self._desc)
+            if getattr(self, "_making_pbar", False):
+                return  # a report delivered while napari draws the new bar (it processes events): the bar catches up
+            self._making_pbar = True
+            try:
+                bar = progress(total=total, desc=self._desc)
+            finally:
+                self._making_pbar = False
+            if self.worker is None:  # the run ended while the bar was drawn: its finished() found no bar to close
+                bar.close()
+                return
+            self._pbar = bar
         if self._pbar.total != total:
             self._pbar.total = total
         self._pbar.update(max(0, done - self._pbar.n))
@@ -1196,6 +1206,8 @@ class LinblurWidget(QWidget):
             preview.drop_input(layer)
         if self._preview_like is not None and layer is self._preview_like:
             self.clear_preview()
+        if any(key[0] is layer for key in self._lead_key):  # the last preview's inputs: not kept alive by it
+            self._lead_key = ()
 
     def input_layers(self) -> list:
         """The layers picked in this widget's layer pickers (what its live preview reads)."""
