@@ -890,3 +890,23 @@ def test_tiff_planes_without_leading_axes_read_the_whole_series(tmp_path):
     data = np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8)
     tifffile.imwrite(path, data, photometric="minisblack")
     np.testing.assert_array_equal(TiffPlanes(path, 0, (3, 8, 8), np.uint16, page_ndim=3)[:], data)
+
+
+def test_pyramid_of_64_bit_integers_is_exact_and_levels_say_how_they_were_made(tmp_path):
+    """A 2x2 mean of uint64 2^64 - 1 went through float64, rounded to 2^64 and wrapped to 0 (int64 max to int64
+    min): 64-bit levels are now exact integer means, rounded half to even; the multiscale says how it was made."""
+    import zarr
+
+    from napari_linblur.io.omezarr import write_ome_zarr
+
+    for dt in (np.uint64, np.int64):
+        info = np.iinfo(dt)
+        a = np.full((1, 8, 8), info.max, dt)
+        a[0, :2, :2] = info.min
+        a[0, 2:4, :2] = [[3, 4], [4, 4]]  # mean 3.75 -> 4
+        a[0, 4:6, :2] = [[2, 3], [2, 3]]  # mean 2.5 -> 2 (half to even)
+        path = write_ome_zarr(tmp_path / f"{dt.__name__}.zarr", a, axes="zyx", pyramid_levels=2)
+        level = zarr.open_group(path, mode="r")["1"][:]
+        assert level.dtype == dt and level[0, :3, 0].tolist() == [info.min, 4, 2] and level[0, 0, 1] == info.max
+        ms = zarr.open_group(path, mode="r").attrs["ome"]["multiscales"][0]
+        assert "2x2 block mean" in ms["metadata"]["method"] and "half to even" in ms["metadata"]["integers"]

@@ -140,6 +140,21 @@ def test_writer_multiple_layers_as_channels(tmp_path):
     with pytest.raises(_writer.LayerWriteError, match="different shapes"):
         _writer.write_multiple(str(tmp_path / "bad.zarr"), [(a, {"name": "a"}, "image"),
                                                             (b[:, :8], {"name": "b"}, "image")])
+    # what the values are (two channels of one σ map) is kept, as when saving one layer; the writer's own marker
+    # (writer, version) stays beside the layers' notes; integer channels get an omero window
+    what = {"operation": "defocus-map", "unit": "px"}
+    maps = [(np.ones((3, 16, 16), np.float32) * i, {"name": f"m{i}", "metadata": {"linblur_attrs": dict(what)}},
+             "image") for i in (1, 2)]
+    out = _writer.write_multiple(str(tmp_path / "maps.zarr"), maps)
+    attrs = open_zstack_with_metadata(out[0])[1].extra["ngff"]
+    assert attrs["linblur"] == what and attrs["napari_linblur"]["writer"] == "write_ome_zarr"
+    assert attrs["napari_linblur"]["layers"] == ["m1", "m2"]
+    two = open_zstack_with_metadata(tmp_path / "two.zarr")[1].extra["ngff"]
+    assert two["ome"]["omero"]["channels"][0]["window"] == {"min": 0, "max": 65535, "start": 0, "end": 65535}
+    # a 4-D layer whose axes nothing names: a custom leading axis, not a guessed time axis
+    out = _writer.write_single_image(str(tmp_path / "four"), np.zeros((2, 3, 16, 16), np.uint16), {"name": "x"})
+    axes = open_zstack_with_metadata(out[0])[1].extra["ngff"]["ome"]["multiscales"][0]["axes"]
+    assert axes[0] == {"name": "a"} and all(a.get("type") != "time" for a in axes)
 
 
 def test_synthetic_sample_is_seeded_two_channels():

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-_DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tpzyx"}
+#: axes of a layer whose axes nothing names (napari's default labels): leading axes of unknown meaning are written as
+#: custom NGFF axes ('a', 'b'; no type), not guessed as time (a CZYX stack from another reader is not a time series)
+_DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "azyx", 5: "abzyx"}
 
 
 class LayerWriteError(OSError):
@@ -286,6 +288,16 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
         source_paths=sources,
         name=target.name,
         attrs={"napari_linblur": {"layers": [str(m.get("name", "")) for _, m in images], "axes": axes,
-                                  **positions}},
+                                  **positions},
+               # what the values are, when every layer says the same (channels of one defocus map, ...)
+               **_shared_linblur_attrs(images)},
     )
     return [str(target)]
+
+
+def _shared_linblur_attrs(images) -> dict:
+    """``{"linblur": attrs}`` when every layer carries the same ``linblur_attrs`` (what its values are), else {}."""
+    found = [(m.get("metadata") or {}).get("linblur_attrs") for _, m in images]
+    if found and all(isinstance(a, dict) for a in found) and all(a == found[0] for a in found):
+        return {"linblur": found[0]}
+    return {}

@@ -289,6 +289,13 @@ def _downsample2(arr: da.Array) -> da.Array:
         if dtype == np.bool_:
             return m >= 0.5
         if np.issubdtype(dtype, np.integer):
+            if np.dtype(dtype).itemsize == 8:
+                # exact in integers: float64 holds 53 bits (a 2x2 mean of 2^64 - 1 rounded to 2^64 and wrapped to 0)
+                total = (r >> 2).sum(axis=(-3, -1), dtype=dtype)  # the quarters, and what they leave: 0..12
+                rem = (r & 3).sum(axis=(-3, -1), dtype=dtype)
+                frac = rem & 3  # of a quarter
+                up = (frac > 2) | ((frac == 2) & ((total + (rem >> 2)) & 1 == 1))  # half to even, as np.rint
+                return (total + (rem >> 2) + up).astype(dtype)
             info = np.iinfo(dtype)
             return np.clip(np.rint(m), info.min, info.max).astype(dtype)
         return m.astype(dtype)
@@ -640,6 +647,18 @@ def remove_partial(tmp: Path, tries: int = 10, pause: float = 0.1) -> None:
         time.sleep(pause * (i + 1))
 
 
+def _omero_window(dtype) -> dict:
+    """The omero channel ``window`` of an integer image (its dtype's range, as viewers show raw data); a float
+    image's range is not known without reading all of it, so it has none (viewers then take it from the data)."""
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        return {"window": {"min": int(info.min), "max": int(info.max), "start": int(info.min), "end": int(info.max)}}
+    if dt.kind == "b":
+        return {"window": {"min": 0, "max": 1, "start": 0, "end": 1}}
+    return {}
+
+
 def warn_stale_partial_writes(target: str | os.PathLike) -> list[Path]:
     """Warn about hidden ``.{name}.tmp-*`` siblings of ``target`` that an earlier write left behind.
 
@@ -937,6 +956,9 @@ def _write_tree(
                 "axes": ngff_axes(axes, units, axis_names, axis_types),
                 "datasets": datasets,
                 "type": "mean" if levels > 1 else "none",
+                **({"metadata": {"method": "2x2 block mean over Y and X, NaN ignored (an all-NaN block stays "
+                                           "NaN)", "integers": "rounded to nearest, half to even",
+                                 "bool": "True where at least half of the block is"}} if levels > 1 else {}),
             }
         ],
     }
@@ -944,15 +966,18 @@ def _write_tree(
         ome["omero"] = {
             "channels": [
                 {"label": c, "active": True, "color": "FFFFFF", "coefficient": 1.0, "family": "linear",
-                 "inverted": False}
+                 "inverted": False, **_omero_window(data.dtype)}
                 for c in channel_names
             ]
         }
     from napari_linblur import __version__
 
     root_attrs: dict[str, Any] = {"ome": ome, WRITER_MARKER: {"writer": "write_ome_zarr", "version": __version__}}
-    if attrs:
-        root_attrs.update({str(k): v for k, v in attrs.items()})
+    for k, v in (attrs or {}).items():
+        if str(k) == WRITER_MARKER and isinstance(v, dict):  # the caller's notes go beside the writer's own
+            root_attrs[WRITER_MARKER] = {**v, **root_attrs[WRITER_MARKER]}
+        else:
+            root_attrs[str(k)] = v
     root_attrs[COMPLETE_MARKER] = True  # every chunk is written (below): a missing one is damage
 
     group = zarr.create_group(store=str(root_path), zarr_format=3, attributes=root_attrs, overwrite=False)
