@@ -960,3 +960,28 @@ def test_evaluate_bbbc006_plane_is_found_named_or_said_skipped(tmp_path, tiny_mo
     assert main([*base, "--bbbc006", str(tmp_path / "nope.tif"), "--out", str(tmp_path / "bad")]) == 2
     assert "--bbbc006: no BBBC006 TIFF at" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main([*base, "--bbbc006", str(mine / src.name), "--no-bbbc006", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_defocus_map_and_focus_take_amp_and_record_it(tmp_path, tiny_model, capsys):
+    """defocus-map and focus had no --amp: their precision was whatever 'auto' picked on the machine (bf16 on a CPU
+    with native bf16, float32 elsewhere), so a lab could not get the same maps on a second machine. Both take it
+    now, and the outputs record it with the tile."""
+    import tifffile
+    import zarr
+
+    import napari_linblur as nl
+
+    stack = np.random.default_rng(0).poisson(300, (2, 40, 48)).astype(np.uint16) + 100
+    tif = tmp_path / "s.tif"
+    tifffile.imwrite(tif, stack, photometric="minisblack")
+    out = tmp_path / "m.zarr"
+    assert main(["defocus-map", str(tif), str(out), "--model", str(tiny_model), "--amp", "off", "--device", "cpu",
+                 "--no-progress"]) == 0
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["linblur"]["amp"] == "off" and group.attrs["linblur"]["tile"] == "automatic"
+    np.testing.assert_array_equal(group["0"][:], nl.estimate_defocus(stack, model=str(tiny_model), amp="off",
+                                                                     device="cpu"))
+    js = tmp_path / "f.json"
+    assert main(["focus", str(tif), "--model", str(tiny_model), "--amp", "off", "--device", "cpu", "--json",
+                 str(js)]) == 0
+    assert json.loads(js.read_text())["amp"] == "off"

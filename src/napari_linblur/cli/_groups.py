@@ -186,6 +186,14 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
 
 
+def add_amp_option(p: argparse.ArgumentParser) -> None:
+    """``--amp``: the networks' precision (``auto``: bf16 where the CPU or GPU runs it natively, else float32), so
+    that a run can be pinned to one precision on every machine; outputs record it."""
+    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
+                   help="network precision: bf16 where the hardware runs it natively (auto), float32 (off), or bf16; "
+                   "pin it (off) to get the same numbers on machines with and without native bf16")
+
+
 def add_tta_option(p: argparse.ArgumentParser, help_text: str) -> None:
     """``--tta N``: the self-ensemble of :mod:`napari_linblur.inference.tta` (its ``TTA_CHOICES``)."""
     from napari_linblur.inference.tta import TTA_CHOICES

@@ -12,7 +12,7 @@ Examples::
 
 from __future__ import annotations
 
-from ._groups import DefaultsHelpFormatter, add_overwrite_option, add_tta_option
+from ._groups import DefaultsHelpFormatter, add_amp_option, add_overwrite_option, add_tta_option
 
 
 def register(subparsers) -> None:
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--defocus-model", default=None, type=model_arg,
                    help="defocus-map model for reblur-extrapolate / guided")
     p.add_argument("--sigma-r", type=float, default=2.0, help="re-blur σ (px) for reblur-extrapolate")
-    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"], help="network precision")
+    add_amp_option(p)
     add_tta_option(p, "network self-ensemble: average over this many flips/rotations (N times slower)")
     add_overwrite_option(p)
     p.set_defaults(func=run_deblur)
@@ -58,7 +58,7 @@ def run_deblur(args) -> int:
     method = AUTO_METHOD if args.method == "auto" else args.method
     uses_ae = method == "reblur-extrapolate"  # the CLI's guided runs the deblurring network (its default guide)
     record = {"operation": "deblur", "method": method, "model": args.model or DEFAULTS["ae" if uses_ae else "deblur"],
-              "tta": args.tta}
+              "tta": args.tta, "amp": args.amp}
     if method in ("reblur-extrapolate", "guided"):
         record["defocus_model"] = args.defocus_model or DEFAULTS["defocus"]
     if uses_ae:

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ._groups import DefaultsHelpFormatter, add_overwrite_option, add_tta_option
+from ._groups import DefaultsHelpFormatter, add_amp_option, add_overwrite_option, add_tta_option
 
 
 def register(subparsers) -> None:
@@ -47,6 +47,7 @@ def register(subparsers) -> None:
                    "signal) or over all its pixels (background included, where σ is a guess)")
     p.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 576 px)")
     add_tta_option(p, "self-ensemble: average the maps of this many flips/rotations (N times slower)")
+    add_amp_option(p)
     add_camera_options(p)
     u = p.add_argument_group("µm of defocus (default: σ in pixels)")
     u.add_argument("--um", action="store_true",
@@ -78,6 +79,7 @@ def register(subparsers) -> None:
                             "vollath"], help="focus score: -median σ of the defocus map, or a classical measure")
     q.add_argument("--model", default=None, type=model_arg, help="defocus model (method 'defocus')")
     q.add_argument("--tile", type=int, default=None, help="inference tile side (default: automatic, <= 576 px)")
+    add_amp_option(q)
     add_camera_options(q)
     q.add_argument("--json", default=None, help="write the curves and best planes as JSON")
     q.add_argument("--csv", default=None, help="write one row per plane as CSV")
@@ -177,7 +179,8 @@ def run_defocus_map(args) -> int:
     names = {"img": str(args.input)}
     with naming_the_input(names):
         sigma = estimate_defocus(arr, model=args.model, device=args.device, tile=args.tile, mode=args.mode,
-                                 patch_size=patch_size, patch_pixels=patch_pixels, tta=args.tta, camera=camera)
+                                 patch_size=patch_size, patch_pixels=patch_pixels, tta=args.tta, camera=camera,
+                                 amp=args.amp)
         result = sigma if setup is None else sigma_to_defocus_um(sigma, setup=setup)
     unit = ("pixel (sigma of the equivalent Gaussian PSF)" if setup is None
             else "micrometer (|defocus|, from sigma with the optics calibration)")
@@ -186,7 +189,7 @@ def run_defocus_map(args) -> int:
         attrs={"operation": "defocus-map", "unit": unit, "model": args.model or "defocus-default",
                "mode": args.mode,
                **({"patch_size": patch_size, "patch_pixels": patch_pixels} if args.mode == "patch" else {}),
-               "tta": args.tta,
+               "tta": args.tta, "amp": args.amp, "tile": args.tile or "automatic",
                "camera": camera,
                **({"optics": setup.to_dict()} if setup is not None else {})},
         overwrite=args.overwrite, progress=progress_from_args(args), desc=f"defocus-map {Path(args.output).name}",
@@ -489,7 +492,7 @@ def run_focus(args) -> int:
     names = {"stack": str(args.input)}  # focus_curve's argument, as the file the user gave
     with naming_the_input(names):
         lazy = focus_curve(arr, method=args.method, model=args.model, device=args.device, compute=False,
-                           tile=args.tile, camera=camera)
+                           tile=args.tile, camera=camera, **({"amp": args.amp} if args.amp != "auto" else {}))
     model = model_info(args.model) if args.method == "defocus" else None
     progress = progress_from_args(args)
     skip = getattr(args, "on_error", "stop") == "skip"
@@ -544,6 +547,7 @@ def run_focus(args) -> int:
             **({"channels": list(meta.channel_names)} if meta.channel_names and "c" in meta.axes else {}),
             "method": args.method,
             "model": model,
+            **({"amp": args.amp} if args.method == "defocus" else {}),
             "score": ("minus the median sigma (px) over the plane's signal pixels; median_sigma_px = -score; higher "
                       "score = sharper" if args.method == "defocus" else f"{args.method}; higher = sharper"),
             "axes": meta.axes,
