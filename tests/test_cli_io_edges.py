@@ -573,9 +573,16 @@ def test_a_report_folder_made_for_reports_that_could_not_be_written_is_not_left_
 
     monkeypatch.setattr(atomic, "write_json_atomic", full)
     with pytest.raises(OSError, match="No space left"):
-        write_reports(tmp_path / "ev", "x_eval", {"command": "c"}, "| a |")
-    assert not (tmp_path / "ev").exists()
+        write_reports(tmp_path / "ev" / "a" / "b", "x_eval", {"command": "c"}, "| a |")
+    assert not (tmp_path / "ev").exists()  # the folders it made above it too
     (tmp_path / "old").mkdir()
     with pytest.raises(OSError):
         write_reports(tmp_path / "old", "x_eval", {}, "")
     assert (tmp_path / "old").is_dir()  # a folder that was there stays
+
+
+def test_a_callers_writer_marker_must_be_a_mapping(tmp_path):
+    with pytest.raises(ValueError, match="must be a mapping"):
+        write_ome_zarr(tmp_path / "o.zarr", np.zeros((2, 8, 8), np.float32), axes="zyx",
+                       attrs={"napari_linblur": "note"})
+    assert not (tmp_path / "o.zarr").exists()

@@ -141,7 +141,7 @@ def test_writer_multiple_layers_as_channels(tmp_path):
         _writer.write_multiple(str(tmp_path / "bad.zarr"), [(a, {"name": "a"}, "image"),
                                                             (b[:, :8], {"name": "b"}, "image")])
     # what the values are (two channels of one σ map) is kept, as when saving one layer; the writer's own marker
-    # (writer, version) stays beside the layers' notes; integer channels get an omero window
+    # (writer, version) stays beside the layers' notes
     what = {"operation": "defocus-map", "unit": "px"}
     maps = [(np.ones((3, 16, 16), np.float32) * i, {"name": f"m{i}", "metadata": {"linblur_attrs": dict(what)}},
              "image") for i in (1, 2)]
@@ -149,12 +149,22 @@ def test_writer_multiple_layers_as_channels(tmp_path):
     attrs = open_zstack_with_metadata(out[0])[1].extra["ngff"]
     assert attrs["linblur"] == what and attrs["napari_linblur"]["writer"] == "write_ome_zarr"
     assert attrs["napari_linblur"]["layers"] == ["m1", "m2"]
-    two = open_zstack_with_metadata(tmp_path / "two.zarr")[1].extra["ngff"]
-    assert two["ome"]["omero"]["channels"][0]["window"] == {"min": 0, "max": 65535, "start": 0, "end": 65535}
     # a 4-D layer whose axes nothing names: a custom leading axis, not a guessed time axis
     out = _writer.write_single_image(str(tmp_path / "four"), np.zeros((2, 3, 16, 16), np.uint16), {"name": "x"})
     axes = open_zstack_with_metadata(out[0])[1].extra["ngff"]["ome"]["multiscales"][0]["axes"]
     assert axes[0] == {"name": "a"} and all(a.get("type") != "time" for a in axes)
+    # read back (its custom axis as '?') and saved again: the same axes (a '?' was refused as an axis letter)
+    (data, kw, _), = _reader.read_zstack(out[0])
+    again = _writer.write_single_image(str(tmp_path / "four-again"), np.asarray(data), kw)
+    axes2 = open_zstack_with_metadata(again[0])[1].extra["ngff"]["ome"]["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes2] == ["a", "z", "y", "x"]
+    # plane numbers of a layer saved reversed: the writer's own record, not the source file's stale one
+    md = {"linblur_attrs": {"operation": "defocus-map", "planes": [14, 15, 16]}, "linblur_planes": [16, 15, 14],
+          "linblur_axes": "zyx"}
+    out = _writer.write_single_image(str(tmp_path / "flipped"), np.zeros((3, 16, 16), np.float32),
+                                     {"name": "m", "metadata": md})
+    back = open_zstack_with_metadata(out[0])[1]
+    assert back.extra["planes"] == [16, 15, 14] and "planes" not in back.extra["ngff"]["linblur"]
 
 
 def test_synthetic_sample_is_seeded_two_channels():

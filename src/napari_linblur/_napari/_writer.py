@@ -41,6 +41,19 @@ def _refusals_reach_the_user(fn):
     return wrapper
 
 
+#: keys of a layer's ``linblur_attrs`` that say where its planes and fields came from: the writer records its own
+#: (``napari_linblur``), in the order the layer is saved (a flipped axis is saved reversed)
+_POSITION_KEYS = ("fields", "planes", "channel")
+
+
+def _what_values_are(md: dict) -> dict | None:
+    """The layer's ``linblur_attrs`` (what its values are: a defocus map's unit, optics…) without position keys."""
+    attrs = md.get("linblur_attrs")
+    if not isinstance(attrs, dict):
+        return None
+    return {k: v for k, v in attrs.items() if k not in _POSITION_KEYS}
+
+
 def _axes_for(meta: dict, ndim: int) -> str:
     md = meta.get("metadata") or {}
     axes = md.get("linblur_axes")
@@ -54,8 +67,11 @@ def _axes_for(meta: dict, ndim: int) -> str:
         if ndim not in _DEFAULT_AXES:
             raise ValueError(f"data: can write 2-D to 5-D images as OME-Zarr, got {ndim} dimensions")
         axes = _DEFAULT_AXES[ndim]
-    # NGFF knows t, c, z, y, x; other letters (e.g. 'p' for BBBC006 positions) are written as-is
-    return axes
+    # NGFF knows t, c, z, y, x; other letters (e.g. 'p' for BBBC006 positions) are written as-is, and an axis read
+    # as '?' (a custom axis of the file it came from) gets a letter of its own
+    from napari_linblur.io.omezarr import writable_axes
+
+    return writable_axes(axes)
 
 
 def _units(meta: dict, ndim: int) -> list[str | None]:
@@ -197,7 +213,7 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
         attrs={"napari_linblur": {"layer": str(meta.get("name", "")), "axes": axes,
                                   **({"channel": str(channel)} if channel is not None else {}), **positions},
                # what the values are (a defocus map, its unit and optics…), as the file it was read from said
-               **({"linblur": md["linblur_attrs"]} if isinstance(md.get("linblur_attrs"), dict) else {})},
+               **({"linblur": _what_values_are(md)} if _what_values_are(md) is not None else {})},
     )
     return [str(target)]
 
@@ -297,7 +313,7 @@ def write_multiple(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[s
 
 def _shared_linblur_attrs(images) -> dict:
     """``{"linblur": attrs}`` when every layer carries the same ``linblur_attrs`` (what its values are), else {}."""
-    found = [(m.get("metadata") or {}).get("linblur_attrs") for _, m in images]
+    found = [_what_values_are(m.get("metadata") or {}) for _, m in images]
     if found and all(isinstance(a, dict) for a in found) and all(a == found[0] for a in found):
         return {"linblur": found[0]}
     return {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,11 @@ def write_reports(out: str | Path, stem: str, res: dict[str, Any], markdown: str
     from napari_linblur.io.atomic import write_json_atomic, write_text_atomic
 
     out = Path(out)
-    created = not out.exists()
+    made = []  # the folders this call creates, deepest first: removed again if nothing could be written
+    p = out
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / f"{stem}.json", out / f"{stem}.md"
     try:
@@ -37,8 +40,10 @@ def write_reports(out: str | Path, stem: str, res: dict[str, Any], markdown: str
         command = res.get("command")
         write_text_atomic(md, markdown.rstrip("\n") + "\n" + (f"\nCommand: `{command}`\n" if command else ""))
     except BaseException:
-        if created:  # a folder this call made and nothing was written to (a full disk): not left behind empty
-            with contextlib.suppress(OSError):
-                out.rmdir()
+        for folder in made:  # folders this call made and nothing was written to (a full disk): not left behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     return js, md

@@ -87,7 +87,8 @@ class SafeZarrArray:
         self.complete = root_attributes(Path(self.store)).get(COMPLETE_MARKER) is True
         self._arr = arr
         #: the array's metadata file as it was at open: checked before every read, so that a store deleted or
-        #: written again since (same chunk layout: a read would not fail) is not read as zeros or as other data
+        #: written again since with another type or shape (whose chunks might still decode) is not read as zeros or
+        #: as other data
         self._stamp = self._metadata_stamp()
 
     def _metadata_path(self) -> Path:
@@ -158,10 +159,11 @@ class SafeZarrArray:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if getattr(self, "_stamp", None) is not None and self._metadata_stamp() != self._stamp:
-            self._check_not_rewritten()  # raises when the layout changed or the store is gone
-            where = f"{self.store}/{self.component}".rstrip("/")
-            raise ValueError(f"{where}: the store was written again since it was opened (its array metadata "
-                             "changed); open it again")
+            # the metadata file changed: gone, or another shape, type or chunking raises; new attributes (or a
+            # file only touched) leave the array as it was, read on
+            self._check_not_rewritten()
+            self._stamp = self._metadata_stamp()
+            self._arr = None
         if self._arr is None:
             self._arr = self._open()
         try:

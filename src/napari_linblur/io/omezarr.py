@@ -647,18 +647,6 @@ def remove_partial(tmp: Path, tries: int = 10, pause: float = 0.1) -> None:
         time.sleep(pause * (i + 1))
 
 
-def _omero_window(dtype) -> dict:
-    """The omero channel ``window`` of an integer image (its dtype's range, as viewers show raw data); a float
-    image's range is not known without reading all of it, so it has none (viewers then take it from the data)."""
-    dt = np.dtype(dtype)
-    if dt.kind in "iu":
-        info = np.iinfo(dt)
-        return {"window": {"min": int(info.min), "max": int(info.max), "start": int(info.min), "end": int(info.max)}}
-    if dt.kind == "b":
-        return {"window": {"min": 0, "max": 1, "start": 0, "end": 1}}
-    return {}
-
-
 def warn_stale_partial_writes(target: str | os.PathLike) -> list[Path]:
     """Warn about hidden ``.{name}.tmp-*`` siblings of ``target`` that an earlier write left behind.
 
@@ -966,7 +954,7 @@ def _write_tree(
         ome["omero"] = {
             "channels": [
                 {"label": c, "active": True, "color": "FFFFFF", "coefficient": 1.0, "family": "linear",
-                 "inverted": False, **_omero_window(data.dtype)}
+                 "inverted": False}
                 for c in channel_names
             ]
         }
@@ -974,7 +962,10 @@ def _write_tree(
 
     root_attrs: dict[str, Any] = {"ome": ome, WRITER_MARKER: {"writer": "write_ome_zarr", "version": __version__}}
     for k, v in (attrs or {}).items():
-        if str(k) == WRITER_MARKER and isinstance(v, dict):  # the caller's notes go beside the writer's own
+        if str(k) == WRITER_MARKER:  # the caller's notes go beside the writer's own
+            if not isinstance(v, Mapping):
+                raise ValueError(f"attrs[{WRITER_MARKER!r}] must be a mapping (notes beside the writer's marker), "
+                                 f"got {type(v).__name__}")
             root_attrs[WRITER_MARKER] = {**v, **root_attrs[WRITER_MARKER]}
         else:
             root_attrs[str(k)] = v

@@ -283,6 +283,10 @@ def _unknown(p: Path, why: str) -> str:
 _TIME_UNITS = frozenset({"second", "millisecond", "microsecond", "nanosecond", "minute", "hour", "day"})
 
 
+def _as_dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def _norm_unit(u: Any) -> str | None:
     """A unit as files spell it -> the OME-NGFF name (``'µm'``, ``'Micron'``, ``'microns'``, ``'Micrometers'`` ->
     ``'micrometer'``); a unit it does not know is returned as given."""
@@ -747,7 +751,9 @@ def _open_ngff_checked(p: Path, attrs: dict, ome: dict) -> tuple[da.Array, ZStac
     names_c = [str(c.get("label", i)) for i, c in enumerate(channels)] if channels else None
     if names_c is not None and ("c" not in axes or len(names_c) != arr.shape[axes.index("c")]):
         names_c = names_c if "c" in axes and len(names_c) == arr.shape[axes.index("c")] else None
-    own = attrs.get("linblur") or attrs.get("napari_linblur") or {}
+    # this package's notes: the batch commands' (``linblur``) over the napari writer's (``napari_linblur``, which
+    # holds the positions in the order it saved them; its ``linblur`` copy says only what the values are)
+    own = {**_as_dict(attrs.get("napari_linblur")), **_as_dict(attrs.get("linblur"))}
     if names_c is None and "c" not in axes and isinstance(own, dict) and isinstance(own.get("channel"), str):
         names_c = [own["channel"]]  # the single channel this image was made from (our batch and napari writers)
     extra = {

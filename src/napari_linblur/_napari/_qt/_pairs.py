@@ -53,7 +53,9 @@ def output_axes(layer, ndim: int, dropped_z: bool) -> str:
             if dropped_z:
                 axes = axes.replace("z", "")
             if len(axes) == ndim:
-                return axes
+                from napari_linblur.io.omezarr import writable_axes
+
+                return writable_axes(axes)  # a custom axis read as '?' gets a letter of its own
     base = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tpzyx"}
     if dropped_z:
         return base[ndim + 1].replace("z", "") if ndim + 1 in base else base[ndim]
