@@ -586,3 +586,34 @@ def test_a_callers_writer_marker_must_be_a_mapping(tmp_path):
         write_ome_zarr(tmp_path / "o.zarr", np.zeros((2, 8, 8), np.float32), axes="zyx",
                        attrs={"napari_linblur": "note"})
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_abbreviations_empty_values_and_unused_options_are_refused(tmp_path, capsys):
+    """argparse took '--pool 24' for '--pool-size 24' (train defocus) while '--pool' is another option of train
+    deblur; '--out ""' wrote a training run into the current folder; '--scheduler ""' ran a local cluster; a second
+    evaluate deblur --model replaced the first; stage-1 deblur training recorded --replay it did not use."""
+    from napari_linblur.cli.main import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "defocus", "--out", "r", "--pool", "24"],
+                 ["deblur", "in.tif", "o.zarr", "--scheduler", ""],
+                 ["evaluate", "deblur", "--model", "a", "--model", "b"]):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(argv)
+        assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --pool 24" in err and "scheduler address is empty" in err
+    assert "--model given twice" in err
+    with pytest.raises(SystemExit) as info:  # refused while parsing: nothing runs
+        main(["train", "defocus", "--out", "", "--steps", "1"])
+    assert info.value.code == 2 and "--out is empty" in capsys.readouterr().err
+    from napari_linblur.io.atomic import make_output_folder
+
+    with pytest.raises(ValueError, match="--out is empty"):
+        make_output_folder("")
+    from napari_linblur.training.loop import TrainConfig
+
+    with pytest.raises(ValueError, match=r"out \(--out\) is empty"):
+        TrainConfig(out="").validate()
+    assert main(["train", "deblur", "--out", str(tmp_path / "r"), "--replay", "0.9", "--steps", "1"]) == 2
+    assert "--replay: not used by this run" in capsys.readouterr().err and not (tmp_path / "r").exists()

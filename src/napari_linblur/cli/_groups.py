@@ -25,6 +25,8 @@ def check_out_folder(path: str, option: str = "--out") -> Path:
     """Check a report folder before a long computation, so that a file in its place or a folder that cannot be
     created is an error at once (naming ``option``), not after minutes of evaluation. Nothing is created here (a
     refused run leaves no folder); reports in an existing folder are replaced."""
+    if not str(path).strip():
+        raise ValueError(f"{option} is empty: give a folder for the reports")
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {path}: a file is in the way; give a folder for the reports")
@@ -216,6 +218,18 @@ def add_overwrite_option(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------ options of the batch commands
 
 
+def nonempty(what: str):
+    """An argparse ``type`` refusing an empty value (``""`` from an unset shell variable), which would otherwise
+    mean "none given" (a local cluster for ``--scheduler ""``) or the current folder."""
+
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{what} is empty")
+        return text
+
+    return check
+
+
 def input_arg(text: str) -> str:
     """The input path of a batch command: an empty one (``""`` from an unset shell variable) is refused rather
     than read as the current folder."""
@@ -238,7 +252,8 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
                         help="channel to process: an index (0 = the first) or a name, e.g. w1 (BBBC006 channels by "
                              "name: --channel 1 would be ambiguous with w1)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--scheduler", default=None, help="address of a running dask scheduler (tcp://host:8786)")
+    group.add_argument("--scheduler", default=None, type=nonempty("the scheduler address"),
+                       help="address of a running dask scheduler (tcp://host:8786)")
     group.add_argument(
         "--workers", type=int, default=None,
         help="start a local dask.distributed cluster with N workers (default: one per core, at most 4)"
@@ -273,7 +288,8 @@ def _need_member(parser: argparse.ArgumentParser, args) -> int:
 
 def add_train_options(p: argparse.ArgumentParser, *, steps: int, lr: float, ckpt_every: int = 200) -> None:
     """Options every ``linblur train`` sub-command shares (they map onto ``TrainConfig``)."""
-    p.add_argument("--out", required=True, help="run folder: checkpoints, logs, model.safetensors")
+    p.add_argument("--out", required=True, type=nonempty("--out"),
+                   help="run folder: checkpoints, logs, model.safetensors")
     p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
     p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")

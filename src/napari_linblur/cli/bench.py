@@ -22,13 +22,16 @@ def _find_runner() -> Path | None:
 
 
 def register(subparsers) -> None:
+    from ._groups import nonempty
+
     p = subparsers.add_parser(
         "bench",
         help="run the benchmarks (speed/memory as ratios against baselines measured in the same run; source checkout "
         "only: benchmarks/ is not installed)",
         description=__doc__,
     )
-    p.add_argument("--out", default="bench_out", help="report folder (default bench_out)")
+    p.add_argument("--out", default="bench_out", type=nonempty("--out"),
+                   help="report folder (default bench_out)")
     p.add_argument("--only", default=None, help="run only benchmark files whose name contains this")
     p.set_defaults(func=run)
 

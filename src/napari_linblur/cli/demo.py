@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._groups import add_device_option
+from ._groups import add_device_option, nonempty
 
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         help="run the main job on the shipped models and a synthetic field; figures + summary in --out",
         description=__doc__,
     )
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--out", default="demo_out", type=nonempty("--out"), help="output folder (default demo_out)")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic field (default 7)")
     add_device_option(p)
     p.set_defaults(func=run)

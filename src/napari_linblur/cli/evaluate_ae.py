@@ -65,7 +65,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``ae`` to the ``linblur evaluate`` group."""
-    from ._groups import add_device_option, add_progress_option, add_reports_overwrite_option, add_tta_option
+    from ._groups import (
+        add_device_option,
+        add_progress_option,
+        add_reports_overwrite_option,
+        add_tta_option,
+        nonempty,
+    )
 
     p = subparsers.add_parser(
         "ae",
@@ -77,7 +83,8 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="linblur synth OME-Zarr dataset or BBBC006 folder")
     p.add_argument("--model", action="append", default=None,
                    help="model name or .safetensors path (repeat to compare; default ae-default)")
-    p.add_argument("--out", required=True, help="folder for evaluate_ae.json and evaluate_ae.md")
+    p.add_argument("--out", required=True, type=nonempty("--out"),
+                   help="folder for evaluate_ae.json and evaluate_ae.md")
     p.add_argument("--channel", default="w1", help="channel name or index (default w1)")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
                    help="fields of the 7:1:2 split to use (all: a separate test dataset)")

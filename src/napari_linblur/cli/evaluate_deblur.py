@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
+
+
+class _Once(argparse.Action):
+    """An option that may be given once: a second ``--model`` silently replaced the first (the other evaluations
+    compare every ``--model``; this one compares with ``--ablation``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, "_seen_" + self.dest, False):
+            parser.error(f"{option_string} given twice: evaluate deblur scores one --model; compare others with "
+                         "--ablation NAME=PATH")
+        setattr(namespace, "_seen_" + self.dest, True)
+        setattr(namespace, self.dest, values)
+
 
 def register(subparsers) -> None:
-    from ._groups import add_reports_overwrite_option, add_tta_option
+    from ._groups import add_reports_overwrite_option, add_tta_option, nonempty
 
     p = subparsers.add_parser(
         "deblur",
@@ -15,7 +29,8 @@ def register(subparsers) -> None:
             "bars, and the CPU speed ratio to 10 Richardson-Lucy iterations on 1024x1024."
         ),
     )
-    p.add_argument("--model", default="deblur-default", help="the network (shipped name or .safetensors)")
+    p.add_argument("--model", default="deblur-default", action=_Once,
+                   help="the network (shipped name or .safetensors; once: compare more with --ablation)")
     p.add_argument("--ablation", nargs="*", default=[], metavar="NAME=PATH",
                    help="more networks to compare (e.g. stage1=RUN1/model.safetensors)")
     p.add_argument("--n", type=int, default=8, help="test images per condition (default 8)")
@@ -28,7 +43,8 @@ def register(subparsers) -> None:
                    help="defocus distances (µm) of the through-focus test planes")
     add_tta_option(p, "also score the network with its self-ensemble over this many flips/rotations")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--out", default="eval_deblur", help="folder for deblur_eval.json and deblur_eval.md")
+    p.add_argument("--out", default="eval_deblur", type=nonempty("--out"),
+                   help="folder for deblur_eval.json and deblur_eval.md")
     add_reports_overwrite_option(p)
     p.set_defaults(func=_run)
 

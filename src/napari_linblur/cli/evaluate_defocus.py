@@ -8,7 +8,7 @@ Example::
 
 from __future__ import annotations
 
-from ._groups import DefaultsHelpFormatter, add_device_option, add_reports_overwrite_option, add_tta_option
+from ._groups import DefaultsHelpFormatter, add_device_option, add_reports_overwrite_option, add_tta_option, nonempty
 
 
 def register(subparsers) -> None:
@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", action="append", default=None, metavar="[LABEL=]MODEL",
                    help="model name or .safetensors path (repeatable); default the shipped defocus-default")
-    p.add_argument("--out", default="results/defocus", help="folder for defocus_eval.json / .md")
+    p.add_argument("--out", default="results/defocus", type=nonempty("--out"),
+                   help="folder for defocus_eval.json / .md")
     add_reports_overwrite_option(p)
     p.add_argument("--n-images", type=int, default=8, help="held-out images per content set")
     p.add_argument("--size", type=int, default=192, help="side of the held-out images")

@@ -21,8 +21,18 @@ SUBCOMMANDS = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse without abbreviated options, for ``linblur`` and every sub-command (sub-parsers take their parent's
+    class): ``--pool 24`` was read as ``--pool-size 24`` in one command while ``--pool`` is another option in the
+    next, ``--model`` as ``--model-config``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="linblur",
         description="Blur synthesis, deblurring and defocus maps for microscopy z-stacks.",
     )

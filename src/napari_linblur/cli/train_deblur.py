@@ -46,10 +46,10 @@ def register(subparsers) -> None:
                    "pairs as much as noisy ones (the evaluation's mean PSNR per image); l1 = the earlier models' loss")
     p.add_argument("--feature-ae", default=None, help="autoencoder for the feature loss (default ae-default)")
     p.add_argument("--data", default=None, help="real stacks for stage 2 (zarr / OME-Zarr / TIFF / BBBC006 folder)")
-    p.add_argument("--replay", type=float, default=0.3,
+    p.add_argument("--replay", type=float, default=None,
                    help="stage 2: fraction of pairs still drawn from the stage-1 optics (default 0.3; "
                    "0 = pure fine-tuning)")
-    p.add_argument("--real-fraction", type=float, default=0.5,
+    p.add_argument("--real-fraction", type=float, default=None,
                    help="fraction of stage-2 pairs from --data (default 0.5)")
     p.set_defaults(func=_run)
 
@@ -60,6 +60,17 @@ def _run(args) -> int:
 
     if args.stage == 1 and args.data:
         raise ValueError("--data (real stacks) is used in stage 2; pass --stage 2 --init STAGE1/model.safetensors")
+    # options a run would not use are refused, not recorded in the card as if they had been
+    unused = [name for name, given in (("--replay", args.replay is not None and args.stage == 1),
+                                       ("--real-fraction", args.real_fraction is not None and not args.data),
+                                       ("--feature-ae", args.feature_ae is not None and args.stage == 1
+                                        and not args.feature_weight))
+              if given]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not used by this run (--replay is stage 2's, --real-fraction needs "
+                         "--data, --feature-ae needs a feature loss: stage 2, or --feature-weight > 0)")
+    args.replay = 0.3 if args.replay is None else args.replay
+    args.real_fraction = 0.5 if args.real_fraction is None else args.real_fraction
     check_out_not_in_input(args.out, args.data)
     if not 0.0 <= args.real_fraction <= 1.0:
         raise ValueError(f"--real-fraction must be a fraction in [0, 1], got {args.real_fraction}")

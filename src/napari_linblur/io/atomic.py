@@ -228,6 +228,8 @@ def make_output_folder(path: str | os.PathLike, label: str = "--out") -> Path:
     """
     from napari_linblur.io.omezarr import check_not_inside_store, check_parent_folders
 
+    if not str(os.fspath(path)).strip():  # Path("") is the current folder: a run would write its files there
+        raise ValueError(f"{label} is empty: give a folder (a new or an existing one)")
     p = Path(os.fspath(path))
     if p.exists() and not p.is_dir():
         raise ValueError(f"{label} {p} is a file; {label} must be a folder (a new or an existing one)")

@@ -145,6 +145,8 @@ class TrainConfig:
                              f"budget; got {self.max_minutes}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads (--threads) must be >= 1, got {self.threads}")
+        if not str(os.fspath(self.out)).strip():  # Path("") is the current folder: the run's files would land there
+            raise ValueError("out (--out) is empty: give the run's folder")
 
 
 @dataclass
