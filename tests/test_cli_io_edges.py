@@ -259,6 +259,15 @@ def test_defocus_map_um_takes_the_pixel_size_in_any_length_unit(tmp_path):
         with pytest.raises(ValueError, match="pass --pixel-um"):
             optics_from_args(_um_args(src))
     assert optics_from_args(_um_args(tmp_path / "none.zarr", "--pixel-um", "0.5")).pixel_um == 0.5
+    # optics options without --um were ignored silently (--na was refused, --ni and --psf-model not)
+    from napari_linblur.cli.main import build_parser
+
+    for extra in (["--ni", "1.515"], ["--psf-model", "disc"]):
+        args = build_parser().parse_args(["defocus-map", str(in_nm), "out.zarr", *extra])
+        with pytest.raises(ValueError, match="only convert.* to µm: add --um"):
+            optics_from_args(args)
+    assert optics_from_args(_um_args(in_nm, "--ni", "1.33")).ni == 1.33
+    assert optics_from_args(_um_args(in_nm)).ni == 1.0 and optics_from_args(_um_args(in_nm)).model == "born_wolf"
     # ImageJ writers spell micrometres many ways ('Micron', 'microns', 'Micrometers'): all one length unit, as the
     # plugin (napari's unit registry) already read them
     for spelled in ("Micron", "microns", "Micrometers", "MICRON"):

@@ -58,9 +58,10 @@ def register(subparsers) -> None:
     u.add_argument("--pixel-um", type=float, default=None, metavar="UM",
                    help="pixel size in the sample, µm (with --um; default: the input's pixel size, when the file "
                    "records it in a length unit: nm, µm, mm ... converted to µm)")
-    u.add_argument("--ni", type=float, default=1.0, help="immersion index: 1.0 air, 1.33 water, 1.515 oil (with --um)")
-    u.add_argument("--psf-model", default="born_wolf", choices=["born_wolf", "gibson_lanni", "gaussian", "disc"],
-                   help="PSF model of the σ <-> defocus calibration (with --um)")
+    u.add_argument("--ni", type=float, default=None,
+                   help="immersion index: 1.0 air (the default), 1.33 water, 1.515 oil (with --um)")
+    u.add_argument("--psf-model", default=None, choices=["born_wolf", "gibson_lanni", "gaussian", "disc"],
+                   help="PSF model of the σ <-> defocus calibration (with --um; default born_wolf)")
     add_overwrite_option(p)
     add_progress_option(p)
     p.set_defaults(func=run_defocus_map)
@@ -122,7 +123,8 @@ def optics_from_args(args):
     The pixel size is ``--pixel-um``, else the input's x pixel size when its metadata records it in a length unit
     (nm, µm, mm, ...: any OME-NGFF length unit, converted to µm).
     """
-    optics = {"--na": args.na, "--wavelength": args.wavelength, "--pixel-um": args.pixel_um}
+    optics = {"--na": args.na, "--wavelength": args.wavelength, "--pixel-um": args.pixel_um, "--ni": args.ni,
+              "--psf-model": args.psf_model}
     if not args.um:
         given = [k for k, v in optics.items() if v is not None]
         if given:
@@ -146,8 +148,8 @@ def optics_from_args(args):
     from napari_linblur.optics.psf import OpticalSetup
 
     try:
-        return OpticalSetup(na=args.na, wavelength_um=args.wavelength, pixel_um=pixel, ni=args.ni,
-                            model=args.psf_model)
+        return OpticalSetup(na=args.na, wavelength_um=args.wavelength, pixel_um=pixel,
+                            ni=1.0 if args.ni is None else args.ni, model=args.psf_model or "born_wolf")
     except ValueError as err:  # the options by their command-line names ("--wavelength 0.52", not wavelength_um=)
         options = {"wavelength_um": "--wavelength",
                    "pixel_um": "--pixel-um" if args.pixel_um is not None else f"the pixel size of {args.input} (µm)"}
