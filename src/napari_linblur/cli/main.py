@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(s, handler)
 
 
+def _name(args) -> str:
+    """The command's words as the user typed them ('train defocus', not 'train'), as argparse's own errors say."""
+    what = getattr(args, f"{args.command}_what", None)
+    return f"{args.command} {what}" if what else str(args.command)
+
+
 def _cluster_error(args, err: BaseException) -> bool:
     """Print the one-line error of a dask.distributed failure and return True; False for any other error.
 
@@ -101,13 +107,13 @@ def _cluster_error(args, err: BaseException) -> bool:
         # crash. distributed's own message names only its internal task key.
         smaller = [flag for key, flag in (("tile", "a smaller --tile"), ("batch_size", "a smaller --batch-size"))
                    if key in vars(args)]
-        print(f"linblur {args.command}: error: dask workers died{computing} (killed by their memory limit, or "
+        print(f"linblur {_name(args)}: error: dask workers died{computing} (killed by their memory limit, or "
               "crashed); give each worker more memory (dask worker --memory-limit), fewer threads per worker"
               + "".join(f", or {s}" for s in smaller) + f" ({err})", file=sys.stderr)
         return True
     if name in ("FutureCancelledError", "FuturesCancelledError", "CommClosedError"):
         # the scheduler went away (killed, restarted, its job ended) or cancelled the work: nothing is written
-        print(f"linblur {args.command}: error: the dask scheduler was lost or cancelled the work{computing}; no "
+        print(f"linblur {_name(args)}: error: the dask scheduler was lost or cancelled the work{computing}; no "
               f"output was written — start the run again when the scheduler is back ({err})", file=sys.stderr)
         return True
     return False
@@ -131,14 +137,14 @@ def _main(argv: list[str] | None = None) -> int:
         return 2
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
-        print(f"linblur {args.command}: error: --threads must be >= 1, got {threads}", file=sys.stderr)
+        print(f"linblur {_name(args)}: error: --threads must be >= 1, got {threads}", file=sys.stderr)
         return 2
     import warnings
 
     def _one_line(message, category, filename, lineno, line=None) -> str:
         # a warning on the command line reads like its errors, not as a source file, line and code listing
         kind = "warning" if category is UserWarning else category.__name__
-        return f"linblur {args.command}: {kind}: {message}\n"
+        return f"linblur {_name(args)}: {kind}: {message}\n"
 
     previous_format = warnings.formatwarning
     warnings.formatwarning = _one_line  # the format only: warnings recorded by a caller stay recorded
@@ -148,13 +154,13 @@ def _main(argv: list[str] | None = None) -> int:
         # OSError: missing files, an unreachable --scheduler ...; FloatingPointError: a diverged training run
         if _cluster_error(args, err):  # distributed's CommClosedError is an OSError
             return 2
-        print(f"linblur {args.command}: error: {err}", file=sys.stderr)
+        print(f"linblur {_name(args)}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
         if "symlink loop" not in str(err).lower():
             raise
         # Path.resolve() on a path whose symbolic links point at each other (OSError from Python 3.13 on)
-        print(f"linblur {args.command}: error: {err}: the symbolic links point at each other; give a real file or "
+        print(f"linblur {_name(args)}: error: {err}: the symbolic links point at each other; give a real file or "
               "folder", file=sys.stderr)
         return 2
     except MemoryError as err:  # a size this computer cannot hold (e.g. synth --shape 100000 100000)
@@ -163,7 +169,7 @@ def _main(argv: list[str] | None = None) -> int:
                                          ("batch_size", "--batch-size"), ("patch_size", "--patch-size"),
                                          ("workers", "fewer --workers")) if name in vars(args)]
         hint = f"use smaller sizes ({', '.join(sizes)}) or a smaller input" if sizes else "use a smaller input"
-        print(f"linblur {args.command}: error: not enough memory ({err or 'MemoryError'}); {hint}", file=sys.stderr)
+        print(f"linblur {_name(args)}: error: not enough memory ({err or 'MemoryError'}); {hint}", file=sys.stderr)
         return 2
     except Exception as err:
         if not _cluster_error(args, err):
@@ -171,7 +177,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as err:
         # a training run stops at a step boundary and says where its checkpoint is (TrainingInterrupted)
-        print(f"linblur {args.command}: interrupted" + (f" by {err}" if str(err) else ""), file=sys.stderr)
+        print(f"linblur {_name(args)}: interrupted" + (f" by {err}" if str(err) else ""), file=sys.stderr)
         return 143 if getattr(err, "signal_name", "") == "SIGTERM" else 130
     finally:
         warnings.formatwarning = previous_format
