@@ -627,3 +627,16 @@ def test_abbreviations_empty_values_and_unused_options_are_refused(tmp_path, cap
     assert main(["train", "deblur", "--out", str(tmp_path / "r"), "--replay", "0.9", "--steps", "1"]) == 2
     err = capsys.readouterr().err  # named by the whole command, as argparse names it
     assert "linblur train deblur: error: --replay: not used by this run" in err and not (tmp_path / "r").exists()
+
+
+def test_focus_names_the_defocus_options_a_classical_method_does_not_use(tmp_path, capsys):
+    """`linblur focus --method brenner --tile 64` said "tile only applies to method='defocus'" (the Python keyword):
+    the command line names its own options."""
+    tif = tmp_path / "s.tif"
+    tifffile.imwrite(tif, np.random.default_rng(0).poisson(300, (2, 32, 32)).astype(np.uint16),
+                     photometric="minisblack")
+    assert main(["focus", str(tif), "--method", "brenner", "--tile", "64", "--amp", "off", "--camera-gain", "1",
+                 "--camera-offset", "100", "--read-noise", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--tile, --amp, --camera-gain/--camera-offset/--read-noise: only for --method defocus" in err
+    assert main(["focus", str(tif), "--method", "brenner"]) == 0

@@ -490,6 +490,13 @@ def run_focus(args) -> int:
 
     check_report_paths(args.input, overwrite=args.overwrite, json=args.json, csv=args.csv)
     camera = camera_from_args(args)
+    if args.method != "defocus":  # the options of the defocus model, by their command-line names
+        given = [flag for flag, on in (("--model", args.model is not None), ("--tile", args.tile is not None),
+                                       ("--amp", args.amp != "auto"),
+                                       ("--camera-gain/--camera-offset/--read-noise", camera != "auto")) if on]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only for --method defocus; --method {args.method} scores the raw "
+                             "intensities")
     arr, meta = open_zstack_with_metadata(args.input, channel=args.channel)
     names = {"stack": str(args.input)}  # focus_curve's argument, as the file the user gave
     with naming_the_input(names):
