@@ -877,6 +877,13 @@ def test_a_store_deleted_or_written_again_after_it_was_opened_says_so(tmp_path):
     lazy = open_zstack(other)
     zarr.open_array(other, mode="r+").attrs["note"] = "seen"  # new attributes only: read on
     assert float(lazy.compute().max()) == 5.0
+    # our own output written again with the same layout (--overwrite moves a new store into place): refused, not a
+    # mix of old and new planes
+    ours = write_ome_zarr(tmp_path / "ours.zarr", np.ones((3, 16, 16), np.uint16), axes="zyx")
+    ours_lazy = open_zstack(ours)
+    write_ome_zarr(ours, np.full((3, 16, 16), 7, np.uint16), axes="zyx", overwrite=True)
+    with pytest.raises(ValueError, match="written again since it was opened"):
+        ours_lazy.compute()
     shutil.rmtree(other)
     with pytest.raises(ValueError, match="deleted or written again since it was opened"):
         lazy.compute()

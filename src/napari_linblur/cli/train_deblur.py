@@ -61,19 +61,21 @@ def _run(args) -> int:
     if args.stage == 1 and args.data:
         raise ValueError("--data (real stacks) is used in stage 2; pass --stage 2 --init STAGE1/model.safetensors")
     # options a run would not use are refused, not recorded in the card as if they had been
-    unused = [name for name, given in (("--replay", args.replay is not None and args.stage == 1),
-                                       ("--real-fraction", args.real_fraction is not None and not args.data),
+    # (the defaults spelled out, as the command_effective of cards before session 25 record them, are accepted)
+    unused = [name for name, given in (("--replay", args.replay not in (None, 0.3) and args.stage == 1),
+                                       ("--real-fraction", args.real_fraction not in (None, 0.5) and not args.data),
                                        ("--feature-ae", args.feature_ae is not None and args.stage == 1
                                         and not args.feature_weight))
               if given]
     if unused:
         raise ValueError(f"{', '.join(unused)}: not used by this run (--replay is stage 2's, --real-fraction needs "
                          "--data, --feature-ae needs a feature loss: stage 2, or --feature-weight > 0)")
-    args.replay = 0.3 if args.replay is None else args.replay
-    args.real_fraction = 0.5 if args.real_fraction is None else args.real_fraction
+    # resolved here, not written back into ``args``: the card's command_effective spells out only what was used
+    replay = 0.3 if args.replay is None else args.replay
+    real_fraction = 0.5 if args.real_fraction is None else args.real_fraction
     check_out_not_in_input(args.out, args.data)
-    if not 0.0 <= args.real_fraction <= 1.0:
-        raise ValueError(f"--real-fraction must be a fraction in [0, 1], got {args.real_fraction}")
+    if not 0.0 <= real_fraction <= 1.0:
+        raise ValueError(f"--real-fraction must be a fraction in [0, 1], got {real_fraction}")
     if args.pool < 1:
         raise ValueError(f"--pool must be >= 1 sharp fields, got {args.pool}")
     init_card: dict = {}
@@ -95,8 +97,8 @@ def _run(args) -> int:
         feature_weight=fw,
         feature_ae=args.feature_ae,
         real_data=args.data,
-        real_fraction=args.real_fraction if args.data else 0.0,
-        replay=args.replay if args.stage == 2 else 0.0,
+        real_fraction=real_fraction if args.data else 0.0,
+        replay=replay if args.stage == 2 else 0.0,
         pixel_loss=args.loss,
     )
     cfg = train_config_from_args(args)

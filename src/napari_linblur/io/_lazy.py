@@ -90,6 +90,16 @@ class SafeZarrArray:
         #: written again since with another type or shape (whose chunks might still decode) is not read as zeros or
         #: as other data
         self._stamp = self._metadata_stamp()
+        #: the store's and the array's folders: written again as a whole (an --overwrite moves a new store into
+        #: place) they are new folders, even with the same layout; attributes changed in place keep them
+        self._folders = self._folder_ids()
+
+    def _folder_ids(self) -> tuple | None:
+        base = Path(self.store) / self.component if self.component else Path(self.store)
+        try:
+            return (os.stat(self.store).st_ino, os.stat(base).st_ino)
+        except OSError:
+            return None
 
     def _metadata_path(self) -> Path:
         base = Path(self.store) / self.component if self.component else Path(self.store)
@@ -126,7 +136,7 @@ class SafeZarrArray:
             raise ValueError(f"{self.store}: {self.component!r} is a zarr group, not an array")
         return node
 
-    def _check_chunks_present(self, key: Any) -> None:
+    def _check_chunks_present(self, key: Any, arr: Any = None) -> None:
         """Raise naming the first chunk of ``key`` missing from the store (only for stores napari-linblur wrote,
         which hold every chunk; in other stores a missing chunk means the fill value, as zarr defines)."""
         if not isinstance(key, tuple):
@@ -141,7 +151,7 @@ class SafeZarrArray:
                 i = int(k) % n if n else 0
                 ranges.append(range(i // c, i // c + 1))
         base = Path(self.store) / self.component if self.component else Path(self.store)
-        encode = self._arr.metadata.encode_chunk_key
+        encode = (arr if arr is not None else self._arr).metadata.encode_chunk_key
         for coords in itertools.product(*ranges):
             if not (base / encode(coords)).is_file():  # a folder in a chunk's place reads as the fill value too
                 where = f"{self.store}/{self.component}".rstrip("/")
@@ -158,18 +168,23 @@ class SafeZarrArray:
         self.__dict__.update(state)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if getattr(self, "_stamp", None) is not None and self._metadata_stamp() != self._stamp:
-            # the metadata file changed: gone, or another shape, type or chunking raises; new attributes (or a
-            # file only touched) leave the array as it was, read on
+        arr = self._arr
+        stamp = self._metadata_stamp()
+        if getattr(self, "_stamp", None) is not None and stamp != self._stamp:
+            # the metadata file changed: gone, another shape, type or chunking, or a store written again as a whole
+            # (new folders) raises; new attributes (or a file only touched) leave the array as it was: read on
             self._check_not_rewritten()
-            self._stamp = self._metadata_stamp()
-            self._arr = None
-        if self._arr is None:
-            self._arr = self._open()
+            if getattr(self, "_folders", None) is not None and self._folder_ids() != self._folders:
+                where = f"{self.store}/{self.component}".rstrip("/")
+                raise ValueError(f"{where}: the store was written again since it was opened; open it again")
+            arr = self._open()
+            self._arr, self._stamp = arr, stamp  # one assignment each: other threads read one or the other
+        if arr is None:
+            arr = self._arr = self._open()
         try:
             if getattr(self, "complete", False):
-                self._check_chunks_present(key)
-            return np.asarray(self._arr[key])
+                self._check_chunks_present(key, arr)
+            return np.asarray(arr[key])
         except Exception as exc:  # decoding errors come as many types
             self._check_not_rewritten()
             if isinstance(exc, ValueError) and "is missing from the store" in str(exc):
