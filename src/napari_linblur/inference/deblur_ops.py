@@ -162,22 +162,30 @@ def _network_plane(plane: np.ndarray, net, dev, *, tile, overlap, batch_size, pr
     return norm.invert(out)
 
 
+def _reblurred_pair(plane: np.ndarray, sigma_r: float):
+    """``plane`` (b) and it re-blurred by a Gaussian of ``sigma_r`` (c), with one normalization for the pair as
+    :func:`~napari_linblur.inference.latent_ops.deblur_pair` has: ``(norm, b, c)``."""
+    from napari_linblur.optics.convolve import fft_convolve
+    from napari_linblur.optics.psf import gaussian_psf
+
+    reblurred = fft_convolve(plane.astype(np.float64), gaussian_psf(sigma_r)).astype(np.float32)
+    norm, (b, c) = normalize_for_network(plane, reblurred)
+    return norm, b, c
+
+
 def _reblur_plane(plane: np.ndarray, sigma_b: float, *, sigma_r: float, ae, device, **pair_kw) -> np.ndarray:
     """Re-blur the plane by ``sigma_r`` and extrapolate back past it (as :func:`deblur_pair`); ``pair_kw`` are
     the autoencoder's tiling (checked by :func:`~napari_linblur.inference.latent_ops.check_ae_tiling`), progress,
     cancel and self-ensemble options."""
     from napari_linblur.inference.latent_ops import extrapolate_normalized
-    from napari_linblur.optics.convolve import fft_convolve
-    from napari_linblur.optics.psf import gaussian_psf
 
     should_stop = pair_kw.get("should_stop")
     if should_stop is not None and should_stop():
         raise Cancelled("cancelled")
-    reblurred = fft_convolve(plane.astype(np.float64), gaussian_psf(sigma_r)).astype(np.float32)
     alpha = reblur_alpha(sigma_b, sigma_r)
     if alpha >= 1.0:
         return plane.astype(np.float32)
-    norm, (b, c) = normalize_for_network(plane, reblurred)  # one normalization for the pair, as deblur_pair's
+    norm, b, c = _reblurred_pair(plane, sigma_r)
     return np.asarray(norm.invert(extrapolate_normalized(ae, b, c, alpha, **pair_kw)), np.float32)
 
 
@@ -404,8 +412,6 @@ def _guided_reblur(plane, smap, w, *, sigma_r, ae, device, should_stop, progress
     ``pair_kw`` (tile, overlap, batch_size, tta) are the autoencoder's tiling; ``progress`` counts its tiles.
     """
     from napari_linblur.inference.latent_ops import extrapolate_alpha_map
-    from napari_linblur.optics.convolve import fft_convolve
-    from napari_linblur.optics.psf import gaussian_psf
 
     if should_stop is not None and should_stop():
         raise Cancelled("cancelled")
@@ -413,7 +419,6 @@ def _guided_reblur(plane, smap, w, *, sigma_r, ae, device, should_stop, progress
                           lambda sl: reblur_alpha(float(np.median(smap[sl])), sigma_r), should_stop=should_stop)
     if float(alpha.min()) >= 1.0:  # nothing blurred enough to extrapolate: the plane itself, as one α of 1 gives
         return plane.astype(np.float32)
-    reblurred = fft_convolve(plane.astype(np.float64), gaussian_psf(sigma_r)).astype(np.float32)
-    norm, (b, c) = normalize_for_network(plane, reblurred)  # one normalization for the pair, as deblur_pair's
+    norm, b, c = _reblurred_pair(plane, sigma_r)
     return np.asarray(norm.invert(extrapolate_alpha_map(ae, b, c, alpha, progress=progress, should_stop=should_stop,
                                                         **pair_kw)), np.float32)

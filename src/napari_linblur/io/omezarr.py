@@ -627,11 +627,18 @@ def write_ome_zarr(
                     translate_t, names_t, types_t, max_parallel)
         move_into_place(tmp, target, overwrite)
     except BaseException as err:
-        remove_partial(tmp)
-        if getattr(err, "errno", None) in WRITE_ERRNOS:  # zarr's error names no file: say which output failed
-            raise write_error(target, err) from err
+        failed_write(tmp, target, err)
         raise
     return Path(os.fspath(path))
+
+
+def failed_write(tmp: Path, target: Path, err: BaseException) -> None:
+    """After a store write to ``target`` failed with ``err``: its temporary store ``tmp`` is deleted
+    (:func:`remove_partial`), and a write error zarr raised without a file name (a full disk, a size limit, a
+    read-only volume) is raised again naming ``target``; any other error is left to the caller to re-raise."""
+    remove_partial(tmp)
+    if getattr(err, "errno", None) in WRITE_ERRNOS:
+        raise write_error(target, err) from err
 
 
 def remove_partial(tmp: Path, tries: int = 10, pause: float = 0.1) -> None:

@@ -27,15 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from ..io.atomic import WRITE_ERRNOS, write_error
 from ..io.omezarr import (
     check_not_inside_store,
     check_output_name,
     check_parent_folders,
     check_replaceable,
+    failed_write,
     make_temp_sibling,
     move_into_place,
-    remove_partial,
     warn_stale_partial_writes,
 )
 from .phantoms import cell_phantom
@@ -218,9 +217,7 @@ def write_synthetic_dataset(
                 bar.update(1)
         move_into_place(tmp, target, overwrite)
     except BaseException as err:
-        remove_partial(tmp)
-        if getattr(err, "errno", None) in WRITE_ERRNOS:  # zarr's error names no file: say which output failed
-            raise write_error(target, err) from err
+        failed_write(tmp, target, err)
         raise
     finally:
         if bar is not None:
